@@ -1,0 +1,247 @@
+//! End-to-end tests of the `lmforge` binary: train a tiny model on a slice of the bundled
+//! corpus, evaluate, generate, export and re-evaluate; exact resume; Ctrl-C; config errors.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn lmforge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lmforge")).args(args).env("RUST_LOG", "warn").output().expect("lmforge runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = lmforge(args);
+    assert!(
+        out.status.success(),
+        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn corpus() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare.txt")
+}
+
+/// A tiny run config over the first 150 kB of the corpus; extra lines go into [model] / [train].
+fn tiny_config(dir: &Path, model_extra: &str, train_extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(corpus()).unwrap();
+    let cut = text[..150_000].rfind('\n').unwrap() + 1;
+    let data = dir.join("corpus.txt");
+    std::fs::write(&data, &text[..cut]).unwrap();
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\npath = {:?}\nvocab_size = 400\n\n[model]\npreset = \"tiny\"\n{model_extra}\n\n\
+             [schedule]\nwarmup_steps = 2\n\n[train]\nmax_steps = 6\nbatch_size = 4\nseq_len = 32\n\
+             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n{train_extra}\n\n\
+             [log]\nprogress = \"off\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_eval_generate_export_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&run)]);
+
+    let rows = metrics(&run);
+    let train: Vec<&Value> = rows.iter().filter(|r| r["split"] == "train").collect();
+    let val: Vec<&Value> = rows.iter().filter(|r| r["split"] == "val").collect();
+    assert_eq!(train.len(), 6);
+    assert_eq!(val.len(), 2);
+    for r in &train {
+        for k in ["step", "loss", "lr", "tokens", "elapsed_s"] {
+            assert!(r.get(k).is_some(), "train row lacks {k}: {r}");
+        }
+    }
+    for k in ["ppl", "bits_per_byte"] {
+        assert!(val[1][k].as_f64().unwrap() > 0.0);
+    }
+    assert!(train[5]["loss"].as_f64().unwrap() < train[0]["loss"].as_f64().unwrap(), "loss falls");
+    assert!(run.join("config.toml").is_file());
+    for step in ["step-00000003", "step-00000006"] {
+        let c = run.join("checkpoints").join(step);
+        for f in ["model.safetensors", "optimizer.safetensors", "trainer_state.json", "config.json", "tokenizer.json"] {
+            assert!(c.join(f).is_file(), "{step}/{f}");
+        }
+    }
+
+    let text = tmp.path().join("eval.txt");
+    std::fs::write(&text, "ROMEO:\nWhat light through yonder window breaks?\nIt is the east.\n").unwrap();
+    let a: Value =
+        serde_json::from_str(&ok(&["eval", "ppl", "--model", s(&run), "--text", s(&text), "--json"])).unwrap();
+    for k in ["tokens", "loss", "ppl", "bits_per_byte"] {
+        assert!(a[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+
+    let out = ok(&["generate", "--model", s(&run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "3"]);
+    assert!(out.starts_with("ROMEO:") && out.len() > "ROMEO:".len());
+    let again = ok(&["generate", "--model", s(&run), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "3"]);
+    assert_eq!(out, again, "seeded generation is reproducible");
+
+    let hf = tmp.path().join("hf");
+    ok(&["export", "hf", s(&run), "--out", s(&hf)]);
+    let b: Value =
+        serde_json::from_str(&ok(&["eval", "ppl", "--model", s(&hf), "--text", s(&text), "--json"])).unwrap();
+    assert_eq!(a["loss"], b["loss"], "the exported folder is the same model");
+    let cfg_json: Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["model_type"], "gpt2");
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Dropout and gradient accumulation make the check cover the RNG streams and micro-batches.
+    let cfg = tiny_config(tmp.path(), "dropout = 0.1", "grad_accum = 2");
+
+    let full = tmp.path().join("full");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&full)]);
+    let split = tmp.path().join("split");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&split), "--stop-after", "4"]);
+    assert!(split.join("checkpoints/step-00000004").is_dir());
+    ok(&["train", "--resume", s(&split)]);
+
+    let key = |r: &Value| {
+        (
+            r["step"].as_u64().unwrap(),
+            r["split"].as_str().unwrap().to_string(),
+            r["loss"].as_f64().unwrap().to_bits(),
+            r["lr"].as_f64().unwrap().to_bits(),
+        )
+    };
+    let a: Vec<_> = metrics(&full).iter().map(key).collect();
+    let b: Vec<_> = metrics(&split).iter().map(key).collect();
+    assert_eq!(a, b, "same losses, to the bit");
+    let w = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+    assert!(w(&full) == w(&split), "same final weights");
+    let o = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006/optimizer.safetensors")).unwrap();
+    assert!(o(&full) == o(&split), "same optimizer state");
+}
+
+#[test]
+fn sigint_checkpoints_and_exits_130_then_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args([
+            "train",
+            "--config",
+            s(&cfg),
+            "--run-dir",
+            s(&run),
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "train.checkpoint_every=0",
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // Wait for training to be under way (a metrics row), bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("metrics.jsonl").is_file() || std::fs::metadata(run.join("metrics.jsonl")).unwrap().len() == 0 {
+        assert!(std::time::Instant::now() < deadline, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let ckpts: Vec<_> = std::fs::read_dir(run.join("checkpoints")).unwrap().collect();
+    assert_eq!(ckpts.len(), 1, "one checkpoint written on interrupt");
+    let last_step = metrics(&run).last().unwrap()["step"].as_u64().unwrap();
+    assert!(last_step < 100_000);
+}
+
+#[test]
+fn config_errors_name_the_key_exit_nonzero_and_write_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--set", "train.max_stepz=3"], "max_stepz"),
+        (&["--set", "train.batch_size=\"four\""], "train.batch_size"),
+        (&["--set", "optim.lr=-0.1"], "optim.lr"),
+        (&["--set", "model.preset=gpt9"], "model.preset"),
+    ];
+    for (extra, key) in cases {
+        let mut args = vec!["train", "--config", s(&cfg), "--run-dir", s(&run)];
+        args.extend_from_slice(extra);
+        let out = lmforge(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} must fail");
+        assert!(err.contains(key), "{extra:?}: error should name {key}: {err}");
+        assert!(!run.exists(), "{extra:?}: nothing may be written");
+    }
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[train]\nmax_steps = 5\nwarmup = 3\n").unwrap();
+    let out = lmforge(&["train", "--config", s(&bad), "--run-dir", s(&run)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warmup"));
+    assert!(!run.exists());
+}
+
+#[test]
+fn llama_7b_is_refused_before_allocating_where_it_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let out = lmforge(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--run-dir",
+        s(&run),
+        "--set",
+        "model.preset=llama-7b",
+        "--set",
+        "train.seq_len=0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("6738415616") && err.contains("GiB"), "{err}");
+    assert!(!run.exists());
+}
+
+#[test]
+fn quickstart_runs_with_overrides_and_prints_a_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("qs");
+    let out = ok(&[
+        "quickstart",
+        "--run-dir",
+        s(&run),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.eval_batches=1",
+        "--set",
+        "log.progress=off",
+    ]);
+    assert!(out.contains("--- sample ---\nROMEO:"), "{out}");
+    assert!(out.contains("bits/byte"), "{out}");
+    assert!(run.join("checkpoints/step-00000002/model.safetensors").is_file());
+}

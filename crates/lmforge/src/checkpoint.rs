@@ -1,0 +1,188 @@
+//! The run directory and its checkpoints, and loading a model from any path a user may give.
+//!
+//! ```text
+//! RUN_DIR/config.toml                     the resolved run config
+//! RUN_DIR/metrics.jsonl                   one JSON object per train / val measurement
+//! RUN_DIR/data/                           prepared token shards + tokenizer.json
+//! RUN_DIR/checkpoints/step-NNNNNNNN/      a Hugging Face folder (config.json,
+//!     model.safetensors, tokenizer.json) plus optimizer.safetensors,
+//!     trainer_state.json and run_config.toml
+//! ```
+//! A checkpoint is staged in a hidden folder, fsynced and renamed, so a crash never leaves a
+//! half-written `step-*` folder. Retention (last K plus best validation) is a pure function.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsio::{self, StagedDir};
+use crate::models::{hf, Decoder, ModelSpec};
+use crate::nn::ParamStore;
+use crate::tokenizer::TextTokenizer;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything besides tensors needed to continue a run exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Completed optimizer steps.
+    pub step: u64,
+    pub tokens_seen: u64,
+    /// Micro-batches consumed; batches are a pure function of (seed, step, micro), so this
+    /// cursor and the seed fully determine the data order from here on.
+    pub data_cursor: u64,
+    /// Seed of every random stream (batches, dropout); each is re-derived per step, so no
+    /// generator position needs saving beyond the step.
+    pub seed: u64,
+    pub config_hash: String,
+    /// Validation loss measured at this step, if any.
+    pub val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<u64>,
+    /// Seconds of training before this checkpoint (for elapsed_s continuity).
+    pub elapsed_s: f64,
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step-{step:08}"))
+}
+
+/// Steps of the complete checkpoints in a run, ascending. Staging folders are hidden
+/// (`.step-*.tmp-PID`) and never listed.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<u64>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut steps: Vec<u64> = std::fs::read_dir(&dir)
+        .at(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+/// Which checkpoints to delete: all but the last `keep_last` and (if kept) the best one.
+pub fn checkpoints_to_delete(steps: &[u64], keep_last: usize, best: Option<u64>) -> Vec<u64> {
+    let cut = steps.len().saturating_sub(keep_last);
+    steps[..cut].iter().copied().filter(|s| Some(*s) != best).collect()
+}
+
+/// What a checkpoint writes.
+pub struct CheckpointContents<'a> {
+    pub spec: &'a ModelSpec,
+    pub params: &'a ParamStore,
+    pub tokenizer: &'a TextTokenizer,
+    pub optimizer_state: Vec<(String, candle_core::Tensor)>,
+    pub state: &'a TrainerState,
+    pub run_config_toml: &'a str,
+}
+
+/// Writes `RUN_DIR/checkpoints/step-NNNNNNNN/` atomically and returns its path.
+pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBuf> {
+    let target = checkpoint_dir(run_dir, c.state.step);
+    std::fs::create_dir_all(checkpoints_dir(run_dir)).at(checkpoints_dir(run_dir))?;
+    let staged = StagedDir::new(&target)?;
+    let p = staged.path();
+    write_hf_files(p, c.spec, c.params, c.tokenizer)?;
+    let opt = crate::nn::serialize_tensors(c.optimizer_state.iter().cloned())?;
+    std::fs::write(p.join("optimizer.safetensors"), opt).at(p.join("optimizer.safetensors"))?;
+    let state = serde_json::to_string_pretty(c.state).expect("trainer state serialises");
+    std::fs::write(p.join("trainer_state.json"), state).at(p.join("trainer_state.json"))?;
+    std::fs::write(p.join("run_config.toml"), c.run_config_toml).at(p.join("run_config.toml"))?;
+    staged.commit()
+}
+
+/// `config.json`, `model.safetensors`, `tokenizer.json` and `generation_config.json` into an
+/// existing folder (plain writes: callers stage the folder).
+fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
+    let eos = tokenizer.eos_id();
+    let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
+    std::fs::write(dir.join("config.json"), cfg).at(dir.join("config.json"))?;
+    let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
+    std::fs::write(dir.join("generation_config.json"), gen.to_string()).at(dir.join("generation_config.json"))?;
+    std::fs::write(dir.join("model.safetensors"), params.to_safetensors()?).at(dir.join("model.safetensors"))?;
+    tokenizer.save(&dir.join("tokenizer.json"))
+}
+
+pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
+    let p = ckpt.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).at(&p)?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid trainer state: {e}")))
+}
+
+/// A model ready for inference: spec, weights, network, tokenizer.
+pub struct LoadedModel {
+    pub spec: ModelSpec,
+    pub params: ParamStore,
+    pub decoder: Decoder,
+    pub tokenizer: TextTokenizer,
+    /// The folder the weights came from.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// `path` may be a run dir (its latest checkpoint), a checkpoint dir, or a Hugging Face
+    /// folder (`config.json` + `model.safetensors` + `tokenizer.json`).
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let folder = resolve_model_dir(path)?;
+        let spec = hf::read_config(&folder.join("config.json"))?;
+        let params = ParamStore::load(&folder.join("model.safetensors"), &spec.params(), device)?;
+        let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
+        if tokenizer.vocab_size() > spec.vocab_size {
+            return Err(Error::format(
+                folder.join("tokenizer.json"),
+                format!("tokenizer has {} tokens, more than the model's {}", tokenizer.vocab_size(), spec.vocab_size),
+            ));
+        }
+        let decoder = Decoder::new(&spec, &params)?;
+        Ok(Self { spec, params, decoder, tokenizer, source: folder })
+    }
+
+    /// Writes a Hugging Face folder that `transformers` loads with `from_pretrained`.
+    pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
+        let staged = StagedDir::new(out)?;
+        write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
+        staged.commit()
+    }
+}
+
+/// Finds the folder holding `config.json` + `model.safetensors` for a user-given path.
+pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        return Err(Error::format(path, "no such file or folder"));
+    }
+    if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let steps = list_checkpoints(path)?;
+    if let Some(last) = steps.last() {
+        return Ok(checkpoint_dir(path, *last));
+    }
+    Err(Error::format(
+        path,
+        "not a model: expected a run dir with checkpoints/, a checkpoint dir, or a Hugging Face folder \
+         (config.json + model.safetensors + tokenizer.json)",
+    ))
+}
+
+/// Writes `text` to `path` atomically (used for the run's resolved config).
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    fsio::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_keeps_last_k_and_best() {
+        assert_eq!(checkpoints_to_delete(&[10, 20, 30, 40], 2, Some(10)), vec![20]);
+        assert_eq!(checkpoints_to_delete(&[10, 20, 30, 40], 2, Some(20)), vec![10]);
+        assert_eq!(checkpoints_to_delete(&[10, 20, 30, 40], 1, None), vec![10, 20, 30]);
+        assert_eq!(checkpoints_to_delete(&[10], 3, None), Vec::<u64>::new());
+    }
+}

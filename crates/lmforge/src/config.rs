@@ -1,0 +1,406 @@
+//! The run config: one tree describing data, model, optimizer, schedule, training, checkpoints
+//! and logging. It is resolved once — built-in defaults < TOML file < `--set section.key=value`
+//! overrides — into plain structs, then validated. Unknown keys, wrong types and out-of-range
+//! values are errors naming the dotted key, the value and what is allowed; nothing is written
+//! before a config has resolved cleanly.
+
+use crate::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub optim: OptimConfig,
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+    pub checkpoint: CheckpointConfig,
+    pub log: LogConfig,
+}
+
+/// Where the text comes from and how it becomes tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// A UTF-8 text file, or a folder whose `.txt` files are read in name order.
+    pub path: PathBuf,
+    /// An existing `tokenizer.json` to use; empty: train a byte-level BPE on the train split.
+    pub tokenizer: PathBuf,
+    /// Vocabulary size for a trained tokenizer; 0: the model's vocabulary size.
+    pub vocab_size: usize,
+    /// Fraction of the text (taken from its end, at a line boundary) held out for validation.
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::new(), tokenizer: PathBuf::new(), vocab_size: 0, val_fraction: 0.1 }
+    }
+}
+
+/// A preset name plus optional overrides of its fields (resolved by `models::ModelSpec`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub preset: String,
+    pub style: Option<String>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_kv_head: Option<usize>,
+    pub d_model: Option<usize>,
+    pub d_ff: Option<usize>,
+    pub context: Option<usize>,
+    pub vocab_size: Option<usize>,
+    pub norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub tie_embeddings: Option<bool>,
+    /// Dropout on attention probabilities, residual branches and embeddings during training.
+    pub dropout: f64,
+    /// Weight initialisation: "gpt2" (normal 0.02, residual projections / sqrt(2 layers)),
+    /// "glorot" (uniform) or "he" (normal).
+    pub init: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            preset: "tiny".into(),
+            style: None,
+            n_layer: None,
+            n_head: None,
+            n_kv_head: None,
+            d_model: None,
+            d_ff: None,
+            context: None,
+            vocab_size: None,
+            norm_eps: None,
+            rope_theta: None,
+            tie_embeddings: None,
+            dropout: 0.0,
+            init: "gpt2".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Only "adamw" for now; the optimizer suite extends this enum-like key.
+    pub name: String,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, applied to matrices (not norms, biases or embeddings by default).
+    pub weight_decay: f64,
+    /// Whether embeddings (token and position) are decayed too.
+    pub decay_embeddings: bool,
+    /// Global-norm gradient clipping threshold; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            name: "adamw".into(),
+            lr: 6e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_embeddings: false,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// "cosine" | "linear" | "constant" | "inverse_sqrt" | "wsd".
+    pub kind: String,
+    pub warmup_steps: u64,
+    /// Cosine decays to `min_lr_ratio * lr` (0 = to zero).
+    pub min_lr_ratio: f64,
+    /// WSD: fraction of the steps spent in the final (cosine) decay.
+    pub decay_fraction: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self { kind: "cosine".into(), warmup_steps: 100, min_lr_ratio: 0.1, decay_fraction: 0.2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub max_steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (gradients are averaged over them).
+    pub grad_accum: usize,
+    /// Tokens per training sequence; 0: the model's context length.
+    pub seq_len: usize,
+    /// Validate every N steps (and at the end); 0: only at the end.
+    pub eval_every: u64,
+    /// Validation batches per evaluation (fixed windows, the same every time).
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (and at the end); 0: only at the end.
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 1000,
+            batch_size: 16,
+            grad_accum: 1,
+            seq_len: 0,
+            eval_every: 200,
+            eval_batches: 16,
+            checkpoint_every: 500,
+            log_every: 10,
+            seed: 1337,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// How many of the most recent checkpoints to keep (the best-validation one is kept too).
+    pub keep_last: usize,
+    pub keep_best: bool,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { keep_last: 2, keep_best: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "auto" (a bar on a terminal, lines otherwise) | "bar" | "lines" | "off".
+    pub progress: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { progress: "auto".into() }
+    }
+}
+
+impl RunConfig {
+    /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
+    /// bare words taken as strings) and validates the result.
+    pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).at(path)?;
+                text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table)
+    }
+
+    /// Resolves from a TOML string (the recipes bundled in the binary use this).
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table = text.parse::<toml::Table>().map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self> {
+        let value = toml::Value::Table(table);
+        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim_end_matches('\n').to_string();
+            Error::config(if key == "." { "(top level)".into() } else { key }, inner)
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range checks that types alone cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let o = &self.optim;
+        if o.name != "adamw" {
+            return Err(bad("optim.name", &o.name, "\"adamw\""));
+        }
+        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", o.lr, "a positive number")?;
+        check((0.0..1.0).contains(&o.beta1), "optim.beta1", o.beta1, "0 <= beta1 < 1")?;
+        check((0.0..1.0).contains(&o.beta2), "optim.beta2", o.beta2, "0 <= beta2 < 1")?;
+        check(o.eps > 0.0, "optim.eps", o.eps, "a positive number")?;
+        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, ">= 0")?;
+        check(o.grad_clip >= 0.0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables)")?;
+
+        let s = &self.schedule;
+        const KINDS: [&str; 5] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd"];
+        if !KINDS.contains(&s.kind.as_str()) {
+            return Err(bad("schedule.kind", &s.kind, &KINDS.join(", ")));
+        }
+        check((0.0..=1.0).contains(&s.min_lr_ratio), "schedule.min_lr_ratio", s.min_lr_ratio, "0 <= ratio <= 1")?;
+        check(
+            (0.0..=1.0).contains(&s.decay_fraction),
+            "schedule.decay_fraction",
+            s.decay_fraction,
+            "0 <= fraction <= 1",
+        )?;
+
+        let t = &self.train;
+        check(t.max_steps >= 1, "train.max_steps", t.max_steps, ">= 1")?;
+        check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")?;
+        check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")?;
+        check(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, ">= 1")?;
+        check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
+
+        let d = &self.data;
+        check(
+            d.val_fraction > 0.0 && d.val_fraction <= 0.5,
+            "data.val_fraction",
+            d.val_fraction,
+            "0 < fraction <= 0.5",
+        )?;
+        check(
+            d.vocab_size == 0 || d.vocab_size >= 260,
+            "data.vocab_size",
+            d.vocab_size,
+            "0 (the model's) or >= 260 (256 bytes + specials)",
+        )?;
+
+        let m = &self.model;
+        check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "0 <= p < 1")?;
+        const INITS: [&str; 3] = ["gpt2", "glorot", "he"];
+        if !INITS.contains(&m.init.as_str()) {
+            return Err(bad("model.init", &m.init, &INITS.join(", ")));
+        }
+        // Preset name and shape overrides are checked when the spec is resolved.
+        crate::models::ModelSpec::from_config(m)?;
+
+        check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")?;
+        const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
+        if !PROGRESS.contains(&self.log.progress.as_str()) {
+            return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunConfig always serialises to TOML")
+    }
+
+    /// A short stable hash of the resolved config, recorded in every checkpoint.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_string(self).expect("a RunConfig always serialises to JSON");
+        let digest = Sha256::digest(json.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(key, &value.to_string(), allowed))
+    }
+}
+
+fn bad(key: &str, value: &str, allowed: &str) -> Error {
+    Error::config(key, format!("invalid value {value:?}; expected {allowed}"))
+}
+
+/// Applies one `a.b.c=value` override to the table, creating sections as needed.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) =
+        spec.split_once('=').ok_or_else(|| Error::config(spec, "an override must look like section.key=value"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    // A value in TOML syntax (numbers, booleans, quoted strings, arrays); otherwise a bare string.
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config(key, "an override key must look like section.key"));
+    }
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| Error::config(key, format!("`{part}` is a value, not a section")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        RunConfig::from_toml_str(text, &o).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn layering_defaults_file_overrides() {
+        let cfg = RunConfig::from_toml_str(
+            "[train]\nmax_steps = 50\nbatch_size = 4\n",
+            &["train.batch_size=8".into(), "optim.lr=1e-3".into()],
+        )
+        .unwrap();
+        assert_eq!(cfg.train.max_steps, 50);
+        assert_eq!(cfg.train.batch_size, 8);
+        assert_eq!(cfg.optim.lr, 1e-3);
+        assert_eq!(cfg.train.seed, TrainConfig::default().seed);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[train]\nmax_stepz = 5\n", &[]);
+        assert!(e.contains("train") && e.contains("max_stepz"), "{e}");
+        let e = err("", &["optim.learning_rate=0.1"]);
+        assert!(e.contains("learning_rate"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err("[train]\nbatch_size = \"big\"\n", &[]);
+        assert!(e.contains("train.batch_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_and_range() {
+        let e = err("", &["optim.lr=-1"]);
+        assert!(e.contains("optim.lr") && e.contains("-1") && e.contains("positive"), "{e}");
+        let e = err("", &["schedule.kind=triangle"]);
+        assert!(e.contains("schedule.kind") && e.contains("cosine"), "{e}");
+        let e = err("", &["model.preset=nope"]);
+        assert!(e.contains("model.preset") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_through_toml_and_hash_is_stable() {
+        let cfg = RunConfig::from_toml_str("", &["train.seed=7".into()]).unwrap();
+        let back = RunConfig::from_toml_str(&cfg.to_toml(), &[]).unwrap();
+        assert_eq!(cfg, back);
+        assert_eq!(cfg.hash(), back.hash());
+        assert_ne!(cfg.hash(), RunConfig::default().hash());
+    }
+}

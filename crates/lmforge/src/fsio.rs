@@ -1,0 +1,182 @@
+//! Crash-safe writes. Every file lmforge writes goes to a temporary name in the same folder,
+//! is fsynced, then renamed over the target, and the folder is fsynced so the rename itself is
+//! durable. A crash at any instant leaves either the old file or the new one, never a mix.
+//! Folders (checkpoints, prepared data) are staged the same way: built under a hidden
+//! temporary name and renamed into place once complete.
+
+use crate::error::{IoContext, Result};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically (temp file + fsync + rename + fsync of the folder).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let tmp = temp_sibling(path);
+    {
+        let mut f = File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    fs::rename(&tmp, path).at(path)?;
+    sync_dir(&dir)
+}
+
+/// Writes JSON, pretty-printed, atomically.
+pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| crate::Error::format(path, format!("cannot serialise: {e}")))?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+/// fsyncs a folder so that renames and creations inside it survive a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    // Opening a directory read-only and calling fsync is the POSIX way to persist its entries.
+    File::open(dir).and_then(|f| f.sync_all()).at(dir)
+}
+
+/// A file written through a buffered handle under a temporary name, renamed over its target
+/// by [`AtomicFile::commit`]; dropped without commit, the temporary file is removed.
+pub struct AtomicFile {
+    file: Option<std::io::BufWriter<File>>,
+    tmp: PathBuf,
+    target: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(target: &Path) -> Result<Self> {
+        let dir = parent_dir(target);
+        fs::create_dir_all(&dir).at(&dir)?;
+        let tmp = temp_sibling(target);
+        let file = File::create(&tmp).at(&tmp)?;
+        Ok(Self { file: Some(std::io::BufWriter::new(file)), tmp, target: target.to_path_buf() })
+    }
+
+    pub fn writer(&mut self) -> &mut std::io::BufWriter<File> {
+        self.file.as_mut().expect("an AtomicFile is writable until committed")
+    }
+
+    /// Path of the temporary file, for error messages.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        let file = self.file.take().expect("commit runs once");
+        let file = file.into_inner().map_err(|e| crate::Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().at(&self.tmp)?;
+        drop(file);
+        fs::rename(&self.tmp, &self.target).at(&self.target)?;
+        sync_dir(&parent_dir(&self.target))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            self.file = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A folder built under a temporary name and renamed into place by [`StagedDir::commit`].
+/// Dropped without commit (an error, a panic), it removes its temporary folder.
+pub struct StagedDir {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    pub fn new(target: &Path) -> Result<Self> {
+        let tmp = temp_sibling(target);
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        Ok(Self { tmp, target: target.to_path_buf(), committed: false })
+    }
+
+    /// Where to write the folder's files before the commit.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// fsyncs every file, then renames the folder to its target (replacing an old one).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        for entry in fs::read_dir(&self.tmp).at(&self.tmp)? {
+            let p = entry.at(&self.tmp)?.path();
+            if p.is_file() {
+                File::open(&p).and_then(|f| f.sync_all()).at(&p)?;
+            }
+        }
+        sync_dir(&self.tmp)?;
+        if self.target.exists() {
+            // Move the old folder aside first: rename cannot replace a non-empty folder.
+            let old = temp_sibling(&self.target.with_extension("old"));
+            fs::rename(&self.target, &old).at(&self.target)?;
+            fs::rename(&self.tmp, &self.target).at(&self.target)?;
+            fs::remove_dir_all(&old).at(&old)?;
+        } else {
+            fs::rename(&self.tmp, &self.target).at(&self.target)?;
+        }
+        sync_dir(&parent_dir(&self.target))?;
+        self.committed = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// `dir/.name.tmp-PID`: hidden, in the same folder (so rename stays on one filesystem).
+fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn staged_dir_is_invisible_until_commit_and_cleaned_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("ckpt");
+        {
+            let staged = StagedDir::new(&target).unwrap();
+            fs::write(staged.path().join("x"), b"1").unwrap();
+            assert!(!target.exists());
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "dropped stage must be removed");
+        let staged = StagedDir::new(&target).unwrap();
+        fs::write(staged.path().join("x"), b"2").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(fs::read(target.join("x")).unwrap(), b"2");
+    }
+}

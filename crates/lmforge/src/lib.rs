@@ -1,0 +1,41 @@
+//! lmforge: raw text to a trained, evaluated and served transformer language model.
+//!
+//! The modules follow the data flow, each using only those listed above it:
+//!
+//! ```text
+//! error, fsio      shared vocabulary: typed errors, crash-safe file writes
+//! config           the run config tree: defaults < TOML file < --set overrides, validated
+//! ops              tensor ops with a backward (reference versions; fused kernels slot in here)
+//! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
+//! shards           token ids in a self-describing, memory-mapped binary file
+//! data             text -> tokenized train/val splits -> seeded batches
+//! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
+//! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
+//! optim            AdamW, gradient clipping, LR schedules (pure functions of the step)
+//! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
+//! train            the one training loop, metrics sink, progress
+//! eval             perplexity and bits per byte
+//! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
+//! quickstart       the bundled-corpus demo behind `lmforge quickstart`
+//! ```
+//! The `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over these APIs.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fsio;
+pub mod generate;
+pub mod models;
+pub mod nn;
+pub mod ops;
+pub mod optim;
+pub mod progress;
+pub mod quickstart;
+pub mod shards;
+pub mod tokenizer;
+pub mod train;
+
+pub use candle_core::Device;
+pub use error::{Error, Result};

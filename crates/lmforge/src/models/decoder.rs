@@ -1,0 +1,287 @@
+//! The decoder-only transformer, in its two styles (GPT-2 and Llama). Reads like the papers:
+//! embeddings, then L pre-norm blocks `x = x + attn(norm(x)); x = x + mlp(norm(x))`, a final
+//! norm and the LM head. Tensors are views of the `ParamStore`'s variables, so optimizer
+//! updates are seen without rebuilding the model.
+//!
+//! Dimension letters: B batch, T new positions, S cached + new positions, C d_model,
+//! H query heads, K key/value heads, D head dim, V vocab.
+
+use super::{ModelSpec, Style};
+use crate::error::Result;
+use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
+use crate::ops;
+use candle_core::Tensor;
+
+pub struct Decoder {
+    pub spec: ModelSpec,
+    wte: Tensor,         // (V, C)
+    wpe: Option<Tensor>, // (context, C), GPT-2 only
+    blocks: Vec<Block>,
+    norm_f: Norm,
+    head: Tensor, // (V, C); the same tensor as `wte` when tied
+    rope: Option<Rope>,
+}
+
+struct Block {
+    norm1: Norm,
+    attn: Attention,
+    norm2: Norm,
+    mlp: Mlp,
+}
+
+struct Attention {
+    qkv: Qkv,
+    o: Linear,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+enum Qkv {
+    /// GPT-2's fused c_attn: (C, 3C), output split into q, k, v.
+    Fused(Linear),
+    /// Llama's separate projections: q (H·D), k and v (K·D).
+    Split { q: Linear, k: Linear, v: Linear },
+}
+
+enum Mlp {
+    Gelu { fc: Linear, proj: Linear },
+    SwiGlu { gate: Linear, up: Linear, down: Linear },
+}
+
+/// Keys and values of the positions seen so far, per layer: (B, K, S, D) each.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> Self {
+        Self { layers: (0..n_layer).map(|_| None).collect() }
+    }
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dims()[2],
+            _ => 0,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Decoder {
+    pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
+        let eps = spec.norm_eps;
+        let mut blocks = Vec::with_capacity(spec.n_layer);
+        for i in 0..spec.n_layer {
+            blocks.push(match spec.style {
+                Style::Gpt2 => {
+                    let n = |s: &str| format!("transformer.h.{i}.{s}");
+                    let lin = |s: &str| -> Result<Linear> {
+                        Ok(Linear::in_out(p.get(&n(&format!("{s}.weight")))?, Some(p.get(&n(&format!("{s}.bias")))?)))
+                    };
+                    let ln = |s: &str| -> Result<Norm> {
+                        Ok(Norm::Layer {
+                            w: p.get(&n(&format!("{s}.weight")))?,
+                            b: p.get(&n(&format!("{s}.bias")))?,
+                            eps,
+                        })
+                    };
+                    Block {
+                        norm1: ln("ln_1")?,
+                        attn: Attention {
+                            qkv: Qkv::Fused(lin("attn.c_attn")?),
+                            o: lin("attn.c_proj")?,
+                            n_head: spec.n_head,
+                            n_kv_head: spec.n_head,
+                            head_dim: spec.head_dim,
+                        },
+                        norm2: ln("ln_2")?,
+                        mlp: Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
+                    }
+                }
+                Style::Llama => {
+                    let n = |s: &str| format!("model.layers.{i}.{s}.weight");
+                    let lin = |s: &str| -> Result<Linear> { Ok(Linear::out_in(p.get(&n(s))?, None)) };
+                    let rms = |s: &str| -> Result<Norm> { Ok(Norm::Rms { w: p.get(&n(s))?, eps }) };
+                    Block {
+                        norm1: rms("input_layernorm")?,
+                        attn: Attention {
+                            qkv: Qkv::Split {
+                                q: lin("self_attn.q_proj")?,
+                                k: lin("self_attn.k_proj")?,
+                                v: lin("self_attn.v_proj")?,
+                            },
+                            o: lin("self_attn.o_proj")?,
+                            n_head: spec.n_head,
+                            n_kv_head: spec.n_kv_head,
+                            head_dim: spec.head_dim,
+                        },
+                        norm2: rms("post_attention_layernorm")?,
+                        mlp: Mlp::SwiGlu {
+                            gate: lin("mlp.gate_proj")?,
+                            up: lin("mlp.up_proj")?,
+                            down: lin("mlp.down_proj")?,
+                        },
+                    }
+                }
+            });
+        }
+        let wte = p.get(spec.embedding_name())?;
+        let head = if spec.tie_embeddings { wte.clone() } else { p.get("lm_head.weight")? };
+        let (wpe, norm_f, rope) = match spec.style {
+            Style::Gpt2 => (
+                Some(p.get("transformer.wpe.weight")?),
+                Norm::Layer { w: p.get("transformer.ln_f.weight")?, b: p.get("transformer.ln_f.bias")?, eps },
+                None,
+            ),
+            Style::Llama => (
+                None,
+                Norm::Rms { w: p.get("model.norm.weight")?, eps },
+                Some(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?),
+            ),
+        };
+        Ok(Self { spec: spec.clone(), wte, wpe, blocks, norm_f, head, rope })
+    }
+
+    /// Hidden states after the final norm, (B, T, C), for `ids` (B, T) at positions
+    /// `offset..offset+T`. With a cache, keys/values are appended to it; with a dropout
+    /// generator, dropout is applied (training).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if offset + t > self.spec.context {
+            return Err(crate::Error::Invalid(format!(
+                "sequence of {} positions exceeds the model's context of {}",
+                offset + t,
+                self.spec.context
+            )));
+        }
+        let mut x = self.wte.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.spec.d_model))?;
+        if let Some(wpe) = &self.wpe {
+            x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
+        }
+        x = drop(&mut dropout, &x)?;
+        let mask = if t > 1 {
+            let s = offset + t;
+            Some(ops::causal_mask(t, s, offset, x.device())?)
+        } else {
+            None
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = block.attn.forward(
+                &block.norm1.forward(&x)?,
+                offset,
+                layer_cache,
+                mask.as_ref(),
+                self.rope.as_ref(),
+                &mut dropout,
+            )?;
+            x = (x + drop(&mut dropout, &a)?)?;
+            let m = block.mlp.forward(&block.norm2.forward(&x)?)?;
+            x = (x + drop(&mut dropout, &m)?)?;
+        }
+        self.norm_f.forward(&x)
+    }
+
+    /// LM-head logits (B, T, V) for hidden states (B, T, C).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = hidden.dims3()?;
+        let l = hidden.reshape((b * t, c))?.matmul(&self.head.t()?)?;
+        Ok(l.reshape((b, t, self.spec.vocab_size))?)
+    }
+
+    /// Logits (B, T, V) for `ids` (B, T) at positions offset..offset+T.
+    pub fn forward(&self, ids: &Tensor, offset: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.hidden(ids, offset, cache, None)?;
+        self.logits(&h)
+    }
+
+    /// Mean next-token cross-entropy (nats) of `targets` (B, T) given `ids` (B, T).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let h = self.hidden(ids, 0, None, dropout)?;
+        let (b, t, _) = h.dims3()?;
+        let logits = self.logits(&h)?.reshape((b * t, self.spec.vocab_size))?;
+        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+    }
+}
+
+fn drop(d: &mut Option<&mut DropoutRng>, x: &Tensor) -> Result<Tensor> {
+    match d {
+        Some(d) => d.apply(x),
+        None => Ok(x.clone()),
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mask: Option<&Tensor>,
+        rope: Option<&Rope>,
+        dropout: &mut Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Fused(lin) => {
+                let qkv = lin.forward(x)?; // (B, T, 3·H·D)
+                (qkv.narrow(2, 0, h * d)?, qkv.narrow(2, h * d, kh * d)?, qkv.narrow(2, (h + kh) * d, kh * d)?)
+            }
+            Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+        };
+        // (B, T, n·D) -> (B, n, T, D)
+        let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
+        };
+        let (mut q, mut k, mut v) = (heads(q, h)?, heads(k, kh)?, heads(v, kh)?);
+        if let Some(rope) = rope {
+            q = rope.apply(&q, offset)?;
+            k = rope.apply(&k, offset)?;
+        }
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dim(2)?;
+        // Grouped-query attention without repeating K/V: the H/K query heads that share a
+        // key/value head are adjacent, so (B, H, T, D) regroups as (B, K, H/K·T, D) and one
+        // batched matmul per KV head covers them all.
+        //   q heads: [h0 h1 | h2 h3]   kv heads: [k0 | k1]   (H=4, K=2)
+        let rep = h / kh;
+        let qg = q.reshape((b, kh, rep * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let att = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let p = ops::softmax_last_dim(&att)?;
+        let p = drop(dropout, &p)?;
+        let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
+        let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
+        self.o.forward(&y)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Gelu { fc, proj } => proj.forward(&ops::gelu_tanh(&fc.forward(x)?)?),
+            Mlp::SwiGlu { gate, up, down } => down.forward(&ops::swiglu(&gate.forward(x)?, &up.forward(x)?)?),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Model shapes and presets. A [`ModelSpec`] is the resolved description of one decoder
+//! (GPT-2 or Llama style): it names every parameter with its Hugging Face key and shape, so
+//! parameter counts and memory estimates come without allocating a single weight, and the same
+//! list drives initialisation, loading and saving. The network itself is in [`decoder`]; the
+//! Hugging Face `config.json` mapping is in [`hf`].
+
+pub mod decoder;
+pub mod hf;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+pub use decoder::{Decoder, KvCache};
+
+/// The two decoder styles the family supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Style {
+    /// LayerNorm, GELU-tanh MLP, learned positions, biases, (by default) tied head.
+    Gpt2,
+    /// RMSNorm, SwiGLU MLP, RoPE (rotate-half), grouped-query attention, no biases, untied head.
+    Llama,
+}
+
+/// A fully resolved decoder shape: no defaults left to fill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub style: Style,
+    pub vocab_size: usize,
+    /// Maximum sequence length (learned positions for GPT-2, RoPE table length for Llama).
+    pub context: usize,
+    pub d_model: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub d_ff: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_embeddings: bool,
+}
+
+/// How a parameter is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Token or position embedding table.
+    Embedding,
+    /// A matrix feeding the residual stream's branches (normal init).
+    Matrix,
+    /// A matrix writing back into the residual stream (GPT-2 scales its init by 1/sqrt(2L)).
+    ResidualProjection,
+    Bias,
+    NormWeight,
+    NormBias,
+}
+
+/// One named parameter: Hugging Face key, shape, and (fan_in, fan_out) for matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    pub fans: (usize, usize),
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Named shapes users can start from; `model.*` keys override any field.
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "quickstart",
+    "gpt-small",
+    "gpt2-124m",
+    "gpt2-355m",
+    "llama-tiny",
+    "llama-small",
+    "llama-7b",
+    "bench-gpt",
+    "bench-llama",
+];
+
+impl ModelSpec {
+    /// The shape behind a preset name.
+    pub fn preset(name: &str) -> Option<Self> {
+        let gpt2 = |vocab, context, d_model, n_layer, n_head| Self {
+            style: Style::Gpt2,
+            vocab_size: vocab,
+            context,
+            d_model,
+            n_layer,
+            n_head,
+            n_kv_head: n_head,
+            head_dim: d_model / n_head,
+            d_ff: 4 * d_model,
+            norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_embeddings: true,
+        };
+        let llama = |vocab, context, d_model, n_layer, n_head, n_kv_head, d_ff| Self {
+            style: Style::Llama,
+            vocab_size: vocab,
+            context,
+            d_model,
+            n_layer,
+            n_head,
+            n_kv_head,
+            head_dim: d_model / n_head,
+            d_ff,
+            norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_embeddings: false,
+        };
+        Some(match name {
+            "tiny" => gpt2(1024, 128, 64, 2, 4),
+            "quickstart" => gpt2(1024, 128, 192, 4, 6),
+            "gpt-small" => gpt2(4096, 256, 384, 6, 6),
+            "gpt2-124m" => gpt2(50257, 1024, 768, 12, 12),
+            "gpt2-355m" => gpt2(50257, 1024, 1024, 24, 16),
+            "llama-tiny" => llama(1024, 128, 64, 2, 4, 2, 176),
+            "llama-small" => llama(4096, 256, 384, 6, 6, 2, 1024),
+            "llama-7b" => llama(32000, 4096, 4096, 32, 32, 32, 11008),
+            "bench-gpt" => gpt2(8192, 256, 256, 4, 4),
+            "bench-llama" => llama(8192, 256, 256, 4, 8, 2, 688),
+            _ => return None,
+        })
+    }
+
+    /// Resolves `[model]`: the preset, then each explicit override, then validation.
+    pub fn from_config(m: &ModelConfig) -> Result<Self> {
+        let mut s = Self::preset(&m.preset).ok_or_else(|| {
+            Error::config(
+                "model.preset",
+                format!("unknown preset {:?}; expected one of {}", m.preset, PRESETS.join(", ")),
+            )
+        })?;
+        if let Some(style) = &m.style {
+            s.style = match style.as_str() {
+                "gpt2" => Style::Gpt2,
+                "llama" => Style::Llama,
+                other => {
+                    return Err(Error::config(
+                        "model.style",
+                        format!("invalid value {other:?}; expected \"gpt2\" or \"llama\""),
+                    ))
+                }
+            };
+        }
+        let head_dim_was_derived = s.head_dim == s.d_model / s.n_head;
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = m.$field { s.$field = v; } )* };
+        }
+        take!(n_layer, n_head, d_model, d_ff, context, vocab_size, norm_eps, rope_theta, tie_embeddings);
+        s.n_kv_head = m.n_kv_head.unwrap_or(if s.style == Style::Gpt2 { s.n_head } else { s.n_kv_head.min(s.n_head) });
+        if head_dim_was_derived && s.n_head > 0 {
+            s.head_dim = s.d_model / s.n_head;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("model.vocab_size", self.vocab_size),
+            ("model.context", self.context),
+            ("model.d_model", self.d_model),
+            ("model.n_layer", self.n_layer),
+            ("model.n_head", self.n_head),
+            ("model.n_kv_head", self.n_kv_head),
+            ("model.d_ff", self.d_ff),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(Error::config(key, "invalid value 0; expected >= 1"));
+            }
+        }
+        if self.style == Style::Gpt2 && self.head_dim * self.n_head != self.d_model {
+            return Err(Error::config(
+                "model.n_head",
+                format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head),
+            ));
+        }
+        if self.n_head % self.n_kv_head != 0 {
+            return Err(Error::config(
+                "model.n_kv_head",
+                format!("n_head {} is not a multiple of n_kv_head {}", self.n_head, self.n_kv_head),
+            ));
+        }
+        if self.style == Style::Gpt2 && self.n_kv_head != self.n_head {
+            return Err(Error::config(
+                "model.n_kv_head",
+                "GPT-2 style uses full multi-head attention: n_kv_head must equal n_head",
+            ));
+        }
+        if self.style == Style::Llama && self.head_dim % 2 != 0 {
+            return Err(Error::config("model.n_head", "RoPE needs an even head dimension"));
+        }
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return Err(Error::config("model.norm_eps", "norm_eps and rope_theta must be positive"));
+        }
+        Ok(())
+    }
+
+    /// Every parameter in Hugging Face naming, in a stable order.
+    pub fn params(&self) -> Vec<ParamInfo> {
+        let (c, f, v, l) = (self.d_model, self.d_ff, self.vocab_size, self.n_layer);
+        let mut out = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>, kind: ParamKind, fans: (usize, usize)| {
+            out.push(ParamInfo { name, shape, kind, fans })
+        };
+        match self.style {
+            Style::Gpt2 => {
+                add("transformer.wte.weight".into(), vec![v, c], ParamKind::Embedding, (v, c));
+                add("transformer.wpe.weight".into(), vec![self.context, c], ParamKind::Embedding, (self.context, c));
+                for i in 0..l {
+                    let p = format!("transformer.h.{i}");
+                    add(format!("{p}.ln_1.weight"), vec![c], ParamKind::NormWeight, (c, c));
+                    add(format!("{p}.ln_1.bias"), vec![c], ParamKind::NormBias, (c, c));
+                    // GPT-2 stores its Conv1D weights as (in, out).
+                    add(format!("{p}.attn.c_attn.weight"), vec![c, 3 * c], ParamKind::Matrix, (c, 3 * c));
+                    add(format!("{p}.attn.c_attn.bias"), vec![3 * c], ParamKind::Bias, (c, 3 * c));
+                    add(format!("{p}.attn.c_proj.weight"), vec![c, c], ParamKind::ResidualProjection, (c, c));
+                    add(format!("{p}.attn.c_proj.bias"), vec![c], ParamKind::Bias, (c, c));
+                    add(format!("{p}.ln_2.weight"), vec![c], ParamKind::NormWeight, (c, c));
+                    add(format!("{p}.ln_2.bias"), vec![c], ParamKind::NormBias, (c, c));
+                    add(format!("{p}.mlp.c_fc.weight"), vec![c, f], ParamKind::Matrix, (c, f));
+                    add(format!("{p}.mlp.c_fc.bias"), vec![f], ParamKind::Bias, (c, f));
+                    add(format!("{p}.mlp.c_proj.weight"), vec![f, c], ParamKind::ResidualProjection, (f, c));
+                    add(format!("{p}.mlp.c_proj.bias"), vec![c], ParamKind::Bias, (f, c));
+                }
+                add("transformer.ln_f.weight".into(), vec![c], ParamKind::NormWeight, (c, c));
+                add("transformer.ln_f.bias".into(), vec![c], ParamKind::NormBias, (c, c));
+            }
+            Style::Llama => {
+                let (hd, nq, nkv) = (self.head_dim, self.n_head, self.n_kv_head);
+                add("model.embed_tokens.weight".into(), vec![v, c], ParamKind::Embedding, (v, c));
+                for i in 0..l {
+                    let p = format!("model.layers.{i}");
+                    add(format!("{p}.input_layernorm.weight"), vec![c], ParamKind::NormWeight, (c, c));
+                    // nn.Linear stores (out, in).
+                    add(format!("{p}.self_attn.q_proj.weight"), vec![nq * hd, c], ParamKind::Matrix, (c, nq * hd));
+                    add(format!("{p}.self_attn.k_proj.weight"), vec![nkv * hd, c], ParamKind::Matrix, (c, nkv * hd));
+                    add(format!("{p}.self_attn.v_proj.weight"), vec![nkv * hd, c], ParamKind::Matrix, (c, nkv * hd));
+                    add(
+                        format!("{p}.self_attn.o_proj.weight"),
+                        vec![c, nq * hd],
+                        ParamKind::ResidualProjection,
+                        (nq * hd, c),
+                    );
+                    add(format!("{p}.post_attention_layernorm.weight"), vec![c], ParamKind::NormWeight, (c, c));
+                    add(format!("{p}.mlp.gate_proj.weight"), vec![f, c], ParamKind::Matrix, (c, f));
+                    add(format!("{p}.mlp.up_proj.weight"), vec![f, c], ParamKind::Matrix, (c, f));
+                    add(format!("{p}.mlp.down_proj.weight"), vec![c, f], ParamKind::ResidualProjection, (f, c));
+                }
+                add("model.norm.weight".into(), vec![c], ParamKind::NormWeight, (c, c));
+            }
+        }
+        if !self.tie_embeddings {
+            out.push(ParamInfo {
+                name: "lm_head.weight".into(),
+                shape: vec![v, c],
+                kind: ParamKind::Matrix,
+                fans: (c, v),
+            });
+        }
+        out
+    }
+
+    /// Exact parameter count (tied weights counted once), without allocating.
+    pub fn num_params(&self) -> u64 {
+        self.params().iter().map(|p| p.numel() as u64).sum()
+    }
+
+    /// Name of the token-embedding table (also the LM head when tied).
+    pub fn embedding_name(&self) -> &'static str {
+        match self.style {
+            Style::Gpt2 => "transformer.wte.weight",
+            Style::Llama => "model.embed_tokens.weight",
+        }
+    }
+
+    /// Forward + backward FLOPs per trained token: 6 per weight (matmuls) plus attention's
+    /// 12·L·T·d (QKᵀ and AV, forward and backward), as in the PaLM / nanoGPT estimates.
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        let non_embedding: u64 = self
+            .params()
+            .iter()
+            .filter(|p| p.kind != ParamKind::Embedding || (self.tie_embeddings && p.name == self.embedding_name()))
+            .map(|p| p.numel() as u64)
+            .sum();
+        6.0 * non_embedding as f64 + 12.0 * (self.n_layer * seq_len * self.n_head * self.head_dim) as f64
+    }
+
+    /// Bytes a training run needs: fp32 weights, gradients and two AdamW moments (16 B per
+    /// parameter) plus activations kept for the backward pass of one micro-batch.
+    pub fn train_memory_estimate(&self, batch: usize, seq_len: usize) -> u64 {
+        let p = self.num_params();
+        let (b, t, c, l) = (batch as u64, seq_len as u64, self.d_model as u64, self.n_layer as u64);
+        // Per layer and token: about 16·C floats of intermediates (norms, q/k/v, MLP hidden at
+        // 4·C counted once in and out) plus H·T attention probabilities, kept for backward;
+        // plus the logits and their softmax (2·V per token).
+        let per_layer = b * t * (16 * c + self.d_ff as u64 * 2 + self.n_head as u64 * t * 2);
+        let activations = 4 * (l * per_layer + b * t * 2 * self.vocab_size as u64);
+        16 * p + activations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_parameter_counts() {
+        assert_eq!(ModelSpec::preset("gpt2-124m").unwrap().num_params(), 124_439_808);
+        assert_eq!(ModelSpec::preset("llama-7b").unwrap().num_params(), 6_738_415_616);
+    }
+
+    #[test]
+    fn every_preset_is_valid() {
+        for name in PRESETS {
+            let s = ModelSpec::preset(name).unwrap();
+            s.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(s.num_params() > 0);
+        }
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let mut m = ModelConfig { preset: "tiny".into(), ..Default::default() };
+        m.d_model = Some(96);
+        m.n_head = Some(3);
+        let s = ModelSpec::from_config(&m).unwrap();
+        assert_eq!((s.d_model, s.head_dim), (96, 32));
+        m.n_head = Some(5);
+        assert!(ModelSpec::from_config(&m).unwrap_err().to_string().contains("model.n_head"));
+    }
+}

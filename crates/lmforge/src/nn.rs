@@ -1,0 +1,324 @@
+//! Building blocks shared by the models: the parameter store (trainable `Var`s keyed by their
+//! checkpoint names), seeded initialisation, Linear / Embedding / norm layers, rotary position
+//! embeddings and dropout masks. Randomness comes from lmforge's own ChaCha generator, seeded
+//! per parameter name or per step, because candle's CPU generator cannot be seeded.
+
+use crate::error::{Error, Result};
+use crate::models::{ParamInfo, ParamKind};
+use crate::ops;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Weight initialisation schemes (config `model.init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitScheme {
+    /// GPT-2: normal(0, 0.02); residual projections normal(0, 0.02/sqrt(2·n_layer)).
+    Gpt2,
+    /// Glorot/Xavier uniform: U(±sqrt(6/(fan_in+fan_out))).
+    Glorot,
+    /// He/Kaiming normal: N(0, sqrt(2/fan_in)).
+    He,
+}
+
+impl InitScheme {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "gpt2" => Ok(Self::Gpt2),
+            "glorot" => Ok(Self::Glorot),
+            "he" => Ok(Self::He),
+            other => Err(Error::config("model.init", format!("unknown scheme {other:?}"))),
+        }
+    }
+}
+
+/// A stable 64-bit mix of a seed and a string (FNV-1a), so each parameter's initial values
+/// depend only on the seed and its name, not on the order parameters are created in.
+pub fn seed_for(seed: u64, label: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in label.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The trainable parameters of a model, by checkpoint (Hugging Face) name. A BTreeMap, so
+/// iteration order — and with it optimizer state and checkpoint layout — is deterministic.
+pub struct ParamStore {
+    vars: BTreeMap<String, Var>,
+    device: Device,
+}
+
+impl ParamStore {
+    /// Fresh parameters for `params`, initialised by `scheme` from `seed`.
+    pub fn init(params: &[ParamInfo], scheme: InitScheme, n_layer: usize, seed: u64, device: &Device) -> Result<Self> {
+        let mut vars = BTreeMap::new();
+        for p in params {
+            let n = p.numel();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, &p.name));
+            let data: Vec<f32> = match p.kind {
+                ParamKind::Bias | ParamKind::NormBias => vec![0.0; n],
+                ParamKind::NormWeight => vec![1.0; n],
+                ParamKind::Embedding => normal(&mut rng, 0.02, n),
+                ParamKind::Matrix | ParamKind::ResidualProjection => {
+                    let (fan_in, fan_out) = p.fans;
+                    match scheme {
+                        InitScheme::Gpt2 if p.kind == ParamKind::ResidualProjection => {
+                            normal(&mut rng, 0.02 / (2.0 * n_layer as f64).sqrt(), n)
+                        }
+                        InitScheme::Gpt2 => normal(&mut rng, 0.02, n),
+                        InitScheme::Glorot => {
+                            let a = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                            let u = Uniform::new_inclusive(-a, a).expect("a > 0");
+                            (0..n).map(|_| u.sample(&mut rng)).collect()
+                        }
+                        InitScheme::He => normal(&mut rng, (2.0 / fan_in as f64).sqrt(), n),
+                    }
+                }
+            };
+            let t = Tensor::from_vec(data, p.shape.as_slice(), device)?;
+            vars.insert(p.name.clone(), Var::from_tensor(&t)?);
+        }
+        Ok(Self { vars, device: device.clone() })
+    }
+
+    /// Loads `params` from a safetensors file, converting f16/bf16 to f32. Every expected
+    /// tensor must be present with the expected shape; extra tensors that are known buffers
+    /// (GPT-2's causal-mask `attn.bias`, RoPE `inv_freq`) are ignored, others are an error.
+    pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
+        let mut tensors = candle_core::safetensors::load(path, device)
+            .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
+        let mut vars = BTreeMap::new();
+        for p in params {
+            let t = tensors
+                .remove(&p.name)
+                .ok_or_else(|| Error::format(path, format!("missing tensor `{}` (shape {:?})", p.name, p.shape)))?;
+            if t.dims() != p.shape.as_slice() {
+                return Err(Error::format(
+                    path,
+                    format!("tensor `{}` has shape {:?}, expected {:?}", p.name, t.dims(), p.shape),
+                ));
+            }
+            let t = match t.dtype() {
+                DType::F32 => t,
+                DType::F16 | DType::BF16 | DType::F64 => t.to_dtype(DType::F32)?,
+                other => {
+                    return Err(Error::format(
+                        path,
+                        format!("tensor `{}` has dtype {other:?}, expected a float", p.name),
+                    ))
+                }
+            };
+            vars.insert(p.name.clone(), Var::from_tensor(&t)?);
+        }
+        let unexpected: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k.ends_with("inv_freq")))
+            .filter(|k| k.as_str() != "lm_head.weight") // a tied head saved explicitly
+            .collect();
+        if let Some(k) = unexpected.first() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "unexpected tensor `{k}` ({} unexpected in all): is this the right architecture?",
+                    unexpected.len()
+                ),
+            ));
+        }
+        Ok(Self { vars, device: device.clone() })
+    }
+
+    /// Serialises every parameter as safetensors bytes (HF names, f32, `format: pt`).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        serialize_tensors(self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.vars
+            .get(name)
+            .map(|v| v.as_tensor().clone())
+            .ok_or_else(|| Error::Invalid(format!("model has no parameter `{name}`")))
+    }
+
+    pub fn vars(&self) -> &BTreeMap<String, Var> {
+        &self.vars
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+}
+
+/// safetensors bytes for named tensors, with the `format: pt` metadata transformers expects.
+pub fn serialize_tensors(items: impl Iterator<Item = (String, Tensor)>) -> Result<Vec<u8>> {
+    let items: Vec<(String, Tensor)> = items.map(|(k, t)| Ok((k, t.contiguous()?))).collect::<Result<_>>()?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(items.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+        .map_err(|e| Error::Invalid(format!("cannot serialise tensors: {e}")))
+}
+
+fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {
+    let d = Normal::new(0.0f32, std as f32).expect("std > 0");
+    (0..n).map(|_| d.sample(rng)).collect()
+}
+
+/// y = x·W + b. GPT-2's Conv1D stores W as (in, out); `nn.Linear` stores (out, in) and is
+/// used transposed. Keeping the checkpoint layout avoids a copy at load and save time.
+pub struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    w_is_out_in: bool,
+}
+
+impl Linear {
+    /// Conv1D layout: weight (in, out).
+    pub fn in_out(w: Tensor, b: Option<Tensor>) -> Self {
+        Self { w, b, w_is_out_in: false }
+    }
+    /// nn.Linear layout: weight (out, in).
+    pub fn out_in(w: Tensor, b: Option<Tensor>) -> Self {
+        Self { w, b, w_is_out_in: true }
+    }
+
+    /// x: (B, T, in) -> (B, T, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let x2 = x.reshape((b * t, c))?;
+        let w = if self.w_is_out_in { self.w.t()? } else { self.w.clone() };
+        let mut y = x2.matmul(&w)?;
+        if let Some(bias) = &self.b {
+            y = y.broadcast_add(bias)?;
+        }
+        let out = y.dim(1)?;
+        Ok(y.reshape((b, t, out))?)
+    }
+}
+
+/// LayerNorm (GPT-2) or RMSNorm (Llama) over the channel dim.
+pub enum Norm {
+    Layer { w: Tensor, b: Tensor, eps: f64 },
+    Rms { w: Tensor, eps: f64 },
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Norm::Layer { w, b, eps } => ops::layer_norm(x, w, b, *eps)?,
+            Norm::Rms { w, eps } => ops::rms_norm(x, w, *eps)?,
+        })
+    }
+}
+
+/// Rotary position embeddings in Hugging Face's rotate-half layout: the head dim is split in
+/// two halves (x1, x2) and rotated as (x1·cos − x2·sin, x2·cos + x1·sin), with frequency i
+/// shared by channels i and i + D/2.
+pub struct Rope {
+    cos: Tensor, // (context, D)
+    sin: Tensor, // (context, D)
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, context: usize, theta: f64, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(context * head_dim);
+        let mut sin = Vec::with_capacity(context * head_dim);
+        for pos in 0..context {
+            let row: Vec<f64> = (0..half)
+                .map(|i| {
+                    // HF computes inv_freq in f32: 1 / theta^(2i/D).
+                    let inv = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+                    pos as f64 * inv as f64
+                })
+                .collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| (*a as f32).cos()));
+                sin.extend(row.iter().map(|a| (*a as f32).sin()));
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (context, head_dim), device)?,
+            sin: Tensor::from_vec(sin, (context, head_dim), device)?,
+        })
+    }
+
+    /// x: (B, H, T, D) at positions offset..offset+T.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_b, _h, t, d) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let x1 = x.narrow(3, 0, d / 2)?;
+        let x2 = x.narrow(3, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+}
+
+/// Draws inverted-dropout keep-masks from a seeded generator (one per micro-batch), so a
+/// resumed run reproduces the same masks.
+pub struct DropoutRng {
+    rng: ChaCha8Rng,
+    p: f32,
+}
+
+impl DropoutRng {
+    pub fn new(p: f64, seed: u64) -> Self {
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32 }
+    }
+
+    /// Applies dropout to x (no-op when p = 0).
+    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let mask: Vec<f32> =
+            (0..x.elem_count()).map(|_| if self.rng.random::<f32>() < self.p { 0.0 } else { keep }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok(ops::dropout(x, &mask)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotation_preserves_norm_and_is_identity_at_zero() {
+        let rope = Rope::new(8, 16, 10_000.0, &Device::Cpu).unwrap();
+        let x = Tensor::arange(0f32, 16.0, &Device::Cpu).unwrap().reshape((1, 1, 2, 8)).unwrap();
+        let y = rope.apply(&x, 3).unwrap();
+        let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((n(&x) - n(&y)).abs() / n(&x) < 1e-5);
+        let y0 = rope.apply(&x.narrow(2, 0, 1).unwrap(), 0).unwrap();
+        assert_eq!(y0.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (0..8).map(|v| v as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn init_is_seeded_and_order_independent() {
+        let spec = crate::models::ModelSpec::preset("tiny").unwrap();
+        let params = spec.params();
+        let a = ParamStore::init(&params, InitScheme::Gpt2, 2, 7, &Device::Cpu).unwrap();
+        let mut rev = params.clone();
+        rev.reverse();
+        let b = ParamStore::init(&rev, InitScheme::Gpt2, 2, 7, &Device::Cpu).unwrap();
+        assert_eq!(a.to_safetensors().unwrap(), b.to_safetensors().unwrap());
+        let c = ParamStore::init(&params, InitScheme::Gpt2, 2, 8, &Device::Cpu).unwrap();
+        assert_ne!(a.to_safetensors().unwrap(), c.to_safetensors().unwrap());
+    }
+
+    #[test]
+    fn dropout_keeps_expectation() {
+        let mut d = DropoutRng::new(0.25, 1);
+        let x = Tensor::ones(10_000, DType::F32, &Device::Cpu).unwrap();
+        let m = d.apply(&x).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((m - 1.0).abs() < 0.05, "{m}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Tensor ops that the models train through, one function per op so a fused kernel can replace
+//! the body in one place. These are the reference versions, composed from candle primitives
+//! that all have a backward: `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` are
+//! deliberately not used, since on contiguous input they run a fused forward with no backward
+//! and silently cut the gradient graph.
+//!
+//! Shapes: any leading dims `...`, last dim `C` (features) or `V` (vocab).
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// Softmax over the last dim. The max is subtracted for stability and detached: it cancels
+/// out of the result, so it needs no gradient.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// log(softmax(x)) over the last dim, computed without forming the softmax.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// LayerNorm over the last dim with biased variance, as `torch.nn.LayerNorm`.
+/// x: (..., C), weight/bias: (C)
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_std = (var + eps)?.sqrt()?.recip()?;
+    centred.broadcast_mul(&inv_std)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// RMSNorm over the last dim, as Hugging Face `LlamaRMSNorm`: x / sqrt(mean(x²) + eps) * w.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_rms = (ms + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inv_rms)?.broadcast_mul(weight)
+}
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.gelu()
+}
+
+/// GELU, exact erf form (BERT's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// SwiGLU gate: silu(gate) * up.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// Mean cross-entropy (nats) of `logits` (N, V) against `targets` (N) of u32 class ids.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(logits)?;
+    let picked = logp.gather(&targets.unsqueeze(1)?, 1)?;
+    picked.mean_all()?.neg()
+}
+
+/// Per-row cross-entropy (N) in nats, no reduction (for evaluation).
+pub fn cross_entropy_per_row(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logp = log_softmax_last_dim(logits)?;
+    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+/// Multiplies by a keep-mask scaled by 1/(1-p) (inverted dropout). The mask is drawn by the
+/// caller from lmforge's own seeded RNG, since candle's CPU generator cannot be seeded.
+pub fn dropout(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    x.mul(mask)
+}
+
+/// A causal mask (T, S) for queries at positions `offset..offset+T` over keys `0..S`: 0 where
+/// a query may attend, -inf where the key lies in its future.
+pub fn causal_mask(t: usize, s: usize, offset: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn t(v: &[f32], shape: (usize, usize)) -> Tensor {
+        Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_match_direct_formula() {
+        let x = t(&[1.0, 2.0, 3.0, -1.0, 0.0, 1000.0], (2, 3));
+        let s = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+        let e: Vec<f32> = [1.0f32, 2.0, 3.0].iter().map(|v| v.exp()).collect();
+        let z: f32 = e.iter().sum();
+        for j in 0..3 {
+            assert!((s[0][j] - e[j] / z).abs() < 1e-6);
+        }
+        assert!((s[1][2] - 1.0).abs() < 1e-6, "stable for large logits");
+    }
+
+    #[test]
+    fn norms_have_gradients() {
+        // The trap these ops exist for: every parameter must receive a gradient.
+        let x = Var::from_tensor(&t(&[1.0, 2.0, 4.0, 0.5, -1.0, 3.0], (2, 3))).unwrap();
+        let w = Var::from_tensor(&Tensor::new(&[1.0f32, 0.5, 2.0], &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0.1f32, 0.2, 0.3], &Device::Cpu).unwrap()).unwrap();
+        let y = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let z = rms_norm(&y, &w, 1e-6).unwrap();
+        let loss = softmax_last_dim(&z).unwrap().sqr().unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        for v in [&x, &w, &b] {
+            let gv = g.get(v.as_tensor()).expect("gradient reaches every input");
+            let n = gv.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(n > 0.0 && n.is_finite());
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_hand_value() {
+        let logits = t(&[0.0, 0.0, 0.0, 0.0, 2.0f32.ln(), 0.0], (2, 3));
+        let targets = Tensor::new(&[1u32, 1], &Device::Cpu).unwrap();
+        let ce = cross_entropy(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+        let expect = (3.0f32.ln() + (4.0f32 / 2.0).ln()) / 2.0;
+        assert!((ce - expect).abs() < 1e-6, "{ce} vs {expect}");
+    }
+
+    #[test]
+    fn causal_mask_respects_offset() {
+        let m = causal_mask(2, 4, 2, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0][2], 0.0);
+        assert_eq!(m[0][3], f32::NEG_INFINITY);
+        assert_eq!(m[1][3], 0.0);
+    }
+}

@@ -1,0 +1,83 @@
+//! Progress for long work: an `indicatif` bar (rate, ETA) on a terminal, plain log lines
+//! otherwise (CI, files, pipes; through `tracing`), or nothing. Progress goes to stderr so stdout carries only
+//! results (samples, JSON).
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    Bar,
+    Lines,
+    Off,
+}
+
+impl ProgressMode {
+    /// "auto" picks a bar when stderr is a terminal.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "bar" => Self::Bar,
+            "lines" => Self::Lines,
+            "off" => Self::Off,
+            _ if std::io::stderr().is_terminal() => Self::Bar,
+            _ => Self::Lines,
+        }
+    }
+}
+
+pub struct Progress {
+    mode: ProgressMode,
+    bar: Option<ProgressBar>,
+    total: u64,
+    start_pos: u64,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(mode: ProgressMode, label: &str, start_pos: u64, total: u64) -> Self {
+        let bar = (mode == ProgressMode::Bar).then(|| {
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ETA {eta}")
+                    .expect("valid template"),
+            );
+            b.set_prefix(label.to_string());
+            b.set_position(start_pos);
+            b
+        });
+        Self { mode, bar, total, start_pos, start: Instant::now() }
+    }
+
+    /// Moves to `pos`; `msg` is shown on the bar, or printed as a line when `log_line` is set.
+    pub fn update(&self, pos: u64, msg: &str, log_line: bool) {
+        match (&self.bar, self.mode) {
+            (Some(b), _) => {
+                b.set_position(pos);
+                b.set_message(msg.to_string());
+            }
+            (None, ProgressMode::Lines) if log_line => {
+                let done = pos.saturating_sub(self.start_pos) as f64;
+                let secs = self.start.elapsed().as_secs_f64();
+                let eta = if done > 0.0 { (self.total - pos) as f64 * secs / done } else { 0.0 };
+                tracing::info!("step {pos}/{} {msg} eta {:.0}s", self.total, eta);
+            }
+            _ => {}
+        }
+    }
+
+    /// A line that stays (validation results, warnings).
+    pub fn println(&self, line: &str) {
+        match (&self.bar, self.mode) {
+            (Some(b), _) => b.println(line),
+            (None, ProgressMode::Off) => {}
+            (None, _) => tracing::info!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Tokenizers, always as Hugging Face `tokenizer.json`: train a byte-level BPE with the
+//! `tokenizers` crate (GPT-2's pre-tokenizer and decoder, so every byte string round-trips),
+//! load an existing one, save one atomically. Text is encoded without special tokens; the
+//! end-of-text token separates documents.
+
+use crate::error::{Error, Result};
+use crate::fsio;
+use std::path::Path;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+
+/// GPT-style end-of-text marker, id 0 in tokenizers lmforge trains.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+}
+
+impl TextTokenizer {
+    /// Trains a byte-level BPE with `vocab_size` entries (the 256 byte symbols and the special
+    /// tokens included) on `texts`.
+    pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tk = TokenizerBuilder::new()
+            .with_model(BPE::default())
+            .with_normalizer(None::<tokenizers::NormalizerWrapper>)
+            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)))
+            .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
+            .with_decoder(Some(ByteLevel::default()))
+            .build()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tk.train(&mut trainer, texts).map_err(|e| Error::Tokenizer(format!("training failed: {e}")))?;
+        let inner: Tokenizer = tk.into();
+        Ok(Self { inner })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::format(path, "tokenizer.json not found"));
+        }
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        Ok(Self { inner })
+    }
+
+    /// Saves as `tokenizer.json`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        fsio::write_atomic(path, json.as_bytes())
+    }
+
+    /// Token ids of `text`, no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes many texts in parallel (order preserved).
+    pub fn encode_batch(&self, texts: Vec<&str>) -> Result<Vec<Vec<u32>>> {
+        let encs = self.inner.encode_batch_fast(texts, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Vocabulary size including added tokens (the smallest valid model vocab).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The end-of-text id, if the tokenizer has one (`<|endoftext|>`, `</s>` or `<eos>`).
+    pub fn eos_id(&self) -> Option<u32> {
+        [END_OF_TEXT, "</s>", "<eos>"].iter().find_map(|t| self.inner.token_to_id(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_bpe_round_trips_any_text() {
+        let corpus = "the quick brown fox jumps over the lazy dog\n".repeat(50);
+        let tk = TextTokenizer::train_bpe(corpus.lines(), 300).unwrap();
+        assert!(tk.vocab_size() <= 300 && tk.vocab_size() > 257);
+        assert_eq!(tk.eos_id(), Some(0));
+        for text in ["the fox", "unseen wörds ✓ 🦀\ttabs\n\nand lines", ""] {
+            let ids = tk.encode(text).unwrap();
+            assert_eq!(tk.decode(&ids).unwrap(), text);
+        }
+        assert!(tk.encode("the quick brown fox").unwrap().len() < "the quick brown fox".len());
+    }
+}

@@ -1,0 +1,410 @@
+//! The training loop: one flat loop for a fresh run and a resumed one. Each step draws its
+//! micro-batches (a pure function of seed and step), accumulates gradients, clips, updates
+//! with AdamW at the scheduled learning rate, logs to `metrics.jsonl`, validates and
+//! checkpoints on schedule. Decisions (should I evaluate / checkpoint now?) are small pure
+//! functions. Interrupting (Ctrl-C) writes a checkpoint first; resuming from any checkpoint
+//! reproduces the uninterrupted run's losses to the bit.
+
+use crate::checkpoint::{self, CheckpointContents, TrainerState};
+use crate::config::RunConfig;
+use crate::data::{self, Batch, PreparedData};
+use crate::error::{Error, IoContext, Result};
+use crate::models::{Decoder, ModelSpec};
+use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
+use crate::optim::{clip_grad_norm, default_decay, named_grads, AdamW, Schedule};
+use crate::progress::{Progress, ProgressMode};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Controls that are not part of the run's identity (not in the config hash).
+#[derive(Default, Clone)]
+pub struct TrainOptions {
+    /// Stop (with a checkpoint) after this many completed steps, as if interrupted.
+    pub stop_after: Option<u64>,
+    /// Set by a signal handler: checkpoint and stop at the next step boundary.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub step: u64,
+    pub max_steps: u64,
+    /// Stopped by a signal (Ctrl-C / SIGTERM) before max_steps, after writing a checkpoint.
+    pub interrupted: bool,
+    pub last_val: Option<ValMetrics>,
+    pub tokens_per_s: f64,
+    pub train_seconds: f64,
+    pub num_params: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValMetrics {
+    pub loss: f64,
+    pub ppl: f64,
+    pub bits_per_byte: f64,
+}
+
+/// Should step `step` (completed steps, 1-based) validate / checkpoint? Every `every` steps
+/// (0 = never on a schedule) and always at the last step.
+pub fn due(step: u64, every: u64, max_steps: u64) -> bool {
+    step == max_steps || (every > 0 && step % every == 0)
+}
+
+/// Starts a new run in `run_dir` (which must not already hold a run).
+pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
+    let spec = ModelSpec::from_config(&cfg.model)?;
+    let seq_len = seq_len(cfg, &spec)?;
+    check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset)?;
+    if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(run_dir).at(run_dir)?;
+    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
+    let device = Device::Cpu;
+    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"))?;
+    let init = InitScheme::parse(&cfg.model.init)?;
+    let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, &device)?;
+    let state = TrainerState {
+        step: 0,
+        tokens_seen: 0,
+        data_cursor: 0,
+        seed: cfg.train.seed,
+        config_hash: cfg.hash(),
+        val_loss: None,
+        best_val_loss: None,
+        best_step: None,
+        elapsed_s: 0.0,
+    };
+    let optimizer =
+        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
+    run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+}
+
+/// Continues the run in `run_dir` from its latest checkpoint.
+pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
+    let cfg = RunConfig::resolve(Some(&run_dir.join("config.toml")), &[])?;
+    let steps = checkpoint::list_checkpoints(run_dir)?;
+    let last = *steps
+        .last()
+        .ok_or_else(|| Error::Invalid(format!("{} has no checkpoint to resume from", run_dir.display())))?;
+    let ckpt = checkpoint::checkpoint_dir(run_dir, last);
+    let state = checkpoint::read_trainer_state(&ckpt)?;
+    if state.config_hash != cfg.hash() {
+        return Err(Error::format(
+            run_dir.join("config.toml"),
+            format!(
+                "config hash {} differs from the checkpoint's {}: the config was edited after training started",
+                cfg.hash(),
+                state.config_hash
+            ),
+        ));
+    }
+    let spec = ModelSpec::from_config(&cfg.model)?;
+    let device = Device::Cpu;
+    let data = PreparedData::open(&run_dir.join("data"))?;
+    let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
+    let mut optimizer =
+        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let opt_path = ckpt.join("optimizer.safetensors");
+    let opt_state = candle_core::safetensors::load(&opt_path, &device)
+        .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
+    optimizer.load_state(opt_state, state.step)?;
+    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step))?;
+    run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+}
+
+fn embedding_names(spec: &ModelSpec) -> Vec<&'static str> {
+    let mut v = vec![spec.embedding_name()];
+    if spec.style == crate::models::Style::Gpt2 {
+        v.push("transformer.wpe.weight");
+    }
+    v
+}
+
+fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
+    let t = if cfg.train.seq_len == 0 { spec.context } else { cfg.train.seq_len };
+    if t > spec.context {
+        return Err(Error::config("train.seq_len", format!("{t} exceeds the model's context of {}", spec.context)));
+    }
+    Ok(t)
+}
+
+/// Refuses, before allocating anything, a model whose training state does not fit in memory.
+pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str) -> Result<()> {
+    let need = spec.train_memory_estimate(batch, seq_len);
+    if let Some(avail) = available_memory_bytes() {
+        if need > avail {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(Error::DoesNotFit(format!(
+                "model `{name}` ({} parameters) needs about {:.1} GiB to train in fp32 with AdamW \
+                 (16 bytes per parameter for weights, gradients and two moments = {:.1} GiB, plus \
+                 activations for batch {batch} x {seq_len}), but only {:.1} GiB are available. \
+                 Use a smaller preset or batch, or a machine with more memory.",
+                spec.num_params(),
+                gib(need),
+                gib(16 * spec.num_params()),
+                gib(avail)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from /proc/meminfo (None where unknown).
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    spec: ModelSpec,
+    params: ParamStore,
+    mut optimizer: AdamW,
+    data: PreparedData,
+    mut state: TrainerState,
+    mut metrics: MetricsLog,
+    opts: &TrainOptions,
+) -> Result<TrainSummary> {
+    let t = &cfg.train;
+    let seq_len = seq_len(cfg, &spec)?;
+    let model = Decoder::new(&spec, &params)?;
+    let schedule = Schedule::new(&cfg.schedule, t.max_steps);
+    let device = params.device().clone();
+    let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
+    let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
+    let run_config_toml = cfg.to_toml();
+    let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "train", state.step, t.max_steps);
+    progress.println(&format!(
+        "model: {} parameters ({:?}, {} layers, d {}); optimizer state {} MiB; {} train / {} val tokens",
+        spec.num_params(),
+        spec.style,
+        spec.n_layer,
+        spec.d_model,
+        (spec.num_params() as usize * AdamW::STATE_BYTES_PER_PARAM) >> 20,
+        data.train.len(),
+        data.val.len()
+    ));
+
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let mut train_time = 0.0f64;
+    let mut trained_tokens = 0u64;
+    let mut last_val = None;
+    let mut last_ckpt_step = state.step;
+    let mut interrupted = false;
+    let mut stopped_early = false;
+
+    while state.step < t.max_steps {
+        if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            interrupted = true;
+            break;
+        }
+        if opts.stop_after == Some(state.step) {
+            stopped_early = true;
+            break;
+        }
+        let step_start = Instant::now();
+        let s = state.step;
+        let lr = cfg.optim.lr * schedule.multiplier(s);
+        let mut grads: Option<BTreeMap<String, Tensor>> = None;
+        let mut loss_sum = 0.0f64;
+        for micro in 0..t.grad_accum {
+            let batch = data::train_batch(&data.train, state.seed, s, micro, t.batch_size, seq_len)?;
+            let (x, y) = batch_tensors(&batch, &device)?;
+            let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")));
+            let loss = model.loss(&x, &y, Some(&mut dropout))?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
+            let scaled = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
+            let g = named_grads(params.vars(), &scaled.backward()?)?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    for (k, v) in g {
+                        let a = acc.get_mut(&k).expect("same names every micro-batch");
+                        *a = (&*a + v)?;
+                    }
+                    acc
+                }
+            });
+            state.data_cursor += 1;
+        }
+        let mut grads = grads.expect("grad_accum >= 1");
+        let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
+        optimizer.step(params.vars(), &grads, lr)?;
+        state.step += 1;
+        state.tokens_seen += tokens_per_step;
+        train_time += step_start.elapsed().as_secs_f64();
+        trained_tokens += tokens_per_step;
+        let loss = loss_sum / t.grad_accum as f64;
+        let elapsed = elapsed_before + started.elapsed().as_secs_f64();
+        let tok_s = trained_tokens as f64 / train_time.max(1e-9);
+        let log_now = state.step % t.log_every == 0 || state.step == t.max_steps || state.step == 1;
+        if log_now {
+            metrics.write(&json!({
+                "step": state.step, "split": "train", "loss": loss, "lr": lr,
+                "tokens": state.tokens_seen, "elapsed_s": elapsed, "grad_norm": grad_norm,
+                "tokens_per_s": tok_s,
+            }))?;
+        }
+        progress.update(state.step, &format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"), log_now);
+        if !loss.is_finite() {
+            return Err(Error::Invalid(format!("loss became {loss} at step {}; lower optim.lr", state.step)));
+        }
+
+        state.val_loss = None;
+        if due(state.step, t.eval_every, t.max_steps) {
+            let v = evaluate(&model, &val_batches, &device, data.meta.val_tokens_per_byte())?;
+            metrics.write(&json!({
+                "step": state.step, "split": "val", "loss": v.loss, "ppl": v.ppl,
+                "bits_per_byte": v.bits_per_byte, "lr": lr, "tokens": state.tokens_seen,
+                "elapsed_s": elapsed,
+            }))?;
+            progress.println(&format!(
+                "step {} val loss {:.4} ppl {:.2} bits/byte {:.4}",
+                state.step, v.loss, v.ppl, v.bits_per_byte
+            ));
+            state.val_loss = Some(v.loss);
+            if state.best_val_loss.is_none_or(|b| v.loss < b) {
+                state.best_val_loss = Some(v.loss);
+                state.best_step = Some(state.step);
+            }
+            last_val = Some(v);
+        }
+        if due(state.step, t.checkpoint_every, t.max_steps) {
+            state.elapsed_s = elapsed;
+            save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
+            last_ckpt_step = state.step;
+        }
+    }
+    if (interrupted || stopped_early) && last_ckpt_step != state.step {
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
+        progress.println(&format!("stopped at step {}; checkpoint written, continue with --resume", state.step));
+    }
+    progress.finish();
+    Ok(TrainSummary {
+        run_dir: run_dir.to_path_buf(),
+        step: state.step,
+        max_steps: t.max_steps,
+        interrupted,
+        last_val,
+        tokens_per_s: trained_tokens as f64 / train_time.max(1e-9),
+        train_seconds: train_time,
+        num_params: spec.num_params(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    spec: &ModelSpec,
+    params: &ParamStore,
+    data: &PreparedData,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    run_config_toml: &str,
+) -> Result<()> {
+    checkpoint::write_checkpoint(
+        run_dir,
+        &CheckpointContents {
+            spec,
+            params,
+            tokenizer: &data.tokenizer,
+            optimizer_state: optimizer.state_tensors(),
+            state,
+            run_config_toml,
+        },
+    )?;
+    let steps = checkpoint::list_checkpoints(run_dir)?;
+    let best = if cfg.checkpoint.keep_best { state.best_step } else { None };
+    for old in checkpoint::checkpoints_to_delete(&steps, cfg.checkpoint.keep_last, best) {
+        let p = checkpoint::checkpoint_dir(run_dir, old);
+        std::fs::remove_dir_all(&p).at(&p)?;
+    }
+    Ok(())
+}
+
+fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let x = Tensor::from_slice(&b.inputs, (b.batch_size, b.seq_len), device)?;
+    let y = Tensor::from_slice(&b.targets, (b.batch_size, b.seq_len), device)?;
+    Ok((x, y))
+}
+
+/// Mean loss over the validation batches (token-weighted), perplexity and bits per byte.
+pub fn evaluate(model: &Decoder, batches: &[Batch], device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for b in batches {
+        let (x, y) = batch_tensors(b, device)?;
+        let loss = model.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
+        let n = b.batch_size * b.seq_len;
+        sum += loss * n as f64;
+        count += n;
+    }
+    let loss = sum / count.max(1) as f64;
+    Ok(ValMetrics { loss, ppl: loss.exp(), bits_per_byte: loss / std::f64::consts::LN_2 * tokens_per_byte })
+}
+
+/// Append-only `metrics.jsonl`. Opened for a resume, it first drops rows past the checkpoint
+/// (written after it by the run that died), rewriting the file atomically.
+pub struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn open(path: &Path, keep_up_to_step: Option<u64>) -> Result<Self> {
+        if let (Some(limit), true) = (keep_up_to_step, path.exists()) {
+            let text = std::fs::read_to_string(path).at(path)?;
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("step")?.as_u64())
+                        .is_some_and(|s| s <= limit)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::fsio::write_atomic(path, kept.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    pub fn write(&mut self, row: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{row}").at(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_on_schedule_and_at_the_end() {
+        assert!(due(100, 50, 1000));
+        assert!(!due(101, 50, 1000));
+        assert!(due(1000, 0, 1000));
+        assert!(!due(10, 0, 1000));
+        assert!(due(7, 5, 7));
+    }
+}
