@@ -70,6 +70,9 @@ enum Command {
     /// Export a model to another format.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// Prepare data: clean, filter, deduplicate, split, train the tokenizer, write shards.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// List model presets with their parameter counts.
     Presets,
 }
@@ -96,6 +99,27 @@ enum EvalCommand {
         #[arg(long)]
         stride: Option<usize>,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Raw text (.txt / .jsonl, optionally .gz / .zst; files or folders) -> a prepared folder.
+    Prepare {
+        /// An input file or folder (repeatable; added to data.path / data.inputs of --config).
+        #[arg(long = "input", value_name = "PATH")]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// A run config whose [data] section (and model vocabulary) to use.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config key: --set data.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Print the manifest as JSON instead of the summary table.
         #[arg(long)]
         json: bool,
     },
@@ -243,6 +267,24 @@ fn run(cli: Cli) -> Result<i32> {
             let m = LoadedModel::load(&model, &device)?;
             let dir = m.export_hf(&out)?;
             eprintln!("exported {} -> {}", m.source.display(), dir.display());
+            Ok(0)
+        }
+        Command::Data(DataCommand::Prepare { inputs, out, config, set, json }) => {
+            let cfg = RunConfig::resolve(config.as_deref(), &set)?;
+            let mut data = cfg.data.clone();
+            if data.vocab_size == 0 {
+                data.vocab_size = ModelSpec::from_config(&cfg.model)?.vocab_size;
+            }
+            let mut all = data.all_inputs();
+            all.extend(inputs);
+            let mode = lmforge::progress::ProgressMode::parse(&cfg.log.progress);
+            let manifest = lmforge::corpus::prepare(&data, &all, &out, None, mode)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+            } else {
+                print!("{}", lmforge::corpus::summary_table(&manifest));
+                println!("written to {}", out.display());
+            }
             Ok(0)
         }
         Command::Presets => {

@@ -139,7 +139,7 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
 }
 
 #[test]
-fn sigint_checkpoints_and_exits_130_then_resumes() {
+fn sigint_writes_a_checkpoint_and_exits_130() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "", "");
     let run = tmp.path().join("run");
@@ -162,6 +162,9 @@ fn sigint_checkpoints_and_exits_130_then_resumes() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !run.join("metrics.jsonl").is_file() || std::fs::metadata(run.join("metrics.jsonl")).unwrap().len() == 0 {
         assert!(std::time::Instant::now() < deadline, "training did not start");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("training exited before the signal: {status}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // SAFETY: sending a signal to our own child process.
@@ -244,4 +247,35 @@ fn quickstart_runs_with_overrides_and_prints_a_sample() {
     assert!(out.contains("--- sample ---\nROMEO:"), "{out}");
     assert!(out.contains("bits/byte"), "{out}");
     assert!(run.join("checkpoints/step-00000002/model.safetensors").is_file());
+}
+
+#[test]
+fn data_prepare_then_train_from_the_prepared_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let data = tmp.path().join("prepared");
+    let out = ok(&[
+        "data",
+        "prepare",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&data),
+        "--set",
+        "data.doc_mode=\"paragraph\"",
+        "--set",
+        "data.vocab_size=400",
+    ]);
+    assert!(out.contains("documents out") && out.contains("split val"), "{out}");
+    for f in ["manifest.json", "tokenizer.json", "train.bin", "val.bin", "test.bin", "rejected.sample.jsonl"] {
+        assert!(data.join(f).is_file(), "{f}");
+    }
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap()).unwrap();
+    for k in ["documents_in", "exact_duplicates", "near_duplicates", "rejected", "documents_out", "splits"] {
+        assert!(m["counts"].get(k).is_some(), "manifest counts.{k}");
+    }
+    let run = tmp.path().join("run");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&run), "--set", &format!("data.prepared={:?}", s(&data))]);
+    assert!(run.join("checkpoints/step-00000006/model.safetensors").is_file());
+    assert!(!run.join("data").exists(), "a prepared folder is used in place");
 }

@@ -21,23 +21,160 @@ pub struct RunConfig {
     pub log: LogConfig,
 }
 
-/// Where the text comes from and how it becomes tokens.
+/// Where the text comes from and how it becomes tokens: inputs, cleaning, quality filters,
+/// deduplication, splits and tokenizer (the `corpus` module runs them).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// A UTF-8 text file, or a folder whose `.txt` files are read in name order.
+    /// A text / JSONL file (optionally .gz / .zst) or a folder of them.
     pub path: PathBuf,
+    /// More inputs, prepared together with `path`.
+    pub inputs: Vec<PathBuf>,
+    /// An already prepared folder (`lmforge data prepare --out DIR`) to train from.
+    pub prepared: PathBuf,
     /// An existing `tokenizer.json` to use; empty: train a byte-level BPE on the train split.
     pub tokenizer: PathBuf,
     /// Vocabulary size for a trained tokenizer; 0: the model's vocabulary size.
     pub vocab_size: usize,
-    /// Fraction of the text (taken from its end, at a line boundary) held out for validation.
+    /// Special tokens of a trained tokenizer, in id order from 0.
+    pub special_tokens: Vec<String>,
+    /// Documents of a text file: "file" (the whole file), "paragraph" (blank-line separated), "line".
+    pub doc_mode: String,
+    /// The text field of JSONL records.
+    pub jsonl_field: String,
+    /// Invalid UTF-8: "repair" (replace, counted) or "drop" (reject the document).
+    pub invalid_utf8: String,
+    /// Unicode normalisation: "nfc", "nfkc" or "none".
+    pub normalize: String,
+    pub min_chars: usize,
+    pub max_chars: usize,
+    pub min_words: usize,
+    pub max_words: usize,
+    pub max_non_alpha_frac: f64,
+    pub max_dup_line_frac: f64,
+    pub min_mean_word_len: f64,
+    pub max_mean_word_len: f64,
+    /// Minimum count of English stop words per document (Gopher uses 2); 0 = off.
+    pub min_stop_words: usize,
+    pub exact_dedup: bool,
+    pub near_dedup: bool,
+    /// Word n-gram size of the MinHash shingles.
+    pub minhash_ngram: usize,
+    pub minhash_perms: usize,
+    /// Estimated Jaccard similarity at or above which two documents are near duplicates.
+    pub near_dup_threshold: f64,
+    /// LSH bands (rows = perms / bands); 0: chosen for the threshold.
+    pub lsh_bands: usize,
+    /// Fractions of documents (by a stable hash of their text) held out for validation / test.
     pub val_fraction: f64,
+    pub test_fraction: f64,
+    /// Seed of the split hash and the MinHash permutations.
+    pub seed: u64,
+    /// End every document with the end-of-text token (GPT-style packing).
+    pub append_eos: bool,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { path: PathBuf::new(), tokenizer: PathBuf::new(), vocab_size: 0, val_fraction: 0.1 }
+        Self {
+            path: PathBuf::new(),
+            inputs: Vec::new(),
+            prepared: PathBuf::new(),
+            tokenizer: PathBuf::new(),
+            vocab_size: 0,
+            special_tokens: vec![crate::tokenizer::END_OF_TEXT.to_string()],
+            doc_mode: "paragraph".into(),
+            jsonl_field: "text".into(),
+            invalid_utf8: "repair".into(),
+            normalize: "nfc".into(),
+            min_chars: 1,
+            max_chars: 10_000_000,
+            min_words: 1,
+            max_words: 1_000_000,
+            max_non_alpha_frac: 0.5,
+            max_dup_line_frac: 0.5,
+            min_mean_word_len: 1.5,
+            max_mean_word_len: 20.0,
+            min_stop_words: 0,
+            exact_dedup: true,
+            near_dedup: true,
+            minhash_ngram: 5,
+            minhash_perms: 128,
+            near_dup_threshold: 0.8,
+            lsh_bands: 0,
+            val_fraction: 0.1,
+            test_fraction: 0.0,
+            seed: 0,
+            append_eos: true,
+        }
+    }
+}
+
+impl DataConfig {
+    /// All inputs: `path` (if set) then `inputs`.
+    pub fn all_inputs(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if !self.path.as_os_str().is_empty() {
+            v.push(self.path.clone());
+        }
+        v.extend(self.inputs.iter().cloned());
+        v
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        check(
+            (0.0..1.0).contains(&self.val_fraction)
+                && (0.0..1.0).contains(&self.test_fraction)
+                && self.val_fraction + self.test_fraction < 1.0,
+            "data.val_fraction",
+            self.val_fraction,
+            "0 <= val_fraction, test_fraction and val + test < 1",
+        )?;
+        check(
+            self.vocab_size == 0 || self.vocab_size >= 256 + self.special_tokens.len(),
+            "data.vocab_size",
+            self.vocab_size,
+            "0 (the model's) or at least 256 bytes + the special tokens",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.near_dup_threshold) && self.near_dup_threshold > 0.0,
+            "data.near_dup_threshold",
+            self.near_dup_threshold,
+            "0 < threshold <= 1",
+        )?;
+        check(self.minhash_perms >= 1, "data.minhash_perms", self.minhash_perms, ">= 1")?;
+        check(self.minhash_ngram >= 1, "data.minhash_ngram", self.minhash_ngram, ">= 1")?;
+        check(self.lsh_bands <= self.minhash_perms, "data.lsh_bands", self.lsh_bands, "0 (auto) or <= minhash_perms")?;
+        check(self.min_chars <= self.max_chars, "data.min_chars", self.min_chars, "<= data.max_chars")?;
+        check(self.min_words <= self.max_words, "data.min_words", self.min_words, "<= data.max_words")?;
+        check(
+            (0.0..=1.0).contains(&self.max_non_alpha_frac),
+            "data.max_non_alpha_frac",
+            self.max_non_alpha_frac,
+            "0..=1",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.max_dup_line_frac),
+            "data.max_dup_line_frac",
+            self.max_dup_line_frac,
+            "0..=1",
+        )?;
+        check(
+            self.min_mean_word_len <= self.max_mean_word_len,
+            "data.min_mean_word_len",
+            self.min_mean_word_len,
+            "<= data.max_mean_word_len",
+        )?;
+        crate::corpus::reader::DocMode::parse(&self.doc_mode)?;
+        const UTF8: [&str; 2] = ["repair", "drop"];
+        if !UTF8.contains(&self.invalid_utf8.as_str()) {
+            return Err(bad("data.invalid_utf8", &self.invalid_utf8, &UTF8.join(", ")));
+        }
+        const NORM: [&str; 3] = ["nfc", "nfkc", "none"];
+        if !NORM.contains(&self.normalize.as_str()) {
+            return Err(bad("data.normalize", &self.normalize, &NORM.join(", ")));
+        }
+        Ok(())
     }
 }
 
@@ -269,19 +406,7 @@ impl RunConfig {
         check(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, ">= 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
 
-        let d = &self.data;
-        check(
-            d.val_fraction > 0.0 && d.val_fraction <= 0.5,
-            "data.val_fraction",
-            d.val_fraction,
-            "0 < fraction <= 0.5",
-        )?;
-        check(
-            d.vocab_size == 0 || d.vocab_size >= 260,
-            "data.vocab_size",
-            d.vocab_size,
-            "0 (the model's) or >= 260 (256 bytes + specials)",
-        )?;
+        self.data.validate()?;
 
         let m = &self.model;
         check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "0 <= p < 1")?;

@@ -8,7 +8,8 @@
 //! ops              tensor ops with a backward (reference versions; fused kernels slot in here)
 //! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
 //! shards           token ids in a self-describing, memory-mapped binary file
-//! data             text -> tokenized train/val splits -> seeded batches
+//! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
+//! data             prepared shards -> seeded batches and fixed validation windows
 //! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
 //! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
 //! optim            AdamW, gradient clipping, LR schedules (pure functions of the step)
@@ -22,6 +23,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;

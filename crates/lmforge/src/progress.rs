@@ -28,6 +28,7 @@ impl ProgressMode {
 
 pub struct Progress {
     mode: ProgressMode,
+    label: String,
     bar: Option<ProgressBar>,
     total: u64,
     start_pos: u64,
@@ -46,7 +47,7 @@ impl Progress {
             b.set_position(start_pos);
             b
         });
-        Self { mode, bar, total, start_pos, start: Instant::now() }
+        Self { mode, label: label.to_string(), bar, total, start_pos, start: Instant::now() }
     }
 
     /// Moves to `pos`; `msg` is shown on the bar, or printed as a line when `log_line` is set.
@@ -60,7 +61,7 @@ impl Progress {
                 let done = pos.saturating_sub(self.start_pos) as f64;
                 let secs = self.start.elapsed().as_secs_f64();
                 let eta = if done > 0.0 { (self.total - pos) as f64 * secs / done } else { 0.0 };
-                tracing::info!("step {pos}/{} {msg} eta {:.0}s", self.total, eta);
+                tracing::info!("{} {pos}/{} {msg} eta {:.0}s", self.label, self.total, eta);
             }
             _ => {}
         }

@@ -19,13 +19,17 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Trains a byte-level BPE with `vocab_size` entries (the 256 byte symbols and the special
-    /// tokens included) on `texts`.
-    pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Self> {
+    /// tokens, which take ids 0, 1, ... in order, included) on `texts`, streamed.
+    pub fn train_bpe<I, S>(texts: I, vocab_size: usize, special_tokens: &[String]) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
             .show_progress(false)
-            .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
+            .special_tokens(special_tokens.iter().map(|t| AddedToken::from(t.clone(), true)).collect())
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         let mut tk = TokenizerBuilder::new()
@@ -90,7 +94,7 @@ mod tests {
     #[test]
     fn trained_bpe_round_trips_any_text() {
         let corpus = "the quick brown fox jumps over the lazy dog\n".repeat(50);
-        let tk = TextTokenizer::train_bpe(corpus.lines(), 300).unwrap();
+        let tk = TextTokenizer::train_bpe(corpus.lines(), 300, &[END_OF_TEXT.to_string()]).unwrap();
         assert!(tk.vocab_size() <= 300 && tk.vocab_size() > 257);
         assert_eq!(tk.eos_id(), Some(0));
         for text in ["the fox", "unseen wörds ✓ 🦀\ttabs\n\nand lines", ""] {

@@ -72,7 +72,12 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     std::fs::create_dir_all(run_dir).at(run_dir)?;
     checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
     let device = Device::Cpu;
-    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"))?;
+    let data = PreparedData::prepare(
+        &cfg.data,
+        spec.vocab_size,
+        &run_dir.join("data"),
+        ProgressMode::parse(&cfg.log.progress),
+    )?;
     let init = InitScheme::parse(&cfg.model.init)?;
     let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, &device)?;
     let state = TrainerState {
@@ -113,7 +118,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     }
     let spec = ModelSpec::from_config(&cfg.model)?;
     let device = Device::Cpu;
-    let data = PreparedData::open(&run_dir.join("data"))?;
+    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
     let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
     let mut optimizer =
         AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
@@ -190,7 +195,7 @@ fn run_loop(
     let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
     let run_config_toml = cfg.to_toml();
-    let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "train", state.step, t.max_steps);
+    let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", state.step, t.max_steps);
     progress.println(&format!(
         "model: {} parameters ({:?}, {} layers, d {}); optimizer state {} MiB; {} train / {} val tokens",
         spec.num_params(),

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Data-pipeline benchmark: builds a synthetic corpus (SIZE_MB, default 2000) from the bundled
+# texts with injected duplicates and junk, runs `lmforge data prepare` on it under
+# /usr/bin/time (peak RSS, MB/s per stage from the manifest), then compares, on the same
+# documents and tokenizer, Hugging Face `tokenizers` (Python, encode_batch) and `datasketch`
+# MinHash-LSH, installed in a throwaway venv under $WORK (never in the repo).
+#
+# usage: scripts/bench-data.sh [SIZE_MB]      (WORK=/tmp/lmforge-bench-data by default)
+set -euo pipefail
+SIZE_MB=${1:-2000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/tmp/lmforge-bench-data}
+VENV=$WORK/venv
+mkdir -p "$WORK"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q tokenizers datasketch
+fi
+SOURCES=("$ROOT/data/tinyshakespeare.txt")
+[ -f "$ROOT/../shared/data/corpus/moby_dick_pg2701.txt" ] && SOURCES+=("$ROOT/../shared/data/corpus/moby_dick_pg2701.txt")
+if [ ! -d "$WORK/corpus-$SIZE_MB" ]; then
+  python3 "$ROOT/scripts/make_synthetic_corpus.py" "$WORK/corpus-$SIZE_MB" "$SIZE_MB" "${SOURCES[@]}"
+fi
+cargo build --release --manifest-path "$ROOT/Cargo.toml" -q
+LMF="$ROOT/target/release/lmforge"
+
+echo "== lmforge data prepare on $SIZE_MB MB"
+rm -rf "$WORK/prepared"
+/usr/bin/time -f "peak_rss_kb=%M wall_s=%e" "$LMF" data prepare --input "$WORK/corpus-$SIZE_MB" --out "$WORK/prepared" \
+  --set data.vocab_size=8192 --set log.progress=lines 2>&1 | grep -v INFO
+"$VENV/bin/python" - "$WORK/prepared/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(json.dumps({"mb_per_s": m["mb_per_s"], "timings_s": m["timings_s"], "counts": {k: m["counts"][k] for k in ("documents_in", "exact_duplicates", "near_duplicates", "documents_out")}}, indent=1))
+PY
+
+# Same documents for the tool comparisons: the first N documents of the first part.
+N=${N:-20000}
+head -n "$N" "$WORK/corpus-$SIZE_MB/part-0000.jsonl" > "$WORK/sample.jsonl"
+echo "== tokenization, $N documents, same tokenizer"
+"$VENV/bin/python" "$ROOT/scripts/bench_tokenize_hf.py" "$WORK/prepared/tokenizer.json" "$WORK/sample.jsonl"
+rm -rf "$WORK/sample-prepared"
+"$LMF" data prepare --input "$WORK/sample.jsonl" --out "$WORK/sample-prepared" --set data.tokenizer="\"$WORK/prepared/tokenizer.json\"" \
+  --set data.val_fraction=0.0 --set log.progress=off --json | "$VENV/bin/python" -c \
+  'import json,sys; m=json.load(sys.stdin); print(json.dumps({"tool":"lmforge","tokenize_mb_per_s":m["mb_per_s"]["tokenize"],"pass1_s (read+clean+filter+exact+minhash+lsh)":m["timings_s"]["pass1"],"pass1_mb_per_s":m["mb_per_s"]["pass1"],"near_duplicates":m["counts"]["near_duplicates"],"exact_duplicates":m["counts"]["exact_duplicates"]}))'
+echo "== MinHash-LSH near-dedup, $N documents (datasketch also sees the exact duplicates)"
+"$VENV/bin/python" "$ROOT/scripts/bench_minhash_datasketch.py" "$WORK/sample.jsonl"
