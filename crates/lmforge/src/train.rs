@@ -1,6 +1,6 @@
 //! The training loop: one flat loop for a fresh run and a resumed one. Each step draws its
 //! micro-batches (a pure function of seed and step), accumulates gradients, clips, updates
-//! with AdamW at the scheduled learning rate, logs to `metrics.jsonl`, validates and
+//! with the configured optimizer at the scheduled learning rate, logs to `metrics.jsonl`, validates and
 //! checkpoints on schedule. Decisions (should I evaluate / checkpoint now?) are small pure
 //! functions. Interrupting (Ctrl-C) writes a checkpoint first; resuming from any checkpoint
 //! reproduces the uninterrupted run's losses to the bit.
@@ -11,7 +11,7 @@ use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
 use crate::models::{Decoder, ModelSpec};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
-use crate::optim::{clip_grad_norm, default_decay, named_grads, AdamW, Schedule};
+use crate::optim::{clip_grad_norm, named_grads, param_groups, Optimizer, ParamGroup, ParamRole, Schedule};
 use crate::progress::{Progress, ProgressMode};
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -62,6 +62,8 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
     check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset)?;
+    // Before anything is written: a group pattern that matches no parameter is a config error.
+    let groups = optimizer_groups(cfg, &spec)?;
     if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
         return Err(Error::Invalid(format!(
             "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
@@ -86,8 +88,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         best_step: None,
         elapsed_s: 0.0,
     };
-    let optimizer =
-        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
     let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
     run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
@@ -115,8 +116,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let device = Device::Cpu;
     let data = PreparedData::open(&run_dir.join("data"))?;
     let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
-    let mut optimizer =
-        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let mut optimizer = Optimizer::from_config(&cfg.optim, params.vars(), optimizer_groups(&cfg, &spec)?)?;
     let opt_path = ckpt.join("optimizer.safetensors");
     let opt_state = candle_core::safetensors::load(&opt_path, &device)
         .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
@@ -125,12 +125,23 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
 
-fn embedding_names(spec: &ModelSpec) -> Vec<&'static str> {
-    let mut v = vec![spec.embedding_name()];
-    if spec.style == crate::models::Style::Gpt2 {
-        v.push("transformer.wpe.weight");
-    }
-    v
+/// Every parameter's optimizer group: its role from the model spec (embeddings, the untied
+/// LM head, hidden matrices with their fans, vectors), then the default decay rule and the
+/// `[[optim.groups]]` overrides.
+fn optimizer_groups(cfg: &RunConfig, spec: &ModelSpec) -> Result<BTreeMap<String, ParamGroup>> {
+    use crate::models::ParamKind;
+    let roles = spec.params().into_iter().map(|p| {
+        let role = match p.kind {
+            ParamKind::Embedding => ParamRole::Embedding,
+            _ if p.name == "lm_head.weight" => ParamRole::Head,
+            ParamKind::Matrix | ParamKind::ResidualProjection => {
+                ParamRole::Matrix { fan_in: p.fans.0, fan_out: p.fans.1 }
+            }
+            ParamKind::Bias | ParamKind::NormWeight | ParamKind::NormBias => ParamRole::Vector,
+        };
+        (p.name, role)
+    });
+    param_groups(&cfg.optim, roles)
 }
 
 fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
@@ -176,7 +187,7 @@ fn run_loop(
     run_dir: &Path,
     spec: ModelSpec,
     params: ParamStore,
-    mut optimizer: AdamW,
+    mut optimizer: Optimizer,
     data: PreparedData,
     mut state: TrainerState,
     mut metrics: MetricsLog,
@@ -192,12 +203,15 @@ fn run_loop(
     let run_config_toml = cfg.to_toml();
     let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "train", state.step, t.max_steps);
     progress.println(&format!(
-        "model: {} parameters ({:?}, {} layers, d {}); optimizer state {} MiB; {} train / {} val tokens",
+        "model: {} parameters ({:?}, {} layers, d {}); optimizer {} state {:.1} MiB ({:.2} bytes/param); \
+         {} train / {} val tokens",
         spec.num_params(),
         spec.style,
         spec.n_layer,
         spec.d_model,
-        (spec.num_params() as usize * AdamW::STATE_BYTES_PER_PARAM) >> 20,
+        optimizer.name(),
+        optimizer.state_bytes() as f64 / (1u64 << 20) as f64,
+        optimizer.state_bytes() as f64 / spec.num_params().max(1) as f64,
         data.train.len(),
         data.val.len()
     ));
@@ -319,7 +333,7 @@ fn save(
     spec: &ModelSpec,
     params: &ParamStore,
     data: &PreparedData,
-    optimizer: &AdamW,
+    optimizer: &Optimizer,
     state: &TrainerState,
     run_config_toml: &str,
 ) -> Result<()> {
