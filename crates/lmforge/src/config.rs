@@ -94,14 +94,8 @@ pub struct OptimConfig {
     /// "adamw" | "adam" | "sgd" | "adafactor" | "lamb" | "lion" | "muon".
     pub name: String,
     pub lr: f64,
-    /// Weight decay for the parameters that decay (matrices; see `decay_embeddings` and
-    /// `groups`): decoupled for adamw, adafactor, lion, muon; added to the gradient (L2) for
-    /// adam and sgd, as torch does; added to the Adam step for lamb.
-    pub weight_decay: f64,
-    /// Whether embeddings (token and position) are decayed too.
-    pub decay_embeddings: bool,
-    /// Global-norm gradient clipping threshold; 0 disables clipping.
-    pub grad_clip: f64,
+    // Field order as before the optimizer suite, so a config.toml written then (which spells out
+    // beta1, beta2, eps) serialises, and hashes, the same: such runs still resume.
     /// adamw, adam, lamb, lion, muon (its AdamW part), adafactor (unset there: no first moment).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta1: Option<f64>,
@@ -111,6 +105,14 @@ pub struct OptimConfig {
     /// adamw, adam, lamb, muon (its AdamW part), adafactor (the squared-gradient regulariser).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
+    /// Weight decay for the parameters that decay (matrices; see `decay_embeddings` and
+    /// `groups`): decoupled for adamw, adafactor, lion, muon; added to the gradient (L2) for
+    /// adam and sgd, as torch does; added to the Adam step for lamb.
+    pub weight_decay: f64,
+    /// Whether embeddings (token and position) are decayed too.
+    pub decay_embeddings: bool,
+    /// Global-norm gradient clipping threshold; 0 disables clipping.
+    pub grad_clip: f64,
     /// adamw, adam: keep the running maximum of the second moment (AMSGrad).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub amsgrad: Option<bool>,
@@ -474,6 +476,18 @@ mod tests {
         assert!(e.contains("schedule.kind") && e.contains("cosine"), "{e}");
         let e = err("", &["model.preset=nope"]);
         assert!(e.contains("model.preset") && e.contains("nope"), "{e}");
+    }
+
+    /// A config.toml written before the optimizer suite spells out beta1, beta2 and eps; it must
+    /// serialise (and so hash) exactly as then, or its runs could no longer resume.
+    #[test]
+    fn pre_suite_optim_section_serialises_as_before() {
+        let cfg = RunConfig::from_toml_str("[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.95\neps = 1e-8\n", &[])
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&cfg.optim).unwrap(),
+            r#"{"name":"adamw","lr":0.0006,"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1,"decay_embeddings":false,"grad_clip":1.0}"#
+        );
     }
 
     #[test]

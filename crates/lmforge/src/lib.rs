@@ -11,7 +11,7 @@
 //! data             text -> tokenized train/val splits -> seeded batches
 //! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
 //! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
-//! optim            AdamW, gradient clipping, LR schedules (pure functions of the step)
+//! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! train            the one training loop, metrics sink, progress
 //! eval             perplexity and bits per byte

@@ -129,7 +129,9 @@ pub struct State(BTreeMap<String, Tensor>);
 impl State {
     /// State slot `slot` of parameter `name`.
     pub fn get(&self, name: &str, slot: &str) -> Result<&Tensor> {
-        self.0.get(&format!("{name}.{slot}")).ok_or_else(|| Error::Invalid(format!("no optimizer state `{name}.{slot}`")))
+        self.0
+            .get(&format!("{name}.{slot}"))
+            .ok_or_else(|| Error::Invalid(format!("no optimizer state `{name}.{slot}`")))
     }
 
     /// Creates or replaces a slot. Values are detached: state never holds a graph.
@@ -165,9 +167,8 @@ impl Optimizer {
     pub fn new(spec: OptimSpec, vars: &BTreeMap<String, Var>, groups: BTreeMap<String, ParamGroup>) -> Result<Self> {
         let mut state = State::default();
         for (name, var) in vars {
-            let group = groups
-                .get(name)
-                .ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
+            let group =
+                groups.get(name).ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
             let p = Param { name, var, grad: var.as_tensor(), group };
             match &spec {
                 OptimSpec::Adam(h) => adam::init(h, &p, &mut state)?,

@@ -173,6 +173,22 @@ pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str) ->
     Ok(())
 }
 
+/// 1536 → "1.5 KiB".
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 /// `MemAvailable` from /proc/meminfo (None where unknown).
 pub fn available_memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -203,14 +219,14 @@ fn run_loop(
     let run_config_toml = cfg.to_toml();
     let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "train", state.step, t.max_steps);
     progress.println(&format!(
-        "model: {} parameters ({:?}, {} layers, d {}); optimizer {} state {:.1} MiB ({:.2} bytes/param); \
+        "model: {} parameters ({:?}, {} layers, d {}); optimizer {} state {} ({:.2} bytes/param); \
          {} train / {} val tokens",
         spec.num_params(),
         spec.style,
         spec.n_layer,
         spec.d_model,
         optimizer.name(),
-        optimizer.state_bytes() as f64 / (1u64 << 20) as f64,
+        human_bytes(optimizer.state_bytes() as u64),
         optimizer.state_bytes() as f64 / spec.num_params().max(1) as f64,
         data.train.len(),
         data.val.len()
@@ -420,5 +436,12 @@ mod tests {
         assert!(due(1000, 0, 1000));
         assert!(!due(10, 0, 1000));
         assert!(due(7, 5, 7));
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
     }
 }

@@ -69,7 +69,10 @@ pub fn param_groups(
     if let Some(i) = used.iter().position(|u| !u) {
         return Err(Error::config(
             format!("optim.groups[{i}].pattern"),
-            format!("{:?} matches no parameter name (Hugging Face names, e.g. `transformer.h.0.ln_1.weight`)", cfg.groups[i].pattern),
+            format!(
+                "{:?} matches no parameter name (Hugging Face names, e.g. `transformer.h.0.ln_1.weight`)",
+                cfg.groups[i].pattern
+            ),
         ));
     }
     Ok(out)

@@ -35,11 +35,8 @@ pub fn update(h: &LambHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Resu
     let param = p.var.as_tensor();
     let m = ((st.get(p.name, "exp_avg")? * h.beta1)? + (p.grad * (1.0 - h.beta1))?)?;
     let v = ((st.get(p.name, "exp_avg_sq")? * h.beta2)? + (p.grad.sqr()? * (1.0 - h.beta2))?)?;
-    let step_size = if h.debias {
-        lr * (1.0 - h.beta2.powi(t as i32)).sqrt() / (1.0 - h.beta1.powi(t as i32))
-    } else {
-        lr
-    };
+    let step_size =
+        if h.debias { lr * (1.0 - h.beta2.powi(t as i32)).sqrt() / (1.0 - h.beta1.powi(t as i32)) } else { lr };
     let mut adam_step = m.div(&(v.sqrt()? + h.eps)?)?;
     if wd != 0.0 {
         adam_step = (adam_step + (param * wd)?)?;

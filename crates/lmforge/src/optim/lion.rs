@@ -37,7 +37,7 @@ pub fn update(h: &LionHyper, p: &Param, lr: f64, st: &mut State) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::optim::groups::uniform_groups;
-    use crate::optim::{Optimizer, OptimSpec};
+    use crate::optim::{OptimSpec, Optimizer};
     use candle_core::{Device, Tensor, Var};
     use std::collections::BTreeMap;
 

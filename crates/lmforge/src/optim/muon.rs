@@ -90,7 +90,7 @@ pub fn update(h: &MuonHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Resu
 mod tests {
     use super::*;
     use crate::optim::groups::uniform_groups;
-    use crate::optim::{Optimizer, OptimSpec};
+    use crate::optim::{OptimSpec, Optimizer};
     use candle_core::{Device, Var};
     use std::collections::BTreeMap;
 

@@ -136,7 +136,10 @@ impl OptimSpec {
                 let relative_step = o.relative_step.unwrap_or(false);
                 let warmup_init = o.warmup_init.unwrap_or(false);
                 if warmup_init && !relative_step {
-                    return Err(Error::config("optim.warmup_init", "warmup_init = true needs optim.relative_step = true"));
+                    return Err(Error::config(
+                        "optim.warmup_init",
+                        "warmup_init = true needs optim.relative_step = true",
+                    ));
                 }
                 let decay_rate = o.decay_rate.unwrap_or(-0.8);
                 check((-1.0..0.0).contains(&decay_rate), "optim.decay_rate", decay_rate, "-1 <= decay_rate < 0")?;
