@@ -141,17 +141,26 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
 /// Stopping and resuming continues exactly with optimizers whose state is not AdamW's:
 /// Adafactor (factored second moments and a first moment; the step count it also depends on is
 /// restored from the trainer state) and Muon (momentum buffers plus AdamW state, with a
-/// parameter group that travels through the saved config.toml).
+/// parameter group that travels through the saved config.toml), and reduce-on-plateau (its
+/// state lives in trainer_state.json; here every validation after the first reduces the LR).
 #[test]
-fn resume_is_exact_with_adafactor_and_muon() {
+fn resume_is_exact_with_adafactor_muon_and_plateau() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "", "");
-    let cases: [&[&str]; 2] = [
+    let cases: [&[&str]; 3] = [
         &["optim.name=adafactor", "optim.beta1=0.9", "optim.scale_parameter=false", "optim.lr=0.01"],
         &["optim.name=muon", "optim.lr=0.02", "optim.groups=[{pattern = \"ln_\", lr_scale = 0.5}]"],
+        &[
+            "schedule.kind=plateau",
+            "schedule.plateau_patience=0",
+            "schedule.plateau_threshold=0.5",
+            "schedule.plateau_factor=0.5",
+            "schedule.min_lr_ratio=0",
+            "train.eval_every=1",
+        ],
     ];
     for sets in cases {
-        let name = sets[0].trim_start_matches("optim.name=");
+        let name = sets[0].split('=').nth(1).unwrap();
         let mut extra = Vec::new();
         for s in sets {
             extra.extend(["--set", s]);
@@ -166,19 +175,16 @@ fn resume_is_exact_with_adafactor_and_muon() {
         ok(&args);
         ok(&["train", "--resume", s(&split)]);
 
-        let losses = |run: &Path| -> Vec<(u64, String, u64)> {
+        let rows = |run: &Path| -> Vec<(u64, String, u64, u64)> {
             metrics(run)
                 .iter()
                 .map(|r| {
-                    (
-                        r["step"].as_u64().unwrap(),
-                        r["split"].as_str().unwrap().into(),
-                        r["loss"].as_f64().unwrap().to_bits(),
-                    )
+                    let bits = |k: &str| r[k].as_f64().unwrap().to_bits();
+                    (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().into(), bits("loss"), bits("lr"))
                 })
                 .collect()
         };
-        assert_eq!(losses(&full), losses(&split), "{name}: same losses, to the bit");
+        assert_eq!(rows(&full), rows(&split), "{name}: same losses and lrs, to the bit");
         for f in ["model.safetensors", "optimizer.safetensors"] {
             let read = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006").join(f)).unwrap();
             assert!(read(&full) == read(&split), "{name}: same {f}");
@@ -186,6 +192,10 @@ fn resume_is_exact_with_adafactor_and_muon() {
         let first = metrics(&full)[0]["loss"].as_f64().unwrap();
         let last = metrics(&full).iter().rfind(|r| r["split"] == "train").unwrap()["loss"].as_f64().unwrap();
         assert!(last < first, "{name}: loss falls ({first} -> {last})");
+        if name == "plateau" {
+            let lrs: Vec<f64> = metrics(&full).iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+            assert!(*lrs.last().unwrap() < 0.1 * 6e-4, "plateau reduced the lr: {lrs:?}");
+        }
     }
 }
 

@@ -207,18 +207,39 @@ pub struct ParamGroupConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
-    /// "cosine" | "linear" | "constant" | "inverse_sqrt" | "wsd".
+    /// "cosine" | "linear" | "constant" | "inverse_sqrt" | "wsd" | "plateau".
     pub kind: String,
     pub warmup_steps: u64,
     /// Cosine decays to `min_lr_ratio * lr` (0 = to zero).
     pub min_lr_ratio: f64,
     /// WSD: fraction of the steps spent in the final (cosine) decay.
     pub decay_fraction: f64,
+    /// plateau: multiply the LR by this when validation loss stops improving (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_factor: Option<f64>,
+    /// plateau: validations without improvement tolerated before a reduction (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_patience: Option<u64>,
+    /// plateau: relative improvement that counts (loss < best·(1 − threshold); default 1e-4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_threshold: Option<f64>,
+    /// plateau: validations to wait after a reduction before counting again (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_cooldown: Option<u64>,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { kind: "cosine".into(), warmup_steps: 100, min_lr_ratio: 0.1, decay_fraction: 0.2 }
+        Self {
+            kind: "cosine".into(),
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            decay_fraction: 0.2,
+            plateau_factor: None,
+            plateau_patience: None,
+            plateau_threshold: None,
+            plateau_cooldown: None,
+        }
     }
 }
 
@@ -333,9 +354,28 @@ impl RunConfig {
         crate::optim::OptimSpec::from_config(o)?;
 
         let s = &self.schedule;
-        const KINDS: [&str; 5] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd"];
+        const KINDS: [&str; 6] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd", "plateau"];
         if !KINDS.contains(&s.kind.as_str()) {
             return Err(bad("schedule.kind", &s.kind, &KINDS.join(", ")));
+        }
+        let plateau_keys = [
+            ("schedule.plateau_factor", s.plateau_factor.is_some()),
+            ("schedule.plateau_patience", s.plateau_patience.is_some()),
+            ("schedule.plateau_threshold", s.plateau_threshold.is_some()),
+            ("schedule.plateau_cooldown", s.plateau_cooldown.is_some()),
+        ];
+        if s.kind == "plateau" {
+            let r = crate::optim::PlateauRule::from_config(s);
+            check(r.factor > 0.0 && r.factor < 1.0, "schedule.plateau_factor", r.factor, "0 < factor < 1")?;
+            check(r.threshold >= 0.0, "schedule.plateau_threshold", r.threshold, ">= 0")?;
+            check(
+                self.train.eval_every >= 1,
+                "train.eval_every",
+                self.train.eval_every,
+                ">= 1 with schedule.kind = \"plateau\" (it is driven by validation loss)",
+            )?;
+        } else if let Some((key, _)) = plateau_keys.iter().find(|(_, set)| *set) {
+            return Err(Error::config(*key, format!("is only read by schedule.kind = \"plateau\", not {:?}", s.kind)));
         }
         check((0.0..=1.0).contains(&s.min_lr_ratio), "schedule.min_lr_ratio", s.min_lr_ratio, "0 <= ratio <= 1")?;
         check(
@@ -476,6 +516,18 @@ mod tests {
         assert!(e.contains("schedule.kind") && e.contains("cosine"), "{e}");
         let e = err("", &["model.preset=nope"]);
         assert!(e.contains("model.preset") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn plateau_keys_belong_to_the_plateau_schedule() {
+        let e = err("", &["schedule.plateau_patience=3"]);
+        assert!(e.contains("schedule.plateau_patience") && e.contains("plateau") && e.contains("cosine"), "{e}");
+        let e = err("", &["schedule.kind=plateau", "train.eval_every=0"]);
+        assert!(e.contains("train.eval_every") && e.contains("validation"), "{e}");
+        let e = err("", &["schedule.kind=plateau", "schedule.plateau_factor=1.5"]);
+        assert!(e.contains("schedule.plateau_factor"), "{e}");
+        let ok = RunConfig::from_toml_str("", &["schedule.kind=plateau".into(), "schedule.plateau_patience=2".into()]);
+        assert_eq!(ok.unwrap().schedule.plateau_patience, Some(2));
     }
 
     /// A config.toml written before the optimizer suite spells out beta1, beta2 and eps; it must

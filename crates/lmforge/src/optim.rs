@@ -80,8 +80,73 @@ impl Schedule {
                     floor(cosine((s - stable_end) / decay.max(1.0)))
                 }
             }
+            // Warmup, then 1 times the plateau scale (applied by the trainer, see [`Plateau`]).
+            "plateau" => 1.0,
             // "cosine" (validated config allows nothing else)
             _ => floor(cosine((s - w) / (n - w).max(1.0))),
+        }
+    }
+}
+
+/// Reduce-on-plateau's settings (`schedule.plateau_*`, floor `schedule.min_lr_ratio`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlateauRule {
+    pub factor: f64,
+    pub patience: u64,
+    pub threshold: f64,
+    pub cooldown: u64,
+    pub min_scale: f64,
+}
+
+impl PlateauRule {
+    /// torch's defaults (factor 0.1, patience 10, threshold 1e-4, cooldown 0) where unset.
+    pub fn from_config(cfg: &ScheduleConfig) -> Self {
+        Self {
+            factor: cfg.plateau_factor.unwrap_or(0.1),
+            patience: cfg.plateau_patience.unwrap_or(10),
+            threshold: cfg.plateau_threshold.unwrap_or(1e-4),
+            cooldown: cfg.plateau_cooldown.unwrap_or(0),
+            min_scale: cfg.min_lr_ratio,
+        }
+    }
+}
+
+/// Reduce-on-plateau state, as `torch.optim.lr_scheduler.ReduceLROnPlateau` (mode "min",
+/// relative threshold), stepped once per validation. The LR is `lr · warmup · scale`. Saved in
+/// `trainer_state.json` so a resumed run reduces exactly when the uninterrupted one does.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Plateau {
+    pub scale: f64,
+    /// Best validation loss so far (None before the first).
+    pub best: Option<f64>,
+    pub bad_evals: u64,
+    pub cooldown_left: u64,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Self { scale: 1.0, best: None, bad_evals: 0, cooldown_left: 0 }
+    }
+}
+
+impl Plateau {
+    /// Records one validation loss; reduces `scale` after more than `patience` validations
+    /// without a relative improvement of `threshold`, then waits `cooldown` validations.
+    pub fn observe(&mut self, loss: f64, rule: &PlateauRule) {
+        if self.best.is_none_or(|b| loss < b * (1.0 - rule.threshold)) {
+            self.best = Some(loss);
+            self.bad_evals = 0;
+        } else {
+            self.bad_evals += 1;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.bad_evals = 0;
+        }
+        if self.bad_evals > rule.patience {
+            self.scale = (self.scale * rule.factor).max(rule.min_scale);
+            self.cooldown_left = rule.cooldown;
+            self.bad_evals = 0;
         }
     }
 }
@@ -261,5 +326,38 @@ impl Optimizer {
     /// only row and column statistics for matrices).
     pub fn state_bytes(&self) -> usize {
         self.state.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sequence worked by hand through torch's ReduceLROnPlateau rules (factor 0.5,
+    /// patience 2, threshold 1%, cooldown 1, floor 0.1).
+    #[test]
+    fn plateau_follows_torch_reduce_lr_on_plateau() {
+        let rule = PlateauRule { factor: 0.5, patience: 2, threshold: 0.01, cooldown: 1, min_scale: 0.1 };
+        let mut p = Plateau::default();
+        let losses = [1.0, 0.995, 0.999, 0.98, 0.985, 0.99, 0.99, 0.99, 0.99, 0.5];
+        // 0.995 is not 1% better than 1.0 (bad 1, 2); 0.98 is (best); then bad 1, 2, 3 > 2 →
+        // halve, cooldown swallows the next bad count; 0.5 is a new best.
+        let want = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5];
+        for (loss, want) in losses.iter().zip(want) {
+            p.observe(*loss, &rule);
+            assert_eq!(p.scale, want, "after loss {loss}: {p:?}");
+        }
+        assert_eq!(p.best, Some(0.5));
+        for _ in 0..20 {
+            p.observe(0.6, &rule);
+        }
+        assert_eq!(p.scale, 0.1, "floored at min_lr_ratio");
+    }
+
+    #[test]
+    fn plateau_schedule_is_warmup_then_flat() {
+        let cfg = ScheduleConfig { kind: "plateau".into(), warmup_steps: 4, ..Default::default() };
+        let s = Schedule::new(&cfg, 100);
+        assert_eq!((s.multiplier(2), s.multiplier(4), s.multiplier(99)), (0.5, 1.0, 1.0));
     }
 }

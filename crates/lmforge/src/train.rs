@@ -11,7 +11,9 @@ use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
 use crate::models::{Decoder, ModelSpec};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
-use crate::optim::{clip_grad_norm, named_grads, param_groups, Optimizer, ParamGroup, ParamRole, Schedule};
+use crate::optim::{
+    clip_grad_norm, named_grads, param_groups, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule, Schedule,
+};
 use crate::progress::{Progress, ProgressMode};
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -87,6 +89,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         best_val_loss: None,
         best_step: None,
         elapsed_s: 0.0,
+        plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
     };
     let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
     let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
@@ -101,7 +104,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
         .last()
         .ok_or_else(|| Error::Invalid(format!("{} has no checkpoint to resume from", run_dir.display())))?;
     let ckpt = checkpoint::checkpoint_dir(run_dir, last);
-    let state = checkpoint::read_trainer_state(&ckpt)?;
+    let mut state = checkpoint::read_trainer_state(&ckpt)?;
     if state.config_hash != cfg.hash() {
         return Err(Error::format(
             run_dir.join("config.toml"),
@@ -111,6 +114,10 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
                 state.config_hash
             ),
         ));
+    }
+    if cfg.schedule.kind == "plateau" && state.plateau.is_none() {
+        // Not written by this trainer (it always saves the state); start the plateau count afresh.
+        state.plateau = Some(Plateau::default());
     }
     let spec = ModelSpec::from_config(&cfg.model)?;
     let device = Device::Cpu;
@@ -213,6 +220,7 @@ fn run_loop(
     let seq_len = seq_len(cfg, &spec)?;
     let model = Decoder::new(&spec, &params)?;
     let schedule = Schedule::new(&cfg.schedule, t.max_steps);
+    let plateau_rule = PlateauRule::from_config(&cfg.schedule);
     let device = params.device().clone();
     let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
@@ -252,7 +260,7 @@ fn run_loop(
         }
         let step_start = Instant::now();
         let s = state.step;
-        let lr = cfg.optim.lr * schedule.multiplier(s);
+        let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
         for micro in 0..t.grad_accum {
@@ -312,6 +320,9 @@ fn run_loop(
                 state.step, v.loss, v.ppl, v.bits_per_byte
             ));
             state.val_loss = Some(v.loss);
+            if let Some(p) = state.plateau.as_mut() {
+                p.observe(v.loss, &plateau_rule);
+            }
             if state.best_val_loss.is_none_or(|b| v.loss < b) {
                 state.best_val_loss = Some(v.loss);
                 state.best_step = Some(state.step);

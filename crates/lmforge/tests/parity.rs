@@ -295,8 +295,13 @@ fn schedules_match_transformers() {
         ("wsd", "wsd", 0.0),
     ];
     for (fixture, kind, min_ratio) in cases {
-        let cfg =
-            ScheduleConfig { kind: kind.into(), warmup_steps: warmup, min_lr_ratio: min_ratio, decay_fraction: 0.2 };
+        let cfg = ScheduleConfig {
+            kind: kind.into(),
+            warmup_steps: warmup,
+            min_lr_ratio: min_ratio,
+            decay_fraction: 0.2,
+            ..Default::default()
+        };
         let sched = Schedule::new(&cfg, total);
         for (i, want) in s["values"][fixture].as_array().unwrap().iter().enumerate() {
             let want = want.as_f64().unwrap();
