@@ -138,6 +138,67 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
     assert!(o(&full) == o(&split), "same optimizer state");
 }
 
+/// Stopping and resuming continues exactly with optimizers whose state is not AdamW's:
+/// Adafactor (factored second moments and a first moment; the step count it also depends on is
+/// restored from the trainer state) and Muon (momentum buffers plus AdamW state, with a
+/// parameter group that travels through the saved config.toml), and reduce-on-plateau (its
+/// state lives in trainer_state.json; here every validation after the first reduces the LR).
+#[test]
+fn resume_is_exact_with_adafactor_muon_and_plateau() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let cases: [&[&str]; 3] = [
+        &["optim.name=adafactor", "optim.beta1=0.9", "optim.scale_parameter=false", "optim.lr=0.01"],
+        &["optim.name=muon", "optim.lr=0.02", "optim.groups=[{pattern = \"ln_\", lr_scale = 0.5}]"],
+        &[
+            "schedule.kind=plateau",
+            "schedule.plateau_patience=0",
+            "schedule.plateau_threshold=0.5",
+            "schedule.plateau_factor=0.5",
+            "schedule.min_lr_ratio=0",
+            "train.eval_every=1",
+        ],
+    ];
+    for sets in cases {
+        let name = sets[0].split('=').nth(1).unwrap();
+        let mut extra = Vec::new();
+        for s in sets {
+            extra.extend(["--set", s]);
+        }
+        let full = tmp.path().join(format!("{name}-full"));
+        let split = tmp.path().join(format!("{name}-split"));
+        let mut args = vec!["train", "--config", s(&cfg), "--run-dir", s(&full)];
+        args.extend(&extra);
+        ok(&args);
+        let mut args = vec!["train", "--config", s(&cfg), "--run-dir", s(&split), "--stop-after", "4"];
+        args.extend(&extra);
+        ok(&args);
+        ok(&["train", "--resume", s(&split)]);
+
+        let rows = |run: &Path| -> Vec<(u64, String, u64, u64)> {
+            metrics(run)
+                .iter()
+                .map(|r| {
+                    let bits = |k: &str| r[k].as_f64().unwrap().to_bits();
+                    (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().into(), bits("loss"), bits("lr"))
+                })
+                .collect()
+        };
+        assert_eq!(rows(&full), rows(&split), "{name}: same losses and lrs, to the bit");
+        for f in ["model.safetensors", "optimizer.safetensors"] {
+            let read = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006").join(f)).unwrap();
+            assert!(read(&full) == read(&split), "{name}: same {f}");
+        }
+        let first = metrics(&full)[0]["loss"].as_f64().unwrap();
+        let last = metrics(&full).iter().rfind(|r| r["split"] == "train").unwrap()["loss"].as_f64().unwrap();
+        assert!(last < first, "{name}: loss falls ({first} -> {last})");
+        if name == "plateau" {
+            let lrs: Vec<f64> = metrics(&full).iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+            assert!(*lrs.last().unwrap() < 0.1 * 6e-4, "plateau reduced the lr: {lrs:?}");
+        }
+    }
+}
+
 #[test]
 fn sigint_writes_a_checkpoint_and_exits_130() {
     let tmp = tempfile::tempdir().unwrap();
@@ -182,8 +243,11 @@ fn config_errors_name_the_key_exit_nonzero_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "", "");
     let run = tmp.path().join("run");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--set", "train.max_stepz=3"], "max_stepz"),
+        // A hyperparameter of another optimizer is rejected by name, not ignored.
+        (&["--set", "optim.momentum=0.9"], "optim.momentum"),
+        (&["--set", "optim.groups=[{pattern = \"no_such_param\"}]"], "optim.groups[0].pattern"),
         (&["--set", "train.batch_size=\"four\""], "train.batch_size"),
         (&["--set", "optim.lr=-0.1"], "optim.lr"),
         (&["--set", "model.preset=gpt9"], "model.preset"),

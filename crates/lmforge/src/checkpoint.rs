@@ -39,6 +39,9 @@ pub struct TrainerState {
     pub best_step: Option<u64>,
     /// Seconds of training before this checkpoint (for elapsed_s continuity).
     pub elapsed_s: f64,
+    /// Reduce-on-plateau state (`schedule.kind = "plateau"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plateau: Option<crate::optim::Plateau>,
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {

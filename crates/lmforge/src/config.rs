@@ -222,21 +222,80 @@ impl Default for ModelConfig {
     }
 }
 
+/// The optimizer and its hyperparameters. Keys every optimizer reads are plain values; keys
+/// only some optimizers read are `Option`s, resolved per optimizer (defaults, ranges, and a
+/// key set for an optimizer that does not read it is an error) by `optim::OptimSpec`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
-    /// Only "adamw" for now; the optimizer suite extends this enum-like key.
+    /// "adamw" | "adam" | "sgd" | "adafactor" | "lamb" | "lion" | "muon".
     pub name: String,
     pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Decoupled weight decay, applied to matrices (not norms, biases or embeddings by default).
+    // Field order as before the optimizer suite, so a config.toml written then (which spells out
+    // beta1, beta2, eps) serialises, and hashes, the same: such runs still resume.
+    /// adamw, adam, lamb, lion, muon (its AdamW part), adafactor (unset there: no first moment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    /// adamw, adam, lamb, lion, muon (its AdamW part).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// adamw, adam, lamb, muon (its AdamW part), adafactor (the squared-gradient regulariser).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Weight decay for the parameters that decay (matrices; see `decay_embeddings` and
+    /// `groups`): decoupled for adamw, adafactor, lion, muon; added to the gradient (L2) for
+    /// adam and sgd, as torch does; added to the Adam step for lamb.
     pub weight_decay: f64,
     /// Whether embeddings (token and position) are decayed too.
     pub decay_embeddings: bool,
     /// Global-norm gradient clipping threshold; 0 disables clipping.
     pub grad_clip: f64,
+    /// adamw, adam: keep the running maximum of the second moment (AMSGrad).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amsgrad: Option<bool>,
+    /// sgd, muon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// sgd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f64>,
+    /// sgd, muon.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    /// adafactor: the parameter-scale floor (HF `eps[1]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps2: Option<f64>,
+    /// adafactor: second-moment decay exponent (beta2ₜ = 1 − t^decay_rate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decay_rate: Option<f64>,
+    /// adafactor: the update's RMS is clipped to this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_threshold: Option<f64>,
+    /// adafactor: ignore `lr` and the schedule; use min(1e-2, 1/√t) (or min(1e-6·t, 1/√t)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relative_step: Option<bool>,
+    /// adafactor: scale the step by max(eps2, RMS(p)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_parameter: Option<bool>,
+    /// adafactor (with relative_step): the relative step grows as 1e-6·t.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_init: Option<bool>,
+    /// lamb: the weight norm in the trust ratio is clamped to [0, clamp_value].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clamp_value: Option<f64>,
+    /// lamb: bias-correct the moments (torch_optimizer's `debias`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debias: Option<bool>,
+    /// muon: Newton–Schulz iterations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_steps: Option<usize>,
+    /// muon: learning rate of the AdamW-updated parameters (embeddings, head, norms, biases)
+    /// as a fraction of `lr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adam_lr_ratio: Option<f64>,
+    /// Parameter groups by name pattern; the first matching group wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<ParamGroupConfig>,
 }
 
 impl Default for OptimConfig {
@@ -244,31 +303,80 @@ impl Default for OptimConfig {
         Self {
             name: "adamw".into(),
             lr: 6e-4,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
             weight_decay: 0.1,
             decay_embeddings: false,
             grad_clip: 1.0,
+            beta1: None,
+            beta2: None,
+            eps: None,
+            amsgrad: None,
+            momentum: None,
+            dampening: None,
+            nesterov: None,
+            eps2: None,
+            decay_rate: None,
+            clip_threshold: None,
+            relative_step: None,
+            scale_parameter: None,
+            warmup_init: None,
+            clamp_value: None,
+            debias: None,
+            ns_steps: None,
+            adam_lr_ratio: None,
+            groups: Vec::new(),
         }
     }
+}
+
+/// One `[[optim.groups]]` table: parameters whose Hugging Face name matches `pattern` (a
+/// substring, or a glob where `*` matches any run of characters) get this learning-rate
+/// multiplier and weight decay. Unset fields keep the default rule's values.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroupConfig {
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
-    /// "cosine" | "linear" | "constant" | "inverse_sqrt" | "wsd".
+    /// "cosine" | "linear" | "constant" | "inverse_sqrt" | "wsd" | "plateau".
     pub kind: String,
     pub warmup_steps: u64,
     /// Cosine decays to `min_lr_ratio * lr` (0 = to zero).
     pub min_lr_ratio: f64,
     /// WSD: fraction of the steps spent in the final (cosine) decay.
     pub decay_fraction: f64,
+    /// plateau: multiply the LR by this when validation loss stops improving (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_factor: Option<f64>,
+    /// plateau: validations without improvement tolerated before a reduction (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_patience: Option<u64>,
+    /// plateau: relative improvement that counts (loss < best·(1 − threshold); default 1e-4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_threshold: Option<f64>,
+    /// plateau: validations to wait after a reduction before counting again (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plateau_cooldown: Option<u64>,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { kind: "cosine".into(), warmup_steps: 100, min_lr_ratio: 0.1, decay_fraction: 0.2 }
+        Self {
+            kind: "cosine".into(),
+            warmup_steps: 100,
+            min_lr_ratio: 0.1,
+            decay_fraction: 0.2,
+            plateau_factor: None,
+            plateau_patience: None,
+            plateau_threshold: None,
+            plateau_cooldown: None,
+        }
     }
 }
 
@@ -376,20 +484,35 @@ impl RunConfig {
     /// Range checks that types alone cannot express.
     pub fn validate(&self) -> Result<()> {
         let o = &self.optim;
-        if o.name != "adamw" {
-            return Err(bad("optim.name", &o.name, "\"adamw\""));
-        }
         check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", o.lr, "a positive number")?;
-        check((0.0..1.0).contains(&o.beta1), "optim.beta1", o.beta1, "0 <= beta1 < 1")?;
-        check((0.0..1.0).contains(&o.beta2), "optim.beta2", o.beta2, "0 <= beta2 < 1")?;
-        check(o.eps > 0.0, "optim.eps", o.eps, "a positive number")?;
         check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, ">= 0")?;
         check(o.grad_clip >= 0.0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables)")?;
+        // Name, per-optimizer keys, their ranges, and the parameter groups.
+        crate::optim::OptimSpec::from_config(o)?;
 
         let s = &self.schedule;
-        const KINDS: [&str; 5] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd"];
+        const KINDS: [&str; 6] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd", "plateau"];
         if !KINDS.contains(&s.kind.as_str()) {
             return Err(bad("schedule.kind", &s.kind, &KINDS.join(", ")));
+        }
+        let plateau_keys = [
+            ("schedule.plateau_factor", s.plateau_factor.is_some()),
+            ("schedule.plateau_patience", s.plateau_patience.is_some()),
+            ("schedule.plateau_threshold", s.plateau_threshold.is_some()),
+            ("schedule.plateau_cooldown", s.plateau_cooldown.is_some()),
+        ];
+        if s.kind == "plateau" {
+            let r = crate::optim::PlateauRule::from_config(s);
+            check(r.factor > 0.0 && r.factor < 1.0, "schedule.plateau_factor", r.factor, "0 < factor < 1")?;
+            check(r.threshold >= 0.0, "schedule.plateau_threshold", r.threshold, ">= 0")?;
+            check(
+                self.train.eval_every >= 1,
+                "train.eval_every",
+                self.train.eval_every,
+                ">= 1 with schedule.kind = \"plateau\" (it is driven by validation loss)",
+            )?;
+        } else if let Some((key, _)) = plateau_keys.iter().find(|(_, set)| *set) {
+            return Err(Error::config(*key, format!("is only read by schedule.kind = \"plateau\", not {:?}", s.kind)));
         }
         check((0.0..=1.0).contains(&s.min_lr_ratio), "schedule.min_lr_ratio", s.min_lr_ratio, "0 <= ratio <= 1")?;
         check(
@@ -437,7 +560,7 @@ impl RunConfig {
     }
 }
 
-fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<()> {
+pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
@@ -445,7 +568,7 @@ fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> R
     }
 }
 
-fn bad(key: &str, value: &str, allowed: &str) -> Error {
+pub(crate) fn bad(key: &str, value: &str, allowed: &str) -> Error {
     Error::config(key, format!("invalid value {value:?}; expected {allowed}"))
 }
 
@@ -518,6 +641,30 @@ mod tests {
         assert!(e.contains("schedule.kind") && e.contains("cosine"), "{e}");
         let e = err("", &["model.preset=nope"]);
         assert!(e.contains("model.preset") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn plateau_keys_belong_to_the_plateau_schedule() {
+        let e = err("", &["schedule.plateau_patience=3"]);
+        assert!(e.contains("schedule.plateau_patience") && e.contains("plateau") && e.contains("cosine"), "{e}");
+        let e = err("", &["schedule.kind=plateau", "train.eval_every=0"]);
+        assert!(e.contains("train.eval_every") && e.contains("validation"), "{e}");
+        let e = err("", &["schedule.kind=plateau", "schedule.plateau_factor=1.5"]);
+        assert!(e.contains("schedule.plateau_factor"), "{e}");
+        let ok = RunConfig::from_toml_str("", &["schedule.kind=plateau".into(), "schedule.plateau_patience=2".into()]);
+        assert_eq!(ok.unwrap().schedule.plateau_patience, Some(2));
+    }
+
+    /// A config.toml written before the optimizer suite spells out beta1, beta2 and eps; it must
+    /// serialise (and so hash) exactly as then, or its runs could no longer resume.
+    #[test]
+    fn pre_suite_optim_section_serialises_as_before() {
+        let cfg = RunConfig::from_toml_str("[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.95\neps = 1e-8\n", &[])
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&cfg.optim).unwrap(),
+            r#"{"name":"adamw","lr":0.0006,"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1,"decay_embeddings":false,"grad_clip":1.0}"#
+        );
     }
 
     #[test]

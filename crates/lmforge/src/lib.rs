@@ -12,7 +12,7 @@
 //! data             prepared shards -> seeded batches and fixed validation windows
 //! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
 //! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
-//! optim            AdamW, gradient clipping, LR schedules (pure functions of the step)
+//! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! train            the one training loop, metrics sink, progress
 //! eval             perplexity and bits per byte

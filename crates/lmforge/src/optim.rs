@@ -1,7 +1,35 @@
-//! Optimization: AdamW with decoupled weight decay and per-parameter decay groups, global-norm
-//! gradient clipping, and learning-rate schedules written as pure functions of the step.
-//! Formulas follow `torch.optim.AdamW`, `torch.nn.utils.clip_grad_norm_` and the Hugging Face
-//! `get_*_schedule_with_warmup` family, and are tested against their recorded trajectories.
+//! Optimization: one [`Optimizer`] (an enum over the concrete update rules, each in its own
+//! file below `optim/`), parameter groups, global-norm gradient clipping, and learning-rate
+//! schedules written as pure functions of the step.
+//!
+//! | `optim.name` | update rule (file)                         | reference it is tested against      |
+//! | ------------ | ------------------------------------------ | ----------------------------------- |
+//! | adamw, adam  | `adam.rs` (decoupled / L2 decay, AMSGrad)   | `torch.optim.AdamW` / `Adam`        |
+//! | sgd          | `sgd.rs` (momentum, dampening, Nesterov)   | `torch.optim.SGD`                   |
+//! | adafactor    | `adafactor.rs` (factored second moments)   | `transformers.optimization.Adafactor` |
+//! | lamb         | `lamb.rs` (layer-wise trust ratio)         | `torch_optimizer.Lamb`              |
+//! | lion         | `lion.rs` (sign of interpolated momentum)  | Chen et al. 2023, hand-computed     |
+//! | muon         | `muon.rs` (Newton–Schulz orthogonalised momentum + AdamW) | Keller Jordan's reference, hand-computed |
+//!
+//! State lives in one [`State`] map keyed `PARAM.SLOT` (the checkpoint's tensor names), so
+//! saving, restoring and sizing it is the same code for every optimizer. Parameters are updated
+//! in place (`Var::set` copies into the existing buffer, so the model's views see the update);
+//! candle has no in-place arithmetic, so each update computes temporaries and each state
+//! tensor is replaced by its successor (the old buffer is freed at once).
+//! Clipping follows `torch.nn.utils.clip_grad_norm_` and the schedules the Hugging Face
+//! `get_*_schedule_with_warmup` family.
+
+pub mod adafactor;
+pub mod adam;
+pub mod groups;
+pub mod lamb;
+pub mod lion;
+pub mod muon;
+pub mod sgd;
+pub mod spec;
+
+pub use groups::{param_groups, ParamGroup, ParamRole};
+pub use spec::OptimSpec;
 
 use crate::config::{OptimConfig, ScheduleConfig};
 use crate::error::{Error, Result};
@@ -52,8 +80,73 @@ impl Schedule {
                     floor(cosine((s - stable_end) / decay.max(1.0)))
                 }
             }
+            // Warmup, then 1 times the plateau scale (applied by the trainer, see [`Plateau`]).
+            "plateau" => 1.0,
             // "cosine" (validated config allows nothing else)
             _ => floor(cosine((s - w) / (n - w).max(1.0))),
+        }
+    }
+}
+
+/// Reduce-on-plateau's settings (`schedule.plateau_*`, floor `schedule.min_lr_ratio`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlateauRule {
+    pub factor: f64,
+    pub patience: u64,
+    pub threshold: f64,
+    pub cooldown: u64,
+    pub min_scale: f64,
+}
+
+impl PlateauRule {
+    /// torch's defaults (factor 0.1, patience 10, threshold 1e-4, cooldown 0) where unset.
+    pub fn from_config(cfg: &ScheduleConfig) -> Self {
+        Self {
+            factor: cfg.plateau_factor.unwrap_or(0.1),
+            patience: cfg.plateau_patience.unwrap_or(10),
+            threshold: cfg.plateau_threshold.unwrap_or(1e-4),
+            cooldown: cfg.plateau_cooldown.unwrap_or(0),
+            min_scale: cfg.min_lr_ratio,
+        }
+    }
+}
+
+/// Reduce-on-plateau state, as `torch.optim.lr_scheduler.ReduceLROnPlateau` (mode "min",
+/// relative threshold), stepped once per validation. The LR is `lr · warmup · scale`. Saved in
+/// `trainer_state.json` so a resumed run reduces exactly when the uninterrupted one does.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Plateau {
+    pub scale: f64,
+    /// Best validation loss so far (None before the first).
+    pub best: Option<f64>,
+    pub bad_evals: u64,
+    pub cooldown_left: u64,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Self { scale: 1.0, best: None, bad_evals: 0, cooldown_left: 0 }
+    }
+}
+
+impl Plateau {
+    /// Records one validation loss; reduces `scale` after more than `patience` validations
+    /// without a relative improvement of `threshold`, then waits `cooldown` validations.
+    pub fn observe(&mut self, loss: f64, rule: &PlateauRule) {
+        if self.best.is_none_or(|b| loss < b * (1.0 - rule.threshold)) {
+            self.best = Some(loss);
+            self.bad_evals = 0;
+        } else {
+            self.bad_evals += 1;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.bad_evals = 0;
+        }
+        if self.bad_evals > rule.patience {
+            self.scale = (self.scale * rule.factor).max(rule.min_scale);
+            self.cooldown_left = rule.cooldown;
+            self.bad_evals = 0;
         }
     }
 }
@@ -93,98 +186,178 @@ pub fn named_grads(vars: &BTreeMap<String, Var>, store: &GradStore) -> Result<BT
         .collect()
 }
 
-/// The default decay groups: matrices decay; norm weights and biases (1-D) do not, since
-/// decaying them pulls normalisation towards zero; embedding tables (`embeddings`) decay only
-/// when `decay_embeddings` is set.
-pub fn default_decay<'a>(embeddings: &'a [&'a str], decay_embeddings: bool) -> impl Fn(&str, &Var) -> bool + 'a {
-    move |name, var| var.rank() >= 2 && (decay_embeddings || !embeddings.contains(&name))
+/// Optimizer state: every state tensor of every parameter, keyed `PARAM.SLOT`
+/// (e.g. `transformer.h.0.attn.c_attn.weight.exp_avg`), exactly as saved in checkpoints.
+#[derive(Default)]
+pub struct State(BTreeMap<String, Tensor>);
+
+impl State {
+    /// State slot `slot` of parameter `name`.
+    pub fn get(&self, name: &str, slot: &str) -> Result<&Tensor> {
+        self.0
+            .get(&format!("{name}.{slot}"))
+            .ok_or_else(|| Error::Invalid(format!("no optimizer state `{name}.{slot}`")))
+    }
+
+    /// Creates or replaces a slot. Values are detached: state never holds a graph.
+    pub fn set(&mut self, name: &str, slot: &str, value: Tensor) {
+        self.0.insert(format!("{name}.{slot}"), value.detach());
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.0.values().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
 }
 
-/// AdamW (Loshchilov & Hutter) exactly as `torch.optim.AdamW` with amsgrad off:
-/// p ← p·(1 − lr·wd); m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
-/// p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε).
-pub struct AdamW {
-    pub cfg: OptimConfig,
-    /// Parameters that receive weight decay.
-    decay: HashMap<String, bool>,
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
-    /// Completed steps (t in the bias corrections).
+/// One parameter as an update rule sees it.
+pub struct Param<'a> {
+    pub name: &'a str,
+    pub var: &'a Var,
+    /// Same shape as `var`; detached.
+    pub grad: &'a Tensor,
+    pub group: &'a ParamGroup,
+}
+
+/// The optimizer the trainer uses, whichever `optim.name` chose.
+pub struct Optimizer {
+    pub spec: OptimSpec,
+    groups: BTreeMap<String, ParamGroup>,
+    state: State,
+    /// Completed steps (t in bias corrections and Adafactor's relative step).
     pub t: u64,
 }
 
-impl AdamW {
-    /// `decays(name, var)` says which parameters get weight decay (see [`default_decay`]).
-    pub fn new(cfg: &OptimConfig, vars: &BTreeMap<String, Var>, decays: impl Fn(&str, &Var) -> bool) -> Result<Self> {
-        let mut decay = HashMap::new();
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
+impl Optimizer {
+    /// `groups` must hold every variable (see [`param_groups`]).
+    pub fn new(spec: OptimSpec, vars: &BTreeMap<String, Var>, groups: BTreeMap<String, ParamGroup>) -> Result<Self> {
+        let mut state = State::default();
         for (name, var) in vars {
-            decay.insert(name.clone(), decays(name, var));
-            m.insert(name.clone(), var.as_tensor().zeros_like()?);
-            v.insert(name.clone(), var.as_tensor().zeros_like()?);
+            let group =
+                groups.get(name).ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
+            let p = Param { name, var, grad: var.as_tensor(), group };
+            match &spec {
+                OptimSpec::Adam(h) => adam::init(h, &p, &mut state)?,
+                OptimSpec::Sgd(h) => sgd::init(h, &p, &mut state)?,
+                OptimSpec::Adafactor(h) => adafactor::init(h, &p, &mut state)?,
+                OptimSpec::Lamb(_) => lamb::init(&p, &mut state)?,
+                OptimSpec::Lion(_) => lion::init(&p, &mut state)?,
+                OptimSpec::Muon(h) => muon::init(h, &p, &mut state)?,
+            }
         }
-        Ok(Self { cfg: cfg.clone(), decay, m, v, t: 0 })
+        Ok(Self { spec, groups, state, t: 0 })
     }
 
-    pub fn decays(&self, name: &str) -> bool {
-        self.decay.get(name).copied().unwrap_or(false)
+    /// Resolves `cfg` (see [`OptimSpec::from_config`]) and builds the optimizer.
+    pub fn from_config(
+        cfg: &OptimConfig,
+        vars: &BTreeMap<String, Var>,
+        groups: BTreeMap<String, ParamGroup>,
+    ) -> Result<Self> {
+        Self::new(OptimSpec::from_config(cfg)?, vars, groups)
     }
 
-    /// One update of every variable with learning rate `lr`.
+    pub fn name(&self) -> &'static str {
+        self.spec.name()
+    }
+
+    pub fn group(&self, name: &str) -> Option<&ParamGroup> {
+        self.groups.get(name)
+    }
+
+    /// One update of every variable; `lr` is the scheduled learning rate (times each group's
+    /// `lr_scale`; Adafactor with `relative_step` ignores it).
     pub fn step(&mut self, vars: &BTreeMap<String, Var>, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
-        let (b1, b2, eps) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps);
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
+        let (t, st) = (self.t, &mut self.state);
         for (name, var) in vars {
-            let g = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
-            let m = self.m.get_mut(name).expect("state exists for every var");
-            let v = self.v.get_mut(name).expect("state exists for every var");
-            *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
-            *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let mut p = var.as_tensor().clone();
-            if self.decay[name] && self.cfg.weight_decay > 0.0 {
-                p = (p * (1.0 - lr * self.cfg.weight_decay))?;
+            let grad = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
+            let group = self
+                .groups
+                .get(name)
+                .ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
+            let p = Param { name, var, grad, group };
+            match &self.spec {
+                OptimSpec::Adam(h) => adam::update(h, &p, lr, t, st)?,
+                OptimSpec::Sgd(h) => sgd::update(h, &p, lr, t, st)?,
+                OptimSpec::Adafactor(h) => adafactor::update(h, &p, lr, t, st)?,
+                OptimSpec::Lamb(h) => lamb::update(h, &p, lr, t, st)?,
+                OptimSpec::Lion(h) => lion::update(h, &p, lr, st)?,
+                OptimSpec::Muon(h) => muon::update(h, &p, lr, t, st)?,
             }
-            let denom = ((v.sqrt()? / bc2_sqrt)? + eps)?;
-            let update = (m.div(&denom)? * (lr / bc1))?;
-            var.set(&(p - update)?)?;
         }
         Ok(())
     }
 
-    /// Optimizer state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`) for checkpoints.
+    /// Optimizer state as named tensors (`PARAM.SLOT`) for checkpoints.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.m.len());
-        for (name, m) in &self.m {
-            out.push((format!("{name}.exp_avg"), m.clone()));
-            out.push((format!("{name}.exp_avg_sq"), self.v[name].clone()));
-        }
-        out
+        self.state.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Restores state saved by `state_tensors`; `t` comes from the trainer state.
+    /// Restores state saved by `state_tensors`; `t` (completed steps) comes from the trainer
+    /// state. Every slot must be present with its shape, and nothing else (state written by
+    /// another optimizer is refused).
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, t: u64) -> Result<()> {
-        for (name, m) in self.m.iter_mut() {
-            for (suffix, slot) in [("exp_avg", &mut *m), ("exp_avg_sq", self.v.get_mut(name).expect("state"))] {
-                let key = format!("{name}.{suffix}");
-                let saved =
-                    tensors.remove(&key).ok_or_else(|| Error::Invalid(format!("optimizer state has no `{key}`")))?;
-                if saved.dims() != slot.dims() {
-                    return Err(Error::Invalid(format!(
-                        "optimizer state `{key}` has shape {:?}, expected {:?}",
-                        saved.dims(),
-                        slot.dims()
-                    )));
-                }
-                *slot = saved;
+        for (key, slot) in self.state.0.iter_mut() {
+            let saved = tensors
+                .remove(key)
+                .ok_or_else(|| Error::Invalid(format!("{} optimizer state has no `{key}`", self.spec.name())))?;
+            if saved.dims() != slot.dims() || saved.dtype() != slot.dtype() {
+                return Err(Error::Invalid(format!(
+                    "optimizer state `{key}` is {:?} {:?}, expected {:?} {:?}",
+                    saved.dtype(),
+                    saved.dims(),
+                    slot.dtype(),
+                    slot.dims()
+                )));
             }
+            *slot = saved;
+        }
+        if let Some(extra) = tensors.keys().min() {
+            return Err(Error::Invalid(format!(
+                "optimizer state holds `{extra}`, which {} does not use (saved by another optimizer?)",
+                self.spec.name()
+            )));
         }
         self.t = t;
         Ok(())
     }
 
-    /// Bytes of optimizer state per parameter (two fp32 moments).
-    pub const STATE_BYTES_PER_PARAM: usize = 8;
+    /// Bytes of optimizer state in total (e.g. 8 per parameter for AdamW; Adafactor keeps
+    /// only row and column statistics for matrices).
+    pub fn state_bytes(&self) -> usize {
+        self.state.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sequence worked by hand through torch's ReduceLROnPlateau rules (factor 0.5,
+    /// patience 2, threshold 1%, cooldown 1, floor 0.1).
+    #[test]
+    fn plateau_follows_torch_reduce_lr_on_plateau() {
+        let rule = PlateauRule { factor: 0.5, patience: 2, threshold: 0.01, cooldown: 1, min_scale: 0.1 };
+        let mut p = Plateau::default();
+        let losses = [1.0, 0.995, 0.999, 0.98, 0.985, 0.99, 0.99, 0.99, 0.99, 0.5];
+        // 0.995 is not 1% better than 1.0 (bad 1, 2); 0.98 is (best); then bad 1, 2, 3 > 2 →
+        // halve, cooldown swallows the next bad count; 0.5 is a new best.
+        let want = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5];
+        for (loss, want) in losses.iter().zip(want) {
+            p.observe(*loss, &rule);
+            assert_eq!(p.scale, want, "after loss {loss}: {p:?}");
+        }
+        assert_eq!(p.best, Some(0.5));
+        for _ in 0..20 {
+            p.observe(0.6, &rule);
+        }
+        assert_eq!(p.scale, 0.1, "floored at min_lr_ratio");
+    }
+
+    #[test]
+    fn plateau_schedule_is_warmup_then_flat() {
+        let cfg = ScheduleConfig { kind: "plateau".into(), warmup_steps: 4, ..Default::default() };
+        let s = Schedule::new(&cfg, 100);
+        assert_eq!((s.multiplier(2), s.multiplier(4), s.multiplier(99)), (0.5, 1.0, 1.0));
+    }
 }

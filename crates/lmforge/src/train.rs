@@ -1,6 +1,6 @@
 //! The training loop: one flat loop for a fresh run and a resumed one. Each step draws its
 //! micro-batches (a pure function of seed and step), accumulates gradients, clips, updates
-//! with AdamW at the scheduled learning rate, logs to `metrics.jsonl`, validates and
+//! with the configured optimizer at the scheduled learning rate, logs to `metrics.jsonl`, validates and
 //! checkpoints on schedule. Decisions (should I evaluate / checkpoint now?) are small pure
 //! functions. Interrupting (Ctrl-C) writes a checkpoint first; resuming from any checkpoint
 //! reproduces the uninterrupted run's losses to the bit.
@@ -11,7 +11,9 @@ use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
 use crate::models::{Decoder, ModelSpec};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
-use crate::optim::{clip_grad_norm, default_decay, named_grads, AdamW, Schedule};
+use crate::optim::{
+    clip_grad_norm, named_grads, param_groups, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule, Schedule,
+};
 use crate::progress::{Progress, ProgressMode};
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -62,6 +64,8 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
     check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset)?;
+    // Before anything is written: a group pattern that matches no parameter is a config error.
+    let groups = optimizer_groups(cfg, &spec)?;
     if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
         return Err(Error::Invalid(format!(
             "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
@@ -90,9 +94,9 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         best_val_loss: None,
         best_step: None,
         elapsed_s: 0.0,
+        plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
     };
-    let optimizer =
-        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
     let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
     run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
@@ -105,7 +109,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
         .last()
         .ok_or_else(|| Error::Invalid(format!("{} has no checkpoint to resume from", run_dir.display())))?;
     let ckpt = checkpoint::checkpoint_dir(run_dir, last);
-    let state = checkpoint::read_trainer_state(&ckpt)?;
+    let mut state = checkpoint::read_trainer_state(&ckpt)?;
     if state.config_hash != cfg.hash() {
         return Err(Error::format(
             run_dir.join("config.toml"),
@@ -116,12 +120,15 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
             ),
         ));
     }
+    if cfg.schedule.kind == "plateau" && state.plateau.is_none() {
+        // Not written by this trainer (it always saves the state); start the plateau count afresh.
+        state.plateau = Some(Plateau::default());
+    }
     let spec = ModelSpec::from_config(&cfg.model)?;
     let device = Device::Cpu;
     let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
     let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
-    let mut optimizer =
-        AdamW::new(&cfg.optim, params.vars(), default_decay(&embedding_names(&spec), cfg.optim.decay_embeddings))?;
+    let mut optimizer = Optimizer::from_config(&cfg.optim, params.vars(), optimizer_groups(&cfg, &spec)?)?;
     let opt_path = ckpt.join("optimizer.safetensors");
     let opt_state = candle_core::safetensors::load(&opt_path, &device)
         .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
@@ -130,12 +137,23 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
 
-fn embedding_names(spec: &ModelSpec) -> Vec<&'static str> {
-    let mut v = vec![spec.embedding_name()];
-    if spec.style == crate::models::Style::Gpt2 {
-        v.push("transformer.wpe.weight");
-    }
-    v
+/// Every parameter's optimizer group: its role from the model spec (embeddings, the untied
+/// LM head, hidden matrices with their fans, vectors), then the default decay rule and the
+/// `[[optim.groups]]` overrides.
+fn optimizer_groups(cfg: &RunConfig, spec: &ModelSpec) -> Result<BTreeMap<String, ParamGroup>> {
+    use crate::models::ParamKind;
+    let roles = spec.params().into_iter().map(|p| {
+        let role = match p.kind {
+            ParamKind::Embedding => ParamRole::Embedding,
+            _ if p.name == "lm_head.weight" => ParamRole::Head,
+            ParamKind::Matrix | ParamKind::ResidualProjection => {
+                ParamRole::Matrix { fan_in: p.fans.0, fan_out: p.fans.1 }
+            }
+            ParamKind::Bias | ParamKind::NormWeight | ParamKind::NormBias => ParamRole::Vector,
+        };
+        (p.name, role)
+    });
+    param_groups(&cfg.optim, roles)
 }
 
 fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
@@ -167,6 +185,22 @@ pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str) ->
     Ok(())
 }
 
+/// 1536 → "1.5 KiB".
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 /// `MemAvailable` from /proc/meminfo (None where unknown).
 pub fn available_memory_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -181,7 +215,7 @@ fn run_loop(
     run_dir: &Path,
     spec: ModelSpec,
     params: ParamStore,
-    mut optimizer: AdamW,
+    mut optimizer: Optimizer,
     data: PreparedData,
     mut state: TrainerState,
     mut metrics: MetricsLog,
@@ -191,18 +225,22 @@ fn run_loop(
     let seq_len = seq_len(cfg, &spec)?;
     let model = Decoder::new(&spec, &params)?;
     let schedule = Schedule::new(&cfg.schedule, t.max_steps);
+    let plateau_rule = PlateauRule::from_config(&cfg.schedule);
     let device = params.device().clone();
     let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
     let run_config_toml = cfg.to_toml();
     let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", state.step, t.max_steps);
     progress.println(&format!(
-        "model: {} parameters ({:?}, {} layers, d {}); optimizer state {} MiB; {} train / {} val tokens",
+        "model: {} parameters ({:?}, {} layers, d {}); optimizer {} state {} ({:.2} bytes/param); \
+         {} train / {} val tokens",
         spec.num_params(),
         spec.style,
         spec.n_layer,
         spec.d_model,
-        (spec.num_params() as usize * AdamW::STATE_BYTES_PER_PARAM) >> 20,
+        optimizer.name(),
+        human_bytes(optimizer.state_bytes() as u64),
+        optimizer.state_bytes() as f64 / spec.num_params().max(1) as f64,
         data.train.len(),
         data.val.len()
     ));
@@ -227,7 +265,7 @@ fn run_loop(
         }
         let step_start = Instant::now();
         let s = state.step;
-        let lr = cfg.optim.lr * schedule.multiplier(s);
+        let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
         for micro in 0..t.grad_accum {
@@ -287,6 +325,9 @@ fn run_loop(
                 state.step, v.loss, v.ppl, v.bits_per_byte
             ));
             state.val_loss = Some(v.loss);
+            if let Some(p) = state.plateau.as_mut() {
+                p.observe(v.loss, &plateau_rule);
+            }
             if state.best_val_loss.is_none_or(|b| v.loss < b) {
                 state.best_val_loss = Some(v.loss);
                 state.best_step = Some(state.step);
@@ -324,7 +365,7 @@ fn save(
     spec: &ModelSpec,
     params: &ParamStore,
     data: &PreparedData,
-    optimizer: &AdamW,
+    optimizer: &Optimizer,
     state: &TrainerState,
     run_config_toml: &str,
 ) -> Result<()> {
@@ -411,5 +452,12 @@ mod tests {
         assert!(due(1000, 0, 1000));
         assert!(!due(10, 0, 1000));
         assert!(due(7, 5, 7));
+    }
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(8 << 30), "8.0 GiB");
     }
 }

@@ -1,0 +1,63 @@
+//! Adam and AdamW exactly as `torch.optim.Adam` / `torch.optim.AdamW` (single-tensor path):
+//!
+//! ```text
+//! adam:  g ← g + wd·p                 adamw: p ← p·(1 − lr·wd)
+//! m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;  v̂ ← max(v̂, v) with amsgrad, else v
+//! p ← p − lr/(1−β1ᵗ) · m / (√v̂/√(1−β2ᵗ) + ε)
+//! ```
+//! State: `exp_avg`, `exp_avg_sq` (and `max_exp_avg_sq` with amsgrad): 8 (12) bytes per
+//! parameter. Muon uses [`update`] for the parameters it does not orthogonalise.
+
+use super::{Param, State};
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamHyper {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub amsgrad: bool,
+    /// AdamW's decoupled decay (true) or Adam's L2 term added to the gradient (false).
+    pub decoupled: bool,
+}
+
+pub fn init(h: &AdamHyper, p: &Param, st: &mut State) -> Result<()> {
+    let zeros = p.var.as_tensor().zeros_like()?;
+    st.set(p.name, "exp_avg", zeros.clone());
+    st.set(p.name, "exp_avg_sq", zeros.clone());
+    if h.amsgrad {
+        st.set(p.name, "max_exp_avg_sq", zeros);
+    }
+    Ok(())
+}
+
+/// Step `t` (1-based) of one parameter at learning rate `lr` (before the group's scale).
+pub fn update(h: &AdamHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
+    let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
+    let mut param = p.var.as_tensor().clone();
+    let mut g = p.grad.clone();
+    if wd != 0.0 {
+        if h.decoupled {
+            param = (param * (1.0 - lr * wd))?;
+        } else {
+            g = (g + (&param * wd)?)?;
+        }
+    }
+    let m = ((st.get(p.name, "exp_avg")? * h.beta1)? + (&g * (1.0 - h.beta1))?)?;
+    let v = ((st.get(p.name, "exp_avg_sq")? * h.beta2)? + (g.sqr()? * (1.0 - h.beta2))?)?;
+    let bc1 = 1.0 - h.beta1.powi(t as i32);
+    let bc2_sqrt = (1.0 - h.beta2.powi(t as i32)).sqrt();
+    let v_hat = if h.amsgrad {
+        let max = st.get(p.name, "max_exp_avg_sq")?.maximum(&v)?;
+        st.set(p.name, "max_exp_avg_sq", max.clone());
+        max
+    } else {
+        v.clone()
+    };
+    let denom = ((v_hat.sqrt()? / bc2_sqrt)? + h.eps)?;
+    let step = (m.div(&denom)? * (lr / bc1))?;
+    p.var.set(&(param - step)?)?;
+    st.set(p.name, "exp_avg", m);
+    st.set(p.name, "exp_avg_sq", v);
+    Ok(())
+}
