@@ -24,6 +24,7 @@ fi
 cargo build --release --manifest-path "$ROOT/Cargo.toml" -q
 LMF="$ROOT/target/release/lmforge"
 
+if [ -z "${SKIP_PREPARE:-}" ]; then
 echo "== lmforge data prepare on $SIZE_MB MB"
 rm -rf "$WORK/prepared"
 /usr/bin/time -f "peak_rss_kb=%M wall_s=%e" "$LMF" data prepare --input "$WORK/corpus-$SIZE_MB" --out "$WORK/prepared" \
@@ -33,15 +34,23 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 print(json.dumps({"mb_per_s": m["mb_per_s"], "timings_s": m["timings_s"], "counts": {k: m["counts"][k] for k in ("documents_in", "exact_duplicates", "near_duplicates", "documents_out")}}, indent=1))
 PY
+fi
 
 # Same documents for the tool comparisons: the first N documents of the first part.
 N=${N:-20000}
 head -n "$N" "$WORK/corpus-$SIZE_MB/part-0000.jsonl" > "$WORK/sample.jsonl"
-echo "== tokenization, $N documents, same tokenizer"
-"$VENV/bin/python" "$ROOT/scripts/bench_tokenize_hf.py" "$WORK/prepared/tokenizer.json" "$WORK/sample.jsonl"
-rm -rf "$WORK/sample-prepared"
-"$LMF" data prepare --input "$WORK/sample.jsonl" --out "$WORK/sample-prepared" --set data.tokenizer="\"$WORK/prepared/tokenizer.json\"" \
-  --set data.val_fraction=0.0 --set log.progress=off --json | "$VENV/bin/python" -c \
-  'import json,sys; m=json.load(sys.stdin); print(json.dumps({"tool":"lmforge","tokenize_mb_per_s":m["mb_per_s"]["tokenize"],"pass1_s (read+clean+filter+exact+minhash+lsh)":m["timings_s"]["pass1"],"pass1_mb_per_s":m["mb_per_s"]["pass1"],"near_duplicates":m["counts"]["near_duplicates"],"exact_duplicates":m["counts"]["exact_duplicates"]}))'
-echo "== MinHash-LSH near-dedup, $N documents (datasketch also sees the exact duplicates)"
+TOK="$WORK/prepared/tokenizer.json"
+echo "== tokenization of the same $N documents with the same tokenizer (lmforge: filters and dedup off)"
+"$VENV/bin/python" "$ROOT/scripts/bench_tokenize_hf.py" "$TOK" "$WORK/sample.jsonl"
+rm -rf "$WORK/sample-tok"
+"$LMF" data prepare --input "$WORK/sample.jsonl" --out "$WORK/sample-tok" --set data.tokenizer="\"$TOK\"" \
+  --set data.val_fraction=0.0 --set data.exact_dedup=false --set data.near_dedup=false \
+  --set data.max_non_alpha_frac=1.0 --set data.max_dup_line_frac=1.0 --set data.min_mean_word_len=0.0 \
+  --set data.max_mean_word_len=1e9 --set log.progress=off --json | "$VENV/bin/python" -c \
+  'import json,sys; m=json.load(sys.stdin); print(json.dumps({"tool":"lmforge","docs":m["counts"]["documents_out"],"tokenize_s":m["timings_s"]["tokenize"],"mb_per_s":m["mb_per_s"]["tokenize"]}))'
+echo "== MinHash-LSH near-dedup of the same $N documents (lmforge: whole pass 1, datasketch: MinHash + LSH only)"
+rm -rf "$WORK/sample-dedup"
+"$LMF" data prepare --input "$WORK/sample.jsonl" --out "$WORK/sample-dedup" --set data.tokenizer="\"$TOK\"" \
+  --set data.val_fraction=0.0 --set data.exact_dedup=false --set log.progress=off --json | "$VENV/bin/python" -c \
+  'import json,sys; m=json.load(sys.stdin); print(json.dumps({"tool":"lmforge","pass1_s":m["timings_s"]["pass1"],"minhash_cpu_s":m["timings_s"]["minhash_cpu"],"mb_per_s":m["mb_per_s"]["pass1"],"near_duplicates":m["counts"]["near_duplicates"]}))'
 "$VENV/bin/python" "$ROOT/scripts/bench_minhash_datasketch.py" "$WORK/sample.jsonl"

@@ -5,17 +5,16 @@
 //! documents are not merged by a chance band collision. Documents are indexed in input order
 //! and the first of each cluster survives, so the result is deterministic.
 //!
-//! The permutations follow datasketch: h_i(x) = (a_i·x + b_i) mod (2^61 − 1), truncated to 32
-//! bits, over a 32-bit hash x of each shingle. The band/row split minimises the equally
-//! weighted false-positive and false-negative areas of the LSH S-curve, as datasketch's
+//! Each permutation is a multiply-add-shift hash h_i(x) = (a_i·x + b_i) >> 32 of a 32-bit
+//! shingle hash x (datasketch uses (a·x + b) mod (2^61 − 1); both are universal families, this
+//! one needs no 128-bit arithmetic). The band/row split minimises the equally weighted
+//! false-positive and false-negative areas of the LSH S-curve, as datasketch's
 //! `_optimal_param` does.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, xxh3_64_with_seed};
-
-const MERSENNE_61: u64 = (1 << 61) - 1;
 
 pub fn exact_hash(text: &str) -> u128 {
     xxh3_128(text.as_bytes())
@@ -31,8 +30,8 @@ pub struct MinHasher {
 impl MinHasher {
     pub fn new(num_perm: usize, ngram: usize, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let a = (0..num_perm).map(|_| rng.random_range(1..MERSENNE_61)).collect();
-        let b = (0..num_perm).map(|_| rng.random_range(0..MERSENNE_61)).collect();
+        let a = (0..num_perm).map(|_| rng.random::<u64>() | 1).collect();
+        let b = (0..num_perm).map(|_| rng.random::<u64>()).collect();
         Self { ngram: ngram.max(1), a, b }
     }
 
@@ -42,43 +41,44 @@ impl MinHasher {
 
     /// The signature: for each permutation, the minimum permuted shingle hash.
     pub fn signature(&self, text: &str) -> Vec<u32> {
-        let words: Vec<String> = text.split_whitespace().map(|w| w.to_lowercase()).collect();
+        // Hash each lower-cased word once, then combine n consecutive word hashes into a
+        // shingle hash: no string is built per shingle.
+        let words: Vec<u64> = text
+            .split_whitespace()
+            .map(|w| {
+                if w.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
+                    xxh3_64(w.to_lowercase().as_bytes())
+                } else {
+                    xxh3_64(w.as_bytes())
+                }
+            })
+            .collect();
+        let combine = |win: &[u64]| {
+            let mut h = 0u64;
+            for &x in win {
+                h = (h.rotate_left(27) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            (h >> 32) as u32
+        };
         let mut shingles: HashSet<u32> = HashSet::new();
         if words.len() <= self.ngram {
-            shingles.insert(xxh3_64(words.join(" ").as_bytes()) as u32);
+            shingles.insert(combine(&words));
         } else {
-            let mut buf = String::new();
-            for win in words.windows(self.ngram) {
-                buf.clear();
-                for (i, w) in win.iter().enumerate() {
-                    if i > 0 {
-                        buf.push(' ');
-                    }
-                    buf.push_str(w);
-                }
-                shingles.insert(xxh3_64(buf.as_bytes()) as u32);
-            }
+            shingles.extend(words.windows(self.ngram).map(combine));
         }
         let mut sig = vec![u32::MAX; self.a.len()];
         for &x in &shingles {
+            let x = x as u64;
+            // Multiply-add-shift hashing (Dietzfelbinger 1996): strongly universal from 32-bit
+            // keys to 32-bit values, and a plain u64 loop the compiler vectorises across
+            // permutations (datasketch's mod-(2^61 − 1) family needs 128-bit products).
             for (s, (a, b)) in sig.iter_mut().zip(self.a.iter().zip(&self.b)) {
-                let h = (mod_mersenne((*a as u128) * (x as u128) + *b as u128) & 0xffff_ffff) as u32;
-                if h < *s {
-                    *s = h;
-                }
+                let h = (a.wrapping_mul(x).wrapping_add(*b) >> 32) as u32;
+                *s = (*s).min(h);
             }
         }
         sig
     }
-}
-
-/// x mod 2^61 − 1 for x < 2^125, by folding the high bits (2^61 ≡ 1).
-#[inline]
-fn mod_mersenne(x: u128) -> u64 {
-    let m = MERSENNE_61 as u128;
-    let folded = (x & m) + (x >> 61);
-    let folded = (folded & m) + (folded >> 61);
-    (if folded >= m { folded - m } else { folded }) as u64
 }
 
 /// Fraction of equal slots: the MinHash estimate of Jaccard similarity.
@@ -172,13 +172,6 @@ impl LshIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mersenne_reduction_matches_naive() {
-        for x in [0u128, 1, MERSENNE_61 as u128, (MERSENNE_61 as u128) * 3 + 7, u64::MAX as u128 * u32::MAX as u128] {
-            assert_eq!(mod_mersenne(x) as u128, x % MERSENNE_61 as u128);
-        }
-    }
 
     #[test]
     fn minhash_estimates_jaccard() {
