@@ -15,6 +15,7 @@
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! train            the one training loop, metrics sink, progress
+//! plan             memory / FLOPs / time / cost of a training job before allocating anything
 //! eval             perplexity and bits per byte
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
@@ -33,6 +34,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod plan;
 pub mod progress;
 pub mod quickstart;
 pub mod shards;

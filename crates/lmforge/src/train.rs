@@ -9,10 +9,11 @@ use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
-use crate::models::{Decoder, ModelSpec};
+use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
 use crate::optim::{
-    clip_grad_norm, named_grads, param_groups, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule, Schedule,
+    clip_grad_norm, named_grads, param_groups, OptimSpec, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule,
+    Schedule,
 };
 use crate::progress::{Progress, ProgressMode};
 use candle_core::{Device, Tensor};
@@ -63,7 +64,8 @@ pub fn due(step: u64, every: u64, max_steps: u64) -> bool {
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
-    check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset)?;
+    let optim = OptimSpec::from_config(&cfg.optim)?;
+    check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset, &optim)?;
     // Before anything is written: a group pattern that matches no parameter is a config error.
     let groups = optimizer_groups(cfg, &spec)?;
     if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
@@ -137,23 +139,27 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
 
-/// Every parameter's optimizer group: its role from the model spec (embeddings, the untied
-/// LM head, hidden matrices with their fans, vectors), then the default decay rule and the
-/// `[[optim.groups]]` overrides.
+/// Every parameter's optimizer group: its role from the model spec, then the default decay
+/// rule and the `[[optim.groups]]` overrides.
 fn optimizer_groups(cfg: &RunConfig, spec: &ModelSpec) -> Result<BTreeMap<String, ParamGroup>> {
-    use crate::models::ParamKind;
-    let roles = spec.params().into_iter().map(|p| {
-        let role = match p.kind {
-            ParamKind::Embedding => ParamRole::Embedding,
-            _ if p.name == "lm_head.weight" => ParamRole::Head,
-            ParamKind::Matrix | ParamKind::ResidualProjection => {
-                ParamRole::Matrix { fan_in: p.fans.0, fan_out: p.fans.1 }
-            }
-            ParamKind::Bias | ParamKind::NormWeight | ParamKind::NormBias => ParamRole::Vector,
-        };
-        (p.name, role)
-    });
-    param_groups(&cfg.optim, roles)
+    param_groups(&cfg.optim, spec.params().into_iter().map(|p| (p.name.clone(), param_role(&p))))
+}
+
+/// What a parameter is to the optimizer: an embedding, the untied LM head, a hidden matrix
+/// with its fans, or a vector.
+pub fn param_role(p: &ParamInfo) -> ParamRole {
+    match p.kind {
+        ParamKind::Embedding => ParamRole::Embedding,
+        _ if p.name == "lm_head.weight" => ParamRole::Head,
+        ParamKind::Matrix | ParamKind::ResidualProjection => ParamRole::Matrix { fan_in: p.fans.0, fan_out: p.fans.1 },
+        ParamKind::Bias | ParamKind::NormWeight | ParamKind::NormBias => ParamRole::Vector,
+    }
+}
+
+/// Bytes of fp32 optimizer state `optim` keeps for `spec`, without allocating (equal to
+/// `Optimizer::state_bytes` of the trainer's optimizer; tested).
+pub fn optimizer_state_bytes(spec: &ModelSpec, optim: &OptimSpec) -> u64 {
+    spec.params().iter().map(|p| 4 * optim.state_elems(&p.shape, param_role(p)) as u64).sum()
 }
 
 fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
@@ -165,19 +171,22 @@ fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
 }
 
 /// Refuses, before allocating anything, a model whose training state does not fit in memory.
-pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str) -> Result<()> {
-    let need = spec.train_memory_estimate(batch, seq_len);
+/// The estimate is the same one `lmforge plan --gpu cpu` prints ([`ModelSpec::cpu_train_memory`]).
+pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str, optim: &OptimSpec) -> Result<()> {
+    let mem = spec.cpu_train_memory(batch, seq_len, optimizer_state_bytes(spec, optim));
+    let need = mem.total();
     if let Some(avail) = available_memory_bytes() {
         if need > avail {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             return Err(Error::DoesNotFit(format!(
-                "model `{name}` ({} parameters) needs about {:.1} GiB to train in fp32 with AdamW \
-                 (16 bytes per parameter for weights, gradients and two moments = {:.1} GiB, plus \
-                 activations for batch {batch} x {seq_len}), but only {:.1} GiB are available. \
-                 Use a smaller preset or batch, or a machine with more memory.",
+                "model `{name}` ({} parameters) needs about {:.1} GiB to train in fp32 with {} \
+                 (weights, gradients and optimizer state = {:.1} GiB, plus activations for batch \
+                 {batch} x {seq_len}), but only {:.1} GiB are available. Use a smaller preset or \
+                 batch, or a machine with more memory; `lmforge plan` shows the breakdown.",
                 spec.num_params(),
                 gib(need),
-                gib(16 * spec.num_params()),
+                optim.name(),
+                gib(mem.weights + mem.gradients + mem.optimizer_state),
                 gib(avail)
             )));
         }
@@ -452,6 +461,34 @@ mod tests {
         assert!(due(1000, 0, 1000));
         assert!(!due(10, 0, 1000));
         assert!(due(7, 5, 7));
+    }
+
+    #[test]
+    fn optimizer_state_estimate_equals_what_the_optimizer_allocates() {
+        use crate::config::RunConfig;
+        // Every optimizer, and each option that changes its state.
+        let settings: [&[&str]; 9] = [
+            &["optim.name=adamw"],
+            &["optim.name=adamw", "optim.amsgrad=true"],
+            &["optim.name=sgd"],
+            &["optim.name=sgd", "optim.momentum=0.9"],
+            &["optim.name=adafactor"],
+            &["optim.name=adafactor", "optim.beta1=0.9"],
+            &["optim.name=lamb"],
+            &["optim.name=lion"],
+            &["optim.name=muon"],
+        ];
+        for preset in ["tiny", "llama-tiny"] {
+            let spec = ModelSpec::preset(preset).unwrap();
+            let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 1, &Device::Cpu).unwrap();
+            for set in settings {
+                let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+                let cfg = RunConfig::from_toml_str("", &sets).unwrap();
+                let optim = OptimSpec::from_config(&cfg.optim).unwrap();
+                let opt = Optimizer::new(optim.clone(), params.vars(), optimizer_groups(&cfg, &spec).unwrap()).unwrap();
+                assert_eq!(optimizer_state_bytes(&spec, &optim), opt.state_bytes() as u64, "{preset} {set:?}");
+            }
+        }
     }
 
     #[test]

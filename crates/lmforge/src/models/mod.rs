@@ -6,12 +6,14 @@
 
 pub mod decoder;
 pub mod hf;
+pub mod memory;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, KvCache};
+pub use memory::CpuTrainMemory;
 
 /// The two decoder styles the family supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,17 +297,43 @@ impl ModelSpec {
         6.0 * non_embedding as f64 + 12.0 * (self.n_layer * seq_len * self.n_head * self.head_dim) as f64
     }
 
-    /// Bytes a training run needs: fp32 weights, gradients and two AdamW moments (16 B per
-    /// parameter) plus activations kept for the backward pass of one micro-batch.
-    pub fn train_memory_estimate(&self, batch: usize, seq_len: usize) -> u64 {
-        let p = self.num_params();
-        let (b, t, c, l) = (batch as u64, seq_len as u64, self.d_model as u64, self.n_layer as u64);
-        // Per layer and token: about 16·C floats of intermediates (norms, q/k/v, MLP hidden at
-        // 4·C counted once in and out) plus H·T attention probabilities, kept for backward;
-        // plus the logits and their softmax (2·V per token).
-        let per_layer = b * t * (16 * c + self.d_ff as u64 * 2 + self.n_head as u64 * t * 2);
-        let activations = 4 * (l * per_layer + b * t * 2 * self.vocab_size as u64);
-        16 * p + activations
+    /// Exact parameter counts by component, from [`Self::params`] (tied weights counted once,
+    /// as embeddings).
+    pub fn param_breakdown(&self) -> ParamBreakdown {
+        let mut out = ParamBreakdown::default();
+        for p in self.params() {
+            let n = p.numel() as u64;
+            let slot = match p.kind {
+                ParamKind::Embedding => &mut out.embeddings,
+                ParamKind::NormWeight | ParamKind::NormBias => &mut out.norms,
+                _ if p.name == "lm_head.weight" => &mut out.head,
+                _ if p.name.contains(".attn.") || p.name.contains(".self_attn.") => &mut out.attention,
+                _ => &mut out.mlp,
+            };
+            *slot += n;
+        }
+        out
+    }
+}
+
+/// Parameters by component; the fields sum to [`ModelSpec::num_params`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ParamBreakdown {
+    /// Token (and GPT-2 position) embeddings; the LM head too when tied.
+    pub embeddings: u64,
+    /// Q, K, V and output projections with their biases.
+    pub attention: u64,
+    /// MLP matrices with their biases.
+    pub mlp: u64,
+    /// Norm gains and biases.
+    pub norms: u64,
+    /// The untied LM head (0 when tied to the embedding).
+    pub head: u64,
+}
+
+impl ParamBreakdown {
+    pub fn total(&self) -> u64 {
+        self.embeddings + self.attention + self.mlp + self.norms + self.head
     }
 }
 
@@ -317,6 +345,26 @@ mod tests {
     fn published_parameter_counts() {
         assert_eq!(ModelSpec::preset("gpt2-124m").unwrap().num_params(), 124_439_808);
         assert_eq!(ModelSpec::preset("llama-7b").unwrap().num_params(), 6_738_415_616);
+    }
+
+    #[test]
+    fn breakdown_sums_to_the_exact_count() {
+        let b = ModelSpec::preset("llama-7b").unwrap().param_breakdown();
+        // Llama-2-7B: 32 layers × (4·4096² attention + 3·4096·11008 MLP + 2·4096 norms), a
+        // 32000 × 4096 embedding and untied head, one final norm.
+        assert_eq!(b.attention, 32 * 4 * 4096 * 4096);
+        assert_eq!(b.mlp, 32 * 3 * 4096 * 11008);
+        assert_eq!(b.norms, 32 * 2 * 4096 + 4096);
+        assert_eq!((b.embeddings, b.head), (32000 * 4096, 32000 * 4096));
+        assert_eq!(b.total(), 6_738_415_616);
+        let g = ModelSpec::preset("gpt2-124m").unwrap().param_breakdown();
+        assert_eq!(g.head, 0, "tied");
+        assert_eq!(g.embeddings, (50257 + 1024) * 768);
+        assert_eq!(g.total(), 124_439_808);
+        for name in PRESETS {
+            let s = ModelSpec::preset(name).unwrap();
+            assert_eq!(s.param_breakdown().total(), s.num_params(), "{name}");
+        }
     }
 
     #[test]

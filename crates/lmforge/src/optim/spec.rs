@@ -8,6 +8,7 @@ use super::lamb::LambHyper;
 use super::lion::LionHyper;
 use super::muon::MuonHyper;
 use super::sgd::SgdHyper;
+use super::ParamRole;
 use crate::config::{bad, check, OptimConfig};
 use crate::error::{Error, Result};
 
@@ -178,6 +179,45 @@ impl OptimSpec {
                 })
             }
         })
+    }
+
+    /// Elements of optimizer state a parameter of `shape` and `role` gets: the slots each
+    /// optimizer's `init` allocates (see the `State:` line of its file), without allocating.
+    /// Tested against [`super::Optimizer::state_bytes`]; `lmforge plan` and the trainer's
+    /// fits-in-memory check size the state with it.
+    pub fn state_elems(&self, shape: &[usize], role: ParamRole) -> usize {
+        let n: usize = shape.iter().product();
+        let adam = |h: &AdamHyper| if h.amsgrad { 3 * n } else { 2 * n };
+        match self {
+            OptimSpec::Adam(h) => adam(h),
+            OptimSpec::Sgd(h) => {
+                if h.momentum != 0.0 {
+                    n
+                } else {
+                    0
+                }
+            }
+            OptimSpec::Adafactor(h) => {
+                let first = if h.beta1.is_some() { n } else { 0 };
+                let second = match shape {
+                    [lead @ .., rows, cols] => {
+                        let lead: usize = lead.iter().product();
+                        lead * rows + lead * cols
+                    }
+                    _ => n,
+                };
+                first + second
+            }
+            OptimSpec::Lamb(_) => 2 * n,
+            OptimSpec::Lion(_) => n,
+            OptimSpec::Muon(h) => {
+                if matches!(role, ParamRole::Matrix { .. }) && shape.len() == 2 {
+                    n
+                } else {
+                    adam(&h.adam)
+                }
+            }
+        }
     }
 
     pub fn name(&self) -> &'static str {

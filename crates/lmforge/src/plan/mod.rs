@@ -1,0 +1,462 @@
+//! `lmforge plan`: what training a model costs before anything is allocated — exact
+//! parameters by component, per-device memory (weights, gradients, optimizer state,
+//! activations with and without checkpointing, temporaries, framework overhead) for a ZeRO
+//! stage and precision, whether it fits (and if not, the smallest change that makes it fit),
+//! FLOPs per token, tokens/s at a given MFU, time, GPU-hours and cost. Every formula cites its
+//! source in `plan/README.md`; the tests reproduce the published figures.
+//!
+//! On GPUs the memory model is the ZeRO paper's (model states) plus Korthikanti et al.'s
+//! (activations). On the CPU it is what lmforge itself allocates in fp32
+//! ([`ModelSpec::cpu_train_memory`], shared with the trainer's fits-in-memory check).
+//! Letters: Ψ parameters, N_d data-parallel devices, K optimizer bytes per parameter,
+//! s sequence, b micro-batch, h d_model, a heads, v vocab, L layers.
+
+pub mod hardware;
+pub mod report;
+
+pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::models::{ModelSpec, ParamBreakdown, Style};
+use crate::optim::OptimSpec;
+use crate::train::optimizer_state_bytes;
+use serde::Serialize;
+
+/// Fixed per-GPU memory outside the model: CUDA context, cuBLAS / NCCL workspaces and
+/// allocator fragmentation. An assumption (typically 1–3 GiB in practice), not a measurement.
+pub const GPU_FRAMEWORK_OVERHEAD: u64 = 2 << 30;
+
+/// Most GPUs the "smallest change" search tries.
+pub const MAX_GPUS: usize = 1024;
+
+/// Training precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// fp32 weights, gradients, optimizer state and activations.
+    Fp32,
+    /// bf16 weights, gradients and activations; an fp32 master copy inside the optimizer state.
+    Bf16Mixed,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "bf16-mixed" => Ok(Self::Bf16Mixed),
+            other => Err(Error::config("--precision", format!("invalid value {other:?}; expected fp32 or bf16-mixed"))),
+        }
+    }
+    /// Bytes per weight, gradient and activation element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 4,
+            Self::Bf16Mixed => 2,
+        }
+    }
+    /// Bytes per parameter the optimizer keeps besides its own state (the fp32 master copy).
+    pub fn master_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 0,
+            Self::Bf16Mixed => 4,
+        }
+    }
+}
+
+/// Everything a plan depends on, resolved.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    pub model: String,
+    pub spec: ModelSpec,
+    pub optim: OptimSpec,
+    pub hardware: Hardware,
+    pub gpus: usize,
+    /// ZeRO stage 0 (plain data parallel) to 3.
+    pub zero: u8,
+    pub precision: Precision,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub grad_accum: usize,
+    pub checkpointing: bool,
+    /// Dropout masks are kept for backward (`model.dropout > 0`).
+    pub dropout: bool,
+    /// Training tokens.
+    pub tokens: f64,
+    /// Model FLOPs utilisation (model FLOPs / peak; recomputation does not count).
+    pub mfu: f64,
+    pub price_per_gpu_hour: Option<f64>,
+}
+
+/// `lmforge plan` flags; `None` keeps the config's value or the default.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    pub gpus: Option<usize>,
+    /// A `GPU_NAMES` entry or "cpu" (default h100-80gb).
+    pub gpu: Option<String>,
+    pub zero: Option<u8>,
+    pub precision: Option<String>,
+    pub micro_batch: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub checkpointing: bool,
+    /// Default: 20 tokens per parameter (Chinchilla).
+    pub tokens: Option<f64>,
+    pub mfu: Option<f64>,
+    pub price_per_gpu_hour: Option<f64>,
+    /// Overrides the device peak (TFLOP/s); for the CPU, instead of measuring it.
+    pub peak_tflops: Option<f64>,
+}
+
+impl PlanRequest {
+    /// The run config's model, optimizer and `[train]` shape, overridden by the flags.
+    pub fn from_config(cfg: &RunConfig, o: &PlanOptions) -> Result<Self> {
+        let spec = ModelSpec::from_config(&cfg.model)?;
+        let optim = OptimSpec::from_config(&cfg.optim)?;
+        let gpu = o.gpu.as_deref().unwrap_or("h100-80gb");
+        let mut hardware = if gpu == "cpu" {
+            let peak = match o.peak_tflops {
+                Some(t) => t * 1e12,
+                None => measure_cpu_matmul_flops()?,
+            };
+            Hardware::cpu(peak)
+        } else {
+            Hardware::gpu(gpu).ok_or_else(|| {
+                Error::config("--gpu", format!("unknown GPU {gpu:?}; expected one of {}, cpu", GPU_NAMES.join(", ")))
+            })?
+        };
+        if let (Some(t), false) = (o.peak_tflops, hardware.is_cpu) {
+            hardware.peak_bf16_flops = t * 1e12;
+            hardware.peak_fp32_flops = t * 1e12;
+        }
+        let default_precision = if hardware.is_cpu { "fp32" } else { "bf16-mixed" };
+        let seq_len = o.seq_len.unwrap_or(if cfg.train.seq_len == 0 { spec.context } else { cfg.train.seq_len });
+        let req = Self {
+            model: cfg.model.preset.clone(),
+            optim,
+            hardware,
+            gpus: o.gpus.unwrap_or(1),
+            zero: o.zero.unwrap_or(0),
+            precision: Precision::parse(o.precision.as_deref().unwrap_or(default_precision))?,
+            micro_batch: o.micro_batch.unwrap_or(cfg.train.batch_size),
+            seq_len,
+            grad_accum: o.grad_accum.unwrap_or(cfg.train.grad_accum),
+            checkpointing: o.checkpointing,
+            dropout: cfg.model.dropout > 0.0,
+            tokens: o.tokens.unwrap_or(20.0 * spec.num_params() as f64),
+            mfu: o.mfu.unwrap_or(0.4),
+            price_per_gpu_hour: o.price_per_gpu_hour,
+            spec,
+        };
+        req.validate()?;
+        Ok(req)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::config(key, msg));
+        if self.gpus == 0 || self.gpus > 1 << 20 {
+            return bad("--gpus", format!("invalid value {}; expected 1 ..= 1048576", self.gpus));
+        }
+        if self.zero > 3 {
+            return bad("--zero", format!("invalid value {}; expected 0, 1, 2 or 3", self.zero));
+        }
+        if self.micro_batch == 0 || self.grad_accum == 0 {
+            return bad("--micro-batch", "micro-batch and grad-accum must be >= 1".into());
+        }
+        if self.seq_len == 0 || self.seq_len > self.spec.context {
+            return bad(
+                "--seq-len",
+                format!("{} is not in 1 ..= the model's context {}", self.seq_len, self.spec.context),
+            );
+        }
+        if !(self.mfu > 0.0 && self.mfu <= 1.0) {
+            return bad("--mfu", format!("invalid value {}; expected 0 < mfu <= 1", self.mfu));
+        }
+        if !(self.tokens.is_finite() && self.tokens > 0.0) {
+            return bad("--tokens", format!("invalid value {}; expected a positive number", self.tokens));
+        }
+        if !(self.hardware.peak_fp32_flops.is_finite() && self.hardware.peak_fp32_flops > 0.0) {
+            return bad("--peak-tflops", "the device peak must be a positive number".into());
+        }
+        if self.hardware.is_cpu {
+            if self.gpus != 1 || self.zero != 0 {
+                return bad("--gpu", "cpu plans one process: --gpus 1 and --zero 0".into());
+            }
+            if self.precision != Precision::Fp32 {
+                return bad("--precision", "lmforge trains in fp32 on the CPU".into());
+            }
+            if self.checkpointing {
+                return bad(
+                    "--activation-checkpointing",
+                    "lmforge's CPU trainer does not checkpoint activations".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-device memory (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryBreakdown {
+    pub weights: u64,
+    pub gradients: u64,
+    /// Optimizer state plus, in mixed precision, the fp32 master weights.
+    pub optimizer_state: u64,
+    /// Activations kept for backward under the chosen setting.
+    pub activations: u64,
+    pub activations_without_checkpointing: u64,
+    pub activations_with_checkpointing: u64,
+    /// Logits gradient, ZeRO-3 gathered layer parameters; on the CPU the backward workspace.
+    pub temporary_buffers: u64,
+    pub framework_overhead: u64,
+}
+
+impl MemoryBreakdown {
+    pub fn total(&self) -> u64 {
+        self.weights
+            + self.gradients
+            + self.optimizer_state
+            + self.activations
+            + self.temporary_buffers
+            + self.framework_overhead
+    }
+}
+
+/// Model-state bytes per device (ZeRO paper §5.1): weights and gradients (`bytes` per
+/// parameter each) and the optimizer's `optimizer` bytes in all (KΨ: master copy + state) for
+/// `psi` parameters; stage 1 shards the optimizer over `nd` devices, 2 also the gradients,
+/// 3 also the weights.
+pub fn model_states(psi: u64, bytes: u64, optimizer: u64, zero: u8, nd: u64) -> (u64, u64, u64) {
+    let shard = |x: u64, sharded: bool| if sharded { x.div_ceil(nd) } else { x };
+    (shard(bytes * psi, zero >= 3), shard(bytes * psi, zero >= 2), shard(optimizer, zero >= 1))
+}
+
+/// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
+/// sequence parallelism): `sbh(34 + 5as/h)` in 16-bit for GPT with dropout, generalised to
+/// element size `e`, separate q / kv widths (GQA), the MLP's width and kind, and no masks
+/// without dropout.
+pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout: bool) -> u64 {
+    let (h, f, a) = (spec.d_model as u64, spec.d_ff as u64, spec.n_head as u64);
+    let q = (spec.n_head * spec.head_dim) as u64;
+    let kv = (spec.n_kv_head * spec.head_dim) as u64;
+    let sb = s * b;
+    let mask = u64::from(dropout);
+    let norms = 2 * e * sb * h;
+    // QKV input, Q and K, V, softmax output, the output projection's input; dropout: the score
+    // mask and dropped scores, the residual branch's mask.
+    let attention =
+        e * sb * (h + q + kv + kv + q) + e * a * s * s * b + mask * (a * s * s * b + e * a * s * s * b + sb * h);
+    let mlp = e * sb * h
+        + match spec.style {
+            Style::Gpt2 => 2 * e * sb * f,  // GELU input and output
+            Style::Llama => 4 * e * sb * f, // gate, up, SiLU(gate), product
+        }
+        + mask * sb * h;
+    norms + attention + mlp
+}
+
+/// Per-device memory of `req`.
+pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
+    let spec = &req.spec;
+    let psi = spec.num_params();
+    let (b, s, v, l) = (req.micro_batch as u64, req.seq_len as u64, spec.vocab_size as u64, spec.n_layer as u64);
+    let state = optimizer_state_bytes(spec, &req.optim);
+    if req.hardware.is_cpu {
+        let m = spec.cpu_train_memory(req.micro_batch, req.seq_len, state);
+        return MemoryBreakdown {
+            weights: m.weights,
+            gradients: m.gradients,
+            optimizer_state: m.optimizer_state,
+            activations: m.activations,
+            activations_without_checkpointing: m.activations,
+            activations_with_checkpointing: m.activations,
+            temporary_buffers: m.backward_workspace,
+            framework_overhead: m.runtime,
+        };
+    }
+    let e = req.precision.bytes();
+    // K: master copy + the optimizer's fp32 state per parameter (AdamW mixed precision: 12).
+    let k_total = req.precision.master_bytes() * psi + state;
+    let (weights, gradients, optimizer_state) = model_states(psi, e, k_total, req.zero, req.gpus as u64);
+    let layer = layer_activation_bytes(spec, b, s, e, req.dropout);
+    // Outside the layers: final-norm and head inputs, fp32 logits for the loss (§4.3: 4sbv).
+    let output = 2 * e * s * b * spec.d_model as u64 + 4 * s * b * v;
+    let without = l * layer + output;
+    // Full recomputation (§4.2): each layer's input (sbh elements) plus one layer rebuilt.
+    let with = l * e * s * b * spec.d_model as u64 + layer + output;
+    let zero3_gather =
+        if req.zero >= 3 { 2 * e * (psi - spec.param_breakdown().embeddings) / spec.n_layer.max(1) as u64 } else { 0 };
+    MemoryBreakdown {
+        weights,
+        gradients,
+        optimizer_state,
+        activations: if req.checkpointing { with } else { without },
+        activations_without_checkpointing: without,
+        activations_with_checkpointing: with,
+        temporary_buffers: 4 * s * b * v + zero3_gather,
+        framework_overhead: GPU_FRAMEWORK_OVERHEAD,
+    }
+}
+
+/// A change to the request that makes it fit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Suggestion {
+    /// e.g. "--activation-checkpointing --zero 3 --gpus 16".
+    pub change: String,
+    pub memory_per_device_bytes: u64,
+    /// Sequences per optimizer step after the change (changes with --gpus).
+    pub global_batch: usize,
+}
+
+/// The smallest change that makes `req` fit: activation checkpointing, a higher ZeRO stage,
+/// a smaller micro-batch (more accumulation, same global batch), more GPUs (powers of two up
+/// to [`MAX_GPUS`]) — each alone first, in that order, then combined. None when nothing does.
+pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
+    let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
+    let smaller_batches = |r: &PlanRequest| -> Vec<PlanRequest> {
+        let mut out = Vec::new();
+        let mut mb = r.micro_batch;
+        while mb > 1 {
+            mb /= 2;
+            let per_device = r.micro_batch * r.grad_accum;
+            out.push(PlanRequest { micro_batch: mb, grad_accum: per_device.div_ceil(mb), ..r.clone() });
+        }
+        out
+    };
+    let more_gpus = |r: &PlanRequest| -> Vec<PlanRequest> {
+        let mut out = Vec::new();
+        let mut g = r.gpus.next_power_of_two();
+        if g == r.gpus {
+            g *= 2;
+        }
+        while g <= MAX_GPUS && !r.hardware.is_cpu {
+            out.push(PlanRequest { gpus: g, ..r.clone() });
+            g *= 2;
+        }
+        out
+    };
+    let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: true, ..r.clone() };
+    let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
+    let mut tries: Vec<PlanRequest> = Vec::new();
+    if !req.hardware.is_cpu && !req.checkpointing {
+        tries.push(ckpt(req));
+    }
+    if !req.hardware.is_cpu {
+        tries.extend((req.zero + 1..=3).map(|z| zero(req, z)));
+    }
+    tries.extend(smaller_batches(req));
+    tries.extend(more_gpus(req));
+    if !req.hardware.is_cpu {
+        let both = zero(&ckpt(req), req.zero.max(3));
+        tries.push(both.clone());
+        tries.extend(smaller_batches(&both));
+        tries.extend(more_gpus(&both));
+        let smallest = PlanRequest { micro_batch: 1, grad_accum: req.micro_batch * req.grad_accum, ..both };
+        tries.extend(more_gpus(&smallest));
+    }
+    let found = tries.into_iter().find(|r| fits(r))?;
+    Some(Suggestion {
+        change: describe_change(req, &found),
+        memory_per_device_bytes: memory(&found).total(),
+        global_batch: found.micro_batch * found.grad_accum * found.gpus,
+    })
+}
+
+/// The flags that turn `from` into `to`.
+fn describe_change(from: &PlanRequest, to: &PlanRequest) -> String {
+    let mut parts = Vec::new();
+    if to.checkpointing && !from.checkpointing {
+        parts.push("--activation-checkpointing".to_string());
+    }
+    if to.zero != from.zero {
+        parts.push(format!("--zero {}", to.zero));
+    }
+    if to.micro_batch != from.micro_batch {
+        parts.push(format!("--micro-batch {} --grad-accum {}", to.micro_batch, to.grad_accum));
+    }
+    if to.gpus != from.gpus {
+        parts.push(format!("--gpus {}", to.gpus));
+    }
+    parts.join(" ")
+}
+
+/// The whole plan, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub model: String,
+    pub parameters: u64,
+    pub parameters_by_component: ParamBreakdown,
+    pub optimizer: String,
+    pub device: String,
+    pub gpus: usize,
+    pub zero: u8,
+    pub precision: Precision,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub grad_accum: usize,
+    /// Sequences per optimizer step over all devices.
+    pub global_batch: usize,
+    pub activation_checkpointing: bool,
+    pub memory: MemoryBreakdown,
+    pub memory_per_device_bytes: u64,
+    pub device_memory_bytes: u64,
+    pub fits: bool,
+    pub suggestion: Option<Suggestion>,
+    /// Training FLOPs per token: 6 × (non-embedding parameters + tied head) + 12·L·s·h attention.
+    pub flops_per_token: f64,
+    pub peak_flops_per_device: f64,
+    pub mfu: f64,
+    pub tokens: f64,
+    pub tokens_per_s: f64,
+    pub training_seconds: f64,
+    pub gpu_hours: f64,
+    pub cost: Option<f64>,
+}
+
+/// Plans `req`.
+pub fn plan(req: &PlanRequest) -> Result<Plan> {
+    req.validate()?;
+    let mem = memory(req);
+    let total = mem.total();
+    let fits = total <= req.hardware.memory_bytes;
+    let flops_per_token = req.spec.train_flops_per_token(req.seq_len);
+    let peak = match req.precision {
+        Precision::Fp32 => req.hardware.peak_fp32_flops,
+        Precision::Bf16Mixed => req.hardware.peak_bf16_flops,
+    };
+    let tokens_per_s = req.mfu * peak * req.gpus as f64 / flops_per_token;
+    let training_seconds = req.tokens / tokens_per_s;
+    let gpu_hours = training_seconds * req.gpus as f64 / 3600.0;
+    Ok(Plan {
+        model: req.model.clone(),
+        parameters: req.spec.num_params(),
+        parameters_by_component: req.spec.param_breakdown(),
+        optimizer: req.optim.name().to_string(),
+        device: req.hardware.name.clone(),
+        gpus: req.gpus,
+        zero: req.zero,
+        precision: req.precision,
+        micro_batch: req.micro_batch,
+        seq_len: req.seq_len,
+        grad_accum: req.grad_accum,
+        global_batch: req.micro_batch * req.grad_accum * req.gpus,
+        activation_checkpointing: req.checkpointing,
+        memory: mem,
+        memory_per_device_bytes: total,
+        device_memory_bytes: req.hardware.memory_bytes,
+        fits,
+        suggestion: if fits { None } else { suggest(req) },
+        flops_per_token,
+        peak_flops_per_device: peak,
+        mfu: req.mfu,
+        tokens: req.tokens,
+        tokens_per_s,
+        training_seconds,
+        gpu_hours,
+        cost: req.price_per_gpu_hour.map(|p| p * gpu_hours),
+    })
+}
+
+#[cfg(test)]
+mod tests;
