@@ -1,6 +1,6 @@
-//! Tensor ops that the models train through, one function per op so a fused kernel can replace
-//! the body in one place. These are the reference versions, composed from candle primitives
-//! that all have a backward: `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` are
+//! The reference ops: composed from candle primitives that all have a backward, written to be
+//! read, and used as the test oracle for the fused kernels beside them. They are what
+//! `Kernels::Reference` runs. `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` are
 //! deliberately not used, since on contiguous input they run a fused forward with no backward
 //! and silently cut the gradient graph.
 //!
@@ -82,6 +82,21 @@ pub fn causal_mask(t: usize, s: usize, offset: usize, device: &candle_core::Devi
     let mask: Vec<f32> =
         (0..t).flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)
+}
+
+/// Attention probabilities from raw scores (..., T, S): softmax(scale · scores + causal mask),
+/// queries at positions S−T..S (the newest T of S keys).
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    let dims = scores.dims();
+    let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mask = causal_mask(t, s, s - t, scores.device())?;
+    softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+}
+
+/// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
+/// against `targets` (N).
+pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    cross_entropy(&hidden.matmul(&head.t()?)?, targets)
 }
 
 #[cfg(test)]
