@@ -259,6 +259,20 @@ impl Rope {
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
         Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
     }
+
+    /// The same rotation for x (B, T, n·D) in token-major layout (n heads of D), as the
+    /// fused attention takes it; returns (B, T, n·D).
+    pub fn apply_tokens(&self, x: &Tensor, n: usize, offset: usize) -> Result<Tensor> {
+        let (b, t, w) = x.dims3()?;
+        let d = w / n;
+        let x = x.reshape((b, t, n, d))?;
+        let cos = self.cos.narrow(0, offset, t)?.reshape((t, 1, d))?;
+        let sin = self.sin.narrow(0, offset, t)?.reshape((t, 1, d))?;
+        let x1 = x.narrow(3, 0, d / 2)?;
+        let x2 = x.narrow(3, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.reshape((b, t, w))?)
+    }
 }
 
 /// Draws inverted-dropout keep-masks from a seeded generator (one per micro-batch), so a
@@ -271,6 +285,11 @@ pub struct DropoutRng {
 impl DropoutRng {
     pub fn new(p: f64, seed: u64) -> Self {
         Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32 }
+    }
+
+    /// Whether [`Self::apply`] changes anything (p > 0).
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0
     }
 
     /// Applies dropout to x (no-op when p = 0).

@@ -226,6 +226,16 @@ impl Attention {
             }
             Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
+        let scale = 1.0 / (d as f64).sqrt();
+        if cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active()) {
+            // Training and full recomputation: one fused op from the projections' layout.
+            let (q, k) = match rope {
+                Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),
+                None => (q, k),
+            };
+            return self.o.forward(&ops::causal_attention(&q, &k, &v, h, kh, scale)?);
+        }
+        // With a KV cache or attention dropout: heads, then the grouped matmuls.
         // (B, T, n·D) -> (B, n, T, D)
         let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
             z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
@@ -251,7 +261,7 @@ impl Attention {
         let qg = q.reshape((b, kh, rep * t, d))?;
         let scores = qg.matmul(&k.t()?)?.reshape((b, h, t, s))?;
         // Scaled by 1/√D and masked so query i (at position S−T+i) sees keys 0..=S−T+i.
-        let p = ops::causal_softmax(&scores, 1.0 / (d as f64).sqrt())?;
+        let p = ops::causal_softmax(&scores, scale)?;
         let p = drop(dropout, &p)?;
         let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
         let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;

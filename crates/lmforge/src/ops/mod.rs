@@ -4,7 +4,8 @@
 //! - [`reference`]: composed from candle primitives, slow and readable — the test oracle.
 //! - fused CPU kernels (`CustomOp`s with a hand-written backward, rows spread over the rayon
 //!   pool): [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU), [`attention`]
-//!   (scale + causal mask + softmax in one pass), [`loss`] (cross-entropy, and cross-entropy
+//!   (scale + causal mask + softmax in one pass), [`sdpa`] (whole causal attention per head,
+//!   no (B, H, T, T) tensor, recomputed in the backward), [`loss`] (cross-entropy, and cross-entropy
 //!   fused with the LM head in row chunks so the (N, V) logits never exist at once), [`adamw`]
 //!   (the optimizer update in place).
 //!
@@ -26,6 +27,7 @@ mod cpu;
 pub mod loss;
 pub mod norm;
 pub mod reference;
+pub mod sdpa;
 
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
@@ -134,6 +136,23 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
         attention::causal_softmax(scores, scale)
     } else {
         reference::causal_softmax(scores, scale)
+    }
+}
+
+/// Causal self-attention without a KV cache: y (B, T, H·D) from q (B, T, H·D) and k, v
+/// (B, T, K·D) (grouped-query when K < H), softmax(scale · qkᵀ + causal mask) · v per head.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if fused(&[q, k, v]) {
+        sdpa::causal_attention(q, k, v, n_head, n_kv_head, scale)
+    } else {
+        reference::causal_attention(q, k, v, n_head, n_kv_head, scale)
     }
 }
 

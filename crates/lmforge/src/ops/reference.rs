@@ -93,6 +93,27 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
 }
 
+/// Causal self-attention without a cache: y (B, T, H·D) from q (B, T, H·D) and k, v
+/// (B, T, K·D), K dividing H (grouped-query: query head h reads KV head h / (H/K)).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, t, qw) = q.dims3()?;
+    let d = qw / n_head;
+    let heads = |z: &Tensor, n: usize| z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (heads(q, n_head)?, heads(k, n_kv_head)?, heads(v, n_kv_head)?);
+    let rep = n_head / n_kv_head;
+    let scores = q.reshape((b, n_kv_head, rep * t, d))?.matmul(&k.t()?)?.reshape((b, n_head, t, t))?;
+    let p = causal_softmax(&scores, scale)?;
+    let y = p.reshape((b, n_kv_head, rep * t, t))?.matmul(&v)?;
+    y.reshape((b, n_head, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, n_head * d))
+}
+
 /// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
 /// against `targets` (N).
 pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {

@@ -76,6 +76,25 @@ fn causal_softmax_matches_reference_with_and_without_cache() {
     assert_eq!((p[0], p[1], p[2], p[5]), (1.0, 0.0, 0.0, 0.0), "future keys get exactly zero");
 }
 
+#[test]
+fn causal_attention_matches_reference() {
+    // Multi-head (H = K = 3) and grouped-query (H = 4, K = 2), odd T and D.
+    let inputs = [randn(&[2, 7, 15], 1.0, 21), randn(&[2, 7, 15], 1.0, 22), randn(&[2, 7, 15], 1.0, 23)];
+    check("attention mha", &inputs, &|t| causal_attention(&t[0], &t[1], &t[2], 3, 3, 0.4));
+    let inputs = [randn(&[3, 9, 20], 1.0, 24), randn(&[3, 9, 10], 1.0, 25), randn(&[3, 9, 10], 1.0, 26)];
+    check("attention gqa", &inputs, &|t| causal_attention(&t[0], &t[1], &t[2], 4, 2, 0.5));
+    // q, k, v as narrows of one fused projection (B, T, 3·H·D), read in place.
+    check("attention fused qkv", &[randn(&[2, 5, 18], 1.0, 27)], &|t| {
+        let qkv = &t[0];
+        causal_attention(&qkv.narrow(2, 0, 6)?, &qkv.narrow(2, 6, 6)?, &qkv.narrow(2, 12, 6)?, 2, 2, 0.6)
+    });
+    // A transposed view (last dim strided) is copied first.
+    check("attention strided", &[randn(&[2, 8, 5], 1.0, 28)], &|t| {
+        let x = t[0].transpose(1, 2)?; // (2, 5, 8): T = 5, width 8
+        causal_attention(&x, &x, &x, 2, 2, 0.3)
+    });
+}
+
 fn targets(n: usize, v: usize, seed: u64) -> Tensor {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let t: Vec<u32> = (0..n).map(|_| rand::Rng::random_range(&mut rng, 0..v as u32)).collect();
