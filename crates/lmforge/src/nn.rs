@@ -190,15 +190,7 @@ impl Linear {
 
     /// x: (B, T, in) -> (B, T, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let x2 = x.reshape((b * t, c))?;
-        let w = if self.w_is_out_in { self.w.t()? } else { self.w.clone() };
-        let mut y = x2.matmul(&w)?;
-        if let Some(bias) = &self.b {
-            y = y.broadcast_add(bias)?;
-        }
-        let out = y.dim(1)?;
-        Ok(y.reshape((b, t, out))?)
+        Ok(ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?)
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! - [`reference`]: composed from candle primitives, slow and readable — the test oracle.
 //! - fused CPU kernels (`CustomOp`s with a hand-written backward, rows spread over the rayon
-//!   pool): [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU), [`attention`]
+//!   pool): [`linear`] (bias folded into the product), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU), [`attention`]
 //!   (scale + causal mask + softmax in one pass), [`sdpa`] (whole causal attention per head,
 //!   no (B, H, T, T) tensor, recomputed in the backward), [`loss`] (cross-entropy, and cross-entropy
 //!   fused with the LM head in row chunks so the (N, V) logits never exist at once), [`adamw`]
@@ -24,6 +24,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 mod cpu;
+pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod reference;
@@ -90,6 +91,16 @@ impl Drop for KernelsGuard {
 /// The fused path applies: chosen, and every tensor is f32 on the CPU.
 fn fused(ts: &[&Tensor]) -> bool {
     kernels() == Kernels::Fused && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// y = x·W (+ b) for x (..., in); W stored (in, out) (GPT-2's Conv1D), or (out, in)
+/// (nn.Linear) when `w_is_out_in`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
+    if fused(&[x, w]) && b.is_none_or(|b| fused(&[b])) {
+        linear::linear(x, w, b, w_is_out_in)
+    } else {
+        reference::linear(x, w, b, w_is_out_in)
+    }
 }
 
 /// LayerNorm over the last dim with biased variance, as `torch.nn.LayerNorm`.

@@ -93,6 +93,22 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
 }
 
+/// y = x·W (+ b) for x (..., in); W stored (in, out), or (out, in) when `w_is_out_in`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let fan_in = *dims.last().unwrap_or(&0);
+    let x2 = x.reshape((x.elem_count() / fan_in.max(1), fan_in))?;
+    let w = if w_is_out_in { w.t()? } else { w.clone() };
+    let mut y = x2.matmul(&w)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    if let Some(last) = dims.last_mut() {
+        *last = y.dim(1)?;
+    }
+    y.reshape(dims)
+}
+
 /// Causal self-attention without a cache: y (B, T, H·D) from q (B, T, H·D) and k, v
 /// (B, T, K·D), K dividing H (grouped-query: query head h reads KV head h / (H/K)).
 pub fn causal_attention(

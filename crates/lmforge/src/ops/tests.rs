@@ -47,6 +47,18 @@ fn check(name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>)
 }
 
 #[test]
+fn linear_matches_reference_in_both_weight_layouts() {
+    let x = randn(&[3, 5, 13], 1.0, 30);
+    let (w_in_out, w_out_in, b) = (randn(&[13, 7], 0.3, 31), randn(&[7, 13], 0.3, 32), randn(&[7], 0.3, 33));
+    check("linear in_out + bias", &[x.clone(), w_in_out.clone(), b.clone()], &|t| {
+        linear(&t[0], &t[1], Some(&t[2]), false)
+    });
+    check("linear out_in + bias", &[x.clone(), w_out_in.clone(), b], &|t| linear(&t[0], &t[1], Some(&t[2]), true));
+    check("linear in_out", &[x.clone(), w_in_out], &|t| linear(&t[0], &t[1], None, false));
+    check("linear out_in", &[x, w_out_in], &|t| linear(&t[0], &t[1], None, true));
+}
+
+#[test]
 fn layer_norm_matches_reference() {
     let x = (randn(&[3, 5, 37], 3.0, 1) + 1.0).unwrap();
     let (w, b) = ((randn(&[37], 0.5, 2) + 1.0).unwrap(), randn(&[37], 0.5, 3));
