@@ -241,6 +241,11 @@ impl Rope {
         })
     }
 
+    /// The (context, D) cos and sin tables.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// x: (B, H, T, D) at positions offset..offset+T.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_b, _h, t, d) = x.dims4()?;
@@ -255,15 +260,7 @@ impl Rope {
     /// The same rotation for x (B, T, n·D) in token-major layout (n heads of D), as the
     /// fused attention takes it; returns (B, T, n·D).
     pub fn apply_tokens(&self, x: &Tensor, n: usize, offset: usize) -> Result<Tensor> {
-        let (b, t, w) = x.dims3()?;
-        let d = w / n;
-        let x = x.reshape((b, t, n, d))?;
-        let cos = self.cos.narrow(0, offset, t)?.reshape((t, 1, d))?;
-        let sin = self.sin.narrow(0, offset, t)?.reshape((t, 1, d))?;
-        let x1 = x.narrow(3, 0, d / 2)?;
-        let x2 = x.narrow(3, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
-        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.reshape((b, t, w))?)
+        Ok(ops::rope(x, &self.cos, &self.sin, n, offset)?)
     }
 }
 

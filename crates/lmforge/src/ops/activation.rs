@@ -114,3 +114,71 @@ impl CustomOp2 for SwiGlu {
         Ok((Some(tensor(dg, g.dims())?), Some(tensor(du, u.dims())?)))
     }
 }
+
+/// Fused rotary embedding in the rotate-half layout for x (B, T, n·D) at positions
+/// offset..offset+T: y_j = x_j·cos_j + r_j·sin_j with r = (−x₂, x₁) per head; `cos` and `sin`
+/// are the (context, D) tables. The backward applies the transposed rotation. One pass each
+/// way, where the composed rotation keeps four temporaries of x's size.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    let (_, t, w) = x.dims3()?;
+    let d = w / n_head.max(1);
+    if n_head == 0 || w % n_head != 0 || d % 2 != 0 || cos.dims() != sin.dims() || cos.dim(1)? != d {
+        bail!("rope: x {:?} with {n_head} heads does not fit tables {:?}", x.dims(), cos.dims());
+    }
+    let table = |m: &Tensor| -> Result<Vec<f32>> { m.narrow(0, offset, t)?.flatten_all()?.to_vec1::<f32>() };
+    x.contiguous()?.apply_op1(Rope { cos: table(cos)?, sin: table(sin)?, d })
+}
+
+/// Tables for the T positions, (T, D) row-major.
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    d: usize,
+}
+
+impl Rope {
+    /// One token's heads: `transposed` applies the inverse rotation (the backward).
+    fn rotate(&self, x: &[f32], y: &mut [f32], pos: usize, transposed: bool) {
+        let (d, h) = (self.d, self.d / 2);
+        let (cos, sin) = (&self.cos[pos * d..(pos + 1) * d], &self.sin[pos * d..(pos + 1) * d]);
+        for (x, y) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            for j in 0..h {
+                let (a, b) = (x[j], x[j + h]);
+                if transposed {
+                    // x_j feeds y_j (cos_j) and y_{j+h} (sin_{j+h}); x_{j+h} feeds y_{j+h} and −y_j.
+                    y[j] = a * cos[j] + b * sin[j + h];
+                    y[j + h] = b * cos[j + h] - a * sin[j];
+                } else {
+                    y[j] = a * cos[j] - b * sin[j];
+                    y[j + h] = b * cos[j + h] + a * sin[j + h];
+                }
+            }
+        }
+    }
+
+    fn apply(&self, x: &[f32], dims: &[usize], transposed: bool) -> Vec<f32> {
+        let (t, w) = (dims[1], dims[2]);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(w).zip(x.par_chunks(w)).enumerate().for_each(|(row, (y, x))| {
+            self.rotate(x, y, row % t, transposed);
+        });
+        y
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "lmforge-rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, self.name())?;
+        Ok((CpuStorage::F32(self.apply(x, l.dims(), false)), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let r = Read::new(&dy, self.name())?;
+        Ok(Some(tensor(self.apply(r.f32()?, x.dims(), true), x.dims())?))
+    }
+}

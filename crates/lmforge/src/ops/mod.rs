@@ -3,7 +3,7 @@
 //!
 //! - [`reference`]: composed from candle primitives, slow and readable — the test oracle.
 //! - fused CPU kernels (`CustomOp`s with a hand-written backward, rows spread over the rayon
-//!   pool): [`linear`] (bias folded into the product), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU), [`attention`]
+//!   pool): [`linear`] (bias folded into the product), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU, RoPE), [`attention`]
 //!   (scale + causal mask + softmax in one pass), [`sdpa`] (whole causal attention per head,
 //!   no (B, H, T, T) tensor, recomputed in the backward), [`loss`] (cross-entropy, and cross-entropy
 //!   fused with the LM head in row chunks so the (N, V) logits never exist at once), [`adamw`]
@@ -100,6 +100,16 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
         linear::linear(x, w, b, w_is_out_in)
     } else {
         reference::linear(x, w, b, w_is_out_in)
+    }
+}
+
+/// Rotary position embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T,
+/// from (context, D) cos / sin tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    if fused(&[x, cos, sin]) {
+        activation::rope(x, cos, sin, n_head, offset)
+    } else {
+        reference::rope(x, cos, sin, n_head, offset)
     }
 }
 

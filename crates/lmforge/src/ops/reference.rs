@@ -93,6 +93,20 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
 }
 
+/// Rotary embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T, with
+/// (context, D) cos / sin tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    let d = w / n_head;
+    let x = x.reshape((b, t, n_head, d))?;
+    let cos = cos.narrow(0, offset, t)?.reshape((t, 1, d))?;
+    let sin = sin.narrow(0, offset, t)?.reshape((t, 1, d))?;
+    let x1 = x.narrow(3, 0, d / 2)?;
+    let x2 = x.narrow(3, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+    (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.reshape((b, t, w))
+}
+
 /// y = x·W (+ b) for x (..., in); W stored (in, out), or (out, in) when `w_is_out_in`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();

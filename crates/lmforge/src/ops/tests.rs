@@ -89,6 +89,15 @@ fn causal_softmax_matches_reference_with_and_without_cache() {
 }
 
 #[test]
+fn rope_matches_reference() {
+    let rope = crate::nn::Rope::new(6, 16, 10_000.0, &Device::Cpu).unwrap();
+    let (cos, sin) = rope.tables();
+    let x = randn(&[2, 5, 18], 1.0, 34); // 3 heads of 6
+    check("rope", std::slice::from_ref(&x), &|t| super::rope(&t[0], cos, sin, 3, 0));
+    check("rope offset", &[x], &|t| super::rope(&t[0], cos, sin, 3, 7));
+}
+
+#[test]
 fn causal_attention_matches_reference() {
     // Multi-head (H = K = 3) and grouped-query (H = 4, K = 2), odd T and D.
     let inputs = [randn(&[2, 7, 15], 1.0, 21), randn(&[2, 7, 15], 1.0, 22), randn(&[2, 7, 15], 1.0, 23)];
