@@ -32,14 +32,22 @@ struct GeluTanh;
 
 struct SwiGlu;
 
+/// tanh through one `exp`: 1 − 2/(e^{2u} + 1). libm's `tanhf` (via `expm1f`) was 13% of a
+/// bench-gpt step; this is ~3× cheaper, exact at ±∞ and within ~1e-7 absolute elsewhere
+/// (GELU adds it to 1, so the absolute error is what matters).
+#[inline]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
 #[inline]
 fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_C * x * x)).tanh())
+    0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_C * x * x)))
 }
 
 #[inline]
 fn gelu_grad(x: f32) -> f32 {
-    let t = (SQRT_2_OVER_PI * x * (1.0 + GELU_C * x * x)).tanh();
+    let t = tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_C * x * x));
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
 }
 
