@@ -77,6 +77,41 @@ enum Command {
     Presets,
     /// Parameters, per-device memory, fit, FLOPs, time and cost of a training job.
     Plan(PlanArgs),
+    /// Measure this machine: training throughput and memory, or the matmul peak.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Train a preset on a fixed random batch (AdamW, clip 1.0, fp32) and report tokens/s,
+    /// step times, peak RSS, FLOPs and MFU.
+    Train {
+        /// bench-gpt or bench-llama (any preset works).
+        #[arg(long, default_value = "bench-gpt")]
+        preset: String,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// fused (default) or reference (the composed ops, for comparison).
+        #[arg(long, default_value = "fused")]
+        kernels: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sustained fp32 matmul GFLOP/s (the peak MFU is measured against).
+    Matmul {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -366,6 +401,27 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print!("{}", lmforge::plan::report::table(&plan));
+            }
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Train { preset, steps, warmup, batch, kernels, json }) => {
+            let kernels = lmforge::ops::Kernels::parse(&kernels)
+                .with_context(|| format!("--kernels {kernels:?}: expected fused or reference"))?;
+            let opts = lmforge::bench::TrainBenchOptions { preset, steps, warmup, batch, kernels };
+            let r = lmforge::bench::bench_train(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", lmforge::bench::table(&r));
+            }
+            Ok(0)
+        }
+        Command::Bench(BenchCommand::Matmul { json }) => {
+            let r = lmforge::bench::bench_matmul()?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("fp32 matmul {}x{0}: {:.1} GFLOP/s ({} threads)", r.n, r.gflops, r.threads);
             }
             Ok(0)
         }

@@ -1,7 +1,7 @@
 //! Live heap bytes through one training step, counted by a global allocator: the measurement
 //! behind `models::memory` (forward activations, backward peak). Not part of the library.
 //!
-//! `cargo run --release -p lmforge --example memprobe -- PRESET BATCH SEQ`
+//! `cargo run --release -p lmforge --example memprobe -- PRESET BATCH SEQ [fused|reference]`
 
 use candle_core::{Device, Tensor};
 use lmforge::models::{Decoder, ModelSpec};
@@ -39,10 +39,13 @@ fn mark(what: &str) {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: memprobe PRESET BATCH SEQ";
+    let usage = "usage: memprobe PRESET BATCH SEQ [fused|reference]";
     let spec = ModelSpec::preset(args.get(1).ok_or(anyhow::anyhow!(usage))?).ok_or(anyhow::anyhow!(usage))?;
     let b: usize = args.get(2).ok_or(anyhow::anyhow!(usage))?.parse()?;
     let t: usize = args.get(3).ok_or(anyhow::anyhow!(usage))?.parse()?;
+    let kernels =
+        lmforge::ops::Kernels::parse(args.get(4).map_or("fused", |s| s.as_str())).ok_or(anyhow::anyhow!(usage))?;
+    let _k = lmforge::ops::KernelsGuard::set(kernels);
     let dev = Device::Cpu;
     let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 1, &dev)?;
     let roles = spec.params().into_iter().map(|p| (p.name, ParamRole::from_shape(&p.shape)));

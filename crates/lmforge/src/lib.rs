@@ -5,7 +5,7 @@
 //! ```text
 //! error, fsio      shared vocabulary: typed errors, crash-safe file writes
 //! config           the run config tree: defaults < TOML file < --set overrides, validated
-//! ops              tensor ops with a backward (reference versions; fused kernels slot in here)
+//! ops              tensor ops with a backward: fused CPU kernels + the reference versions
 //! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
 //! shards           token ids in a self-describing, memory-mapped binary file
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
@@ -15,6 +15,7 @@
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! train            the one training loop, metrics sink, progress
+//! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
 //! eval             perplexity and bits per byte
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
@@ -22,6 +23,7 @@
 //! ```
 //! The `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over these APIs.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;

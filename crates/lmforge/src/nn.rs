@@ -190,15 +190,7 @@ impl Linear {
 
     /// x: (B, T, in) -> (B, T, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let x2 = x.reshape((b * t, c))?;
-        let w = if self.w_is_out_in { self.w.t()? } else { self.w.clone() };
-        let mut y = x2.matmul(&w)?;
-        if let Some(bias) = &self.b {
-            y = y.broadcast_add(bias)?;
-        }
-        let out = y.dim(1)?;
-        Ok(y.reshape((b, t, out))?)
+        Ok(ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?)
     }
 }
 
@@ -249,6 +241,11 @@ impl Rope {
         })
     }
 
+    /// The (context, D) cos and sin tables.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// x: (B, H, T, D) at positions offset..offset+T.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_b, _h, t, d) = x.dims4()?;
@@ -258,6 +255,12 @@ impl Rope {
         let x2 = x.narrow(3, d / 2, d / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
         Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+
+    /// The same rotation for x (B, T, n·D) in token-major layout (n heads of D), as the
+    /// fused attention takes it; returns (B, T, n·D).
+    pub fn apply_tokens(&self, x: &Tensor, n: usize, offset: usize) -> Result<Tensor> {
+        Ok(ops::rope(x, &self.cos, &self.sin, n, offset)?)
     }
 }
 
@@ -271,6 +274,11 @@ pub struct DropoutRng {
 impl DropoutRng {
     pub fn new(p: f64, seed: u64) -> Self {
         Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32 }
+    }
+
+    /// Whether [`Self::apply`] changes anything (p > 0).
+    pub fn is_active(&self) -> bool {
+        self.p > 0.0
     }
 
     /// Applies dropout to x (no-op when p = 0).

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::config::{RunConfig, ScheduleConfig};
+use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::groups::uniform_groups;
 use lmforge::optim::{clip_grad_norm, named_grads, Optimizer, Schedule};
 use std::collections::{BTreeMap, HashMap};
@@ -42,7 +43,15 @@ fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
     (n(&(a - b).unwrap()) / n(b).max(1e-30)).sqrt()
 }
 
+/// Runs the fixture checks with the fused kernels and with the reference ops.
 fn check_causal_lm(name: &str) {
+    for k in [Kernels::Fused, Kernels::Reference] {
+        let _k = KernelsGuard::set(k);
+        check_causal_lm_with(&format!("{name} ({})", k.name()), name);
+    }
+}
+
+fn check_causal_lm_with(label: &str, name: &str) {
     let dir = fixtures().join(name);
     let model = LoadedModel::load(&dir, &Device::Cpu).unwrap();
     let expected = load(dir.join("expected.safetensors"));
@@ -51,7 +60,7 @@ fn check_causal_lm(name: &str) {
 
     let logits = model.decoder.forward(&ids, 0, None).unwrap();
     let rel = max_rel(&logits, &expected["logits"]);
-    assert!(rel <= 1e-5, "{name}: logits max rel error {rel:e}");
+    assert!(rel <= 1e-5, "{label}: logits max rel error {rel:e}");
 
     // HF: labels = input_ids, shifted inside the model (T-1 predictions per row).
     let inputs = ids.narrow(1, 0, t - 1).unwrap();
@@ -59,23 +68,23 @@ fn check_causal_lm(name: &str) {
     let loss = model.decoder.loss(&inputs, &targets, None).unwrap();
     let want = json(dir.join("expected.json"))["loss"].as_f64().unwrap();
     let got = loss.to_scalar::<f32>().unwrap() as f64;
-    assert!(((got - want) / want).abs() <= 1e-5, "{name}: loss {got} vs {want}");
+    assert!(((got - want) / want).abs() <= 1e-5, "{label}: loss {got} vs {want}");
 
     let grads = named_grads(model.params.vars(), &loss.backward().unwrap()).unwrap();
     let reference = load(dir.join("grads.safetensors"));
-    assert_eq!(grads.len(), reference.len(), "{name}: one gradient per parameter");
+    assert_eq!(grads.len(), reference.len(), "{label}: one gradient per parameter");
     for (pname, want) in &reference {
-        let got = grads.get(pname).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+        let got = grads.get(pname).unwrap_or_else(|| panic!("{label}: no gradient for {pname}"));
         let (m, n) = (max_rel(got, want), norm_rel(got, want));
-        assert!(m <= 1e-4 && n <= 1e-4, "{name}: grad {pname}: max rel {m:e}, norm rel {n:e}");
+        assert!(m <= 1e-4 && n <= 1e-4, "{label}: grad {pname}: max rel {m:e}, norm rel {n:e}");
     }
 
     let exp = json(dir.join("expected.json"));
     let r = lmforge::eval::perplexity(&model, exp["ppl_text"].as_str().unwrap(), None).unwrap();
     assert_eq!(r.tokens as u64, exp["ppl_token_count"].as_u64().unwrap());
     let (want_loss, want_ppl) = (exp["ppl_loss"].as_f64().unwrap(), exp["ppl"].as_f64().unwrap());
-    assert!(((r.loss - want_loss) / want_loss).abs() <= 1e-5, "{name}: ppl loss {} vs {want_loss}", r.loss);
-    assert!(((r.ppl - want_ppl) / want_ppl).abs() <= 1e-4, "{name}: ppl {} vs {want_ppl}", r.ppl);
+    assert!(((r.loss - want_loss) / want_loss).abs() <= 1e-5, "{label}: ppl loss {} vs {want_loss}", r.loss);
+    assert!(((r.ppl - want_ppl) / want_ppl).abs() <= 1e-4, "{label}: ppl {} vs {want_ppl}", r.ppl);
 }
 
 #[test]
@@ -128,6 +137,14 @@ fn export_reimport_round_trip_is_exact() {
 /// `optim_toml` configures (through the config path, so the keys are validated as a user's
 /// are), at learning rate `lr`, checking every tensor after every step.
 fn check_trajectory(fixture: &str, optim_toml: &str, lr: f64) {
+    // AdamW has an in-place fused update; every optimizer is checked on both settings.
+    for k in [Kernels::Fused, Kernels::Reference] {
+        let _k = KernelsGuard::set(k);
+        check_trajectory_with(fixture, optim_toml, lr);
+    }
+}
+
+fn check_trajectory_with(fixture: &str, optim_toml: &str, lr: f64) {
     let dir = fixtures().join("optim");
     let t = load(dir.join("trajectories.safetensors"));
     let meta = json(dir.join("trajectories.json"));

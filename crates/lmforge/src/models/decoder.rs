@@ -169,22 +169,10 @@ impl Decoder {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
         x = drop(&mut dropout, &x)?;
-        let mask = if t > 1 {
-            let s = offset + t;
-            Some(ops::causal_mask(t, s, offset, x.device())?)
-        } else {
-            None
-        };
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a = block.attn.forward(
-                &block.norm1.forward(&x)?,
-                offset,
-                layer_cache,
-                mask.as_ref(),
-                self.rope.as_ref(),
-                &mut dropout,
-            )?;
+            let a =
+                block.attn.forward(&block.norm1.forward(&x)?, offset, layer_cache, self.rope.as_ref(), &mut dropout)?;
             x = (x + drop(&mut dropout, &a)?)?;
             let m = block.mlp.forward(&block.norm2.forward(&x)?)?;
             x = (x + drop(&mut dropout, &m)?)?;
@@ -208,9 +196,8 @@ impl Decoder {
     /// Mean next-token cross-entropy (nats) of `targets` (B, T) given `ids` (B, T).
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let h = self.hidden(ids, 0, None, dropout)?;
-        let (b, t, _) = h.dims3()?;
-        let logits = self.logits(&h)?.reshape((b * t, self.spec.vocab_size))?;
-        Ok(ops::cross_entropy(&logits, &targets.flatten_all()?)?)
+        let (b, t, c) = h.dims3()?;
+        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, &self.head, &targets.flatten_all()?)?)
     }
 }
 
@@ -227,7 +214,6 @@ impl Attention {
         x: &Tensor,
         offset: usize,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        mask: Option<&Tensor>,
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
@@ -240,6 +226,16 @@ impl Attention {
             }
             Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
         };
+        let scale = 1.0 / (d as f64).sqrt();
+        if cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active()) {
+            // Training and full recomputation: one fused op from the projections' layout.
+            let (q, k) = match rope {
+                Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),
+                None => (q, k),
+            };
+            return self.o.forward(&ops::causal_attention(&q, &k, &v, h, kh, scale)?);
+        }
+        // With a KV cache or attention dropout: heads, then the grouped matmuls.
         // (B, T, n·D) -> (B, n, T, D)
         let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
             z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
@@ -263,13 +259,9 @@ impl Attention {
         //   q heads: [h0 h1 | h2 h3]   kv heads: [k0 | k1]   (H=4, K=2)
         let rep = h / kh;
         let qg = q.reshape((b, kh, rep * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let att = (qg.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let p = ops::softmax_last_dim(&att)?;
+        let scores = qg.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+        // Scaled by 1/√D and masked so query i (at position S−T+i) sees keys 0..=S−T+i.
+        let p = ops::causal_softmax(&scores, scale)?;
         let p = drop(dropout, &p)?;
         let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
         let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;

@@ -4,7 +4,7 @@
 //!
 //! Candle's autograd keeps every forward intermediate that lies on a path from a parameter to
 //! the loss until the loss tensor is dropped, so "activations" here means every tensor the
-//! forward pass creates, counted op by op from `decoder.rs`, `ops.rs` and `nn.rs` (views —
+//! forward pass creates, counted op by op from `decoder.rs`, `ops/` and `nn.rs` (views —
 //! reshape of a contiguous tensor, narrow, transpose — are free; reshaping a non-contiguous
 //! view copies). The counts were checked against a counting global allocator (forward live
 //! bytes within 3% for tiny, llama-tiny, quickstart, gpt-small, llama-small, bench-gpt,
@@ -17,12 +17,22 @@
 //! gradient store is dropped) and each op's temporaries. Measured with the same allocator, the
 //! peak above the forward's live bytes (excluding parameter gradients) was 0.44–0.62 × the
 //! forward activations over those presets; [`BACKWARD_WORKSPACE`] = 0.5.
+//!
+//! Both kernel sets are counted ([`Kernels`]): the reference ops (the counts above) and the
+//! fused kernels the trainer runs by default, which keep far less (no per-op temporaries in
+//! the norms and softmax, no (N, V) logits).
 
 use super::{ModelSpec, Style};
+use crate::ops::Kernels;
 use serde::Serialize;
 
 /// Peak backward working set as a fraction of the forward activations (measured, see above).
 pub const BACKWARD_WORKSPACE: f64 = 0.5;
+
+/// The same with the fused kernels (`examples/memprobe.rs`): 0.06–0.37 over tiny, quickstart,
+/// bench-gpt, gpt-small, llama-tiny, bench-llama, llama-small (the fused backward allocates
+/// little beyond each op's input gradients; the small presets' fixed buffers weigh more).
+pub const FUSED_BACKWARD_WORKSPACE: f64 = 0.25;
 
 /// Resident memory of the `lmforge` process before the model: code, runtime, thread stacks,
 /// BLAS packing buffers. Measured as the `VmHWM` intercept over batch sizes (~16 MB).
@@ -53,52 +63,98 @@ impl CpuTrainMemory {
 
 impl ModelSpec {
     /// fp32 elements the forward pass of one token keeps per decoder layer, for sequences of
-    /// `seq_len` tokens (attention scores scale with the sequence).
-    pub fn cpu_layer_activation_elems(&self, seq_len: usize) -> u64 {
+    /// `seq_len` tokens (attention scores scale with the sequence), with `kernels`.
+    pub fn cpu_layer_activation_elems(&self, seq_len: usize, kernels: Kernels) -> u64 {
         let (c, f, h, t) = (self.d_model as u64, self.d_ff as u64, self.n_head as u64, seq_len as u64);
         let q = (self.n_head * self.head_dim) as u64;
         let kv = (self.n_kv_head * self.head_dim) as u64;
-        // Attention scores: QKᵀ, × scale, + mask, softmax (x − max, exp, ÷ sum): 6 × H·T,
-        // plus the max and the sum (H each).
-        let scores = 6 * h * t + 2 * h;
-        match self.style {
-            // ln_1 5C (+7 per-token stats) · c_attn matmul + bias 6C · q, k, v: copy out of the
-            // fused output and make heads contiguous 6C · AV and its contiguous copy 2C ·
-            // c_proj + bias 2C · residual C · ln_2 5C (+7) · c_fc + bias 2F · GELU F ·
-            // c_proj + bias 2C · residual C.
-            Style::Gpt2 => 30 * c + 3 * f + scores + 14,
-            // RMSNorm 3C (+5) twice · q, k, v projections and contiguous heads 2Q + 4KV ·
-            // RoPE (neg half, cat, ×cos, ×sin, +) 4.5 per element of q and k · AV and its copy
-            // 2Q · o_proj C · residuals 2C · gate, up, SiLU, product 4F · down_proj C.
-            Style::Llama => 10 * c + (17 * q) / 2 + (17 * kv) / 2 + 4 * f + scores + 10,
+        match kernels {
+            Kernels::Reference => {
+                // Attention scores: QKᵀ, × scale, + mask, softmax (x − max, exp, ÷ sum): 6 × H·T,
+                // plus the max and the sum (H each).
+                let scores = 6 * h * t + 2 * h;
+                match self.style {
+                    // ln_1 5C (+7 per-token stats) · c_attn matmul + bias 6C · q, k, v: copy out
+                    // of the fused output and make heads contiguous 6C · AV and its contiguous
+                    // copy 2C · c_proj + bias 2C · residual C · ln_2 5C (+7) · c_fc + bias 2F ·
+                    // GELU F · c_proj + bias 2C · residual C.
+                    Style::Gpt2 => 30 * c + 3 * f + scores + 14,
+                    // RMSNorm 3C (+5) twice · q, k, v projections and contiguous heads 2Q + 4KV ·
+                    // RoPE (neg half, cat, ×cos, ×sin, +) 4.5 per element of q and k · AV and its
+                    // copy 2Q · o_proj C · residuals 2C · gate, up, SiLU, product 4F · down_proj C.
+                    Style::Llama => 10 * c + (17 * q) / 2 + (17 * kv) / 2 + 4 * f + scores + 10,
+                }
+            }
+            Kernels::Fused => {
+                // The fused attention keeps y and one log-sum-exp per head (H); q, k, v are
+                // read where the projections wrote them (GPT-2: narrows, no head copies).
+                match self.style {
+                    // ln_1 C · c_attn 3C (the fused linear adds its bias in place) · attention
+                    // C (+H) · c_proj C · residual C · ln_2 C · c_fc F · GELU F · c_proj C ·
+                    // residual C.
+                    Style::Gpt2 => 10 * c + 2 * f + h,
+                    // RMSNorm C twice · q, k, v projections Q + 2KV · RoPE outputs Q + KV ·
+                    // attention Q (+H) · o_proj C · residuals 2C · gate, up, SwiGLU 3F ·
+                    // down_proj C.
+                    Style::Llama => 6 * c + 3 * q + 3 * kv + 3 * f + h,
+                }
+            }
         }
     }
 
-    /// fp32 elements kept per token outside the layers: embedding lookup (GPT-2: plus the
-    /// position add), final norm, logits and the log-softmax's shifted, exp and output (4V).
-    pub fn cpu_head_activation_elems(&self) -> u64 {
+    /// fp32 elements kept per token outside the layers. Reference: embedding lookup (GPT-2:
+    /// plus the position add), final norm, logits and the log-softmax's shifted, exp and output
+    /// (4V). Fused: the lookup, the final norm's output and the LM-head loss's d hidden (C); no
+    /// logits (see [`Self::cpu_head_fixed_bytes`] for d head).
+    pub fn cpu_head_activation_elems(&self, kernels: Kernels) -> u64 {
         let (c, v) = (self.d_model as u64, self.vocab_size as u64);
-        let embed_and_norm = match self.style {
-            Style::Gpt2 => 2 * c + 5 * c + 7,
-            Style::Llama => c + 3 * c + 5,
-        };
-        embed_and_norm + 4 * v + 3
+        match (kernels, self.style) {
+            (Kernels::Reference, Style::Gpt2) => 2 * c + 5 * c + 7 + 4 * v + 3,
+            (Kernels::Reference, Style::Llama) => c + 3 * c + 5 + 4 * v + 3,
+            (Kernels::Fused, Style::Gpt2) => 2 * c + c + c + 1,
+            (Kernels::Fused, Style::Llama) => c + c + c + 1,
+        }
+    }
+
+    /// Bytes the fused LM-head loss keeps independent of the batch: d head (V × C), computed in
+    /// the forward and held for the backward.
+    pub fn cpu_head_fixed_bytes(&self, kernels: Kernels) -> u64 {
+        match kernels {
+            Kernels::Reference => 0,
+            Kernels::Fused => 4 * (self.vocab_size * self.d_model) as u64,
+        }
     }
 
     /// Peak memory of one training step on the CPU with micro-batch `batch` × `seq_len`, given
-    /// the optimizer's state size (`train::optimizer_state_bytes`).
+    /// the optimizer's state size (`train::optimizer_state_bytes`), with the kernels this thread
+    /// runs ([`crate::ops::kernels`]; fused unless chosen otherwise).
     pub fn cpu_train_memory(&self, batch: usize, seq_len: usize, optimizer_state: u64) -> CpuTrainMemory {
+        self.cpu_train_memory_with(crate::ops::kernels(), batch, seq_len, optimizer_state)
+    }
+
+    /// [`Self::cpu_train_memory`] for the given kernels.
+    pub fn cpu_train_memory_with(
+        &self,
+        kernels: Kernels,
+        batch: usize,
+        seq_len: usize,
+        optimizer_state: u64,
+    ) -> CpuTrainMemory {
         let p = self.num_params();
         let tokens = (batch * seq_len) as u64;
-        let per_token =
-            self.n_layer as u64 * self.cpu_layer_activation_elems(seq_len) + self.cpu_head_activation_elems();
-        let activations = 4 * tokens * per_token;
+        let per_token = self.n_layer as u64 * self.cpu_layer_activation_elems(seq_len, kernels)
+            + self.cpu_head_activation_elems(kernels);
+        let activations = 4 * tokens * per_token + self.cpu_head_fixed_bytes(kernels);
+        let workspace = match kernels {
+            Kernels::Reference => BACKWARD_WORKSPACE,
+            Kernels::Fused => FUSED_BACKWARD_WORKSPACE,
+        };
         CpuTrainMemory {
             weights: 4 * p,
             gradients: 4 * p,
             optimizer_state,
             activations,
-            backward_workspace: (BACKWARD_WORKSPACE * activations as f64) as u64,
+            backward_workspace: (workspace * activations as f64) as u64,
             runtime: CPU_RUNTIME_OVERHEAD,
         }
     }
@@ -122,9 +178,29 @@ mod tests {
             ("llama-small", 4, 256, 604.99),
         ];
         for (preset, b, t, mb) in measured_mb {
-            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory(b, t, 0);
+            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Reference, b, t, 0);
             let rel = m.activations as f64 / (mb * 1e6) - 1.0;
             assert!(rel.abs() < 0.05, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
+        }
+    }
+
+    /// The same with the fused kernels (`memprobe PRESET B T fused`: forward live minus the
+    /// model); within 10% (the small presets' fixed runtime buffers weigh more).
+    #[test]
+    fn fused_forward_activation_count_matches_allocator_measurements() {
+        let measured_mb = [
+            ("tiny", 16, 128, 23.45),
+            ("llama-tiny", 16, 128, 23.77),
+            ("quickstart", 16, 128, 122.67),
+            ("bench-gpt", 4, 256, 90.29),
+            ("bench-llama", 4, 256, 89.05),
+            ("gpt-small", 4, 256, 184.75),
+            ("llama-small", 4, 256, 184.76),
+        ];
+        for (preset, b, t, mb) in measured_mb {
+            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Fused, b, t, 0);
+            let rel = m.activations as f64 / (mb * 1e6) - 1.0;
+            assert!(rel.abs() < 0.10, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
         }
     }
 

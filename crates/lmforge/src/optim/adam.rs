@@ -6,10 +6,13 @@
 //! p ← p − lr/(1−β1ᵗ) · m / (√v̂/√(1−β2ᵗ) + ε)
 //! ```
 //! State: `exp_avg`, `exp_avg_sq` (and `max_exp_avg_sq` with amsgrad): 8 (12) bytes per
-//! parameter. Muon uses [`update`] for the parameters it does not orthogonalise.
+//! parameter. Muon uses [`update`] for the parameters it does not orthogonalise. AdamW (without
+//! AMSGrad) runs in place through `ops::adamw_in_place` when the fused kernels apply; the
+//! composed update below is its reference.
 
 use super::{Param, State};
 use crate::error::Result;
+use crate::ops::{self, adamw::AdamWStep};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdamHyper {
@@ -22,11 +25,11 @@ pub struct AdamHyper {
 }
 
 pub fn init(h: &AdamHyper, p: &Param, st: &mut State) -> Result<()> {
-    let zeros = p.var.as_tensor().zeros_like()?;
-    st.set(p.name, "exp_avg", zeros.clone());
-    st.set(p.name, "exp_avg_sq", zeros.clone());
+    // A buffer each: the fused update writes the moments in place.
+    st.set(p.name, "exp_avg", p.var.as_tensor().zeros_like()?);
+    st.set(p.name, "exp_avg_sq", p.var.as_tensor().zeros_like()?);
     if h.amsgrad {
-        st.set(p.name, "max_exp_avg_sq", zeros);
+        st.set(p.name, "max_exp_avg_sq", p.var.as_tensor().zeros_like()?);
     }
     Ok(())
 }
@@ -34,6 +37,13 @@ pub fn init(h: &AdamHyper, p: &Param, st: &mut State) -> Result<()> {
 /// Step `t` (1-based) of one parameter at learning rate `lr` (before the group's scale).
 pub fn update(h: &AdamHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
+    if h.decoupled && !h.amsgrad {
+        let step = AdamWStep { lr, weight_decay: wd, beta1: h.beta1, beta2: h.beta2, eps: h.eps, t };
+        let (m, v) = (st.get(p.name, "exp_avg")?, st.get(p.name, "exp_avg_sq")?);
+        if ops::adamw_in_place(p.var.as_tensor(), p.grad, m, v, &step)? {
+            return Ok(());
+        }
+    }
     let mut param = p.var.as_tensor().clone();
     let mut g = p.grad.clone();
     if wd != 0.0 {

@@ -1,6 +1,6 @@
-//! Tensor ops that the models train through, one function per op so a fused kernel can replace
-//! the body in one place. These are the reference versions, composed from candle primitives
-//! that all have a backward: `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` are
+//! The reference ops: composed from candle primitives that all have a backward, written to be
+//! read, and used as the test oracle for the fused kernels beside them. They are what
+//! `Kernels::Reference` runs. `candle_nn::ops::{softmax_last_dim, layer_norm, rms_norm}` are
 //! deliberately not used, since on contiguous input they run a fused forward with no backward
 //! and silently cut the gradient graph.
 //!
@@ -82,6 +82,72 @@ pub fn causal_mask(t: usize, s: usize, offset: usize, device: &candle_core::Devi
     let mask: Vec<f32> =
         (0..t).flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(mask, (t, s), device)?.to_dtype(DType::F32)
+}
+
+/// Attention probabilities from raw scores (..., T, S): softmax(scale · scores + causal mask),
+/// queries at positions S−T..S (the newest T of S keys).
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    let dims = scores.dims();
+    let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let mask = causal_mask(t, s, s - t, scores.device())?;
+    softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+}
+
+/// Rotary embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T, with
+/// (context, D) cos / sin tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    let (b, t, w) = x.dims3()?;
+    let d = w / n_head;
+    let x = x.reshape((b, t, n_head, d))?;
+    let cos = cos.narrow(0, offset, t)?.reshape((t, 1, d))?;
+    let sin = sin.narrow(0, offset, t)?.reshape((t, 1, d))?;
+    let x1 = x.narrow(3, 0, d / 2)?;
+    let x2 = x.narrow(3, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+    (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.reshape((b, t, w))
+}
+
+/// y = x·W (+ b) for x (..., in); W stored (in, out), or (out, in) when `w_is_out_in`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let fan_in = *dims.last().unwrap_or(&0);
+    let x2 = x.reshape((x.elem_count() / fan_in.max(1), fan_in))?;
+    let w = if w_is_out_in { w.t()? } else { w.clone() };
+    let mut y = x2.matmul(&w)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    if let Some(last) = dims.last_mut() {
+        *last = y.dim(1)?;
+    }
+    y.reshape(dims)
+}
+
+/// Causal self-attention without a cache: y (B, T, H·D) from q (B, T, H·D) and k, v
+/// (B, T, K·D), K dividing H (grouped-query: query head h reads KV head h / (H/K)).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, t, qw) = q.dims3()?;
+    let d = qw / n_head;
+    let heads = |z: &Tensor, n: usize| z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (heads(q, n_head)?, heads(k, n_kv_head)?, heads(v, n_kv_head)?);
+    let rep = n_head / n_kv_head;
+    let scores = q.reshape((b, n_kv_head, rep * t, d))?.matmul(&k.t()?)?.reshape((b, n_head, t, t))?;
+    let p = causal_softmax(&scores, scale)?;
+    let y = p.reshape((b, n_kv_head, rep * t, t))?.matmul(&v)?;
+    y.reshape((b, n_head, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, n_head * d))
+}
+
+/// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
+/// against `targets` (N).
+pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    cross_entropy(&hidden.matmul(&head.t()?)?, targets)
 }
 
 #[cfg(test)]

@@ -1,0 +1,211 @@
+//! `lmforge bench`: training throughput and memory on this machine, comparable with
+//! `../shared/bench/pytorch_gpt_bench.py` (same shapes, same step: loss → backward → global-norm
+//! clip 1.0 → AdamW lr 3e-4, weight decay 0.1 on every tensor, fp32, one fixed random batch).
+//!
+//! Timing is per optimizer step after `warmup` untimed steps; tokens/s is tokens × steps over
+//! the summed step times (as the PyTorch script computes it). Peak RSS is the process's
+//! high-water mark (`VmHWM`), so it includes everything the process ever held, as
+//! `ru_maxrss` does on the PyTorch side. MFU is achieved model FLOP/s (the 6·N + attention
+//! estimate of [`ModelSpec::train_flops_per_token`]) over the measured fp32 matmul rate.
+
+use crate::error::{Error, Result};
+use crate::models::{Decoder, ModelSpec};
+use crate::nn::{InitScheme, ParamStore};
+use crate::ops::{self, Kernels};
+use crate::optim::groups::uniform_groups;
+use crate::optim::{clip_grad_norm, named_grads, Optimizer};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+/// What `bench train` runs.
+#[derive(Debug, Clone)]
+pub struct TrainBenchOptions {
+    pub preset: String,
+    /// Timed steps.
+    pub steps: usize,
+    /// Untimed steps first (allocator and caches warm up).
+    pub warmup: usize,
+    /// Sequences per step (default 8, the PyTorch reference's batch).
+    pub batch: usize,
+    pub kernels: Kernels,
+}
+
+impl Default for TrainBenchOptions {
+    fn default() -> Self {
+        Self { preset: "bench-gpt".into(), steps: 10, warmup: 3, batch: 8, kernels: Kernels::Fused }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchReport {
+    pub preset: String,
+    pub kernels: &'static str,
+    pub parameters: u64,
+    pub threads: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub tokens_per_s: f64,
+    pub step_ms_median: f64,
+    pub step_ms_min: f64,
+    pub step_ms_max: f64,
+    pub peak_rss_bytes: u64,
+    pub flops_per_token: f64,
+    pub achieved_gflops: f64,
+    pub matmul_peak_gflops: f64,
+    pub mfu: f64,
+    pub first_loss: f64,
+    pub last_loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MatmulBenchReport {
+    pub n: usize,
+    pub threads: usize,
+    pub gflops: f64,
+}
+
+/// Sustained fp32 matmul rate of this machine (1024² products through candle, all cores).
+pub fn bench_matmul() -> Result<MatmulBenchReport> {
+    let flops = crate::plan::measure_cpu_matmul_flops()?;
+    Ok(MatmulBenchReport { n: 1024, threads: candle_core::utils::get_num_threads(), gflops: flops / 1e9 })
+}
+
+/// Trains `opts.preset` from a seeded init on one seeded random batch and measures it.
+pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
+    let spec = ModelSpec::preset(&opts.preset)
+        .ok_or_else(|| Error::config("--preset", format!("unknown preset {:?}", opts.preset)))?;
+    if opts.steps == 0 || opts.batch == 0 {
+        return Err(Error::Invalid("bench needs at least one step and one sequence".into()));
+    }
+    let _kernels = ops::KernelsGuard::set(opts.kernels);
+    let device = Device::Cpu;
+    let (b, t) = (opts.batch, spec.context);
+    let (x, y) = random_batch(&spec, b, t, &device)?;
+    let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 0, &device)?;
+    let model = Decoder::new(&spec, &params)?;
+    let cfg = crate::config::RunConfig::from_toml_str(
+        "[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\nweight_decay = 0.1\n",
+        &[],
+    )?;
+    let mut optimizer =
+        Optimizer::from_config(&cfg.optim, params.vars(), uniform_groups(params.vars(), cfg.optim.weight_decay))?;
+
+    // The trainer's step (train.rs), minus data loading and logging.
+    let mut step = || -> Result<f64> {
+        let loss = model.loss(&x, &y, None)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        let mut grads = named_grads(params.vars(), &loss.backward()?)?;
+        clip_grad_norm(&mut grads, 1.0)?;
+        optimizer.step(params.vars(), &grads, 3e-4)?;
+        Ok(value)
+    };
+    let mut losses = Vec::with_capacity(opts.warmup + opts.steps);
+    for _ in 0..opts.warmup {
+        losses.push(step()?);
+    }
+    let mut times = Vec::with_capacity(opts.steps);
+    for _ in 0..opts.steps {
+        let started = Instant::now();
+        losses.push(step()?);
+        times.push(started.elapsed().as_secs_f64());
+    }
+    let matmul = bench_matmul()?;
+    let tokens = (b * t) as f64;
+    let total: f64 = times.iter().sum();
+    let tokens_per_s = tokens * opts.steps as f64 / total;
+    let flops_per_token = spec.train_flops_per_token(t);
+    let achieved_gflops = flops_per_token * tokens_per_s / 1e9;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(TrainBenchReport {
+        preset: opts.preset.clone(),
+        kernels: opts.kernels.name(),
+        parameters: spec.num_params(),
+        threads: matmul.threads,
+        batch: b,
+        seq_len: t,
+        steps: opts.steps,
+        warmup: opts.warmup,
+        tokens_per_s,
+        step_ms_median: 1e3 * sorted[sorted.len() / 2],
+        step_ms_min: 1e3 * sorted[0],
+        step_ms_max: 1e3 * sorted[sorted.len() - 1],
+        peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        flops_per_token,
+        achieved_gflops,
+        matmul_peak_gflops: matmul.gflops,
+        mfu: achieved_gflops / matmul.gflops,
+        first_loss: losses[0],
+        last_loss: *losses.last().expect("at least one step"),
+    })
+}
+
+/// One fixed batch of uniform random token ids (B, T) and its shifted targets, seeded.
+fn random_batch(spec: &ModelSpec, b: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let toks: Vec<u32> = (0..b * (t + 1)).map(|_| rng.random_range(0..spec.vocab_size as u32)).collect();
+    let toks = Tensor::from_vec(toks, (b, t + 1), device)?;
+    Ok((toks.narrow(1, 0, t)?.contiguous()?, toks.narrow(1, 1, t)?.contiguous()?))
+}
+
+/// The process's peak resident set (`VmHWM` in /proc/self/status), None where unavailable.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A short human-readable report.
+pub fn table(r: &TrainBenchReport) -> String {
+    let mb = |b: u64| b as f64 / 1e6;
+    format!(
+        "preset        {} ({} parameters, {} kernels, {} threads)\n\
+         batch         {} x {} tokens, {} timed steps after {} warmup\n\
+         tokens/s      {:.0}\n\
+         step ms       median {:.1}, min {:.1}, max {:.1}\n\
+         peak RSS      {:.0} MB\n\
+         FLOPs/token   {:.3e}\n\
+         achieved      {:.2} GFLOP/s ({:.1}% MFU of a {:.1} GFLOP/s matmul peak)\n\
+         loss          {:.4} -> {:.4}\n",
+        r.preset,
+        r.parameters,
+        r.kernels,
+        r.threads,
+        r.batch,
+        r.seq_len,
+        r.steps,
+        r.warmup,
+        r.tokens_per_s,
+        r.step_ms_median,
+        r.step_ms_min,
+        r.step_ms_max,
+        mb(r.peak_rss_bytes),
+        r.flops_per_token,
+        r.achieved_gflops,
+        100.0 * r.mfu,
+        r.matmul_peak_gflops,
+        r.first_loss,
+        r.last_loss,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_bench_runs_and_reports_consistent_numbers() {
+        let opts = TrainBenchOptions { preset: "tiny".into(), steps: 2, warmup: 1, batch: 2, ..Default::default() };
+        let r = bench_train(&opts).unwrap();
+        assert_eq!((r.steps, r.seq_len), (2, 128));
+        assert!(r.tokens_per_s > 0.0 && r.step_ms_min <= r.step_ms_median && r.step_ms_median <= r.step_ms_max);
+        assert!(r.peak_rss_bytes > 0 && r.first_loss.is_finite() && r.last_loss.is_finite());
+        assert!((r.achieved_gflops - r.flops_per_token * r.tokens_per_s / 1e9).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,50 @@
+//! Shared plumbing for the fused CPU kernels: borrowing a tensor's f32 data in place, and
+//! building output tensors.
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
+
+/// The f32 data of a contiguous CPU storage under `layout`, from its start offset.
+pub fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: input must be contiguous") };
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// u32 data of a contiguous CPU storage (class ids).
+pub fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: input must be contiguous") };
+    Ok(&s.as_slice::<u32>()?[start..end])
+}
+
+/// A read lock on a contiguous CPU tensor's storage, to borrow its f32 data in a backward pass
+/// (where the arguments arrive as tensors, not storages).
+pub struct Read<'a> {
+    guard: StorageRef<'a>,
+    layout: &'a Layout,
+    op: &'static str,
+}
+
+impl<'a> Read<'a> {
+    pub fn new(t: &'a Tensor, op: &'static str) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        Ok(Self { guard, layout, op })
+    }
+
+    pub fn f32(&self) -> Result<&[f32]> {
+        match &*self.guard {
+            Storage::Cpu(s) => slice(s, self.layout, self.op),
+            _ => bail!("{}: fused kernels run on the CPU only", self.op),
+        }
+    }
+}
+
+/// A CPU f32 tensor of `shape` owning `data` (no copy).
+pub fn tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
+}
+
+/// Rows per rayon task: a few tasks per thread so uneven rows (causal attention) balance,
+/// but at least 16 rows so tiny tensors are not split into hundreds of tasks.
+pub fn rows_per_task(rows: usize) -> usize {
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    rows.div_ceil(tasks).max(16)
+}

@@ -1,0 +1,212 @@
+//! Fused linear layer y = x·W (+ b), forward and backward through `gemm` directly: the bias is
+//! written into y before the product accumulates onto it, and W is read in either checkpoint
+//! layout through strides. Against candle's `matmul` + `broadcast_add`, that drops the
+//! pre-bias product (an (N, out) tensor kept per layer), the bias node's backward (a zeros
+//! tensor, an add and a strided column sum) and, for (out, in) weights, the transpose node.
+//!
+//! W as the (in, out) matrix the product uses: Conv1D stores it so (row stride out); nn.Linear
+//! stores (out, in), read transposed (row stride 1, column stride in).
+//!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
+
+use super::cpu::{rows_per_task, slice, tensor, Read};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Fused x (..., in) · W (+ b); `w_is_out_in` for nn.Linear's (out, in) storage.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
+    let op = Linear { out_in: w_is_out_in };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+struct Linear {
+    out_in: bool,
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// dst (m×n, row stride dst_rs) = [dst +] lhs (m×k) · rhs (k×n); strides (row, column).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "linear: operand sizes");
+    // SAFETY: the buffers hold m×n, m×k and k×n elements (asserted) and the strides describe
+    // dense matrices inside them.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
+}
+
+impl Linear {
+    /// (in, out) of the weight, checked against x's last dim.
+    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize)> {
+        let (w0, w1) = match wl.dims() {
+            &[a, b] => (a, b),
+            d => bail!("linear: weight {d:?} is not a matrix"),
+        };
+        let (fan_in, fan_out) = if self.out_in { (w1, w0) } else { (w0, w1) };
+        match xl.dims().last() {
+            Some(&c) if c == fan_in => Ok((xl.shape().elem_count() / fan_in.max(1), fan_in, fan_out)),
+            _ => bail!("linear: input {:?} does not end in the weight's {fan_in} inputs", xl.dims()),
+        }
+    }
+
+    /// W's (row, column) strides as the (in, out) matrix, and Wᵀ's as (out, in).
+    fn w_strides(&self, fan_in: usize, fan_out: usize) -> ((usize, usize), (usize, usize)) {
+        if self.out_in {
+            ((1, fan_in), (fan_in, 1))
+        } else {
+            ((fan_out, 1), (1, fan_out))
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        xl: &Layout,
+        w: &[f32],
+        wl: &Layout,
+        b: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, fan_in, fan_out) = self.dims(xl, wl)?;
+        let mut y = vec![0f32; n * fan_out];
+        if let Some(b) = b {
+            if b.len() != fan_out {
+                bail!("linear: bias of {} for {fan_out} outputs", b.len());
+            }
+            y.par_chunks_mut(fan_out).for_each(|row| row.copy_from_slice(b));
+        }
+        let (ws, _) = self.w_strides(fan_in, fan_out);
+        mm(n, fan_out, fan_in, &mut y, b.is_some(), x, (fan_in, 1), w, ws);
+        let mut dims = xl.dims().to_vec();
+        *dims.last_mut().expect("checked") = fan_out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// (dx, dW, db) for dy of y = x·W (+ b).
+    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (xr, wr, dyr) = (Read::new(x, "linear")?, Read::new(w, "linear")?, Read::new(&dy, "linear")?);
+        let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
+        let (fan_in, fan_out) = if self.out_in { (w.dims()[1], w.dims()[0]) } else { (w.dims()[0], w.dims()[1]) };
+        let n = xs.len() / fan_in.max(1);
+        let (_, wt) = self.w_strides(fan_in, fan_out);
+        let mut dx = vec![0f32; n * fan_in];
+        mm(n, fan_in, fan_out, &mut dx, false, dys, (fan_out, 1), ws, wt);
+        let mut dw = vec![0f32; fan_in * fan_out];
+        if self.out_in {
+            // dW (out, in) = dyᵀ (out, N) · x (N, in)
+            mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
+        } else {
+            // dW (in, out) = xᵀ (in, N) · dy (N, out)
+            mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
+        }
+        let db = if bias {
+            let chunk = rows_per_task(n) * fan_out;
+            let sums = dys
+                .par_chunks(chunk)
+                .map(|rows| {
+                    let mut acc = vec![0f32; fan_out];
+                    for row in rows.chunks_exact(fan_out) {
+                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                    }
+                    acc
+                })
+                .reduce(
+                    || vec![0f32; fan_out],
+                    |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    },
+                );
+            Some(tensor(sums, &[fan_out])?)
+        } else {
+            None
+        };
+        Ok((tensor(dx, x.dims())?, tensor(dw, w.dims())?, db))
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "lmforge-linear"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(slice(xs, xl, "linear")?, xl, slice(ws, wl, "linear")?, wl, None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.backward(x, w, dy, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "lmforge-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let b = slice(bs, bl, "linear")?;
+        self.forward(slice(xs, xl, "linear")?, xl, slice(ws, wl, "linear")?, wl, Some(b))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}

@@ -1,0 +1,210 @@
+//! Tensor ops that the models train through, one public function per op. Each picks one of two
+//! implementations with the same API:
+//!
+//! - [`reference`]: composed from candle primitives, slow and readable — the test oracle.
+//! - fused CPU kernels (`CustomOp`s with a hand-written backward, rows spread over the rayon
+//!   pool): [`linear`] (bias folded into the product), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU, RoPE), [`attention`]
+//!   (scale + causal mask + softmax in one pass), [`sdpa`] (whole causal attention per head,
+//!   no (B, H, T, T) tensor, recomputed in the backward), [`loss`] (cross-entropy, and cross-entropy
+//!   fused with the LM head in row chunks so the (N, V) logits never exist at once), [`adamw`]
+//!   (the optimizer update in place).
+//!
+//! Why: candle's composed element-wise ops run single-threaded, allocate a temporary per
+//! primitive, and their backward allocates several more (a composed LayerNorm is ~10 tensors
+//! each way); at the bench shapes that costs more than the matmuls.
+//!
+//! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
+//! fused path is taken only for f32 tensors on the CPU; anything else runs the reference.
+//! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
+//! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
+//!
+//! Shapes: any leading dims `...`, last dim `C` (features) or `V` (vocab).
+
+pub mod activation;
+pub mod adamw;
+pub mod attention;
+mod cpu;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod reference;
+pub mod sdpa;
+
+use candle_core::{DType, Result, Tensor};
+use std::cell::Cell;
+
+pub use reference::{causal_mask, cross_entropy_per_row, dropout, gelu_erf, log_softmax_last_dim, softmax_last_dim};
+
+/// Which implementation the ops in this module run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Fused CPU kernels (f32 on the CPU; the reference elsewhere).
+    Fused,
+    /// The composed reference ops.
+    Reference,
+}
+
+impl Kernels {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Fused => "fused",
+            Kernels::Reference => "reference",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "fused" => Some(Kernels::Fused),
+            "reference" => Some(Kernels::Reference),
+            _ => None,
+        }
+    }
+}
+
+thread_local! {
+    // Per thread, so tests comparing both paths can run in parallel without racing.
+    static KERNELS: Cell<Kernels> = const { Cell::new(Kernels::Fused) };
+}
+
+/// The kernels this thread runs.
+pub fn kernels() -> Kernels {
+    KERNELS.with(|k| k.get())
+}
+
+/// Sets this thread's kernels until dropped, then restores the previous choice.
+pub struct KernelsGuard {
+    previous: Kernels,
+}
+
+impl KernelsGuard {
+    pub fn set(k: Kernels) -> Self {
+        Self { previous: KERNELS.with(|c| c.replace(k)) }
+    }
+}
+
+impl Drop for KernelsGuard {
+    fn drop(&mut self) {
+        KERNELS.with(|c| c.set(self.previous));
+    }
+}
+
+/// The fused path applies: chosen, and every tensor is f32 on the CPU.
+fn fused(ts: &[&Tensor]) -> bool {
+    kernels() == Kernels::Fused && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// y = x·W (+ b) for x (..., in); W stored (in, out) (GPT-2's Conv1D), or (out, in)
+/// (nn.Linear) when `w_is_out_in`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
+    if fused(&[x, w]) && b.is_none_or(|b| fused(&[b])) {
+        linear::linear(x, w, b, w_is_out_in)
+    } else {
+        reference::linear(x, w, b, w_is_out_in)
+    }
+}
+
+/// Rotary position embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T,
+/// from (context, D) cos / sin tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    if fused(&[x, cos, sin]) {
+        activation::rope(x, cos, sin, n_head, offset)
+    } else {
+        reference::rope(x, cos, sin, n_head, offset)
+    }
+}
+
+/// LayerNorm over the last dim with biased variance, as `torch.nn.LayerNorm`.
+/// x: (..., C), weight/bias: (C)
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(&[x, weight, bias]) {
+        norm::layer_norm(x, weight, bias, eps)
+    } else {
+        reference::layer_norm(x, weight, bias, eps)
+    }
+}
+
+/// RMSNorm over the last dim, as Hugging Face `LlamaRMSNorm`: x / sqrt(mean(x²) + eps) * w.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(&[x, weight]) {
+        norm::rms_norm(x, weight, eps)
+    } else {
+        reference::rms_norm(x, weight, eps)
+    }
+}
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fused(&[x]) {
+        activation::gelu_tanh(x)
+    } else {
+        reference::gelu_tanh(x)
+    }
+}
+
+/// SwiGLU gate: silu(gate) * up.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(&[gate, up]) {
+        activation::swiglu(gate, up)
+    } else {
+        reference::swiglu(gate, up)
+    }
+}
+
+/// Attention probabilities from raw scores (..., T, S): softmax(scale · scores) with a causal
+/// mask, queries at positions S−T..S (the newest T of S keys; S = T without a cache).
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused(&[scores]) {
+        attention::causal_softmax(scores, scale)
+    } else {
+        reference::causal_softmax(scores, scale)
+    }
+}
+
+/// Causal self-attention without a KV cache: y (B, T, H·D) from q (B, T, H·D) and k, v
+/// (B, T, K·D) (grouped-query when K < H), softmax(scale · qkᵀ + causal mask) · v per head.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if fused(&[q, k, v]) {
+        sdpa::causal_attention(q, k, v, n_head, n_kv_head, scale)
+    } else {
+        reference::causal_attention(q, k, v, n_head, n_kv_head, scale)
+    }
+}
+
+/// Mean cross-entropy (nats) of `logits` (N, V) against `targets` (N) of u32 class ids.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[logits]) {
+        loss::cross_entropy(logits, targets)
+    } else {
+        reference::cross_entropy(logits, targets)
+    }
+}
+
+/// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
+/// against `targets` (N). Fused, the logits are formed a chunk of rows at a time.
+pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[hidden, head]) {
+        loss::lm_head_cross_entropy(hidden, head, targets)
+    } else {
+        reference::lm_head_cross_entropy(hidden, head, targets)
+    }
+}
+
+/// AdamW's update of `param` and its moments `m`, `v` in place, when the fused kernels apply;
+/// returns false (nothing done) otherwise, and the caller runs its composed update.
+pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &adamw::AdamWStep) -> Result<bool> {
+    if !fused(&[param, grad, m, v]) {
+        return Ok(false);
+    }
+    adamw::adamw_in_place(param, grad, m, v, h)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,189 @@
+//! Fused LayerNorm and RMSNorm over the last dim, forward and backward, one pass per row,
+//! rows spread over the rayon pool. The backward recomputes each row's mean and 1/std from x
+//! (one cheap pass) instead of keeping them, and returns the weight / bias gradients summed
+//! over rows (per-task partial sums, then added).
+//!
+//! With x̂ = (x − mean)·rstd, dx̂ = dy·w (LayerNorm; rows of C):
+//!   dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dw = Σ dy·x̂,  db = Σ dy
+//! RMSNorm is the same without the centring: x̂ = x·r, dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)).
+
+use super::cpu::{rows_per_task, slice, tensor, Read};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Fused LayerNorm; x (..., C), weight and bias (C).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+}
+
+/// Fused RMSNorm; x (..., C), weight (C).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+/// (mean, 1/sqrt(var + eps)) of one row, biased variance, two passes as the reference.
+fn moments(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// 1/sqrt(mean(x²) + eps) of one row.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+fn check_rows(op: &str, x: &Layout, c: usize) -> Result<()> {
+    if x.dims().last() != Some(&c) {
+        bail!("{op}: input {:?} does not end in the weight's {c} features", x.dims());
+    }
+    Ok(())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "lmforge-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?, slice(bs, bl, self.name())?);
+        let c = w.len();
+        check_rows(self.name(), xl, c)?;
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / c.max(1)) * c;
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                let (mean, rstd) = moments(x, self.eps);
+                for j in 0..c {
+                    y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
+        let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
+        let c = ws.len();
+        let mut dx = vec![0f32; xs.len()];
+        let chunk = rows_per_task(xs.len() / c.max(1)) * c;
+        // Each task returns its rows' [dw | db] partial sums.
+        let sums = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .zip(dys.par_chunks(chunk))
+            .map(|((dx, x), dy)| {
+                let mut acc = vec![0f32; 2 * c];
+                let (dw, db) = acc.split_at_mut(c);
+                for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    let (mut sum_d, mut sum_dx) = (0f32, 0f32);
+                    for j in 0..c {
+                        let xhat = (x[j] - mean) * rstd;
+                        let d = dy[j] * ws[j];
+                        sum_d += d;
+                        sum_dx += d * xhat;
+                        dw[j] += dy[j] * xhat;
+                        db[j] += dy[j];
+                    }
+                    let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
+                    for j in 0..c {
+                        let xhat = (x[j] - mean) * rstd;
+                        dx[j] = rstd * (dy[j] * ws[j] - mean_d - xhat * mean_dx);
+                    }
+                }
+                acc
+            })
+            .reduce(|| vec![0f32; 2 * c], add_into);
+        let (dw, db) = sums.split_at(c);
+        Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw.to_vec(), &[c])?), Some(tensor(db.to_vec(), &[c])?)))
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "lmforge-rms-norm"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?);
+        let c = w.len();
+        check_rows(self.name(), xl, c)?;
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(x.len() / c.max(1)) * c;
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                let r = inv_rms(x, self.eps);
+                for j in 0..c {
+                    y[j] = x[j] * r * w[j];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
+        let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
+        let c = ws.len();
+        let mut dx = vec![0f32; xs.len()];
+        let chunk = rows_per_task(xs.len() / c.max(1)) * c;
+        let dw = dx
+            .par_chunks_mut(chunk)
+            .zip(xs.par_chunks(chunk))
+            .zip(dys.par_chunks(chunk))
+            .map(|((dx, x), dy)| {
+                let mut dw = vec![0f32; c];
+                for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                    let r = inv_rms(x, self.eps);
+                    let mut sum_dx = 0f32;
+                    for j in 0..c {
+                        sum_dx += dy[j] * ws[j] * x[j] * r;
+                        dw[j] += dy[j] * x[j] * r;
+                    }
+                    let mean_dx = sum_dx / c as f32;
+                    for j in 0..c {
+                        dx[j] = r * (dy[j] * ws[j] - x[j] * r * mean_dx);
+                    }
+                }
+                dw
+            })
+            .reduce(|| vec![0f32; c], add_into);
+        Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw, &[c])?)))
+    }
+}
+
+fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    for (a, b) in a.iter_mut().zip(&b) {
+        *a += b;
+    }
+    a
+}
