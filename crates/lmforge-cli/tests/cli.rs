@@ -343,3 +343,25 @@ fn data_prepare_then_train_from_the_prepared_folder() {
     assert!(run.join("checkpoints/step-00000006/model.safetensors").is_file());
     assert!(!run.join("data").exists(), "a prepared folder is used in place");
 }
+
+#[test]
+fn a_run_dir_in_use_is_refused_and_a_stale_lock_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&run), "--set", "train.max_steps=2"]);
+    assert!(!run.join(".lock").exists(), "the lock is released at the end");
+    // A live owner (this test process): refused, naming the pid.
+    std::fs::write(run.join(".lock"), format!("{}\n", std::process::id())).unwrap();
+    let out = lmforge(&["train", "--resume", s(&run)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use") && err.contains(&std::process::id().to_string()), "{err}");
+    // A dead owner: a finished child's pid. The lock is taken over and released.
+    let dead = Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    let mut dead = dead;
+    dead.wait().unwrap();
+    std::fs::write(run.join(".lock"), format!("{pid}\n")).unwrap();
+    ok(&["train", "--resume", s(&run)]);
+    assert!(!run.join(".lock").exists());
+}

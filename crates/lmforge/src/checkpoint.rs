@@ -172,6 +172,61 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     ))
 }
 
+/// `RUN_DIR/.lock` holds the pid of the process training in that run dir, so a second
+/// `lmforge train` on the same folder refuses instead of interleaving checkpoints. A lock left
+/// by a process that no longer runs (a crash, kill -9) is detected and taken over. Dropping the
+/// lock removes the file.
+pub struct RunLock {
+    path: PathBuf,
+}
+
+impl RunLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(".lock");
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    writeln!(f, "{}", std::process::id()).and_then(|_| f.sync_all()).at(&path)?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+                    if let Some(pid) = owner.filter(|p| *p != std::process::id() && process_alive(*p)) {
+                        return Err(Error::Invalid(format!(
+                            "{} is in use by another lmforge process (pid {pid}); wait for it to finish or stop it",
+                            run_dir.display()
+                        )));
+                    }
+                    tracing::warn!("taking over the stale lock {} (owner {owner:?} is not running)", path.display());
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(&path, e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere the lock is
+/// assumed live, the safe answer (a stale lock must then be removed by hand).
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
 /// Writes `text` to `path` atomically (used for the run's resolved config).
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     fsio::write_atomic(path, text.as_bytes())

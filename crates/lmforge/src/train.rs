@@ -76,6 +76,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         )));
     }
     std::fs::create_dir_all(run_dir).at(run_dir)?;
+    let _lock = checkpoint::RunLock::acquire(run_dir)?;
     checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
     let device = Device::Cpu;
     let data = PreparedData::prepare(
@@ -106,6 +107,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
 /// Continues the run in `run_dir` from its latest checkpoint.
 pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let cfg = RunConfig::resolve(Some(&run_dir.join("config.toml")), &[])?;
+    let _lock = checkpoint::RunLock::acquire(run_dir)?;
     let steps = checkpoint::list_checkpoints(run_dir)?;
     let last = *steps
         .last()
