@@ -10,7 +10,7 @@ use lmforge::models::{ModelSpec, PRESETS};
 use lmforge::train::{self, TrainOptions, TrainSummary};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -253,12 +253,26 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Ctrl-C / SIGTERM set a flag the trainer checks between steps: it checkpoints and stops.
+/// The signal that asked a run to stop (SIGINT or SIGTERM), 0 while none has arrived. The
+/// exit status follows the shell convention 128 + signal number: 130 for Ctrl-C, 143 for
+/// SIGTERM, so a scheduler can tell a user's interrupt from its own stop request.
+static STOP_SIGNAL: std::sync::OnceLock<Arc<AtomicUsize>> = std::sync::OnceLock::new();
+
+/// SIGINT / SIGTERM set a flag the trainer checks between steps: it checkpoints and stops. A
+/// second stop signal ends the process at once (checkpoints are atomic, so that
+/// loses at most the steps since the last one).
 fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    // A second installation attempt fails harmlessly; the first handler stays.
-    let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+    let which = STOP_SIGNAL.get_or_init(|| Arc::new(AtomicUsize::new(0)));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Order matters: the conditional default checks the flag before `register` sets it.
+        let installed = signal_hook::flag::register_conditional_default(sig, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+            .and_then(|_| signal_hook::flag::register_usize(sig, which.clone(), sig as usize));
+        if let Err(e) = installed {
+            tracing::warn!("cannot install the handler for signal {sig}: {e}; it will stop the run without a checkpoint");
+        }
+    }
     flag
 }
 
@@ -450,12 +464,13 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// 0 when the run finished; 128 + the signal's number when a signal stopped it.
 fn exit_code(s: &TrainSummary) -> i32 {
-    if s.interrupted {
-        130
-    } else {
-        0
+    if !s.interrupted {
+        return 0;
     }
+    let sig = STOP_SIGNAL.get().map_or(0, |w| w.load(Ordering::SeqCst));
+    128 + if sig == 0 { signal_hook::consts::SIGINT as usize } else { sig } as i32
 }
 
 fn print_summary(s: &TrainSummary) {

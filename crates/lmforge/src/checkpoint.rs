@@ -6,10 +6,13 @@
 //! RUN_DIR/data/                           prepared token shards + tokenizer.json
 //! RUN_DIR/checkpoints/step-NNNNNNNN/      a Hugging Face folder (config.json,
 //!     model.safetensors, tokenizer.json) plus optimizer.safetensors,
-//!     trainer_state.json and run_config.toml
+//!     trainer_state.json, run_config.toml and manifest.json
 //! ```
 //! A checkpoint is staged in a hidden folder, fsynced and renamed, so a crash never leaves a
-//! half-written `step-*` folder. Retention (last K plus best validation) is a pure function.
+//! half-written `step-*` folder. Its `manifest.json`, written last, holds every file's size
+//! and SHA-256: loading verifies it, so a checkpoint damaged later (a copy cut short, a bad
+//! disk) is reported, never silently loaded, and a run resumes from the newest intact one.
+//! Retention (last K plus best validation) is a pure function.
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
@@ -18,6 +21,8 @@ use crate::nn::ParamStore;
 use crate::tokenizer::TextTokenizer;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Everything besides tensors needed to continue a run exactly.
@@ -42,6 +47,9 @@ pub struct TrainerState {
     /// Reduce-on-plateau state (`schedule.kind = "plateau"` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plateau: Option<crate::optim::Plateau>,
+    /// Fault counts, the rollback LR scale and the running loss mean.
+    #[serde(default)]
+    pub faults: crate::faults::FaultState,
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
@@ -92,11 +100,20 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
     let p = staged.path();
     write_hf_files(p, c.spec, c.params, c.tokenizer)?;
     let opt = crate::nn::serialize_tensors(c.optimizer_state.iter().cloned())?;
-    std::fs::write(p.join("optimizer.safetensors"), opt).at(p.join("optimizer.safetensors"))?;
+    write_staged(&p.join("optimizer.safetensors"), &opt)?;
     let state = serde_json::to_string_pretty(c.state).expect("trainer state serialises");
-    std::fs::write(p.join("trainer_state.json"), state).at(p.join("trainer_state.json"))?;
-    std::fs::write(p.join("run_config.toml"), c.run_config_toml).at(p.join("run_config.toml"))?;
+    write_staged(&p.join("trainer_state.json"), state.as_bytes())?;
+    write_staged(&p.join("run_config.toml"), c.run_config_toml.as_bytes())?;
+    write_manifest(p)?;
+    crate::testhooks::checkpoint_write_pause();
     staged.commit()
+}
+
+/// One file into a staged checkpoint folder (with the test hook that slows checkpoint writes).
+fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
+    fsio::write_file(path, bytes)?;
+    crate::testhooks::checkpoint_write_pause();
+    Ok(())
 }
 
 /// `config.json`, `model.safetensors`, `tokenizer.json` and `generation_config.json` into an
@@ -104,11 +121,152 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
 fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
     let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
-    std::fs::write(dir.join("config.json"), cfg).at(dir.join("config.json"))?;
+    write_staged(&dir.join("config.json"), cfg.as_bytes())?;
     let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
-    std::fs::write(dir.join("generation_config.json"), gen.to_string()).at(dir.join("generation_config.json"))?;
-    std::fs::write(dir.join("model.safetensors"), params.to_safetensors()?).at(dir.join("model.safetensors"))?;
-    tokenizer.save(&dir.join("tokenizer.json"))
+    write_staged(&dir.join("generation_config.json"), gen.to_string().as_bytes())?;
+    write_staged(&dir.join("model.safetensors"), &params.to_safetensors()?)?;
+    tokenizer.save(&dir.join("tokenizer.json"))?;
+    crate::testhooks::checkpoint_write_pause();
+    Ok(())
+}
+
+/// `manifest.json` of a checkpoint or exported folder: every other file's size and SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always "lmforge-manifest".
+    pub format: String,
+    pub version: u32,
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+const MANIFEST_FORMAT: &str = "lmforge-manifest";
+
+/// Hashes every file of `dir` (read back from disk, so the manifest describes what was
+/// written, not what was meant to be) and writes `manifest.json` beside them. Called last,
+/// inside the staged folder, before its rename.
+pub fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let path = entry.at(dir)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !path.is_file() || name == MANIFEST_FILE {
+            continue;
+        }
+        files.insert(name, digest_file(&path)?);
+    }
+    let m = Manifest { format: MANIFEST_FORMAT.into(), version: 1, files };
+    let text = serde_json::to_string_pretty(&m).expect("manifest serialises");
+    fsio::write_file(&dir.join(MANIFEST_FILE), text.as_bytes())
+}
+
+/// Size and SHA-256 of a file, streamed (checkpoints can be far larger than memory).
+fn digest_file(path: &Path) -> Result<FileDigest> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).at(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileDigest { bytes, sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect() })
+}
+
+/// What [`verify_manifest`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Every file listed in the manifest has its recorded size and checksum.
+    Verified,
+    /// No `manifest.json`: a folder from another tool (a Hugging Face download) or from an
+    /// lmforge older than manifests. Loaded as is.
+    Unverified,
+}
+
+/// Checks a folder against its `manifest.json`. A missing, truncated or altered file, or an
+/// unreadable manifest, is an error naming the file.
+pub fn verify_manifest(dir: &Path) -> Result<Integrity> {
+    let mpath = dir.join(MANIFEST_FILE);
+    if !mpath.exists() {
+        return Ok(Integrity::Unverified);
+    }
+    let text = std::fs::read_to_string(&mpath).at(&mpath)?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|e| Error::format(&mpath, format!("invalid manifest: {e}")))?;
+    if m.format != MANIFEST_FORMAT || m.version != 1 {
+        return Err(Error::format(&mpath, format!("unknown manifest format {:?} version {}", m.format, m.version)));
+    }
+    for (name, want) in &m.files {
+        if name.contains('/') || name.contains('\\') || name == ".." {
+            return Err(Error::format(&mpath, format!("file name {name:?} is not a plain name")));
+        }
+        let path = dir.join(name);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::format(&path, format!("listed in {MANIFEST_FILE} but cannot be read: {e}")))?
+            .len();
+        if size != want.bytes {
+            return Err(Error::format(
+                &path,
+                format!("{size} bytes, but {MANIFEST_FILE} says {}: the file is truncated or was partially written", want.bytes),
+            ));
+        }
+        if digest_file(&path)?.sha256 != want.sha256 {
+            return Err(Error::format(&path, format!("SHA-256 differs from {MANIFEST_FILE}: the file is corrupt")));
+        }
+    }
+    Ok(Integrity::Verified)
+}
+
+/// The newest checkpoint of a run whose manifest verifies, as (step, folder). Damaged newer
+/// ones are reported with a warning (and, with `set_aside`, renamed to `step-N.damaged` so
+/// they are neither listed nor overwritten: the caller must hold the run lock). Errors when
+/// checkpoints exist but none is intact; `None` when there are none.
+pub fn latest_good_checkpoint(run_dir: &Path, set_aside: bool) -> Result<Option<(u64, PathBuf)>> {
+    let steps = list_checkpoints(run_dir)?;
+    let mut damaged = Vec::new();
+    for &step in steps.iter().rev() {
+        let dir = checkpoint_dir(run_dir, step);
+        match verify_manifest(&dir) {
+            Ok(integrity) => {
+                if integrity == Integrity::Unverified {
+                    tracing::warn!("{} has no {MANIFEST_FILE} (written before manifests); not verified", dir.display());
+                }
+                return Ok(Some((step, dir)));
+            }
+            Err(e) => {
+                let aside = dir.with_file_name(format!("step-{step:08}.damaged"));
+                let moved = set_aside && std::fs::rename(&dir, &aside).is_ok();
+                tracing::warn!(
+                    "checkpoint step {step} is damaged ({e}); {}using the previous one",
+                    if moved { format!("moved to {}; ", aside.display()) } else { String::new() }
+                );
+                damaged.push(format!("{e}"));
+            }
+        }
+    }
+    if damaged.is_empty() {
+        Ok(None)
+    } else {
+        Err(Error::Invalid(format!(
+            "{}: no intact checkpoint ({} damaged: {})",
+            run_dir.display(),
+            damaged.len(),
+            damaged.join("; ")
+        )))
+    }
 }
 
 pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
@@ -132,6 +290,7 @@ impl LoadedModel {
     /// folder (`config.json` + `model.safetensors` + `tokenizer.json`).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let folder = resolve_model_dir(path)?;
+        verify_manifest(&folder)?;
         let spec = hf::read_config(&folder.join("config.json"))?;
         let params = ParamStore::load(&folder.join("model.safetensors"), &spec.params(), device)?;
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
@@ -149,6 +308,7 @@ impl LoadedModel {
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
+        write_manifest(staged.path())?;
         staged.commit()
     }
 }
@@ -161,9 +321,9 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
         return Ok(path.to_path_buf());
     }
-    let steps = list_checkpoints(path)?;
-    if let Some(last) = steps.last() {
-        return Ok(checkpoint_dir(path, *last));
+    // A run dir: its newest intact checkpoint (the caller verifies again; cheap next to loading).
+    if let Some((_, dir)) = latest_good_checkpoint(path, false)? {
+        return Ok(dir);
     }
     Err(Error::format(
         path,
@@ -188,11 +348,17 @@ impl RunLock {
                 Ok(mut f) => {
                     use std::io::Write;
                     writeln!(f, "{}", std::process::id()).and_then(|_| f.sync_all()).at(&path)?;
-                    return Ok(Self { path });
+                    let lock = Self { path };
+                    // Holding the lock, whatever a killed process left half-written is garbage.
+                    let removed = fsio::remove_stale_temps(run_dir)? + fsio::remove_stale_temps(&checkpoints_dir(run_dir))?;
+                    if removed > 0 {
+                        tracing::info!("removed {removed} temporary file(s) left by a process that was killed");
+                    }
+                    return Ok(lock);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let owner: Option<u32> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
-                    if let Some(pid) = owner.filter(|p| *p != std::process::id() && process_alive(*p)) {
+                    if let Some(pid) = owner.filter(|p| *p != std::process::id() && fsio::process_alive(*p)) {
                         return Err(Error::Invalid(format!(
                             "{} is in use by another lmforge process (pid {pid}); wait for it to finish or stop it",
                             run_dir.display()
@@ -214,16 +380,6 @@ impl RunLock {
 impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere the lock is
-/// assumed live, the safe answer (a stale lock must then be removed by hand).
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
     }
 }
 

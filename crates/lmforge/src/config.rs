@@ -398,6 +398,20 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub seed: u64,
+    /// Non-finite loss or gradient norm: "skip" (default) the update, or "rollback" to the
+    /// last checkpoint with the LR times `rollback_lr_factor`. Unset keys are left out of the
+    /// saved config (and its hash) so runs from before these keys still resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_nonfinite: Option<String>,
+    /// Consecutive faulty steps before training stops with an error (default 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consecutive_faults: Option<u32>,
+    /// LR multiplier applied at each rollback (default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_lr_factor: Option<f64>,
+    /// A loss above `spike_ratio` x its running mean is flagged as a spike (default 1.5; 0 = off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spike_ratio: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -412,6 +426,10 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             log_every: 10,
             seed: 1337,
+            on_nonfinite: None,
+            max_consecutive_faults: None,
+            rollback_lr_factor: None,
+            spike_ratio: None,
         }
     }
 }
@@ -422,11 +440,15 @@ pub struct CheckpointConfig {
     /// How many of the most recent checkpoints to keep (the best-validation one is kept too).
     pub keep_last: usize,
     pub keep_best: bool,
+    /// A checkpoint write fails (disk full, permission denied): "stop" (default) with an error,
+    /// or "continue" training and try again at the next checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_write_error: Option<String>,
 }
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { keep_last: 2, keep_best: true }
+        Self { keep_last: 2, keep_best: true, on_write_error: None }
     }
 }
 
@@ -528,6 +550,7 @@ impl RunConfig {
         check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")?;
         check(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, ">= 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
+        crate::faults::FaultPolicy::from_config(self)?;
 
         self.data.validate()?;
 

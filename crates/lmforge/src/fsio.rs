@@ -2,7 +2,8 @@
 //! is fsynced, then renamed over the target, and the folder is fsynced so the rename itself is
 //! durable. A crash at any instant leaves either the old file or the new one, never a mix.
 //! Folders (checkpoints, prepared data) are staged the same way: built under a hidden
-//! temporary name and renamed into place once complete.
+//! temporary name and renamed into place once complete. Temporaries left by a process that
+//! died are recognised by the pid in their name and removed ([`remove_stale_temps`]).
 
 use crate::error::{IoContext, Result};
 use std::fs::{self, File};
@@ -14,6 +15,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(&dir).at(&dir)?;
     let tmp = temp_sibling(path);
+    crate::testhooks::write_fault(path).at(path)?;
     {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
@@ -29,6 +31,55 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
         .map_err(|e| crate::Error::format(path, format!("cannot serialise: {e}")))?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+/// Writes a file inside a folder that is itself staged ([`StagedDir`]): a plain write, made
+/// durable by the folder's commit.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::testhooks::write_fault(path).at(path)?;
+    fs::write(path, bytes).at(path)
+}
+
+/// Removes a folder so that it vanishes at once from listings: renamed to a hidden temporary
+/// name first, then deleted (a crash in between leaves a stale temporary, not half a folder).
+pub fn remove_dir(path: &Path) -> Result<()> {
+    let tmp = temp_sibling(path);
+    fs::rename(path, &tmp).at(path)?;
+    fs::remove_dir_all(&tmp).at(&tmp)
+}
+
+/// Removes the temporary files and folders in `dir` that a process which is no longer running
+/// left behind (killed mid-write). Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(0) };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_owner(&name) else { continue };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+        r.at(&p)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// The pid in a temporary name made by [`temp_sibling`] (`.NAME.tmp-PID`).
+fn temp_owner(name: &str) -> Option<u32> {
+    name.strip_prefix('.')?.rsplit_once(".tmp-")?.1.parse().ok()
+}
+
+/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere it is assumed
+/// alive, the safe answer (its files are then left for a person to remove).
+pub fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 /// fsyncs a folder so that renames and creations inside it survive a power loss.
@@ -50,6 +101,7 @@ impl AtomicFile {
         let dir = parent_dir(target);
         fs::create_dir_all(&dir).at(&dir)?;
         let tmp = temp_sibling(target);
+        crate::testhooks::write_fault(target).at(target)?;
         let file = File::create(&tmp).at(&tmp)?;
         Ok(Self { file: Some(std::io::BufWriter::new(file)), tmp, target: target.to_path_buf() })
     }
@@ -96,6 +148,7 @@ impl StagedDir {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).at(&tmp)?;
         }
+        crate::testhooks::write_fault(target).at(target)?;
         fs::create_dir_all(&tmp).at(&tmp)?;
         Ok(Self { tmp, target: target.to_path_buf(), committed: false })
     }
@@ -116,7 +169,7 @@ impl StagedDir {
         sync_dir(&self.tmp)?;
         if self.target.exists() {
             // Move the old folder aside first: rename cannot replace a non-empty folder.
-            let old = temp_sibling(&self.target.with_extension("old"));
+            let old = temp_sibling(&old_sibling(&self.target));
             fs::rename(&self.target, &old).at(&self.target)?;
             fs::rename(&self.tmp, &self.target).at(&self.target)?;
             fs::remove_dir_all(&old).at(&old)?;
@@ -142,6 +195,12 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// `dir/name.old`: where a folder being replaced is moved before its temporary name.
+fn old_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    parent_dir(path).join(format!("{name}.old"))
 }
 
 /// `dir/.name.tmp-PID`: hidden, in the same folder (so rename stays on one filesystem).
@@ -178,5 +237,22 @@ mod tests {
         fs::write(staged.path().join("x"), b"2").unwrap();
         staged.commit().unwrap();
         assert_eq!(fs::read(target.join("x")).unwrap(), b"2");
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        fs::create_dir(dir.path().join(format!(".step-00000003.tmp-{dead_pid}"))).unwrap();
+        fs::write(dir.path().join(format!(".metrics.jsonl.tmp-{dead_pid}")), b"x").unwrap();
+        let mine = dir.path().join(format!(".a.tmp-{}", std::process::id()));
+        fs::write(&mine, b"x").unwrap();
+        fs::write(dir.path().join("step-00000003"), b"x").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 2);
+        assert!(mine.exists() && dir.path().join("step-00000003").exists());
+        assert_eq!(temp_owner(".step-00000003.old.tmp-42"), Some(42));
+        assert_eq!(temp_owner("step-00000003"), None);
     }
 }

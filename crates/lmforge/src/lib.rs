@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! error, fsio      shared vocabulary: typed errors, crash-safe file writes
+//! testhooks        LMFORGE_TEST_* fault injection for the reliability tests (off by default)
 //! config           the run config tree: defaults < TOML file < --set overrides, validated
 //! ops              tensor ops with a backward: fused CPU kernels + the reference versions
 //! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
@@ -13,7 +14,8 @@
 //! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
 //! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
-//! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
+//! faults           non-finite steps (skip / roll back), spikes, checkpoint write failures
+//! checkpoint       run-dir layout, checkpoint write/read/retention, manifests, model loading
 //! train            the one training loop, metrics sink, progress
 //! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
@@ -30,6 +32,7 @@ pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod faults;
 pub mod fsio;
 pub mod generate;
 pub mod models;
@@ -40,6 +43,7 @@ pub mod plan;
 pub mod progress;
 pub mod quickstart;
 pub mod shards;
+pub mod testhooks;
 pub mod tokenizer;
 pub mod train;
 

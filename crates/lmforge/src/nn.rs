@@ -132,6 +132,15 @@ impl ParamStore {
         Ok(Self { vars, device: device.clone() })
     }
 
+    /// Overwrites every parameter with `other`'s values (same names and shapes) in place, so a
+    /// model built over these `Var`s sees them (a rollback to a checkpoint).
+    pub fn assign(&self, other: &ParamStore) -> Result<()> {
+        for (name, v) in &self.vars {
+            v.set(&other.get(name)?)?;
+        }
+        Ok(())
+    }
+
     /// Serialises every parameter as safetensors bytes (HF names, f32, `format: pt`).
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         serialize_tensors(self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))

@@ -76,6 +76,14 @@ impl Progress {
         }
     }
 
+    /// A warning, shown whatever the mode (above the bar on a terminal).
+    pub fn warn(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("warning: {line}")),
+            None => tracing::warn!("{line}"),
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();

@@ -3,12 +3,14 @@
 //! with the configured optimizer at the scheduled learning rate, logs to `metrics.jsonl`, validates and
 //! checkpoints on schedule. Decisions (should I evaluate / checkpoint now?) are small pure
 //! functions. Interrupting (Ctrl-C) writes a checkpoint first; resuming from any checkpoint
-//! reproduces the uninterrupted run's losses to the bit.
+//! reproduces the uninterrupted run's losses to the bit. Faulty steps and failed checkpoint
+//! writes are handled by the policy in [`crate::faults`].
 
 use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
+use crate::faults::{FaultPolicy, Verdict};
 use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
 use crate::optim::{
@@ -67,7 +69,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     let optim = OptimSpec::from_config(&cfg.optim)?;
     check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset, &optim)?;
     // Before anything is written: a group pattern that matches no parameter is a config error.
-    let groups = optimizer_groups(cfg, &spec)?;
+    optimizer_groups(cfg, &spec)?;
     if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
         return Err(Error::Invalid(format!(
             "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
@@ -85,34 +87,58 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         &run_dir.join("data"),
         ProgressMode::parse(&cfg.log.progress),
     )?;
-    let init = InitScheme::parse(&cfg.model.init)?;
-    let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, &device)?;
-    let state = TrainerState {
-        step: 0,
-        tokens_seen: 0,
-        data_cursor: 0,
-        seed: cfg.train.seed,
-        config_hash: cfg.hash(),
-        val_loss: None,
-        best_val_loss: None,
-        best_step: None,
-        elapsed_s: 0.0,
-        plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
-    };
-    let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
+    let start = restore(cfg, run_dir, &spec, &device, false)?;
     let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
-    run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+    run_loop(cfg, run_dir, spec, start, data, metrics, opts)
 }
 
-/// Continues the run in `run_dir` from its latest checkpoint.
+/// Continues the run in `run_dir` from its newest intact checkpoint (damaged newer ones are
+/// reported and set aside), or from step 0 when it died before its first checkpoint.
 pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let cfg = RunConfig::resolve(Some(&run_dir.join("config.toml")), &[])?;
     let _lock = checkpoint::RunLock::acquire(run_dir)?;
-    let steps = checkpoint::list_checkpoints(run_dir)?;
-    let last = *steps
-        .last()
-        .ok_or_else(|| Error::Invalid(format!("{} has no checkpoint to resume from", run_dir.display())))?;
-    let ckpt = checkpoint::checkpoint_dir(run_dir, last);
+    let spec = ModelSpec::from_config(&cfg.model)?;
+    let device = Device::Cpu;
+    let start = restore(&cfg, run_dir, &spec, &device, true)?;
+    if start.state.step == 0 {
+        tracing::warn!("{} has no checkpoint yet: starting again from step 0", run_dir.display());
+    }
+    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
+    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(start.state.step))?;
+    run_loop(&cfg, run_dir, spec, start, data, metrics, opts)
+}
+
+/// Where training continues from: parameters, optimizer and trainer state.
+struct Start {
+    params: ParamStore,
+    optimizer: Optimizer,
+    state: TrainerState,
+}
+
+/// The newest intact checkpoint of `run_dir`, or the seeded initial state when there is none
+/// (a new run, or one that died before its first checkpoint). Used to start, resume and roll
+/// back; `set_aside_damaged` needs the run lock.
+fn restore(cfg: &RunConfig, run_dir: &Path, spec: &ModelSpec, device: &Device, set_aside_damaged: bool) -> Result<Start> {
+    let groups = optimizer_groups(cfg, spec)?;
+    let Some((_, ckpt)) = checkpoint::latest_good_checkpoint(run_dir, set_aside_damaged)? else {
+        let init = InitScheme::parse(&cfg.model.init)?;
+        let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, device)?;
+        let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
+        let state = TrainerState {
+            step: 0,
+            tokens_seen: 0,
+            data_cursor: 0,
+            seed: cfg.train.seed,
+            config_hash: cfg.hash(),
+            val_loss: None,
+            best_val_loss: None,
+            best_step: None,
+            elapsed_s: 0.0,
+            plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
+            faults: Default::default(),
+        };
+        return Ok(Start { params, optimizer, state });
+    };
     let mut state = checkpoint::read_trainer_state(&ckpt)?;
     if state.config_hash != cfg.hash() {
         return Err(Error::format(
@@ -128,17 +154,13 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
         // Not written by this trainer (it always saves the state); start the plateau count afresh.
         state.plateau = Some(Plateau::default());
     }
-    let spec = ModelSpec::from_config(&cfg.model)?;
-    let device = Device::Cpu;
-    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
-    let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
-    let mut optimizer = Optimizer::from_config(&cfg.optim, params.vars(), optimizer_groups(&cfg, &spec)?)?;
+    let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), device)?;
+    let mut optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
     let opt_path = ckpt.join("optimizer.safetensors");
-    let opt_state = candle_core::safetensors::load(&opt_path, &device)
+    let opt_state = candle_core::safetensors::load(&opt_path, device)
         .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
-    optimizer.load_state(opt_state, state.step)?;
-    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step))?;
-    run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+    optimizer.load_state(opt_state, state.step).map_err(|e| Error::format(&opt_path, e.to_string()))?;
+    Ok(Start { params, optimizer, state })
 }
 
 /// Every parameter's optimizer group: its role from the model spec, then the default decay
@@ -225,14 +247,14 @@ fn run_loop(
     cfg: &RunConfig,
     run_dir: &Path,
     spec: ModelSpec,
-    params: ParamStore,
-    mut optimizer: Optimizer,
+    start: Start,
     data: PreparedData,
-    mut state: TrainerState,
     mut metrics: MetricsLog,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
+    let Start { params, mut optimizer, mut state } = start;
     let t = &cfg.train;
+    let policy = FaultPolicy::from_config(cfg)?;
     let seq_len = seq_len(cfg, &spec)?;
     let model = Decoder::new(&spec, &params)?;
     let schedule = Schedule::new(&cfg.schedule, t.max_steps);
@@ -276,14 +298,21 @@ fn run_loop(
         }
         let step_start = Instant::now();
         let s = state.step;
-        let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale);
+        let lr = cfg.optim.lr
+            * schedule.multiplier(s)
+            * state.plateau.map_or(1.0, |p| p.scale)
+            * state.faults.lr_scale;
+        let inject_nan = crate::testhooks::inject_nan(s + 1);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
         for micro in 0..t.grad_accum {
             let batch = data::train_batch(&data.train, state.seed, s, micro, t.batch_size, seq_len)?;
             let (x, y) = batch_tensors(&batch, &device)?;
             let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")));
-            let loss = model.loss(&x, &y, Some(&mut dropout))?;
+            let mut loss = model.loss(&x, &y, Some(&mut dropout))?;
+            if inject_nan {
+                loss = (loss * f64::NAN)?;
+            }
             loss_sum += loss.to_scalar::<f32>()? as f64;
             // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
             let scaled = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
@@ -302,26 +331,70 @@ fn run_loop(
         }
         let mut grads = grads.expect("grad_accum >= 1");
         let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
-        optimizer.step(params.vars(), &grads, lr)?;
+        let loss = loss_sum / t.grad_accum as f64;
+        let fault_row = |action: &str, step: u64, consecutive: u32| {
+            json!({
+                "step": step, "split": "fault", "kind": "nonfinite", "fault_step": s + 1, "loss": loss,
+                "grad_norm": grad_norm, "action": action, "consecutive": consecutive,
+            })
+        };
+        let spike = match state.faults.judge(s + 1, loss, grad_norm, &policy) {
+            Ok(Verdict::Apply { spike }) => {
+                optimizer.step(params.vars(), &grads, lr)?;
+                Some(spike)
+            }
+            Ok(Verdict::Skip) => {
+                progress.warn(&format!("step {}: loss {loss}, gradient norm {grad_norm}: update skipped", s + 1));
+                metrics.write(&fault_row("skip", s + 1, state.faults.consecutive))?;
+                None
+            }
+            Ok(Verdict::Rollback) => {
+                let back = restore(cfg, run_dir, &spec, &device, true)?;
+                params.assign(&back.params)?;
+                optimizer = back.optimizer;
+                let faults = state.faults.after_rollback(&back.state.faults, &policy);
+                state = back.state;
+                state.faults = faults;
+                last_ckpt_step = state.step;
+                // Rows past the checkpoint describe the abandoned trajectory; the fault row is
+                // filed under the step training continues from, so a resume keeps it.
+                metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step))?;
+                let mut row = fault_row("rollback", state.step, state.faults.consecutive);
+                row["lr_scale"] = json!(state.faults.lr_scale);
+                metrics.write(&row)?;
+                progress.warn(&format!(
+                    "step {}: loss {loss}, gradient norm {grad_norm}: rolled back to step {} with the LR x {}",
+                    s + 1,
+                    state.step,
+                    state.faults.lr_scale
+                ));
+                continue;
+            }
+            Err(msg) => {
+                metrics.write(&fault_row("stop", s + 1, state.faults.consecutive))?;
+                return Err(Error::Invalid(msg));
+            }
+        };
         state.step += 1;
         state.tokens_seen += tokens_per_step;
         train_time += step_start.elapsed().as_secs_f64();
         trained_tokens += tokens_per_step;
-        let loss = loss_sum / t.grad_accum as f64;
         let elapsed = elapsed_before + started.elapsed().as_secs_f64();
         let tok_s = trained_tokens as f64 / train_time.max(1e-9);
-        let log_now = state.step % t.log_every == 0 || state.step == t.max_steps || state.step == 1;
+        let log_now = spike == Some(true)
+            || (spike.is_some() && (state.step % t.log_every == 0 || state.step == t.max_steps || state.step == 1));
         if log_now {
-            metrics.write(&json!({
+            let mut row = json!({
                 "step": state.step, "split": "train", "loss": loss, "lr": lr,
                 "tokens": state.tokens_seen, "elapsed_s": elapsed, "grad_norm": grad_norm,
                 "tokens_per_s": tok_s,
-            }))?;
+            });
+            if spike == Some(true) {
+                row["spike"] = json!(true);
+            }
+            metrics.write(&row)?;
         }
         progress.update(state.step, &format!("loss {loss:.4} lr {lr:.2e} {tok_s:.0} tok/s"), log_now);
-        if !loss.is_finite() {
-            return Err(Error::Invalid(format!("loss became {loss} at step {}; lower optim.lr", state.step)));
-        }
 
         state.val_loss = None;
         if due(state.step, t.eval_every, t.max_steps) {
@@ -347,13 +420,27 @@ fn run_loop(
         }
         if due(state.step, t.checkpoint_every, t.max_steps) {
             state.elapsed_s = elapsed;
-            save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
-            last_ckpt_step = state.step;
+            match save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml) {
+                Ok(()) => last_ckpt_step = state.step,
+                // The last checkpoint is the run's result: it cannot be skipped.
+                Err(e) if policy.continue_on_write_error && state.step < t.max_steps => {
+                    progress.warn(&format!(
+                        "checkpoint at step {} not written ({e}); training continues and tries again at the next one",
+                        state.step
+                    ));
+                    metrics.write(&json!({
+                        "step": state.step, "split": "fault", "kind": "checkpoint_write",
+                        "error": e.to_string(), "action": "continue",
+                    }))?;
+                }
+                Err(e) => return Err(checkpoint_write_failed(e, run_dir, state.step)),
+            }
         }
     }
     if (interrupted || stopped_early) && last_ckpt_step != state.step {
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
+        save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)
+            .map_err(|e| checkpoint_write_failed(e, run_dir, state.step))?;
         progress.println(&format!("stopped at step {}; checkpoint written, continue with --resume", state.step));
     }
     progress.finish();
@@ -367,6 +454,20 @@ fn run_loop(
         train_seconds: train_time,
         num_params: spec.num_params(),
     })
+}
+
+/// The error for a checkpoint that could not be written: what failed, and that nothing
+/// written before is lost.
+fn checkpoint_write_failed(e: Error, run_dir: &Path, step: u64) -> Error {
+    let previous = match checkpoint::list_checkpoints(run_dir).ok().and_then(|s| s.last().copied()) {
+        Some(p) => format!("the previous checkpoint (step {p}) is intact and `lmforge train --resume {}` continues from it", run_dir.display()),
+        None => format!("no earlier checkpoint exists; `lmforge train --resume {}` starts again from step 0", run_dir.display()),
+    };
+    Error::Invalid(format!(
+        "writing the checkpoint at step {step} failed: {e}. Nothing written before was lost: {previous}. \
+         Free disk space or fix permissions first, or set checkpoint.on_write_error = \"continue\" to keep \
+         training through such failures."
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -394,8 +495,7 @@ fn save(
     let steps = checkpoint::list_checkpoints(run_dir)?;
     let best = if cfg.checkpoint.keep_best { state.best_step } else { None };
     for old in checkpoint::checkpoints_to_delete(&steps, cfg.checkpoint.keep_last, best) {
-        let p = checkpoint::checkpoint_dir(run_dir, old);
-        std::fs::remove_dir_all(&p).at(&p)?;
+        crate::fsio::remove_dir(&checkpoint::checkpoint_dir(run_dir, old))?;
     }
     Ok(())
 }
