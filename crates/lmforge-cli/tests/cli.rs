@@ -2,60 +2,11 @@
 //! corpus, evaluate, generate, export and re-evaluate; exact resume; Ctrl-C; config errors.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-fn lmforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge")).args(args).env("RUST_LOG", "warn").output().expect("lmforge runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lmforge(args);
-    assert!(
-        out.status.success(),
-        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare.txt")
-}
-
-/// A tiny run config over the first 150 kB of the corpus; extra lines go into [model] / [train].
-fn tiny_config(dir: &Path, model_extra: &str, train_extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(corpus()).unwrap();
-    let cut = text[..150_000].rfind('\n').unwrap() + 1;
-    let data = dir.join("corpus.txt");
-    std::fs::write(&data, &text[..cut]).unwrap();
-    let cfg = dir.join("tiny.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\npath = {:?}\nvocab_size = 400\n\n[model]\npreset = \"tiny\"\n{model_extra}\n\n\
-             [schedule]\nwarmup_steps = 2\n\n[train]\nmax_steps = 6\nbatch_size = 4\nseq_len = 32\n\
-             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n{train_extra}\n\n\
-             [log]\nprogress = \"off\"\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{lmforge, metrics, ok, s, tiny_config};
 
 #[test]
 fn train_eval_generate_export_end_to_end() {
