@@ -546,9 +546,11 @@ impl RunConfig {
 
         let t = &self.train;
         check(t.max_steps >= 1, "train.max_steps", t.max_steps, ">= 1")?;
-        check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")?;
-        check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, ">= 1")?;
-        check(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, ">= 1")?;
+        // Upper bounds keep batch arithmetic from overflowing on a hostile config.
+        const MAX_BATCH: usize = 1 << 20;
+        check((1..=MAX_BATCH).contains(&t.batch_size), "train.batch_size", t.batch_size, "1 ..= 1048576")?;
+        check((1..=MAX_BATCH).contains(&t.grad_accum), "train.grad_accum", t.grad_accum, "1 ..= 1048576")?;
+        check((1..=MAX_BATCH).contains(&t.eval_batches), "train.eval_batches", t.eval_batches, "1 ..= 1048576")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
         crate::faults::FaultPolicy::from_config(self)?;
 

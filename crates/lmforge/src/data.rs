@@ -77,6 +77,12 @@ impl PreparedData {
             corpus::prepare(cfg, &cfg.all_inputs(), out, Some(model_vocab), mode)?;
             Self::open(out)?
         };
+        if let Some(s) = [&data.train, &data.val].into_iter().find(|s| s.vocab_size() > model_vocab) {
+            return Err(Error::format(
+                s.path(),
+                format!("token ids up to {} do not fit the model's vocabulary of {model_vocab}", s.vocab_size()),
+            ));
+        }
         if data.tokenizer.vocab_size() > model_vocab {
             return Err(Error::config(
                 "model.vocab_size",

@@ -90,8 +90,26 @@ impl ParamStore {
     /// tensor must be present with the expected shape; extra tensors that are known buffers
     /// (GPT-2's causal-mask `attn.bias`, RoPE `inv_freq`) are ignored, others are an error.
     pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
-        let mut tensors = candle_core::safetensors::load(path, device)
+        let tensors = candle_core::safetensors::load(path, device)
             .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
+        Self::from_tensors(tensors, params, device, path)
+    }
+
+    /// [`Self::load`] from the bytes of a safetensors file (`path` names it in errors). The
+    /// header is checked against the buffer before any tensor is built, so a header claiming
+    /// huge tensors is an error, not an allocation.
+    pub fn from_safetensors_bytes(bytes: &[u8], params: &[ParamInfo], device: &Device, path: &Path) -> Result<Self> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)
+            .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
+        Self::from_tensors(tensors, params, device, path)
+    }
+
+    fn from_tensors(
+        mut tensors: std::collections::HashMap<String, Tensor>,
+        params: &[ParamInfo],
+        device: &Device,
+        path: &Path,
+    ) -> Result<Self> {
         let mut vars = BTreeMap::new();
         for p in params {
             let t = tensors

@@ -96,18 +96,28 @@ pub struct TokenShard {
     vocab_size: usize,
 }
 
-impl TokenShard {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).at(path)?;
-        // SAFETY: the map is read-only; lmforge never writes a shard in place (writers rename a
-        // finished temporary file over it), so the mapped bytes do not change underneath us.
-        let map = unsafe { Mmap::map(&file) }.at(path)?;
+/// What a shard's header says, checked against the bytes that follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardHeader {
+    /// Bytes per token id: 2 or 4.
+    pub width: usize,
+    pub n_tokens: usize,
+    pub n_docs: usize,
+    pub vocab_size: usize,
+}
+
+impl ShardHeader {
+    /// Validates a whole shard's bytes (`path` names it in errors): magic, version, width,
+    /// the size the header implies against the real size (checked arithmetic, so a header
+    /// claiming 2^60 tokens is an error, not an allocation), and a document index that starts
+    /// at 0, never decreases and ends at the token count. Token ids are not scanned.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::format(path, msg);
-        if map.len() < HEADER_BYTES || &map[0..8] != MAGIC {
+        if bytes.len() < HEADER_BYTES || &bytes[0..8] != MAGIC {
             return Err(bad("not an lmforge token shard (bad magic); re-run data preparation".into()));
         }
-        let u32_at = |o: usize| u32::from_le_bytes(map[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_le_bytes(map[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
         if version != VERSION {
             return Err(bad(format!(
@@ -124,30 +134,56 @@ impl TokenShard {
             .and_then(|t| n_docs.checked_add(1)?.checked_mul(8)?.checked_add(t))
             .and_then(|x| x.checked_add(HEADER_BYTES as u64));
         match expected {
-            Some(e) if e == map.len() as u64 => {}
+            Some(e) if e == bytes.len() as u64 => {}
             Some(e) => {
                 return Err(bad(format!(
                     "header says {n_tokens} tokens and {n_docs} documents ({e} bytes) but the file has {} bytes: \
                      it was truncated or is still being written; delete it and re-run data preparation",
-                    map.len()
+                    bytes.len()
                 )))
             }
             None => {
                 return Err(bad(format!("header claims an impossible size ({n_tokens} tokens, {n_docs} documents)")))
             }
         }
-        let shard = Self {
+        if vocab == 0 || vocab > u32::MAX as u64 + 1 || (width == 2 && vocab > 1 << 16) {
+            return Err(bad(format!("vocabulary size {vocab} does not fit {width}-byte token ids")));
+        }
+        // The sizes now match the file, so they fit in memory's address space.
+        let header = Self { width, n_tokens: n_tokens as usize, n_docs: n_docs as usize, vocab_size: vocab as usize };
+        let index = &bytes[HEADER_BYTES + header.n_tokens * width..];
+        let mut prev = 0u64;
+        for (d, chunk) in index.chunks_exact(8).enumerate() {
+            let off = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if (d == 0 && off != 0) || off < prev || off > n_tokens {
+                return Err(bad(format!(
+                    "document index entry {d} is {off} (previous {prev}, {n_tokens} tokens): the file is corrupt"
+                )));
+            }
+            prev = off;
+        }
+        if prev != n_tokens {
+            return Err(bad("document index does not end at the token count; the file is corrupt".into()));
+        }
+        Ok(header)
+    }
+}
+
+impl TokenShard {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).at(path)?;
+        // SAFETY: the map is read-only; lmforge never writes a shard in place (writers rename a
+        // finished temporary file over it), so the mapped bytes do not change underneath us.
+        let map = unsafe { Mmap::map(&file) }.at(path)?;
+        let h = ShardHeader::parse(&map, path)?;
+        Ok(Self {
             path: path.to_path_buf(),
             map,
-            width,
-            n_tokens: n_tokens as usize,
-            n_docs: n_docs as usize,
-            vocab_size: vocab as usize,
-        };
-        if shard.doc_offset(n_docs as usize) != n_tokens {
-            return Err(Error::format(path, "document index does not end at the token count; the file is corrupt"));
-        }
-        Ok(shard)
+            width: h.width,
+            n_tokens: h.n_tokens,
+            n_docs: h.n_docs,
+            vocab_size: h.vocab_size,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -230,6 +266,12 @@ mod tests {
         assert!(TokenShard::open(&p).is_err());
         std::fs::write(&p, b"garbage").unwrap();
         assert!(TokenShard::open(&p).unwrap_err().to_string().contains("magic"));
+        // A document index that goes backwards.
+        let mut lie = bytes.clone();
+        let n = lie.len();
+        lie[n - 8..].copy_from_slice(&2u64.to_le_bytes());
+        let e = ShardHeader::parse(&lie, &p).unwrap_err().to_string();
+        assert!(e.contains("document index"), "{e}");
     }
 
     #[test]

@@ -11,8 +11,13 @@ use std::path::Path;
 /// Reads an HF `config.json` into a spec.
 pub fn read_config(path: &Path) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path).at(path)?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
-    spec_from_json(&v).map_err(|msg| Error::format(path, msg))
+    parse_config(&text).map_err(|msg| Error::format(path, msg))
+}
+
+/// A spec from the text of an HF `config.json`; the error says what is wrong.
+pub fn parse_config(text: &str) -> std::result::Result<ModelSpec, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    spec_from_json(&v)
 }
 
 fn spec_from_json(v: &Value) -> std::result::Result<ModelSpec, String> {
@@ -34,7 +39,7 @@ fn spec_from_json(v: &Value) -> std::result::Result<ModelSpec, String> {
             }
             let d = int("n_embd")?;
             let h = int("n_head")?;
-            let d_ff = v.get("n_inner").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(4 * d);
+            let d_ff = v.get("n_inner").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(d.saturating_mul(4));
             ModelSpec {
                 style: Style::Gpt2,
                 vocab_size: int("vocab_size")?,

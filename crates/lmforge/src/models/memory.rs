@@ -57,7 +57,9 @@ pub struct CpuTrainMemory {
 
 impl CpuTrainMemory {
     pub fn total(&self) -> u64 {
-        self.weights + self.gradients + self.optimizer_state + self.activations + self.backward_workspace + self.runtime
+        [self.weights, self.gradients, self.optimizer_state, self.activations, self.backward_workspace, self.runtime]
+            .into_iter()
+            .fold(0u64, u64::saturating_add)
     }
 }
 
@@ -141,10 +143,13 @@ impl ModelSpec {
         optimizer_state: u64,
     ) -> CpuTrainMemory {
         let p = self.num_params();
-        let tokens = (batch * seq_len) as u64;
-        let per_token = self.n_layer as u64 * self.cpu_layer_activation_elems(seq_len, kernels)
-            + self.cpu_head_activation_elems(kernels);
-        let activations = 4 * tokens * per_token + self.cpu_head_fixed_bytes(kernels);
+        // Saturating: an absurd request (a hostile config) must come out as "too large", not wrap.
+        let tokens = (batch as u64).saturating_mul(seq_len as u64);
+        let per_token = (self.n_layer as u64)
+            .saturating_mul(self.cpu_layer_activation_elems(seq_len, kernels))
+            .saturating_add(self.cpu_head_activation_elems(kernels));
+        let activations =
+            tokens.saturating_mul(per_token).saturating_mul(4).saturating_add(self.cpu_head_fixed_bytes(kernels));
         let workspace = match kernels {
             Kernels::Reference => BACKWARD_WORKSPACE,
             Kernels::Fused => FUSED_BACKWARD_WORKSPACE,

@@ -72,6 +72,13 @@ impl ParamInfo {
     }
 }
 
+/// Upper bounds of a model's sizes (vocabulary, context, widths), layers, heads and parameters:
+/// 100x beyond today's largest models, and small enough that memory estimates cannot overflow.
+pub const MAX_WIDTH: usize = 1 << 22;
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_HEADS: usize = 1 << 14;
+pub const MAX_PARAMS: u128 = 1 << 50;
+
 /// Named shapes users can start from; `model.*` keys override any field.
 pub const PRESETS: &[&str] = &[
     "tiny",
@@ -165,6 +172,8 @@ impl ModelSpec {
         Ok(s)
     }
 
+    /// Checks the shape: every size positive and below the limits ([`MAX_WIDTH`], ...), heads
+    /// dividing the width, norms and RoPE settings valid.
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("model.vocab_size", self.vocab_size),
@@ -179,6 +188,27 @@ impl ModelSpec {
             if v == 0 {
                 return Err(Error::config(key, "invalid value 0; expected >= 1"));
             }
+        }
+        // Far beyond any real model, and small enough that no size computed from them
+        // overflows: a hostile config.json is refused here, before anything is allocated.
+        let limits = [
+            ("model.vocab_size", self.vocab_size, MAX_WIDTH),
+            ("model.context", self.context, MAX_WIDTH),
+            ("model.d_model", self.d_model, MAX_WIDTH),
+            ("model.d_ff", self.d_ff, MAX_WIDTH),
+            ("model.n_layer", self.n_layer, MAX_LAYERS),
+            ("model.n_head", self.n_head, MAX_HEADS),
+            ("model.n_kv_head", self.n_kv_head, MAX_HEADS),
+            ("model.head_dim", self.head_dim, MAX_WIDTH),
+        ];
+        for (key, v, max) in limits {
+            if v > max {
+                return Err(Error::config(key, format!("invalid value {v}; expected at most {max}")));
+            }
+        }
+        let params: u128 = self.params().iter().map(|p| p.shape.iter().map(|&d| d as u128).product::<u128>()).sum();
+        if params > MAX_PARAMS {
+            return Err(Error::config("model", format!("{params} parameters; at most {MAX_PARAMS} are supported")));
         }
         if self.style == Style::Gpt2 && self.head_dim * self.n_head != self.d_model {
             return Err(Error::config(
