@@ -270,7 +270,9 @@ fn interrupt_flag() -> Arc<AtomicBool> {
             .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
             .and_then(|_| signal_hook::flag::register_usize(sig, which.clone(), sig as usize));
         if let Err(e) = installed {
-            tracing::warn!("cannot install the handler for signal {sig}: {e}; it will stop the run without a checkpoint");
+            tracing::warn!(
+                "cannot install the handler for signal {sig}: {e}; it will stop the run without a checkpoint"
+            );
         }
     }
     flag

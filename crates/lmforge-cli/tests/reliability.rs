@@ -178,13 +178,18 @@ fn interrupt_and_resume(tmp: &Path, sig: i32, trials: usize, seed: u64) -> Outco
                     "{moment:?}: exit {status}\n{err}"
                 );
                 if code == Some(128 + sig) {
-                    let last_row = metrics(&run).iter().rev().find(|r| r["split"] == "train").map(|r| r["step"].clone());
+                    let last_row =
+                        metrics(&run).iter().rev().find(|r| r["split"] == "train").map(|r| r["step"].clone());
                     let newest = std::fs::read_dir(run.join("checkpoints"))
                         .into_iter()
                         .flatten()
                         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.parse::<u64>().ok())
                         .max();
-                    assert_eq!(last_row.and_then(|v| v.as_u64()), newest, "{moment:?}: checkpoint at the last step\n{err}");
+                    assert_eq!(
+                        last_row.and_then(|v| v.as_u64()),
+                        newest,
+                        "{moment:?}: checkpoint at the last step\n{err}"
+                    );
                 }
                 if code == Some(0) {
                     break;
@@ -301,7 +306,8 @@ fn damaged_checkpoints_are_reported_never_loaded() {
     let step6 = run.join("checkpoints/step-00000006");
     let step3 = run.join("checkpoints/step-00000003");
 
-    for (file, how) in [("model.safetensors", "truncate"), ("optimizer.safetensors", "flip"), ("trainer_state.json", "flip")]
+    for (file, how) in
+        [("model.safetensors", "truncate"), ("optimizer.safetensors", "flip"), ("trainer_state.json", "flip")]
     {
         let backup = std::fs::read(step6.join(file)).unwrap();
         corrupt(&step6.join(file), how);
@@ -314,7 +320,8 @@ fn damaged_checkpoints_are_reported_never_loaded() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success() && err.contains("step 6 is damaged") && err.contains(file), "{file}: {err}");
         let via_run: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let direct: Value = serde_json::from_str(&ok(&["eval", "ppl", "--model", s(&step3), "--text", s(&text), "--json"])).unwrap();
+        let direct: Value =
+            serde_json::from_str(&ok(&["eval", "ppl", "--model", s(&step3), "--text", s(&text), "--json"])).unwrap();
         assert_eq!(via_run["loss"], direct["loss"], "{file}: the run dir evaluated step 3");
         std::fs::write(step6.join(file), backup).unwrap();
     }
@@ -383,15 +390,20 @@ fn nonfinite_steps_are_skipped_rolled_back_or_stop_the_run() {
     let faults = fault_rows(&roll);
     assert_eq!(faults.len(), 1, "{faults:?}");
     let f = &faults[0];
-    assert_eq!((f["step"].as_u64(), f["fault_step"].as_u64(), f["action"].as_str()), (Some(3), Some(5), Some("rollback")));
+    assert_eq!(
+        (f["step"].as_u64(), f["fault_step"].as_u64(), f["action"].as_str()),
+        (Some(3), Some(5), Some("rollback"))
+    );
     assert_eq!(f["lr_scale"].as_f64(), Some(0.5));
     let lr = |run: &Path, step: u64| {
         metrics(run).iter().find(|r| r["split"] == "train" && r["step"] == step).unwrap()["lr"].as_f64().unwrap()
     };
     assert_eq!(lr(&roll, 3), lr(&base, 3));
     assert_eq!(lr(&roll, 5), 0.5 * lr(&base, 5), "after the rollback the LR is halved");
-    let rows: Vec<(u64, String)> =
-        metrics(&roll).iter().map(|r| (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().to_string())).collect();
+    let rows: Vec<(u64, String)> = metrics(&roll)
+        .iter()
+        .map(|r| (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().to_string()))
+        .collect();
     let steps: Vec<u64> = rows.iter().filter(|r| r.1 == "train").map(|r| r.0).collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6, 7, 8], "rows of the abandoned steps are dropped: {rows:?}");
 

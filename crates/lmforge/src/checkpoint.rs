@@ -220,7 +220,10 @@ pub fn verify_manifest(dir: &Path) -> Result<Integrity> {
         if size != want.bytes {
             return Err(Error::format(
                 &path,
-                format!("{size} bytes, but {MANIFEST_FILE} says {}: the file is truncated or was partially written", want.bytes),
+                format!(
+                    "{size} bytes, but {MANIFEST_FILE} says {}: the file is truncated or was partially written",
+                    want.bytes
+                ),
             ));
         }
         if digest_file(&path)?.sha256 != want.sha256 {
@@ -350,7 +353,8 @@ impl RunLock {
                     writeln!(f, "{}", std::process::id()).and_then(|_| f.sync_all()).at(&path)?;
                     let lock = Self { path };
                     // Holding the lock, whatever a killed process left half-written is garbage.
-                    let removed = fsio::remove_stale_temps(run_dir)? + fsio::remove_stale_temps(&checkpoints_dir(run_dir))?;
+                    let removed =
+                        fsio::remove_stale_temps(run_dir)? + fsio::remove_stale_temps(&checkpoints_dir(run_dir))?;
                     if removed > 0 {
                         tracing::info!("removed {removed} temporary file(s) left by a process that was killed");
                     }

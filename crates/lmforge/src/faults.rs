@@ -89,7 +89,9 @@ impl Default for FaultState {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict {
     /// Apply the update. `spike`: the loss rose above `spike_ratio` x its running mean.
-    Apply { spike: bool },
+    Apply {
+        spike: bool,
+    },
     Skip,
     Rollback,
 }

@@ -118,7 +118,13 @@ struct Start {
 /// The newest intact checkpoint of `run_dir`, or the seeded initial state when there is none
 /// (a new run, or one that died before its first checkpoint). Used to start, resume and roll
 /// back; `set_aside_damaged` needs the run lock.
-fn restore(cfg: &RunConfig, run_dir: &Path, spec: &ModelSpec, device: &Device, set_aside_damaged: bool) -> Result<Start> {
+fn restore(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    spec: &ModelSpec,
+    device: &Device,
+    set_aside_damaged: bool,
+) -> Result<Start> {
     let groups = optimizer_groups(cfg, spec)?;
     let Some((_, ckpt)) = checkpoint::latest_good_checkpoint(run_dir, set_aside_damaged)? else {
         let init = InitScheme::parse(&cfg.model.init)?;
@@ -298,10 +304,7 @@ fn run_loop(
         }
         let step_start = Instant::now();
         let s = state.step;
-        let lr = cfg.optim.lr
-            * schedule.multiplier(s)
-            * state.plateau.map_or(1.0, |p| p.scale)
-            * state.faults.lr_scale;
+        let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale) * state.faults.lr_scale;
         let inject_nan = crate::testhooks::inject_nan(s + 1);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
@@ -460,8 +463,14 @@ fn run_loop(
 /// written before is lost.
 fn checkpoint_write_failed(e: Error, run_dir: &Path, step: u64) -> Error {
     let previous = match checkpoint::list_checkpoints(run_dir).ok().and_then(|s| s.last().copied()) {
-        Some(p) => format!("the previous checkpoint (step {p}) is intact and `lmforge train --resume {}` continues from it", run_dir.display()),
-        None => format!("no earlier checkpoint exists; `lmforge train --resume {}` starts again from step 0", run_dir.display()),
+        Some(p) => format!(
+            "the previous checkpoint (step {p}) is intact and `lmforge train --resume {}` continues from it",
+            run_dir.display()
+        ),
+        None => format!(
+            "no earlier checkpoint exists; `lmforge train --resume {}` starts again from step 0",
+            run_dir.display()
+        ),
     };
     Error::Invalid(format!(
         "writing the checkpoint at step {step} failed: {e}. Nothing written before was lost: {previous}. \

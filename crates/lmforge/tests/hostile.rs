@@ -284,11 +284,23 @@ fn crafted_weights_wrong_shape_dtype_or_absurd_size_are_errors() {
 #[test]
 fn crafted_configs_with_absurd_sizes_are_refused_by_key() {
     let cases = [
-        (r#"{"model_type":"gpt2","vocab_size":16,"n_positions":8,"n_embd":8,"n_layer":1000000000000,"n_head":2}"#, "n_layer"),
-        (r#"{"model_type":"gpt2","vocab_size":1099511627776,"n_positions":8,"n_embd":8,"n_layer":1,"n_head":2}"#, "vocab_size"),
-        (r#"{"model_type":"gpt2","vocab_size":16,"n_positions":8,"n_embd":18446744073709551615,"n_layer":1,"n_head":1}"#, "model."),
-        (r#"{"model_type":"llama","vocab_size":16,"max_position_embeddings":8,"hidden_size":8,"num_hidden_layers":1,
-            "num_attention_heads":2,"intermediate_size":16,"head_dim":1152921504606846976}"#, "head_dim"),
+        (
+            r#"{"model_type":"gpt2","vocab_size":16,"n_positions":8,"n_embd":8,"n_layer":1000000000000,"n_head":2}"#,
+            "n_layer",
+        ),
+        (
+            r#"{"model_type":"gpt2","vocab_size":1099511627776,"n_positions":8,"n_embd":8,"n_layer":1,"n_head":2}"#,
+            "vocab_size",
+        ),
+        (
+            r#"{"model_type":"gpt2","vocab_size":16,"n_positions":8,"n_embd":18446744073709551615,"n_layer":1,"n_head":1}"#,
+            "model.",
+        ),
+        (
+            r#"{"model_type":"llama","vocab_size":16,"max_position_embeddings":8,"hidden_size":8,"num_hidden_layers":1,
+            "num_attention_heads":2,"intermediate_size":16,"head_dim":1152921504606846976}"#,
+            "head_dim",
+        ),
     ];
     for (json, key) in cases {
         let e = hf::parse_config(json).unwrap_err();

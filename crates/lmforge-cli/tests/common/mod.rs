@@ -57,4 +57,3 @@ pub fn metrics(run: &Path) -> Vec<Value> {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
-
