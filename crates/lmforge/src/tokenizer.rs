@@ -53,12 +53,14 @@ impl TextTokenizer {
         Self::from_bytes(&bytes).map_err(|e| Error::format(path, e.to_string()))
     }
 
-    /// A tokenizer from the bytes of a `tokenizer.json`. The `tokenizers` crate panics on some
-    /// malformed files (a control character inside a string, found by the hostile-input
-    /// tests): the JSON is checked first, and a panic that still escapes is turned into an error.
+    /// A tokenizer from the bytes of a `tokenizer.json`. The `tokenizers` crate panics
+    /// (`expect`) on some malformed files: a control character or a lone surrogate inside a
+    /// string, found by the hostile-input tests and the fuzzer. The bytes are parsed as JSON
+    /// first, which refuses those, and a panic that still escapes (a well-formed file with a
+    /// mistyped field) is turned into an error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let invalid = |msg: String| Error::Tokenizer(format!("not a valid tokenizer.json: {msg}"));
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| invalid(e.to_string()))?;
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| invalid(e.to_string()))?;
         match std::panic::catch_unwind(|| Tokenizer::from_bytes(bytes)) {
             Ok(Ok(inner)) => Ok(Self { inner }),
             Ok(Err(e)) => Err(invalid(e.to_string())),
