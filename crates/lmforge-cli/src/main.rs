@@ -272,7 +272,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Quickstart { run, prompt } => {
             let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir("quickstart"));
-            let opts = TrainOptions { stop_after: None, interrupt: Some(interrupt_flag()) };
+            let opts = TrainOptions { interrupt: Some(interrupt_flag()), ..Default::default() };
             let started = std::time::Instant::now();
             eprintln!("quickstart: training into {}", run_dir.display());
             let mut stdout = std::io::stdout();
@@ -292,7 +292,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_code(&report.summary))
         }
         Command::Train { config, run, resume, stop_after } => {
-            let opts = TrainOptions { stop_after, interrupt: Some(interrupt_flag()) };
+            let opts = TrainOptions { stop_after, interrupt: Some(interrupt_flag()), ..Default::default() };
             let summary = match resume {
                 Some(dir) => {
                     if !run.set.is_empty() || run.run_dir.is_some() {

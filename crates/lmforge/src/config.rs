@@ -560,6 +560,28 @@ impl RunConfig {
     }
 }
 
+/// The config as dotted keys (`optim.lr`) to their TOML values; arrays and tables of arrays
+/// (`data.inputs`, `optim.groups`) stay whole values. Runs are compared and filtered by these.
+pub fn flatten(cfg: &RunConfig) -> std::collections::BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, v: toml::Value, out: &mut std::collections::BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let value = toml::Value::try_from(cfg).expect("a RunConfig always serialises to TOML");
+    walk("", value, &mut out);
+    out
+}
+
 pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<()> {
     if ok {
         Ok(())
@@ -665,6 +687,15 @@ mod tests {
             serde_json::to_string(&cfg.optim).unwrap(),
             r#"{"name":"adamw","lr":0.0006,"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1,"decay_embeddings":false,"grad_clip":1.0}"#
         );
+    }
+
+    #[test]
+    fn flatten_gives_dotted_keys() {
+        let cfg = RunConfig::from_toml_str("", &["optim.lr=0.01".into()]).unwrap();
+        let flat = flatten(&cfg);
+        assert_eq!(flat["optim.lr"], toml::Value::Float(0.01));
+        assert_eq!(flat["model.preset"], toml::Value::String("tiny".into()));
+        assert!(!flat.contains_key("optim.momentum"), "unset optional keys are absent");
     }
 
     #[test]

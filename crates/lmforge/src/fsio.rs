@@ -137,6 +137,15 @@ impl Drop for StagedDir {
     }
 }
 
+/// Opens a log file for appending (creating it and its folder). Appended logs (`metrics.jsonl`,
+/// TensorBoard events) are the one exception to write-then-rename: a crash can cut their last
+/// record short, and their readers skip or truncate such a tail.
+pub fn open_append(path: &Path) -> Result<File> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir).at(&dir)?;
+    fs::OpenOptions::new().create(true).append(true).open(path).at(path)
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

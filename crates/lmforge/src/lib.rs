@@ -34,12 +34,14 @@ pub mod fsio;
 pub mod generate;
 pub mod models;
 pub mod nn;
+pub mod observe;
 pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;
 pub mod shards;
+pub mod tensorboard;
 pub mod tokenizer;
 pub mod train;
 

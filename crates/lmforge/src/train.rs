@@ -11,6 +11,7 @@ use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
 use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
+use crate::observe::{MetricsRow, Observers, RunEnd, RunStart};
 use crate::optim::{
     clip_grad_norm, named_grads, param_groups, OptimSpec, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule,
     Schedule,
@@ -32,6 +33,9 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Set by a signal handler: checkpoint and stop at the next step boundary.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Told about the run's start, every metrics row and its end (e.g. the experiment store).
+    /// A TensorBoard writer for `RUN_DIR/tb/` is always added.
+    pub observers: Observers,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +66,41 @@ pub fn due(step: u64, every: u64, max_steps: u64) -> bool {
 
 /// Starts a new run in `run_dir` (which must not already hold a run).
 pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
+    let mut observers = opts.observers.clone();
+    let result = train_fresh(cfg, run_dir, opts, &mut observers);
+    observers.end(&run_end(&result));
+    result
+}
+
+/// Continues the run in `run_dir` from its latest checkpoint.
+pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
+    let mut observers = opts.observers.clone();
+    let result = resume_run(run_dir, opts, &mut observers);
+    observers.end(&run_end(&result));
+    result
+}
+
+/// How a run's result reads to its observers.
+fn run_end(result: &Result<TrainSummary>) -> RunEnd {
+    match result {
+        Ok(s) if s.step >= s.max_steps => RunEnd::Finished { step: s.step },
+        Ok(s) if s.interrupted => RunEnd::Stopped { step: s.step, reason: "interrupted by a signal".into() },
+        Ok(s) => RunEnd::Stopped { step: s.step, reason: format!("stopped after step {} as asked", s.step) },
+        Err(e) => RunEnd::Failed { error: e.to_string() },
+    }
+}
+
+/// Tells the observers the run started, adding the TensorBoard writer (skipped with a warning
+/// where `RUN_DIR/tb/` cannot be written: it is a view of `metrics.jsonl`, not the record).
+fn start_observers(observers: &mut Observers, run_dir: &Path, cfg: &RunConfig, resumed_from: Option<u64>) {
+    match crate::tensorboard::TensorBoardObserver::new(run_dir) {
+        Ok(tb) => observers.push(tb),
+        Err(e) => tracing::warn!("no TensorBoard events for this run: {e}"),
+    }
+    observers.start(&RunStart { run_dir, config: cfg, resumed_from });
+}
+
+fn train_fresh(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) -> Result<TrainSummary> {
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
     let optim = OptimSpec::from_config(&cfg.optim)?;
@@ -78,6 +117,7 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
     std::fs::create_dir_all(run_dir).at(run_dir)?;
     let _lock = checkpoint::RunLock::acquire(run_dir)?;
     checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
+    start_observers(observers, run_dir, cfg, None);
     let device = Device::Cpu;
     let data = PreparedData::prepare(
         &cfg.data,
@@ -100,12 +140,11 @@ pub fn train(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Tra
         plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
     };
     let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
-    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None)?;
+    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?;
     run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
 
-/// Continues the run in `run_dir` from its latest checkpoint.
-pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
+fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) -> Result<TrainSummary> {
     let cfg = RunConfig::resolve(Some(&run_dir.join("config.toml")), &[])?;
     let _lock = checkpoint::RunLock::acquire(run_dir)?;
     let steps = checkpoint::list_checkpoints(run_dir)?;
@@ -128,6 +167,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
         // Not written by this trainer (it always saves the state); start the plateau count afresh.
         state.plateau = Some(Plateau::default());
     }
+    start_observers(observers, run_dir, &cfg, Some(state.step));
     let spec = ModelSpec::from_config(&cfg.model)?;
     let device = Device::Cpu;
     let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
@@ -137,7 +177,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
     let opt_state = candle_core::safetensors::load(&opt_path, &device)
         .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
     optimizer.load_state(opt_state, state.step)?;
-    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step))?;
+    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step), observers.clone())?;
     run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
 }
 
@@ -421,14 +461,16 @@ pub fn evaluate(model: &Decoder, batches: &[Batch], device: &Device, tokens_per_
 }
 
 /// Append-only `metrics.jsonl`. Opened for a resume, it first drops rows past the checkpoint
-/// (written after it by the run that died), rewriting the file atomically.
+/// (written after it by the run that died), rewriting the file atomically. Every row written
+/// is passed on to the run's observers.
 pub struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
+    observers: Observers,
 }
 
 impl MetricsLog {
-    pub fn open(path: &Path, keep_up_to_step: Option<u64>) -> Result<Self> {
+    pub fn open(path: &Path, keep_up_to_step: Option<u64>, observers: Observers) -> Result<Self> {
         if let (Some(limit), true) = (keep_up_to_step, path.exists()) {
             let text = std::fs::read_to_string(path).at(path)?;
             let kept: String = text
@@ -444,11 +486,15 @@ impl MetricsLog {
             crate::fsio::write_atomic(path, kept.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
-        Ok(Self { file, path: path.to_path_buf() })
+        Ok(Self { file, path: path.to_path_buf(), observers })
     }
 
     pub fn write(&mut self, row: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{row}").at(&self.path)
+        writeln!(self.file, "{row}").at(&self.path)?;
+        if let Some(row) = MetricsRow::from_json(row) {
+            self.observers.row(&row);
+        }
+        Ok(())
     }
 }
 
