@@ -7,15 +7,20 @@ use lmforge::checkpoint::LoadedModel;
 use lmforge::config::RunConfig;
 use lmforge::generate::{generate_text, SamplingConfig};
 use lmforge::models::{ModelSpec, PRESETS};
+use lmforge::observe::Observers;
+use lmforge::store;
 use lmforge::train::{self, TrainOptions, TrainSummary};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "lmforge", version, about = "Raw text to a trained, evaluated and served transformer language model")]
 struct Cli {
+    /// The experiment store (default: $LMFORGE_DB, else ./lmforge-runs/lmforge.db).
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,7 +48,19 @@ enum Command {
         /// Stop (with a checkpoint) after this many completed steps.
         #[arg(long, value_name = "STEP")]
         stop_after: Option<u64>,
+        /// The run's name in the experiment store (default: the run dir's folder name).
+        #[arg(long)]
+        name: Option<String>,
+        /// How the store labels the run (a sweep starts its trials with `trial`).
+        #[arg(long, hide = true, default_value = "train")]
+        kind: String,
+        /// The store group (a sweep's name) the run belongs to.
+        #[arg(long, hide = true, default_value = "")]
+        group: String,
     },
+    /// The experiment store: list, show, compare and remove recorded runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -80,6 +97,48 @@ enum Command {
     /// Measure this machine: training throughput and memory, or the matmul peak.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Recorded runs, newest first.
+    List {
+        /// KEY OP VALUE, OP one of = != < <= > >= ~ (contains); KEY a column (name, kind,
+        /// status, group, host, step), a metric (val_loss, best_val_loss, train_loss, ...) or a
+        /// config key (optim.lr). Repeatable; all must hold.
+        #[arg(long, value_name = "EXPR")]
+        filter: Vec<String>,
+        /// Sort by a column, metric or config key (`-KEY`: descending).
+        #[arg(long, value_name = "KEY")]
+        sort: Option<String>,
+        /// Show at most N runs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON records.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything recorded about a run: status, metrics, artifacts, config.
+    Show {
+        /// An id, a unique id prefix, a name or a run dir.
+        run: String,
+        /// Print the record and its metric rows as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Config differences and metrics of runs side by side.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<String>,
+    },
+    /// Remove runs from the store (their run dirs stay on disk).
+    Rm {
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,12 +326,37 @@ fn default_run_dir(name: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("{name}-{secs}"))
 }
 
+/// The experiment store recording a run. A store that cannot be opened costs the record,
+/// not the run: training goes on with a warning.
+fn recorder(db: Option<&Path>, kind: &str, name: Option<String>, group: &str) -> Observers {
+    let mut observers = Observers::default();
+    let path = store::db_path(db);
+    match store::Store::open(&path) {
+        Ok(s) => observers.push(store::Recorder::new(s, kind, name, group)),
+        Err(e) => tracing::warn!("this run is not recorded in the experiment store: {e}"),
+    }
+    observers
+}
+
+fn open_store(db: Option<&Path>) -> Result<store::Store> {
+    Ok(store::Store::open(&store::db_path(db))?)
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let device = lmforge::Device::Cpu;
+    let db = cli.db.as_deref();
     match cli.command {
         Command::Quickstart { run, prompt } => {
             let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir("quickstart"));
-            let opts = TrainOptions { interrupt: Some(interrupt_flag()), ..Default::default() };
+            let opts = TrainOptions {
+                interrupt: Some(interrupt_flag()),
+                observers: recorder(db, "quickstart", None, ""),
+                ..Default::default()
+            };
             let started = std::time::Instant::now();
             eprintln!("quickstart: training into {}", run_dir.display());
             let mut stdout = std::io::stdout();
@@ -291,8 +375,12 @@ fn run(cli: Cli) -> Result<i32> {
             println!("wall time: {:.1} s", started.elapsed().as_secs_f64());
             Ok(exit_code(&report.summary))
         }
-        Command::Train { config, run, resume, stop_after } => {
-            let opts = TrainOptions { stop_after, interrupt: Some(interrupt_flag()), ..Default::default() };
+        Command::Train { config, run, resume, stop_after, name, kind, group } => {
+            let opts = TrainOptions {
+                stop_after,
+                interrupt: Some(interrupt_flag()),
+                observers: recorder(db, &kind, name, &group),
+            };
             let summary = match resume {
                 Some(dir) => {
                     if !run.set.is_empty() || run.run_dir.is_some() {
@@ -425,6 +513,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Runs(cmd) => runs_command(db, cmd),
         Command::Presets => {
             println!(
                 "{:<12} {:>6} {:>15} {:>7} {:>6} {:>5} {:>5} {:>6} {:>7}",
@@ -448,6 +537,63 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn runs_command(db: Option<&Path>, cmd: RunsCommand) -> Result<i32> {
+    let mut st = open_store(db)?;
+    match cmd {
+        RunsCommand::List { filter, sort, limit, json } => {
+            let filters: Vec<store::Filter> = filter.iter().map(|f| store::Filter::parse(f)).collect::<Result<_, _>>()?;
+            let mut runs: Vec<store::RunRecord> =
+                st.list()?.into_iter().filter(|r| filters.iter().all(|f| f.matches(r))).collect();
+            if let Some(key) = sort {
+                store::sort_runs(&mut runs, &key);
+            }
+            runs.truncate(limit.unwrap_or(usize::MAX));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print!("{}", store::view::list_table(&runs, now_s()));
+            }
+        }
+        RunsCommand::Show { run, json } => {
+            let r = st.find(&run)?;
+            let metrics = st.metrics(&r.id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": r, "metrics": metrics}))?);
+            } else {
+                print!("{}", store::view::show(&r, now_s(), metrics.len()));
+            }
+        }
+        RunsCommand::Compare { runs } => {
+            let records: Vec<store::RunRecord> = runs.iter().map(|q| st.find(q)).collect::<Result<_, _>>()?;
+            print!("{}", store::view::compare(&records));
+        }
+        RunsCommand::Rm { runs, yes } => {
+            let records: Vec<store::RunRecord> = runs.iter().map(|q| st.find(q)).collect::<Result<_, _>>()?;
+            for r in &records {
+                println!("{}  {}  {}  {}", r.id, r.name, r.status, r.run_dir);
+            }
+            if !yes {
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    anyhow::bail!("not removing without confirmation: pass --yes (stdin is not a terminal)");
+                }
+                print!("remove these {} run record(s) from {}? (run dirs stay) [y/N] ", records.len(), st.path().display());
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    println!("nothing removed");
+                    return Ok(1);
+                }
+            }
+            let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+            st.remove(&ids)?;
+            println!("removed {} run record(s)", ids.len());
+        }
+    }
+    Ok(0)
 }
 
 fn exit_code(s: &TrainSummary) -> i32 {

@@ -6,7 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn lmforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge")).args(args).env("RUST_LOG", "warn").output().expect("lmforge runs")
+    Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("LMFORGE_DB", test_db())
+        .output()
+        .expect("lmforge runs")
+}
+
+/// The experiment store these tests' runs are recorded in: under the target dir, never the repo.
+fn test_db() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests.db")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -217,6 +227,7 @@ fn sigint_writes_a_checkpoint_and_exits_130() {
             "train.checkpoint_every=0",
         ])
         .env("RUST_LOG", "warn")
+        .env("LMFORGE_DB", test_db())
         .spawn()
         .unwrap();
     // Wait for training to be under way (a metrics row), bounded.

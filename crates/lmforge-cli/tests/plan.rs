@@ -8,6 +8,8 @@ use std::process::Command;
 fn lmforge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lmforge"));
     c.env("RUST_LOG", "warn");
+    // Runs are recorded under the target dir, never in the repo.
+    c.env("LMFORGE_DB", Path::new(env!("CARGO_TARGET_TMPDIR")).join("plan-tests.db"));
     c
 }
 

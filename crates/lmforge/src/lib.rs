@@ -41,6 +41,7 @@ pub mod plan;
 pub mod progress;
 pub mod quickstart;
 pub mod shards;
+pub mod store;
 pub mod tensorboard;
 pub mod tokenizer;
 pub mod train;

@@ -6,7 +6,7 @@
 //! holding one `Event` protobuf (`tensorboard/compat/proto/event.proto`). The handful of
 //! protobuf fields needed are encoded by hand here; [`read_events`] decodes them back (and
 //! checks every CRC), which the tests use. A resumed run starts a new file with a
-//! `SessionLog START` at the resumed step, which tells TensorBoard to drop the rows the
+//! `SessionLog START` at the first resumed step, which tells TensorBoard to drop the rows the
 //! interrupted process wrote past its checkpoint.
 
 use crate::config::RunConfig;
@@ -114,7 +114,7 @@ impl EventWriter {
         self.hparams_plugin("_hparams_/session_start_info", 3, &start)
     }
 
-    /// The hparams plugin's session end: 1 success, 2 failure, 3 running (stopped, resumable).
+    /// The hparams plugin's session end: 1 success, 2 failure.
     pub fn hparams_end(&mut self, status: u64) -> Result<()> {
         let mut end = Proto::default();
         end.varint(1, status);
@@ -217,7 +217,8 @@ impl RunObserver for TensorBoardObserver {
     fn start(&mut self, start: &RunStart) -> Result<()> {
         let mut w = EventWriter::create(&self.dir)?;
         if let Some(step) = start.resumed_from {
-            w.session_start(step)?;
+            // The checkpoint's own step stays; what came after it is replaced.
+            w.session_start(step + 1)?;
         }
         let group = start.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         w.hparams(&hparams_of(start.config), &group)?;
@@ -232,10 +233,12 @@ impl RunObserver for TensorBoardObserver {
     }
 
     fn end(&mut self, end: &RunEnd) -> Result<()> {
+        // A stopped run goes on after a resume; TensorBoard keeps the first session end it
+        // reads for a tag, so only a real end is written.
         let status = match end {
             RunEnd::Finished { .. } => 1,
             RunEnd::Failed { .. } => 2,
-            RunEnd::Stopped { .. } => 3,
+            RunEnd::Stopped { .. } => return Ok(()),
         };
         match self.writer.as_mut() {
             Some(w) => w.hparams_end(status),
