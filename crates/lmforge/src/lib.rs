@@ -42,6 +42,7 @@ pub mod progress;
 pub mod quickstart;
 pub mod shards;
 pub mod store;
+pub mod sweep;
 pub mod tensorboard;
 pub mod tokenizer;
 pub mod train;
