@@ -58,6 +58,23 @@ enum Command {
         #[arg(long, hide = true, default_value = "")]
         group: String,
     },
+    /// Search hyperparameters: trials of a base config over a search space, with early stopping.
+    Sweep {
+        /// The sweep file (TOML: [sweep], [early_stop], [space]).
+        #[arg(long)]
+        config: PathBuf,
+        /// The sweep dir (default: sweeps/NAME). Running the same command again continues it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A self-contained HTML report of a run or a sweep (charts as inline SVG).
+    Report {
+        /// A run dir, a sweep dir, or a run in the store (id, id prefix or name).
+        target: String,
+        /// The HTML file (default: report.html in the run or sweep dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The experiment store: list, show, compare and remove recorded runs.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -514,6 +531,58 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Runs(cmd) => runs_command(db, cmd),
+        Command::Sweep { config, out } => {
+            let spec = lmforge::sweep::SweepSpec::load(&config)?;
+            let sweep_dir = out.unwrap_or_else(|| PathBuf::from("sweeps").join(&spec.name));
+            eprintln!(
+                "sweep `{}` into {}: {:?}, {} trials, {} at a time, early stopping {}{}",
+                spec.name,
+                sweep_dir.display(),
+                spec.strategy,
+                spec.max_trials,
+                spec.max_parallel,
+                spec.rule.name(),
+                if spec.rungs.is_empty() { String::new() } else { format!(" at steps {:?}", spec.rungs) }
+            );
+            let opts = lmforge::sweep::SweepOptions {
+                sweep_dir: sweep_dir.clone(),
+                exe: std::env::current_exe().context("locating the lmforge executable for the trials")?,
+                db: store::db_path(db),
+                interrupt: Some(interrupt_flag()),
+            };
+            let result = lmforge::sweep::run(&spec, &opts)?;
+            print!("{}", lmforge::sweep::table(&spec, &result.trials));
+            match result.best {
+                Some(b) => {
+                    let t = &result.trials[b];
+                    println!(
+                        "best: trial {} with {} {:.4}; config: {}",
+                        t.id,
+                        spec.metric,
+                        t.metric.unwrap_or(f64::NAN),
+                        sweep_dir.join("best.toml").display()
+                    );
+                }
+                None => println!("no trial has finished yet"),
+            }
+            println!("trials: {}", sweep_dir.join("trials.jsonl").display());
+            Ok(match result.outcome {
+                lmforge::sweep::SweepOutcome::Complete => 0,
+                lmforge::sweep::SweepOutcome::BudgetSpent => {
+                    eprintln!("the time budget ({} s) is spent; raise sweep.time_budget_s to go on", spec.time_budget_s);
+                    0
+                }
+                lmforge::sweep::SweepOutcome::Interrupted => {
+                    eprintln!("interrupted; run the same command again to continue");
+                    130
+                }
+            })
+        }
+        Command::Report { target, out } => {
+            let path = lmforge::report::write_report(&target, out.as_deref(), &store::db_path(db))?;
+            println!("{}", path.display());
+            Ok(0)
+        }
         Command::Presets => {
             println!(
                 "{:<12} {:>6} {:>15} {:>7} {:>6} {:>5} {:>5} {:>6} {:>7}",

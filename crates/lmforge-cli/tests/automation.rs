@@ -209,3 +209,198 @@ fn runs_compare_shows_config_differences_and_metrics() {
     assert!(out.contains("val_loss"), "{out}");
     assert!(!out.contains("train.max_steps "), "identical keys are not listed: {out}");
 }
+
+fn trials(sweep: &Path) -> Vec<Value> {
+    std::fs::read_to_string(sweep.join("trials.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A sweep file over the tiny config: `extra` goes into [sweep] after the strategy.
+fn sweep_file(dir: &Path, strategy: &str, sweep_extra: &str, rest: &str) -> PathBuf {
+    tiny_config(dir);
+    let path = dir.join("sweep.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[sweep]\nbase = \"tiny.toml\"\nstrategy = \"{strategy}\"\n\
+             set = [\"train.log_every=3\", \"train.checkpoint_every=0\"]\n{sweep_extra}\n{rest}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A grid sweep with ASHA on the tiny model: the trials are exactly the grid's points, each
+/// once; trials stop at rungs (their run dirs end there, the store says stopped and why), and
+/// every decision is the ASHA rule applied to the values recorded at that rung before it;
+/// `best.toml` trains to the reported metric, to the bit; the report draws the sweep.
+#[test]
+fn grid_sweep_with_asha_covers_the_grid_stops_at_rungs_and_best_toml_reproduces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("lmforge.db");
+    let file = sweep_file(
+        tmp.path(),
+        "grid",
+        "",
+        "[early_stop]\nrule = \"asha\"\nmin_steps = 3\nreduction_factor = 2\n\n\
+         [space]\n\"optim.lr\" = { choice = [1e-5, 3e-3, 1e-2, 1e-4] }\n\"model.dropout\" = { choice = [0.0, 0.1] }\n",
+    );
+    let out_dir = tmp.path().join("sw");
+    let out = ok(&db, &["sweep", "--config", s(&file), "--out", s(&out_dir)]);
+    assert!(out.contains("best: trial"), "{out}");
+    let ts = trials(&out_dir);
+    assert_eq!(ts.len(), 8);
+    let points: std::collections::BTreeSet<String> =
+        ts.iter().map(|t| format!("{} {}", t["params"]["optim.lr"], t["params"]["model.dropout"])).collect();
+    let mut grid = std::collections::BTreeSet::new();
+    for lr in ["1e-5", "0.003", "0.01", "0.0001"] {
+        for d in ["0.0", "0.1"] {
+            grid.insert(format!("{} {}", lr.parse::<f64>().unwrap(), d.parse::<f64>().unwrap()));
+        }
+    }
+    let norm: std::collections::BTreeSet<String> = points
+        .iter()
+        .map(|p| {
+            let (a, b) = p.split_once(' ').unwrap();
+            format!("{} {}", a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap())
+        })
+        .collect();
+    assert_eq!(norm, grid, "exactly the grid");
+
+    // Rungs of a 6-step run validated every 3 steps with rf 2: step 3 only.
+    let asha = lmforge::sweep::early_stop::Rule::Asha { reduction_factor: 2.0 };
+    let (mut stopped, mut finished) = (0, 0);
+    for (i, t) in ts.iter().enumerate() {
+        let run = out_dir.join(t["run_dir"].as_str().unwrap());
+        let last_row = metrics(&run).iter().filter_map(|r| r["step"].as_u64()).max().unwrap();
+        let at_rung = t["rungs"]["3"].as_f64().unwrap();
+        let before: Vec<f64> = ts[..i].iter().filter_map(|o| o["rungs"]["3"].as_f64()).collect();
+        let decision = asha.decide(at_rung, &before);
+        let rec = show(&db, s(&run));
+        match t["status"].as_str().unwrap() {
+            "stopped" => {
+                stopped += 1;
+                assert_eq!(t["step"], 3);
+                assert_eq!(last_row, 3, "a stopped trial trained no further than its rung");
+                assert!(run.join("checkpoints/step-00000003").is_dir());
+                assert!(matches!(decision, lmforge::sweep::early_stop::Decision::Stop { .. }), "trial {i}");
+                assert_eq!(rec["run"]["status"], "stopped");
+                assert!(rec["run"]["note"].as_str().unwrap().contains("asha"), "{}", rec["run"]["note"]);
+            }
+            "finished" => {
+                finished += 1;
+                assert_eq!((t["step"].as_u64(), last_row), (Some(6), 6));
+                assert_eq!(decision, lmforge::sweep::early_stop::Decision::Continue, "trial {i}");
+                assert_eq!(rec["run"]["status"], "finished");
+                assert_eq!(rec["run"]["kind"], "trial");
+            }
+            other => panic!("trial {i} is {other}"),
+        }
+    }
+    assert!(stopped >= 1 && finished >= 2, "{stopped} stopped, {finished} finished");
+
+    let best = ts
+        .iter()
+        .filter(|t| t["status"] == "finished")
+        .min_by(|a, b| a["metric"].as_f64().unwrap().total_cmp(&b["metric"].as_f64().unwrap()))
+        .unwrap();
+    let run = tmp.path().join("from-best");
+    ok(&db, &["train", "--config", s(&out_dir.join("best.toml")), "--run-dir", s(&run)]);
+    let val = metrics(&run).iter().rfind(|r| r["split"] == "val").unwrap()["loss"].as_f64().unwrap();
+    assert_eq!(val.to_bits(), best["metric"].as_f64().unwrap().to_bits(), "best.toml trains to the reported metric");
+
+    // Run again: nothing left to do, nothing redone.
+    let again = ok(&db, &["sweep", "--config", s(&file), "--out", s(&out_dir)]);
+    assert_eq!(trials(&out_dir), ts, "{again}");
+
+    let report = ok(&db, &["report", s(&out_dir)]);
+    let html = std::fs::read_to_string(report.trim()).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("</html>"));
+    assert_eq!(html.matches("<svg").count(), 3, "trial curves + one chart per parameter");
+    assert!(html.contains("Validation loss of every trial") && html.contains("stopped early"));
+    assert!(html.contains(">optim.lr<") && html.contains(">model.dropout<"));
+    assert_eq!(html.matches("<tr class=").count(), 8, "one table row per trial");
+    assert_eq!(html.matches("<tr class=\"stopped\"").count(), stopped);
+    assert!(html.contains("<tr class=\"best\"") && html.contains("best.toml"));
+    assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("<link"), "self-contained");
+}
+
+/// A sweep killed (SIGKILL) in the middle and run again continues: finished trials are not
+/// redone (their files are untouched), the interrupted trial resumes from its checkpoint, and
+/// the result equals that of an uninterrupted sweep, to the bit.
+#[test]
+fn a_killed_sweep_resumes_without_redoing_finished_trials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("lmforge.db");
+    let file = sweep_file(
+        tmp.path(),
+        "random",
+        "max_trials = 3\nseed = 5",
+        "[space]\n\"optim.lr\" = { loguniform = [1e-4, 1e-2] }\n\"model.n_layer\" = { int = [1, 2] }\n",
+    );
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file).unwrap().replace("\"train.log_every=3\"", "\"train.log_every=3\", \"train.max_steps=60\", \"train.eval_every=20\""),
+    )
+    .unwrap();
+    let straight = tmp.path().join("straight");
+    ok(&db, &["sweep", "--config", s(&file), "--out", s(&straight)]);
+
+    let resumed = tmp.path().join("resumed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(["sweep", "--config", s(&file), "--out", s(&resumed)])
+        .env("RUST_LOG", "warn")
+        .env("LMFORGE_DB", &db)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while trial 1 trains, after trial 0 finished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let ts = trials(&resumed);
+        if ts.len() >= 2 && ts[0]["status"] == "finished" && resumed.join("trials/0001/metrics.jsonl").is_file() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sweep did not get going");
+        assert!(child.try_wait().unwrap().is_none(), "the sweep ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = resumed.join("trials/0000/metrics.jsonl");
+    let before = (std::fs::read(&first).unwrap(), std::fs::metadata(&first).unwrap().modified().unwrap());
+    ok(&db, &["sweep", "--config", s(&file), "--out", s(&resumed)]);
+    let after = (std::fs::read(&first).unwrap(), std::fs::metadata(&first).unwrap().modified().unwrap());
+    assert!(before == after, "the finished trial was not redone");
+
+    let key = |t: &Value| (t["id"].clone(), t["params"].clone(), t["status"].clone(), t["step"].clone(), t["metric"].clone());
+    let a: Vec<_> = trials(&straight).iter().map(key).collect();
+    let b: Vec<_> = trials(&resumed).iter().map(key).collect();
+    assert_eq!(a, b, "the resumed sweep equals the uninterrupted one");
+    let log = std::fs::read_to_string(resumed.join("trials/0000.log")).unwrap();
+    assert_eq!(log.matches("training into").count(), 1, "trial 0 trained once: {log}");
+}
+
+/// The report of a single run: summary, the four curves, and the changed config keys.
+#[test]
+fn run_report_has_the_curves_and_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("lmforge.db");
+    let cfg = tiny_config(tmp.path());
+    let run = tmp.path().join("run");
+    ok(&db, &["train", "--config", s(&cfg), "--run-dir", s(&run)]);
+    let out = tmp.path().join("r.html");
+    ok(&db, &["report", "run", "--out", s(&out)]); // by name, through the store
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5);
+    // Chart captions are SVG text elements.
+    for title in ["Loss", "Learning rate", "Throughput", "Gradient norm (before clipping)", "Validation bits per byte"] {
+        assert!(html.contains(&format!("\n{title}\n</text>")), "{title}");
+    }
+    assert!(html.contains("final val loss") && html.contains("6 / 6"));
+    assert!(html.contains(">train.max_steps<"), "changed config keys are listed");
+    assert!(!html.contains("<script") && !html.contains("src="));
+}

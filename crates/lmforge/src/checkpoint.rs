@@ -211,6 +211,14 @@ impl RunLock {
     }
 }
 
+impl RunLock {
+    /// The pid of a live process holding `run_dir`'s lock, if any.
+    pub fn holder(run_dir: &Path) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(run_dir.join(".lock")).ok()?.trim().parse().ok()?;
+        process_alive(pid).then_some(pid)
+    }
+}
+
 impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

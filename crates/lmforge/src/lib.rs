@@ -40,6 +40,7 @@ pub mod optim;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;
+pub mod report;
 pub mod shards;
 pub mod store;
 pub mod sweep;

@@ -224,6 +224,12 @@ fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(C
     }
     let cfg_path = dir.join(format!("{}.toml", trial.run_dir));
     let run_dir = dir.join(&trial.run_dir);
+    // A trial process of a sweep process that was killed may still be writing its checkpoint
+    // (it got SIGTERM when its parent died): wait for it to let go of the run dir.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while checkpoint::RunLock::holder(&run_dir).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let has_checkpoint = !checkpoint::list_checkpoints(&run_dir)?.is_empty();
     if run_dir.exists() && !has_checkpoint {
         // A start that never reached its first checkpoint: begin again.
