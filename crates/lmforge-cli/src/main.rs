@@ -569,7 +569,10 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(match result.outcome {
                 lmforge::sweep::SweepOutcome::Complete => 0,
                 lmforge::sweep::SweepOutcome::BudgetSpent => {
-                    eprintln!("the time budget ({} s) is spent; raise sweep.time_budget_s to go on", spec.time_budget_s);
+                    eprintln!(
+                        "the time budget ({} s) is spent; raise sweep.time_budget_s to go on",
+                        spec.time_budget_s
+                    );
                     0
                 }
                 lmforge::sweep::SweepOutcome::Interrupted => {
@@ -612,7 +615,8 @@ fn runs_command(db: Option<&Path>, cmd: RunsCommand) -> Result<i32> {
     let mut st = open_store(db)?;
     match cmd {
         RunsCommand::List { filter, sort, limit, json } => {
-            let filters: Vec<store::Filter> = filter.iter().map(|f| store::Filter::parse(f)).collect::<Result<_, _>>()?;
+            let filters: Vec<store::Filter> =
+                filter.iter().map(|f| store::Filter::parse(f)).collect::<Result<_, _>>()?;
             let mut runs: Vec<store::RunRecord> =
                 st.list()?.into_iter().filter(|r| filters.iter().all(|f| f.matches(r))).collect();
             if let Some(key) = sort {
@@ -648,7 +652,11 @@ fn runs_command(db: Option<&Path>, cmd: RunsCommand) -> Result<i32> {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!("not removing without confirmation: pass --yes (stdin is not a terminal)");
                 }
-                print!("remove these {} run record(s) from {}? (run dirs stay) [y/N] ", records.len(), st.path().display());
+                print!(
+                    "remove these {} run record(s) from {}? (run dirs stay) [y/N] ",
+                    records.len(),
+                    st.path().display()
+                );
                 std::io::stdout().flush()?;
                 let mut answer = String::new();
                 std::io::stdin().read_line(&mut answer)?;

@@ -53,7 +53,11 @@ fn tiny_config(dir: &Path) -> PathBuf {
 }
 
 fn metrics(run: &Path) -> Vec<Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn s(p: &Path) -> &str {
@@ -343,7 +347,9 @@ fn a_killed_sweep_resumes_without_redoing_finished_trials() {
     );
     std::fs::write(
         &file,
-        std::fs::read_to_string(&file).unwrap().replace("\"train.log_every=3\"", "\"train.log_every=3\", \"train.max_steps=60\", \"train.eval_every=20\""),
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("\"train.log_every=3\"", "\"train.log_every=3\", \"train.max_steps=60\", \"train.eval_every=20\""),
     )
     .unwrap();
     let straight = tmp.path().join("straight");
@@ -376,7 +382,8 @@ fn a_killed_sweep_resumes_without_redoing_finished_trials() {
     let after = (std::fs::read(&first).unwrap(), std::fs::metadata(&first).unwrap().modified().unwrap());
     assert!(before == after, "the finished trial was not redone");
 
-    let key = |t: &Value| (t["id"].clone(), t["params"].clone(), t["status"].clone(), t["step"].clone(), t["metric"].clone());
+    let key =
+        |t: &Value| (t["id"].clone(), t["params"].clone(), t["status"].clone(), t["step"].clone(), t["metric"].clone());
     let a: Vec<_> = trials(&straight).iter().map(key).collect();
     let b: Vec<_> = trials(&resumed).iter().map(key).collect();
     assert_eq!(a, b, "the resumed sweep equals the uninterrupted one");
@@ -397,10 +404,55 @@ fn run_report_has_the_curves_and_the_summary() {
     let html = std::fs::read_to_string(&out).unwrap();
     assert_eq!(html.matches("<svg").count(), 5);
     // Chart captions are SVG text elements.
-    for title in ["Loss", "Learning rate", "Throughput", "Gradient norm (before clipping)", "Validation bits per byte"] {
+    for title in ["Loss", "Learning rate", "Throughput", "Gradient norm (before clipping)", "Validation bits per byte"]
+    {
         assert!(html.contains(&format!("\n{title}\n</text>")), "{title}");
     }
     assert!(html.contains("final val loss") && html.contains("6 / 6"));
     assert!(html.contains(">train.max_steps<"), "changed config keys are listed");
     assert!(!html.contains("<script") && !html.contains("src="));
+}
+
+/// `max_parallel = 2` runs trials side by side (all recorded, each in its own run dir), and a
+/// time budget stops the sweep with its running trial resumable: raising the budget (allowed:
+/// it is not part of the sweep's identity) and running again completes it.
+#[test]
+fn parallel_trials_and_a_time_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("lmforge.db");
+    let file = sweep_file(
+        tmp.path(),
+        "random",
+        "max_trials = 4\nmax_parallel = 2",
+        "[space]\n\"optim.lr\" = { loguniform = [1e-4, 1e-2] }\n",
+    );
+    let par = tmp.path().join("par");
+    ok(&db, &["sweep", "--config", s(&file), "--out", s(&par)]);
+    let ts = trials(&par);
+    assert_eq!(ts.len(), 4);
+    assert!(ts.iter().all(|t| t["status"] == "finished" && t["step"] == 6), "{ts:?}");
+    let listed: Value = serde_json::from_str(&ok(&db, &["runs", "list", "--json", "--filter", "group=sweep"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 4);
+    assert!(listed.as_array().unwrap().iter().all(|r| r["kind"] == "trial" && r["status"] == "finished"));
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let slow = text
+        .replace("max_parallel = 2", "max_parallel = 1\ntime_budget_s = 0.3")
+        .replace("\"train.log_every=3\"", "\"train.log_every=3\", \"train.max_steps=300\", \"train.eval_every=100\"");
+    std::fs::write(&file, &slow).unwrap();
+    let budget = tmp.path().join("budget");
+    let out = lmforge(&db, &["sweep", "--config", s(&file), "--out", s(&budget)]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("time budget"), "{}", String::from_utf8_lossy(&out.stderr));
+    let ts = trials(&budget);
+    assert_eq!(ts.len(), 1, "no trial after the budget ran out");
+    assert_eq!(ts[0]["status"], "running", "the interrupted trial is resumable");
+    std::fs::write(
+        &file,
+        slow.replace("time_budget_s = 0.3", "time_budget_s = 0").replace("max_trials = 4", "max_trials = 1"),
+    )
+    .unwrap();
+    ok(&db, &["sweep", "--config", s(&file), "--out", s(&budget)]);
+    let ts = trials(&budget);
+    assert_eq!((ts.len(), ts[0]["status"].as_str()), (1, Some("finished")));
 }

@@ -20,6 +20,11 @@
 //! eval             perplexity and bits per byte
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
+//! observe          run observers: start, every metrics row, end (the trainer's bookkeeping hook)
+//! tensorboard      TensorBoard event files of a run's scalars and hyperparameters
+//! store            the SQLite experiment store of runs, metrics and statuses
+//! sweep            hyperparameter sweeps: spaces, grid / random / TPE, ASHA / median, trials
+//! report           self-contained HTML reports of runs and sweeps (plotters SVG)
 //! ```
 //! The `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over these APIs.
 

@@ -25,8 +25,11 @@ impl MetricsRow {
         let obj = row.as_object()?;
         let step = obj.get("step")?.as_u64()?;
         let split = obj.get("split")?.as_str()?.to_string();
-        let values =
-            obj.iter().filter(|(k, _)| k.as_str() != "step").filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect();
+        let values = obj
+            .iter()
+            .filter(|(k, _)| k.as_str() != "step")
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+            .collect();
         Some(Self { step, split, values })
     }
 

@@ -41,7 +41,9 @@ pub fn write_report(target: &str, out: Option<&Path>, db: &Path) -> Result<PathB
     } else {
         let mut store = crate::store::Store::open(db)?;
         let rec = store.find(target).map_err(|e| {
-            Error::Invalid(format!("{target:?} is not a run dir (metrics.jsonl), a sweep dir (sweep.json), or a stored run: {e}"))
+            Error::Invalid(format!(
+                "{target:?} is not a run dir (metrics.jsonl), a sweep dir (sweep.json), or a stored run: {e}"
+            ))
         })?;
         let dir = PathBuf::from(&rec.run_dir);
         (dir.clone(), run_report(&dir)?)
@@ -75,7 +77,8 @@ fn chart_err(e: impl std::fmt::Display) -> Error {
 
 /// The bounds of the finite values, padded by 5% (a flat series gets ±1 or ±5%).
 fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return None;
     }
@@ -87,7 +90,12 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<String> {
     let xs = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let ys = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let (Some((x0, x1)), Some((y0, y1))) = (xs, ys) else { return Ok(String::new()) };
+    let (Some((x0, x1)), Some((y0, mut y1))) = (xs, ys) else { return Ok(String::new()) };
+    let legend_entries = series.iter().filter(|s| s.label.is_some()).count();
+    if legend_entries > 0 {
+        // Headroom for the legend in the upper right, above curves that start high and fall.
+        y1 += (y1 - y0) * (0.15 + 0.1 * legend_entries as f64);
+    }
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
@@ -105,7 +113,8 @@ fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Res
             .y_desc(y_desc)
             .light_line_style(RGBColor(235, 235, 235))
             .y_label_formatter(&|v| tick(*v))
-            .x_label_formatter(&|v| format!("{v:.0}"))
+            // Steps are integers: fractional ticks of a short run stay unlabelled.
+            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
             .draw()
             .map_err(chart_err)?;
         let mut labelled = false;
@@ -118,7 +127,8 @@ fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Res
             };
             if let Some(label) = &s.label {
                 let (color, width) = (s.color, s.width);
-                anno.label(label.as_str()).legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(width)));
+                anno.label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(width)));
                 labelled = true;
             }
             if s.markers {
@@ -315,7 +325,8 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     body.push_str("<h2>Config (keys that differ from the defaults)</h2>\n<table>\n");
     for (k, v) in flatten(&cfg) {
         if defaults.get(&k) != Some(&v) {
-            let _ = writeln!(body, "<tr><th class=\"l\">{}</th><td class=\"l\">{}</td></tr>", esc(&k), esc(&v.to_string()));
+            let _ =
+                writeln!(body, "<tr><th class=\"l\">{}</th><td class=\"l\">{}</td></tr>", esc(&k), esc(&v.to_string()));
         }
     }
     body.push_str("</table>\n");
@@ -336,10 +347,10 @@ pub fn sweep_report(sweep_dir: &Path) -> Result<String> {
     let mut body = String::new();
     let _ = writeln!(
         body,
-        "<p class=\"sub\">{} · strategy {:?} · metric {} (lower is better) · early stopping {}{} · {} trials: \
+        "<p class=\"sub\">{} · strategy {} · metric {} (lower is better) · early stopping {}{} · {} trials: \
          {} finished, {} stopped early, {} failed, {} unfinished · {} of training</p>",
         esc(&sweep_dir.display().to_string()),
-        meta.strategy,
+        format!("{:?}", meta.strategy).to_lowercase(),
         esc(&meta.metric),
         esc(&meta.rule),
         if meta.rungs.is_empty() { String::new() } else { format!(" at steps {:?}", meta.rungs) },
@@ -383,7 +394,8 @@ pub fn sweep_report(sweep_dir: &Path) -> Result<String> {
                 Some((x, t.metric.filter(|m| m.is_finite())?, t.status, Some(t.id) == best))
             })
             .collect();
-        let svg = scatter_chart(key, key, &meta.metric, &points, *log && numeric, (!numeric).then_some(cats.as_slice()))?;
+        let svg =
+            scatter_chart(key, key, &meta.metric, &points, *log && numeric, (!numeric).then_some(cats.as_slice()))?;
         body.push_str(&chart_div(svg));
     }
     body.push_str("</div>\n<h2>Trials</h2>\n<table>\n<tr><th>trial</th><th class=\"l\">status</th><th>step</th>");
@@ -427,9 +439,20 @@ pub fn sweep_report(sweep_dir: &Path) -> Result<String> {
 
 /// Every trial's validation curve: finished trials in colour, stopped ones dashed grey with a
 /// cross where they stopped, the best one bold.
-fn trial_curves(sweep_dir: &Path, meta: &SweepMeta, trials: &[Trial], best: Option<usize>, key: &str) -> Result<String> {
+fn trial_curves(
+    sweep_dir: &Path,
+    meta: &SweepMeta,
+    trials: &[Trial],
+    best: Option<usize>,
+    key: &str,
+) -> Result<String> {
     let mut series = Vec::new();
-    let (mut finished_labelled, mut stopped_labelled) = (false, false);
+    let mut stopped_labelled = false;
+    // Each finished trial gets a colour and a legend entry while the legend stays short.
+    let finished = trials.iter().filter(|t| t.status != TrialStatus::Stopped).count();
+    let colours: Vec<RGBColor> =
+        PALETTE.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 9).map(|(_, c)| *c).collect();
+    let mut next_colour = 0;
     for t in trials {
         let Ok(rows) = read_rows(&sweep_dir.join(&t.run_dir)) else { continue };
         let points = curve(&rows, "val", key);
@@ -439,17 +462,23 @@ fn trial_curves(sweep_dir: &Path, meta: &SweepMeta, trials: &[Trial], best: Opti
         let stopped = t.status == TrialStatus::Stopped;
         let is_best = Some(t.id) == best;
         let label = if is_best {
-            Some(format!("best (trial {})", t.id))
+            Some(format!("trial {} (best)", t.id))
         } else if stopped && !stopped_labelled {
             stopped_labelled = true;
             Some("stopped early".into())
-        } else if !stopped && !finished_labelled {
-            finished_labelled = true;
-            Some("other trials".into())
+        } else if !stopped && finished <= 6 {
+            Some(format!("trial {}", t.id))
         } else {
             None
         };
-        let color = if stopped { STOPPED } else if is_best { PALETTE[3] } else { PALETTE[t.id % 3] };
+        let color = if stopped {
+            STOPPED
+        } else if is_best {
+            PALETTE[3]
+        } else {
+            next_colour += 1;
+            colours[(next_colour - 1) % colours.len()]
+        };
         series.push(Series {
             label,
             points,

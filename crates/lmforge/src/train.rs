@@ -100,7 +100,12 @@ fn start_observers(observers: &mut Observers, run_dir: &Path, cfg: &RunConfig, r
     observers.start(&RunStart { run_dir, config: cfg, resumed_from });
 }
 
-fn train_fresh(cfg: &RunConfig, run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) -> Result<TrainSummary> {
+fn train_fresh(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    observers: &mut Observers,
+) -> Result<TrainSummary> {
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
     let optim = OptimSpec::from_config(&cfg.optim)?;

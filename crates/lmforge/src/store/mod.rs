@@ -100,7 +100,9 @@ impl RunRecord {
     /// "stale" for a running record whose heartbeat stopped long ago on another host; the
     /// stored status otherwise (dead processes on this host are marked failed when listed).
     pub fn shown_status(&self, now: f64) -> &str {
-        if self.status == "running" && self.host != crate::observe::host_name() && now - self.heartbeat_at > STALE_AFTER_S
+        if self.status == "running"
+            && self.host != crate::observe::host_name()
+            && now - self.heartbeat_at > STALE_AFTER_S
         {
             "stale"
         } else {
@@ -421,9 +423,8 @@ impl Store {
                 .conn
                 .prepare("SELECT id, pid, pid_start FROM runs WHERE status = 'running' AND host = ?1")
                 .map_err(db_err(&self.path))?;
-            let rows = stmt
-                .query_map([&host], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(db_err(&self.path))?;
+            let rows =
+                stmt.query_map([&host], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db_err(&self.path))?;
             rows.collect::<rusqlite::Result<_>>().map_err(db_err(&self.path))?
         };
         for (id, pid, start) in running {
@@ -757,7 +758,7 @@ mod tests {
         rec.end(&RunEnd::Failed { error: "loss became NaN".into() }).unwrap();
         let all = store.list().unwrap();
         assert_eq!(all.len(), 2);
-        store.remove(&[id.clone()]).unwrap();
+        store.remove(std::slice::from_ref(&id)).unwrap();
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(store.metrics(&id).unwrap().is_empty());
     }

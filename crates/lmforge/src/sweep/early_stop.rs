@@ -20,7 +20,11 @@ pub enum Rule {
 pub enum Decision {
     Continue,
     /// Stopped: the metric and the threshold it did not meet, for the record.
-    Stop { value: f64, threshold: f64, among: usize },
+    Stop {
+        value: f64,
+        threshold: f64,
+        among: usize,
+    },
 }
 
 impl Rule {
@@ -49,7 +53,8 @@ impl Rule {
                 }
                 rest.sort_by(f64::total_cmp);
                 let median = percentile(&rest, 0.5);
-                if !(value <= median) {
+                // Worse than the median, or not a number (a diverged trial).
+                if value.partial_cmp(&median).is_none_or(|o| o == std::cmp::Ordering::Greater) {
                     Decision::Stop { value, threshold: median, among: rest.len() }
                 } else {
                     Decision::Continue
@@ -79,7 +84,13 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// The rung steps: explicit ones, or `min_steps · rf^k` below `max_steps`. Each must be a
 /// validation step of the run (a multiple of `eval_every`), else there is no metric there.
-pub fn rungs(explicit: &[u64], min_steps: u64, reduction_factor: f64, max_steps: u64, eval_every: u64) -> Result<Vec<u64>> {
+pub fn rungs(
+    explicit: &[u64],
+    min_steps: u64,
+    reduction_factor: f64,
+    max_steps: u64,
+    eval_every: u64,
+) -> Result<Vec<u64>> {
     let rungs: Vec<u64> = if !explicit.is_empty() {
         let mut r = explicit.to_vec();
         r.sort_unstable();
@@ -99,7 +110,10 @@ pub fn rungs(explicit: &[u64], min_steps: u64, reduction_factor: f64, max_steps:
     };
     for &r in &rungs {
         if r == 0 || r >= max_steps {
-            return Err(Error::config("early_stop.rungs", format!("rung {r} must lie in 1..{max_steps} (train.max_steps)")));
+            return Err(Error::config(
+                "early_stop.rungs",
+                format!("rung {r} must lie in 1..{max_steps} (train.max_steps)"),
+            ));
         }
         if eval_every == 0 || r % eval_every != 0 {
             return Err(Error::config(

@@ -122,7 +122,13 @@ struct EarlyStopSection {
 
 impl Default for EarlyStopSection {
     fn default() -> Self {
-        Self { rule: default_rule(), min_steps: 0, reduction_factor: default_rf(), rungs: vec![], min_trials: default_min_trials() }
+        Self {
+            rule: default_rule(),
+            min_steps: 0,
+            reduction_factor: default_rf(),
+            rungs: vec![],
+            min_trials: default_min_trials(),
+        }
     }
 }
 
@@ -146,7 +152,8 @@ fn default_min_trials() -> usize {
 }
 
 /// Metrics a sweep can minimise: the validation row's key for each.
-pub const METRICS: [(&str, &str); 3] = [("val_loss", "loss"), ("val_bits_per_byte", "bits_per_byte"), ("val_ppl", "ppl")];
+pub const METRICS: [(&str, &str); 3] =
+    [("val_loss", "loss"), ("val_bits_per_byte", "bits_per_byte"), ("val_ppl", "ppl")];
 
 impl SweepSpec {
     /// Reads and validates `path`; a relative `base` is relative to the sweep file.
@@ -162,7 +169,10 @@ impl SweepSpec {
 
     /// Parses a sweep file's text; `dir` resolves a relative base path, `stem` is the default name.
     pub fn parse(text: &str, dir: &Path, stem: &str) -> Result<Self> {
-        let value: toml::Value = text.parse::<toml::Table>().map(toml::Value::Table).map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
+        let value: toml::Value = text
+            .parse::<toml::Table>()
+            .map(toml::Value::Table)
+            .map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
         let file: SweepFile = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             Error::config(key, e.into_inner().to_string().trim_end().to_string())
@@ -182,11 +192,14 @@ impl SweepSpec {
         if s.max_parallel == 0 {
             return Err(Error::config("sweep.max_parallel", "expected >= 1"));
         }
-        if !(s.time_budget_s >= 0.0) {
+        if s.time_budget_s.is_nan() || s.time_budget_s < 0.0 {
             return Err(Error::config("sweep.time_budget_s", "expected >= 0 (0 = no limit)"));
         }
         if file.space.is_empty() {
-            return Err(Error::config("space", "expected at least one parameter, e.g. \"optim.lr\" = { loguniform = [1e-4, 1e-2] }"));
+            return Err(Error::config(
+                "space",
+                "expected at least one parameter, e.g. \"optim.lr\" = { loguniform = [1e-4, 1e-2] }",
+            ));
         }
         let params: Vec<Param> = file.space.iter().map(|(k, v)| Param::parse(k, v)).collect::<Result<_>>()?;
         let es = file.early_stop;
@@ -195,20 +208,36 @@ impl SweepSpec {
             "asha" if es.reduction_factor > 1.0 => Rule::Asha { reduction_factor: es.reduction_factor },
             "asha" => return Err(Error::config("early_stop.reduction_factor", "expected > 1")),
             "median" => Rule::Median { min_trials: es.min_trials.max(1) },
-            other => return Err(Error::config("early_stop.rule", format!("{other:?} is not one of none, asha, median"))),
+            other => {
+                return Err(Error::config("early_stop.rule", format!("{other:?} is not one of none, asha, median")))
+            }
         };
         let rungs = if rule == Rule::None {
             Vec::new()
         } else {
             for p in &params {
                 if ["train.max_steps", "train.eval_every"].contains(&p.key.as_str()) {
-                    return Err(Error::config(format!("space.\"{}\"", p.key), "cannot vary while early stopping uses rungs"));
+                    return Err(Error::config(
+                        format!("space.\"{}\"", p.key),
+                        "cannot vary while early stopping uses rungs",
+                    ));
                 }
             }
-            early_stop::rungs(&es.rungs, es.min_steps, es.reduction_factor, base.train.max_steps, base.train.eval_every)?
+            early_stop::rungs(
+                &es.rungs,
+                es.min_steps,
+                es.reduction_factor,
+                base.train.max_steps,
+                base.train.eval_every,
+            )?
         };
         let grid_size = if s.strategy == Strategy::Grid {
-            Some(params.iter().map(|p| p.grid().map(|g| g.len())).try_fold(1usize, |acc, n| n.map(|n| acc.saturating_mul(n)))?)
+            Some(
+                params
+                    .iter()
+                    .map(|p| p.grid().map(|g| g.len()))
+                    .try_fold(1usize, |acc, n| n.map(|n| acc.saturating_mul(n)))?,
+            )
         } else {
             None
         };
@@ -254,7 +283,10 @@ impl SweepSpec {
             for v in probes {
                 let over = BTreeMap::from([(p.key.clone(), v.clone())]);
                 self.config(&over).map_err(|e| {
-                    Error::config(format!("space.\"{}\"", p.key), format!("value {v} does not make a valid run config: {e}"))
+                    Error::config(
+                        format!("space.\"{}\"", p.key),
+                        format!("value {v} does not make a valid run config: {e}"),
+                    )
                 })?;
             }
         }
@@ -396,9 +428,13 @@ mod tests {
 
     #[test]
     fn identity_ignores_trial_counts_but_not_the_space() {
-        let a = parse("[sweep]\nstrategy = \"random\"\nmax_trials = 3\n[space]\n\"optim.lr\" = { uniform = [0.001, 0.002] }\n").unwrap();
+        let a = parse(
+            "[sweep]\nstrategy = \"random\"\nmax_trials = 3\n[space]\n\"optim.lr\" = { uniform = [0.001, 0.002] }\n",
+        )
+        .unwrap();
         let b = parse("[sweep]\nstrategy = \"random\"\nmax_trials = 9\nmax_parallel = 2\n[space]\n\"optim.lr\" = { uniform = [0.001, 0.002] }\n").unwrap();
-        let c = parse("[sweep]\nstrategy = \"random\"\n[space]\n\"optim.lr\" = { uniform = [0.001, 0.003] }\n").unwrap();
+        let c =
+            parse("[sweep]\nstrategy = \"random\"\n[space]\n\"optim.lr\" = { uniform = [0.001, 0.003] }\n").unwrap();
         assert_eq!(a.identity(), b.identity());
         assert_ne!(a.identity(), c.identity());
     }

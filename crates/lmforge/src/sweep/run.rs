@@ -62,8 +62,11 @@ pub fn run(spec: &SweepSpec, opts: &SweepOptions) -> Result<SweepResult> {
     let mut meta = open_meta(spec, dir)?;
     fsio::write_atomic(&dir.join("sweep.toml"), spec.text.as_bytes())?;
     let mut trials = read_trials(dir)?;
-    let grids: Vec<Vec<Value>> =
-        if spec.strategy == Strategy::Grid { spec.params.iter().map(|p| p.grid()).collect::<Result<_>>()? } else { vec![] };
+    let grids: Vec<Vec<Value>> = if spec.strategy == Strategy::Grid {
+        spec.params.iter().map(|p| p.grid()).collect::<Result<_>>()?
+    } else {
+        vec![]
+    };
     let started = Instant::now();
     let elapsed_before = meta.elapsed_s;
     let mut running: Vec<Running> = Vec::new();
@@ -86,7 +89,8 @@ pub fn run(spec: &SweepSpec, opts: &SweepOptions) -> Result<SweepResult> {
         // Fill free slots: unfinished trials first (a resumed sweep), then new ones.
         while running.len() < spec.max_parallel {
             let next = trials.iter().position(|t| {
-                matches!(t.status, TrialStatus::Pending | TrialStatus::Running) && !running.iter().any(|r| r.idx == t.id)
+                matches!(t.status, TrialStatus::Pending | TrialStatus::Running)
+                    && !running.iter().any(|r| r.idx == t.id)
             });
             let idx = match next {
                 Some(i) => i,
@@ -274,12 +278,18 @@ fn shared_data(dir: &Path, cfg: &crate::config::RunConfig) -> Result<PathBuf> {
     let hash: String = Sha256::digest(key.as_bytes())[..6].iter().map(|b| format!("{b:02x}")).collect();
     let out = dir.join("data").join(hash);
     PreparedData::prepare(&cfg.data, vocab, &out, ProgressMode::Off)?;
-    Ok(std::fs::canonicalize(&out).at(&out)?)
+    std::fs::canonicalize(&out).at(&out)
 }
 
 /// Records a finished training segment: the metric at its target step, then the rule's
 /// decision at a rung, the end of the trial, or its failure.
-fn finish_segment(spec: &SweepSpec, opts: &SweepOptions, trials: &mut [Trial], r: &Running, code: Option<i32>) -> Result<()> {
+fn finish_segment(
+    spec: &SweepSpec,
+    opts: &SweepOptions,
+    trials: &mut [Trial],
+    r: &Running,
+    code: Option<i32>,
+) -> Result<()> {
     let run_dir = opts.sweep_dir.join(&trials[r.idx].run_dir);
     let t = &mut trials[r.idx];
     t.seconds += r.started.elapsed().as_secs_f64();
@@ -344,12 +354,11 @@ fn config_steps(spec: &SweepSpec, t: &Trial) -> u64 {
 /// The store's record of a trial says why it stopped (its process only knew "stopped after
 /// step N"). A store that cannot be opened costs the note, not the sweep.
 fn mark_stopped_in_store(db: &Path, run_dir: &Path, note: &str) {
-    let result = crate::store::Store::open(db).and_then(|mut s| {
-        match s.run_by_dir(&crate::store::run_dir_key(run_dir))? {
+    let result =
+        crate::store::Store::open(db).and_then(|mut s| match s.run_by_dir(&crate::store::run_dir_key(run_dir))? {
             Some(rec) => s.set_status(&rec.id, "stopped", note),
             None => Ok(()),
-        }
-    });
+        });
     if let Err(e) = result {
         tracing::warn!("could not mark the trial stopped in the experiment store: {e}");
     }
@@ -424,7 +433,15 @@ pub fn table(spec: &SweepSpec, trials: &[Trial]) -> String {
     let widths: Vec<usize> = spec
         .params
         .iter()
-        .map(|p| trials.iter().filter_map(|t| t.params.get(&p.key)).map(|v| short(v).len()).max().unwrap_or(0).max(p.key.len()))
+        .map(|p| {
+            trials
+                .iter()
+                .filter_map(|t| t.params.get(&p.key))
+                .map(|v| short(v).len())
+                .max()
+                .unwrap_or(0)
+                .max(p.key.len())
+        })
         .collect();
     let mut out = String::new();
     let _ = write!(out, "{:>5}  {:<8}  {:>6}  {:>12}", "trial", "status", "step", spec.metric);

@@ -42,7 +42,10 @@ impl Param {
     pub fn parse(key: &str, spec: &toml::Value) -> Result<Self> {
         let at = format!("space.\"{key}\"");
         let table = spec.as_table().ok_or_else(|| {
-            Error::config(&at, "expected a table like { loguniform = [1e-4, 1e-2] }, { int = [2, 8] } or { choice = [...] }")
+            Error::config(
+                &at,
+                "expected a table like { loguniform = [1e-4, 1e-2] }, { int = [2, 8] } or { choice = [...] }",
+            )
         })?;
         let kinds = ["choice", "uniform", "loguniform", "int", "quniform"];
         let present: Vec<&str> = kinds.iter().copied().filter(|k| table.contains_key(*k)).collect();
@@ -51,11 +54,15 @@ impl Param {
         };
         for k in table.keys() {
             if !kinds.contains(&k.as_str()) && k != "log" && k != "points" {
-                return Err(Error::config(format!("{at}.{k}"), "unknown; expected one of the kinds, `log` or `points`"));
+                return Err(Error::config(
+                    format!("{at}.{k}"),
+                    "unknown; expected one of the kinds, `log` or `points`",
+                ));
             }
         }
         let numbers = |n: usize| -> Result<Vec<f64>> {
-            let arr = table[kind].as_array().ok_or_else(|| Error::config(format!("{at}.{kind}"), "expected an array"))?;
+            let arr =
+                table[kind].as_array().ok_or_else(|| Error::config(format!("{at}.{kind}"), "expected an array"))?;
             let v: Option<Vec<f64>> =
                 arr.iter().map(|x| x.as_float().or_else(|| x.as_integer().map(|i| i as f64))).collect();
             match v {
@@ -79,7 +86,10 @@ impl Param {
         let range_err = |msg: &str| Error::config(format!("{at}.{kind}"), msg.to_string());
         let dist = match kind {
             "choice" => {
-                let arr = table[kind].as_array().filter(|a| !a.is_empty()).ok_or_else(|| range_err("expected a non-empty array"))?;
+                let arr = table[kind]
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| range_err("expected a non-empty array"))?;
                 let values: Option<Vec<Value>> = arr.iter().map(toml_to_json).collect();
                 Dist::Choice(values.ok_or_else(|| range_err("choices must be numbers, strings or booleans"))?)
             }
@@ -87,7 +97,11 @@ impl Param {
                 let v = numbers(2)?;
                 let log = kind == "loguniform";
                 if v[0] >= v[1] || (log && v[0] <= 0.0) {
-                    return Err(range_err(if log { "expected [lo, hi] with 0 < lo < hi" } else { "expected [lo, hi] with lo < hi" }));
+                    return Err(range_err(if log {
+                        "expected [lo, hi] with 0 < lo < hi"
+                    } else {
+                        "expected [lo, hi] with lo < hi"
+                    }));
                 }
                 Dist::Float { lo: v[0], hi: v[1], log }
             }
@@ -174,7 +188,9 @@ impl Param {
     pub fn internal(&self, v: &Value) -> Option<Internal> {
         match &self.dist {
             Dist::Choice(c) => c.iter().position(|x| x == v).map(Internal::Index),
-            Dist::Float { log: true, .. } | Dist::Int { log: true, .. } => v.as_f64().filter(|x| *x > 0.0).map(|x| Internal::Real(x.ln())),
+            Dist::Float { log: true, .. } | Dist::Int { log: true, .. } => {
+                v.as_f64().filter(|x| *x > 0.0).map(|x| Internal::Real(x.ln()))
+            }
             _ => v.as_f64().map(Internal::Real),
         }
     }

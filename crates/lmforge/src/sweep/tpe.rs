@@ -141,7 +141,8 @@ impl Parzen {
 fn normal_cdf(z: f64) -> f64 {
     let x = z / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-x * x).exp();
     0.5 * (1.0 + if x >= 0.0 { erf } else { -erf })
 }
@@ -168,7 +169,10 @@ mod tests {
     /// within a factor of 3 of it, and the good choice is picked for a categorical parameter.
     #[test]
     fn suggestions_respect_bounds_and_follow_the_good_trials() {
-        let params = vec![param("optim.lr", "{ loguniform = [1e-5, 1e-1] }"), param("optim.name", "{ choice = [\"adamw\", \"lion\", \"sgd\"] }")];
+        let params = vec![
+            param("optim.lr", "{ loguniform = [1e-5, 1e-1] }"),
+            param("optim.name", "{ choice = [\"adamw\", \"lion\", \"sgd\"] }"),
+        ];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         // Ranked best first: the good quarter around lr 3e-3 with adamw.
         let mut ranked = Vec::new();
