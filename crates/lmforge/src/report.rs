@@ -528,7 +528,7 @@ mod tests {
         let s = Series::line("train loss", vec![(1.0, 5.0), (2.0, 4.0), (3.0, 3.5)], PALETTE[0]);
         let svg = line_chart("Loss", "step", "loss", &[s]).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains(">Loss<") && svg.contains("train loss") && svg.contains("<polyline"));
+        assert!(svg.contains("\nLoss\n</text>") && svg.contains("train loss") && svg.contains("<polyline"));
         assert_eq!(line_chart("empty", "x", "y", &[]).unwrap(), "");
     }
 }

@@ -411,6 +411,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_sweep_resolves() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/sweep-quickstart.toml");
+        let s = SweepSpec::load(&path).unwrap();
+        assert_eq!((s.name.as_str(), s.strategy, s.max_trials), ("sweep-quickstart", Strategy::Tpe, 8));
+        assert_eq!(s.rungs, vec![30, 60]);
+        assert_eq!(s.base.model.preset, "quickstart");
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let e = |t: &str| parse(t).unwrap_err().to_string();
         let space = "[space]\n\"optim.lr\" = { choice = [1e-3] }\n";
