@@ -103,7 +103,12 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
 /// existing folder (plain writes: callers stage the folder).
 fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
-    let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
+    let mut config = hf::config_json(spec, eos);
+    if spec.style == Style::Bert && !params.vars().contains_key("cls.predictions.bias") {
+        // A backbone without pretraining heads (loaded from a `BertModel` folder).
+        config["architectures"] = serde_json::json!(["BertModel"]);
+    }
+    let cfg = serde_json::to_string_pretty(&config).expect("json");
     std::fs::write(dir.join("config.json"), cfg).at(dir.join("config.json"))?;
     if spec.style != Style::Bert {
         let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
@@ -188,6 +193,14 @@ impl LoadedModel {
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
+        // The slow-tokenizer files of the source folder (a WordPiece `vocab.txt` and its
+        // settings) travel along, so tools that read them still find them.
+        for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            let src = self.source.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, staged.path().join(f)).at(&src)?;
+            }
+        }
         staged.commit()
     }
 }
