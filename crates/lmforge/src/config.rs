@@ -447,17 +447,9 @@ impl RunConfig {
     /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
     /// bare words taken as strings) and validates the result.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).at(path)?;
-                text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        Self::from_table(table)
+        let cfg: Self = deserialize_table(layered_table(file, overrides)?)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Resolves from a TOML string (the recipes bundled in the binary use this).
@@ -466,17 +458,7 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        Self::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Self> {
-        let value = toml::Value::Table(table);
-        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim_end_matches('\n').to_string();
-            Error::config(if key == "." { "(top level)".into() } else { key }, inner)
-        })?;
+        let cfg: Self = deserialize_table(table)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -570,6 +552,32 @@ pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed:
 
 pub(crate) fn bad(key: &str, value: &str, allowed: &str) -> Error {
     Error::config(key, format!("invalid value {value:?}; expected {allowed}"))
+}
+
+/// The TOML table of `file` (empty without one) with `overrides` applied.
+pub fn layered_table(file: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).at(path)?;
+            text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    Ok(table)
+}
+
+/// A config struct from a table; an unknown key or a wrong type is an error naming its dotted
+/// path.
+pub fn deserialize_table<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim_end_matches('\n').to_string();
+        Error::config(if key == "." { "(top level)".into() } else { key }, inner)
+    })
 }
 
 /// Applies one `a.b.c=value` override to the table, creating sections as needed.

@@ -32,6 +32,7 @@ pub mod error;
 pub mod eval;
 pub mod fsio;
 pub mod generate;
+pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod ops;
