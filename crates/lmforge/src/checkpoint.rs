@@ -13,7 +13,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
-use crate::models::{hf, Decoder, ModelSpec};
+use crate::models::{hf, Decoder, Encoder, ModelSpec, Style};
 use crate::nn::ParamStore;
 use crate::tokenizer::TextTokenizer;
 use candle_core::Device;
@@ -117,11 +117,17 @@ pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid trainer state: {e}")))
 }
 
+/// The network a loaded model runs.
+pub enum Network {
+    Decoder(Decoder),
+    Encoder(Encoder),
+}
+
 /// A model ready for inference: spec, weights, network, tokenizer.
 pub struct LoadedModel {
     pub spec: ModelSpec,
     pub params: ParamStore,
-    pub decoder: Decoder,
+    pub network: Network,
     pub tokenizer: TextTokenizer,
     /// The folder the weights came from.
     pub source: PathBuf,
@@ -133,7 +139,13 @@ impl LoadedModel {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let folder = resolve_model_dir(path)?;
         let spec = hf::read_config(&folder.join("config.json"))?;
-        let params = ParamStore::load(&folder.join("model.safetensors"), &spec.params(), device)?;
+        let (params, _absent_heads) = ParamStore::load_with(
+            &folder.join("model.safetensors"),
+            &spec.params(),
+            device,
+            &|k| hf::param_name(&spec, k),
+            &|n| hf::is_optional_param(&spec, n),
+        )?;
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         if tokenizer.vocab_size() > spec.vocab_size {
             return Err(Error::format(
@@ -141,8 +153,33 @@ impl LoadedModel {
                 format!("tokenizer has {} tokens, more than the model's {}", tokenizer.vocab_size(), spec.vocab_size),
             ));
         }
-        let decoder = Decoder::new(&spec, &params)?;
-        Ok(Self { spec, params, decoder, tokenizer, source: folder })
+        let network = match spec.style {
+            Style::Bert => Network::Encoder(Encoder::new(&spec, &params)?),
+            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(&spec, &params)?),
+        };
+        Ok(Self { spec, params, network, tokenizer, source: folder })
+    }
+
+    /// The causal LM, for commands that need one (perplexity, generation).
+    pub fn decoder(&self) -> Result<&Decoder> {
+        match &self.network {
+            Network::Decoder(d) => Ok(d),
+            Network::Encoder(_) => Err(Error::Invalid(format!(
+                "{} is a BERT encoder (masked LM); this command needs a causal LM (GPT-2 / Llama style)",
+                self.source.display()
+            ))),
+        }
+    }
+
+    /// The encoder, for commands that need one.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        match &self.network {
+            Network::Encoder(e) => Ok(e),
+            Network::Decoder(_) => Err(Error::Invalid(format!(
+                "{} is a causal LM; this command needs a BERT encoder",
+                self.source.display()
+            ))),
+        }
     }
 
     /// Writes a Hugging Face folder that `transformers` loads with `from_pretrained`.

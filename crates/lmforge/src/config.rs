@@ -194,6 +194,8 @@ pub struct ModelConfig {
     pub norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub tie_embeddings: Option<bool>,
+    /// BERT's token-type (segment) vocabulary.
+    pub type_vocab_size: Option<usize>,
     /// Dropout on attention probabilities, residual branches and embeddings during training.
     pub dropout: f64,
     /// Weight initialisation: "gpt2" (normal 0.02, residual projections / sqrt(2 layers)),
@@ -216,6 +218,7 @@ impl Default for ModelConfig {
             norm_eps: None,
             rope_theta: None,
             tie_embeddings: None,
+            type_vocab_size: None,
             dropout: 0.0,
             init: "gpt2".into(),
         }

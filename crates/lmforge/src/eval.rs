@@ -49,8 +49,8 @@ pub fn perplexity(model: &LoadedModel, text: &str, stride: Option<usize>) -> Res
         let t1 = (t0 + stride).min(n);
         let start = t1.saturating_sub(ctx);
         let input = Tensor::from_slice(&ids[start..t1], (1, t1 - start), device)?;
-        let logits = model.decoder.forward(&input, 0, None)?.squeeze(0)?; // (L, V)
-                                                                          // Logits row j-1-start predicts target j.
+        let logits = model.decoder()?.forward(&input, 0, None)?.squeeze(0)?; // (L, V)
+                                                                             // Logits row j-1-start predicts target j.
         let rows = logits.narrow(0, t0 - 1 - start, t1 - t0)?;
         let targets = Tensor::from_slice(&ids[t0..t1], t1 - t0, device)?;
         let per = ops::cross_entropy_per_row(&rows, &targets)?.to_vec1::<f32>()?;
