@@ -44,6 +44,28 @@ enum Command {
         #[arg(long, value_name = "STEP")]
         stop_after: Option<u64>,
     },
+    /// Fine-tune a pretrained model for text classification (full, LoRA or adapters).
+    Finetune {
+        /// The fine-tune config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Classify the rows of a TSV / CSV / JSONL file: one JSON object per row (label, probs,
+    /// logits).
+    Predict {
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// JSONL output.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -174,8 +196,32 @@ struct RunArgs {
     run_dir: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ReaderArgs {
+    /// Override how rows are read (default: as in training): --set data.text_column=NAME,
+    /// data.header=false, data.format=csv, data.bad_rows=fail, ... (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// Accuracy, precision / recall / F1 (macro, micro, weighted, binary), confusion matrix
+    /// and loss of a classifier on a labelled file.
+    Classification {
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        reader: ReaderArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity and bits per byte of a text file.
     Ppl {
         #[arg(long)]
@@ -328,6 +374,71 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("loss           {:.6} nats/token", r.loss);
                 println!("perplexity     {:.4}", r.ppl);
                 println!("bits per byte  {:.4}", r.bits_per_byte);
+            }
+            Ok(0)
+        }
+        Command::Finetune { config, run } => {
+            let cfg = lmforge::finetune::FinetuneConfig::resolve(Some(&config), &run.set)?;
+            let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "finetune".into());
+            let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir(&stem));
+            eprintln!("fine-tuning into {}", run_dir.display());
+            let opts = lmforge::finetune::FinetuneOptions { interrupt: Some(interrupt_flag()) };
+            let s = lmforge::finetune::finetune(&cfg, &run_dir, &opts)?;
+            println!("run dir:     {}", s.run_dir.display());
+            println!("model:       {}", s.model_dir.display());
+            println!(
+                "steps:       {}/{} ({:.2} epochs){}",
+                s.steps,
+                s.total_steps,
+                s.epochs,
+                if s.stopped_early { ", stopped early" } else { "" }
+            );
+            println!(
+                "parameters:  {} trainable of {} ({:.2}%), optimizer state {} bytes",
+                s.params.trainable_params,
+                s.params.total_params,
+                100.0 * s.params.trainable_fraction,
+                s.params.optimizer_state_bytes
+            );
+            println!("train time:  {:.1} s", s.train_seconds);
+            if let Some((value, step)) = s.best {
+                println!("best:        validation {} {value:.4} at step {step}", cfg.train.metric);
+            }
+            if let (Some(split), Some(e)) = (&s.final_split, &s.final_eval) {
+                println!("--- {split} (best model), loss {:.4} ---", e.loss);
+                print!("{}", e.metrics.table());
+            }
+            Ok(if s.interrupted { 130 } else { 0 })
+        }
+        Command::Predict { model, input, output, reader } => {
+            let m = lmforge::finetune::model::LoadedClassifier::load(&model, &device)?;
+            let rc = lmforge::finetune::predict::reader_settings(&m, &reader.set)?;
+            let s = lmforge::finetune::predict::predict_file(&m, &input, &output, &rc, reader.batch_size)?;
+            eprintln!("{} rows -> {}", s.rows, output.display());
+            if s.bad_rows.total() > 0 {
+                eprintln!("{}: {}", input.display(), s.bad_rows.summary());
+            }
+            if let Some(a) = s.accuracy {
+                eprintln!("accuracy on the labelled rows: {a:.4}");
+            }
+            Ok(0)
+        }
+        Command::Eval(EvalCommand::Classification { model, data, reader, json }) => {
+            let m = lmforge::finetune::model::LoadedClassifier::load(&model, &device)?;
+            let rc = lmforge::finetune::predict::reader_settings(&m, &reader.set)?;
+            let (e, bad) = lmforge::finetune::predict::eval_file(&m, &data, &rc, reader.batch_size)?;
+            if json {
+                let mut v = serde_json::to_value(&e)?;
+                v["bad_rows"] = serde_json::to_value(&bad)?;
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("model      {}", m.source.display());
+                println!("data       {}", data.display());
+                if bad.total() > 0 {
+                    println!("{}", bad.summary());
+                }
+                println!("loss       {:.4}", e.loss);
+                print!("{}", e.metrics.table());
             }
             Ok(0)
         }

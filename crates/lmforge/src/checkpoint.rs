@@ -123,6 +123,16 @@ pub enum Network {
     Encoder(Encoder),
 }
 
+impl Network {
+    /// The network of `spec`'s style over `params`.
+    pub fn new(spec: &ModelSpec, params: &ParamStore) -> Result<Self> {
+        Ok(match spec.style {
+            Style::Bert => Network::Encoder(Encoder::new(spec, params)?),
+            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(spec, params)?),
+        })
+    }
+}
+
 /// A model ready for inference: spec, weights, network, tokenizer.
 pub struct LoadedModel {
     pub spec: ModelSpec,
@@ -153,10 +163,7 @@ impl LoadedModel {
                 format!("tokenizer has {} tokens, more than the model's {}", tokenizer.vocab_size(), spec.vocab_size),
             ));
         }
-        let network = match spec.style {
-            Style::Bert => Network::Encoder(Encoder::new(&spec, &params)?),
-            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(&spec, &params)?),
-        };
+        let network = Network::new(&spec, &params)?;
         Ok(Self { spec, params, network, tokenizer, source: folder })
     }
 

@@ -30,6 +30,7 @@ pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod finetune;
 pub mod fsio;
 pub mod generate;
 pub mod metrics;

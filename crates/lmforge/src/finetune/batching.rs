@@ -65,7 +65,7 @@ pub fn eval_batches(lengths: &[usize], batch: usize) -> Vec<Vec<usize>> {
 pub struct Batch {
     pub ids: Tensor,      // (B, T) u32, padded with the pad id
     pub type_ids: Tensor, // (B, T) u32, padded with 0
-    pub mask: Tensor,     // (B, T) u32: 1 real token, 0 padding (HF attention_mask)
+    /// Real tokens per row (positions ≥ length are padding: HF's attention_mask).
     pub lengths: Vec<usize>,
     /// (B) u32 when every example has a label.
     pub labels: Option<Tensor>,
@@ -77,18 +77,15 @@ pub fn collate(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<Batch
     let t = items.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     let mut ids = vec![pad_id; b * t];
     let mut type_ids = vec![0u32; b * t];
-    let mut mask = vec![0u32; b * t];
     for (row, e) in items.iter().enumerate() {
         let n = e.ids.len();
         ids[row * t..row * t + n].copy_from_slice(&e.ids);
         type_ids[row * t..row * t + n].copy_from_slice(&e.type_ids);
-        mask[row * t..row * t + n].iter_mut().for_each(|m| *m = 1);
     }
     let labels: Option<Vec<u32>> = items.iter().map(|e| e.label.map(|l| l as u32)).collect();
     Ok(Batch {
         ids: Tensor::from_vec(ids, (b, t), device)?,
         type_ids: Tensor::from_vec(type_ids, (b, t), device)?,
-        mask: Tensor::from_vec(mask, (b, t), device)?,
         lengths: items.iter().map(|e| e.ids.len()).collect(),
         labels: labels.map(|l| Tensor::from_vec(l, b, device)).transpose()?,
     })
@@ -121,12 +118,11 @@ mod tests {
     }
 
     #[test]
-    fn collate_pads_right_with_mask() {
+    fn collate_pads_right_and_keeps_lengths() {
         let e1 = Encoded { ids: vec![5, 6, 7], type_ids: vec![0, 0, 1], label: Some(1) };
         let e2 = Encoded { ids: vec![8], type_ids: vec![0], label: Some(0) };
         let b = collate(&[&e1, &e2], 0, &Device::Cpu).unwrap();
         assert_eq!(b.ids.to_vec2::<u32>().unwrap(), [[5, 6, 7], [8, 0, 0]]);
-        assert_eq!(b.mask.to_vec2::<u32>().unwrap(), [[1, 1, 1], [1, 0, 0]]);
         assert_eq!(b.type_ids.to_vec2::<u32>().unwrap(), [[0, 0, 1], [0, 0, 0]]);
         assert_eq!(b.lengths, [3, 1]);
         assert_eq!(b.labels.unwrap().to_vec1::<u32>().unwrap(), [1, 0]);

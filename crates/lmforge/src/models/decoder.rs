@@ -18,7 +18,9 @@ pub struct Decoder {
     wpe: Option<Tensor>, // (context, C), GPT-2 only
     blocks: Vec<Block>,
     norm_f: Norm,
-    head: Tensor, // (V, C); the same tensor as `wte` when tied
+    /// (V, C); the same tensor as `wte` when tied; None for a backbone loaded without its LM
+    /// head (a classifier's).
+    head: Option<Tensor>,
     rope: Option<Rope>,
 }
 
@@ -131,7 +133,11 @@ impl Decoder {
             });
         }
         let wte = p.get(spec.embedding_name())?;
-        let head = if spec.tie_embeddings { wte.clone() } else { p.get("lm_head.weight")? };
+        let head = match spec.tie_embeddings {
+            true => Some(wte.clone()),
+            false if p.contains("lm_head.weight") => Some(p.get("lm_head.weight")?),
+            false => None,
+        };
         let (wpe, norm_f, rope) = match spec.style {
             Style::Gpt2 => (
                 Some(p.get("transformer.wpe.weight")?),
@@ -184,7 +190,7 @@ impl Decoder {
     /// LM-head logits (B, T, V) for hidden states (B, T, C).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, c) = hidden.dims3()?;
-        let l = hidden.reshape((b * t, c))?.matmul(&self.head.t()?)?;
+        let l = hidden.reshape((b * t, c))?.matmul(&self.lm_head()?.t()?)?;
         Ok(l.reshape((b, t, self.spec.vocab_size))?)
     }
 
@@ -198,7 +204,11 @@ impl Decoder {
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let h = self.hidden(ids, 0, None, dropout)?;
         let (b, t, c) = h.dims3()?;
-        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, &self.head, &targets.flatten_all()?)?)
+        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, self.lm_head()?, &targets.flatten_all()?)?)
+    }
+
+    fn lm_head(&self) -> Result<&Tensor> {
+        self.head.as_ref().ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
     }
 }
 
