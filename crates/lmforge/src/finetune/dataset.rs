@@ -203,6 +203,8 @@ pub fn read_examples(
             None => None,
             Some(l) => match map.id(&l) {
                 Some(id) => Some(id),
+                // Prediction inputs: a gold label the model does not know is just no gold label.
+                None if !need_label => None,
                 None => {
                     let known = map.labels.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
                     policy.reject(r.line, Reason::UnknownLabel, format!("unknown label {l:?} (known: {known})"))?;
