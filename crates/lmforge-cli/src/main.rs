@@ -379,7 +379,8 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Finetune { config, run } => {
             let cfg = lmforge::finetune::FinetuneConfig::resolve(Some(&config), &run.set)?;
-            let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "finetune".into());
+            let stem =
+                config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "finetune".into());
             let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir(&stem));
             eprintln!("fine-tuning into {}", run_dir.display());
             let opts = lmforge::finetune::FinetuneOptions { interrupt: Some(interrupt_flag()) };

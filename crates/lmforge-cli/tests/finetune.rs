@@ -90,7 +90,8 @@ fn finetune_lora_then_predict_and_eval_classification() {
     assert!(out.contains("trainable of") && out.contains("confusion matrix"), "{out}");
 
     let r = read_json(&run.join("results.json"));
-    let (trainable, total) = (r["params"]["trainable_params"].as_u64().unwrap(), r["params"]["total_params"].as_u64().unwrap());
+    let (trainable, total) =
+        (r["params"]["trainable_params"].as_u64().unwrap(), r["params"]["total_params"].as_u64().unwrap());
     assert!(trainable * 10 < total, "LoRA trains a small fraction: {trainable} of {total}");
     assert!(r["params"]["optimizer_state_bytes"].as_u64().unwrap() == 8 * trainable, "AdamW: 8 bytes per trainable");
     assert_eq!((r["bad_rows"]["empty_text"].as_u64(), r["bad_rows"]["unknown_label"].as_u64()), (Some(1), Some(1)));
@@ -114,7 +115,14 @@ fn finetune_lora_then_predict_and_eval_classification() {
     assert!(val_rows.iter().any(|v| v["step"].as_u64() == Some(best_step) && v["improved"] == true));
 
     let model = run.join("model");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "finetune.toml", "adapter_config.json", "adapter_model.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "finetune.toml",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ] {
         assert!(model.join(f).is_file(), "model folder lacks {f}");
     }
     let hf = read_json(&model.join("config.json"));
@@ -140,7 +148,13 @@ fn finetune_lora_then_predict_and_eval_classification() {
 
     // eval classification reproduces the run's final test metrics from the saved (merged) model.
     let e: Value = serde_json::from_str(&ok(&[
-        "eval", "classification", "--model", s(&run), "--data", s(&tmp.path().join("test.tsv")), "--json",
+        "eval",
+        "classification",
+        "--model",
+        s(&run),
+        "--data",
+        s(&tmp.path().join("test.tsv")),
+        "--json",
     ]))
     .unwrap();
     assert_eq!(e["accuracy"].as_f64(), Some(acc));
@@ -151,7 +165,14 @@ fn finetune_lora_then_predict_and_eval_classification() {
 
     // The same file with bad_rows = fail: an error naming the file and line.
     let out = lmforge(&[
-        "eval", "classification", "--model", s(&run), "--data", s(&tmp.path().join("test.tsv")), "--set", "data.bad_rows=fail",
+        "eval",
+        "classification",
+        "--model",
+        s(&run),
+        "--data",
+        s(&tmp.path().join("test.tsv")),
+        "--set",
+        "data.bad_rows=fail",
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("test.tsv: line 42: empty text"), "{err}");
@@ -173,7 +194,13 @@ fn finetune_adapters_on_bert_and_full_on_llama() {
         assert_eq!(trainable == total, method == "full", "{base} {method}: {trainable} of {total}");
         let acc = r["final"]["metrics"]["accuracy"].as_f64().unwrap();
         let e: Value = serde_json::from_str(&ok(&[
-            "eval", "classification", "--model", s(&run), "--data", s(&tmp.path().join("test.tsv")), "--json",
+            "eval",
+            "classification",
+            "--model",
+            s(&run),
+            "--data",
+            s(&tmp.path().join("test.tsv")),
+            "--json",
         ]))
         .unwrap();
         assert_eq!(e["accuracy"].as_f64(), Some(acc), "{base} {method}: the saved model is the evaluated one");

@@ -10,14 +10,16 @@
 //! shards           token ids in a self-describing, memory-mapped binary file
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
 //! data             prepared shards -> seeded batches and fixed validation windows
-//! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
+//! nn               parameters (trainable / frozen), init, Linear (+ LoRA / adapters, nn::peft), norms, RoPE
 //! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! train            the one training loop, metrics sink, progress
 //! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
+//! metrics          classification metrics (accuracy, P/R/F1 averages, confusion matrix)
 //! eval             perplexity and bits per byte
+//! finetune         classification fine-tuning (full / LoRA / adapters), predict, eval
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
 //! ```

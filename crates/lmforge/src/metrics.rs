@@ -108,15 +108,19 @@ pub fn classification(y_true: &[usize], y_pred: &[usize], labels: &[String]) -> 
             present.iter().map(|s| f(s) * s.support as f64).sum::<f64>() / total_support as f64
         }
     };
-    let weighted =
-        Prf { precision: weighted_mean(|s| s.precision), recall: weighted_mean(|s| s.recall), f1: weighted_mean(|s| s.f1) };
+    let weighted = Prf {
+        precision: weighted_mean(|s| s.precision),
+        recall: weighted_mean(|s| s.recall),
+        f1: weighted_mean(|s| s.f1),
+    };
     let (tp_all, true_all, pred_all) = (tp.iter().sum::<u64>(), true_sum.iter().sum::<u64>(), pred_sum.iter().sum());
     let micro = Prf {
         precision: ratio(tp_all, pred_all),
         recall: ratio(tp_all, true_all),
         f1: ratio(2 * tp_all, true_all + pred_all),
     };
-    let binary = (k == 2).then(|| Prf { precision: per_class[1].precision, recall: per_class[1].recall, f1: per_class[1].f1 });
+    let binary =
+        (k == 2).then(|| Prf { precision: per_class[1].precision, recall: per_class[1].recall, f1: per_class[1].f1 });
     ClassificationMetrics {
         n: y_true.len(),
         accuracy: ratio(tp_all, y_true.len() as u64),
@@ -166,10 +170,8 @@ impl ClassificationMetrics {
         let width = self.per_class.iter().map(|c| c.label.len()).max().unwrap_or(5).clamp(5, 24);
         s += &format!("{:<width$} {:>9} {:>9} {:>9} {:>8}\n", "class", "precision", "recall", "f1", "support");
         for c in &self.per_class {
-            s += &format!(
-                "{:<width$} {:>9.4} {:>9.4} {:>9.4} {:>8}\n",
-                c.label, c.precision, c.recall, c.f1, c.support
-            );
+            s +=
+                &format!("{:<width$} {:>9.4} {:>9.4} {:>9.4} {:>8}\n", c.label, c.precision, c.recall, c.f1, c.support);
         }
         s += "confusion matrix (rows: true, columns: predicted)\n";
         for (c, row) in self.per_class.iter().zip(&self.confusion_matrix) {

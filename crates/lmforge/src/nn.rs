@@ -255,10 +255,10 @@ impl ParamStore {
         let b = if bias { Some(self.get(&format!("{module}.bias"))?) } else { None };
         let mut lin = Linear { w, b, w_is_out_in: out_in, lora: None, adapter: None };
         if let Some(scaling) = self.lora.get(module) {
-            lin.lora = Some(peft::Lora::from_store(self, module, *scaling)?);
+            lin.lora = Some(Box::new(peft::Lora::from_store(self, module, *scaling)?));
         }
         if self.contains(&peft::adapter_param(module, "down.weight")) {
-            lin.adapter = Some(peft::Adapter::from_store(self, module)?);
+            lin.adapter = Some(Box::new(peft::Adapter::from_store(self, module)?));
         }
         Ok(lin)
     }
@@ -299,8 +299,9 @@ pub struct Linear {
     w: Tensor,
     b: Option<Tensor>,
     w_is_out_in: bool,
-    lora: Option<peft::Lora>,
-    adapter: Option<peft::Adapter>,
+    // Boxed: most Linears have neither, and models hold many Linears.
+    lora: Option<Box<peft::Lora>>,
+    adapter: Option<Box<peft::Adapter>>,
 }
 
 impl Linear {

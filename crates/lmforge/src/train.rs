@@ -197,7 +197,7 @@ pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str, op
 }
 
 /// 1536 → "1.5 KiB".
-fn human_bytes(b: u64) -> String {
+pub fn human_bytes(b: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;

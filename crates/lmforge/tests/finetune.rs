@@ -45,7 +45,8 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
 /// gpt2-tiny with the fixture's PEFT adapter applied (factors frozen, as for inference).
 fn gpt2_with_adapter() -> (LoadedModel, ParamStore, peft::PeftAdapter) {
     let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
-    let mut store = ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
+    let mut store =
+        ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
     let adapter = peft::load_peft(&fixtures().join("gpt2-tiny-lora"), &mut store, false).unwrap();
     (base, store, adapter)
 }
@@ -101,7 +102,8 @@ fn peft_round_trip_and_refusals() {
     text = text.replace("\"use_dora\": false", "\"use_dora\": true");
     std::fs::write(out.join("adapter_config.json"), text).unwrap();
     let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
-    let mut fresh = ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
+    let mut fresh =
+        ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
     let e = peft::load_peft(&out, &mut fresh, false).unwrap_err().to_string();
     assert!(e.contains("adapter_config.json") && e.contains("DoRA"), "{e}");
 }
@@ -178,8 +180,12 @@ fn classification_metrics_match_scikit_learn_exactly() {
     let labels: Vec<String> = (0..3).map(|i| i.to_string()).collect();
     let got = lmforge::metrics::classification(&ids(&c["y_true"]), &ids(&c["y_pred"]), &labels);
     assert_eq!(got.accuracy, c["accuracy"].as_f64().unwrap());
-    let cm: Vec<Vec<u64>> =
-        c["confusion_matrix"].as_array().unwrap().iter().map(|r| ids(r).into_iter().map(|v| v as u64).collect()).collect();
+    let cm: Vec<Vec<u64>> = c["confusion_matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| ids(r).into_iter().map(|v| v as u64).collect())
+        .collect();
     assert_eq!(got.confusion_matrix, cm);
     for (avg, prf) in [("macro", got.macro_avg), ("micro", got.micro), ("weighted", got.weighted)] {
         for (field, v) in [("precision", prf.precision), ("recall", prf.recall), ("f1", prf.f1)] {
@@ -191,11 +197,10 @@ fn classification_metrics_match_scikit_learn_exactly() {
     let got = lmforge::metrics::classification(&ids(&b["y_true"]), &ids(&b["y_pred"]), &two);
     let bin = got.binary.unwrap();
     assert_eq!(got.accuracy, b["accuracy"].as_f64().unwrap());
-    assert_eq!((bin.precision, bin.recall, bin.f1), (
-        b["precision"].as_f64().unwrap(),
-        b["recall"].as_f64().unwrap(),
-        b["f1"].as_f64().unwrap()
-    ));
+    assert_eq!(
+        (bin.precision, bin.recall, bin.f1),
+        (b["precision"].as_f64().unwrap(), b["recall"].as_f64().unwrap(), b["f1"].as_f64().unwrap())
+    );
 }
 
 fn config(base: &str, method: &str) -> FinetuneConfig {
@@ -219,7 +224,9 @@ fn config(base: &str, method: &str) -> FinetuneConfig {
 /// the trainable ones (factors / adapters, head, norms) move.
 #[test]
 fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
-    for (fixture, method) in [("gpt2-tiny", "lora"), ("gpt2-tiny", "adapter"), ("bert-tiny", "lora"), ("llama-tiny", "adapter")] {
+    for (fixture, method) in
+        [("gpt2-tiny", "lora"), ("gpt2-tiny", "adapter"), ("bert-tiny", "lora"), ("llama-tiny", "adapter")]
+    {
         let what = format!("{fixture} {method}");
         let base = fixtures().join(fixture);
         let labels = LabelMap { labels: vec!["a".into(), "b".into(), "c".into()] };
@@ -227,7 +234,10 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
         let (spec, mut store, _) = model::load_base(&base, &labels, &Device::Cpu).unwrap();
         model::prepare(&mut store, &spec, &cfg, &labels).unwrap();
         assert!(!store.frozen().is_empty() && !store.vars().is_empty(), "{what}");
-        assert!(store.vars().keys().any(|n| n.contains("norm") || n.contains("ln_") || n.contains("LayerNorm")), "{what}: norms train");
+        assert!(
+            store.vars().keys().any(|n| n.contains("norm") || n.contains("ln_") || n.contains("LayerNorm")),
+            "{what}: norms train"
+        );
         assert!(!store.frozen().keys().any(|n| n.starts_with("score") || n.starts_with("classifier")), "{what}");
         let frozen_before: Vec<(String, Vec<f32>)> =
             store.frozen().iter().map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap())).collect();
@@ -262,6 +272,10 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
             .zip(&trained_before)
             .filter(|(v, before)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap() != **before)
             .count();
-        assert!(moved * 2 > store.vars().len(), "{what}: only {moved} of {} trainable tensors moved", store.vars().len());
+        assert!(
+            moved * 2 > store.vars().len(),
+            "{what}: only {moved} of {} trainable tensors moved",
+            store.vars().len()
+        );
     }
 }

@@ -37,7 +37,12 @@ impl Default for FinetuneConfig {
             // Fine-tuning's usual settings (BERT paper, HF Trainer): small LR, light decay,
             // linear decay to zero.
             optim: OptimConfig { lr: 2e-5, weight_decay: 0.01, ..OptimConfig::default() },
-            schedule: ScheduleConfig { kind: "linear".into(), warmup_steps: 0, min_lr_ratio: 0.0, ..Default::default() },
+            schedule: ScheduleConfig {
+                kind: "linear".into(),
+                warmup_steps: 0,
+                min_lr_ratio: 0.0,
+                ..Default::default()
+            },
             train: FtTrainConfig::default(),
             log: LogConfig::default(),
         }

@@ -197,7 +197,11 @@ pub fn read_examples(
         }
         let label = match r.label {
             None if need_label => {
-                policy.reject(r.line, Reason::MissingLabel, format!("missing label (column `{}`)", cfg.label_column))?;
+                policy.reject(
+                    r.line,
+                    Reason::MissingLabel,
+                    format!("missing label (column `{}`)", cfg.label_column),
+                )?;
                 continue;
             }
             None => None,
@@ -412,7 +416,8 @@ mod tests {
         assert_eq!(map.labels, ["2", "10"], "integer labels sort numerically");
 
         let jsonl = dir.path().join("d.jsonl");
-        std::fs::write(&jsonl, "{\"text\": \"x\", \"label\": 1}\n\nnot json\n{\"text\": \"y\", \"label\": 0}\n").unwrap();
+        std::fs::write(&jsonl, "{\"text\": \"x\", \"label\": 1}\n\nnot json\n{\"text\": \"y\", \"label\": 0}\n")
+            .unwrap();
         let (ex, bad, map) = read_examples(&jsonl, &cfg(&[]), None, true).unwrap();
         assert_eq!((ex.len(), bad.malformed, map.labels.clone()), (2, 1, vec!["0".to_string(), "1".to_string()]));
         assert!(bad.examples[0].contains("d.jsonl:3: invalid JSON"), "{:?}", bad.examples);

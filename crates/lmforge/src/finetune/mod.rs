@@ -195,7 +195,7 @@ pub fn finetune(cfg: &FinetuneConfig, run_dir: &Path, opts: &FinetuneOptions) ->
     };
     let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", 0, total_steps);
     progress.println(&format!(
-        "{} fine-tuning of a {:?} model, {} labels: {} of {} parameters trainable ({:.2}%), {} optimizer state {:.1} MiB",
+        "{} fine-tuning of a {:?} model, {} labels: {} of {} parameters trainable ({:.2}%), {} optimizer state {}",
         report.method,
         spec.style,
         labels.len(),
@@ -203,7 +203,7 @@ pub fn finetune(cfg: &FinetuneConfig, run_dir: &Path, opts: &FinetuneOptions) ->
         report.total_params,
         100.0 * report.trainable_fraction,
         optimizer.name(),
-        report.optimizer_state_bytes as f64 / (1 << 20) as f64
+        crate::train::human_bytes(report.optimizer_state_bytes as u64)
     ));
     progress.println(&format!(
         "examples: {} train{}{}; {per_epoch} steps per epoch, {total_steps} in all; max length {max_len}",
@@ -393,7 +393,8 @@ fn optimizer_groups(
     store: &crate::nn::ParamStore,
     num_labels: usize,
 ) -> Result<BTreeMap<String, crate::optim::ParamGroup>> {
-    let mut known: BTreeMap<String, ParamInfo> = model::backbone_params(spec).into_iter().map(|p| (p.name.clone(), p)).collect();
+    let mut known: BTreeMap<String, ParamInfo> =
+        model::backbone_params(spec).into_iter().map(|p| (p.name.clone(), p)).collect();
     known.extend(model::head_params(spec, num_labels).into_iter().map(|p| (p.name.clone(), p)));
     let roles = store.vars().iter().map(|(name, v)| {
         let role = match known.get(name) {

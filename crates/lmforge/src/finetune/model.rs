@@ -46,10 +46,19 @@ pub fn hf_architecture(spec: &ModelSpec) -> &'static str {
 /// The head's parameters: weight (L, C), and a bias for BERT.
 pub fn head_params(spec: &ModelSpec, num_labels: usize) -> Vec<ParamInfo> {
     let (m, c) = (head_module(spec), spec.d_model);
-    let mut out =
-        vec![ParamInfo { name: format!("{m}.weight"), shape: vec![num_labels, c], kind: ParamKind::Matrix, fans: (c, num_labels) }];
+    let mut out = vec![ParamInfo {
+        name: format!("{m}.weight"),
+        shape: vec![num_labels, c],
+        kind: ParamKind::Matrix,
+        fans: (c, num_labels),
+    }];
     if spec.style == Style::Bert {
-        out.push(ParamInfo { name: format!("{m}.bias"), shape: vec![num_labels], kind: ParamKind::Bias, fans: (c, num_labels) });
+        out.push(ParamInfo {
+            name: format!("{m}.bias"),
+            shape: vec![num_labels],
+            kind: ParamKind::Bias,
+            fans: (c, num_labels),
+        });
     }
     out
 }
@@ -114,8 +123,11 @@ impl Classifier {
     pub fn logits(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let pooled = match &self.network {
             Network::Encoder(enc) => {
-                let input =
-                    EncoderInput { ids: batch.ids.clone(), type_ids: batch.type_ids.clone(), lengths: batch.lengths.clone() };
+                let input = EncoderInput {
+                    ids: batch.ids.clone(),
+                    type_ids: batch.type_ids.clone(),
+                    lengths: batch.lengths.clone(),
+                };
                 let h = enc.hidden(&input, dropout.as_deref_mut())?;
                 enc.pooled(&h)?
             }
@@ -209,7 +221,12 @@ pub struct ParamReport {
 /// Sets up the method on a freshly loaded base: freezes the base (LoRA / adapters; norms stay
 /// trainable with `finetune.train_norms`), initialises the head if the base had none, adds the
 /// LoRA factors or adapters. Returns the LoRA settings when the method is LoRA.
-pub fn prepare(store: &mut ParamStore, spec: &ModelSpec, cfg: &FinetuneConfig, labels: &LabelMap) -> Result<Option<LoraSpec>> {
+pub fn prepare(
+    store: &mut ParamStore,
+    spec: &ModelSpec,
+    cfg: &FinetuneConfig,
+    labels: &LabelMap,
+) -> Result<Option<LoraSpec>> {
     let seed = cfg.train.seed;
     let method = cfg.finetune.method.as_str();
     if method != "full" {
@@ -284,12 +301,8 @@ pub fn save(
     std::fs::write(p.join("finetune.toml"), cfg.to_toml()).at(p.join("finetune.toml"))?;
     if let Some(l) = lora {
         // PEFT saves the head (and any other trained base tensor) as `modules_to_save`.
-        let saved: Vec<String> = store
-            .vars()
-            .keys()
-            .filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B."))
-            .cloned()
-            .collect();
+        let saved: Vec<String> =
+            store.vars().keys().filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.")).cloned().collect();
         let mut modules: Vec<String> =
             saved.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).collect();
         modules.dedup();
@@ -317,12 +330,16 @@ impl LoadedClassifier {
     /// `path`: a fine-tune run dir (its `model/`), a model folder, or any HF
     /// `*ForSequenceClassification` folder of a supported architecture.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let path = if path.join("model").join("config.json").is_file() { path.join("model") } else { path.to_path_buf() };
+        let path =
+            if path.join("model").join("config.json").is_file() { path.join("model") } else { path.to_path_buf() };
         let folder = resolve_model_dir(&path)?;
         let config_path = folder.join("config.json");
         let spec = hf::read_config(&config_path)?;
         let labels = read_labels(&config_path)?.ok_or_else(|| {
-            Error::format(&config_path, "no `id2label`: not a classification model (fine-tune one with `lmforge finetune`)")
+            Error::format(
+                &config_path,
+                "no `id2label`: not a classification model (fine-tune one with `lmforge finetune`)",
+            )
         })?;
         let ft_path = folder.join("finetune.toml");
         let config = if ft_path.is_file() {
@@ -357,4 +374,3 @@ impl LoadedClassifier {
         }
     }
 }
-

@@ -208,7 +208,9 @@ impl Decoder {
     }
 
     fn lm_head(&self) -> Result<&Tensor> {
-        self.head.as_ref().ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
+        self.head
+            .as_ref()
+            .ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
     }
 }
 

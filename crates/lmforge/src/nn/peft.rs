@@ -72,7 +72,12 @@ pub struct Adapter {
 impl Adapter {
     pub(super) fn from_store(p: &ParamStore, module: &str) -> Result<Self> {
         let get = |which: &str| p.get(&adapter_param(module, which));
-        Ok(Self { down_w: get("down.weight")?, down_b: get("down.bias")?, up_w: get("up.weight")?, up_b: get("up.bias")? })
+        Ok(Self {
+            down_w: get("down.weight")?,
+            down_b: get("down.bias")?,
+            up_w: get("up.weight")?,
+            up_b: get("up.bias")?,
+        })
     }
 
     /// y (..., C) -> (..., C)
@@ -162,11 +167,7 @@ impl LoraSpec {
 
 /// The modules `targets` select, in order; a target that selects nothing is an error naming
 /// `key` (a typo would otherwise train nothing).
-pub fn select_modules<'a>(
-    modules: &'a [LinearModule],
-    targets: &[String],
-    key: &str,
-) -> Result<Vec<&'a LinearModule>> {
+pub fn select_modules<'a>(modules: &'a [LinearModule], targets: &[String], key: &str) -> Result<Vec<&'a LinearModule>> {
     for t in targets {
         if !modules.iter().any(|m| target_matches(t, &m.name)) {
             let some: Vec<&str> = modules.iter().take(6).map(|m| m.name.as_str()).collect();
@@ -326,8 +327,7 @@ pub struct PeftAdapter {
 pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<PeftAdapter> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
-    let cfg: Value =
-        serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
+    let cfg: Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
     let bad = |msg: String| Error::format(&cfg_path, msg);
     let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
     if peft_type != "LORA" {
@@ -374,7 +374,10 @@ pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<
                 replaced.push(name.to_string());
             }
             None => {
-                return Err(Error::format(&weights_path, format!("tensor `{key}` matches no parameter of the base model")))
+                return Err(Error::format(
+                    &weights_path,
+                    format!("tensor `{key}` matches no parameter of the base model"),
+                ))
             }
         }
     }
@@ -393,7 +396,12 @@ pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<
         if r_a != rank as usize || r_b != rank as usize || !fits(fan_out, fan_in) {
             return Err(Error::format(
                 &weights_path,
-                format!("`{module}`: A {:?}, B {:?} do not fit r = {rank} and the weight {:?}", a.dims(), b.dims(), w.dims()),
+                format!(
+                    "`{module}`: A {:?}, B {:?} do not fit r = {rank} and the weight {:?}",
+                    a.dims(),
+                    b.dims(),
+                    w.dims()
+                ),
             ));
         }
         store.insert(&lora_param(&module, "A"), a, trainable)?;
@@ -427,7 +435,15 @@ mod tests {
         let mods = linear_modules(&spec.params());
         assert_eq!(mods.len(), 4 * spec.n_layer);
         let outs: Vec<&str> = mods.iter().filter(|m| m.output_projection).map(|m| m.name.as_str()).collect();
-        assert_eq!(outs, ["transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_proj", "transformer.h.1.attn.c_proj", "transformer.h.1.mlp.c_proj"]);
+        assert_eq!(
+            outs,
+            [
+                "transformer.h.0.attn.c_proj",
+                "transformer.h.0.mlp.c_proj",
+                "transformer.h.1.attn.c_proj",
+                "transformer.h.1.mlp.c_proj"
+            ]
+        );
         let e = select_modules(&mods, &["c_atn".into()], "lora.target_modules").unwrap_err().to_string();
         assert!(e.contains("lora.target_modules") && e.contains("c_atn"), "{e}");
     }
