@@ -4,22 +4,9 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn lmforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge")).args(args).env("RUST_LOG", "warn").output().expect("lmforge runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lmforge(args);
-    assert!(
-        out.status.success(),
-        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{lmforge, ok};
 
 fn fixture(name: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
@@ -75,6 +62,11 @@ fn config(dir: &Path, base: &str, method: &str, lr: f64) -> PathBuf {
     )
     .unwrap();
     cfg
+}
+
+/// `lmforge eval classification --json` of a model on a file.
+fn eval_json(model: &Path, data: &Path) -> Value {
+    serde_json::from_str(&ok(&["eval", "classification", "--model", s(model), "--data", s(data), "--json"])).unwrap()
 }
 
 fn read_json(p: &Path) -> Value {
@@ -147,16 +139,7 @@ fn finetune_lora_then_predict_and_eval_classification() {
     }
 
     // eval classification reproduces the run's final test metrics from the saved (merged) model.
-    let e: Value = serde_json::from_str(&ok(&[
-        "eval",
-        "classification",
-        "--model",
-        s(&run),
-        "--data",
-        s(&tmp.path().join("test.tsv")),
-        "--json",
-    ]))
-    .unwrap();
+    let e = eval_json(&run, &tmp.path().join("test.tsv"));
     assert_eq!(e["accuracy"].as_f64(), Some(acc));
     assert!((e["loss"].as_f64().unwrap() - fin["loss"].as_f64().unwrap()).abs() < 1e-5);
     assert_eq!(e["bad_rows"]["unknown_label"], 1);
@@ -193,16 +176,7 @@ fn finetune_adapters_on_bert_and_full_on_llama() {
             (r["params"]["trainable_params"].as_u64().unwrap(), r["params"]["total_params"].as_u64().unwrap());
         assert_eq!(trainable == total, method == "full", "{base} {method}: {trainable} of {total}");
         let acc = r["final"]["metrics"]["accuracy"].as_f64().unwrap();
-        let e: Value = serde_json::from_str(&ok(&[
-            "eval",
-            "classification",
-            "--model",
-            s(&run),
-            "--data",
-            s(&tmp.path().join("test.tsv")),
-            "--json",
-        ]))
-        .unwrap();
+        let e = eval_json(&run, &tmp.path().join("test.tsv"));
         assert_eq!(e["accuracy"].as_f64(), Some(acc), "{base} {method}: the saved model is the evaluated one");
     }
 }

@@ -3,7 +3,10 @@
 //! and gradients; scikit-learn's classification metrics; and frozen parameters staying frozen
 //! (no gradient, bit-identical) under LoRA and adapters.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, json, load, max_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::batching::{collate, Batch, Encoded};
 use lmforge::finetune::dataset::LabelMap;
@@ -14,33 +17,6 @@ use lmforge::nn::{peft, ParamStore};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::{named_grads, Optimizer};
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
-    assert!(
-        p.join("README.md").is_file(),
-        "reference fixtures not found at {} (CI places shared/ beside the checkout)",
-        p.display()
-    );
-    p
-}
-
-fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn json(path: PathBuf) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// max |a - b| / max |b|.
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    d / s.max(1e-30)
-}
 
 /// gpt2-tiny with the fixture's PEFT adapter applied (factors frozen, as for inference).
 fn gpt2_with_adapter() -> (LoadedModel, ParamStore, peft::PeftAdapter) {
