@@ -15,6 +15,12 @@
 //! `MODULE.lora_B.weight` (out, r), whatever the base weight's layout (GPT-2's Conv1D modules,
 //! `transformer.h.*`, store W as (in, out): PEFT's `fan_in_fan_out`). Adapters are
 //! `MODULE.adapter.{down,up}.{weight,bias}` in nn.Linear layout.
+//!
+//! The frozen base stays a set of plain tensors in the [`ParamStore`]: no optimizer state, and
+//! the fused CPU kernels compute no gradient for an input that leads to no variable. (The
+//! composed reference ops, used off the CPU or with `Kernels::Reference`, go through candle's
+//! matmul backward, which computes both operands' gradients; the frozen one is then dropped with
+//! the step's gradient store, never applied.)
 
 use super::{seed_for, DropoutRng, ParamStore};
 use crate::error::{Error, IoContext, Result};
