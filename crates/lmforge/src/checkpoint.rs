@@ -105,8 +105,10 @@ fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: 
     let eos = tokenizer.eos_id();
     let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
     std::fs::write(dir.join("config.json"), cfg).at(dir.join("config.json"))?;
-    let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
-    std::fs::write(dir.join("generation_config.json"), gen.to_string()).at(dir.join("generation_config.json"))?;
+    if spec.style != Style::Bert {
+        let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
+        std::fs::write(dir.join("generation_config.json"), gen.to_string()).at(dir.join("generation_config.json"))?;
+    }
     std::fs::write(dir.join("model.safetensors"), params.to_safetensors()?).at(dir.join("model.safetensors"))?;
     tokenizer.save(&dir.join("tokenizer.json"))
 }

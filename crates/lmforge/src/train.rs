@@ -9,7 +9,8 @@ use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, PreparedData};
 use crate::error::{Error, IoContext, Result};
-use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
+use crate::mlm_data::{self, MlmBatch, MlmSource, SentenceIndex, Vocab};
+use crate::models::{Decoder, Encoder, ModelSpec, ParamInfo, ParamKind, Style};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
 use crate::optim::{
     clip_grad_norm, named_grads, param_groups, OptimSpec, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule,
@@ -47,11 +48,77 @@ pub struct TrainSummary {
     pub num_params: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Validation results. `loss` is what "best" and the plateau schedule follow (the total loss
+/// for BERT: MLM + NSP); `ppl` is exp of the (masked) LM loss.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValMetrics {
     pub loss: f64,
     pub ppl: f64,
-    pub bits_per_byte: f64,
+    /// Causal LMs only: loss in bits per byte of validation text.
+    pub bits_per_byte: Option<f64>,
+    /// Objective-specific metrics (`mlm_loss`, `mlm_acc`, `nsp_loss`, `nsp_acc`, ...).
+    pub extra: Vec<(&'static str, f64)>,
+}
+
+impl ValMetrics {
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        let mut s = format!("loss {:.4} ppl {:.2}", self.loss, self.ppl);
+        if let Some(b) = self.bits_per_byte {
+            s += &format!(" bits/byte {b:.4}");
+        }
+        for (k, v) in &self.extra {
+            s += &format!(" {k} {v:.4}");
+        }
+        s
+    }
+}
+
+/// The network being trained and its objective's validation set.
+enum Task<'a> {
+    Causal { model: Decoder, val: Vec<Batch> },
+    Masked { model: Encoder, source: Box<MlmSource<'a>>, val: Vec<MlmBatch>, unigram_acc: f64 },
+}
+
+impl Task<'_> {
+    /// The loss of micro-batch (step, micro), with dropout.
+    #[allow(clippy::too_many_arguments)]
+    fn micro_loss(
+        &self,
+        data: &PreparedData,
+        seed: u64,
+        step: u64,
+        micro: usize,
+        batch_size: usize,
+        seq_len: usize,
+        device: &Device,
+        dropout: &mut DropoutRng,
+    ) -> Result<Tensor> {
+        match self {
+            Task::Causal { model, .. } => {
+                let batch = data::train_batch(&data.train, seed, step, micro, batch_size, seq_len)?;
+                let (x, y) = batch_tensors(&batch, device)?;
+                model.loss(&x, &y, Some(dropout))
+            }
+            Task::Masked { model, source, .. } => {
+                let b = source.batch(seed, step, micro, 0..batch_size)?;
+                let (pos, tgt) = b.positions(device)?;
+                let nsp = b.nsp_labels(device)?;
+                Ok(model.pretraining_loss(&b.input(device)?, &pos, &tgt, nsp.as_ref(), Some(dropout))?.total)
+            }
+        }
+    }
+
+    fn validate(&self, device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+        match self {
+            Task::Causal { model, val } => evaluate(model, val, device, tokens_per_byte),
+            Task::Masked { model, val, unigram_acc, .. } => {
+                let mut v = evaluate_mlm(model, val, device)?;
+                v.extra.push(("mlm_unigram_acc", *unigram_acc));
+                Ok(v)
+            }
+        }
+    }
 }
 
 /// Should step `step` (completed steps, 1-based) validate / checkpoint? Every `every` steps
@@ -234,11 +301,33 @@ fn run_loop(
 ) -> Result<TrainSummary> {
     let t = &cfg.train;
     let seq_len = seq_len(cfg, &spec)?;
-    let model = Decoder::new(&spec, &params)?;
     let schedule = Schedule::new(&cfg.schedule, t.max_steps);
     let plateau_rule = PlateauRule::from_config(&cfg.schedule);
     let device = params.device().clone();
-    let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
+    let vocab = match spec.style {
+        Style::Bert => Some(Vocab::from_tokenizer(&data.tokenizer, spec.vocab_size)?),
+        Style::Gpt2 | Style::Llama => None,
+    };
+    let task = match &vocab {
+        None => Task::Causal {
+            model: Decoder::new(&spec, &params)?,
+            val: data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?,
+        },
+        Some(vocab) => {
+            let nsp = t.objective == "mlm+nsp";
+            let source = |shard| -> Result<MlmSource> {
+                Ok(MlmSource { shard, index: SentenceIndex::build(shard, vocab)?, vocab, cfg: &cfg.mlm, nsp, seq_len })
+            };
+            let val = source(&data.val)?.eval_batches(state.seed, t.eval_batches, t.batch_size)?;
+            let (_, unigram_acc) = mlm_data::unigram_baseline(&data.train, vocab, &val);
+            Task::Masked {
+                model: Encoder::new(&spec, &params)?,
+                source: Box::new(source(&data.train)?),
+                val,
+                unigram_acc,
+            }
+        }
+    };
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
     let run_config_toml = cfg.to_toml();
     let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", state.step, t.max_steps);
@@ -280,10 +369,8 @@ fn run_loop(
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
         for micro in 0..t.grad_accum {
-            let batch = data::train_batch(&data.train, state.seed, s, micro, t.batch_size, seq_len)?;
-            let (x, y) = batch_tensors(&batch, &device)?;
             let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")));
-            let loss = model.loss(&x, &y, Some(&mut dropout))?;
+            let loss = task.micro_loss(&data, state.seed, s, micro, t.batch_size, seq_len, &device, &mut dropout)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
             let scaled = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
@@ -325,16 +412,19 @@ fn run_loop(
 
         state.val_loss = None;
         if due(state.step, t.eval_every, t.max_steps) {
-            let v = evaluate(&model, &val_batches, &device, data.meta.val_tokens_per_byte())?;
-            metrics.write(&json!({
+            let v = task.validate(&device, data.meta.val_tokens_per_byte())?;
+            let mut row = json!({
                 "step": state.step, "split": "val", "loss": v.loss, "ppl": v.ppl,
-                "bits_per_byte": v.bits_per_byte, "lr": lr, "tokens": state.tokens_seen,
-                "elapsed_s": elapsed,
-            }))?;
-            progress.println(&format!(
-                "step {} val loss {:.4} ppl {:.2} bits/byte {:.4}",
-                state.step, v.loss, v.ppl, v.bits_per_byte
-            ));
+                "lr": lr, "tokens": state.tokens_seen, "elapsed_s": elapsed,
+            });
+            if let Some(b) = v.bits_per_byte {
+                row["bits_per_byte"] = json!(b);
+            }
+            for (k, x) in &v.extra {
+                row[*k] = json!(x);
+            }
+            metrics.write(&row)?;
+            progress.println(&format!("step {} val {}", state.step, v.summary()));
             state.val_loss = Some(v.loss);
             if let Some(p) = state.plateau.as_mut() {
                 p.observe(v.loss, &plateau_rule);
@@ -417,7 +507,45 @@ pub fn evaluate(model: &Decoder, batches: &[Batch], device: &Device, tokens_per_
         count += n;
     }
     let loss = sum / count.max(1) as f64;
-    Ok(ValMetrics { loss, ppl: loss.exp(), bits_per_byte: loss / std::f64::consts::LN_2 * tokens_per_byte })
+    Ok(ValMetrics {
+        loss,
+        ppl: loss.exp(),
+        bits_per_byte: Some(loss / std::f64::consts::LN_2 * tokens_per_byte),
+        extra: Vec::new(),
+    })
+}
+
+/// Masked-LM validation: loss and accuracy over the masked positions (token-weighted), and
+/// next-sentence loss and accuracy over the rows when the batches have labels.
+pub fn evaluate_mlm(model: &Encoder, batches: &[MlmBatch], device: &Device) -> Result<ValMetrics> {
+    let (mut mlm_sum, mut mlm_hits, mut mlm_n) = (0.0f64, 0usize, 0usize);
+    let (mut nsp_sum, mut nsp_hits, mut nsp_n) = (0.0f64, 0usize, 0usize);
+    for b in batches {
+        let hidden = model.hidden(&b.input(device)?, None)?;
+        let (pos, tgt) = b.positions(device)?;
+        let logits = model.mlm_logits(&Encoder::select_rows(&hidden, &pos)?)?;
+        mlm_sum += crate::ops::cross_entropy_per_row(&logits, &tgt)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let pred = crate::models::encoder::argmax_last(&logits)?;
+        mlm_hits += pred.iter().zip(&b.targets).filter(|(p, t)| p == t).count();
+        mlm_n += b.targets.len();
+        if let (Some(labels), Some(lt)) = (&b.nsp_labels, b.nsp_labels(device)?) {
+            let logits = model.nsp_logits(&model.pooled(&hidden)?)?;
+            nsp_sum += crate::ops::cross_entropy_per_row(&logits, &lt)?.sum_all()?.to_scalar::<f32>()? as f64;
+            let pred = crate::models::encoder::argmax_last(&logits)?;
+            nsp_hits += pred.iter().zip(labels).filter(|(p, t)| p == t).count();
+            nsp_n += labels.len();
+        }
+    }
+    let mlm_loss = mlm_sum / mlm_n.max(1) as f64;
+    let mut extra = vec![("mlm_loss", mlm_loss), ("mlm_acc", mlm_hits as f64 / mlm_n.max(1) as f64)];
+    let mut loss = mlm_loss;
+    if nsp_n > 0 {
+        let nsp_loss = nsp_sum / nsp_n as f64;
+        loss += nsp_loss;
+        extra.push(("nsp_loss", nsp_loss));
+        extra.push(("nsp_acc", nsp_hits as f64 / nsp_n as f64));
+    }
+    Ok(ValMetrics { loss, ppl: mlm_loss.exp(), bits_per_byte: None, extra })
 }
 
 /// Append-only `metrics.jsonl`. Opened for a resume, it first drops rows past the checkpoint

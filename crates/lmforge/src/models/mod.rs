@@ -451,6 +451,12 @@ mod tests {
     fn published_parameter_counts() {
         assert_eq!(ModelSpec::preset("gpt2-124m").unwrap().num_params(), 124_439_808);
         assert_eq!(ModelSpec::preset("llama-7b").unwrap().num_params(), 6_738_415_616);
+        // bert-base-uncased: BertModel (with pooler) 109,482,240; BertForPreTraining adds the
+        // MLM transform, LayerNorm, decoder bias and NSP head.
+        let bert = ModelSpec::preset("bert-base").unwrap();
+        let backbone: usize = bert.params().iter().filter(|p| p.name.starts_with("bert.")).map(|p| p.numel()).sum();
+        assert_eq!(backbone, 109_482_240);
+        assert_eq!(bert.num_params(), 110_106_428);
     }
 
     #[test]
