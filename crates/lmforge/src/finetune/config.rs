@@ -80,9 +80,12 @@ pub struct ClsDataConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quoting: Option<bool>,
     /// A column name (header or JSONL field) or a 0-based index (headerless files).
+    #[serde(deserialize_with = "column")]
     pub text_column: String,
     /// The second text of pair tasks (NLI, paraphrase); empty: none.
+    #[serde(deserialize_with = "column")]
     pub text_pair_column: String,
+    #[serde(deserialize_with = "column")]
     pub label_column: String,
     /// The label set in id order; empty: the distinct train labels, numerically sorted when
     /// all are integers, else lexicographically.
@@ -114,6 +117,21 @@ impl Default for ClsDataConfig {
             max_validation_rows: 0,
         }
     }
+}
+
+/// A column: a name, or a 0-based index written as a string or a bare integer (`--set
+/// data.text_column=1`).
+fn column<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Column {
+        Name(String),
+        Index(u64),
+    }
+    Ok(match Column::deserialize(d)? {
+        Column::Name(s) => s,
+        Column::Index(i) => i.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -330,6 +348,11 @@ mod tests {
         let e = FinetuneConfig::resolve(None, &[]).unwrap_err().to_string();
         assert!(e.contains("data.train"), "{e}");
         let ok = FinetuneConfig::resolve(None, &["data.train=t.tsv".into(), "model.base=m".into()]).unwrap();
+        let idx = FinetuneConfig::resolve(
+            None,
+            &["data.train=t".into(), "model.base=m".into(), "data.label_column=0".into()],
+        );
+        assert_eq!(idx.unwrap().data.label_column, "0", "a bare integer is a column index");
         assert_eq!((ok.optim.lr, ok.schedule.kind.as_str()), (2e-5, "linear"));
         assert_eq!(FinetuneConfig::from_toml_str(&ok.to_toml()).unwrap(), ok);
     }
