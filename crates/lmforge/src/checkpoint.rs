@@ -217,11 +217,16 @@ impl Drop for RunLock {
     }
 }
 
-/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere the lock is
+/// Whether a process with this pid exists. On Linux, /proc tells (a zombie — exited, not yet
+/// reaped, as a killed MPI rank can be for a while — counts as gone); elsewhere the lock is
 /// assumed live, the safe answer (a stale lock must then be removed by hand).
 fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().chars().next() != Some('Z')),
+            Err(_) => false,
+        }
     } else {
         true
     }
