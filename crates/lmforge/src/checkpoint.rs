@@ -224,7 +224,7 @@ fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             // The state follows the parenthesised command name.
-            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().chars().next() != Some('Z')),
+            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
             Err(_) => false,
         }
     } else {

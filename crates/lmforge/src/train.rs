@@ -15,7 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
 use crate::optim::{
-    clip_grad_norm, named_grads, param_groups, OptimSpec, ParamGroup, ParamRole, Plateau, PlateauRule, Schedule,
+    clip_grad_norm, named_grads, param_groups, OptimSpec, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule,
+    Schedule,
 };
 use crate::progress::{Progress, ProgressMode};
 use candle_core::{Device, Tensor};
@@ -249,7 +250,7 @@ fn run_loop(
     spec: ModelSpec,
     params: ParamStore,
     dp: DataParallel,
-    mut optimizer: crate::optim::Optimizer,
+    mut optimizer: Optimizer,
     data: PreparedData,
     mut state: TrainerState,
     mut metrics: MetricsLog,
@@ -422,7 +423,7 @@ fn save(
     params: &ParamStore,
     data: &PreparedData,
     dp: &DataParallel,
-    optimizer: &crate::optim::Optimizer,
+    optimizer: &Optimizer,
     state: &TrainerState,
     run_config_toml: &str,
 ) -> Result<()> {

@@ -29,8 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Operations between the processes of one training job, all collective (every rank calls
-/// them in the same order). Buffers are host `f32`; counts are in elements.
-pub trait Collective {
+/// them in the same order). Buffers are host `f32`; counts are in elements. Implementations
+/// serialize calls from several threads.
+pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Element-wise sum over ranks, in place on every rank.

@@ -9,19 +9,27 @@ use super::Collective;
 use crate::error::{Error, Result};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::datatype::PartitionMut;
-use mpi::environment::Universe;
+use mpi::environment::{Threading, Universe};
 use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Count;
-use std::cell::Cell;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct MpiCollective {
     world: SimpleCommunicator,
-    timeout: Cell<Option<Duration>>,
+    timeout: Mutex<Option<Duration>>,
+    /// Held for the whole of each operation: MPI runs at `MPI_THREAD_SERIALIZED`.
+    serial: Mutex<()>,
     // Dropped last: finalizes MPI.
     _universe: Universe,
 }
+
+// SAFETY: MPI is initialised at MPI_THREAD_SERIALIZED (checked in `init`), which allows calls
+// from any thread as long as no two run at once; every method that calls MPI holds `serial`.
+unsafe impl Send for MpiCollective {}
+// SAFETY: as above.
+unsafe impl Sync for MpiCollective {}
 
 /// A heap value handed to MPI for the length of one nonblocking call (`StaticScope` needs
 /// `'static`). Not freed on drop: only [`Leased::reclaim`] after the request completed frees it.
@@ -61,10 +69,24 @@ fn counts_displs(counts: &[usize]) -> Result<(Vec<Count>, Vec<Count>)> {
 
 impl MpiCollective {
     pub fn init() -> Result<Self> {
-        let universe = mpi::initialize()
+        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| Error::Distributed("MPI was already initialised in this process".into()))?;
+        if matches!(level, Threading::Single | Threading::Funneled) {
+            return Err(Error::Distributed(format!(
+                "this MPI library provides thread level {level:?}; lmforge needs Serialized"
+            )));
+        }
         let world = universe.world();
-        Ok(Self { world, timeout: Cell::new(Some(Duration::from_secs(600))), _universe: universe })
+        Ok(Self {
+            world,
+            timeout: Mutex::new(Some(Duration::from_secs(600))),
+            serial: Mutex::new(()),
+            _universe: universe,
+        })
+    }
+
+    fn serialize(&self) -> MutexGuard<'_, ()> {
+        self.serial.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Polls `req` until it completes or the timeout passes. Sleeps between polls (backing
@@ -72,7 +94,7 @@ impl MpiCollective {
     /// poll also drives MPI's progress engine.
     fn wait<D: ?Sized>(&self, op: &str, elems: usize, mut req: Request<'static, D, StaticScope>) -> Result<()> {
         let start = Instant::now();
-        let limit = self.timeout.get();
+        let limit = *self.timeout.lock().unwrap_or_else(|p| p.into_inner());
         let mut pause = Duration::from_micros(2);
         loop {
             match req.test() {
@@ -113,6 +135,7 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        let _serial = self.serialize();
         let send = Leased::new(buf.to_vec().into_boxed_slice());
         let recv = Leased::new(vec![0f32; buf.len()].into_boxed_slice());
         let req = self.world.immediate_all_reduce_into(StaticScope, &*send.lend(), recv.lend(), SystemOperation::sum());
@@ -124,6 +147,7 @@ impl Collective for MpiCollective {
     }
 
     fn all_gather(&self, local: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        let _serial = self.serialize();
         self.check_count("all_gather", local.len(), counts)?;
         let (c, d) = counts_displs(counts)?;
         let total: usize = counts.iter().sum();
@@ -138,6 +162,7 @@ impl Collective for MpiCollective {
     }
 
     fn gather(&self, local: &[f32], counts: &[usize], root: usize) -> Result<Option<Vec<f32>>> {
+        let _serial = self.serialize();
         self.check_count("gather", local.len(), counts)?;
         let root_process = self.world.process_at_rank(root as mpi::Rank);
         let send = Leased::new(local.to_vec().into_boxed_slice());
@@ -160,6 +185,7 @@ impl Collective for MpiCollective {
     }
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
+        let _serial = self.serialize();
         let data = Leased::new(buf.to_vec().into_boxed_slice());
         let req = self.world.process_at_rank(root as mpi::Rank).immediate_broadcast_into(StaticScope, data.lend());
         self.wait("broadcast", buf.len(), req)?;
@@ -170,6 +196,7 @@ impl Collective for MpiCollective {
     }
 
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {
+        let _serial = self.serialize();
         let root_process = self.world.process_at_rank(root as mpi::Rank);
         let len = Leased::new(Box::new([buf.len() as u64]));
         let req = root_process.immediate_broadcast_into(StaticScope, &mut len.lend()[..]);
@@ -186,12 +213,13 @@ impl Collective for MpiCollective {
     }
 
     fn barrier(&self) -> Result<()> {
+        let _serial = self.serialize();
         let req = self.world.immediate_barrier();
         self.wait("barrier", 0, req)
     }
 
     fn set_timeout(&self, timeout: Option<Duration>) {
-        self.timeout.set(timeout);
+        *self.timeout.lock().unwrap_or_else(|p| p.into_inner()) = timeout;
     }
 
     fn abort(&self, code: i32) -> ! {
