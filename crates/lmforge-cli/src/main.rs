@@ -190,6 +190,19 @@ enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Masked-LM loss and accuracy of a text under a BERT model (every N-th token masked).
+    Mlm {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// Mask chunk tokens 0, N, 2N, ... (deterministic, so other tools can reproduce it).
+        #[arg(long, default_value_t = 7)]
+        every: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +375,21 @@ fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
             }
             Ok(exit_code(&summary))
         }
+        Command::Eval(EvalCommand::Mlm { model, text, every, json }) => {
+            let m = LoadedModel::load(&model, &device)?;
+            let body = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
+            let r = lmforge::eval::masked_lm(&m, &body, every)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("model          {}", m.source.display());
+                println!("text           {} ({} tokens, {} sequences)", text.display(), r.tokens, r.sequences);
+                println!("masked         {} (every {})", r.masked, r.every);
+                println!("mlm loss       {:.6} nats/token", r.loss);
+                println!("mlm accuracy   {:.4}", r.accuracy);
+            }
+            Ok(0)
+        }
         Command::Eval(EvalCommand::Ppl { model, text, stride, json }) => {
             let m = LoadedModel::load(&model, &device)?;
             let body = std::fs::read_to_string(&text).with_context(|| format!("reading {}", text.display()))?;
@@ -510,7 +538,7 @@ fn print_summary(s: &TrainSummary) {
     println!("steps:       {}/{}", s.step, s.max_steps);
     println!("parameters:  {}", s.num_params);
     println!("train speed: {:.0} tokens/s over {:.1} s", s.tokens_per_s, s.train_seconds);
-    if let Some(v) = s.last_val {
-        println!("val loss:    {:.4} (ppl {:.2}, {:.4} bits/byte)", v.loss, v.ppl, v.bits_per_byte);
+    if let Some(v) = &s.last_val {
+        println!("val:         {}", v.summary());
     }
 }

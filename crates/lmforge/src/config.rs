@@ -19,6 +19,10 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    /// Masked-LM settings (read with `train.objective = "mlm"` or `"mlm+nsp"`); left out of the
+    /// saved config (and its hash) while at their defaults, so older runs still resume.
+    #[serde(skip_serializing_if = "MlmConfig::is_default")]
+    pub mlm: MlmConfig,
     /// Left out of the serialised config (and so the hash) while it holds the defaults, so
     /// configs written before multi-process training still resume.
     #[serde(skip_serializing_if = "DistributedConfig::is_default")]
@@ -198,6 +202,8 @@ pub struct ModelConfig {
     pub norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub tie_embeddings: Option<bool>,
+    /// BERT's token-type (segment) vocabulary.
+    pub type_vocab_size: Option<usize>,
     /// Dropout on attention probabilities, residual branches and embeddings during training.
     pub dropout: f64,
     /// Weight initialisation: "gpt2" (normal 0.02, residual projections / sqrt(2 layers)),
@@ -220,6 +226,7 @@ impl Default for ModelConfig {
             norm_eps: None,
             rope_theta: None,
             tie_embeddings: None,
+            type_vocab_size: None,
             dropout: 0.0,
             init: "gpt2".into(),
         }
@@ -402,6 +409,42 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub seed: u64,
+    /// "causal" (next token; GPT-2 / Llama), "mlm" (masked LM) or "mlm+nsp" (masked LM and
+    /// next-sentence prediction; BERT). Omitted from the saved config when "causal".
+    #[serde(skip_serializing_if = "is_causal")]
+    pub objective: String,
+}
+
+fn is_causal(objective: &str) -> bool {
+    objective == "causal"
+}
+
+/// The masked-LM objective: which tokens are selected and what replaces them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlmConfig {
+    /// Probability that a (non-special, non-padding) token — or a whole word — is selected.
+    pub mask_prob: f64,
+    /// Of the selected: replaced by [MASK] ...
+    pub mask_token_frac: f64,
+    /// ... by a random token (the rest stay unchanged).
+    pub random_token_frac: f64,
+    /// Select whole words (all their pieces) instead of single tokens.
+    pub whole_word: bool,
+    /// Probability of a shorter target length for a sentence pair (BERT's 0.1).
+    pub short_seq_prob: f64,
+}
+
+impl Default for MlmConfig {
+    fn default() -> Self {
+        Self { mask_prob: 0.15, mask_token_frac: 0.8, random_token_frac: 0.1, whole_word: false, short_seq_prob: 0.1 }
+    }
+}
+
+impl MlmConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for TrainConfig {
@@ -416,6 +459,7 @@ impl Default for TrainConfig {
             checkpoint_every: 500,
             log_every: 10,
             seed: 1337,
+            objective: "causal".into(),
         }
     }
 }
@@ -570,7 +614,30 @@ impl RunConfig {
             return Err(bad("model.init", &m.init, &INITS.join(", ")));
         }
         // Preset name and shape overrides are checked when the spec is resolved.
-        crate::models::ModelSpec::from_config(m)?;
+        let spec = crate::models::ModelSpec::from_config(m)?;
+        const OBJECTIVES: [&str; 3] = ["causal", "mlm", "mlm+nsp"];
+        if !OBJECTIVES.contains(&t.objective.as_str()) {
+            return Err(bad("train.objective", &t.objective, &OBJECTIVES.join(", ")));
+        }
+        let encoder = spec.style == crate::models::Style::Bert;
+        if encoder == (t.objective == "causal") {
+            return Err(Error::config(
+                "train.objective",
+                format!(
+                    "{:?} does not fit model style {:?}: causal goes with gpt2 / llama, mlm and mlm+nsp with bert",
+                    t.objective, spec.style
+                ),
+            ));
+        }
+        let k = &self.mlm;
+        check((0.0..1.0).contains(&k.mask_prob) && k.mask_prob > 0.0, "mlm.mask_prob", k.mask_prob, "0 < p < 1")?;
+        check(
+            k.mask_token_frac >= 0.0 && k.random_token_frac >= 0.0 && k.mask_token_frac + k.random_token_frac <= 1.0,
+            "mlm.mask_token_frac",
+            k.mask_token_frac,
+            "fractions >= 0 with mask_token_frac + random_token_frac <= 1",
+        )?;
+        check((0.0..=1.0).contains(&k.short_seq_prob), "mlm.short_seq_prob", k.short_seq_prob, "0..=1")?;
 
         check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")?;
         let d = &self.distributed;

@@ -11,7 +11,8 @@
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
 //! data             prepared shards -> seeded batches and fixed validation windows
 //! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
-//! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
+//! models           decoders (GPT-2, Llama styles) and the BERT encoder, presets, HF config + names
+//! mlm_data         encoder pretraining batches: sentence index, NSP pairs, dynamic MLM masking
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
 //! distributed      multi-process data parallelism: collectives (MPI), bucketed all-reduce, ZeRO-1
@@ -34,6 +35,7 @@ pub mod error;
 pub mod eval;
 pub mod fsio;
 pub mod generate;
+pub mod mlm_data;
 pub mod models;
 pub mod nn;
 pub mod ops;

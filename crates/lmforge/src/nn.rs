@@ -87,16 +87,35 @@ impl ParamStore {
     }
 
     /// Loads `params` from a safetensors file, converting f16/bf16 to f32. Every expected
-    /// tensor must be present with the expected shape; extra tensors that are known buffers
-    /// (GPT-2's causal-mask `attn.bias`, RoPE `inv_freq`) are ignored, others are an error.
-    pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
-        let mut tensors = candle_core::safetensors::load(path, device)
+    /// tensor must be present with the expected shape; file keys are first mapped by `key_of`
+    /// (`None`: a known buffer or tied copy, skipped), and any other extra tensor is an error.
+    /// Parameters for which `optional` holds may be absent: they are left out of the store and
+    /// returned, so the caller can initialise them or run without them.
+    pub fn load_with(
+        path: &Path,
+        params: &[ParamInfo],
+        device: &Device,
+        key_of: &dyn Fn(&str) -> Option<String>,
+        optional: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<ParamInfo>)> {
+        let raw = candle_core::safetensors::load(path, device)
             .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (k, t) in raw {
+            if let Some(name) = key_of(&k) {
+                tensors.insert(name, t);
+            }
+        }
         let mut vars = BTreeMap::new();
+        let mut missing = Vec::new();
         for p in params {
-            let t = tensors
-                .remove(&p.name)
-                .ok_or_else(|| Error::format(path, format!("missing tensor `{}` (shape {:?})", p.name, p.shape)))?;
+            let Some(t) = tensors.remove(&p.name) else {
+                if optional(&p.name) {
+                    missing.push(p.clone());
+                    continue;
+                }
+                return Err(Error::format(path, format!("missing tensor `{}` (shape {:?})", p.name, p.shape)));
+            };
             if t.dims() != p.shape.as_slice() {
                 return Err(Error::format(
                     path,
@@ -115,21 +134,21 @@ impl ParamStore {
             };
             vars.insert(p.name.clone(), Var::from_tensor(&t)?);
         }
-        let unexpected: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k.ends_with("inv_freq")))
-            .filter(|k| k.as_str() != "lm_head.weight") // a tied head saved explicitly
-            .collect();
-        if let Some(k) = unexpected.first() {
+        if let Some(k) = tensors.keys().next() {
             return Err(Error::format(
                 path,
                 format!(
                     "unexpected tensor `{k}` ({} unexpected in all): is this the right architecture?",
-                    unexpected.len()
+                    tensors.len()
                 ),
             ));
         }
-        Ok(Self { vars, device: device.clone() })
+        Ok((Self { vars, device: device.clone() }, missing))
+    }
+
+    /// [`Self::load_with`] for a file holding exactly `params` in lmforge's own naming.
+    pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
+        Ok(Self::load_with(path, params, device, &|k| Some(k.to_string()), &|_| false)?.0)
     }
 
     /// Serialises every parameter as safetensors bytes (HF names, f32, `format: pt`).

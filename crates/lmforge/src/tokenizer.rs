@@ -81,6 +81,31 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of a token (special tokens included), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The decoded text of one token (a special token's own spelling).
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        match self.inner.id_to_token(id) {
+            Some(t) if self.inner.get_added_vocabulary().is_special_token(&t) => Ok(t),
+            Some(_) => self.decode(&[id]),
+            None => Err(Error::Tokenizer(format!("no token with id {id}"))),
+        }
+    }
+
+    /// Whether `id` is one of the tokenizer's special tokens.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// Raw vocabulary spelling of a token (byte-level `Ġ` for a leading space, WordPiece `##`
+    /// for a continuation).
+    pub fn token_piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The end-of-text id, if the tokenizer has one (`<|endoftext|>`, `</s>` or `<eos>`).
     pub fn eos_id(&self) -> Option<u32> {
         [END_OF_TEXT, "</s>", "<eos>"].iter().find_map(|t| self.inner.token_to_id(t))

@@ -12,7 +12,8 @@ use crate::config::RunConfig;
 use crate::data::{self, Batch, PreparedData};
 use crate::distributed::{self, Collective, DataParallel, SingleProcess};
 use crate::error::{Error, IoContext, Result};
-use crate::models::{Decoder, ModelSpec, ParamInfo, ParamKind};
+use crate::mlm_data::{self, MlmBatch, MlmSource, SentenceIndex, Vocab};
+use crate::models::{Decoder, Encoder, ModelSpec, ParamInfo, ParamKind, Style};
 use crate::nn::{seed_for, DropoutRng, InitScheme, ParamStore};
 use crate::optim::{
     clip_grad_norm, named_grads, param_groups, OptimSpec, Optimizer, ParamGroup, ParamRole, Plateau, PlateauRule,
@@ -23,6 +24,7 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -58,11 +60,105 @@ pub struct TrainSummary {
     pub num_params: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Validation results. `loss` is what "best" and the plateau schedule follow (the total loss
+/// for BERT: MLM + NSP); `ppl` is exp of the (masked) LM loss.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ValMetrics {
     pub loss: f64,
     pub ppl: f64,
-    pub bits_per_byte: f64,
+    /// Causal LMs only: loss in bits per byte of validation text.
+    pub bits_per_byte: Option<f64>,
+    /// Objective-specific metrics (`mlm_loss`, `mlm_acc`, `nsp_loss`, `nsp_acc`, ...).
+    pub extra: Vec<(&'static str, f64)>,
+}
+
+impl ValMetrics {
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        let mut s = format!("loss {:.4} ppl {:.2}", self.loss, self.ppl);
+        if let Some(b) = self.bits_per_byte {
+            s += &format!(" bits/byte {b:.4}");
+        }
+        for (k, v) in &self.extra {
+            s += &format!(" {k} {v:.4}");
+        }
+        s
+    }
+}
+
+/// The network being trained and its objective's validation set.
+enum Task<'a> {
+    Causal { model: Decoder, val: Vec<Batch> },
+    Masked { model: Encoder, source: Box<MlmSource<'a>>, val: Vec<MlmBatch>, unigram_acc: f64 },
+}
+
+impl Task<'_> {
+    /// The loss of micro-batch (step, micro), with dropout.
+    #[allow(clippy::too_many_arguments)]
+    fn micro_loss(
+        &self,
+        data: &PreparedData,
+        seed: u64,
+        step: u64,
+        micro: usize,
+        batch_size: usize,
+        rows: Range<usize>,
+        seq_len: usize,
+        device: &Device,
+        dropout: &mut DropoutRng,
+    ) -> Result<Tensor> {
+        let whole = rows == (0..batch_size);
+        // This process's rows; their loss weighted so that the sum over processes is the
+        // global batch's mean (untouched when one process computes every row).
+        let row_share = rows.len() as f64 / batch_size as f64;
+        match self {
+            Task::Causal { model, .. } => {
+                let batch = data::train_batch_rows(&data.train, seed, step, micro, batch_size, rows, seq_len)?;
+                let (x, y) = batch_tensors(&batch, device)?;
+                let loss = model.loss(&x, &y, Some(dropout))?;
+                if whole {
+                    Ok(loss)
+                } else {
+                    Ok((loss * row_share)?)
+                }
+            }
+            Task::Masked { model, source, .. } => {
+                let b = source.batch(seed, step, micro, rows)?;
+                let (pos, tgt) = b.positions(device)?;
+                let nsp = b.nsp_labels(device)?;
+                let loss = model.pretraining_loss(&b.input(device)?, &pos, &tgt, nsp.as_ref(), Some(dropout))?;
+                if whole {
+                    return Ok(loss.total);
+                }
+                // The MLM loss is a mean over masked positions, whose count varies by row: the
+                // global count comes from drawing the whole batch's masks (data work only).
+                let global_masked = source.batch(seed, step, micro, 0..batch_size)?.positions.len();
+                let mlm = (loss.mlm * (b.positions.len() as f64 / global_masked.max(1) as f64))?;
+                match loss.nsp {
+                    Some(nsp) => Ok((mlm + (nsp * row_share)?)?),
+                    None => Ok(mlm),
+                }
+            }
+        }
+    }
+
+    /// Validation on every process: each evaluates its share of the causal batches and the
+    /// losses are gathered (same order, same sum as one process); masked-LM validation is not
+    /// split yet, so every process evaluates all of it.
+    fn validate(&self, dp: &DataParallel, device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+        match self {
+            Task::Causal { model, val } => {
+                let mine = &val[dp.local_range(val.len())];
+                let losses = dp.all_gather_split(&batch_losses(model, mine, device)?, val.len())?;
+                Ok(val_metrics(&losses, val, tokens_per_byte))
+            }
+            Task::Masked { model, val, unigram_acc, .. } => {
+                let mut v = evaluate_mlm(model, val, device)?;
+                v.extra.push(("mlm_unigram_acc", *unigram_acc));
+                Ok(v)
+            }
+        }
+    }
 }
 
 /// Should step `step` (completed steps, 1-based) validate / checkpoint? Every `every` steps
@@ -258,11 +354,33 @@ fn run_loop(
 ) -> Result<TrainSummary> {
     let t = &cfg.train;
     let seq_len = seq_len(cfg, &spec)?;
-    let model = Decoder::new(&spec, &params)?;
     let schedule = Schedule::new(&cfg.schedule, t.max_steps);
     let plateau_rule = PlateauRule::from_config(&cfg.schedule);
     let device = params.device().clone();
-    let val_batches = data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?;
+    let vocab = match spec.style {
+        Style::Bert => Some(Vocab::from_tokenizer(&data.tokenizer, spec.vocab_size)?),
+        Style::Gpt2 | Style::Llama => None,
+    };
+    let task = match &vocab {
+        None => Task::Causal {
+            model: Decoder::new(&spec, &params)?,
+            val: data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?,
+        },
+        Some(vocab) => {
+            let nsp = t.objective == "mlm+nsp";
+            let source = |shard| -> Result<MlmSource> {
+                Ok(MlmSource { shard, index: SentenceIndex::build(shard, vocab)?, vocab, cfg: &cfg.mlm, nsp, seq_len })
+            };
+            let val = source(&data.val)?.eval_batches(state.seed, t.eval_batches, t.batch_size)?;
+            let (_, unigram_acc) = mlm_data::unigram_baseline(&data.train, vocab, &val);
+            Task::Masked {
+                model: Encoder::new(&spec, &params)?,
+                source: Box::new(source(&data.train)?),
+                val,
+                unigram_acc,
+            }
+        }
+    };
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
     let run_config_toml = cfg.to_toml();
     let mode = if dp.is_writer() { ProgressMode::parse(&cfg.log.progress) } else { ProgressMode::Off };
@@ -315,20 +433,25 @@ fn run_loop(
         let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
-        // This process's rows of every micro-batch, and their share of the global mean loss.
+        // This process's rows of every micro-batch.
         let rows = dp.local_range(t.batch_size);
-        let share = rows.len() as f64 / t.batch_size as f64;
         for micro in 0..t.grad_accum {
-            let batch = data::train_batch_rows(&data.train, state.seed, s, micro, t.batch_size, rows.clone(), seq_len)?;
-            let (x, y) = batch_tensors(&batch, &device)?;
             let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")))
                 .for_rows(rows.start, t.batch_size);
-            let loss = model.loss(&x, &y, Some(&mut dropout))?;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * share;
-            // Averaging over micro-batches (and processes): scale each loss so the summed
-            // gradient is the mean over the global batch.
-            let weight = share / t.grad_accum as f64;
-            let scaled = if weight != 1.0 { (loss * weight)? } else { loss };
+            let loss = task.micro_loss(
+                &data,
+                state.seed,
+                s,
+                micro,
+                t.batch_size,
+                rows.clone(),
+                seq_len,
+                &device,
+                &mut dropout,
+            )?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
+            let scaled = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
             let g = named_grads(params.vars(), &scaled.backward()?)?;
             grads = Some(match grads {
                 None => g,
@@ -369,18 +492,19 @@ fn run_loop(
 
         state.val_loss = None;
         if due(state.step, t.eval_every, t.max_steps) {
-            let mine = &val_batches[dp.local_range(val_batches.len())];
-            let losses = dp.all_gather_split(&batch_losses(&model, mine, &device)?, val_batches.len())?;
-            let v = val_metrics(&losses, &val_batches, data.meta.val_tokens_per_byte());
-            metrics.write(&json!({
+            let v = task.validate(&dp, &device, data.meta.val_tokens_per_byte())?;
+            let mut row = json!({
                 "step": state.step, "split": "val", "loss": v.loss, "ppl": v.ppl,
-                "bits_per_byte": v.bits_per_byte, "lr": lr, "tokens": state.tokens_seen,
-                "elapsed_s": elapsed,
-            }))?;
-            progress.println(&format!(
-                "step {} val loss {:.4} ppl {:.2} bits/byte {:.4}",
-                state.step, v.loss, v.ppl, v.bits_per_byte
-            ));
+                "lr": lr, "tokens": state.tokens_seen, "elapsed_s": elapsed,
+            });
+            if let Some(b) = v.bits_per_byte {
+                row["bits_per_byte"] = json!(b);
+            }
+            for (k, x) in &v.extra {
+                row[*k] = json!(x);
+            }
+            metrics.write(&row)?;
+            progress.println(&format!("step {} val {}", state.step, v.summary()));
             state.val_loss = Some(v.loss);
             if let Some(p) = state.plateau.as_mut() {
                 p.observe(v.loss, &plateau_rule);
@@ -475,7 +599,45 @@ fn val_metrics(losses: &[f32], batches: &[Batch], tokens_per_byte: f64) -> ValMe
         count += n;
     }
     let loss = sum / count.max(1) as f64;
-    ValMetrics { loss, ppl: loss.exp(), bits_per_byte: loss / std::f64::consts::LN_2 * tokens_per_byte }
+    ValMetrics {
+        loss,
+        ppl: loss.exp(),
+        bits_per_byte: Some(loss / std::f64::consts::LN_2 * tokens_per_byte),
+        extra: Vec::new(),
+    }
+}
+
+/// Masked-LM validation: loss and accuracy over the masked positions (token-weighted), and
+/// next-sentence loss and accuracy over the rows when the batches have labels.
+pub fn evaluate_mlm(model: &Encoder, batches: &[MlmBatch], device: &Device) -> Result<ValMetrics> {
+    let (mut mlm_sum, mut mlm_hits, mut mlm_n) = (0.0f64, 0usize, 0usize);
+    let (mut nsp_sum, mut nsp_hits, mut nsp_n) = (0.0f64, 0usize, 0usize);
+    for b in batches {
+        let hidden = model.hidden(&b.input(device)?, None)?;
+        let (pos, tgt) = b.positions(device)?;
+        let logits = model.mlm_logits(&Encoder::select_rows(&hidden, &pos)?)?;
+        mlm_sum += crate::ops::cross_entropy_per_row(&logits, &tgt)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let pred = crate::models::encoder::argmax_last(&logits)?;
+        mlm_hits += pred.iter().zip(&b.targets).filter(|(p, t)| p == t).count();
+        mlm_n += b.targets.len();
+        if let (Some(labels), Some(lt)) = (&b.nsp_labels, b.nsp_labels(device)?) {
+            let logits = model.nsp_logits(&model.pooled(&hidden)?)?;
+            nsp_sum += crate::ops::cross_entropy_per_row(&logits, &lt)?.sum_all()?.to_scalar::<f32>()? as f64;
+            let pred = crate::models::encoder::argmax_last(&logits)?;
+            nsp_hits += pred.iter().zip(labels).filter(|(p, t)| p == t).count();
+            nsp_n += labels.len();
+        }
+    }
+    let mlm_loss = mlm_sum / mlm_n.max(1) as f64;
+    let mut extra = vec![("mlm_loss", mlm_loss), ("mlm_acc", mlm_hits as f64 / mlm_n.max(1) as f64)];
+    let mut loss = mlm_loss;
+    if nsp_n > 0 {
+        let nsp_loss = nsp_sum / nsp_n as f64;
+        loss += nsp_loss;
+        extra.push(("nsp_loss", nsp_loss));
+        extra.push(("nsp_acc", nsp_hits as f64 / nsp_n as f64));
+    }
+    Ok(ValMetrics { loss, ppl: mlm_loss.exp(), bits_per_byte: None, extra })
 }
 
 /// Append-only `metrics.jsonl`. Opened for a resume, it first drops rows past the checkpoint

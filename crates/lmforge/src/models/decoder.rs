@@ -73,6 +73,9 @@ impl KvCache {
 
 impl Decoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
+        if spec.style == Style::Bert {
+            return Err(crate::Error::Invalid("a BERT spec builds an Encoder, not a Decoder".into()));
+        }
         let eps = spec.norm_eps;
         let mut blocks = Vec::with_capacity(spec.n_layer);
         for i in 0..spec.n_layer {
@@ -102,7 +105,7 @@ impl Decoder {
                         mlp: Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
                     }
                 }
-                Style::Llama => {
+                Style::Llama | Style::Bert => {
                     let n = |s: &str| format!("model.layers.{i}.{s}.weight");
                     let lin = |s: &str| -> Result<Linear> { Ok(Linear::out_in(p.get(&n(s))?, None)) };
                     let rms = |s: &str| -> Result<Norm> { Ok(Norm::Rms { w: p.get(&n(s))?, eps }) };
@@ -137,7 +140,7 @@ impl Decoder {
                 Norm::Layer { w: p.get("transformer.ln_f.weight")?, b: p.get("transformer.ln_f.bias")?, eps },
                 None,
             ),
-            Style::Llama => (
+            Style::Llama | Style::Bert => (
                 None,
                 Norm::Rms { w: p.get("model.norm.weight")?, eps },
                 Some(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?),
