@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::config::RunConfig;
+use lmforge::distributed::Collective;
 use lmforge::generate::{generate_text, SamplingConfig};
 use lmforge::models::{ModelSpec, PRESETS};
 use lmforge::train::{self, TrainOptions, TrainSummary};
@@ -295,21 +296,59 @@ fn keep_freed_memory_in_heap() {
     }
 }
 
+/// The processes of an MPI job on one machine would each start a thread per core: each gets
+/// its share instead (as torchrun sets OMP_NUM_THREADS). RAYON_NUM_THREADS, when set, wins.
+fn share_cores_between_local_processes() {
+    let local = lmforge::distributed::processes_on_this_node();
+    if local > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
+    }
+}
+
 fn main() {
     keep_freed_memory_in_heap();
+    share_cores_between_local_processes();
+    let cli = Cli::parse();
+    let comm = match lmforge::distributed::from_env() {
+        Ok(comm) => comm,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let (rank, world) = (comm.rank(), comm.world_size());
+    // Rank 0 speaks for a distributed job; the others print only warnings and errors.
+    let quiet = if rank == 0 { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()))
         .init();
-    let code = match run(Cli::parse()) {
+    let code = match run(cli, &comm) {
         Ok(code) => code,
+        Err(e) if world > 1 => {
+            eprintln!("error (rank {rank} of {world}): {e:#}");
+            // The others may be waiting in a collective for this process: end the whole job.
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
     };
+    drop(comm); // the last reference: finalizes MPI before exiting
     std::process::exit(code);
+}
+
+/// The run dir every process of a job uses: rank 0's default (its clock) when none was given.
+fn agreed_run_dir(comm: &Arc<dyn Collective>, given: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let mut bytes = default_run_dir(name).to_string_lossy().into_owned().into_bytes();
+    comm.broadcast_bytes(&mut bytes, 0)?;
+    Ok(PathBuf::from(String::from_utf8(bytes).context("run dir from rank 0")?))
 }
 
 /// Ctrl-C / SIGTERM set a flag the trainer checks between steps: it checkpoints and stops.
@@ -326,12 +365,16 @@ fn default_run_dir(name: &str) -> PathBuf {
     PathBuf::from("runs").join(format!("{name}-{secs}"))
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
     let device = lmforge::Device::Cpu;
+    let writer = comm.rank() == 0;
+    if comm.world_size() > 1 && !matches!(cli.command, Command::Train { .. }) {
+        anyhow::bail!("only `lmforge train` runs as several processes; run this command without mpirun");
+    }
     match cli.command {
         Command::Quickstart { run, prompt } => {
             let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir("quickstart"));
-            let opts = TrainOptions { stop_after: None, interrupt: Some(interrupt_flag()) };
+            let opts = TrainOptions { stop_after: None, interrupt: Some(interrupt_flag()), comm: None };
             let started = std::time::Instant::now();
             eprintln!("quickstart: training into {}", run_dir.display());
             let mut stdout = std::io::stdout();
@@ -351,7 +394,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_code(&report.summary))
         }
         Command::Train { config, run, resume, stop_after } => {
-            let opts = TrainOptions { stop_after, interrupt: Some(interrupt_flag()) };
+            let opts = TrainOptions { stop_after, interrupt: Some(interrupt_flag()), comm: Some(comm.clone()) };
             let summary = match resume {
                 Some(dir) => {
                     if !run.set.is_empty() || run.run_dir.is_some() {
@@ -366,12 +409,16 @@ fn run(cli: Cli) -> Result<i32> {
                     let cfg = RunConfig::resolve(Some(&path), &run.set)?;
                     let stem =
                         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-                    let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir(&stem));
-                    eprintln!("training into {}", run_dir.display());
+                    let run_dir = agreed_run_dir(comm, run.run_dir, &stem)?;
+                    if writer {
+                        eprintln!("training into {}", run_dir.display());
+                    }
                     train::train(&cfg, &run_dir, &opts)?
                 }
             };
-            print_summary(&summary);
+            if writer {
+                print_summary(&summary);
+            }
             Ok(exit_code(&summary))
         }
         Command::Eval(EvalCommand::Mlm { model, text, every, json }) => {

@@ -420,3 +420,27 @@ fn a_run_dir_in_use_is_refused_and_a_stale_lock_is_taken_over() {
     ok(&["train", "--resume", s(&run)]);
     assert!(!run.join(".lock").exists());
 }
+
+/// An MPI launcher's environment without the `mpi` feature: refused before anything is
+/// written (each process would otherwise train alone into the same folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_without_the_mpi_feature_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(["train", "--config", s(&cfg), "--run-dir", s(&run)])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`mpi` feature") && err.contains("2 processes"), "{err}");
+    assert!(!run.exists());
+}
+
+/// Multi-process training under `mpirun` (the `mpi` feature, Open MPI installed).
+#[cfg(feature = "mpi")]
+#[path = "mpi/distributed.rs"]
+mod distributed;

@@ -103,7 +103,12 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
 /// existing folder (plain writes: callers stage the folder).
 fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
-    let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
+    let mut config = hf::config_json(spec, eos);
+    if spec.style == Style::Bert && !params.vars().contains_key("cls.predictions.bias") {
+        // A backbone without pretraining heads (loaded from a `BertModel` folder).
+        config["architectures"] = serde_json::json!(["BertModel"]);
+    }
+    let cfg = serde_json::to_string_pretty(&config).expect("json");
     std::fs::write(dir.join("config.json"), cfg).at(dir.join("config.json"))?;
     if spec.style != Style::Bert {
         let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
@@ -195,6 +200,14 @@ impl LoadedModel {
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
+        // The slow-tokenizer files of the source folder (a WordPiece `vocab.txt` and its
+        // settings) travel along, so tools that read them still find them.
+        for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            let src = self.source.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, staged.path().join(f)).at(&src)?;
+            }
+        }
         staged.commit()
     }
 }
@@ -263,11 +276,16 @@ impl Drop for RunLock {
     }
 }
 
-/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere the lock is
+/// Whether a process with this pid exists. On Linux, /proc tells (a zombie — exited, not yet
+/// reaped, as a killed MPI rank can be for a while — counts as gone); elsewhere the lock is
 /// assumed live, the safe answer (a stale lock must then be removed by hand).
 fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
     } else {
         true
     }

@@ -23,6 +23,10 @@ pub struct RunConfig {
     /// saved config (and its hash) while at their defaults, so older runs still resume.
     #[serde(skip_serializing_if = "MlmConfig::is_default")]
     pub mlm: MlmConfig,
+    /// Left out of the serialised config (and so the hash) while it holds the defaults, so
+    /// configs written before multi-process training still resume.
+    #[serde(skip_serializing_if = "DistributedConfig::is_default")]
+    pub distributed: DistributedConfig,
 }
 
 /// Where the text comes from and how it becomes tokens: inputs, cleaning, quality filters,
@@ -487,6 +491,34 @@ impl Default for LogConfig {
     }
 }
 
+/// Multi-process data-parallel training (`mpirun -np N lmforge train`; see `distributed`).
+/// The process count is not part of the config: a run saved with N processes resumes with M.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
+    /// 1 = each process keeps and updates the state of its share of the parameters.
+    pub zero: u8,
+    /// Seconds a collective may wait for the other processes before the run fails (a process
+    /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
+    pub timeout_s: f64,
+    /// Gradients are all-reduced in buckets of about this many MB (several parameters per
+    /// message; a larger parameter travels alone).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { zero: 0, timeout_s: 600.0, bucket_mb: 25.0 }
+    }
+}
+
+impl DistributedConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl RunConfig {
     /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
     /// bare words taken as strings) and validates the result.
@@ -590,6 +622,20 @@ impl RunConfig {
         check((0.0..=1.0).contains(&k.short_seq_prob), "mlm.short_seq_prob", k.short_seq_prob, "0..=1")?;
 
         check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")?;
+        let d = &self.distributed;
+        check(d.zero <= 1, "distributed.zero", d.zero, "0 (replicated optimizer state) or 1 (sharded, ZeRO stage 1)")?;
+        check(
+            d.timeout_s.is_finite() && d.timeout_s > 0.0,
+            "distributed.timeout_s",
+            d.timeout_s,
+            "a positive number of seconds",
+        )?;
+        check(
+            d.bucket_mb.is_finite() && d.bucket_mb > 0.0,
+            "distributed.bucket_mb",
+            d.bucket_mb,
+            "a positive number of MB",
+        )?;
         const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
         if !PROGRESS.contains(&self.log.progress.as_str()) {
             return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
@@ -740,6 +786,18 @@ mod tests {
             serde_json::to_string(&cfg.optim).unwrap(),
             r#"{"name":"adamw","lr":0.0006,"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1,"decay_embeddings":false,"grad_clip":1.0}"#
         );
+    }
+
+    #[test]
+    fn distributed_section_is_validated_and_hashed_only_when_set() {
+        let e = err("", &["distributed.zero=2"]);
+        assert!(e.contains("distributed.zero") && e.contains("ZeRO"), "{e}");
+        let e = err("", &["distributed.timeout_s=0"]);
+        assert!(e.contains("distributed.timeout_s"), "{e}");
+        assert!(!RunConfig::default().to_toml().contains("distributed"));
+        let zero1 = RunConfig::from_toml_str("[distributed]\nzero = 1\n", &[]).unwrap();
+        assert_ne!(zero1.hash(), RunConfig::default().hash());
+        assert_eq!(RunConfig::from_toml_str(&zero1.to_toml(), &[]).unwrap(), zero1);
     }
 
     #[test]

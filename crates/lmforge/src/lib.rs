@@ -15,6 +15,7 @@
 //! mlm_data         encoder pretraining batches: sentence index, NSP pairs, dynamic MLM masking
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! checkpoint       run-dir layout, checkpoint write/read/retention, model loading by path
+//! distributed      multi-process data parallelism: collectives (MPI), bucketed all-reduce, ZeRO-1
 //! train            the one training loop, metrics sink, progress
 //! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
@@ -31,6 +32,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod finetune;

@@ -404,14 +404,28 @@ impl Rope {
 
 /// Draws inverted-dropout keep-masks from a seeded generator (one per micro-batch), so a
 /// resumed run reproduces the same masks.
+///
+/// One generator covers the whole global micro-batch: each mask is drawn for all `B` rows in
+/// row order, one 32-bit word per element. A process that computes only rows `first..first+b`
+/// of it (data-parallel training, see `distributed`) seeks to its rows' words and past the
+/// rest, so every row gets the same mask whatever the process count.
 pub struct DropoutRng {
     rng: ChaCha8Rng,
     p: f32,
+    /// (first row, rows of the global batch); the local tensors hold rows first.. of it.
+    rows: Option<(usize, usize)>,
 }
 
 impl DropoutRng {
     pub fn new(p: f64, seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32 }
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32, rows: None }
+    }
+
+    /// Masks for rows `first..` of a global batch of `global_rows` (the leading dimension of
+    /// every tensor [`Self::apply`] sees is this process's rows).
+    pub fn for_rows(mut self, first: usize, global_rows: usize) -> Self {
+        self.rows = Some((first, global_rows));
+        self
     }
 
     /// Whether [`Self::apply`] changes anything (p > 0).
@@ -432,8 +446,22 @@ impl DropoutRng {
             return Ok(x.clone());
         }
         let keep = 1.0 / (1.0 - p);
+        // A uniform f32 consumes exactly one word of the ChaCha stream.
+        let window = match self.rows {
+            Some((first, global)) => {
+                let local = x.dims().first().copied().unwrap_or(1).max(1);
+                let per_row = (x.elem_count() / local) as u128;
+                let start = self.rng.get_word_pos();
+                self.rng.set_word_pos(start + first as u128 * per_row);
+                Some(start + global as u128 * per_row)
+            }
+            None => None,
+        };
         let mask: Vec<f32> =
             (0..x.elem_count()).map(|_| if self.rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        if let Some(end) = window {
+            self.rng.set_word_pos(end);
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         Ok(ops::dropout(x, &mask)?)
     }
@@ -473,5 +501,27 @@ mod tests {
         let x = Tensor::ones(10_000, DType::F32, &Device::Cpu).unwrap();
         let m = d.apply(&x).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
         assert!((m - 1.0).abs() < 0.05, "{m}");
+    }
+
+    /// Two processes computing rows 0..3 and 3..5 of a batch draw the masks one process
+    /// draws for all 5 rows, call after call.
+    #[test]
+    fn dropout_masks_of_a_row_window_match_the_whole_batch() {
+        let x = Tensor::ones((5, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let mut whole = DropoutRng::new(0.5, 9);
+        let mut a = DropoutRng::new(0.5, 9).for_rows(0, 5);
+        let mut b = DropoutRng::new(0.5, 9).for_rows(3, 5);
+        for _ in 0..3 {
+            let w = whole.apply(&x).unwrap();
+            let parts = Tensor::cat(
+                &[a.apply(&x.narrow(0, 0, 3).unwrap()).unwrap(), b.apply(&x.narrow(0, 3, 2).unwrap()).unwrap()],
+                0,
+            )
+            .unwrap();
+            assert_eq!(
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                parts.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
     }
 }

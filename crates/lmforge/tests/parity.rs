@@ -165,6 +165,17 @@ fn minilm_backbone_matches_sentence_transformers() {
         let max_diff = emb.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
         assert!(cos > 0.99999 && max_diff < 1e-4, "row {i}: cosine {cos}, max |diff| {max_diff:e}");
     }
+
+    // Exported (as a headless `BertModel`, with its WordPiece vocab.txt) and re-imported: the
+    // same hidden states, bit for bit (fp16 weights became fp32 exactly).
+    let out = tempfile::tempdir().unwrap();
+    let folder = model.export_hf(&out.path().join("minilm")).unwrap();
+    assert!(folder.join("vocab.txt").is_file());
+    let cfg = json(folder.join("config.json"));
+    assert_eq!(cfg["architectures"][0], "BertModel");
+    let back = LoadedModel::load(&folder, &Device::Cpu).unwrap();
+    let again = back.encoder().unwrap().hidden(&input, None).unwrap();
+    assert_eq!(max_rel(&again, &hidden), 0.0);
 }
 
 /// The kv-cached decode and a full recomputation pick the same tokens (greedy and sampled).
