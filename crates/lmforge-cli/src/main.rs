@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::config::RunConfig;
+use lmforge::distributed::Collective;
 use lmforge::generate::{generate_text, SamplingConfig};
 use lmforge::models::{ModelSpec, PRESETS};
 use lmforge::observe::Observers;
@@ -78,6 +79,28 @@ enum Command {
     /// The experiment store: list, show, compare and remove recorded runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Fine-tune a pretrained model for text classification (full, LoRA or adapters).
+    Finetune {
+        /// The fine-tune config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Classify the rows of a TSV / CSV / JSONL file: one JSON object per row (label, probs,
+    /// logits).
+    Predict {
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// JSONL output.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        reader: ReaderArgs,
+    },
     /// Evaluate a model.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -250,8 +273,32 @@ struct RunArgs {
     run_dir: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ReaderArgs {
+    /// Override how rows are read (default: as in training): --set data.text_column=NAME,
+    /// data.header=false, data.format=csv, data.bad_rows=fail, ... (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+}
+
 #[derive(Subcommand)]
 enum EvalCommand {
+    /// Accuracy, precision / recall / F1 (macro, micro, weighted, binary), confusion matrix
+    /// and loss of a classifier on a labelled file.
+    Classification {
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        reader: ReaderArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity and bits per byte of a text file.
     Ppl {
         #[arg(long)]
@@ -325,21 +372,59 @@ fn keep_freed_memory_in_heap() {
     }
 }
 
+/// The processes of an MPI job on one machine would each start a thread per core: each gets
+/// its share instead (as torchrun sets OMP_NUM_THREADS). RAYON_NUM_THREADS, when set, wins.
+fn share_cores_between_local_processes() {
+    let local = lmforge::distributed::processes_on_this_node();
+    if local > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
+    }
+}
+
 fn main() {
     keep_freed_memory_in_heap();
+    share_cores_between_local_processes();
+    let cli = Cli::parse();
+    let comm = match lmforge::distributed::from_env() {
+        Ok(comm) => comm,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let (rank, world) = (comm.rank(), comm.world_size());
+    // Rank 0 speaks for a distributed job; the others print only warnings and errors.
+    let quiet = if rank == 0 { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()))
         .init();
-    let code = match run(Cli::parse()) {
+    let code = match run(cli, &comm) {
         Ok(code) => code,
+        Err(e) if world > 1 => {
+            eprintln!("error (rank {rank} of {world}): {e:#}");
+            // The others may be waiting in a collective for this process: end the whole job.
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
     };
+    drop(comm); // the last reference: finalizes MPI before exiting
     std::process::exit(code);
+}
+
+/// The run dir every process of a job uses: rank 0's default (its clock) when none was given.
+fn agreed_run_dir(comm: &Arc<dyn Collective>, given: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    let mut bytes = default_run_dir(name).to_string_lossy().into_owned().into_bytes();
+    comm.broadcast_bytes(&mut bytes, 0)?;
+    Ok(PathBuf::from(String::from_utf8(bytes).context("run dir from rank 0")?))
 }
 
 /// Ctrl-C / SIGTERM set a flag the trainer checks between steps: it checkpoints and stops.
@@ -376,9 +461,13 @@ fn now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn run(cli: Cli) -> Result<i32> {
+fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
     let device = lmforge::Device::Cpu;
+    let writer = comm.rank() == 0;
     let db = cli.db.as_deref();
+    if comm.world_size() > 1 && !matches!(cli.command, Command::Train { .. }) {
+        anyhow::bail!("only `lmforge train` runs as several processes; run this command without mpirun");
+    }
     match cli.command {
         Command::Quickstart { run, prompt } => {
             let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir("quickstart"));
@@ -406,11 +495,10 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_code(&report.summary))
         }
         Command::Train { config, run, resume, stop_after, name, kind, group } => {
-            let opts = TrainOptions {
-                stop_after,
-                interrupt: Some(interrupt_flag()),
-                observers: recorder(db, &kind, name, &group),
-            };
+            // Rank 0 alone records a multi-process run.
+            let observers = if writer { recorder(db, &kind, name, &group) } else { Observers::default() };
+            let opts =
+                TrainOptions { stop_after, interrupt: Some(interrupt_flag()), comm: Some(comm.clone()), observers };
             let summary = match resume {
                 Some(dir) => {
                     if !run.set.is_empty() || run.run_dir.is_some() {
@@ -425,12 +513,16 @@ fn run(cli: Cli) -> Result<i32> {
                     let cfg = RunConfig::resolve(Some(&path), &run.set)?;
                     let stem =
                         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
-                    let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir(&stem));
-                    eprintln!("training into {}", run_dir.display());
+                    let run_dir = agreed_run_dir(comm, run.run_dir, &stem)?;
+                    if writer {
+                        eprintln!("training into {}", run_dir.display());
+                    }
                     train::train(&cfg, &run_dir, &opts)?
                 }
             };
-            print_summary(&summary);
+            if writer {
+                print_summary(&summary);
+            }
             Ok(exit_code(&summary))
         }
         Command::Eval(EvalCommand::Mlm { model, text, every, json }) => {
@@ -461,6 +553,75 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("loss           {:.6} nats/token", r.loss);
                 println!("perplexity     {:.4}", r.ppl);
                 println!("bits per byte  {:.4}", r.bits_per_byte);
+            }
+            Ok(0)
+        }
+        Command::Finetune { config, run } => {
+            let cfg = lmforge::finetune::FinetuneConfig::resolve(Some(&config), &run.set)?;
+            let stem =
+                config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "finetune".into());
+            let run_dir = run.run_dir.unwrap_or_else(|| default_run_dir(&stem));
+            eprintln!("fine-tuning into {}", run_dir.display());
+            let opts = lmforge::finetune::FinetuneOptions {
+                interrupt: Some(interrupt_flag()),
+                observers: recorder(db, "finetune", None, ""),
+            };
+            let s = lmforge::finetune::finetune(&cfg, &run_dir, &opts)?;
+            println!("run dir:     {}", s.run_dir.display());
+            println!("model:       {}", s.model_dir.display());
+            println!(
+                "steps:       {}/{} ({:.2} epochs){}",
+                s.steps,
+                s.total_steps,
+                s.epochs,
+                if s.stopped_early { ", stopped early" } else { "" }
+            );
+            println!(
+                "parameters:  {} trainable of {} ({:.2}%), optimizer state {} bytes",
+                s.params.trainable_params,
+                s.params.total_params,
+                100.0 * s.params.trainable_fraction,
+                s.params.optimizer_state_bytes
+            );
+            println!("train time:  {:.1} s", s.train_seconds);
+            if let Some((value, step)) = s.best {
+                println!("best:        validation {} {value:.4} at step {step}", cfg.train.metric);
+            }
+            if let (Some(split), Some(e)) = (&s.final_split, &s.final_eval) {
+                println!("--- {split} (best model), loss {:.4} ---", e.loss);
+                print!("{}", e.metrics.table());
+            }
+            Ok(if s.interrupted { 130 } else { 0 })
+        }
+        Command::Predict { model, input, output, reader } => {
+            let m = lmforge::finetune::model::LoadedClassifier::load(&model, &device)?;
+            let rc = lmforge::finetune::predict::reader_settings(&m, &reader.set)?;
+            let s = lmforge::finetune::predict::predict_file(&m, &input, &output, &rc, reader.batch_size)?;
+            eprintln!("{} rows -> {}", s.rows, output.display());
+            if s.bad_rows.total() > 0 {
+                eprintln!("{}: {}", input.display(), s.bad_rows.summary());
+            }
+            if let Some(a) = s.accuracy {
+                eprintln!("accuracy on the labelled rows: {a:.4}");
+            }
+            Ok(0)
+        }
+        Command::Eval(EvalCommand::Classification { model, data, reader, json }) => {
+            let m = lmforge::finetune::model::LoadedClassifier::load(&model, &device)?;
+            let rc = lmforge::finetune::predict::reader_settings(&m, &reader.set)?;
+            let (e, bad) = lmforge::finetune::predict::eval_file(&m, &data, &rc, reader.batch_size)?;
+            if json {
+                let mut v = serde_json::to_value(&e)?;
+                v["bad_rows"] = serde_json::to_value(&bad)?;
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                println!("model      {}", m.source.display());
+                println!("data       {}", data.display());
+                if bad.total() > 0 {
+                    println!("{}", bad.summary());
+                }
+                println!("loss       {:.4}", e.loss);
+                print!("{}", e.metrics.table());
             }
             Ok(0)
         }

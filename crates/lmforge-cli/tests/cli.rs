@@ -3,32 +3,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn lmforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("LMFORGE_DB", test_db())
-        .output()
-        .expect("lmforge runs")
-}
-
-/// The experiment store these tests' runs are recorded in: under the target dir, never the repo.
-fn test_db() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests.db")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lmforge(args);
-    assert!(
-        out.status.success(),
-        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{lmforge, ok, test_db};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare.txt")
@@ -443,3 +421,27 @@ fn a_run_dir_in_use_is_refused_and_a_stale_lock_is_taken_over() {
     ok(&["train", "--resume", s(&run)]);
     assert!(!run.join(".lock").exists());
 }
+
+/// An MPI launcher's environment without the `mpi` feature: refused before anything is
+/// written (each process would otherwise train alone into the same folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_without_the_mpi_feature_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(["train", "--config", s(&cfg), "--run-dir", s(&run)])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`mpi` feature") && err.contains("2 processes"), "{err}");
+    assert!(!run.exists());
+}
+
+/// Multi-process training under `mpirun` (the `mpi` feature, Open MPI installed).
+#[cfg(feature = "mpi")]
+#[path = "mpi/distributed.rs"]
+mod distributed;

@@ -130,6 +130,16 @@ pub enum Network {
     Encoder(Encoder),
 }
 
+impl Network {
+    /// The network of `spec`'s style over `params`.
+    pub fn new(spec: &ModelSpec, params: &ParamStore) -> Result<Self> {
+        Ok(match spec.style {
+            Style::Bert => Network::Encoder(Encoder::new(spec, params)?),
+            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(spec, params)?),
+        })
+    }
+}
+
 /// A model ready for inference: spec, weights, network, tokenizer.
 pub struct LoadedModel {
     pub spec: ModelSpec,
@@ -160,10 +170,7 @@ impl LoadedModel {
                 format!("tokenizer has {} tokens, more than the model's {}", tokenizer.vocab_size(), spec.vocab_size),
             ));
         }
-        let network = match spec.style {
-            Style::Bert => Network::Encoder(Encoder::new(&spec, &params)?),
-            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(&spec, &params)?),
-        };
+        let network = Network::new(&spec, &params)?;
         Ok(Self { spec, params, network, tokenizer, source: folder })
     }
 
@@ -277,11 +284,16 @@ impl Drop for RunLock {
     }
 }
 
-/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere the lock is
+/// Whether a process with this pid exists. On Linux, /proc tells (a zombie — exited, not yet
+/// reaped, as a killed MPI rank can be for a while — counts as gone); elsewhere the lock is
 /// assumed live, the safe answer (a stale lock must then be removed by hand).
 fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
     } else {
         true
     }

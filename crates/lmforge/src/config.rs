@@ -23,6 +23,10 @@ pub struct RunConfig {
     /// saved config (and its hash) while at their defaults, so older runs still resume.
     #[serde(skip_serializing_if = "MlmConfig::is_default")]
     pub mlm: MlmConfig,
+    /// Left out of the serialised config (and so the hash) while it holds the defaults, so
+    /// configs written before multi-process training still resume.
+    #[serde(skip_serializing_if = "DistributedConfig::is_default")]
+    pub distributed: DistributedConfig,
 }
 
 /// Where the text comes from and how it becomes tokens: inputs, cleaning, quality filters,
@@ -487,21 +491,41 @@ impl Default for LogConfig {
     }
 }
 
+/// Multi-process data-parallel training (`mpirun -np N lmforge train`; see `distributed`).
+/// The process count is not part of the config: a run saved with N processes resumes with M.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
+    /// 1 = each process keeps and updates the state of its share of the parameters.
+    pub zero: u8,
+    /// Seconds a collective may wait for the other processes before the run fails (a process
+    /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
+    pub timeout_s: f64,
+    /// Gradients are all-reduced in buckets of about this many MB (several parameters per
+    /// message; a larger parameter travels alone).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { zero: 0, timeout_s: 600.0, bucket_mb: 25.0 }
+    }
+}
+
+impl DistributedConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl RunConfig {
     /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
     /// bare words taken as strings) and validates the result.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).at(path)?;
-                text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        Self::from_table(table)
+        let cfg: Self = deserialize_table(layered_table(file, overrides)?)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Resolves from a TOML string (the recipes bundled in the binary use this).
@@ -510,17 +534,7 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        Self::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Self> {
-        let value = toml::Value::Table(table);
-        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim_end_matches('\n').to_string();
-            Error::config(if key == "." { "(top level)".into() } else { key }, inner)
-        })?;
+        let cfg: Self = deserialize_table(table)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -608,6 +622,20 @@ impl RunConfig {
         check((0.0..=1.0).contains(&k.short_seq_prob), "mlm.short_seq_prob", k.short_seq_prob, "0..=1")?;
 
         check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")?;
+        let d = &self.distributed;
+        check(d.zero <= 1, "distributed.zero", d.zero, "0 (replicated optimizer state) or 1 (sharded, ZeRO stage 1)")?;
+        check(
+            d.timeout_s.is_finite() && d.timeout_s > 0.0,
+            "distributed.timeout_s",
+            d.timeout_s,
+            "a positive number of seconds",
+        )?;
+        check(
+            d.bucket_mb.is_finite() && d.bucket_mb > 0.0,
+            "distributed.bucket_mb",
+            d.bucket_mb,
+            "a positive number of MB",
+        )?;
         const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
         if !PROGRESS.contains(&self.log.progress.as_str()) {
             return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
@@ -621,15 +649,22 @@ impl RunConfig {
 
     /// A short stable hash of the resolved config, recorded in every checkpoint.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(self).expect("a RunConfig always serialises to JSON");
-        let digest = Sha256::digest(json.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        config_hash(self)
     }
 }
 
-/// The config as dotted keys (`optim.lr`) to their TOML values; arrays and tables of arrays
-/// (`data.inputs`, `optim.groups`) stay whole values. Runs are compared and filtered by these.
-pub fn flatten(cfg: &RunConfig) -> std::collections::BTreeMap<String, toml::Value> {
+/// 16 hex digits of SHA-256 over a config's JSON: the run config's hash (in checkpoints and the
+/// experiment store), and the same for other config kinds (fine-tuning).
+pub fn config_hash<T: Serialize>(cfg: &T) -> String {
+    let json = serde_json::to_string(cfg).expect("a config always serialises to JSON");
+    let digest = Sha256::digest(json.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A config (any serialisable one, or a parsed TOML table) as dotted keys (`optim.lr`) to their
+/// TOML values; arrays and tables of arrays (`data.inputs`, `optim.groups`) stay whole values.
+/// Runs are compared and filtered by these.
+pub fn flatten<T: Serialize>(cfg: &T) -> std::collections::BTreeMap<String, toml::Value> {
     fn walk(prefix: &str, v: toml::Value, out: &mut std::collections::BTreeMap<String, toml::Value>) {
         match v {
             toml::Value::Table(t) => {
@@ -644,7 +679,7 @@ pub fn flatten(cfg: &RunConfig) -> std::collections::BTreeMap<String, toml::Valu
         }
     }
     let mut out = std::collections::BTreeMap::new();
-    let value = toml::Value::try_from(cfg).expect("a RunConfig always serialises to TOML");
+    let value = toml::Value::try_from(cfg).expect("a config always serialises to TOML");
     walk("", value, &mut out);
     out
 }
@@ -659,6 +694,32 @@ pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed:
 
 pub(crate) fn bad(key: &str, value: &str, allowed: &str) -> Error {
     Error::config(key, format!("invalid value {value:?}; expected {allowed}"))
+}
+
+/// The TOML table of `file` (empty without one) with `overrides` applied.
+pub fn layered_table(file: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).at(path)?;
+            text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    Ok(table)
+}
+
+/// A config struct from a table; an unknown key or a wrong type is an error naming its dotted
+/// path.
+pub fn deserialize_table<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim_end_matches('\n').to_string();
+        Error::config(if key == "." { "(top level)".into() } else { key }, inner)
+    })
 }
 
 /// Applies one `a.b.c=value` override to the table, creating sections as needed.
@@ -763,6 +824,18 @@ mod tests {
         assert_eq!(flat["optim.lr"], toml::Value::Float(0.01));
         assert_eq!(flat["model.preset"], toml::Value::String("tiny".into()));
         assert!(!flat.contains_key("optim.momentum"), "unset optional keys are absent");
+    }
+
+    #[test]
+    fn distributed_section_is_validated_and_hashed_only_when_set() {
+        let e = err("", &["distributed.zero=2"]);
+        assert!(e.contains("distributed.zero") && e.contains("ZeRO"), "{e}");
+        let e = err("", &["distributed.timeout_s=0"]);
+        assert!(e.contains("distributed.timeout_s"), "{e}");
+        assert!(!RunConfig::default().to_toml().contains("distributed"));
+        let zero1 = RunConfig::from_toml_str("[distributed]\nzero = 1\n", &[]).unwrap();
+        assert_ne!(zero1.hash(), RunConfig::default().hash());
+        assert_eq!(RunConfig::from_toml_str(&zero1.to_toml(), &[]).unwrap(), zero1);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! observers; the training loop knows nothing about either. An observer that fails is
 //! reported once and dropped: bookkeeping never stops a run that is otherwise healthy.
 
-use crate::config::RunConfig;
 use crate::error::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -38,12 +39,33 @@ impl MetricsRow {
     }
 }
 
-/// What an observer learns when a run starts.
+/// What an observer learns when a run starts: its config in forms any config kind (pretraining,
+/// fine-tuning) provides.
 pub struct RunStart<'a> {
     pub run_dir: &'a Path,
-    pub config: &'a RunConfig,
+    /// The resolved config, TOML.
+    pub config_toml: String,
+    pub config_hash: String,
+    /// Dotted key → value, and the same for the config kind's defaults.
+    pub flat: BTreeMap<String, toml::Value>,
+    pub default_flat: BTreeMap<String, toml::Value>,
+    pub max_steps: u64,
     /// The checkpoint step a resumed run continues from; None for a fresh run.
     pub resumed_from: Option<u64>,
+}
+
+impl<'a> RunStart<'a> {
+    pub fn new<C: Serialize + Default>(run_dir: &'a Path, cfg: &C, max_steps: u64, resumed_from: Option<u64>) -> Self {
+        Self {
+            run_dir,
+            config_toml: toml::to_string_pretty(cfg).expect("a config always serialises to TOML"),
+            config_hash: crate::config::config_hash(cfg),
+            flat: crate::config::flatten(cfg),
+            default_flat: crate::config::flatten(&C::default()),
+            max_steps,
+            resumed_from,
+        }
+    }
 }
 
 /// How a run ended.

@@ -273,11 +273,28 @@ fn chart_div(svg: String) -> String {
 pub fn run_report(run_dir: &Path) -> Result<String> {
     let rows = read_rows(run_dir)?;
     let cfg_path = run_dir.join("config.toml");
-    let cfg = RunConfig::resolve(Some(&cfg_path), &[])?;
+    let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
+    let table: toml::Table = text.parse().map_err(|e| Error::format(&cfg_path, format!("invalid TOML: {e}")))?;
+    let flat = flatten(&table);
+    // The keys worth showing differ from the defaults of the config's kind.
+    let defaults = if RunConfig::from_toml_str(&text, &[]).is_ok() {
+        flatten(&RunConfig::default())
+    } else if crate::finetune::FinetuneConfig::from_toml_str(&text).is_ok() {
+        flatten(&crate::finetune::FinetuneConfig::default())
+    } else {
+        Default::default()
+    };
+    let text_of = |k: &str| match flat.get(k) {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "-".into(),
+    };
     let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let last_step = rows.iter().filter_map(|r| r["step"].as_u64()).max().unwrap_or(0);
-    let val_last = rows.iter().rfind(|r| r["split"] == "val");
-    let best_val = curve(&rows, "val", "loss").into_iter().min_by(|a, b| a.1.total_cmp(&b.1));
+    // Pretraining logs `val` rows, fine-tuning `validation` rows.
+    let val_split = if rows.iter().any(|r| r["split"] == "validation") { "validation" } else { "val" };
+    let val_last = rows.iter().rfind(|r| r["split"] == val_split);
+    let best_val = curve(&rows, val_split, "loss").into_iter().min_by(|a, b| a.1.total_cmp(&b.1));
     let train = curve(&rows, "train", "tokens_per_s");
     let mut body = String::new();
     let _ = writeln!(body, "<p class=\"sub\">{}</p>", esc(&run_dir.display().to_string()));
@@ -285,13 +302,21 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(body, "<tr><th class=\"l\">{}</th><td>{}</td></tr>", esc(k), esc(&v));
     };
-    row("steps", format!("{last_step} / {}", cfg.train.max_steps));
-    row("model", format!("{} ({})", cfg.model.preset, cfg.optim.name));
+    row("steps", format!("{last_step} / {}", text_of("train.max_steps")));
+    let model = if flat.contains_key("model.base") { text_of("model.base") } else { text_of("model.preset") };
+    row("model", format!("{model} ({})", text_of("optim.name")));
     if let Some(v) = val_last {
-        let f = |k: &str| v[k].as_f64().map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-        row("final val loss", f("loss"));
-        row("final val perplexity", f("ppl"));
-        row("final val bits/byte", f("bits_per_byte"));
+        for (key, label) in [
+            ("loss", "final val loss"),
+            ("ppl", "final val perplexity"),
+            ("bits_per_byte", "final val bits/byte"),
+            ("accuracy", "final val accuracy"),
+            ("macro_f1", "final val macro F1"),
+        ] {
+            if let Some(x) = v[key].as_f64() {
+                row(label, format!("{x:.4}"));
+            }
+        }
     }
     if let Some((step, loss)) = best_val {
         row("best val loss", format!("{loss:.4} at step {step}"));
@@ -305,7 +330,7 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     body.push_str("</table>\n");
     body.push_str("<h2>Curves</h2>\n");
     let mut loss = vec![Series::line("train loss", curve(&rows, "train", "loss"), PALETTE[0])];
-    let mut val = Series::line("validation loss", curve(&rows, "val", "loss"), PALETTE[1]);
+    let mut val = Series::line("validation loss", curve(&rows, val_split, "loss"), PALETTE[1]);
     val.markers = true;
     loss.push(val);
     body.push_str(&chart_div(line_chart("Loss", "step", "loss (nats/token)", &loss)?));
@@ -313,17 +338,17 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
         ("Learning rate", "learning rate", "train", "lr", PALETTE[2]),
         ("Throughput", "tokens/s", "train", "tokens_per_s", PALETTE[4]),
         ("Gradient norm (before clipping)", "global L2 norm", "train", "grad_norm", PALETTE[5]),
-        ("Validation bits per byte", "bits/byte", "val", "bits_per_byte", PALETTE[3]),
+        ("Validation bits per byte", "bits/byte", val_split, "bits_per_byte", PALETTE[3]),
+        ("Validation accuracy", "accuracy", val_split, "accuracy", PALETTE[3]),
     ];
     for (title, y, split, key, color) in charts {
         let mut s = Series::line(y, curve(&rows, split, key), color);
         s.label = None;
-        s.markers = split == "val";
+        s.markers = split == val_split;
         body.push_str(&chart_div(line_chart(title, "step", y, &[s])?));
     }
-    let defaults = flatten(&RunConfig::default());
     body.push_str("<h2>Config (keys that differ from the defaults)</h2>\n<table>\n");
-    for (k, v) in flatten(&cfg) {
+    for (k, v) in flat {
         if defaults.get(&k) != Some(&v) {
             let _ =
                 writeln!(body, "<tr><th class=\"l\">{}</th><td class=\"l\">{}</td></tr>", esc(&k), esc(&v.to_string()));

@@ -9,7 +9,6 @@
 //! `SessionLog START` at the first resumed step, which tells TensorBoard to drop the rows the
 //! interrupted process wrote past its checkpoint.
 
-use crate::config::RunConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::observe::{MetricsRow, RunEnd, RunObserver, RunStart};
 use std::io::Write;
@@ -176,11 +175,12 @@ pub enum HParam {
 
 /// The run's hyperparameters for the hparams dashboard: [`HPARAM_KEYS`] and every other
 /// scalar key whose value differs from the built-in default (so a sweep's varied keys show).
-pub fn hparams_of(cfg: &RunConfig) -> Vec<(String, HParam)> {
-    let flat = crate::config::flatten(cfg);
-    let defaults = crate::config::flatten(&RunConfig::default());
-    flat.into_iter()
-        .filter(|(k, v)| HPARAM_KEYS.contains(&k.as_str()) || defaults.get(k) != Some(v))
+pub fn hparams_of(start: &RunStart) -> Vec<(String, HParam)> {
+    start
+        .flat
+        .clone()
+        .into_iter()
+        .filter(|(k, v)| HPARAM_KEYS.contains(&k.as_str()) || start.default_flat.get(k) != Some(v))
         .filter_map(|(k, v)| {
             let h = match v {
                 toml::Value::Integer(i) => HParam::Number(i as f64),
@@ -221,7 +221,7 @@ impl RunObserver for TensorBoardObserver {
             w.session_start(step + 1)?;
         }
         let group = start.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        w.hparams(&hparams_of(start.config), &group)?;
+        w.hparams(&hparams_of(start), &group)?;
         self.writer = Some(w);
         Ok(())
     }
@@ -511,8 +511,9 @@ mod tests {
 
     #[test]
     fn hparams_are_the_core_keys_and_the_changed_ones() {
+        use crate::config::RunConfig;
         let cfg = RunConfig::from_toml_str("", &["optim.lr=0.01".into(), "model.dropout=0.1".into()]).unwrap();
-        let h = hparams_of(&cfg);
+        let h = hparams_of(&RunStart::new(Path::new("run"), &cfg, 1, None));
         let get = |k: &str| h.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         assert_eq!(get("optim.lr"), Some(HParam::Number(0.01)));
         assert_eq!(get("model.dropout"), Some(HParam::Number(0.1)));

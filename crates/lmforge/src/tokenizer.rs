@@ -72,6 +72,32 @@ impl TextTokenizer {
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
+    /// Classification inputs: each text (and optional second text) with the tokenizer's own
+    /// special tokens (BERT: `[CLS] a [SEP] b [SEP]`; none for GPT-2's byte-level BPE),
+    /// truncated to `max_len` tokens longest-first and unpadded, as `tokenizer(a, b,
+    /// truncation=True)` in transformers. Returns (ids, token type ids) per input, in order;
+    /// padding or truncation settings saved in the tokenizer.json are replaced.
+    pub fn encode_pairs(&self, inputs: &[(&str, Option<&str>)], max_len: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        let mut tk = self.inner.clone();
+        tk.with_padding(None);
+        tk.with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_len,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: tokenizers::TruncationDirection::Right,
+        }))
+        .map_err(|e| Error::Tokenizer(format!("truncation to {max_len} tokens: {e}")))?;
+        let batch: Vec<tokenizers::EncodeInput> = inputs
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => tokenizers::EncodeInput::Dual((*a).into(), (*b).into()),
+                None => tokenizers::EncodeInput::Single((*a).into()),
+            })
+            .collect();
+        let encs = tk.encode_batch_fast(batch, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }

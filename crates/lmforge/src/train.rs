@@ -3,11 +3,14 @@
 //! with the configured optimizer at the scheduled learning rate, logs to `metrics.jsonl`, validates and
 //! checkpoints on schedule. Decisions (should I evaluate / checkpoint now?) are small pure
 //! functions. Interrupting (Ctrl-C) writes a checkpoint first; resuming from any checkpoint
-//! reproduces the uninterrupted run's losses to the bit.
+//! reproduces the uninterrupted run's losses to the bit. Launched as several processes
+//! (`mpirun`), each computes its rows of every batch and `distributed::DataParallel` keeps
+//! them in step; rank 0 alone writes.
 
 use crate::checkpoint::{self, CheckpointContents, TrainerState};
 use crate::config::RunConfig;
 use crate::data::{self, Batch, PreparedData};
+use crate::distributed::{self, Collective, DataParallel, SingleProcess};
 use crate::error::{Error, IoContext, Result};
 use crate::mlm_data::{self, MlmBatch, MlmSource, SentenceIndex, Vocab};
 use crate::models::{Decoder, Encoder, ModelSpec, ParamInfo, ParamKind, Style};
@@ -22,6 +25,7 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,9 +38,17 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Set by a signal handler: checkpoint and stop at the next step boundary.
     pub interrupt: Option<Arc<AtomicBool>>,
-    /// Told about the run's start, every metrics row and its end (e.g. the experiment store).
-    /// A TensorBoard writer for `RUN_DIR/tb/` is always added.
+    /// The processes training together (`distributed::from_env`); None: this one alone.
+    pub comm: Option<Arc<dyn Collective>>,
+    /// Told about the run's start, every metrics row and its end (e.g. the experiment store);
+    /// on rank 0 only. A TensorBoard writer for `RUN_DIR/tb/` is always added.
     pub observers: Observers,
+}
+
+impl TrainOptions {
+    fn collective(&self) -> Arc<dyn Collective> {
+        self.comm.clone().unwrap_or_else(|| Arc::new(SingleProcess))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,28 +106,56 @@ impl Task<'_> {
         step: u64,
         micro: usize,
         batch_size: usize,
+        rows: Range<usize>,
         seq_len: usize,
         device: &Device,
         dropout: &mut DropoutRng,
     ) -> Result<Tensor> {
+        let whole = rows == (0..batch_size);
+        // This process's rows; their loss weighted so that the sum over processes is the
+        // global batch's mean (untouched when one process computes every row).
+        let row_share = rows.len() as f64 / batch_size as f64;
         match self {
             Task::Causal { model, .. } => {
-                let batch = data::train_batch(&data.train, seed, step, micro, batch_size, seq_len)?;
+                let batch = data::train_batch_rows(&data.train, seed, step, micro, batch_size, rows, seq_len)?;
                 let (x, y) = batch_tensors(&batch, device)?;
-                model.loss(&x, &y, Some(dropout))
+                let loss = model.loss(&x, &y, Some(dropout))?;
+                if whole {
+                    Ok(loss)
+                } else {
+                    Ok((loss * row_share)?)
+                }
             }
             Task::Masked { model, source, .. } => {
-                let b = source.batch(seed, step, micro, 0..batch_size)?;
+                let b = source.batch(seed, step, micro, rows)?;
                 let (pos, tgt) = b.positions(device)?;
                 let nsp = b.nsp_labels(device)?;
-                Ok(model.pretraining_loss(&b.input(device)?, &pos, &tgt, nsp.as_ref(), Some(dropout))?.total)
+                let loss = model.pretraining_loss(&b.input(device)?, &pos, &tgt, nsp.as_ref(), Some(dropout))?;
+                if whole {
+                    return Ok(loss.total);
+                }
+                // The MLM loss is a mean over masked positions, whose count varies by row: the
+                // global count comes from drawing the whole batch's masks (data work only).
+                let global_masked = source.batch(seed, step, micro, 0..batch_size)?.positions.len();
+                let mlm = (loss.mlm * (b.positions.len() as f64 / global_masked.max(1) as f64))?;
+                match loss.nsp {
+                    Some(nsp) => Ok((mlm + (nsp * row_share)?)?),
+                    None => Ok(mlm),
+                }
             }
         }
     }
 
-    fn validate(&self, device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+    /// Validation on every process: each evaluates its share of the causal batches and the
+    /// losses are gathered (same order, same sum as one process); masked-LM validation is not
+    /// split yet, so every process evaluates all of it.
+    fn validate(&self, dp: &DataParallel, device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
         match self {
-            Task::Causal { model, val } => evaluate(model, val, device, tokens_per_byte),
+            Task::Causal { model, val } => {
+                let mine = &val[dp.local_range(val.len())];
+                let losses = dp.all_gather_split(&batch_losses(model, mine, device)?, val.len())?;
+                Ok(val_metrics(&losses, val, tokens_per_byte))
+            }
             Task::Masked { model, val, unigram_acc, .. } => {
                 let mut v = evaluate_mlm(model, val, device)?;
                 v.extra.push(("mlm_unigram_acc", *unigram_acc));
@@ -159,12 +199,13 @@ fn run_end(result: &Result<TrainSummary>) -> RunEnd {
 
 /// Tells the observers the run started, adding the TensorBoard writer (skipped with a warning
 /// where `RUN_DIR/tb/` cannot be written: it is a view of `metrics.jsonl`, not the record).
-fn start_observers(observers: &mut Observers, run_dir: &Path, cfg: &RunConfig, resumed_from: Option<u64>) {
-    match crate::tensorboard::TensorBoardObserver::new(run_dir) {
+/// Observers that never heard a start ignore the end: ranks other than 0 record nothing.
+pub(crate) fn start_observers(observers: &mut Observers, start: &RunStart) {
+    match crate::tensorboard::TensorBoardObserver::new(start.run_dir) {
         Ok(tb) => observers.push(tb),
         Err(e) => tracing::warn!("no TensorBoard events for this run: {e}"),
     }
-    observers.start(&RunStart { run_dir, config: cfg, resumed_from });
+    observers.start(start);
 }
 
 fn train_fresh(
@@ -176,27 +217,21 @@ fn train_fresh(
     let spec = ModelSpec::from_config(&cfg.model)?;
     let seq_len = seq_len(cfg, &spec)?;
     let optim = OptimSpec::from_config(&cfg.optim)?;
-    check_fits(&spec, cfg.train.batch_size, seq_len, &cfg.model.preset, &optim)?;
+    let comm = opts.collective();
+    let local_batch = distributed::split_rows(cfg.train.batch_size, comm.world_size(), 0).len();
+    check_fits(&spec, local_batch, seq_len, &cfg.model.preset, &optim)?;
     // Before anything is written: a group pattern that matches no parameter is a config error.
     let groups = optimizer_groups(cfg, &spec)?;
-    if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
-            run_dir.display(),
-            run_dir.display()
-        )));
-    }
-    std::fs::create_dir_all(run_dir).at(run_dir)?;
-    let _lock = checkpoint::RunLock::acquire(run_dir)?;
-    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
-    start_observers(observers, run_dir, cfg, None);
+    let writer = comm.rank() == 0;
+    let (_lock, data) = distributed::rank0_first(comm.as_ref(), || {
+        let lock = if writer { Some(start_run_dir(cfg, run_dir)?) } else { None };
+        if writer {
+            start_observers(observers, &RunStart::new(run_dir, cfg, cfg.train.max_steps, None));
+        }
+        let mode = if writer { ProgressMode::parse(&cfg.log.progress) } else { ProgressMode::Off };
+        Ok((lock, PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), mode)?))
+    })?;
     let device = Device::Cpu;
-    let data = PreparedData::prepare(
-        &cfg.data,
-        spec.vocab_size,
-        &run_dir.join("data"),
-        ProgressMode::parse(&cfg.log.progress),
-    )?;
     let init = InitScheme::parse(&cfg.model.init)?;
     let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, &device)?;
     let state = TrainerState {
@@ -211,14 +246,35 @@ fn train_fresh(
         elapsed_s: 0.0,
         plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
     };
-    let optimizer = Optimizer::from_config(&cfg.optim, params.vars(), groups)?;
-    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?;
-    run_loop(cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+    let dp = DataParallel::new(comm, &cfg.distributed, &params, cfg.train.batch_size)?;
+    let optimizer = dp.optimizer(&cfg.optim, groups)?;
+    let metrics = if writer {
+        MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
+    } else {
+        MetricsLog::discard()
+    };
+    run_loop(cfg, run_dir, spec, params, dp, optimizer, data, state, metrics, opts)
+}
+
+/// Claims `run_dir` for a new run (refusing one that holds a run) and writes its config.
+fn start_run_dir(cfg: &RunConfig, run_dir: &Path) -> Result<checkpoint::RunLock> {
+    if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run; continue it with `lmforge train --resume {}` or choose another --run-dir",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(run_dir).at(run_dir)?;
+    let lock = checkpoint::RunLock::acquire(run_dir)?;
+    checkpoint::write_text(&run_dir.join("config.toml"), &cfg.to_toml())?;
+    Ok(lock)
 }
 
 fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) -> Result<TrainSummary> {
     let cfg = RunConfig::resolve(Some(&run_dir.join("config.toml")), &[])?;
-    let _lock = checkpoint::RunLock::acquire(run_dir)?;
+    let comm = opts.collective();
+    let _lock = if comm.rank() == 0 { Some(checkpoint::RunLock::acquire(run_dir)?) } else { None };
     let steps = checkpoint::list_checkpoints(run_dir)?;
     let last = *steps
         .last()
@@ -239,18 +295,23 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
         // Not written by this trainer (it always saves the state); start the plateau count afresh.
         state.plateau = Some(Plateau::default());
     }
-    start_observers(observers, run_dir, &cfg, Some(state.step));
+    if comm.rank() == 0 {
+        start_observers(observers, &RunStart::new(run_dir, &cfg, cfg.train.max_steps, Some(state.step)));
+    }
     let spec = ModelSpec::from_config(&cfg.model)?;
     let device = Device::Cpu;
     let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
     let params = ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &device)?;
-    let mut optimizer = Optimizer::from_config(&cfg.optim, params.vars(), optimizer_groups(&cfg, &spec)?)?;
-    let opt_path = ckpt.join("optimizer.safetensors");
-    let opt_state = candle_core::safetensors::load(&opt_path, &device)
-        .map_err(|e| Error::format(&opt_path, format!("cannot read optimizer state: {e}")))?;
-    optimizer.load_state(opt_state, state.step)?;
-    let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step), observers.clone())?;
-    run_loop(&cfg, run_dir, spec, params, optimizer, data, state, metrics, opts)
+    let writer = comm.rank() == 0;
+    let dp = DataParallel::new(comm, &cfg.distributed, &params, cfg.train.batch_size)?;
+    let mut optimizer = dp.optimizer(&cfg.optim, optimizer_groups(&cfg, &spec)?)?;
+    dp.load_optimizer_state(&ckpt.join("optimizer.safetensors"), &mut optimizer, state.step)?;
+    let metrics = if writer {
+        MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(state.step), observers.clone())?
+    } else {
+        MetricsLog::discard()
+    };
+    run_loop(&cfg, run_dir, spec, params, dp, optimizer, data, state, metrics, opts)
 }
 
 /// Every parameter's optimizer group: its role from the model spec, then the default decay
@@ -309,7 +370,7 @@ pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str, op
 }
 
 /// 1536 → "1.5 KiB".
-fn human_bytes(b: u64) -> String {
+pub fn human_bytes(b: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;
@@ -338,6 +399,7 @@ fn run_loop(
     run_dir: &Path,
     spec: ModelSpec,
     params: ParamStore,
+    dp: DataParallel,
     mut optimizer: Optimizer,
     data: PreparedData,
     mut state: TrainerState,
@@ -375,19 +437,30 @@ fn run_loop(
     };
     let tokens_per_step = (t.batch_size * seq_len * t.grad_accum) as u64;
     let run_config_toml = cfg.to_toml();
-    let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", state.step, t.max_steps);
+    let mode = if dp.is_writer() { ProgressMode::parse(&cfg.log.progress) } else { ProgressMode::Off };
+    let progress = Progress::new(mode, "step", state.step, t.max_steps);
+    // The whole state (every rank's shard under ZeRO-1, one replica otherwise).
+    let state_bytes = dp.total_state_bytes(&optimizer)? / if dp.is_sharded() { 1.0 } else { dp.world_size() as f64 };
     progress.println(&format!(
         "model: {} parameters ({:?}, {} layers, d {}); optimizer {} state {} ({:.2} bytes/param); \
-         {} train / {} val tokens",
+         {} train / {} val tokens{}",
         spec.num_params(),
         spec.style,
         spec.n_layer,
         spec.d_model,
         optimizer.name(),
-        human_bytes(optimizer.state_bytes() as u64),
-        optimizer.state_bytes() as f64 / spec.num_params().max(1) as f64,
+        human_bytes(state_bytes as u64),
+        state_bytes / spec.num_params().max(1) as f64,
         data.train.len(),
-        data.val.len()
+        data.val.len(),
+        match (dp.world_size(), dp.is_sharded()) {
+            (1, _) => String::new(),
+            (n, false) => format!("; {n} processes, data parallel"),
+            (n, true) => format!(
+                "; {n} processes, ZeRO-1: rank 0 keeps {} of the optimizer state",
+                human_bytes(optimizer.state_bytes() as u64)
+            ),
+        }
     ));
 
     let started = Instant::now();
@@ -400,7 +473,8 @@ fn run_loop(
     let mut stopped_early = false;
 
     while state.step < t.max_steps {
-        if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+        // Every process stops at the same step when any of them was signalled.
+        if dp.any(opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)))? {
             interrupted = true;
             break;
         }
@@ -413,9 +487,22 @@ fn run_loop(
         let lr = cfg.optim.lr * schedule.multiplier(s) * state.plateau.map_or(1.0, |p| p.scale);
         let mut grads: Option<BTreeMap<String, Tensor>> = None;
         let mut loss_sum = 0.0f64;
+        // This process's rows of every micro-batch.
+        let rows = dp.local_range(t.batch_size);
         for micro in 0..t.grad_accum {
-            let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")));
-            let loss = task.micro_loss(&data, state.seed, s, micro, t.batch_size, seq_len, &device, &mut dropout)?;
+            let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(state.seed, &format!("dropout/{s}/{micro}")))
+                .for_rows(rows.start, t.batch_size);
+            let loss = task.micro_loss(
+                &data,
+                state.seed,
+                s,
+                micro,
+                t.batch_size,
+                rows.clone(),
+                seq_len,
+                &device,
+                &mut dropout,
+            )?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
             let scaled = if t.grad_accum > 1 { (loss / t.grad_accum as f64)? } else { loss };
@@ -433,8 +520,10 @@ fn run_loop(
             state.data_cursor += 1;
         }
         let mut grads = grads.expect("grad_accum >= 1");
+        // Communication only now, after the last micro-batch: gradients and loss summed.
+        let loss_sum = dp.all_reduce_grads(&mut grads, loss_sum)?;
         let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
-        optimizer.step(params.vars(), &grads, lr)?;
+        dp.step(&mut optimizer, &grads, lr)?;
         state.step += 1;
         state.tokens_seen += tokens_per_step;
         train_time += step_start.elapsed().as_secs_f64();
@@ -457,7 +546,7 @@ fn run_loop(
 
         state.val_loss = None;
         if due(state.step, t.eval_every, t.max_steps) {
-            let v = task.validate(&device, data.meta.val_tokens_per_byte())?;
+            let v = task.validate(&dp, &device, data.meta.val_tokens_per_byte())?;
             let mut row = json!({
                 "step": state.step, "split": "val", "loss": v.loss, "ppl": v.ppl,
                 "lr": lr, "tokens": state.tokens_seen, "elapsed_s": elapsed,
@@ -482,13 +571,13 @@ fn run_loop(
         }
         if due(state.step, t.checkpoint_every, t.max_steps) {
             state.elapsed_s = elapsed;
-            save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
+            save(cfg, run_dir, &spec, &params, &data, &dp, &optimizer, &state, &run_config_toml)?;
             last_ckpt_step = state.step;
         }
     }
     if (interrupted || stopped_early) && last_ckpt_step != state.step {
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        save(cfg, run_dir, &spec, &params, &data, &optimizer, &state, &run_config_toml)?;
+        save(cfg, run_dir, &spec, &params, &data, &dp, &optimizer, &state, &run_config_toml)?;
         progress.println(&format!("stopped at step {}; checkpoint written, continue with --resume", state.step));
     }
     progress.finish();
@@ -511,20 +600,18 @@ fn save(
     spec: &ModelSpec,
     params: &ParamStore,
     data: &PreparedData,
+    dp: &DataParallel,
     optimizer: &Optimizer,
     state: &TrainerState,
     run_config_toml: &str,
 ) -> Result<()> {
+    // Collective (ZeRO-1 shards travel to rank 0); rank 0 alone writes.
+    let Some(optimizer_state) = dp.optimizer_state_for_checkpoint(optimizer)? else {
+        return Ok(());
+    };
     checkpoint::write_checkpoint(
         run_dir,
-        &CheckpointContents {
-            spec,
-            params,
-            tokenizer: &data.tokenizer,
-            optimizer_state: optimizer.state_tensors(),
-            state,
-            run_config_toml,
-        },
+        &CheckpointContents { spec, params, tokenizer: &data.tokenizer, optimizer_state, state, run_config_toml },
     )?;
     let steps = checkpoint::list_checkpoints(run_dir)?;
     let best = if cfg.checkpoint.keep_best { state.best_step } else { None };
@@ -543,21 +630,35 @@ fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
 
 /// Mean loss over the validation batches (token-weighted), perplexity and bits per byte.
 pub fn evaluate(model: &Decoder, batches: &[Batch], device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+    Ok(val_metrics(&batch_losses(model, batches, device)?, batches, tokens_per_byte))
+}
+
+/// The mean loss of each batch.
+fn batch_losses(model: &Decoder, batches: &[Batch], device: &Device) -> Result<Vec<f32>> {
+    batches
+        .iter()
+        .map(|b| {
+            let (x, y) = batch_tensors(b, device)?;
+            Ok(model.loss(&x, &y, None)?.to_scalar::<f32>()?)
+        })
+        .collect()
+}
+
+/// Validation metrics from each batch's mean loss (weighted by its tokens).
+fn val_metrics(losses: &[f32], batches: &[Batch], tokens_per_byte: f64) -> ValMetrics {
     let (mut sum, mut count) = (0.0f64, 0usize);
-    for b in batches {
-        let (x, y) = batch_tensors(b, device)?;
-        let loss = model.loss(&x, &y, None)?.to_scalar::<f32>()? as f64;
+    for (loss, b) in losses.iter().zip(batches) {
         let n = b.batch_size * b.seq_len;
-        sum += loss * n as f64;
+        sum += *loss as f64 * n as f64;
         count += n;
     }
     let loss = sum / count.max(1) as f64;
-    Ok(ValMetrics {
+    ValMetrics {
         loss,
         ppl: loss.exp(),
         bits_per_byte: Some(loss / std::f64::consts::LN_2 * tokens_per_byte),
         extra: Vec::new(),
-    })
+    }
 }
 
 /// Masked-LM validation: loss and accuracy over the masked positions (token-weighted), and
@@ -597,7 +698,8 @@ pub fn evaluate_mlm(model: &Encoder, batches: &[MlmBatch], device: &Device) -> R
 /// (written after it by the run that died), rewriting the file atomically. Every row written
 /// is passed on to the run's observers.
 pub struct MetricsLog {
-    file: std::fs::File,
+    /// None: rows are dropped (the processes of a distributed run other than rank 0).
+    file: Option<std::fs::File>,
     path: PathBuf,
     observers: Observers,
 }
@@ -619,11 +721,17 @@ impl MetricsLog {
             crate::fsio::write_atomic(path, kept.as_bytes())?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
-        Ok(Self { file, path: path.to_path_buf(), observers })
+        Ok(Self { file: Some(file), path: path.to_path_buf(), observers })
+    }
+
+    /// A log that writes nothing.
+    pub fn discard() -> Self {
+        Self { file: None, path: PathBuf::new(), observers: Observers::default() }
     }
 
     pub fn write(&mut self, row: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{row}").at(&self.path)?;
+        let Some(f) = &mut self.file else { return Ok(()) };
+        writeln!(f, "{row}").at(&self.path)?;
         if let Some(row) = MetricsRow::from_json(row) {
             self.observers.row(&row);
         }

@@ -3,46 +3,16 @@
 //! pretrained all-MiniLM-L6-v2 encoder's hidden states, perplexity, the AdamW
 //! trajectory, global-norm clipping and the learning-rate schedules.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{fixtures, json, load, max_rel, norm_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::config::{RunConfig, ScheduleConfig};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::groups::uniform_groups;
 use lmforge::optim::{clip_grad_norm, named_grads, Optimizer, Schedule};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-
-fn fixtures() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
-    assert!(
-        p.join("README.md").is_file(),
-        "reference fixtures not found at {} (CI places shared/ beside the checkout)",
-        p.display()
-    );
-    p
-}
-
-fn load(path: PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn json(path: PathBuf) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// max |a - b| / max |b|: the relative error scale used by the fixture README.
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    d / s.max(1e-30)
-}
-
-/// ||a - b|| / ||b||.
-fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-    (n(&(a - b).unwrap()) / n(b).max(1e-30)).sqrt()
-}
 
 /// Runs the fixture checks with the fused kernels and with the reference ops.
 fn check_causal_lm(name: &str) {

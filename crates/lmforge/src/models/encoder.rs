@@ -93,13 +93,11 @@ impl Encoder {
             return Err(Error::Invalid(format!("{:?} is a decoder style, not an encoder", spec.style)));
         }
         let eps = spec.norm_eps;
-        let lin = |name: &str| -> Result<Linear> {
-            Ok(Linear::out_in(p.get(&format!("{name}.weight"))?, Some(p.get(&format!("{name}.bias"))?)))
-        };
+        let lin = |name: &str| p.linear(name, true, true);
         let ln = |name: &str| -> Result<Norm> {
             Ok(Norm::Layer { w: p.get(&format!("{name}.weight"))?, b: p.get(&format!("{name}.bias"))?, eps })
         };
-        let has = |name: &str| p.vars().contains_key(name);
+        let has = |name: &str| p.contains(name);
         let mut layers = Vec::with_capacity(spec.n_layer);
         for i in 0..spec.n_layer {
             let n = |s: &str| format!("bert.encoder.layer.{i}.{s}");
@@ -155,7 +153,7 @@ impl Encoder {
         for layer in &self.layers {
             let a = layer.attention(&x, &input.lengths, &self.spec, &mut dropout)?;
             x = layer.attn_norm.forward(&(x + drop(&mut dropout, &a)?)?)?;
-            let m = layer.ff_out.forward(&ops::gelu_erf(&layer.ff_in.forward(&x)?)?)?;
+            let m = layer.ff_out.forward_t(&ops::gelu_erf(&layer.ff_in.forward_t(&x, &mut dropout)?)?, &mut dropout)?;
             x = layer.out_norm.forward(&(x + drop(&mut dropout, &m)?)?)?;
         }
         Ok(x)
@@ -248,7 +246,7 @@ impl Layer {
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (h, d) = (spec.n_head, spec.head_dim);
-        let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let (q, k, v) = (self.q.forward_t(x, dropout)?, self.k.forward_t(x, dropout)?, self.v.forward_t(x, dropout)?);
         let scale = 1.0 / (d as f64).sqrt();
         let y = if dropout.as_ref().is_some_and(|d| d.is_active()) {
             // Dropout on the probabilities needs them as a tensor: the composed form.
@@ -258,7 +256,7 @@ impl Layer {
         } else {
             ops::padded_attention(&q, &k, &v, h, h, scale, lengths)?
         };
-        self.o.forward(&y)
+        self.o.forward_t(&y, dropout)
     }
 }
 

@@ -128,7 +128,7 @@ impl RunRecord {
             "duration_s" => Some(FieldValue::Number(self.ended_at.unwrap_or(self.heartbeat_at) - self.started_at)),
             k if self.summary.contains_key(k) => Some(FieldValue::Number(self.summary[k])),
             k if k.contains('.') => {
-                let cfg = crate::config::RunConfig::from_toml_str(&self.config, &[]).ok()?;
+                let cfg: toml::Table = self.config.parse().ok()?;
                 match crate::config::flatten(&cfg).remove(k)? {
                     toml::Value::Integer(i) => Some(FieldValue::Number(i as f64)),
                     toml::Value::Float(x) => Some(FieldValue::Number(x)),
@@ -657,9 +657,9 @@ impl RunObserver for Recorder {
             kind: self.kind.clone(),
             group: self.group.clone(),
             run_dir: dir,
-            config: start.config.to_toml(),
-            config_hash: start.config.hash(),
-            max_steps: start.config.train.max_steps,
+            config: start.config_toml.clone(),
+            config_hash: start.config_hash.clone(),
+            max_steps: start.max_steps,
         })?;
         self.id = Some(id);
         Ok(())
@@ -712,7 +712,7 @@ mod tests {
     fn record(store: &Store, dir: &Path, resumed_from: Option<u64>, kind: &str) -> Recorder {
         let mut rec = Recorder::new(Store::open(store.path()).unwrap(), kind, None, "");
         let cfg = RunConfig::from_toml_str("", &["train.max_steps=4".into()]).unwrap();
-        rec.start(&RunStart { run_dir: dir, config: &cfg, resumed_from }).unwrap();
+        rec.start(&RunStart::new(dir, &cfg, cfg.train.max_steps, resumed_from)).unwrap();
         rec
     }
 

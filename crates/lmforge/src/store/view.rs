@@ -126,7 +126,7 @@ pub fn show(run: &RunRecord, now: f64, metric_rows: usize) -> String {
 pub fn compare(runs: &[RunRecord]) -> String {
     let flat: Vec<BTreeMap<String, String>> = runs
         .iter()
-        .map(|r| match crate::config::RunConfig::from_toml_str(&r.config, &[]) {
+        .map(|r| match r.config.parse::<toml::Table>() {
             Ok(cfg) => crate::config::flatten(&cfg).into_iter().map(|(k, v)| (k, v.to_string())).collect(),
             Err(_) => BTreeMap::new(),
         })
