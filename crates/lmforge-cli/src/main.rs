@@ -724,10 +724,10 @@ fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
             let spec = lmforge::sweep::SweepSpec::load(&config)?;
             let sweep_dir = out.unwrap_or_else(|| PathBuf::from("sweeps").join(&spec.name));
             eprintln!(
-                "sweep `{}` into {}: {:?}, {} trials, {} at a time, early stopping {}{}",
+                "sweep `{}` into {}: {}, {} trials, {} at a time, early stopping {}{}",
                 spec.name,
                 sweep_dir.display(),
-                spec.strategy,
+                format!("{:?}", spec.strategy).to_lowercase(),
                 spec.max_trials,
                 spec.max_parallel,
                 spec.rule.name(),

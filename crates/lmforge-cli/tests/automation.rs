@@ -456,3 +456,47 @@ fn parallel_trials_and_a_time_budget() {
     let ts = trials(&budget);
     assert_eq!((ts.len(), ts[0]["status"].as_str()), (1, Some("finished")));
 }
+
+/// A fine-tuning run (LoRA on the tiny GPT-2 fixture) is recorded as kind `finetune` with its
+/// validation rows, writes TensorBoard events, and gets a report with its accuracy curve.
+#[test]
+fn a_finetune_run_is_recorded_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("lmforge.db");
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/gpt2-tiny");
+    assert!(base.is_dir(), "fixture {} not found (CI places shared/ beside the checkout)", base.display());
+    let mut rows = String::from("sentence\tlabel\n");
+    for i in 0..64 {
+        let (cue, label) = if i % 2 == 0 { ("great", "positive") } else { ("awful", "negative") };
+        rows += &format!("the movie was {cue} {}\t{label}\n", ["really", "quite", "so", "and"][i % 4]);
+    }
+    let (train, dev) = (tmp.path().join("train.tsv"), tmp.path().join("dev.tsv"));
+    std::fs::write(&train, &rows).unwrap();
+    std::fs::write(&dev, &rows).unwrap();
+    let cfg = tmp.path().join("ft.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ntrain = {:?}\nvalidation = {:?}\ntext_column = \"sentence\"\n\n[model]\nbase = {:?}\n\n\
+             [finetune]\nmethod = \"lora\"\n\n[optim]\nlr = 1e-2\n\n[train]\nepochs = 1\nbatch_size = 16\nlog_every = 1\n\n\
+             [log]\nprogress = \"off\"\n",
+            s(&train),
+            s(&dev),
+            s(&base)
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("ft");
+    ok(&db, &["finetune", "--config", s(&cfg), "--run-dir", s(&run)]);
+    let rec = show(&db, "ft");
+    assert_eq!((rec["run"]["kind"].as_str(), rec["run"]["status"].as_str()), (Some("finetune"), Some("finished")));
+    assert!(rec["run"]["summary"]["val_accuracy"].as_f64().is_some(), "{}", rec["run"]["summary"]);
+    assert!(rec["run"]["summary"]["best_val_loss"].as_f64().is_some(), "{}", rec["run"]["summary"]);
+    let events = lmforge::tensorboard::read_dir_events(&run.join("tb")).unwrap();
+    assert!(events.iter().flat_map(|e| &e.scalars).any(|(t, _)| t == "validation/accuracy"));
+    let out = tmp.path().join("ft.html");
+    ok(&db, &["report", s(&run), "--out", s(&out)]);
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.contains("\nValidation accuracy\n</text>") && html.contains("final val accuracy"));
+    assert!(html.contains(">finetune.method<"), "changed fine-tuning keys are listed");
+}

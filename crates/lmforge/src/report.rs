@@ -302,7 +302,10 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     let mut row = |k: &str, v: String| {
         let _ = writeln!(body, "<tr><th class=\"l\">{}</th><td>{}</td></tr>", esc(k), esc(&v));
     };
-    row("steps", format!("{last_step} / {}", text_of("train.max_steps")));
+    match flat.get("train.max_steps").and_then(toml::Value::as_integer).filter(|m| *m > 0) {
+        Some(max) => row("steps", format!("{last_step} / {max}")),
+        None => row("steps", last_step.to_string()),
+    }
     let model = if flat.contains_key("model.base") { text_of("model.base") } else { text_of("model.preset") };
     row("model", format!("{model} ({})", text_of("optim.name")));
     if let Some(v) = val_last {
@@ -333,7 +336,7 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     let mut val = Series::line("validation loss", curve(&rows, val_split, "loss"), PALETTE[1]);
     val.markers = true;
     loss.push(val);
-    body.push_str(&chart_div(line_chart("Loss", "step", "loss (nats/token)", &loss)?));
+    body.push_str(&chart_div(line_chart("Loss", "step", "loss", &loss)?));
     let charts = [
         ("Learning rate", "learning rate", "train", "lr", PALETTE[2]),
         ("Throughput", "tokens/s", "train", "tokens_per_s", PALETTE[4]),

@@ -370,10 +370,11 @@ impl Store {
             }
             let old: String = tx.query_row("SELECT summary FROM runs WHERE id = ?1", [id], |r| r.get(0))?;
             let mut summary: BTreeMap<String, f64> = serde_json::from_str(&old).unwrap_or_default();
+            let split = summary_split(&row.split);
             for (k, v) in &row.values {
-                summary.insert(format!("{}_{k}", row.split), *v);
+                summary.insert(format!("{split}_{k}"), *v);
             }
-            if let Some(loss) = row.get("loss").filter(|_| row.split == "val") {
+            if let Some(loss) = row.get("loss").filter(|_| split == "val") {
                 if summary.get("best_val_loss").is_none_or(|b| loss < *b) {
                     summary.insert("best_val_loss".into(), loss);
                     summary.insert("best_step".into(), row.step as f64);
@@ -532,11 +533,11 @@ fn rebuild_summary(tx: &rusqlite::Transaction, id: &str) -> rusqlite::Result<Str
     )?;
     for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?)))? {
         let (split, key, value) = row?;
-        summary.insert(format!("{split}_{key}"), value);
+        summary.insert(format!("{}_{key}", summary_split(&split)), value);
     }
     let best: Option<(f64, i64)> = tx
         .query_row(
-            "SELECT value, step FROM metrics WHERE run_id = ?1 AND split = 'val' AND key = 'loss'
+            "SELECT value, step FROM metrics WHERE run_id = ?1 AND split IN ('val', 'validation') AND key = 'loss'
              ORDER BY value ASC, step ASC LIMIT 1",
             [id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -547,6 +548,16 @@ fn rebuild_summary(tx: &rusqlite::Transaction, id: &str) -> rusqlite::Result<Str
         summary.insert("best_step".to_string(), step as f64);
     }
     Ok(serde_json::to_string(&summary).expect("numbers serialise"))
+}
+
+/// Summary keys call fine-tuning's `validation` rows `val`, as pretraining's, so `val_loss`
+/// lists and sorts every kind of run.
+fn summary_split(split: &str) -> &str {
+    if split == "validation" {
+        "val"
+    } else {
+        split
+    }
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
