@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{lmforge, metrics, ok, s, tiny_config};
+use common::{corpus, lmforge, metrics, ok, s, test_db, tiny_config};
 
 #[test]
 fn train_eval_generate_export_end_to_end() {
@@ -89,6 +89,73 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
     assert!(o(&full) == o(&split), "same optimizer state");
 }
 
+/// BERT pretraining (MLM + NSP) through the CLI: validation metrics, exact resume (dynamic
+/// masks, NSP pairs and dropout included), and an HF export that re-imports to the same weights.
+#[test]
+fn bert_pretraining_resumes_exactly_and_exports_a_bert_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(corpus()).unwrap();
+    let cut = text[..150_000].rfind('\n').unwrap() + 1;
+    let data = tmp.path().join("corpus.txt");
+    std::fs::write(&data, &text[..cut]).unwrap();
+    let cfg = tmp.path().join("bert.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\npath = {:?}\nvocab_size = 400\nappend_eos = false\n\
+             special_tokens = [\"[PAD]\", \"[UNK]\", \"[CLS]\", \"[SEP]\", \"[MASK]\"]\n\n\
+             [model]\npreset = \"bert-quickstart\"\nvocab_size = 400\nd_model = 64\nn_layer = 2\nn_head = 2\n\
+             context = 64\ndropout = 0.1\n\n[schedule]\nwarmup_steps = 2\n\n\
+             [train]\nobjective = \"mlm+nsp\"\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 2\nseq_len = 32\n\
+             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n\n[mlm]\nwhole_word = true\n\n\
+             [log]\nprogress = \"off\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let full = tmp.path().join("full");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&full)]);
+    let split = tmp.path().join("split");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&split), "--stop-after", "4"]);
+    ok(&["train", "--resume", s(&split)]);
+    let rows = metrics(&full);
+    let val: Vec<&Value> = rows.iter().filter(|r| r["split"] == "val").collect();
+    assert_eq!(val.len(), 2);
+    for k in ["mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc", "mlm_unigram_acc"] {
+        let x = val[1][k].as_f64().unwrap_or_else(|| panic!("val row lacks {k}: {}", val[1]));
+        assert!(x.is_finite() && x >= 0.0, "{k} = {x}");
+    }
+    let key = |r: &Value| {
+        let mut v = r.clone();
+        let o = v.as_object_mut().unwrap();
+        for k in ["elapsed_s", "tokens_per_s"] {
+            o.remove(k);
+        }
+        v.to_string()
+    };
+    let a: Vec<String> = metrics(&full).iter().map(key).collect();
+    let b: Vec<String> = metrics(&split).iter().map(key).collect();
+    assert_eq!(a, b, "same losses, accuracies and learning rates after a resume");
+    let w = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006/model.safetensors")).unwrap();
+    assert!(w(&full) == w(&split), "same final weights");
+
+    let hf = tmp.path().join("hf");
+    ok(&["export", "hf", s(&full), "--out", s(&hf)]);
+    let cfg_json: Value = serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg_json["model_type"].as_str(), cfg_json["architectures"][0].as_str()),
+        (Some("bert"), Some("BertForPreTraining"))
+    );
+    let again = tmp.path().join("hf2");
+    ok(&["export", "hf", s(&hf), "--out", s(&again)]);
+    let m = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(m(&hf) == w(&full) && m(&again) == m(&hf), "export -> import -> export keeps every weight bit");
+
+    let out = lmforge(&["eval", "ppl", "--model", s(&hf), "--text", s(&data)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BERT encoder"), "a clear error for a causal-only command");
+}
+
 /// Stopping and resuming continues exactly with optimizers whose state is not AdamW's:
 /// Adafactor (factored second moments and a first moment; the step count it also depends on is
 /// restored from the trainer state) and Muon (momentum buffers plus AdamW state, with a
@@ -168,6 +235,7 @@ fn sigint_writes_a_checkpoint_and_exits_130() {
             "train.checkpoint_every=0",
         ])
         .env("RUST_LOG", "warn")
+        .env("LMFORGE_DB", test_db())
         .spawn()
         .unwrap();
     // Wait for training to be under way (a metrics row), bounded.
@@ -316,3 +384,27 @@ fn a_run_dir_in_use_is_refused_and_a_stale_lock_is_taken_over() {
     ok(&["train", "--resume", s(&run)]);
     assert!(!run.join(".lock").exists());
 }
+
+/// An MPI launcher's environment without the `mpi` feature: refused before anything is
+/// written (each process would otherwise train alone into the same folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_without_the_mpi_feature_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(["train", "--config", s(&cfg), "--run-dir", s(&run)])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`mpi` feature") && err.contains("2 processes"), "{err}");
+    assert!(!run.exists());
+}
+
+/// Multi-process training under `mpirun` (the `mpi` feature, Open MPI installed).
+#[cfg(feature = "mpi")]
+#[path = "mpi/distributed.rs"]
+mod distributed;

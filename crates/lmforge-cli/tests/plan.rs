@@ -5,21 +5,15 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::ok;
+
 fn lmforge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lmforge"));
     c.env("RUST_LOG", "warn");
+    // Runs are recorded under the target dir, never in the repo.
+    c.env("LMFORGE_DB", Path::new(env!("CARGO_TARGET_TMPDIR")).join("plan-tests.db"));
     c
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = lmforge().args(args).output().expect("lmforge runs");
-    assert!(
-        out.status.success(),
-        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn plan_json(args: &[&str]) -> Value {

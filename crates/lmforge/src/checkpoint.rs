@@ -16,7 +16,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
-use crate::models::{hf, Decoder, ModelSpec};
+use crate::models::{hf, Decoder, Encoder, ModelSpec, Style};
 use crate::nn::ParamStore;
 use crate::tokenizer::TextTokenizer;
 use candle_core::Device;
@@ -120,10 +120,17 @@ fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
 /// existing folder (plain writes: callers stage the folder).
 fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
-    let cfg = serde_json::to_string_pretty(&hf::config_json(spec, eos)).expect("json");
+    let mut config = hf::config_json(spec, eos);
+    if spec.style == Style::Bert && !params.vars().contains_key("cls.predictions.bias") {
+        // A backbone without pretraining heads (loaded from a `BertModel` folder).
+        config["architectures"] = serde_json::json!(["BertModel"]);
+    }
+    let cfg = serde_json::to_string_pretty(&config).expect("json");
     write_staged(&dir.join("config.json"), cfg.as_bytes())?;
-    let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
-    write_staged(&dir.join("generation_config.json"), gen.to_string().as_bytes())?;
+    if spec.style != Style::Bert {
+        let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
+        write_staged(&dir.join("generation_config.json"), gen.to_string().as_bytes())?;
+    }
     write_staged(&dir.join("model.safetensors"), &params.to_safetensors()?)?;
     tokenizer.save(&dir.join("tokenizer.json"))?;
     crate::testhooks::checkpoint_write_pause();
@@ -278,11 +285,27 @@ pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid trainer state: {e}")))
 }
 
+/// The network a loaded model runs.
+pub enum Network {
+    Decoder(Decoder),
+    Encoder(Encoder),
+}
+
+impl Network {
+    /// The network of `spec`'s style over `params`.
+    pub fn new(spec: &ModelSpec, params: &ParamStore) -> Result<Self> {
+        Ok(match spec.style {
+            Style::Bert => Network::Encoder(Encoder::new(spec, params)?),
+            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(spec, params)?),
+        })
+    }
+}
+
 /// A model ready for inference: spec, weights, network, tokenizer.
 pub struct LoadedModel {
     pub spec: ModelSpec,
     pub params: ParamStore,
-    pub decoder: Decoder,
+    pub network: Network,
     pub tokenizer: TextTokenizer,
     /// The folder the weights came from.
     pub source: PathBuf,
@@ -295,7 +318,13 @@ impl LoadedModel {
         let folder = resolve_model_dir(path)?;
         verify_manifest(&folder)?;
         let spec = hf::read_config(&folder.join("config.json"))?;
-        let params = ParamStore::load(&folder.join("model.safetensors"), &spec.params(), device)?;
+        let (params, _absent_heads) = ParamStore::load_with(
+            &folder.join("model.safetensors"),
+            &spec.params(),
+            device,
+            &|k| hf::param_name(&spec, k),
+            &|n| hf::is_optional_param(&spec, n),
+        )?;
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         if tokenizer.vocab_size() > spec.vocab_size {
             return Err(Error::format(
@@ -303,14 +332,44 @@ impl LoadedModel {
                 format!("tokenizer has {} tokens, more than the model's {}", tokenizer.vocab_size(), spec.vocab_size),
             ));
         }
-        let decoder = Decoder::new(&spec, &params)?;
-        Ok(Self { spec, params, decoder, tokenizer, source: folder })
+        let network = Network::new(&spec, &params)?;
+        Ok(Self { spec, params, network, tokenizer, source: folder })
+    }
+
+    /// The causal LM, for commands that need one (perplexity, generation).
+    pub fn decoder(&self) -> Result<&Decoder> {
+        match &self.network {
+            Network::Decoder(d) => Ok(d),
+            Network::Encoder(_) => Err(Error::Invalid(format!(
+                "{} is a BERT encoder (masked LM); this command needs a causal LM (GPT-2 / Llama style)",
+                self.source.display()
+            ))),
+        }
+    }
+
+    /// The encoder, for commands that need one.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        match &self.network {
+            Network::Encoder(e) => Ok(e),
+            Network::Decoder(_) => Err(Error::Invalid(format!(
+                "{} is a causal LM; this command needs a BERT encoder",
+                self.source.display()
+            ))),
+        }
     }
 
     /// Writes a Hugging Face folder that `transformers` loads with `from_pretrained`.
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
+        // The slow-tokenizer files of the source folder (a WordPiece `vocab.txt` and its
+        // settings) travel along, so tools that read them still find them.
+        for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            let src = self.source.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, staged.path().join(f)).at(&src)?;
+            }
+        }
         write_manifest(staged.path())?;
         staged.commit()
     }
@@ -378,6 +437,14 @@ impl RunLock {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
+    }
+}
+
+impl RunLock {
+    /// The pid of a live process holding `run_dir`'s lock, if any.
+    pub fn holder(run_dir: &Path) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(run_dir.join(".lock")).ok()?.trim().parse().ok()?;
+        fsio::process_alive(pid).then_some(pid)
     }
 }
 

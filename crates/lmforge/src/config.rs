@@ -19,6 +19,14 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    /// Masked-LM settings (read with `train.objective = "mlm"` or `"mlm+nsp"`); left out of the
+    /// saved config (and its hash) while at their defaults, so older runs still resume.
+    #[serde(skip_serializing_if = "MlmConfig::is_default")]
+    pub mlm: MlmConfig,
+    /// Left out of the serialised config (and so the hash) while it holds the defaults, so
+    /// configs written before multi-process training still resume.
+    #[serde(skip_serializing_if = "DistributedConfig::is_default")]
+    pub distributed: DistributedConfig,
 }
 
 /// Where the text comes from and how it becomes tokens: inputs, cleaning, quality filters,
@@ -194,6 +202,8 @@ pub struct ModelConfig {
     pub norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub tie_embeddings: Option<bool>,
+    /// BERT's token-type (segment) vocabulary.
+    pub type_vocab_size: Option<usize>,
     /// Dropout on attention probabilities, residual branches and embeddings during training.
     pub dropout: f64,
     /// Weight initialisation: "gpt2" (normal 0.02, residual projections / sqrt(2 layers)),
@@ -216,6 +226,7 @@ impl Default for ModelConfig {
             norm_eps: None,
             rope_theta: None,
             tie_embeddings: None,
+            type_vocab_size: None,
             dropout: 0.0,
             init: "gpt2".into(),
         }
@@ -412,6 +423,42 @@ pub struct TrainConfig {
     /// A loss above `spike_ratio` x its running mean is flagged as a spike (default 1.5; 0 = off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spike_ratio: Option<f64>,
+    /// "causal" (next token; GPT-2 / Llama), "mlm" (masked LM) or "mlm+nsp" (masked LM and
+    /// next-sentence prediction; BERT). Omitted from the saved config when "causal".
+    #[serde(skip_serializing_if = "is_causal")]
+    pub objective: String,
+}
+
+fn is_causal(objective: &str) -> bool {
+    objective == "causal"
+}
+
+/// The masked-LM objective: which tokens are selected and what replaces them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlmConfig {
+    /// Probability that a (non-special, non-padding) token — or a whole word — is selected.
+    pub mask_prob: f64,
+    /// Of the selected: replaced by [MASK] ...
+    pub mask_token_frac: f64,
+    /// ... by a random token (the rest stay unchanged).
+    pub random_token_frac: f64,
+    /// Select whole words (all their pieces) instead of single tokens.
+    pub whole_word: bool,
+    /// Probability of a shorter target length for a sentence pair (BERT's 0.1).
+    pub short_seq_prob: f64,
+}
+
+impl Default for MlmConfig {
+    fn default() -> Self {
+        Self { mask_prob: 0.15, mask_token_frac: 0.8, random_token_frac: 0.1, whole_word: false, short_seq_prob: 0.1 }
+    }
+}
+
+impl MlmConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for TrainConfig {
@@ -430,6 +477,7 @@ impl Default for TrainConfig {
             max_consecutive_faults: None,
             rollback_lr_factor: None,
             spike_ratio: None,
+            objective: "causal".into(),
         }
     }
 }
@@ -465,21 +513,41 @@ impl Default for LogConfig {
     }
 }
 
+/// Multi-process data-parallel training (`mpirun -np N lmforge train`; see `distributed`).
+/// The process count is not part of the config: a run saved with N processes resumes with M.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
+    /// 1 = each process keeps and updates the state of its share of the parameters.
+    pub zero: u8,
+    /// Seconds a collective may wait for the other processes before the run fails (a process
+    /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
+    pub timeout_s: f64,
+    /// Gradients are all-reduced in buckets of about this many MB (several parameters per
+    /// message; a larger parameter travels alone).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { zero: 0, timeout_s: 600.0, bucket_mb: 25.0 }
+    }
+}
+
+impl DistributedConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl RunConfig {
     /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
     /// bare words taken as strings) and validates the result.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut table = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).at(path)?;
-                text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
-            }
-            None => toml::Table::new(),
-        };
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        Self::from_table(table)
+        let cfg: Self = deserialize_table(layered_table(file, overrides)?)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Resolves from a TOML string (the recipes bundled in the binary use this).
@@ -488,17 +556,7 @@ impl RunConfig {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        Self::from_table(table)
-    }
-
-    fn from_table(table: toml::Table) -> Result<Self> {
-        let value = toml::Value::Table(table);
-        let cfg: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim_end_matches('\n').to_string();
-            Error::config(if key == "." { "(top level)".into() } else { key }, inner)
-        })?;
+        let cfg: Self = deserialize_table(table)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -563,9 +621,46 @@ impl RunConfig {
             return Err(bad("model.init", &m.init, &INITS.join(", ")));
         }
         // Preset name and shape overrides are checked when the spec is resolved.
-        crate::models::ModelSpec::from_config(m)?;
+        let spec = crate::models::ModelSpec::from_config(m)?;
+        const OBJECTIVES: [&str; 3] = ["causal", "mlm", "mlm+nsp"];
+        if !OBJECTIVES.contains(&t.objective.as_str()) {
+            return Err(bad("train.objective", &t.objective, &OBJECTIVES.join(", ")));
+        }
+        let encoder = spec.style == crate::models::Style::Bert;
+        if encoder == (t.objective == "causal") {
+            return Err(Error::config(
+                "train.objective",
+                format!(
+                    "{:?} does not fit model style {:?}: causal goes with gpt2 / llama, mlm and mlm+nsp with bert",
+                    t.objective, spec.style
+                ),
+            ));
+        }
+        let k = &self.mlm;
+        check((0.0..1.0).contains(&k.mask_prob) && k.mask_prob > 0.0, "mlm.mask_prob", k.mask_prob, "0 < p < 1")?;
+        check(
+            k.mask_token_frac >= 0.0 && k.random_token_frac >= 0.0 && k.mask_token_frac + k.random_token_frac <= 1.0,
+            "mlm.mask_token_frac",
+            k.mask_token_frac,
+            "fractions >= 0 with mask_token_frac + random_token_frac <= 1",
+        )?;
+        check((0.0..=1.0).contains(&k.short_seq_prob), "mlm.short_seq_prob", k.short_seq_prob, "0..=1")?;
 
         check(self.checkpoint.keep_last >= 1, "checkpoint.keep_last", self.checkpoint.keep_last, ">= 1")?;
+        let d = &self.distributed;
+        check(d.zero <= 1, "distributed.zero", d.zero, "0 (replicated optimizer state) or 1 (sharded, ZeRO stage 1)")?;
+        check(
+            d.timeout_s.is_finite() && d.timeout_s > 0.0,
+            "distributed.timeout_s",
+            d.timeout_s,
+            "a positive number of seconds",
+        )?;
+        check(
+            d.bucket_mb.is_finite() && d.bucket_mb > 0.0,
+            "distributed.bucket_mb",
+            d.bucket_mb,
+            "a positive number of MB",
+        )?;
         const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
         if !PROGRESS.contains(&self.log.progress.as_str()) {
             return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
@@ -579,10 +674,39 @@ impl RunConfig {
 
     /// A short stable hash of the resolved config, recorded in every checkpoint.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(self).expect("a RunConfig always serialises to JSON");
-        let digest = Sha256::digest(json.as_bytes());
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        config_hash(self)
     }
+}
+
+/// 16 hex digits of SHA-256 over a config's JSON: the run config's hash (in checkpoints and the
+/// experiment store), and the same for other config kinds (fine-tuning).
+pub fn config_hash<T: Serialize>(cfg: &T) -> String {
+    let json = serde_json::to_string(cfg).expect("a config always serialises to JSON");
+    let digest = Sha256::digest(json.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A config (any serialisable one, or a parsed TOML table) as dotted keys (`optim.lr`) to their
+/// TOML values; arrays and tables of arrays (`data.inputs`, `optim.groups`) stay whole values.
+/// Runs are compared and filtered by these.
+pub fn flatten<T: Serialize>(cfg: &T) -> std::collections::BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, v: toml::Value, out: &mut std::collections::BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    let value = toml::Value::try_from(cfg).expect("a config always serialises to TOML");
+    walk("", value, &mut out);
+    out
 }
 
 pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed: &str) -> Result<()> {
@@ -595,6 +719,32 @@ pub(crate) fn check(ok: bool, key: &str, value: impl std::fmt::Display, allowed:
 
 pub(crate) fn bad(key: &str, value: &str, allowed: &str) -> Error {
     Error::config(key, format!("invalid value {value:?}; expected {allowed}"))
+}
+
+/// The TOML table of `file` (empty without one) with `overrides` applied.
+pub fn layered_table(file: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).at(path)?;
+            text.parse::<toml::Table>().map_err(|e| Error::format(path, format!("invalid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    for o in overrides {
+        apply_override(&mut table, o)?;
+    }
+    Ok(table)
+}
+
+/// A config struct from a table; an unknown key or a wrong type is an error naming its dotted
+/// path.
+pub fn deserialize_table<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim_end_matches('\n').to_string();
+        Error::config(if key == "." { "(top level)".into() } else { key }, inner)
+    })
 }
 
 /// Applies one `a.b.c=value` override to the table, creating sections as needed.
@@ -690,6 +840,27 @@ mod tests {
             serde_json::to_string(&cfg.optim).unwrap(),
             r#"{"name":"adamw","lr":0.0006,"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1,"decay_embeddings":false,"grad_clip":1.0}"#
         );
+    }
+
+    #[test]
+    fn flatten_gives_dotted_keys() {
+        let cfg = RunConfig::from_toml_str("", &["optim.lr=0.01".into()]).unwrap();
+        let flat = flatten(&cfg);
+        assert_eq!(flat["optim.lr"], toml::Value::Float(0.01));
+        assert_eq!(flat["model.preset"], toml::Value::String("tiny".into()));
+        assert!(!flat.contains_key("optim.momentum"), "unset optional keys are absent");
+    }
+
+    #[test]
+    fn distributed_section_is_validated_and_hashed_only_when_set() {
+        let e = err("", &["distributed.zero=2"]);
+        assert!(e.contains("distributed.zero") && e.contains("ZeRO"), "{e}");
+        let e = err("", &["distributed.timeout_s=0"]);
+        assert!(e.contains("distributed.timeout_s"), "{e}");
+        assert!(!RunConfig::default().to_toml().contains("distributed"));
+        let zero1 = RunConfig::from_toml_str("[distributed]\nzero = 1\n", &[]).unwrap();
+        assert_ne!(zero1.hash(), RunConfig::default().hash());
+        assert_eq!(RunConfig::from_toml_str(&zero1.to_toml(), &[]).unwrap(), zero1);
     }
 
     #[test]

@@ -114,6 +114,20 @@ pub fn train_batch(
     batch_size: usize,
     seq_len: usize,
 ) -> Result<Batch> {
+    train_batch_rows(shard, seed, step, micro, batch_size, 0..batch_size, seq_len)
+}
+
+/// Rows `rows` of [`train_batch`]'s batch of `batch_size` rows: what one data-parallel
+/// process computes. Every row is the one a single process would read.
+pub fn train_batch_rows(
+    shard: &TokenShard,
+    seed: u64,
+    step: u64,
+    micro: usize,
+    batch_size: usize,
+    rows: std::ops::Range<usize>,
+    seq_len: usize,
+) -> Result<Batch> {
     let n = shard.len();
     if n < seq_len + 1 {
         return Err(Error::Invalid(format!(
@@ -124,7 +138,10 @@ pub fn train_batch(
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, &format!("batch/{step}/{micro}")));
     let starts: Vec<usize> = (0..batch_size).map(|_| rng.random_range(0..=n - seq_len - 1)).collect();
-    Ok(windows(shard, &starts, batch_size, seq_len))
+    let mine = starts
+        .get(rows.clone())
+        .ok_or_else(|| Error::Invalid(format!("rows {rows:?} are outside a batch of {batch_size}")))?;
+    Ok(windows(shard, mine, mine.len(), seq_len))
 }
 
 /// The fixed validation windows: consecutive, non-overlapping, from the start of the shard,
@@ -177,6 +194,8 @@ mod tests {
         for (x, y) in a.inputs.iter().zip(&a.targets) {
             assert_eq!(x + 1, *y, "targets are inputs shifted by one");
         }
+        let rows = train_batch_rows(&s, 1, 5, 0, 4, 1..3, 16).unwrap();
+        assert_eq!(rows.inputs, a.inputs[16..48], "a row range is that slice of the whole batch");
         let ev = eval_batches(&s, 2, 4, 16).unwrap();
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1].inputs[0], 64);

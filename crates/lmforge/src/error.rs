@@ -32,6 +32,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A collective across training processes failed or timed out (see `distributed`).
+    #[error("distributed: {0}")]
+    Distributed(String),
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

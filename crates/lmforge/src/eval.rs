@@ -4,6 +4,10 @@
 //! tokens, conditioning them on up to `context - 1` tokens before (Hugging Face's
 //! "perplexity of fixed-length models" recipe). A smaller stride gives each token more
 //! context and costs more compute.
+//!
+//! Masked LMs (BERT) are scored by [`masked_lm`]: a deterministic masking (every N-th token
+//! replaced by [MASK]) that another implementation can reproduce exactly, so the numbers compare
+//! across tools and checkpoints.
 
 use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
@@ -49,8 +53,8 @@ pub fn perplexity(model: &LoadedModel, text: &str, stride: Option<usize>) -> Res
         let t1 = (t0 + stride).min(n);
         let start = t1.saturating_sub(ctx);
         let input = Tensor::from_slice(&ids[start..t1], (1, t1 - start), device)?;
-        let logits = model.decoder.forward(&input, 0, None)?.squeeze(0)?; // (L, V)
-                                                                          // Logits row j-1-start predicts target j.
+        let logits = model.decoder()?.forward(&input, 0, None)?.squeeze(0)?; // (L, V)
+                                                                             // Logits row j-1-start predicts target j.
         let rows = logits.narrow(0, t0 - 1 - start, t1 - t0)?;
         let targets = Tensor::from_slice(&ids[t0..t1], t1 - t0, device)?;
         let per = ops::cross_entropy_per_row(&rows, &targets)?.to_vec1::<f32>()?;
@@ -67,5 +71,72 @@ pub fn perplexity(model: &LoadedModel, text: &str, stride: Option<usize>) -> Res
         ppl: loss.exp(),
         bits_per_byte: nll / std::f64::consts::LN_2 / text.len() as f64,
         stride,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MlmEvalResult {
+    /// Tokens in the encoded text.
+    pub tokens: usize,
+    /// Of them, masked and predicted.
+    pub masked: usize,
+    /// Sequences (`[CLS] chunk [SEP]`) the text was cut into.
+    pub sequences: usize,
+    /// Mean cross-entropy at the masked positions, nats.
+    pub loss: f64,
+    /// Fraction of masked positions whose top prediction is the original token.
+    pub accuracy: f64,
+    pub every: usize,
+}
+
+/// Masked-LM loss and accuracy of a text: encoded without special tokens, cut into chunks of
+/// `context − 2` tokens, each run as `[CLS] chunk [SEP]` with chunk tokens 0, N, 2N, ...
+/// replaced by [MASK] and predicted.
+pub fn masked_lm(model: &LoadedModel, text: &str, every: usize) -> Result<MlmEvalResult> {
+    let enc = model.encoder()?;
+    if every == 0 {
+        return Err(Error::Invalid("--every must be >= 1".into()));
+    }
+    let id =
+        |t: &str| model.tokenizer.token_id(t).ok_or_else(|| Error::Invalid(format!("the tokenizer has no {t} token")));
+    let (cls, sep, mask) = (id("[CLS]")?, id("[SEP]")?, id("[MASK]")?);
+    let ids = model.tokenizer.encode(text)?;
+    if ids.is_empty() {
+        return Err(Error::Invalid("the text encodes to no tokens".into()));
+    }
+    let chunk = enc.spec.context.saturating_sub(2).max(1);
+    let device = model.params.device();
+    let (mut sum, mut hits, mut n, mut sequences) = (0.0f64, 0usize, 0usize, 0usize);
+    for part in ids.chunks(chunk) {
+        let mut input = Vec::with_capacity(part.len() + 2);
+        input.push(cls);
+        input.extend_from_slice(part);
+        input.push(sep);
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        for i in (0..part.len()).step_by(every) {
+            positions.push((i + 1) as u32);
+            targets.push(part[i]);
+            input[i + 1] = mask;
+        }
+        let t = input.len();
+        let x = crate::models::EncoderInput::new(&input, &vec![0; t], vec![t], t, device)?;
+        let hidden = enc.hidden(&x, None)?;
+        let k = positions.len();
+        let pos = Tensor::from_vec(positions, k, device)?;
+        let tgt = Tensor::from_vec(targets.clone(), k, device)?;
+        let logits = enc.mlm_logits(&crate::models::Encoder::select_rows(&hidden, &pos)?)?;
+        sum += ops::cross_entropy_per_row(&logits, &tgt)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let pred = crate::models::encoder::argmax_last(&logits)?;
+        hits += pred.iter().zip(&targets).filter(|(p, t)| p == t).count();
+        n += k;
+        sequences += 1;
+    }
+    Ok(MlmEvalResult {
+        tokens: ids.len(),
+        masked: n,
+        sequences,
+        loss: sum / n as f64,
+        accuracy: hits as f64 / n as f64,
+        every,
     })
 }

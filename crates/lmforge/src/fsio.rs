@@ -72,11 +72,16 @@ fn temp_owner(name: &str) -> Option<u32> {
     name.strip_prefix('.')?.rsplit_once(".tmp-")?.1.parse().ok()
 }
 
-/// Whether a process with this pid exists. On Linux, /proc tells; elsewhere it is assumed
-/// alive, the safe answer (its files are then left for a person to remove).
+/// Whether a process with this pid exists. On Linux, /proc tells (a zombie — exited, not yet
+/// reaped, as a killed MPI rank can be for a while — counts as gone); elsewhere it is assumed
+/// alive, the safe answer (its files or lock are then left for a person to remove).
 pub fn process_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
     } else {
         true
     }
@@ -188,6 +193,15 @@ impl Drop for StagedDir {
             let _ = fs::remove_dir_all(&self.tmp);
         }
     }
+}
+
+/// Opens a log file for appending (creating it and its folder). Appended logs (`metrics.jsonl`,
+/// TensorBoard events) are the one exception to write-then-rename: a crash can cut their last
+/// record short, and their readers skip or truncate such a tail.
+pub fn open_append(path: &Path) -> Result<File> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir).at(&dir)?;
+    fs::OpenOptions::new().create(true).append(true).open(path).at(path)
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

@@ -152,7 +152,7 @@ pub fn generate_text(
     let mut ids = Vec::new();
     let mut shown = 0usize;
     let tok = &model.tokenizer;
-    generate_ids(&model.decoder, model.params.device(), &prompt_ids, &cfg, true, |id| {
+    generate_ids(model.decoder()?, model.params.device(), &prompt_ids, &cfg, true, |id| {
         ids.push(id);
         // Byte-level tokens can split a UTF-8 character: emit only once it decodes whole.
         let text = tok.decode(&ids)?;

@@ -11,17 +11,26 @@
 //! shards           token ids in a self-describing, memory-mapped binary file
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
 //! data             prepared shards -> seeded batches and fixed validation windows
-//! nn               parameters, init, Linear/Embedding/norms, attention + KV cache, RoPE
-//! models           the decoder family (GPT-2 and Llama styles), presets, HF config + names
+//! nn               parameters (trainable / frozen), init, Linear (+ LoRA / adapters, nn::peft), norms, RoPE
+//! models           decoders (GPT-2, Llama styles) and the BERT encoder, presets, HF config + names
+//! mlm_data         encoder pretraining batches: sentence index, NSP pairs, dynamic MLM masking
 //! optim            optimizers (AdamW ... Muon), param groups, clipping, LR schedules
 //! faults           non-finite steps (skip / roll back), spikes, checkpoint write failures
 //! checkpoint       run-dir layout, checkpoint write/read/retention, manifests, model loading
+//! distributed      multi-process data parallelism: collectives (MPI), bucketed all-reduce, ZeRO-1
 //! train            the one training loop, metrics sink, progress
 //! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
+//! metrics          classification metrics (accuracy, P/R/F1 averages, confusion matrix)
 //! eval             perplexity and bits per byte
+//! finetune         classification fine-tuning (full / LoRA / adapters), predict, eval
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
+//! observe          run observers: start, every metrics row, end (the trainer's bookkeeping hook)
+//! tensorboard      TensorBoard event files of a run's scalars and hyperparameters
+//! store            the SQLite experiment store of runs, metrics and statuses
+//! sweep            hyperparameter sweeps: spaces, grid / random / TPE, ASHA / median, trials
+//! report           self-contained HTML reports of runs and sweeps (plotters SVG)
 //! ```
 //! The `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over these APIs.
 
@@ -30,19 +39,28 @@ pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod faults;
+pub mod finetune;
 pub mod fsio;
 pub mod generate;
+pub mod metrics;
+pub mod mlm_data;
 pub mod models;
 pub mod nn;
+pub mod observe;
 pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;
+pub mod report;
 pub mod shards;
+pub mod store;
+pub mod sweep;
+pub mod tensorboard;
 pub mod testhooks;
 pub mod tokenizer;
 pub mod train;

@@ -13,6 +13,8 @@ use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod peft;
+
 /// Weight initialisation schemes (config `model.init`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitScheme {
@@ -46,10 +48,15 @@ pub fn seed_for(seed: u64, label: &str) -> u64 {
     h
 }
 
-/// The trainable parameters of a model, by checkpoint (Hugging Face) name. A BTreeMap, so
-/// iteration order — and with it optimizer state and checkpoint layout — is deterministic.
+/// The parameters of a model, by checkpoint (Hugging Face) name: trainable ones as `Var`s and
+/// frozen ones (fine-tuning's base weights) as plain tensors, which the backward pass never
+/// computes or stores a gradient for. BTreeMaps, so iteration order — and with it optimizer
+/// state and checkpoint layout — is deterministic.
 pub struct ParamStore {
     vars: BTreeMap<String, Var>,
+    frozen: BTreeMap<String, Tensor>,
+    /// LoRA scale and dropout of each adapted Linear, by module name (see [`peft`]).
+    lora: BTreeMap<String, peft::LoraScaling>,
     device: Device,
 }
 
@@ -83,38 +90,63 @@ impl ParamStore {
             let t = Tensor::from_vec(data, p.shape.as_slice(), device)?;
             vars.insert(p.name.clone(), Var::from_tensor(&t)?);
         }
-        Ok(Self { vars, device: device.clone() })
+        Ok(Self::from_vars(vars, device))
+    }
+
+    fn from_vars(vars: BTreeMap<String, Var>, device: &Device) -> Self {
+        Self { vars, frozen: BTreeMap::new(), lora: BTreeMap::new(), device: device.clone() }
     }
 
     /// Loads `params` from a safetensors file, converting f16/bf16 to f32. Every expected
-    /// tensor must be present with the expected shape; extra tensors that are known buffers
-    /// (GPT-2's causal-mask `attn.bias`, RoPE `inv_freq`) are ignored, others are an error.
-    pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
-        let tensors = candle_core::safetensors::load(path, device)
+    /// tensor must be present with the expected shape; file keys are first mapped by `key_of`
+    /// (`None`: a known buffer or tied copy, skipped), and any other extra tensor is an error.
+    /// Parameters for which `optional` holds may be absent: they are left out of the store and
+    /// returned, so the caller can initialise them or run without them.
+    pub fn load_with(
+        path: &Path,
+        params: &[ParamInfo],
+        device: &Device,
+        key_of: &dyn Fn(&str) -> Option<String>,
+        optional: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<ParamInfo>)> {
+        let raw = candle_core::safetensors::load(path, device)
             .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
-        Self::from_tensors(tensors, params, device, path)
+        Self::from_tensors(raw, params, device, path, key_of, optional)
     }
 
     /// [`Self::load`] from the bytes of a safetensors file (`path` names it in errors). The
     /// header is checked against the buffer before any tensor is built, so a header claiming
     /// huge tensors is an error, not an allocation.
     pub fn from_safetensors_bytes(bytes: &[u8], params: &[ParamInfo], device: &Device, path: &Path) -> Result<Self> {
-        let tensors = candle_core::safetensors::load_buffer(bytes, device)
+        let raw = candle_core::safetensors::load_buffer(bytes, device)
             .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
-        Self::from_tensors(tensors, params, device, path)
+        Ok(Self::from_tensors(raw, params, device, path, &|k| Some(k.to_string()), &|_| false)?.0)
     }
 
     fn from_tensors(
-        mut tensors: std::collections::HashMap<String, Tensor>,
+        raw: std::collections::HashMap<String, Tensor>,
         params: &[ParamInfo],
         device: &Device,
         path: &Path,
-    ) -> Result<Self> {
+        key_of: &dyn Fn(&str) -> Option<String>,
+        optional: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<ParamInfo>)> {
+        let mut tensors = BTreeMap::new();
+        for (k, t) in raw {
+            if let Some(name) = key_of(&k) {
+                tensors.insert(name, t);
+            }
+        }
         let mut vars = BTreeMap::new();
+        let mut missing = Vec::new();
         for p in params {
-            let t = tensors
-                .remove(&p.name)
-                .ok_or_else(|| Error::format(path, format!("missing tensor `{}` (shape {:?})", p.name, p.shape)))?;
+            let Some(t) = tensors.remove(&p.name) else {
+                if optional(&p.name) {
+                    missing.push(p.clone());
+                    continue;
+                }
+                return Err(Error::format(path, format!("missing tensor `{}` (shape {:?})", p.name, p.shape)));
+            };
             if t.dims() != p.shape.as_slice() {
                 return Err(Error::format(
                     path,
@@ -133,21 +165,16 @@ impl ParamStore {
             };
             vars.insert(p.name.clone(), Var::from_tensor(&t)?);
         }
-        let unexpected: Vec<&String> = tensors
-            .keys()
-            .filter(|k| !(k.ends_with(".attn.bias") || k.ends_with(".attn.masked_bias") || k.ends_with("inv_freq")))
-            .filter(|k| k.as_str() != "lm_head.weight") // a tied head saved explicitly
-            .collect();
-        if let Some(k) = unexpected.first() {
+        if let Some(k) = tensors.keys().next() {
             return Err(Error::format(
                 path,
                 format!(
                     "unexpected tensor `{k}` ({} unexpected in all): is this the right architecture?",
-                    unexpected.len()
+                    tensors.len()
                 ),
             ));
         }
-        Ok(Self { vars, device: device.clone() })
+        Ok((Self::from_vars(vars, device), missing))
     }
 
     /// Overwrites every parameter with `other`'s values (same names and shapes) in place, so a
@@ -159,27 +186,123 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Serialises every parameter as safetensors bytes (HF names, f32, `format: pt`).
-    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        serialize_tensors(self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))
+    /// [`Self::load_with`] for a file holding exactly `params` in lmforge's own naming.
+    pub fn load(path: &Path, params: &[ParamInfo], device: &Device) -> Result<Self> {
+        Ok(Self::load_with(path, params, device, &|k| Some(k.to_string()), &|_| false)?.0)
     }
 
+    /// Serialises every parameter, trainable and frozen, as safetensors bytes (HF names, f32,
+    /// `format: pt`).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        serialize_tensors(self.tensors().into_iter())
+    }
+
+    /// A parameter's tensor, trainable or frozen.
     pub fn get(&self, name: &str) -> Result<Tensor> {
         self.vars
             .get(name)
             .map(|v| v.as_tensor().clone())
+            .or_else(|| self.frozen.get(name).cloned())
             .ok_or_else(|| Error::Invalid(format!("model has no parameter `{name}`")))
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.vars.contains_key(name) || self.frozen.contains_key(name)
+    }
+
+    /// Every parameter, trainable and frozen, in name order.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut all: BTreeMap<&String, Tensor> = self.frozen.iter().map(|(k, t)| (k, t.clone())).collect();
+        all.extend(self.vars.iter().map(|(k, v)| (k, v.as_tensor().clone())));
+        all.into_iter().map(|(k, t)| (k.clone(), t)).collect()
+    }
+
+    /// The trainable parameters.
     pub fn vars(&self) -> &BTreeMap<String, Var> {
         &self.vars
+    }
+
+    /// The frozen parameters.
+    pub fn frozen(&self) -> &BTreeMap<String, Tensor> {
+        &self.frozen
+    }
+
+    /// Adds a new parameter (an error if the name is taken), trainable or frozen.
+    pub fn insert(&mut self, name: &str, t: Tensor, trainable: bool) -> Result<()> {
+        if self.contains(name) {
+            return Err(Error::Invalid(format!("parameter `{name}` already exists")));
+        }
+        if trainable {
+            self.vars.insert(name.to_string(), Var::from_tensor(&t)?);
+        } else {
+            self.frozen.insert(name.to_string(), t.detach());
+        }
+        Ok(())
+    }
+
+    /// Overwrites a parameter's values in place (its shape must match); views of a trainable
+    /// one see the change.
+    pub fn set(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        let old = self.get(name)?;
+        if old.dims() != t.dims() {
+            return Err(Error::Invalid(format!("parameter `{name}` is {:?}, not {:?}", old.dims(), t.dims())));
+        }
+        let t = t.to_dtype(DType::F32)?;
+        match self.vars.get(name) {
+            Some(v) => v.set(&t)?,
+            None => {
+                self.frozen.insert(name.to_string(), t.detach());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every trainable parameter whose name satisfies `frozen` to the frozen set (no
+    /// copy: the tensor keeps its storage, detached from any gradient tracking).
+    pub fn freeze_where(&mut self, frozen: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self.vars.keys().filter(|n| frozen(n)).cloned().collect();
+        for n in names {
+            let v = self.vars.remove(&n).expect("listed");
+            self.frozen.insert(n, v.as_tensor().detach());
+        }
+    }
+
+    /// Records that the Linear `module` carries a LoRA delta (`module.lora_A.weight`, ...).
+    pub fn set_lora(&mut self, module: &str, scaling: peft::LoraScaling) {
+        self.lora.insert(module.to_string(), scaling);
+    }
+
+    pub fn lora(&self) -> &BTreeMap<String, peft::LoraScaling> {
+        &self.lora
+    }
+
+    /// The Linear `module` (`module.weight`, `module.bias` if `bias`), with its LoRA delta and
+    /// bottleneck adapter when the store holds them. `out_in`: nn.Linear's (out, in) weight
+    /// layout; otherwise GPT-2's Conv1D (in, out).
+    pub fn linear(&self, module: &str, out_in: bool, bias: bool) -> Result<Linear> {
+        let w = self.get(&format!("{module}.weight"))?;
+        let b = if bias { Some(self.get(&format!("{module}.bias"))?) } else { None };
+        let mut lin = Linear { w, b, w_is_out_in: out_in, lora: None, adapter: None };
+        if let Some(scaling) = self.lora.get(module) {
+            lin.lora = Some(Box::new(peft::Lora::from_store(self, module, *scaling)?));
+        }
+        if self.contains(&peft::adapter_param(module, "down.weight")) {
+            lin.adapter = Some(Box::new(peft::Adapter::from_store(self, module)?));
+        }
+        Ok(lin)
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// Elements of every parameter, trainable and frozen.
     pub fn num_params(&self) -> usize {
+        self.num_trainable() + self.frozen.values().map(|t| t.elem_count()).sum::<usize>()
+    }
+
+    /// Elements of the trainable parameters.
+    pub fn num_trainable(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 }
@@ -199,25 +322,42 @@ fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {
 
 /// y = x·W + b. GPT-2's Conv1D stores W as (in, out); `nn.Linear` stores (out, in) and is
 /// used transposed. Keeping the checkpoint layout avoids a copy at load and save time.
+/// Fine-tuning may attach a LoRA delta (y += s·B·A·x) and a bottleneck adapter on the output
+/// (y += up(gelu(down(y)))); see [`peft`].
 pub struct Linear {
     w: Tensor,
     b: Option<Tensor>,
     w_is_out_in: bool,
+    // Boxed: most Linears have neither, and models hold many Linears.
+    lora: Option<Box<peft::Lora>>,
+    adapter: Option<Box<peft::Adapter>>,
 }
 
 impl Linear {
     /// Conv1D layout: weight (in, out).
     pub fn in_out(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { w, b, w_is_out_in: false }
+        Self { w, b, w_is_out_in: false, lora: None, adapter: None }
     }
     /// nn.Linear layout: weight (out, in).
     pub fn out_in(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { w, b, w_is_out_in: true }
+        Self { w, b, w_is_out_in: true, lora: None, adapter: None }
     }
 
     /// x: (B, T, in) -> (B, T, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?)
+        self.forward_t(x, &mut None)
+    }
+
+    /// As [`Self::forward`]; with a dropout generator (training), LoRA's input dropout applies.
+    pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        let mut y = ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?;
+        if let Some(lora) = &self.lora {
+            y = (y + lora.forward(x, dropout)?)?;
+        }
+        if let Some(adapter) = &self.adapter {
+            y = adapter.forward(&y)?;
+        }
+        Ok(y)
     }
 }
 
@@ -293,14 +433,28 @@ impl Rope {
 
 /// Draws inverted-dropout keep-masks from a seeded generator (one per micro-batch), so a
 /// resumed run reproduces the same masks.
+///
+/// One generator covers the whole global micro-batch: each mask is drawn for all `B` rows in
+/// row order, one 32-bit word per element. A process that computes only rows `first..first+b`
+/// of it (data-parallel training, see `distributed`) seeks to its rows' words and past the
+/// rest, so every row gets the same mask whatever the process count.
 pub struct DropoutRng {
     rng: ChaCha8Rng,
     p: f32,
+    /// (first row, rows of the global batch); the local tensors hold rows first.. of it.
+    rows: Option<(usize, usize)>,
 }
 
 impl DropoutRng {
     pub fn new(p: f64, seed: u64) -> Self {
-        Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32 }
+        Self { rng: ChaCha8Rng::seed_from_u64(seed), p: p as f32, rows: None }
+    }
+
+    /// Masks for rows `first..` of a global batch of `global_rows` (the leading dimension of
+    /// every tensor [`Self::apply`] sees is this process's rows).
+    pub fn for_rows(mut self, first: usize, global_rows: usize) -> Self {
+        self.rows = Some((first, global_rows));
+        self
     }
 
     /// Whether [`Self::apply`] changes anything (p > 0).
@@ -310,12 +464,33 @@ impl DropoutRng {
 
     /// Applies dropout to x (no-op when p = 0).
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p == 0.0 {
+        self.apply_with(x, self.p as f64)
+    }
+
+    /// Applies dropout with probability `p` instead of the generator's own (LoRA's dropout,
+    /// the classifier's), drawing from the same stream.
+    pub fn apply_with(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let p = p as f32;
+        if p == 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 / (1.0 - self.p);
+        let keep = 1.0 / (1.0 - p);
+        // A uniform f32 consumes exactly one word of the ChaCha stream.
+        let window = match self.rows {
+            Some((first, global)) => {
+                let local = x.dims().first().copied().unwrap_or(1).max(1);
+                let per_row = (x.elem_count() / local) as u128;
+                let start = self.rng.get_word_pos();
+                self.rng.set_word_pos(start + first as u128 * per_row);
+                Some(start + global as u128 * per_row)
+            }
+            None => None,
+        };
         let mask: Vec<f32> =
-            (0..x.elem_count()).map(|_| if self.rng.random::<f32>() < self.p { 0.0 } else { keep }).collect();
+            (0..x.elem_count()).map(|_| if self.rng.random::<f32>() < p { 0.0 } else { keep }).collect();
+        if let Some(end) = window {
+            self.rng.set_word_pos(end);
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         Ok(ops::dropout(x, &mask)?)
     }
@@ -355,5 +530,27 @@ mod tests {
         let x = Tensor::ones(10_000, DType::F32, &Device::Cpu).unwrap();
         let m = d.apply(&x).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
         assert!((m - 1.0).abs() < 0.05, "{m}");
+    }
+
+    /// Two processes computing rows 0..3 and 3..5 of a batch draw the masks one process
+    /// draws for all 5 rows, call after call.
+    #[test]
+    fn dropout_masks_of_a_row_window_match_the_whole_batch() {
+        let x = Tensor::ones((5, 3, 4), DType::F32, &Device::Cpu).unwrap();
+        let mut whole = DropoutRng::new(0.5, 9);
+        let mut a = DropoutRng::new(0.5, 9).for_rows(0, 5);
+        let mut b = DropoutRng::new(0.5, 9).for_rows(3, 5);
+        for _ in 0..3 {
+            let w = whole.apply(&x).unwrap();
+            let parts = Tensor::cat(
+                &[a.apply(&x.narrow(0, 0, 3).unwrap()).unwrap(), b.apply(&x.narrow(0, 3, 2).unwrap()).unwrap()],
+                0,
+            )
+            .unwrap();
+            assert_eq!(
+                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                parts.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
     }
 }

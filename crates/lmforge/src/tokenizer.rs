@@ -86,6 +86,32 @@ impl TextTokenizer {
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
+    /// Classification inputs: each text (and optional second text) with the tokenizer's own
+    /// special tokens (BERT: `[CLS] a [SEP] b [SEP]`; none for GPT-2's byte-level BPE),
+    /// truncated to `max_len` tokens longest-first and unpadded, as `tokenizer(a, b,
+    /// truncation=True)` in transformers. Returns (ids, token type ids) per input, in order;
+    /// padding or truncation settings saved in the tokenizer.json are replaced.
+    pub fn encode_pairs(&self, inputs: &[(&str, Option<&str>)], max_len: usize) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        let mut tk = self.inner.clone();
+        tk.with_padding(None);
+        tk.with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_len,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: tokenizers::TruncationDirection::Right,
+        }))
+        .map_err(|e| Error::Tokenizer(format!("truncation to {max_len} tokens: {e}")))?;
+        let batch: Vec<tokenizers::EncodeInput> = inputs
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => tokenizers::EncodeInput::Dual((*a).into(), (*b).into()),
+                None => tokenizers::EncodeInput::Single((*a).into()),
+            })
+            .collect();
+        let encs = tk.encode_batch_fast(batch, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::Tokenizer(e.to_string()))
     }
@@ -93,6 +119,31 @@ impl TextTokenizer {
     /// Vocabulary size including added tokens (the smallest valid model vocab).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token (special tokens included), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The decoded text of one token (a special token's own spelling).
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        match self.inner.id_to_token(id) {
+            Some(t) if self.inner.get_added_vocabulary().is_special_token(&t) => Ok(t),
+            Some(_) => self.decode(&[id]),
+            None => Err(Error::Tokenizer(format!("no token with id {id}"))),
+        }
+    }
+
+    /// Whether `id` is one of the tokenizer's special tokens.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some_and(|t| self.inner.get_added_vocabulary().is_special_token(&t))
+    }
+
+    /// Raw vocabulary spelling of a token (byte-level `Ġ` for a leading space, WordPiece `##`
+    /// for a continuation).
+    pub fn token_piece(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The end-of-text id, if the tokenizer has one (`<|endoftext|>`, `</s>` or `<eos>`).

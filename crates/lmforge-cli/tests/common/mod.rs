@@ -1,5 +1,6 @@
-//! Helpers shared by the binary's integration tests: run `lmforge`, write a tiny run config
-//! over a slice of the bundled corpus, read `metrics.jsonl`.
+//! Helpers shared by the binary's integration tests: run `lmforge` (its experiment store under
+//! the target dir), write a tiny run config over a slice of the bundled corpus, read
+//! `metrics.jsonl`.
 #![allow(dead_code)] // each test file uses its own subset
 
 use serde_json::Value;
@@ -7,7 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn lmforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge")).args(args).env("RUST_LOG", "warn").output().expect("lmforge runs")
+    Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("LMFORGE_DB", test_db())
+        .output()
+        .expect("lmforge runs")
+}
+
+/// The experiment store these tests' runs are recorded in: under the target dir, never the repo.
+pub fn test_db() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests.db")
 }
 
 pub fn ok(args: &[&str]) -> String {

@@ -18,7 +18,9 @@ pub struct Decoder {
     wpe: Option<Tensor>, // (context, C), GPT-2 only
     blocks: Vec<Block>,
     norm_f: Norm,
-    head: Tensor, // (V, C); the same tensor as `wte` when tied
+    /// (V, C); the same tensor as `wte` when tied; None for a backbone loaded without its LM
+    /// head (a classifier's).
+    head: Option<Tensor>,
     rope: Option<Rope>,
 }
 
@@ -73,15 +75,16 @@ impl KvCache {
 
 impl Decoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
+        if spec.style == Style::Bert {
+            return Err(crate::Error::Invalid("a BERT spec builds an Encoder, not a Decoder".into()));
+        }
         let eps = spec.norm_eps;
         let mut blocks = Vec::with_capacity(spec.n_layer);
         for i in 0..spec.n_layer {
             blocks.push(match spec.style {
                 Style::Gpt2 => {
                     let n = |s: &str| format!("transformer.h.{i}.{s}");
-                    let lin = |s: &str| -> Result<Linear> {
-                        Ok(Linear::in_out(p.get(&n(&format!("{s}.weight")))?, Some(p.get(&n(&format!("{s}.bias")))?)))
-                    };
+                    let lin = |s: &str| p.linear(&n(s), false, true);
                     let ln = |s: &str| -> Result<Norm> {
                         Ok(Norm::Layer {
                             w: p.get(&n(&format!("{s}.weight")))?,
@@ -102,9 +105,9 @@ impl Decoder {
                         mlp: Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
                     }
                 }
-                Style::Llama => {
+                Style::Llama | Style::Bert => {
                     let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-                    let lin = |s: &str| -> Result<Linear> { Ok(Linear::out_in(p.get(&n(s))?, None)) };
+                    let lin = |s: &str| p.linear(&format!("model.layers.{i}.{s}"), true, false);
                     let rms = |s: &str| -> Result<Norm> { Ok(Norm::Rms { w: p.get(&n(s))?, eps }) };
                     Block {
                         norm1: rms("input_layernorm")?,
@@ -130,14 +133,18 @@ impl Decoder {
             });
         }
         let wte = p.get(spec.embedding_name())?;
-        let head = if spec.tie_embeddings { wte.clone() } else { p.get("lm_head.weight")? };
+        let head = match spec.tie_embeddings {
+            true => Some(wte.clone()),
+            false if p.contains("lm_head.weight") => Some(p.get("lm_head.weight")?),
+            false => None,
+        };
         let (wpe, norm_f, rope) = match spec.style {
             Style::Gpt2 => (
                 Some(p.get("transformer.wpe.weight")?),
                 Norm::Layer { w: p.get("transformer.ln_f.weight")?, b: p.get("transformer.ln_f.bias")?, eps },
                 None,
             ),
-            Style::Llama => (
+            Style::Llama | Style::Bert => (
                 None,
                 Norm::Rms { w: p.get("model.norm.weight")?, eps },
                 Some(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?),
@@ -174,7 +181,7 @@ impl Decoder {
             let a =
                 block.attn.forward(&block.norm1.forward(&x)?, offset, layer_cache, self.rope.as_ref(), &mut dropout)?;
             x = (x + drop(&mut dropout, &a)?)?;
-            let m = block.mlp.forward(&block.norm2.forward(&x)?)?;
+            let m = block.mlp.forward(&block.norm2.forward(&x)?, &mut dropout)?;
             x = (x + drop(&mut dropout, &m)?)?;
         }
         self.norm_f.forward(&x)
@@ -183,7 +190,7 @@ impl Decoder {
     /// LM-head logits (B, T, V) for hidden states (B, T, C).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, c) = hidden.dims3()?;
-        let l = hidden.reshape((b * t, c))?.matmul(&self.head.t()?)?;
+        let l = hidden.reshape((b * t, c))?.matmul(&self.lm_head()?.t()?)?;
         Ok(l.reshape((b, t, self.spec.vocab_size))?)
     }
 
@@ -197,7 +204,13 @@ impl Decoder {
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let h = self.hidden(ids, 0, None, dropout)?;
         let (b, t, c) = h.dims3()?;
-        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, &self.head, &targets.flatten_all()?)?)
+        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, self.lm_head()?, &targets.flatten_all()?)?)
+    }
+
+    fn lm_head(&self) -> Result<&Tensor> {
+        self.head
+            .as_ref()
+            .ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
     }
 }
 
@@ -221,10 +234,10 @@ impl Attention {
         let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let (q, k, v) = match &self.qkv {
             Qkv::Fused(lin) => {
-                let qkv = lin.forward(x)?; // (B, T, 3·H·D)
+                let qkv = lin.forward_t(x, dropout)?; // (B, T, 3·H·D)
                 (qkv.narrow(2, 0, h * d)?, qkv.narrow(2, h * d, kh * d)?, qkv.narrow(2, (h + kh) * d, kh * d)?)
             }
-            Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Split { q, k, v } => (q.forward_t(x, dropout)?, k.forward_t(x, dropout)?, v.forward_t(x, dropout)?),
         };
         let scale = 1.0 / (d as f64).sqrt();
         if cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active()) {
@@ -233,7 +246,7 @@ impl Attention {
                 Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),
                 None => (q, k),
             };
-            return self.o.forward(&ops::causal_attention(&q, &k, &v, h, kh, scale)?);
+            return self.o.forward_t(&ops::causal_attention(&q, &k, &v, h, kh, scale)?, dropout);
         }
         // With a KV cache or attention dropout: heads, then the grouped matmuls.
         // (B, T, n·D) -> (B, n, T, D)
@@ -265,15 +278,17 @@ impl Attention {
         let p = drop(dropout, &p)?;
         let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
         let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
-        self.o.forward(&y)
+        self.o.forward_t(&y, dropout)
     }
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, d: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         match self {
-            Mlp::Gelu { fc, proj } => proj.forward(&ops::gelu_tanh(&fc.forward(x)?)?),
-            Mlp::SwiGlu { gate, up, down } => down.forward(&ops::swiglu(&gate.forward(x)?, &up.forward(x)?)?),
+            Mlp::Gelu { fc, proj } => proj.forward_t(&ops::gelu_tanh(&fc.forward_t(x, d)?)?, d),
+            Mlp::SwiGlu { gate, up, down } => {
+                down.forward_t(&ops::swiglu(&gate.forward_t(x, d)?, &up.forward_t(x, d)?)?, d)
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Hugging Face `config.json` for the two decoder styles: `GPT2LMHeadModel` and
-//! `LlamaForCausalLM`. Parameter names already are HF names (see `ModelSpec::params`), so this
+//! Hugging Face `config.json` for the two decoder styles (`GPT2LMHeadModel`,
+//! `LlamaForCausalLM`) and the BERT encoder (`BertForPreTraining`; `BertModel` and other BERT
+//! folders read too). Parameter names already are HF names (see `ModelSpec::params`), so this
 //! file is the whole interoperability layer: it maps config fields both ways and refuses
 //! variants lmforge does not implement (other activations, RoPE scaling, biases in Llama).
 
@@ -53,6 +54,7 @@ fn spec_from_json(v: &Value) -> std::result::Result<ModelSpec, String> {
                 norm_eps: float("layer_norm_epsilon", 1e-5),
                 rope_theta: 10_000.0,
                 tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
+                type_vocab_size: 0,
             }
         }
         "llama" => {
@@ -93,12 +95,69 @@ fn spec_from_json(v: &Value) -> std::result::Result<ModelSpec, String> {
                 norm_eps: float("rms_norm_eps", 1e-6),
                 rope_theta: theta,
                 tie_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+                type_vocab_size: 0,
             }
         }
-        other => return Err(format!("model_type {other:?} is not supported (gpt2, llama)")),
+        "bert" => {
+            let act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+            if act != "gelu" {
+                return Err(format!("hidden_act {act:?} is not supported (gelu, the erf form, only)"));
+            }
+            let pos = v.get("position_embedding_type").and_then(Value::as_str).unwrap_or("absolute");
+            if pos != "absolute" {
+                return Err(format!("position_embedding_type {pos:?} is not supported (absolute only)"));
+            }
+            let d = int("hidden_size")?;
+            let h = int("num_attention_heads")?;
+            ModelSpec {
+                style: Style::Bert,
+                vocab_size: int("vocab_size")?,
+                context: int("max_position_embeddings")?,
+                d_model: d,
+                n_layer: int("num_hidden_layers")?,
+                n_head: h,
+                n_kv_head: h,
+                head_dim: d / h.max(1),
+                d_ff: int("intermediate_size")?,
+                norm_eps: float("layer_norm_eps", 1e-12),
+                rope_theta: 10_000.0,
+                tie_embeddings: true,
+                type_vocab_size: v.get("type_vocab_size").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(2),
+            }
+        }
+        other => return Err(format!("model_type {other:?} is not supported (gpt2, llama, bert)")),
     };
     spec.validate().map_err(|e| e.to_string())?;
     Ok(spec)
+}
+
+/// The parameter a tensor key of an HF `model.safetensors` holds, in lmforge's naming (the
+/// `BertForPreTraining` / `GPT2LMHeadModel` / `LlamaForCausalLM` names); `None` for buffers and
+/// tied copies that are not parameters.
+pub fn param_name(spec: &ModelSpec, key: &str) -> Option<String> {
+    let buffer = key.ends_with(".attn.bias")
+        || key.ends_with(".attn.masked_bias")
+        || key.ends_with("inv_freq")
+        || key.ends_with("embeddings.position_ids")
+        // Tied to the embeddings; older BERT files also repeat the MLM bias as the decoder's.
+        || (spec.tie_embeddings && key == "lm_head.weight")
+        || key.starts_with("cls.predictions.decoder.");
+    if buffer {
+        return None;
+    }
+    // A `BertModel` folder (no task head) names the backbone without the `bert.` prefix.
+    if spec.style == Style::Bert
+        && (key.starts_with("embeddings.") || key.starts_with("encoder.") || key.starts_with("pooler."))
+    {
+        return Some(format!("bert.{key}"));
+    }
+    Some(key.to_string())
+}
+
+/// Parameters a folder may lack: BERT's pooler and pretraining heads (a `BertModel` backbone
+/// has none of the heads, some exports have no pooler).
+pub fn is_optional_param(spec: &ModelSpec, name: &str) -> bool {
+    spec.style == Style::Bert && (name.starts_with("cls.") || name.starts_with("bert.pooler."))
 }
 
 /// The HF `config.json` for a spec. `eos_id` is the tokenizer's end-of-text id, if any.
@@ -143,9 +202,28 @@ pub fn config_json(spec: &ModelSpec, eos_id: Option<u32>) -> Value {
             "tie_word_embeddings": spec.tie_embeddings,
             "use_cache": true,
         }),
+        Style::Bert => json!({
+            "architectures": ["BertForPreTraining"],
+            "model_type": "bert",
+            "vocab_size": spec.vocab_size,
+            "max_position_embeddings": spec.context,
+            "type_vocab_size": spec.type_vocab_size,
+            "hidden_size": spec.d_model,
+            "intermediate_size": spec.d_ff,
+            "num_hidden_layers": spec.n_layer,
+            "num_attention_heads": spec.n_head,
+            "hidden_act": "gelu",
+            "layer_norm_eps": spec.norm_eps,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "position_embedding_type": "absolute",
+            "initializer_range": 0.02,
+            "pad_token_id": 0,
+            "tie_word_embeddings": true,
+        }),
     };
     v["torch_dtype"] = json!("float32");
-    if let Some(eos) = eos_id {
+    if let (Some(eos), false) = (eos_id, spec.style == Style::Bert) {
         v["bos_token_id"] = json!(eos);
         v["eos_token_id"] = json!(eos);
     }

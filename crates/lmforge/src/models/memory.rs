@@ -81,6 +81,9 @@ impl ModelSpec {
                     // copy 2C · c_proj + bias 2C · residual C · ln_2 5C (+7) · c_fc + bias 2F ·
                     // GELU F · c_proj + bias 2C · residual C.
                     Style::Gpt2 => 30 * c + 3 * f + scores + 14,
+                    // BERT: GPT-2's count with separate q, k, v projections and a post-norm
+                    // per branch; the same within a few C.
+                    Style::Bert => 30 * c + 3 * f + scores + 14,
                     // RMSNorm 3C (+5) twice · q, k, v projections and contiguous heads 2Q + 4KV ·
                     // RoPE (neg half, cat, ×cos, ×sin, +) 4.5 per element of q and k · AV and its
                     // copy 2Q · o_proj C · residuals 2C · gate, up, SiLU, product 4F · down_proj C.
@@ -95,6 +98,9 @@ impl ModelSpec {
                     // C (+H) · c_proj C · residual C · ln_2 C · c_fc F · GELU F · c_proj C ·
                     // residual C.
                     Style::Gpt2 => 10 * c + 2 * f + h,
+                    // BERT: q, k, v 3C · attention C (+H) · output dense C · residual + norm 2C ·
+                    // intermediate F · GELU F · output dense C · residual + norm 2C.
+                    Style::Bert => 10 * c + 2 * f + h,
                     // RMSNorm C twice · q, k, v projections Q + 2KV · RoPE outputs Q + KV ·
                     // attention Q (+H) · o_proj C · residuals 2C · gate, up, SwiGLU 3F ·
                     // down_proj C.
@@ -111,9 +117,9 @@ impl ModelSpec {
     pub fn cpu_head_activation_elems(&self, kernels: Kernels) -> u64 {
         let (c, v) = (self.d_model as u64, self.vocab_size as u64);
         match (kernels, self.style) {
-            (Kernels::Reference, Style::Gpt2) => 2 * c + 5 * c + 7 + 4 * v + 3,
+            (Kernels::Reference, Style::Gpt2 | Style::Bert) => 2 * c + 5 * c + 7 + 4 * v + 3,
             (Kernels::Reference, Style::Llama) => c + 3 * c + 5 + 4 * v + 3,
-            (Kernels::Fused, Style::Gpt2) => 2 * c + c + c + 1,
+            (Kernels::Fused, Style::Gpt2 | Style::Bert) => 2 * c + c + c + 1,
             (Kernels::Fused, Style::Llama) => c + c + c + 1,
         }
     }

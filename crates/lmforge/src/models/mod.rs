@@ -1,10 +1,11 @@
-//! Model shapes and presets. A [`ModelSpec`] is the resolved description of one decoder
-//! (GPT-2 or Llama style): it names every parameter with its Hugging Face key and shape, so
+//! Model shapes and presets. A [`ModelSpec`] is the resolved description of one network — a
+//! decoder (GPT-2 or Llama style) or a BERT encoder: it names every parameter with its Hugging Face key and shape, so
 //! parameter counts and memory estimates come without allocating a single weight, and the same
-//! list drives initialisation, loading and saving. The network itself is in [`decoder`]; the
-//! Hugging Face `config.json` mapping is in [`hf`].
+//! list drives initialisation, loading and saving. The networks are in [`decoder`] and
+//! [`encoder`]; the Hugging Face `config.json` mapping is in [`hf`].
 
 pub mod decoder;
+pub mod encoder;
 pub mod hf;
 pub mod memory;
 
@@ -13,9 +14,10 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, KvCache};
+pub use encoder::{Encoder, EncoderInput};
 pub use memory::CpuTrainMemory;
 
-/// The two decoder styles the family supports.
+/// The architectures: two decoder styles and the BERT encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
@@ -23,6 +25,9 @@ pub enum Style {
     Gpt2,
     /// RMSNorm, SwiGLU MLP, RoPE (rotate-half), grouped-query attention, no biases, untied head.
     Llama,
+    /// Bidirectional encoder: post-LayerNorm blocks, erf GELU, learned positions and token
+    /// types, pooler, MLM head tied to the word embeddings, NSP head (`BertForPreTraining`).
+    Bert,
 }
 
 /// A fully resolved decoder shape: no defaults left to fill.
@@ -41,6 +46,9 @@ pub struct ModelSpec {
     pub norm_eps: f64,
     pub rope_theta: f64,
     pub tie_embeddings: bool,
+    /// Token-type (segment) embeddings, BERT only (0 for decoders).
+    #[serde(default)]
+    pub type_vocab_size: usize,
 }
 
 /// How a parameter is initialised.
@@ -91,6 +99,10 @@ pub const PRESETS: &[&str] = &[
     "llama-7b",
     "bench-gpt",
     "bench-llama",
+    "bert-tiny",
+    "bert-mini",
+    "bert-quickstart",
+    "bert-base",
 ];
 
 impl ModelSpec {
@@ -109,6 +121,22 @@ impl ModelSpec {
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
             tie_embeddings: true,
+            type_vocab_size: 0,
+        };
+        let bert = |vocab, d_model, n_layer, n_head| Self {
+            style: Style::Bert,
+            vocab_size: vocab,
+            context: 512,
+            d_model,
+            n_layer,
+            n_head,
+            n_kv_head: n_head,
+            head_dim: d_model / n_head,
+            d_ff: 4 * d_model,
+            norm_eps: 1e-12,
+            rope_theta: 10_000.0,
+            tie_embeddings: true,
+            type_vocab_size: 2,
         };
         let llama = |vocab, context, d_model, n_layer, n_head, n_kv_head, d_ff| Self {
             style: Style::Llama,
@@ -123,6 +151,7 @@ impl ModelSpec {
             norm_eps: 1e-5,
             rope_theta: 10_000.0,
             tie_embeddings: false,
+            type_vocab_size: 0,
         };
         Some(match name {
             "tiny" => gpt2(1024, 128, 64, 2, 4),
@@ -135,6 +164,12 @@ impl ModelSpec {
             "llama-7b" => llama(32000, 4096, 4096, 32, 32, 32, 11008),
             "bench-gpt" => gpt2(8192, 256, 256, 4, 4),
             "bench-llama" => llama(8192, 256, 256, 4, 8, 2, 688),
+            // Google's compact BERTs (Turc et al. 2019) and BERT-base, WordPiece vocabulary 30522.
+            "bert-tiny" => bert(30522, 128, 2, 2),
+            "bert-mini" => bert(30522, 256, 4, 4),
+            "bert-base" => bert(30522, 768, 12, 12),
+            // The bundled-corpus recipe: a small vocabulary and context for CPU minutes.
+            "bert-quickstart" => Self { context: 128, ..bert(2048, 192, 4, 4) },
             _ => return None,
         })
     }
@@ -151,20 +186,34 @@ impl ModelSpec {
             s.style = match style.as_str() {
                 "gpt2" => Style::Gpt2,
                 "llama" => Style::Llama,
+                "bert" => Style::Bert,
                 other => {
                     return Err(Error::config(
                         "model.style",
-                        format!("invalid value {other:?}; expected \"gpt2\" or \"llama\""),
+                        format!("invalid value {other:?}; expected \"gpt2\", \"llama\" or \"bert\""),
                     ))
                 }
             };
+            // A style switch keeps the preset's sizes but not its style-specific fields.
+            s.type_vocab_size = if s.style == Style::Bert { s.type_vocab_size.max(2) } else { 0 };
         }
         let head_dim_was_derived = s.head_dim == s.d_model / s.n_head;
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = m.$field { s.$field = v; } )* };
         }
-        take!(n_layer, n_head, d_model, d_ff, context, vocab_size, norm_eps, rope_theta, tie_embeddings);
-        s.n_kv_head = m.n_kv_head.unwrap_or(if s.style == Style::Gpt2 { s.n_head } else { s.n_kv_head.min(s.n_head) });
+        take!(
+            n_layer,
+            n_head,
+            d_model,
+            d_ff,
+            context,
+            vocab_size,
+            norm_eps,
+            rope_theta,
+            tie_embeddings,
+            type_vocab_size
+        );
+        s.n_kv_head = m.n_kv_head.unwrap_or(if s.style == Style::Llama { s.n_kv_head.min(s.n_head) } else { s.n_head });
         if head_dim_was_derived && s.n_head > 0 {
             s.head_dim = s.d_model / s.n_head;
         }
@@ -210,7 +259,7 @@ impl ModelSpec {
         if params > MAX_PARAMS {
             return Err(Error::config("model", format!("{params} parameters; at most {MAX_PARAMS} are supported")));
         }
-        if self.style == Style::Gpt2 && self.head_dim * self.n_head != self.d_model {
+        if self.style != Style::Llama && self.head_dim * self.n_head != self.d_model {
             return Err(Error::config(
                 "model.n_head",
                 format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head),
@@ -222,10 +271,16 @@ impl ModelSpec {
                 format!("n_head {} is not a multiple of n_kv_head {}", self.n_head, self.n_kv_head),
             ));
         }
-        if self.style == Style::Gpt2 && self.n_kv_head != self.n_head {
+        if self.style != Style::Llama && self.n_kv_head != self.n_head {
             return Err(Error::config(
                 "model.n_kv_head",
-                "GPT-2 style uses full multi-head attention: n_kv_head must equal n_head",
+                "GPT-2 and BERT styles use full multi-head attention: n_kv_head must equal n_head",
+            ));
+        }
+        if self.style == Style::Bert && (self.type_vocab_size == 0 || !self.tie_embeddings) {
+            return Err(Error::config(
+                "model.type_vocab_size",
+                "BERT needs type_vocab_size >= 1 and its MLM decoder tied to the word embeddings",
             ));
         }
         if self.style == Style::Llama && self.head_dim % 2 != 0 {
@@ -290,6 +345,52 @@ impl ModelSpec {
                 }
                 add("model.norm.weight".into(), vec![c], ParamKind::NormWeight, (c, c));
             }
+            Style::Bert => {
+                // HF `BertForPreTraining` order. BERT initialises every matrix N(0, 0.02),
+                // residual outputs included, so none is a `ResidualProjection`.
+                let e = "bert.embeddings";
+                add(format!("{e}.word_embeddings.weight"), vec![v, c], ParamKind::Embedding, (v, c));
+                add(
+                    format!("{e}.position_embeddings.weight"),
+                    vec![self.context, c],
+                    ParamKind::Embedding,
+                    (self.context, c),
+                );
+                let tv = self.type_vocab_size;
+                add(format!("{e}.token_type_embeddings.weight"), vec![tv, c], ParamKind::Embedding, (tv, c));
+                // A Linear (nn.Linear: weight (out, in)) and a LayerNorm, each as its two tensors.
+                macro_rules! linear {
+                    ($name:expr, $fan_in:expr, $fan_out:expr) => {{
+                        let (name, fi, fo) = ($name, $fan_in, $fan_out);
+                        add(format!("{name}.weight"), vec![fo, fi], ParamKind::Matrix, (fi, fo));
+                        add(format!("{name}.bias"), vec![fo], ParamKind::Bias, (fi, fo));
+                    }};
+                }
+                macro_rules! layer_norm {
+                    ($name:expr) => {{
+                        let name = $name;
+                        add(format!("{name}.weight"), vec![c], ParamKind::NormWeight, (c, c));
+                        add(format!("{name}.bias"), vec![c], ParamKind::NormBias, (c, c));
+                    }};
+                }
+                layer_norm!(format!("{e}.LayerNorm"));
+                for i in 0..l {
+                    let p = format!("bert.encoder.layer.{i}");
+                    for m in ["query", "key", "value"] {
+                        linear!(format!("{p}.attention.self.{m}"), c, c);
+                    }
+                    linear!(format!("{p}.attention.output.dense"), c, c);
+                    layer_norm!(format!("{p}.attention.output.LayerNorm"));
+                    linear!(format!("{p}.intermediate.dense"), c, f);
+                    linear!(format!("{p}.output.dense"), f, c);
+                    layer_norm!(format!("{p}.output.LayerNorm"));
+                }
+                linear!("bert.pooler.dense", c, c);
+                linear!("cls.predictions.transform.dense", c, c);
+                layer_norm!("cls.predictions.transform.LayerNorm");
+                add("cls.predictions.bias".into(), vec![v], ParamKind::Bias, (c, v));
+                linear!("cls.seq_relationship", c, 2);
+            }
         }
         if !self.tie_embeddings {
             out.push(ParamInfo {
@@ -312,6 +413,7 @@ impl ModelSpec {
         match self.style {
             Style::Gpt2 => "transformer.wte.weight",
             Style::Llama => "model.embed_tokens.weight",
+            Style::Bert => "bert.embeddings.word_embeddings.weight",
         }
     }
 
@@ -336,8 +438,12 @@ impl ModelSpec {
             let slot = match p.kind {
                 ParamKind::Embedding => &mut out.embeddings,
                 ParamKind::NormWeight | ParamKind::NormBias => &mut out.norms,
-                _ if p.name == "lm_head.weight" => &mut out.head,
-                _ if p.name.contains(".attn.") || p.name.contains(".self_attn.") => &mut out.attention,
+                _ if p.name == "lm_head.weight" || p.name.starts_with("cls.") || p.name.contains(".pooler.") => {
+                    &mut out.head
+                }
+                _ if p.name.contains(".attn.") || p.name.contains(".self_attn.") || p.name.contains(".attention.") => {
+                    &mut out.attention
+                }
                 _ => &mut out.mlp,
             };
             *slot += n;
@@ -357,7 +463,7 @@ pub struct ParamBreakdown {
     pub mlp: u64,
     /// Norm gains and biases.
     pub norms: u64,
-    /// The untied LM head (0 when tied to the embedding).
+    /// The untied LM head (0 when tied to the embedding); BERT's pooler and pretraining heads.
     pub head: u64,
 }
 
@@ -375,6 +481,12 @@ mod tests {
     fn published_parameter_counts() {
         assert_eq!(ModelSpec::preset("gpt2-124m").unwrap().num_params(), 124_439_808);
         assert_eq!(ModelSpec::preset("llama-7b").unwrap().num_params(), 6_738_415_616);
+        // bert-base-uncased: BertModel (with pooler) 109,482,240; BertForPreTraining adds the
+        // MLM transform, LayerNorm, decoder bias and NSP head.
+        let bert = ModelSpec::preset("bert-base").unwrap();
+        let backbone: usize = bert.params().iter().filter(|p| p.name.starts_with("bert.")).map(|p| p.numel()).sum();
+        assert_eq!(backbone, 109_482_240);
+        assert_eq!(bert.num_params(), 110_106_428);
     }
 
     #[test]

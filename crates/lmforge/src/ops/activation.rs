@@ -3,6 +3,7 @@
 //!
 //! GELU-tanh: y = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³)
 //!   dy/dx = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
+//! GELU-erf (BERT): y = ½x(1 + erf(x/√2)),  dy/dx = ½(1 + erf(x/√2)) + x·φ(x), φ the normal pdf
 //! SwiGLU: y = silu(g)·v, silu(g) = g·σ(g)
 //!   dv = dy·silu(g),  dg = dy·v·σ(g)(1 + g(1 − σ(g)))
 
@@ -17,7 +18,12 @@ const GELU_C: f32 = 0.044_715;
 
 /// Fused GELU (tanh approximation), any shape.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(GeluTanh)
+    x.contiguous()?.apply_op1(Gelu::Tanh)
+}
+
+/// Fused GELU (exact erf form), any shape.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu::Erf)
 }
 
 /// Fused silu(gate) · up; gate and up of one shape.
@@ -28,7 +34,12 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }
 
-struct GeluTanh;
+/// The two GELU forms share one kernel; only the scalar function differs.
+#[derive(Clone, Copy)]
+enum Gelu {
+    Tanh,
+    Erf,
+}
 
 struct SwiGlu;
 
@@ -51,14 +62,46 @@ fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_C * x * x)
 }
 
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/√(2π), the standard normal density's constant.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// erf from candle (the one its reference `gelu_erf` uses), so both
+/// paths agree to rounding.
+#[inline]
+fn erf(x: f32) -> f32 {
+    candle_core::cpu::erf::erf_f32(x)
+}
+
+impl Gelu {
+    #[inline]
+    fn value(self, x: f32) -> f32 {
+        match self {
+            Gelu::Tanh => gelu(x),
+            Gelu::Erf => 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2)),
+        }
+    }
+
+    #[inline]
+    fn grad(self, x: f32) -> f32 {
+        match self {
+            Gelu::Tanh => gelu_grad(x),
+            Gelu::Erf => 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp(),
+        }
+    }
+}
+
 #[inline]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-impl CustomOp1 for GeluTanh {
+impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
-        "lmforge-gelu-tanh"
+        match self {
+            Gelu::Tanh => "lmforge-gelu-tanh",
+            Gelu::Erf => "lmforge-gelu-erf",
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -66,7 +109,7 @@ impl CustomOp1 for GeluTanh {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             for (y, &x) in y.iter_mut().zip(x) {
-                *y = gelu(x);
+                *y = self.value(x);
             }
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -79,7 +122,7 @@ impl CustomOp1 for GeluTanh {
         let mut dx = vec![0f32; xs.len()];
         dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
             for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                *dx = dy * gelu_grad(x);
+                *dx = dy * self.grad(x);
             }
         });
         Ok(Some(tensor(dx, x.dims())?))

@@ -121,25 +121,43 @@ impl Linear {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    /// (dx, dW, db) for dy of y = x·W (+ b).
-    fn backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// (dx, dW, db) for dy of y = x·W (+ b). Only the gradients of inputs that lead to a
+    /// trained variable are computed: a frozen weight (a plain tensor, as in LoRA / adapter
+    /// fine-tuning) or an input that no variable feeds gets none, so no time or memory goes to it.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, "linear")?, Read::new(w, "linear")?, Read::new(&dy, "linear")?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
         let (fan_in, fan_out) = if self.out_in { (w.dims()[1], w.dims()[0]) } else { (w.dims()[0], w.dims()[1]) };
         let n = xs.len() / fan_in.max(1);
         let (_, wt) = self.w_strides(fan_in, fan_out);
-        let mut dx = vec![0f32; n * fan_in];
-        mm(n, fan_in, fan_out, &mut dx, false, dys, (fan_out, 1), ws, wt);
-        let mut dw = vec![0f32; fan_in * fan_out];
-        if self.out_in {
-            // dW (out, in) = dyᵀ (out, N) · x (N, in)
-            mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; n * fan_in];
+            mm(n, fan_in, fan_out, &mut dx, false, dys, (fan_out, 1), ws, wt);
+            Some(tensor(dx, x.dims())?)
         } else {
-            // dW (in, out) = xᵀ (in, N) · dy (N, out)
-            mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
-        }
-        let db = if bias {
+            None
+        };
+        let dw = if w.track_op() {
+            let mut dw = vec![0f32; fan_in * fan_out];
+            if self.out_in {
+                // dW (out, in) = dyᵀ (out, N) · x (N, in)
+                mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
+            } else {
+                // dW (in, out) = xᵀ (in, N) · dy (N, out)
+                mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
+            }
+            Some(tensor(dw, w.dims())?)
+        } else {
+            None
+        };
+        let db = if b.is_some_and(|b| b.track_op()) {
             let chunk = rows_per_task(n) * fan_out;
             let sums = dys
                 .par_chunks(chunk)
@@ -161,7 +179,7 @@ impl Linear {
         } else {
             None
         };
-        Ok((tensor(dx, x.dims())?, tensor(dw, w.dims())?, db))
+        Ok((dx, dw, db))
     }
 }
 
@@ -175,8 +193,8 @@ impl CustomOp2 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(x, w, dy, false)?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, dw, _) = self.backward(x, w, dy, None)?;
+        Ok((dx, dw))
     }
 }
 
@@ -202,11 +220,10 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = self.backward(x, w, dy, true)?;
-        Ok((Some(dx), Some(dw), db))
+        self.backward(x, w, dy, Some(b))
     }
 }

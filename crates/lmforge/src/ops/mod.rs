@@ -33,7 +33,7 @@ pub mod sdpa;
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
-pub use reference::{causal_mask, cross_entropy_per_row, dropout, gelu_erf, log_softmax_last_dim, softmax_last_dim};
+pub use reference::{causal_mask, cross_entropy_per_row, dropout, log_softmax_last_dim, softmax_last_dim};
 
 /// Which implementation the ops in this module run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +141,15 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// GELU, exact erf form (BERT's `gelu`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if fused(&[x]) {
+        activation::gelu_erf(x)
+    } else {
+        reference::gelu_erf(x)
+    }
+}
+
 /// SwiGLU gate: silu(gate) * up.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up]) {
@@ -174,6 +183,25 @@ pub fn causal_attention(
         sdpa::causal_attention(q, k, v, n_head, n_kv_head, scale)
     } else {
         reference::causal_attention(q, k, v, n_head, n_kv_head, scale)
+    }
+}
+
+/// Bidirectional (encoder) self-attention over right-padded sequences: y (B, T, H·D) from q
+/// (B, T, H·D) and k, v (B, T, K·D); row b attends to its first `key_lens[b]` keys only (the
+/// attention mask of its padding), as BERT's additive −∞ mask does.
+pub fn padded_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+    key_lens: &[usize],
+) -> Result<Tensor> {
+    if fused(&[q, k, v]) {
+        sdpa::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)
+    } else {
+        reference::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)
     }
 }
 

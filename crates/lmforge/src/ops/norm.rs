@@ -84,7 +84,7 @@ impl CustomOp3 for LayerNorm {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -123,7 +123,10 @@ impl CustomOp3 for LayerNorm {
             })
             .reduce(|| vec![0f32; 2 * c], add_into);
         let (dw, db) = sums.split_at(c);
-        Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw.to_vec(), &[c])?), Some(tensor(db.to_vec(), &[c])?)))
+        // A frozen norm (fine-tuning) gets no gradient: its sums were cheap, but storing them
+        // in the gradient store is what "frozen" rules out.
+        let (dw, db) = (tracked(w, || tensor(dw.to_vec(), &[c]))?, tracked(b, || tensor(db.to_vec(), &[c]))?);
+        Ok((tracked(x, || tensor(dx, x.dims()))?, dw, db))
     }
 }
 
@@ -177,7 +180,16 @@ impl CustomOp2 for RmsNorm {
                 dw
             })
             .reduce(|| vec![0f32; c], add_into);
-        Ok((Some(tensor(dx, x.dims())?), Some(tensor(dw, &[c])?)))
+        Ok((tracked(x, || tensor(dx, x.dims()))?, tracked(w, || tensor(dw, &[c]))?))
+    }
+}
+
+/// The gradient `make` builds, for an input that leads to a trained variable; None otherwise.
+fn tracked(input: &Tensor, make: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
+    if input.track_op() {
+        make().map(Some)
+    } else {
+        Ok(None)
     }
 }
 

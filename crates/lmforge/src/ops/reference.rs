@@ -144,6 +144,54 @@ pub fn causal_attention(
     y.reshape((b, n_head, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, n_head * d))
 }
 
+/// Bidirectional self-attention over right-padded rows: row b attends to its first
+/// `key_lens[b]` keys, through an additive −∞ mask on the scores as BERT does.
+pub fn padded_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+    key_lens: &[usize],
+) -> Result<Tensor> {
+    let p = padded_attention_probs(q, k, n_head, n_kv_head, scale, key_lens)?;
+    attend(&p, v, n_head, n_kv_head)
+}
+
+/// The attention probabilities (B, H, T, T) of [`padded_attention`], from q (B, T, H·D) and
+/// k (B, T, K·D).
+pub fn padded_attention_probs(
+    q: &Tensor,
+    k: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+    key_lens: &[usize],
+) -> Result<Tensor> {
+    let (b, t, qw) = q.dims3()?;
+    super::sdpa::check_key_lens(key_lens, b, t)?;
+    let d = qw / n_head;
+    let q = q.reshape((b, t, n_head, d))?.transpose(1, 2)?.contiguous()?;
+    let k = k.reshape((b, t, n_kv_head, d))?.transpose(1, 2)?.contiguous()?;
+    let rep = n_head / n_kv_head;
+    let scores = q.reshape((b, n_kv_head, rep * t, d))?.matmul(&k.t()?)?.reshape((b, n_head, t, t))?;
+    let mask: Vec<f32> =
+        key_lens.iter().flat_map(|&l| (0..t).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let mask = Tensor::from_vec(mask, (b, 1, 1, t), q.device())?;
+    softmax_last_dim(&(scores * scale)?.broadcast_add(&mask)?)
+}
+
+/// y (B, T, H·D) = P·V per head, for probabilities p (B, H, T, S) and v (B, S, K·D).
+pub fn attend(p: &Tensor, v: &Tensor, n_head: usize, n_kv_head: usize) -> Result<Tensor> {
+    let (b, _, t, s) = p.dims4()?;
+    let d = v.dim(2)? / n_kv_head;
+    let v = v.reshape((b, s, n_kv_head, d))?.transpose(1, 2)?.contiguous()?;
+    let rep = n_head / n_kv_head;
+    let y = p.reshape((b, n_kv_head, rep * t, s))?.matmul(&v)?;
+    y.reshape((b, n_head, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, n_head * d))
+}
+
 /// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
 /// against `targets` (N).
 pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {

@@ -1,5 +1,7 @@
-//! Fused causal scaled-dot-product attention (no KV cache), forward and backward, with
-//! grouped-query heads. One rayon task per (batch, KV head) runs the H/K query heads that share
+//! Fused scaled-dot-product attention (no KV cache), forward and backward, with grouped-query
+//! heads: causal (decoders), or bidirectional over right-padded rows (encoders: row b sees its
+//! first `key_lens[b]` keys). The mask only sets where each score row ends, so both share
+//! one kernel. One rayon task per (batch, KV head) runs the H/K query heads that share
 //! it, with the (T, T) scores of one head at a time in a task-local scratch buffer: no
 //! (B, H, T, T) tensor exists, and the backward recomputes the probabilities from Q, K and the
 //! saved log-sum-exp of each row (FlashAttention's trade: one more QKᵀ, no T² memory).
@@ -10,7 +12,7 @@
 //! transposes are copied either. Matrix products go through `gemm` (the kernel candle's CPU
 //! matmul uses), single-threaded inside a task.
 //!
-//! Per head, with s = 1/√D and P = softmax(s·QKᵀ + causal mask):
+//! Per head, with s = 1/√D and P = softmax(s·QKᵀ + mask):
 //!   forward   S = s·QKᵀ, P = exp(S − lse), Y = P·V
 //!   backward  dP = dY·Vᵀ, dV += Pᵀ·dY, dS = P ⊙ (dP − rowsum(P ⊙ dP)),
 //!             dQ = s·dS·K, dK += s·dSᵀ·Q
@@ -30,6 +32,12 @@ pub fn causal_attention(
     n_kv_head: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    causal_attention_shapes(q, k, v, n_head, n_kv_head)?;
+    let (q, k, v) = (rows_view(q)?, rows_view(k)?, rows_view(v)?);
+    q.apply_op3(&k, &v, Sdpa { n_head, n_kv_head, scale: scale as f32, key_lens: None, lse: OnceLock::new() })
+}
+
+fn causal_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, n_head: usize, n_kv_head: usize) -> Result<()> {
     let (b, t, qw) = q.dims3()?;
     let (kb, kt, kw) = k.dims3()?;
     if b == 0
@@ -47,8 +55,34 @@ pub fn causal_attention(
             v.dims()
         );
     }
+    Ok(())
+}
+
+/// Fused bidirectional attention over right-padded rows; see [`super::padded_attention`].
+pub fn padded_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    n_kv_head: usize,
+    scale: f64,
+    key_lens: &[usize],
+) -> Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    check_key_lens(key_lens, b, t)?;
+    // Same shape checks as the causal form.
+    causal_attention_shapes(q, k, v, n_head, n_kv_head)?;
     let (q, k, v) = (rows_view(q)?, rows_view(k)?, rows_view(v)?);
-    q.apply_op3(&k, &v, Sdpa { n_head, n_kv_head, scale: scale as f32, lse: OnceLock::new() })
+    let key_lens = Some(key_lens.to_vec());
+    q.apply_op3(&k, &v, Sdpa { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new() })
+}
+
+/// Every row needs at least one key (an all-padding row has no softmax) and no more than T.
+pub fn check_key_lens(key_lens: &[usize], b: usize, t: usize) -> Result<()> {
+    if key_lens.len() != b || key_lens.iter().any(|&l| l == 0 || l > t) {
+        bail!("padded attention: key lengths {key_lens:?} must be B = {b} values in 1..={t}");
+    }
+    Ok(())
 }
 
 /// The tensor itself when its last dim is contiguous (any strides above), else a copy.
@@ -64,6 +98,8 @@ struct Sdpa {
     n_head: usize,
     n_kv_head: usize,
     scale: f32,
+    /// Valid keys per batch row (bidirectional, padded); `None` = causal.
+    key_lens: Option<Vec<usize>>,
     /// Log-sum-exp of every score row (B, H, T), written by the forward for the backward.
     lse: OnceLock<Vec<f32>>,
 }
@@ -173,6 +209,15 @@ impl Sdpa {
         let (b, t, qw) = (ql.dims()[0], ql.dims()[1], ql.dims()[2]);
         (b, t, qw / self.n_head, self.n_head / self.n_kv_head)
     }
+
+    /// One past the last key query `i` of batch row `bi` sees.
+    #[inline]
+    fn row_end(&self, bi: usize, i: usize) -> usize {
+        match &self.key_lens {
+            None => i + 1,
+            Some(lens) => lens[bi],
+        }
+    }
 }
 
 impl CustomOp3 for Sdpa {
@@ -219,7 +264,8 @@ impl CustomOp3 for Sdpa {
                     );
                     let lse_row = lp.at((bi * h + hi) * t);
                     for i in 0..t {
-                        let row = &mut s[i * t..i * t + i + 1];
+                        let e = self.row_end(bi, i);
+                        let row = &mut s[i * t..i * t + e];
                         let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                         let mut sum = 0f32;
                         for x in row.iter_mut() {
@@ -228,7 +274,7 @@ impl CustomOp3 for Sdpa {
                         }
                         let inv = 1.0 / sum;
                         row.iter_mut().for_each(|x| *x *= inv);
-                        s[i * t + i + 1..(i + 1) * t].fill(0.0);
+                        s[i * t + e..(i + 1) * t].fill(0.0);
                         *lse_row.add(i) = max + sum.ln();
                     }
                     let y_head = yp.at(bi * t * h * d + hi * d);
@@ -293,11 +339,12 @@ impl CustomOp3 for Sdpa {
                     );
                     let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
                     for i in 0..t {
+                        let e = self.row_end(bi, i);
                         let row = &mut p[i * t..(i + 1) * t];
-                        for x in row[..=i].iter_mut() {
+                        for x in row[..e].iter_mut() {
                             *x = (*x - lse_row[i]).exp();
                         }
-                        row[i + 1..].fill(0.0);
+                        row[e..].fill(0.0);
                     }
                     // dP = dY·Vᵀ
                     mm(
@@ -319,12 +366,13 @@ impl CustomOp3 for Sdpa {
                     mm(t, d, t, dv_head, kh * d, r > 0, p.as_ptr(), 1, t, dyo.head(bi, hi, d), dyo.st, 1, 1.0);
                     // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
                     for i in 0..t {
-                        let (pr, dr) = (&p[i * t..i * t + i + 1], &mut dp[i * t..(i + 1) * t]);
+                        let e = self.row_end(bi, i);
+                        let (pr, dr) = (&p[i * t..i * t + e], &mut dp[i * t..(i + 1) * t]);
                         let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dr[..=i].iter_mut().zip(pr) {
+                        for (x, &pv) in dr[..e].iter_mut().zip(pr) {
                             *x = pv * (*x - dot);
                         }
-                        dr[i + 1..].fill(0.0);
+                        dr[e..].fill(0.0);
                     }
                     // dQ = s·dS·K
                     let dq_head = dqp.at(bi * t * h * d + hi * d);

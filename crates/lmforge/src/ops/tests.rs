@@ -75,6 +75,7 @@ fn rms_norm_matches_reference() {
 #[test]
 fn activations_match_reference() {
     check("gelu_tanh", &[randn(&[5, 101], 2.0, 6)], &|t| gelu_tanh(&t[0]));
+    check("gelu_erf", &[randn(&[5, 101], 2.0, 12)], &|t| gelu_erf(&t[0]));
     check("swiglu", &[randn(&[4, 77], 2.0, 7), randn(&[4, 77], 1.0, 8)], &|t| swiglu(&t[0], &t[1]));
 }
 
@@ -114,6 +115,25 @@ fn causal_attention_matches_reference() {
         let x = t[0].transpose(1, 2)?; // (2, 5, 8): T = 5, width 8
         causal_attention(&x, &x, &x, 2, 2, 0.3)
     });
+}
+
+#[test]
+fn padded_attention_matches_reference_and_ignores_padding() {
+    let inputs = [randn(&[3, 7, 15], 1.0, 41), randn(&[3, 7, 15], 1.0, 42), randn(&[3, 7, 15], 1.0, 43)];
+    check("padded mha", &inputs, &|t| padded_attention(&t[0], &t[1], &t[2], 3, 3, 0.4, &[7, 4, 1]));
+    let inputs = [randn(&[2, 6, 20], 1.0, 44), randn(&[2, 6, 10], 1.0, 45), randn(&[2, 6, 10], 1.0, 46)];
+    check("padded gqa", &inputs, &|t| padded_attention(&t[0], &t[1], &t[2], 4, 2, 0.5, &[3, 6]));
+    // Whatever sits in the padded keys and values, the output is the same.
+    let (q, k, v) = (randn(&[1, 5, 8], 1.0, 47), randn(&[1, 5, 8], 1.0, 48), randn(&[1, 5, 8], 1.0, 49));
+    let noisy = |x: &Tensor| Tensor::cat(&[x.narrow(1, 0, 3).unwrap(), randn(&[1, 2, 8], 9.0, 50)], 1).unwrap();
+    for k_ in [Kernels::Fused, Kernels::Reference] {
+        let _g = KernelsGuard::set(k_);
+        let a = padded_attention(&q, &k, &v, 2, 2, 0.3, &[3]).unwrap();
+        let b = padded_attention(&q, &noisy(&k), &noisy(&v), 2, 2, 0.3, &[3]).unwrap();
+        assert!(rel(&a, &b) < 1e-6, "{k_:?}: padding leaked into the output");
+    }
+    assert!(padded_attention(&q, &k, &v, 2, 2, 0.3, &[0]).is_err(), "an all-padding row is refused");
+    assert!(padded_attention(&q, &k, &v, 2, 2, 0.3, &[6]).is_err(), "a length past T is refused");
 }
 
 fn targets(n: usize, v: usize, seed: u64) -> Tensor {

@@ -249,8 +249,8 @@ pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout:
         e * sb * (h + q + kv + kv + q) + e * a * s * s * b + mask * (a * s * s * b + e * a * s * s * b + sb * h);
     let mlp = e * sb * h
         + match spec.style {
-            Style::Gpt2 => 2 * e * sb * f,  // GELU input and output
-            Style::Llama => 4 * e * sb * f, // gate, up, SiLU(gate), product
+            Style::Gpt2 | Style::Bert => 2 * e * sb * f, // GELU input and output
+            Style::Llama => 4 * e * sb * f,              // gate, up, SiLU(gate), product
         }
         + mask * sb * h;
     norms + attention + mlp

@@ -1,0 +1,290 @@
+//! Multi-process training under `mpirun` (built with the `mpi` feature; Open MPI installed by
+//! scripts/install-mpi.sh). The same tiny run with 1, 2 and 3 processes, plain data parallel
+//! and ZeRO-1, resumed across process counts, and with a process that stops responding.
+//!
+//! Tolerance: the processes sum their gradients in another order than one process does, so
+//! results agree to fp32 rounding, not to the bit: losses within 1e-5 relative, weights and
+//! optimizer state within 1e-5 absolute (measured after 6 steps: 4e-9 with 2 processes,
+//! 1.2e-7 with 3). ZeRO-1 against plain data parallel with the same process count is exact:
+//! both sum the same gradients in the same order and run the same per-parameter update.
+
+use super::{metrics, s, tiny_config};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOSS_RTOL: f64 = 1e-5;
+const WEIGHT_ATOL: f32 = 1e-5;
+
+fn mpirun_command(np: usize, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &np.to_string(), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"])
+        .arg(env!("CARGO_BIN_EXE_lmforge"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn mpirun(np: usize, args: &[&str]) -> Output {
+    mpirun_command(np, args).output().expect("mpirun runs (scripts/install-mpi.sh installs Open MPI)")
+}
+
+fn mpi_ok(np: usize, args: &[&str]) -> String {
+    let out = mpirun(np, args);
+    assert!(
+        out.status.success(),
+        "mpirun -np {np} lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every f32 tensor of a safetensors file, flattened, by name.
+fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(info["dtype"], "F32", "{name}");
+        let (a, b) =
+            (info["data_offsets"][0].as_u64().unwrap() as usize, info["data_offsets"][1].as_u64().unwrap() as usize);
+        out.insert(
+            name.clone(),
+            data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        );
+    }
+    out
+}
+
+/// Largest absolute difference between two checkpoints' `file`s (same tensor names required).
+fn max_diff(a: &Path, b: &Path, file: &str) -> f32 {
+    let (x, y) = (tensors(&a.join(file)), tensors(&b.join(file)));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{file}: the same tensors");
+    assert!(!x.is_empty(), "{file} holds tensors");
+    x.iter().flat_map(|(k, v)| v.iter().zip(&y[k]).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
+}
+
+/// (step, split, loss) of every metrics row.
+fn losses(run: &Path) -> Vec<(u64, String, f64)> {
+    metrics(run)
+        .iter()
+        .map(|r| (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().to_string(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+/// Same rows (no duplicates from other ranks), losses within the fp32 tolerance, and the
+/// last checkpoint's weights and optimizer state within it.
+fn assert_same_run(a: &Path, b: &Path, step: u64) {
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len(), "{la:?}\n{lb:?}");
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!((x.0, &x.1), (y.0, &y.1));
+        assert!((x.2 - y.2).abs() <= LOSS_RTOL * x.2.abs(), "step {} {}: {} vs {}", x.0, x.1, x.2, y.2);
+    }
+    let ckpt = format!("checkpoints/step-{step:08}");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        let d = max_diff(&a.join(&ckpt), &b.join(&ckpt), file);
+        assert!(d <= WEIGHT_ATOL, "{file}: max |difference| {d}");
+    }
+}
+
+/// Dropout, two micro-batches per step and LAMB (a per-parameter trust ratio): batches, masks
+/// and the update must all be independent of the process count.
+const DEMANDING: [&str; 6] = ["--set", "model.dropout=0.1", "--set", "train.grad_accum=2", "--set", "optim.name=lamb"];
+
+#[test]
+fn one_two_and_three_processes_train_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = |name: &str| tmp.path().join(name);
+    let mut args = vec!["train", "--config", s(&cfg)];
+    args.extend(DEMANDING);
+    let (np1, np3) = (run("np1"), run("np3"));
+    mpi_ok(1, &[&args[..], &["--run-dir", s(&np1)]].concat());
+    // 3 processes split the 4 rows of a micro-batch 2 + 1 + 1: the loss weights are uneven.
+    mpi_ok(3, &[&args[..], &["--run-dir", s(&np3)]].concat());
+    assert_same_run(&run("np1"), &run("np3"), 6);
+
+    // Without --run-dir the processes agree on rank 0's default folder.
+    let out = mpirun_command(2, &args).current_dir(tmp.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<_> = std::fs::read_dir(tmp.path().join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_same_run(&run("np1"), &runs[0], 6);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("run dir:").count(), 1, "rank 0 alone prints the summary: {stdout}");
+}
+
+/// BERT pretraining (MLM + NSP, whole-word masking, dropout): the MLM loss is a mean over
+/// masked positions, whose count differs by row, so each process's share is weighted by its
+/// masked count; NSP by its rows.
+#[test]
+fn masked_lm_pretraining_is_independent_of_the_process_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let causal = tiny_config(tmp.path(), "", "");
+    let corpus = tmp.path().join("corpus.txt");
+    assert!(std::fs::read_to_string(&causal).unwrap().contains("corpus.txt"));
+    let cfg = tmp.path().join("bert.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\npath = {:?}\nvocab_size = 400\nappend_eos = false\n\
+             special_tokens = [\"[PAD]\", \"[UNK]\", \"[CLS]\", \"[SEP]\", \"[MASK]\"]\n\n\
+             [model]\npreset = \"bert-quickstart\"\nvocab_size = 400\nd_model = 64\nn_layer = 2\nn_head = 2\n\
+             context = 64\ndropout = 0.1\n\n[schedule]\nwarmup_steps = 2\n\n\
+             [train]\nobjective = \"mlm+nsp\"\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 2\nseq_len = 32\n\
+             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n\n[mlm]\nwhole_word = true\n\n\
+             [log]\nprogress = \"off\"\n",
+            corpus.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (np1, np3) = (tmp.path().join("np1"), tmp.path().join("np3"));
+    mpi_ok(1, &["train", "--config", s(&cfg), "--run-dir", s(&np1)]);
+    mpi_ok(3, &["train", "--config", s(&cfg), "--run-dir", s(&np3)]);
+    assert_same_run(&np1, &np3, 6);
+}
+
+#[test]
+fn zero1_matches_plain_data_parallel_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let (ddp, zero) = (tmp.path().join("ddp"), tmp.path().join("zero"));
+    // Muon: orthogonalised momentum for matrices, AdamW for the rest: two state layouts.
+    let base = ["train", "--config", s(&cfg), "--set", "optim.name=muon", "--set", "optim.lr=0.02"];
+    mpi_ok(2, &[&base[..], &["--run-dir", s(&ddp)]].concat());
+    let out = mpi_ok(2, &[&base[..], &["--run-dir", s(&zero), "--set", "distributed.zero=1"]].concat());
+    assert!(out.contains("steps:       6/6"), "{out}");
+    assert_eq!(losses(&ddp), losses(&zero));
+    for step in [3, 6] {
+        let ckpt = format!("checkpoints/step-{step:08}");
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            assert_eq!(max_diff(&ddp.join(&ckpt), &zero.join(&ckpt), file), 0.0, "{file} at step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_run_resumes_with_another_process_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = |name: &str| tmp.path().join(name);
+    let mut base = vec!["train", "--config", s(&cfg)];
+    base.extend(DEMANDING);
+    let reference = run("reference");
+    mpi_ok(1, &[&base[..], &["--run-dir", s(&reference)]].concat());
+
+    // Saved by 2 processes, resumed by 1.
+    let two_one = run("two-one");
+    mpi_ok(2, &[&base[..], &["--run-dir", s(&two_one), "--stop-after", "3"]].concat());
+    assert!(!two_one.join("checkpoints/step-00000006").exists());
+    mpi_ok(1, &["train", "--resume", s(&two_one)]);
+    assert_same_run(&reference, &two_one, 6);
+
+    // Saved by 1 process, resumed by 2 with ZeRO-1 (the optimizer state is sharded on load).
+    let zero_ref = run("zero-reference");
+    let one_two = run("one-two");
+    let zero = ["--set", "distributed.zero=1"];
+    mpi_ok(1, &[&base[..], &zero, &["--run-dir", s(&zero_ref)]].concat());
+    mpi_ok(1, &[&base[..], &zero, &["--run-dir", s(&one_two), "--stop-after", "3"]].concat());
+    mpi_ok(2, &["train", "--resume", s(&one_two)]);
+    assert_same_run(&zero_ref, &one_two, 6);
+}
+
+#[test]
+fn too_small_a_batch_for_the_processes_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let out = mpirun(
+        2,
+        &["train", "--config", s(&cfg), "--run-dir", s(&tmp.path().join("r")), "--set", "train.batch_size=1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.batch_size") && err.contains("2 processes"), "{err}");
+}
+
+/// Rank `rank`'s pid among the children of `mpirun` (read from their environment).
+fn rank_pid(mpirun_pid: u32, rank: usize) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid != Some(mpirun_pid) {
+            continue;
+        }
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if env.split(|&b| b == 0).any(|v| v == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_process_that_stops_responding_ends_the_job_with_an_error_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let mut child = mpirun_command(
+        2,
+        &[
+            "train",
+            "--config",
+            s(&cfg),
+            "--run-dir",
+            s(&run),
+            "--set",
+            "train.max_steps=1000000",
+            "--set",
+            "train.checkpoint_every=5",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "distributed.timeout_s=5",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Guards against a hang of the test itself, not a timing assertion.
+    let guard = Instant::now() + Duration::from_secs(300);
+    while !run.join("checkpoints/step-00000010").exists() {
+        assert!(Instant::now() < guard && child.try_wait().unwrap().is_none(), "training did not get going");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim = rank_pid(child.id(), 1).expect("rank 1 is a child of mpirun");
+    assert!(Command::new("kill").args(["-STOP", &victim.to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > guard {
+            let _ = Command::new("kill").args(["-KILL", &victim.to_string()]).status();
+            let _ = child.kill();
+            panic!("the job hung after rank 1 stopped");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("did not complete within 5 s") && err.contains("--resume"), "{err}");
+
+    // The last checkpoint carries on, with one process this time.
+    let last = std::fs::read_dir(run.join("checkpoints")).unwrap().filter_map(|e| e.ok()).count();
+    assert!(last >= 1);
+    let stop = (metrics(&run).last().unwrap()["step"].as_u64().unwrap() + 5).to_string();
+    let out = mpi_ok(1, &["train", "--resume", s(&run), "--stop-after", &stop]);
+    assert!(out.contains(&format!("steps:       {stop}/")), "{out}");
+}

@@ -1,0 +1,245 @@
+//! Multi-process data parallelism. [`Collective`] is the narrow set of operations training
+//! needs between processes (rank, world size, all-reduce, all-gather, gather, broadcast,
+//! barrier, a timeout, abort), implemented for one process (no communication) and over the
+//! system MPI (cargo feature `mpi`; processes launched by `mpirun` / `srun`). [`DataParallel`]
+//! builds the trainer's step on it: every process computes a disjoint slice of the rows of each
+//! global micro-batch, gradients are all-reduced in buckets after the last micro-batch, and
+//! with ZeRO stage 1 each process keeps and updates the optimizer state of its share of the
+//! parameters, whose new values are then all-gathered. Results do not depend on the process
+//! count beyond fp32 summation order.
+//!
+//! **GPUs (not built yet).** An NCCL implementation belongs behind the `cuda` feature and is
+//! bootstrapped over MPI as nccl-tests does: rank 0 calls `ncclGetUniqueId`, the 128-byte id
+//! travels to every rank with [`Collective::broadcast_bytes`] on the MPI collective, and each
+//! rank calls `ncclCommInitRank(world, id, rank)`. Rank, world size, barrier, timeout and
+//! abort stay MPI's; the three data-moving calls change their buffer type from host `f32`
+//! slices to device buffers (a bucket becomes one device tensor built with `Tensor::cat`), so
+//! [`DataParallel`]'s bucketing, row split and ZeRO sharding carry over unchanged.
+
+mod data_parallel;
+#[cfg(feature = "mpi")]
+mod mpi;
+
+pub use data_parallel::DataParallel;
+
+use crate::error::Result;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Operations between the processes of one training job, all collective (every rank calls
+/// them in the same order). Buffers are host `f32`; counts are in elements. Implementations
+/// serialize calls from several threads.
+pub trait Collective: Send + Sync {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Element-wise sum over ranks, in place on every rank.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise mean over ranks, in place on every rank.
+    fn all_reduce_mean(&self, buf: &mut [f32]) -> Result<()> {
+        self.all_reduce_sum(buf)?;
+        let n = self.world_size() as f32;
+        buf.iter_mut().for_each(|x| *x /= n);
+        Ok(())
+    }
+    /// Every rank's `local` concatenated in rank order, on every rank; `counts[r]` is rank
+    /// r's length (known to all).
+    fn all_gather(&self, local: &[f32], counts: &[usize]) -> Result<Vec<f32>>;
+    /// The same concatenation delivered to `root` only (None elsewhere).
+    fn gather(&self, local: &[f32], counts: &[usize], root: usize) -> Result<Option<Vec<f32>>>;
+    /// `root`'s `buf` into every rank's `buf` (same length everywhere).
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// `root`'s bytes to every rank (lengths may differ before the call).
+    fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()>;
+    fn barrier(&self) -> Result<()>;
+    /// How long each later call may wait for the other ranks before failing with
+    /// [`Error::Distributed`] (None: no limit).
+    fn set_timeout(&self, timeout: Option<Duration>);
+    /// Ends every process of the job with exit status `code` (MPI cannot cancel a collective
+    /// that a failed rank left half done, so a failure ends the whole job).
+    fn abort(&self, code: i32) -> !;
+}
+
+/// One process: every collective is the identity.
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather(&self, local: &[f32], _counts: &[usize]) -> Result<Vec<f32>> {
+        Ok(local.to_vec())
+    }
+    fn gather(&self, local: &[f32], _counts: &[usize], _root: usize) -> Result<Option<Vec<f32>>> {
+        Ok(Some(local.to_vec()))
+    }
+    fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast_bytes(&self, _buf: &mut Vec<u8>, _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+    fn set_timeout(&self, _timeout: Option<Duration>) {}
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// Set by MPI launchers: Open MPI's `mpirun`, Hydra (MPICH, Intel MPI), PMIx (Open MPI 5,
+/// `srun --mpi=pmix`).
+const SIZE_VARS: [&str; 2] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"];
+const RANK_VARS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"];
+
+fn env_number(names: &[&str]) -> Option<usize> {
+    names.iter().find_map(|n| std::env::var(n).ok()?.trim().parse().ok())
+}
+
+/// Whether an MPI launcher started this process as part of a job of more than one process.
+pub fn launched_as_mpi_job() -> bool {
+    env_number(&SIZE_VARS).is_some_and(|n| n > 1) || env_number(&RANK_VARS).is_some_and(|r| r > 0)
+}
+
+/// Processes of this job on this machine (the launcher's count; 1 when not launched by one).
+/// Each should use its share of the cores.
+pub fn processes_on_this_node() -> usize {
+    env_number(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(1).max(1)
+}
+
+/// The collective for this process: MPI when an MPI launcher started it as part of a job of
+/// several processes (and lmforge was built with the `mpi` feature), else [`SingleProcess`].
+/// Call once, before any other thread starts; dropping the last reference finalizes MPI.
+pub fn from_env() -> Result<Arc<dyn Collective>> {
+    if !launched_as_mpi_job() {
+        return Ok(Arc::new(SingleProcess));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        Ok(Arc::new(mpi::MpiCollective::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        Err(crate::error::Error::Invalid(format!(
+            "launched by an MPI launcher as one of {} processes, but this lmforge was built without \
+             the `mpi` feature: each process would train alone and they would overwrite each other's \
+             files. Build with `cargo build --release --features lmforge-cli/mpi` (scripts/install-mpi.sh \
+             installs Open MPI), or run a single process",
+            env_number(&SIZE_VARS).map_or("several".to_string(), |n| n.to_string())
+        )))
+    }
+}
+
+/// Runs `f` on rank 0, then (after a barrier without timeout: rank 0 may prepare a large
+/// corpus) on the others. For work whose first run creates files the later ones read.
+pub fn rank0_first<T>(comm: &dyn Collective, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if comm.world_size() == 1 {
+        return f();
+    }
+    comm.set_timeout(None);
+    if comm.rank() == 0 {
+        let out = f()?;
+        comm.barrier()?;
+        Ok(out)
+    } else {
+        comm.barrier()?;
+        f()
+    }
+}
+
+/// Rows of a global batch of `global` rows that rank `rank` of `world` computes: contiguous,
+/// in rank order, sizes differing by at most one (the first `global % world` ranks take one
+/// more).
+pub fn split_rows(global: usize, world: usize, rank: usize) -> Range<usize> {
+    let (base, extra) = (global / world, global % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// ZeRO-1 owners: each parameter's optimizer state lives on one rank. Largest first onto the
+/// least loaded rank (by element count: the update's work, and its state for every optimizer
+/// but Adafactor); ties go to the lower rank, so every process computes the same map.
+pub fn shard_params(sizes: &[(String, usize)], world: usize) -> BTreeMap<String, usize> {
+    let mut order: Vec<&(String, usize)> = sizes.iter().collect();
+    order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut load = vec![0usize; world.max(1)];
+    let mut owners = BTreeMap::new();
+    for (name, n) in order {
+        let r = (0..load.len()).min_by_key(|&r| (load[r], r)).expect("world >= 1");
+        load[r] += n;
+        owners.insert(name.clone(), r);
+    }
+    owners
+}
+
+/// Consecutive runs of `sizes` (element counts, in order) of about `bucket_elems` elements:
+/// a bucket closes before the parameter that would overflow it; a larger parameter is a
+/// bucket of its own.
+pub fn buckets(sizes: &[usize], bucket_elems: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut fill) = (0, 0);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && fill + n > bucket_elems {
+            out.push(start..i);
+            (start, fill) = (i, 0);
+        }
+        fill += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_cover_the_batch_once_in_order() {
+        for global in 1..12 {
+            for world in 1..=global.min(5) {
+                let parts: Vec<Range<usize>> = (0..world).map(|r| split_rows(global, world, r)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[world - 1].end, global);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+            }
+        }
+        assert_eq!(split_rows(5, 2, 0), 0..3);
+        assert_eq!(split_rows(5, 2, 1), 3..5);
+    }
+
+    #[test]
+    fn shards_balance_largest_first_and_are_deterministic() {
+        let sizes: Vec<(String, usize)> =
+            [("a", 100), ("b", 60), ("c", 50), ("d", 10), ("e", 10)].iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        let owners = shard_params(&sizes, 2);
+        // a → 0 (100); b → 1 (60); c → 1 (110); d → 0 (110); e → 0 (120)
+        let want: BTreeMap<String, usize> =
+            [("a", 0), ("b", 1), ("c", 1), ("d", 0), ("e", 0)].iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        assert_eq!(owners, want);
+        assert!(shard_params(&sizes, 1).values().all(|&r| r == 0));
+        let mut rev = sizes.clone();
+        rev.reverse();
+        assert_eq!(shard_params(&rev, 2), owners, "independent of the input order");
+    }
+
+    #[test]
+    fn buckets_close_before_overflow_and_keep_big_params_alone() {
+        assert_eq!(buckets(&[3, 3, 3, 10, 1, 1], 6), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(buckets(&[1, 1, 1], 100), vec![0..3]);
+        assert_eq!(buckets(&[], 100), Vec::<Range<usize>>::new());
+    }
+}

@@ -1,0 +1,359 @@
+//! The fine-tuning config (`lmforge finetune --config FILE`): task, labelled data files and
+//! how to read them, the base model, the method (full / LoRA / adapters), optimizer and
+//! schedule (the pretraining `[optim]` / `[schedule]` tables), training, early stopping.
+//! Resolved like the run config: defaults < TOML file < `--set section.key=value`, unknown
+//! keys and bad values are errors naming the dotted key.
+
+use crate::config::{bad, check, deserialize_table, layered_table, LogConfig, OptimConfig, ScheduleConfig};
+use crate::error::{Error, Result};
+use crate::metrics::METRIC_NAMES;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub task: TaskConfig,
+    pub data: ClsDataConfig,
+    pub model: BaseModelConfig,
+    pub finetune: MethodConfig,
+    pub lora: LoraConfig,
+    pub adapter: AdapterConfig,
+    pub optim: OptimConfig,
+    pub schedule: ScheduleConfig,
+    pub train: FtTrainConfig,
+    pub log: LogConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            task: TaskConfig::default(),
+            data: ClsDataConfig::default(),
+            model: BaseModelConfig::default(),
+            finetune: MethodConfig::default(),
+            lora: LoraConfig::default(),
+            adapter: AdapterConfig::default(),
+            // Fine-tuning's usual settings (BERT paper, HF Trainer): small LR, light decay,
+            // linear decay to zero.
+            optim: OptimConfig { lr: 2e-5, weight_decay: 0.01, ..OptimConfig::default() },
+            schedule: ScheduleConfig {
+                kind: "linear".into(),
+                warmup_steps: 0,
+                min_lr_ratio: 0.0,
+                ..Default::default()
+            },
+            train: FtTrainConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// "classification" (the only task so far).
+    pub kind: String,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self { kind: "classification".into() }
+    }
+}
+
+/// Labelled files and how their rows are read (the reader settings are saved with the model,
+/// so `predict` and `eval classification` read new files the same way).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClsDataConfig {
+    pub train: PathBuf,
+    /// Early stopping and best-model selection; empty: none (the last model is kept).
+    pub validation: PathBuf,
+    /// Final metrics in results.json; empty: the validation set's.
+    pub test: PathBuf,
+    /// "auto" (by extension: .tsv, .csv, .jsonl / .json), "tsv", "csv" or "jsonl".
+    pub format: String,
+    /// TSV / CSV: the first line names the columns.
+    pub header: bool,
+    /// TSV / CSV: honour "..." quoting; unset: CSV yes, TSV no (GLUE's QUOTE_NONE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quoting: Option<bool>,
+    /// A column name (header or JSONL field) or a 0-based index (headerless files).
+    #[serde(deserialize_with = "column")]
+    pub text_column: String,
+    /// The second text of pair tasks (NLI, paraphrase); empty: none.
+    #[serde(deserialize_with = "column")]
+    pub text_pair_column: String,
+    #[serde(deserialize_with = "column")]
+    pub label_column: String,
+    /// The label set in id order; empty: the distinct train labels, numerically sorted when
+    /// all are integers, else lexicographically.
+    pub labels: Vec<String>,
+    /// Rows with a missing label, an unknown label or an empty text: "skip" (counted and
+    /// reported) or "fail" (the first one is an error).
+    pub bad_rows: String,
+    /// Use a seeded random subset of this many train rows (0: all).
+    pub max_train_rows: usize,
+    /// Use the first N validation rows (0: all).
+    pub max_validation_rows: usize,
+}
+
+impl Default for ClsDataConfig {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::new(),
+            validation: PathBuf::new(),
+            test: PathBuf::new(),
+            format: "auto".into(),
+            header: true,
+            quoting: None,
+            text_column: "text".into(),
+            text_pair_column: String::new(),
+            label_column: "label".into(),
+            labels: Vec::new(),
+            bad_rows: "skip".into(),
+            max_train_rows: 0,
+            max_validation_rows: 0,
+        }
+    }
+}
+
+/// A column: a name, or a 0-based index written as a string or a bare integer (`--set
+/// data.text_column=1`).
+fn column<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Column {
+        Name(String),
+        Index(u64),
+    }
+    Ok(match Column::deserialize(d)? {
+        Column::Name(s) => s,
+        Column::Index(i) => i.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaseModelConfig {
+    /// A run dir, checkpoint dir or Hugging Face folder (GPT-2 / Llama decoder, BERT encoder).
+    pub base: PathBuf,
+    /// Dropout in the backbone (where it has dropout) and before the classification head.
+    pub dropout: f64,
+    /// Tokens per example after truncation (special tokens included); 0: the model's context.
+    pub max_length: usize,
+}
+
+impl Default for BaseModelConfig {
+    fn default() -> Self {
+        Self { base: PathBuf::new(), dropout: 0.1, max_length: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MethodConfig {
+    /// "full" (every weight trains), "lora" or "adapter" (the base is frozen).
+    pub method: String,
+    /// LoRA / adapter: train the LayerNorm / RMSNorm weights too (the head always trains).
+    pub train_norms: bool,
+}
+
+impl Default for MethodConfig {
+    fn default() -> Self {
+        Self { method: "full".into(), train_norms: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Linears to adapt, PEFT's rule (a module name or its last parts, or a glob with `*`);
+    /// empty: the attention query and value projections (GPT-2: c_attn, Llama: q_proj and
+    /// v_proj, BERT: query and value).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { rank: 8, alpha: 16.0, dropout: 0.0, target_modules: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdapterConfig {
+    /// Bottleneck width.
+    pub size: usize,
+    /// Linears whose output gets an adapter; empty: every attention-output and MLP-output
+    /// projection (Houlsby et al.'s placement).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self { size: 64, target_modules: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtTrainConfig {
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (0: `epochs` full passes).
+    pub max_steps: u64,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Evaluate on the validation set every N steps; 0: after every epoch.
+    pub eval_every: u64,
+    /// Batches whose examples are sorted by length together (less padding); 1: no bucketing.
+    pub bucket_batches: usize,
+    pub label_smoothing: f64,
+    /// The validation metric that picks the best model: "loss" (lower is better) or a metric
+    /// name (higher is better): accuracy, macro_f1, weighted_f1, binary_f1, ...
+    pub metric: String,
+    /// Stop after this many evaluations without an improvement of more than `min_delta`;
+    /// 0: never stop early (the best model is still kept).
+    pub patience: u64,
+    pub min_delta: f64,
+    pub log_every: u64,
+    pub seed: u64,
+}
+
+impl Default for FtTrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: 0,
+            batch_size: 32,
+            eval_batch_size: 64,
+            eval_every: 0,
+            bucket_batches: 50,
+            label_smoothing: 0.0,
+            metric: "accuracy".into(),
+            patience: 0,
+            min_delta: 0.0,
+            log_every: 10,
+            seed: 42,
+        }
+    }
+}
+
+pub const METHODS: [&str; 3] = ["full", "lora", "adapter"];
+pub const FORMATS: [&str; 4] = ["auto", "tsv", "csv", "jsonl"];
+
+impl FinetuneConfig {
+    /// Resolves defaults < `file` < `overrides` and validates.
+    pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let cfg: Self = deserialize_table(layered_table(file, overrides)?)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let table = text.parse::<toml::Table>().map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
+        let cfg: Self = deserialize_table(table)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a FinetuneConfig always serialises to TOML")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.task.kind != "classification" {
+            return Err(bad("task.kind", &self.task.kind, "classification"));
+        }
+        let d = &self.data;
+        if d.train.as_os_str().is_empty() {
+            return Err(Error::config("data.train", "missing: the labelled training file"));
+        }
+        if !FORMATS.contains(&d.format.as_str()) {
+            return Err(bad("data.format", &d.format, &FORMATS.join(", ")));
+        }
+        for (key, v) in [("data.text_column", &d.text_column), ("data.label_column", &d.label_column)] {
+            check(!v.is_empty(), key, v, "a column name or 0-based index")?;
+        }
+        if !["skip", "fail"].contains(&d.bad_rows.as_str()) {
+            return Err(bad("data.bad_rows", &d.bad_rows, "skip, fail"));
+        }
+        if self.model.base.as_os_str().is_empty() {
+            return Err(Error::config("model.base", "missing: a run dir, checkpoint dir or Hugging Face folder"));
+        }
+        check((0.0..1.0).contains(&self.model.dropout), "model.dropout", self.model.dropout, "0 <= p < 1")?;
+        check(
+            self.model.max_length == 0 || self.model.max_length >= 4,
+            "model.max_length",
+            self.model.max_length,
+            "0 (the context) or >= 4",
+        )?;
+        if !METHODS.contains(&self.finetune.method.as_str()) {
+            return Err(bad("finetune.method", &self.finetune.method, &METHODS.join(", ")));
+        }
+        let l = &self.lora;
+        check(l.rank >= 1, "lora.rank", l.rank, ">= 1")?;
+        check(l.alpha.is_finite() && l.alpha > 0.0, "lora.alpha", l.alpha, "a positive number")?;
+        check((0.0..1.0).contains(&l.dropout), "lora.dropout", l.dropout, "0 <= p < 1")?;
+        check(self.adapter.size >= 1, "adapter.size", self.adapter.size, ">= 1")?;
+        let o = &self.optim;
+        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", o.lr, "a positive number")?;
+        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, ">= 0")?;
+        check(o.grad_clip >= 0.0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables)")?;
+        crate::optim::OptimSpec::from_config(o)?;
+        const KINDS: [&str; 5] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd"];
+        if !KINDS.contains(&self.schedule.kind.as_str()) {
+            return Err(bad("schedule.kind", &self.schedule.kind, &KINDS.join(", ")));
+        }
+        let t = &self.train;
+        check(t.epochs >= 1 || t.max_steps >= 1, "train.epochs", t.epochs, ">= 1 (or train.max_steps >= 1)")?;
+        check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")?;
+        check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")?;
+        check(t.bucket_batches >= 1, "train.bucket_batches", t.bucket_batches, ">= 1")?;
+        check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
+        check((0.0..1.0).contains(&t.label_smoothing), "train.label_smoothing", t.label_smoothing, "0 <= e < 1")?;
+        check(t.min_delta >= 0.0, "train.min_delta", t.min_delta, ">= 0")?;
+        if t.metric != "loss" && !METRIC_NAMES.contains(&t.metric.as_str()) {
+            return Err(bad("train.metric", &t.metric, &format!("loss, {}", METRIC_NAMES.join(", "))));
+        }
+        const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
+        if !PROGRESS.contains(&self.log.progress.as_str()) {
+            return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(sets: &[&str]) -> String {
+        let mut all = vec!["data.train=t.tsv".to_string(), "model.base=m".to_string()];
+        all.extend(sets.iter().map(|s| s.to_string()));
+        FinetuneConfig::resolve(None, &all).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn keys_and_values_are_checked_by_name() {
+        assert!(err(&["finetune.method=qlora"]).contains("finetune.method"));
+        assert!(err(&["lora.rnak=4"]).contains("rnak"));
+        assert!(err(&["train.metric=auc"]).contains("train.metric"));
+        assert!(err(&["schedule.kind=plateau"]).contains("schedule.kind"));
+        assert!(err(&["data.bad_rows=ignore"]).contains("data.bad_rows"));
+        let e = FinetuneConfig::resolve(None, &[]).unwrap_err().to_string();
+        assert!(e.contains("data.train"), "{e}");
+        let ok = FinetuneConfig::resolve(None, &["data.train=t.tsv".into(), "model.base=m".into()]).unwrap();
+        let idx = FinetuneConfig::resolve(
+            None,
+            &["data.train=t".into(), "model.base=m".into(), "data.label_column=0".into()],
+        );
+        assert_eq!(idx.unwrap().data.label_column, "0", "a bare integer is a column index");
+        assert_eq!((ok.optim.lr, ok.schedule.kind.as_str()), (2e-5, "linear"));
+        assert_eq!(FinetuneConfig::from_toml_str(&ok.to_toml()).unwrap(), ok);
+    }
+}

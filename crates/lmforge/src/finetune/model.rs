@@ -1,0 +1,376 @@
+//! A sequence classifier on any lmforge backbone, with Hugging Face's `*ForSequenceClassification`
+//! semantics and names: a BERT encoder classifies its pooled [CLS] through dropout and a
+//! `classifier` Linear with bias; a GPT-2 / Llama decoder classifies the hidden state of each
+//! row's last real token through a `score` Linear without bias. Also: which parameters train
+//! for each method (full / LoRA / adapters), the saved model folder (HF config with
+//! `id2label`, merged weights, tokenizer, the fine-tune config, and PEFT files for LoRA), and
+//! loading it back.
+//!
+//! Dimension letters: B batch, T longest row, C d_model, L labels.
+
+use super::batching::Batch;
+use super::config::FinetuneConfig;
+use super::dataset::LabelMap;
+use crate::checkpoint::{resolve_model_dir, Network};
+use crate::error::{Error, IoContext, Result};
+use crate::fsio::StagedDir;
+use crate::models::{hf, EncoderInput, ModelSpec, ParamInfo, ParamKind, Style};
+use crate::nn::peft::{self, LinearModule, LoraSpec};
+use crate::nn::{seed_for, DropoutRng, Linear, ParamStore};
+use crate::ops;
+use crate::tokenizer::TextTokenizer;
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// The classification head's module name, as in the HF class of each style.
+pub fn head_module(spec: &ModelSpec) -> &'static str {
+    match spec.style {
+        Style::Bert => "classifier",
+        Style::Gpt2 | Style::Llama => "score",
+    }
+}
+
+/// HF's class for this style with a classification head.
+pub fn hf_architecture(spec: &ModelSpec) -> &'static str {
+    match spec.style {
+        Style::Bert => "BertForSequenceClassification",
+        Style::Gpt2 => "GPT2ForSequenceClassification",
+        Style::Llama => "LlamaForSequenceClassification",
+    }
+}
+
+/// The head's parameters: weight (L, C), and a bias for BERT.
+pub fn head_params(spec: &ModelSpec, num_labels: usize) -> Vec<ParamInfo> {
+    let (m, c) = (head_module(spec), spec.d_model);
+    let mut out = vec![ParamInfo {
+        name: format!("{m}.weight"),
+        shape: vec![num_labels, c],
+        kind: ParamKind::Matrix,
+        fans: (c, num_labels),
+    }];
+    if spec.style == Style::Bert {
+        out.push(ParamInfo {
+            name: format!("{m}.bias"),
+            shape: vec![num_labels],
+            kind: ParamKind::Bias,
+            fans: (c, num_labels),
+        });
+    }
+    out
+}
+
+/// Pretraining heads a classifier does not use (the LM head, BERT's MLM / NSP heads).
+fn is_pretraining_head(name: &str) -> bool {
+    name == "lm_head.weight" || name.starts_with("cls.")
+}
+
+/// The backbone's parameters: the model's, less its pretraining heads.
+pub fn backbone_params(spec: &ModelSpec) -> Vec<ParamInfo> {
+    spec.params().into_iter().filter(|p| !is_pretraining_head(&p.name)).collect()
+}
+
+/// LoRA's default targets: the attention query and value projections (the LoRA paper's choice).
+pub fn default_lora_targets(spec: &ModelSpec) -> Vec<String> {
+    let t: &[&str] = match spec.style {
+        Style::Gpt2 => &["c_attn"],
+        Style::Llama => &["q_proj", "v_proj"],
+        Style::Bert => &["query", "value"],
+    };
+    t.iter().map(|s| s.to_string()).collect()
+}
+
+/// The Linears that get bottleneck adapters: the configured targets, or every output
+/// projection (after attention and after the MLP).
+pub fn adapter_modules(spec: &ModelSpec, targets: &[String]) -> Result<Vec<LinearModule>> {
+    let all = peft::linear_modules(&backbone_params(spec));
+    if targets.is_empty() {
+        return Ok(all.into_iter().filter(|m| m.output_projection).collect());
+    }
+    Ok(peft::select_modules(&all, targets, "adapter.target_modules")?.into_iter().cloned().collect())
+}
+
+/// The LoRA settings of a config, targets resolved for `spec`.
+pub fn lora_spec(spec: &ModelSpec, cfg: &FinetuneConfig) -> LoraSpec {
+    let l = &cfg.lora;
+    let targets = if l.target_modules.is_empty() { default_lora_targets(spec) } else { l.target_modules.clone() };
+    LoraSpec { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets }
+}
+
+/// The backbone, its pooled features and the head.
+pub struct Classifier {
+    pub spec: ModelSpec,
+    network: Network,
+    head: Linear,
+    /// Dropout on the pooled features (BERT's classifier dropout; HF's GPT-2 / Llama heads have
+    /// none).
+    head_dropout: f64,
+}
+
+impl Classifier {
+    pub fn new(spec: &ModelSpec, params: &ParamStore, dropout: f64) -> Result<Self> {
+        let m = head_module(spec);
+        let head = params.linear(m, true, spec.style == Style::Bert)?;
+        let head_dropout = if spec.style == Style::Bert { dropout } else { 0.0 };
+        Ok(Self { spec: spec.clone(), network: Network::new(spec, params)?, head, head_dropout })
+    }
+
+    /// Logits (B, L). With a dropout generator (training), dropout applies in the backbone,
+    /// LoRA inputs and before the head.
+    pub fn logits(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+        let pooled = match &self.network {
+            Network::Encoder(enc) => {
+                let input = EncoderInput {
+                    ids: batch.ids.clone(),
+                    type_ids: batch.type_ids.clone(),
+                    lengths: batch.lengths.clone(),
+                };
+                let h = enc.hidden(&input, dropout.as_deref_mut())?;
+                enc.pooled(&h)?
+            }
+            Network::Decoder(dec) => {
+                // The last real token of each row: causal attention never lets it see the
+                // right padding, so padded and unpadded rows give the same features.
+                let h = dec.hidden(&batch.ids, 0, None, dropout.as_deref_mut())?; // (B, T, C)
+                let (b, t, c) = h.dims3()?;
+                let rows: Vec<u32> = batch.lengths.iter().enumerate().map(|(i, &n)| (i * t + n - 1) as u32).collect();
+                h.reshape((b * t, c))?.index_select(&Tensor::from_vec(rows, b, h.device())?, 0)?
+            }
+        };
+        let pooled = match dropout {
+            Some(d) => d.apply_with(&pooled, self.head_dropout)?,
+            None => pooled,
+        };
+        self.head.forward(&pooled)
+    }
+}
+
+/// Mean cross-entropy of `logits` (B, L) against `labels` (B), with label smoothing ε as
+/// torch's `CrossEntropyLoss(label_smoothing=ε)`: (1−ε)·NLL + ε·mean over classes of −log p.
+pub fn loss(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    if smoothing == 0.0 {
+        return Ok(ops::cross_entropy(logits, labels)?);
+    }
+    let logp = ops::log_softmax_last_dim(logits)?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
+    let uniform = logp.mean_all()?.neg()?;
+    Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
+}
+
+/// Reads `config.json`'s `id2label` (ids 0..L-1).
+pub fn read_labels(config: &Path) -> Result<Option<LabelMap>> {
+    let text = std::fs::read_to_string(config).at(config)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(config, format!("invalid JSON: {e}")))?;
+    let Some(map) = v.get("id2label").and_then(Value::as_object) else { return Ok(None) };
+    let mut labels = vec![None; map.len()];
+    for (k, name) in map {
+        let id: usize = k.parse().map_err(|_| Error::format(config, format!("id2label key {k:?} is not an id")))?;
+        let slot = labels.get_mut(id).ok_or_else(|| Error::format(config, format!("id2label id {id} out of range")))?;
+        *slot = Some(name.as_str().unwrap_or_default().to_string());
+    }
+    let labels: Option<Vec<String>> = labels.into_iter().collect();
+    labels.map(|labels| Some(LabelMap { labels })).ok_or_else(|| Error::format(config, "id2label ids are not 0..L-1"))
+}
+
+/// Pad id for batches: the tokenizer's pad token, else end-of-text, else 0. Padding never
+/// reaches the features (masked in the encoder, after the last token in the decoder).
+pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
+    ["[PAD]", "<pad>"].iter().find_map(|t| tokenizer.token_id(t)).or_else(|| tokenizer.eos_id()).unwrap_or(0)
+}
+
+/// The base model's weights for fine-tuning: the backbone (fp16 / bf16 converted to f32), and
+/// the head when the folder is already a classifier for the same labels (continued
+/// fine-tuning); otherwise the head is left out, to be initialised.
+pub fn load_base(path: &Path, labels: &LabelMap, device: &Device) -> Result<(ModelSpec, ParamStore, TextTokenizer)> {
+    let folder = resolve_model_dir(path)?;
+    let spec = hf::read_config(&folder.join("config.json"))?;
+    let reuse_head = read_labels(&folder.join("config.json"))?.is_some_and(|l| &l == labels);
+    let head = head_module(&spec);
+    let mut params = backbone_params(&spec);
+    if reuse_head {
+        params.extend(head_params(&spec, labels.len()));
+    }
+    let (store, _) = ParamStore::load_with(
+        &folder.join("model.safetensors"),
+        &params,
+        device,
+        &|k| {
+            let name = hf::param_name(&spec, k)?;
+            let foreign_head = !reuse_head && name.strip_prefix(head).is_some_and(|r| r.starts_with('.'));
+            (!is_pretraining_head(&name) && !foreign_head).then_some(name)
+        },
+        &|_| false,
+    )?;
+    let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
+    Ok((spec, store, tokenizer))
+}
+
+/// What a method trains, for the report at the start of a run and in results.json.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParamReport {
+    pub method: String,
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub trainable_fraction: f64,
+    pub optimizer_state_bytes: usize,
+}
+
+/// Sets up the method on a freshly loaded base: freezes the base (LoRA / adapters; norms stay
+/// trainable with `finetune.train_norms`), initialises the head if the base had none, adds the
+/// LoRA factors or adapters. Returns the LoRA settings when the method is LoRA.
+pub fn prepare(
+    store: &mut ParamStore,
+    spec: &ModelSpec,
+    cfg: &FinetuneConfig,
+    labels: &LabelMap,
+) -> Result<Option<LoraSpec>> {
+    let seed = cfg.train.seed;
+    let method = cfg.finetune.method.as_str();
+    if method != "full" {
+        let norms: Vec<String> = backbone_params(spec)
+            .into_iter()
+            .filter(|p| matches!(p.kind, ParamKind::NormWeight | ParamKind::NormBias))
+            .map(|p| p.name)
+            .collect();
+        let head = head_module(spec);
+        let train_norms = cfg.finetune.train_norms;
+        let head = format!("{head}.");
+        store.freeze_where(|n| !(n.starts_with(&head) || (train_norms && norms.iter().any(|m| m == n))));
+    }
+    for p in head_params(spec, labels.len()) {
+        if !store.contains(&p.name) {
+            let t = match p.kind {
+                ParamKind::Bias => Tensor::zeros(p.shape.as_slice(), DType::F32, store.device())?,
+                _ => {
+                    // HF's init for the head: N(0, initializer_range = 0.02).
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, &p.name));
+                    let d = Normal::new(0.0f32, 0.02).expect("std > 0");
+                    let v: Vec<f32> = (0..p.numel()).map(|_| d.sample(&mut rng)).collect();
+                    Tensor::from_vec(v, p.shape.as_slice(), store.device())?
+                }
+            };
+            store.insert(&p.name, t, true)?;
+        }
+    }
+    match method {
+        "lora" => {
+            let l = lora_spec(spec, cfg);
+            let all = peft::linear_modules(&backbone_params(spec));
+            let chosen = peft::select_modules(&all, &l.targets, "lora.target_modules")?;
+            peft::add_lora(store, &chosen, &l, seed)?;
+            Ok(Some(l))
+        }
+        "adapter" => {
+            let mods = adapter_modules(spec, &cfg.adapter.target_modules)?;
+            peft::add_adapters(store, &mods.iter().collect::<Vec<_>>(), cfg.adapter.size, seed)?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Writes the model folder: `config.json` (the HF classification class, `id2label`,
+/// `label2id`), `model.safetensors` (LoRA merged into the base weights; adapter weights kept
+/// under their own names), `tokenizer.json`, `finetune.toml`, and for LoRA the unmerged adapter
+/// in PEFT's format. Staged and renamed into place.
+pub fn save(
+    dir: &Path,
+    spec: &ModelSpec,
+    labels: &LabelMap,
+    store: &ParamStore,
+    tokenizer: &TextTokenizer,
+    cfg: &FinetuneConfig,
+    lora: Option<&LoraSpec>,
+) -> Result<PathBuf> {
+    let staged = StagedDir::new(dir)?;
+    let p = staged.path();
+    let mut config = hf::config_json(spec, tokenizer.eos_id());
+    config["architectures"] = json!([hf_architecture(spec)]);
+    config["id2label"] = labels.labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
+    config["label2id"] = labels.labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
+    config["pad_token_id"] = json!(pad_id(tokenizer));
+    config["problem_type"] = json!("single_label_classification");
+    let text = serde_json::to_string_pretty(&config).expect("json");
+    std::fs::write(p.join("config.json"), text).at(p.join("config.json"))?;
+    let weights = crate::nn::serialize_tensors(peft::merged_tensors(store)?.into_iter())?;
+    std::fs::write(p.join("model.safetensors"), weights).at(p.join("model.safetensors"))?;
+    tokenizer.save(&p.join("tokenizer.json"))?;
+    std::fs::write(p.join("finetune.toml"), cfg.to_toml()).at(p.join("finetune.toml"))?;
+    if let Some(l) = lora {
+        // PEFT saves the head (and any other trained base tensor) as `modules_to_save`.
+        let saved: Vec<String> =
+            store.vars().keys().filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.")).cloned().collect();
+        let mut modules: Vec<String> =
+            saved.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).collect();
+        modules.dedup();
+        // PEFT matches modules_to_save by their last name part, as target_modules.
+        let base = cfg.model.base.display().to_string();
+        peft::save_peft(p, store, l, &l.targets, &modules, &saved, &base, Some("SEQ_CLS"))?;
+    }
+    staged.commit()
+}
+
+/// A classifier folder loaded for inference.
+pub struct LoadedClassifier {
+    pub spec: ModelSpec,
+    pub labels: LabelMap,
+    pub params: ParamStore,
+    pub classifier: Classifier,
+    pub tokenizer: TextTokenizer,
+    /// The fine-tune config it was trained with (reader settings, max length), when lmforge
+    /// wrote the folder; defaults otherwise.
+    pub config: Option<FinetuneConfig>,
+    pub source: PathBuf,
+}
+
+impl LoadedClassifier {
+    /// `path`: a fine-tune run dir (its `model/`), a model folder, or any HF
+    /// `*ForSequenceClassification` folder of a supported architecture.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let path =
+            if path.join("model").join("config.json").is_file() { path.join("model") } else { path.to_path_buf() };
+        let folder = resolve_model_dir(&path)?;
+        let config_path = folder.join("config.json");
+        let spec = hf::read_config(&config_path)?;
+        let labels = read_labels(&config_path)?.ok_or_else(|| {
+            Error::format(
+                &config_path,
+                "no `id2label`: not a classification model (fine-tune one with `lmforge finetune`)",
+            )
+        })?;
+        let ft_path = folder.join("finetune.toml");
+        let config = if ft_path.is_file() {
+            let text = std::fs::read_to_string(&ft_path).at(&ft_path)?;
+            Some(FinetuneConfig::from_toml_str(&text).map_err(|e| Error::format(&ft_path, e.to_string()))?)
+        } else {
+            None
+        };
+        let mut params = backbone_params(&spec);
+        params.extend(head_params(&spec, labels.len()));
+        if let Some(c) = config.as_ref().filter(|c| c.finetune.method == "adapter") {
+            let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
+            params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
+        }
+        let (params, _) = ParamStore::load_with(
+            &folder.join("model.safetensors"),
+            &params,
+            device,
+            &|k| hf::param_name(&spec, k).filter(|n| !is_pretraining_head(n)),
+            &|_| false,
+        )?;
+        let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
+        let classifier = Classifier::new(&spec, &params, 0.0)?;
+        Ok(Self { spec, labels, params, classifier, tokenizer, config, source: folder })
+    }
+
+    /// Tokens per example: the trained `model.max_length`, else the context.
+    pub fn max_length(&self) -> usize {
+        match self.config.as_ref().map(|c| c.model.max_length) {
+            Some(n) if n > 0 => n.min(self.spec.context),
+            _ => self.spec.context,
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Running a classifier over examples: logits in input order (batches sorted by length for
+//! little padding), the loss and metrics against gold labels, and the two commands built on
+//! them: `lmforge predict` (one JSON object per input row: label, probabilities, logits) and
+//! `lmforge eval classification`.
+
+use super::batching::{collate, encode, eval_batches, Encoded};
+use super::config::ClsDataConfig;
+use super::dataset::{read_examples, BadRows, LabelMap};
+use super::model::{pad_id, Classifier, LoadedClassifier};
+use crate::error::{IoContext, Result};
+use crate::fsio::AtomicFile;
+use crate::metrics::{classification, ClassificationMetrics};
+use candle_core::Device;
+use serde::Serialize;
+use serde_json::json;
+use std::io::Write;
+use std::path::Path;
+
+/// Logits (L per example) of every example, in the order given.
+pub fn score(
+    model: &Classifier,
+    data: &[Encoded],
+    batch_size: usize,
+    pad: u32,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let lengths: Vec<usize> = data.iter().map(|e| e.ids.len()).collect();
+    let mut out = vec![Vec::new(); data.len()];
+    for batch in eval_batches(&lengths, batch_size) {
+        let items: Vec<&Encoded> = batch.iter().map(|&i| &data[i]).collect();
+        let b = collate(&items, pad, device)?;
+        let logits = model.logits(&b, None)?.to_vec2::<f32>()?;
+        for (i, row) in batch.into_iter().zip(logits) {
+            out[i] = row;
+        }
+    }
+    Ok(out)
+}
+
+/// Loss and metrics of logits against gold label ids.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy (nats), no label smoothing.
+    pub loss: f64,
+    #[serde(flatten)]
+    pub metrics: ClassificationMetrics,
+}
+
+impl Evaluation {
+    /// A metric by name (`loss` or one of [`crate::metrics::METRIC_NAMES`]).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        if name == "loss" {
+            Some(self.loss)
+        } else {
+            self.metrics.get(name)
+        }
+    }
+}
+
+/// Probabilities of one row of logits (softmax in f64).
+pub fn softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let e: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Index of the largest logit (the first on ties, as torch's argmax).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+pub fn evaluate(logits: &[Vec<f32>], gold: &[usize], labels: &LabelMap) -> Evaluation {
+    let mut nll = 0.0f64;
+    for (row, &y) in logits.iter().zip(gold) {
+        nll -= softmax(row)[y].max(f64::MIN_POSITIVE).ln();
+    }
+    let pred: Vec<usize> = logits.iter().map(|r| argmax(r)).collect();
+    Evaluation { loss: nll / gold.len().max(1) as f64, metrics: classification(gold, &pred, &labels.labels) }
+}
+
+/// How a loaded model reads a file: its training reader settings (the defaults for a folder
+/// lmforge did not write), with `overrides` (`data.KEY=VALUE`, e.g. another column name)
+/// applied and checked like config keys.
+pub fn reader_settings(model: &LoadedClassifier, overrides: &[String]) -> Result<ClsDataConfig> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DataOnly {
+        data: ClsDataConfig,
+    }
+    let base = DataOnly { data: model.config.as_ref().map(|c| c.data.clone()).unwrap_or_default() };
+    let mut table = toml::Table::try_from(&base).map_err(|e| crate::Error::Invalid(e.to_string()))?;
+    for o in overrides {
+        if !o.trim_start().starts_with("data.") {
+            return Err(crate::Error::config(o.clone(), "only data.* reader keys can be set here"));
+        }
+        crate::config::apply_override(&mut table, o)?;
+    }
+    Ok(crate::config::deserialize_table::<DataOnly>(table)?.data)
+}
+
+/// `lmforge eval classification`: metrics of the model on a labelled file.
+pub fn eval_file(
+    model: &LoadedClassifier,
+    data: &Path,
+    reader: &ClsDataConfig,
+    batch_size: usize,
+) -> Result<(Evaluation, BadRows)> {
+    let (examples, bad, _) = read_examples(data, reader, Some(&model.labels), true)?;
+    let encoded = encode(&examples, &model.tokenizer, model.max_length())?;
+    let logits = score(&model.classifier, &encoded, batch_size, pad_id(&model.tokenizer), model.params.device())?;
+    let gold: Vec<usize> = examples.iter().map(|e| e.label.expect("labels required")).collect();
+    Ok((evaluate(&logits, &gold, &model.labels), bad))
+}
+
+/// What `predict` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictSummary {
+    pub rows: usize,
+    pub bad_rows: BadRows,
+    /// Accuracy on the rows that carried a known label, if any did.
+    pub accuracy: Option<f64>,
+}
+
+/// `lmforge predict`: one JSON line per usable input row, in input order:
+/// `{"line", "label", "label_id", "probs", "logits"}` (plus `"gold"` when the row had a label).
+pub fn predict_file(
+    model: &LoadedClassifier,
+    input: &Path,
+    output: &Path,
+    reader: &ClsDataConfig,
+    batch_size: usize,
+) -> Result<PredictSummary> {
+    let (examples, bad, _) = read_examples(input, reader, Some(&model.labels), false)?;
+    let encoded = encode(&examples, &model.tokenizer, model.max_length())?;
+    let logits = score(&model.classifier, &encoded, batch_size, pad_id(&model.tokenizer), model.params.device())?;
+    let mut file = AtomicFile::create(output)?;
+    let (mut labelled, mut correct) = (0usize, 0usize);
+    for (e, row) in examples.iter().zip(&logits) {
+        let id = argmax(row);
+        let mut obj = json!({
+            "line": e.line,
+            "label": model.labels.labels[id],
+            "label_id": id,
+            "probs": softmax(row),
+            "logits": row,
+        });
+        if let Some(g) = e.label {
+            obj["gold"] = json!(model.labels.labels[g]);
+            labelled += 1;
+            correct += usize::from(g == id);
+        }
+        let tmp = file.temp_path().to_path_buf();
+        writeln!(file.writer(), "{obj}").at(&tmp)?;
+    }
+    file.commit()?;
+    let accuracy = (labelled > 0).then(|| correct as f64 / labelled as f64);
+    Ok(PredictSummary { rows: examples.len(), bad_rows: bad, accuracy })
+}

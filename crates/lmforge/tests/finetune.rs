@@ -1,0 +1,257 @@
+//! Fine-tuning against the references in `../shared/fixtures`: a PEFT LoRA adapter reproduces
+//! transformers + peft logits and merges exactly; `BertForSequenceClassification` logits, loss
+//! and gradients; scikit-learn's classification metrics; and frozen parameters staying frozen
+//! (no gradient, bit-identical) under LoRA and adapters.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fixtures, json, load, max_rel};
+use lmforge::checkpoint::LoadedModel;
+use lmforge::finetune::batching::{collate, Batch, Encoded};
+use lmforge::finetune::dataset::LabelMap;
+use lmforge::finetune::model::{self, Classifier, LoadedClassifier};
+use lmforge::finetune::FinetuneConfig;
+use lmforge::models::{Decoder, EncoderInput};
+use lmforge::nn::{peft, ParamStore};
+use lmforge::ops::{Kernels, KernelsGuard};
+use lmforge::optim::{named_grads, Optimizer};
+use std::collections::HashMap;
+
+/// gpt2-tiny with the fixture's PEFT adapter applied (factors frozen, as for inference).
+fn gpt2_with_adapter() -> (LoadedModel, ParamStore, peft::PeftAdapter) {
+    let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
+    let mut store =
+        ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
+    let adapter = peft::load_peft(&fixtures().join("gpt2-tiny-lora"), &mut store, false).unwrap();
+    (base, store, adapter)
+}
+
+#[test]
+fn peft_lora_adapter_reproduces_transformers_logits_and_merges_exactly() {
+    let (base, store, adapter) = gpt2_with_adapter();
+    let cfg = json(fixtures().join("gpt2-tiny-lora/expected.json"));
+    assert_eq!(adapter.spec.rank as u64, cfg["r"].as_u64().unwrap());
+    assert_eq!(adapter.modules, ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]);
+    let expected = load(fixtures().join("gpt2-tiny-lora/expected.safetensors"));
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    for k in [Kernels::Fused, Kernels::Reference] {
+        let _k = KernelsGuard::set(k);
+        let logits = Decoder::new(&base.spec, &store).unwrap().forward(&ids, 0, None).unwrap();
+        let rel = max_rel(&logits, &expected["logits"]);
+        assert!(rel <= 1e-5, "{}: adapted logits max rel error {rel:e}", k.name());
+        // The adapter changes the model: the base alone is far from the expected logits.
+        let plain = base.decoder().unwrap().forward(&ids, 0, None).unwrap();
+        assert!(max_rel(&plain, &expected["logits"]) > 1e-3, "the fixture's LoRA delta is non-zero");
+    }
+    // Merged into the base weights (Conv1D: Wᵀ += s·B·A) gives the same logits.
+    let merged = peft::merged_tensors(&store).unwrap();
+    assert!(merged.iter().all(|(n, _)| !n.contains("lora_")), "factors are folded away");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("merged.safetensors");
+    std::fs::write(&path, lmforge::nn::serialize_tensors(merged.into_iter()).unwrap()).unwrap();
+    let merged_store = ParamStore::load(&path, &base.spec.params(), &Device::Cpu).unwrap();
+    let a = Decoder::new(&base.spec, &store).unwrap().forward(&ids, 0, None).unwrap();
+    let b = Decoder::new(&base.spec, &merged_store).unwrap().forward(&ids, 0, None).unwrap();
+    let rel = max_rel(&b, &a);
+    assert!(rel <= 1e-5, "merged vs unmerged logits max rel error {rel:e}");
+}
+
+#[test]
+fn peft_round_trip_and_refusals() {
+    let (_, store, adapter) = gpt2_with_adapter();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("again");
+    std::fs::create_dir_all(&out).unwrap();
+    peft::save_peft(&out, &store, &adapter.spec, &adapter.spec.targets, &[], &[], "../gpt2-tiny", None).unwrap();
+    let saved = load(out.join("adapter_model.safetensors"));
+    let original = load(fixtures().join("gpt2-tiny-lora/adapter_model.safetensors"));
+    assert_eq!(saved.len(), original.len());
+    for (k, t) in &original {
+        let s = saved.get(k).unwrap_or_else(|| panic!("PEFT key {k} not written"));
+        assert_eq!(s.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap(), "{k}");
+    }
+    let cfg = json(out.join("adapter_config.json"));
+    assert_eq!((cfg["peft_type"].as_str(), cfg["fan_in_fan_out"].as_bool()), (Some("LORA"), Some(true)));
+
+    let mut text = std::fs::read_to_string(out.join("adapter_config.json")).unwrap();
+    text = text.replace("\"use_dora\": false", "\"use_dora\": true");
+    std::fs::write(out.join("adapter_config.json"), text).unwrap();
+    let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
+    let mut fresh =
+        ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
+    let e = peft::load_peft(&out, &mut fresh, false).unwrap_err().to_string();
+    assert!(e.contains("adapter_config.json") && e.contains("DoRA"), "{e}");
+}
+
+fn batch_of(x: &HashMap<String, Tensor>) -> Batch {
+    let input =
+        EncoderInput::from_mask(x["input_ids"].clone(), x["token_type_ids"].clone(), &x["attention_mask"]).unwrap();
+    Batch {
+        ids: input.ids,
+        type_ids: input.type_ids,
+        lengths: input.lengths,
+        labels: Some(x["labels"].to_dtype(DType::U32).unwrap()),
+    }
+}
+
+#[test]
+fn bert_sequence_classification_matches_transformers() {
+    let dir = fixtures().join("bert-cls-tiny");
+    let x = load(dir.join("expected.safetensors"));
+    let want_loss = json(dir.join("expected.json"))["loss"].as_f64().unwrap();
+    let reference = load(dir.join("grads.safetensors"));
+    for k in [Kernels::Fused, Kernels::Reference] {
+        let _k = KernelsGuard::set(k);
+        let label = k.name();
+        let m = LoadedClassifier::load(&dir, &Device::Cpu).unwrap();
+        assert_eq!(m.labels.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+        let batch = batch_of(&x);
+        assert!(batch.lengths.iter().any(|&l| l < 20), "the fixture has a padded row");
+        let logits = m.classifier.logits(&batch, None).unwrap();
+        let rel = max_rel(&logits, &x["logits"]);
+        assert!(rel <= 1e-5, "{label}: logits max rel error {rel:e}");
+        let loss = model::loss(&logits, batch.labels.as_ref().unwrap(), 0.0).unwrap();
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!(((got - want_loss) / want_loss).abs() <= 1e-5, "{label}: loss {got} vs {want_loss}");
+
+        let grads = named_grads(m.params.vars(), &loss.backward().unwrap()).unwrap();
+        assert_eq!(grads.len(), reference.len(), "{label}: one gradient per parameter");
+        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let scale = reference.values().map(max_abs).fold(0.0, f64::max);
+        for (name, want) in &reference {
+            let got = grads.get(name).unwrap_or_else(|| panic!("{label}: no gradient for {name}"));
+            if name.ends_with("attention.self.key.bias") {
+                // Softmax cancels a bias added to every key: the true gradient is 0, both sides
+                // hold rounding noise.
+                let d = max_abs(&(got - want).unwrap());
+                assert!(d <= 1e-6 * scale, "{label}: grad {name}: |diff| {d:e}");
+                continue;
+            }
+            let rel = max_rel(got, want);
+            assert!(rel <= 1e-4, "{label}: grad {name}: max rel {rel:e}");
+        }
+    }
+}
+
+/// Label smoothing as torch's CrossEntropyLoss(label_smoothing=0.1), worked by hand.
+#[test]
+fn label_smoothing_matches_torch_definition() {
+    let logits = Tensor::new(&[[2.0f32, 0.0, -1.0]], &Device::Cpu).unwrap();
+    let y = Tensor::new(&[0u32], &Device::Cpu).unwrap();
+    let lse = (2f64.exp() + 1.0 + (-1f64).exp()).ln();
+    let logp = [2.0 - lse, -lse, -1.0 - lse];
+    let want = 0.9 * -logp[0] + 0.1 * -(logp.iter().sum::<f64>() / 3.0);
+    let got = model::loss(&logits, &y, 0.1).unwrap().to_scalar::<f32>().unwrap() as f64;
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+}
+
+#[test]
+fn classification_metrics_match_scikit_learn_exactly() {
+    let m = json(fixtures().join("metrics.json"));
+    let c = &m["classification"];
+    let ids = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+    };
+    let labels: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+    let got = lmforge::metrics::classification(&ids(&c["y_true"]), &ids(&c["y_pred"]), &labels);
+    assert_eq!(got.accuracy, c["accuracy"].as_f64().unwrap());
+    let cm: Vec<Vec<u64>> = c["confusion_matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| ids(r).into_iter().map(|v| v as u64).collect())
+        .collect();
+    assert_eq!(got.confusion_matrix, cm);
+    for (avg, prf) in [("macro", got.macro_avg), ("micro", got.micro), ("weighted", got.weighted)] {
+        for (field, v) in [("precision", prf.precision), ("recall", prf.recall), ("f1", prf.f1)] {
+            assert_eq!(v, c[avg][field].as_f64().unwrap(), "{avg} {field}");
+        }
+    }
+    let b = &c["binary"];
+    let two: Vec<String> = vec!["0".into(), "1".into()];
+    let got = lmforge::metrics::classification(&ids(&b["y_true"]), &ids(&b["y_pred"]), &two);
+    let bin = got.binary.unwrap();
+    assert_eq!(got.accuracy, b["accuracy"].as_f64().unwrap());
+    assert_eq!(
+        (bin.precision, bin.recall, bin.f1),
+        (b["precision"].as_f64().unwrap(), b["recall"].as_f64().unwrap(), b["f1"].as_f64().unwrap())
+    );
+}
+
+fn config(base: &str, method: &str) -> FinetuneConfig {
+    FinetuneConfig::resolve(
+        None,
+        &[
+            "data.train=unused.tsv".into(),
+            format!("model.base={base:?}"),
+            format!("finetune.method={method}"),
+            "finetune.train_norms=true".into(),
+            "model.dropout=0.1".into(),
+            "lora.dropout=0.1".into(),
+            "optim.lr=0.01".into(),
+        ],
+    )
+    .unwrap()
+}
+
+/// Three optimizer steps of LoRA and of adapters, on a decoder and on an encoder: frozen
+/// parameters get no gradient (not even computed into the gradient store) and keep every bit;
+/// the trainable ones (factors / adapters, head, norms) move.
+#[test]
+fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
+    for (fixture, method) in
+        [("gpt2-tiny", "lora"), ("gpt2-tiny", "adapter"), ("bert-tiny", "lora"), ("llama-tiny", "adapter")]
+    {
+        let what = format!("{fixture} {method}");
+        let base = fixtures().join(fixture);
+        let labels = LabelMap { labels: vec!["a".into(), "b".into(), "c".into()] };
+        let cfg = config(base.to_str().unwrap(), method);
+        let (spec, mut store, _) = model::load_base(&base, &labels, &Device::Cpu).unwrap();
+        model::prepare(&mut store, &spec, &cfg, &labels).unwrap();
+        assert!(!store.frozen().is_empty() && !store.vars().is_empty(), "{what}");
+        assert!(
+            store.vars().keys().any(|n| n.contains("norm") || n.contains("ln_") || n.contains("LayerNorm")),
+            "{what}: norms train"
+        );
+        assert!(!store.frozen().keys().any(|n| n.starts_with("score") || n.starts_with("classifier")), "{what}");
+        let frozen_before: Vec<(String, Vec<f32>)> =
+            store.frozen().iter().map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        let trained_before: Vec<Vec<f32>> =
+            store.vars().values().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let classifier = Classifier::new(&spec, &store, 0.1).unwrap();
+        let groups = lmforge::optim::groups::uniform_groups(store.vars(), 0.0);
+        let mut opt = Optimizer::from_config(&cfg.optim, store.vars(), groups).unwrap();
+        let items = [
+            Encoded { ids: vec![5, 6, 7, 8, 9], type_ids: vec![0; 5], label: Some(2) },
+            Encoded { ids: vec![10, 11, 12], type_ids: vec![0; 3], label: Some(0) },
+        ];
+        let batch = collate(&items.iter().collect::<Vec<_>>(), 0, &Device::Cpu).unwrap();
+        for step in 0..3 {
+            let mut dropout = lmforge::nn::DropoutRng::new(0.1, step);
+            let logits = classifier.logits(&batch, Some(&mut dropout)).unwrap();
+            let loss = model::loss(&logits, batch.labels.as_ref().unwrap(), 0.1).unwrap();
+            let store_grads = loss.backward().unwrap();
+            for (name, t) in store.frozen() {
+                assert!(store_grads.get(t).is_none(), "{what}: frozen {name} got a gradient");
+            }
+            let grads = named_grads(store.vars(), &store_grads).unwrap();
+            opt.step(store.vars(), &grads, 0.01).unwrap();
+        }
+        for (name, before) in &frozen_before {
+            let now: Vec<f32> = store.frozen()[name].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(now.iter().zip(before).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: {name} changed");
+        }
+        let moved = store
+            .vars()
+            .values()
+            .zip(&trained_before)
+            .filter(|(v, before)| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap() != **before)
+            .count();
+        assert!(
+            moved * 2 > store.vars().len(),
+            "{what}: only {moved} of {} trainable tensors moved",
+            store.vars().len()
+        );
+    }
+}
