@@ -223,6 +223,7 @@ fn sigint_writes_a_checkpoint_and_exits_130() {
     let cfg = tiny_config(tmp.path(), "", "");
     let run = tmp.path().join("run");
     let mut child = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .env("LMFORGE_DB", test_db())
         .args([
             "train",
             "--config",

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{lmforge, metrics, ok, s, tiny_config};
+use common::{lmforge, metrics, ok, s, test_db, tiny_config};
 
 /// splitmix64: the kill schedule is a pure function of the seed.
 struct Rng(u64);
@@ -52,6 +52,7 @@ fn kill_overrides() -> Vec<String> {
 /// Spawns `train` for `run`: a fresh start while it holds no config yet, else `--resume`.
 fn spawn_train(cfg: &Path, run: &Path) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmforge"));
+    cmd.env("LMFORGE_DB", test_db());
     if run.join("config.toml").is_file() {
         cmd.args(["train", "--resume", s(run)]);
     } else {
@@ -355,6 +356,7 @@ fn nonfinite_steps_are_skipped_rolled_back_or_stop_the_run() {
     let cfg = tiny_config(tmp.path(), "", "");
     let train = |run: &Path, nan_steps: &str, sets: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmforge"));
+        cmd.env("LMFORGE_DB", test_db());
         cmd.args(["train", "--config", s(&cfg), "--run-dir", s(run)]);
         for set in sets {
             cmd.args(["--set", set]);

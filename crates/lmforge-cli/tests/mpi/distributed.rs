@@ -22,6 +22,7 @@ fn mpirun_command(np: usize, args: &[&str]) -> Command {
     c.args(["-np", &np.to_string(), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"])
         .arg(env!("CARGO_BIN_EXE_lmforge"))
         .args(args)
+        .env("LMFORGE_DB", super::common::test_db())
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("RUST_LOG", "warn");
