@@ -440,6 +440,7 @@ fn failed_checkpoint_writes_stop_cleanly_or_continue() {
     // Disk full in the middle of the step-6 checkpoint (its staged folder's files).
     let run = tmp.path().join("enospc");
     let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .env("LMFORGE_DB", test_db())
         .args(["train", "--config", s(&cfg), "--run-dir", s(&run)])
         .env("LMFORGE_TEST_WRITE_FAULT", "enospc@step-00000006.tmp")
         .output()
@@ -464,6 +465,7 @@ fn failed_checkpoint_writes_stop_cleanly_or_continue() {
     std::fs::set_permissions(&ckpts, std::fs::Permissions::from_mode(0o555)).unwrap();
     let hook = if is_privileged(&ckpts) { "eacces@step-00000006" } else { "" };
     let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .env("LMFORGE_DB", test_db())
         .args(["train", "--resume", s(&run)])
         .env("LMFORGE_TEST_WRITE_FAULT", hook)
         .output()
@@ -477,6 +479,7 @@ fn failed_checkpoint_writes_stop_cleanly_or_continue() {
     // "continue": the step-3 write fails, training goes on, step 6 is written.
     let run = tmp.path().join("continue");
     let out = Command::new(env!("CARGO_BIN_EXE_lmforge"))
+        .env("LMFORGE_DB", test_db())
         .args(["train", "--config", s(&cfg), "--run-dir", s(&run), "--set", "checkpoint.on_write_error=continue"])
         .env("LMFORGE_TEST_WRITE_FAULT", "enospc@step-00000003")
         .output()
