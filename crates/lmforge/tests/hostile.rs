@@ -1,5 +1,6 @@
 //! Hostile inputs: every parser a user's file reaches — run config, HF config.json,
-//! tokenizer.json, token shards, safetensors weights, checkpoint manifests, corpus files — is
+//! tokenizer.json, token shards, safetensors weights, checkpoint manifests, corpus files,
+//! fine-tuning rows (TSV / CSV / JSONL) — is
 //! fed random and mutated bytes (proptest, a bounded number of cases so CI stays fast; the
 //! cargo-fuzz targets in `fuzz/` run the same entry points for hours) and crafted lies (wrong
 //! shapes and dtypes, headers claiming 2^60 tokens or exabyte tensors). Each must answer with
@@ -211,6 +212,27 @@ proptest! {
         mode in prop::sample::select(vec![DocMode::File, DocMode::Paragraph, DocMode::Line]),
     ) {
         doc_reader_survives(&bytes, name, mode);
+    }
+
+    #[test]
+    fn dataset_rows_never_panic(
+        selector in any::<u8>(),
+        rows in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..12),
+        tabs in prop::collection::vec(0usize..40, 0..12),
+    ) {
+        // Rows of random bytes with some field separators, quotes and braces sprinkled in.
+        let mut bytes = b"label\tsentence\tpair\n".to_vec();
+        for (i, mut r) in rows.into_iter().enumerate() {
+            if let Some(&at) = tabs.get(i) {
+                if at < r.len() {
+                    r[at] = [b'\t', b',', b'"', b'{'][i % 4];
+                }
+            }
+            bytes.extend_from_slice(&r);
+            bytes.push(b'\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let _ = lmforge::finetune::dataset::read_bytes_for_fuzzing(dir.path(), selector, &bytes);
     }
 
     #[test]

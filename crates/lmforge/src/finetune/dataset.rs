@@ -228,6 +228,27 @@ pub fn read_examples(
     Ok((out, policy.bad, map))
 }
 
+/// Reads a labelled-rows file from raw bytes the way `finetune` reads its train / test files,
+/// chosen by `selector` (format, header, bad-row policy, whether labels are required): the
+/// entry point of the `dataset_rows` fuzz target and the hostile-input tests. Writes the
+/// bytes to a file in `dir`, since the readers stream from files.
+pub fn read_bytes_for_fuzzing(dir: &Path, selector: u8, bytes: &[u8]) -> Result<usize> {
+    let format = ["tsv", "csv", "jsonl"][selector as usize % 3];
+    let cfg = ClsDataConfig {
+        format: format.into(),
+        header: selector & 0x04 != 0,
+        text_column: if selector & 0x04 != 0 { "sentence".into() } else { "1".into() },
+        label_column: if selector & 0x04 != 0 { "label".into() } else { "0".into() },
+        text_pair_column: if selector & 0x08 != 0 { "pair".into() } else { String::new() },
+        bad_rows: if selector & 0x10 != 0 { "fail".into() } else { "skip".into() },
+        ..ClsDataConfig::default()
+    };
+    let path = dir.join(format!("rows.{format}"));
+    std::fs::write(&path, bytes).at(&path)?;
+    let (rows, _, _) = read_examples(&path, &cfg, None, selector & 0x20 == 0)?;
+    Ok(rows.len())
+}
+
 /// Adds `b`'s counts into `total` (bad rows of several files).
 pub fn add_bad_rows(total: &mut BadRows, b: &BadRows) {
     total.add(b);
