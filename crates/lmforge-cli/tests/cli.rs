@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{corpus, lmforge, metrics, ok, s, test_db, tiny_config};
+use common::{lmforge, metrics, ok, s, test_db, tiny_bert_config, tiny_config};
 
 #[test]
 fn train_eval_generate_export_end_to_end() {
@@ -94,25 +94,8 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
 #[test]
 fn bert_pretraining_resumes_exactly_and_exports_a_bert_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(corpus()).unwrap();
-    let cut = text[..150_000].rfind('\n').unwrap() + 1;
+    let cfg = tiny_bert_config(tmp.path());
     let data = tmp.path().join("corpus.txt");
-    std::fs::write(&data, &text[..cut]).unwrap();
-    let cfg = tmp.path().join("bert.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\npath = {:?}\nvocab_size = 400\nappend_eos = false\n\
-             special_tokens = [\"[PAD]\", \"[UNK]\", \"[CLS]\", \"[SEP]\", \"[MASK]\"]\n\n\
-             [model]\npreset = \"bert-quickstart\"\nvocab_size = 400\nd_model = 64\nn_layer = 2\nn_head = 2\n\
-             context = 64\ndropout = 0.1\n\n[schedule]\nwarmup_steps = 2\n\n\
-             [train]\nobjective = \"mlm+nsp\"\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 2\nseq_len = 32\n\
-             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n\n[mlm]\nwhole_word = true\n\n\
-             [log]\nprogress = \"off\"\n",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
     let full = tmp.path().join("full");
     ok(&["train", "--config", s(&cfg), "--run-dir", s(&full)]);
     let split = tmp.path().join("split");

@@ -36,12 +36,18 @@ pub fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare.txt")
 }
 
-/// A tiny run config over the first 150 kB of the corpus; extra lines go into [model] / [train].
-pub fn tiny_config(dir: &Path, model_extra: &str, train_extra: &str) -> PathBuf {
+/// The first 150 kB of the bundled corpus (whole lines), written to `dir/corpus.txt`.
+pub fn corpus_slice(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(corpus()).unwrap();
     let cut = text[..150_000].rfind('\n').unwrap() + 1;
     let data = dir.join("corpus.txt");
     std::fs::write(&data, &text[..cut]).unwrap();
+    data
+}
+
+/// A tiny run config over [`corpus_slice`]; extra lines go into [model] / [train].
+pub fn tiny_config(dir: &Path, model_extra: &str, train_extra: &str) -> PathBuf {
+    let data = corpus_slice(dir);
     let cfg = dir.join("tiny.toml");
     std::fs::write(
         &cfg,
@@ -49,6 +55,27 @@ pub fn tiny_config(dir: &Path, model_extra: &str, train_extra: &str) -> PathBuf 
             "[data]\npath = {:?}\nvocab_size = 400\n\n[model]\npreset = \"tiny\"\n{model_extra}\n\n\
              [schedule]\nwarmup_steps = 2\n\n[train]\nmax_steps = 6\nbatch_size = 4\nseq_len = 32\n\
              eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n{train_extra}\n\n\
+             [log]\nprogress = \"off\"\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A tiny BERT (MLM + NSP, dropout, grad_accum 2, whole-word masking) over [`corpus_slice`].
+pub fn tiny_bert_config(dir: &Path) -> PathBuf {
+    let data = corpus_slice(dir);
+    let cfg = dir.join("bert.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\npath = {:?}\nvocab_size = 400\nappend_eos = false\n\
+             special_tokens = [\"[PAD]\", \"[UNK]\", \"[CLS]\", \"[SEP]\", \"[MASK]\"]\n\n\
+             [model]\npreset = \"bert-quickstart\"\nvocab_size = 400\nd_model = 64\nn_layer = 2\nn_head = 2\n\
+             context = 64\ndropout = 0.1\n\n[schedule]\nwarmup_steps = 2\n\n\
+             [train]\nobjective = \"mlm+nsp\"\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 2\nseq_len = 32\n\
+             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n\n[mlm]\nwhole_word = true\n\n\
              [log]\nprogress = \"off\"\n",
             data.display().to_string()
         ),

@@ -131,24 +131,7 @@ fn one_two_and_three_processes_train_the_same_model() {
 #[test]
 fn masked_lm_pretraining_is_independent_of_the_process_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let causal = tiny_config(tmp.path(), "", "");
-    let corpus = tmp.path().join("corpus.txt");
-    assert!(std::fs::read_to_string(&causal).unwrap().contains("corpus.txt"));
-    let cfg = tmp.path().join("bert.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\npath = {:?}\nvocab_size = 400\nappend_eos = false\n\
-             special_tokens = [\"[PAD]\", \"[UNK]\", \"[CLS]\", \"[SEP]\", \"[MASK]\"]\n\n\
-             [model]\npreset = \"bert-quickstart\"\nvocab_size = 400\nd_model = 64\nn_layer = 2\nn_head = 2\n\
-             context = 64\ndropout = 0.1\n\n[schedule]\nwarmup_steps = 2\n\n\
-             [train]\nobjective = \"mlm+nsp\"\nmax_steps = 6\nbatch_size = 4\ngrad_accum = 2\nseq_len = 32\n\
-             eval_every = 3\neval_batches = 2\ncheckpoint_every = 3\nlog_every = 1\n\n[mlm]\nwhole_word = true\n\n\
-             [log]\nprogress = \"off\"\n",
-            corpus.display().to_string()
-        ),
-    )
-    .unwrap();
+    let cfg = super::common::tiny_bert_config(tmp.path());
     let (np1, np3) = (tmp.path().join("np1"), tmp.path().join("np3"));
     mpi_ok(1, &["train", "--config", s(&cfg), "--run-dir", s(&np1)]);
     mpi_ok(3, &["train", "--config", s(&cfg), "--run-dir", s(&np3)]);
