@@ -9,6 +9,7 @@
 //! The moments must own their buffers (not share storage with each other or the parameter).
 
 use super::cpu::slice;
+use super::vmath::vectorized;
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
@@ -74,10 +75,12 @@ impl InplaceOp2 for Moment {
         let m = slice_mut(ms, ml, self.name())?;
         let (beta, one_minus) = (self.beta, 1.0 - self.beta);
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            for (m, &g) in m.iter_mut().zip(g) {
-                let g = if self.square { g * g } else { g };
-                *m = *m * beta + g * one_minus;
-            }
+            vectorized(|| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if self.square { g * g } else { g };
+                    *m = *m * beta + g * one_minus;
+                }
+            })
         });
         Ok(())
     }
@@ -108,9 +111,11 @@ impl InplaceOp3 for Apply {
         let (m, v) = (slice(ms, ml, self.name())?, slice(vs, vl, self.name())?);
         let p = slice_mut(ps, pl, self.name())?;
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
-            for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                *p = *p * self.decay - m / (v.sqrt() / self.bc2_sqrt + self.eps) * self.step_size;
-            }
+            vectorized(|| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    *p = *p * self.decay - m / (v.sqrt() / self.bc2_sqrt + self.eps) * self.step_size;
+                }
+            })
         });
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! are kept anyway for p·V's backward): d scores = scale · p ⊙ (dp − Σ p·dp).
 
 use super::cpu::{rows_per_task, slice, tensor, Read};
+use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -44,14 +45,14 @@ impl CustomOp1 for CausalSoftmax {
                 let i = (task * rows + r) % t;
                 let n = i + (s - t) + 1; // visible keys
                 let (p, x) = (&mut p[..n], &x[..n]);
-                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * self.scale;
-                let mut sum = 0f32;
-                for (p, &x) in p.iter_mut().zip(x) {
-                    *p = (x * self.scale - max).exp();
-                    sum += *p;
-                }
-                let inv = 1.0 / sum;
-                p.iter_mut().for_each(|p| *p *= inv);
+                vectorized(|| {
+                    let max = vmath::max(x) * self.scale;
+                    for (p, &x) in p.iter_mut().zip(x) {
+                        *p = x * self.scale;
+                    }
+                    let sum = vmath::exp_sum(p, max);
+                    vmath::scale(p, 1.0 / sum);
+                });
             }
         });
         Ok((CpuStorage::F32(p), l.shape().clone()))
@@ -70,7 +71,7 @@ impl CustomOp1 for CausalSoftmax {
                     dx.chunks_exact_mut(s).zip(p.chunks_exact(s)).zip(dp.chunks_exact(s)).enumerate()
                 {
                     let n = (task * rows + r) % t + (s - t) + 1;
-                    let dot: f32 = p[..n].iter().zip(&dp[..n]).map(|(p, d)| p * d).sum();
+                    let dot = vmath::dot(&p[..n], &dp[..n]);
                     for j in 0..n {
                         dx[j] = self.scale * p[j] * (dp[j] - dot);
                     }

@@ -1,7 +1,8 @@
-//! Shared plumbing for the fused CPU kernels: borrowing a tensor's f32 data in place, and
-//! building output tensors.
+//! Shared plumbing for the fused CPU kernels: borrowing a tensor's f32 data in place,
+//! building output tensors, and matrix products into caller-owned buffers.
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
+use gemm::{gemm, Parallelism};
 
 /// The f32 data of a contiguous CPU storage under `layout`, from its start offset.
 pub fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -47,4 +48,53 @@ pub fn tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
 pub fn rows_per_task(rows: usize) -> usize {
     let tasks = 4 * rayon::current_num_threads().max(1);
     rows.div_ceil(tasks).max(16)
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// dst (m×n, dense rows) = [dst +] lhs (m×k) · rhs (k×n), strides (row, column) in elements;
+/// `gemm` (the kernel candle's CPU matmul runs) over the whole rayon pool.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "gemm_into: operand sizes");
+    // SAFETY: the buffers hold m×n, m×k and k×n elements (asserted) and the strides describe
+    // dense matrices inside them.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs.as_ptr(),
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            threads(),
+        )
+    }
 }

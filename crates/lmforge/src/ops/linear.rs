@@ -8,9 +8,8 @@
 //! stores (out, in), read transposed (row stride 1, column stride in).
 //!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
 
-use super::cpu::{rows_per_task, slice, tensor, Read};
+use super::cpu::{gemm_into as mm, rows_per_task, slice, tensor, Read};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 /// Fused x (..., in) · W (+ b); `w_is_out_in` for nn.Linear's (out, in) storage.
@@ -25,54 +24,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
 
 struct Linear {
     out_in: bool,
-}
-
-fn threads() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// dst (m×n, row stride dst_rs) = [dst +] lhs (m×k) · rhs (k×n); strides (row, column).
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_s: (usize, usize),
-    rhs: &[f32],
-    rhs_s: (usize, usize),
-) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "linear: operand sizes");
-    // SAFETY: the buffers hold m×n, m×k and k×n elements (asserted) and the strides describe
-    // dense matrices inside them.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_s.1 as isize,
-            lhs_s.0 as isize,
-            rhs.as_ptr(),
-            rhs_s.1 as isize,
-            rhs_s.0 as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            threads(),
-        )
-    }
 }
 
 impl Linear {

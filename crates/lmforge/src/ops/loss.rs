@@ -10,10 +10,10 @@
 //!   backward only scales by it; the Liger-kernel approach). Without a graph to train (eval),
 //!   the gradient matmuls are skipped.
 
-use super::cpu::{slice, slice_u32, tensor, Read};
-use candle_core::{bail, CpuStorage, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor};
+use super::cpu::{gemm_into as mm, slice, slice_u32, tensor, Read};
+use super::vmath::{self, vectorized};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 /// Logits per chunk of [`lm_head_cross_entropy`] (2M floats, 8 MB).
 const CHUNK_LOGITS: usize = 1 << 21;
@@ -24,24 +24,25 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// log Σ exp(x) − x[target] of one row, in f64 for the sum over rows.
+#[inline(always)]
 fn row_loss(x: &[f32], target: u32, op: &str) -> Result<f64> {
-    let Some(&picked) = x.get(target as usize) else { bail!("{op}: target {target} >= vocab {}", x.len()) };
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
-    Ok((max + sum.ln() - picked) as f64)
+    let picked = picked(x, target, op)?;
+    let max = vmath::max(x);
+    Ok((max + vmath::sum_exp(x, max).ln() - picked) as f64)
+}
+
+fn picked(x: &[f32], target: u32, op: &str) -> Result<f32> {
+    match x.get(target as usize) {
+        Some(&v) => Ok(v),
+        None => bail!("{op}: target {target} >= vocab {}", x.len()),
+    }
 }
 
 /// Writes scale · (softmax(x) − onehot(target)) into `dx`.
-fn row_grad(x: &[f32], target: u32, scale: f32, dx: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for (d, &v) in dx.iter_mut().zip(x) {
-        *d = (v - max).exp();
-        sum += *d;
-    }
-    let k = scale / sum;
-    dx.iter_mut().for_each(|d| *d *= k);
-    dx[target as usize] -= scale;
+#[inline(always)]
+fn row_grad(x: &[f32], target: u32, scale: f32, dx: &mut [f32], op: &str) -> Result<()> {
+    dx.copy_from_slice(x);
+    softmax_minus_onehot_in_place(dx, target, scale, op).map(drop)
 }
 
 struct CrossEntropy;
@@ -61,8 +62,11 @@ impl CustomOp2 for CrossEntropy {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ts: &CpuStorage, tl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, t) = (slice(xs, xl, self.name())?, slice_u32(ts, tl, self.name())?);
         let (n, v) = check_targets(self.name(), xl, t.len())?;
-        let total =
-            x.par_chunks(v).zip(t.par_iter()).map(|(x, &t)| row_loss(x, t, self.name())).sum::<Result<f64>>()?;
+        let total = x
+            .par_chunks(v)
+            .zip(t.par_iter())
+            .map(|(x, &t)| vectorized(|| row_loss(x, t, self.name())))
+            .sum::<Result<f64>>()?;
         Ok((CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), Shape::from(())))
     }
 
@@ -72,9 +76,10 @@ impl CustomOp2 for CrossEntropy {
         let targets = t.to_vec1::<u32>()?;
         let xr = Read::new(x, self.name())?;
         let mut dx = vec![0f32; n * v];
-        dx.par_chunks_mut(v).zip(xr.f32()?.par_chunks(v)).zip(targets.par_iter()).for_each(|((dx, x), &t)| {
-            row_grad(x, t, scale, dx);
-        });
+        dx.par_chunks_mut(v)
+            .zip(xr.f32()?.par_chunks(v))
+            .zip(targets.par_iter())
+            .try_for_each(|((dx, x), &t)| vectorized(|| row_grad(x, t, scale, dx, self.name())))?;
         Ok((Some(tensor(dx, &[n, v])?), None))
     }
 }
@@ -92,88 +97,74 @@ pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -
         bail!("lm_head_cross_entropy: {} targets for {n} rows", targets.len());
     }
     let train = hidden.track_op() || head.track_op();
-    // The graph gets one node (below); the chunk products are plain computations.
-    let (h, w) = (hidden.detach(), head.detach());
+    // The graph gets one node (below); the chunk products are plain computations into
+    // buffers owned here: one logits chunk reused throughout, d hidden written row block by
+    // row block, d head accumulated by the product itself.
+    let (h, w) = (hidden.detach().contiguous()?, head.detach().contiguous()?);
+    let (hr, wr) = (Read::new(&h, "lm_head_cross_entropy")?, Read::new(&w, "lm_head_cross_entropy")?);
+    let (hs, ws) = (hr.f32()?, wr.f32()?);
     let rows = (CHUNK_LOGITS / v).clamp(1, n.max(1));
+    let mut logits = vec![0f32; rows.min(n) * v];
+    let (mut dh, mut dw) = if train { (vec![0f32; n * c], vec![0f32; v * c]) } else { (Vec::new(), Vec::new()) };
     let mut loss_sum = 0f64;
-    let mut dh_parts = Vec::new();
-    let mut dw: Option<Tensor> = None;
     for start in (0..n).step_by(rows) {
         let len = rows.min(n - start);
-        let hc = h.narrow(0, start, len)?;
-        let logits = hc.matmul(&w.t()?)?; // (len, V), fresh and contiguous
-        let op = XentInPlace {
-            targets: &targets[start..start + len],
-            grad_scale: train.then_some(1.0 / n as f32),
-            loss: Mutex::new(0.0),
-        };
-        logits.inplace_op1(&op)?;
-        loss_sum += *op.loss.lock().expect("not poisoned");
+        let (lg, hc) = (&mut logits[..len * v], &hs[start * c..(start + len) * c]);
+        // logits (len, V) = h (len, C) · headᵀ (C, V)
+        mm(len, v, c, lg, false, hc, (c, 1), ws, (1, c));
+        let op = XentInPlace { targets: &targets[start..start + len], grad_scale: train.then_some(1.0 / n as f32) };
+        loss_sum += op.run(lg, v)?;
         if train {
-            // logits now hold d logits for g = 1.
-            dh_parts.push(logits.matmul(&w)?); // (len, C)
-            let part = logits.t()?.matmul(&hc)?; // (V, C)
-            dw = Some(match dw {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
+            // lg now holds d logits for g = 1.
+            // d hidden rows (len, C) = d logits (len, V) · head (V, C)
+            mm(len, c, v, &mut dh[start * c..(start + len) * c], false, lg, (v, 1), ws, (c, 1));
+            // d head (V, C) += d logitsᵀ (V, len) · h (len, C)
+            mm(v, c, len, &mut dw, start > 0, lg, (1, v), hc, (c, 1));
         }
     }
+    drop((hr, wr));
     let loss = (loss_sum / n.max(1) as f64) as f32;
-    match dw {
-        Some(dw) if train => {
-            let dh = Tensor::cat(&dh_parts, 0)?;
-            hidden.apply_op2(head, LmHeadXent { loss, dh, dw })
-        }
-        _ => Tensor::new(loss, hidden.device()),
+    if train {
+        let (dh, dw) = (tensor(dh, &[n, c])?, tensor(dw, &[v, c])?);
+        hidden.apply_op2(head, LmHeadXent { loss, dh, dw })
+    } else {
+        Tensor::new(loss, hidden.device())
     }
 }
 
-/// Per row of a chunk of logits, in place: adds the row's loss to `loss` and, when training,
-/// overwrites the row with grad_scale · (softmax − onehot).
+/// Per row of a chunk of logits, in place: the rows' summed loss and, when training, each
+/// row overwritten with grad_scale · (softmax − onehot).
 struct XentInPlace<'a> {
     targets: &'a [u32],
     grad_scale: Option<f32>,
-    loss: Mutex<f64>,
 }
 
-impl InplaceOp1 for XentInPlace<'_> {
-    fn name(&self) -> &'static str {
-        "lmforge-xent-in-place"
-    }
+impl XentInPlace<'_> {
+    const NAME: &'static str = "lmforge-lm-head-cross-entropy";
 
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let Some((start, end)) = l.contiguous_offsets() else { bail!("{}: logits must be contiguous", self.name()) };
-        let CpuStorage::F32(data) = s else { bail!("{}: logits must be f32", self.name()) };
-        let x = &mut data[start..end];
-        let v = x.len() / self.targets.len().max(1);
-        let total = x
-            .par_chunks_mut(v)
+    fn run(&self, x: &mut [f32], v: usize) -> Result<f64> {
+        x.par_chunks_mut(v)
             .zip(self.targets.par_iter())
             .map(|(x, &t)| {
-                let loss = row_loss(x, t, self.name())?;
-                if let Some(scale) = self.grad_scale {
-                    softmax_minus_onehot_in_place(x, t, scale);
-                }
-                Ok(loss)
+                vectorized(|| match self.grad_scale {
+                    None => row_loss(x, t, Self::NAME),
+                    Some(scale) => softmax_minus_onehot_in_place(x, t, scale, Self::NAME),
+                })
             })
-            .sum::<Result<f64>>()?;
-        *self.loss.lock().expect("not poisoned") += total;
-        Ok(())
+            .sum::<Result<f64>>()
     }
 }
 
-/// In place: x ← scale · (softmax(x) − onehot(target)).
-fn softmax_minus_onehot_in_place(x: &mut [f32], target: u32, scale: f32) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let k = scale / sum;
-    x.iter_mut().for_each(|v| *v *= k);
+/// In place: x ← scale · (softmax(x) − onehot(target)); returns the row's loss (one pass of
+/// `exp` serves both).
+#[inline(always)]
+fn softmax_minus_onehot_in_place(x: &mut [f32], target: u32, scale: f32, op: &str) -> Result<f64> {
+    let picked = picked(x, target, op)?;
+    let max = vmath::max(x);
+    let sum = vmath::exp_sum(x, max);
+    vmath::scale(x, scale / sum);
     x[target as usize] -= scale;
+    Ok((max + sum.ln() - picked) as f64)
 }
 
 /// The graph node of [`lm_head_cross_entropy`]: its forward is the loss computed above, its

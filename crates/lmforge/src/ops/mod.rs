@@ -29,6 +29,7 @@ pub mod loss;
 pub mod norm;
 pub mod reference;
 pub mod sdpa;
+pub mod vmath;
 
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;

@@ -8,6 +8,7 @@
 //! RMSNorm is the same without the centring: x̂ = x·r, dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)).
 
 use super::cpu::{rows_per_task, slice, tensor, Read};
+use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -30,16 +31,26 @@ struct RmsNorm {
 }
 
 /// (mean, 1/sqrt(var + eps)) of one row, biased variance, two passes as the reference.
+#[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = vmath::sum(x) / n;
+    let mut dev = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            dev[l] += (c[l] - mean) * (c[l] - mean);
+        }
+    }
+    let var = (vmath::sum(&dev) + tail) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// 1/sqrt(mean(x²) + eps) of one row.
+#[inline(always)]
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let ms = vmath::dot(x, x) / x.len() as f32;
     1.0 / (ms + eps).sqrt()
 }
 
@@ -70,12 +81,14 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let (mean, rstd) = moments(x, self.eps);
-                for j in 0..c {
-                    y[j] = (x[j] - mean) * rstd * w[j] + b[j];
+            vectorized(|| {
+                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
                 }
-            }
+            })
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -102,23 +115,39 @@ impl CustomOp3 for LayerNorm {
             .map(|((dx, x), dy)| {
                 let mut acc = vec![0f32; 2 * c];
                 let (dw, db) = acc.split_at_mut(c);
-                for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    let (mut sum_d, mut sum_dx) = (0f32, 0f32);
-                    for j in 0..c {
-                        let xhat = (x[j] - mean) * rstd;
-                        let d = dy[j] * ws[j];
-                        sum_d += d;
-                        sum_dx += d * xhat;
-                        dw[j] += dy[j] * xhat;
-                        db[j] += dy[j];
+                // Per row: x̂ into dx (scratch), then the sums, then dx over it.
+                vectorized(|| {
+                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        for ((xh, &x), ((dw, db), &dy)) in
+                            dx.iter_mut().zip(x).zip(dw.iter_mut().zip(db.iter_mut()).zip(dy))
+                        {
+                            *xh = (x - mean) * rstd;
+                            *dw += dy * *xh;
+                            *db += dy;
+                        }
+                        // Σ dy·w and Σ dy·w·x̂ over 8 lanes.
+                        let (mut sd, mut sdx) = ([0f32; 8], [0f32; 8]);
+                        let mut j = 0;
+                        while j + 8 <= c {
+                            for l in 0..8 {
+                                let d = dy[j + l] * ws[j + l];
+                                sd[l] += d;
+                                sdx[l] += d * dx[j + l];
+                            }
+                            j += 8;
+                        }
+                        let (mut sum_d, mut sum_dx) = (vmath::sum(&sd), vmath::sum(&sdx));
+                        for j in j..c {
+                            sum_d += dy[j] * ws[j];
+                            sum_dx += dy[j] * ws[j] * dx[j];
+                        }
+                        let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
+                        for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(ws) {
+                            *dx = rstd * (dy * w - mean_d - *dx * mean_dx);
+                        }
                     }
-                    let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
-                    for j in 0..c {
-                        let xhat = (x[j] - mean) * rstd;
-                        dx[j] = rstd * (dy[j] * ws[j] - mean_d - xhat * mean_dx);
-                    }
-                }
+                });
                 acc
             })
             .reduce(|| vec![0f32; 2 * c], add_into);
@@ -142,12 +171,14 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                let r = inv_rms(x, self.eps);
-                for j in 0..c {
-                    y[j] = x[j] * r * w[j];
+            vectorized(|| {
+                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    let r = inv_rms(x, self.eps);
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                        *y = x * r * w;
+                    }
                 }
-            }
+            })
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -165,18 +196,21 @@ impl CustomOp2 for RmsNorm {
             .zip(dys.par_chunks(chunk))
             .map(|((dx, x), dy)| {
                 let mut dw = vec![0f32; c];
-                for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                    let r = inv_rms(x, self.eps);
-                    let mut sum_dx = 0f32;
-                    for j in 0..c {
-                        sum_dx += dy[j] * ws[j] * x[j] * r;
-                        dw[j] += dy[j] * x[j] * r;
+                vectorized(|| {
+                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                        let r = inv_rms(x, self.eps);
+                        // dy·w into dx (scratch) for the sum, then dx over it.
+                        for ((d, &dy), (&w, (dw, &x))) in dx.iter_mut().zip(dy).zip(ws.iter().zip(dw.iter_mut().zip(x)))
+                        {
+                            *d = dy * w;
+                            *dw += dy * x * r;
+                        }
+                        let mean_dx = vmath::dot(dx, x) * r / c as f32;
+                        for (d, &x) in dx.iter_mut().zip(x) {
+                            *d = r * (*d - x * r * mean_dx);
+                        }
                     }
-                    let mean_dx = sum_dx / c as f32;
-                    for j in 0..c {
-                        dx[j] = r * (dy[j] * ws[j] - x[j] * r * mean_dx);
-                    }
-                }
+                });
                 dw
             })
             .reduce(|| vec![0f32; c], add_into);

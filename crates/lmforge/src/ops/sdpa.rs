@@ -18,6 +18,7 @@
 //!             dQ = s·dS·K, dK += s·dSᵀ·Q
 
 use super::cpu::tensor;
+use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -263,20 +264,17 @@ impl CustomOp3 for Sdpa {
                         self.scale,
                     );
                     let lse_row = lp.at((bi * h + hi) * t);
-                    for i in 0..t {
-                        let e = self.row_end(bi, i);
-                        let row = &mut s[i * t..i * t + e];
-                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = (*x - max).exp();
-                            sum += *x;
+                    vectorized(|| {
+                        for i in 0..t {
+                            let e = self.row_end(bi, i);
+                            let row = &mut s[i * t..i * t + e];
+                            let max = vmath::max(row);
+                            let sum = vmath::exp_sum(row, max);
+                            vmath::scale(row, 1.0 / sum);
+                            s[i * t + e..(i + 1) * t].fill(0.0);
+                            *lse_row.add(i) = max + sum.ln();
                         }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                        s[i * t + e..(i + 1) * t].fill(0.0);
-                        *lse_row.add(i) = max + sum.ln();
-                    }
+                    });
                     let y_head = yp.at(bi * t * h * d + hi * d);
                     mm(t, d, t, y_head, h * d, false, s.as_ptr(), t, 1, v.head(bi, g, d), v.st, 1, 1.0);
                 }
@@ -338,14 +336,14 @@ impl CustomOp3 for Sdpa {
                         self.scale,
                     );
                     let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
-                    for i in 0..t {
-                        let e = self.row_end(bi, i);
-                        let row = &mut p[i * t..(i + 1) * t];
-                        for x in row[..e].iter_mut() {
-                            *x = (*x - lse_row[i]).exp();
+                    vectorized(|| {
+                        for i in 0..t {
+                            let e = self.row_end(bi, i);
+                            let row = &mut p[i * t..(i + 1) * t];
+                            vmath::exp_sum(&mut row[..e], lse_row[i]);
+                            row[e..].fill(0.0);
                         }
-                        row[e..].fill(0.0);
-                    }
+                    });
                     // dP = dY·Vᵀ
                     mm(
                         t,
@@ -365,15 +363,17 @@ impl CustomOp3 for Sdpa {
                     // dV += Pᵀ·dY
                     mm(t, d, t, dv_head, kh * d, r > 0, p.as_ptr(), 1, t, dyo.head(bi, hi, d), dyo.st, 1, 1.0);
                     // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
-                    for i in 0..t {
-                        let e = self.row_end(bi, i);
-                        let (pr, dr) = (&p[i * t..i * t + e], &mut dp[i * t..(i + 1) * t]);
-                        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in dr[..e].iter_mut().zip(pr) {
-                            *x = pv * (*x - dot);
+                    vectorized(|| {
+                        for i in 0..t {
+                            let e = self.row_end(bi, i);
+                            let (pr, dr) = (&p[i * t..i * t + e], &mut dp[i * t..(i + 1) * t]);
+                            let dot = vmath::dot(pr, dr);
+                            for (x, &pv) in dr[..e].iter_mut().zip(pr) {
+                                *x = pv * (*x - dot);
+                            }
+                            dr[e..].fill(0.0);
                         }
-                        dr[e..].fill(0.0);
-                    }
+                    });
                     // dQ = s·dS·K
                     let dq_head = dqp.at(bi * t * h * d + hi * d);
                     mm(t, d, t, dq_head, h * d, false, dp.as_ptr(), t, 1, ko.head(bi, g, d), ko.st, 1, self.scale);
