@@ -232,6 +232,13 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let scale = 1.0 / (d as f64).sqrt();
+        let plain = cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active());
+        if let (Qkv::Fused(lin), true, None) = (&self.qkv, plain, rope) {
+            // Training and full recomputation from GPT-2's packed projection: one fused op.
+            let qkv = lin.forward_t(x, dropout)?; // (B, T, (H + 2K)·D)
+            return self.o.forward_t(&ops::causal_attention_packed(&qkv, h, kh, scale)?, dropout);
+        }
         let (q, k, v) = match &self.qkv {
             Qkv::Fused(lin) => {
                 let qkv = lin.forward_t(x, dropout)?; // (B, T, 3·H·D)
@@ -239,8 +246,7 @@ impl Attention {
             }
             Qkv::Split { q, k, v } => (q.forward_t(x, dropout)?, k.forward_t(x, dropout)?, v.forward_t(x, dropout)?),
         };
-        let scale = 1.0 / (d as f64).sqrt();
-        if cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active()) {
+        if plain {
             // Training and full recomputation: one fused op from the projections' layout.
             let (q, k) = match rope {
                 Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),

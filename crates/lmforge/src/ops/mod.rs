@@ -187,6 +187,22 @@ pub fn causal_attention(
     }
 }
 
+/// [`causal_attention`] over one packed projection qkv (B, T, (H + 2K)·D) holding q | k | v
+/// (GPT-2's c_attn output); the fused kernel returns its gradient as one tensor.
+pub fn causal_attention_packed(qkv: &Tensor, n_head: usize, n_kv_head: usize, scale: f64) -> Result<Tensor> {
+    if fused(&[qkv]) {
+        sdpa::causal_attention_packed(qkv, n_head, n_kv_head, scale)
+    } else {
+        let d = qkv.dim(2)? / (n_head + 2 * n_kv_head).max(1);
+        let (q, k, v) = (
+            qkv.narrow(2, 0, n_head * d)?,
+            qkv.narrow(2, n_head * d, n_kv_head * d)?,
+            qkv.narrow(2, (n_head + n_kv_head) * d, n_kv_head * d)?,
+        );
+        reference::causal_attention(&q, &k, &v, n_head, n_kv_head, scale)
+    }
+}
+
 /// Bidirectional (encoder) self-attention over right-padded sequences: y (B, T, H·D) from q
 /// (B, T, H·D) and k, v (B, T, K·D); row b attends to its first `key_lens[b]` keys only (the
 /// attention mask of its padding), as BERT's additive −∞ mask does.

@@ -6,11 +6,15 @@
 //! (B, H, T, T) tensor exists, and the backward recomputes the probabilities from Q, K and the
 //! saved log-sum-exp of each row (FlashAttention's trade: one more QKᵀ, no T² memory).
 //!
+//! Query rows go in blocks of [`BLOCK`]; a block's products cover only the keys its last row
+//! sees, so a causal head computes ~(1 + 1/n)/2 of the T×T scores (n blocks) instead of all.
+//!
 //! Layouts: q (B, T, H·D), k and v (B, T, K·D), where each may be a strided view whose last
-//! dim is contiguous (GPT-2's q, k, v are narrows of one fused projection and are read in
-//! place); y (B, T, H·D) comes out in the layout the output projection takes, so no head
-//! transposes are copied either. Matrix products go through `gemm` (the kernel candle's CPU
-//! matmul uses), single-threaded inside a task.
+//! dim is contiguous; or, packed, one (B, T, (H + 2K)·D) tensor holding q | k | v (GPT-2's
+//! c_attn output) whose gradient comes back as one tensor — three `narrow`s would each cost a
+//! zero-padded copy and an add in the backward. y (B, T, H·D) comes out in the layout the
+//! output projection takes, so no head transposes are copied either. Matrix products go
+//! through `gemm` (the kernel candle's CPU matmul uses), single-threaded inside a task.
 //!
 //! Per head, with s = 1/√D and P = softmax(s·QKᵀ + mask):
 //!   forward   S = s·QKᵀ, P = exp(S − lse), Y = P·V
@@ -19,10 +23,14 @@
 
 use super::cpu::tensor;
 use super::vmath::{self, vectorized};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::OnceLock;
+
+/// Query rows per block (see the module docs): small enough to skip most of the causal
+/// triangle, large enough for efficient products.
+const BLOCK: usize = 64;
 
 /// Fused causal attention; see the module docs for shapes.
 pub fn causal_attention(
@@ -35,7 +43,16 @@ pub fn causal_attention(
 ) -> Result<Tensor> {
     causal_attention_shapes(q, k, v, n_head, n_kv_head)?;
     let (q, k, v) = (rows_view(q)?, rows_view(k)?, rows_view(v)?);
-    q.apply_op3(&k, &v, Sdpa { n_head, n_kv_head, scale: scale as f32, key_lens: None, lse: OnceLock::new() })
+    q.apply_op3(&k, &v, Sdpa::new(n_head, n_kv_head, scale, None))
+}
+
+/// Fused causal attention over a packed qkv (B, T, (H + 2K)·D); see the module docs.
+pub fn causal_attention_packed(qkv: &Tensor, n_head: usize, n_kv_head: usize, scale: f64) -> Result<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    if b == 0 || t == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || w % (n_head + 2 * n_kv_head) != 0 {
+        bail!("causal_attention_packed: qkv {:?} does not fit {n_head} / {n_kv_head} heads", qkv.dims());
+    }
+    rows_view(qkv)?.apply_op1(Sdpa::new(n_head, n_kv_head, scale, None))
 }
 
 fn causal_attention_shapes(q: &Tensor, k: &Tensor, v: &Tensor, n_head: usize, n_kv_head: usize) -> Result<()> {
@@ -74,8 +91,7 @@ pub fn padded_attention(
     // Same shape checks as the causal form.
     causal_attention_shapes(q, k, v, n_head, n_kv_head)?;
     let (q, k, v) = (rows_view(q)?, rows_view(k)?, rows_view(v)?);
-    let key_lens = Some(key_lens.to_vec());
-    q.apply_op3(&k, &v, Sdpa { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new() })
+    q.apply_op3(&k, &v, Sdpa::new(n_head, n_kv_head, scale, Some(key_lens.to_vec())))
 }
 
 /// Every row needs at least one key (an all-padding row has no softmax) and no more than T.
@@ -118,23 +134,34 @@ unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 
 impl Operand {
-    fn new(s: &CpuStorage, l: &Layout) -> Result<Self> {
+    /// The `width` columns from column `col` of a (B, T, W) layout.
+    fn new(s: &CpuStorage, l: &Layout, col: usize, width: usize) -> Result<Self> {
         let data = s.as_slice::<f32>()?;
         let stride = l.stride();
         let dims = l.dims();
         // The furthest element read must lie inside the storage.
-        let last = l.start_offset() + (dims[0] - 1) * stride[0] + (dims[1] - 1) * stride[1] + dims[2] - 1;
-        if stride[2] != 1 || last >= data.len() {
+        let last = l.start_offset() + (dims[0] - 1) * stride[0] + (dims[1] - 1) * stride[1] + col + width - 1;
+        if stride[2] != 1 || col + width > dims[2] || last >= data.len() {
             bail!("sdpa: operand layout {l:?} is not rows of contiguous features");
         }
-        Ok(Self { ptr: data[l.start_offset()..].as_ptr(), sb: stride[0], st: stride[1] })
+        Ok(Self { ptr: data[l.start_offset() + col..].as_ptr(), sb: stride[0], st: stride[1] })
     }
 
-    /// Pointer to row 0 of head `h` (width `d`) in batch `b`.
-    fn head(&self, b: usize, h: usize, d: usize) -> *const f32 {
-        // SAFETY: in bounds by the check in `new` (b < B, h·d + d ≤ width).
-        unsafe { self.ptr.add(b * self.sb + h * d) }
+    /// Pointer to row `i` of head `h` (width `d`) in batch `b`.
+    fn head(&self, b: usize, h: usize, d: usize, i: usize) -> *const f32 {
+        // SAFETY: in bounds by the check in `new` (b < B, i < T, h·d + d ≤ width).
+        unsafe { self.ptr.add(b * self.sb + i * self.st + h * d) }
     }
+}
+
+/// The q, k, v operands of a packed (B, T, (H + 2K)·D) layout.
+fn packed_operands(s: &CpuStorage, l: &Layout, h: usize, kh: usize) -> Result<(Operand, Operand, Operand)> {
+    let d = l.dims()[2] / (h + 2 * kh);
+    Ok((Operand::new(s, l, 0, h * d)?, Operand::new(s, l, h * d, kh * d)?, Operand::new(s, l, (h + kh) * d, kh * d)?))
+}
+
+fn whole(s: &CpuStorage, l: &Layout) -> Result<Operand> {
+    Operand::new(s, l, 0, l.dims()[2])
 }
 
 fn cpu_of(s: &Storage) -> Result<&CpuStorage> {
@@ -144,25 +171,34 @@ fn cpu_of(s: &Storage) -> Result<&CpuStorage> {
     }
 }
 
-/// A contiguous (B, T, width) output written by many tasks, each to its own heads.
+/// A dense (B, T, W) output written by many tasks, each to its own heads, at column `col`.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+struct OutMat {
+    ptr: *mut f32,
+    t: usize,
+    w: usize,
+    col: usize,
+}
 // SAFETY: tasks write disjoint (batch, head) column blocks.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutMat {}
+unsafe impl Sync for OutMat {}
 
-impl OutPtr {
-    /// Pointer to element `i` (a method, so closures capture the whole Sync wrapper).
+impl OutMat {
+    fn new(buf: &mut [f32], t: usize, w: usize, col: usize) -> Self {
+        Self { ptr: buf.as_mut_ptr(), t, w, col }
+    }
+
+    /// Pointer to row `i` of head `h` (width `d`) in batch `b`.
     ///
     /// # Safety
-    /// `i` must lie inside the buffer.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
-        // SAFETY: the caller keeps i in bounds.
-        unsafe { self.0.add(i) }
+    /// b, i, h must address an element of the buffer.
+    unsafe fn head(&self, b: usize, h: usize, d: usize, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps the index in bounds.
+        unsafe { self.ptr.add((b * self.t + i) * self.w + self.col + h * d) }
     }
 }
 
-/// dst (m×n) = alpha·dst + beta·lhs (m×k) · rhs (k×n), strides in elements (row, column).
+/// dst (m×n) = [dst +] beta · lhs (m×k) · rhs (k×n), strides in elements (row, column).
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,
@@ -205,10 +241,19 @@ unsafe fn mm(
     }
 }
 
+/// Query-row blocks [i0, i1) of a T-row head.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t).step_by(BLOCK).map(move |i0| (i0, (i0 + BLOCK).min(t)))
+}
+
 impl Sdpa {
-    fn dims(&self, ql: &Layout) -> (usize, usize, usize, usize) {
-        let (b, t, qw) = (ql.dims()[0], ql.dims()[1], ql.dims()[2]);
-        (b, t, qw / self.n_head, self.n_head / self.n_kv_head)
+    fn new(n_head: usize, n_kv_head: usize, scale: f64, key_lens: Option<Vec<usize>>) -> Self {
+        Self { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new() }
+    }
+
+    /// (B, T, D, H/K) from the shape of y (B, T, H·D).
+    fn dims(&self, b: usize, t: usize, y_width: usize) -> (usize, usize, usize, usize) {
+        (b, t, y_width / self.n_head, self.n_head / self.n_kv_head)
     }
 
     /// One past the last key query `i` of batch row `bi` sees.
@@ -217,6 +262,116 @@ impl Sdpa {
         match &self.key_lens {
             None => i + 1,
             Some(lens) => lens[bi],
+        }
+    }
+
+    /// y (B, T, H·D) and the log-sum-exp of every score row.
+    fn forward(&self, q: Operand, k: Operand, v: Operand, b: usize, t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+        let (h, kh, rep) = (self.n_head, self.n_kv_head, self.n_head / self.n_kv_head);
+        let mut y = vec![0f32; b * t * h * d];
+        let mut lse = vec![0f32; b * h * t];
+        let yo = OutMat::new(&mut y, t, h * d, 0);
+        let lo = OutMat::new(&mut lse, h, t, 0); // (B, H, T) as (B, H rows, T columns)
+        (0..b * kh).into_par_iter().for_each(|task| {
+            let (bi, g) = (task / kh, task % kh);
+            let mut s = vec![0f32; t * t];
+            for hi in g * rep..(g + 1) * rep {
+                for (i0, i1) in blocks(t) {
+                    let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
+                    let sb = &mut s[i0 * t..i1 * t];
+                    // SAFETY: operands checked in `new`; y and lse blocks are this task's.
+                    unsafe {
+                        // S block (m × e) = s · Q rows · K[..e]ᵀ
+                        let (qb, kb) = (q.head(bi, hi, d, i0), k.head(bi, g, d, 0));
+                        mm(m, e, d, sb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
+                        let lse_row = lo.head(bi, hi, t, 0);
+                        vectorized(|| {
+                            for (r, row) in sb.chunks_exact_mut(t).enumerate() {
+                                let i = i0 + r;
+                                let n = self.row_end(bi, i);
+                                let max = vmath::max(&row[..n]);
+                                let sum = vmath::exp_sum(&mut row[..n], max);
+                                vmath::scale(&mut row[..n], 1.0 / sum);
+                                row[n..e].fill(0.0);
+                                *lse_row.add(i) = max + sum.ln();
+                            }
+                        });
+                        // Y rows = P block (m × e) · V[..e]
+                        let vb = v.head(bi, g, d, 0);
+                        mm(m, d, e, yo.head(bi, hi, d, i0), h * d, false, sb.as_ptr(), t, 1, vb, v.st, 1, 1.0);
+                    }
+                }
+            }
+        });
+        (y, lse)
+    }
+
+    /// Writes dq, dk, dv through `dq`, `dk`, `dv` (dk and dv zeroed: they accumulate).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        (q, k, v, dy): (Operand, Operand, Operand, Operand),
+        (dq, dk, dv): (OutMat, OutMat, OutMat),
+        lse: &[f32],
+        b: usize,
+        t: usize,
+        d: usize,
+    ) {
+        let (h, kh, rep) = (self.n_head, self.n_kv_head, self.n_head / self.n_kv_head);
+        (0..b * kh).into_par_iter().for_each(|task| {
+            let (bi, g) = (task / kh, task % kh);
+            let mut p = vec![0f32; t * t];
+            let mut dp = vec![0f32; t * t];
+            for hi in g * rep..(g + 1) * rep {
+                let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
+                for (i0, i1) in blocks(t) {
+                    let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
+                    let (pb, dpb) = (&mut p[i0 * t..i1 * t], &mut dp[i0 * t..i1 * t]);
+                    // SAFETY: operands checked in `new`; dq, dk, dv blocks are this task's.
+                    unsafe {
+                        let (qb, kb, vb, dyb) =
+                            (q.head(bi, hi, d, i0), k.head(bi, g, d, 0), v.head(bi, g, d, 0), dy.head(bi, hi, d, i0));
+                        // P block, recomputed: exp(s·Q·Kᵀ − lse)
+                        mm(m, e, d, pb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
+                        // dP block = dY rows · V[..e]ᵀ
+                        mm(m, e, d, dpb.as_mut_ptr(), t, false, dyb, dy.st, 1, vb, 1, v.st, 1.0);
+                        vectorized(|| {
+                            for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate() {
+                                let n = self.row_end(bi, i0 + r);
+                                vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);
+                                pr[n..e].fill(0.0);
+                                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
+                                let dot = vmath::dot(&pr[..n], &dr[..n]);
+                                for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
+                                    *x = pv * (*x - dot);
+                                }
+                                dr[n..e].fill(0.0);
+                            }
+                        });
+                        // dV[..e] += P blockᵀ · dY rows
+                        let dvh = dv.head(bi, g, d, 0);
+                        mm(e, d, m, dvh, dv.w, true, pb.as_ptr(), 1, t, dyb, dy.st, 1, 1.0);
+                        // dQ rows = s · dS block · K[..e]
+                        let dqh = dq.head(bi, hi, d, i0);
+                        mm(m, d, e, dqh, dq.w, false, dpb.as_ptr(), t, 1, kb, k.st, 1, self.scale);
+                        // dK[..e] += s · dS blockᵀ · Q rows
+                        let dkh = dk.head(bi, g, d, 0);
+                        mm(e, d, m, dkh, dk.w, true, dpb.as_ptr(), 1, t, qb, q.st, 1, self.scale);
+                    }
+                }
+            }
+        });
+    }
+
+    fn save_lse(&self, lse: Vec<f32>) {
+        // The forward runs once per op instance; a second run would recompute the same values.
+        let _ = self.lse.set(lse);
+    }
+
+    fn lse(&self) -> Result<&[f32]> {
+        match self.lse.get() {
+            Some(l) => Ok(l),
+            None => bail!("sdpa: backward before forward"),
         }
     }
 }
@@ -235,54 +390,11 @@ impl CustomOp3 for Sdpa {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (Operand::new(qs, ql)?, Operand::new(ks, kl)?, Operand::new(vs, vl)?);
-        let (b, t, d, rep) = self.dims(ql);
-        let (h, kh) = (self.n_head, self.n_kv_head);
-        let mut y = vec![0f32; b * t * h * d];
-        let mut lse = vec![0f32; b * h * t];
-        let yp = OutPtr(y.as_mut_ptr());
-        let lp = OutPtr(lse.as_mut_ptr());
-        (0..b * kh).into_par_iter().for_each(|task| {
-            let (bi, g) = (task / kh, task % kh);
-            let mut s = vec![0f32; t * t];
-            for hi in g * rep..(g + 1) * rep {
-                // SAFETY: pointers from checked operands; y and lse blocks are this task's.
-                unsafe {
-                    mm(
-                        t,
-                        t,
-                        d,
-                        s.as_mut_ptr(),
-                        t,
-                        false,
-                        q.head(bi, hi, d),
-                        q.st,
-                        1,
-                        k.head(bi, g, d),
-                        1,
-                        k.st,
-                        self.scale,
-                    );
-                    let lse_row = lp.at((bi * h + hi) * t);
-                    vectorized(|| {
-                        for i in 0..t {
-                            let e = self.row_end(bi, i);
-                            let row = &mut s[i * t..i * t + e];
-                            let max = vmath::max(row);
-                            let sum = vmath::exp_sum(row, max);
-                            vmath::scale(row, 1.0 / sum);
-                            s[i * t + e..(i + 1) * t].fill(0.0);
-                            *lse_row.add(i) = max + sum.ln();
-                        }
-                    });
-                    let y_head = yp.at(bi * t * h * d + hi * d);
-                    mm(t, d, t, y_head, h * d, false, s.as_ptr(), t, 1, v.head(bi, g, d), v.st, 1, 1.0);
-                }
-            }
-        });
-        // The forward runs once per op instance; a second run would recompute the same values.
-        let _ = self.lse.set(lse);
-        Ok((CpuStorage::F32(y), Shape::from((b, t, h * d))))
+        let (q, k, v) = (whole(qs, ql)?, whole(ks, kl)?, whole(vs, vl)?);
+        let (b, t, d, _) = self.dims(ql.dims()[0], ql.dims()[1], ql.dims()[2]);
+        let (y, lse) = self.forward(q, k, v, b, t, d);
+        self.save_lse(lse);
+        Ok((CpuStorage::F32(y), Shape::from((b, t, self.n_head * d))))
     }
 
     fn bwd(
@@ -293,96 +405,60 @@ impl CustomOp3 for Sdpa {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(lse) = self.lse.get() else { bail!("sdpa: backward before forward") };
+        let lse = self.lse()?;
         let dy = dy.contiguous()?;
         let (qg, ql) = q.storage_and_layout();
         let (kg, kl) = k.storage_and_layout();
         let (vg, vl) = v.storage_and_layout();
         let (dg, dl) = dy.storage_and_layout();
-        let (qo, ko, vo, dyo) = (
-            Operand::new(cpu_of(&qg)?, ql)?,
-            Operand::new(cpu_of(&kg)?, kl)?,
-            Operand::new(cpu_of(&vg)?, vl)?,
-            Operand::new(cpu_of(&dg)?, dl)?,
-        );
-        let (b, t, d, rep) = self.dims(ql);
+        let operands =
+            (whole(cpu_of(&qg)?, ql)?, whole(cpu_of(&kg)?, kl)?, whole(cpu_of(&vg)?, vl)?, whole(cpu_of(&dg)?, dl)?);
+        let (b, t, d, _) = self.dims(ql.dims()[0], ql.dims()[1], ql.dims()[2]);
         let (h, kh) = (self.n_head, self.n_kv_head);
         let mut dq = vec![0f32; b * t * h * d];
         let mut dk = vec![0f32; b * t * kh * d];
         let mut dv = vec![0f32; b * t * kh * d];
-        let (dqp, dkp, dvp) = (OutPtr(dq.as_mut_ptr()), OutPtr(dk.as_mut_ptr()), OutPtr(dv.as_mut_ptr()));
-        (0..b * kh).into_par_iter().for_each(|task| {
-            let (bi, g) = (task / kh, task % kh);
-            let mut p = vec![0f32; t * t];
-            let mut dp = vec![0f32; t * t];
-            // SAFETY: in bounds of dk and dv (bi < B, g < K).
-            let (dk_head, dv_head) = unsafe { (dkp.at(bi * t * kh * d + g * d), dvp.at(bi * t * kh * d + g * d)) };
-            for (r, hi) in (g * rep..(g + 1) * rep).enumerate() {
-                // SAFETY: pointers from checked operands; dq, dk, dv blocks are this task's.
-                unsafe {
-                    mm(
-                        t,
-                        t,
-                        d,
-                        p.as_mut_ptr(),
-                        t,
-                        false,
-                        qo.head(bi, hi, d),
-                        qo.st,
-                        1,
-                        ko.head(bi, g, d),
-                        1,
-                        ko.st,
-                        self.scale,
-                    );
-                    let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
-                    vectorized(|| {
-                        for i in 0..t {
-                            let e = self.row_end(bi, i);
-                            let row = &mut p[i * t..(i + 1) * t];
-                            vmath::exp_sum(&mut row[..e], lse_row[i]);
-                            row[e..].fill(0.0);
-                        }
-                    });
-                    // dP = dY·Vᵀ
-                    mm(
-                        t,
-                        t,
-                        d,
-                        dp.as_mut_ptr(),
-                        t,
-                        false,
-                        dyo.head(bi, hi, d),
-                        dyo.st,
-                        1,
-                        vo.head(bi, g, d),
-                        1,
-                        vo.st,
-                        1.0,
-                    );
-                    // dV += Pᵀ·dY
-                    mm(t, d, t, dv_head, kh * d, r > 0, p.as_ptr(), 1, t, dyo.head(bi, hi, d), dyo.st, 1, 1.0);
-                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
-                    vectorized(|| {
-                        for i in 0..t {
-                            let e = self.row_end(bi, i);
-                            let (pr, dr) = (&p[i * t..i * t + e], &mut dp[i * t..(i + 1) * t]);
-                            let dot = vmath::dot(pr, dr);
-                            for (x, &pv) in dr[..e].iter_mut().zip(pr) {
-                                *x = pv * (*x - dot);
-                            }
-                            dr[e..].fill(0.0);
-                        }
-                    });
-                    // dQ = s·dS·K
-                    let dq_head = dqp.at(bi * t * h * d + hi * d);
-                    mm(t, d, t, dq_head, h * d, false, dp.as_ptr(), t, 1, ko.head(bi, g, d), ko.st, 1, self.scale);
-                    // dK += s·dSᵀ·Q
-                    mm(t, d, t, dk_head, kh * d, r > 0, dp.as_ptr(), 1, t, qo.head(bi, hi, d), qo.st, 1, self.scale);
-                }
-            }
-        });
+        let outs =
+            (OutMat::new(&mut dq, t, h * d, 0), OutMat::new(&mut dk, t, kh * d, 0), OutMat::new(&mut dv, t, kh * d, 0));
+        self.backward(operands, outs, lse, b, t, d);
         drop((qg, kg, vg, dg));
         Ok((Some(tensor(dq, &[b, t, h * d])?), Some(tensor(dk, &[b, t, kh * d])?), Some(tensor(dv, &[b, t, kh * d])?)))
+    }
+}
+
+/// The packed form: one (B, T, (H + 2K)·D) input, its gradient one tensor of that shape.
+impl CustomOp1 for Sdpa {
+    fn name(&self) -> &'static str {
+        "lmforge-sdpa-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = packed_operands(s, l, self.n_head, self.n_kv_head)?;
+        let (b, t, w) = (l.dims()[0], l.dims()[1], l.dims()[2]);
+        let d = w / (self.n_head + 2 * self.n_kv_head);
+        let (y, lse) = self.forward(q, k, v, b, t, d);
+        self.save_lse(lse);
+        Ok((CpuStorage::F32(y), Shape::from((b, t, self.n_head * d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let lse = self.lse()?;
+        let dy = dy.contiguous()?;
+        let (sg, sl) = qkv.storage_and_layout();
+        let (dg, dl) = dy.storage_and_layout();
+        let (q, k, v) = packed_operands(cpu_of(&sg)?, sl, self.n_head, self.n_kv_head)?;
+        let dyo = whole(cpu_of(&dg)?, dl)?;
+        let (b, t, w) = (sl.dims()[0], sl.dims()[1], sl.dims()[2]);
+        let (h, kh) = (self.n_head, self.n_kv_head);
+        let d = w / (h + 2 * kh);
+        let mut dqkv = vec![0f32; b * t * w];
+        let outs = (
+            OutMat::new(&mut dqkv, t, w, 0),
+            OutMat::new(&mut dqkv, t, w, h * d),
+            OutMat::new(&mut dqkv, t, w, (h + kh) * d),
+        );
+        self.backward((q, k, v, dyo), outs, lse, b, t, d);
+        drop((sg, dg));
+        Ok(Some(tensor(dqkv, &[b, t, w])?))
     }
 }

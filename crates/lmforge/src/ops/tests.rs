@@ -110,6 +110,12 @@ fn causal_attention_matches_reference() {
         let qkv = &t[0];
         causal_attention(&qkv.narrow(2, 0, 6)?, &qkv.narrow(2, 6, 6)?, &qkv.narrow(2, 12, 6)?, 2, 2, 0.6)
     });
+    // The packed form, and T past one query block (64): blocks skip the keys they cannot see.
+    check("attention packed", &[randn(&[2, 5, 18], 1.0, 29)], &|t| causal_attention_packed(&t[0], 2, 2, 0.6));
+    check("attention packed gqa", &[randn(&[2, 7, 32], 1.0, 35)], &|t| causal_attention_packed(&t[0], 4, 2, 0.5));
+    let inputs = [randn(&[2, 150, 8], 1.0, 36), randn(&[2, 150, 4], 1.0, 37), randn(&[2, 150, 4], 1.0, 38)];
+    check("attention long gqa", &inputs, &|t| causal_attention(&t[0], &t[1], &t[2], 2, 1, 0.5));
+    check("attention long packed", &[randn(&[1, 130, 12], 1.0, 39)], &|t| causal_attention_packed(&t[0], 2, 2, 0.5));
     // A transposed view (last dim strided) is copied first.
     check("attention strided", &[randn(&[2, 8, 5], 1.0, 28)], &|t| {
         let x = t[0].transpose(1, 2)?; // (2, 5, 8): T = 5, width 8
@@ -123,6 +129,8 @@ fn padded_attention_matches_reference_and_ignores_padding() {
     check("padded mha", &inputs, &|t| padded_attention(&t[0], &t[1], &t[2], 3, 3, 0.4, &[7, 4, 1]));
     let inputs = [randn(&[2, 6, 20], 1.0, 44), randn(&[2, 6, 10], 1.0, 45), randn(&[2, 6, 10], 1.0, 46)];
     check("padded gqa", &inputs, &|t| padded_attention(&t[0], &t[1], &t[2], 4, 2, 0.5, &[3, 6]));
+    let inputs = [randn(&[3, 140, 6], 1.0, 40), randn(&[3, 140, 6], 1.0, 41), randn(&[3, 140, 6], 1.0, 42)];
+    check("padded long", &inputs, &|t| padded_attention(&t[0], &t[1], &t[2], 2, 2, 0.4, &[140, 65, 3]));
     // Whatever sits in the padded keys and values, the output is the same.
     let (q, k, v) = (randn(&[1, 5, 8], 1.0, 47), randn(&[1, 5, 8], 1.0, 48), randn(&[1, 5, 8], 1.0, 49));
     let noisy = |x: &Tensor| Tensor::cat(&[x.narrow(1, 0, 3).unwrap(), randn(&[1, 2, 8], 9.0, 50)], 1).unwrap();
