@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let spec = lmforge::models::ModelSpec::from_config(&cfg.model).expect("a resolved config has a valid model");
     let optim = lmforge::optim::OptimSpec::from_config(&cfg.optim).expect("a resolved config has a valid optimizer");
     let seq = if cfg.train.seq_len == 0 { spec.context } else { cfg.train.seq_len };
-    let _ = lmforge::train::check_fits(&spec, cfg.train.batch_size, seq, "fuzz", &optim);
+    let _ = lmforge::train::check_fits(&spec, cfg.train.batch_size, seq, "fuzz", &optim, cfg.train.activation_checkpointing);
     let _ = spec.train_flops_per_token(seq);
     let _ = lmforge::faults::FaultPolicy::from_config(&cfg).expect("validated");
     // What a run writes as config.toml must read back to the same config.

@@ -201,6 +201,9 @@ enum BenchCommand {
         /// fused (default) or reference (the composed ops, for comparison).
         #[arg(long, default_value = "fused")]
         kernels: String,
+        /// Recompute each block's activations in the backward (less memory, more compute).
+        #[arg(long)]
+        activation_checkpointing: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -714,10 +717,19 @@ fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Bench(BenchCommand::Train { preset, steps, warmup, batch, kernels, json }) => {
+        Command::Bench(BenchCommand::Train {
+            preset,
+            steps,
+            warmup,
+            batch,
+            kernels,
+            activation_checkpointing,
+            json,
+        }) => {
             let kernels = lmforge::ops::Kernels::parse(&kernels)
                 .with_context(|| format!("--kernels {kernels:?}: expected fused or reference"))?;
-            let opts = lmforge::bench::TrainBenchOptions { preset, steps, warmup, batch, kernels };
+            let opts =
+                lmforge::bench::TrainBenchOptions { preset, steps, warmup, batch, kernels, activation_checkpointing };
             let r = lmforge::bench::bench_train(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -87,6 +87,14 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
     assert!(w(&full) == w(&split), "same final weights");
     let o = |run: &Path| std::fs::read(run.join("checkpoints/step-00000006/optimizer.safetensors")).unwrap();
     assert!(o(&full) == o(&split), "same optimizer state");
+
+    // Activation checkpointing recomputes the same values (dropout masks replayed): the same
+    // run, to the bit, with the key in the saved config.
+    let ckpt = tmp.path().join("ckpt");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&ckpt), "--set", "train.activation_checkpointing=true"]);
+    assert_eq!(metrics(&ckpt).iter().map(key).collect::<Vec<_>>(), a, "checkpointed: same losses");
+    assert!(w(&ckpt) == w(&full), "checkpointed: same final weights");
+    assert!(std::fs::read_to_string(ckpt.join("config.toml")).unwrap().contains("activation_checkpointing = true"));
 }
 
 /// BERT pretraining (MLM + NSP) through the CLI: validation metrics, exact resume (dynamic

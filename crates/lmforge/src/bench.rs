@@ -31,11 +31,20 @@ pub struct TrainBenchOptions {
     /// Sequences per step (default 8, the PyTorch reference's batch).
     pub batch: usize,
     pub kernels: Kernels,
+    /// Recompute block activations in the backward (`nn::recompute`).
+    pub activation_checkpointing: bool,
 }
 
 impl Default for TrainBenchOptions {
     fn default() -> Self {
-        Self { preset: "bench-gpt".into(), steps: 10, warmup: 3, batch: 8, kernels: Kernels::Fused }
+        Self {
+            preset: "bench-gpt".into(),
+            steps: 10,
+            warmup: 3,
+            batch: 8,
+            kernels: Kernels::Fused,
+            activation_checkpointing: false,
+        }
     }
 }
 
@@ -43,6 +52,7 @@ impl Default for TrainBenchOptions {
 pub struct TrainBenchReport {
     pub preset: String,
     pub kernels: &'static str,
+    pub activation_checkpointing: bool,
     pub parameters: u64,
     pub threads: usize,
     pub batch: usize,
@@ -87,7 +97,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     let (b, t) = (opts.batch, spec.context);
     let (x, y) = random_batch(&spec, b, t, &device)?;
     let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 0, &device)?;
-    let model = Decoder::new(&spec, &params)?;
+    let model = Decoder::new(&spec, &params)?.with_activation_checkpointing(opts.activation_checkpointing);
     let cfg = crate::config::RunConfig::from_toml_str(
         "[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\nweight_decay = 0.1\n",
         &[],
@@ -125,6 +135,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     Ok(TrainBenchReport {
         preset: opts.preset.clone(),
         kernels: opts.kernels.name(),
+        activation_checkpointing: opts.activation_checkpointing,
         parameters: spec.num_params(),
         threads: matmul.threads,
         batch: b,
@@ -165,7 +176,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn table(r: &TrainBenchReport) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     format!(
-        "preset        {} ({} parameters, {} kernels, {} threads)\n\
+        "preset        {} ({} parameters, {} kernels{}, {} threads)\n\
          batch         {} x {} tokens, {} timed steps after {} warmup\n\
          tokens/s      {:.0}\n\
          step ms       median {:.1}, min {:.1}, max {:.1}\n\
@@ -176,6 +187,7 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.preset,
         r.parameters,
         r.kernels,
+        if r.activation_checkpointing { ", activation checkpointing" } else { "" },
         r.threads,
         r.batch,
         r.seq_len,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub mod peft;
+pub mod recompute;
 
 /// Weight initialisation schemes (config `model.init`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,6 +439,7 @@ impl Rope {
 /// row order, one 32-bit word per element. A process that computes only rows `first..first+b`
 /// of it (data-parallel training, see `distributed`) seeks to its rows' words and past the
 /// rest, so every row gets the same mask whatever the process count.
+#[derive(Clone)]
 pub struct DropoutRng {
     rng: ChaCha8Rng,
     p: f32,

@@ -221,7 +221,7 @@ fn train_fresh(
     let optim = OptimSpec::from_config(&cfg.optim)?;
     let comm = opts.collective();
     let local_batch = distributed::split_rows(cfg.train.batch_size, comm.world_size(), 0).len();
-    check_fits(&spec, local_batch, seq_len, &cfg.model.preset, &optim)?;
+    check_fits(&spec, local_batch, seq_len, &cfg.model.preset, &optim, cfg.train.activation_checkpointing)?;
     // Before anything is written: a group pattern that matches no parameter is a config error.
     let groups = optimizer_groups(cfg, &spec)?;
     let writer = comm.rank() == 0;
@@ -406,8 +406,15 @@ fn seq_len(cfg: &RunConfig, spec: &ModelSpec) -> Result<usize> {
 
 /// Refuses, before allocating anything, a model whose training state does not fit in memory.
 /// The estimate is the same one `lmforge plan --gpu cpu` prints ([`ModelSpec::cpu_train_memory`]).
-pub fn check_fits(spec: &ModelSpec, batch: usize, seq_len: usize, name: &str, optim: &OptimSpec) -> Result<()> {
-    let mem = spec.cpu_train_memory(batch, seq_len, optimizer_state_bytes(spec, optim));
+pub fn check_fits(
+    spec: &ModelSpec,
+    batch: usize,
+    seq_len: usize,
+    name: &str,
+    optim: &OptimSpec,
+    checkpointing: bool,
+) -> Result<()> {
+    let mem = spec.cpu_train_memory(batch, seq_len, optimizer_state_bytes(spec, optim), checkpointing);
     let need = mem.total();
     if let Some(avail) = available_memory_bytes() {
         if need > avail {
@@ -483,7 +490,7 @@ fn run_loop(
     };
     let task = match &vocab {
         None => Task::Causal {
-            model: Decoder::new(&spec, &params)?,
+            model: Decoder::new(&spec, &params)?.with_activation_checkpointing(t.activation_checkpointing),
             val: data::eval_batches(&data.val, t.eval_batches, t.batch_size, seq_len)?,
         },
         Some(vocab) => {

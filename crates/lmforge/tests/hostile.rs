@@ -157,7 +157,7 @@ proptest! {
             let optim = lmforge::optim::OptimSpec::from_config(&cfg.optim).unwrap();
             let seq = if cfg.train.seq_len == 0 { spec.context } else { cfg.train.seq_len };
             // The refusal check sizes the run with saturating arithmetic: no overflow.
-            let _ = lmforge::train::check_fits(&spec, cfg.train.batch_size, seq, "x", &optim);
+            let _ = lmforge::train::check_fits(&spec, cfg.train.batch_size, seq, "x", &optim, cfg.train.activation_checkpointing);
             let _ = spec.train_flops_per_token(seq);
         }
     }

@@ -8,20 +8,25 @@
 
 use super::{ModelSpec, Style};
 use crate::error::Result;
+use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
 use candle_core::Tensor;
+use std::sync::Arc;
 
 pub struct Decoder {
     pub spec: ModelSpec,
     wte: Tensor,         // (V, C)
     wpe: Option<Tensor>, // (context, C), GPT-2 only
-    blocks: Vec<Block>,
+    // Shared with the checkpointed blocks' graph nodes, which run them again in the backward.
+    blocks: Vec<Arc<Block>>,
     norm_f: Norm,
     /// (V, C); the same tensor as `wte` when tied; None for a backbone loaded without its LM
     /// head (a classifier's).
     head: Option<Tensor>,
-    rope: Option<Rope>,
+    rope: Option<Arc<Rope>>,
+    /// Recompute each block in the backward instead of keeping its activations.
+    checkpointing: bool,
 }
 
 struct Block {
@@ -81,7 +86,7 @@ impl Decoder {
         let eps = spec.norm_eps;
         let mut blocks = Vec::with_capacity(spec.n_layer);
         for i in 0..spec.n_layer {
-            blocks.push(match spec.style {
+            blocks.push(Arc::new(match spec.style {
                 Style::Gpt2 => {
                     let n = |s: &str| format!("transformer.h.{i}.{s}");
                     let lin = |s: &str| p.linear(&n(s), false, true);
@@ -130,7 +135,7 @@ impl Decoder {
                         },
                     }
                 }
-            });
+            }));
         }
         let wte = p.get(spec.embedding_name())?;
         let head = match spec.tie_embeddings {
@@ -147,10 +152,17 @@ impl Decoder {
             Style::Llama | Style::Bert => (
                 None,
                 Norm::Rms { w: p.get("model.norm.weight")?, eps },
-                Some(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?),
+                Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?)),
             ),
         };
-        Ok(Self { spec: spec.clone(), wte, wpe, blocks, norm_f, head, rope })
+        Ok(Self { spec: spec.clone(), wte, wpe, blocks, norm_f, head, rope, checkpointing: false })
+    }
+
+    /// Activation checkpointing for training (see [`recompute`]): each block keeps only its
+    /// input and runs again in the backward.
+    pub fn with_activation_checkpointing(mut self, on: bool) -> Self {
+        self.checkpointing = on;
+        self
     }
 
     /// Hidden states after the final norm, (B, T, C), for `ids` (B, T) at positions
@@ -176,13 +188,21 @@ impl Decoder {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
         x = drop(&mut dropout, &x)?;
+        let checkpointing = self.checkpointing && cache.is_none() && x.track_op();
+        if checkpointing {
+            recompute::clear();
+        }
         for (i, block) in self.blocks.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let a =
-                block.attn.forward(&block.norm1.forward(&x)?, offset, layer_cache, self.rope.as_ref(), &mut dropout)?;
-            x = (x + drop(&mut dropout, &a)?)?;
-            let m = block.mlp.forward(&block.norm2.forward(&x)?, &mut dropout)?;
-            x = (x + drop(&mut dropout, &m)?)?;
+            if checkpointing {
+                let (block, rope) = (block.clone(), self.rope.clone());
+                let forward: Arc<BlockForward> = Arc::new(move |x: &Tensor, d: &mut Option<&mut DropoutRng>| {
+                    block.forward(x, 0, None, rope.as_deref(), d)
+                });
+                x = recompute::checkpointed(&x, &mut dropout, forward)?;
+            } else {
+                let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+                x = block.forward(&x, offset, layer_cache, self.rope.as_deref(), &mut dropout)?;
+            }
         }
         self.norm_f.forward(&x)
     }
@@ -211,6 +231,23 @@ impl Decoder {
         self.head
             .as_ref()
             .ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
+    }
+}
+
+impl Block {
+    /// x + attn(norm1(x)), then + mlp(norm2(·)); dropout after each sublayer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        rope: Option<&Rope>,
+        dropout: &mut Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, offset, cache, rope, dropout)?;
+        let x = (x + drop(dropout, &a)?)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?, dropout)?;
+        Ok((x + drop(dropout, &m)?)?)
     }
 }
 

@@ -137,9 +137,16 @@ impl ModelSpec {
 
     /// Peak memory of one training step on the CPU with micro-batch `batch` × `seq_len`, given
     /// the optimizer's state size (`train::optimizer_state_bytes`), with the kernels this thread
-    /// runs ([`crate::ops::kernels`]; fused unless chosen otherwise).
-    pub fn cpu_train_memory(&self, batch: usize, seq_len: usize, optimizer_state: u64) -> CpuTrainMemory {
-        self.cpu_train_memory_with(crate::ops::kernels(), batch, seq_len, optimizer_state)
+    /// runs ([`crate::ops::kernels`]; fused unless chosen otherwise), with or without activation
+    /// checkpointing.
+    pub fn cpu_train_memory(
+        &self,
+        batch: usize,
+        seq_len: usize,
+        optimizer_state: u64,
+        checkpointing: bool,
+    ) -> CpuTrainMemory {
+        self.cpu_train_memory_with(crate::ops::kernels(), batch, seq_len, optimizer_state, checkpointing)
     }
 
     /// [`Self::cpu_train_memory`] for the given kernels.
@@ -149,13 +156,19 @@ impl ModelSpec {
         batch: usize,
         seq_len: usize,
         optimizer_state: u64,
+        checkpointing: bool,
     ) -> CpuTrainMemory {
         let p = self.num_params();
         // Saturating: an absurd request (a hostile config) must come out as "too large", not wrap.
         let tokens = (batch as u64).saturating_mul(seq_len as u64);
-        let per_token = (self.n_layer as u64)
-            .saturating_mul(self.cpu_layer_activation_elems(seq_len, kernels))
-            .saturating_add(self.cpu_head_activation_elems(kernels));
+        let layer = self.cpu_layer_activation_elems(seq_len, kernels);
+        // Checkpointed (`nn::recompute`): each block keeps its input (C per token) and one
+        // block's activations exist at a time, while it is recomputed.
+        let layers = match checkpointing {
+            false => (self.n_layer as u64).saturating_mul(layer),
+            true => (self.n_layer as u64).saturating_mul(self.d_model as u64).saturating_add(layer),
+        };
+        let per_token = layers.saturating_add(self.cpu_head_activation_elems(kernels));
         let activations =
             tokens.saturating_mul(per_token).saturating_mul(4).saturating_add(self.cpu_head_fixed_bytes(kernels));
         let workspace = match kernels {
@@ -191,7 +204,7 @@ mod tests {
             ("llama-small", 4, 256, 604.99),
         ];
         for (preset, b, t, mb) in measured_mb {
-            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Reference, b, t, 0);
+            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Reference, b, t, 0, false);
             let rel = m.activations as f64 / (mb * 1e6) - 1.0;
             assert!(rel.abs() < 0.05, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
         }
@@ -211,7 +224,7 @@ mod tests {
             ("llama-small", 4, 256, 184.76),
         ];
         for (preset, b, t, mb) in measured_mb {
-            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Fused, b, t, 0);
+            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Fused, b, t, 0, false);
             let rel = m.activations as f64 / (mb * 1e6) - 1.0;
             assert!(rel.abs() < 0.10, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
         }
@@ -220,7 +233,7 @@ mod tests {
     #[test]
     fn parameters_count_sixteen_bytes_with_adamw() {
         let s = ModelSpec::preset("gpt2-124m").unwrap();
-        let m = s.cpu_train_memory(1, 1024, 8 * s.num_params());
+        let m = s.cpu_train_memory(1, 1024, 8 * s.num_params(), false);
         assert_eq!(m.weights + m.gradients + m.optimizer_state, 16 * 124_439_808);
         assert!(m.total() > m.activations + m.backward_workspace);
     }

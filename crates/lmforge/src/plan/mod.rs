@@ -263,14 +263,15 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let (b, s, v, l) = (req.micro_batch as u64, req.seq_len as u64, spec.vocab_size as u64, spec.n_layer as u64);
     let state = optimizer_state_bytes(spec, &req.optim);
     if req.hardware.is_cpu {
-        let m = spec.cpu_train_memory(req.micro_batch, req.seq_len, state);
+        let estimate = |ckpt| spec.cpu_train_memory(req.micro_batch, req.seq_len, state, ckpt);
+        let (m, without, with) = (estimate(req.checkpointing), estimate(false), estimate(true));
         return MemoryBreakdown {
             weights: m.weights,
             gradients: m.gradients,
             optimizer_state: m.optimizer_state,
             activations: m.activations,
-            activations_without_checkpointing: m.activations,
-            activations_with_checkpointing: m.activations,
+            activations_without_checkpointing: without.activations,
+            activations_with_checkpointing: with.activations,
             temporary_buffers: m.backward_workspace,
             framework_overhead: m.runtime,
         };
@@ -339,7 +340,8 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: true, ..r.clone() };
     let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
     let mut tries: Vec<PlanRequest> = Vec::new();
-    if !req.hardware.is_cpu && !req.checkpointing {
+    // On the CPU, the trainer checkpoints decoder blocks only (`nn::recompute`).
+    if !req.checkpointing && (!req.hardware.is_cpu || req.spec.style != crate::models::Style::Bert) {
         tries.push(ckpt(req));
     }
     if !req.hardware.is_cpu {

@@ -158,7 +158,7 @@ fn cpu_plan_is_the_trainers_estimate() {
     let req = request("quickstart", "cpu", |o| o.micro_batch = Some(8));
     let p = plan(&req).unwrap();
     let spec = ModelSpec::preset("quickstart").unwrap();
-    let cpu = spec.cpu_train_memory(8, 128, 8 * spec.num_params());
+    let cpu = spec.cpu_train_memory(8, 128, 8 * spec.num_params(), false);
     assert_eq!(p.memory_per_device_bytes, cpu.total());
     assert_eq!(p.memory.optimizer_state, 8 * 2_001_024, "AdamW: two fp32 moments");
     // The optimizer changes the state: SGD without momentum keeps none.

@@ -1,0 +1,148 @@
+//! Activation checkpointing: a block's forward becomes one graph node that keeps only its
+//! input, and its backward runs the block again, this time with the graph, to get the
+//! gradients. Memory for activations drops from every intermediate of every block to one
+//! input per block plus one block's intermediates at a time; the price is a second forward
+//! per block (about a third more compute).
+//!
+//! Candle's backward can only hand a node's gradient to that node's (at most three) inputs,
+//! and a block has a dozen parameters, so the parameters' gradients from the recomputation
+//! go to a per-thread side store instead; [`crate::optim::named_grads`] adds them to the
+//! gradients of the outer backward. The dropout stream is replayed from a copy taken before
+//! the block, so the recomputation draws the masks the forward drew.
+
+use super::DropoutRng;
+use crate::error::Result;
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A block's forward: input, dropout generator (training) → output of the input's shape.
+pub type BlockForward = dyn Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
+
+thread_local! {
+    // Gradients of variables computed by recomputations, by the variable's tensor id. Per
+    // thread: candle runs a backward on the calling thread, and parallel tests must not mix.
+    static RECOMPUTED: RefCell<HashMap<TensorId, Tensor>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets recomputed gradients not taken (a failed step's); called when a forward starts.
+pub fn clear() {
+    RECOMPUTED.with(|r| r.borrow_mut().clear());
+}
+
+/// The gradient of variable `v` left by recomputations since the last [`clear`], removed.
+pub fn take(v: &Tensor) -> Option<Tensor> {
+    RECOMPUTED.with(|r| r.borrow_mut().remove(&v.id()))
+}
+
+/// The gradient of `v` from a backward that may have run checkpointed blocks: the store's
+/// plus the recomputations', either alone, or None.
+pub fn gradient(v: &Tensor, store: &GradStore) -> Result<Option<Tensor>> {
+    Ok(match (store.get(v), take(v)) {
+        (Some(a), Some(b)) => Some((a + b)?),
+        (a, b) => a.cloned().or(b),
+    })
+}
+
+fn accumulate(id: TensorId, g: Tensor) -> Result<()> {
+    RECOMPUTED.with(|r| -> Result<()> {
+        let mut r = r.borrow_mut();
+        let sum = match r.remove(&id) {
+            Some(prev) => (prev + g)?,
+            None => g,
+        };
+        r.insert(id, sum);
+        Ok(())
+    })
+}
+
+/// `block(x)`, checkpointed: the result's graph node keeps `x` only.
+pub fn checkpointed(x: &Tensor, dropout: &mut Option<&mut DropoutRng>, block: Arc<BlockForward>) -> Result<Tensor> {
+    let replay = dropout.as_deref().cloned();
+    // The forward builds its graph as usual (the parameters are variables), then drops it
+    // with everything it held: only the output's values are kept.
+    let y = block(&x.detach(), dropout)?;
+    let (dims, values) = (y.dims().to_vec(), y.flatten_all()?.to_vec1::<f32>()?);
+    drop(y);
+    let op = Recompute { block, replay, out: Mutex::new(Some((values, dims))) };
+    Ok(x.apply_op1(op)?)
+}
+
+struct Recompute {
+    block: Arc<BlockForward>,
+    /// The dropout generator as it was before the block.
+    replay: Option<DropoutRng>,
+    /// The output computed in [`checkpointed`], handed to candle once by `cpu_fwd`.
+    out: Mutex<Option<(Vec<f32>, Vec<usize>)>>,
+}
+
+impl CustomOp1 for Recompute {
+    fn name(&self) -> &'static str {
+        "lmforge-checkpointed-block"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        match self.out.lock().expect("not poisoned").take() {
+            Some((values, dims)) => Ok((CpuStorage::F32(values), Shape::from(dims))),
+            None => candle_core::bail!("checkpointed block: forward ran twice"),
+        }
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let inner = || -> Result<Option<Tensor>> {
+            let xv = Var::from_tensor(&x.detach())?;
+            let mut rng = self.replay.clone();
+            let y = (self.block)(xv.as_tensor(), &mut rng.as_mut())?;
+            // d/dθ Σ y·dy is the vector-Jacobian product the outer backward asks for.
+            let grads = (y * dy.detach())?.sum_all()?.backward()?;
+            for id in grads.get_ids() {
+                if *id != xv.as_tensor().id() {
+                    if let Some(g) = grads.get_id(*id) {
+                        accumulate(*id, g.detach())?;
+                    }
+                }
+            }
+            Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
+        };
+        inner().map_err(|e| candle_core::Error::Msg(format!("checkpointed block backward: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::models::{Decoder, ModelSpec};
+    use crate::nn::{DropoutRng, InitScheme, ParamStore};
+    use crate::optim::named_grads;
+    use candle_core::{Device, Tensor};
+
+    /// Loss and every gradient of one step, with or without checkpointing.
+    fn step(preset: &str, p: f64, checkpointing: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+        let spec = ModelSpec::preset(preset).unwrap();
+        let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 3, &Device::Cpu).unwrap();
+        let model = Decoder::new(&spec, &params).unwrap().with_activation_checkpointing(checkpointing);
+        let ids: Vec<u32> = (0..2 * 17).map(|i| (i * 37 % spec.vocab_size) as u32).collect();
+        let ids = Tensor::from_vec(ids, (2, 17), &Device::Cpu).unwrap();
+        let (x, y) = (ids.narrow(1, 0, 16).unwrap(), ids.narrow(1, 1, 16).unwrap());
+        let mut dropout = DropoutRng::new(p, 11);
+        let loss = model.loss(&x, &y, Some(&mut dropout)).unwrap();
+        let grads = named_grads(params.vars(), &loss.backward().unwrap()).unwrap();
+        let flat = grads.into_iter().map(|(k, g)| (k, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+        (loss.to_scalar::<f32>().unwrap(), flat)
+    }
+
+    #[test]
+    fn checkpointed_blocks_give_the_same_loss_and_gradients_to_the_bit() {
+        // p = 0 runs the fused attention kernel, p > 0 the composed path with attention dropout.
+        for (preset, p) in [("tiny", 0.0), ("tiny", 0.1), ("llama-tiny", 0.0), ("llama-tiny", 0.1)] {
+            let (plain, ckpt) = (step(preset, p, false), step(preset, p, true));
+            assert_eq!(plain.0.to_bits(), ckpt.0.to_bits(), "{preset}: loss");
+            assert_eq!(plain.1.len(), ckpt.1.len());
+            for ((name, a), (_, b)) in plain.1.iter().zip(&ckpt.1) {
+                assert!(a.iter().any(|v| *v != 0.0), "{preset}: {name} gets a gradient");
+                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{preset}: gradient of {name}");
+            }
+        }
+    }
+}
