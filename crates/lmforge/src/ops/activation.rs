@@ -110,7 +110,7 @@ impl CustomOp1 for Gelu {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             // One loop per form: a `match` inside would keep the loop from vectorising.
-            vectorized(|| match self {
+            vectorized(#[inline(always)] || match self {
                 Gelu::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Tanh.value(x)),
                 Gelu::Erf => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Erf.value(x)),
             })
@@ -124,7 +124,7 @@ impl CustomOp1 for Gelu {
         let (xs, dys) = (xr.f32()?, dyr.f32()?);
         let mut dx = vec![0f32; xs.len()];
         dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
-            vectorized(|| match self {
+            vectorized(#[inline(always)] || match self {
                 Gelu::Tanh => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Tanh.grad(x)),
                 Gelu::Erf => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Erf.grad(x)),
             })
@@ -142,7 +142,7 @@ impl CustomOp2 for SwiGlu {
         let (g, u) = (slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
                     *y = g * sigmoid(g) * u;
                 }
@@ -162,7 +162,7 @@ impl CustomOp2 for SwiGlu {
             .zip(gs.par_chunks(CHUNK))
             .zip(us.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
             .for_each(|(((dg, du), g), (u, dy))| {
-                vectorized(|| {
+                vectorized(#[inline(always)] || {
                     for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
                         let s = sigmoid(g);
                         *du = dy * g * s;

@@ -81,7 +81,7 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     let (mean, rstd) = moments(x, self.eps);
                     for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
@@ -116,7 +116,7 @@ impl CustomOp3 for LayerNorm {
                 let mut acc = vec![0f32; 2 * c];
                 let (dw, db) = acc.split_at_mut(c);
                 // Per row: x̂ into dx (scratch), then the sums, then dx over it.
-                vectorized(|| {
+                vectorized(#[inline(always)] || {
                     for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
                         let (mean, rstd) = moments(x, self.eps);
                         for ((xh, &x), ((dw, db), &dy)) in
@@ -171,7 +171,7 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     let r = inv_rms(x, self.eps);
                     for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
@@ -196,7 +196,7 @@ impl CustomOp2 for RmsNorm {
             .zip(dys.par_chunks(chunk))
             .map(|((dx, x), dy)| {
                 let mut dw = vec![0f32; c];
-                vectorized(|| {
+                vectorized(#[inline(always)] || {
                     for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
                         let r = inv_rms(x, self.eps);
                         // dy·w into dx (scratch) for the sum, then dx over it.

@@ -285,7 +285,7 @@ impl Sdpa {
                         let (qb, kb) = (q.head(bi, hi, d, i0), k.head(bi, g, d, 0));
                         mm(m, e, d, sb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
                         let lse_row = lo.head(bi, hi, t, 0);
-                        vectorized(|| {
+                        vectorized(#[inline(always)] || {
                             for (r, row) in sb.chunks_exact_mut(t).enumerate() {
                                 let i = i0 + r;
                                 let n = self.row_end(bi, i);
@@ -335,7 +335,7 @@ impl Sdpa {
                         mm(m, e, d, pb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
                         // dP block = dY rows · V[..e]ᵀ
                         mm(m, e, d, dpb.as_mut_ptr(), t, false, dyb, dy.st, 1, vb, 1, v.st, 1.0);
-                        vectorized(|| {
+                        vectorized(#[inline(always)] || {
                             for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate() {
                                 let n = self.row_end(bi, i0 + r);
                                 vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);

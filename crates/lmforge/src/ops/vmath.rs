@@ -8,8 +8,10 @@
 //! - [`max`], [`sum`], [`dot`], [`sum_exp`], [`exp_sum`]: reductions over 8 fixed lanes (the order of the
 //!   additions is spelled out, so LLVM may keep the lanes in one SIMD register);
 //! - [`vectorized`]: runs a closure compiled for AVX2 + FMA when the CPU has them (runtime
-//!   detection, as `gemm` does for its kernels), else as is. Call it inside each rayon task:
-//!   the target features reach only code inlined into the closure.
+//!   detection, as `gemm` does for its kernels), else as is. The features reach only code
+//!   inlined into it, hence two rules: call it inside each rayon task, and mark the closure
+//!   `#[inline(always)]` (`vectorized(#[inline(always)] || ...)`): LLVM otherwise keeps a
+//!   large closure out of line, compiled for SSE2.
 //!
 //! Results differ from libm / sequential sums by rounding only; the reference ops remain the
 //! oracle the parity tests compare against.
@@ -180,7 +182,7 @@ mod tests {
         assert!(worst <= 2, "worst error {worst} ulp");
         // And under the AVX2 build of the same code.
         let v: Vec<f32> = (0..4096).map(|i| -80.0 + i as f32 * 0.0411).collect();
-        let ours = vectorized(|| v.iter().map(|&x| exp(x)).collect::<Vec<_>>());
+        let ours = vectorized(#[inline(always)] || v.iter().map(|&x| exp(x)).collect::<Vec<_>>());
         for (&x, &y) in v.iter().zip(&ours) {
             assert!(ulps(y, x.exp()) <= 2, "exp({x}) = {y}, libm {}", x.exp());
         }
@@ -212,8 +214,8 @@ mod tests {
             assert_eq!(max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "max n={n}");
             let mut e = a.clone();
             let m = max(&a);
-            let s = vectorized(|| exp_sum(&mut e, m));
-            assert_eq!(s, vectorized(|| sum_exp(&a, m)), "sum_exp n={n}");
+            let s = vectorized(#[inline(always)] || exp_sum(&mut e, m));
+            assert_eq!(s, vectorized(#[inline(always)] || sum_exp(&a, m)), "sum_exp n={n}");
             assert!(close(s, &mut a.iter().map(|&v| ((v - m) as f64).exp())), "exp_sum n={n}");
             for (&x, &y) in a.iter().zip(&e) {
                 assert!(ulps(y, (x - m).exp()) <= 2);
