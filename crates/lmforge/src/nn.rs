@@ -349,6 +349,14 @@ impl Linear {
         self.forward_t(x, &mut None)
     }
 
+    /// gelu(forward_t(x)); without LoRA or an adapter, one fused op ([`ops::linear_gelu`]).
+    pub fn forward_gelu_t(&self, x: &Tensor, form: ops::Gelu, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        if self.lora.is_none() && self.adapter.is_none() {
+            return Ok(ops::linear_gelu(x, &self.w, self.b.as_ref(), self.w_is_out_in, form)?);
+        }
+        Ok(ops::gelu(&self.forward_t(x, dropout)?, form)?)
+    }
+
     /// As [`Self::forward`]; with a dropout generator (training), LoRA's input dropout applies.
     pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         let mut y = ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?;

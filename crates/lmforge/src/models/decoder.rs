@@ -328,7 +328,7 @@ impl Attention {
 impl Mlp {
     fn forward(&self, x: &Tensor, d: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         match self {
-            Mlp::Gelu { fc, proj } => proj.forward_t(&ops::gelu_tanh(&fc.forward_t(x, d)?)?, d),
+            Mlp::Gelu { fc, proj } => proj.forward_t(&fc.forward_gelu_t(x, ops::Gelu::Tanh, d)?, d),
             Mlp::SwiGlu { gate, up, down } => {
                 down.forward_t(&ops::swiglu(&gate.forward_t(x, d)?, &up.forward_t(x, d)?)?, d)
             }

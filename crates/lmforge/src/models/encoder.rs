@@ -153,7 +153,8 @@ impl Encoder {
         for layer in &self.layers {
             let a = layer.attention(&x, &input.lengths, &self.spec, &mut dropout)?;
             x = layer.attn_norm.forward(&(x + drop(&mut dropout, &a)?)?)?;
-            let m = layer.ff_out.forward_t(&ops::gelu_erf(&layer.ff_in.forward_t(&x, &mut dropout)?)?, &mut dropout)?;
+            let m =
+                layer.ff_out.forward_t(&layer.ff_in.forward_gelu_t(&x, ops::Gelu::Erf, &mut dropout)?, &mut dropout)?;
             x = layer.out_norm.forward(&(x + drop(&mut dropout, &m)?)?)?;
         }
         Ok(x)

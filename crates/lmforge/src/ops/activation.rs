@@ -36,9 +36,11 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// The two GELU forms share one kernel; only the scalar function differs.
-#[derive(Clone, Copy)]
-enum Gelu {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gelu {
+    /// The tanh approximation (GPT-2's `gelu_new`).
     Tanh,
+    /// The exact erf form (BERT's `gelu`).
     Erf,
 }
 
@@ -106,30 +108,48 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            // One loop per form: a `match` inside would keep the loop from vectorising.
-            vectorized(#[inline(always)] || match self {
-                Gelu::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Tanh.value(x)),
-                Gelu::Erf => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Erf.value(x)),
-            })
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(self.forward_slice(slice(s, l, self.name())?)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
         let (xr, dyr) = (Read::new(x, self.name())?, Read::new(&dy, self.name())?);
-        let (xs, dys) = (xr.f32()?, dyr.f32()?);
-        let mut dx = vec![0f32; xs.len()];
-        dx.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).zip(dys.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
-            vectorized(#[inline(always)] || match self {
-                Gelu::Tanh => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Tanh.grad(x)),
-                Gelu::Erf => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Erf.grad(x)),
-            })
+        Ok(Some(tensor(self.backward_slice(xr.f32()?, dyr.f32()?), x.dims())?))
+    }
+}
+
+impl Gelu {
+    /// gelu(x), element-wise over the rayon pool (also the fused linear's epilogue).
+    pub(super) fn forward_slice(self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
+            // One loop per form: a `match` inside would keep the loop from vectorising.
+            vectorized(
+                #[inline(always)]
+                || match self {
+                    Gelu::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Tanh.value(x)),
+                    Gelu::Erf => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Erf.value(x)),
+                },
+            )
         });
-        Ok(Some(tensor(dx, x.dims())?))
+        y
+    }
+
+    /// dy ⊙ gelu'(x).
+    pub(super) fn backward_slice(self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
+            vectorized(
+                #[inline(always)]
+                || match self {
+                    Gelu::Tanh => {
+                        dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Tanh.grad(x))
+                    }
+                    Gelu::Erf => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Erf.grad(x)),
+                },
+            )
+        });
+        dx
     }
 }
 
@@ -142,11 +162,14 @@ impl CustomOp2 for SwiGlu {
         let (g, u) = (slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
         let mut y = vec![0f32; g.len()];
         y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-            vectorized(#[inline(always)] || {
-                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(g) * u;
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                        *y = g * sigmoid(g) * u;
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
@@ -162,13 +185,16 @@ impl CustomOp2 for SwiGlu {
             .zip(gs.par_chunks(CHUNK))
             .zip(us.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
             .for_each(|(((dg, du), g), (u, dy))| {
-                vectorized(#[inline(always)] || {
-                    for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
-                        let s = sigmoid(g);
-                        *du = dy * g * s;
-                        *dg = dy * u * s * (1.0 + g * (1.0 - s));
-                    }
-                })
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+                            let s = sigmoid(g);
+                            *du = dy * g * s;
+                            *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                        }
+                    },
+                )
             });
         Ok((Some(tensor(dg, g.dims())?), Some(tensor(du, u.dims())?)))
     }

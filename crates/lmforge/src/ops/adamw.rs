@@ -75,12 +75,15 @@ impl InplaceOp2 for Moment {
         let m = slice_mut(ms, ml, self.name())?;
         let (beta, one_minus) = (self.beta, 1.0 - self.beta);
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            vectorized(#[inline(always)] || {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    let g = if self.square { g * g } else { g };
-                    *m = *m * beta + g * one_minus;
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (m, &g) in m.iter_mut().zip(g) {
+                        let g = if self.square { g * g } else { g };
+                        *m = *m * beta + g * one_minus;
+                    }
+                },
+            )
         });
         Ok(())
     }
@@ -111,11 +114,14 @@ impl InplaceOp3 for Apply {
         let (m, v) = (slice(ms, ml, self.name())?, slice(vs, vl, self.name())?);
         let p = slice_mut(ps, pl, self.name())?;
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {
-            vectorized(#[inline(always)] || {
-                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                    *p = *p * self.decay - m / (v.sqrt() / self.bc2_sqrt + self.eps) * self.step_size;
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                        *p = *p * self.decay - m / (v.sqrt() / self.bc2_sqrt + self.eps) * self.step_size;
+                    }
+                },
+            )
         });
         Ok(())
     }

@@ -45,14 +45,17 @@ impl CustomOp1 for CausalSoftmax {
                 let i = (task * rows + r) % t;
                 let n = i + (s - t) + 1; // visible keys
                 let (p, x) = (&mut p[..n], &x[..n]);
-                vectorized(#[inline(always)] || {
-                    let max = vmath::max(x) * self.scale;
-                    for (p, &x) in p.iter_mut().zip(x) {
-                        *p = x * self.scale;
-                    }
-                    let sum = vmath::exp_sum(p, max);
-                    vmath::scale(p, 1.0 / sum);
-                });
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        let max = vmath::max(x) * self.scale;
+                        for (p, &x) in p.iter_mut().zip(x) {
+                            *p = x * self.scale;
+                        }
+                        let sum = vmath::exp_sum(p, max);
+                        vmath::scale(p, 1.0 / sum);
+                    },
+                );
             }
         });
         Ok((CpuStorage::F32(p), l.shape().clone()))

@@ -8,13 +8,25 @@
 //! stores (out, in), read transposed (row stride 1, column stride in).
 //!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
 
+use super::activation::Gelu;
 use super::cpu::{gemm_into as mm, rows_per_task, slice, tensor, Read};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Fused x (..., in) · W (+ b); `w_is_out_in` for nn.Linear's (out, in) storage.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
-    let op = Linear { out_in: w_is_out_in };
+    apply(x, w, b, Linear { out_in: w_is_out_in, gelu: None, pre: OnceLock::new() })
+}
+
+/// Fused gelu(x·W (+ b)): one graph node, so the pre-activation's gradient never becomes a
+/// tensor of its own (candle would add it into a fresh zeros tensor); the op keeps the
+/// pre-activation for its backward, as the separate GELU node did.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool, form: Gelu) -> Result<Tensor> {
+    apply(x, w, b, Linear { out_in: w_is_out_in, gelu: Some(form), pre: OnceLock::new() })
+}
+
+fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: Linear) -> Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
@@ -24,6 +36,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
 
 struct Linear {
     out_in: bool,
+    /// An activation applied to the product (the epilogue).
+    gelu: Option<Gelu>,
+    /// With an epilogue: x·W + b, written by the forward for the backward.
+    pre: OnceLock<Vec<f32>>,
 }
 
 impl Linear {
@@ -69,6 +85,12 @@ impl Linear {
         mm(n, fan_out, fan_in, &mut y, b.is_some(), x, (fan_in, 1), w, ws);
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().expect("checked") = fan_out;
+        if let Some(gelu) = self.gelu {
+            let out = gelu.forward_slice(&y);
+            // The forward runs once per op instance; a second run would store the same values.
+            let _ = self.pre.set(y);
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -84,7 +106,17 @@ impl Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, "linear")?, Read::new(w, "linear")?, Read::new(&dy, "linear")?);
-        let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
+        let (xs, ws) = (xr.f32()?, wr.f32()?);
+        // With an epilogue, everything below runs on d pre-activation = dy ⊙ gelu'(pre).
+        let d_pre;
+        let dys = match (self.gelu, self.pre.get()) {
+            (Some(gelu), Some(pre)) => {
+                d_pre = gelu.backward_slice(pre, dyr.f32()?);
+                &d_pre[..]
+            }
+            (Some(_), None) => bail!("linear: backward before forward"),
+            (None, _) => dyr.f32()?,
+        };
         let (fan_in, fan_out) = if self.out_in { (w.dims()[1], w.dims()[0]) } else { (w.dims()[0], w.dims()[1]) };
         let n = xs.len() / fan_in.max(1);
         let (_, wt) = self.w_strides(fan_in, fan_out);

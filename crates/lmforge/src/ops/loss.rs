@@ -65,7 +65,12 @@ impl CustomOp2 for CrossEntropy {
         let total = x
             .par_chunks(v)
             .zip(t.par_iter())
-            .map(|(x, &t)| vectorized(#[inline(always)] || row_loss(x, t, self.name())))
+            .map(|(x, &t)| {
+                vectorized(
+                    #[inline(always)]
+                    || row_loss(x, t, self.name()),
+                )
+            })
             .sum::<Result<f64>>()?;
         Ok((CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), Shape::from(())))
     }
@@ -76,10 +81,12 @@ impl CustomOp2 for CrossEntropy {
         let targets = t.to_vec1::<u32>()?;
         let xr = Read::new(x, self.name())?;
         let mut dx = vec![0f32; n * v];
-        dx.par_chunks_mut(v)
-            .zip(xr.f32()?.par_chunks(v))
-            .zip(targets.par_iter())
-            .try_for_each(|((dx, x), &t)| vectorized(#[inline(always)] || row_grad(x, t, scale, dx, self.name())))?;
+        dx.par_chunks_mut(v).zip(xr.f32()?.par_chunks(v)).zip(targets.par_iter()).try_for_each(|((dx, x), &t)| {
+            vectorized(
+                #[inline(always)]
+                || row_grad(x, t, scale, dx, self.name()),
+            )
+        })?;
         Ok((Some(tensor(dx, &[n, v])?), None))
     }
 }
@@ -146,10 +153,13 @@ impl XentInPlace<'_> {
         x.par_chunks_mut(v)
             .zip(self.targets.par_iter())
             .map(|(x, &t)| {
-                vectorized(#[inline(always)] || match self.grad_scale {
-                    None => row_loss(x, t, Self::NAME),
-                    Some(scale) => softmax_minus_onehot_in_place(x, t, scale, Self::NAME),
-                })
+                vectorized(
+                    #[inline(always)]
+                    || match self.grad_scale {
+                        None => row_loss(x, t, Self::NAME),
+                        Some(scale) => softmax_minus_onehot_in_place(x, t, scale, Self::NAME),
+                    },
+                )
             })
             .sum::<Result<f64>>()
     }

@@ -34,6 +34,7 @@ pub mod vmath;
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
+pub use activation::Gelu;
 pub use reference::{causal_mask, cross_entropy_per_row, dropout, log_softmax_last_dim, softmax_last_dim};
 
 /// Which implementation the ops in this module run.
@@ -139,6 +140,24 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         activation::gelu_tanh(x)
     } else {
         reference::gelu_tanh(x)
+    }
+}
+
+/// gelu(x·W (+ b)) as one op (weights as in [`linear`]); the fused kernel applies the GELU as
+/// the product's epilogue.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool, form: Gelu) -> Result<Tensor> {
+    if fused(&[x, w]) && b.is_none_or(|b| fused(&[b])) {
+        linear::linear_gelu(x, w, b, w_is_out_in, form)
+    } else {
+        gelu(&reference::linear(x, w, b, w_is_out_in)?, form)
+    }
+}
+
+/// GELU in either form.
+pub fn gelu(x: &Tensor, form: Gelu) -> Result<Tensor> {
+    match form {
+        Gelu::Tanh => gelu_tanh(x),
+        Gelu::Erf => gelu_erf(x),
     }
 }
 

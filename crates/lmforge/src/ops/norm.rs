@@ -81,14 +81,17 @@ impl CustomOp3 for LayerNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(#[inline(always)] || {
-                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        let (mean, rstd) = moments(x, self.eps);
+                        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                            *y = (x - mean) * rstd * w + b;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -116,38 +119,41 @@ impl CustomOp3 for LayerNorm {
                 let mut acc = vec![0f32; 2 * c];
                 let (dw, db) = acc.split_at_mut(c);
                 // Per row: x̂ into dx (scratch), then the sums, then dx over it.
-                vectorized(#[inline(always)] || {
-                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        for ((xh, &x), ((dw, db), &dy)) in
-                            dx.iter_mut().zip(x).zip(dw.iter_mut().zip(db.iter_mut()).zip(dy))
-                        {
-                            *xh = (x - mean) * rstd;
-                            *dw += dy * *xh;
-                            *db += dy;
-                        }
-                        // Σ dy·w and Σ dy·w·x̂ over 8 lanes.
-                        let (mut sd, mut sdx) = ([0f32; 8], [0f32; 8]);
-                        let mut j = 0;
-                        while j + 8 <= c {
-                            for l in 0..8 {
-                                let d = dy[j + l] * ws[j + l];
-                                sd[l] += d;
-                                sdx[l] += d * dx[j + l];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                            let (mean, rstd) = moments(x, self.eps);
+                            for ((xh, &x), ((dw, db), &dy)) in
+                                dx.iter_mut().zip(x).zip(dw.iter_mut().zip(db.iter_mut()).zip(dy))
+                            {
+                                *xh = (x - mean) * rstd;
+                                *dw += dy * *xh;
+                                *db += dy;
                             }
-                            j += 8;
+                            // Σ dy·w and Σ dy·w·x̂ over 8 lanes.
+                            let (mut sd, mut sdx) = ([0f32; 8], [0f32; 8]);
+                            let mut j = 0;
+                            while j + 8 <= c {
+                                for l in 0..8 {
+                                    let d = dy[j + l] * ws[j + l];
+                                    sd[l] += d;
+                                    sdx[l] += d * dx[j + l];
+                                }
+                                j += 8;
+                            }
+                            let (mut sum_d, mut sum_dx) = (vmath::sum(&sd), vmath::sum(&sdx));
+                            for j in j..c {
+                                sum_d += dy[j] * ws[j];
+                                sum_dx += dy[j] * ws[j] * dx[j];
+                            }
+                            let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
+                            for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(ws) {
+                                *dx = rstd * (dy * w - mean_d - *dx * mean_dx);
+                            }
                         }
-                        let (mut sum_d, mut sum_dx) = (vmath::sum(&sd), vmath::sum(&sdx));
-                        for j in j..c {
-                            sum_d += dy[j] * ws[j];
-                            sum_dx += dy[j] * ws[j] * dx[j];
-                        }
-                        let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
-                        for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(ws) {
-                            *dx = rstd * (dy * w - mean_d - *dx * mean_dx);
-                        }
-                    }
-                });
+                    },
+                );
                 acc
             })
             .reduce(|| vec![0f32; 2 * c], add_into);
@@ -171,14 +177,17 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(x.len() / c.max(1)) * c;
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(#[inline(always)] || {
-                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let r = inv_rms(x, self.eps);
-                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                        *y = x * r * w;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                        let r = inv_rms(x, self.eps);
+                        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                            *y = x * r * w;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -196,21 +205,25 @@ impl CustomOp2 for RmsNorm {
             .zip(dys.par_chunks(chunk))
             .map(|((dx, x), dy)| {
                 let mut dw = vec![0f32; c];
-                vectorized(#[inline(always)] || {
-                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                        let r = inv_rms(x, self.eps);
-                        // dy·w into dx (scratch) for the sum, then dx over it.
-                        for ((d, &dy), (&w, (dw, &x))) in dx.iter_mut().zip(dy).zip(ws.iter().zip(dw.iter_mut().zip(x)))
-                        {
-                            *d = dy * w;
-                            *dw += dy * x * r;
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                            let r = inv_rms(x, self.eps);
+                            // dy·w into dx (scratch) for the sum, then dx over it.
+                            for ((d, &dy), (&w, (dw, &x))) in
+                                dx.iter_mut().zip(dy).zip(ws.iter().zip(dw.iter_mut().zip(x)))
+                            {
+                                *d = dy * w;
+                                *dw += dy * x * r;
+                            }
+                            let mean_dx = vmath::dot(dx, x) * r / c as f32;
+                            for (d, &x) in dx.iter_mut().zip(x) {
+                                *d = r * (*d - x * r * mean_dx);
+                            }
                         }
-                        let mean_dx = vmath::dot(dx, x) * r / c as f32;
-                        for (d, &x) in dx.iter_mut().zip(x) {
-                            *d = r * (*d - x * r * mean_dx);
-                        }
-                    }
-                });
+                    },
+                );
                 dw
             })
             .reduce(|| vec![0f32; c], add_into);

@@ -285,17 +285,20 @@ impl Sdpa {
                         let (qb, kb) = (q.head(bi, hi, d, i0), k.head(bi, g, d, 0));
                         mm(m, e, d, sb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
                         let lse_row = lo.head(bi, hi, t, 0);
-                        vectorized(#[inline(always)] || {
-                            for (r, row) in sb.chunks_exact_mut(t).enumerate() {
-                                let i = i0 + r;
-                                let n = self.row_end(bi, i);
-                                let max = vmath::max(&row[..n]);
-                                let sum = vmath::exp_sum(&mut row[..n], max);
-                                vmath::scale(&mut row[..n], 1.0 / sum);
-                                row[n..e].fill(0.0);
-                                *lse_row.add(i) = max + sum.ln();
-                            }
-                        });
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (r, row) in sb.chunks_exact_mut(t).enumerate() {
+                                    let i = i0 + r;
+                                    let n = self.row_end(bi, i);
+                                    let max = vmath::max(&row[..n]);
+                                    let sum = vmath::exp_sum(&mut row[..n], max);
+                                    vmath::scale(&mut row[..n], 1.0 / sum);
+                                    row[n..e].fill(0.0);
+                                    *lse_row.add(i) = max + sum.ln();
+                                }
+                            },
+                        );
                         // Y rows = P block (m × e) · V[..e]
                         let vb = v.head(bi, g, d, 0);
                         mm(m, d, e, yo.head(bi, hi, d, i0), h * d, false, sb.as_ptr(), t, 1, vb, v.st, 1, 1.0);
@@ -335,19 +338,22 @@ impl Sdpa {
                         mm(m, e, d, pb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
                         // dP block = dY rows · V[..e]ᵀ
                         mm(m, e, d, dpb.as_mut_ptr(), t, false, dyb, dy.st, 1, vb, 1, v.st, 1.0);
-                        vectorized(#[inline(always)] || {
-                            for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate() {
-                                let n = self.row_end(bi, i0 + r);
-                                vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);
-                                pr[n..e].fill(0.0);
-                                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
-                                let dot = vmath::dot(&pr[..n], &dr[..n]);
-                                for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
-                                    *x = pv * (*x - dot);
+                        vectorized(
+                            #[inline(always)]
+                            || {
+                                for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate() {
+                                    let n = self.row_end(bi, i0 + r);
+                                    vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);
+                                    pr[n..e].fill(0.0);
+                                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
+                                    let dot = vmath::dot(&pr[..n], &dr[..n]);
+                                    for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
+                                        *x = pv * (*x - dot);
+                                    }
+                                    dr[n..e].fill(0.0);
                                 }
-                                dr[n..e].fill(0.0);
-                            }
-                        });
+                            },
+                        );
                         // dV[..e] += P blockᵀ · dY rows
                         let dvh = dv.head(bi, g, d, 0);
                         mm(e, d, m, dvh, dv.w, true, pb.as_ptr(), 1, t, dyb, dy.st, 1, 1.0);

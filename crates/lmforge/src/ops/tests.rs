@@ -59,6 +59,23 @@ fn linear_matches_reference_in_both_weight_layouts() {
 }
 
 #[test]
+fn linear_gelu_matches_linear_then_gelu() {
+    let x = randn(&[3, 5, 13], 1.5, 43);
+    let (w_in_out, w_out_in, b) = (randn(&[13, 7], 0.5, 44), randn(&[7, 13], 0.5, 45), randn(&[7], 0.5, 46));
+    for form in [Gelu::Tanh, Gelu::Erf] {
+        check("linear_gelu in_out + bias", &[x.clone(), w_in_out.clone(), b.clone()], &|t| {
+            linear_gelu(&t[0], &t[1], Some(&t[2]), false, form)
+        });
+        check("linear_gelu out_in", &[x.clone(), w_out_in.clone()], &|t| linear_gelu(&t[0], &t[1], None, true, form));
+        // And the fused op against the fused pair, which must agree to rounding.
+        let _g = KernelsGuard::set(Kernels::Fused);
+        let one = linear_gelu(&x, &w_in_out, Some(&b), false, form).unwrap();
+        let two = gelu(&linear(&x, &w_in_out, Some(&b), false).unwrap(), form).unwrap();
+        assert!(rel(&one, &two) <= 1e-6, "{form:?}: fused epilogue vs separate ops");
+    }
+}
+
+#[test]
 fn layer_norm_matches_reference() {
     let x = (randn(&[3, 5, 37], 3.0, 1) + 1.0).unwrap();
     let (w, b) = ((randn(&[37], 0.5, 2) + 1.0).unwrap(), randn(&[37], 0.5, 3));

@@ -182,7 +182,10 @@ mod tests {
         assert!(worst <= 2, "worst error {worst} ulp");
         // And under the AVX2 build of the same code.
         let v: Vec<f32> = (0..4096).map(|i| -80.0 + i as f32 * 0.0411).collect();
-        let ours = vectorized(#[inline(always)] || v.iter().map(|&x| exp(x)).collect::<Vec<_>>());
+        let ours = vectorized(
+            #[inline(always)]
+            || v.iter().map(|&x| exp(x)).collect::<Vec<_>>(),
+        );
         for (&x, &y) in v.iter().zip(&ours) {
             assert!(ulps(y, x.exp()) <= 2, "exp({x}) = {y}, libm {}", x.exp());
         }
@@ -214,8 +217,18 @@ mod tests {
             assert_eq!(max(&a), a.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)), "max n={n}");
             let mut e = a.clone();
             let m = max(&a);
-            let s = vectorized(#[inline(always)] || exp_sum(&mut e, m));
-            assert_eq!(s, vectorized(#[inline(always)] || sum_exp(&a, m)), "sum_exp n={n}");
+            let s = vectorized(
+                #[inline(always)]
+                || exp_sum(&mut e, m),
+            );
+            assert_eq!(
+                s,
+                vectorized(
+                    #[inline(always)]
+                    || sum_exp(&a, m)
+                ),
+                "sum_exp n={n}"
+            );
             assert!(close(s, &mut a.iter().map(|&v| ((v - m) as f64).exp())), "exp_sum n={n}");
             for (&x, &y) in a.iter().zip(&e) {
                 assert!(ulps(y, (x - m).exp()) <= 2);
