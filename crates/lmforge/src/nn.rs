@@ -357,6 +357,16 @@ impl Linear {
         Ok(ops::gelu(&self.forward_t(x, dropout)?, form)?)
     }
 
+    /// silu(gate(x)) ⊙ up(x) for two Linears of one shape; without biases, LoRA or adapters,
+    /// one fused op ([`ops::linear_swiglu`]).
+    pub fn swiglu_t(gate: &Linear, up: &Linear, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+        let plain = |l: &Linear| l.b.is_none() && l.lora.is_none() && l.adapter.is_none();
+        if plain(gate) && plain(up) && gate.w_is_out_in == up.w_is_out_in {
+            return Ok(ops::linear_swiglu(x, &gate.w, &up.w, gate.w_is_out_in)?);
+        }
+        Ok(ops::swiglu(&gate.forward_t(x, dropout)?, &up.forward_t(x, dropout)?)?)
+    }
+
     /// As [`Self::forward`]; with a dropout generator (training), LoRA's input dropout applies.
     pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         let mut y = ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?;

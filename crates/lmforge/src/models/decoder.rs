@@ -329,9 +329,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor, d: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         match self {
             Mlp::Gelu { fc, proj } => proj.forward_t(&fc.forward_gelu_t(x, ops::Gelu::Tanh, d)?, d),
-            Mlp::SwiGlu { gate, up, down } => {
-                down.forward_t(&ops::swiglu(&gate.forward_t(x, d)?, &up.forward_t(x, d)?)?, d)
-            }
+            Mlp::SwiGlu { gate, up, down } => down.forward_t(&Linear::swiglu_t(gate, up, x, d)?, d),
         }
     }
 }

@@ -160,44 +160,54 @@ impl CustomOp2 for SwiGlu {
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
-        let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                        *y = g * sigmoid(g) * u;
-                    }
-                },
-            )
-        });
-        Ok((CpuStorage::F32(y), gl.shape().clone()))
+        Ok((CpuStorage::F32(swiglu_forward_slice(g, u)), gl.shape().clone()))
     }
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let (gr, ur, dyr) = (Read::new(g, self.name())?, Read::new(u, self.name())?, Read::new(&dy, self.name())?);
-        let (gs, us, dys) = (gr.f32()?, ur.f32()?, dyr.f32()?);
-        let mut dg = vec![0f32; gs.len()];
-        let mut du = vec![0f32; gs.len()];
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(gs.par_chunks(CHUNK))
-            .zip(us.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-            .for_each(|(((dg, du), g), (u, dy))| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
-                            let s = sigmoid(g);
-                            *du = dy * g * s;
-                            *dg = dy * u * s * (1.0 + g * (1.0 - s));
-                        }
-                    },
-                )
-            });
+        let (dg, du) = swiglu_backward_slice(gr.f32()?, ur.f32()?, dyr.f32()?);
         Ok((Some(tensor(dg, g.dims())?), Some(tensor(du, u.dims())?)))
     }
+}
+
+/// silu(g)·u, element-wise over the rayon pool (also the fused gate/up projection's epilogue).
+pub(super) fn swiglu_forward_slice(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g * sigmoid(g) * u;
+                }
+            },
+        )
+    });
+    y
+}
+
+/// (d gate, d up) for dy of silu(g)·u.
+pub(super) fn swiglu_backward_slice(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dg = vec![0f32; g.len()];
+    let mut du = vec![0f32; g.len()];
+    dg.par_chunks_mut(CHUNK)
+        .zip(du.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(((dg, du), g), (u, dy))| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
+                        let s = sigmoid(g);
+                        *du = dy * g * s;
+                        *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                    }
+                },
+            )
+        });
+    (dg, du)
 }
 
 /// Fused rotary embedding in the rotate-half layout for x (B, T, n·D) at positions

@@ -8,7 +8,7 @@
 //! stores (out, in), read transposed (row stride 1, column stride in).
 //!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
 
-use super::activation::Gelu;
+use super::activation::{swiglu_backward_slice, swiglu_forward_slice, Gelu};
 use super::cpu::{gemm_into as mm, rows_per_task, slice, tensor, Read};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -24,6 +24,18 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
 /// pre-activation for its backward, as the separate GELU node did.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool, form: Gelu) -> Result<Tensor> {
     apply(x, w, b, Linear { out_in: w_is_out_in, gelu: Some(form), pre: OnceLock::new() })
+}
+
+/// Fused silu(x·W_gate) ⊙ (x·W_up), Llama's MLP before `down_proj` (no biases, both weights in
+/// one layout): one graph node where the separate form has three, so the two projections'
+/// outputs get no gradient tensors of their own and x's gradient arrives once, not twice.
+pub fn linear_swiglu(x: &Tensor, w_gate: &Tensor, w_up: &Tensor, w_is_out_in: bool) -> Result<Tensor> {
+    if w_gate.dims() != w_up.dims() {
+        bail!("linear_swiglu: gate {:?} and up {:?} weights differ in shape", w_gate.dims(), w_up.dims());
+    }
+    let op =
+        GateUp { layout: Linear { out_in: w_is_out_in, gelu: None, pre: OnceLock::new() }, saved: OnceLock::new() };
+    x.contiguous()?.apply_op3(&w_gate.contiguous()?, &w_up.contiguous()?, op)
 }
 
 fn apply(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: Linear) -> Result<Tensor> {
@@ -63,6 +75,19 @@ impl Linear {
         } else {
             ((fan_out, 1), (1, fan_out))
         }
+    }
+
+    /// dW in the weight's own layout for y = x·W, from x (N, in) and dy (N, out).
+    fn weight_grad(&self, n: usize, fan_in: usize, fan_out: usize, xs: &[f32], dys: &[f32]) -> Vec<f32> {
+        let mut dw = vec![0f32; fan_in * fan_out];
+        if self.out_in {
+            // dW (out, in) = dyᵀ (out, N) · x (N, in)
+            mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
+        } else {
+            // dW (in, out) = xᵀ (in, N) · dy (N, out)
+            mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
+        }
+        dw
     }
 
     fn forward(
@@ -127,19 +152,8 @@ impl Linear {
         } else {
             None
         };
-        let dw = if w.track_op() {
-            let mut dw = vec![0f32; fan_in * fan_out];
-            if self.out_in {
-                // dW (out, in) = dyᵀ (out, N) · x (N, in)
-                mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
-            } else {
-                // dW (in, out) = xᵀ (in, N) · dy (N, out)
-                mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
-            }
-            Some(tensor(dw, w.dims())?)
-        } else {
-            None
-        };
+        let dw =
+            if w.track_op() { Some(tensor(self.weight_grad(n, fan_in, fan_out, xs, dys), w.dims())?) } else { None };
         let db = if b.is_some_and(|b| b.track_op()) {
             let chunk = rows_per_task(n) * fan_out;
             let sums = dys
@@ -208,5 +222,85 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         self.backward(x, w, dy, Some(b))
+    }
+}
+
+/// The op of [`linear_swiglu`]; `layout` only describes the weights.
+struct GateUp {
+    layout: Linear,
+    /// (x·W_gate, x·W_up), written by the forward for the backward.
+    saved: OnceLock<(Vec<f32>, Vec<f32>)>,
+}
+
+impl CustomOp3 for GateUp {
+    fn name(&self) -> &'static str {
+        "lmforge-linear-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, wg, wu) = (slice(xs, xl, self.name())?, slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
+        let (n, fan_in, fan_out) = self.layout.dims(xl, gl)?;
+        let (ws, _) = self.layout.w_strides(fan_in, fan_out);
+        let project = |w: &[f32]| {
+            let mut y = vec![0f32; n * fan_out];
+            mm(n, fan_out, fan_in, &mut y, false, x, (fan_in, 1), w, ws);
+            y
+        };
+        let (g, u) = (project(wg), project(wu));
+        let y = swiglu_forward_slice(&g, &u);
+        // The forward runs once per op instance; a second run would store the same values.
+        let _ = self.saved.set((g, u));
+        let mut dims = xl.dims().to_vec();
+        *dims.last_mut().expect("checked") = fan_out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wg: &Tensor,
+        wu: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some((g, u)) = self.saved.get() else { bail!("linear_swiglu: backward before forward") };
+        let dy = dy.contiguous()?;
+        let (xr, gr, ur, dyr) = (
+            Read::new(x, self.name())?,
+            Read::new(wg, self.name())?,
+            Read::new(wu, self.name())?,
+            Read::new(&dy, self.name())?,
+        );
+        let (xs, wgs, wus) = (xr.f32()?, gr.f32()?, ur.f32()?);
+        let (dg, du) = swiglu_backward_slice(g, u, dyr.f32()?);
+        let d = &self.layout;
+        let (fan_in, fan_out) = if d.out_in { (wg.dims()[1], wg.dims()[0]) } else { (wg.dims()[0], wg.dims()[1]) };
+        let n = xs.len() / fan_in.max(1);
+        let (_, wt) = d.w_strides(fan_in, fan_out);
+        let dx = if x.track_op() {
+            // dx = d gate·W_gateᵀ + d up·W_upᵀ, the second product accumulating onto the first.
+            let mut dx = vec![0f32; n * fan_in];
+            mm(n, fan_in, fan_out, &mut dx, false, &dg, (fan_out, 1), wgs, wt);
+            mm(n, fan_in, fan_out, &mut dx, true, &du, (fan_out, 1), wus, wt);
+            Some(tensor(dx, x.dims())?)
+        } else {
+            None
+        };
+        let dw = |w: &Tensor, dz: &[f32]| -> Result<Option<Tensor>> {
+            if w.track_op() {
+                Ok(Some(tensor(d.weight_grad(n, fan_in, fan_out, xs, dz), w.dims())?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok((dx, dw(wg, &dg)?, dw(wu, &du)?))
     }
 }

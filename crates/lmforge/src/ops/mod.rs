@@ -153,6 +153,16 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool
     }
 }
 
+/// silu(x·W_gate) ⊙ (x·W_up) as one op (no biases; weights as in [`linear`]).
+pub fn linear_swiglu(x: &Tensor, w_gate: &Tensor, w_up: &Tensor, w_is_out_in: bool) -> Result<Tensor> {
+    if fused(&[x, w_gate, w_up]) {
+        linear::linear_swiglu(x, w_gate, w_up, w_is_out_in)
+    } else {
+        let lin = |w| reference::linear(x, w, None, w_is_out_in);
+        reference::swiglu(&lin(w_gate)?, &lin(w_up)?)
+    }
+}
+
 /// GELU in either form.
 pub fn gelu(x: &Tensor, form: Gelu) -> Result<Tensor> {
     match form {

@@ -76,6 +76,20 @@ fn linear_gelu_matches_linear_then_gelu() {
 }
 
 #[test]
+fn linear_swiglu_matches_two_linears_then_swiglu() {
+    let x = randn(&[2, 7, 11], 1.5, 47);
+    let (g, u) = (randn(&[9, 11], 0.5, 48), randn(&[9, 11], 0.5, 49));
+    check("linear_swiglu out_in", &[x.clone(), g.clone(), u.clone()], &|t| linear_swiglu(&t[0], &t[1], &t[2], true));
+    let (g2, u2) = (randn(&[11, 9], 0.5, 50), randn(&[11, 9], 0.5, 51));
+    check("linear_swiglu in_out", &[x.clone(), g2, u2], &|t| linear_swiglu(&t[0], &t[1], &t[2], false));
+    let _g = KernelsGuard::set(Kernels::Fused);
+    let one = linear_swiglu(&x, &g, &u, true).unwrap();
+    let two = swiglu(&linear(&x, &g, None, true).unwrap(), &linear(&x, &u, None, true).unwrap()).unwrap();
+    assert!(rel(&one, &two) <= 1e-6, "fused gate/up vs separate ops");
+    assert!(linear_swiglu(&x, &g, &randn(&[8, 11], 0.5, 52), true).is_err(), "mismatched weights are refused");
+}
+
+#[test]
 fn layer_norm_matches_reference() {
     let x = (randn(&[3, 5, 37], 3.0, 1) + 1.0).unwrap();
     let (w, b) = ((randn(&[37], 0.5, 2) + 1.0).unwrap(), randn(&[37], 0.5, 3));
