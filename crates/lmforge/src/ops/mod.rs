@@ -3,11 +3,14 @@
 //!
 //! - [`reference`]: composed from candle primitives, slow and readable — the test oracle.
 //! - fused CPU kernels (`CustomOp`s with a hand-written backward, rows spread over the rayon
-//!   pool): [`linear`] (bias folded into the product), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU-tanh, SwiGLU, RoPE), [`attention`]
-//!   (scale + causal mask + softmax in one pass), [`sdpa`] (whole causal attention per head,
-//!   no (B, H, T, T) tensor, recomputed in the backward), [`loss`] (cross-entropy, and cross-entropy
-//!   fused with the LM head in row chunks so the (N, V) logits never exist at once), [`adamw`]
-//!   (the optimizer update in place).
+//!   pool): [`linear`] (bias folded into the product; GELU or SwiGLU as the up-projection's
+//!   epilogue), [`norm`] (LayerNorm, RMSNorm), [`activation`] (GELU, SwiGLU, RoPE),
+//!   [`attention`] (scale + causal mask + softmax in one pass), [`sdpa`] (whole attention per
+//!   head in query-row blocks, no (B, H, T, T) tensor, recomputed in the backward; GPT-2's
+//!   packed qkv read in place), [`loss`] (cross-entropy, and cross-entropy fused with the LM
+//!   head in row chunks so the (N, V) logits never exist at once), [`adamw`] (the optimizer
+//!   update in place). Their element-wise loops run through [`vmath`] (inlined `exp`, lane
+//!   reductions, AVX2 + FMA dispatch).
 //!
 //! Why: candle's composed element-wise ops run single-threaded, allocate a temporary per
 //! primitive, and their backward allocates several more (a composed LayerNorm is ~10 tensors
