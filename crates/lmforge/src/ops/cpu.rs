@@ -98,3 +98,14 @@ pub fn gemm_into(
         )
     }
 }
+
+/// Σ of per-task partial vectors, in task order. A rayon `reduce` would combine them in a tree
+/// whose shape depends on work stealing, so the f32 sums (and a resumed run) could differ in
+/// the last bits from one run to the next; collecting first keeps the order fixed.
+pub fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for part in &parts {
+        total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+    }
+    total
+}

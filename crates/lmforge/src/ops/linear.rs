@@ -9,7 +9,7 @@
 //!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
 
 use super::activation::{swiglu_backward_slice, swiglu_forward_slice, Gelu};
-use super::cpu::{gemm_into as mm, rows_per_task, slice, tensor, Read};
+use super::cpu::{gemm_into as mm, rows_per_task, slice, sum_in_order, tensor, Read};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -165,14 +165,8 @@ impl Linear {
                     }
                     acc
                 })
-                .reduce(
-                    || vec![0f32; fan_out],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    },
-                );
-            Some(tensor(sums, &[fan_out])?)
+                .collect();
+            Some(tensor(sum_in_order(sums, fan_out), &[fan_out])?)
         } else {
             None
         };

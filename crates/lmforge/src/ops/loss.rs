@@ -71,7 +71,9 @@ impl CustomOp2 for CrossEntropy {
                     || row_loss(x, t, self.name()),
                 )
             })
-            .sum::<Result<f64>>()?;
+            .collect::<Result<Vec<f64>>>()?
+            .iter()
+            .sum::<f64>(); // in row order: a rayon sum's order depends on work stealing
         Ok((CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), Shape::from(())))
     }
 
@@ -161,7 +163,8 @@ impl XentInPlace<'_> {
                     },
                 )
             })
-            .sum::<Result<f64>>()
+            .collect::<Result<Vec<f64>>>()
+            .map(|rows| rows.iter().sum::<f64>()) // in row order (see above)
     }
 }
 

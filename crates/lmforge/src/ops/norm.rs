@@ -7,7 +7,7 @@
 //!   dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dw = Σ dy·x̂,  db = Σ dy
 //! RMSNorm is the same without the centring: x̂ = x·r, dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)).
 
-use super::cpu::{rows_per_task, slice, tensor, Read};
+use super::cpu::{rows_per_task, slice, sum_in_order, tensor, Read};
 use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -156,7 +156,8 @@ impl CustomOp3 for LayerNorm {
                 );
                 acc
             })
-            .reduce(|| vec![0f32; 2 * c], add_into);
+            .collect();
+        let sums = sum_in_order(sums, 2 * c);
         let (dw, db) = sums.split_at(c);
         // A frozen norm (fine-tuning) gets no gradient: its sums were cheap, but storing them
         // in the gradient store is what "frozen" rules out.
@@ -226,7 +227,8 @@ impl CustomOp2 for RmsNorm {
                 );
                 dw
             })
-            .reduce(|| vec![0f32; c], add_into);
+            .collect();
+        let dw = sum_in_order(dw, c);
         Ok((tracked(x, || tensor(dx, x.dims()))?, tracked(w, || tensor(dw, &[c]))?))
     }
 }
@@ -238,11 +240,4 @@ fn tracked(input: &Tensor, make: impl FnOnce() -> Result<Tensor>) -> Result<Opti
     } else {
         Ok(None)
     }
-}
-
-fn add_into(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
-    for (a, b) in a.iter_mut().zip(&b) {
-        *a += b;
-    }
-    a
 }
