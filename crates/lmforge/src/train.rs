@@ -234,8 +234,23 @@ fn train_fresh(
         Ok((lock, PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), mode)?))
     })?;
     let device = Device::Cpu;
+    let (params, state) = fresh_start(cfg, &spec, &device)?;
+    let dp = DataParallel::new(comm, &cfg.distributed, &params, cfg.train.batch_size)?;
+    let optimizer = dp.optimizer(&cfg.optim, groups)?;
+    let metrics = if writer {
+        MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
+    } else {
+        MetricsLog::discard()
+    };
+    run_loop(cfg, run_dir, spec, params, dp, optimizer, data, state, metrics, opts)
+}
+
+/// Claims `run_dir` for a new run (refusing one that holds a run) and writes its config.
+/// Step 0: freshly initialised weights and an empty trainer state (a new run, or a resume
+/// that finds no checkpoint yet).
+fn fresh_start(cfg: &RunConfig, spec: &ModelSpec, device: &Device) -> Result<(ParamStore, TrainerState)> {
     let init = InitScheme::parse(&cfg.model.init)?;
-    let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, &device)?;
+    let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, device)?;
     let state = TrainerState {
         step: 0,
         tokens_seen: 0,
@@ -249,17 +264,9 @@ fn train_fresh(
         plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
         faults: Default::default(),
     };
-    let dp = DataParallel::new(comm, &cfg.distributed, &params, cfg.train.batch_size)?;
-    let optimizer = dp.optimizer(&cfg.optim, groups)?;
-    let metrics = if writer {
-        MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
-    } else {
-        MetricsLog::discard()
-    };
-    run_loop(cfg, run_dir, spec, params, dp, optimizer, data, state, metrics, opts)
+    Ok((params, state))
 }
 
-/// Claims `run_dir` for a new run (refusing one that holds a run) and writes its config.
 fn start_run_dir(cfg: &RunConfig, run_dir: &Path) -> Result<checkpoint::RunLock> {
     if run_dir.join("config.toml").exists() || !checkpoint::list_checkpoints(run_dir)?.is_empty() {
         return Err(Error::Invalid(format!(
@@ -322,21 +329,7 @@ fn restore(
     set_aside_damaged: bool,
 ) -> Result<Restored> {
     let Some((_, ckpt)) = checkpoint::latest_good_checkpoint(run_dir, set_aside_damaged)? else {
-        let init = InitScheme::parse(&cfg.model.init)?;
-        let params = ParamStore::init(&spec.params(), init, spec.n_layer, cfg.train.seed, device)?;
-        let state = TrainerState {
-            step: 0,
-            tokens_seen: 0,
-            data_cursor: 0,
-            seed: cfg.train.seed,
-            config_hash: cfg.hash(),
-            val_loss: None,
-            best_val_loss: None,
-            best_step: None,
-            elapsed_s: 0.0,
-            plateau: (cfg.schedule.kind == "plateau").then(Plateau::default),
-            faults: Default::default(),
-        };
+        let (params, state) = fresh_start(cfg, spec, device)?;
         return Ok(Restored { params, state, checkpoint: None });
     };
     let mut state = checkpoint::read_trainer_state(&ckpt)?;

@@ -68,6 +68,16 @@ impl Linear {
         }
     }
 
+    /// (in, out) of a weight matrix stored in this op's layout.
+    fn fans(&self, w: &Tensor) -> (usize, usize) {
+        let d = w.dims();
+        if self.out_in {
+            (d[1], d[0])
+        } else {
+            (d[0], d[1])
+        }
+    }
+
     /// W's (row, column) strides as the (in, out) matrix, and Wᵀ's as (out, in).
     fn w_strides(&self, fan_in: usize, fan_out: usize) -> ((usize, usize), (usize, usize)) {
         if self.out_in {
@@ -142,7 +152,7 @@ impl Linear {
             (Some(_), None) => bail!("linear: backward before forward"),
             (None, _) => dyr.f32()?,
         };
-        let (fan_in, fan_out) = if self.out_in { (w.dims()[1], w.dims()[0]) } else { (w.dims()[0], w.dims()[1]) };
+        let (fan_in, fan_out) = self.fans(w);
         let n = xs.len() / fan_in.max(1);
         let (_, wt) = self.w_strides(fan_in, fan_out);
         let dx = if x.track_op() {
@@ -276,7 +286,7 @@ impl CustomOp3 for GateUp {
         let (xs, wgs, wus) = (xr.f32()?, gr.f32()?, ur.f32()?);
         let (dg, du) = swiglu_backward_slice(g, u, dyr.f32()?);
         let d = &self.layout;
-        let (fan_in, fan_out) = if d.out_in { (wg.dims()[1], wg.dims()[0]) } else { (wg.dims()[0], wg.dims()[1]) };
+        let (fan_in, fan_out) = d.fans(wg);
         let n = xs.len() / fan_in.max(1);
         let (_, wt) = d.w_strides(fan_in, fan_out);
         let dx = if x.track_op() {
