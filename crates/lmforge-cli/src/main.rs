@@ -204,6 +204,9 @@ enum BenchCommand {
         /// Recompute each block's activations in the backward (less memory, more compute).
         #[arg(long)]
         activation_checkpointing: bool,
+        /// Break the step down by phase and fused kernel (forward / backward pass of each).
+        #[arg(long)]
+        profile: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -736,12 +739,20 @@ fn run(cli: Cli, comm: &Arc<dyn Collective>) -> Result<i32> {
             batch,
             kernels,
             activation_checkpointing,
+            profile,
             json,
         }) => {
             let kernels = lmforge::ops::Kernels::parse(&kernels)
                 .with_context(|| format!("--kernels {kernels:?}: expected fused or reference"))?;
-            let opts =
-                lmforge::bench::TrainBenchOptions { preset, steps, warmup, batch, kernels, activation_checkpointing };
+            let opts = lmforge::bench::TrainBenchOptions {
+                preset,
+                steps,
+                warmup,
+                batch,
+                kernels,
+                activation_checkpointing,
+                profile,
+            };
             let r = lmforge::bench::bench_train(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);

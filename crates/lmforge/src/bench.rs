@@ -33,6 +33,8 @@ pub struct TrainBenchOptions {
     pub kernels: Kernels,
     /// Recompute block activations in the backward (`nn::recompute`).
     pub activation_checkpointing: bool,
+    /// Break the timed steps down by phase and fused kernel ([`StepProfile`]).
+    pub profile: bool,
 }
 
 impl Default for TrainBenchOptions {
@@ -44,6 +46,7 @@ impl Default for TrainBenchOptions {
             batch: 8,
             kernels: Kernels::Fused,
             activation_checkpointing: false,
+            profile: false,
         }
     }
 }
@@ -70,6 +73,30 @@ pub struct TrainBenchReport {
     pub mfu: f64,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// With `profile`: where the timed steps went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<StepProfile>,
+}
+
+/// Where a step's wall time goes, averaged over the timed steps: the step's phases, and
+/// within them each fused kernel's pass (`ops::profile`). A phase's time not spent in the
+/// kernels listed under it is candle's (its own ops, the autograd bookkeeping, allocation).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfile {
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// Collecting the gradients by name and global-norm clipping.
+    pub grads_ms: f64,
+    pub optimizer_ms: f64,
+    pub ops: Vec<OpProfile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpProfile {
+    pub op: &'static str,
+    pub pass: ops::profile::Pass,
+    pub calls_per_step: f64,
+    pub ms_per_step: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,25 +132,58 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     let mut optimizer =
         Optimizer::from_config(&cfg.optim, params.vars(), uniform_groups(params.vars(), cfg.optim.weight_decay))?;
 
-    // The trainer's step (train.rs), minus data loading and logging.
-    let mut step = || -> Result<f64> {
+    // The trainer's step (train.rs), minus data loading and logging; `phases` accumulates
+    // the wall time of its four phases.
+    let mut phases = [0f64; 4];
+    let mut step = |phases: &mut [f64; 4]| -> Result<f64> {
+        let mut clock = Instant::now();
+        let mut lap = |i: usize| {
+            phases[i] += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+        };
         let loss = model.loss(&x, &y, None)?;
         let value = loss.to_scalar::<f32>()? as f64;
-        let mut grads = named_grads(params.vars(), &loss.backward()?)?;
+        lap(0);
+        let grads = loss.backward()?;
+        lap(1);
+        let mut grads = named_grads(params.vars(), &grads)?;
         clip_grad_norm(&mut grads, 1.0)?;
+        lap(2);
         optimizer.step(params.vars(), &grads, 3e-4)?;
+        lap(3);
         Ok(value)
     };
     let mut losses = Vec::with_capacity(opts.warmup + opts.steps);
     for _ in 0..opts.warmup {
-        losses.push(step()?);
+        losses.push(step(&mut [0.0; 4])?);
     }
+    ops::profile::set_enabled(opts.profile);
     let mut times = Vec::with_capacity(opts.steps);
     for _ in 0..opts.steps {
         let started = Instant::now();
-        losses.push(step()?);
+        losses.push(step(&mut phases)?);
         times.push(started.elapsed().as_secs_f64());
     }
+    let op_times = ops::profile::take();
+    ops::profile::set_enabled(false);
+    let profile = opts.profile.then(|| {
+        let per_step = |s: f64| 1e3 * s / opts.steps as f64;
+        StepProfile {
+            forward_ms: per_step(phases[0]),
+            backward_ms: per_step(phases[1]),
+            grads_ms: per_step(phases[2]),
+            optimizer_ms: per_step(phases[3]),
+            ops: op_times
+                .into_iter()
+                .map(|t| OpProfile {
+                    op: t.name,
+                    pass: t.pass,
+                    calls_per_step: t.calls as f64 / opts.steps as f64,
+                    ms_per_step: per_step(t.seconds),
+                })
+                .collect(),
+        }
+    });
     let matmul = bench_matmul()?;
     let tokens = (b * t) as f64;
     let total: f64 = times.iter().sum();
@@ -153,6 +213,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         mfu: achieved_gflops / matmul.gflops,
         first_loss: losses[0],
         last_loss: *losses.last().expect("at least one step"),
+        profile,
     })
 }
 
@@ -175,7 +236,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// A short human-readable report.
 pub fn table(r: &TrainBenchReport) -> String {
     let mb = |b: u64| b as f64 / 1e6;
-    format!(
+    let mut out = format!(
         "preset        {} ({} parameters, {} kernels{}, {} threads)\n\
          batch         {} x {} tokens, {} timed steps after {} warmup\n\
          tokens/s      {:.0}\n\
@@ -204,7 +265,43 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.matmul_peak_gflops,
         r.first_loss,
         r.last_loss,
-    )
+    );
+    if let Some(p) = &r.profile {
+        out.push_str(&profile_table(p));
+    }
+    out
+}
+
+/// The per-step breakdown: each phase, the fused kernels' passes inside it, and the rest.
+fn profile_table(p: &StepProfile) -> String {
+    use ops::profile::Pass;
+    let step = p.forward_ms + p.backward_ms + p.grads_ms + p.optimizer_ms;
+    let pct = |ms: f64| 100.0 * ms / step.max(f64::MIN_POSITIVE);
+    let mut out = format!("\nper step ({step:.1} ms)                      calls       ms      %\n");
+    let phases = [
+        ("forward", p.forward_ms, Some(Pass::Forward)),
+        ("backward", p.backward_ms, Some(Pass::Backward)),
+        ("gradients + clipping", p.grads_ms, None),
+        ("optimizer", p.optimizer_ms, Some(Pass::Update)),
+    ];
+    for (phase, ms, pass) in phases {
+        out.push_str(&format!("{phase:<38} {ms:9.1} {:6.1}\n", pct(ms)));
+        let ops: Vec<_> = p.ops.iter().filter(|o| Some(o.pass) == pass).collect();
+        for o in &ops {
+            out.push_str(&format!(
+                "  {:<30} {:6.0} {:9.1} {:6.1}\n",
+                o.op.trim_start_matches("lmforge-"),
+                o.calls_per_step,
+                o.ms_per_step,
+                pct(o.ms_per_step)
+            ));
+        }
+        if !ops.is_empty() {
+            let rest = ms - ops.iter().map(|o| o.ms_per_step).sum::<f64>();
+            out.push_str(&format!("  {:<30} {:>6} {rest:9.1} {:6.1}\n", "(candle, outside these)", "", pct(rest)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,5 +316,6 @@ mod tests {
         assert!(r.tokens_per_s > 0.0 && r.step_ms_min <= r.step_ms_median && r.step_ms_median <= r.step_ms_max);
         assert!(r.peak_rss_bytes > 0 && r.first_loss.is_finite() && r.last_loss.is_finite());
         assert!((r.achieved_gflops - r.flops_per_token * r.tokens_per_s / 1e9).abs() < 1e-9);
+        assert!(r.profile.is_none());
     }
 }

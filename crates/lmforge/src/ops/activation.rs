@@ -108,10 +108,12 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         Ok((CpuStorage::F32(self.forward_slice(slice(s, l, self.name())?)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
         let (xr, dyr) = (Read::new(x, self.name())?, Read::new(&dy, self.name())?);
         Ok(Some(tensor(self.backward_slice(xr.f32()?, dyr.f32()?), x.dims())?))
@@ -159,11 +161,13 @@ impl CustomOp2 for SwiGlu {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (g, u) = (slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
         Ok((CpuStorage::F32(swiglu_forward_slice(g, u)), gl.shape().clone()))
     }
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
         let (gr, ur, dyr) = (Read::new(g, self.name())?, Read::new(u, self.name())?, Read::new(&dy, self.name())?);
         let (dg, du) = swiglu_backward_slice(gr.f32()?, ur.f32()?, dyr.f32()?);
@@ -267,11 +271,13 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let x = slice(s, l, self.name())?;
         Ok((CpuStorage::F32(self.apply(x, l.dims(), false)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
         let r = Read::new(&dy, self.name())?;
         Ok(Some(tensor(self.apply(r.f32()?, x.dims(), true), x.dims())?))

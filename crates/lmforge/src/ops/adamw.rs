@@ -71,6 +71,7 @@ impl InplaceOp2 for Moment {
     }
 
     fn cpu_fwd(&self, ms: &mut CpuStorage, ml: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<()> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Update);
         let g = slice(gs, gl, self.name())?;
         let m = slice_mut(ms, ml, self.name())?;
         let (beta, one_minus) = (self.beta, 1.0 - self.beta);
@@ -111,6 +112,7 @@ impl InplaceOp3 for Apply {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<()> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Update);
         let (m, v) = (slice(ms, ml, self.name())?, slice(vs, vl, self.name())?);
         let p = slice_mut(ps, pl, self.name())?;
         p.par_chunks_mut(CHUNK).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(|((p, m), v)| {

@@ -36,6 +36,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let x = slice(st, l, self.name())?;
         let (t, s) = dims_ts(self.name(), l.dims())?;
         let mut p = vec![0f32; x.len()];
@@ -62,6 +63,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, p: &Tensor, dp: &Tensor) -> Result<Option<Tensor>> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dp = dp.contiguous()?;
         let (t, s) = dims_ts(self.name(), p.dims())?;
         let (pr, dpr) = (Read::new(p, self.name())?, Read::new(&dp, self.name())?);

@@ -186,14 +186,19 @@ impl Linear {
 
 impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "lmforge-linear"
+        match self.gelu {
+            None => "lmforge-linear",
+            Some(_) => "lmforge-linear-gelu",
+        }
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(CustomOp2::name(self), super::profile::Pass::Forward);
         self.forward(slice(xs, xl, "linear")?, xl, slice(ws, wl, "linear")?, wl, None)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(CustomOp2::name(self), super::profile::Pass::Backward);
         let (dx, dw, _) = self.backward(x, w, dy, None)?;
         Ok((dx, dw))
     }
@@ -201,7 +206,10 @@ impl CustomOp2 for Linear {
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
-        "lmforge-linear-bias"
+        match self.gelu {
+            None => "lmforge-linear-bias",
+            Some(_) => "lmforge-linear-bias-gelu",
+        }
     }
 
     fn cpu_fwd(
@@ -213,6 +221,7 @@ impl CustomOp3 for Linear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Forward);
         let b = slice(bs, bl, "linear")?;
         self.forward(slice(xs, xl, "linear")?, xl, slice(ws, wl, "linear")?, wl, Some(b))
     }
@@ -225,6 +234,7 @@ impl CustomOp3 for Linear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
         self.backward(x, w, dy, Some(b))
     }
 }
@@ -250,6 +260,7 @@ impl CustomOp3 for GateUp {
         us: &CpuStorage,
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Forward);
         let (x, wg, wu) = (slice(xs, xl, self.name())?, slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
         let (n, fan_in, fan_out) = self.layout.dims(xl, gl)?;
         let (ws, _) = self.layout.w_strides(fan_in, fan_out);
@@ -275,6 +286,7 @@ impl CustomOp3 for GateUp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
         let Some((g, u)) = self.saved.get() else { bail!("linear_swiglu: backward before forward") };
         let dy = dy.contiguous()?;
         let (xr, gr, ur, dyr) = (

@@ -60,6 +60,7 @@ impl CustomOp2 for CrossEntropy {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ts: &CpuStorage, tl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (x, t) = (slice(xs, xl, self.name())?, slice_u32(ts, tl, self.name())?);
         let (n, v) = check_targets(self.name(), xl, t.len())?;
         let total = x
@@ -78,6 +79,7 @@ impl CustomOp2 for CrossEntropy {
     }
 
     fn bwd(&self, x: &Tensor, t: &Tensor, _loss: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let (n, v) = x.dims2()?;
         let scale = g.to_scalar::<f32>()? / n.max(1) as f32;
         let targets = t.to_vec1::<u32>()?;
@@ -96,6 +98,8 @@ impl CustomOp2 for CrossEntropy {
 /// Mean cross-entropy of `hidden` (N, C) · `head` (V, C)ᵀ against u32 `targets` (N), in row
 /// chunks (see the module docs).
 pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    // The work is done here, not in the graph node's forward: time it here.
+    let _span = super::profile::span(XentInPlace::NAME, super::profile::Pass::Forward);
     let (n, c) = hidden.dims2()?;
     let (v, c2) = head.dims2()?;
     if c != c2 {
@@ -198,6 +202,7 @@ impl CustomOp2 for LmHeadXent {
     }
 
     fn bwd(&self, _h: &Tensor, _w: &Tensor, _loss: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let g = g.to_scalar::<f32>()?;
         if g == 1.0 {
             return Ok((Some(self.dh.clone()), Some(self.dw.clone())));

@@ -30,6 +30,7 @@ mod cpu;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod profile;
 pub mod reference;
 pub mod sdpa;
 pub mod vmath;

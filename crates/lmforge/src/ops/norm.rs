@@ -75,6 +75,7 @@ impl CustomOp3 for LayerNorm {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (x, w, b) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?, slice(bs, bl, self.name())?);
         let c = w.len();
         check_rows(self.name(), xl, c)?;
@@ -104,6 +105,7 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
@@ -172,6 +174,7 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (x, w) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?);
         let c = w.len();
         check_rows(self.name(), xl, c)?;
@@ -194,6 +197,7 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);

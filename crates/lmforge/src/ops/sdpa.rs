@@ -396,6 +396,7 @@ impl CustomOp3 for Sdpa {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Forward);
         let (q, k, v) = (whole(qs, ql)?, whole(ks, kl)?, whole(vs, vl)?);
         let (b, t, d, _) = self.dims(ql.dims()[0], ql.dims()[1], ql.dims()[2]);
         let (y, lse) = self.forward(q, k, v, b, t, d);
@@ -411,6 +412,7 @@ impl CustomOp3 for Sdpa {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
         let lse = self.lse()?;
         let dy = dy.contiguous()?;
         let (qg, ql) = q.storage_and_layout();
@@ -439,6 +441,7 @@ impl CustomOp1 for Sdpa {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(CustomOp1::name(self), super::profile::Pass::Forward);
         let (q, k, v) = packed_operands(s, l, self.n_head, self.n_kv_head)?;
         let (b, t, w) = (l.dims()[0], l.dims()[1], l.dims()[2]);
         let d = w / (self.n_head + 2 * self.n_kv_head);
@@ -448,6 +451,7 @@ impl CustomOp1 for Sdpa {
     }
 
     fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _span = super::profile::span(CustomOp1::name(self), super::profile::Pass::Backward);
         let lse = self.lse()?;
         let dy = dy.contiguous()?;
         let (sg, sl) = qkv.storage_and_layout();
