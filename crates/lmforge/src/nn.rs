@@ -367,6 +367,17 @@ impl Linear {
         Ok(ops::swiglu(&gate.forward_t(x, dropout)?, &up.forward_t(x, dropout)?)?)
     }
 
+    /// The weight and bias of a plain product (no LoRA delta, no adapter), as the fused
+    /// decoder sublayers take them; None otherwise.
+    pub fn plain(&self) -> Option<ops::Proj> {
+        (self.lora.is_none() && self.adapter.is_none()).then(|| ops::Proj { w: self.w.clone(), b: self.b.clone() })
+    }
+
+    /// The weight is stored (out, in) (nn.Linear) rather than (in, out) (Conv1D).
+    pub fn is_out_in(&self) -> bool {
+        self.w_is_out_in
+    }
+
     /// As [`Self::forward`]; with a dropout generator (training), LoRA's input dropout applies.
     pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
         let mut y = ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?;
@@ -392,6 +403,14 @@ impl Norm {
             Norm::Layer { w, b, eps } => ops::layer_norm(x, w, b, *eps)?,
             Norm::Rms { w, eps } => ops::rms_norm(x, w, *eps)?,
         })
+    }
+
+    /// The same norm as a fused sublayer's.
+    pub fn sublayer(&self) -> ops::SublayerNorm {
+        match self {
+            Norm::Layer { w, b, eps } => ops::SublayerNorm::Layer { w: w.clone(), b: b.clone(), eps: *eps },
+            Norm::Rms { w, eps } => ops::SublayerNorm::Rms { w: w.clone(), eps: *eps },
+        }
     }
 }
 

@@ -177,8 +177,8 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Re
 pub fn named_grads(vars: &BTreeMap<String, Var>, store: &GradStore) -> Result<BTreeMap<String, Tensor>> {
     vars.iter()
         .map(|(name, v)| {
-            // Checkpointed blocks leave their parameters' gradients beside the store.
-            let g = match crate::nn::recompute::gradient(v.as_tensor(), store)? {
+            // Fused sublayers and checkpointed blocks leave their parameters' gradients beside the store.
+            let g = match crate::ops::param_grads::gradient(v.as_tensor(), store)? {
                 Some(g) => g.detach(),
                 None => v.as_tensor().zeros_like()?,
             };

@@ -34,6 +34,9 @@ struct Block {
     attn: Attention,
     norm2: Norm,
     mlp: Mlp,
+    /// The same two sublayers as fused ops (`ops::sublayer`), for a block whose Linears are
+    /// plain products (no LoRA, no adapters); used without a KV cache or active dropout.
+    fused: Option<(ops::AttentionSublayer, ops::MlpSublayer)>,
 }
 
 struct Attention {
@@ -84,6 +87,12 @@ impl Decoder {
             return Err(crate::Error::Invalid("a BERT spec builds an Encoder, not a Decoder".into()));
         }
         let eps = spec.norm_eps;
+        let rope = match spec.style {
+            Style::Gpt2 => None,
+            Style::Llama | Style::Bert => {
+                Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?))
+            }
+        };
         let mut blocks = Vec::with_capacity(spec.n_layer);
         for i in 0..spec.n_layer {
             blocks.push(Arc::new(match spec.style {
@@ -97,26 +106,27 @@ impl Decoder {
                             eps,
                         })
                     };
-                    Block {
-                        norm1: ln("ln_1")?,
-                        attn: Attention {
+                    Block::new(
+                        ln("ln_1")?,
+                        Attention {
                             qkv: Qkv::Fused(lin("attn.c_attn")?),
                             o: lin("attn.c_proj")?,
                             n_head: spec.n_head,
                             n_kv_head: spec.n_head,
                             head_dim: spec.head_dim,
                         },
-                        norm2: ln("ln_2")?,
-                        mlp: Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
-                    }
+                        ln("ln_2")?,
+                        Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
+                        None,
+                    )
                 }
                 Style::Llama | Style::Bert => {
                     let n = |s: &str| format!("model.layers.{i}.{s}.weight");
                     let lin = |s: &str| p.linear(&format!("model.layers.{i}.{s}"), true, false);
                     let rms = |s: &str| -> Result<Norm> { Ok(Norm::Rms { w: p.get(&n(s))?, eps }) };
-                    Block {
-                        norm1: rms("input_layernorm")?,
-                        attn: Attention {
+                    Block::new(
+                        rms("input_layernorm")?,
+                        Attention {
                             qkv: Qkv::Split {
                                 q: lin("self_attn.q_proj")?,
                                 k: lin("self_attn.k_proj")?,
@@ -127,13 +137,14 @@ impl Decoder {
                             n_kv_head: spec.n_kv_head,
                             head_dim: spec.head_dim,
                         },
-                        norm2: rms("post_attention_layernorm")?,
-                        mlp: Mlp::SwiGlu {
+                        rms("post_attention_layernorm")?,
+                        Mlp::SwiGlu {
                             gate: lin("mlp.gate_proj")?,
                             up: lin("mlp.up_proj")?,
                             down: lin("mlp.down_proj")?,
                         },
-                    }
+                        rope.as_deref(),
+                    )
                 }
             }));
         }
@@ -143,17 +154,12 @@ impl Decoder {
             false if p.contains("lm_head.weight") => Some(p.get("lm_head.weight")?),
             false => None,
         };
-        let (wpe, norm_f, rope) = match spec.style {
+        let (wpe, norm_f) = match spec.style {
             Style::Gpt2 => (
                 Some(p.get("transformer.wpe.weight")?),
                 Norm::Layer { w: p.get("transformer.ln_f.weight")?, b: p.get("transformer.ln_f.bias")?, eps },
-                None,
             ),
-            Style::Llama | Style::Bert => (
-                None,
-                Norm::Rms { w: p.get("model.norm.weight")?, eps },
-                Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?)),
-            ),
+            Style::Llama | Style::Bert => (None, Norm::Rms { w: p.get("model.norm.weight")?, eps }),
         };
         Ok(Self { spec: spec.clone(), wte, wpe, blocks, norm_f, head, rope, checkpointing: false })
     }
@@ -189,8 +195,9 @@ impl Decoder {
         }
         x = drop(&mut dropout, &x)?;
         let checkpointing = self.checkpointing && cache.is_none() && x.track_op();
-        if checkpointing {
-            recompute::clear();
+        if x.track_op() {
+            // A training forward: gradients a failed step left beside the store are stale.
+            ops::param_grads::clear();
         }
         for (i, block) in self.blocks.iter().enumerate() {
             if checkpointing {
@@ -235,7 +242,51 @@ impl Decoder {
 }
 
 impl Block {
-    /// x + attn(norm1(x)), then + mlp(norm2(·)); dropout after each sublayer.
+    /// The block, and its fused form when every Linear is a plain product.
+    fn new(norm1: Norm, attn: Attention, norm2: Norm, mlp: Mlp, rope: Option<&Rope>) -> Self {
+        let fused = (|| {
+            let out_in = attn.o.is_out_in();
+            let linears: Vec<&Linear> = match (&attn.qkv, &mlp) {
+                (Qkv::Fused(l), Mlp::Gelu { fc, proj }) => vec![l, fc, proj],
+                (Qkv::Split { q, k, v }, Mlp::SwiGlu { gate, up, down }) => vec![q, k, v, gate, up, down],
+                _ => return None,
+            };
+            if linears.iter().any(|l| l.is_out_in() != out_in) {
+                return None;
+            }
+            let qkv = match &attn.qkv {
+                Qkv::Fused(l) => ops::QkvProj::Packed(l.plain()?),
+                Qkv::Split { q, k, v } => ops::QkvProj::Split { q: q.plain()?, k: k.plain()?, v: v.plain()? },
+            };
+            let attention = ops::AttentionSublayer {
+                norm: norm1.sublayer(),
+                qkv,
+                o: attn.o.plain()?,
+                w_is_out_in: out_in,
+                n_head: attn.n_head,
+                n_kv_head: attn.n_kv_head,
+                scale: 1.0 / (attn.head_dim as f64).sqrt(),
+                rope: rope.map(|r| {
+                    let (cos, sin) = r.tables();
+                    (cos.clone(), sin.clone())
+                }),
+            };
+            let mlp_proj = match &mlp {
+                Mlp::Gelu { fc, proj } => {
+                    ops::MlpProj::Gelu { fc: fc.plain()?, proj: proj.plain()?, form: ops::Gelu::Tanh }
+                }
+                Mlp::SwiGlu { gate, up, down } => {
+                    ops::MlpProj::SwiGlu { gate: gate.plain()?, up: up.plain()?, down: down.plain()? }
+                }
+            };
+            let mlp = ops::MlpSublayer { norm: norm2.sublayer(), mlp: mlp_proj, w_is_out_in: out_in };
+            Some((attention, mlp))
+        })();
+        Self { norm1, attn, norm2, mlp, fused }
+    }
+
+    /// x + attn(norm1(x)), then + mlp(norm2(·)); dropout after each sublayer. Without a KV
+    /// cache or active dropout, each sublayer runs as one fused op where the kernels apply.
     fn forward(
         &self,
         x: &Tensor,
@@ -244,10 +295,22 @@ impl Block {
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, offset, cache, rope, dropout)?;
-        let x = (x + drop(dropout, &a)?)?;
-        let m = self.mlp.forward(&self.norm2.forward(&x)?, dropout)?;
-        Ok((x + drop(dropout, &m)?)?)
+        let fusable = cache.is_none() && offset == 0 && !dropout.as_ref().is_some_and(|d| d.is_active());
+        let fused = self.fused.as_ref().filter(|_| fusable);
+        let x = match fused.map(|(attn, _)| ops::attention_sublayer(x, attn)).transpose()?.flatten() {
+            Some(y) => y,
+            None => {
+                let a = self.attn.forward(&self.norm1.forward(x)?, offset, cache, rope, dropout)?;
+                (x + drop(dropout, &a)?)?
+            }
+        };
+        match fused.map(|(_, mlp)| ops::mlp_sublayer(&x, mlp)).transpose()?.flatten() {
+            Some(y) => Ok(y),
+            None => {
+                let m = self.mlp.forward(&self.norm2.forward(&x)?, dropout)?;
+                Ok((x + drop(dropout, &m)?)?)
+            }
+        }
     }
 }
 

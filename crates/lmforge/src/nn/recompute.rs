@@ -6,57 +6,18 @@
 //!
 //! Candle's backward can only hand a node's gradient to that node's (at most three) inputs,
 //! and a block has a dozen parameters, so the parameters' gradients from the recomputation
-//! go to a per-thread side store instead; [`crate::optim::named_grads`] adds them to the
+//! go to [`ops::param_grads`] instead; [`crate::optim::named_grads`] adds them to the
 //! gradients of the outer backward. The dropout stream is replayed from a copy taken before
 //! the block, so the recomputation draws the masks the forward drew.
 
 use super::DropoutRng;
 use crate::error::Result;
-use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, TensorId, Var};
-use std::cell::RefCell;
-use std::collections::HashMap;
+use crate::ops::param_grads;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
 use std::sync::{Arc, Mutex};
 
 /// A block's forward: input, dropout generator (training) → output of the input's shape.
 pub type BlockForward = dyn Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
-
-thread_local! {
-    // Gradients of variables computed by recomputations, by the variable's tensor id. Per
-    // thread: candle runs a backward on the calling thread, and parallel tests must not mix.
-    static RECOMPUTED: RefCell<HashMap<TensorId, Tensor>> = RefCell::new(HashMap::new());
-}
-
-/// Forgets recomputed gradients not taken (a failed step's); called when a forward starts.
-pub fn clear() {
-    RECOMPUTED.with(|r| r.borrow_mut().clear());
-}
-
-/// The gradient of variable `v` left by recomputations since the last [`clear`], removed.
-pub fn take(v: &Tensor) -> Option<Tensor> {
-    RECOMPUTED.with(|r| r.borrow_mut().remove(&v.id()))
-}
-
-/// The gradient of `v` from a backward that may have run checkpointed blocks: the store's
-/// plus the recomputations', either alone, or None.
-pub fn gradient(v: &Tensor, store: &GradStore) -> Result<Option<Tensor>> {
-    Ok(match (store.get(v), take(v)) {
-        (Some(a), Some(b)) => Some((a + b)?),
-        (a, b) => a.cloned().or(b),
-    })
-}
-
-fn accumulate(id: TensorId, g: Tensor) -> Result<()> {
-    RECOMPUTED.with(|r| -> Result<()> {
-        let mut r = r.borrow_mut();
-        let sum = match r.remove(&id) {
-            Some(prev) => (prev + g)?,
-            None => g,
-        };
-        r.insert(id, sum);
-        Ok(())
-    })
-}
 
 /// `block(x)`, checkpointed: the result's graph node keeps `x` only.
 pub fn checkpointed(x: &Tensor, dropout: &mut Option<&mut DropoutRng>, block: Arc<BlockForward>) -> Result<Tensor> {
@@ -100,7 +61,7 @@ impl CustomOp1 for Recompute {
             for id in grads.get_ids() {
                 if *id != xv.as_tensor().id() {
                     if let Some(g) = grads.get_id(*id) {
-                        accumulate(*id, g.detach())?;
+                        param_grads::add(*id, g.detach())?;
                     }
                 }
             }

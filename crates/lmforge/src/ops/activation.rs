@@ -224,18 +224,23 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize
     if n_head == 0 || w % n_head != 0 || d % 2 != 0 || cos.dims() != sin.dims() || cos.dim(1)? != d {
         bail!("rope: x {:?} with {n_head} heads does not fit tables {:?}", x.dims(), cos.dims());
     }
-    let table = |m: &Tensor| -> Result<Vec<f32>> { m.narrow(0, offset, t)?.flatten_all()?.to_vec1::<f32>() };
-    x.contiguous()?.apply_op1(Rope { cos: table(cos)?, sin: table(sin)?, d })
+    x.contiguous()?.apply_op1(Rope::new(cos, sin, offset, t, d)?)
 }
 
 /// Tables for the T positions, (T, D) row-major.
-struct Rope {
+pub(super) struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     d: usize,
 }
 
 impl Rope {
+    /// Rows offset..offset+T of the (context, D) tables.
+    pub fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
+        let table = |m: &Tensor| -> Result<Vec<f32>> { m.narrow(0, offset, t)?.flatten_all()?.to_vec1::<f32>() };
+        Ok(Rope { cos: table(cos)?, sin: table(sin)?, d })
+    }
+
     /// One token's heads: `transposed` applies the inverse rotation (the backward).
     fn rotate(&self, x: &[f32], y: &mut [f32], pos: usize, transposed: bool) {
         let (d, h) = (self.d, self.d / 2);
@@ -255,7 +260,8 @@ impl Rope {
         }
     }
 
-    fn apply(&self, x: &[f32], dims: &[usize], transposed: bool) -> Vec<f32> {
+    /// The rotation of x (B, T, W = heads·D) given by `dims`; `transposed`: its inverse.
+    pub fn apply(&self, x: &[f32], dims: &[usize], transposed: bool) -> Vec<f32> {
         let (t, w) = (dims[1], dims[2]);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(w).zip(x.par_chunks(w)).enumerate().for_each(|(row, (y, x))| {

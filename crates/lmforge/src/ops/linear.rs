@@ -54,50 +54,107 @@ struct Linear {
     pre: OnceLock<Vec<f32>>,
 }
 
+/// A weight matrix as the products see it: (fan_in, fan_out) and its storage layout. The
+/// slice-level pieces of a linear layer, shared by the ops here and the fused sublayers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Weight {
+    /// nn.Linear's (out, in) storage; else Conv1D's (in, out).
+    pub out_in: bool,
+    pub fan_in: usize,
+    pub fan_out: usize,
+}
+
+impl Weight {
+    /// The weight `w` stored in the given layout.
+    pub fn of(w: &Tensor, out_in: bool) -> Result<Self> {
+        let (a, b) = w.dims2()?;
+        Ok(if out_in { Self { out_in, fan_in: b, fan_out: a } } else { Self { out_in, fan_in: a, fan_out: b } })
+    }
+
+    /// W's (row, column) strides as the (in, out) matrix, and Wᵀ's as (out, in).
+    fn strides(&self) -> ((usize, usize), (usize, usize)) {
+        if self.out_in {
+            ((1, self.fan_in), (self.fan_in, 1))
+        } else {
+            ((self.fan_out, 1), (1, self.fan_out))
+        }
+    }
+
+    /// y (n × out) = [y +] x (n × in) · W, with the bias written first when given (so the
+    /// product accumulates onto it, and onto y's own values when `accumulate`).
+    pub fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], accumulate: bool) -> Result<()> {
+        let n = x.len() / self.fan_in.max(1);
+        match b {
+            Some(b) if b.len() != self.fan_out => bail!("linear: bias of {} for {} outputs", b.len(), self.fan_out),
+            Some(b) if accumulate => y.par_chunks_mut(self.fan_out).for_each(|row| {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }),
+            Some(b) => y.par_chunks_mut(self.fan_out).for_each(|row| row.copy_from_slice(b)),
+            None => {}
+        }
+        mm(n, self.fan_out, self.fan_in, y, b.is_some() || accumulate, x, (self.fan_in, 1), w, self.strides().0);
+        Ok(())
+    }
+
+    /// y = x·W (+ b) into a new buffer.
+    pub fn apply(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Result<Vec<f32>> {
+        let mut y = vec![0f32; x.len() / self.fan_in.max(1) * self.fan_out];
+        self.forward(x, w, b, &mut y, false)?;
+        Ok(y)
+    }
+
+    /// dx (n × in) [+]= dy (n × out) · Wᵀ.
+    pub fn input_grad(&self, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
+        let n = dy.len() / self.fan_out.max(1);
+        mm(n, self.fan_in, self.fan_out, dx, accumulate, dy, (self.fan_out, 1), w, self.strides().1);
+    }
+
+    /// dW in the weight's own layout for y = x·W, from x (n × in) and dy (n × out).
+    pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let (fan_in, fan_out) = (self.fan_in, self.fan_out);
+        let n = x.len() / fan_in.max(1);
+        let mut dw = vec![0f32; fan_in * fan_out];
+        if self.out_in {
+            // dW (out, in) = dyᵀ (out, N) · x (N, in)
+            mm(fan_out, fan_in, n, &mut dw, false, dy, (1, fan_out), x, (fan_in, 1));
+        } else {
+            // dW (in, out) = xᵀ (in, N) · dy (N, out)
+            mm(fan_in, fan_out, n, &mut dw, false, x, (1, fan_in), dy, (fan_out, 1));
+        }
+        dw
+    }
+}
+
+/// db = Σ_rows dy for dy (n × out): per-task column sums, added in task order.
+pub(super) fn bias_grad(dy: &[f32], fan_out: usize) -> Vec<f32> {
+    let chunk = rows_per_task(dy.len() / fan_out.max(1)) * fan_out;
+    let sums = dy
+        .par_chunks(chunk)
+        .map(|rows| {
+            let mut acc = vec![0f32; fan_out];
+            for row in rows.chunks_exact(fan_out) {
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            acc
+        })
+        .collect();
+    sum_in_order(sums, fan_out)
+}
+
 impl Linear {
-    /// (in, out) of the weight, checked against x's last dim.
-    fn dims(&self, xl: &Layout, wl: &Layout) -> Result<(usize, usize, usize)> {
+    /// The weight of this op, checked against x's last dim; and x's row count.
+    fn weight(&self, xl: &Layout, wl: &Layout) -> Result<(Weight, usize)> {
         let (w0, w1) = match wl.dims() {
             &[a, b] => (a, b),
             d => bail!("linear: weight {d:?} is not a matrix"),
         };
         let (fan_in, fan_out) = if self.out_in { (w1, w0) } else { (w0, w1) };
         match xl.dims().last() {
-            Some(&c) if c == fan_in => Ok((xl.shape().elem_count() / fan_in.max(1), fan_in, fan_out)),
+            Some(&c) if c == fan_in => {
+                Ok((Weight { out_in: self.out_in, fan_in, fan_out }, xl.shape().elem_count() / fan_in.max(1)))
+            }
             _ => bail!("linear: input {:?} does not end in the weight's {fan_in} inputs", xl.dims()),
         }
-    }
-
-    /// (in, out) of a weight matrix stored in this op's layout.
-    fn fans(&self, w: &Tensor) -> (usize, usize) {
-        let d = w.dims();
-        if self.out_in {
-            (d[1], d[0])
-        } else {
-            (d[0], d[1])
-        }
-    }
-
-    /// W's (row, column) strides as the (in, out) matrix, and Wᵀ's as (out, in).
-    fn w_strides(&self, fan_in: usize, fan_out: usize) -> ((usize, usize), (usize, usize)) {
-        if self.out_in {
-            ((1, fan_in), (fan_in, 1))
-        } else {
-            ((fan_out, 1), (1, fan_out))
-        }
-    }
-
-    /// dW in the weight's own layout for y = x·W, from x (N, in) and dy (N, out).
-    fn weight_grad(&self, n: usize, fan_in: usize, fan_out: usize, xs: &[f32], dys: &[f32]) -> Vec<f32> {
-        let mut dw = vec![0f32; fan_in * fan_out];
-        if self.out_in {
-            // dW (out, in) = dyᵀ (out, N) · x (N, in)
-            mm(fan_out, fan_in, n, &mut dw, false, dys, (1, fan_out), xs, (fan_in, 1));
-        } else {
-            // dW (in, out) = xᵀ (in, N) · dy (N, out)
-            mm(fan_in, fan_out, n, &mut dw, false, xs, (1, fan_in), dys, (fan_out, 1));
-        }
-        dw
     }
 
     fn forward(
@@ -108,18 +165,10 @@ impl Linear {
         wl: &Layout,
         b: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, fan_in, fan_out) = self.dims(xl, wl)?;
-        let mut y = vec![0f32; n * fan_out];
-        if let Some(b) = b {
-            if b.len() != fan_out {
-                bail!("linear: bias of {} for {fan_out} outputs", b.len());
-            }
-            y.par_chunks_mut(fan_out).for_each(|row| row.copy_from_slice(b));
-        }
-        let (ws, _) = self.w_strides(fan_in, fan_out);
-        mm(n, fan_out, fan_in, &mut y, b.is_some(), x, (fan_in, 1), w, ws);
+        let (weight, _) = self.weight(xl, wl)?;
+        let y = weight.apply(x, w, b)?;
         let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked") = fan_out;
+        *dims.last_mut().expect("checked") = weight.fan_out;
         if let Some(gelu) = self.gelu {
             let out = gelu.forward_slice(&y);
             // The forward runs once per op instance; a second run would store the same values.
@@ -152,33 +201,18 @@ impl Linear {
             (Some(_), None) => bail!("linear: backward before forward"),
             (None, _) => dyr.f32()?,
         };
-        let (fan_in, fan_out) = self.fans(w);
-        let n = xs.len() / fan_in.max(1);
-        let (_, wt) = self.w_strides(fan_in, fan_out);
+        let weight = Weight::of(w, self.out_in)?;
         let dx = if x.track_op() {
-            let mut dx = vec![0f32; n * fan_in];
-            mm(n, fan_in, fan_out, &mut dx, false, dys, (fan_out, 1), ws, wt);
+            let mut dx = vec![0f32; xs.len()];
+            weight.input_grad(dys, ws, &mut dx, false);
             Some(tensor(dx, x.dims())?)
         } else {
             None
         };
-        let dw =
-            if w.track_op() { Some(tensor(self.weight_grad(n, fan_in, fan_out, xs, dys), w.dims())?) } else { None };
-        let db = if b.is_some_and(|b| b.track_op()) {
-            let chunk = rows_per_task(n) * fan_out;
-            let sums = dys
-                .par_chunks(chunk)
-                .map(|rows| {
-                    let mut acc = vec![0f32; fan_out];
-                    for row in rows.chunks_exact(fan_out) {
-                        acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                    }
-                    acc
-                })
-                .collect();
-            Some(tensor(sum_in_order(sums, fan_out), &[fan_out])?)
-        } else {
-            None
+        let dw = if w.track_op() { Some(tensor(weight.weight_grad(xs, dys), w.dims())?) } else { None };
+        let db = match b {
+            Some(b) if b.track_op() => Some(tensor(bias_grad(dys, weight.fan_out), &[weight.fan_out])?),
+            _ => None,
         };
         Ok((dx, dw, db))
     }
@@ -262,19 +296,13 @@ impl CustomOp3 for GateUp {
     ) -> Result<(CpuStorage, Shape)> {
         let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Forward);
         let (x, wg, wu) = (slice(xs, xl, self.name())?, slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
-        let (n, fan_in, fan_out) = self.layout.dims(xl, gl)?;
-        let (ws, _) = self.layout.w_strides(fan_in, fan_out);
-        let project = |w: &[f32]| {
-            let mut y = vec![0f32; n * fan_out];
-            mm(n, fan_out, fan_in, &mut y, false, x, (fan_in, 1), w, ws);
-            y
-        };
-        let (g, u) = (project(wg), project(wu));
+        let (weight, _) = self.layout.weight(xl, gl)?;
+        let (g, u) = (weight.apply(x, wg, None)?, weight.apply(x, wu, None)?);
         let y = swiglu_forward_slice(&g, &u);
         // The forward runs once per op instance; a second run would store the same values.
         let _ = self.saved.set((g, u));
         let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked") = fan_out;
+        *dims.last_mut().expect("checked") = weight.fan_out;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
@@ -297,22 +325,19 @@ impl CustomOp3 for GateUp {
         );
         let (xs, wgs, wus) = (xr.f32()?, gr.f32()?, ur.f32()?);
         let (dg, du) = swiglu_backward_slice(g, u, dyr.f32()?);
-        let d = &self.layout;
-        let (fan_in, fan_out) = d.fans(wg);
-        let n = xs.len() / fan_in.max(1);
-        let (_, wt) = d.w_strides(fan_in, fan_out);
+        let weight = Weight::of(wg, self.layout.out_in)?;
         let dx = if x.track_op() {
             // dx = d gate·W_gateᵀ + d up·W_upᵀ, the second product accumulating onto the first.
-            let mut dx = vec![0f32; n * fan_in];
-            mm(n, fan_in, fan_out, &mut dx, false, &dg, (fan_out, 1), wgs, wt);
-            mm(n, fan_in, fan_out, &mut dx, true, &du, (fan_out, 1), wus, wt);
+            let mut dx = vec![0f32; xs.len()];
+            weight.input_grad(&dg, wgs, &mut dx, false);
+            weight.input_grad(&du, wus, &mut dx, true);
             Some(tensor(dx, x.dims())?)
         } else {
             None
         };
         let dw = |w: &Tensor, dz: &[f32]| -> Result<Option<Tensor>> {
             if w.track_op() {
-                Ok(Some(tensor(d.weight_grad(n, fan_in, fan_out, xs, dz), w.dims())?))
+                Ok(Some(tensor(weight.weight_grad(xs, dz), w.dims())?))
             } else {
                 Ok(None)
             }

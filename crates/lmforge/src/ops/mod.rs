@@ -30,9 +30,11 @@ mod cpu;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod param_grads;
 pub mod profile;
 pub mod reference;
 pub mod sdpa;
+pub mod sublayer;
 pub mod vmath;
 
 use candle_core::{DType, Result, Tensor};
@@ -40,6 +42,7 @@ use std::cell::Cell;
 
 pub use activation::Gelu;
 pub use reference::{causal_mask, cross_entropy_per_row, dropout, log_softmax_last_dim, softmax_last_dim};
+pub use sublayer::{AttentionSublayer, MlpProj, MlpSublayer, Proj, QkvProj, SublayerNorm};
 
 /// Which implementation the ops in this module run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +256,29 @@ pub fn padded_attention(
     } else {
         reference::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)
     }
+}
+
+/// The fused sublayers apply to x and these parameters: the fused kernels do, and the node
+/// (whose only input is x) joins the gradient graph whenever a parameter trains.
+fn sublayer_applies(x: &Tensor, params: &[&Tensor]) -> bool {
+    fused(&[x]) && fused(params) && (x.track_op() || !params.iter().any(|t| t.track_op()))
+}
+
+/// `x + attention(norm(x))` for x (B, T, C), causal without a KV cache, as one fused node
+/// ([`sublayer`]); None where it does not apply (the caller composes it from the ops above).
+pub fn attention_sublayer(x: &Tensor, p: &AttentionSublayer) -> Result<Option<Tensor>> {
+    if !sublayer_applies(x, &p.tensors()) {
+        return Ok(None);
+    }
+    sublayer::attention(x, p).map(Some)
+}
+
+/// `x + mlp(norm(x))` as one fused node ([`sublayer`]); None where it does not apply.
+pub fn mlp_sublayer(x: &Tensor, p: &MlpSublayer) -> Result<Option<Tensor>> {
+    if !sublayer_applies(x, &p.tensors()) {
+        return Ok(None);
+    }
+    sublayer::mlp(x, p).map(Some)
 }
 
 /// Mean cross-entropy (nats) of `logits` (N, V) against `targets` (N) of u32 class ids.

@@ -77,24 +77,8 @@ impl CustomOp3 for LayerNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (x, w, b) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?, slice(bs, bl, self.name())?);
-        let c = w.len();
-        check_rows(self.name(), xl, c)?;
-        let mut y = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len() / c.max(1)) * c;
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                            *y = (x - mean) * rstd * w + b;
-                        }
-                    }
-                },
-            )
-        });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        check_rows(self.name(), xl, w.len())?;
+        Ok((CpuStorage::F32(layer_norm_rows(x, w, b, self.eps)), xl.shape().clone()))
     }
 
     fn bwd(
@@ -110,60 +94,10 @@ impl CustomOp3 for LayerNorm {
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
         let c = ws.len();
-        let mut dx = vec![0f32; xs.len()];
-        let chunk = rows_per_task(xs.len() / c.max(1)) * c;
-        // Each task returns its rows' [dw | db] partial sums.
-        let sums = dx
-            .par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk))
-            .zip(dys.par_chunks(chunk))
-            .map(|((dx, x), dy)| {
-                let mut acc = vec![0f32; 2 * c];
-                let (dw, db) = acc.split_at_mut(c);
-                // Per row: x̂ into dx (scratch), then the sums, then dx over it.
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                            let (mean, rstd) = moments(x, self.eps);
-                            for ((xh, &x), ((dw, db), &dy)) in
-                                dx.iter_mut().zip(x).zip(dw.iter_mut().zip(db.iter_mut()).zip(dy))
-                            {
-                                *xh = (x - mean) * rstd;
-                                *dw += dy * *xh;
-                                *db += dy;
-                            }
-                            // Σ dy·w and Σ dy·w·x̂ over 8 lanes.
-                            let (mut sd, mut sdx) = ([0f32; 8], [0f32; 8]);
-                            let mut j = 0;
-                            while j + 8 <= c {
-                                for l in 0..8 {
-                                    let d = dy[j + l] * ws[j + l];
-                                    sd[l] += d;
-                                    sdx[l] += d * dx[j + l];
-                                }
-                                j += 8;
-                            }
-                            let (mut sum_d, mut sum_dx) = (vmath::sum(&sd), vmath::sum(&sdx));
-                            for j in j..c {
-                                sum_d += dy[j] * ws[j];
-                                sum_dx += dy[j] * ws[j] * dx[j];
-                            }
-                            let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
-                            for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(ws) {
-                                *dx = rstd * (dy * w - mean_d - *dx * mean_dx);
-                            }
-                        }
-                    },
-                );
-                acc
-            })
-            .collect();
-        let sums = sum_in_order(sums, 2 * c);
-        let (dw, db) = sums.split_at(c);
+        let (dx, dw, db) = layer_norm_backward_rows(xs, ws, dys, self.eps);
         // A frozen norm (fine-tuning) gets no gradient: its sums were cheap, but storing them
         // in the gradient store is what "frozen" rules out.
-        let (dw, db) = (tracked(w, || tensor(dw.to_vec(), &[c]))?, tracked(b, || tensor(db.to_vec(), &[c]))?);
+        let (dw, db) = (tracked(w, || tensor(dw, &[c]))?, tracked(b, || tensor(db, &[c]))?);
         Ok((tracked(x, || tensor(dx, x.dims()))?, dw, db))
     }
 }
@@ -176,24 +110,8 @@ impl CustomOp2 for RmsNorm {
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
         let (x, w) = (slice(xs, xl, self.name())?, slice(ws, wl, self.name())?);
-        let c = w.len();
-        check_rows(self.name(), xl, c)?;
-        let mut y = vec![0f32; x.len()];
-        let chunk = rows_per_task(x.len() / c.max(1)) * c;
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                        let r = inv_rms(x, self.eps);
-                        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                            *y = x * r * w;
-                        }
-                    }
-                },
-            )
-        });
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
+        check_rows(self.name(), xl, w.len())?;
+        Ok((CpuStorage::F32(rms_norm_rows(x, w, self.eps)), xl.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -202,39 +120,149 @@ impl CustomOp2 for RmsNorm {
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
         let c = ws.len();
-        let mut dx = vec![0f32; xs.len()];
-        let chunk = rows_per_task(xs.len() / c.max(1)) * c;
-        let dw = dx
-            .par_chunks_mut(chunk)
-            .zip(xs.par_chunks(chunk))
-            .zip(dys.par_chunks(chunk))
-            .map(|((dx, x), dy)| {
-                let mut dw = vec![0f32; c];
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
-                            let r = inv_rms(x, self.eps);
-                            // dy·w into dx (scratch) for the sum, then dx over it.
-                            for ((d, &dy), (&w, (dw, &x))) in
-                                dx.iter_mut().zip(dy).zip(ws.iter().zip(dw.iter_mut().zip(x)))
-                            {
-                                *d = dy * w;
-                                *dw += dy * x * r;
-                            }
-                            let mean_dx = vmath::dot(dx, x) * r / c as f32;
-                            for (d, &x) in dx.iter_mut().zip(x) {
-                                *d = r * (*d - x * r * mean_dx);
-                            }
-                        }
-                    },
-                );
-                dw
-            })
-            .collect();
-        let dw = sum_in_order(dw, c);
+        let (dx, dw) = rms_norm_backward_rows(xs, ws, dys, self.eps);
         Ok((tracked(x, || tensor(dx, x.dims()))?, tracked(w, || tensor(dw, &[c]))?))
     }
+}
+
+/// LayerNorm rows of x (rows of C = w.len()): y = x̂·w + b.
+pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let c = w.len();
+    let mut y = vec![0f32; x.len()];
+    let chunk = rows_per_task(x.len() / c.max(1)) * c;
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    let (mean, rstd) = moments(x, eps);
+                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                        *y = (x - mean) * rstd * w + b;
+                    }
+                }
+            },
+        )
+    });
+    y
+}
+
+/// (dx, dw, db) of LayerNorm rows for dy.
+pub(super) fn layer_norm_backward_rows(
+    xs: &[f32],
+    ws: &[f32],
+    dys: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = ws.len();
+    let mut dx = vec![0f32; xs.len()];
+    let chunk = rows_per_task(xs.len() / c.max(1)) * c;
+    // Each task returns its rows' [dw | db] partial sums.
+    let sums = dx
+        .par_chunks_mut(chunk)
+        .zip(xs.par_chunks(chunk))
+        .zip(dys.par_chunks(chunk))
+        .map(|((dx, x), dy)| {
+            let mut acc = vec![0f32; 2 * c];
+            let (dw, db) = acc.split_at_mut(c);
+            // Per row: x̂ into dx (scratch), then the sums, then dx over it.
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                        let (mean, rstd) = moments(x, eps);
+                        for ((xh, &x), ((dw, db), &dy)) in
+                            dx.iter_mut().zip(x).zip(dw.iter_mut().zip(db.iter_mut()).zip(dy))
+                        {
+                            *xh = (x - mean) * rstd;
+                            *dw += dy * *xh;
+                            *db += dy;
+                        }
+                        // Σ dy·w and Σ dy·w·x̂ over 8 lanes.
+                        let (mut sd, mut sdx) = ([0f32; 8], [0f32; 8]);
+                        let mut j = 0;
+                        while j + 8 <= c {
+                            for l in 0..8 {
+                                let d = dy[j + l] * ws[j + l];
+                                sd[l] += d;
+                                sdx[l] += d * dx[j + l];
+                            }
+                            j += 8;
+                        }
+                        let (mut sum_d, mut sum_dx) = (vmath::sum(&sd), vmath::sum(&sdx));
+                        for j in j..c {
+                            sum_d += dy[j] * ws[j];
+                            sum_dx += dy[j] * ws[j] * dx[j];
+                        }
+                        let (mean_d, mean_dx) = (sum_d / c as f32, sum_dx / c as f32);
+                        for ((dx, &dy), &w) in dx.iter_mut().zip(dy).zip(ws) {
+                            *dx = rstd * (dy * w - mean_d - *dx * mean_dx);
+                        }
+                    }
+                },
+            );
+            acc
+        })
+        .collect();
+    let mut sums = sum_in_order(sums, 2 * c);
+    let db = sums.split_off(c);
+    (dx, sums, db)
+}
+
+/// RMSNorm rows of x (rows of C = w.len()): y = x·r·w.
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let c = w.len();
+    let mut y = vec![0f32; x.len()];
+    let chunk = rows_per_task(x.len() / c.max(1)) * c;
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                    let r = inv_rms(x, eps);
+                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                        *y = x * r * w;
+                    }
+                }
+            },
+        )
+    });
+    y
+}
+
+/// (dx, dw) of RMSNorm rows for dy.
+pub(super) fn rms_norm_backward_rows(xs: &[f32], ws: &[f32], dys: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let c = ws.len();
+    let mut dx = vec![0f32; xs.len()];
+    let chunk = rows_per_task(xs.len() / c.max(1)) * c;
+    let dw = dx
+        .par_chunks_mut(chunk)
+        .zip(xs.par_chunks(chunk))
+        .zip(dys.par_chunks(chunk))
+        .map(|((dx, x), dy)| {
+            let mut dw = vec![0f32; c];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for ((dx, x), dy) in dx.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+                        let r = inv_rms(x, eps);
+                        // dy·w into dx (scratch) for the sum, then dx over it.
+                        for ((d, &dy), (&w, (dw, &x))) in dx.iter_mut().zip(dy).zip(ws.iter().zip(dw.iter_mut().zip(x)))
+                        {
+                            *d = dy * w;
+                            *dw += dy * x * r;
+                        }
+                        let mean_dx = vmath::dot(dx, x) * r / c as f32;
+                        for (d, &x) in dx.iter_mut().zip(x) {
+                            *d = r * (*d - x * r * mean_dx);
+                        }
+                    }
+                },
+            );
+            dw
+        })
+        .collect();
+    let dw = sum_in_order(dw, c);
+    (dx, dw)
 }
 
 /// The gradient `make` builds, for an input that leads to a trained variable; None otherwise.

@@ -111,7 +111,7 @@ fn rows_view(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-struct Sdpa {
+pub(super) struct Sdpa {
     n_head: usize,
     n_kv_head: usize,
     scale: f32,
@@ -123,7 +123,7 @@ struct Sdpa {
 
 /// A (B, T, width) operand: data from its start offset, batch and row strides.
 #[derive(Clone, Copy)]
-struct Operand {
+pub(super) struct Operand {
     ptr: *const f32,
     sb: usize,
     st: usize,
@@ -145,6 +145,14 @@ impl Operand {
             bail!("sdpa: operand layout {l:?} is not rows of contiguous features");
         }
         Ok(Self { ptr: data[l.start_offset() + col..].as_ptr(), sb: stride[0], st: stride[1] })
+    }
+
+    /// Columns col..col+width of dense (B, T, W) rows in `data`.
+    pub fn rows(data: &[f32], b: usize, t: usize, w: usize, col: usize, width: usize) -> Result<Self> {
+        if col + width > w || data.len() < b * t * w {
+            bail!("sdpa: {width} columns from {col} of ({b}, {t}, {w}) rows in {} values", data.len());
+        }
+        Ok(Self { ptr: data[col..].as_ptr(), sb: t * w, st: w })
     }
 
     /// Pointer to row `i` of head `h` (width `d`) in batch `b`.
@@ -173,7 +181,7 @@ fn cpu_of(s: &Storage) -> Result<&CpuStorage> {
 
 /// A dense (B, T, W) output written by many tasks, each to its own heads, at column `col`.
 #[derive(Clone, Copy)]
-struct OutMat {
+pub(super) struct OutMat {
     ptr: *mut f32,
     t: usize,
     w: usize,
@@ -184,7 +192,7 @@ unsafe impl Send for OutMat {}
 unsafe impl Sync for OutMat {}
 
 impl OutMat {
-    fn new(buf: &mut [f32], t: usize, w: usize, col: usize) -> Self {
+    pub fn new(buf: &mut [f32], t: usize, w: usize, col: usize) -> Self {
         Self { ptr: buf.as_mut_ptr(), t, w, col }
     }
 
@@ -247,7 +255,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 impl Sdpa {
-    fn new(n_head: usize, n_kv_head: usize, scale: f64, key_lens: Option<Vec<usize>>) -> Self {
+    pub fn new(n_head: usize, n_kv_head: usize, scale: f64, key_lens: Option<Vec<usize>>) -> Self {
         Self { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new() }
     }
 
@@ -266,7 +274,7 @@ impl Sdpa {
     }
 
     /// y (B, T, H·D) and the log-sum-exp of every score row.
-    fn forward(&self, q: Operand, k: Operand, v: Operand, b: usize, t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    pub fn forward(&self, q: Operand, k: Operand, v: Operand, b: usize, t: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
         let (h, kh, rep) = (self.n_head, self.n_kv_head, self.n_head / self.n_kv_head);
         let mut y = vec![0f32; b * t * h * d];
         let mut lse = vec![0f32; b * h * t];
@@ -311,7 +319,7 @@ impl Sdpa {
 
     /// Writes dq, dk, dv through `dq`, `dk`, `dv` (dk and dv zeroed: they accumulate).
     #[allow(clippy::too_many_arguments)]
-    fn backward(
+    pub fn backward(
         &self,
         (q, k, v, dy): (Operand, Operand, Operand, Operand),
         (dq, dk, dv): (OutMat, OutMat, OutMat),

@@ -1,6 +1,7 @@
 //! Every fused kernel against its reference, forward (≤ 1e-5 relative) and backward
 //! (≤ 1e-4 relative), on random inputs with odd sizes, strided and offset views.
 
+use super::linear::Weight;
 use super::*;
 use candle_core::{Device, Var};
 use rand::SeedableRng;
@@ -28,10 +29,15 @@ fn run(k: Kernels, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -
     let _g = KernelsGuard::set(k);
     let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    param_grads::clear();
     let y = f(&ts).unwrap();
     let r = randn(y.dims(), 1.0, 99);
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = vars.iter().map(|v| grads.get(v.as_tensor()).expect("gradient reaches every input").clone()).collect();
+    // Fused sublayers leave their parameters' gradients beside the store.
+    let g = vars
+        .iter()
+        .map(|v| param_grads::gradient(v.as_tensor(), &grads).unwrap().expect("gradient reaches every input"))
+        .collect();
     (y, g)
 }
 
@@ -152,6 +158,187 @@ fn causal_attention_matches_reference() {
         let x = t[0].transpose(1, 2)?; // (2, 5, 8): T = 5, width 8
         causal_attention(&x, &x, &x, 2, 2, 0.3)
     });
+}
+
+/// The GPT-2 (LayerNorm, packed qkv with biases, Conv1D weights) or Llama (RMSNorm, split
+/// GQA projections, RoPE, nn.Linear weights) sublayer over `t` = [x, params...].
+fn attention_params(t: &[Tensor], llama: Option<(&Tensor, &Tensor)>, heads: (usize, usize)) -> AttentionSublayer {
+    let p = |w: &Tensor, b: Option<&Tensor>| Proj { w: w.clone(), b: b.cloned() };
+    let (norm, qkv, o) = match llama {
+        None => (
+            SublayerNorm::Layer { w: t[1].clone(), b: t[2].clone(), eps: 1e-5 },
+            QkvProj::Packed(p(&t[3], Some(&t[4]))),
+            p(&t[5], Some(&t[6])),
+        ),
+        Some(_) => (
+            SublayerNorm::Rms { w: t[1].clone(), eps: 1e-6 },
+            QkvProj::Split { q: p(&t[2], None), k: p(&t[3], None), v: p(&t[4], None) },
+            p(&t[5], None),
+        ),
+    };
+    let d = Weight::of(&o.w, llama.is_some()).unwrap().fan_in / heads.0;
+    AttentionSublayer {
+        norm,
+        qkv,
+        o,
+        w_is_out_in: llama.is_some(),
+        n_head: heads.0,
+        n_kv_head: heads.1,
+        scale: 1.0 / (d as f64).sqrt(),
+        rope: llama.map(|(c, s)| (c.clone(), s.clone())),
+    }
+}
+
+/// The attention sublayer composed from the single ops (what the decoder runs otherwise).
+fn attention_composed(x: &Tensor, p: &AttentionSublayer) -> Result<Tensor> {
+    let n = match &p.norm {
+        SublayerNorm::Layer { w, b, eps } => layer_norm(x, w, b, *eps)?,
+        SublayerNorm::Rms { w, eps } => rms_norm(x, w, *eps)?,
+    };
+    let lin = |z: &Tensor, pr: &Proj| linear(z, &pr.w, pr.b.as_ref(), p.w_is_out_in);
+    let (h, kh) = (p.n_head, p.n_kv_head);
+    let a = match &p.qkv {
+        QkvProj::Packed(pr) => causal_attention_packed(&lin(&n, pr)?, h, kh, p.scale)?,
+        QkvProj::Split { q, k, v } => {
+            let (mut q, mut k, v) = (lin(&n, q)?, lin(&n, k)?, lin(&n, v)?);
+            if let Some((cos, sin)) = &p.rope {
+                q = rope(&q, cos, sin, h, 0)?;
+                k = rope(&k, cos, sin, kh, 0)?;
+            }
+            causal_attention(&q, &k, &v, h, kh, p.scale)?
+        }
+    };
+    x + lin(&a, &p.o)?
+}
+
+fn mlp_params(t: &[Tensor], llama: bool) -> MlpSublayer {
+    let p = |w: &Tensor, b: Option<&Tensor>| Proj { w: w.clone(), b: b.cloned() };
+    match llama {
+        false => MlpSublayer {
+            norm: SublayerNorm::Layer { w: t[1].clone(), b: t[2].clone(), eps: 1e-5 },
+            mlp: MlpProj::Gelu { fc: p(&t[3], Some(&t[4])), proj: p(&t[5], Some(&t[6])), form: Gelu::Tanh },
+            w_is_out_in: false,
+        },
+        true => MlpSublayer {
+            norm: SublayerNorm::Rms { w: t[1].clone(), eps: 1e-6 },
+            mlp: MlpProj::SwiGlu { gate: p(&t[2], None), up: p(&t[3], None), down: p(&t[4], None) },
+            w_is_out_in: true,
+        },
+    }
+}
+
+fn mlp_composed(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
+    let n = match &p.norm {
+        SublayerNorm::Layer { w, b, eps } => layer_norm(x, w, b, *eps)?,
+        SublayerNorm::Rms { w, eps } => rms_norm(x, w, *eps)?,
+    };
+    let lin = |z: &Tensor, pr: &Proj| linear(z, &pr.w, pr.b.as_ref(), p.w_is_out_in);
+    let m = match &p.mlp {
+        MlpProj::Gelu { fc, proj, form } => lin(&gelu(&lin(&n, fc)?, *form)?, proj)?,
+        MlpProj::SwiGlu { gate, up, down } => lin(&swiglu(&lin(&n, gate)?, &lin(&n, up)?)?, down)?,
+    };
+    x + m
+}
+
+#[test]
+fn sublayers_match_their_composition_from_single_ops() {
+    // T = 150 spans three query blocks; C = 24 is no multiple of the SIMD width.
+    let x = randn(&[2, 150, 24], 1.0, 60);
+    let gpt_attn = [
+        x.clone(),
+        (randn(&[24], 0.2, 61) + 1.0).unwrap(),
+        randn(&[24], 0.2, 62),
+        randn(&[24, 72], 0.2, 63),
+        randn(&[72], 0.2, 64),
+        randn(&[24, 24], 0.2, 65),
+        randn(&[24], 0.2, 66),
+    ];
+    check("attention sublayer gpt-2", &gpt_attn, &|t| {
+        let p = attention_params(t, None, (4, 4));
+        attention_sublayer(&t[0], &p)?.map_or_else(|| attention_composed(&t[0], &p), Ok)
+    });
+    // Llama: 4 query heads sharing 2 key/value heads of D = 6, RoPE.
+    let rope_tables = crate::nn::Rope::new(6, 160, 10_000.0, &Device::Cpu).unwrap();
+    let (cos, sin) = rope_tables.tables();
+    let llama_attn = [
+        x.clone(),
+        (randn(&[24], 0.2, 71) + 1.0).unwrap(),
+        randn(&[24, 24], 0.2, 72),
+        randn(&[12, 24], 0.2, 73),
+        randn(&[12, 24], 0.2, 74),
+        randn(&[24, 24], 0.2, 75),
+    ];
+    check("attention sublayer llama", &llama_attn, &|t| {
+        let p = attention_params(t, Some((cos, sin)), (4, 2));
+        attention_sublayer(&t[0], &p)?.map_or_else(|| attention_composed(&t[0], &p), Ok)
+    });
+    let gpt_mlp = [
+        x.clone(),
+        (randn(&[24], 0.2, 81) + 1.0).unwrap(),
+        randn(&[24], 0.2, 82),
+        randn(&[24, 40], 0.3, 83),
+        randn(&[40], 0.2, 84),
+        randn(&[40, 24], 0.3, 85),
+        randn(&[24], 0.2, 86),
+    ];
+    check("mlp sublayer gpt-2", &gpt_mlp, &|t| {
+        let p = mlp_params(t, false);
+        mlp_sublayer(&t[0], &p)?.map_or_else(|| mlp_composed(&t[0], &p), Ok)
+    });
+    let llama_mlp = [
+        x,
+        (randn(&[24], 0.2, 91) + 1.0).unwrap(),
+        randn(&[44, 24], 0.3, 92),
+        randn(&[44, 24], 0.3, 93),
+        randn(&[24, 44], 0.3, 94),
+    ];
+    check("mlp sublayer llama", &llama_mlp, &|t| {
+        let p = mlp_params(t, true);
+        mlp_sublayer(&t[0], &p)?.map_or_else(|| mlp_composed(&t[0], &p), Ok)
+    });
+}
+
+#[test]
+fn sublayers_give_no_gradient_to_frozen_parameters_and_run_untracked() {
+    let x = Var::from_tensor(&randn(&[2, 9, 8], 1.0, 100)).unwrap();
+    let frozen_w = randn(&[8, 16], 0.3, 101); // plain tensors: frozen
+    let (ln_w, ln_b) = (Var::from_tensor(&randn(&[8], 0.2, 102)).unwrap(), randn(&[8], 0.2, 103));
+    let proj_w = Var::from_tensor(&randn(&[16, 8], 0.3, 104)).unwrap();
+    let p = MlpSublayer {
+        norm: SublayerNorm::Layer { w: ln_w.as_tensor().clone(), b: ln_b.clone(), eps: 1e-5 },
+        mlp: MlpProj::Gelu {
+            fc: Proj { w: frozen_w.clone(), b: None },
+            proj: Proj { w: proj_w.as_tensor().clone(), b: None },
+            form: Gelu::Tanh,
+        },
+        w_is_out_in: false,
+    };
+    param_grads::clear();
+    let y = mlp_sublayer(x.as_tensor(), &p).unwrap().expect("fused kernels apply");
+    let store = y.sum_all().unwrap().backward().unwrap();
+    for (name, t, trained) in [
+        ("ln w", ln_w.as_tensor(), true),
+        ("proj w", proj_w.as_tensor(), true),
+        ("ln b", &ln_b, false),
+        ("fc w", &frozen_w, false),
+    ] {
+        assert_eq!(param_grads::gradient(t, &store).unwrap().is_some(), trained, "{name}");
+    }
+    // Nothing tracked (evaluation with plain tensors): the forward alone, the same values.
+    let plain = MlpSublayer {
+        norm: SublayerNorm::Layer { w: ln_w.as_tensor().detach(), b: ln_b, eps: 1e-5 },
+        mlp: MlpProj::Gelu {
+            fc: Proj { w: frozen_w, b: None },
+            proj: Proj { w: proj_w.as_tensor().detach(), b: None },
+            form: Gelu::Tanh,
+        },
+        w_is_out_in: false,
+    };
+    let y2 = mlp_sublayer(&x.as_tensor().detach(), &plain).unwrap().expect("fused kernels apply");
+    assert_eq!(rel(&y2, &y), 0.0);
+    // A node joins the graph only through x: with x untracked but trained parameters, the
+    // caller must compose the sublayer instead.
+    assert!(mlp_sublayer(&x.as_tensor().detach(), &p).unwrap().is_none());
 }
 
 #[test]
