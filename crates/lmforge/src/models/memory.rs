@@ -29,10 +29,12 @@ use serde::Serialize;
 /// Peak backward working set as a fraction of the forward activations (measured, see above).
 pub const BACKWARD_WORKSPACE: f64 = 0.5;
 
-/// The same with the fused kernels (`examples/memprobe.rs`): 0.06–0.37 over tiny, quickstart,
-/// bench-gpt, gpt-small, llama-tiny, bench-llama, llama-small (the fused backward allocates
-/// little beyond each op's input gradients; the small presets' fixed buffers weigh more).
-pub const FUSED_BACKWARD_WORKSPACE: f64 = 0.25;
+/// The same with the fused kernels: none. A decoder block is two fused sublayer nodes
+/// (`ops::sublayer`) whose backward frees the activations it kept as it creates its
+/// parameters' gradients, so the backward's peak (`examples/memprobe.rs`) stays within the
+/// forward's live bytes plus the parameter gradients (−5 to +5 MB over tiny, quickstart,
+/// bench-gpt, gpt-small, llama-tiny, bench-llama, llama-small).
+pub const FUSED_BACKWARD_WORKSPACE: f64 = 0.0;
 
 /// Resident memory of the `lmforge` process before the model: code, runtime, thread stacks,
 /// BLAS packing buffers, and the run's bookkeeping (the SQLite experiment store, ~4 MB, and the

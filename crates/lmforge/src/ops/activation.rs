@@ -7,7 +7,7 @@
 //! SwiGLU: y = silu(g)·v, silu(g) = g·σ(g)
 //!   dv = dy·silu(g),  dg = dy·v·σ(g)(1 + g(1 − σ(g)))
 
-use super::cpu::{slice, tensor, Read};
+use super::cpu::{assume_init, slice, tensor, uninit, Read};
 use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -123,35 +123,44 @@ impl CustomOp1 for Gelu {
 impl Gelu {
     /// gelu(x), element-wise over the rayon pool (also the fused linear's epilogue).
     pub(super) fn forward_slice(self, x: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
+        let mut y = uninit(x.len());
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
             // One loop per form: a `match` inside would keep the loop from vectorising.
             vectorized(
                 #[inline(always)]
                 || match self {
-                    Gelu::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Tanh.value(x)),
-                    Gelu::Erf => y.iter_mut().zip(x).for_each(|(y, &x)| *y = Gelu::Erf.value(x)),
+                    Gelu::Tanh => y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(Gelu::Tanh.value(x));
+                    }),
+                    Gelu::Erf => y.iter_mut().zip(x).for_each(|(y, &x)| {
+                        y.write(Gelu::Erf.value(x));
+                    }),
                 },
             )
         });
-        y
+        // SAFETY: the chunks cover y, and each loop writes its whole chunk.
+        unsafe { assume_init(y) }
     }
 
     /// dy ⊙ gelu'(x).
     pub(super) fn backward_slice(self, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let mut dx = vec![0f32; x.len()];
+        assert_eq!(x.len(), dy.len(), "gelu: x and dy lengths");
+        let mut dx = uninit(x.len());
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
             vectorized(
                 #[inline(always)]
                 || match self {
-                    Gelu::Tanh => {
-                        dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Tanh.grad(x))
-                    }
-                    Gelu::Erf => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = dy * Gelu::Erf.grad(x)),
+                    Gelu::Tanh => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| {
+                        dx.write(dy * Gelu::Tanh.grad(x));
+                    }),
+                    Gelu::Erf => dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| {
+                        dx.write(dy * Gelu::Erf.grad(x));
+                    }),
                 },
             )
         });
-        dx
+        // SAFETY: the chunks cover dx (x and dy have its length), each loop writes its chunk.
+        unsafe { assume_init(dx) }
     }
 }
 
@@ -177,24 +186,26 @@ impl CustomOp2 for SwiGlu {
 
 /// silu(g)·u, element-wise over the rayon pool (also the fused gate/up projection's epilogue).
 pub(super) fn swiglu_forward_slice(g: &[f32], u: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; g.len()];
+    assert_eq!(g.len(), u.len(), "swiglu: gate and up lengths");
+    let mut y = uninit(g.len());
     y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
         vectorized(
             #[inline(always)]
             || {
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(g) * u;
+                    y.write(g * sigmoid(g) * u);
                 }
             },
         )
     });
-    y
+    // SAFETY: the chunks cover y (g and u have its length), each loop writes its chunk.
+    unsafe { assume_init(y) }
 }
 
 /// (d gate, d up) for dy of silu(g)·u.
 pub(super) fn swiglu_backward_slice(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dg = vec![0f32; g.len()];
-    let mut du = vec![0f32; g.len()];
+    assert!(g.len() == u.len() && g.len() == dy.len(), "swiglu: gate, up and dy lengths");
+    let (mut dg, mut du) = (uninit(g.len()), uninit(g.len()));
     dg.par_chunks_mut(CHUNK)
         .zip(du.par_chunks_mut(CHUNK))
         .zip(g.par_chunks(CHUNK))
@@ -205,13 +216,14 @@ pub(super) fn swiglu_backward_slice(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f3
                 || {
                     for ((((dg, du), &g), &u), &dy) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dy) {
                         let s = sigmoid(g);
-                        *du = dy * g * s;
-                        *dg = dy * u * s * (1.0 + g * (1.0 - s));
+                        du.write(dy * g * s);
+                        dg.write(dy * u * s * (1.0 + g * (1.0 - s)));
                     }
                 },
             )
         });
-    (dg, du)
+    // SAFETY: the chunks cover dg and du (all four lengths are equal), each loop writes both.
+    unsafe { (assume_init(dg), assume_init(du)) }
 }
 
 /// Fused rotary embedding in the rotate-half layout for x (B, T, n·D) at positions

@@ -4,6 +4,7 @@
 use candle_core::{bail, CpuStorage, Layout, Result, Storage, StorageRef, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The f32 data of a contiguous CPU storage under `layout`, from its start offset.
 pub fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -44,6 +45,28 @@ pub fn tensor(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &candle_core::Device::Cpu)
 }
 
+/// `len` f32 left uninitialised, for a kernel that writes every element before any is read
+/// (then [`assume_init`]). A fresh `vec![0.0; len]` zeroes memory the allocator hands back
+/// from the heap: a memset per output, on the calling thread while the pool waits (about 2%
+/// of a bench-gpt step, all outputs together).
+pub fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation, and the capacity is `len`.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The buffer as plain f32.
+///
+/// # Safety
+/// Every element of `v` has been written.
+pub unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: MaybeUninit<f32> has f32's layout; every element is initialised (the caller's
+    // promise); the allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
 /// Rows per rayon task: a few tasks per thread so uneven rows (causal attention) balance,
 /// but at least 16 rows so tiny tensors are not split into hundreds of tasks.
 pub fn rows_per_task(rows: usize) -> usize {
@@ -71,11 +94,56 @@ pub fn gemm_into(
     rhs: &[f32],
     rhs_s: (usize, usize),
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n, "gemm_into: operand sizes");
+    assert!(dst.len() >= m * n, "gemm_into: operand sizes");
+    // SAFETY: dst holds m×n elements (asserted) and is borrowed mutably for the call.
+    unsafe { gemm_raw(m, n, k, dst.as_mut_ptr(), accumulate, lhs, lhs_s, rhs, rhs_s) }
+}
+
+/// A new m×n buffer = lhs (m×k) · rhs (k×n) ([`gemm_into`] without zeroing the output first:
+/// the product writes every element).
+pub fn gemm_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut dst = uninit(m * n);
+    // SAFETY: dst holds m×n elements; with k > 0 and no accumulation, gemm writes each of
+    // them without reading it, so all are initialised afterwards.
+    unsafe {
+        gemm_raw(m, n, k, dst.as_mut_ptr().cast::<f32>(), false, lhs, lhs_s, rhs, rhs_s);
+        assume_init(dst)
+    }
+}
+
+/// [`gemm_into`] on a raw m×n destination.
+///
+/// # Safety
+/// `dst` is valid for writes of m×n elements (and reads, when `accumulate`), and nothing
+/// else accesses them during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_s: (usize, usize),
+    rhs: &[f32],
+    rhs_s: (usize, usize),
+) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n, "gemm_into: operand sizes");
     let (tm, tn) = gemm_grid(m, n, k, rayon::current_num_threads());
     let (rows, cols) = (m.div_ceil(tm).next_multiple_of(8), n.div_ceil(tn).next_multiple_of(16));
     // Raw addresses, so blocks on other threads can write their disjoint parts of dst.
-    let (d, l, r) = (dst.as_mut_ptr() as usize, lhs.as_ptr() as usize, rhs.as_ptr() as usize);
+    let (d, l, r) = (dst as usize, lhs.as_ptr() as usize, rhs.as_ptr() as usize);
     let block = |i: usize| {
         let (r0, c0) = ((i / tn) * rows, (i % tn) * cols);
         if r0 >= m || c0 >= n {
@@ -83,9 +151,9 @@ pub fn gemm_into(
         }
         let (bm, bn) = (rows.min(m - r0), cols.min(n - c0));
         let f = std::mem::size_of::<f32>();
-        // SAFETY: the block [r0, r0+bm) × [c0, c0+bn) lies inside the m×n dst (dense rows),
-        // blocks do not overlap, the operand offsets stay inside the asserted lengths, and
-        // dst is borrowed mutably until every block has run.
+        // SAFETY: the block [r0, r0+bm) × [c0, c0+bn) lies inside the m×n dst (dense rows,
+        // exclusively ours: the caller's promise), blocks do not overlap, and the operand
+        // offsets stay inside the asserted lengths.
         unsafe {
             gemm(
                 bm,

@@ -9,7 +9,7 @@
 //!   dx = dy·Wᵀ,  dW = xᵀ·dy (Conv1D) or dyᵀ·x (nn.Linear),  db = Σ_rows dy
 
 use super::activation::{swiglu_backward_slice, swiglu_forward_slice, Gelu};
-use super::cpu::{gemm_into as mm, rows_per_task, slice, sum_in_order, tensor, Read};
+use super::cpu::{assume_init, gemm_into as mm, gemm_new, rows_per_task, slice, sum_in_order, tensor, uninit, Read};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -96,11 +96,31 @@ impl Weight {
         Ok(())
     }
 
-    /// y = x·W (+ b) into a new buffer.
+    /// y = x·W (+ b) into a new buffer (never zeroed: the bias rows or the product write it).
     pub fn apply(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Result<Vec<f32>> {
-        let mut y = vec![0f32; x.len() / self.fan_in.max(1) * self.fan_out];
-        self.forward(x, w, b, &mut y, false)?;
+        let n = x.len() / self.fan_in.max(1);
+        let Some(b) = b else {
+            return Ok(gemm_new(n, self.fan_out, self.fan_in, x, (self.fan_in, 1), w, self.strides().0));
+        };
+        if b.len() != self.fan_out {
+            bail!("linear: bias of {} for {} outputs", b.len(), self.fan_out);
+        }
+        let mut y = uninit(n * self.fan_out);
+        y.par_chunks_mut(self.fan_out.max(1)).for_each(|row| {
+            row.iter_mut().zip(b).for_each(|(y, &b)| {
+                y.write(b);
+            })
+        });
+        // SAFETY: every row was written with the bias.
+        let mut y = unsafe { assume_init(y) };
+        mm(n, self.fan_out, self.fan_in, &mut y, true, x, (self.fan_in, 1), w, self.strides().0);
         Ok(y)
+    }
+
+    /// dy (n × out) · Wᵀ into a new buffer.
+    pub fn input_grad_new(&self, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        let n = dy.len() / self.fan_out.max(1);
+        gemm_new(n, self.fan_in, self.fan_out, dy, (self.fan_out, 1), w, self.strides().1)
     }
 
     /// dx (n × in) [+]= dy (n × out) · Wᵀ.
@@ -113,15 +133,13 @@ impl Weight {
     pub fn weight_grad(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let (fan_in, fan_out) = (self.fan_in, self.fan_out);
         let n = x.len() / fan_in.max(1);
-        let mut dw = vec![0f32; fan_in * fan_out];
         if self.out_in {
             // dW (out, in) = dyᵀ (out, N) · x (N, in)
-            mm(fan_out, fan_in, n, &mut dw, false, dy, (1, fan_out), x, (fan_in, 1));
+            gemm_new(fan_out, fan_in, n, dy, (1, fan_out), x, (fan_in, 1))
         } else {
             // dW (in, out) = xᵀ (in, N) · dy (N, out)
-            mm(fan_in, fan_out, n, &mut dw, false, x, (1, fan_in), dy, (fan_out, 1));
+            gemm_new(fan_in, fan_out, n, x, (1, fan_in), dy, (fan_out, 1))
         }
-        dw
     }
 }
 
@@ -202,13 +220,7 @@ impl Linear {
             (None, _) => dyr.f32()?,
         };
         let weight = Weight::of(w, self.out_in)?;
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; xs.len()];
-            weight.input_grad(dys, ws, &mut dx, false);
-            Some(tensor(dx, x.dims())?)
-        } else {
-            None
-        };
+        let dx = if x.track_op() { Some(tensor(weight.input_grad_new(dys, ws), x.dims())?) } else { None };
         let dw = if w.track_op() { Some(tensor(weight.weight_grad(xs, dys), w.dims())?) } else { None };
         let db = match b {
             Some(b) if b.track_op() => Some(tensor(bias_grad(dys, weight.fan_out), &[weight.fan_out])?),
@@ -328,8 +340,7 @@ impl CustomOp3 for GateUp {
         let weight = Weight::of(wg, self.layout.out_in)?;
         let dx = if x.track_op() {
             // dx = d gate·W_gateᵀ + d up·W_upᵀ, the second product accumulating onto the first.
-            let mut dx = vec![0f32; xs.len()];
-            weight.input_grad(&dg, wgs, &mut dx, false);
+            let mut dx = weight.input_grad_new(&dg, wgs);
             weight.input_grad(&du, wus, &mut dx, true);
             Some(tensor(dx, x.dims())?)
         } else {

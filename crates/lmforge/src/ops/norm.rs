@@ -7,7 +7,7 @@
 //!   dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dw = Σ dy·x̂,  db = Σ dy
 //! RMSNorm is the same without the centring: x̂ = x·r, dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)).
 
-use super::cpu::{rows_per_task, slice, sum_in_order, tensor, Read};
+use super::cpu::{assume_init, rows_per_task, slice, sum_in_order, tensor, uninit, Read};
 use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -128,7 +128,8 @@ impl CustomOp2 for RmsNorm {
 /// LayerNorm rows of x (rows of C = w.len()): y = x̂·w + b.
 pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let c = w.len();
-    let mut y = vec![0f32; x.len()];
+    assert!(x.len() % c.max(1) == 0, "norm: {} values are not rows of {c}", x.len());
+    let mut y = uninit(x.len());
     let chunk = rows_per_task(x.len() / c.max(1)) * c;
     y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
         vectorized(
@@ -137,13 +138,14 @@ pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<
                 for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     let (mean, rstd) = moments(x, eps);
                     for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        *y = (x - mean) * rstd * w + b;
+                        y.write((x - mean) * rstd * w + b);
                     }
                 }
             },
         )
     });
-    y
+    // SAFETY: x is whole rows of C (asserted), so the rows written cover y.
+    unsafe { assume_init(y) }
 }
 
 /// (dx, dw, db) of LayerNorm rows for dy.
@@ -211,7 +213,8 @@ pub(super) fn layer_norm_backward_rows(
 /// RMSNorm rows of x (rows of C = w.len()): y = x·r·w.
 pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let c = w.len();
-    let mut y = vec![0f32; x.len()];
+    assert!(x.len() % c.max(1) == 0, "norm: {} values are not rows of {c}", x.len());
+    let mut y = uninit(x.len());
     let chunk = rows_per_task(x.len() / c.max(1)) * c;
     y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
         vectorized(
@@ -220,13 +223,14 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
                 for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
                     let r = inv_rms(x, eps);
                     for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                        *y = x * r * w;
+                        y.write(x * r * w);
                     }
                 }
             },
         )
     });
-    y
+    // SAFETY: x is whole rows of C (asserted), so the rows written cover y.
+    unsafe { assume_init(y) }
 }
 
 /// (dx, dw) of RMSNorm rows for dy.

@@ -279,41 +279,46 @@ impl Sdpa {
         let mut y = vec![0f32; b * t * h * d];
         let mut lse = vec![0f32; b * h * t];
         let yo = OutMat::new(&mut y, t, h * d, 0);
-        let lo = OutMat::new(&mut lse, h, t, 0); // (B, H, T) as (B, H rows, T columns)
-        (0..b * kh).into_par_iter().for_each(|task| {
-            let (bi, g) = (task / kh, task % kh);
-            let mut s = vec![0f32; t * t];
-            for hi in g * rep..(g + 1) * rep {
-                for (i0, i1) in blocks(t) {
-                    let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
-                    let sb = &mut s[i0 * t..i1 * t];
-                    // SAFETY: operands checked in `new`; y and lse blocks are this task's.
-                    unsafe {
-                        // S block (m × e) = s · Q rows · K[..e]ᵀ
-                        let (qb, kb) = (q.head(bi, hi, d, i0), k.head(bi, g, d, 0));
-                        mm(m, e, d, sb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
-                        let lse_row = lo.head(bi, hi, t, 0);
-                        vectorized(
-                            #[inline(always)]
-                            || {
-                                for (r, row) in sb.chunks_exact_mut(t).enumerate() {
-                                    let i = i0 + r;
-                                    let n = self.row_end(bi, i);
-                                    let max = vmath::max(&row[..n]);
-                                    let sum = vmath::exp_sum(&mut row[..n], max);
-                                    vmath::scale(&mut row[..n], 1.0 / sum);
-                                    row[n..e].fill(0.0);
-                                    *lse_row.add(i) = max + sum.ln();
-                                }
-                            },
-                        );
-                        // Y rows = P block (m × e) · V[..e]
-                        let vb = v.head(bi, g, d, 0);
-                        mm(m, d, e, yo.head(bi, hi, d, i0), h * d, false, sb.as_ptr(), t, 1, vb, v.st, 1, 1.0);
+        // (B, H, T) as (B, H rows, T columns)
+        let lo = OutMat::new(&mut lse, h, t, 0);
+        // One (T, T) scratch per rayon job, not per task: every block's products write the
+        // part of it the block reads.
+        (0..b * kh).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |s, task| {
+                let (bi, g) = (task / kh, task % kh);
+                for hi in g * rep..(g + 1) * rep {
+                    for (i0, i1) in blocks(t) {
+                        let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
+                        let sb = &mut s[i0 * t..i1 * t];
+                        // SAFETY: operands checked in `new`; y and lse blocks are this task's.
+                        unsafe {
+                            // S block (m × e) = s · Q rows · K[..e]ᵀ
+                            let (qb, kb) = (q.head(bi, hi, d, i0), k.head(bi, g, d, 0));
+                            mm(m, e, d, sb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
+                            let lse_row = lo.head(bi, hi, t, 0);
+                            vectorized(
+                                #[inline(always)]
+                                || {
+                                    for (r, row) in sb.chunks_exact_mut(t).enumerate() {
+                                        let i = i0 + r;
+                                        let n = self.row_end(bi, i);
+                                        let max = vmath::max(&row[..n]);
+                                        let sum = vmath::exp_sum(&mut row[..n], max);
+                                        vmath::scale(&mut row[..n], 1.0 / sum);
+                                        row[n..e].fill(0.0);
+                                        *lse_row.add(i) = max + sum.ln();
+                                    }
+                                },
+                            );
+                            // Y rows = P block (m × e) · V[..e]
+                            let vb = v.head(bi, g, d, 0);
+                            mm(m, d, e, yo.head(bi, hi, d, i0), h * d, false, sb.as_ptr(), t, 1, vb, v.st, 1, 1.0);
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         (y, lse)
     }
 
@@ -329,52 +334,58 @@ impl Sdpa {
         d: usize,
     ) {
         let (h, kh, rep) = (self.n_head, self.n_kv_head, self.n_head / self.n_kv_head);
-        (0..b * kh).into_par_iter().for_each(|task| {
-            let (bi, g) = (task / kh, task % kh);
-            let mut p = vec![0f32; t * t];
-            let mut dp = vec![0f32; t * t];
-            for hi in g * rep..(g + 1) * rep {
-                let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
-                for (i0, i1) in blocks(t) {
-                    let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
-                    let (pb, dpb) = (&mut p[i0 * t..i1 * t], &mut dp[i0 * t..i1 * t]);
-                    // SAFETY: operands checked in `new`; dq, dk, dv blocks are this task's.
-                    unsafe {
-                        let (qb, kb, vb, dyb) =
-                            (q.head(bi, hi, d, i0), k.head(bi, g, d, 0), v.head(bi, g, d, 0), dy.head(bi, hi, d, i0));
-                        // P block, recomputed: exp(s·Q·Kᵀ − lse)
-                        mm(m, e, d, pb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
-                        // dP block = dY rows · V[..e]ᵀ
-                        mm(m, e, d, dpb.as_mut_ptr(), t, false, dyb, dy.st, 1, vb, 1, v.st, 1.0);
-                        vectorized(
-                            #[inline(always)]
-                            || {
-                                for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate() {
-                                    let n = self.row_end(bi, i0 + r);
-                                    vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);
-                                    pr[n..e].fill(0.0);
-                                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
-                                    let dot = vmath::dot(&pr[..n], &dr[..n]);
-                                    for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
-                                        *x = pv * (*x - dot);
+        (0..b * kh).into_par_iter().for_each_init(
+            || (vec![0f32; t * t], vec![0f32; t * t]),
+            |(p, dp), task| {
+                let (bi, g) = (task / kh, task % kh);
+                for hi in g * rep..(g + 1) * rep {
+                    let lse_row = &lse[(bi * h + hi) * t..(bi * h + hi + 1) * t];
+                    for (i0, i1) in blocks(t) {
+                        let (m, e) = (i1 - i0, self.row_end(bi, i1 - 1));
+                        let (pb, dpb) = (&mut p[i0 * t..i1 * t], &mut dp[i0 * t..i1 * t]);
+                        // SAFETY: operands checked in `new`; dq, dk, dv blocks are this task's.
+                        unsafe {
+                            let (qb, kb, vb, dyb) = (
+                                q.head(bi, hi, d, i0),
+                                k.head(bi, g, d, 0),
+                                v.head(bi, g, d, 0),
+                                dy.head(bi, hi, d, i0),
+                            );
+                            // P block, recomputed: exp(s·Q·Kᵀ − lse)
+                            mm(m, e, d, pb.as_mut_ptr(), t, false, qb, q.st, 1, kb, 1, k.st, self.scale);
+                            // dP block = dY rows · V[..e]ᵀ
+                            mm(m, e, d, dpb.as_mut_ptr(), t, false, dyb, dy.st, 1, vb, 1, v.st, 1.0);
+                            vectorized(
+                                #[inline(always)]
+                                || {
+                                    for (r, (pr, dr)) in pb.chunks_exact_mut(t).zip(dpb.chunks_exact_mut(t)).enumerate()
+                                    {
+                                        let n = self.row_end(bi, i0 + r);
+                                        vmath::exp_sum(&mut pr[..n], lse_row[i0 + r]);
+                                        pr[n..e].fill(0.0);
+                                        // dS = P ⊙ (dP − rowsum(P ⊙ dP)), into dp
+                                        let dot = vmath::dot(&pr[..n], &dr[..n]);
+                                        for (x, &pv) in dr[..n].iter_mut().zip(&pr[..n]) {
+                                            *x = pv * (*x - dot);
+                                        }
+                                        dr[n..e].fill(0.0);
                                     }
-                                    dr[n..e].fill(0.0);
-                                }
-                            },
-                        );
-                        // dV[..e] += P blockᵀ · dY rows
-                        let dvh = dv.head(bi, g, d, 0);
-                        mm(e, d, m, dvh, dv.w, true, pb.as_ptr(), 1, t, dyb, dy.st, 1, 1.0);
-                        // dQ rows = s · dS block · K[..e]
-                        let dqh = dq.head(bi, hi, d, i0);
-                        mm(m, d, e, dqh, dq.w, false, dpb.as_ptr(), t, 1, kb, k.st, 1, self.scale);
-                        // dK[..e] += s · dS blockᵀ · Q rows
-                        let dkh = dk.head(bi, g, d, 0);
-                        mm(e, d, m, dkh, dk.w, true, dpb.as_ptr(), 1, t, qb, q.st, 1, self.scale);
+                                },
+                            );
+                            // dV[..e] += P blockᵀ · dY rows
+                            let dvh = dv.head(bi, g, d, 0);
+                            mm(e, d, m, dvh, dv.w, true, pb.as_ptr(), 1, t, dyb, dy.st, 1, 1.0);
+                            // dQ rows = s · dS block · K[..e]
+                            let dqh = dq.head(bi, hi, d, i0);
+                            mm(m, d, e, dqh, dq.w, false, dpb.as_ptr(), t, 1, kb, k.st, 1, self.scale);
+                            // dK[..e] += s · dS blockᵀ · Q rows
+                            let dkh = dk.head(bi, g, d, 0);
+                            mm(e, d, m, dkh, dk.w, true, dpb.as_ptr(), 1, t, qb, q.st, 1, self.scale);
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
     }
 
     fn save_lse(&self, lse: Vec<f32>) {

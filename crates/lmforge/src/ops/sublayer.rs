@@ -297,17 +297,12 @@ impl AttentionOp {
         let sdpa = Sdpa::new(h, kh, p.scale, None);
         // Output projection: da = dy·W_oᵀ, dW_o, db_o.
         let o_weight = Weight::of(&p.o.w, p.w_is_out_in)?;
-        let mut da = vec![0f32; s.a.len()];
-        {
-            let o = Read::new(&p.o.w, Self::NAME)?;
-            o_weight.input_grad(dy, o.f32()?, &mut da, false);
-        }
+        let da = o_weight.input_grad_new(dy, Read::new(&p.o.w, Self::NAME)?.f32()?);
         give_proj_grads(&p.o, &o_weight, &s.a, dy)?;
         let dy_heads = Operand::rows(&da, b, t, h * d, 0, h * d)?;
         let rope = self.rope(t, d)?;
         // The attention's input gradients, then each projection's.
-        let mut dn = vec![0f32; s.n.len()];
-        match (&p.qkv, &s.qkv[..]) {
+        let dn = match (&p.qkv, &s.qkv[..]) {
             (QkvProj::Packed(pr), [z]) => {
                 let w = (h + 2 * kh) * d;
                 let q = Operand::rows(z, b, t, w, 0, h * d)?;
@@ -321,11 +316,9 @@ impl AttentionOp {
                 );
                 sdpa.backward((q, k, v, dy_heads), outs, &s.lse, b, t, d);
                 let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-                {
-                    let wr = Read::new(&pr.w, Self::NAME)?;
-                    weight.input_grad(&dz, wr.f32()?, &mut dn, false);
-                }
+                let dn = weight.input_grad_new(&dz, Read::new(&pr.w, Self::NAME)?.f32()?);
                 give_proj_grads(pr, &weight, &s.n, &dz)?;
+                dn
             }
             (QkvProj::Split { q: pq, k: pk, v: pv }, [q, k, v]) => {
                 let ops = (
@@ -344,17 +337,22 @@ impl AttentionOp {
                     dq = r.apply(&dq, &[b, t, h * d], true);
                     dk = r.apply(&dk, &[b, t, kh * d], true);
                 }
-                for (i, (pr, dz)) in [(pq, &dq), (pk, &dk), (pv, &dv)].into_iter().enumerate() {
+                // dn = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, the later products accumulating.
+                let mut dn = Vec::new();
+                for (pr, dz) in [(pq, &dq), (pk, &dk), (pv, &dv)] {
                     let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-                    {
-                        let wr = Read::new(&pr.w, Self::NAME)?;
-                        weight.input_grad(dz, wr.f32()?, &mut dn, i > 0);
+                    let w = Read::new(&pr.w, Self::NAME)?;
+                    if dn.is_empty() {
+                        dn = weight.input_grad_new(dz, w.f32()?);
+                    } else {
+                        weight.input_grad(dz, w.f32()?, &mut dn, true);
                     }
                     give_proj_grads(pr, &weight, &s.n, dz)?;
                 }
+                dn
             }
             _ => bail!("{}: saved projections do not match the parameters", Self::NAME),
-        }
+        };
         p.norm.backward(x, &dn, dy, Self::NAME)
     }
 }
@@ -403,10 +401,9 @@ impl MlpOp {
             Weight::of(&pr.w, p.w_is_out_in)?.forward(input, r[0].f32()?, bias, out, accumulate)
         };
         let hidden = |pr: &Proj| -> Result<Vec<f32>> {
-            let wt = Weight::of(&pr.w, p.w_is_out_in)?;
-            let mut z = vec![0f32; n.len() / wt.fan_in.max(1) * wt.fan_out];
-            project(pr, &n, &mut z, false)?;
-            Ok(z)
+            let r = reads(&pr.tensors().collect::<Vec<_>>(), Self::NAME)?;
+            let bias = r.get(1).map(Read::f32).transpose()?;
+            Weight::of(&pr.w, p.w_is_out_in)?.apply(&n, r[0].f32()?, bias)
         };
         // y = x + act·W_out + b_out: the product accumulates onto a copy of x.
         let mut y = x.to_vec();
@@ -438,38 +435,38 @@ impl MlpOp {
         // d act = dy·W_outᵀ, and W_out's gradients.
         let out_grad = |pr: &Proj, act: &[f32]| -> Result<Vec<f32>> {
             let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-            let mut da = vec![0f32; act.len()];
-            {
-                let wr = Read::new(&pr.w, Self::NAME)?;
-                weight.input_grad(dy, wr.f32()?, &mut da, false);
-            }
+            let da = weight.input_grad_new(dy, Read::new(&pr.w, Self::NAME)?.f32()?);
             give_proj_grads(pr, &weight, act, dy)?;
             Ok(da)
         };
-        // dn [+]= dz·W_inᵀ, and W_in's gradients.
-        let in_grad = |pr: &Proj, dz: &[f32], dn: &mut [f32], accumulate: bool| -> Result<()> {
+        // dn (new, or accumulated onto) = dz·W_inᵀ, and W_in's gradients.
+        let in_grad = |pr: &Proj, dz: &[f32], dn: Option<&mut Vec<f32>>| -> Result<Vec<f32>> {
             let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-            {
-                let wr = Read::new(&pr.w, Self::NAME)?;
-                weight.input_grad(dz, wr.f32()?, dn, accumulate);
-            }
-            give_proj_grads(pr, &weight, &s.n, dz)
+            let w = Read::new(&pr.w, Self::NAME)?;
+            let out = match dn {
+                None => weight.input_grad_new(dz, w.f32()?),
+                Some(dn) => {
+                    weight.input_grad(dz, w.f32()?, dn, true);
+                    std::mem::take(dn)
+                }
+            };
+            give_proj_grads(pr, &weight, &s.n, dz)?;
+            Ok(out)
         };
-        let mut dn = vec![0f32; s.n.len()];
-        match (&p.mlp, &s.z[..]) {
+        let dn = match (&p.mlp, &s.z[..]) {
             (MlpProj::Gelu { fc, proj, form }, [pre, act]) => {
                 let d_act = out_grad(proj, act)?;
                 let d_pre = form.backward_slice(pre, &d_act);
-                in_grad(fc, &d_pre, &mut dn, false)?;
+                in_grad(fc, &d_pre, None)?
             }
             (MlpProj::SwiGlu { gate, up, down }, [g, u, act]) => {
                 let d_act = out_grad(down, act)?;
                 let (dg, du) = swiglu_backward_slice(g, u, &d_act);
-                in_grad(gate, &dg, &mut dn, false)?;
-                in_grad(up, &du, &mut dn, true)?;
+                let mut dn = in_grad(gate, &dg, None)?;
+                in_grad(up, &du, Some(&mut dn))?
             }
             _ => bail!("{}: saved activations do not match the parameters", Self::NAME),
-        }
+        };
         p.norm.backward(x, &dn, dy, Self::NAME)
     }
 }
