@@ -73,6 +73,10 @@ pub struct TrainBenchReport {
     pub mfu: f64,
     pub first_loss: f64,
     pub last_loss: f64,
+    /// How busy the cores were over the timed steps: the process's CPU time over wall time ×
+    /// threads (1.0 = every thread computing or spinning all the time); None where the OS
+    /// does not say.
+    pub cpu_utilization: Option<f64>,
     /// With `profile`: where the timed steps went.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<StepProfile>,
@@ -88,6 +92,9 @@ pub struct StepProfile {
     /// Collecting the gradients by name and global-norm clipping.
     pub grads_ms: f64,
     pub optimizer_ms: f64,
+    /// Core utilisation of each phase (as [`TrainBenchReport::cpu_utilization`]), in the
+    /// order forward, backward, gradients, optimizer.
+    pub cpu_utilization: Option<[f64; 4]>,
     pub ops: Vec<OpProfile>,
 }
 
@@ -133,13 +140,18 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         Optimizer::from_config(&cfg.optim, params.vars(), uniform_groups(params.vars(), cfg.optim.weight_decay))?;
 
     // The trainer's step (train.rs), minus data loading and logging; `phases` accumulates
-    // the wall time of its four phases.
-    let mut phases = [0f64; 4];
-    let mut step = |phases: &mut [f64; 4]| -> Result<f64> {
-        let mut clock = Instant::now();
+    // the wall and CPU time of its four phases.
+    let mut phases = Phases::default();
+    let mut step = |phases: &mut Phases| -> Result<f64> {
+        let mut clock = (Instant::now(), process_cpu_seconds());
         let mut lap = |i: usize| {
-            phases[i] += clock.elapsed().as_secs_f64();
-            clock = Instant::now();
+            let now = (Instant::now(), process_cpu_seconds());
+            phases.wall[i] += (now.0 - clock.0).as_secs_f64();
+            phases.cpu[i] = match (phases.cpu[i], now.1, clock.1) {
+                (Some(total), Some(b), Some(a)) => Some(total + (b - a)),
+                _ => None,
+            };
+            clock = now;
         };
         let loss = model.loss(&x, &y, None)?;
         let value = loss.to_scalar::<f32>()? as f64;
@@ -155,7 +167,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     };
     let mut losses = Vec::with_capacity(opts.warmup + opts.steps);
     for _ in 0..opts.warmup {
-        losses.push(step(&mut [0.0; 4])?);
+        losses.push(step(&mut Phases::default())?);
     }
     ops::profile::set_enabled(opts.profile);
     let mut times = Vec::with_capacity(opts.steps);
@@ -166,13 +178,18 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     }
     let op_times = ops::profile::take();
     ops::profile::set_enabled(false);
+    let threads = rayon::current_num_threads().max(1) as f64;
+    let busy = |cpu: Option<f64>, wall: f64| cpu.map(|c| c / (wall * threads).max(f64::MIN_POSITIVE));
+    let cpu_utilization = busy(phases.cpu.iter().copied().sum(), phases.wall.iter().sum());
     let profile = opts.profile.then(|| {
         let per_step = |s: f64| 1e3 * s / opts.steps as f64;
+        let by_phase: Option<Vec<f64>> = (0..4).map(|i| busy(phases.cpu[i], phases.wall[i])).collect();
         StepProfile {
-            forward_ms: per_step(phases[0]),
-            backward_ms: per_step(phases[1]),
-            grads_ms: per_step(phases[2]),
-            optimizer_ms: per_step(phases[3]),
+            forward_ms: per_step(phases.wall[0]),
+            backward_ms: per_step(phases.wall[1]),
+            grads_ms: per_step(phases.wall[2]),
+            optimizer_ms: per_step(phases.wall[3]),
+            cpu_utilization: by_phase.map(|v| [v[0], v[1], v[2], v[3]]),
             ops: op_times
                 .into_iter()
                 .map(|t| OpProfile {
@@ -213,8 +230,36 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         mfu: achieved_gflops / matmul.gflops,
         first_loss: losses[0],
         last_loss: *losses.last().expect("at least one step"),
+        cpu_utilization,
         profile,
     })
+}
+
+/// Wall and process CPU seconds of the step's four phases, summed over steps (CPU: None once
+/// a reading failed).
+struct Phases {
+    wall: [f64; 4],
+    cpu: [Option<f64>; 4],
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self { wall: [0.0; 4], cpu: [Some(0.0); 4] }
+    }
+}
+
+/// User + system CPU time of this process so far, all threads.
+fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: rusage is plain data (zero is valid) and getrusage only writes it.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return Some(secs(u.ru_utime) + secs(u.ru_stime));
+        }
+    }
+    None
 }
 
 /// One fixed batch of uniform random token ids (B, T) and its shifted targets, seeded.
@@ -244,7 +289,8 @@ pub fn table(r: &TrainBenchReport) -> String {
          peak RSS      {:.0} MB\n\
          FLOPs/token   {:.3e}\n\
          achieved      {:.2} GFLOP/s ({:.1}% MFU of a {:.1} GFLOP/s matmul peak)\n\
-         loss          {:.4} -> {:.4}\n",
+         loss          {:.4} -> {:.4}\n\
+         cores busy    {}\n",
         r.preset,
         r.parameters,
         r.kernels,
@@ -265,6 +311,7 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.matmul_peak_gflops,
         r.first_loss,
         r.last_loss,
+        r.cpu_utilization.map_or("unknown".into(), |u| format!("{:.0}% of {} threads' time", 100.0 * u, r.threads)),
     );
     if let Some(p) = &r.profile {
         out.push_str(&profile_table(p));
@@ -277,15 +324,16 @@ fn profile_table(p: &StepProfile) -> String {
     use ops::profile::Pass;
     let step = p.forward_ms + p.backward_ms + p.grads_ms + p.optimizer_ms;
     let pct = |ms: f64| 100.0 * ms / step.max(f64::MIN_POSITIVE);
-    let mut out = format!("\nper step ({step:.1} ms)                      calls       ms      %\n");
+    let mut out = format!("\nper step ({step:.1} ms)                      calls       ms      %  cores busy\n");
     let phases = [
         ("forward", p.forward_ms, Some(Pass::Forward)),
         ("backward", p.backward_ms, Some(Pass::Backward)),
         ("gradients + clipping", p.grads_ms, None),
         ("optimizer", p.optimizer_ms, Some(Pass::Update)),
     ];
-    for (phase, ms, pass) in phases {
-        out.push_str(&format!("{phase:<38} {ms:9.1} {:6.1}\n", pct(ms)));
+    for (i, (phase, ms, pass)) in phases.into_iter().enumerate() {
+        let busy = p.cpu_utilization.map_or(String::new(), |u| format!("{:9.0}%", 100.0 * u[i]));
+        out.push_str(&format!("{phase:<38} {ms:9.1} {:6.1} {busy}\n", pct(ms)));
         let ops: Vec<_> = p.ops.iter().filter(|o| Some(o.pass) == pass).collect();
         for o in &ops {
             out.push_str(&format!(

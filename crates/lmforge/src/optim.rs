@@ -156,14 +156,14 @@ impl Plateau {
 pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut sq = 0.0f64;
     for g in grads.values() {
-        sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        sq += crate::ops::sum_squares(g)?;
     }
     let norm = sq.sqrt();
     if max_norm > 0.0 && norm.is_finite() {
         let scale = max_norm / (norm + 1e-6);
         if scale < 1.0 {
             for g in grads.values_mut() {
-                *g = (&*g * scale)?;
+                *g = crate::ops::scale(g, scale)?;
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 mod cpu;
+pub mod grad_norm;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -297,6 +298,24 @@ pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -
         loss::lm_head_cross_entropy(hidden, head, targets)
     } else {
         reference::lm_head_cross_entropy(hidden, head, targets)
+    }
+}
+
+/// Σ x² (in f64), for global-norm gradient clipping.
+pub fn sum_squares(x: &Tensor) -> Result<f64> {
+    if fused(&[x]) {
+        grad_norm::sum_squares(x)
+    } else {
+        x.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+}
+
+/// x · s, outside the gradient graph (a gradient being clipped).
+pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    if fused(&[x]) {
+        grad_norm::scale(x, s)
+    } else {
+        x.detach() * s
     }
 }
 

@@ -406,6 +406,23 @@ fn strided_and_offset_inputs_match_reference() {
 }
 
 #[test]
+fn clipping_pieces_match_reference() {
+    for n in [0usize, 1, 17, 40_000] {
+        let x = randn(&[n], 1.5, 110 + n as u64);
+        let (fused, composed) = {
+            let _f = KernelsGuard::set(Kernels::Fused);
+            let a = (sum_squares(&x).unwrap(), scale(&x, 0.37).unwrap());
+            let _r = KernelsGuard::set(Kernels::Reference);
+            (a, (sum_squares(&x).unwrap(), scale(&x, 0.37).unwrap()))
+        };
+        let exact: f64 = x.to_vec1::<f32>().unwrap().iter().map(|&v| v as f64 * v as f64).sum();
+        assert!((fused.0 - exact).abs() <= 1e-6 * exact.max(1.0), "n={n}: {} vs {exact}", fused.0);
+        assert!((composed.0 - exact).abs() <= 1e-5 * exact.max(1.0), "n={n}");
+        assert_eq!(fused.1.to_vec1::<f32>().unwrap(), composed.1.to_vec1::<f32>().unwrap(), "n={n}");
+    }
+}
+
+#[test]
 fn kernels_guard_restores_the_previous_choice() {
     assert_eq!(kernels(), Kernels::Fused);
     {
