@@ -11,6 +11,7 @@ use super::cpu::{assume_init, rows_per_task, slice, sum_in_order, tensor, uninit
 use super::vmath::{self, vectorized};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Fused LayerNorm; x (..., C), weight and bias (C).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -125,27 +126,35 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
-/// LayerNorm rows of x (rows of C = w.len()): y = x̂·w + b.
-pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
-    let c = w.len();
+/// y = norm(x) row by row (rows of C) over the pool, each output row written whole by `row`
+/// (y is never zeroed first); `row` must be `#[inline(always)]` to run vectorised.
+fn map_rows(x: &[f32], c: usize, row: impl Fn(&mut [MaybeUninit<f32>], &[f32]) + Sync) -> Vec<f32> {
     assert!(x.len() % c.max(1) == 0, "norm: {} values are not rows of {c}", x.len());
     let mut y = uninit(x.len());
     let chunk = rows_per_task(x.len() / c.max(1)) * c;
     y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
         vectorized(
             #[inline(always)]
-            || {
-                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let (mean, rstd) = moments(x, eps);
-                    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                        y.write((x - mean) * rstd * w + b);
-                    }
-                }
-            },
+            || y.chunks_exact_mut(c).zip(x.chunks_exact(c)).for_each(|(y, x)| row(y, x)),
         )
     });
-    // SAFETY: x is whole rows of C (asserted), so the rows written cover y.
+    // SAFETY: x is whole rows of C (asserted), and `row` writes each output row whole.
     unsafe { assume_init(y) }
+}
+
+/// LayerNorm rows of x (rows of C = w.len()): y = x̂·w + b.
+pub(super) fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    map_rows(
+        x,
+        w.len(),
+        #[inline(always)]
+        |y, x| {
+            let (mean, rstd) = moments(x, eps);
+            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+                y.write((x - mean) * rstd * w + b);
+            }
+        },
+    )
 }
 
 /// (dx, dw, db) of LayerNorm rows for dy.
@@ -212,25 +221,17 @@ pub(super) fn layer_norm_backward_rows(
 
 /// RMSNorm rows of x (rows of C = w.len()): y = x·r·w.
 pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let c = w.len();
-    assert!(x.len() % c.max(1) == 0, "norm: {} values are not rows of {c}", x.len());
-    let mut y = uninit(x.len());
-    let chunk = rows_per_task(x.len() / c.max(1)) * c;
-    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(y, x)| {
-        vectorized(
-            #[inline(always)]
-            || {
-                for (y, x) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-                    let r = inv_rms(x, eps);
-                    for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
-                        y.write(x * r * w);
-                    }
-                }
-            },
-        )
-    });
-    // SAFETY: x is whole rows of C (asserted), so the rows written cover y.
-    unsafe { assume_init(y) }
+    map_rows(
+        x,
+        w.len(),
+        #[inline(always)]
+        |y, x| {
+            let r = inv_rms(x, eps);
+            for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                y.write(x * r * w);
+            }
+        },
+    )
 }
 
 /// (dx, dw) of RMSNorm rows for dy.
