@@ -245,23 +245,17 @@ impl Block {
     /// The block, and its fused form when every Linear is a plain product.
     fn new(norm1: Norm, attn: Attention, norm2: Norm, mlp: Mlp, rope: Option<&Rope>) -> Self {
         let fused = (|| {
+            // Every Linear a plain product in the output projection's weight layout.
             let out_in = attn.o.is_out_in();
-            let linears: Vec<&Linear> = match (&attn.qkv, &mlp) {
-                (Qkv::Fused(l), Mlp::Gelu { fc, proj }) => vec![l, fc, proj],
-                (Qkv::Split { q, k, v }, Mlp::SwiGlu { gate, up, down }) => vec![q, k, v, gate, up, down],
-                _ => return None,
-            };
-            if linears.iter().any(|l| l.is_out_in() != out_in) {
-                return None;
-            }
+            let plain = |l: &Linear| if l.is_out_in() == out_in { l.plain() } else { None };
             let qkv = match &attn.qkv {
-                Qkv::Fused(l) => ops::QkvProj::Packed(l.plain()?),
-                Qkv::Split { q, k, v } => ops::QkvProj::Split { q: q.plain()?, k: k.plain()?, v: v.plain()? },
+                Qkv::Fused(l) => ops::QkvProj::Packed(plain(l)?),
+                Qkv::Split { q, k, v } => ops::QkvProj::Split { q: plain(q)?, k: plain(k)?, v: plain(v)? },
             };
             let attention = ops::AttentionSublayer {
                 norm: norm1.sublayer(),
                 qkv,
-                o: attn.o.plain()?,
+                o: plain(&attn.o)?,
                 w_is_out_in: out_in,
                 n_head: attn.n_head,
                 n_kv_head: attn.n_kv_head,
@@ -273,10 +267,10 @@ impl Block {
             };
             let mlp_proj = match &mlp {
                 Mlp::Gelu { fc, proj } => {
-                    ops::MlpProj::Gelu { fc: fc.plain()?, proj: proj.plain()?, form: ops::Gelu::Tanh }
+                    ops::MlpProj::Gelu { fc: plain(fc)?, proj: plain(proj)?, form: ops::Gelu::Tanh }
                 }
                 Mlp::SwiGlu { gate, up, down } => {
-                    ops::MlpProj::SwiGlu { gate: gate.plain()?, up: up.plain()?, down: down.plain()? }
+                    ops::MlpProj::SwiGlu { gate: plain(gate)?, up: plain(up)?, down: plain(down)? }
                 }
             };
             let mlp = ops::MlpSublayer { norm: norm2.sublayer(), mlp: mlp_proj, w_is_out_in: out_in };

@@ -67,8 +67,16 @@ pub(super) struct Weight {
 impl Weight {
     /// The weight `w` stored in the given layout.
     pub fn of(w: &Tensor, out_in: bool) -> Result<Self> {
-        let (a, b) = w.dims2()?;
-        Ok(if out_in { Self { out_in, fan_in: b, fan_out: a } } else { Self { out_in, fan_in: a, fan_out: b } })
+        Self::from_dims(w.dims(), out_in)
+    }
+
+    /// A weight of stored dims `dims` in the given layout.
+    fn from_dims(dims: &[usize], out_in: bool) -> Result<Self> {
+        match *dims {
+            [a, b] if out_in => Ok(Self { out_in, fan_in: b, fan_out: a }),
+            [a, b] => Ok(Self { out_in, fan_in: a, fan_out: b }),
+            _ => bail!("linear: weight {dims:?} is not a matrix"),
+        }
     }
 
     /// W's (row, column) strides as the (in, out) matrix, and Wᵀ's as (out, in).
@@ -80,19 +88,16 @@ impl Weight {
         }
     }
 
-    /// y (n × out) = [y +] x (n × in) · W, with the bias written first when given (so the
-    /// product accumulates onto it, and onto y's own values when `accumulate`).
-    pub fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], accumulate: bool) -> Result<()> {
+    /// y (n × out) += x (n × in) · W (+ b): a residual branch added onto y.
+    pub fn add_onto(&self, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
         let n = x.len() / self.fan_in.max(1);
-        match b {
-            Some(b) if b.len() != self.fan_out => bail!("linear: bias of {} for {} outputs", b.len(), self.fan_out),
-            Some(b) if accumulate => y.par_chunks_mut(self.fan_out).for_each(|row| {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }),
-            Some(b) => y.par_chunks_mut(self.fan_out).for_each(|row| row.copy_from_slice(b)),
-            None => {}
+        if let Some(b) = b {
+            if b.len() != self.fan_out {
+                bail!("linear: bias of {} for {} outputs", b.len(), self.fan_out);
+            }
+            y.par_chunks_mut(self.fan_out).for_each(|row| row.iter_mut().zip(b).for_each(|(y, b)| *y += b));
         }
-        mm(n, self.fan_out, self.fan_in, y, b.is_some() || accumulate, x, (self.fan_in, 1), w, self.strides().0);
+        mm(n, self.fan_out, self.fan_in, y, true, x, (self.fan_in, 1), w, self.strides().0);
         Ok(())
     }
 
@@ -123,10 +128,10 @@ impl Weight {
         gemm_new(n, self.fan_in, self.fan_out, dy, (self.fan_out, 1), w, self.strides().1)
     }
 
-    /// dx (n × in) [+]= dy (n × out) · Wᵀ.
-    pub fn input_grad(&self, dy: &[f32], w: &[f32], dx: &mut [f32], accumulate: bool) {
+    /// dx (n × in) += dy (n × out) · Wᵀ.
+    pub fn add_input_grad(&self, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         let n = dy.len() / self.fan_out.max(1);
-        mm(n, self.fan_in, self.fan_out, dx, accumulate, dy, (self.fan_out, 1), w, self.strides().1);
+        mm(n, self.fan_in, self.fan_out, dx, true, dy, (self.fan_out, 1), w, self.strides().1);
     }
 
     /// dW in the weight's own layout for y = x·W, from x (n × in) and dy (n × out).
@@ -160,18 +165,12 @@ pub(super) fn bias_grad(dy: &[f32], fan_out: usize) -> Vec<f32> {
 }
 
 impl Linear {
-    /// The weight of this op, checked against x's last dim; and x's row count.
-    fn weight(&self, xl: &Layout, wl: &Layout) -> Result<(Weight, usize)> {
-        let (w0, w1) = match wl.dims() {
-            &[a, b] => (a, b),
-            d => bail!("linear: weight {d:?} is not a matrix"),
-        };
-        let (fan_in, fan_out) = if self.out_in { (w1, w0) } else { (w0, w1) };
+    /// The weight of this op, checked against x's last dim.
+    fn weight(&self, xl: &Layout, wl: &Layout) -> Result<Weight> {
+        let weight = Weight::from_dims(wl.dims(), self.out_in)?;
         match xl.dims().last() {
-            Some(&c) if c == fan_in => {
-                Ok((Weight { out_in: self.out_in, fan_in, fan_out }, xl.shape().elem_count() / fan_in.max(1)))
-            }
-            _ => bail!("linear: input {:?} does not end in the weight's {fan_in} inputs", xl.dims()),
+            Some(&c) if c == weight.fan_in => Ok(weight),
+            _ => bail!("linear: input {:?} does not end in the weight's {} inputs", xl.dims(), weight.fan_in),
         }
     }
 
@@ -183,7 +182,7 @@ impl Linear {
         wl: &Layout,
         b: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (weight, _) = self.weight(xl, wl)?;
+        let weight = self.weight(xl, wl)?;
         let y = weight.apply(x, w, b)?;
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().expect("checked") = weight.fan_out;
@@ -308,7 +307,7 @@ impl CustomOp3 for GateUp {
     ) -> Result<(CpuStorage, Shape)> {
         let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Forward);
         let (x, wg, wu) = (slice(xs, xl, self.name())?, slice(gs, gl, self.name())?, slice(us, ul, self.name())?);
-        let (weight, _) = self.layout.weight(xl, gl)?;
+        let weight = self.layout.weight(xl, gl)?;
         let (g, u) = (weight.apply(x, wg, None)?, weight.apply(x, wu, None)?);
         let y = swiglu_forward_slice(&g, &u);
         // The forward runs once per op instance; a second run would store the same values.
@@ -341,7 +340,7 @@ impl CustomOp3 for GateUp {
         let dx = if x.track_op() {
             // dx = d gate·W_gateᵀ + d up·W_upᵀ, the second product accumulating onto the first.
             let mut dx = weight.input_grad_new(&dg, wgs);
-            weight.input_grad(&du, wus, &mut dx, true);
+            weight.add_input_grad(&du, wus, &mut dx);
             Some(tensor(dx, x.dims())?)
         } else {
             None

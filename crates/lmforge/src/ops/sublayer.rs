@@ -134,11 +134,6 @@ pub fn mlp(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
     x.contiguous()?.apply_op1(MlpOp { p: p.clone(), saved: Mutex::new(None) })
 }
 
-/// A read lock on each tensor, in order.
-fn reads<'a>(ts: &[&'a Tensor], op: &'static str) -> Result<Vec<Read<'a>>> {
-    ts.iter().map(|t| Read::new(t, op)).collect()
-}
-
 /// Gradient `g` (shaped as `param`) to [`param_grads`], when `param` is trained.
 fn give(param: &Tensor, g: Vec<f32>) -> Result<()> {
     if param.track_op() {
@@ -147,15 +142,47 @@ fn give(param: &Tensor, g: Vec<f32>) -> Result<()> {
     Ok(())
 }
 
-/// dW and db of a projection y = x·W + b, given to [`param_grads`].
-fn give_proj_grads(p: &Proj, weight: &Weight, x: &[f32], dy: &[f32]) -> Result<()> {
-    if p.w.track_op() {
-        give(&p.w, weight.weight_grad(x, dy))?;
+impl Proj {
+    /// f(weight layout, W's data, b's data), the data borrowed for the call.
+    fn with_data<R>(
+        &self,
+        out_in: bool,
+        op: &'static str,
+        f: impl FnOnce(Weight, &[f32], Option<&[f32]>) -> Result<R>,
+    ) -> Result<R> {
+        let w = Read::new(&self.w, op)?;
+        let b = self.b.as_ref().map(|b| Read::new(b, op)).transpose()?;
+        f(Weight::of(&self.w, out_in)?, w.f32()?, b.as_ref().map(Read::f32).transpose()?)
     }
-    if let Some(b) = p.b.as_ref().filter(|b| b.track_op()) {
-        give(b, bias_grad(dy, weight.fan_out))?;
+
+    /// y = x·W + b into a new buffer.
+    fn apply(&self, x: &[f32], out_in: bool, op: &'static str) -> Result<Vec<f32>> {
+        self.with_data(out_in, op, |weight, w, b| weight.apply(x, w, b))
     }
-    Ok(())
+
+    /// y += x·W + b: a residual branch added onto y.
+    fn add_onto(&self, x: &[f32], y: &mut [f32], out_in: bool, op: &'static str) -> Result<()> {
+        self.with_data(out_in, op, |weight, w, b| weight.add_onto(x, w, b, y))
+    }
+
+    /// For dy of y = x·W + b: dx = dy·Wᵀ into `dx` (a new buffer when it is empty, else added
+    /// onto it), and dW, db given to [`param_grads`].
+    fn backward(&self, x: &[f32], dy: &[f32], out_in: bool, dx: &mut Vec<f32>, op: &'static str) -> Result<()> {
+        let weight = Weight::of(&self.w, out_in)?;
+        let w = Read::new(&self.w, op)?;
+        if dx.is_empty() {
+            *dx = weight.input_grad_new(dy, w.f32()?);
+        } else {
+            weight.add_input_grad(dy, w.f32()?, dx);
+        }
+        if self.w.track_op() {
+            give(&self.w, weight.weight_grad(x, dy))?;
+        }
+        if let Some(b) = self.b.as_ref().filter(|b| b.track_op()) {
+            give(b, bias_grad(dy, weight.fan_out))?;
+        }
+        Ok(())
+    }
 }
 
 impl SublayerNorm {
@@ -230,6 +257,27 @@ impl AttentionOp {
         Ok((b, t, c, width / h))
     }
 
+    /// The q, k, v operands over one packed buffer or three.
+    fn operands(&self, qkv: &[Vec<f32>], b: usize, t: usize, d: usize) -> Result<(Operand, Operand, Operand)> {
+        let (h, kh) = (self.p.n_head, self.p.n_kv_head);
+        match qkv {
+            [z] => {
+                let w = (h + 2 * kh) * d;
+                Ok((
+                    Operand::rows(z, b, t, w, 0, h * d)?,
+                    Operand::rows(z, b, t, w, h * d, kh * d)?,
+                    Operand::rows(z, b, t, w, (h + kh) * d, kh * d)?,
+                ))
+            }
+            [q, k, v] => Ok((
+                Operand::rows(q, b, t, h * d, 0, h * d)?,
+                Operand::rows(k, b, t, kh * d, 0, kh * d)?,
+                Operand::rows(v, b, t, kh * d, 0, kh * d)?,
+            )),
+            _ => bail!("{}: {} saved projections", Self::NAME, qkv.len()),
+        }
+    }
+
     fn rope(&self, t: usize, d: usize) -> Result<Option<Rope>> {
         self.p.rope.as_ref().map(|(cos, sin)| Rope::new(cos, sin, 0, t, d)).transpose()
     }
@@ -239,47 +287,24 @@ impl AttentionOp {
         let (b, t, c, d) = self.dims(dims)?;
         let (h, kh) = (p.n_head, p.n_kv_head);
         let n = p.norm.forward(x, Self::NAME)?;
-        let project = |pr: &Proj, input: &[f32]| -> Result<Vec<f32>> {
-            let r = reads(&pr.tensors().collect::<Vec<_>>(), Self::NAME)?;
-            let bias = r.get(1).map(Read::f32).transpose()?;
-            Weight::of(&pr.w, p.w_is_out_in)?.apply(input, r[0].f32()?, bias)
-        };
+        let project = |pr: &Proj| pr.apply(&n, p.w_is_out_in, Self::NAME);
         let rope = self.rope(t, d)?;
         let roped = |z: Vec<f32>, heads: usize| match &rope {
             Some(r) => r.apply(&z, &[b, t, heads * d], false),
             None => z,
         };
-        // q, k, v operands over one packed buffer or three.
-        let (qkv, operands) = match &p.qkv {
-            QkvProj::Packed(pr) => {
-                if rope.is_some() {
-                    bail!("{}: RoPE needs separate q, k, v projections", Self::NAME);
-                }
-                let w = (h + 2 * kh) * d;
-                let z = project(pr, &n)?;
-                let ops = (
-                    Operand::rows(&z, b, t, w, 0, h * d)?,
-                    Operand::rows(&z, b, t, w, h * d, kh * d)?,
-                    Operand::rows(&z, b, t, w, (h + kh) * d, kh * d)?,
-                );
-                (vec![z], ops)
+        let qkv = match &p.qkv {
+            QkvProj::Packed(_) if rope.is_some() => {
+                bail!("{}: RoPE needs separate q, k, v projections", Self::NAME)
             }
-            QkvProj::Split { q, k, v } => {
-                let (q, k, v) = (roped(project(q, &n)?, h), roped(project(k, &n)?, kh), project(v, &n)?);
-                let ops = (
-                    Operand::rows(&q, b, t, h * d, 0, h * d)?,
-                    Operand::rows(&k, b, t, kh * d, 0, kh * d)?,
-                    Operand::rows(&v, b, t, kh * d, 0, kh * d)?,
-                );
-                (vec![q, k, v], ops)
-            }
+            QkvProj::Packed(pr) => vec![project(pr)?],
+            QkvProj::Split { q, k, v } => vec![roped(project(q)?, h), roped(project(k)?, kh), project(v)?],
         };
-        let (a, lse) = Sdpa::new(h, kh, p.scale, None).forward(operands.0, operands.1, operands.2, b, t, d);
+        let (q, k, v) = self.operands(&qkv, b, t, d)?;
+        let (a, lse) = Sdpa::new(h, kh, p.scale, None).forward(q, k, v, b, t, d);
         // y = x + a·W_o + b_o: the product accumulates onto a copy of x.
         let mut y = x.to_vec();
-        let o = reads(&p.o.tensors().collect::<Vec<_>>(), Self::NAME)?;
-        let o_bias = o.get(1).map(Read::f32).transpose()?;
-        Weight::of(&p.o.w, p.w_is_out_in)?.forward(&a, o[0].f32()?, o_bias, &mut y, true)?;
+        p.o.add_onto(&a, &mut y, p.w_is_out_in, Self::NAME)?;
         debug_assert_eq!(y.len(), b * t * c);
         if p.tensors().iter().any(|t| t.track_op()) {
             *self.saved.lock().expect("not poisoned") = Some(AttentionSaved { n, qkv, a, lse });
@@ -296,18 +321,16 @@ impl AttentionOp {
         let (h, kh) = (p.n_head, p.n_kv_head);
         let sdpa = Sdpa::new(h, kh, p.scale, None);
         // Output projection: da = dy·W_oᵀ, dW_o, db_o.
-        let o_weight = Weight::of(&p.o.w, p.w_is_out_in)?;
-        let da = o_weight.input_grad_new(dy, Read::new(&p.o.w, Self::NAME)?.f32()?);
-        give_proj_grads(&p.o, &o_weight, &s.a, dy)?;
+        let mut da = Vec::new();
+        p.o.backward(&s.a, dy, p.w_is_out_in, &mut da, Self::NAME)?;
         let dy_heads = Operand::rows(&da, b, t, h * d, 0, h * d)?;
         let rope = self.rope(t, d)?;
-        // The attention's input gradients, then each projection's.
-        let dn = match (&p.qkv, &s.qkv[..]) {
+        let (q, k, v) = self.operands(&s.qkv, b, t, d)?;
+        // The attention's input gradients, then each projection's: dn = Σ dz·Wᵀ.
+        let mut dn = Vec::new();
+        match (&p.qkv, &s.qkv[..]) {
             (QkvProj::Packed(pr), [z]) => {
                 let w = (h + 2 * kh) * d;
-                let q = Operand::rows(z, b, t, w, 0, h * d)?;
-                let k = Operand::rows(z, b, t, w, h * d, kh * d)?;
-                let v = Operand::rows(z, b, t, w, (h + kh) * d, kh * d)?;
                 let mut dz = vec![0f32; z.len()];
                 let outs = (
                     OutMat::new(&mut dz, t, w, 0),
@@ -315,44 +338,26 @@ impl AttentionOp {
                     OutMat::new(&mut dz, t, w, (h + kh) * d),
                 );
                 sdpa.backward((q, k, v, dy_heads), outs, &s.lse, b, t, d);
-                let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-                let dn = weight.input_grad_new(&dz, Read::new(&pr.w, Self::NAME)?.f32()?);
-                give_proj_grads(pr, &weight, &s.n, &dz)?;
-                dn
+                pr.backward(&s.n, &dz, p.w_is_out_in, &mut dn, Self::NAME)?;
             }
-            (QkvProj::Split { q: pq, k: pk, v: pv }, [q, k, v]) => {
-                let ops = (
-                    Operand::rows(q, b, t, h * d, 0, h * d)?,
-                    Operand::rows(k, b, t, kh * d, 0, kh * d)?,
-                    Operand::rows(v, b, t, kh * d, 0, kh * d)?,
-                );
-                let (mut dq, mut dk, mut dv) = (vec![0f32; q.len()], vec![0f32; k.len()], vec![0f32; v.len()]);
+            (QkvProj::Split { q: pq, k: pk, v: pv }, [sq, sk, sv]) => {
+                let (mut dq, mut dk, mut dv) = (vec![0f32; sq.len()], vec![0f32; sk.len()], vec![0f32; sv.len()]);
                 let outs = (
                     OutMat::new(&mut dq, t, h * d, 0),
                     OutMat::new(&mut dk, t, kh * d, 0),
                     OutMat::new(&mut dv, t, kh * d, 0),
                 );
-                sdpa.backward((ops.0, ops.1, ops.2, dy_heads), outs, &s.lse, b, t, d);
+                sdpa.backward((q, k, v, dy_heads), outs, &s.lse, b, t, d);
                 if let Some(r) = &rope {
                     dq = r.apply(&dq, &[b, t, h * d], true);
                     dk = r.apply(&dk, &[b, t, kh * d], true);
                 }
-                // dn = dq·W_qᵀ + dk·W_kᵀ + dv·W_vᵀ, the later products accumulating.
-                let mut dn = Vec::new();
                 for (pr, dz) in [(pq, &dq), (pk, &dk), (pv, &dv)] {
-                    let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-                    let w = Read::new(&pr.w, Self::NAME)?;
-                    if dn.is_empty() {
-                        dn = weight.input_grad_new(dz, w.f32()?);
-                    } else {
-                        weight.input_grad(dz, w.f32()?, &mut dn, true);
-                    }
-                    give_proj_grads(pr, &weight, &s.n, dz)?;
+                    pr.backward(&s.n, dz, p.w_is_out_in, &mut dn, Self::NAME)?;
                 }
-                dn
             }
             _ => bail!("{}: saved projections do not match the parameters", Self::NAME),
-        };
+        }
         p.norm.backward(x, &dn, dy, Self::NAME)
     }
 }
@@ -395,29 +400,20 @@ impl MlpOp {
     fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         let p = &self.p;
         let n = p.norm.forward(x, Self::NAME)?;
-        let project = |pr: &Proj, input: &[f32], out: &mut [f32], accumulate: bool| -> Result<()> {
-            let r = reads(&pr.tensors().collect::<Vec<_>>(), Self::NAME)?;
-            let bias = r.get(1).map(Read::f32).transpose()?;
-            Weight::of(&pr.w, p.w_is_out_in)?.forward(input, r[0].f32()?, bias, out, accumulate)
-        };
-        let hidden = |pr: &Proj| -> Result<Vec<f32>> {
-            let r = reads(&pr.tensors().collect::<Vec<_>>(), Self::NAME)?;
-            let bias = r.get(1).map(Read::f32).transpose()?;
-            Weight::of(&pr.w, p.w_is_out_in)?.apply(&n, r[0].f32()?, bias)
-        };
+        let hidden = |pr: &Proj| pr.apply(&n, p.w_is_out_in, Self::NAME);
         // y = x + act·W_out + b_out: the product accumulates onto a copy of x.
         let mut y = x.to_vec();
         let z = match &p.mlp {
             MlpProj::Gelu { fc, proj, form } => {
                 let pre = hidden(fc)?;
                 let act = form.forward_slice(&pre);
-                project(proj, &act, &mut y, true)?;
+                proj.add_onto(&act, &mut y, p.w_is_out_in, Self::NAME)?;
                 vec![pre, act]
             }
             MlpProj::SwiGlu { gate, up, down } => {
                 let (g, u) = (hidden(gate)?, hidden(up)?);
                 let act = swiglu_forward_slice(&g, &u);
-                project(down, &act, &mut y, true)?;
+                down.add_onto(&act, &mut y, p.w_is_out_in, Self::NAME)?;
                 vec![g, u, act]
             }
         };
@@ -432,41 +428,23 @@ impl MlpOp {
         let Some(s) = self.saved.lock().expect("not poisoned").take() else {
             bail!("{}: backward before forward (or twice)", Self::NAME)
         };
-        // d act = dy·W_outᵀ, and W_out's gradients.
-        let out_grad = |pr: &Proj, act: &[f32]| -> Result<Vec<f32>> {
-            let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-            let da = weight.input_grad_new(dy, Read::new(&pr.w, Self::NAME)?.f32()?);
-            give_proj_grads(pr, &weight, act, dy)?;
-            Ok(da)
-        };
-        // dn (new, or accumulated onto) = dz·W_inᵀ, and W_in's gradients.
-        let in_grad = |pr: &Proj, dz: &[f32], dn: Option<&mut Vec<f32>>| -> Result<Vec<f32>> {
-            let weight = Weight::of(&pr.w, p.w_is_out_in)?;
-            let w = Read::new(&pr.w, Self::NAME)?;
-            let out = match dn {
-                None => weight.input_grad_new(dz, w.f32()?),
-                Some(dn) => {
-                    weight.input_grad(dz, w.f32()?, dn, true);
-                    std::mem::take(dn)
-                }
-            };
-            give_proj_grads(pr, &weight, &s.n, dz)?;
-            Ok(out)
-        };
-        let dn = match (&p.mlp, &s.z[..]) {
+        let out_in = p.w_is_out_in;
+        // d act = dy·W_outᵀ, then dn = Σ dz·W_inᵀ; each projection's weight gradients on the way.
+        let (mut d_act, mut dn) = (Vec::new(), Vec::new());
+        match (&p.mlp, &s.z[..]) {
             (MlpProj::Gelu { fc, proj, form }, [pre, act]) => {
-                let d_act = out_grad(proj, act)?;
+                proj.backward(act, dy, out_in, &mut d_act, Self::NAME)?;
                 let d_pre = form.backward_slice(pre, &d_act);
-                in_grad(fc, &d_pre, None)?
+                fc.backward(&s.n, &d_pre, out_in, &mut dn, Self::NAME)?;
             }
             (MlpProj::SwiGlu { gate, up, down }, [g, u, act]) => {
-                let d_act = out_grad(down, act)?;
+                down.backward(act, dy, out_in, &mut d_act, Self::NAME)?;
                 let (dg, du) = swiglu_backward_slice(g, u, &d_act);
-                let mut dn = in_grad(gate, &dg, None)?;
-                in_grad(up, &du, Some(&mut dn))?
+                gate.backward(&s.n, &dg, out_in, &mut dn, Self::NAME)?;
+                up.backward(&s.n, &du, out_in, &mut dn, Self::NAME)?;
             }
             _ => bail!("{}: saved activations do not match the parameters", Self::NAME),
-        };
+        }
         p.norm.backward(x, &dn, dy, Self::NAME)
     }
 }
