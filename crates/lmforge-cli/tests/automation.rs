@@ -127,9 +127,9 @@ fn tensorboard_events_decode_to_the_metrics_rows() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert_eq!(files.len(), 2, "one event file per process");
-    let first = lmforge::tensorboard::read_events(&files[0]).unwrap();
+    let first = lmforge_track::tensorboard::read_events(&files[0]).unwrap();
     assert_eq!(first[0].file_version.as_deref(), Some("brain.Event:2"));
-    let second = lmforge::tensorboard::read_events(&files[1]).unwrap();
+    let second = lmforge_track::tensorboard::read_events(&files[1]).unwrap();
     assert_eq!((second[1].session_status, second[1].step), (Some(1), 5));
     let hparams: Vec<_> = first.iter().flat_map(|e| e.plugins.iter()).collect();
     assert_eq!(hparams[0].1, "hparams");
@@ -275,7 +275,7 @@ fn grid_sweep_with_asha_covers_the_grid_stops_at_rungs_and_best_toml_reproduces(
     assert_eq!(norm, grid, "exactly the grid");
 
     // Rungs of a 6-step run validated every 3 steps with rf 2: step 3 only.
-    let asha = lmforge::sweep::early_stop::Rule::Asha { reduction_factor: 2.0 };
+    let asha = lmforge_track::sweep::early_stop::Rule::Asha { reduction_factor: 2.0 };
     let (mut stopped, mut finished) = (0, 0);
     for (i, t) in ts.iter().enumerate() {
         let run = out_dir.join(t["run_dir"].as_str().unwrap());
@@ -290,14 +290,14 @@ fn grid_sweep_with_asha_covers_the_grid_stops_at_rungs_and_best_toml_reproduces(
                 assert_eq!(t["step"], 3);
                 assert_eq!(last_row, 3, "a stopped trial trained no further than its rung");
                 assert!(run.join("checkpoints/step-00000003").is_dir());
-                assert!(matches!(decision, lmforge::sweep::early_stop::Decision::Stop { .. }), "trial {i}");
+                assert!(matches!(decision, lmforge_track::sweep::early_stop::Decision::Stop { .. }), "trial {i}");
                 assert_eq!(rec["run"]["status"], "stopped");
                 assert!(rec["run"]["note"].as_str().unwrap().contains("asha"), "{}", rec["run"]["note"]);
             }
             "finished" => {
                 finished += 1;
                 assert_eq!((t["step"].as_u64(), last_row), (Some(6), 6));
-                assert_eq!(decision, lmforge::sweep::early_stop::Decision::Continue, "trial {i}");
+                assert_eq!(decision, lmforge_track::sweep::early_stop::Decision::Continue, "trial {i}");
                 assert_eq!(rec["run"]["status"], "finished");
                 assert_eq!(rec["run"]["kind"], "trial");
             }
@@ -492,7 +492,7 @@ fn a_finetune_run_is_recorded_and_reported() {
     assert_eq!((rec["run"]["kind"].as_str(), rec["run"]["status"].as_str()), (Some("finetune"), Some("finished")));
     assert!(rec["run"]["summary"]["val_accuracy"].as_f64().is_some(), "{}", rec["run"]["summary"]);
     assert!(rec["run"]["summary"]["best_val_loss"].as_f64().is_some(), "{}", rec["run"]["summary"]);
-    let events = lmforge::tensorboard::read_dir_events(&run.join("tb")).unwrap();
+    let events = lmforge_track::tensorboard::read_dir_events(&run.join("tb")).unwrap();
     assert!(events.iter().flat_map(|e| &e.scalars).any(|(t, _)| t == "validation/accuracy"));
     let out = tmp.path().join("ft.html");
     ok(&db, &["report", s(&run), "--out", s(&out)]);

@@ -6,7 +6,6 @@
 //! error, fsio      shared vocabulary: typed errors, crash-safe file writes
 //! testhooks        LMFORGE_TEST_* fault injection for the reliability tests (off by default)
 //! config           the run config tree: defaults < TOML file < --set overrides, validated
-//! ops              tensor ops with a backward: fused CPU kernels + the reference versions
 //! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
 //! shards           token ids in a self-describing, memory-mapped binary file
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
@@ -27,12 +26,10 @@
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
 //! observe          run observers: start, every metrics row, end (the trainer's bookkeeping hook)
-//! tensorboard      TensorBoard event files of a run's scalars and hyperparameters
-//! store            the SQLite experiment store of runs, metrics and statuses
-//! sweep            hyperparameter sweeps: spaces, grid / random / TPE, ASHA / median, trials
-//! report           self-contained HTML reports of runs and sweeps (plotters SVG)
 //! ```
-//! The `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over these APIs.
+//! Below this crate, `lmforge-ops` holds the tensor ops (re-exported as [`ops`]); above it,
+//! `lmforge-track` records, searches and reports runs (store, sweeps, reports, TensorBoard), and
+//! the `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over both.
 
 pub mod bench;
 pub mod checkpoint;
@@ -51,19 +48,16 @@ pub mod mlm_data;
 pub mod models;
 pub mod nn;
 pub mod observe;
-pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;
-pub mod report;
 pub mod shards;
-pub mod store;
-pub mod sweep;
-pub mod tensorboard;
 pub mod testhooks;
 pub mod tokenizer;
 pub mod train;
 
 pub use candle_core::Device;
 pub use error::{Error, Result};
+/// The tensor ops (crate `lmforge-ops`): fused CPU kernels and their composed references.
+pub use lmforge_ops as ops;

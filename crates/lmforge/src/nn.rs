@@ -424,26 +424,8 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, context: usize, theta: f64, device: &Device) -> Result<Self> {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(context * head_dim);
-        let mut sin = Vec::with_capacity(context * head_dim);
-        for pos in 0..context {
-            let row: Vec<f64> = (0..half)
-                .map(|i| {
-                    // HF computes inv_freq in f32: 1 / theta^(2i/D).
-                    let inv = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
-                    pos as f64 * inv as f64
-                })
-                .collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|a| (*a as f32).cos()));
-                sin.extend(row.iter().map(|a| (*a as f32).sin()));
-            }
-        }
-        Ok(Self {
-            cos: Tensor::from_vec(cos, (context, head_dim), device)?,
-            sin: Tensor::from_vec(sin, (context, head_dim), device)?,
-        })
+        let (cos, sin) = ops::rope_tables(head_dim, context, theta, device)?;
+        Ok(Self { cos, sin })
     }
 
     /// The (context, D) cos and sin tables.

@@ -1,7 +1,7 @@
 //! Run observers: what besides `metrics.jsonl` wants to hear about a training run. The trainer
 //! calls each observer when the run starts (or resumes), with every metrics row (the same rows
 //! `metrics.jsonl` gets), and when it ends with its status. The experiment store
-//! ([`crate::store::Recorder`]) and the TensorBoard writer ([`crate::tensorboard`]) are
+//! (`lmforge_track::store::Recorder`) and the TensorBoard writer (`lmforge_track::tensorboard`) are
 //! observers; the training loop knows nothing about either. An observer that fails is
 //! reported once and dropped: bookkeeping never stops a run that is otherwise healthy.
 

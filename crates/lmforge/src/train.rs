@@ -199,17 +199,6 @@ fn run_end(result: &Result<TrainSummary>) -> RunEnd {
     }
 }
 
-/// Tells the observers the run started, adding the TensorBoard writer (skipped with a warning
-/// where `RUN_DIR/tb/` cannot be written: it is a view of `metrics.jsonl`, not the record).
-/// Observers that never heard a start ignore the end: ranks other than 0 record nothing.
-pub(crate) fn start_observers(observers: &mut Observers, start: &RunStart) {
-    match crate::tensorboard::TensorBoardObserver::new(start.run_dir) {
-        Ok(tb) => observers.push(tb),
-        Err(e) => tracing::warn!("no TensorBoard events for this run: {e}"),
-    }
-    observers.start(start);
-}
-
 fn train_fresh(
     cfg: &RunConfig,
     run_dir: &Path,
@@ -228,7 +217,7 @@ fn train_fresh(
     let (_lock, data) = distributed::rank0_first(comm.as_ref(), || {
         let lock = if writer { Some(start_run_dir(cfg, run_dir)?) } else { None };
         if writer {
-            start_observers(observers, &RunStart::new(run_dir, cfg, cfg.train.max_steps, None));
+            observers.start(&RunStart::new(run_dir, cfg, cfg.train.max_steps, None));
         }
         let mode = if writer { ProgressMode::parse(&cfg.log.progress) } else { ProgressMode::Off };
         Ok((lock, PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), mode)?))
@@ -294,7 +283,7 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
         tracing::warn!("{} has no checkpoint yet: starting again from step 0", run_dir.display());
     }
     if comm.rank() == 0 {
-        start_observers(observers, &RunStart::new(run_dir, &cfg, cfg.train.max_steps, Some(state.step)));
+        observers.start(&RunStart::new(run_dir, &cfg, cfg.train.max_steps, Some(state.step)));
     }
     let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
     let writer = comm.rank() == 0;

@@ -33,21 +33,27 @@ unsafe impl Sync for MpiCollective {}
 
 /// A heap value handed to MPI for the length of one nonblocking call (`StaticScope` needs
 /// `'static`). Not freed on drop: only [`Leased::reclaim`] after the request completed frees it.
+/// The one reference MPI gets is made when the lease is, so safe code cannot make a second
+/// one that would alias it.
 struct Leased<T: ?Sized>(*mut T);
 
 impl<T: ?Sized> Leased<T> {
-    fn new(value: Box<T>) -> Self {
-        Self(Box::into_raw(value))
+    /// The lease, and the only (mutable) reference to the value.
+    fn new(value: Box<T>) -> (Self, &'static mut T) {
+        let ptr = Box::into_raw(value);
+        // SAFETY: the pointer came from Box::into_raw, so it is valid and unique; it is freed
+        // only by `reclaim`, whose contract is that this reference is no longer in use.
+        (Self(ptr), unsafe { &mut *ptr })
     }
 
-    /// The reference MPI gets. Call once per lease.
-    fn lend(&self) -> &'static mut T {
-        // SAFETY: the pointer came from Box::into_raw and is freed only by `reclaim`, which the
-        // caller runs after the one request using this reference completed.
-        unsafe { &mut *self.0 }
+    /// The lease, and the only (shared) reference to the value: a buffer MPI reads.
+    fn shared(value: Box<T>) -> (Self, &'static T) {
+        let (lease, value) = Self::new(value);
+        (lease, value)
     }
 
-    /// SAFETY: the request the reference was lent to has completed.
+    /// SAFETY: the request the reference was lent to has completed and the reference is not
+    /// used again.
     unsafe fn reclaim(self) -> Box<T> {
         // SAFETY: see the function's contract; the pointer is from Box::into_raw.
         unsafe { Box::from_raw(self.0) }
@@ -136,9 +142,9 @@ impl Collective for MpiCollective {
 
     fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
         let _serial = self.serialize();
-        let send = Leased::new(buf.to_vec().into_boxed_slice());
-        let recv = Leased::new(vec![0f32; buf.len()].into_boxed_slice());
-        let req = self.world.immediate_all_reduce_into(StaticScope, &*send.lend(), recv.lend(), SystemOperation::sum());
+        let (send, send_buf) = Leased::shared(buf.to_vec().into_boxed_slice());
+        let (recv, recv_buf) = Leased::new(vec![0f32; buf.len()].into_boxed_slice());
+        let req = self.world.immediate_all_reduce_into(StaticScope, send_buf, recv_buf, SystemOperation::sum());
         self.wait("all_reduce", buf.len(), req)?;
         // SAFETY: the request completed.
         let (_, out) = unsafe { (send.reclaim(), recv.reclaim()) };
@@ -151,10 +157,10 @@ impl Collective for MpiCollective {
         self.check_count("all_gather", local.len(), counts)?;
         let (c, d) = counts_displs(counts)?;
         let total: usize = counts.iter().sum();
-        let send = Leased::new(local.to_vec().into_boxed_slice());
-        let recv = Leased::new(vec![0f32; total].into_boxed_slice());
-        let part = Leased::new(Box::new(PartitionMut::new(recv.lend(), c, d)));
-        let req = self.world.immediate_all_gather_varcount_into(StaticScope, &*send.lend(), part.lend());
+        let (send, send_buf) = Leased::shared(local.to_vec().into_boxed_slice());
+        let (recv, recv_buf) = Leased::new(vec![0f32; total].into_boxed_slice());
+        let (part, part_buf) = Leased::new(Box::new(PartitionMut::new(recv_buf, c, d)));
+        let req = self.world.immediate_all_gather_varcount_into(StaticScope, send_buf, part_buf);
         self.wait("all_gather", total, req)?;
         // SAFETY: the request completed.
         let (_, _, out) = unsafe { (send.reclaim(), part.reclaim(), recv.reclaim()) };
@@ -165,9 +171,9 @@ impl Collective for MpiCollective {
         let _serial = self.serialize();
         self.check_count("gather", local.len(), counts)?;
         let root_process = self.world.process_at_rank(root as mpi::Rank);
-        let send = Leased::new(local.to_vec().into_boxed_slice());
+        let (send, send_buf) = Leased::shared(local.to_vec().into_boxed_slice());
         if self.rank() != root {
-            let req = root_process.immediate_gather_varcount_into(StaticScope, &*send.lend());
+            let req = root_process.immediate_gather_varcount_into(StaticScope, send_buf);
             self.wait("gather", local.len(), req)?;
             // SAFETY: the request completed.
             drop(unsafe { send.reclaim() });
@@ -175,9 +181,9 @@ impl Collective for MpiCollective {
         }
         let (c, d) = counts_displs(counts)?;
         let total: usize = counts.iter().sum();
-        let recv = Leased::new(vec![0f32; total].into_boxed_slice());
-        let part = Leased::new(Box::new(PartitionMut::new(recv.lend(), c, d)));
-        let req = root_process.immediate_gather_varcount_into_root(StaticScope, &*send.lend(), part.lend());
+        let (recv, recv_buf) = Leased::new(vec![0f32; total].into_boxed_slice());
+        let (part, part_buf) = Leased::new(Box::new(PartitionMut::new(recv_buf, c, d)));
+        let req = root_process.immediate_gather_varcount_into_root(StaticScope, send_buf, part_buf);
         self.wait("gather", total, req)?;
         // SAFETY: the request completed.
         let (_, _, out) = unsafe { (send.reclaim(), part.reclaim(), recv.reclaim()) };
@@ -186,8 +192,8 @@ impl Collective for MpiCollective {
 
     fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()> {
         let _serial = self.serialize();
-        let data = Leased::new(buf.to_vec().into_boxed_slice());
-        let req = self.world.process_at_rank(root as mpi::Rank).immediate_broadcast_into(StaticScope, data.lend());
+        let (data, data_buf) = Leased::new(buf.to_vec().into_boxed_slice());
+        let req = self.world.process_at_rank(root as mpi::Rank).immediate_broadcast_into(StaticScope, data_buf);
         self.wait("broadcast", buf.len(), req)?;
         // SAFETY: the request completed.
         let out = unsafe { data.reclaim() };
@@ -198,14 +204,14 @@ impl Collective for MpiCollective {
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {
         let _serial = self.serialize();
         let root_process = self.world.process_at_rank(root as mpi::Rank);
-        let len = Leased::new(Box::new([buf.len() as u64]));
-        let req = root_process.immediate_broadcast_into(StaticScope, &mut len.lend()[..]);
+        let (len, len_buf) = Leased::new(Box::new([buf.len() as u64]));
+        let req = root_process.immediate_broadcast_into(StaticScope, &mut len_buf[..]);
         self.wait("broadcast", 1, req)?;
         // SAFETY: the request completed.
         let n = unsafe { len.reclaim() }[0] as usize;
         buf.resize(n, 0);
-        let data = Leased::new(buf.clone().into_boxed_slice());
-        let req = root_process.immediate_broadcast_into(StaticScope, data.lend());
+        let (data, data_buf) = Leased::new(buf.clone().into_boxed_slice());
+        let req = root_process.immediate_broadcast_into(StaticScope, data_buf);
         self.wait("broadcast", n, req)?;
         // SAFETY: the request completed.
         *buf = unsafe { data.reclaim() }.into_vec();

@@ -202,7 +202,7 @@ fn finetune_run(
     crate::fsio::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let per_epoch = train.encoded.len().div_ceil(t.batch_size) as u64;
     let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
-    crate::train::start_observers(observers, &RunStart::new(run_dir, cfg, total_steps, None));
+    observers.start(&RunStart::new(run_dir, cfg, total_steps, None));
     let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?;
     let model_dir = run_dir.join("model");
     let pad = model::pad_id(&tokenizer);

@@ -28,9 +28,9 @@ pub mod tpe;
 
 pub use run::{run, table, SweepOptions, SweepOutcome, SweepResult};
 
-use crate::config::RunConfig;
-use crate::error::{Error, IoContext, Result};
 use early_stop::Rule;
+use lmforge::config::RunConfig;
+use lmforge::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use space::Param;
@@ -169,14 +169,8 @@ impl SweepSpec {
 
     /// Parses a sweep file's text; `dir` resolves a relative base path, `stem` is the default name.
     pub fn parse(text: &str, dir: &Path, stem: &str) -> Result<Self> {
-        let value: toml::Value = text
-            .parse::<toml::Table>()
-            .map(toml::Value::Table)
-            .map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
-        let file: SweepFile = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            Error::config(key, e.into_inner().to_string().trim_end().to_string())
-        })?;
+        let table = text.parse::<toml::Table>().map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
+        let file: SweepFile = lmforge::config::deserialize_table(table)?;
         let s = file.sweep;
         let base_text = if s.base.as_os_str().is_empty() {
             String::new()

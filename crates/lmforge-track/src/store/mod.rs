@@ -10,8 +10,8 @@
 
 pub mod view;
 
-use crate::error::{Error, Result};
-use crate::observe::{MetricsRow, RunEnd, RunObserver, RunStart};
+use lmforge::error::{Error, Result};
+use lmforge::observe::{MetricsRow, RunEnd, RunObserver, RunStart};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ impl RunRecord {
     /// stored status otherwise (dead processes on this host are marked failed when listed).
     pub fn shown_status(&self, now: f64) -> &str {
         if self.status == "running"
-            && self.host != crate::observe::host_name()
+            && self.host != lmforge::observe::host_name()
             && now - self.heartbeat_at > STALE_AFTER_S
         {
             "stale"
@@ -129,7 +129,7 @@ impl RunRecord {
             k if self.summary.contains_key(k) => Some(FieldValue::Number(self.summary[k])),
             k if k.contains('.') => {
                 let cfg: toml::Table = self.config.parse().ok()?;
-                match crate::config::flatten(&cfg).remove(k)? {
+                match lmforge::config::flatten(&cfg).remove(k)? {
                     toml::Value::Integer(i) => Some(FieldValue::Number(i as f64)),
                     toml::Value::Float(x) => Some(FieldValue::Number(x)),
                     toml::Value::String(s) => Some(FieldValue::Text(s)),
@@ -418,7 +418,7 @@ impl Store {
     }
 
     fn mark_dead_runs_failed(&mut self) -> Result<()> {
-        let host = crate::observe::host_name();
+        let host = lmforge::observe::host_name();
         let running: Vec<(String, i64, Option<i64>)> = {
             let mut stmt = self
                 .conn
@@ -588,7 +588,7 @@ struct ProcessId {
 impl ProcessId {
     fn current() -> Self {
         let pid = std::process::id() as i64;
-        Self { host: crate::observe::host_name(), pid, start: process_start(pid) }
+        Self { host: lmforge::observe::host_name(), pid, start: process_start(pid) }
     }
 
     fn alive(pid: i64, start: Option<i64>) -> bool {
@@ -690,10 +690,10 @@ impl RunObserver for Recorder {
             RunEnd::Stopped { reason, .. } => ("stopped", reason.clone()),
             RunEnd::Failed { error } => ("failed", error.clone()),
         };
-        let checkpoints: Vec<String> = crate::checkpoint::list_checkpoints(&self.run_dir)
+        let checkpoints: Vec<String> = lmforge::checkpoint::list_checkpoints(&self.run_dir)
             .unwrap_or_default()
             .into_iter()
-            .map(|s| run_dir_key(&crate::checkpoint::checkpoint_dir(&self.run_dir, s)))
+            .map(|s| run_dir_key(&lmforge::checkpoint::checkpoint_dir(&self.run_dir, s)))
             .collect();
         let dir = run_dir_key(&self.run_dir);
         let artifacts = serde_json::json!({
@@ -714,7 +714,7 @@ impl RunObserver for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RunConfig;
+    use lmforge::config::RunConfig;
 
     fn row(step: u64, split: &str, values: &[(&str, f64)]) -> MetricsRow {
         MetricsRow { step, split: split.into(), values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect() }

@@ -6,9 +6,9 @@
 //! stopped, the best one bold), the metric against each hyperparameter (log axes for log
 //! scales), the trials table and `best.toml`.
 
-use crate::config::{flatten, RunConfig};
-use crate::error::{Error, IoContext, Result};
 use crate::sweep::{read_meta, read_trials, SweepMeta, Trial, TrialStatus};
+use lmforge::config::{flatten, RunConfig};
+use lmforge::error::{Error, IoContext, Result};
 use plotters::prelude::*;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -49,7 +49,7 @@ pub fn write_report(target: &str, out: Option<&Path>, db: &Path) -> Result<PathB
         (dir.clone(), run_report(&dir)?)
     };
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| dir.join("report.html"));
-    crate::fsio::write_atomic(&out, html.as_bytes())?;
+    lmforge::fsio::write_atomic(&out, html.as_bytes())?;
     Ok(out)
 }
 
@@ -279,8 +279,8 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     // The keys worth showing differ from the defaults of the config's kind.
     let defaults = if RunConfig::from_toml_str(&text, &[]).is_ok() {
         flatten(&RunConfig::default())
-    } else if crate::finetune::FinetuneConfig::from_toml_str(&text).is_ok() {
-        flatten(&crate::finetune::FinetuneConfig::default())
+    } else if lmforge::finetune::FinetuneConfig::from_toml_str(&text).is_ok() {
+        flatten(&lmforge::finetune::FinetuneConfig::default())
     } else {
         Default::default()
     };

@@ -127,7 +127,7 @@ pub fn compare(runs: &[RunRecord]) -> String {
     let flat: Vec<BTreeMap<String, String>> = runs
         .iter()
         .map(|r| match r.config.parse::<toml::Table>() {
-            Ok(cfg) => crate::config::flatten(&cfg).into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+            Ok(cfg) => lmforge::config::flatten(&cfg).into_iter().map(|(k, v)| (k, v.to_string())).collect(),
             Err(_) => BTreeMap::new(),
         })
         .collect();

@@ -3,7 +3,7 @@
 //! key, plus the two model-free samplers: the grid (every combination, in a fixed order) and
 //! seeded random draws. Log-scaled parameters are sampled uniformly in log space.
 
-use crate::error::{Error, Result};
+use lmforge::error::{Error, Result};
 use rand::Rng;
 use serde_json::Value;
 

@@ -6,12 +6,12 @@
 use super::early_stop::Decision;
 use super::space::{grid_point, Internal};
 use super::{read_trials, tpe, Strategy, SweepMeta, SweepSpec, Trial, TrialStatus};
-use crate::checkpoint;
-use crate::data::PreparedData;
-use crate::error::{Error, IoContext, Result};
-use crate::fsio;
-use crate::models::ModelSpec;
-use crate::progress::ProgressMode;
+use lmforge::checkpoint;
+use lmforge::data::PreparedData;
+use lmforge::error::{Error, IoContext, Result};
+use lmforge::fsio;
+use lmforge::models::ModelSpec;
+use lmforge::progress::ProgressMode;
 use rand::SeedableRng;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -194,7 +194,8 @@ fn propose(spec: &SweepSpec, grids: &[Vec<Value>], trials: &[Trial], id: usize) 
     if spec.strategy == Strategy::Grid {
         return keys.zip(grid_point(grids, id)).collect();
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::nn::seed_for(spec.seed, &format!("sweep/trial/{id}")));
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(lmforge::nn::seed_for(spec.seed, &format!("sweep/trial/{id}")));
     let done: Vec<&Trial> = trials
         .iter()
         .filter(|t| matches!(t.status, TrialStatus::Finished | TrialStatus::Stopped | TrialStatus::Failed))
@@ -271,7 +272,7 @@ fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(C
 /// The prepared data folder for `cfg`'s data settings, shared by every trial with the same
 /// ones (prepared on first use: it is deterministic, so a trial trains exactly as it would
 /// on data it prepared itself).
-fn shared_data(dir: &Path, cfg: &crate::config::RunConfig) -> Result<PathBuf> {
+fn shared_data(dir: &Path, cfg: &lmforge::config::RunConfig) -> Result<PathBuf> {
     use sha2::{Digest, Sha256};
     let vocab = ModelSpec::from_config(&cfg.model)?.vocab_size;
     let key = serde_json::json!({ "data": cfg.data, "vocab": vocab }).to_string();

@@ -5,7 +5,7 @@
 //! et al. 2017, Google Vizier): stop a trial whose metric at a rung is worse than the median of
 //! the other trials' values there. Both are pure functions of the values recorded at a rung.
 
-use crate::error::{Error, Result};
+use lmforge::error::{Error, Result};
 
 /// Which rule, and its parameters.
 #[derive(Debug, Clone, PartialEq)]

@@ -113,6 +113,34 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
     }
 }
 
+/// RoPE's (context, D) cos and sin tables for head dim D (even) and base `theta`, rotate-half
+/// layout (the two halves of a row repeat the same angles), as Hugging Face's Llama builds
+/// them: inverse frequencies 1 / theta^(2i/D) in f32.
+pub fn rope_tables(
+    head_dim: usize,
+    context: usize,
+    theta: f64,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(context * head_dim);
+    let mut sin = Vec::with_capacity(context * head_dim);
+    for pos in 0..context {
+        let row: Vec<f64> = (0..half)
+            .map(|i| {
+                // HF computes inv_freq in f32: 1 / theta^(2i/D).
+                let inv = 1.0f32 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+                pos as f64 * inv as f64
+            })
+            .collect();
+        for _ in 0..2 {
+            cos.extend(row.iter().map(|a| (*a as f32).cos()));
+            sin.extend(row.iter().map(|a| (*a as f32).sin()));
+        }
+    }
+    Ok((Tensor::from_vec(cos, (context, head_dim), device)?, Tensor::from_vec(sin, (context, head_dim), device)?))
+}
+
 /// Rotary position embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T,
 /// from (context, D) cos / sin tables.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {

@@ -9,8 +9,8 @@
 //! `SessionLog START` at the first resumed step, which tells TensorBoard to drop the rows the
 //! interrupted process wrote past its checkpoint.
 
-use crate::error::{Error, IoContext, Result};
-use crate::observe::{MetricsRow, RunEnd, RunObserver, RunStart};
+use lmforge::error::{Error, IoContext, Result};
+use lmforge::observe::{MetricsRow, RunEnd, RunObserver, RunStart};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -40,7 +40,7 @@ impl EventWriter {
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).at(dir)?;
         let secs = wall_time() as u64;
-        let host = crate::observe::host_name();
+        let host = lmforge::observe::host_name();
         let mut n = 0;
         let path = loop {
             let p = dir.join(format!("events.out.tfevents.{secs:010}.{host}.{}.{n}", std::process::id()));
@@ -49,7 +49,7 @@ impl EventWriter {
             }
             n += 1;
         };
-        let file = crate::fsio::open_append(&path)?;
+        let file = lmforge::fsio::open_append(&path)?;
         let mut w = Self { file: std::io::BufWriter::new(file), path };
         let mut e = event_header(wall_time(), 0);
         e.string(3, "brain.Event:2");
@@ -195,17 +195,17 @@ pub fn hparams_of(start: &RunStart) -> Vec<(String, HParam)> {
 }
 
 /// Writes each metrics row as scalars `SPLIT/KEY` (`train/loss`, `val/bits_per_byte`, ...).
+#[derive(Default)]
 pub struct TensorBoardObserver {
-    dir: PathBuf,
     writer: Option<EventWriter>,
 }
 
 impl TensorBoardObserver {
-    /// Events go to `RUN_DIR/tb/`; the file is created when the run starts.
-    pub fn new(run_dir: &Path) -> Result<Self> {
-        let dir = run_dir.join("tb");
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        Ok(Self { dir, writer: None })
+    /// Events go to `RUN_DIR/tb/`, created when the run starts. Where it cannot be written,
+    /// the observer is dropped with a warning: the events are a view of `metrics.jsonl`, not
+    /// the record.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn writer(&mut self) -> Result<&mut EventWriter> {
@@ -215,7 +215,7 @@ impl TensorBoardObserver {
 
 impl RunObserver for TensorBoardObserver {
     fn start(&mut self, start: &RunStart) -> Result<()> {
-        let mut w = EventWriter::create(&self.dir)?;
+        let mut w = EventWriter::create(&start.run_dir.join("tb"))?;
         if let Some(step) = start.resumed_from {
             // The checkpoint's own step stays; what came after it is replaced.
             w.session_start(step + 1)?;
@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn hparams_are_the_core_keys_and_the_changed_ones() {
-        use crate::config::RunConfig;
+        use lmforge::config::RunConfig;
         let cfg = RunConfig::from_toml_str("", &["optim.lr=0.01".into(), "model.dropout=0.1".into()]).unwrap();
         let h = hparams_of(&RunStart::new(Path::new("run"), &cfg, 1, None));
         let get = |k: &str| h.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());

@@ -1,0 +1,107 @@
+//! `lmforge eval`: perplexity, masked-LM and classification metrics of a model on a file.
+
+use super::{print_json, ReaderArgs};
+use anyhow::{Context, Result};
+use lmforge::checkpoint::LoadedModel;
+use lmforge::finetune::{model::LoadedClassifier, predict};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Accuracy, precision / recall / F1 (macro, micro, weighted, binary), confusion matrix
+    /// and loss of a classifier on a labelled file.
+    Classification {
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        reader: ReaderArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Perplexity and bits per byte of a text file.
+    Ppl {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// Sliding-window stride in tokens (default: half the context).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Masked-LM loss and accuracy of a text under a BERT model (every N-th token masked).
+    Mlm {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// Mask chunk tokens 0, N, 2N, ... (deterministic, so other tools can reproduce it).
+        #[arg(long, default_value_t = 7)]
+        every: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(c: Command) -> Result<i32> {
+    let device = lmforge::Device::Cpu;
+    match c {
+        Command::Mlm { model, text, every, json } => {
+            let m = LoadedModel::load(&model, &device)?;
+            let r = lmforge::eval::masked_lm(&m, &read_text(&text)?, every)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("model          {}", m.source.display());
+                println!("text           {} ({} tokens, {} sequences)", text.display(), r.tokens, r.sequences);
+                println!("masked         {} (every {})", r.masked, r.every);
+                println!("mlm loss       {:.6} nats/token", r.loss);
+                println!("mlm accuracy   {:.4}", r.accuracy);
+            }
+        }
+        Command::Ppl { model, text, stride, json } => {
+            let m = LoadedModel::load(&model, &device)?;
+            let r = lmforge::eval::perplexity(&m, &read_text(&text)?, stride)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("model          {}", m.source.display());
+                println!("text           {} ({} bytes)", text.display(), r.bytes);
+                println!("tokens         {} ({} predicted, stride {})", r.tokens, r.predicted, r.stride);
+                println!("loss           {:.6} nats/token", r.loss);
+                println!("perplexity     {:.4}", r.ppl);
+                println!("bits per byte  {:.4}", r.bits_per_byte);
+            }
+        }
+        Command::Classification { model, data, reader, json } => {
+            let m = LoadedClassifier::load(&model, &device)?;
+            let rc = predict::reader_settings(&m, &reader.set)?;
+            let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;
+            if json {
+                let mut v = serde_json::to_value(&e)?;
+                v["bad_rows"] = serde_json::to_value(&bad)?;
+                print_json(&v)?;
+            } else {
+                println!("model      {}", m.source.display());
+                println!("data       {}", data.display());
+                if bad.total() > 0 {
+                    println!("{}", bad.summary());
+                }
+                println!("loss       {:.4}", e.loss);
+                print!("{}", e.metrics.table());
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,34 @@
+//! `lmforge predict`: a classifier over the rows of a file, one JSON object per row.
+
+use super::ReaderArgs;
+use anyhow::Result;
+use lmforge::finetune::{model::LoadedClassifier, predict};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    input: PathBuf,
+    /// JSONL output.
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    reader: ReaderArgs,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let m = LoadedClassifier::load(&a.model, &lmforge::Device::Cpu)?;
+    let rc = predict::reader_settings(&m, &a.reader.set)?;
+    let s = predict::predict_file(&m, &a.input, &a.output, &rc, a.reader.batch_size)?;
+    eprintln!("{} rows -> {}", s.rows, a.output.display());
+    if s.bad_rows.total() > 0 {
+        eprintln!("{}: {}", a.input.display(), s.bad_rows.summary());
+    }
+    if let Some(acc) = s.accuracy {
+        eprintln!("accuracy on the labelled rows: {acc:.4}");
+    }
+    Ok(0)
+}
