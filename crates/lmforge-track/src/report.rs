@@ -7,8 +7,9 @@
 //! scales), the trials table and `best.toml`.
 
 use crate::sweep::{read_meta, read_trials, SweepMeta, Trial, TrialStatus};
-use lmforge::config::{flatten, RunConfig};
+use lmforge::config::flatten;
 use lmforge::error::{Error, IoContext, Result};
+use lmforge::train::RunConfig;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::fmt::Write as _;

@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn hparams_are_the_core_keys_and_the_changed_ones() {
-        use lmforge::config::RunConfig;
+        use lmforge::train::RunConfig;
         let cfg = RunConfig::from_toml_str("", &["optim.lr=0.01".into(), "model.dropout=0.1".into()]).unwrap();
         let h = hparams_of(&RunStart::new(Path::new("run"), &cfg, 1, None));
         let get = |k: &str| h.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());

@@ -8,12 +8,17 @@
 //! `ru_maxrss` does on the PyTorch side. MFU is achieved model FLOP/s (the 6·N + attention
 //! estimate of [`ModelSpec::train_flops_per_token`]) over the measured fp32 matmul rate.
 
+use crate::device::DeviceChoice;
+use crate::distributed::{DataParallel, DistributedConfig, SingleProcess};
 use crate::error::{Error, Result};
-use crate::models::{Decoder, ModelSpec};
+use crate::models::ModelSpec;
 use crate::nn::{InitScheme, ParamStore};
 use crate::ops::{self, Kernels};
 use crate::optim::groups::uniform_groups;
-use crate::optim::{clip_grad_norm, named_grads, Optimizer};
+use crate::optim::OptimSpec;
+use crate::train::lm::{CausalBatches, CausalLm, LmWeights};
+use crate::train::step::{self, Phase, StepAt};
+use crate::train::{RunConfig, Task};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +40,8 @@ pub struct TrainBenchOptions {
     pub activation_checkpointing: bool,
     /// Break the timed steps down by phase and fused kernel ([`StepProfile`]).
     pub profile: bool,
+    /// Where it runs (`--device`).
+    pub device: DeviceChoice,
 }
 
 impl Default for TrainBenchOptions {
@@ -47,6 +54,7 @@ impl Default for TrainBenchOptions {
             kernels: Kernels::Fused,
             activation_checkpointing: false,
             profile: false,
+            device: DeviceChoice::Auto,
         }
     }
 }
@@ -127,21 +135,25 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         return Err(Error::Invalid("bench needs at least one step and one sequence".into()));
     }
     let _kernels = ops::KernelsGuard::set(opts.kernels);
-    let device = Device::Cpu;
+    let device = opts.device.resolve("--device")?;
     let (b, t) = (opts.batch, spec.context);
     let (x, y) = random_batch(&spec, b, t, &device)?;
     let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 0, &device)?;
-    let model = Decoder::new(&spec, &params)?.with_activation_checkpointing(opts.activation_checkpointing);
-    let cfg = crate::config::RunConfig::from_toml_str(
+    let weights = LmWeights { spec: spec.clone(), params, init: (InitScheme::Gpt2, 0), tokenizer: None };
+    let fixed = CausalBatches::Fixed { x, y };
+    let task = CausalLm::new(weights, opts.activation_checkpointing, fixed, b, t, Vec::new(), 1.0)?;
+    let cfg = RunConfig::from_toml_str(
         "[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\nweight_decay = 0.1\n",
         &[],
     )?;
-    let mut optimizer =
-        Optimizer::from_config(&cfg.optim, params.vars(), uniform_groups(params.vars(), cfg.optim.weight_decay))?;
+    let dp = DataParallel::new(std::sync::Arc::new(SingleProcess), &DistributedConfig::default(), task.params(), b)?;
+    let groups = uniform_groups(task.params().vars(), cfg.optim.weight_decay);
+    let mut optimizer = dp.optimizer_of(OptimSpec::from_config(&cfg.optim)?, groups)?;
 
-    // The trainer's step (train.rs), minus data loading and logging; `phases` accumulates
-    // the wall and CPU time of its four phases.
+    // The trainer's step (`train::step`) on the fixed batch, then the update; `phases`
+    // accumulates the wall and CPU time of its four phases.
     let mut phases = Phases::default();
+    let at = StepAt { step: 0, grad_accum: 1, seed: 0, dropout: 0.0, grad_clip: 1.0 };
     let mut step = |phases: &mut Phases| -> Result<f64> {
         let mut clock = (Instant::now(), process_cpu_seconds());
         let mut lap = |i: usize| {
@@ -153,17 +165,16 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
             };
             clock = now;
         };
-        let loss = model.loss(&x, &y, None)?;
-        let value = loss.to_scalar::<f32>()? as f64;
-        lap(0);
-        let grads = loss.backward()?;
-        lap(1);
-        let mut grads = named_grads(params.vars(), &grads)?;
-        clip_grad_norm(&mut grads, 1.0)?;
-        lap(2);
-        optimizer.step(params.vars(), &grads, 3e-4)?;
+        let g = step::gradients(&task, &dp, at, &mut |phase| {
+            lap(match phase {
+                Phase::Forward => 0,
+                Phase::Backward => 1,
+                Phase::Grads => 2,
+            })
+        })?;
+        dp.step(&mut optimizer, &g.grads, 3e-4)?;
         lap(3);
-        Ok(value)
+        Ok(g.loss)
     };
     let mut losses = Vec::with_capacity(opts.warmup + opts.steps);
     for _ in 0..opts.warmup {
@@ -361,6 +372,9 @@ mod tests {
         let opts = TrainBenchOptions { preset: "tiny".into(), steps: 2, warmup: 1, batch: 2, ..Default::default() };
         let r = bench_train(&opts).unwrap();
         assert_eq!((r.steps, r.seq_len), (2, 128));
+        // The loss is the trainer's step's: the same model and batch give the same first loss.
+        let again = bench_train(&opts).unwrap();
+        assert_eq!(again.first_loss, r.first_loss);
         assert!(r.tokens_per_s > 0.0 && r.step_ms_min <= r.step_ms_median && r.step_ms_median <= r.step_ms_max);
         assert!(r.peak_rss_bytes > 0 && r.first_loss.is_finite() && r.last_loss.is_finite());
         assert!((r.achieved_gflops - r.flops_per_token * r.tokens_per_s / 1e9).abs() < 1e-9);

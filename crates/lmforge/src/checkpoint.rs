@@ -40,8 +40,16 @@ pub struct TrainerState {
     pub config_hash: String,
     /// Validation loss measured at this step, if any.
     pub val_loss: Option<f64>,
-    pub best_val_loss: Option<f64>,
+    /// The best value of the selection metric (the validation loss for pretraining) and the
+    /// validations since it improved: the best model, early stopping.
+    #[serde(default)]
+    pub selection: crate::patience::Patience,
+    /// Where `selection.best` was measured.
     pub best_step: Option<u64>,
+    /// The best validation loss, as checkpoints written before `selection` recorded it; read
+    /// into `selection` on load.
+    #[serde(default, rename = "best_val_loss", skip_serializing)]
+    pub legacy_best_val_loss: Option<f64>,
     /// Seconds of training before this checkpoint (for elapsed_s continuity).
     pub elapsed_s: f64,
     /// Reduce-on-plateau state (`schedule.kind = "plateau"` only).
@@ -50,6 +58,58 @@ pub struct TrainerState {
     /// Fault counts, the rollback LR scale and the running loss mean.
     #[serde(default)]
     pub faults: crate::faults::FaultState,
+    /// Tasks trained in epochs: where in which pass over the data the run is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<EpochCursor>,
+    /// Early stopping ended the run: it is complete, and a resume has nothing left to do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
+}
+
+/// The data position of a task trained in epochs. Each epoch's order is a pure function of
+/// the seed and the epoch, so this cursor fully determines the batches from here on; a resume
+/// refuses a dataset whose epoch has another length.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpochCursor {
+    /// Completed passes over the training data.
+    pub epoch: u64,
+    /// Batches of the current pass already trained.
+    pub batch: u64,
+    pub steps_per_epoch: u64,
+}
+
+impl EpochCursor {
+    /// The cursor after `step` completed steps.
+    pub fn at(step: u64, steps_per_epoch: u64) -> Self {
+        let n = steps_per_epoch.max(1);
+        Self { epoch: step / n, batch: step % n, steps_per_epoch }
+    }
+}
+
+/// `[checkpoint]`: retention and what a failed write does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// How many of the most recent checkpoints to keep (the best-validation one is kept too).
+    pub keep_last: usize,
+    pub keep_best: bool,
+    /// A checkpoint write fails (disk full, permission denied): "stop" (default) with an error,
+    /// or "continue" training and try again at the next checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_write_error: Option<crate::faults::OnWriteError>,
+}
+
+impl CheckpointConfig {
+    /// Range checks.
+    pub fn validate(&self) -> Result<()> {
+        crate::config::check(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, ">= 1")
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self { keep_last: 2, keep_best: true, on_write_error: None }
+    }
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
@@ -84,9 +144,8 @@ pub fn checkpoints_to_delete(steps: &[u64], keep_last: usize, best: Option<u64>)
 
 /// What a checkpoint writes.
 pub struct CheckpointContents<'a> {
-    pub spec: &'a ModelSpec,
-    pub params: &'a ParamStore,
-    pub tokenizer: &'a TextTokenizer,
+    /// Writes the model's files into the (staged) checkpoint folder.
+    pub write_model: &'a dyn Fn(&Path) -> Result<()>,
     pub optimizer_state: Vec<(String, candle_core::Tensor)>,
     pub state: &'a TrainerState,
     pub run_config_toml: &'a str,
@@ -98,7 +157,7 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
     std::fs::create_dir_all(checkpoints_dir(run_dir)).at(checkpoints_dir(run_dir))?;
     let staged = StagedDir::new(&target)?;
     let p = staged.path();
-    write_hf_files(p, c.spec, c.params, c.tokenizer)?;
+    (c.write_model)(p)?;
     let opt = crate::nn::serialize_tensors(c.optimizer_state.iter().cloned())?;
     write_staged(&p.join("optimizer.safetensors"), &opt)?;
     let state = serde_json::to_string_pretty(c.state).expect("trainer state serialises");
@@ -110,7 +169,7 @@ pub fn write_checkpoint(run_dir: &Path, c: &CheckpointContents) -> Result<PathBu
 }
 
 /// One file into a staged checkpoint folder (with the test hook that slows checkpoint writes).
-fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
     fsio::write_file(path, bytes)?;
     crate::testhooks::checkpoint_write_pause();
     Ok(())
@@ -118,7 +177,7 @@ fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `config.json`, `model.safetensors`, `tokenizer.json` and `generation_config.json` into an
 /// existing folder (plain writes: callers stage the folder).
-fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
+pub fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
     let mut config = hf::config_json(spec, eos);
     if spec.style == Style::Bert && !params.vars().contains_key("cls.predictions.bias") {
@@ -282,7 +341,12 @@ pub fn latest_good_checkpoint(run_dir: &Path, set_aside: bool) -> Result<Option<
 pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
     let p = ckpt.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).at(&p)?;
-    serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid trainer state: {e}")))
+    let mut state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| Error::format(&p, format!("invalid trainer state: {e}")))?;
+    if state.selection.best.is_none() {
+        state.selection.best = state.legacy_best_val_loss.take();
+    }
+    Ok(state)
 }
 
 /// The network a loaded model runs.

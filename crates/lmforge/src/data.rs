@@ -4,8 +4,8 @@
 //! Batches are seeded random windows whose positions depend only on (seed, step,
 //! micro-batch), so a resumed run reads exactly the batches it would have read.
 
-use crate::config::DataConfig;
 use crate::corpus;
+use crate::corpus::DataConfig;
 use crate::error::{Error, Result};
 use crate::nn::seed_for;
 use crate::progress::ProgressMode;

@@ -5,12 +5,14 @@
 //! pure functions of the policy and a small [`FaultState`] saved in every checkpoint, so a
 //! resumed run decides exactly as the uninterrupted one would have.
 
-use crate::config::{bad, check, RunConfig};
+use crate::config::check;
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
-/// What to do with a step whose loss or gradient norm is NaN or infinite.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What to do with a step whose loss or gradient norm is NaN or infinite
+/// (`train.on_nonfinite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnNonFinite {
     /// Drop the update; the step counter and the data move on.
     Skip,
@@ -30,36 +32,52 @@ pub struct FaultPolicy {
     pub continue_on_write_error: bool,
 }
 
+/// What to do when a checkpoint cannot be written (`checkpoint.on_write_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnWriteError {
+    /// Stop with an error naming the intact earlier checkpoint.
+    Stop,
+    /// Keep training and try again at the next checkpoint.
+    Continue,
+}
+
+/// The fault keys as a config gives them (None: the default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultConfig {
+    pub on_nonfinite: Option<OnNonFinite>,
+    pub max_consecutive_faults: Option<u32>,
+    pub rollback_lr_factor: Option<f64>,
+    pub spike_ratio: Option<f64>,
+    pub on_write_error: Option<OnWriteError>,
+}
+
 impl FaultPolicy {
-    pub fn from_config(cfg: &RunConfig) -> Result<Self> {
-        let t = &cfg.train;
-        let on_nonfinite = match t.on_nonfinite.as_deref().unwrap_or("skip") {
-            "skip" => OnNonFinite::Skip,
-            "rollback" => OnNonFinite::Rollback,
-            other => return Err(bad("train.on_nonfinite", other, "\"skip\" or \"rollback\"")),
-        };
-        let max_consecutive = t.max_consecutive_faults.unwrap_or(5);
+    /// Defaults filled in, ranges checked (errors name the key).
+    pub fn resolve(c: &FaultConfig) -> Result<Self> {
+        let max_consecutive = c.max_consecutive_faults.unwrap_or(5);
         check(max_consecutive >= 1, "train.max_consecutive_faults", max_consecutive, ">= 1")?;
-        let rollback_lr_factor = t.rollback_lr_factor.unwrap_or(0.5);
+        let rollback_lr_factor = c.rollback_lr_factor.unwrap_or(0.5);
         check(
             rollback_lr_factor > 0.0 && rollback_lr_factor <= 1.0,
             "train.rollback_lr_factor",
             rollback_lr_factor,
             "0 < factor <= 1",
         )?;
-        let spike_ratio = t.spike_ratio.unwrap_or(1.5);
+        let spike_ratio = c.spike_ratio.unwrap_or(1.5);
         check(
             spike_ratio == 0.0 || (spike_ratio.is_finite() && spike_ratio > 1.0),
             "train.spike_ratio",
             spike_ratio,
             "0 (off) or a number > 1",
         )?;
-        let continue_on_write_error = match cfg.checkpoint.on_write_error.as_deref().unwrap_or("stop") {
-            "stop" => false,
-            "continue" => true,
-            other => return Err(bad("checkpoint.on_write_error", other, "\"stop\" or \"continue\"")),
-        };
-        Ok(Self { on_nonfinite, max_consecutive, rollback_lr_factor, spike_ratio, continue_on_write_error })
+        Ok(Self {
+            on_nonfinite: c.on_nonfinite.unwrap_or(OnNonFinite::Skip),
+            max_consecutive,
+            rollback_lr_factor,
+            spike_ratio,
+            continue_on_write_error: c.on_write_error == Some(OnWriteError::Continue),
+        })
     }
 }
 
@@ -147,6 +165,7 @@ impl FaultState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::RunConfig;
 
     fn policy(sets: &[&str]) -> FaultPolicy {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

@@ -5,7 +5,10 @@
 //! ```text
 //! error, fsio      shared vocabulary: typed errors, crash-safe file writes
 //! testhooks        LMFORGE_TEST_* fault injection for the reliability tests (off by default)
-//! config           the run config tree: defaults < TOML file < --set overrides, validated
+//! config           config files: defaults < TOML file < --set overrides, paths, hash (each
+//!                  component owns its section; train / finetune compose and resolve them)
+//! device           where tensors live and in what precision (train.device, train.precision)
+//! patience         the one patience rule: reduce-on-plateau, early stopping, the best model
 //! tokenizer        train / load / save HF tokenizer.json (byte-level BPE)
 //! shards           token ids in a self-describing, memory-mapped binary file
 //! corpus           raw text -> cleaned, filtered, deduplicated, split documents -> shards
@@ -17,12 +20,13 @@
 //! faults           non-finite steps (skip / roll back), spikes, checkpoint write failures
 //! checkpoint       run-dir layout, checkpoint write/read/retention, manifests, model loading
 //! distributed      multi-process data parallelism: collectives (MPI), bucketed all-reduce, ZeRO-1
-//! train            the one training loop, metrics sink, progress
+//! train            the one training loop over any Task (causal LM, masked LM, ...), its step,
+//!                  the pretraining front end (`lmforge train`)
 //! bench            training throughput / peak memory on this machine (`lmforge bench`)
 //! plan             memory / FLOPs / time / cost of a training job before allocating anything
 //! metrics          classification metrics (accuracy, P/R/F1 averages, confusion matrix)
 //! eval             perplexity and bits per byte
-//! finetune         classification fine-tuning (full / LoRA / adapters), predict, eval
+//! finetune         classification fine-tuning (full / LoRA / adapters) on the loop, predict, eval
 //! generate         KV-cache sampling (greedy, temperature, top-k, top-p)
 //! quickstart       the bundled-corpus demo behind `lmforge quickstart`
 //! observe          run observers: start, every metrics row, end (the trainer's bookkeeping hook)
@@ -36,6 +40,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod eval;
@@ -49,6 +54,7 @@ pub mod models;
 pub mod nn;
 pub mod observe;
 pub mod optim;
+pub mod patience;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;

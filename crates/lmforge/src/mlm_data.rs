@@ -7,7 +7,7 @@
 //! fresh each time a sequence is drawn, identical after a resume, and independent of how a
 //! batch is split across processes.
 
-use crate::config::MlmConfig;
+use crate::config::check;
 use crate::error::{Error, Result};
 use crate::models::EncoderInput;
 use crate::nn::seed_for;
@@ -16,6 +16,7 @@ use crate::tokenizer::TextTokenizer;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 /// HF's next-sentence labels: 0 = B continues A, 1 = B is from another document.
 pub const IS_NEXT: u32 = 0;
@@ -463,6 +464,54 @@ pub fn unigram_baseline(train: &TokenShard, vocab: &Vocab, batches: &[MlmBatch])
     let (hits, total) =
         batches.iter().flat_map(|b| b.targets.iter()).fold((0u64, 0u64), |(h, n), &t| (h + (t == top) as u64, n + 1));
     (top, hits as f64 / total.max(1) as f64)
+}
+
+/// `[mlm]`: the masked-LM objective's settings (read with `train.objective = "mlm"` or
+/// `"mlm+nsp"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlmConfig {
+    /// Probability that a (non-special, non-padding) token — or a whole word — is selected.
+    pub mask_prob: f64,
+    /// Of the selected: replaced by [MASK] ...
+    pub mask_token_frac: f64,
+    /// ... by a random token (the rest stay unchanged).
+    pub random_token_frac: f64,
+    /// Select whole words (all their pieces) instead of single tokens.
+    pub whole_word: bool,
+    /// Probability of a shorter target length for a sentence pair (BERT's 0.1).
+    pub short_seq_prob: f64,
+}
+
+impl Default for MlmConfig {
+    fn default() -> Self {
+        Self { mask_prob: 0.15, mask_token_frac: 0.8, random_token_frac: 0.1, whole_word: false, short_seq_prob: 0.1 }
+    }
+}
+
+impl MlmConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Range checks.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            (0.0..1.0).contains(&self.mask_prob) && self.mask_prob > 0.0,
+            "mlm.mask_prob",
+            self.mask_prob,
+            "0 < p < 1",
+        )?;
+        check(
+            self.mask_token_frac >= 0.0
+                && self.random_token_frac >= 0.0
+                && self.mask_token_frac + self.random_token_frac <= 1.0,
+            "mlm.mask_token_frac",
+            self.mask_token_frac,
+            "fractions >= 0 with mask_token_frac + random_token_frac <= 1",
+        )?;
+        check((0.0..=1.0).contains(&self.short_seq_prob), "mlm.short_seq_prob", self.short_seq_prob, "0..=1")
+    }
 }
 
 #[cfg(test)]

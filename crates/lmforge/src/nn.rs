@@ -17,7 +17,8 @@ pub mod peft;
 pub mod recompute;
 
 /// Weight initialisation schemes (config `model.init`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InitScheme {
     /// GPT-2: normal(0, 0.02); residual projections normal(0, 0.02/sqrt(2·n_layer)).
     Gpt2,
@@ -25,17 +26,6 @@ pub enum InitScheme {
     Glorot,
     /// He/Kaiming normal: N(0, sqrt(2/fan_in)).
     He,
-}
-
-impl InitScheme {
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "gpt2" => Ok(Self::Gpt2),
-            "glorot" => Ok(Self::Glorot),
-            "he" => Ok(Self::He),
-            other => Err(Error::config("model.init", format!("unknown scheme {other:?}"))),
-        }
-    }
 }
 
 /// A stable 64-bit mix of a seed and a string (FNV-1a), so each parameter's initial values

@@ -21,6 +21,7 @@
 
 pub mod adafactor;
 pub mod adam;
+pub mod config;
 pub mod groups;
 pub mod lamb;
 pub mod lion;
@@ -28,18 +29,19 @@ pub mod muon;
 pub mod sgd;
 pub mod spec;
 
+pub use config::{OptimConfig, ParamGroupConfig, ScheduleConfig, ScheduleKind};
 pub use groups::{param_groups, ParamGroup, ParamRole};
 pub use spec::OptimSpec;
 
-use crate::config::{OptimConfig, ScheduleConfig};
 use crate::error::{Error, Result};
+use crate::patience::{Patience, PatienceRule, Threshold, Verdict};
 use candle_core::{backprop::GradStore, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 
 /// Learning-rate multiplier for optimizer step `step` (0-based) of `total`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
-    pub kind: String,
+    pub kind: ScheduleKind,
     pub warmup: u64,
     pub total: u64,
     pub min_ratio: f64,
@@ -49,7 +51,7 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(cfg: &ScheduleConfig, total: u64) -> Self {
         Self {
-            kind: cfg.kind.clone(),
+            kind: cfg.kind,
             warmup: cfg.warmup_steps,
             total,
             min_ratio: cfg.min_lr_ratio,
@@ -64,14 +66,14 @@ impl Schedule {
         }
         let floor = |x: f64| self.min_ratio + (1.0 - self.min_ratio) * x;
         let cosine = |p: f64| 0.5 * (1.0 + (std::f64::consts::PI * p.clamp(0.0, 1.0)).cos());
-        match self.kind.as_str() {
-            "constant" => 1.0,
-            "linear" => floor(((n - s) / (n - w).max(1.0)).max(0.0)),
-            "inverse_sqrt" => {
+        match self.kind {
+            ScheduleKind::Constant => 1.0,
+            ScheduleKind::Linear => floor(((n - s) / (n - w).max(1.0)).max(0.0)),
+            ScheduleKind::InverseSqrt => {
                 let timescale = if self.warmup > 0 { w } else { 10_000.0 };
                 1.0 / ((s + timescale - w) / timescale).max(1e-12).sqrt()
             }
-            "wsd" => {
+            ScheduleKind::Wsd => {
                 let decay = (self.decay_fraction * n).round();
                 let stable_end = n - decay;
                 if s < stable_end {
@@ -81,9 +83,8 @@ impl Schedule {
                 }
             }
             // Warmup, then 1 times the plateau scale (applied by the trainer, see [`Plateau`]).
-            "plateau" => 1.0,
-            // "cosine" (validated config allows nothing else)
-            _ => floor(cosine((s - w) / (n - w).max(1.0))),
+            ScheduleKind::Plateau => 1.0,
+            ScheduleKind::Cosine => floor(cosine((s - w) / (n - w).max(1.0))),
         }
     }
 }
@@ -111,42 +112,50 @@ impl PlateauRule {
     }
 }
 
+impl PlateauRule {
+    /// The patience part of the rule: lower loss is better by a relative `threshold`, more than
+    /// `patience` validations without it reduce the LR, then `cooldown` validations pass.
+    pub fn patience(&self) -> PatienceRule {
+        PatienceRule {
+            higher_is_better: false,
+            threshold: Threshold::Relative(self.threshold),
+            tolerate: self.patience,
+            cooldown: self.cooldown,
+        }
+    }
+}
+
 /// Reduce-on-plateau state, as `torch.optim.lr_scheduler.ReduceLROnPlateau` (mode "min",
 /// relative threshold), stepped once per validation. The LR is `lr · warmup · scale`. Saved in
-/// `trainer_state.json` so a resumed run reduces exactly when the uninterrupted one does.
+/// `trainer_state.json` so a resumed run reduces exactly when the uninterrupted one does. The
+/// waiting is [`Patience`], the same rule early stopping uses.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Plateau {
     pub scale: f64,
-    /// Best validation loss so far (None before the first).
-    pub best: Option<f64>,
-    pub bad_evals: u64,
-    pub cooldown_left: u64,
+    /// Best validation loss so far and the validations since it improved.
+    #[serde(flatten)]
+    pub patience: Patience,
 }
 
 impl Default for Plateau {
     fn default() -> Self {
-        Self { scale: 1.0, best: None, bad_evals: 0, cooldown_left: 0 }
+        Self { scale: 1.0, patience: Patience::default() }
+    }
+}
+
+impl std::ops::Deref for Plateau {
+    type Target = Patience;
+    fn deref(&self) -> &Patience {
+        &self.patience
     }
 }
 
 impl Plateau {
-    /// Records one validation loss; reduces `scale` after more than `patience` validations
-    /// without a relative improvement of `threshold`, then waits `cooldown` validations.
+    /// Records one validation loss; reduces `scale` (floored at `min_scale`) when the patience
+    /// runs out.
     pub fn observe(&mut self, loss: f64, rule: &PlateauRule) {
-        if self.best.is_none_or(|b| loss < b * (1.0 - rule.threshold)) {
-            self.best = Some(loss);
-            self.bad_evals = 0;
-        } else {
-            self.bad_evals += 1;
-        }
-        if self.cooldown_left > 0 {
-            self.cooldown_left -= 1;
-            self.bad_evals = 0;
-        }
-        if self.bad_evals > rule.patience {
+        if self.patience.observe(loss, &rule.patience()) == Verdict::Exhausted {
             self.scale = (self.scale * rule.factor).max(rule.min_scale);
-            self.cooldown_left = rule.cooldown;
-            self.bad_evals = 0;
         }
     }
 }
@@ -357,7 +366,7 @@ mod tests {
 
     #[test]
     fn plateau_schedule_is_warmup_then_flat() {
-        let cfg = ScheduleConfig { kind: "plateau".into(), warmup_steps: 4, ..Default::default() };
+        let cfg = ScheduleConfig { kind: ScheduleKind::Plateau, warmup_steps: 4, ..Default::default() };
         let s = Schedule::new(&cfg, 100);
         assert_eq!((s.multiplier(2), s.multiplier(4), s.multiplier(99)), (0.5, 1.0, 1.0));
     }

@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Instant;
 
+/// How progress shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
     Bar,
@@ -13,16 +14,48 @@ pub enum ProgressMode {
     Off,
 }
 
-impl ProgressMode {
-    /// "auto" picks a bar when stderr is a terminal.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "bar" => Self::Bar,
-            "lines" => Self::Lines,
-            "off" => Self::Off,
-            _ if std::io::stderr().is_terminal() => Self::Bar,
-            _ => Self::Lines,
+/// `log.progress` as written: a mode, or "auto".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressChoice {
+    /// A bar when stderr is a terminal, lines otherwise.
+    Auto,
+    Bar,
+    Lines,
+    Off,
+}
+
+impl ProgressChoice {
+    /// The mode on this process: "auto" picks a bar when stderr is a terminal.
+    pub fn mode(self) -> ProgressMode {
+        match self {
+            Self::Bar => ProgressMode::Bar,
+            Self::Lines => ProgressMode::Lines,
+            Self::Off => ProgressMode::Off,
+            Self::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+            Self::Auto => ProgressMode::Lines,
         }
+    }
+}
+
+/// `[log]`: how a run reports progress.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "auto" (a bar on a terminal, lines otherwise) | "bar" | "lines" | "off".
+    pub progress: ProgressChoice,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { progress: ProgressChoice::Auto }
+    }
+}
+
+/// A line said before (or without) a bar: a log line unless progress is off.
+pub fn note(mode: ProgressMode, line: &str) {
+    if mode != ProgressMode::Off {
+        tracing::info!("{line}");
     }
 }
 

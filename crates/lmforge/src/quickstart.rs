@@ -3,9 +3,9 @@
 //! location are compiled in, so the command works from any directory of a source checkout.
 
 use crate::checkpoint::LoadedModel;
-use crate::config::RunConfig;
 use crate::error::Result;
 use crate::generate::{generate_text, SamplingConfig};
+use crate::train::RunConfig;
 use crate::train::{self, TrainOptions, TrainSummary};
 use candle_core::Device;
 use std::path::{Path, PathBuf};

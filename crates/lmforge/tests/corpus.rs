@@ -2,8 +2,9 @@
 //! junk for every rejection reason; split stability; tokenizer round trip through the shards;
 //! hostile inputs (binary, invalid UTF-8, a 100 MB line, missing paths, nothing surviving).
 
-use lmforge::config::DataConfig;
 use lmforge::corpus;
+use lmforge::corpus::reader::DocMode;
+use lmforge::corpus::{DataConfig, InvalidUtf8};
 use lmforge::progress::ProgressMode;
 use lmforge::shards::TokenShard;
 use lmforge::tokenizer::TextTokenizer;
@@ -63,7 +64,7 @@ fn decoded_docs(dir: &Path, split: &str) -> Vec<String> {
 fn cfg() -> DataConfig {
     DataConfig {
         vocab_size: 600,
-        doc_mode: "paragraph".into(),
+        doc_mode: DocMode::Paragraph,
         val_fraction: 0.1,
         test_fraction: 0.1,
         ..Default::default()
@@ -120,7 +121,7 @@ fn duplicates_and_junk_are_removed_and_originals_survive_intact() {
         min_mean_word_len: 2.5,
         max_mean_word_len: 12.0,
         min_stop_words: 2,
-        invalid_utf8: "drop".into(),
+        invalid_utf8: InvalidUtf8::Drop,
         ..cfg()
     };
     let out = tmp.path().join("out");
@@ -191,7 +192,7 @@ fn hostile_inputs_give_clear_errors_or_counted_rejections() {
     // Nothing usable: a clear error, and no output folder left behind.
     let junk = tmp.path().join("junk.txt");
     std::fs::write(&junk, b"\0\x01\x02binary").unwrap();
-    let e = prepare(&DataConfig { doc_mode: "file".into(), ..cfg() }, &[junk], &out).unwrap_err().to_string();
+    let e = prepare(&DataConfig { doc_mode: DocMode::File, ..cfg() }, &[junk], &out).unwrap_err().to_string();
     assert!(e.contains("no training documents survived"), "{e}");
     assert!(!out.exists(), "a failed run leaves no folder");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary folders left");
@@ -205,7 +206,7 @@ fn hostile_inputs_give_clear_errors_or_counted_rejections() {
         }
         f.write_all(b"\nthe and that a normal line with words\n").unwrap();
     }
-    let c = DataConfig { doc_mode: "line".into(), val_fraction: 0.0, test_fraction: 0.0, vocab_size: 300, ..cfg() };
+    let c = DataConfig { doc_mode: DocMode::Line, val_fraction: 0.0, test_fraction: 0.0, vocab_size: 300, ..cfg() };
     let m = prepare(&c, &[big], &out).unwrap();
     assert_eq!(m["counts"]["rejected"]["too_long"], 1);
     assert_eq!(m["counts"]["documents_out"], 1);
@@ -219,7 +220,7 @@ fn shards_round_trip_the_normalised_text_and_zstd_inputs_read() {
     // ruzstd's encoder writes a valid frame; the reader must decode it.
     let compressed = ruzstd::encoding::compress_to_vec(text.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest);
     std::fs::write(&zst, compressed).unwrap();
-    let c = DataConfig { doc_mode: "file".into(), val_fraction: 0.0, test_fraction: 0.0, vocab_size: 300, ..cfg() };
+    let c = DataConfig { doc_mode: DocMode::File, val_fraction: 0.0, test_fraction: 0.0, vocab_size: 300, ..cfg() };
     let out = tmp.path().join("o");
     prepare(&c, &[zst], &out).unwrap();
     let docs = decoded_docs(&out, "train");

@@ -7,13 +7,13 @@
 //! a value or an error: never a panic, never a huge allocation.
 
 use lmforge::checkpoint::verify_manifest;
-use lmforge::config::RunConfig;
 use lmforge::corpus::clean::{decode, normalize, Normalization};
 use lmforge::corpus::reader::{DocMode, DocReader};
 use lmforge::models::{hf, ModelSpec};
 use lmforge::nn::ParamStore;
 use lmforge::shards::{ShardHeader, TokenShardWriter};
 use lmforge::tokenizer::TextTokenizer;
+use lmforge::train::RunConfig;
 use lmforge::Device;
 use proptest::prelude::*;
 use std::path::Path;

@@ -8,10 +8,11 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixtures, json, load, max_rel, norm_rel};
 use lmforge::checkpoint::LoadedModel;
-use lmforge::config::{RunConfig, ScheduleConfig};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::groups::uniform_groups;
 use lmforge::optim::{clip_grad_norm, named_grads, Optimizer, Schedule};
+use lmforge::optim::{ScheduleConfig, ScheduleKind};
+use lmforge::train::RunConfig;
 use std::collections::{BTreeMap, HashMap};
 
 /// Runs the fixture checks with the fused kernels and with the reference ops.
@@ -398,16 +399,16 @@ fn schedules_match_transformers() {
     let total = s["total_steps"].as_u64().unwrap();
     let warmup = s["warmup_steps"].as_u64().unwrap();
     let cases = [
-        ("constant_with_warmup", "constant", 0.0),
-        ("linear_with_warmup", "linear", 0.0),
-        ("cosine_with_warmup", "cosine", 0.0),
-        ("cosine_with_min_lr", "cosine", 0.1),
-        ("inverse_sqrt", "inverse_sqrt", 0.0),
-        ("wsd", "wsd", 0.0),
+        ("constant_with_warmup", ScheduleKind::Constant, 0.0),
+        ("linear_with_warmup", ScheduleKind::Linear, 0.0),
+        ("cosine_with_warmup", ScheduleKind::Cosine, 0.0),
+        ("cosine_with_min_lr", ScheduleKind::Cosine, 0.1),
+        ("inverse_sqrt", ScheduleKind::InverseSqrt, 0.0),
+        ("wsd", ScheduleKind::Wsd, 0.0),
     ];
     for (fixture, kind, min_ratio) in cases {
         let cfg = ScheduleConfig {
-            kind: kind.into(),
+            kind,
             warmup_steps: warmup,
             min_lr_ratio: min_ratio,
             decay_fraction: 0.2,

@@ -1,6 +1,6 @@
 //! `lmforge bench`: training throughput and memory of this machine, or its matmul peak.
 
-use super::print_json;
+use super::{print_json, DeviceArg};
 use anyhow::{Context, Result};
 use lmforge::bench::{self, TrainBenchOptions};
 
@@ -33,6 +33,8 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Sustained fp32 matmul GFLOP/s (the peak MFU is measured against).
     Matmul {
@@ -44,10 +46,19 @@ pub enum Command {
 
 pub fn run(c: Command) -> Result<i32> {
     match c {
-        Command::Train { preset, steps, warmup, batch, kernels, activation_checkpointing, profile, json } => {
+        Command::Train { preset, steps, warmup, batch, kernels, activation_checkpointing, profile, json, device } => {
             let kernels = lmforge::ops::Kernels::parse(&kernels)
                 .with_context(|| format!("--kernels {kernels:?}: expected fused or reference"))?;
-            let opts = TrainBenchOptions { preset, steps, warmup, batch, kernels, activation_checkpointing, profile };
+            let opts = TrainBenchOptions {
+                preset,
+                steps,
+                warmup,
+                batch,
+                kernels,
+                activation_checkpointing,
+                profile,
+                device: device.device,
+            };
             let r = bench::bench_train(&opts)?;
             if json {
                 print_json(&r)?;

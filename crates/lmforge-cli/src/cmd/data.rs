@@ -2,8 +2,8 @@
 //! tokenized).
 
 use anyhow::Result;
-use lmforge::config::RunConfig;
 use lmforge::models::ModelSpec;
+use lmforge::train::RunConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -36,7 +36,7 @@ pub fn run(c: Command) -> Result<i32> {
     }
     let mut all = data.all_inputs();
     all.extend(inputs);
-    let mode = lmforge::progress::ProgressMode::parse(&cfg.log.progress);
+    let mode = cfg.log.progress.mode();
     let manifest = lmforge::corpus::prepare(&data, &all, &out, None, mode)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);

@@ -1,6 +1,6 @@
 //! `lmforge eval`: perplexity, masked-LM and classification metrics of a model on a file.
 
-use super::{print_json, ReaderArgs};
+use super::{print_json, DeviceArg, ReaderArgs};
 use anyhow::{Context, Result};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::{model::LoadedClassifier, predict};
@@ -21,6 +21,8 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Perplexity and bits per byte of a text file.
     Ppl {
@@ -34,6 +36,8 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Masked-LM loss and accuracy of a text under a BERT model (every N-th token masked).
     Mlm {
@@ -47,6 +51,8 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
 }
 
@@ -55,9 +61,9 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 pub fn run(c: Command) -> Result<i32> {
-    let device = lmforge::Device::Cpu;
     match c {
-        Command::Mlm { model, text, every, json } => {
+        Command::Mlm { model, text, every, json, device } => {
+            let device = device.resolve()?;
             let m = LoadedModel::load(&model, &device)?;
             let r = lmforge::eval::masked_lm(&m, &read_text(&text)?, every)?;
             if json {
@@ -70,7 +76,8 @@ pub fn run(c: Command) -> Result<i32> {
                 println!("mlm accuracy   {:.4}", r.accuracy);
             }
         }
-        Command::Ppl { model, text, stride, json } => {
+        Command::Ppl { model, text, stride, json, device } => {
+            let device = device.resolve()?;
             let m = LoadedModel::load(&model, &device)?;
             let r = lmforge::eval::perplexity(&m, &read_text(&text)?, stride)?;
             if json {
@@ -84,7 +91,8 @@ pub fn run(c: Command) -> Result<i32> {
                 println!("bits per byte  {:.4}", r.bits_per_byte);
             }
         }
-        Command::Classification { model, data, reader, json } => {
+        Command::Classification { model, data, reader, json, device } => {
+            let device = device.resolve()?;
             let m = LoadedClassifier::load(&model, &device)?;
             let rc = predict::reader_settings(&m, &reader.set)?;
             let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;

@@ -25,6 +25,8 @@ pub struct Args {
     top_p: f64,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -34,7 +36,7 @@ pub fn run(a: Args) -> Result<i32> {
     if a.temperature < 0.0 {
         anyhow::bail!("--temperature must be >= 0 (0 = greedy), got {}", a.temperature);
     }
-    let m = LoadedModel::load(&a.model, &lmforge::Device::Cpu)?;
+    let m = LoadedModel::load(&a.model, &a.device.resolve()?)?;
     let cfg = SamplingConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

@@ -39,6 +39,25 @@ pub struct ReaderArgs {
     pub batch_size: usize,
 }
 
+/// `--device`: where a command runs its model (resolved as `train.device` is).
+#[derive(clap::Args, Clone, Copy)]
+pub struct DeviceArg {
+    /// auto (a CUDA GPU when this build has CUDA and one is present, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: lmforge::device::DeviceChoice,
+}
+
+impl DeviceArg {
+    pub fn resolve(self) -> anyhow::Result<lmforge::Device> {
+        Ok(self.device.resolve("--device")?)
+    }
+}
+
+fn parse_device(s: &str) -> Result<lmforge::device::DeviceChoice, String> {
+    lmforge::device::DeviceChoice::parse(s)
+}
+
 /// Prints `value` as one JSON line.
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);

@@ -1,8 +1,8 @@
 //! `lmforge plan`: memory, FLOPs, time and cost of a training job before allocating anything.
 
 use anyhow::Result;
-use lmforge::config::RunConfig;
 use lmforge::plan::{self, PlanOptions, PlanRequest};
+use lmforge::train::RunConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

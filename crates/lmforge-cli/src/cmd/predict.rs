@@ -17,10 +17,12 @@ pub struct Args {
     output: PathBuf,
     #[command(flatten)]
     reader: ReaderArgs,
+    #[command(flatten)]
+    device: super::DeviceArg,
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let m = LoadedClassifier::load(&a.model, &lmforge::Device::Cpu)?;
+    let m = LoadedClassifier::load(&a.model, &a.device.resolve()?)?;
     let rc = predict::reader_settings(&m, &a.reader.set)?;
     let s = predict::predict_file(&m, &a.input, &a.output, &rc, a.reader.batch_size)?;
     eprintln!("{} rows -> {}", s.rows, a.output.display());

@@ -53,7 +53,7 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
         }
         None => {
             let path = a.config.expect("clap requires --config without --resume");
-            let cfg = lmforge::config::RunConfig::resolve(Some(&path), &a.run.set)?;
+            let cfg = lmforge::train::RunConfig::resolve(Some(&path), &a.run.set)?;
             let run_dir = process::agreed_run_dir(&ctx.comm, a.run.run_dir, &process::config_stem(&path, "run"))?;
             if ctx.is_writer() {
                 eprintln!("training into {}", run_dir.display());

@@ -714,7 +714,7 @@ impl RunObserver for Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lmforge::config::RunConfig;
+    use lmforge::train::RunConfig;
 
     fn row(step: u64, split: &str, values: &[(&str, f64)]) -> MetricsRow {
         MetricsRow { step, split: split.into(), values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect() }

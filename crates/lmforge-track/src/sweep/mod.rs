@@ -29,8 +29,8 @@ pub mod tpe;
 pub use run::{run, table, SweepOptions, SweepOutcome, SweepResult};
 
 use early_stop::Rule;
-use lmforge::config::RunConfig;
 use lmforge::error::{Error, IoContext, Result};
+use lmforge::train::RunConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use space::Param;
@@ -176,7 +176,10 @@ impl SweepSpec {
             String::new()
         } else {
             let p = if s.base.is_absolute() { s.base.clone() } else { dir.join(&s.base) };
-            std::fs::read_to_string(&p).at(&p)?
+            // Resolved (its relative paths against its own folder) and written out whole, so the
+            // trials' configs, saved in the sweep dir, read the same files.
+            let base: RunConfig = lmforge::config::load(Some(&p), &[], &RunConfig::PATH_KEYS)?;
+            base.to_toml()
         };
         let base = RunConfig::from_toml_str(&base_text, &s.set)?;
         if !METRICS.iter().any(|(m, _)| *m == s.metric) {

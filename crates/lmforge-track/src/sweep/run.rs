@@ -227,6 +227,8 @@ fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(C
     if cfg.data.prepared.as_os_str().is_empty() {
         cfg.data.prepared = shared_data(dir, &cfg)?;
     }
+    // The trial's config file lives in the sweep dir: its paths must not depend on where it is.
+    cfg.data.make_absolute()?;
     let cfg_path = dir.join(format!("{}.toml", trial.run_dir));
     let run_dir = dir.join(&trial.run_dir);
     // A trial process of a sweep process that was killed may still be writing its checkpoint
@@ -272,7 +274,7 @@ fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(C
 /// The prepared data folder for `cfg`'s data settings, shared by every trial with the same
 /// ones (prepared on first use: it is deterministic, so a trial trains exactly as it would
 /// on data it prepared itself).
-fn shared_data(dir: &Path, cfg: &lmforge::config::RunConfig) -> Result<PathBuf> {
+fn shared_data(dir: &Path, cfg: &lmforge::train::RunConfig) -> Result<PathBuf> {
     use sha2::{Digest, Sha256};
     let vocab = ModelSpec::from_config(&cfg.model)?.vocab_size;
     let key = serde_json::json!({ "data": cfg.data, "vocab": vocab }).to_string();

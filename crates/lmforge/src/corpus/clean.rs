@@ -7,7 +7,9 @@
 
 use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Unicode normalisation (`data.normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Normalization {
     Nfc,
     Nfkc,

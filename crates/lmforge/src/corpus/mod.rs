@@ -10,16 +10,17 @@
 //! inputs (sizes, SHA-256), every stage's counts and timings, tokens per split and the config.
 
 pub mod clean;
+pub mod config;
 pub mod dedup;
 pub mod reader;
 
-use crate::config::DataConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
 use crate::progress::{Progress, ProgressMode};
 use crate::shards::TokenShardWriter;
 use crate::tokenizer::TextTokenizer;
 use clean::{Filters, Normalization};
+pub use config::{DataConfig, InvalidUtf8};
 use dedup::{LshIndex, MinHasher};
 use rayon::prelude::*;
 use reader::{DocMode, DocReader, RawDoc};
@@ -56,31 +57,11 @@ struct Settings {
 
 impl Settings {
     fn from_config(c: &DataConfig) -> Result<Self> {
-        let repair_utf8 = match c.invalid_utf8.as_str() {
-            "repair" => true,
-            "drop" => false,
-            o => {
-                return Err(Error::config(
-                    "data.invalid_utf8",
-                    format!("invalid value {o:?}; expected \"repair\" or \"drop\""),
-                ))
-            }
-        };
-        let normalization = match c.normalize.as_str() {
-            "nfc" => Normalization::Nfc,
-            "nfkc" => Normalization::Nfkc,
-            "none" => Normalization::None,
-            o => {
-                return Err(Error::config(
-                    "data.normalize",
-                    format!("invalid value {o:?}; expected \"nfc\", \"nfkc\" or \"none\""),
-                ))
-            }
-        };
+        c.validate()?;
         Ok(Self {
-            mode: DocMode::parse(&c.doc_mode)?,
-            repair_utf8,
-            normalization,
+            mode: c.doc_mode,
+            repair_utf8: c.invalid_utf8 == InvalidUtf8::Repair,
+            normalization: c.normalize,
             filters: Filters {
                 min_chars: c.min_chars,
                 max_chars: c.max_chars,

@@ -10,26 +10,15 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-/// How a text file is cut into documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a text file is cut into documents (`data.doc_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DocMode {
+    /// The whole file.
     File,
+    /// Blank-line separated paragraphs.
     Paragraph,
     Line,
-}
-
-impl DocMode {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "file" => Ok(Self::File),
-            "paragraph" => Ok(Self::Paragraph),
-            "line" => Ok(Self::Line),
-            other => Err(Error::config(
-                "data.doc_mode",
-                format!("invalid value {other:?}; expected \"file\", \"paragraph\" or \"line\""),
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,11 @@
 //! clipping) and then all-gathers the updated parameters: 1.5x the traffic of plain data
 //! parallelism; a reduce-scatter of the gradients would bring it down to DDP's.
 
+use super::DistributedConfig;
 use super::{buckets, shard_params, split_rows, Collective};
-use crate::config::{DistributedConfig, OptimConfig};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
-use crate::optim::{Optimizer, ParamGroup};
+use crate::optim::{OptimConfig, OptimSpec, Optimizer, ParamGroup};
 use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -112,7 +112,12 @@ impl DataParallel {
     /// The optimizer over the parameters whose state this process keeps (all of them
     /// without ZeRO-1).
     pub fn optimizer(&self, cfg: &OptimConfig, groups: BTreeMap<String, ParamGroup>) -> Result<Optimizer> {
-        Optimizer::from_config(cfg, &self.owned, groups)
+        self.optimizer_of(OptimSpec::from_config(cfg)?, groups)
+    }
+
+    /// The same, from a resolved spec.
+    pub fn optimizer_of(&self, spec: OptimSpec, groups: BTreeMap<String, ParamGroup>) -> Result<Optimizer> {
+        Optimizer::new(spec, &self.owned, groups)
     }
 
     /// Sums `grads` (each rank's already weighted share of the global mean) and returns the
@@ -303,10 +308,10 @@ fn param_of(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RunConfig;
     use crate::distributed::SingleProcess;
     use crate::models::ModelSpec;
     use crate::nn::InitScheme;
+    use crate::train::RunConfig;
 
     #[test]
     fn state_keys_split_at_the_slot() {

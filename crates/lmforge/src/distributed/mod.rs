@@ -22,6 +22,7 @@ mod mpi;
 
 pub use data_parallel::DataParallel;
 
+use crate::config::check;
 use crate::error::Result;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -92,6 +93,57 @@ impl Collective for SingleProcess {
     fn set_timeout(&self, _timeout: Option<Duration>) {}
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
+    }
+}
+
+/// `[distributed]`: how the processes of a multi-process run share the work.
+/// Multi-process data-parallel training (`mpirun -np N lmforge train`; see `distributed`).
+/// The process count is not part of the config: a run saved with N processes resumes with M.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
+    /// 1 = each process keeps and updates the state of its share of the parameters.
+    pub zero: u8,
+    /// Seconds a collective may wait for the other processes before the run fails (a process
+    /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
+    pub timeout_s: f64,
+    /// Gradients are all-reduced in buckets of about this many MB (several parameters per
+    /// message; a larger parameter travels alone).
+    pub bucket_mb: f64,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { zero: 0, timeout_s: 600.0, bucket_mb: 25.0 }
+    }
+}
+
+impl DistributedConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Range checks.
+    pub fn validate(&self) -> Result<()> {
+        check(
+            self.zero <= 1,
+            "distributed.zero",
+            self.zero,
+            "0 (replicated optimizer state) or 1 (sharded, ZeRO stage 1)",
+        )?;
+        check(
+            self.timeout_s.is_finite() && self.timeout_s > 0.0,
+            "distributed.timeout_s",
+            self.timeout_s,
+            "a positive number of seconds",
+        )?;
+        check(
+            self.bucket_mb.is_finite() && self.bucket_mb > 0.0,
+            "distributed.bucket_mb",
+            self.bucket_mb,
+            "a positive number of MB",
+        )
     }
 }
 

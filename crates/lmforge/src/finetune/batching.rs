@@ -73,8 +73,14 @@ pub struct Batch {
 
 /// Pads `items` to their longest length (right padding).
 pub fn collate(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<Batch> {
-    let b = items.len();
     let t = items.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    collate_padded(items, pad_id, t, device)
+}
+
+/// Pads `items` to `width` tokens (at least their longest; right padding).
+pub fn collate_padded(items: &[&Encoded], pad_id: u32, width: usize, device: &Device) -> Result<Batch> {
+    let b = items.len();
+    let t = items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(width);
     let mut ids = vec![pad_id; b * t];
     let mut type_ids = vec![0u32; b * t];
     for (row, e) in items.iter().enumerate() {

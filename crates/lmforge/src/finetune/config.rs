@@ -1,12 +1,20 @@
 //! The fine-tuning config (`lmforge finetune --config FILE`): task, labelled data files and
 //! how to read them, the base model, the method (full / LoRA / adapters), optimizer and
-//! schedule (the pretraining `[optim]` / `[schedule]` tables), training, early stopping.
-//! Resolved like the run config: defaults < TOML file < `--set section.key=value`, unknown
-//! keys and bad values are errors naming the dotted key.
+//! schedule (the pretraining `[optim]` / `[schedule]` tables), training, early stopping,
+//! checkpoints, processes. Resolved like the run config: defaults < TOML file < `--set
+//! section.key=value`, relative paths in the file against its folder, unknown keys and bad
+//! values are errors naming the dotted key.
 
-use crate::config::{bad, check, deserialize_table, layered_table, LogConfig, OptimConfig, ScheduleConfig};
+use crate::checkpoint::CheckpointConfig;
+use crate::config::{self, bad, check, given, readable};
+use crate::device::{DeviceChoice, Precision};
+use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
+use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::metrics::METRIC_NAMES;
+use crate::optim::{OptimConfig, OptimSpec, ScheduleConfig, ScheduleKind};
+use crate::progress::LogConfig;
+use crate::train::config::MAX_BATCH;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +30,12 @@ pub struct FinetuneConfig {
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub train: FtTrainConfig,
+    pub checkpoint: CheckpointConfig,
     pub log: LogConfig,
+    /// Multi-process runs (`mpirun -np N lmforge finetune`); left out of the saved config at
+    /// its defaults.
+    #[serde(skip_serializing_if = "DistributedConfig::is_default")]
+    pub distributed: DistributedConfig,
 }
 
 impl Default for FinetuneConfig {
@@ -38,13 +51,16 @@ impl Default for FinetuneConfig {
             // linear decay to zero.
             optim: OptimConfig { lr: 2e-5, weight_decay: 0.01, ..OptimConfig::default() },
             schedule: ScheduleConfig {
-                kind: "linear".into(),
+                kind: ScheduleKind::Linear,
                 warmup_steps: 0,
                 min_lr_ratio: 0.0,
                 ..Default::default()
             },
             train: FtTrainConfig::default(),
+            // The best model is exported to RUN_DIR/model/; checkpoints are for resuming.
+            checkpoint: CheckpointConfig { keep_best: false, ..CheckpointConfig::default() },
             log: LogConfig::default(),
+            distributed: DistributedConfig::default(),
         }
     }
 }
@@ -53,12 +69,12 @@ impl Default for FinetuneConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
     /// "classification" (the only task so far).
-    pub kind: String,
+    pub kind: TaskKind,
 }
 
 impl Default for TaskConfig {
     fn default() -> Self {
-        Self { kind: "classification".into() }
+        Self { kind: TaskKind::Classification }
     }
 }
 
@@ -73,7 +89,7 @@ pub struct ClsDataConfig {
     /// Final metrics in results.json; empty: the validation set's.
     pub test: PathBuf,
     /// "auto" (by extension: .tsv, .csv, .jsonl / .json), "tsv", "csv" or "jsonl".
-    pub format: String,
+    pub format: DataFormat,
     /// TSV / CSV: the first line names the columns.
     pub header: bool,
     /// TSV / CSV: honour "..." quoting; unset: CSV yes, TSV no (GLUE's QUOTE_NONE).
@@ -92,7 +108,7 @@ pub struct ClsDataConfig {
     pub labels: Vec<String>,
     /// Rows with a missing label, an unknown label or an empty text: "skip" (counted and
     /// reported) or "fail" (the first one is an error).
-    pub bad_rows: String,
+    pub bad_rows: BadRowPolicy,
     /// Use a seeded random subset of this many train rows (0: all).
     pub max_train_rows: usize,
     /// Use the first N validation rows (0: all).
@@ -105,18 +121,69 @@ impl Default for ClsDataConfig {
             train: PathBuf::new(),
             validation: PathBuf::new(),
             test: PathBuf::new(),
-            format: "auto".into(),
+            format: DataFormat::Auto,
             header: true,
             quoting: None,
             text_column: "text".into(),
             text_pair_column: String::new(),
             label_column: "label".into(),
             labels: Vec::new(),
-            bad_rows: "skip".into(),
+            bad_rows: BadRowPolicy::Skip,
             max_train_rows: 0,
             max_validation_rows: 0,
         }
     }
+}
+
+/// How a labelled file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// By the file's extension: .tsv / .txt, .csv, .jsonl / .json / .ndjson.
+    Auto,
+    Tsv,
+    Csv,
+    Jsonl,
+}
+
+/// What a row with a missing or unknown label, or an empty text, does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BadRowPolicy {
+    /// Skipped, counted and reported.
+    Skip,
+    /// The first one is an error naming the file and line.
+    Fail,
+}
+
+/// What trains in a fine-tuning run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Every weight.
+    Full,
+    /// Low-rank deltas on the target Linears; the base is frozen.
+    Lora,
+    /// Bottleneck adapters after the target Linears; the base is frozen.
+    Adapter,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Lora => "lora",
+            Self::Adapter => "adapter",
+        }
+    }
+}
+
+/// The task a fine-tuning run learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// One label per text (or text pair).
+    Classification,
 }
 
 /// A column: a name, or a 0-based index written as a string or a bare integer (`--set
@@ -155,14 +222,14 @@ impl Default for BaseModelConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MethodConfig {
     /// "full" (every weight trains), "lora" or "adapter" (the base is frozen).
-    pub method: String,
+    pub method: Method,
     /// LoRA / adapter: train the LayerNorm / RMSNorm weights too (the head always trains).
     pub train_norms: bool,
 }
 
 impl Default for MethodConfig {
     fn default() -> Self {
-        Self { method: "full".into(), train_norms: false }
+        Self { method: Method::Full, train_norms: false }
     }
 }
 
@@ -206,7 +273,10 @@ pub struct FtTrainConfig {
     pub epochs: u64,
     /// Stop after this many optimizer steps (0: `epochs` full passes).
     pub max_steps: u64,
+    /// Examples per micro-batch.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step: a step trains on `batch_size · grad_accum` examples.
+    pub grad_accum: usize,
     pub eval_batch_size: usize,
     /// Evaluate on the validation set every N steps; 0: after every epoch.
     pub eval_every: u64,
@@ -222,6 +292,28 @@ pub struct FtTrainConfig {
     pub min_delta: f64,
     pub log_every: u64,
     pub seed: u64,
+    /// Checkpoint (for `--resume`) every N steps; 0: at the end of every epoch. Always at the
+    /// last step.
+    pub checkpoint_every: u64,
+    /// Non-finite loss or gradient norm: "skip" the update (default) or "rollback" to the last
+    /// checkpoint with a lower LR (see `lmforge train`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_nonfinite: Option<OnNonFinite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consecutive_faults: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_lr_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spike_ratio: Option<f64>,
+    /// Recompute each decoder block's activations in the backward (GPT-2 / Llama backbones).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
+    /// "auto", "cpu", "cuda" or "cuda:N" (as `lmforge train`).
+    #[serde(skip_serializing_if = "DeviceChoice::is_auto")]
+    pub device: DeviceChoice,
+    /// "fp32" or "bf16-mixed".
+    #[serde(skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl Default for FtTrainConfig {
@@ -239,48 +331,77 @@ impl Default for FtTrainConfig {
             min_delta: 0.0,
             log_every: 10,
             seed: 42,
+            grad_accum: 1,
+            checkpoint_every: 0,
+            on_nonfinite: None,
+            max_consecutive_faults: None,
+            rollback_lr_factor: None,
+            spike_ratio: None,
+            activation_checkpointing: false,
+            device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
         }
     }
 }
 
-pub const METHODS: [&str; 3] = ["full", "lora", "adapter"];
-pub const FORMATS: [&str; 4] = ["auto", "tsv", "csv", "jsonl"];
-
 impl FinetuneConfig {
+    /// Keys holding paths: relative ones in a config file resolve against its folder.
+    pub const PATH_KEYS: [&'static str; 4] = ["data.train", "data.validation", "data.test", "model.base"];
+
     /// Resolves defaults < `file` < `overrides` and validates.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let cfg: Self = deserialize_table(layered_table(file, overrides)?)?;
+        let cfg: Self = config::load(file, overrides, &Self::PATH_KEYS)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// A saved `config.toml` or `finetune.toml`, read as written.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let table = text.parse::<toml::Table>().map_err(|e| Error::Invalid(format!("invalid TOML: {e}")))?;
-        let cfg: Self = deserialize_table(table)?;
+        let cfg: Self = config::parse(text, &[])?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a FinetuneConfig always serialises to TOML")
+        config::to_toml(self)
     }
 
-    pub fn validate(&self) -> Result<()> {
-        if self.task.kind != "classification" {
-            return Err(bad("task.kind", &self.task.kind, "classification"));
+    pub fn hash(&self) -> String {
+        config::config_hash(self)
+    }
+
+    /// That the data files and the base can be read, before anything is written.
+    pub fn check_paths(&self) -> Result<()> {
+        readable("data.train", &self.data.train)?;
+        for (key, p) in [("data.validation", &self.data.validation), ("data.test", &self.data.test)] {
+            if let Some(p) = given(p) {
+                readable(key, p)?;
+            }
         }
+        readable("model.base", &self.model.base)
+    }
+
+    /// The fault keys of `[train]` and `[checkpoint]`.
+    pub fn fault_policy(&self) -> Result<FaultPolicy> {
+        let t = &self.train;
+        FaultPolicy::resolve(&FaultConfig {
+            on_nonfinite: t.on_nonfinite,
+            max_consecutive_faults: t.max_consecutive_faults,
+            rollback_lr_factor: t.rollback_lr_factor,
+            spike_ratio: t.spike_ratio,
+            on_write_error: self.checkpoint.on_write_error,
+        })
+    }
+
+    /// Everything types alone cannot express (the data-dependent part, the number of steps,
+    /// is resolved when the data is read).
+    pub fn validate(&self) -> Result<()> {
         let d = &self.data;
         if d.train.as_os_str().is_empty() {
             return Err(Error::config("data.train", "missing: the labelled training file"));
         }
-        if !FORMATS.contains(&d.format.as_str()) {
-            return Err(bad("data.format", &d.format, &FORMATS.join(", ")));
-        }
         for (key, v) in [("data.text_column", &d.text_column), ("data.label_column", &d.label_column)] {
             check(!v.is_empty(), key, v, "a column name or 0-based index")?;
-        }
-        if !["skip", "fail"].contains(&d.bad_rows.as_str()) {
-            return Err(bad("data.bad_rows", &d.bad_rows, "skip, fail"));
         }
         if self.model.base.as_os_str().is_empty() {
             return Err(Error::config("model.base", "missing: a run dir, checkpoint dir or Hugging Face folder"));
@@ -292,26 +413,25 @@ impl FinetuneConfig {
             self.model.max_length,
             "0 (the context) or >= 4",
         )?;
-        if !METHODS.contains(&self.finetune.method.as_str()) {
-            return Err(bad("finetune.method", &self.finetune.method, &METHODS.join(", ")));
-        }
         let l = &self.lora;
         check(l.rank >= 1, "lora.rank", l.rank, ">= 1")?;
         check(l.alpha.is_finite() && l.alpha > 0.0, "lora.alpha", l.alpha, "a positive number")?;
         check((0.0..1.0).contains(&l.dropout), "lora.dropout", l.dropout, "0 <= p < 1")?;
         check(self.adapter.size >= 1, "adapter.size", self.adapter.size, ">= 1")?;
-        let o = &self.optim;
-        check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", o.lr, "a positive number")?;
-        check(o.weight_decay >= 0.0, "optim.weight_decay", o.weight_decay, ">= 0")?;
-        check(o.grad_clip >= 0.0, "optim.grad_clip", o.grad_clip, ">= 0 (0 disables)")?;
-        crate::optim::OptimSpec::from_config(o)?;
-        const KINDS: [&str; 5] = ["cosine", "linear", "constant", "inverse_sqrt", "wsd"];
-        if !KINDS.contains(&self.schedule.kind.as_str()) {
-            return Err(bad("schedule.kind", &self.schedule.kind, &KINDS.join(", ")));
+        OptimSpec::from_config(&self.optim)?;
+        if self.schedule.kind == ScheduleKind::Plateau {
+            return Err(bad(
+                "schedule.kind",
+                "plateau",
+                "cosine, linear, constant, inverse_sqrt, wsd (fine-tuning's schedules follow the step count; \
+                 early stopping is train.patience)",
+            ));
         }
+        self.schedule.resolve(1)?;
         let t = &self.train;
         check(t.epochs >= 1 || t.max_steps >= 1, "train.epochs", t.epochs, ">= 1 (or train.max_steps >= 1)")?;
-        check(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")?;
+        check((1..=MAX_BATCH).contains(&t.batch_size), "train.batch_size", t.batch_size, "1 ..= 1048576")?;
+        check((1..=MAX_BATCH).contains(&t.grad_accum), "train.grad_accum", t.grad_accum, "1 ..= 1048576")?;
         check(t.eval_batch_size >= 1, "train.eval_batch_size", t.eval_batch_size, ">= 1")?;
         check(t.bucket_batches >= 1, "train.bucket_batches", t.bucket_batches, ">= 1")?;
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
@@ -320,11 +440,9 @@ impl FinetuneConfig {
         if t.metric != "loss" && !METRIC_NAMES.contains(&t.metric.as_str()) {
             return Err(bad("train.metric", &t.metric, &format!("loss, {}", METRIC_NAMES.join(", "))));
         }
-        const PROGRESS: [&str; 4] = ["auto", "bar", "lines", "off"];
-        if !PROGRESS.contains(&self.log.progress.as_str()) {
-            return Err(bad("log.progress", &self.log.progress, &PROGRESS.join(", ")));
-        }
-        Ok(())
+        self.fault_policy()?;
+        self.checkpoint.validate()?;
+        self.distributed.validate()
     }
 }
 
@@ -353,7 +471,7 @@ mod tests {
             &["data.train=t".into(), "model.base=m".into(), "data.label_column=0".into()],
         );
         assert_eq!(idx.unwrap().data.label_column, "0", "a bare integer is a column index");
-        assert_eq!((ok.optim.lr, ok.schedule.kind.as_str()), (2e-5, "linear"));
+        assert_eq!((ok.optim.lr, ok.schedule.kind), (2e-5, ScheduleKind::Linear));
         assert_eq!(FinetuneConfig::from_toml_str(&ok.to_toml()).unwrap(), ok);
     }
 }

@@ -5,7 +5,7 @@
 //! does not know, an empty text, a malformed line — are counted with their file and line and
 //! either skipped (reported) or, with `bad_rows = "fail"`, an error at the first one.
 
-use super::config::ClsDataConfig;
+use super::config::{BadRowPolicy, ClsDataConfig, DataFormat};
 use crate::error::{Error, IoContext, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -151,22 +151,24 @@ enum Format {
     Jsonl,
 }
 
-fn format_of(path: &Path, format: &str) -> Result<Format> {
+fn format_of(path: &Path, format: DataFormat) -> Result<Format> {
     Ok(match format {
-        "tsv" => Format::Tsv,
-        "csv" => Format::Csv,
-        "jsonl" => Format::Jsonl,
-        _ => match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-            Some("tsv") | Some("txt") => Format::Tsv,
-            Some("csv") => Format::Csv,
-            Some("jsonl") | Some("json") | Some("ndjson") => Format::Jsonl,
-            _ => {
-                return Err(Error::format(
-                    path,
-                    "cannot tell the format from the extension; set data.format to tsv, csv or jsonl",
-                ))
+        DataFormat::Tsv => Format::Tsv,
+        DataFormat::Csv => Format::Csv,
+        DataFormat::Jsonl => Format::Jsonl,
+        DataFormat::Auto => {
+            match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+                Some("tsv") | Some("txt") => Format::Tsv,
+                Some("csv") => Format::Csv,
+                Some("jsonl") | Some("json") | Some("ndjson") => Format::Jsonl,
+                _ => {
+                    return Err(Error::format(
+                        path,
+                        "cannot tell the format from the extension; set data.format to tsv, csv or jsonl",
+                    ))
+                }
             }
-        },
+        }
     })
 }
 
@@ -179,8 +181,8 @@ pub fn read_examples(
     labels: Option<&LabelMap>,
     need_label: bool,
 ) -> Result<(Vec<Example>, BadRows, LabelMap)> {
-    let mut policy = Policy { path, fail: cfg.bad_rows == "fail", bad: BadRows::default() };
-    let rows = match format_of(path, &cfg.format)? {
+    let mut policy = Policy { path, fail: cfg.bad_rows == BadRowPolicy::Fail, bad: BadRows::default() };
+    let rows = match format_of(path, cfg.format)? {
         Format::Jsonl => read_jsonl(path, cfg, &mut policy)?,
         f => read_delimited(path, cfg, f, &mut policy)?,
     };
@@ -233,17 +235,18 @@ pub fn read_examples(
 /// entry point of the `dataset_rows` fuzz target and the hostile-input tests. Writes the
 /// bytes to a file in `dir`, since the readers stream from files.
 pub fn read_bytes_for_fuzzing(dir: &Path, selector: u8, bytes: &[u8]) -> Result<usize> {
-    let format = ["tsv", "csv", "jsonl"][selector as usize % 3];
+    let (format, name) =
+        [(DataFormat::Tsv, "tsv"), (DataFormat::Csv, "csv"), (DataFormat::Jsonl, "jsonl")][selector as usize % 3];
     let cfg = ClsDataConfig {
-        format: format.into(),
+        format,
         header: selector & 0x04 != 0,
         text_column: if selector & 0x04 != 0 { "sentence".into() } else { "1".into() },
         label_column: if selector & 0x04 != 0 { "label".into() } else { "0".into() },
         text_pair_column: if selector & 0x08 != 0 { "pair".into() } else { String::new() },
-        bad_rows: if selector & 0x10 != 0 { "fail".into() } else { "skip".into() },
+        bad_rows: if selector & 0x10 != 0 { BadRowPolicy::Fail } else { BadRowPolicy::Skip },
         ..ClsDataConfig::default()
     };
-    let path = dir.join(format!("rows.{format}"));
+    let path = dir.join(format!("rows.{name}"));
     std::fs::write(&path, bytes).at(&path)?;
     let (rows, _, _) = read_examples(&path, &cfg, None, selector & 0x20 == 0)?;
     Ok(rows.len())
@@ -386,7 +389,7 @@ mod tests {
                 "pair" => c.text_pair_column = v.to_string(),
                 "label" => c.label_column = v.to_string(),
                 "header" => c.header = *v == "true",
-                "bad_rows" => c.bad_rows = v.to_string(),
+                "bad_rows" => c.bad_rows = if *v == "fail" { BadRowPolicy::Fail } else { BadRowPolicy::Skip },
                 _ => unreachable!(),
             }
         }

@@ -1,35 +1,36 @@
-//! Fine-tuning a pretrained model for text classification (`lmforge finetune`): labelled files
+//! Fine-tuning a pretrained model for text classification (`lmforge finetune`): the front end
+//! that builds the task and hands it to the one training loop (`crate::train`). Labelled files
 //! ([`dataset`]) become length-bucketed, dynamically padded batches ([`batching`]); a
 //! [`model::Classifier`] (the backbone's pooled features and a head) trains fully, with LoRA or
-//! with bottleneck adapters (`nn::peft`) under the shared optimizers and schedules; the
-//! validation metric is tracked after each evaluation, the best model is kept (written to
-//! `RUN_DIR/model/` and restored at the end) and early stopping ends the run after `patience`
-//! evaluations without improvement; final test metrics go to `RUN_DIR/results.json`.
+//! with bottleneck adapters (`nn::peft`) — [`task::Classification`] is what the loop sees. The
+//! loop brings everything pretraining has: gradient accumulation, several processes (`mpirun`,
+//! ZeRO-1), the fault policy, activation checkpointing, checkpoints with manifests and an
+//! exact `--resume`, and the patience rule that picks the best model and stops early. The best
+//! model is written to `RUN_DIR/model/` as it improves; at the end the front end evaluates that
+//! saved model on the test split (or the validation split) into `RUN_DIR/results.json`.
 //! [`predict`] runs a trained classifier over files.
-//!
-//! The loop is its own (epochs over a labelled set, evaluation by classification metrics, best
-//! restore) but every step piece is the pretraining trainer's: `named_grads`, clipping, the
-//! `Optimizer`, the `Schedule`, `MetricsLog`, `Progress`, the run lock.
 
 pub mod batching;
 pub mod config;
 pub mod dataset;
 pub mod model;
 pub mod predict;
+pub mod task;
 
 pub use config::FinetuneConfig;
 
 use crate::checkpoint::RunLock;
-use crate::error::{Error, IoContext, Result};
+use crate::device::Placement;
+use crate::distributed;
+use crate::error::{Error, Result};
 use crate::metrics::ClassificationMetrics;
 use crate::models::ParamInfo;
-use crate::nn::{seed_for, DropoutRng};
-use crate::observe::{Observers, RunEnd, RunStart};
-use crate::optim::{clip_grad_norm, named_grads, param_groups, Optimizer, ParamRole, Schedule};
-use crate::progress::{Progress, ProgressMode};
-use crate::train::{param_role, MetricsLog};
-use batching::{collate, encode, epoch_batches, Encoded};
-use candle_core::{Device, Tensor};
+use crate::nn::seed_for;
+use crate::observe::{Observers, RunStart};
+use crate::optim::{param_groups, OptimSpec, ParamGroup, ParamRole};
+use crate::patience::{self, Patience, PatienceRule, Threshold};
+use crate::train::{self, param_role, Cadence, LoopPlan, MetricsLog, Start, Task, TrainOptions, TrainSummary};
+use batching::{encode, Encoded};
 use dataset::{read_examples, BadRows, Example, LabelMap};
 use predict::Evaluation;
 use rand::seq::SliceRandom;
@@ -39,9 +40,17 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use task::{Classification, EncodedSplit};
+
+/// Early stopping as Keras' / Hugging Face's `EarlyStopping`: an evaluation improves on the
+/// best when it beats it by more than `min_delta` (higher is better, or lower for `loss`);
+/// `patience` non-improving evaluations in a row stop the run (0: never). The waiting is
+/// [`Patience`], the rule reduce-on-plateau uses too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyStopping {
+    pub rule: PatienceRule,
+    pub state: Patience,
+}
 
 /// Early stopping's verdict on one evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,57 +62,31 @@ pub enum Verdict {
     Stop,
 }
 
-/// Tracks the best value of the selection metric. An evaluation improves on the best when it
-/// beats it by more than `min_delta` (higher is better, or lower for `loss`); `patience`
-/// non-improving evaluations in a row stop the run (0: never), as Keras' / HF's
-/// `EarlyStopping`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EarlyStopping {
-    pub lower_is_better: bool,
-    pub patience: u64,
-    pub min_delta: f64,
-    pub best: Option<f64>,
-    pub bad_evals: u64,
-}
-
 impl EarlyStopping {
     pub fn new(metric: &str, patience: u64, min_delta: f64) -> Self {
-        Self { lower_is_better: metric == "loss", patience, min_delta, best: None, bad_evals: 0 }
+        let rule = PatienceRule {
+            higher_is_better: metric != "loss",
+            threshold: Threshold::Absolute(min_delta),
+            tolerate: if patience == 0 { u64::MAX } else { patience - 1 },
+            cooldown: 0,
+        };
+        Self { rule, state: Patience::default() }
     }
 
     pub fn observe(&mut self, value: f64) -> Verdict {
-        let improved = match self.best {
-            None => true,
-            Some(b) if self.lower_is_better => value < b - self.min_delta,
-            Some(b) => value > b + self.min_delta,
-        };
-        if improved {
-            self.best = Some(value);
-            self.bad_evals = 0;
-            return Verdict::Improved;
-        }
-        self.bad_evals += 1;
-        if self.patience > 0 && self.bad_evals >= self.patience {
-            Verdict::Stop
-        } else {
-            Verdict::NotImproved
+        match self.state.observe(value, &self.rule) {
+            patience::Verdict::Improved => Verdict::Improved,
+            patience::Verdict::NotImproved => Verdict::NotImproved,
+            patience::Verdict::Exhausted => Verdict::Stop,
         }
     }
 }
 
-/// Should this step evaluate? Every `every` steps when set, else at each epoch's end; and at
-/// the last step.
-pub fn eval_due(step: u64, every: u64, epoch_end: bool, last: bool) -> bool {
-    last || if every > 0 { step % every == 0 } else { epoch_end }
-}
-
-#[derive(Default, Clone)]
-pub struct FinetuneOptions {
-    /// Set by a signal handler: stop after the current step, keep the best model, report.
-    pub interrupt: Option<Arc<AtomicBool>>,
-    /// Told about the run's start, every metrics row and its end (the experiment store); a
-    /// TensorBoard writer for `RUN_DIR/tb/` is always added.
-    pub observers: Observers,
+impl std::ops::Deref for EarlyStopping {
+    type Target = Patience;
+    fn deref(&self) -> &Patience {
+        &self.state
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,7 +97,11 @@ pub struct FinetuneSummary {
     pub total_steps: u64,
     pub epochs: f64,
     pub stopped_early: bool,
+    /// Stopped by a signal with a checkpoint: continue with `--resume`.
     pub interrupted: bool,
+    /// Reached the last step or stopped early: the final evaluation and `results.json` are
+    /// written (not after a signal or `--stop-after`).
+    pub finished: bool,
     pub params: model::ParamReport,
     /// The selection metric's best validation value and its step.
     pub best: Option<(f64, u64)>,
@@ -139,30 +126,41 @@ impl Split {
 }
 
 /// Fine-tunes `cfg.model.base` into `run_dir` (which must not hold a run).
-pub fn finetune(cfg: &FinetuneConfig, run_dir: &Path, opts: &FinetuneOptions) -> Result<FinetuneSummary> {
-    let mut observers = opts.observers.clone();
-    let result = finetune_run(cfg, run_dir, opts, &mut observers);
-    observers.end(&match &result {
-        // Early stopping on patience is a normal end.
-        Ok(s) if !s.interrupted => RunEnd::Finished { step: s.steps },
-        Ok(s) => RunEnd::Stopped { step: s.steps, reason: "interrupted by a signal".into() },
-        Err(e) => RunEnd::Failed { error: e.to_string() },
-    });
-    result
+pub fn finetune(cfg: &FinetuneConfig, run_dir: &Path, opts: &TrainOptions) -> Result<FinetuneSummary> {
+    run(cfg, run_dir, opts, false)
 }
 
-fn finetune_run(
-    cfg: &FinetuneConfig,
-    run_dir: &Path,
-    opts: &FinetuneOptions,
-    observers: &mut Observers,
-) -> Result<FinetuneSummary> {
-    if run_dir.join("config.toml").exists() || run_dir.join("results.json").exists() {
-        return Err(Error::Invalid(format!("{} already holds a run; choose another --run-dir", run_dir.display())));
-    }
-    let device = Device::Cpu;
+/// Continues the fine-tuning run in `run_dir` from its newest intact checkpoint, exactly.
+pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<FinetuneSummary> {
+    let path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let cfg = FinetuneConfig::from_toml_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
+    run(&cfg, run_dir, opts, true)
+}
+
+fn run(cfg: &FinetuneConfig, run_dir: &Path, opts: &TrainOptions, resuming: bool) -> Result<FinetuneSummary> {
+    let mut observers = opts.observers.clone();
+    let result = run_observed(cfg, run_dir, opts, resuming, &mut observers);
+    observers.end(&TrainSummary::run_end(result.as_ref().map(|(s, _)| s)));
+    result.map(|(_, f)| f)
+}
+
+/// Everything a run reads before it writes: data, base, method.
+struct Inputs {
+    labels: LabelMap,
+    spec: crate::models::ModelSpec,
+    store: crate::nn::ParamStore,
+    tokenizer: crate::tokenizer::TextTokenizer,
+    lora: Option<crate::nn::peft::LoraSpec>,
+    train: Split,
+    validation: Option<Split>,
+    test: Option<Split>,
+}
+
+/// Reads the labelled files (a seeded subset of the train rows with `data.max_train_rows`),
+/// loads the base and sets up the method. Everything that can fail on user input fails here.
+fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inputs> {
     let t = &cfg.train;
-    // Everything that can fail on user input happens before anything is written.
     let (mut train_ex, train_bad, labels) = read_examples(&cfg.data.train, &cfg.data, None, true)?;
     if cfg.data.max_train_rows > 0 && train_ex.len() > cfg.data.max_train_rows {
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(t.seed, "finetune/train-subset"));
@@ -172,7 +170,7 @@ fn finetune_run(
         keep.sort_unstable();
         train_ex = keep.into_iter().map(|i| train_ex[i].clone()).collect();
     }
-    let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, &device)?;
+    let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, device)?;
     let max_len = match cfg.model.max_length {
         0 => spec.context,
         n => n.min(spec.context),
@@ -193,182 +191,170 @@ fn finetune_run(
     let validation = read(&cfg.data.validation, cfg.data.max_validation_rows)?;
     let test = read(&cfg.data.test, 0)?;
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
-    let classifier = model::Classifier::new(&spec, &store, cfg.model.dropout)?;
-    let groups = optimizer_groups(cfg, &spec, &store, labels.len())?;
-    let mut optimizer = Optimizer::from_config(&cfg.optim, store.vars(), groups)?;
+    Ok(Inputs { labels, spec, store, tokenizer, lora, train, validation, test })
+}
 
-    std::fs::create_dir_all(run_dir).at(run_dir)?;
-    let _lock = RunLock::acquire(run_dir)?;
-    crate::fsio::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let per_epoch = train.encoded.len().div_ceil(t.batch_size) as u64;
+/// The loop's plan for `total` steps over the trainable parameters' `groups`.
+fn loop_plan(cfg: &FinetuneConfig, groups: BTreeMap<String, ParamGroup>, total: u64) -> Result<LoopPlan> {
+    let t = &cfg.train;
+    Ok(LoopPlan {
+        max_steps: total,
+        batch_size: t.batch_size,
+        grad_accum: t.grad_accum,
+        seed: t.seed,
+        dropout: cfg.model.dropout,
+        lr: cfg.optim.lr,
+        grad_clip: cfg.optim.grad_clip,
+        schedule: cfg.schedule.resolve(total)?,
+        plateau: None,
+        optim: OptimSpec::from_config(&cfg.optim)?,
+        groups,
+        faults: cfg.fault_policy()?,
+        eval: Cadence { every: t.eval_every, epoch_end: t.eval_every == 0 },
+        checkpoint: Cadence { every: t.checkpoint_every, epoch_end: t.checkpoint_every == 0 },
+        log_every: t.log_every,
+        keep_last: cfg.checkpoint.keep_last,
+        keep_best: cfg.checkpoint.keep_best,
+        distributed: cfg.distributed.clone(),
+        progress: cfg.log.progress,
+        config_toml: cfg.to_toml(),
+        config_hash: cfg.hash(),
+        command: "lmforge finetune",
+    })
+}
+
+fn run_observed(
+    cfg: &FinetuneConfig,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    resuming: bool,
+    observers: &mut Observers,
+) -> Result<(TrainSummary, FinetuneSummary)> {
+    let t = &cfg.train;
+    let placement = Placement::resolve(t.device, t.precision)?;
+    cfg.check_paths()?;
+    let inputs = read_inputs(cfg, &placement.device)?;
+    let Inputs { labels, spec, store, tokenizer, lora, train, validation, test } = inputs;
+    let comm = opts.collective();
+    if t.batch_size < comm.world_size() {
+        return Err(Error::config(
+            "train.batch_size",
+            format!("{} examples per micro-batch cannot be split over {} processes", t.batch_size, comm.world_size()),
+        ));
+    }
+    let per_epoch = train.encoded.len().div_ceil(t.batch_size * t.grad_accum) as u64;
     let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
-    observers.start(&RunStart::new(run_dir, cfg, total_steps, None));
-    let mut metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?;
+    let groups = optimizer_groups(cfg, &spec, &store, labels.len())?;
+    let lp = loop_plan(cfg, groups, total_steps)?;
+    let report = param_report(cfg, &store, &lp.groups, &lp.optim);
+    let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
+    let task =
+        Classification::new(cfg, spec.clone(), &labels, store, lora, &tokenizer, &train.encoded, validation_split)?;
+
+    let writer = comm.rank() == 0;
+    let (_lock, start) = distributed::rank0_first(comm.as_ref(), || {
+        let lock = match (writer, resuming) {
+            (false, _) => None,
+            (true, false) => Some(train::start_run_dir(run_dir, &lp.config_toml, lp.command)?),
+            (true, true) => Some(RunLock::acquire(run_dir)?),
+        };
+        let start = if resuming {
+            train::find_start(run_dir, &lp, writer)?
+        } else {
+            Start { state: lp.fresh_state(), checkpoint: None }
+        };
+        Ok((lock, start))
+    })?;
+    if start.checkpoint.is_some() {
+        Task::restore_weights(&task, start.checkpoint.as_deref())?;
+    }
+    let resumed_from = resuming.then_some(start.state.step);
+    let metrics = if writer {
+        observers.start(&RunStart::new(run_dir, cfg, total_steps, resumed_from));
+        MetricsLog::open(&run_dir.join("metrics.jsonl"), resumed_from, observers.clone())?
+    } else {
+        MetricsLog::discard()
+    };
+    if writer {
+        announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
+    }
+    let summary = train::run_loop(&task, &lp, run_dir, start, metrics, opts)?;
     let model_dir = run_dir.join("model");
-    let pad = model::pad_id(&tokenizer);
-
-    let schedule = Schedule::new(&cfg.schedule, total_steps);
-    let report = model::ParamReport {
-        method: cfg.finetune.method.clone(),
-        total_params: store.num_params(),
-        trainable_params: store.num_trainable(),
-        trainable_fraction: store.num_trainable() as f64 / store.num_params().max(1) as f64,
-        optimizer_state_bytes: optimizer.state_bytes(),
+    let mut out = FinetuneSummary {
+        run_dir: run_dir.to_path_buf(),
+        model_dir: model_dir.clone(),
+        steps: summary.step,
+        total_steps,
+        epochs: summary.step as f64 / per_epoch.max(1) as f64,
+        stopped_early: summary.stopped_early,
+        interrupted: summary.interrupted,
+        finished: summary.step >= total_steps || summary.stopped_early,
+        params: report,
+        best: summary.best,
+        final_split: None,
+        final_eval: None,
+        train_seconds: summary.train_seconds,
     };
-    let progress = Progress::new(ProgressMode::parse(&cfg.log.progress), "step", 0, total_steps);
-    progress.println(&format!(
-        "{} fine-tuning of a {:?} model, {} labels: {} of {} parameters trainable ({:.2}%), {} optimizer state {}",
-        report.method,
-        spec.style,
-        labels.len(),
-        report.trainable_params,
-        report.total_params,
-        100.0 * report.trainable_fraction,
-        optimizer.name(),
-        crate::train::human_bytes(report.optimizer_state_bytes as u64)
-    ));
-    progress.println(&format!(
-        "examples: {} train{}{}; {per_epoch} steps per epoch, {total_steps} in all; max length {max_len}",
-        train.encoded.len(),
-        validation.as_ref().map(|v| format!(", {} validation", v.encoded.len())).unwrap_or_default(),
-        test.as_ref().map(|v| format!(", {} test", v.encoded.len())).unwrap_or_default(),
-    ));
-    for s in [Some(&train), validation.as_ref(), test.as_ref()].into_iter().flatten() {
-        if s.bad.total() > 0 {
-            progress.println(&format!("{}: {}", s.file.display(), s.bad.summary()));
-        }
+    if !out.finished || !writer {
+        return Ok((summary, out));
     }
-
-    let lengths: Vec<usize> = train.encoded.iter().map(|e| e.ids.len()).collect();
-    let mut early = EarlyStopping::new(&t.metric, t.patience, t.min_delta);
-    let mut best: Option<(f64, u64, BTreeMap<String, Tensor>)> = None;
-    let (mut step, mut epoch) = (0u64, 0u64);
-    let (mut stopped_early, mut interrupted) = (false, false);
-    let started = Instant::now();
-    'epochs: while step < total_steps {
-        let batches = epoch_batches(&lengths, t.batch_size, t.bucket_batches, t.seed, epoch);
-        let n_batches = batches.len();
-        for (bi, idx) in batches.into_iter().enumerate() {
-            if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-                interrupted = true;
-                break 'epochs;
-            }
-            let items: Vec<&Encoded> = idx.iter().map(|&i| &train.encoded[i]).collect();
-            let batch = collate(&items, pad, &device)?;
-            let targets = batch.labels.as_ref().expect("training examples carry labels");
-            let lr = cfg.optim.lr * schedule.multiplier(step);
-            let mut dropout = DropoutRng::new(cfg.model.dropout, seed_for(t.seed, &format!("finetune/dropout/{step}")));
-            let logits = classifier.logits(&batch, Some(&mut dropout))?;
-            let loss = model::loss(&logits, targets, t.label_smoothing)?;
-            let mut grads = named_grads(store.vars(), &loss.backward()?)?;
-            let grad_norm = clip_grad_norm(&mut grads, cfg.optim.grad_clip)?;
-            optimizer.step(store.vars(), &grads, lr)?;
-            step += 1;
-            let loss = loss.to_scalar::<f32>()? as f64;
-            if !loss.is_finite() {
-                return Err(Error::Invalid(format!("loss became {loss} at step {step}; lower optim.lr")));
-            }
-            let epoch_pos = epoch as f64 + (bi + 1) as f64 / n_batches as f64;
-            let log_now = step % t.log_every == 0 || step == 1 || step == total_steps;
-            if log_now {
-                metrics.write(&json!({
-                    "step": step, "epoch": epoch_pos, "split": "train", "loss": loss, "lr": lr,
-                    "grad_norm": grad_norm, "elapsed_s": started.elapsed().as_secs_f64(),
-                }))?;
-            }
-            progress.update(step, &format!("epoch {epoch_pos:.2} loss {loss:.4} lr {lr:.2e}"), log_now);
-            let last = step == total_steps;
-            if let Some(val) = validation.as_ref().filter(|_| eval_due(step, t.eval_every, bi + 1 == n_batches, last)) {
-                let logits = predict::score(&classifier, &val.encoded, t.eval_batch_size, pad, &device)?;
-                let ev = predict::evaluate(&logits, &val.gold(), &labels);
-                let value = ev.get(&t.metric).ok_or_else(|| {
-                    Error::config("train.metric", format!("{:?} needs two classes (binary metrics)", t.metric))
-                })?;
-                let verdict = early.observe(value);
-                let mut row = json!({
-                    "step": step, "epoch": epoch_pos, "split": "validation", "loss": ev.loss,
-                    "accuracy": ev.metrics.accuracy, "macro_f1": ev.metrics.macro_avg.f1,
-                    "weighted_f1": ev.metrics.weighted.f1, "elapsed_s": started.elapsed().as_secs_f64(),
-                    "improved": verdict == Verdict::Improved,
-                });
-                if let Some(b) = ev.metrics.binary {
-                    row["binary_f1"] = json!(b.f1);
-                }
-                metrics.write(&row)?;
-                progress.println(&format!(
-                    "step {step} (epoch {epoch_pos:.2}) validation loss {:.4} accuracy {:.4} macro F1 {:.4}{}",
-                    ev.loss,
-                    ev.metrics.accuracy,
-                    ev.metrics.macro_avg.f1,
-                    if verdict == Verdict::Improved { " (best)" } else { "" }
-                ));
-                if verdict == Verdict::Improved {
-                    let snapshot = store
-                        .vars()
-                        .iter()
-                        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
-                        .collect::<Result<BTreeMap<_, _>>>()?;
-                    best = Some((value, step, snapshot));
-                    model::save(&model_dir, &spec, &labels, &store, &tokenizer, cfg, lora.as_ref())?;
-                }
-                if verdict == Verdict::Stop {
-                    stopped_early = true;
-                    progress.println(&format!(
-                        "early stopping at step {step}: {} evaluations without a {} improvement above {}",
-                        t.patience, t.metric, t.min_delta
-                    ));
-                    break 'epochs;
-                }
-            }
-            if last {
-                break 'epochs;
-            }
-        }
-        epoch += 1;
+    // Without validation there is no best: the last model is the run's.
+    if validation.is_none() {
+        Task::keep_best(&task, run_dir)?;
+    } else if let Some((value, at)) = summary.best {
+        tracing::info!("the best model: step {at}, validation {} {value:.4}", t.metric);
     }
-    progress.finish();
-    let train_seconds = started.elapsed().as_secs_f64();
-
-    // The best model (or, without validation, the last one) is the run's model.
-    match &best {
-        Some((value, at, snapshot)) => {
-            for (name, t) in snapshot {
-                store.set(name, t)?;
-            }
-            progress.println(&format!("restored the best model: step {at}, validation {} {value:.4}", t.metric));
-        }
-        None => {
-            model::save(&model_dir, &spec, &labels, &store, &tokenizer, cfg, lora.as_ref())?;
-        }
-    }
+    // The final metrics are the saved model's, read back as `predict` and `eval` read it.
     let final_split = test.as_ref().map(|s| ("test", s)).or(validation.as_ref().map(|s| ("validation", s)));
-    let final_eval = match final_split {
-        Some((_, split)) => {
-            let logits = predict::score(&classifier, &split.encoded, t.eval_batch_size, pad, &device)?;
-            Some(predict::evaluate(&logits, &split.gold(), &labels))
-        }
-        None => None,
-    };
+    if let Some((name, split)) = final_split {
+        let saved = model::LoadedClassifier::load(&model_dir, &placement.device)?;
+        let pad = model::pad_id(&saved.tokenizer);
+        let logits = predict::score(&saved.classifier, &split.encoded, t.eval_batch_size, pad, &placement.device)?;
+        out.final_split = Some(name.to_string());
+        out.final_eval = Some(predict::evaluate(&logits, &split.gold(), &labels));
+    }
     let mut all_bad = BadRows::default();
     for s in [Some(&train), validation.as_ref(), test.as_ref()].into_iter().flatten() {
         dataset::add_bad_rows(&mut all_bad, &s.bad);
     }
-    let summary = FinetuneSummary {
-        run_dir: run_dir.to_path_buf(),
-        model_dir,
-        steps: step,
-        total_steps,
-        epochs: step as f64 / per_epoch.max(1) as f64,
-        stopped_early,
-        interrupted,
-        params: report,
-        best: best.as_ref().map(|(v, s, _)| (*v, *s)),
-        final_split: final_split.map(|(n, _)| n.to_string()),
-        final_eval,
-        train_seconds,
-    };
-    write_results(run_dir, cfg, &labels, &summary, &train, all_bad)?;
-    Ok(summary)
+    write_results(run_dir, cfg, &labels, &out, &train, all_bad)?;
+    Ok((summary, out))
+}
+
+/// The run's data, as the start of the log says it.
+fn announce(cfg: &FinetuneConfig, train: &Split, validation: Option<&Split>, test: Option<&Split>, total: u64) {
+    let mode = cfg.log.progress.mode();
+    crate::progress::note(
+        mode,
+        &format!(
+            "examples: {} train{}{}; {total} steps in all",
+            train.encoded.len(),
+            validation.map(|v| format!(", {} validation", v.encoded.len())).unwrap_or_default(),
+            test.map(|v| format!(", {} test", v.encoded.len())).unwrap_or_default(),
+        ),
+    );
+    for s in [Some(train), validation, test].into_iter().flatten() {
+        if s.bad.total() > 0 {
+            crate::progress::note(mode, &format!("{}: {}", s.file.display(), s.bad.summary()));
+        }
+    }
+}
+
+/// What the method trains, and the optimizer state it costs (all processes together).
+fn param_report(
+    cfg: &FinetuneConfig,
+    store: &crate::nn::ParamStore,
+    groups: &BTreeMap<String, ParamGroup>,
+    optim: &OptimSpec,
+) -> model::ParamReport {
+    let state_elems: usize = store.vars().iter().map(|(name, v)| optim.state_elems(v.dims(), groups[name].role)).sum();
+    model::ParamReport {
+        method: cfg.finetune.method.name().to_string(),
+        total_params: store.num_params(),
+        trainable_params: store.num_trainable(),
+        trainable_fraction: store.num_trainable() as f64 / store.num_params().max(1) as f64,
+        optimizer_state_bytes: 4 * state_elems,
+    }
 }
 
 fn write_results(
@@ -414,7 +400,7 @@ fn optimizer_groups(
     spec: &crate::models::ModelSpec,
     store: &crate::nn::ParamStore,
     num_labels: usize,
-) -> Result<BTreeMap<String, crate::optim::ParamGroup>> {
+) -> Result<BTreeMap<String, ParamGroup>> {
     let mut known: BTreeMap<String, ParamInfo> =
         model::backbone_params(spec).into_iter().map(|p| (p.name.clone(), p)).collect();
     known.extend(model::head_params(spec, num_labels).into_iter().map(|p| (p.name.clone(), p)));
@@ -454,9 +440,11 @@ mod tests {
 
     #[test]
     fn evaluation_cadence() {
-        assert!(eval_due(10, 0, true, false));
-        assert!(!eval_due(10, 0, false, false));
-        assert!(eval_due(10, 5, false, false) && !eval_due(11, 5, true, false));
-        assert!(eval_due(11, 5, false, true));
+        let epochs = Cadence { every: 0, epoch_end: true };
+        assert!(epochs.due(10, 100, Some(10)));
+        assert!(!epochs.due(11, 100, Some(10)));
+        let every5 = Cadence { every: 5, epoch_end: false };
+        assert!(every5.due(10, 100, Some(3)) && !every5.due(11, 100, Some(11)));
+        assert!(every5.due(11, 11, Some(3)));
     }
 }

@@ -9,9 +9,9 @@
 //! Dimension letters: B batch, T longest row, C d_model, L labels.
 
 use super::batching::Batch;
-use super::config::FinetuneConfig;
+use super::config::{FinetuneConfig, Method};
 use super::dataset::LabelMap;
-use crate::checkpoint::{resolve_model_dir, Network};
+use crate::checkpoint::{resolve_model_dir, verify_manifest, write_manifest, Network};
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::StagedDir;
 use crate::models::{hf, EncoderInput, ModelSpec, ParamInfo, ParamKind, Style};
@@ -116,6 +116,21 @@ impl Classifier {
         let head = params.linear(m, true, spec.style == Style::Bert)?;
         let head_dropout = if spec.style == Style::Bert { dropout } else { 0.0 };
         Ok(Self { spec: spec.clone(), network: Network::new(spec, params)?, head, head_dropout })
+    }
+
+    /// Activation checkpointing in a decoder backbone (each block recomputed in the backward);
+    /// an encoder has none, and is refused.
+    pub fn with_activation_checkpointing(mut self, on: bool) -> Result<Self> {
+        self.network =
+            match self.network {
+                Network::Decoder(d) => Network::Decoder(d.with_activation_checkpointing(on)),
+                Network::Encoder(_) if on => return Err(Error::config(
+                    "train.activation_checkpointing",
+                    "is implemented for decoder backbones (gpt2 / llama styles); BERT-style encoders train without it",
+                )),
+                n => n,
+            };
+        Ok(self)
     }
 
     /// Logits (B, L). With a dropout generator (training), dropout applies in the backbone,
@@ -228,8 +243,8 @@ pub fn prepare(
     labels: &LabelMap,
 ) -> Result<Option<LoraSpec>> {
     let seed = cfg.train.seed;
-    let method = cfg.finetune.method.as_str();
-    if method != "full" {
+    let method = cfg.finetune.method;
+    if method != Method::Full {
         let norms: Vec<String> = backbone_params(spec)
             .into_iter()
             .filter(|p| matches!(p.kind, ParamKind::NormWeight | ParamKind::NormBias))
@@ -256,26 +271,27 @@ pub fn prepare(
         }
     }
     match method {
-        "lora" => {
+        Method::Lora => {
             let l = lora_spec(spec, cfg);
             let all = peft::linear_modules(&backbone_params(spec));
             let chosen = peft::select_modules(&all, &l.targets, "lora.target_modules")?;
             peft::add_lora(store, &chosen, &l, seed)?;
             Ok(Some(l))
         }
-        "adapter" => {
+        Method::Adapter => {
             let mods = adapter_modules(spec, &cfg.adapter.target_modules)?;
             peft::add_adapters(store, &mods.iter().collect::<Vec<_>>(), cfg.adapter.size, seed)?;
             Ok(None)
         }
-        _ => Ok(None),
+        Method::Full => Ok(None),
     }
 }
 
 /// Writes the model folder: `config.json` (the HF classification class, `id2label`,
 /// `label2id`), `model.safetensors` (LoRA merged into the base weights; adapter weights kept
 /// under their own names), `tokenizer.json`, `finetune.toml`, and for LoRA the unmerged adapter
-/// in PEFT's format. Staged and renamed into place.
+/// in PEFT's format; `manifest.json` (sizes and SHA-256, verified on load) last. Staged and
+/// renamed into place.
 pub fn save(
     dir: &Path,
     spec: &ModelSpec,
@@ -310,6 +326,7 @@ pub fn save(
         let base = cfg.model.base.display().to_string();
         peft::save_peft(p, store, l, &l.targets, &modules, &saved, &base, Some("SEQ_CLS"))?;
     }
+    write_manifest(p)?;
     staged.commit()
 }
 
@@ -333,6 +350,7 @@ impl LoadedClassifier {
         let path =
             if path.join("model").join("config.json").is_file() { path.join("model") } else { path.to_path_buf() };
         let folder = resolve_model_dir(&path)?;
+        verify_manifest(&folder)?;
         let config_path = folder.join("config.json");
         let spec = hf::read_config(&config_path)?;
         let labels = read_labels(&config_path)?.ok_or_else(|| {
@@ -350,7 +368,7 @@ impl LoadedClassifier {
         };
         let mut params = backbone_params(&spec);
         params.extend(head_params(&spec, labels.len()));
-        if let Some(c) = config.as_ref().filter(|c| c.finetune.method == "adapter") {
+        if let Some(c) = config.as_ref().filter(|c| c.finetune.method == Method::Adapter) {
             let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
             params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
         }

@@ -4,13 +4,14 @@
 //! list drives initialisation, loading and saving. The networks are in [`decoder`] and
 //! [`encoder`]; the Hugging Face `config.json` mapping is in [`hf`].
 
+pub mod config;
 pub mod decoder;
 pub mod encoder;
 pub mod hf;
 pub mod memory;
 
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+pub use config::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 pub use decoder::{Decoder, KvCache};
@@ -182,18 +183,8 @@ impl ModelSpec {
                 format!("unknown preset {:?}; expected one of {}", m.preset, PRESETS.join(", ")),
             )
         })?;
-        if let Some(style) = &m.style {
-            s.style = match style.as_str() {
-                "gpt2" => Style::Gpt2,
-                "llama" => Style::Llama,
-                "bert" => Style::Bert,
-                other => {
-                    return Err(Error::config(
-                        "model.style",
-                        format!("invalid value {other:?}; expected \"gpt2\", \"llama\" or \"bert\""),
-                    ))
-                }
-            };
+        if let Some(style) = m.style {
+            s.style = style;
             // A style switch keeps the preset's sizes but not its style-specific fields.
             s.type_vocab_size = if s.style == Style::Bert { s.type_vocab_size.max(2) } else { 0 };
         }

@@ -4,7 +4,7 @@
 //! decaying a norm's gain pulls the normalisation towards zero. `[[optim.groups]]` tables
 //! override it by name pattern; the first matching table wins.
 
-use crate::config::OptimConfig;
+use super::OptimConfig;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
@@ -114,7 +114,7 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ParamGroupConfig;
+    use crate::optim::ParamGroupConfig;
 
     #[test]
     fn patterns_are_substrings_or_globs() {

@@ -8,8 +8,9 @@ use super::lamb::LambHyper;
 use super::lion::LionHyper;
 use super::muon::MuonHyper;
 use super::sgd::SgdHyper;
+use super::OptimConfig;
 use super::ParamRole;
-use crate::config::{bad, check, OptimConfig};
+use crate::config::{bad, check};
 use crate::error::{Error, Result};
 
 /// One optimizer with every hyperparameter resolved (no `Option` left but Adafactor's β1).
@@ -83,6 +84,7 @@ fn positive(key: &str, v: Option<f64>, default: f64) -> Result<f64> {
 impl OptimSpec {
     /// Resolves and validates `[optim]` (name, optimizer-specific keys, groups).
     pub fn from_config(o: &OptimConfig) -> Result<Self> {
+        o.check_common()?;
         let name = o.name.as_str();
         if !NAMES.contains(&name) {
             return Err(bad("optim.name", name, &NAMES.join(", ")));
@@ -235,8 +237,8 @@ impl OptimSpec {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::RunConfig;
     use crate::optim::OptimSpec;
+    use crate::train::RunConfig;
 
     fn spec(overrides: &[&str]) -> Result<OptimSpec, String> {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();

@@ -16,11 +16,11 @@ pub mod report;
 
 pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
 
-use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use crate::models::{ModelSpec, ParamBreakdown, Style};
 use crate::optim::OptimSpec;
 use crate::train::optimizer_state_bytes;
+use crate::train::RunConfig;
 use serde::Serialize;
 
 /// Fixed per-GPU memory outside the model: CUDA context, cuBLAS / NCCL workspaces and
@@ -30,39 +30,7 @@ pub const GPU_FRAMEWORK_OVERHEAD: u64 = 2 << 30;
 /// Most GPUs the "smallest change" search tries.
 pub const MAX_GPUS: usize = 1024;
 
-/// Training precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// fp32 weights, gradients, optimizer state and activations.
-    Fp32,
-    /// bf16 weights, gradients and activations; an fp32 master copy inside the optimizer state.
-    Bf16Mixed,
-}
-
-impl Precision {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "fp32" => Ok(Self::Fp32),
-            "bf16-mixed" => Ok(Self::Bf16Mixed),
-            other => Err(Error::config("--precision", format!("invalid value {other:?}; expected fp32 or bf16-mixed"))),
-        }
-    }
-    /// Bytes per weight, gradient and activation element.
-    pub fn bytes(self) -> u64 {
-        match self {
-            Self::Fp32 => 4,
-            Self::Bf16Mixed => 2,
-        }
-    }
-    /// Bytes per parameter the optimizer keeps besides its own state (the fp32 master copy).
-    pub fn master_bytes(self) -> u64 {
-        match self {
-            Self::Fp32 => 0,
-            Self::Bf16Mixed => 4,
-        }
-    }
-}
+pub use crate::device::Precision;
 
 /// Everything a plan depends on, resolved.
 #[derive(Debug, Clone)]

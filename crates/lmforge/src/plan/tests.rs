@@ -1,7 +1,7 @@
 //! The plan against published figures (sources in `plan/README.md`) and its own logic.
 
 use super::*;
-use crate::config::RunConfig;
+use crate::train::RunConfig;
 
 fn request(preset: &str, gpu: &str, extra: impl FnOnce(&mut PlanOptions)) -> PlanRequest {
     let cfg = RunConfig::resolve(None, &[format!("model.preset={preset}")]).unwrap();

@@ -1,0 +1,210 @@
+//! Where tensors live and in what precision: the one place a device and a precision are
+//! decided. `train.device` (`cpu` | `cuda` | `cuda:N` | `auto`) and `train.precision` (`fp32` |
+//! `bf16-mixed`) resolve here into a [`Placement`] that model construction, the training loop,
+//! evaluation, generation and the benchmark all take; the commands' `--device` flags resolve
+//! through the same function. A choice this binary cannot run is an error naming the key and
+//! how to get a build that can, before anything is written. Checkpoints do not depend on the
+//! placement: weights are saved as fp32 from whatever device holds them.
+
+use crate::error::{Error, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+/// A device as a config or a flag names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// A CUDA GPU when this binary was built with CUDA and one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device N (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!("invalid value {s:?}; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
+            },
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::Auto => "auto".into(),
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(0) => "cuda".into(),
+            Self::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+
+    /// The device, or an error naming `key` (the config key or flag it came from).
+    pub fn resolve(self, key: &str) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(auto_device()),
+            Self::Cuda(n) => cuda_device(n, key),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn auto_device() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn auto_device() -> Device {
+    Device::Cpu
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(n: usize, key: &str) -> Result<Device> {
+    Device::new_cuda(n).map_err(|e| Error::config(key, format!("\"cuda:{n}\" cannot be opened: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(n: usize, key: &str) -> Result<Device> {
+    let name = DeviceChoice::Cuda(n).name();
+    Err(Error::config(
+        key,
+        format!(
+            "{name:?}: this lmforge was built without CUDA. Build one with `cargo build --release --features \
+             lmforge-cli/cuda` (it needs the CUDA toolkit), or choose \"cpu\" or \"auto\""
+        ),
+    ))
+}
+
+/// Numeric precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// fp32 weights, gradients, optimizer state and activations.
+    #[default]
+    Fp32,
+    /// bf16 weights, gradients and activations; an fp32 master copy inside the optimizer state.
+    Bf16Mixed,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "bf16-mixed" => Ok(Self::Bf16Mixed),
+            other => Err(Error::config("--precision", format!("invalid value {other:?}; expected fp32 or bf16-mixed"))),
+        }
+    }
+
+    pub fn is_fp32(&self) -> bool {
+        *self == Self::Fp32
+    }
+
+    /// Bytes per weight, gradient and activation element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 4,
+            Self::Bf16Mixed => 2,
+        }
+    }
+
+    /// Bytes per parameter the optimizer keeps besides its own state (the fp32 master copy).
+    pub fn master_bytes(self) -> u64 {
+        match self {
+            Self::Fp32 => 0,
+            Self::Bf16Mixed => 4,
+        }
+    }
+}
+
+/// The device and precision a run trains in.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Placement {
+    /// The CPU in fp32.
+    pub fn cpu() -> Self {
+        Self { device: Device::Cpu, precision: Precision::Fp32 }
+    }
+
+    /// `train.device` and `train.precision` resolved; an error names the key this binary or
+    /// machine cannot honour.
+    pub fn resolve(device: DeviceChoice, precision: Precision) -> Result<Self> {
+        let device = device.resolve("train.device")?;
+        if precision == Precision::Bf16Mixed {
+            return Err(Error::config(
+                "train.precision",
+                "\"bf16-mixed\" is not available in this build: training runs in fp32 (mixed precision comes \
+                 with CUDA training); set train.precision = \"fp32\"",
+            ));
+        }
+        Ok(Self { device, precision })
+    }
+
+    /// "cpu, fp32" / "cuda:0, fp32".
+    pub fn describe(&self) -> String {
+        let device = match &self.device {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(_) => "cuda".to_string(),
+            Device::Metal(_) => "metal".to_string(),
+        };
+        let precision = match self.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16Mixed => "bf16-mixed",
+        };
+        format!("{device}, {precision}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse_and_print_back() {
+        for s in ["auto", "cpu", "cuda", "cuda:3"] {
+            assert_eq!(DeviceChoice::parse(s).unwrap().name(), s);
+        }
+        assert_eq!(DeviceChoice::parse("cuda:0").unwrap(), DeviceChoice::Cuda(0));
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
+            assert!(DeviceChoice::parse(bad).unwrap_err().contains("cuda:N"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_and_auto_resolve_here_and_unbuildable_choices_name_the_key() {
+        assert!(matches!(Placement::resolve(DeviceChoice::Cpu, Precision::Fp32).unwrap().device, Device::Cpu));
+        assert!(Placement::resolve(DeviceChoice::Auto, Precision::Fp32).is_ok());
+        let e = Placement::resolve(DeviceChoice::Cpu, Precision::Bf16Mixed).unwrap_err().to_string();
+        assert!(e.contains("train.precision") && e.contains("fp32"), "{e}");
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = Placement::resolve(DeviceChoice::Cuda(0), Precision::Fp32).unwrap_err().to_string();
+            assert!(e.contains("train.device") && e.contains("--features lmforge-cli/cuda"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The language-modelling tasks: causal LM (next token; GPT-2 / Llama) over token shards or
+//! one fixed batch (`lmforge bench`), and masked LM ± next-sentence prediction (BERT). Their
+//! model files are a Hugging Face folder (`config.json`, `model.safetensors`,
+//! `tokenizer.json`), so every checkpoint loads in `transformers` as it is.
+
+use super::task::{Selection, Task, ValMetrics};
+use crate::checkpoint;
+use crate::data::{self, Batch};
+use crate::distributed::DataParallel;
+use crate::error::{Error, Result};
+use crate::mlm_data::{MlmBatch, MlmSource};
+use crate::models::{Decoder, Encoder, ModelSpec};
+use crate::nn::{DropoutRng, InitScheme, ParamStore};
+use crate::patience::{PatienceRule, Threshold};
+use crate::shards::TokenShard;
+use crate::tokenizer::TextTokenizer;
+use candle_core::{Device, Tensor};
+use std::ops::Range;
+use std::path::Path;
+
+/// What every LM task shares: the spec, its parameters, how they started, the tokenizer its
+/// checkpoints carry.
+pub struct LmWeights<'a> {
+    pub spec: ModelSpec,
+    pub params: ParamStore,
+    /// The initial weights' scheme and seed (a rollback before the first checkpoint).
+    pub init: (InitScheme, u64),
+    pub tokenizer: Option<&'a TextTokenizer>,
+}
+
+impl LmWeights<'_> {
+    fn write_model(&self, dir: &Path) -> Result<()> {
+        let tokenizer = self.tokenizer.ok_or_else(|| Error::Invalid("this task has no tokenizer to save".into()))?;
+        checkpoint::write_hf_files(dir, &self.spec, &self.params, tokenizer)
+    }
+
+    fn restore(&self, dir: Option<&Path>) -> Result<()> {
+        let device = self.params.device();
+        let back = match dir {
+            Some(dir) => ParamStore::load(&dir.join("model.safetensors"), &self.spec.params(), device)?,
+            None => ParamStore::init(&self.spec.params(), self.init.0, self.spec.n_layer, self.init.1, device)?,
+        };
+        self.params.assign(&back)
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.spec;
+        format!("model: {} parameters ({:?}, {} layers, d {})", s.num_params(), s.style, s.n_layer, s.d_model)
+    }
+}
+
+/// The validation loss, lower is better, any improvement counts, never stops early.
+fn loss_selection() -> Selection {
+    Selection {
+        metric: "loss".into(),
+        rule: PatienceRule {
+            higher_is_better: false,
+            threshold: Threshold::Absolute(0.0),
+            tolerate: u64::MAX,
+            cooldown: 0,
+        },
+    }
+}
+
+/// Where a causal LM's training batches come from.
+pub enum CausalBatches<'a> {
+    /// Random windows of a token shard, positions drawn from (seed, step, micro-batch).
+    Shard { shard: &'a TokenShard, seed: u64 },
+    /// One batch, every step (`lmforge bench`): inputs and targets (B, T).
+    Fixed { x: Tensor, y: Tensor },
+}
+
+/// Next-token prediction.
+pub struct CausalLm<'a> {
+    pub weights: LmWeights<'a>,
+    model: Decoder,
+    batches: CausalBatches<'a>,
+    batch_size: usize,
+    seq_len: usize,
+    val: Vec<Batch>,
+    /// Validation tokens per byte of text (for bits per byte).
+    tokens_per_byte: f64,
+}
+
+impl<'a> CausalLm<'a> {
+    pub fn new(
+        weights: LmWeights<'a>,
+        activation_checkpointing: bool,
+        batches: CausalBatches<'a>,
+        batch_size: usize,
+        seq_len: usize,
+        val: Vec<Batch>,
+        tokens_per_byte: f64,
+    ) -> Result<Self> {
+        let model =
+            Decoder::new(&weights.spec, &weights.params)?.with_activation_checkpointing(activation_checkpointing);
+        Ok(Self { weights, model, batches, batch_size, seq_len, val, tokens_per_byte })
+    }
+}
+
+impl Task for CausalLm<'_> {
+    fn params(&self) -> &ParamStore {
+        &self.weights.params
+    }
+
+    fn micro_rows(&self, _step: u64, _micro: usize) -> Result<usize> {
+        Ok(self.batch_size)
+    }
+
+    fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
+        let whole = rows == (0..self.batch_size);
+        // This process's rows; their loss weighted so that the sum over processes is the
+        // micro-batch's mean (untouched when one process computes every row).
+        let row_share = rows.len() as f64 / self.batch_size as f64;
+        let device = self.weights.params.device();
+        let (x, y) = match &self.batches {
+            CausalBatches::Shard { shard, seed } => {
+                let b = data::train_batch_rows(shard, *seed, step, micro, self.batch_size, rows, self.seq_len)?;
+                batch_tensors(&b, device)?
+            }
+            CausalBatches::Fixed { x, y } => {
+                (x.narrow(0, rows.start, rows.len())?, y.narrow(0, rows.start, rows.len())?)
+            }
+        };
+        let loss = self.model.loss(&x, &y, Some(dropout))?;
+        if whole {
+            Ok(loss)
+        } else {
+            Ok((loss * row_share)?)
+        }
+    }
+
+    fn tokens_per_micro_batch(&self) -> u64 {
+        (self.batch_size * self.seq_len) as u64
+    }
+
+    /// Each process evaluates its share of the batches and the losses are gathered (same
+    /// order, same sum as one process).
+    fn validate(&self, dp: &DataParallel) -> Result<ValMetrics> {
+        let mine = &self.val[dp.local_range(self.val.len())];
+        let losses =
+            dp.all_gather_split(&batch_losses(&self.model, mine, self.weights.params.device())?, self.val.len())?;
+        Ok(val_metrics(&losses, &self.val, self.tokens_per_byte))
+    }
+
+    fn selection(&self) -> Selection {
+        loss_selection()
+    }
+
+    fn write_model(&self, dir: &Path) -> Result<()> {
+        self.weights.write_model(dir)
+    }
+
+    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
+        self.weights.restore(dir)
+    }
+
+    fn describe(&self) -> String {
+        let data = match &self.batches {
+            CausalBatches::Shard { shard, .. } => format!("; {} train tokens", shard.len()),
+            CausalBatches::Fixed { .. } => String::new(),
+        };
+        let val: usize = self.val.iter().map(|b| b.batch_size * b.seq_len).sum();
+        format!("{}{data}, {val} validation tokens", self.weights.describe())
+    }
+}
+
+/// Masked-LM (± NSP) pretraining of a BERT encoder.
+pub struct MaskedLm<'a> {
+    pub weights: LmWeights<'a>,
+    model: Encoder,
+    source: MlmSource<'a>,
+    seed: u64,
+    batch_size: usize,
+    seq_len: usize,
+    val: Vec<MlmBatch>,
+    /// The accuracy of always predicting a token's most frequent value (a floor to beat).
+    unigram_acc: f64,
+}
+
+impl<'a> MaskedLm<'a> {
+    pub fn new(
+        weights: LmWeights<'a>,
+        source: MlmSource<'a>,
+        seed: u64,
+        batch_size: usize,
+        val: Vec<MlmBatch>,
+        unigram_acc: f64,
+    ) -> Result<Self> {
+        let model = Encoder::new(&weights.spec, &weights.params)?;
+        let seq_len = source.seq_len;
+        Ok(Self { weights, model, source, seed, batch_size, seq_len, val, unigram_acc })
+    }
+}
+
+impl Task for MaskedLm<'_> {
+    fn params(&self) -> &ParamStore {
+        &self.weights.params
+    }
+
+    fn micro_rows(&self, _step: u64, _micro: usize) -> Result<usize> {
+        Ok(self.batch_size)
+    }
+
+    fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
+        let device = self.weights.params.device();
+        let whole = rows == (0..self.batch_size);
+        let row_share = rows.len() as f64 / self.batch_size as f64;
+        let b = self.source.batch(self.seed, step, micro, rows)?;
+        let (pos, tgt) = b.positions(device)?;
+        let nsp = b.nsp_labels(device)?;
+        let loss = self.model.pretraining_loss(&b.input(device)?, &pos, &tgt, nsp.as_ref(), Some(dropout))?;
+        if whole {
+            return Ok(loss.total);
+        }
+        // The MLM loss is a mean over masked positions, whose count varies by row: the global
+        // count comes from drawing the whole batch's masks (data work only).
+        let global_masked = self.source.batch(self.seed, step, micro, 0..self.batch_size)?.positions.len();
+        let mlm = (loss.mlm * (b.positions.len() as f64 / global_masked.max(1) as f64))?;
+        match loss.nsp {
+            Some(nsp) => Ok((mlm + (nsp * row_share)?)?),
+            None => Ok(mlm),
+        }
+    }
+
+    fn tokens_per_micro_batch(&self) -> u64 {
+        (self.batch_size * self.seq_len) as u64
+    }
+
+    /// Not split over processes yet: every process evaluates all of it.
+    fn validate(&self, _dp: &DataParallel) -> Result<ValMetrics> {
+        let mut v = evaluate_mlm(&self.model, &self.val, self.weights.params.device())?;
+        v.extra.push(("mlm_unigram_acc", self.unigram_acc));
+        Ok(v)
+    }
+
+    fn selection(&self) -> Selection {
+        loss_selection()
+    }
+
+    fn write_model(&self, dir: &Path) -> Result<()> {
+        self.weights.write_model(dir)
+    }
+
+    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
+        self.weights.restore(dir)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}; {} train tokens, {} validation batches",
+            self.weights.describe(),
+            self.source.shard.len(),
+            self.val.len()
+        )
+    }
+}
+
+pub fn batch_tensors(b: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
+    let x = Tensor::from_slice(&b.inputs, (b.batch_size, b.seq_len), device)?;
+    let y = Tensor::from_slice(&b.targets, (b.batch_size, b.seq_len), device)?;
+    Ok((x, y))
+}
+
+/// Mean loss over the validation batches (token-weighted), perplexity and bits per byte.
+pub fn evaluate(model: &Decoder, batches: &[Batch], device: &Device, tokens_per_byte: f64) -> Result<ValMetrics> {
+    Ok(val_metrics(&batch_losses(model, batches, device)?, batches, tokens_per_byte))
+}
+
+/// The mean loss of each batch.
+fn batch_losses(model: &Decoder, batches: &[Batch], device: &Device) -> Result<Vec<f32>> {
+    batches
+        .iter()
+        .map(|b| {
+            let (x, y) = batch_tensors(b, device)?;
+            Ok(model.loss(&x, &y, None)?.to_scalar::<f32>()?)
+        })
+        .collect()
+}
+
+/// Validation metrics from each batch's mean loss (weighted by its tokens).
+fn val_metrics(losses: &[f32], batches: &[Batch], tokens_per_byte: f64) -> ValMetrics {
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for (loss, b) in losses.iter().zip(batches) {
+        let n = b.batch_size * b.seq_len;
+        sum += *loss as f64 * n as f64;
+        count += n;
+    }
+    let loss = sum / count.max(1) as f64;
+    ValMetrics {
+        loss,
+        ppl: loss.exp(),
+        bits_per_byte: Some(loss / std::f64::consts::LN_2 * tokens_per_byte),
+        extra: Vec::new(),
+    }
+}
+
+/// Masked-LM validation: loss and accuracy over the masked positions (token-weighted), and
+/// next-sentence loss and accuracy over the rows when the batches have labels.
+pub fn evaluate_mlm(model: &Encoder, batches: &[MlmBatch], device: &Device) -> Result<ValMetrics> {
+    let (mut mlm_sum, mut mlm_hits, mut mlm_n) = (0.0f64, 0usize, 0usize);
+    let (mut nsp_sum, mut nsp_hits, mut nsp_n) = (0.0f64, 0usize, 0usize);
+    for b in batches {
+        let hidden = model.hidden(&b.input(device)?, None)?;
+        let (pos, tgt) = b.positions(device)?;
+        let logits = model.mlm_logits(&Encoder::select_rows(&hidden, &pos)?)?;
+        mlm_sum += crate::ops::cross_entropy_per_row(&logits, &tgt)?.sum_all()?.to_scalar::<f32>()? as f64;
+        let pred = crate::models::encoder::argmax_last(&logits)?;
+        mlm_hits += pred.iter().zip(&b.targets).filter(|(p, t)| p == t).count();
+        mlm_n += b.targets.len();
+        if let (Some(labels), Some(lt)) = (&b.nsp_labels, b.nsp_labels(device)?) {
+            let logits = model.nsp_logits(&model.pooled(&hidden)?)?;
+            nsp_sum += crate::ops::cross_entropy_per_row(&logits, &lt)?.sum_all()?.to_scalar::<f32>()? as f64;
+            let pred = crate::models::encoder::argmax_last(&logits)?;
+            nsp_hits += pred.iter().zip(labels).filter(|(p, t)| p == t).count();
+            nsp_n += labels.len();
+        }
+    }
+    let mlm_loss = mlm_sum / mlm_n.max(1) as f64;
+    let mut extra = vec![("mlm_loss", mlm_loss), ("mlm_acc", mlm_hits as f64 / mlm_n.max(1) as f64)];
+    let mut loss = mlm_loss;
+    if nsp_n > 0 {
+        let nsp_loss = nsp_sum / nsp_n as f64;
+        loss += nsp_loss;
+        extra.push(("nsp_loss", nsp_loss));
+        extra.push(("nsp_acc", nsp_hits as f64 / nsp_n as f64));
+    }
+    Ok(ValMetrics { loss, ppl: mlm_loss.exp(), bits_per_byte: None, extra })
+}
