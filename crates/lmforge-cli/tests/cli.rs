@@ -280,6 +280,75 @@ fn config_errors_name_the_key_exit_nonzero_and_write_nothing() {
     assert!(!run.exists());
 }
 
+/// A device this binary cannot use is a config error naming the key and how to build for it,
+/// before anything is written: `train.device = "cuda"` on a build without CUDA, and a precision
+/// training cannot run yet.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_this_build_lacks_fails_before_writing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    for (set, key, hint) in [
+        ("train.device=cuda", "train.device", "--features lmforge-cli/cuda"),
+        ("train.device=cuda:1", "train.device", "--features lmforge-cli/cuda"),
+        ("train.precision=bf16-mixed", "train.precision", "fp32"),
+    ] {
+        let out = lmforge(&["train", "--config", s(&cfg), "--run-dir", s(&run), "--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key) && err.contains(hint), "{set}: {err}");
+        assert!(!run.exists(), "{set}: nothing may be written");
+    }
+    // The same config plans (a GPU config is still a valid config on a laptop).
+    let plan = ok(&["plan", "--config", s(&cfg), "--json"]);
+    assert!(plan.contains("\"fits\""), "{plan}");
+    // The commands that run a model take the same choice.
+    let out = lmforge(&["bench", "train", "--preset", "tiny", "--steps", "1", "--device", "cuda"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--device"));
+}
+
+/// Relative paths in a config file resolve against the file's folder: `lmforge train --config
+/// /abs/path/run.toml` works from any directory, and an unreadable path names its key and the
+/// path it resolved to.
+#[test]
+fn a_config_given_by_absolute_path_works_from_another_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    let text = std::fs::read_to_string(tiny_config(tmp.path(), "", "")).unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let relative = text.replace(&format!("{:?}", s(&corpus)), "\"../corpus.txt\"");
+    assert_ne!(relative, text, "the config names its corpus");
+    let cfg = configs.join("run.toml");
+    std::fs::write(&cfg, &relative).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = |config: &Path, dir: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lmforge"))
+            .args(["train", "--config", s(config), "--run-dir", dir])
+            .current_dir(&elsewhere)
+            .env("LMFORGE_DB", test_db())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&cfg, "run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved: toml::Table = std::fs::read_to_string(elsewhere.join("run/config.toml")).unwrap().parse().unwrap();
+    let path = Path::new(saved["data"]["path"].as_str().unwrap());
+    assert!(path.is_absolute(), "the saved config holds the resolved path: {}", path.display());
+    assert_eq!(path.canonicalize().unwrap(), corpus.canonicalize().unwrap());
+    assert!(!metrics(&elsewhere.join("run")).is_empty());
+    // A path that does not exist: the key and the resolved path, nothing written.
+    let missing = configs.join("missing.toml");
+    std::fs::write(&missing, relative.replace("../corpus.txt", "../nowhere.txt")).unwrap();
+    let out = run(&missing, "run2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let resolved = configs.join("../nowhere.txt");
+    assert!(!out.status.success() && err.contains("data.path") && err.contains(s(&resolved)), "{err}");
+    assert!(!elsewhere.join("run2").exists());
+}
+
 #[test]
 fn llama_7b_is_refused_before_allocating_where_it_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,66 +3,10 @@
 //! predict → eval classification, plus bad rows counted or failing with file and line.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 mod common;
 
-use common::{lmforge, ok};
-
-fn fixture(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
-    assert!(p.is_dir(), "fixture {} not found (CI places shared/ beside the checkout)", p.display());
-    p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A toy sentiment set: filler words around one cue word that decides the label.
-fn write_split(path: &Path, rows: usize, seed: u64, extra: &str) {
-    let (pos, neg) = (["great", "good", "lovely", "fine"], ["awful", "bad", "sad", "poor"]);
-    let filler = ["the", "a", "movie", "was", "really", "quite", "and", "it", "so"];
-    let mut x = seed;
-    let mut next = |n: usize| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((x >> 33) % n as u64) as usize
-    };
-    let mut text = String::from("sentence\tlabel\n");
-    for _ in 0..rows {
-        let positive = next(2) == 1;
-        let mut words: Vec<&str> = (0..2 + next(6)).map(|_| filler[next(filler.len())]).collect();
-        let cue = if positive { pos[next(4)] } else { neg[next(4)] };
-        let at = next(words.len() + 1);
-        words.insert(at, cue);
-        text += &format!("{}\t{}\n", words.join(" "), if positive { "positive" } else { "negative" });
-    }
-    text += extra;
-    std::fs::write(path, text).unwrap();
-}
-
-fn config(dir: &Path, base: &str, method: &str, lr: f64) -> PathBuf {
-    let (train, dev, test) = (dir.join("train.tsv"), dir.join("dev.tsv"), dir.join("test.tsv"));
-    write_split(&train, 240, 1, "");
-    write_split(&dev, 40, 2, "");
-    // Two bad rows at test time: an empty text and a label the training set never had.
-    write_split(&test, 40, 3, " \tpositive\nso so\tneutral\n");
-    let cfg = dir.join(format!("{method}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\ntrain = {:?}\nvalidation = {:?}\ntest = {:?}\ntext_column = \"sentence\"\n\n\
-             [model]\nbase = {:?}\ndropout = 0.0\n\n[finetune]\nmethod = {method:?}\n\n\
-             [optim]\nlr = {lr}\n\n[train]\nepochs = 3\nbatch_size = 16\nlog_every = 5\n\n\
-             [log]\nprogress = \"off\"\n",
-            s(&train),
-            s(&dev),
-            s(&test),
-            s(&fixture(base)),
-        ),
-    )
-    .unwrap();
-    cfg
-}
+use common::{finetune_config as config, lmforge, ok, s};
 
 /// `lmforge eval classification --json` of a model on a file.
 fn eval_json(model: &Path, data: &Path) -> Value {
@@ -197,4 +141,151 @@ fn finetune_config_errors_name_the_key_and_write_nothing() {
         assert!(!out.status.success() && err.contains(key), "--set {set}: {err}");
         assert!(!run.exists(), "--set {set}: nothing is written before the config and data check out");
     }
+}
+
+/// `--set KEY=VALUE` pairs as arguments.
+fn sets(pairs: &[&str]) -> Vec<String> {
+    pairs.iter().flat_map(|p| ["--set".to_string(), p.to_string()]).collect()
+}
+
+/// What must match between two fine-tuning runs that should be the same: the best model's
+/// files, every validation row (without wall-clock fields), the results' best and final
+/// metrics.
+fn ft_fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, String) {
+    let model = run.join("model");
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    let adapter = std::fs::read(model.join("adapter_model.safetensors")).unwrap();
+    let rows = common::metrics(run)
+        .into_iter()
+        .filter(|r| r["split"] == "validation")
+        .map(|mut r| {
+            let o = r.as_object_mut().unwrap();
+            o.remove("elapsed_s");
+            o.remove("tokens_per_s");
+            r.to_string()
+        })
+        .collect();
+    let r = read_json(&run.join("results.json"));
+    (weights, adapter, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
+}
+
+/// Dropout in the backbone and in LoRA, two micro-batches a step, checkpoints every 4 steps and
+/// validations every 5 (so a resume re-runs validations and writes the best model again).
+const RESUME_SETS: [&str; 6] = [
+    "model.dropout=0.1",
+    "lora.dropout=0.1",
+    "train.batch_size=8",
+    "train.grad_accum=2",
+    "train.checkpoint_every=4",
+    "train.eval_every=5",
+];
+
+/// SIGKILL at seeded random moments of fine-tuning runs, each resumed with `--resume` until it
+/// ends: every run ends with the uninterrupted run's validation metrics and a bit-identical
+/// best model. `LMFORGE_FT_KILL_TRIALS` (default 8) and `LMFORGE_FT_KILL_SEED` set the schedule.
+#[test]
+fn finetune_killed_anywhere_and_resumed_ends_as_the_uninterrupted_run() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "gpt2-tiny", "lora", 1e-2);
+    let extra = sets(&RESUME_SETS);
+    let base = tmp.path().join("base");
+    let started = std::time::Instant::now();
+    let mut args = vec!["finetune", "--config", s(&cfg), "--run-dir", s(&base)];
+    args.extend(extra.iter().map(String::as_str));
+    ok(&args);
+    let uninterrupted = started.elapsed();
+    let want = ft_fingerprint(&base);
+    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let trials = env("LMFORGE_FT_KILL_TRIALS", 8);
+    let mut seed = env("LMFORGE_FT_KILL_SEED", 3);
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n.max(1)
+    };
+    let (mut kills, mut episode) = (0, 0);
+    while kills < trials {
+        episode += 1;
+        let run = tmp.path().join(format!("killed-{episode}"));
+        loop {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_lmforge"));
+            if run.join("config.toml").is_file() {
+                cmd.args(["finetune", "--resume", s(&run)]);
+            } else {
+                cmd.args(["finetune", "--config", s(&cfg), "--run-dir", s(&run)]).args(&extra);
+            }
+            let mut child = cmd
+                .env("LMFORGE_DB", common::test_db())
+                .env("RUST_LOG", "error")
+                .env("LMFORGE_TEST_CHECKPOINT_DELAY_MS", "5")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Anywhere from loading the base to writing the results.
+            let at = std::time::Duration::from_micros(next(uninterrupted.as_micros() as u64 * 3 / 2));
+            let deadline = std::time::Instant::now() + at;
+            let exited = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if kills >= trials || std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    continue;
+                }
+                break None;
+            };
+            match exited {
+                Some(status) => {
+                    let mut err = String::new();
+                    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                    assert!(status.success(), "{}: {status}\n{err}", run.display());
+                    break;
+                }
+                None => {
+                    // SAFETY: a signal to our own child process.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                    child.wait().unwrap();
+                    kills += 1;
+                }
+            }
+        }
+        assert!(ft_fingerprint(&run) == want, "{}: differs from the uninterrupted run", run.display());
+    }
+    eprintln!("fine-tuning: {kills} kills over {episode} runs, all ended as the uninterrupted run");
+}
+
+/// A step of 16 examples as one micro-batch or as two of 8 (`train.grad_accum = 2`) trains the
+/// same model: the same batches, the gradients summed in another order.
+#[test]
+fn finetune_grad_accum_of_half_batches_equals_the_full_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "llama-tiny", "full", 3e-3);
+    let run = |name: &str, batch: &str, accum: &str| {
+        let dir = tmp.path().join(name);
+        let (b, a) = (format!("train.batch_size={batch}"), format!("train.grad_accum={accum}"));
+        let mut args = vec!["finetune", "--config", s(&cfg), "--run-dir", s(&dir)];
+        let extra = sets(&[&b, &a, "train.epochs=2", "train.checkpoint_every=30"]);
+        args.extend(extra.iter().map(String::as_str));
+        ok(&args);
+        dir
+    };
+    let (full, halves) = (run("full", "16", "1"), run("halves", "8", "2"));
+    let rows = |dir: &Path| -> Vec<(u64, String, f64)> {
+        common::metrics(dir)
+            .iter()
+            .map(|r| (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().into(), r["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (rows(&full), rows(&halves));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.0, &x.1), (y.0, &y.1));
+        assert!((x.2 - y.2).abs() <= 1e-5 * x.2.abs(), "step {} {}: {} vs {}", x.0, x.1, x.2, y.2);
+    }
+    let last = "checkpoints/step-00000030";
+    let d = common::max_diff(&full.join(last), &halves.join(last), "trainable.safetensors");
+    eprintln!("grad_accum: weights after 30 steps differ by at most {d}");
+    // Measured 2.6e-6 (fp32 sums of 8 + 8 rows against one of 16, compounded over 30 steps).
+    assert!(d <= 2e-5, "weights after 30 steps: max |difference| {d}");
 }

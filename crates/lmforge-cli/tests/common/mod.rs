@@ -1,6 +1,6 @@
 //! Helpers shared by the binary's integration tests: run `lmforge` (its experiment store under
-//! the target dir), write a tiny run config over a slice of the bundled corpus, read
-//! `metrics.jsonl`.
+//! the target dir), write a tiny run config over a slice of the bundled corpus or a fine-tuning
+//! config over toy labelled splits, read `metrics.jsonl` and safetensors files.
 #![allow(dead_code)] // each test file uses its own subset
 
 use serde_json::Value;
@@ -94,4 +94,88 @@ pub fn metrics(run: &Path) -> Vec<Value> {
 
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(name);
+    assert!(p.is_dir(), "fixture {} not found (CI places shared/ beside the checkout)", p.display());
+    p
+}
+
+/// A toy sentiment set: filler words around one cue word that decides the label.
+pub fn write_split(path: &Path, rows: usize, seed: u64, extra: &str) {
+    let (pos, neg) = (["great", "good", "lovely", "fine"], ["awful", "bad", "sad", "poor"]);
+    let filler = ["the", "a", "movie", "was", "really", "quite", "and", "it", "so"];
+    let mut x = seed;
+    let mut next = |n: usize| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((x >> 33) % n as u64) as usize
+    };
+    let mut text = String::from("sentence\tlabel\n");
+    for _ in 0..rows {
+        let positive = next(2) == 1;
+        let mut words: Vec<&str> = (0..2 + next(6)).map(|_| filler[next(filler.len())]).collect();
+        let cue = if positive { pos[next(4)] } else { neg[next(4)] };
+        let at = next(words.len() + 1);
+        words.insert(at, cue);
+        text += &format!("{}\t{}\n", words.join(" "), if positive { "positive" } else { "negative" });
+    }
+    text += extra;
+    std::fs::write(path, text).unwrap();
+}
+
+/// A fine-tuning config over toy sentiment splits (train 240, dev 40, test 40 rows with two bad
+/// ones) for the fixture model `base`.
+pub fn finetune_config(dir: &Path, base: &str, method: &str, lr: f64) -> PathBuf {
+    let (train, dev, test) = (dir.join("train.tsv"), dir.join("dev.tsv"), dir.join("test.tsv"));
+    write_split(&train, 240, 1, "");
+    write_split(&dev, 40, 2, "");
+    // Two bad rows at test time: an empty text and a label the training set never had.
+    write_split(&test, 40, 3, " \tpositive\nso so\tneutral\n");
+    let cfg = dir.join(format!("{method}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ntrain = {:?}\nvalidation = {:?}\ntest = {:?}\ntext_column = \"sentence\"\n\n\
+             [model]\nbase = {:?}\ndropout = 0.0\n\n[finetune]\nmethod = {method:?}\n\n\
+             [optim]\nlr = {lr}\n\n[train]\nepochs = 3\nbatch_size = 16\nlog_every = 5\n\n\
+             [log]\nprogress = \"off\"\n",
+            s(&train),
+            s(&dev),
+            s(&test),
+            s(&fixture(base)),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Every f32 tensor of a safetensors file, flattened, by name.
+pub fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(info["dtype"], "F32", "{name}");
+        let (a, b) =
+            (info["data_offsets"][0].as_u64().unwrap() as usize, info["data_offsets"][1].as_u64().unwrap() as usize);
+        out.insert(
+            name.clone(),
+            data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        );
+    }
+    out
+}
+
+/// Largest absolute difference between two folders' `file`s (same tensor names required).
+pub fn max_diff(a: &Path, b: &Path, file: &str) -> f32 {
+    let (x, y) = (tensors(&a.join(file)), tensors(&b.join(file)));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{file}: the same tensors");
+    assert!(!x.is_empty(), "{file} holds tensors");
+    x.iter().flat_map(|(k, v)| v.iter().zip(&y[k]).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
 }

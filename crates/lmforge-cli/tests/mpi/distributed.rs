@@ -8,8 +8,8 @@
 //! 1.2e-7 with 3). ZeRO-1 against plain data parallel with the same process count is exact:
 //! both sum the same gradients in the same order and run the same per-parameter update.
 
+use super::common::{finetune_config, max_diff};
 use super::{metrics, s, tiny_config};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -42,36 +42,6 @@ fn mpi_ok(np: usize, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Every f32 tensor of a safetensors file, flattened, by name.
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let data = &bytes[8 + n..];
-    let mut out = BTreeMap::new();
-    for (name, info) in header.as_object().unwrap() {
-        if name == "__metadata__" {
-            continue;
-        }
-        assert_eq!(info["dtype"], "F32", "{name}");
-        let (a, b) =
-            (info["data_offsets"][0].as_u64().unwrap() as usize, info["data_offsets"][1].as_u64().unwrap() as usize);
-        out.insert(
-            name.clone(),
-            data[a..b].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        );
-    }
-    out
-}
-
-/// Largest absolute difference between two checkpoints' `file`s (same tensor names required).
-fn max_diff(a: &Path, b: &Path, file: &str) -> f32 {
-    let (x, y) = (tensors(&a.join(file)), tensors(&b.join(file)));
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{file}: the same tensors");
-    assert!(!x.is_empty(), "{file} holds tensors");
-    x.iter().flat_map(|(k, v)| v.iter().zip(&y[k]).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
 }
 
 /// (step, split, loss) of every metrics row.
@@ -271,4 +241,60 @@ fn a_process_that_stops_responding_ends_the_job_with_an_error_and_the_run_resume
     let stop = (metrics(&run).last().unwrap()["step"].as_u64().unwrap() + 5).to_string();
     let out = mpi_ok(1, &["train", "--resume", s(&run), "--stop-after", &stop]);
     assert!(out.contains(&format!("steps:       {stop}/")), "{out}");
+}
+
+/// `mpirun -np 2 lmforge finetune` trains the model one process trains (LoRA, dropout in the
+/// backbone and LoRA, two micro-batches a step): every loss within the fp32 tolerance, the
+/// trained tensors and the best model too; one process writes the results. A run stopped on
+/// two processes resumes on one to the same end.
+#[test]
+fn finetune_on_two_processes_equals_one() {
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = finetune_config(tmp.path(), "gpt2-tiny", "lora", 1e-2);
+    let run = |name: &str| tmp.path().join(name);
+    let mut args = vec!["finetune", "--config", s(&cfg)];
+    for set in [
+        "model.dropout=0.1",
+        "lora.dropout=0.1",
+        "train.batch_size=8",
+        "train.grad_accum=2",
+        "train.epochs=1",
+        "train.checkpoint_every=5",
+    ] {
+        args.extend(["--set", set]);
+    }
+    let with_dir = |dir: &Path| {
+        let mut a = args.clone();
+        a.extend(["--run-dir", s(dir)]);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    super::ok(&refs(&with_dir(&run("one"))));
+    let out = mpi_ok(2, &refs(&with_dir(&run("two"))));
+    assert_eq!(out.matches("run dir:").count(), 1, "one process reports:\n{out}");
+    let (la, lb) = (losses(&run("one")), losses(&run("two")));
+    assert_eq!(la.len(), lb.len(), "{la:?}\n{lb:?}");
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!((x.0, &x.1), (y.0, &y.1));
+        assert!((x.2 - y.2).abs() <= LOSS_RTOL * x.2.abs(), "step {} {}: {} vs {}", x.0, x.1, x.2, y.2);
+    }
+    let d = max_diff(
+        &run("one").join("checkpoints/step-00000015"),
+        &run("two").join("checkpoints/step-00000015"),
+        "trainable.safetensors",
+    );
+    assert!(d <= WEIGHT_ATOL, "trained tensors: max |difference| {d}");
+    let d = max_diff(&run("one").join("model"), &run("two").join("model"), "model.safetensors");
+    assert!(d <= WEIGHT_ATOL, "best model: max |difference| {d}");
+    assert!(run("two").join("results.json").is_file());
+
+    // Stopped after 7 steps on two processes, resumed on one.
+    let mut stopped = with_dir(&run("switch"));
+    stopped.extend(["--stop-after".into(), "7".into()]);
+    mpi_ok(2, &refs(&stopped));
+    super::ok(&["finetune", "--resume", s(&run("switch"))]);
+    let d = max_diff(&run("one").join("model"), &run("switch").join("model"), "model.safetensors");
+    assert!(d <= WEIGHT_ATOL, "resumed on another process count: max |difference| {d}");
 }
