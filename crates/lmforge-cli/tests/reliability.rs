@@ -108,6 +108,28 @@ fn fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, Vec<String>) {
     (weights, optim, kept, rows)
 }
 
+/// Fingerprints equal; otherwise a failure saying which part differs.
+fn assert_same(
+    got: &(Vec<u8>, Vec<u8>, Vec<String>, Vec<String>),
+    want: &(Vec<u8>, Vec<u8>, Vec<String>, Vec<String>),
+    run: &Path,
+) {
+    let what = if got.0 != want.0 {
+        "final weights".to_string()
+    } else if got.1 != want.1 {
+        "final optimizer state".to_string()
+    } else if got.2 != want.2 {
+        format!("kept checkpoints {:?} vs {:?}", got.2, want.2)
+    } else if let Some((a, b)) = got.3.iter().zip(&want.3).find(|(a, b)| a != b) {
+        format!("metrics row {a} vs {b}")
+    } else if got.3.len() != want.3.len() {
+        format!("{} metrics rows vs {}", got.3.len(), want.3.len())
+    } else {
+        return;
+    };
+    panic!("{}: differs from the uninterrupted run: {what}", run.display());
+}
+
 /// How a trial chooses its moment.
 #[derive(Clone, Copy, Debug)]
 enum Moment {
@@ -197,7 +219,7 @@ fn interrupt_and_resume(tmp: &Path, sig: i32, trials: usize, seed: u64) -> Outco
                 }
             }
         }
-        assert!(fingerprint(&run) == want, "{}: differs from the uninterrupted run", run.display());
+        assert_same(&fingerprint(&run), &want, &run);
         let hidden: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -16,7 +16,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
-use crate::models::{hf, Decoder, Encoder, ModelSpec, Style};
+use crate::models::{hf, Decoder, Encoder, Family, ModelSpec};
 use crate::nn::ParamStore;
 use crate::tokenizer::TextTokenizer;
 use candle_core::Device;
@@ -180,13 +180,16 @@ pub fn write_staged(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokenizer: &TextTokenizer) -> Result<()> {
     let eos = tokenizer.eos_id();
     let mut config = hf::config_json(spec, eos);
-    if spec.style == Style::Bert && !params.vars().contains_key("cls.predictions.bias") {
-        // A backbone without pretraining heads (loaded from a `BertModel` folder).
-        config["architectures"] = serde_json::json!(["BertModel"]);
+    let arch = spec.arch();
+    let decoder = arch.family() == Family::Decoder;
+    let headless = spec.params().iter().any(|p| arch.is_optional_param(&p.name) && !params.contains(&p.name));
+    if let Some(class) = arch.backbone_class().filter(|_| headless) {
+        // A backbone without its pretraining heads (loaded from a `BertModel` folder).
+        config["architectures"] = serde_json::json!([class]);
     }
     let cfg = serde_json::to_string_pretty(&config).expect("json");
     write_staged(&dir.join("config.json"), cfg.as_bytes())?;
-    if spec.style != Style::Bert {
+    if decoder {
         let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
         write_staged(&dir.join("generation_config.json"), gen.to_string().as_bytes())?;
     }
@@ -358,9 +361,9 @@ pub enum Network {
 impl Network {
     /// The network of `spec`'s style over `params`.
     pub fn new(spec: &ModelSpec, params: &ParamStore) -> Result<Self> {
-        Ok(match spec.style {
-            Style::Bert => Network::Encoder(Encoder::new(spec, params)?),
-            Style::Gpt2 | Style::Llama => Network::Decoder(Decoder::new(spec, params)?),
+        Ok(match spec.arch().family() {
+            Family::Encoder => Network::Encoder(Encoder::new(spec, params)?),
+            Family::Decoder => Network::Decoder(Decoder::new(spec, params)?),
         })
     }
 }

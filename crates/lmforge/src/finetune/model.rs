@@ -14,7 +14,7 @@ use super::dataset::LabelMap;
 use crate::checkpoint::{resolve_model_dir, verify_manifest, write_manifest, Network};
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::StagedDir;
-use crate::models::{hf, EncoderInput, ModelSpec, ParamInfo, ParamKind, Style};
+use crate::models::{hf, EncoderInput, Family, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::peft::{self, LinearModule, LoraSpec};
 use crate::nn::{seed_for, DropoutRng, Linear, ParamStore};
 use crate::ops;
@@ -28,22 +28,15 @@ use std::path::{Path, PathBuf};
 
 /// The classification head's module name, as in the HF class of each style.
 pub fn head_module(spec: &ModelSpec) -> &'static str {
-    match spec.style {
-        Style::Bert => "classifier",
-        Style::Gpt2 | Style::Llama => "score",
-    }
+    spec.arch().classification_head().module
 }
 
 /// HF's class for this style with a classification head.
 pub fn hf_architecture(spec: &ModelSpec) -> &'static str {
-    match spec.style {
-        Style::Bert => "BertForSequenceClassification",
-        Style::Gpt2 => "GPT2ForSequenceClassification",
-        Style::Llama => "LlamaForSequenceClassification",
-    }
+    spec.arch().classification_head().hf_class
 }
 
-/// The head's parameters: weight (L, C), and a bias for BERT.
+/// The head's parameters: weight (L, C), and a bias where the family's head has one.
 pub fn head_params(spec: &ModelSpec, num_labels: usize) -> Vec<ParamInfo> {
     let (m, c) = (head_module(spec), spec.d_model);
     let mut out = vec![ParamInfo {
@@ -52,7 +45,7 @@ pub fn head_params(spec: &ModelSpec, num_labels: usize) -> Vec<ParamInfo> {
         kind: ParamKind::Matrix,
         fans: (c, num_labels),
     }];
-    if spec.style == Style::Bert {
+    if spec.arch().classification_head().bias {
         out.push(ParamInfo {
             name: format!("{m}.bias"),
             shape: vec![num_labels],
@@ -75,12 +68,7 @@ pub fn backbone_params(spec: &ModelSpec) -> Vec<ParamInfo> {
 
 /// LoRA's default targets: the attention query and value projections (the LoRA paper's choice).
 pub fn default_lora_targets(spec: &ModelSpec) -> Vec<String> {
-    let t: &[&str] = match spec.style {
-        Style::Gpt2 => &["c_attn"],
-        Style::Llama => &["q_proj", "v_proj"],
-        Style::Bert => &["query", "value"],
-    };
-    t.iter().map(|s| s.to_string()).collect()
+    spec.arch().lora_targets().iter().map(|s| s.to_string()).collect()
 }
 
 /// The Linears that get bottleneck adapters: the configured targets, or every output
@@ -112,9 +100,10 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn new(spec: &ModelSpec, params: &ParamStore, dropout: f64) -> Result<Self> {
-        let m = head_module(spec);
-        let head = params.linear(m, true, spec.style == Style::Bert)?;
-        let head_dropout = if spec.style == Style::Bert { dropout } else { 0.0 };
+        let head = spec.arch().classification_head();
+        let pools_cls = spec.arch().family() == Family::Encoder;
+        let head_dropout = if pools_cls { dropout } else { 0.0 };
+        let head = params.linear(head.module, true, head.bias)?;
         Ok(Self { spec: spec.clone(), network: Network::new(spec, params)?, head, head_dropout })
     }
 

@@ -1,12 +1,19 @@
-//! The decoder-only transformer, in its two styles (GPT-2 and Llama). Reads like the papers:
-//! embeddings, then L pre-norm blocks `x = x + attn(norm(x)); x = x + mlp(norm(x))`, a final
-//! norm and the LM head. Tensors are views of the `ParamStore`'s variables, so optimizer
-//! updates are seen without rebuilding the model.
+//! The decoder-only transformer, for every decoder architecture (GPT-2, Llama: their wiring is
+//! in `gpt2.rs` / `llama.rs`). Reads like the papers: embeddings, then L pre-norm blocks
+//! `x = x + attn(norm(x)); x = x + mlp(norm(x))`, a final norm and the LM head. Tensors are
+//! views of the `ParamStore`'s variables, so optimizer updates are seen without rebuilding the
+//! model.
+//!
+//! How a block runs is decided in one place, [`Block::path`]: as two fused sublayer ops
+//! (`ops::sublayer`, training and full recomputation with plain Linears) or composed from the
+//! single ops, whose attention is one fused op without a KV cache or attention dropout and the
+//! explicit grouped matmuls with them ([`Attention::path`]). Whether an op runs its fused CPU
+//! kernel or the reference is `ops`' choice, per device and dtype.
 //!
 //! Dimension letters: B batch, T new positions, S cached + new positions, C d_model,
 //! H query heads, K key/value heads, D head dim, V vocab.
 
-use super::{ModelSpec, Style};
+use super::{Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
@@ -47,16 +54,57 @@ struct Attention {
     head_dim: usize,
 }
 
-enum Qkv {
-    /// GPT-2's fused c_attn: (C, 3C), output split into q, k, v.
-    Fused(Linear),
-    /// Llama's separate projections: q (H·D), k and v (K·D).
+/// The q, k, v projections of a layer.
+pub enum Qkv {
+    /// One packed projection (GPT-2's c_attn: (C, 3C)), its output split into q, k, v.
+    Packed(Linear),
+    /// Separate projections (Llama): q (H·D), k and v (K·D).
     Split { q: Linear, k: Linear, v: Linear },
 }
 
-enum Mlp {
+/// A layer's MLP.
+pub enum Mlp {
+    /// fc, tanh-GELU, proj (GPT-2).
     Gelu { fc: Linear, proj: Linear },
+    /// down(SiLU(gate(x)) · up(x)) (Llama).
     SwiGlu { gate: Linear, up: Linear, down: Linear },
+}
+
+/// What an architecture wires into one layer ([`super::Architecture::decoder_layer`]).
+pub struct LayerParts {
+    pub norm1: Norm,
+    pub qkv: Qkv,
+    /// The attention's output projection.
+    pub o: Linear,
+    pub norm2: Norm,
+    pub mlp: Mlp,
+}
+
+/// What an architecture wires around the layers ([`super::Architecture::decoder_ends`]).
+pub struct DecoderEnds {
+    /// Learned position embeddings (context, C), added to the token embeddings (GPT-2).
+    pub positions: Option<Tensor>,
+    pub norm_f: Norm,
+    /// Rotary position embeddings on q and k (Llama).
+    pub rope: bool,
+}
+
+/// How a block runs this time ([`Block::path`]).
+enum BlockPath<'a> {
+    /// Two fused sublayer ops.
+    Fused(&'a (ops::AttentionSublayer, ops::MlpSublayer)),
+    /// The single ops.
+    Composed,
+}
+
+/// How attention runs this time ([`Attention::path`]).
+enum AttentionPath {
+    /// One fused op over the packed projection's output, read in place.
+    Packed,
+    /// One fused op over the separate projections (after RoPE).
+    Split,
+    /// Heads, then the grouped matmuls: with a KV cache or attention dropout.
+    Explicit,
 }
 
 /// Keys and values of the positions seen so far, per layer: (B, K, S, D) each.
@@ -83,85 +131,34 @@ impl KvCache {
 
 impl Decoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
-        if spec.style == Style::Bert {
-            return Err(crate::Error::Invalid("a BERT spec builds an Encoder, not a Decoder".into()));
+        let arch = spec.arch();
+        if arch.family() != Family::Decoder {
+            return Err(crate::Error::Invalid(format!("a {:?} spec builds an Encoder, not a Decoder", spec.style)));
         }
-        let eps = spec.norm_eps;
-        let rope = match spec.style {
-            Style::Gpt2 => None,
-            Style::Llama | Style::Bert => {
-                Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?))
-            }
+        let ends = arch.decoder_ends(p, spec)?;
+        let rope = match ends.rope {
+            true => Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?)),
+            false => None,
         };
-        let mut blocks = Vec::with_capacity(spec.n_layer);
-        for i in 0..spec.n_layer {
-            blocks.push(Arc::new(match spec.style {
-                Style::Gpt2 => {
-                    let n = |s: &str| format!("transformer.h.{i}.{s}");
-                    let lin = |s: &str| p.linear(&n(s), false, true);
-                    let ln = |s: &str| -> Result<Norm> {
-                        Ok(Norm::Layer {
-                            w: p.get(&n(&format!("{s}.weight")))?,
-                            b: p.get(&n(&format!("{s}.bias")))?,
-                            eps,
-                        })
-                    };
-                    Block::new(
-                        ln("ln_1")?,
-                        Attention {
-                            qkv: Qkv::Fused(lin("attn.c_attn")?),
-                            o: lin("attn.c_proj")?,
-                            n_head: spec.n_head,
-                            n_kv_head: spec.n_head,
-                            head_dim: spec.head_dim,
-                        },
-                        ln("ln_2")?,
-                        Mlp::Gelu { fc: lin("mlp.c_fc")?, proj: lin("mlp.c_proj")? },
-                        None,
-                    )
-                }
-                Style::Llama | Style::Bert => {
-                    let n = |s: &str| format!("model.layers.{i}.{s}.weight");
-                    let lin = |s: &str| p.linear(&format!("model.layers.{i}.{s}"), true, false);
-                    let rms = |s: &str| -> Result<Norm> { Ok(Norm::Rms { w: p.get(&n(s))?, eps }) };
-                    Block::new(
-                        rms("input_layernorm")?,
-                        Attention {
-                            qkv: Qkv::Split {
-                                q: lin("self_attn.q_proj")?,
-                                k: lin("self_attn.k_proj")?,
-                                v: lin("self_attn.v_proj")?,
-                            },
-                            o: lin("self_attn.o_proj")?,
-                            n_head: spec.n_head,
-                            n_kv_head: spec.n_kv_head,
-                            head_dim: spec.head_dim,
-                        },
-                        rms("post_attention_layernorm")?,
-                        Mlp::SwiGlu {
-                            gate: lin("mlp.gate_proj")?,
-                            up: lin("mlp.up_proj")?,
-                            down: lin("mlp.down_proj")?,
-                        },
-                        rope.as_deref(),
-                    )
-                }
-            }));
-        }
+        let blocks = (0..spec.n_layer)
+            .map(|i| Ok(Arc::new(Block::new(arch.decoder_layer(p, spec, i)?, spec, rope.as_deref()))))
+            .collect::<Result<Vec<_>>>()?;
         let wte = p.get(spec.embedding_name())?;
         let head = match spec.tie_embeddings {
             true => Some(wte.clone()),
             false if p.contains("lm_head.weight") => Some(p.get("lm_head.weight")?),
             false => None,
         };
-        let (wpe, norm_f) = match spec.style {
-            Style::Gpt2 => (
-                Some(p.get("transformer.wpe.weight")?),
-                Norm::Layer { w: p.get("transformer.ln_f.weight")?, b: p.get("transformer.ln_f.bias")?, eps },
-            ),
-            Style::Llama | Style::Bert => (None, Norm::Rms { w: p.get("model.norm.weight")?, eps }),
-        };
-        Ok(Self { spec: spec.clone(), wte, wpe, blocks, norm_f, head, rope, checkpointing: false })
+        Ok(Self {
+            spec: spec.clone(),
+            wte,
+            wpe: ends.positions,
+            blocks,
+            norm_f: ends.norm_f,
+            head,
+            rope,
+            checkpointing: false,
+        })
     }
 
     /// Activation checkpointing for training (see [`recompute`]): each block keeps only its
@@ -243,13 +240,15 @@ impl Decoder {
 
 impl Block {
     /// The block, and its fused form when every Linear is a plain product.
-    fn new(norm1: Norm, attn: Attention, norm2: Norm, mlp: Mlp, rope: Option<&Rope>) -> Self {
+    fn new(parts: LayerParts, spec: &ModelSpec, rope: Option<&Rope>) -> Self {
+        let LayerParts { norm1, qkv, o, norm2, mlp } = parts;
+        let attn = Attention { qkv, o, n_head: spec.n_head, n_kv_head: spec.n_kv_head, head_dim: spec.head_dim };
         let fused = (|| {
             // Every Linear a plain product in the output projection's weight layout.
             let out_in = attn.o.is_out_in();
             let plain = |l: &Linear| if l.is_out_in() == out_in { l.plain() } else { None };
             let qkv = match &attn.qkv {
-                Qkv::Fused(l) => ops::QkvProj::Packed(plain(l)?),
+                Qkv::Packed(l) => ops::QkvProj::Packed(plain(l)?),
                 Qkv::Split { q, k, v } => ops::QkvProj::Split { q: plain(q)?, k: plain(k)?, v: plain(v)? },
             };
             let attention = ops::AttentionSublayer {
@@ -279,6 +278,16 @@ impl Block {
         Self { norm1, attn, norm2, mlp, fused }
     }
 
+    /// The one decision of how this block runs: fused sublayers for a training forward or a
+    /// full recomputation (no KV cache, no active dropout) when every Linear is plain.
+    fn path(&self, cached: bool, offset: usize, dropout: &Option<&mut DropoutRng>) -> BlockPath<'_> {
+        let dropout_active = dropout.as_ref().is_some_and(|d| d.is_active());
+        match &self.fused {
+            Some(f) if !cached && offset == 0 && !dropout_active => BlockPath::Fused(f),
+            _ => BlockPath::Composed,
+        }
+    }
+
     /// x + attn(norm1(x)), then + mlp(norm2(·)); dropout after each sublayer. Without a KV
     /// cache or active dropout, each sublayer runs as one fused op where the kernels apply.
     fn forward(
@@ -289,8 +298,12 @@ impl Block {
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let fusable = cache.is_none() && offset == 0 && !dropout.as_ref().is_some_and(|d| d.is_active());
-        let fused = self.fused.as_ref().filter(|_| fusable);
+        // A fused sublayer declines (None) input it does not take (an untracked x with trained
+        // parameters, another dtype or device); the composed form runs then.
+        let fused = match self.path(cache.is_some(), offset, dropout) {
+            BlockPath::Fused(f) => Some(f),
+            BlockPath::Composed => None,
+        };
         let x = match fused.map(|(attn, _)| ops::attention_sublayer(x, attn)).transpose()?.flatten() {
             Some(y) => y,
             None => {
@@ -316,6 +329,17 @@ fn drop(d: &mut Option<&mut DropoutRng>, x: &Tensor) -> Result<Tensor> {
 }
 
 impl Attention {
+    /// The one decision of how attention runs: a single fused op for training and full
+    /// recomputation; the explicit matmuls with a KV cache or attention dropout.
+    fn path(&self, cached: bool, dropout: &Option<&mut DropoutRng>, rope: Option<&Rope>) -> AttentionPath {
+        let explicit = cached || dropout.as_ref().is_some_and(|d| d.is_active());
+        match (&self.qkv, explicit, rope) {
+            (_, true, _) => AttentionPath::Explicit,
+            (Qkv::Packed(_), false, None) => AttentionPath::Packed,
+            _ => AttentionPath::Split,
+        }
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -327,21 +351,19 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
-        let plain = cache.is_none() && !dropout.as_ref().is_some_and(|d| d.is_active());
-        if let (Qkv::Fused(lin), true, None) = (&self.qkv, plain, rope) {
-            // Training and full recomputation from GPT-2's packed projection: one fused op.
+        let path = self.path(cache.is_some(), dropout, rope);
+        if let (AttentionPath::Packed, Qkv::Packed(lin)) = (&path, &self.qkv) {
             let qkv = lin.forward_t(x, dropout)?; // (B, T, (H + 2K)·D)
             return self.o.forward_t(&ops::causal_attention_packed(&qkv, h, kh, scale)?, dropout);
         }
         let (q, k, v) = match &self.qkv {
-            Qkv::Fused(lin) => {
+            Qkv::Packed(lin) => {
                 let qkv = lin.forward_t(x, dropout)?; // (B, T, 3·H·D)
                 (qkv.narrow(2, 0, h * d)?, qkv.narrow(2, h * d, kh * d)?, qkv.narrow(2, (h + kh) * d, kh * d)?)
             }
             Qkv::Split { q, k, v } => (q.forward_t(x, dropout)?, k.forward_t(x, dropout)?, v.forward_t(x, dropout)?),
         };
-        if plain {
-            // Training and full recomputation: one fused op from the projections' layout.
+        if let AttentionPath::Split = path {
             let (q, k) = match rope {
                 Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),
                 None => (q, k),

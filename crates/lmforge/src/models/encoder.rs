@@ -9,7 +9,7 @@
 //! Dimension letters: B batch, T positions, C d_model, H heads, D head dim, V vocab, N selected
 //! (masked) positions.
 
-use super::{ModelSpec, Style};
+use super::{Family, ModelSpec};
 use crate::error::{Error, Result};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore};
 use crate::ops;
@@ -89,7 +89,7 @@ pub struct PretrainingLoss {
 
 impl Encoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
-        if spec.style != Style::Bert {
+        if spec.arch().family() != Family::Encoder {
             return Err(Error::Invalid(format!("{:?} is a decoder style, not an encoder", spec.style)));
         }
         let eps = spec.norm_eps;

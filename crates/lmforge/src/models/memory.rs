@@ -4,7 +4,8 @@
 //!
 //! Candle's autograd keeps every forward intermediate that lies on a path from a parameter to
 //! the loss until the loss tensor is dropped, so "activations" here means every tensor the
-//! forward pass creates, counted op by op from `decoder.rs`, `ops/` and `nn.rs` (views —
+//! forward pass creates, counted op by op from `decoder.rs`, `ops/` and `nn.rs` (each
+//! architecture's terms are in its file, `Architecture::cpu_layer_elems`) (views —
 //! reshape of a contiguous tensor, narrow, transpose — are free; reshaping a non-contiguous
 //! view copies). The counts were checked against a counting global allocator (forward live
 //! bytes within 3% for tiny, llama-tiny, quickstart, gpt-small, llama-small, bench-gpt,
@@ -22,7 +23,7 @@
 //! fused kernels the trainer runs by default, which keep far less (no per-op temporaries in
 //! the norms and softmax, no (N, V) logits).
 
-use super::{ModelSpec, Style};
+use super::ModelSpec;
 use crate::ops::Kernels;
 use serde::Serialize;
 
@@ -71,47 +72,11 @@ impl ModelSpec {
     /// fp32 elements the forward pass of one token keeps per decoder layer, for sequences of
     /// `seq_len` tokens (attention scores scale with the sequence), with `kernels`.
     pub fn cpu_layer_activation_elems(&self, seq_len: usize, kernels: Kernels) -> u64 {
-        let (c, f, h, t) = (self.d_model as u64, self.d_ff as u64, self.n_head as u64, seq_len as u64);
-        let q = (self.n_head * self.head_dim) as u64;
-        let kv = (self.n_kv_head * self.head_dim) as u64;
-        match kernels {
-            Kernels::Reference => {
-                // Attention scores: QKᵀ, × scale, + mask, softmax (x − max, exp, ÷ sum): 6 × H·T,
-                // plus the max and the sum (H each).
-                let scores = 6 * h * t + 2 * h;
-                match self.style {
-                    // ln_1 5C (+7 per-token stats) · c_attn matmul + bias 6C · q, k, v: copy out
-                    // of the fused output and make heads contiguous 6C · AV and its contiguous
-                    // copy 2C · c_proj + bias 2C · residual C · ln_2 5C (+7) · c_fc + bias 2F ·
-                    // GELU F · c_proj + bias 2C · residual C.
-                    Style::Gpt2 => 30 * c + 3 * f + scores + 14,
-                    // BERT: GPT-2's count with separate q, k, v projections and a post-norm
-                    // per branch; the same within a few C.
-                    Style::Bert => 30 * c + 3 * f + scores + 14,
-                    // RMSNorm 3C (+5) twice · q, k, v projections and contiguous heads 2Q + 4KV ·
-                    // RoPE (neg half, cat, ×cos, ×sin, +) 4.5 per element of q and k · AV and its
-                    // copy 2Q · o_proj C · residuals 2C · gate, up, SiLU, product 4F · down_proj C.
-                    Style::Llama => 10 * c + (17 * q) / 2 + (17 * kv) / 2 + 4 * f + scores + 10,
-                }
-            }
-            Kernels::Fused => {
-                // The fused attention keeps y and one log-sum-exp per head (H); q, k, v are
-                // read where the projections wrote them (GPT-2: narrows, no head copies).
-                match self.style {
-                    // ln_1 C · c_attn 3C (the fused linear adds its bias in place) · attention
-                    // C (+H) · c_proj C · residual C · ln_2 C · c_fc F · GELU F · c_proj C ·
-                    // residual C.
-                    Style::Gpt2 => 10 * c + 2 * f + h,
-                    // BERT: q, k, v 3C · attention C (+H) · output dense C · residual + norm 2C ·
-                    // intermediate F · GELU F · output dense C · residual + norm 2C.
-                    Style::Bert => 10 * c + 2 * f + h,
-                    // RMSNorm C twice · q, k, v projections Q + 2KV · RoPE outputs Q + KV ·
-                    // attention Q (+H) · o_proj C · residuals 2C · gate, up, SwiGLU 3F ·
-                    // down_proj C.
-                    Style::Llama => 6 * c + 3 * q + 3 * kv + 3 * f + h,
-                }
-            }
-        }
+        let (h, t) = (self.n_head as u64, seq_len as u64);
+        // Reference attention scores: QKᵀ, × scale, + mask, softmax (x − max, exp, ÷ sum):
+        // 6 × H·T, plus the max and the sum (H each). The fused attention keeps none.
+        let scores = 6 * h * t + 2 * h;
+        self.arch().cpu_layer_elems(self, scores, kernels)
     }
 
     /// fp32 elements kept per token outside the layers. Reference: embedding lookup (GPT-2:
@@ -119,13 +84,7 @@ impl ModelSpec {
     /// (4V). Fused: the lookup, the final norm's output and the LM-head loss's d hidden (C); no
     /// logits (see [`Self::cpu_head_fixed_bytes`] for d head).
     pub fn cpu_head_activation_elems(&self, kernels: Kernels) -> u64 {
-        let (c, v) = (self.d_model as u64, self.vocab_size as u64);
-        match (kernels, self.style) {
-            (Kernels::Reference, Style::Gpt2 | Style::Bert) => 2 * c + 5 * c + 7 + 4 * v + 3,
-            (Kernels::Reference, Style::Llama) => c + 3 * c + 5 + 4 * v + 3,
-            (Kernels::Fused, Style::Gpt2 | Style::Bert) => 2 * c + c + c + 1,
-            (Kernels::Fused, Style::Llama) => c + c + c + 1,
-        }
+        self.arch().cpu_head_elems(self, kernels)
     }
 
     /// Bytes the fused LM-head loss keeps independent of the batch: d head (V × C), computed in

@@ -1,24 +1,36 @@
-//! Model shapes and presets. A [`ModelSpec`] is the resolved description of one network — a
-//! decoder (GPT-2 or Llama style) or a BERT encoder: it names every parameter with its Hugging Face key and shape, so
-//! parameter counts and memory estimates come without allocating a single weight, and the same
-//! list drives initialisation, loading and saving. The networks are in [`decoder`] and
-//! [`encoder`]; the Hugging Face `config.json` mapping is in [`hf`].
+//! Model shapes and the architecture registry. A [`ModelSpec`] is the resolved description of
+//! one network — a decoder (GPT-2 or Llama style) or a BERT encoder: it names every parameter
+//! with its Hugging Face key and shape, so parameter counts and memory estimates come without
+//! allocating a single weight, and the same list drives initialisation, loading and saving.
+//!
+//! What differs between families lives in one file each — [`gpt2`], [`llama`], [`bert`] —
+//! behind the [`arch::Architecture`] trait: presets, parameter lists, the Hugging Face name map
+//! and `config.json` mapping, classification heads, LoRA defaults, decoder wiring and memory
+//! terms. [`Style::arch`] is the registry. The networks are generic: [`decoder`] (pre-norm
+//! causal decoder) and [`encoder`] (BERT); [`hf`] reads and writes `config.json` through the
+//! registry. `models/README.md` says how to add an architecture.
 
+pub mod arch;
+pub mod bert;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod gpt2;
 pub mod hf;
+pub mod llama;
 pub mod memory;
 
 use crate::error::{Error, Result};
 pub use config::ModelConfig;
 use serde::{Deserialize, Serialize};
 
+pub use arch::{Architecture, ClassificationHead, Family};
 pub use decoder::{Decoder, KvCache};
 pub use encoder::{Encoder, EncoderInput};
 pub use memory::CpuTrainMemory;
 
-/// The architectures: two decoder styles and the BERT encoder.
+/// The architectures: two decoder styles and the BERT encoder. Each names its
+/// [`Architecture`] in [`Style::arch`], the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Style {
@@ -29,6 +41,19 @@ pub enum Style {
     /// Bidirectional encoder: post-LayerNorm blocks, erf GELU, learned positions and token
     /// types, pooler, MLM head tied to the word embeddings, NSP head (`BertForPreTraining`).
     Bert,
+}
+
+impl Style {
+    /// The registry: every architecture lmforge implements, by style.
+    pub fn arch(self) -> &'static dyn Architecture {
+        match self {
+            Style::Gpt2 => &gpt2::Gpt2,
+            Style::Llama => &llama::Llama,
+            Style::Bert => &bert::Bert,
+        }
+    }
+
+    pub const ALL: [Style; 3] = [Style::Gpt2, Style::Llama, Style::Bert];
 }
 
 /// A fully resolved decoder shape: no defaults left to fill.
@@ -88,7 +113,8 @@ pub const MAX_LAYERS: usize = 4096;
 pub const MAX_HEADS: usize = 1 << 14;
 pub const MAX_PARAMS: u128 = 1 << 50;
 
-/// Named shapes users can start from; `model.*` keys override any field.
+/// Named shapes users can start from, in the order `lmforge presets` lists them (each defined
+/// by its architecture's file); `model.*` keys override any field.
 pub const PRESETS: &[&str] = &[
     "tiny",
     "quickstart",
@@ -109,70 +135,12 @@ pub const PRESETS: &[&str] = &[
 impl ModelSpec {
     /// The shape behind a preset name.
     pub fn preset(name: &str) -> Option<Self> {
-        let gpt2 = |vocab, context, d_model, n_layer, n_head| Self {
-            style: Style::Gpt2,
-            vocab_size: vocab,
-            context,
-            d_model,
-            n_layer,
-            n_head,
-            n_kv_head: n_head,
-            head_dim: d_model / n_head,
-            d_ff: 4 * d_model,
-            norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            tie_embeddings: true,
-            type_vocab_size: 0,
-        };
-        let bert = |vocab, d_model, n_layer, n_head| Self {
-            style: Style::Bert,
-            vocab_size: vocab,
-            context: 512,
-            d_model,
-            n_layer,
-            n_head,
-            n_kv_head: n_head,
-            head_dim: d_model / n_head,
-            d_ff: 4 * d_model,
-            norm_eps: 1e-12,
-            rope_theta: 10_000.0,
-            tie_embeddings: true,
-            type_vocab_size: 2,
-        };
-        let llama = |vocab, context, d_model, n_layer, n_head, n_kv_head, d_ff| Self {
-            style: Style::Llama,
-            vocab_size: vocab,
-            context,
-            d_model,
-            n_layer,
-            n_head,
-            n_kv_head,
-            head_dim: d_model / n_head,
-            d_ff,
-            norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            tie_embeddings: false,
-            type_vocab_size: 0,
-        };
-        Some(match name {
-            "tiny" => gpt2(1024, 128, 64, 2, 4),
-            "quickstart" => gpt2(1024, 128, 192, 4, 6),
-            "gpt-small" => gpt2(4096, 256, 384, 6, 6),
-            "gpt2-124m" => gpt2(50257, 1024, 768, 12, 12),
-            "gpt2-355m" => gpt2(50257, 1024, 1024, 24, 16),
-            "llama-tiny" => llama(1024, 128, 64, 2, 4, 2, 176),
-            "llama-small" => llama(4096, 256, 384, 6, 6, 2, 1024),
-            "llama-7b" => llama(32000, 4096, 4096, 32, 32, 32, 11008),
-            "bench-gpt" => gpt2(8192, 256, 256, 4, 4),
-            "bench-llama" => llama(8192, 256, 256, 4, 8, 2, 688),
-            // Google's compact BERTs (Turc et al. 2019) and BERT-base, WordPiece vocabulary 30522.
-            "bert-tiny" => bert(30522, 128, 2, 2),
-            "bert-mini" => bert(30522, 256, 4, 4),
-            "bert-base" => bert(30522, 768, 12, 12),
-            // The bundled-corpus recipe: a small vocabulary and context for CPU minutes.
-            "bert-quickstart" => Self { context: 128, ..bert(2048, 192, 4, 4) },
-            _ => return None,
-        })
+        Style::ALL.iter().find_map(|s| s.arch().preset(name))
+    }
+
+    /// This spec's architecture.
+    pub fn arch(&self) -> &'static dyn Architecture {
+        self.style.arch()
     }
 
     /// Resolves `[model]`: the preset, then each explicit override, then validation.
@@ -186,7 +154,7 @@ impl ModelSpec {
         if let Some(style) = m.style {
             s.style = style;
             // A style switch keeps the preset's sizes but not its style-specific fields.
-            s.type_vocab_size = if s.style == Style::Bert { s.type_vocab_size.max(2) } else { 0 };
+            s.type_vocab_size = if s.arch().family() == Family::Encoder { s.type_vocab_size.max(2) } else { 0 };
         }
         let head_dim_was_derived = s.head_dim == s.d_model / s.n_head;
         macro_rules! take {
@@ -204,7 +172,8 @@ impl ModelSpec {
             tie_embeddings,
             type_vocab_size
         );
-        s.n_kv_head = m.n_kv_head.unwrap_or(if s.style == Style::Llama { s.n_kv_head.min(s.n_head) } else { s.n_head });
+        let gqa = s.arch().grouped_query_attention();
+        s.n_kv_head = m.n_kv_head.unwrap_or(if gqa { s.n_kv_head.min(s.n_head) } else { s.n_head });
         if head_dim_was_derived && s.n_head > 0 {
             s.head_dim = s.d_model / s.n_head;
         }
@@ -250,33 +219,13 @@ impl ModelSpec {
         if params > MAX_PARAMS {
             return Err(Error::config("model", format!("{params} parameters; at most {MAX_PARAMS} are supported")));
         }
-        if self.style != Style::Llama && self.head_dim * self.n_head != self.d_model {
-            return Err(Error::config(
-                "model.n_head",
-                format!("d_model {} is not divisible by n_head {}", self.d_model, self.n_head),
-            ));
-        }
         if self.n_head % self.n_kv_head != 0 {
             return Err(Error::config(
                 "model.n_kv_head",
                 format!("n_head {} is not a multiple of n_kv_head {}", self.n_head, self.n_kv_head),
             ));
         }
-        if self.style != Style::Llama && self.n_kv_head != self.n_head {
-            return Err(Error::config(
-                "model.n_kv_head",
-                "GPT-2 and BERT styles use full multi-head attention: n_kv_head must equal n_head",
-            ));
-        }
-        if self.style == Style::Bert && (self.type_vocab_size == 0 || !self.tie_embeddings) {
-            return Err(Error::config(
-                "model.type_vocab_size",
-                "BERT needs type_vocab_size >= 1 and its MLM decoder tied to the word embeddings",
-            ));
-        }
-        if self.style == Style::Llama && self.head_dim % 2 != 0 {
-            return Err(Error::config("model.n_head", "RoPE needs an even head dimension"));
-        }
+        self.arch().validate(self)?;
         if self.norm_eps.is_nan() || self.norm_eps <= 0.0 || self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(Error::config("model.norm_eps", "norm_eps and rope_theta must be positive"));
         }
@@ -285,113 +234,7 @@ impl ModelSpec {
 
     /// Every parameter in Hugging Face naming, in a stable order.
     pub fn params(&self) -> Vec<ParamInfo> {
-        let (c, f, v, l) = (self.d_model, self.d_ff, self.vocab_size, self.n_layer);
-        let mut out = Vec::new();
-        let mut add = |name: String, shape: Vec<usize>, kind: ParamKind, fans: (usize, usize)| {
-            out.push(ParamInfo { name, shape, kind, fans })
-        };
-        match self.style {
-            Style::Gpt2 => {
-                add("transformer.wte.weight".into(), vec![v, c], ParamKind::Embedding, (v, c));
-                add("transformer.wpe.weight".into(), vec![self.context, c], ParamKind::Embedding, (self.context, c));
-                for i in 0..l {
-                    let p = format!("transformer.h.{i}");
-                    add(format!("{p}.ln_1.weight"), vec![c], ParamKind::NormWeight, (c, c));
-                    add(format!("{p}.ln_1.bias"), vec![c], ParamKind::NormBias, (c, c));
-                    // GPT-2 stores its Conv1D weights as (in, out).
-                    add(format!("{p}.attn.c_attn.weight"), vec![c, 3 * c], ParamKind::Matrix, (c, 3 * c));
-                    add(format!("{p}.attn.c_attn.bias"), vec![3 * c], ParamKind::Bias, (c, 3 * c));
-                    add(format!("{p}.attn.c_proj.weight"), vec![c, c], ParamKind::ResidualProjection, (c, c));
-                    add(format!("{p}.attn.c_proj.bias"), vec![c], ParamKind::Bias, (c, c));
-                    add(format!("{p}.ln_2.weight"), vec![c], ParamKind::NormWeight, (c, c));
-                    add(format!("{p}.ln_2.bias"), vec![c], ParamKind::NormBias, (c, c));
-                    add(format!("{p}.mlp.c_fc.weight"), vec![c, f], ParamKind::Matrix, (c, f));
-                    add(format!("{p}.mlp.c_fc.bias"), vec![f], ParamKind::Bias, (c, f));
-                    add(format!("{p}.mlp.c_proj.weight"), vec![f, c], ParamKind::ResidualProjection, (f, c));
-                    add(format!("{p}.mlp.c_proj.bias"), vec![c], ParamKind::Bias, (f, c));
-                }
-                add("transformer.ln_f.weight".into(), vec![c], ParamKind::NormWeight, (c, c));
-                add("transformer.ln_f.bias".into(), vec![c], ParamKind::NormBias, (c, c));
-            }
-            Style::Llama => {
-                let (hd, nq, nkv) = (self.head_dim, self.n_head, self.n_kv_head);
-                add("model.embed_tokens.weight".into(), vec![v, c], ParamKind::Embedding, (v, c));
-                for i in 0..l {
-                    let p = format!("model.layers.{i}");
-                    add(format!("{p}.input_layernorm.weight"), vec![c], ParamKind::NormWeight, (c, c));
-                    // nn.Linear stores (out, in).
-                    add(format!("{p}.self_attn.q_proj.weight"), vec![nq * hd, c], ParamKind::Matrix, (c, nq * hd));
-                    add(format!("{p}.self_attn.k_proj.weight"), vec![nkv * hd, c], ParamKind::Matrix, (c, nkv * hd));
-                    add(format!("{p}.self_attn.v_proj.weight"), vec![nkv * hd, c], ParamKind::Matrix, (c, nkv * hd));
-                    add(
-                        format!("{p}.self_attn.o_proj.weight"),
-                        vec![c, nq * hd],
-                        ParamKind::ResidualProjection,
-                        (nq * hd, c),
-                    );
-                    add(format!("{p}.post_attention_layernorm.weight"), vec![c], ParamKind::NormWeight, (c, c));
-                    add(format!("{p}.mlp.gate_proj.weight"), vec![f, c], ParamKind::Matrix, (c, f));
-                    add(format!("{p}.mlp.up_proj.weight"), vec![f, c], ParamKind::Matrix, (c, f));
-                    add(format!("{p}.mlp.down_proj.weight"), vec![c, f], ParamKind::ResidualProjection, (f, c));
-                }
-                add("model.norm.weight".into(), vec![c], ParamKind::NormWeight, (c, c));
-            }
-            Style::Bert => {
-                // HF `BertForPreTraining` order. BERT initialises every matrix N(0, 0.02),
-                // residual outputs included, so none is a `ResidualProjection`.
-                let e = "bert.embeddings";
-                add(format!("{e}.word_embeddings.weight"), vec![v, c], ParamKind::Embedding, (v, c));
-                add(
-                    format!("{e}.position_embeddings.weight"),
-                    vec![self.context, c],
-                    ParamKind::Embedding,
-                    (self.context, c),
-                );
-                let tv = self.type_vocab_size;
-                add(format!("{e}.token_type_embeddings.weight"), vec![tv, c], ParamKind::Embedding, (tv, c));
-                // A Linear (nn.Linear: weight (out, in)) and a LayerNorm, each as its two tensors.
-                macro_rules! linear {
-                    ($name:expr, $fan_in:expr, $fan_out:expr) => {{
-                        let (name, fi, fo) = ($name, $fan_in, $fan_out);
-                        add(format!("{name}.weight"), vec![fo, fi], ParamKind::Matrix, (fi, fo));
-                        add(format!("{name}.bias"), vec![fo], ParamKind::Bias, (fi, fo));
-                    }};
-                }
-                macro_rules! layer_norm {
-                    ($name:expr) => {{
-                        let name = $name;
-                        add(format!("{name}.weight"), vec![c], ParamKind::NormWeight, (c, c));
-                        add(format!("{name}.bias"), vec![c], ParamKind::NormBias, (c, c));
-                    }};
-                }
-                layer_norm!(format!("{e}.LayerNorm"));
-                for i in 0..l {
-                    let p = format!("bert.encoder.layer.{i}");
-                    for m in ["query", "key", "value"] {
-                        linear!(format!("{p}.attention.self.{m}"), c, c);
-                    }
-                    linear!(format!("{p}.attention.output.dense"), c, c);
-                    layer_norm!(format!("{p}.attention.output.LayerNorm"));
-                    linear!(format!("{p}.intermediate.dense"), c, f);
-                    linear!(format!("{p}.output.dense"), f, c);
-                    layer_norm!(format!("{p}.output.LayerNorm"));
-                }
-                linear!("bert.pooler.dense", c, c);
-                linear!("cls.predictions.transform.dense", c, c);
-                layer_norm!("cls.predictions.transform.LayerNorm");
-                add("cls.predictions.bias".into(), vec![v], ParamKind::Bias, (c, v));
-                linear!("cls.seq_relationship", c, 2);
-            }
-        }
-        if !self.tie_embeddings {
-            out.push(ParamInfo {
-                name: "lm_head.weight".into(),
-                shape: vec![v, c],
-                kind: ParamKind::Matrix,
-                fans: (c, v),
-            });
-        }
-        out
+        self.arch().params(self)
     }
 
     /// Exact parameter count (tied weights counted once), without allocating.
@@ -401,11 +244,7 @@ impl ModelSpec {
 
     /// Name of the token-embedding table (also the LM head when tied).
     pub fn embedding_name(&self) -> &'static str {
-        match self.style {
-            Style::Gpt2 => "transformer.wte.weight",
-            Style::Llama => "model.embed_tokens.weight",
-            Style::Bert => "bert.embeddings.word_embeddings.weight",
-        }
+        self.arch().embedding_name()
     }
 
     /// Forward + backward FLOPs per trained token: 6 per weight (matmuls) plus attention's
@@ -497,6 +336,22 @@ mod tests {
         for name in PRESETS {
             let s = ModelSpec::preset(name).unwrap();
             assert_eq!(s.param_breakdown().total(), s.num_params(), "{name}");
+        }
+    }
+
+    /// The registry's presets are exactly the listed ones, each defined once.
+    #[test]
+    fn presets_come_from_the_architectures() {
+        let mut defined: Vec<&str> = Style::ALL.iter().flat_map(|s| s.arch().preset_names().iter().copied()).collect();
+        defined.sort_unstable();
+        let mut listed = PRESETS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(defined, listed);
+        for s in Style::ALL {
+            assert_eq!(s.arch().style(), s);
+            for name in s.arch().preset_names() {
+                assert_eq!(ModelSpec::preset(name).unwrap().style, s, "{name}");
+            }
         }
     }
 

@@ -17,7 +17,7 @@ pub mod report;
 pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
 
 use crate::error::{Error, Result};
-use crate::models::{ModelSpec, ParamBreakdown, Style};
+use crate::models::{Family, ModelSpec, ParamBreakdown};
 use crate::optim::OptimSpec;
 use crate::train::optimizer_state_bytes;
 use crate::train::RunConfig;
@@ -215,12 +215,8 @@ pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout:
     // mask and dropped scores, the residual branch's mask.
     let attention =
         e * sb * (h + q + kv + kv + q) + e * a * s * s * b + mask * (a * s * s * b + e * a * s * s * b + sb * h);
-    let mlp = e * sb * h
-        + match spec.style {
-            Style::Gpt2 | Style::Bert => 2 * e * sb * f, // GELU input and output
-            Style::Llama => 4 * e * sb * f,              // gate, up, SiLU(gate), product
-        }
-        + mask * sb * h;
+    // GELU: its input and output; SwiGLU: gate, up, SiLU(gate), product.
+    let mlp = e * sb * h + spec.arch().mlp_activations() * e * sb * f + mask * sb * h;
     norms + attention + mlp
 }
 
@@ -309,7 +305,7 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
     let mut tries: Vec<PlanRequest> = Vec::new();
     // On the CPU, the trainer checkpoints decoder blocks only (`nn::recompute`).
-    if !req.checkpointing && (!req.hardware.is_cpu || req.spec.style != crate::models::Style::Bert) {
+    if !req.checkpointing && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder) {
         tries.push(ckpt(req));
     }
     if !req.hardware.is_cpu {

@@ -11,7 +11,7 @@ use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::mlm_data::MlmConfig;
-use crate::models::{ModelConfig, ModelSpec, Style};
+use crate::models::{Family, ModelConfig, ModelSpec};
 use crate::optim::{
     param_groups, OptimConfig, OptimSpec, ParamGroup, PlateauRule, Schedule, ScheduleConfig, ScheduleKind,
 };
@@ -237,7 +237,7 @@ impl RunConfig {
         let m = &self.model;
         check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "0 <= p < 1")?;
         let spec = ModelSpec::from_config(m)?;
-        let encoder = spec.style == Style::Bert;
+        let encoder = spec.arch().family() == Family::Encoder;
         if encoder == (t.objective == Objective::Causal) {
             return Err(Error::config(
                 "train.objective",
