@@ -31,6 +31,19 @@ impl Default for SamplingConfig {
     }
 }
 
+impl SamplingConfig {
+    /// Range checks: `top_p` in (0, 1], `temperature` ≥ 0 (errors name the setting).
+    pub fn validate(&self) -> Result<()> {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return Err(Error::config("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+        }
+        if self.temperature.is_nan() || self.temperature < 0.0 {
+            return Err(Error::config("temperature", format!("must be >= 0 (0 = greedy), got {}", self.temperature)));
+        }
+        Ok(())
+    }
+}
+
 /// Picks the next token from a row of logits.
 pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut ChaCha8Rng) -> u32 {
     if cfg.temperature <= 0.0 {
@@ -93,6 +106,7 @@ pub fn generate_ids(
     use_cache: bool,
     mut on_token: impl FnMut(u32) -> Result<()>,
 ) -> Result<Vec<u32>> {
+    cfg.validate()?;
     if prompt.is_empty() {
         return Err(Error::Invalid(
             "the prompt is empty and the tokenizer has no end-of-text token to start from".into(),
@@ -172,6 +186,19 @@ pub fn generate_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_settings_are_checked_by_name() {
+        assert!(SamplingConfig::default().validate().is_ok());
+        for (cfg, name) in [
+            (SamplingConfig { top_p: 0.0, ..Default::default() }, "top_p"),
+            (SamplingConfig { top_p: 1.5, ..Default::default() }, "top_p"),
+            (SamplingConfig { temperature: -0.1, ..Default::default() }, "temperature"),
+            (SamplingConfig { temperature: f64::NAN, ..Default::default() }, "temperature"),
+        ] {
+            assert!(cfg.validate().unwrap_err().to_string().contains(name), "{cfg:?}");
+        }
+    }
 
     #[test]
     fn greedy_is_argmax_and_filters_hold() {

@@ -30,13 +30,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-        anyhow::bail!("--top-p must be in (0, 1], got {}", a.top_p);
-    }
-    if a.temperature < 0.0 {
-        anyhow::bail!("--temperature must be >= 0 (0 = greedy), got {}", a.temperature);
-    }
-    let m = LoadedModel::load(&a.model, &a.device.resolve()?)?;
     let cfg = SamplingConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -45,6 +38,8 @@ pub fn run(a: Args) -> Result<i32> {
         seed: a.seed,
         eos_id: None,
     };
+    cfg.validate()?;
+    let m = LoadedModel::load(&a.model, &a.device.resolve()?)?;
     let mut stdout = std::io::stdout();
     print!("{}", a.prompt);
     generate_text(&m, &a.prompt, &cfg, |piece| {
