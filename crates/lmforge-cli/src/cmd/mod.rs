@@ -28,6 +28,73 @@ pub struct RunArgs {
     pub run_dir: Option<PathBuf>,
 }
 
+/// How `train` and `finetune` start: a new run from a config, or `--resume`.
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The config (TOML).
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Continue the run in this folder from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many completed steps.
+    #[arg(long, value_name = "STEP")]
+    pub stop_after: Option<u64>,
+}
+
+/// What a command starting or resuming a run gets from [`StartArgs::start`].
+pub enum Start {
+    /// A new run: its config file (with the `--set` overrides) and run dir.
+    New {
+        config: PathBuf,
+        set: Vec<String>,
+        run_dir: PathBuf,
+    },
+    Resume(PathBuf),
+}
+
+impl StartArgs {
+    /// The training options (the store's observers on rank 0 — the run recorded as `kind`,
+    /// `name`, `group` —, the stop signals, the processes) and where the run starts. Every
+    /// process of a job agrees on the default run dir (rank 0's).
+    pub fn start(
+        self,
+        ctx: &crate::Ctx,
+        kind: &str,
+        name: Option<String>,
+        group: &str,
+    ) -> anyhow::Result<(lmforge::train::TrainOptions, Start)> {
+        let observers = if ctx.is_writer() {
+            lmforge_track::observers(&ctx.db_path(), kind, name, group)
+        } else {
+            lmforge::observe::Observers::default()
+        };
+        let opts = lmforge::train::TrainOptions {
+            stop_after: self.stop_after,
+            interrupt: Some(crate::process::interrupt_flag()),
+            comm: Some(ctx.comm.clone()),
+            observers,
+        };
+        let start = match self.resume {
+            Some(dir) => {
+                if !self.run.set.is_empty() || self.run.run_dir.is_some() {
+                    anyhow::bail!("--resume continues a run exactly: --set and --run-dir cannot be combined with it");
+                }
+                Start::Resume(dir)
+            }
+            None => {
+                let config = self.config.expect("clap requires --config without --resume");
+                let stem = crate::process::config_stem(&config, kind);
+                let run_dir = crate::process::agreed_run_dir(&ctx.comm, self.run.run_dir, &stem)?;
+                Start::New { config, set: self.run.set, run_dir }
+            }
+        };
+        Ok((opts, start))
+    }
+}
+
 /// How `predict` and `eval classification` read rows.
 #[derive(clap::Args)]
 pub struct ReaderArgs {

@@ -1,25 +1,14 @@
 //! `lmforge train`: a new run from a config, or `--resume RUN_DIR`.
 
-use super::RunArgs;
+use super::{Start, StartArgs};
 use crate::{process, Ctx};
 use anyhow::Result;
-use lmforge::observe::Observers;
-use lmforge::train::{self, TrainOptions, TrainSummary};
-use std::path::PathBuf;
+use lmforge::train::{self, RunConfig, TrainSummary};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The run config (TOML).
-    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
-    config: Option<PathBuf>,
     #[command(flatten)]
-    run: RunArgs,
-    /// Continue the run in this folder from its latest checkpoint.
-    #[arg(long, value_name = "RUN_DIR")]
-    resume: Option<PathBuf>,
-    /// Stop (with a checkpoint) after this many completed steps.
-    #[arg(long, value_name = "STEP")]
-    stop_after: Option<u64>,
+    start: StartArgs,
     /// The run's name in the experiment store (default: the run dir's folder name).
     #[arg(long)]
     name: Option<String>,
@@ -32,29 +21,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
-    // Rank 0 alone records a multi-process run.
-    let observers = if ctx.is_writer() {
-        lmforge_track::observers(&ctx.db_path(), &a.kind, a.name, &a.group)
-    } else {
-        Observers::default()
-    };
-    let opts = TrainOptions {
-        stop_after: a.stop_after,
-        interrupt: Some(process::interrupt_flag()),
-        comm: Some(ctx.comm.clone()),
-        observers,
-    };
-    let summary = match a.resume {
-        Some(dir) => {
-            if !a.run.set.is_empty() || a.run.run_dir.is_some() {
-                anyhow::bail!("--resume continues a run exactly: --set and --run-dir cannot be combined with it");
-            }
-            train::resume(&dir, &opts)?
-        }
-        None => {
-            let path = a.config.expect("clap requires --config without --resume");
-            let cfg = lmforge::train::RunConfig::resolve(Some(&path), &a.run.set)?;
-            let run_dir = process::agreed_run_dir(&ctx.comm, a.run.run_dir, &process::config_stem(&path, "run"))?;
+    let (opts, start) = a.start.start(ctx, &a.kind, a.name, &a.group)?;
+    let summary = match start {
+        Start::Resume(dir) => train::resume(&dir, &opts)?,
+        Start::New { config, set, run_dir } => {
+            let cfg = RunConfig::resolve(Some(&config), &set)?;
             if ctx.is_writer() {
                 eprintln!("training into {}", run_dir.display());
             }

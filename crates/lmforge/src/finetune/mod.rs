@@ -103,7 +103,8 @@ pub struct FinetuneSummary {
     /// written (not after a signal or `--stop-after`).
     pub finished: bool,
     pub params: model::ParamReport,
-    /// The selection metric's best validation value and its step.
+    /// The selection metric (`train.metric`), its best validation value and that step.
+    pub metric: String,
     pub best: Option<(f64, u64)>,
     /// The final split's name ("test" or "validation") and its evaluation, with the best model.
     pub final_split: Option<String>,
@@ -290,6 +291,7 @@ fn run_observed(
         interrupted: summary.interrupted,
         finished: summary.step >= total_steps || summary.stopped_early,
         params: report,
+        metric: t.metric.clone(),
         best: summary.best,
         final_split: None,
         final_eval: None,

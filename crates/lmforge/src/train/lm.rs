@@ -1,7 +1,9 @@
 //! The language-modelling tasks: causal LM (next token; GPT-2 / Llama) over token shards or
-//! one fixed batch (`lmforge bench`), and masked LM ± next-sentence prediction (BERT). Their
-//! model files are a Hugging Face folder (`config.json`, `model.safetensors`,
-//! `tokenizer.json`), so every checkpoint loads in `transformers` as it is.
+//! one fixed batch (`lmforge bench`), and masked LM ± next-sentence prediction (BERT). Both are
+//! an [`LmTask`] (the weights, fixed-size micro-batches, selection by validation loss) with an
+//! [`LmObjective`] (the loss and validation). Their model files are a Hugging Face folder
+//! (`config.json`, `model.safetensors`, `tokenizer.json`), so every checkpoint loads in
+//! `transformers` as it is.
 
 use super::task::{Selection, Task, ValMetrics};
 use crate::checkpoint;
@@ -62,6 +64,73 @@ fn loss_selection() -> Selection {
     }
 }
 
+/// The part of a language-modelling task that differs between objectives: the loss of a
+/// share of a micro-batch, validation, the description. [`LmTask`] supplies the rest.
+pub trait LmObjective {
+    /// The loss of rows `rows` of micro-batch `micro` of step `step` (a micro-batch has
+    /// `batch_size` rows), weighted so that the processes' shares sum to the micro-batch's loss.
+    fn loss(
+        &self,
+        step: u64,
+        micro: usize,
+        rows: Range<usize>,
+        batch_size: usize,
+        device: &Device,
+        dropout: &mut DropoutRng,
+    ) -> Result<Tensor>;
+
+    fn validate(&self, dp: &DataParallel, device: &Device) -> Result<ValMetrics>;
+
+    fn describe(&self) -> String;
+}
+
+/// A language-modelling task: fixed-size micro-batches of `seq_len`-token rows, selected by
+/// validation loss, checkpointed as a Hugging Face folder.
+pub struct LmTask<'a, O> {
+    pub weights: LmWeights<'a>,
+    pub objective: O,
+    batch_size: usize,
+    seq_len: usize,
+}
+
+impl<O: LmObjective> Task for LmTask<'_, O> {
+    fn params(&self) -> &ParamStore {
+        &self.weights.params
+    }
+
+    fn micro_rows(&self, _step: u64, _micro: usize) -> Result<usize> {
+        Ok(self.batch_size)
+    }
+
+    fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
+        self.objective.loss(step, micro, rows, self.batch_size, self.weights.params.device(), dropout)
+    }
+
+    fn tokens_per_micro_batch(&self) -> u64 {
+        (self.batch_size * self.seq_len) as u64
+    }
+
+    fn validate(&self, dp: &DataParallel) -> Result<ValMetrics> {
+        self.objective.validate(dp, self.weights.params.device())
+    }
+
+    fn selection(&self) -> Selection {
+        loss_selection()
+    }
+
+    fn write_model(&self, dir: &Path) -> Result<()> {
+        self.weights.write_model(dir)
+    }
+
+    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
+        self.weights.restore(dir)
+    }
+
+    fn describe(&self) -> String {
+        format!("{}; {}", self.weights.describe(), self.objective.describe())
+    }
+}
+
 /// Where a causal LM's training batches come from.
 pub enum CausalBatches<'a> {
     /// Random windows of a token shard, positions drawn from (seed, step, micro-batch).
@@ -70,17 +139,18 @@ pub enum CausalBatches<'a> {
     Fixed { x: Tensor, y: Tensor },
 }
 
-/// Next-token prediction.
-pub struct CausalLm<'a> {
-    pub weights: LmWeights<'a>,
+/// Next-token prediction (GPT-2, Llama).
+pub struct Causal<'a> {
     model: Decoder,
     batches: CausalBatches<'a>,
-    batch_size: usize,
     seq_len: usize,
     val: Vec<Batch>,
     /// Validation tokens per byte of text (for bits per byte).
     tokens_per_byte: f64,
 }
+
+/// The causal LM task.
+pub type CausalLm<'a> = LmTask<'a, Causal<'a>>;
 
 impl<'a> CausalLm<'a> {
     pub fn new(
@@ -94,28 +164,28 @@ impl<'a> CausalLm<'a> {
     ) -> Result<Self> {
         let model =
             Decoder::new(&weights.spec, &weights.params)?.with_activation_checkpointing(activation_checkpointing);
-        Ok(Self { weights, model, batches, batch_size, seq_len, val, tokens_per_byte })
+        let objective = Causal { model, batches, seq_len, val, tokens_per_byte };
+        Ok(LmTask { weights, objective, batch_size, seq_len })
     }
 }
 
-impl Task for CausalLm<'_> {
-    fn params(&self) -> &ParamStore {
-        &self.weights.params
-    }
-
-    fn micro_rows(&self, _step: u64, _micro: usize) -> Result<usize> {
-        Ok(self.batch_size)
-    }
-
-    fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
-        let whole = rows == (0..self.batch_size);
+impl LmObjective for Causal<'_> {
+    fn loss(
+        &self,
+        step: u64,
+        micro: usize,
+        rows: Range<usize>,
+        batch_size: usize,
+        device: &Device,
+        dropout: &mut DropoutRng,
+    ) -> Result<Tensor> {
+        let whole = rows == (0..batch_size);
         // This process's rows; their loss weighted so that the sum over processes is the
         // micro-batch's mean (untouched when one process computes every row).
-        let row_share = rows.len() as f64 / self.batch_size as f64;
-        let device = self.weights.params.device();
+        let row_share = rows.len() as f64 / batch_size as f64;
         let (x, y) = match &self.batches {
             CausalBatches::Shard { shard, seed } => {
-                let b = data::train_batch_rows(shard, *seed, step, micro, self.batch_size, rows, self.seq_len)?;
+                let b = data::train_batch_rows(shard, *seed, step, micro, batch_size, rows, self.seq_len)?;
                 batch_tensors(&b, device)?
             }
             CausalBatches::Fixed { x, y } => {
@@ -130,53 +200,36 @@ impl Task for CausalLm<'_> {
         }
     }
 
-    fn tokens_per_micro_batch(&self) -> u64 {
-        (self.batch_size * self.seq_len) as u64
-    }
-
     /// Each process evaluates its share of the batches and the losses are gathered (same
     /// order, same sum as one process).
-    fn validate(&self, dp: &DataParallel) -> Result<ValMetrics> {
+    fn validate(&self, dp: &DataParallel, device: &Device) -> Result<ValMetrics> {
         let mine = &self.val[dp.local_range(self.val.len())];
-        let losses =
-            dp.all_gather_split(&batch_losses(&self.model, mine, self.weights.params.device())?, self.val.len())?;
+        let losses = dp.all_gather_split(&batch_losses(&self.model, mine, device)?, self.val.len())?;
         Ok(val_metrics(&losses, &self.val, self.tokens_per_byte))
-    }
-
-    fn selection(&self) -> Selection {
-        loss_selection()
-    }
-
-    fn write_model(&self, dir: &Path) -> Result<()> {
-        self.weights.write_model(dir)
-    }
-
-    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        self.weights.restore(dir)
     }
 
     fn describe(&self) -> String {
         let data = match &self.batches {
-            CausalBatches::Shard { shard, .. } => format!("; {} train tokens", shard.len()),
+            CausalBatches::Shard { shard, .. } => format!("{} train tokens, ", shard.len()),
             CausalBatches::Fixed { .. } => String::new(),
         };
         let val: usize = self.val.iter().map(|b| b.batch_size * b.seq_len).sum();
-        format!("{}{data}, {val} validation tokens", self.weights.describe())
+        format!("{data}{val} validation tokens")
     }
 }
 
 /// Masked-LM (± NSP) pretraining of a BERT encoder.
-pub struct MaskedLm<'a> {
-    pub weights: LmWeights<'a>,
+pub struct Masked<'a> {
     model: Encoder,
     source: MlmSource<'a>,
     seed: u64,
-    batch_size: usize,
-    seq_len: usize,
     val: Vec<MlmBatch>,
     /// The accuracy of always predicting a token's most frequent value (a floor to beat).
     unigram_acc: f64,
 }
+
+/// The masked LM task.
+pub type MaskedLm<'a> = LmTask<'a, Masked<'a>>;
 
 impl<'a> MaskedLm<'a> {
     pub fn new(
@@ -189,23 +242,22 @@ impl<'a> MaskedLm<'a> {
     ) -> Result<Self> {
         let model = Encoder::new(&weights.spec, &weights.params)?;
         let seq_len = source.seq_len;
-        Ok(Self { weights, model, source, seed, batch_size, seq_len, val, unigram_acc })
+        Ok(LmTask { weights, objective: Masked { model, source, seed, val, unigram_acc }, batch_size, seq_len })
     }
 }
 
-impl Task for MaskedLm<'_> {
-    fn params(&self) -> &ParamStore {
-        &self.weights.params
-    }
-
-    fn micro_rows(&self, _step: u64, _micro: usize) -> Result<usize> {
-        Ok(self.batch_size)
-    }
-
-    fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
-        let device = self.weights.params.device();
-        let whole = rows == (0..self.batch_size);
-        let row_share = rows.len() as f64 / self.batch_size as f64;
+impl LmObjective for Masked<'_> {
+    fn loss(
+        &self,
+        step: u64,
+        micro: usize,
+        rows: Range<usize>,
+        batch_size: usize,
+        device: &Device,
+        dropout: &mut DropoutRng,
+    ) -> Result<Tensor> {
+        let whole = rows == (0..batch_size);
+        let row_share = rows.len() as f64 / batch_size as f64;
         let b = self.source.batch(self.seed, step, micro, rows)?;
         let (pos, tgt) = b.positions(device)?;
         let nsp = b.nsp_labels(device)?;
@@ -215,7 +267,7 @@ impl Task for MaskedLm<'_> {
         }
         // The MLM loss is a mean over masked positions, whose count varies by row: the global
         // count comes from drawing the whole batch's masks (data work only).
-        let global_masked = self.source.batch(self.seed, step, micro, 0..self.batch_size)?.positions.len();
+        let global_masked = self.source.batch(self.seed, step, micro, 0..batch_size)?.positions.len();
         let mlm = (loss.mlm * (b.positions.len() as f64 / global_masked.max(1) as f64))?;
         match loss.nsp {
             Some(nsp) => Ok((mlm + (nsp * row_share)?)?),
@@ -223,36 +275,15 @@ impl Task for MaskedLm<'_> {
         }
     }
 
-    fn tokens_per_micro_batch(&self) -> u64 {
-        (self.batch_size * self.seq_len) as u64
-    }
-
     /// Not split over processes yet: every process evaluates all of it.
-    fn validate(&self, _dp: &DataParallel) -> Result<ValMetrics> {
-        let mut v = evaluate_mlm(&self.model, &self.val, self.weights.params.device())?;
+    fn validate(&self, _dp: &DataParallel, device: &Device) -> Result<ValMetrics> {
+        let mut v = evaluate_mlm(&self.model, &self.val, device)?;
         v.extra.push(("mlm_unigram_acc", self.unigram_acc));
         Ok(v)
     }
 
-    fn selection(&self) -> Selection {
-        loss_selection()
-    }
-
-    fn write_model(&self, dir: &Path) -> Result<()> {
-        self.weights.write_model(dir)
-    }
-
-    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        self.weights.restore(dir)
-    }
-
     fn describe(&self) -> String {
-        format!(
-            "{}; {} train tokens, {} validation batches",
-            self.weights.describe(),
-            self.source.shard.len(),
-            self.val.len()
-        )
+        format!("{} train tokens, {} validation batches", self.source.shard.len(), self.val.len())
     }
 }
 
