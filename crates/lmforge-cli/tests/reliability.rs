@@ -302,6 +302,29 @@ fn sigint_and_sigterm_checkpoint_exit_130_143_and_resume_exactly() {
     assert!(fingerprint(&run) == fingerprint(&tmp.path().join("baseline")));
 }
 
+/// A run stopped off its checkpoint schedule (`--stop-after 23`, checkpoints every 2) and
+/// resumed ends exactly as the unstopped run, kept checkpoints included: the stop's checkpoint
+/// at 23 goes when the one at 24 is written. (A Ctrl-C landing after step 23 did the same to
+/// the random-moment test above, rarely.)
+#[test]
+fn a_stop_off_the_checkpoint_schedule_leaves_the_same_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = kill_config(tmp.path());
+    let run = |name: &str, extra: &[&str]| {
+        let dir = tmp.path().join(name);
+        let mut args = vec!["train".to_string(), "--config".into(), s(&cfg).into(), "--run-dir".into(), s(&dir).into()];
+        args.extend(kill_overrides());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        dir
+    };
+    let whole = run("whole", &[]);
+    let stopped = run("stopped", &["--stop-after", "23"]);
+    assert!(stopped.join("checkpoints/step-00000023").is_dir(), "the stop wrote its checkpoint");
+    ok(&["train", "--resume", s(&stopped)]);
+    assert_same(&fingerprint(&stopped), &fingerprint(&whole), &stopped);
+}
+
 fn corrupt(path: &Path, how: &str) {
     let mut bytes = std::fs::read(path).unwrap();
     match how {

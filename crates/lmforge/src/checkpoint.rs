@@ -138,8 +138,26 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<u64>> {
 
 /// Which checkpoints to delete: all but the last `keep_last` and (if kept) the best one.
 pub fn checkpoints_to_delete(steps: &[u64], keep_last: usize, best: Option<u64>) -> Vec<u64> {
-    let cut = steps.len().saturating_sub(keep_last);
-    steps[..cut].iter().copied().filter(|s| Some(*s) != best).collect()
+    checkpoints_to_delete_on(steps, keep_last, best, |_| true)
+}
+
+/// The same where only the steps `scheduled` says are on the checkpoint schedule count: a
+/// checkpoint written off the schedule (for a stop: Ctrl-C, `--stop-after`) is deleted once a
+/// newer one exists, so the checkpoints a run keeps do not depend on when it was stopped.
+pub fn checkpoints_to_delete_on(
+    steps: &[u64],
+    keep_last: usize,
+    best: Option<u64>,
+    scheduled: impl Fn(u64) -> bool,
+) -> Vec<u64> {
+    let newest = steps.last().copied();
+    let on: Vec<u64> = steps.iter().copied().filter(|&s| scheduled(s)).collect();
+    let cut = on.len().saturating_sub(keep_last);
+    let old_scheduled = on[..cut].iter().copied().filter(|s| Some(*s) != best);
+    let stale_stops = steps.iter().copied().filter(|&s| !scheduled(s) && Some(s) != newest);
+    let mut out: Vec<u64> = old_scheduled.chain(stale_stops).collect();
+    out.sort_unstable();
+    out
 }
 
 /// What a checkpoint writes.
@@ -536,5 +554,17 @@ mod tests {
         assert_eq!(checkpoints_to_delete(&[10, 20, 30, 40], 2, Some(20)), vec![10]);
         assert_eq!(checkpoints_to_delete(&[10, 20, 30, 40], 1, None), vec![10, 20, 30]);
         assert_eq!(checkpoints_to_delete(&[10], 3, None), Vec::<u64>::new());
+    }
+
+    /// A checkpoint written for a stop (step 23 of a schedule of every 2) stays while it is the
+    /// newest, then goes: the run ends with the checkpoints an unstopped run keeps.
+    #[test]
+    fn a_stop_checkpoint_is_replaced_by_the_next_one() {
+        let every2 = |s: u64| s % 2 == 0;
+        assert_eq!(checkpoints_to_delete_on(&[20, 22, 23], 2, None, every2), Vec::<u64>::new());
+        assert_eq!(checkpoints_to_delete_on(&[20, 22, 23, 24], 2, None, every2), vec![20, 23]);
+        assert_eq!(checkpoints_to_delete_on(&[22, 23], 1, Some(22), every2), Vec::<u64>::new());
+        assert_eq!(checkpoints_to_delete_on(&[22, 23, 24], 1, Some(22), every2), vec![23]);
+        assert_eq!(checkpoints_to_delete_on(&[21, 23, 24], 2, None, every2), vec![21, 23]);
     }
 }

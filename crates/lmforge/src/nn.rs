@@ -4,7 +4,6 @@
 //! per parameter name or per step, because candle's CPU generator cannot be seeded.
 
 use crate::error::{Error, Result};
-use crate::models::{ParamInfo, ParamKind};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -37,6 +36,35 @@ pub fn seed_for(seed: u64, label: &str) -> u64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
+}
+
+/// How a parameter is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Token or position embedding table.
+    Embedding,
+    /// A matrix feeding the residual stream's branches (normal init).
+    Matrix,
+    /// A matrix writing back into the residual stream (GPT-2 scales its init by 1/sqrt(2L)).
+    ResidualProjection,
+    Bias,
+    NormWeight,
+    NormBias,
+}
+
+/// One named parameter: Hugging Face key, shape, and (fan_in, fan_out) for matrices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    pub fans: (usize, usize),
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
 }
 
 /// The parameters of a model, by checkpoint (Hugging Face) name: trainable ones as `Var`s and

@@ -77,34 +77,8 @@ pub struct ModelSpec {
     pub type_vocab_size: usize,
 }
 
-/// How a parameter is initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
-    /// Token or position embedding table.
-    Embedding,
-    /// A matrix feeding the residual stream's branches (normal init).
-    Matrix,
-    /// A matrix writing back into the residual stream (GPT-2 scales its init by 1/sqrt(2L)).
-    ResidualProjection,
-    Bias,
-    NormWeight,
-    NormBias,
-}
-
-/// One named parameter: Hugging Face key, shape, and (fan_in, fan_out) for matrices.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamInfo {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub kind: ParamKind,
-    pub fans: (usize, usize),
-}
-
-impl ParamInfo {
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
+/// Parameters as named shapes (defined with the parameter store, which initialises them).
+pub use crate::nn::{ParamInfo, ParamKind};
 
 /// Upper bounds of a model's sizes (vocabulary, context, widths), layers, heads and parameters:
 /// 100x beyond today's largest models, and small enough that memory estimates cannot overflow.

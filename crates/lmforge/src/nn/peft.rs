@@ -23,8 +23,8 @@
 //! the step's gradient store, never applied.)
 
 use super::{seed_for, DropoutRng, ParamStore};
+use super::{ParamInfo, ParamKind};
 use crate::error::{Error, IoContext, Result};
-use crate::models::{ParamInfo, ParamKind};
 use crate::ops;
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;

@@ -512,7 +512,9 @@ fn save(
     )?;
     let steps = checkpoint::list_checkpoints(run_dir)?;
     let best = if plan.keep_best { state.best_step } else { None };
-    for old in checkpoint::checkpoints_to_delete(&steps, plan.keep_last, best) {
+    let per_epoch = task.steps_per_epoch();
+    let scheduled = |s: u64| plan.checkpoint.due(s, plan.max_steps, per_epoch);
+    for old in checkpoint::checkpoints_to_delete_on(&steps, plan.keep_last, best, scheduled) {
         crate::fsio::remove_dir(&checkpoint::checkpoint_dir(run_dir, old))?;
     }
     Ok(())
