@@ -245,8 +245,9 @@ fn a_process_that_stops_responding_ends_the_job_with_an_error_and_the_run_resume
 
 /// `mpirun -np 2 lmforge finetune` trains the model one process trains (LoRA, dropout in the
 /// backbone and LoRA, two micro-batches a step): every loss within the fp32 tolerance, the
-/// trained tensors and the best model too; one process writes the results. A run stopped on
-/// two processes resumes on one to the same end.
+/// trained tensors and the best model too; one process writes the results; ZeRO-1 gives plain
+/// data parallelism's model exactly. A run stopped on two processes resumes on one to the same
+/// end.
 #[test]
 fn finetune_on_two_processes_equals_one() {
     fn refs(v: &[String]) -> Vec<&str> {
@@ -289,6 +290,14 @@ fn finetune_on_two_processes_equals_one() {
     let d = max_diff(&run("one").join("model"), &run("two").join("model"), "model.safetensors");
     assert!(d <= WEIGHT_ATOL, "best model: max |difference| {d}");
     assert!(run("two").join("results.json").is_file());
+
+    // ZeRO-1: the same sums in the same order and the same per-parameter update, so the same
+    // model to the bit as plain data parallelism.
+    let mut zero1 = with_dir(&run("zero1"));
+    zero1.extend(["--set".into(), "distributed.zero=1".into()]);
+    mpi_ok(2, &refs(&zero1));
+    let d = max_diff(&run("two").join("model"), &run("zero1").join("model"), "model.safetensors");
+    assert_eq!(d, 0.0, "ZeRO-1 against plain data parallel");
 
     // Stopped after 7 steps on two processes, resumed on one.
     let mut stopped = with_dir(&run("switch"));
