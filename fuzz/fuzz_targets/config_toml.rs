@@ -2,7 +2,7 @@
 //! Whatever resolves must also be sizeable: spec, memory estimate, FLOPs, the fit check.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use lmforge::config::RunConfig;
+use lmforge::train::RunConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
