@@ -252,6 +252,20 @@ fn finetune_killed_anywhere_and_resumed_ends_as_the_uninterrupted_run() {
         }
         assert!(ft_fingerprint(&run) == want, "{}: differs from the uninterrupted run", run.display());
     }
+    // The best model carries a manifest that `predict` verifies: a damaged copy is refused,
+    // naming the file.
+    let model = base.join("model");
+    assert!(model.join("manifest.json").is_file() && base.join("checkpoints").is_dir());
+    let weights = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let i = bytes.len() - 5;
+    bytes[i] ^= 0x20;
+    std::fs::write(&weights, bytes).unwrap();
+    let preds = tmp.path().join("preds.jsonl");
+    let test = tmp.path().join("test.tsv");
+    let out = lmforge(&["predict", "--model", s(&base), "--input", s(&test), "--output", s(&preds)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model.safetensors") && err.contains("SHA-256"), "{err}");
     eprintln!("fine-tuning: {kills} kills over {episode} runs, all ended as the uninterrupted run");
 }
 
@@ -271,6 +285,15 @@ fn finetune_grad_accum_of_half_batches_equals_the_full_batch() {
         dir
     };
     let (full, halves) = (run("full", "16", "1"), run("halves", "8", "2"));
+    // Activation checkpointing recomputes each block in the backward: the same numbers.
+    let recomputed = tmp.path().join("recomputed");
+    let mut args = vec!["finetune", "--config", s(&cfg), "--run-dir", s(&recomputed)];
+    let extra = sets(&["train.batch_size=16", "train.epochs=2", "train.checkpoint_every=30"]);
+    args.extend(extra.iter().map(String::as_str));
+    args.extend(["--set", "train.activation_checkpointing=true"]);
+    ok(&args);
+    let last = "checkpoints/step-00000030/trainable.safetensors";
+    assert_eq!(std::fs::read(full.join(last)).unwrap(), std::fs::read(recomputed.join(last)).unwrap());
     let rows = |dir: &Path| -> Vec<(u64, String, f64)> {
         common::metrics(dir)
             .iter()
