@@ -2,7 +2,7 @@
 //! corpus, evaluate, generate, export and re-evaluate; exact resume; Ctrl-C; config errors.
 
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod common;
@@ -347,6 +347,69 @@ fn a_config_given_by_absolute_path_works_from_another_directory() {
     let resolved = configs.join("../nowhere.txt");
     assert!(!out.status.success() && err.contains("data.path") && err.contains(s(&resolved)), "{err}");
     assert!(!elsewhere.join("run2").exists());
+}
+
+/// `model.init_from` continues from a run's weights and tokenizer: with the first step's LR at
+/// zero (warmup), the continued run's first validation equals the source's last, exactly. A
+/// shape key that disagrees with the source names both values; a Hugging Face folder works as a
+/// source too.
+#[test]
+fn init_from_continues_a_run_exactly_and_checks_the_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let source = tmp.path().join("source");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&source)]);
+    let last_val = |run: &Path| -> f64 {
+        let rows = metrics(run);
+        rows.iter().rev().find(|r| r["split"] == "val").unwrap()["loss"].as_f64().unwrap()
+    };
+    let continued = tmp.path().join("continued");
+    let init = format!("model.init_from={:?}", s(&source));
+    ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--run-dir",
+        s(&continued),
+        "--set",
+        &init,
+        "--set",
+        "train.max_steps=1",
+        "--set",
+        "train.eval_every=1",
+    ]);
+    assert_eq!(last_val(&continued), last_val(&source), "the continued run starts from the source's weights");
+    let tok = |run: &Path| std::fs::read(run.join("data/tokenizer.json")).unwrap();
+    assert_eq!(tok(&continued), tok(&source), "and its tokenizer");
+
+    let out = lmforge(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--run-dir",
+        s(&tmp.path().join("bad")),
+        "--set",
+        &init,
+        "--set",
+        "model.n_layer=3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model.n_layer") && err.contains('3') && err.contains('2'), "{err}");
+    assert!(!tmp.path().join("bad").exists());
+
+    let hf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/gpt2-tiny");
+    let from_hf = tmp.path().join("from-hf");
+    let init = format!("model.init_from={:?}", s(&hf));
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&from_hf), "--set", &init, "--set", "train.max_steps=2"]);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from_hf.join("checkpoints/step-00000002/config.json")).unwrap())
+            .unwrap();
+    let source: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (saved["n_embd"].clone(), saved["vocab_size"].clone()),
+        (source["n_embd"].clone(), source["vocab_size"].clone())
+    );
 }
 
 #[test]

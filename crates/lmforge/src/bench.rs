@@ -16,7 +16,7 @@ use crate::nn::{InitScheme, ParamStore};
 use crate::ops::{self, Kernels};
 use crate::optim::groups::uniform_groups;
 use crate::optim::OptimSpec;
-use crate::train::lm::{CausalBatches, CausalLm, LmWeights};
+use crate::train::lm::{CausalBatches, CausalLm, Initial, LmWeights};
 use crate::train::step::{self, Phase, StepAt};
 use crate::train::{RunConfig, Task};
 use candle_core::{Device, Tensor};
@@ -139,7 +139,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     let (b, t) = (opts.batch, spec.context);
     let (x, y) = random_batch(&spec, b, t, &device)?;
     let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 0, &device)?;
-    let weights = LmWeights { spec: spec.clone(), params, init: (InitScheme::Gpt2, 0), tokenizer: None };
+    let weights = LmWeights { spec: spec.clone(), params, init: Initial::Scheme(InitScheme::Gpt2, 0), tokenizer: None };
     let fixed = CausalBatches::Fixed { x, y };
     let task = CausalLm::new(weights, opts.activation_checkpointing, fixed, b, t, Vec::new(), 1.0)?;
     let cfg = RunConfig::from_toml_str(

@@ -403,13 +403,7 @@ impl LoadedModel {
         let folder = resolve_model_dir(path)?;
         verify_manifest(&folder)?;
         let spec = hf::read_config(&folder.join("config.json"))?;
-        let (params, _absent_heads) = ParamStore::load_with(
-            &folder.join("model.safetensors"),
-            &spec.params(),
-            device,
-            &|k| hf::param_name(&spec, k),
-            &|n| hf::is_optional_param(&spec, n),
-        )?;
+        let params = load_params(&folder, &spec, device)?;
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         if tokenizer.vocab_size() > spec.vocab_size {
             return Err(Error::format(
@@ -458,6 +452,19 @@ impl LoadedModel {
         write_manifest(staged.path())?;
         staged.commit()
     }
+}
+
+/// The weights of a model folder (a checkpoint or a Hugging Face folder, HF names mapped; fp16
+/// and bf16 read as fp32) for `spec`; heads a backbone-only folder may lack stay absent.
+pub fn load_params(folder: &Path, spec: &ModelSpec, device: &Device) -> Result<ParamStore> {
+    let (params, _absent_heads) = ParamStore::load_with(
+        &folder.join("model.safetensors"),
+        &spec.params(),
+        device,
+        &|k| hf::param_name(spec, k),
+        &|n| hf::is_optional_param(spec, n),
+    )?;
+    Ok(params)
 }
 
 /// Finds the folder holding `config.json` + `model.safetensors` for a user-given path.

@@ -3,7 +3,7 @@
 //! unset keys left — that the front end and the loop consume. Validating a config is resolving
 //! it and dropping the plan; nothing is written before that succeeds.
 
-use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::{self, CheckpointConfig};
 use crate::config::{self, check};
 use crate::corpus::DataConfig;
 use crate::device::{DeviceChoice, Precision};
@@ -11,14 +11,14 @@ use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::mlm_data::MlmConfig;
-use crate::models::{Family, ModelConfig, ModelSpec};
+use crate::models::{hf, Family, ModelConfig, ModelSpec};
 use crate::optim::{
     param_groups, OptimConfig, OptimSpec, ParamGroup, PlateauRule, Schedule, ScheduleConfig, ScheduleKind,
 };
 use crate::progress::LogConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -180,11 +180,17 @@ pub struct RunPlan {
     /// The reduce-on-plateau rule, with `schedule.kind = "plateau"`.
     pub plateau: Option<PlateauRule>,
     pub faults: FaultPolicy,
+    /// The model folder `model.init_from` names (resolved: a run dir's newest checkpoint).
+    pub init_source: Option<PathBuf>,
+    /// `[data]` as the run prepares it: with `model.init_from` and no `data.tokenizer`, the
+    /// source's tokenizer.
+    pub data: DataConfig,
 }
 
 impl RunConfig {
     /// Keys holding paths: relative ones in a config file resolve against its folder.
-    pub const PATH_KEYS: [&'static str; 4] = DataConfig::PATH_KEYS;
+    pub const PATH_KEYS: [&'static str; 5] =
+        ["data.path", "data.inputs", "data.prepared", "data.tokenizer", "model.init_from"];
 
     /// Resolves defaults < `file` < `overrides` (each `section.key=value`, value in TOML syntax,
     /// bare words taken as strings) and validates the result.
@@ -236,7 +242,21 @@ impl RunConfig {
         self.data.validate()?;
         let m = &self.model;
         check((0.0..1.0).contains(&m.dropout), "model.dropout", m.dropout, "0 <= p < 1")?;
-        let spec = ModelSpec::from_config(m)?;
+        let (spec, init_source) = match config::given(&m.init_from) {
+            None => (ModelSpec::from_config(m)?, None),
+            Some(path) => {
+                config::readable("model.init_from", path)?;
+                let folder =
+                    checkpoint::resolve_model_dir(path).map_err(|e| Error::config("model.init_from", e.to_string()))?;
+                let spec = hf::read_config(&folder.join("config.json"))?;
+                m.check_agrees_with(&spec)?;
+                (spec, Some(folder))
+            }
+        };
+        let mut data = self.data.clone();
+        if let (Some(folder), None) = (&init_source, config::given(&data.tokenizer)) {
+            data.tokenizer = folder.join("tokenizer.json");
+        }
         let encoder = spec.arch().family() == Family::Encoder;
         if encoder == (t.objective == Objective::Causal) {
             return Err(Error::config(
@@ -277,6 +297,8 @@ impl RunConfig {
             schedule,
             plateau,
             faults,
+            init_source,
+            data,
         })
     }
 }

@@ -20,14 +20,35 @@ use candle_core::{Device, Tensor};
 use std::ops::Range;
 use std::path::Path;
 
+/// Where a run's initial weights come from (again at a rollback before the first checkpoint).
+#[derive(Debug, Clone)]
+pub enum Initial {
+    /// Seeded initialisation.
+    Scheme(InitScheme, u64),
+    /// A model folder's weights (`model.init_from`).
+    From(std::path::PathBuf),
+}
+
 /// What every LM task shares: the spec, its parameters, how they started, the tokenizer its
 /// checkpoints carry.
 pub struct LmWeights<'a> {
     pub spec: ModelSpec,
     pub params: ParamStore,
-    /// The initial weights' scheme and seed (a rollback before the first checkpoint).
-    pub init: (InitScheme, u64),
+    pub init: Initial,
     pub tokenizer: Option<&'a TextTokenizer>,
+}
+
+impl Initial {
+    /// The initial weights of `spec` on `device`.
+    pub fn params(&self, spec: &ModelSpec, device: &Device) -> Result<ParamStore> {
+        match self {
+            Initial::Scheme(scheme, seed) => ParamStore::init(&spec.params(), *scheme, spec.n_layer, *seed, device),
+            Initial::From(folder) => {
+                checkpoint::verify_manifest(folder)?;
+                checkpoint::load_params(folder, spec, device)
+            }
+        }
+    }
 }
 
 impl LmWeights<'_> {
@@ -40,7 +61,7 @@ impl LmWeights<'_> {
         let device = self.params.device();
         let back = match dir {
             Some(dir) => ParamStore::load(&dir.join("model.safetensors"), &self.spec.params(), device)?,
-            None => ParamStore::init(&self.spec.params(), self.init.0, self.spec.n_layer, self.init.1, device)?,
+            None => self.init.params(&self.spec, device)?,
         };
         self.params.assign(&back)
     }

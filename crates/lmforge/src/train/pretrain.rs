@@ -3,7 +3,7 @@
 //! initialised weights (or a checkpoint's, to resume) on the configured device, and hands it
 //! to the one loop.
 
-use super::lm::{CausalBatches, CausalLm, LmWeights, MaskedLm};
+use super::lm::{CausalBatches, CausalLm, Initial, LmWeights, MaskedLm};
 use super::{check_fits, find_start, run_loop, start_run_dir, Cadence, LoopPlan, MetricsLog, Objective, RunConfig};
 use super::{RunPlan, Start, TrainOptions, TrainSummary};
 use crate::checkpoint::RunLock;
@@ -46,6 +46,16 @@ impl RunPlan {
             config_toml: c.to_toml(),
             config_hash: c.hash(),
             command: "lmforge train",
+        }
+    }
+}
+
+impl RunPlan {
+    /// Where the initial weights come from.
+    pub fn initial(&self) -> Initial {
+        match &self.init_source {
+            Some(folder) => Initial::From(folder.clone()),
+            None => Initial::Scheme(self.cfg.model.init, self.cfg.train.seed),
         }
     }
 }
@@ -98,7 +108,7 @@ fn train_fresh(
     observers: &mut Observers,
 ) -> Result<TrainSummary> {
     let (plan, placement) = resolve(cfg, opts)?;
-    cfg.data.check_paths()?;
+    plan.data.check_paths()?;
     let lp = plan.loop_plan();
     let comm = opts.collective();
     let writer = comm.rank() == 0;
@@ -108,10 +118,9 @@ fn train_fresh(
             observers.start(&RunStart::new(run_dir, cfg, cfg.train.max_steps, None));
         }
         let mode = if writer { cfg.log.progress.mode() } else { ProgressMode::Off };
-        Ok((lock, PreparedData::prepare(&cfg.data, plan.spec.vocab_size, &run_dir.join("data"), mode)?))
+        Ok((lock, PreparedData::prepare(&plan.data, plan.spec.vocab_size, &run_dir.join("data"), mode)?))
     })?;
-    let spec = &plan.spec;
-    let params = ParamStore::init(&spec.params(), cfg.model.init, spec.n_layer, cfg.train.seed, &placement.device)?;
+    let params = plan.initial().params(&plan.spec, &placement.device)?;
     let metrics = if writer {
         MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
     } else {
@@ -132,7 +141,7 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     let spec = &plan.spec;
     let params = match &start.checkpoint {
         Some(ckpt) => ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &placement.device)?,
-        None => ParamStore::init(&spec.params(), cfg.model.init, spec.n_layer, cfg.train.seed, &placement.device)?,
+        None => plan.initial().params(spec, &placement.device)?,
     };
     if start.state.step == 0 {
         tracing::warn!("{} has no checkpoint yet: starting again from step 0", run_dir.display());
@@ -140,7 +149,7 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     if comm.rank() == 0 {
         observers.start(&RunStart::new(run_dir, &cfg, cfg.train.max_steps, Some(start.state.step)));
     }
-    let data = PreparedData::prepare(&cfg.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
+    let data = PreparedData::prepare(&plan.data, spec.vocab_size, &run_dir.join("data"), ProgressMode::Off)?;
     let metrics = if comm.rank() == 0 {
         MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(start.state.step), observers.clone())?
     } else {
@@ -163,8 +172,7 @@ fn run_task(
 ) -> Result<TrainSummary> {
     let (c, t) = (&plan.cfg, &plan.cfg.train);
     let seed = start.state.seed;
-    let weights =
-        LmWeights { spec: plan.spec.clone(), params, init: (c.model.init, t.seed), tokenizer: Some(&data.tokenizer) };
+    let weights = LmWeights { spec: plan.spec.clone(), params, init: plan.initial(), tokenizer: Some(&data.tokenizer) };
     match plan.objective {
         Objective::Causal => {
             let val = data::eval_batches(&data.val, t.eval_batches, t.batch_size, plan.seq_len)?;
