@@ -1,9 +1,13 @@
-//! Evaluation metrics over predictions, independent of any model: for classification,
+//! Evaluation metrics over predictions, independent of any model. Text generation (BLEU, chrF,
+//! ROUGE, exact match, token F1, as sacrebleu, rouge-score and the SQuAD script compute them) is
+//! in [`generation`]; this file is classification:
 //! accuracy, precision / recall / F1 per class and averaged (macro, micro, weighted, and binary
 //! for two classes), and the confusion matrix. The formulas and edge cases follow
 //! scikit-learn's `precision_recall_fscore_support` (zero_division = 0; F1 = 2·tp / (true +
 //! predicted); averages over the labels present in either y_true or y_pred), so the figures
 //! equal what Python users compute (checked against `../shared/fixtures/metrics.json`).
+
+pub mod generation;
 
 use serde::Serialize;
 
