@@ -412,6 +412,34 @@ fn init_from_continues_a_run_exactly_and_checks_the_shape() {
     );
 }
 
+/// `eval generation --predictions` scores a JSONL file as sacrebleu and rouge-score do: the
+/// shared fixture's corpus BLEU and mean ROUGE-L, and a malformed line names its file and line.
+#[test]
+fn eval_generation_scores_predictions_like_the_reference_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/metrics.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let (hyps, refs) = (m["bleu"]["hypotheses"].as_array().unwrap(), m["bleu"]["references"].as_array().unwrap());
+    let rows: String = hyps
+        .iter()
+        .zip(refs)
+        .map(|(h, r)| serde_json::json!({"prediction": h, "reference": r}).to_string() + "\n")
+        .collect();
+    let file = tmp.path().join("preds.jsonl");
+    std::fs::write(&file, rows).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "generation", "--predictions", s(&file), "--json"])).unwrap();
+    assert!((out["bleu"].as_f64().unwrap() - m["bleu"]["corpus_bleu"].as_f64().unwrap()).abs() < 1e-6, "{out}");
+    let pairs = m["rouge"]["per_pair_fmeasure"].as_array().unwrap();
+    let mean_l = pairs.iter().map(|p| p["rougeL"].as_f64().unwrap()).sum::<f64>() / pairs.len() as f64;
+    assert!((out["rouge_l"].as_f64().unwrap() - mean_l).abs() < 1e-6, "{out}");
+    assert_eq!(out["n"], 5);
+    std::fs::write(&file, "{\"prediction\": \"a\", \"reference\": \"a\"}\n{\"prediction\": 3}\n").unwrap();
+    let bad = lmforge(&["eval", "generation", "--predictions", s(&file)]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("preds.jsonl") && err.contains("line 2"), "{err}");
+}
+
 #[test]
 fn llama_7b_is_refused_before_allocating_where_it_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -24,6 +24,15 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// BLEU, chrF, ROUGE-1/2/L (with and without stemming), exact match and token F1 of
+    /// generations: a JSONL file whose rows hold `prediction` and `reference` (or `references`).
+    Generation {
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity and bits per byte of a text file.
     Ppl {
         #[arg(long)]
@@ -62,6 +71,28 @@ fn read_text(path: &Path) -> Result<String> {
 
 pub fn run(c: Command) -> Result<i32> {
     match c {
+        Command::Generation { predictions, json } => {
+            let m = lmforge::metrics::generation::score_file(&predictions)?;
+            if json {
+                print_json(&m)?;
+            } else {
+                println!("predictions    {} ({} rows)", predictions.display(), m.n);
+                println!(
+                    "BLEU           {:.2} (precisions {:.1}/{:.1}/{:.1}/{:.1}, BP {:.3})",
+                    m.bleu,
+                    m.bleu_precisions[0],
+                    m.bleu_precisions[1],
+                    m.bleu_precisions[2],
+                    m.bleu_precisions[3],
+                    m.bleu_bp
+                );
+                println!("chrF           {:.2}", m.chrf);
+                println!("ROUGE-1/2/L    {:.4} / {:.4} / {:.4}", m.rouge1, m.rouge2, m.rouge_l);
+                println!("  stemmed      {:.4} / {:.4} / {:.4}", m.rouge1_stemmed, m.rouge2_stemmed, m.rouge_l_stemmed);
+                println!("exact match    {:.2}", m.exact_match);
+                println!("token F1       {:.2}", m.token_f1);
+            }
+        }
         Command::Mlm { model, text, every, json, device } => {
             let device = device.resolve()?;
             let m = LoadedModel::load(&model, &device)?;

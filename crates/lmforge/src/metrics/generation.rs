@@ -740,3 +740,31 @@ const NOT_PY_ALNUM: &[(u32, u32)] = &[
     (0x1E01B, 0x1E021), (0x1E023, 0x1E024), (0x1E026, 0x1E02A), (0x1E947, 0x1E947),
     (0x1F130, 0x1F149), (0x1F150, 0x1F169), (0x1F170, 0x1F189),
 ];
+
+/// Scores a JSONL file of generations: one object per line with `prediction` (a string) and
+/// `reference` (a string) or `references` (a list of strings). A malformed line is an error
+/// naming the file and line.
+pub fn score_file(path: &std::path::Path) -> crate::Result<GenerationMetrics> {
+    use crate::error::{Error, IoContext};
+    let text = std::fs::read_to_string(path).at(path)?;
+    let (mut predictions, mut references) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |what: &str| Error::format(path, format!("line {}: {what}", i + 1));
+        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        let prediction = row.get("prediction").and_then(|p| p.as_str()).ok_or_else(|| bad("no string `prediction`"))?;
+        let refs: Vec<String> = match (row.get("references"), row.get("reference")) {
+            (Some(serde_json::Value::Array(a)), _) => a
+                .iter()
+                .map(|r| r.as_str().map(str::to_string).ok_or_else(|| bad("`references` holds a non-string")))
+                .collect::<crate::Result<_>>()?,
+            (None, Some(serde_json::Value::String(r))) => vec![r.clone()],
+            _ => return Err(bad("no `reference` string or `references` list")),
+        };
+        predictions.push(prediction.to_string());
+        references.push(refs);
+    }
+    if predictions.is_empty() {
+        return Err(Error::format(path, "no rows to score"));
+    }
+    Ok(generation_metrics(&predictions, &references))
+}
