@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A config tree read from `file` (when given) with `overrides` applied, deserialised. In the
 /// file, the values of `path_keys` (dotted keys holding a path or a list of paths) that are
@@ -178,14 +178,10 @@ pub fn given(path: &Path) -> Option<&Path> {
     (!path.as_os_str().is_empty()).then_some(path)
 }
 
-/// `path`, or None when empty.
-pub fn given_buf(path: &Path) -> Option<PathBuf> {
-    given(path).map(Path::to_path_buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[derive(serde::Deserialize, Debug)]
     struct Files {

@@ -64,13 +64,18 @@ pub enum Verdict {
 
 impl EarlyStopping {
     pub fn new(metric: &str, patience: u64, min_delta: f64) -> Self {
-        let rule = PatienceRule {
+        Self { rule: Self::rule(metric, patience, min_delta), state: Patience::default() }
+    }
+
+    /// The rule: `metric` higher is better (`loss` lower), improving by more than `min_delta`;
+    /// `patience` evaluations without stop (0: `tolerate` everything).
+    pub fn rule(metric: &str, patience: u64, min_delta: f64) -> PatienceRule {
+        PatienceRule {
             higher_is_better: metric != "loss",
             threshold: Threshold::Absolute(min_delta),
             tolerate: if patience == 0 { u64::MAX } else { patience - 1 },
             cooldown: 0,
-        };
-        Self { rule, state: Patience::default() }
+        }
     }
 
     pub fn observe(&mut self, value: f64) -> Verdict {

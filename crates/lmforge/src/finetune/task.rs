@@ -19,7 +19,6 @@ use crate::error::{Error, Result};
 use crate::models::ModelSpec;
 use crate::nn::peft::LoraSpec;
 use crate::nn::{DropoutRng, ParamStore};
-use crate::patience::{PatienceRule, Threshold};
 use crate::tokenizer::TextTokenizer;
 use crate::train::{Selection, Task, ValMetrics};
 use candle_core::{Device, Tensor};
@@ -185,15 +184,7 @@ impl Task for Classification<'_> {
     /// `train.min_delta`; `train.patience` evaluations without stop the run (0: never).
     fn selection(&self) -> Selection {
         let t = &self.cfg.train;
-        Selection {
-            metric: t.metric.clone(),
-            rule: PatienceRule {
-                higher_is_better: t.metric != "loss",
-                threshold: Threshold::Absolute(t.min_delta),
-                tolerate: if t.patience == 0 { u64::MAX } else { t.patience - 1 },
-                cooldown: 0,
-            },
-        }
+        Selection { metric: t.metric.clone(), rule: super::EarlyStopping::rule(&t.metric, t.patience, t.min_delta) }
     }
 
     fn write_model(&self, dir: &Path) -> Result<()> {
