@@ -211,7 +211,12 @@ pub fn write_hf_files(dir: &Path, spec: &ModelSpec, params: &ParamStore, tokeniz
         let gen = serde_json::json!({ "bos_token_id": eos, "eos_token_id": eos });
         write_staged(&dir.join("generation_config.json"), gen.to_string().as_bytes())?;
     }
-    write_staged(&dir.join("model.safetensors"), &params.to_safetensors()?)?;
+    // A LoRA-adapted store is written merged: a plain folder any tool loads.
+    let weights = match params.lora().is_empty() {
+        true => params.to_safetensors()?,
+        false => crate::nn::serialize_tensors(crate::nn::peft::merged_tensors(params)?.into_iter())?,
+    };
+    write_staged(&dir.join("model.safetensors"), &weights)?;
     tokenizer.save(&dir.join("tokenizer.json"))?;
     crate::testhooks::checkpoint_write_pause();
     Ok(())
@@ -394,16 +399,34 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
     /// The folder the weights came from.
     pub source: PathBuf,
+    /// The PEFT LoRA folder applied on top, if any.
+    pub adapter: Option<PathBuf>,
 }
 
 impl LoadedModel {
     /// `path` may be a run dir (its latest checkpoint), a checkpoint dir, or a Hugging Face
     /// folder (`config.json` + `model.safetensors` + `tokenizer.json`).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_adapter(path, None, device)
+    }
+
+    /// [`Self::load`], then a PEFT LoRA folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`, lmforge's or Hugging Face PEFT's) applied unmerged on top.
+    /// A fine-tune run dir given as `adapter` means its `model/` folder.
+    pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<Self> {
         let folder = resolve_model_dir(path)?;
         verify_manifest(&folder)?;
         let spec = hf::read_config(&folder.join("config.json"))?;
-        let params = load_params(&folder, &spec, device)?;
+        let mut params = load_params(&folder, &spec, device)?;
+        let adapter = match adapter {
+            Some(dir) => {
+                let dir = if dir.join("model/adapter_config.json").is_file() { dir.join("model") } else { dir.into() };
+                verify_manifest(&dir)?;
+                crate::nn::peft::load_peft(&dir, &mut params, false)?;
+                Some(dir)
+            }
+            None => None,
+        };
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         if tokenizer.vocab_size() > spec.vocab_size {
             return Err(Error::format(
@@ -412,7 +435,19 @@ impl LoadedModel {
             ));
         }
         let network = Network::new(&spec, &params)?;
-        Ok(Self { spec, params, network, tokenizer, source: folder })
+        Ok(Self { spec, params, network, tokenizer, source: folder, adapter })
+    }
+
+    /// The chat template: the adapter folder's, else the model folder's
+    /// (`tokenizer_config.json`), else ChatML with the tokenizer's end-of-text token.
+    pub fn chat_template(&self) -> Result<crate::chat::ChatTemplate> {
+        for dir in self.adapter.iter().chain([&self.source]) {
+            if let Some(t) = crate::chat::ChatTemplate::from_model_dir(dir)? {
+                return Ok(t);
+            }
+        }
+        let eos = self.tokenizer.eos_id().map(|id| self.tokenizer.token_text(id)).transpose()?.unwrap_or_default();
+        Ok(crate::chat::ChatTemplate::chatml("", &eos))
     }
 
     /// The causal LM, for commands that need one (perplexity, generation).
@@ -438,14 +473,23 @@ impl LoadedModel {
     }
 
     /// Writes a Hugging Face folder that `transformers` loads with `from_pretrained`.
+    /// A LoRA adapter is merged into the weights; bottleneck adapters cannot be, and are refused.
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
+        if self.params.tensors().iter().any(|(n, _)| n.contains(".adapter.")) {
+            return Err(Error::Invalid(
+                "bottleneck adapters add layers a plain Hugging Face model does not have; they cannot be merged \
+                 (use them with --adapter)"
+                    .into(),
+            ));
+        }
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
         // The slow-tokenizer files of the source folder (a WordPiece `vocab.txt` and its
-        // settings) travel along, so tools that read them still find them.
+        // settings, the chat template) travel along, the adapter's first, so tools that read
+        // them still find them.
         for f in ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
-            let src = self.source.join(f);
-            if src.is_file() {
+            let from = self.adapter.iter().chain([&self.source]).map(|d| d.join(f)).find(|p| p.is_file());
+            if let Some(src) = from {
                 std::fs::copy(&src, staged.path().join(f)).at(&src)?;
             }
         }

@@ -23,11 +23,21 @@ pub struct SamplingConfig {
     pub seed: u64,
     /// Stop at this token id (the tokenizer's end-of-text).
     pub eos_id: Option<u32>,
+    /// Stop at any of these ids too (a chat template's end of turn, e.g. `<|im_end|>`).
+    pub stop_ids: Vec<u32>,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 200, temperature: 0.8, top_k: 200, top_p: 1.0, seed: 1337, eos_id: None }
+        Self {
+            max_new_tokens: 200,
+            temperature: 0.8,
+            top_k: 200,
+            top_p: 1.0,
+            seed: 1337,
+            eos_id: None,
+            stop_ids: Vec::new(),
+        }
     }
 }
 
@@ -139,7 +149,7 @@ pub fn generate_ids(
         let (_, t, _) = logits.dims3()?;
         let last: Vec<f32> = logits.squeeze(0)?.get(t - 1)?.to_vec1()?;
         let next = sample(&last, cfg, &mut rng);
-        if Some(next) == cfg.eos_id {
+        if Some(next) == cfg.eos_id || cfg.stop_ids.contains(&next) {
             break;
         }
         seq.push(next);

@@ -36,6 +36,7 @@
 //! the `lmforge` binary (crate `lmforge-cli`) is a thin clap layer over both.
 
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;

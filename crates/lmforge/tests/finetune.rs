@@ -255,3 +255,137 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
         );
     }
 }
+
+/// A prompt–completion row and a chat, tokenized for causal fine-tuning with gpt2-tiny's
+/// tokenizer: the targets are exactly the completion (and the end-of-text token) or the
+/// assistant turns, and the generation prompt is the prompt's own tokens.
+#[test]
+fn causal_rows_target_only_the_completion_and_the_assistant() {
+    use lmforge::chat::{ChatTemplate, Message};
+    use lmforge::finetune::config::TrainOn;
+    use lmforge::finetune::sft_data::{Conversation, SftEncoder, SftRow};
+    let m = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
+    let tok = &m.tokenizer;
+    let eos = tok.eos_id().expect("gpt2-tiny has <|endoftext|>");
+    let template = ChatTemplate::chatml("", "<|endoftext|>");
+    let mut enc = SftEncoder {
+        tokenizer: tok,
+        template: &template,
+        train_on: TrainOn::Completion,
+        eos: Some(eos),
+        max_length: 64,
+    };
+    let row = |prompt: &str, completion: &str| SftRow {
+        line: 1,
+        conversation: Conversation::Completion { prompt: prompt.into(), completion: Some(completion.into()) },
+        references: vec![completion.into()],
+    };
+    let (e, cut) = enc.encode(&row("Reverse: a b c\n", "c b a")).unwrap();
+    let e = e.unwrap();
+    let p = tok.encode("Reverse: a b c\n").unwrap();
+    assert!(!cut);
+    assert_eq!(e.prompt, p);
+    assert_eq!(*e.ids.last().unwrap(), eos);
+    let targets: Vec<u32> = (p.len() as u32 - 1..e.ids.len() as u32 - 1).collect();
+    assert_eq!(e.targets, targets, "the first target is the completion's first token");
+    let predicted: Vec<u32> = e.targets.iter().map(|&t| e.ids[t as usize + 1]).collect();
+    assert_eq!(tok.decode(&predicted[..predicted.len() - 1]).unwrap(), "c b a");
+
+    let chat = SftRow {
+        line: 2,
+        conversation: Conversation::Chat(vec![
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello."),
+            Message::new("user", "Bye"),
+            Message::new("assistant", "Bye!"),
+        ]),
+        references: vec!["Bye!".into()],
+    };
+    enc.max_length = m.spec.context;
+    let (e, cut) = enc.encode(&chat).unwrap();
+    let e = e.unwrap();
+    assert!(!cut, "{} tokens", e.ids.len());
+    let predicted: Vec<u32> = e.targets.iter().map(|&t| e.ids[t as usize + 1]).collect();
+    assert_eq!(tok.decode(&predicted).unwrap(), "Hello.<|im_end|>\nBye!<|im_end|>\n");
+    assert_eq!(tok.decode(&e.prompt).unwrap(), template.prompt(&chat_prefix(&chat)).unwrap());
+
+    // Cut at the right to the limit; a row whose prompt fills the limit has nothing to learn.
+    enc.max_length = p.len() + 1;
+    let (e, cut) = enc.encode(&row("Reverse: a b c\n", "c b a")).unwrap();
+    assert!(cut && e.unwrap().targets.len() == 1);
+    enc.max_length = p.len();
+    assert!(enc.encode(&row("Reverse: a b c\n", "c b a")).unwrap().0.is_none());
+
+    fn chat_prefix(row: &SftRow) -> Vec<Message> {
+        match &row.conversation {
+            Conversation::Chat(m) => m[..m.len() - 1].to_vec(),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// Completion-only loss on gpt2-tiny: `Decoder::loss_at` over the target positions equals the
+/// hand-computed mean of −log softmax(logits)[next token] over the completion positions alone,
+/// and its gradients equal the composed reference's — every position's cross-entropy weighted
+/// 1/n on the completion and 0 on the prompt — so the prompt's next tokens contribute nothing.
+#[test]
+fn completion_only_loss_and_gradients_ignore_the_prompt() {
+    let m = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
+    let store = ParamStore::load(&m.source.join("model.safetensors"), &m.spec.params(), &Device::Cpu).unwrap();
+    let dec = Decoder::new(&m.spec, &store).unwrap();
+    let prompt = m.tokenizer.encode("Summarize in one line:\nls lists the files of a folder.\n").unwrap();
+    let completion = m.tokenizer.encode("list directory contents").unwrap();
+    let ids: Vec<u32> = prompt.iter().chain(&completion).copied().collect();
+    let t_len = ids.len();
+    let targets: Vec<u32> = (prompt.len() as u32 - 1..t_len as u32 - 1).collect();
+    let next: Vec<u32> = targets.iter().map(|&t| ids[t as usize + 1]).collect();
+    let x = Tensor::from_slice(&ids, (1, t_len), &Device::Cpu).unwrap();
+    let rows = Tensor::from_slice(&targets, targets.len(), &Device::Cpu).unwrap();
+    let y = Tensor::from_slice(&next, next.len(), &Device::Cpu).unwrap();
+    let loss = dec.loss_at(&x, &rows, &y, None).unwrap();
+
+    // By hand, in f64, from the logits.
+    let logits: Vec<Vec<f32>> = dec.forward(&x, 0, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    let mut sum = 0.0f64;
+    for (&t, &target) in targets.iter().zip(&next) {
+        let row = &logits[t as usize];
+        let max = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        sum += lse - row[target as usize] as f64;
+    }
+    let hand = sum / targets.len() as f64;
+    let ours = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!((ours - hand).abs() <= 1e-5 * hand, "completion-only loss {ours} vs by hand {hand}");
+
+    // The composed reference: per-position cross-entropy over every position, weighted.
+    let weighted = |w: Vec<f32>| {
+        let logp = lmforge::ops::log_softmax_last_dim(&dec.forward(&x, 0, None).unwrap().squeeze(0).unwrap()).unwrap();
+        let shifted: Vec<u32> = (0..t_len).map(|t| ids[(t + 1).min(t_len - 1)]).collect();
+        let idx = Tensor::from_slice(&shifted, (t_len, 1), &Device::Cpu).unwrap();
+        let nll = logp.gather(&idx, 1).unwrap().squeeze(1).unwrap().neg().unwrap();
+        let w = Tensor::from_vec(w, t_len, &Device::Cpu).unwrap();
+        (nll * w).unwrap().sum_all().unwrap()
+    };
+    let n = targets.len() as f32;
+    let mask: Vec<f32> = (0..t_len).map(|t| if targets.contains(&(t as u32)) { 1.0 / n } else { 0.0 }).collect();
+    let reference = weighted(mask);
+    let r = reference.to_scalar::<f32>().unwrap() as f64;
+    assert!((r - hand).abs() <= 1e-5 * hand, "reference {r} vs by hand {hand}");
+    let grads = |l: &Tensor| named_grads(store.vars(), &l.backward().unwrap()).unwrap();
+    let (g_ours, g_ref) = (grads(&loss), grads(&reference));
+    for (name, g) in &g_ours {
+        let rel = max_rel(g, &g_ref[name]);
+        assert!(rel <= 1e-4, "{name}: gradient max rel error {rel:e}");
+    }
+    // Not vacuous: the prompt's targets, given any weight, change the gradients.
+    let all = weighted(
+        vec![1.0 / (t_len - 1) as f32; t_len]
+            .into_iter()
+            .enumerate()
+            .map(|(t, w)| if t + 1 < t_len { w } else { 0.0 })
+            .collect(),
+    );
+    let g_all = grads(&all);
+    let name = "transformer.wte.weight";
+    assert!(max_rel(&g_all[name], &g_ours[name]) > 1e-2, "training on the prompt too gives other gradients");
+}

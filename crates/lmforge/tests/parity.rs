@@ -186,7 +186,14 @@ fn kv_cache_generation_equals_full_recompute() {
     for name in ["gpt2-tiny", "llama-tiny"] {
         let model = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
         for temperature in [0.0, 1.0] {
-            let cfg = SamplingConfig { max_new_tokens: 60, temperature, top_k: 50, top_p: 0.95, seed: 5, eos_id: None };
+            let cfg = SamplingConfig {
+                max_new_tokens: 60,
+                temperature,
+                top_k: 50,
+                top_p: 0.95,
+                seed: 5,
+                ..Default::default()
+            };
             let prompt = [17u32, 400, 9, 250, 3];
             let cached = generate_ids(model.decoder().unwrap(), &Device::Cpu, &prompt, &cfg, true, |_| Ok(())).unwrap();
             let full = generate_ids(model.decoder().unwrap(), &Device::Cpu, &prompt, &cfg, false, |_| Ok(())).unwrap();

@@ -1,6 +1,6 @@
 //! `lmforge eval`: perplexity, masked-LM and classification metrics of a model on a file.
 
-use super::{print_json, DeviceArg, ReaderArgs};
+use super::{print_json, AdapterArg, DeviceArg, ReaderArgs, SamplingArgs};
 use anyhow::{Context, Result};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::{model::LoadedClassifier, predict};
@@ -14,6 +14,8 @@ pub enum Command {
         /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        adapter: AdapterArg,
         #[arg(long)]
         data: PathBuf,
         #[command(flatten)]
@@ -25,18 +27,37 @@ pub enum Command {
         device: DeviceArg,
     },
     /// BLEU, chrF, ROUGE-1/2/L (with and without stemming), exact match and token F1 of
-    /// generations: a JSONL file whose rows hold `prediction` and `reference` (or `references`).
+    /// generations: a model's on a file of prompts (`--model --data`), or a JSONL file whose
+    /// rows already hold `prediction` and `reference` (or `references`) (`--predictions`).
     Generation {
+        #[arg(long, conflicts_with_all = ["model", "data"], required_unless_present = "model")]
+        predictions: Option<PathBuf>,
+        /// A causal LM: run dir, checkpoint or Hugging Face folder.
+        #[arg(long, requires = "data")]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        adapter: AdapterArg,
+        /// JSONL (`prompt` or `messages`; `reference` / `references`, else the completion or
+        /// final assistant turn), TSV or CSV (`prompt`, `completion` columns).
+        #[arg(long, requires = "model")]
+        data: Option<PathBuf>,
+        /// Write the generations here (JSONL: prompt, prediction, references).
         #[arg(long)]
-        predictions: PathBuf,
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Perplexity and bits per byte of a text file.
     Ppl {
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        adapter: AdapterArg,
         #[arg(long)]
         text: PathBuf,
         /// Sliding-window stride in tokens (default: half the context).
@@ -71,12 +92,24 @@ fn read_text(path: &Path) -> Result<String> {
 
 pub fn run(c: Command) -> Result<i32> {
     match c {
-        Command::Generation { predictions, json } => {
-            let m = lmforge::metrics::generation::score_file(&predictions)?;
+        Command::Generation { predictions, model, adapter, data, output, sampling, json, device } => {
+            let (m, source) = match (predictions, model, data) {
+                (Some(p), _, _) => (lmforge::metrics::generation::score_file(&p)?, p),
+                (None, Some(model), Some(data)) => {
+                    let m = LoadedModel::load_with_adapter(&model, adapter.get(), &device.resolve()?)?;
+                    let cfg = sampling.config(0.0)?;
+                    let r = lmforge::finetune::causal_run::generate_file(&m, &data, output.as_deref(), cfg)?;
+                    if r.bad_rows.total() > 0 {
+                        eprintln!("{}: {}", data.display(), r.bad_rows.summary());
+                    }
+                    (r.metrics, data)
+                }
+                _ => anyhow::bail!("give --predictions FILE, or --model and --data"),
+            };
             if json {
                 print_json(&m)?;
             } else {
-                println!("predictions    {} ({} rows)", predictions.display(), m.n);
+                println!("rows           {} ({} rows)", source.display(), m.n);
                 println!(
                     "BLEU           {:.2} (precisions {:.1}/{:.1}/{:.1}/{:.1}, BP {:.3})",
                     m.bleu,
@@ -107,9 +140,9 @@ pub fn run(c: Command) -> Result<i32> {
                 println!("mlm accuracy   {:.4}", r.accuracy);
             }
         }
-        Command::Ppl { model, text, stride, json, device } => {
+        Command::Ppl { model, adapter, text, stride, json, device } => {
             let device = device.resolve()?;
-            let m = LoadedModel::load(&model, &device)?;
+            let m = LoadedModel::load_with_adapter(&model, adapter.get(), &device)?;
             let r = lmforge::eval::perplexity(&m, &read_text(&text)?, stride)?;
             if json {
                 print_json(&r)?;
@@ -122,9 +155,9 @@ pub fn run(c: Command) -> Result<i32> {
                 println!("bits per byte  {:.4}", r.bits_per_byte);
             }
         }
-        Command::Classification { model, data, reader, json, device } => {
+        Command::Classification { model, adapter, data, reader, json, device } => {
             let device = device.resolve()?;
-            let m = LoadedClassifier::load(&model, &device)?;
+            let m = LoadedClassifier::load_with_adapter(&model, adapter.get(), &device)?;
             let rc = predict::reader_settings(&m, &reader.set)?;
             let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;
             if json {

@@ -1,5 +1,6 @@
-//! `lmforge finetune`: fine-tune a pretrained model for text classification, or continue a
-//! fine-tuning run with `--resume` (on one process or several, under `mpirun`).
+//! `lmforge finetune`: fine-tune a pretrained model for text classification or as a causal LM
+//! (instructions, completions, chat), or continue a fine-tuning run with `--resume` (on one
+//! process or several, under `mpirun`).
 
 use super::{Start, StartArgs};
 use crate::{process, Ctx};
@@ -10,6 +11,10 @@ use lmforge::finetune::{self, FinetuneConfig};
 pub struct Args {
     #[command(flatten)]
     start: StartArgs,
+    /// LoRA: also write the base with the best adapter merged in, as a plain Hugging Face
+    /// folder, to RUN_DIR/merged.
+    #[arg(long)]
+    merge: bool,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
@@ -24,6 +29,10 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
             finetune::finetune(&cfg, &run_dir, &opts)?
         }
     };
+    if a.merge && s.finished && ctx.is_writer() {
+        let merged = finetune::merge(&s.run_dir)?;
+        println!("merged:      {}", merged.display());
+    }
     if !ctx.is_writer() {
         return Ok(process::stop_status(s.interrupted));
     }
@@ -50,6 +59,17 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
     if let (Some(split), Some(e)) = (&s.final_split, &s.final_eval) {
         println!("--- {split} (best model), loss {:.4} ---", e.loss);
         print!("{}", e.metrics.table());
+    }
+    if let (Some(split), Some(e)) = (&s.final_split, &s.final_causal) {
+        println!("--- {split} (best model): {} rows, loss {:.4}, ppl {:.2} ---", e.rows, e.loss, e.ppl);
+        if let Some(g) = &e.generation {
+            println!(
+                "BLEU {:.2}  chrF {:.2}  ROUGE-1/2/L {:.4} / {:.4} / {:.4}",
+                g.bleu, g.chrf, g.rouge1, g.rouge2, g.rouge_l
+            );
+            println!("exact match {:.2}  token F1 {:.2}", g.exact_match, g.token_f1);
+            println!("generations: {}", s.run_dir.join(format!("generations-{split}.jsonl")).display());
+        }
     }
     if !s.finished {
         println!("stopped at step {}; continue with `lmforge finetune --resume {}`", s.steps, s.run_dir.display());

@@ -130,3 +130,51 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
+
+/// `--adapter DIR`: a PEFT LoRA folder (lmforge's or Hugging Face PEFT's, or a fine-tune run
+/// dir) applied on top of `--model`.
+#[derive(clap::Args)]
+pub struct AdapterArg {
+    #[arg(long = "adapter", value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+impl AdapterArg {
+    pub fn get(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+}
+
+/// Sampling settings of commands that generate.
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    #[arg(long, default_value_t = 200)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy (the default of `eval generation`; 0.8 for `generate`).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// 0 = no top-k filter.
+    #[arg(long, default_value_t = 200)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampling config, `temperature` defaulting to `default_temperature`.
+    pub fn config(&self, default_temperature: f64) -> anyhow::Result<lmforge::generate::SamplingConfig> {
+        let cfg = lmforge::generate::SamplingConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature.unwrap_or(default_temperature),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+            eos_id: None,
+            stop_ids: Vec::new(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

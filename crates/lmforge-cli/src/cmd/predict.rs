@@ -10,6 +10,8 @@ pub struct Args {
     /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    adapter: super::AdapterArg,
     #[arg(long)]
     input: PathBuf,
     /// JSONL output.
@@ -22,7 +24,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let m = LoadedClassifier::load(&a.model, &a.device.resolve()?)?;
+    let m = LoadedClassifier::load_with_adapter(&a.model, a.adapter.get(), &a.device.resolve()?)?;
     let rc = predict::reader_settings(&m, &a.reader.set)?;
     let s = predict::predict_file(&m, &a.input, &a.output, &rc, a.reader.batch_size)?;
     eprintln!("{} rows -> {}", s.rows, a.output.display());

@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::cell::RefCell;
 
 /// One tokenized example.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +53,53 @@ pub fn epoch_batches(lengths: &[usize], batch: usize, bucket_batches: usize, see
     }
     batches.shuffle(&mut rng);
     batches
+}
+
+/// The batches of a run trained in epochs: a step trains on one global batch of
+/// `batch_size · grad_accum` examples; step `s` is batch `s mod n` of epoch `s div n` (epochs
+/// by [`epoch_batches`], computed once each), micro-batch `m` its rows `m·batch_size ..`.
+pub struct EpochSchedule {
+    lengths: Vec<usize>,
+    batch_size: usize,
+    grad_accum: usize,
+    bucket_batches: usize,
+    seed: u64,
+    current: RefCell<Option<(u64, Vec<Vec<usize>>)>>,
+}
+
+impl EpochSchedule {
+    pub fn new(lengths: Vec<usize>, batch_size: usize, grad_accum: usize, bucket_batches: usize, seed: u64) -> Self {
+        Self { lengths, batch_size, grad_accum, bucket_batches, seed, current: RefCell::new(None) }
+    }
+
+    /// Examples per optimizer step.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.grad_accum
+    }
+
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.lengths.len().div_ceil(self.global_batch()) as u64
+    }
+
+    /// Mean example length (tokens).
+    pub fn mean_length(&self) -> f64 {
+        self.lengths.iter().sum::<usize>() as f64 / self.lengths.len().max(1) as f64
+    }
+
+    /// The example indices of micro-batch `micro` of step `step`.
+    pub fn micro(&self, step: u64, micro: usize) -> Result<Vec<usize>> {
+        let per_epoch = self.steps_per_epoch();
+        let (epoch, index) = (step / per_epoch, (step % per_epoch) as usize);
+        let mut cache = self.current.borrow_mut();
+        if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let batches = epoch_batches(&self.lengths, self.global_batch(), self.bucket_batches, self.seed, epoch);
+            *cache = Some((epoch, batches));
+        }
+        let (_, batches) = cache.as_ref().expect("just filled");
+        let batch = batches.get(index).ok_or_else(|| Error::Invalid(format!("no batch {index} in epoch {epoch}")))?;
+        let start = (micro * self.batch_size).min(batch.len());
+        Ok(batch[start..(start + self.batch_size).min(batch.len())].to_vec())
+    }
 }
 
 /// Batches for evaluation: indices sorted by length (least padding), in order.

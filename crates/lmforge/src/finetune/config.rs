@@ -11,6 +11,7 @@ use crate::device::{DeviceChoice, Precision};
 use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
+use crate::metrics::generation::GENERATION_METRIC_NAMES;
 use crate::metrics::METRIC_NAMES;
 use crate::optim::{OptimConfig, OptimSpec, ScheduleConfig, ScheduleKind};
 use crate::progress::LogConfig;
@@ -27,6 +28,10 @@ pub struct FinetuneConfig {
     pub finetune: MethodConfig,
     pub lora: LoraConfig,
     pub adapter: AdapterConfig,
+    /// Causal-LM fine-tuning (`task.kind = "causal_lm"`): columns, chat template, loss mask,
+    /// generation during validation; left out of the saved config at its defaults.
+    #[serde(skip_serializing_if = "SftConfig::is_default")]
+    pub sft: SftConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub train: FtTrainConfig,
@@ -47,6 +52,7 @@ impl Default for FinetuneConfig {
             finetune: MethodConfig::default(),
             lora: LoraConfig::default(),
             adapter: AdapterConfig::default(),
+            sft: SftConfig::default(),
             // Fine-tuning's usual settings (BERT paper, HF Trainer): small LR, light decay,
             // linear decay to zero.
             optim: OptimConfig { lr: 2e-5, weight_decay: 0.01, ..OptimConfig::default() },
@@ -68,7 +74,8 @@ impl Default for FinetuneConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// "classification" (the only task so far).
+    /// "classification" (a label per text) or "causal_lm" (instruction / completion tuning of
+    /// a GPT-2 or Llama model).
     pub kind: TaskKind,
 }
 
@@ -184,6 +191,80 @@ impl Method {
 pub enum TaskKind {
     /// One label per text (or text pair).
     Classification,
+    /// Next-token prediction on the completion / assistant tokens of prompt–completion pairs
+    /// or chat conversations.
+    #[serde(rename = "causal_lm")]
+    CausalLm,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::CausalLm => "causal_lm",
+        }
+    }
+}
+
+/// What causal-LM fine-tuning reads and how it trains and validates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftConfig {
+    /// Prompt–completion rows: the prompt's field (JSONL) or column (TSV / CSV).
+    #[serde(deserialize_with = "column")]
+    pub prompt_column: String,
+    #[serde(deserialize_with = "column")]
+    pub completion_column: String,
+    /// Chat rows (JSONL): a list of {"role", "content"} (system / user / assistant).
+    pub messages_column: String,
+    /// Chat rows: "auto" (the model folder's `tokenizer_config.json` template, else ChatML)
+    /// or "chatml".
+    pub chat_template: String,
+    /// A file holding a Jinja chat template, used instead of `chat_template`.
+    pub chat_template_file: PathBuf,
+    /// Which tokens the loss is on: "completion" (the completion / assistant turns; prompts
+    /// masked, as TRL's completion-only collator) or "all".
+    pub train_on: TrainOn,
+    /// Prompt–completion rows: append the end-of-text token to the completion (so the model
+    /// learns to stop).
+    pub add_eos: bool,
+    /// Generate for the first `generate_rows` validation rows (greedy) and score BLEU, chrF,
+    /// ROUGE, exact match and token F1 every N evaluations (and at the last); 0: never, unless
+    /// `train.metric` is a generation metric (then every evaluation).
+    pub generate_every: u64,
+    pub generate_rows: usize,
+    pub max_new_tokens: usize,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            prompt_column: "prompt".into(),
+            completion_column: "completion".into(),
+            messages_column: "messages".into(),
+            chat_template: "auto".into(),
+            chat_template_file: PathBuf::new(),
+            train_on: TrainOn::Completion,
+            add_eos: true,
+            generate_every: 0,
+            generate_rows: 64,
+            max_new_tokens: 64,
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The positions the causal fine-tuning loss is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOn {
+    Completion,
+    All,
 }
 
 /// A column: a name, or a 0-based index written as a string or a bare integer (`--set
@@ -283,9 +364,12 @@ pub struct FtTrainConfig {
     /// Batches whose examples are sorted by length together (less padding); 1: no bucketing.
     pub bucket_batches: usize,
     pub label_smoothing: f64,
-    /// The validation metric that picks the best model: "loss" (lower is better) or a metric
-    /// name (higher is better): accuracy, macro_f1, weighted_f1, binary_f1, ...
-    pub metric: String,
+    /// The validation metric that picks the best model: "loss" / "ppl" (lower is better) or a
+    /// metric name (higher is better): classification's accuracy, macro_f1, weighted_f1,
+    /// binary_f1, ...; causal_lm's bleu, chrf, rouge_l, exact_match, token_f1, ... Unset: the
+    /// task's (accuracy; loss for causal_lm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
     /// Stop after this many evaluations without an improvement of more than `min_delta`;
     /// 0: never stop early (the best model is still kept).
     pub patience: u64,
@@ -326,7 +410,7 @@ impl Default for FtTrainConfig {
             eval_every: 0,
             bucket_batches: 50,
             label_smoothing: 0.0,
-            metric: "accuracy".into(),
+            metric: None,
             patience: 0,
             min_delta: 0.0,
             log_every: 10,
@@ -346,7 +430,8 @@ impl Default for FtTrainConfig {
 
 impl FinetuneConfig {
     /// Keys holding paths: relative ones in a config file resolve against its folder.
-    pub const PATH_KEYS: [&'static str; 4] = ["data.train", "data.validation", "data.test", "model.base"];
+    pub const PATH_KEYS: [&'static str; 5] =
+        ["data.train", "data.validation", "data.test", "model.base", "sft.chat_template_file"];
 
     /// Resolves defaults < `file` < `overrides` and validates.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
@@ -378,7 +463,70 @@ impl FinetuneConfig {
                 readable(key, p)?;
             }
         }
+        if let Some(p) = given(&self.sft.chat_template_file) {
+            readable("sft.chat_template_file", p)?;
+        }
         readable("model.base", &self.model.base)
+    }
+
+    /// The selection metric: `train.metric`, else the task's default.
+    pub fn metric(&self) -> &str {
+        match (&self.train.metric, self.task.kind) {
+            (Some(m), _) => m,
+            (None, TaskKind::Classification) => "accuracy",
+            (None, TaskKind::CausalLm) => "loss",
+        }
+    }
+
+    /// Whether `metric()` is one that needs generations.
+    pub fn selects_by_generation(&self) -> bool {
+        GENERATION_METRIC_NAMES.contains(&self.metric())
+    }
+
+    fn validate_sft(&self) -> Result<()> {
+        let metric = self.metric();
+        if !["loss", "ppl"].contains(&metric) && !self.selects_by_generation() {
+            return Err(bad(
+                "train.metric",
+                metric,
+                &format!("loss, ppl, {} (causal_lm)", GENERATION_METRIC_NAMES.join(", ")),
+            ));
+        }
+        let s = &self.sft;
+        for (key, v) in [
+            ("sft.prompt_column", &s.prompt_column),
+            ("sft.completion_column", &s.completion_column),
+            ("sft.messages_column", &s.messages_column),
+        ] {
+            check(!v.is_empty(), key, v, "a field / column name")?;
+        }
+        check(
+            ["auto", "chatml"].contains(&s.chat_template.as_str()),
+            "sft.chat_template",
+            &s.chat_template,
+            "auto or chatml (or a file in sft.chat_template_file)",
+        )?;
+        if self.selects_by_generation() && s.generate_every > 1 {
+            return Err(Error::config(
+                "sft.generate_every",
+                format!(
+                    "is {}, but train.metric = {metric:?} needs generations at every evaluation: set it to 1 (or 0)",
+                    s.generate_every
+                ),
+            ));
+        }
+        if (s.generate_every > 0 || self.selects_by_generation()) && self.data.validation.as_os_str().is_empty() {
+            return Err(Error::config("data.validation", "missing: generation metrics are scored on validation rows"));
+        }
+        check(s.generate_rows >= 1, "sft.generate_rows", s.generate_rows, ">= 1")?;
+        check(s.max_new_tokens >= 1, "sft.max_new_tokens", s.max_new_tokens, ">= 1")?;
+        check(
+            self.train.label_smoothing == 0.0,
+            "train.label_smoothing",
+            self.train.label_smoothing,
+            "0 for causal_lm",
+        )?;
+        Ok(())
     }
 
     /// The fault keys of `[train]` and `[checkpoint]`.
@@ -399,9 +547,6 @@ impl FinetuneConfig {
         let d = &self.data;
         if d.train.as_os_str().is_empty() {
             return Err(Error::config("data.train", "missing: the labelled training file"));
-        }
-        for (key, v) in [("data.text_column", &d.text_column), ("data.label_column", &d.label_column)] {
-            check(!v.is_empty(), key, v, "a column name or 0-based index")?;
         }
         if self.model.base.as_os_str().is_empty() {
             return Err(Error::config("model.base", "missing: a run dir, checkpoint dir or Hugging Face folder"));
@@ -437,8 +582,20 @@ impl FinetuneConfig {
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
         check((0.0..1.0).contains(&t.label_smoothing), "train.label_smoothing", t.label_smoothing, "0 <= e < 1")?;
         check(t.min_delta >= 0.0, "train.min_delta", t.min_delta, ">= 0")?;
-        if t.metric != "loss" && !METRIC_NAMES.contains(&t.metric.as_str()) {
-            return Err(bad("train.metric", &t.metric, &format!("loss, {}", METRIC_NAMES.join(", "))));
+        let metric = self.metric();
+        match self.task.kind {
+            TaskKind::Classification => {
+                if metric != "loss" && !METRIC_NAMES.contains(&metric) {
+                    return Err(bad("train.metric", metric, &format!("loss, {}", METRIC_NAMES.join(", "))));
+                }
+                check(
+                    !d.text_column.is_empty() && !d.label_column.is_empty(),
+                    "data.text_column",
+                    &d.text_column,
+                    "a column name or 0-based index",
+                )?;
+            }
+            TaskKind::CausalLm => self.validate_sft()?,
         }
         self.fault_policy()?;
         self.checkpoint.validate()?;

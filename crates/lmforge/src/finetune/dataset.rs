@@ -70,7 +70,7 @@ impl BadRows {
 const MAX_EXAMPLES: usize = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Reason {
+pub(super) enum Reason {
     MissingLabel,
     UnknownLabel,
     EmptyText,
@@ -78,14 +78,14 @@ enum Reason {
 }
 
 /// Applies the bad-row policy to one bad row: counts it, or fails naming file and line.
-struct Policy<'a> {
-    path: &'a Path,
-    fail: bool,
-    bad: BadRows,
+pub(super) struct Policy<'a> {
+    pub path: &'a Path,
+    pub fail: bool,
+    pub bad: BadRows,
 }
 
 impl Policy<'_> {
-    fn reject(&mut self, line: u64, reason: Reason, detail: String) -> Result<()> {
+    pub fn reject(&mut self, line: u64, reason: Reason, detail: String) -> Result<()> {
         if self.fail {
             return Err(Error::format(self.path, format!("line {line}: {detail} (data.bad_rows = \"fail\")")));
         }
@@ -136,22 +136,22 @@ impl LabelMap {
 }
 
 /// A row as read, label not yet mapped.
-struct RawRow {
-    line: u64,
-    text: String,
-    pair: Option<String>,
-    label: Option<String>,
+pub(super) struct RawRow {
+    pub line: u64,
+    pub text: String,
+    pub pair: Option<String>,
+    pub label: Option<String>,
 }
 
 /// How rows are read: the reader part of `[data]` (also saved with a fine-tuned model).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Format {
+pub(super) enum Format {
     Tsv,
     Csv,
     Jsonl,
 }
 
-fn format_of(path: &Path, format: DataFormat) -> Result<Format> {
+pub(super) fn format_of(path: &Path, format: DataFormat) -> Result<Format> {
     Ok(match format {
         DataFormat::Tsv => Format::Tsv,
         DataFormat::Csv => Format::Csv,
@@ -276,7 +276,12 @@ fn column_index(path: &Path, key: &str, spec: &str, header: Option<&csv::StringR
     })
 }
 
-fn read_delimited(path: &Path, cfg: &ClsDataConfig, format: Format, policy: &mut Policy) -> Result<Vec<RawRow>> {
+pub(super) fn read_delimited(
+    path: &Path,
+    cfg: &ClsDataConfig,
+    format: Format,
+    policy: &mut Policy,
+) -> Result<Vec<RawRow>> {
     let quoting = cfg.quoting.unwrap_or(format == Format::Csv);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)

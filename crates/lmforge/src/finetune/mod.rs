@@ -11,13 +11,16 @@
 //! [`predict`] runs a trained classifier over files.
 
 pub mod batching;
+pub mod causal;
+pub mod causal_run;
 pub mod config;
 pub mod dataset;
 pub mod model;
 pub mod predict;
+pub mod sft_data;
 pub mod task;
 
-pub use config::FinetuneConfig;
+pub use config::{FinetuneConfig, TaskKind};
 
 use crate::checkpoint::RunLock;
 use crate::device::Placement;
@@ -67,11 +70,11 @@ impl EarlyStopping {
         Self { rule: Self::rule(metric, patience, min_delta), state: Patience::default() }
     }
 
-    /// The rule: `metric` higher is better (`loss` lower), improving by more than `min_delta`;
+    /// The rule: `metric` higher is better (`loss` and `ppl` lower), improving by more than `min_delta`;
     /// `patience` evaluations without stop (0: `tolerate` everything).
     pub fn rule(metric: &str, patience: u64, min_delta: f64) -> PatienceRule {
         PatienceRule {
-            higher_is_better: metric != "loss",
+            higher_is_better: !["loss", "ppl"].contains(&metric),
             threshold: Threshold::Absolute(min_delta),
             tolerate: if patience == 0 { u64::MAX } else { patience - 1 },
             cooldown: 0,
@@ -114,6 +117,8 @@ pub struct FinetuneSummary {
     /// The final split's name ("test" or "validation") and its evaluation, with the best model.
     pub final_split: Option<String>,
     pub final_eval: Option<Evaluation>,
+    /// Causal LM: the final split's loss, perplexity and generation metrics, with the best model.
+    pub final_causal: Option<causal_run::CausalEval>,
     pub train_seconds: f64,
 }
 
@@ -142,6 +147,28 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<FinetuneSummary> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let cfg = FinetuneConfig::from_toml_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
     run(&cfg, run_dir, opts, true)
+}
+
+/// Writes the base of a finished LoRA fine-tune with its best adapter merged in to
+/// `RUN_DIR/merged`, a plain Hugging Face folder (what PEFT's `merge_and_unload` gives).
+pub fn merge(run_dir: &Path) -> Result<PathBuf> {
+    let path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let cfg = FinetuneConfig::from_toml_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
+    if cfg.task.kind != TaskKind::CausalLm || cfg.finetune.method != config::Method::Lora {
+        return Err(Error::Invalid(format!(
+            "--merge is for causal_lm LoRA runs; {} is a {} {} run (its model folder is already complete)",
+            run_dir.display(),
+            cfg.task.kind.name(),
+            cfg.finetune.method.name()
+        )));
+    }
+    let m = crate::checkpoint::LoadedModel::load_with_adapter(
+        &cfg.model.base,
+        Some(&run_dir.join("model")),
+        &candle_core::Device::Cpu,
+    )?;
+    m.export_hf(&run_dir.join("merged"))
 }
 
 fn run(cfg: &FinetuneConfig, run_dir: &Path, opts: &TrainOptions, resuming: bool) -> Result<FinetuneSummary> {
@@ -236,6 +263,19 @@ fn run_observed(
     resuming: bool,
     observers: &mut Observers,
 ) -> Result<(TrainSummary, FinetuneSummary)> {
+    match cfg.task.kind {
+        TaskKind::Classification => run_classification(cfg, run_dir, opts, resuming, observers),
+        TaskKind::CausalLm => causal_run::run(cfg, run_dir, opts, resuming, observers),
+    }
+}
+
+fn run_classification(
+    cfg: &FinetuneConfig,
+    run_dir: &Path,
+    opts: &TrainOptions,
+    resuming: bool,
+    observers: &mut Observers,
+) -> Result<(TrainSummary, FinetuneSummary)> {
     let t = &cfg.train;
     let placement = Placement::resolve(t.device, t.precision)?;
     cfg.check_paths()?;
@@ -250,7 +290,9 @@ fn run_observed(
     }
     let per_epoch = train.encoded.len().div_ceil(t.batch_size * t.grad_accum) as u64;
     let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
-    let groups = optimizer_groups(cfg, &spec, &store, labels.len())?;
+    let mut known = model::backbone_params(&spec);
+    known.extend(model::head_params(&spec, labels.len()));
+    let groups = optimizer_groups(cfg, known, &store)?;
     let lp = loop_plan(cfg, groups, total_steps)?;
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);
     let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
@@ -258,33 +300,8 @@ fn run_observed(
         Classification::new(cfg, spec.clone(), &labels, store, lora, &tokenizer, &train.encoded, validation_split)?;
 
     let writer = comm.rank() == 0;
-    let (_lock, start) = distributed::rank0_first(comm.as_ref(), || {
-        let lock = match (writer, resuming) {
-            (false, _) => None,
-            (true, false) => Some(train::start_run_dir(run_dir, &lp.config_toml, lp.command)?),
-            (true, true) => Some(RunLock::acquire(run_dir)?),
-        };
-        let start = if resuming {
-            train::find_start(run_dir, &lp, writer)?
-        } else {
-            Start { state: lp.fresh_state(), checkpoint: None }
-        };
-        Ok((lock, start))
-    })?;
-    if start.checkpoint.is_some() {
-        Task::restore_weights(&task, start.checkpoint.as_deref())?;
-    }
-    let resumed_from = resuming.then_some(start.state.step);
-    let metrics = if writer {
-        observers.start(&RunStart::new(run_dir, cfg, total_steps, resumed_from));
-        MetricsLog::open(&run_dir.join("metrics.jsonl"), resumed_from, observers.clone())?
-    } else {
-        MetricsLog::discard()
-    };
-    if writer {
-        announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
-    }
-    let summary = train::run_loop(&task, &lp, run_dir, start, metrics, opts)?;
+    let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
+    let summary = drive(&task, &lp, Drive { cfg, run_dir, opts, resuming, total_steps }, observers, &announce)?;
     let model_dir = run_dir.join("model");
     let mut out = FinetuneSummary {
         run_dir: run_dir.to_path_buf(),
@@ -296,10 +313,11 @@ fn run_observed(
         interrupted: summary.interrupted,
         finished: summary.step >= total_steps || summary.stopped_early,
         params: report,
-        metric: t.metric.clone(),
+        metric: cfg.metric().to_string(),
         best: summary.best,
         final_split: None,
         final_eval: None,
+        final_causal: None,
         train_seconds: summary.train_seconds,
     };
     if !out.finished || !writer {
@@ -309,7 +327,7 @@ fn run_observed(
     if validation.is_none() {
         Task::keep_best(&task, run_dir)?;
     } else if let Some((value, at)) = summary.best {
-        tracing::info!("the best model: step {at}, validation {} {value:.4}", t.metric);
+        tracing::info!("the best model: step {at}, validation {} {value:.4}", cfg.metric());
     }
     // The final metrics are the saved model's, read back as `predict` and `eval` read it.
     let final_split = test.as_ref().map(|s| ("test", s)).or(validation.as_ref().map(|s| ("validation", s)));
@@ -326,6 +344,55 @@ fn run_observed(
     }
     write_results(run_dir, cfg, &labels, &out, &train, all_bad)?;
     Ok((summary, out))
+}
+
+/// Where and how a front end runs its task.
+struct Drive<'a> {
+    cfg: &'a FinetuneConfig,
+    run_dir: &'a Path,
+    opts: &'a TrainOptions,
+    resuming: bool,
+    total_steps: u64,
+}
+
+/// Runs `task` in the one loop: the run dir and its lock (new or resumed), the start (a fresh
+/// state or the newest intact checkpoint's), `metrics.jsonl` and the observers, then the loop.
+fn drive(
+    task: &dyn Task,
+    lp: &LoopPlan,
+    d: Drive,
+    observers: &mut Observers,
+    announce: &dyn Fn(),
+) -> Result<TrainSummary> {
+    let comm = d.opts.collective();
+    let writer = comm.rank() == 0;
+    let (_lock, start) = distributed::rank0_first(comm.as_ref(), || {
+        let lock = match (writer, d.resuming) {
+            (false, _) => None,
+            (true, false) => Some(train::start_run_dir(d.run_dir, &lp.config_toml, lp.command)?),
+            (true, true) => Some(RunLock::acquire(d.run_dir)?),
+        };
+        let start = if d.resuming {
+            train::find_start(d.run_dir, lp, writer)?
+        } else {
+            Start { state: lp.fresh_state(), checkpoint: None }
+        };
+        Ok((lock, start))
+    })?;
+    if start.checkpoint.is_some() {
+        task.restore_weights(start.checkpoint.as_deref())?;
+    }
+    let resumed_from = d.resuming.then_some(start.state.step);
+    let metrics = if writer {
+        observers.start(&RunStart::new(d.run_dir, d.cfg, d.total_steps, resumed_from));
+        MetricsLog::open(&d.run_dir.join("metrics.jsonl"), resumed_from, observers.clone())?
+    } else {
+        MetricsLog::discard()
+    };
+    if writer {
+        announce();
+    }
+    train::run_loop(task, lp, d.run_dir, start, metrics, d.opts)
 }
 
 /// The run's data, as the start of the log says it.
@@ -389,7 +456,7 @@ fn write_results(
             "interrupted": s.interrupted,
         },
         "bad_rows": bad,
-        "best": s.best.map(|(value, step)| json!({"metric": cfg.train.metric, "value": value, "step": step})),
+        "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
         "final": metrics.map(|(e, _)| json!({
             "split": s.final_split,
             "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
@@ -400,17 +467,14 @@ fn write_results(
     crate::fsio::write_json_atomic(&run_dir.join("results.json"), &results)
 }
 
-/// Optimizer groups of the trainable parameters: base and head roles from their specs, LoRA
-/// factors as matrices, then the `[[optim.groups]]` overrides.
+/// Optimizer groups of the trainable parameters: roles from the `known` specs (the model's
+/// and head's), others (LoRA factors, adapters) by shape, then the `[[optim.groups]]` overrides.
 fn optimizer_groups(
     cfg: &FinetuneConfig,
-    spec: &crate::models::ModelSpec,
+    known: Vec<ParamInfo>,
     store: &crate::nn::ParamStore,
-    num_labels: usize,
 ) -> Result<BTreeMap<String, ParamGroup>> {
-    let mut known: BTreeMap<String, ParamInfo> =
-        model::backbone_params(spec).into_iter().map(|p| (p.name.clone(), p)).collect();
-    known.extend(model::head_params(spec, num_labels).into_iter().map(|p| (p.name.clone(), p)));
+    let known: BTreeMap<String, ParamInfo> = known.into_iter().map(|p| (p.name.clone(), p)).collect();
     let roles = store.vars().iter().map(|(name, v)| {
         let role = match known.get(name) {
             Some(p) => param_role(p),

@@ -336,6 +336,12 @@ impl LoadedClassifier {
     /// `path`: a fine-tune run dir (its `model/`), a model folder, or any HF
     /// `*ForSequenceClassification` folder of a supported architecture.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_adapter(path, None, device)
+    }
+
+    /// [`Self::load`] with a PEFT LoRA folder applied on top (its `modules_to_save`, such as
+    /// the head, replace the folder's).
+    pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<Self> {
         let path =
             if path.join("model").join("config.json").is_file() { path.join("model") } else { path.to_path_buf() };
         let folder = resolve_model_dir(&path)?;
@@ -361,13 +367,17 @@ impl LoadedClassifier {
             let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
             params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
         }
-        let (params, _) = ParamStore::load_with(
+        let (mut params, _) = ParamStore::load_with(
             &folder.join("model.safetensors"),
             &params,
             device,
             &|k| hf::param_name(&spec, k).filter(|n| !is_pretraining_head(n)),
             &|_| false,
         )?;
+        if let Some(dir) = adapter {
+            verify_manifest(dir)?;
+            peft::load_peft(dir, &mut params, false)?;
+        }
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         let classifier = Classifier::new(&spec, &params, 0.0)?;
         Ok(Self { spec, labels, params, classifier, tokenizer, config, source: folder })

@@ -9,7 +9,7 @@
 //! (`trainable.safetensors`, LoRA factors unmerged); the frozen base is read from
 //! `model.base` again on resume.
 
-use super::batching::{collate_padded, epoch_batches, Encoded};
+use super::batching::{collate_padded, Encoded, EpochSchedule};
 use super::config::FinetuneConfig;
 use super::dataset::LabelMap;
 use super::model::{self, Classifier};
@@ -20,9 +20,8 @@ use crate::models::ModelSpec;
 use crate::nn::peft::LoraSpec;
 use crate::nn::{DropoutRng, ParamStore};
 use crate::tokenizer::TextTokenizer;
-use crate::train::{Selection, Task, ValMetrics};
+use crate::train::{EvalAt, Selection, Task, ValMetrics};
 use candle_core::{Device, Tensor};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
@@ -45,11 +44,9 @@ pub struct Classification<'a> {
     tokenizer: &'a TextTokenizer,
     lora: Option<LoraSpec>,
     train: &'a [Encoded],
-    lengths: Vec<usize>,
+    batches: EpochSchedule,
     validation: Option<EncodedSplit<'a>>,
     pad: u32,
-    /// The current epoch's global batches (computed once per epoch).
-    epoch: RefCell<Option<(u64, Vec<Vec<usize>>)>>,
 }
 
 impl<'a> Classification<'a> {
@@ -66,22 +63,11 @@ impl<'a> Classification<'a> {
     ) -> Result<Self> {
         let classifier = Classifier::new(&spec, &store, cfg.model.dropout)?
             .with_activation_checkpointing(cfg.train.activation_checkpointing)?;
+        let t = &cfg.train;
         let lengths = train.iter().map(|e| e.ids.len()).collect();
+        let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
         let pad = model::pad_id(tokenizer);
-        Ok(Self {
-            cfg,
-            spec,
-            labels,
-            store,
-            classifier,
-            tokenizer,
-            lora,
-            train,
-            lengths,
-            validation,
-            pad,
-            epoch: RefCell::new(None),
-        })
+        Ok(Self { cfg, spec, labels, store, classifier, tokenizer, lora, train, batches, validation, pad })
     }
 
     pub fn classifier(&self) -> &Classifier {
@@ -90,27 +76,6 @@ impl<'a> Classification<'a> {
 
     pub fn pad(&self) -> u32 {
         self.pad
-    }
-
-    /// Examples per optimizer step.
-    fn global_batch(&self) -> usize {
-        self.cfg.train.batch_size * self.cfg.train.grad_accum
-    }
-
-    /// The example indices of micro-batch `micro` of step `step`.
-    fn micro_examples(&self, step: u64, micro: usize) -> Result<Vec<usize>> {
-        let per_epoch = self.train.len().div_ceil(self.global_batch()) as u64;
-        let (epoch, index) = (step / per_epoch, (step % per_epoch) as usize);
-        let mut cache = self.epoch.borrow_mut();
-        if cache.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let t = &self.cfg.train;
-            *cache = Some((epoch, epoch_batches(&self.lengths, self.global_batch(), t.bucket_batches, t.seed, epoch)));
-        }
-        let (_, batches) = cache.as_ref().expect("just filled");
-        let batch = batches.get(index).ok_or_else(|| Error::Invalid(format!("no batch {index} in epoch {epoch}")))?;
-        let bs = self.cfg.train.batch_size;
-        let start = (micro * bs).min(batch.len());
-        Ok(batch[start..(start + bs).min(batch.len())].to_vec())
     }
 
     fn device(&self) -> &Device {
@@ -124,11 +89,11 @@ impl Task for Classification<'_> {
     }
 
     fn micro_rows(&self, step: u64, micro: usize) -> Result<usize> {
-        Ok(self.micro_examples(step, micro)?.len())
+        Ok(self.batches.micro(step, micro)?.len())
     }
 
     fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
-        let examples = self.micro_examples(step, micro)?;
+        let examples = self.batches.micro(step, micro)?;
         let all: Vec<&Encoded> = examples.iter().map(|&i| &self.train[i]).collect();
         // Every share padded to the micro-batch's longest row: the same shapes in any split.
         let width = all.iter().map(|e| e.ids.len()).max().unwrap_or(1);
@@ -145,32 +110,32 @@ impl Task for Classification<'_> {
     }
 
     fn tokens_per_micro_batch(&self) -> u64 {
-        let mean = self.lengths.iter().sum::<usize>() as f64 / self.lengths.len().max(1) as f64;
-        (mean * self.cfg.train.batch_size as f64).round() as u64
+        (self.batches.mean_length() * self.cfg.train.batch_size as f64).round() as u64
     }
 
     fn steps_per_epoch(&self) -> Option<u64> {
-        Some(self.train.len().div_ceil(self.global_batch()) as u64)
+        Some(self.batches.steps_per_epoch())
     }
 
     /// Every process scores the whole validation split (not split over processes yet).
-    fn validate(&self, _dp: &DataParallel) -> Result<ValMetrics> {
+    fn validate(&self, _dp: &DataParallel, _at: EvalAt) -> Result<ValMetrics> {
         let Some(val) = &self.validation else {
             return Err(Error::Invalid("no validation split (data.validation) to evaluate".into()));
         };
         let t = &self.cfg.train;
         let logits = predict::score(&self.classifier, val.encoded, t.eval_batch_size, self.pad, self.device())?;
         let ev = predict::evaluate(&logits, &val.gold, self.labels);
-        let value = ev.get(&t.metric).ok_or_else(|| {
-            Error::config("train.metric", format!("{:?} needs two classes (binary metrics)", t.metric))
-        })?;
+        let metric = self.cfg.metric();
+        let value = ev
+            .get(metric)
+            .ok_or_else(|| Error::config("train.metric", format!("{metric:?} needs two classes (binary metrics)")))?;
         let m = &ev.metrics;
         let mut extra = vec![("accuracy", m.accuracy), ("macro_f1", m.macro_avg.f1), ("weighted_f1", m.weighted.f1)];
         if let Some(b) = &m.binary {
             extra.push(("binary_f1", b.f1));
         }
-        if t.metric != "loss" && !extra.iter().any(|(k, _)| *k == t.metric) {
-            let name = crate::metrics::METRIC_NAMES.iter().find(|n| **n == t.metric).copied().unwrap_or("selected");
+        if metric != "loss" && !extra.iter().any(|(k, _)| *k == metric) {
+            let name = crate::metrics::METRIC_NAMES.iter().find(|n| **n == metric).copied().unwrap_or("selected");
             extra.push((name, value));
         }
         Ok(ValMetrics { loss: ev.loss, ppl: f64::NAN, bits_per_byte: None, extra })
@@ -184,22 +149,17 @@ impl Task for Classification<'_> {
     /// `train.min_delta`; `train.patience` evaluations without stop the run (0: never).
     fn selection(&self) -> Selection {
         let t = &self.cfg.train;
-        Selection { metric: t.metric.clone(), rule: super::EarlyStopping::rule(&t.metric, t.patience, t.min_delta) }
+        let metric = self.cfg.metric();
+        Selection { metric: metric.into(), rule: super::EarlyStopping::rule(metric, t.patience, t.min_delta) }
     }
 
     fn write_model(&self, dir: &Path) -> Result<()> {
-        let bytes =
-            crate::nn::serialize_tensors(self.store.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))?;
-        crate::checkpoint::write_staged(&dir.join(TRAINABLE_FILE), &bytes)
+        write_trainable(&self.store, dir)
     }
 
     fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        let tensors: HashMap<String, Tensor> = match dir {
-            Some(dir) => {
-                let path = dir.join(TRAINABLE_FILE);
-                candle_core::safetensors::load(&path, self.device())
-                    .map_err(|e| Error::format(&path, format!("cannot read the trainable tensors: {e}")))?
-            }
+        let tensors = match dir {
+            Some(dir) => read_trainable(dir, self.device())?,
             None => {
                 // The initial weights: the base again, prepared by the same seeded rule.
                 let (_, mut fresh, _) = model::load_base(&self.cfg.model.base, self.labels, self.device())?;
@@ -207,20 +167,7 @@ impl Task for Classification<'_> {
                 fresh.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
             }
         };
-        for (name, var) in self.store.vars() {
-            let t = tensors.get(name).ok_or_else(|| {
-                Error::Invalid(format!("the checkpoint has no `{name}`: it was written by another fine-tuning setup"))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(Error::Invalid(format!(
-                    "`{name}` is {:?} in the checkpoint, {:?} here",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(t)?;
-        }
-        Ok(())
+        set_trainable(&self.store, &tensors)
     }
 
     fn keep_best(&self, run_dir: &Path) -> Result<()> {
@@ -240,10 +187,37 @@ impl Task for Classification<'_> {
             self.labels.len(),
             100.0 * trainable as f64 / total.max(1) as f64,
             self.train.len(),
-            self.global_batch(),
+            self.batches.global_batch(),
             t.batch_size,
             t.grad_accum,
             self.steps_per_epoch().unwrap_or(0),
         )
     }
+}
+
+/// Writes the trainable tensors of a fine-tune into checkpoint folder `dir`.
+pub fn write_trainable(store: &ParamStore, dir: &Path) -> Result<()> {
+    let bytes = crate::nn::serialize_tensors(store.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())))?;
+    crate::checkpoint::write_staged(&dir.join(TRAINABLE_FILE), &bytes)
+}
+
+/// The trainable tensors of checkpoint folder `dir`.
+pub fn read_trainable(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(TRAINABLE_FILE);
+    candle_core::safetensors::load(&path, device)
+        .map_err(|e| Error::format(&path, format!("cannot read the trainable tensors: {e}")))
+}
+
+/// Sets every trainable tensor of `store` from `tensors` (same names and shapes).
+pub fn set_trainable(store: &ParamStore, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    for (name, var) in store.vars() {
+        let t = tensors.get(name).ok_or_else(|| {
+            Error::Invalid(format!("the checkpoint has no `{name}`: it was written by another fine-tuning setup"))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Invalid(format!("`{name}` is {:?} in the checkpoint, {:?} here", t.dims(), var.dims())));
+        }
+        var.set(t)?;
+    }
+    Ok(())
 }

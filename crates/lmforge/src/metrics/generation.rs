@@ -107,6 +107,40 @@ pub struct GenerationMetrics {
     pub token_f1: f64,
 }
 
+/// The generation metrics a run can select its best model by (`train.metric`), all higher is
+/// better.
+pub const GENERATION_METRIC_NAMES: [&str; 10] = [
+    "bleu",
+    "chrf",
+    "rouge1",
+    "rouge2",
+    "rouge_l",
+    "rouge1_stemmed",
+    "rouge2_stemmed",
+    "rouge_l_stemmed",
+    "exact_match",
+    "token_f1",
+];
+
+impl GenerationMetrics {
+    /// Each of [`GENERATION_METRIC_NAMES`] with its value.
+    pub fn named(&self) -> [(&'static str, f64); 10] {
+        let v = [
+            self.bleu,
+            self.chrf,
+            self.rouge1,
+            self.rouge2,
+            self.rouge_l,
+            self.rouge1_stemmed,
+            self.rouge2_stemmed,
+            self.rouge_l_stemmed,
+            self.exact_match,
+            self.token_f1,
+        ];
+        std::array::from_fn(|i| (GENERATION_METRIC_NAMES[i], v[i]))
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Public functions
 // ---------------------------------------------------------------------------------------------

@@ -231,6 +231,23 @@ impl Decoder {
         Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, self.lm_head()?, &targets.flatten_all()?)?)
     }
 
+    /// Mean next-token cross-entropy over chosen positions only: `rows` (N, u32) index the
+    /// flattened (B·T) positions of `ids` (B, T) whose next token is trained and `targets` (N)
+    /// are those tokens. The LM head runs on those rows alone (completion-only fine-tuning:
+    /// the prompt's positions cost nothing past the last block).
+    pub fn loss_at(
+        &self,
+        ids: &Tensor,
+        rows: &Tensor,
+        targets: &Tensor,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, 0, None, dropout)?;
+        let (b, t, c) = h.dims3()?;
+        let h = h.reshape((b * t, c))?.index_select(rows, 0)?;
+        Ok(ops::lm_head_cross_entropy(&h, self.lm_head()?, targets)?)
+    }
+
     fn lm_head(&self) -> Result<&Tensor> {
         self.head
             .as_ref()

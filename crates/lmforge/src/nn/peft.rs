@@ -336,8 +336,11 @@ pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<
     let cfg: Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
     let bad = |msg: String| Error::format(&cfg_path, msg);
     let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("");
+    if peft_type == BOTTLENECK {
+        return load_bottleneck(dir, store, trainable);
+    }
     if peft_type != "LORA" {
-        return Err(bad(format!("peft_type {peft_type:?} is not supported (LORA only)")));
+        return Err(bad(format!("peft_type {peft_type:?} is not supported (LORA, or lmforge's {BOTTLENECK})")));
     }
     let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
     if flag("use_dora") {
@@ -419,6 +422,38 @@ pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<
         return Err(Error::format(&weights_path, "no lora_A / lora_B tensors"));
     }
     Ok(PeftAdapter { spec: LoraSpec { rank: rank as usize, alpha, dropout, targets }, modules, replaced })
+}
+
+/// The `peft_type` of lmforge's bottleneck-adapter folders (PEFT has no such method): the
+/// same two files, `adapter_model.safetensors` holding the adapters' (and any other trained)
+/// tensors under the model's own names.
+pub const BOTTLENECK: &str = "LMFORGE_BOTTLENECK";
+
+/// Loads a bottleneck-adapter folder: adapter tensors are added (named after the Linear they
+/// follow, so the model picks them up), other tensors replace the base's.
+fn load_bottleneck(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<PeftAdapter> {
+    let weights_path = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights_path, store.device())
+        .map_err(|e| Error::format(&weights_path, format!("cannot read safetensors: {e}")))?;
+    let (mut modules, mut replaced) = (Vec::new(), Vec::new());
+    for (name, t) in tensors.into_iter().collect::<BTreeMap<_, _>>() {
+        let t = t.to_dtype(DType::F32)?;
+        if store.contains(&name) {
+            store.set(&name, &t).map_err(|e| Error::format(&weights_path, e.to_string()))?;
+            replaced.push(name);
+        } else if let Some(module) = name.strip_suffix(".adapter.down.weight") {
+            modules.push(module.to_string());
+            store.insert(&name, t, trainable)?;
+        } else if name.contains(".adapter.") {
+            store.insert(&name, t, trainable)?;
+        } else {
+            return Err(Error::format(
+                &weights_path,
+                format!("tensor `{name}` matches no parameter of the base model"),
+            ));
+        }
+    }
+    Ok(PeftAdapter { spec: LoraSpec { rank: 0, alpha: 0.0, dropout: 0.0, targets: Vec::new() }, modules, replaced })
 }
 
 #[cfg(test)]

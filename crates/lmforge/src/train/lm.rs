@@ -5,7 +5,7 @@
 //! (`config.json`, `model.safetensors`, `tokenizer.json`), so every checkpoint loads in
 //! `transformers` as it is.
 
-use super::task::{Selection, Task, ValMetrics};
+use super::task::{EvalAt, Selection, Task, ValMetrics};
 use crate::checkpoint;
 use crate::data::{self, Batch};
 use crate::distributed::DataParallel;
@@ -131,7 +131,7 @@ impl<O: LmObjective> Task for LmTask<'_, O> {
         (self.batch_size * self.seq_len) as u64
     }
 
-    fn validate(&self, dp: &DataParallel) -> Result<ValMetrics> {
+    fn validate(&self, dp: &DataParallel, _at: EvalAt) -> Result<ValMetrics> {
         self.objective.validate(dp, self.weights.params.device())
     }
 

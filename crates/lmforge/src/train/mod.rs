@@ -26,7 +26,7 @@ pub use fit::{available_memory_bytes, check_fits, human_bytes, optimizer_state_b
 pub use lm::{evaluate, evaluate_mlm};
 pub use metrics_log::MetricsLog;
 pub use pretrain::{resume, train};
-pub use task::{Selection, Task, ValMetrics};
+pub use task::{EvalAt, Selection, Task, ValMetrics};
 
 use crate::checkpoint::{self, CheckpointContents, EpochCursor, TrainerState};
 use crate::distributed::{Collective, DataParallel, DistributedConfig, SingleProcess};
@@ -380,7 +380,9 @@ pub fn run_loop(
 
         state.val_loss = None;
         if plan.eval.due(state.step, plan.max_steps, per_epoch) {
-            let v = task.validate(&dp)?;
+            // The how-manieth evaluation this is, from the cadence alone (so the same after a resume).
+            let index = (1..=state.step).filter(|&s| plan.eval.due(s, plan.max_steps, per_epoch)).count() as u64;
+            let v = task.validate(&dp, EvalAt { step: state.step, index, last: state.step >= plan.max_steps })?;
             let value = v.get(&selection.metric).ok_or_else(|| {
                 Error::Invalid(format!("validation has no metric {:?} to select the best model by", selection.metric))
             })?;

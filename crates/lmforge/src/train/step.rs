@@ -44,8 +44,9 @@ pub struct StepGrads {
     pub grads: BTreeMap<String, Tensor>,
 }
 
-/// Each micro-batch's weight in the step: its share of the rows (1 / grad_accum when they
-/// are equal, the usual case, which keeps the arithmetic of equal micro-batches exact).
+/// Each micro-batch's weight in the step: its share of the step's rows (or trained tokens,
+/// [`Task::micro_weight`]); 1 / grad_accum when they are equal, the usual case, which keeps
+/// the arithmetic of equal micro-batches exact.
 fn micro_weights(rows: &[usize]) -> Vec<f64> {
     let total: usize = rows.iter().sum();
     rows.iter().map(|&r| r as f64 / total.max(1) as f64).collect()
@@ -55,8 +56,9 @@ fn micro_weights(rows: &[usize]) -> Vec<f64> {
 pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
     let s = at.step;
     let rows: Vec<usize> = (0..at.grad_accum).map(|m| task.micro_rows(s, m)).collect::<Result<_>>()?;
-    let weights = micro_weights(&rows);
-    let equal = rows.windows(2).all(|w| w[0] == w[1]);
+    let sizes: Vec<usize> = (0..at.grad_accum).map(|m| task.micro_weight(s, m)).collect::<Result<_>>()?;
+    let weights = micro_weights(&sizes);
+    let equal = sizes.windows(2).all(|w| w[0] == w[1]);
     let inject_nan = crate::testhooks::inject_nan(s + 1);
     let vars = task.params().vars();
     let mut grads: Option<BTreeMap<String, Tensor>> = None;

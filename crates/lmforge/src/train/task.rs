@@ -60,6 +60,15 @@ pub struct Selection {
     pub rule: PatienceRule,
 }
 
+/// Which evaluation this is: after step `step` (1-based count of steps done), the `index`-th
+/// evaluation of the run (1-based, the same after a resume), and whether it is the last step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalAt {
+    pub step: u64,
+    pub index: u64,
+    pub last: bool,
+}
+
 /// An objective the loop trains.
 pub trait Task {
     /// The parameters: the optimizer updates the trainable ones.
@@ -81,8 +90,16 @@ pub trait Task {
         None
     }
 
+    /// How much micro-batch `micro` of step `step` weighs in the step's mean loss (summed over
+    /// the micro-batches); its rows unless the task's loss is a mean over something else (the
+    /// trained tokens of causal fine-tuning, so that a step's loss is the mean over all its
+    /// trained tokens, as Hugging Face's Trainer counts them).
+    fn micro_weight(&self, step: u64, micro: usize) -> Result<usize> {
+        self.micro_rows(step, micro)
+    }
+
     /// Validation over every process (each may evaluate its share; all return the same).
-    fn validate(&self, dp: &crate::distributed::DataParallel) -> Result<ValMetrics>;
+    fn validate(&self, dp: &crate::distributed::DataParallel, at: EvalAt) -> Result<ValMetrics>;
 
     /// The split name of validation rows in `metrics.jsonl`.
     fn val_split(&self) -> &'static str {
