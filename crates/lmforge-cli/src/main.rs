@@ -34,8 +34,8 @@ enum Command {
     /// The experiment store: list, show, compare and remove recorded runs.
     #[command(subcommand)]
     Runs(cmd::runs::Command),
-    /// Fine-tune a pretrained model for text classification (full, LoRA or adapters), or
-    /// continue a fine-tuning run with --resume.
+    /// Fine-tune a pretrained model for text classification or as a causal LM (full, LoRA or
+    /// adapters), or continue a fine-tuning run with --resume.
     Finetune(cmd::finetune::Args),
     /// Classify the rows of a TSV / CSV / JSONL file: one JSON object per row (label, probs,
     /// logits).
@@ -45,6 +45,8 @@ enum Command {
     Eval(cmd::eval::Command),
     /// Generate text, streaming tokens as they are produced.
     Generate(cmd::generate::Args),
+    /// Serve a causal LM over an OpenAI-compatible HTTP API with continuous batching.
+    Serve(cmd::serve::Args),
     /// Export a model to another format.
     #[command(subcommand)]
     Export(cmd::export::Command),
@@ -127,6 +129,7 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<i32> {
         Command::Predict(a) => cmd::predict::run(a),
         Command::Eval(c) => cmd::eval::run(c),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Export(c) => cmd::export::run(c),
         Command::Data(c) => cmd::data::run(c),
         Command::Presets => cmd::presets::run(),

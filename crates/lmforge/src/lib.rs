@@ -59,6 +59,7 @@ pub mod patience;
 pub mod plan;
 pub mod progress;
 pub mod quickstart;
+pub mod serve;
 pub mod shards;
 pub mod testhooks;
 pub mod tokenizer;

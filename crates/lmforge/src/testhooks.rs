@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `LMFORGE_TEST_CHECKPOINT_DELAY_MS=N` | sleep N ms after each file written into a staged checkpoint and before its rename, so a test's SIGKILL lands inside checkpoint writes |
 //! | `LMFORGE_TEST_NAN_AT_STEPS=5,9` | the loss of those steps (1-based, as logged) becomes NaN, once per step per process |
+//! | `LMFORGE_TEST_ENGINE_STEP_DELAY_MS=N` | the serving engine sleeps N ms after each batched step, so a test can disconnect, overload or stop the server mid-stream |
 //! | `LMFORGE_TEST_WRITE_FAULT=KIND@TEXT` | writes (and folder creations) through `fsio` to a path containing TEXT fail with KIND: `enospc` (disk full), `eacces` (permission denied) or `eio` |
 
 use std::collections::BTreeSet;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 struct Hooks {
     checkpoint_delay: Option<Duration>,
+    engine_step_delay: Option<Duration>,
     nan_steps: Mutex<BTreeSet<u64>>,
     write_fault: Option<(i32, String)>,
 }
@@ -26,6 +28,8 @@ fn hooks() -> &'static Hooks {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let checkpoint_delay =
             var("LMFORGE_TEST_CHECKPOINT_DELAY_MS").and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        let engine_step_delay =
+            var("LMFORGE_TEST_ENGINE_STEP_DELAY_MS").and_then(|v| v.parse().ok()).map(Duration::from_millis);
         let nan_steps = var("LMFORGE_TEST_NAN_AT_STEPS")
             .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
             .unwrap_or_default();
@@ -40,13 +44,20 @@ fn hooks() -> &'static Hooks {
             };
             Some((errno, text.to_string()))
         });
-        Hooks { checkpoint_delay, nan_steps: Mutex::new(nan_steps), write_fault }
+        Hooks { checkpoint_delay, engine_step_delay, nan_steps: Mutex::new(nan_steps), write_fault }
     })
 }
 
 /// Pauses inside a checkpoint write when `LMFORGE_TEST_CHECKPOINT_DELAY_MS` is set.
 pub fn checkpoint_write_pause() {
     if let Some(d) = hooks().checkpoint_delay {
+        std::thread::sleep(d);
+    }
+}
+
+/// Pauses after a serving engine step when `LMFORGE_TEST_ENGINE_STEP_DELAY_MS` is set.
+pub fn engine_step_pause() {
+    if let Some(d) = hooks().engine_step_delay {
         std::thread::sleep(d);
     }
 }

@@ -13,6 +13,7 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 /// GPT-style end-of-text marker, id 0 in tokenizers lmforge trains.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
 }

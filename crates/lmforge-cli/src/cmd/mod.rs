@@ -12,6 +12,7 @@ pub mod presets;
 pub mod quickstart;
 pub mod report;
 pub mod runs;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 

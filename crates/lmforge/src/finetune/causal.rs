@@ -327,9 +327,7 @@ impl Task for CausalTuning<'_> {
     }
 
     fn selection(&self) -> Selection {
-        let t = &self.cfg.train;
-        let metric = self.cfg.metric();
-        Selection { metric: metric.into(), rule: super::EarlyStopping::rule(metric, t.patience, t.min_delta) }
+        super::selection(self.cfg)
     }
 
     fn write_model(&self, dir: &Path) -> Result<()> {

@@ -109,24 +109,8 @@ pub(super) fn run(
     let summary = drive(&task, &lp, Drive { cfg, run_dir, opts, resuming, total_steps }, observers, &announce)?;
 
     let writer = opts.collective().rank() == 0;
-    let model_dir = run_dir.join("model");
-    let mut out = FinetuneSummary {
-        run_dir: run_dir.to_path_buf(),
-        model_dir: model_dir.clone(),
-        steps: summary.step,
-        total_steps,
-        epochs: summary.step as f64 / per_epoch.max(1) as f64,
-        stopped_early: summary.stopped_early,
-        interrupted: summary.interrupted,
-        finished: summary.step >= total_steps || summary.stopped_early,
-        params: report,
-        metric: cfg.metric().to_string(),
-        best: summary.best,
-        final_split: None,
-        final_eval: None,
-        final_causal: None,
-        train_seconds: summary.train_seconds,
-    };
+    let mut out = FinetuneSummary::new(cfg, run_dir, &summary, total_steps, per_epoch, report);
+    let model_dir = out.model_dir.clone();
     if !out.finished || !writer {
         return Ok((summary, out));
     }

@@ -336,9 +336,11 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
     Error::format(path, format!("cannot read: {e}"))
 }
 
-fn read_jsonl(path: &Path, cfg: &ClsDataConfig, policy: &mut Policy) -> Result<Vec<RawRow>> {
+/// The JSON objects of a JSONL file with their 1-based lines; blank lines are skipped, and a
+/// line that is not UTF-8, not JSON or not an object is a malformed row for `policy`.
+pub(super) fn jsonl_objects(path: &Path, policy: &mut Policy) -> Result<Vec<(u64, serde_json::Map<String, Value>)>> {
     let file = std::fs::File::open(path).at(path)?;
-    let mut rows = Vec::new();
+    let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line_no = i as u64 + 1;
         let line = match line {
@@ -352,17 +354,18 @@ fn read_jsonl(path: &Path, cfg: &ClsDataConfig, policy: &mut Policy) -> Result<V
         if line.trim().is_empty() {
             continue;
         }
-        let obj = match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => {
-                policy.reject(line_no, Reason::Malformed, "not a JSON object".into())?;
-                continue;
-            }
-            Err(e) => {
-                policy.reject(line_no, Reason::Malformed, format!("invalid JSON: {e}"))?;
-                continue;
-            }
-        };
+        match serde_json::from_str::<Value>(&line) {
+            Ok(Value::Object(o)) => out.push((line_no, o)),
+            Ok(_) => policy.reject(line_no, Reason::Malformed, "not a JSON object".into())?,
+            Err(e) => policy.reject(line_no, Reason::Malformed, format!("invalid JSON: {e}"))?,
+        }
+    }
+    Ok(out)
+}
+
+fn read_jsonl(path: &Path, cfg: &ClsDataConfig, policy: &mut Policy) -> Result<Vec<RawRow>> {
+    let mut rows = Vec::new();
+    for (line_no, obj) in jsonl_objects(path, policy)? {
         let text_of = |key: &str| match obj.get(key) {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Null) | None => None,

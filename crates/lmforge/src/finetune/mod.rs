@@ -90,6 +90,15 @@ impl EarlyStopping {
     }
 }
 
+/// A fine-tune's best-model rule: `train.metric` (higher is better, `loss` / `ppl` lower),
+/// improving by more than `train.min_delta`; `train.patience` evaluations without stop the
+/// run (0: never).
+pub fn selection(cfg: &FinetuneConfig) -> train::Selection {
+    let t = &cfg.train;
+    let metric = cfg.metric();
+    train::Selection { metric: metric.into(), rule: EarlyStopping::rule(metric, t.patience, t.min_delta) }
+}
+
 impl std::ops::Deref for EarlyStopping {
     type Target = Patience;
     fn deref(&self) -> &Patience {
@@ -120,6 +129,36 @@ pub struct FinetuneSummary {
     /// Causal LM: the final split's loss, perplexity and generation metrics, with the best model.
     pub final_causal: Option<causal_run::CausalEval>,
     pub train_seconds: f64,
+}
+
+impl FinetuneSummary {
+    /// The summary of the loop's `summary`, before any final evaluation.
+    fn new(
+        cfg: &FinetuneConfig,
+        run_dir: &Path,
+        summary: &TrainSummary,
+        total_steps: u64,
+        per_epoch: u64,
+        params: model::ParamReport,
+    ) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            model_dir: run_dir.join("model"),
+            steps: summary.step,
+            total_steps,
+            epochs: summary.step as f64 / per_epoch.max(1) as f64,
+            stopped_early: summary.stopped_early,
+            interrupted: summary.interrupted,
+            finished: summary.step >= total_steps || summary.stopped_early,
+            params,
+            metric: cfg.metric().to_string(),
+            best: summary.best,
+            final_split: None,
+            final_eval: None,
+            final_causal: None,
+            train_seconds: summary.train_seconds,
+        }
+    }
 }
 
 /// One split, read and encoded.
@@ -302,24 +341,8 @@ fn run_classification(
     let writer = comm.rank() == 0;
     let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
     let summary = drive(&task, &lp, Drive { cfg, run_dir, opts, resuming, total_steps }, observers, &announce)?;
-    let model_dir = run_dir.join("model");
-    let mut out = FinetuneSummary {
-        run_dir: run_dir.to_path_buf(),
-        model_dir: model_dir.clone(),
-        steps: summary.step,
-        total_steps,
-        epochs: summary.step as f64 / per_epoch.max(1) as f64,
-        stopped_early: summary.stopped_early,
-        interrupted: summary.interrupted,
-        finished: summary.step >= total_steps || summary.stopped_early,
-        params: report,
-        metric: cfg.metric().to_string(),
-        best: summary.best,
-        final_split: None,
-        final_eval: None,
-        final_causal: None,
-        train_seconds: summary.train_seconds,
-    };
+    let mut out = FinetuneSummary::new(cfg, run_dir, &summary, total_steps, per_epoch, report);
+    let model_dir = out.model_dir.clone();
     if !out.finished || !writer {
         return Ok((summary, out));
     }

@@ -12,13 +12,12 @@
 //! the right, and a row left with no target is dropped and counted.
 
 use super::config::{ClsDataConfig, FinetuneConfig, TrainOn};
-use super::dataset::{format_of, read_delimited, BadRows, Format, Policy, Reason};
+use super::dataset::{format_of, jsonl_objects, read_delimited, BadRows, Format, Policy, Reason};
 use crate::chat::{ChatTemplate, Message, Segment};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::tokenizer::TextTokenizer;
 use serde::Serialize;
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::Path;
 
 /// What a row holds.
@@ -79,32 +78,8 @@ pub fn read_rows(path: &Path, cfg: &FinetuneConfig, need_target: bool) -> Result
 
 fn read_jsonl(path: &Path, cfg: &FinetuneConfig, need_target: bool, policy: &mut Policy) -> Result<Vec<SftRow>> {
     let s = &cfg.sft;
-    let file = std::fs::File::open(path).at(path)?;
     let mut rows = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line_no = i as u64 + 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                policy.reject(line_no, Reason::Malformed, "invalid UTF-8".into())?;
-                continue;
-            }
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let obj = match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => {
-                policy.reject(line_no, Reason::Malformed, "not a JSON object".into())?;
-                continue;
-            }
-            Err(e) => {
-                policy.reject(line_no, Reason::Malformed, format!("invalid JSON: {e}"))?;
-                continue;
-            }
-        };
+    for (line_no, obj) in jsonl_objects(path, policy)? {
         let references = match (obj.get("references"), obj.get("reference")) {
             (Some(Value::Array(a)), _) if a.iter().all(Value::is_string) => {
                 a.iter().filter_map(Value::as_str).map(String::from).collect()

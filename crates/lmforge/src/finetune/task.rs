@@ -145,12 +145,8 @@ impl Task for Classification<'_> {
         "validation"
     }
 
-    /// `train.metric` (higher is better, `loss` lower), improving by more than
-    /// `train.min_delta`; `train.patience` evaluations without stop the run (0: never).
     fn selection(&self) -> Selection {
-        let t = &self.cfg.train;
-        let metric = self.cfg.metric();
-        Selection { metric: metric.into(), rule: super::EarlyStopping::rule(metric, t.patience, t.min_delta) }
+        super::selection(self.cfg)
     }
 
     fn write_model(&self, dir: &Path) -> Result<()> {

@@ -255,6 +255,55 @@ impl Decoder {
     }
 }
 
+/// One sequence's share of a continuous batch ([`Decoder::forward_pieces`]): its new tokens,
+/// at positions `start..start + tokens.len()`, and its KV cache (which holds `start` positions).
+pub struct Piece<'a> {
+    pub tokens: &'a [u32],
+    pub start: usize,
+    pub cache: &'a mut KvCache,
+}
+
+impl Decoder {
+    /// Continuous batching's forward: the new tokens of several sequences, each at its own
+    /// positions with its own KV cache, in one pass — embeddings, norms, projections and MLPs
+    /// over all N tokens at once, attention per sequence over its cache — giving the logits of
+    /// each piece's last token, (P, V). For one piece this is `forward` with a cache, op for op.
+    pub fn forward_pieces(&self, pieces: &mut [Piece]) -> Result<Tensor> {
+        let device = self.wte.device().clone();
+        let (mut ids, mut positions, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        for p in pieces.iter() {
+            let end = p.start + p.tokens.len();
+            if p.tokens.is_empty() || end > self.spec.context || p.cache.len() != p.start {
+                return Err(crate::Error::Invalid(format!(
+                    "a piece of {} tokens at {} (cache {}) does not fit the context of {}",
+                    p.tokens.len(),
+                    p.start,
+                    p.cache.len(),
+                    self.spec.context
+                )));
+            }
+            ids.extend_from_slice(p.tokens);
+            positions.extend((p.start..end).map(|i| i as u32));
+            last.push(ids.len() as u32 - 1);
+        }
+        let n = ids.len();
+        let mut x = self.wte.index_select(&Tensor::from_vec(ids, n, &device)?, 0)?; // (N, C)
+        if let Some(wpe) = &self.wpe {
+            x = (x + wpe.index_select(&Tensor::from_vec(positions, n, &device)?, 0)?)?;
+        }
+        let mut x = x.unsqueeze(0)?; // (1, N, C)
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let a = block.attn.forward_pieces(&block.norm1.forward(&x)?, pieces, layer, self.rope.as_deref())?;
+            x = (x + a)?;
+            let m = block.mlp.forward(&block.norm2.forward(&x)?, &mut None)?;
+            x = (x + m)?;
+        }
+        let h = self.norm_f.forward(&x)?.squeeze(0)?; // (N, C)
+        let h = h.index_select(&Tensor::from_vec(last, pieces.len(), &device)?, 0)?; // (P, C)
+        Ok(h.matmul(&self.lm_head()?.t()?)?)
+    }
+}
+
 impl Block {
     /// The block, and its fused form when every Linear is a plain product.
     fn new(parts: LayerParts, spec: &ModelSpec, rope: Option<&Rope>) -> Self {
@@ -365,7 +414,6 @@ impl Attention {
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
         let path = self.path(cache.is_some(), dropout, rope);
@@ -373,13 +421,7 @@ impl Attention {
             let qkv = lin.forward_t(x, dropout)?; // (B, T, (H + 2K)·D)
             return self.o.forward_t(&ops::causal_attention_packed(&qkv, h, kh, scale)?, dropout);
         }
-        let (q, k, v) = match &self.qkv {
-            Qkv::Packed(lin) => {
-                let qkv = lin.forward_t(x, dropout)?; // (B, T, 3·H·D)
-                (qkv.narrow(2, 0, h * d)?, qkv.narrow(2, h * d, kh * d)?, qkv.narrow(2, (h + kh) * d, kh * d)?)
-            }
-            Qkv::Split { q, k, v } => (q.forward_t(x, dropout)?, k.forward_t(x, dropout)?, v.forward_t(x, dropout)?),
-        };
+        let (q, k, v) = self.project(x, dropout)?;
         if let AttentionPath::Split = path {
             let (q, k) = match rope {
                 Some(rope) => (rope.apply_tokens(&q, h, offset)?, rope.apply_tokens(&k, kh, offset)?),
@@ -387,9 +429,56 @@ impl Attention {
             };
             return self.o.forward_t(&ops::causal_attention(&q, &k, &v, h, kh, scale)?, dropout);
         }
-        // With a KV cache or attention dropout: heads, then the grouped matmuls.
+        let y = self.attend(&q, &k, &v, offset, cache, rope, dropout)?;
+        self.o.forward_t(&y, dropout)
+    }
+
+    /// q (B, T, H·D), k and v (B, T, K·D) of x (B, T, C).
+    fn project(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        Ok(match &self.qkv {
+            Qkv::Packed(lin) => {
+                let qkv = lin.forward_t(x, dropout)?; // (B, T, (H + 2K)·D)
+                (qkv.narrow(2, 0, h * d)?, qkv.narrow(2, h * d, kh * d)?, qkv.narrow(2, (h + kh) * d, kh * d)?)
+            }
+            Qkv::Split { q, k, v } => (q.forward_t(x, dropout)?, k.forward_t(x, dropout)?, v.forward_t(x, dropout)?),
+        })
+    }
+
+    /// Continuous batching: x (1, N, C) holds the new tokens of every piece in order; each
+    /// piece attends over its own cache (at its own positions), the projections run once.
+    fn forward_pieces(&self, x: &Tensor, pieces: &mut [Piece], layer: usize, rope: Option<&Rope>) -> Result<Tensor> {
+        let (q, k, v) = self.project(x, &mut None)?;
+        let mut outputs = Vec::with_capacity(pieces.len());
+        let mut at = 0;
+        for p in pieces.iter_mut() {
+            let t = p.tokens.len();
+            let (qp, kp, vp) = (q.narrow(1, at, t)?, k.narrow(1, at, t)?, v.narrow(1, at, t)?);
+            outputs.push(self.attend(&qp, &kp, &vp, p.start, Some(&mut p.cache.layers[layer]), rope, &mut None)?);
+            at += t;
+        }
+        self.o.forward_t(&Tensor::cat(&outputs, 1)?, &mut None)
+    }
+
+    /// q (B, T, H·D), k and v (B, T, K·D) of positions offset..offset+T → the attention output
+    /// (B, T, H·D) over the cache (which gets k and v appended) and themselves: heads, then the
+    /// grouped matmuls. The path with a KV cache or attention dropout, and continuous batching's.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        rope: Option<&Rope>,
+        dropout: &mut Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
+        let (h, kh, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let scale = 1.0 / (d as f64).sqrt();
         // (B, T, n·D) -> (B, n, T, D)
-        let heads = |z: Tensor, n: usize| -> candle_core::Result<Tensor> {
+        let heads = |z: &Tensor, n: usize| -> candle_core::Result<Tensor> {
             z.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
         };
         let (mut q, mut k, mut v) = (heads(q, h)?, heads(k, kh)?, heads(v, kh)?);
@@ -416,8 +505,7 @@ impl Attention {
         let p = ops::causal_softmax(&scores, scale)?;
         let p = drop(dropout, &p)?;
         let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
-        let y = y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
-        self.o.forward_t(&y, dropout)
+        Ok(y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?)
     }
 }
 
