@@ -47,18 +47,18 @@ client = openai.OpenAI(base_url=base, api_key="unused")
 try:
     model = client.models.list().data[0].id
     print(f"models.list: {model}")
-    c = client.completions.create(model=model, prompt="ROMEO:", max_tokens=16, temperature=0, logprobs=2)
+    prompt = "Summarize in one line:\nThe ls command lists information about the files in a directory.\n"
+    c = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0, logprobs=2)
     print(f"completions.create: finish={c.choices[0].finish_reason} usage={c.usage.model_dump()} text={c.choices[0].text!r}")
     print(f"  logprobs[0]: {c.choices[0].logprobs.tokens[0]!r} {c.choices[0].logprobs.token_logprobs[0]:.4f}")
-    r = client.chat.completions.create(model=model, max_tokens=24, temperature=0,
-                                       messages=[{"role": "system", "content": "Answer in one line."},
-                                                 {"role": "user", "content": "What does ls do?"}])
+    messages = [{"role": "system", "content": "Answer in one line."},
+                {"role": "user", "content": "What does ls do?"}]
+    r = client.chat.completions.create(model=model, max_tokens=24, temperature=0, messages=messages)
     print(f"chat.completions.create: finish={r.choices[0].finish_reason} usage={r.usage.model_dump()} "
           f"content={r.choices[0].message.content!r}")
     pieces, usage, finish = [], None, None
     for chunk in client.chat.completions.create(model=model, max_tokens=24, temperature=0, stream=True,
-                                                stream_options={"include_usage": True},
-                                                messages=[{"role": "user", "content": "What does ls do?"}]):
+                                                stream_options={"include_usage": True}, messages=messages):
         if chunk.usage:
             usage = chunk.usage.model_dump()
         for ch in chunk.choices:

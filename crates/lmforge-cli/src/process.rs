@@ -29,6 +29,17 @@ fn keep_freed_memory_in_heap() {
     }
 }
 
+/// A long-lived server's load comes and goes: there freed memory goes back to the OS (glibc's
+/// own thresholds again), so the process returns to its idle size after a burst.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// The processes of an MPI job on one machine would each start a thread per core: each gets
 /// its share instead (as torchrun sets OMP_NUM_THREADS). RAYON_NUM_THREADS, when set, wins.
 fn share_cores_between_local_processes() {

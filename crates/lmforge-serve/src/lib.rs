@@ -8,6 +8,7 @@
 //! get a 429; a client that goes away frees its sequence at the engine's next step. SIGTERM or
 //! Ctrl-C stops accepting connections, lets running streams finish (a bounded wait) and exits 0.
 
+pub mod bench;
 mod metrics;
 pub mod openai;
 
@@ -420,7 +421,7 @@ fn start_job(app: &Arc<App>, job: Result<Job, ApiError>) -> Result<(Job, Events,
                 top_k: s.top_k,
                 top_p: s.top_p,
                 seed: base_seed.wrapping_add(j as u64),
-                eos_id: app.eos,
+                eos_id: if s.ignore_eos { None } else { app.eos },
                 stop_ids: stop_ids.clone(),
             };
             let sink = Box::new(ChanSink { tx: tx.clone(), index });

@@ -72,6 +72,8 @@ pub struct Sampling {
     pub n: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's extension: do not stop at the end-of-text token (benchmarks of fixed lengths).
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +107,7 @@ pub struct Checked {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 impl Sampling {
@@ -159,6 +162,7 @@ impl Sampling {
             n,
             stream,
             include_usage,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
-use crate::models::{Decoder, KvCache};
+use crate::models::{Decoder, KvCache, Piece};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -136,11 +136,11 @@ pub fn generate_ids(
                 cache = KvCache::new(model.spec.n_layer);
                 pending = seq[seq.len() - keep..].to_vec();
             }
-            let offset = cache.len();
-            let x = Tensor::from_slice(&pending, (1, pending.len()), device)?;
-            let l = model.forward(&x, offset, Some(&mut cache))?;
+            // The serving engine's forward, so `generate` and `serve` pick the same tokens.
+            let start = cache.len();
+            let l = model.forward_pieces(&mut [Piece { tokens: &pending, start, cache: &mut cache }])?;
             pending.clear();
-            l
+            l.unsqueeze(0)?
         } else {
             let window = &seq[seq.len().saturating_sub(ctx)..];
             let x = Tensor::from_slice(window, (1, window.len()), device)?;

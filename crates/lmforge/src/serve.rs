@@ -263,7 +263,8 @@ impl Worker {
             self.stats.kv_reserved.fetch_add(need, Ordering::Relaxed);
             self.stats.prompt_tokens.fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             let rng = ChaCha8Rng::seed_from_u64(req.sampling.seed);
-            let cache = KvCache::new(self.model.spec.n_layer);
+            // Buffers for the whole sequence, written in place: no regrowth, no fragmentation.
+            let cache = KvCache::with_capacity(self.model.spec.n_layer, need);
             self.running.push(Sequence {
                 req,
                 cache,

@@ -36,6 +36,36 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// Serve a model on loopback and load it: output tokens/s, time to first token and
+    /// inter-token latency (p50 / p99) at each concurrency, resident memory.
+    Serve {
+        /// A causal LM: run dir, checkpoint or Hugging Face folder.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[command(flatten)]
+        adapter: super::AdapterArg,
+        /// Concurrent clients, a level each (each sends --requests streamed completions in turn).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 4)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        prompt_len: usize,
+        /// Tokens out per request (the end-of-text token is ignored).
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        #[arg(long, default_value_t = 256)]
+        kv_cache_mb: usize,
+        #[arg(long, default_value_t = 512)]
+        prefill_tokens: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
     /// Sustained fp32 matmul GFLOP/s (the peak MFU is measured against).
     Matmul {
         /// Print one JSON object.
@@ -64,6 +94,46 @@ pub fn run(c: Command) -> Result<i32> {
                 print_json(&r)?;
             } else {
                 print!("{}", bench::table(&r));
+            }
+        }
+        Command::Serve {
+            model,
+            adapter,
+            concurrency,
+            requests,
+            prompt_len,
+            max_tokens,
+            max_batch,
+            kv_cache_mb,
+            prefill_tokens,
+            json,
+            device,
+        } => {
+            crate::process::return_freed_memory();
+            let m = lmforge::checkpoint::LoadedModel::load_with_adapter(&model, adapter.get(), &device.resolve()?)?;
+            let max_concurrent = concurrency.iter().copied().max().unwrap_or(1).max(1);
+            let o = lmforge_serve::ServeOptions {
+                host: "127.0.0.1".into(),
+                port: 0,
+                max_batch,
+                max_concurrent,
+                kv_cache_mb,
+                prefill_tokens,
+                api_key: None,
+                model_id: model.display().to_string(),
+                drain: std::time::Duration::from_secs(1),
+            };
+            let b = lmforge_serve::bench::BenchOptions {
+                concurrency,
+                prompt_len,
+                max_tokens,
+                requests_per_client: requests,
+            };
+            let r = lmforge_serve::bench::bench(m, o, b)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                print!("{}", lmforge_serve::bench::table(&r));
             }
         }
         Command::Matmul { json } => {

@@ -13,7 +13,7 @@
 //! Dimension letters: B batch, T new positions, S cached + new positions, C d_model,
 //! H query heads, K key/value heads, D head dim, V vocab.
 
-use super::{Family, ModelSpec};
+use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
@@ -32,6 +32,8 @@ pub struct Decoder {
     /// head (a classifier's).
     head: Option<Tensor>,
     rope: Option<Arc<Rope>>,
+    /// Host copies of the rotary tables for continuous batching on the CPU.
+    rope_host: Option<Arc<ragged::HostRope>>,
     /// Recompute each block in the backward instead of keeping its activations.
     checkpointing: bool,
 }
@@ -107,25 +109,73 @@ enum AttentionPath {
     Explicit,
 }
 
-/// Keys and values of the positions seen so far, per layer: (B, K, S, D) each.
+/// Keys and values of the positions seen so far, per layer: (B, K, S, D) each. Grown by
+/// concatenation, or, with a capacity (continuous batching knows each sequence's prompt and
+/// `max_tokens`), written in place into buffers allocated once.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerCache>,
+}
+
+/// One layer's keys and values and how many positions they hold.
+#[derive(Default)]
+struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+    /// Continuous batching on the CPU keeps keys and values here instead ([`ragged`]).
+    host: ragged::HostKv,
+    len: usize,
+    /// Positions to allocate up front (0: grow by concatenation).
+    capacity: usize,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> Self {
-        Self { layers: (0..n_layer).map(|_| None).collect() }
+        Self::with_capacity(n_layer, 0)
+    }
+    /// A cache whose buffers hold `capacity` positions, allocated at the first write.
+    pub fn with_capacity(n_layer: usize, capacity: usize) -> Self {
+        let layer = || LayerCache { kv: None, host: ragged::HostKv::default(), len: 0, capacity };
+        Self { layers: (0..n_layer).map(|_| layer()).collect() }
     }
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        match self.layers.first() {
-            Some(Some((k, _))) => k.dims()[2],
-            _ => 0,
-        }
+        self.layers.first().map_or(0, |l| l.len)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl LayerCache {
+    /// Appends k, v (B, K, T, D) and returns every position's (B, K, S, D).
+    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let end = self.len + t;
+        if self.kv.is_none() && self.capacity >= end {
+            let (b, kh, _, d) = k.dims4()?;
+            let zeros = || Tensor::zeros((b, kh, self.capacity, d), k.dtype(), k.device());
+            self.kv = Some((zeros()?, zeros()?));
+        }
+        let (k, v) = match self.kv.take() {
+            Some((bk, bv)) if bk.dim(2)? >= end && self.capacity > 0 => {
+                bk.slice_set(&k, 2, self.len)?;
+                bv.slice_set(&v, 2, self.len)?;
+                let all = (bk.narrow(2, 0, end)?, bv.narrow(2, 0, end)?);
+                self.kv = Some((bk, bv));
+                all
+            }
+            Some((pk, pv)) => {
+                let all = (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?);
+                self.kv = Some(all.clone());
+                all
+            }
+            None => {
+                self.kv = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        self.len = end;
+        Ok((k, v))
     }
 }
 
@@ -156,6 +206,14 @@ impl Decoder {
             blocks,
             norm_f: ends.norm_f,
             head,
+            rope_host: match (&rope, p.device().is_cpu()) {
+                (Some(r), true) => {
+                    let (cos, sin) = r.tables();
+                    let to_host = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+                    Some(Arc::new(ragged::HostRope { cos: to_host(cos)?, sin: to_host(sin)?, d: spec.head_dim }))
+                }
+                _ => None,
+            },
             rope,
             checkpointing: false,
         })
@@ -293,7 +351,11 @@ impl Decoder {
         }
         let mut x = x.unsqueeze(0)?; // (1, N, C)
         for (layer, block) in self.blocks.iter().enumerate() {
-            let a = block.attn.forward_pieces(&block.norm1.forward(&x)?, pieces, layer, self.rope.as_deref())?;
+            let h = block.norm1.forward(&x)?;
+            let a = match device.is_cpu() {
+                true => block.attn.forward_pieces_host(&h, pieces, layer, self.rope_host.as_deref())?,
+                false => block.attn.forward_pieces(&h, pieces, layer, self.rope.as_deref())?,
+            };
             x = (x + a)?;
             let m = block.mlp.forward(&block.norm2.forward(&x)?, &mut None)?;
             x = (x + m)?;
@@ -360,7 +422,7 @@ impl Block {
         &self,
         x: &Tensor,
         offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerCache>,
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
@@ -410,7 +472,7 @@ impl Attention {
         &self,
         x: &Tensor,
         offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerCache>,
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
@@ -445,6 +507,38 @@ impl Attention {
         })
     }
 
+    /// [`Self::forward_pieces`] on the CPU: the projections in candle, attention over host
+    /// caches in one pass ([`ragged::attend`]).
+    fn forward_pieces_host(
+        &self,
+        x: &Tensor,
+        pieces: &mut [Piece],
+        layer: usize,
+        rope: Option<&ragged::HostRope>,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project(x, &mut None)?;
+        let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+        let (mut q, mut k, v) = (host(q)?, host(k)?, host(v)?);
+        let shape = ragged::Heads { h: self.n_head, kh: self.n_kv_head, d: self.head_dim };
+        let row = shape.kh * shape.d;
+        let mut at = 0;
+        let mut kvs = Vec::with_capacity(pieces.len());
+        for p in pieces.iter_mut() {
+            let t = p.tokens.len();
+            let c = &mut p.cache.layers[layer];
+            if c.host.k.capacity() == 0 && c.capacity > 0 {
+                c.host.k.reserve_exact(c.capacity * row);
+                c.host.v.reserve_exact(c.capacity * row);
+            }
+            c.len += t;
+            kvs.push(ragged::PieceKv { range: at..at + t, start: p.start, kv: &mut c.host });
+            at += t;
+        }
+        let y = ragged::attend(&mut q, &mut k, &v, &mut kvs, shape, rope);
+        let y = Tensor::from_vec(y, (1, at, shape.h * shape.d), x.device())?;
+        self.o.forward_t(&y, &mut None)
+    }
+
     /// Continuous batching: x (1, N, C) holds the new tokens of every piece in order; each
     /// piece attends over its own cache (at its own positions), the projections run once.
     fn forward_pieces(&self, x: &Tensor, pieces: &mut [Piece], layer: usize, rope: Option<&Rope>) -> Result<Tensor> {
@@ -470,7 +564,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerCache>,
         rope: Option<&Rope>,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
@@ -487,11 +581,7 @@ impl Attention {
             k = rope.apply(&k, offset)?;
         }
         if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
+            (k, v) = slot.append(k, v)?;
         }
         let s = k.dim(2)?;
         // Grouped-query attention without repeating K/V: the H/K query heads that share a

@@ -19,6 +19,7 @@ pub mod gpt2;
 pub mod hf;
 pub mod llama;
 pub mod memory;
+mod ragged;
 
 use crate::error::{Error, Result};
 pub use config::ModelConfig;
