@@ -47,6 +47,8 @@ enum Command {
     Generate(cmd::generate::Args),
     /// Serve a causal LM over an OpenAI-compatible HTTP API with continuous batching.
     Serve(cmd::serve::Args),
+    /// Write a causal LM as a GGUF file of quantized weights (llama.cpp, Ollama, LM Studio).
+    Quantize(cmd::quantize::Args),
     /// Export a model to another format.
     #[command(subcommand)]
     Export(cmd::export::Command),
@@ -130,6 +132,7 @@ fn run(command: Command, ctx: &Ctx) -> anyhow::Result<i32> {
         Command::Eval(c) => cmd::eval::run(c),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
         Command::Export(c) => cmd::export::run(c),
         Command::Data(c) => cmd::data::run(c),
         Command::Presets => cmd::presets::run(),

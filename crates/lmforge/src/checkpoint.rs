@@ -404,8 +404,8 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// `path` may be a run dir (its latest checkpoint), a checkpoint dir, or a Hugging Face
-    /// folder (`config.json` + `model.safetensors` + `tokenizer.json`).
+    /// `path` may be a run dir (its latest checkpoint), a checkpoint dir, a Hugging Face
+    /// folder (`config.json` + `model.safetensors` + `tokenizer.json`) or a `.gguf` file.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         Self::load_with_adapter(path, None, device)
     }
@@ -414,6 +414,12 @@ impl LoadedModel {
     /// `adapter_model.safetensors`, lmforge's or Hugging Face PEFT's) applied unmerged on top.
     /// A fine-tune run dir given as `adapter` means its `model/` folder.
     pub fn load_with_adapter(path: &Path, adapter: Option<&Path>, device: &Device) -> Result<Self> {
+        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            if adapter.is_some() {
+                return Err(Error::Invalid("--adapter applies to a model folder, not a GGUF file".into()));
+            }
+            return crate::gguf::load(path, device);
+        }
         let folder = resolve_model_dir(path)?;
         verify_manifest(&folder)?;
         let spec = hf::read_config(&folder.join("config.json"))?;

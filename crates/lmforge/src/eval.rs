@@ -140,3 +140,61 @@ pub fn masked_lm(model: &LoadedModel, text: &str, every: usize) -> Result<MlmEva
         every,
     })
 }
+
+/// How close a quantized model is to its reference, as llama.cpp's `perplexity --kl-divergence`
+/// reports it: both perplexities and their ratio, the mean KL divergence of the next-token
+/// distributions (reference ‖ quantized) and the share of positions with the same top token.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QuantQuality {
+    pub tokens: usize,
+    pub predicted: usize,
+    pub ppl_reference: f64,
+    pub ppl_quantized: f64,
+    pub ppl_ratio: f64,
+    pub mean_kl: f64,
+    pub same_top_token: f64,
+}
+
+/// [`QuantQuality`] of `quantized` against `reference` on `text` (same tokenizer required),
+/// over non-overlapping windows of the context.
+pub fn quant_quality(reference: &LoadedModel, quantized: &LoadedModel, text: &str) -> Result<QuantQuality> {
+    let ids = reference.tokenizer.encode(text)?;
+    if quantized.tokenizer.encode(text)? != ids {
+        return Err(Error::Invalid("the two models tokenize the text differently".into()));
+    }
+    if ids.len() < 2 {
+        return Err(Error::Invalid(format!("the text encodes to {} token(s); at least 2 are needed", ids.len())));
+    }
+    let ctx = reference.spec.context.min(quantized.spec.context);
+    let log_probs = |m: &LoadedModel, window: &[u32]| -> Result<Vec<Vec<f32>>> {
+        let x = Tensor::from_slice(window, (1, window.len()), m.params.device())?;
+        let logits = m.decoder()?.forward(&x, 0, None)?.squeeze(0)?;
+        Ok(ops::log_softmax_last_dim(&logits)?.to_vec2()?)
+    };
+    let (mut nll_r, mut nll_q, mut kl, mut same, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    for window in ids.chunks(ctx) {
+        if window.len() < 2 {
+            continue;
+        }
+        let (r, q) = (log_probs(reference, window)?, log_probs(quantized, window)?);
+        for t in 0..window.len() - 1 {
+            let target = window[t + 1] as usize;
+            nll_r -= r[t][target] as f64;
+            nll_q -= q[t][target] as f64;
+            kl += r[t].iter().zip(&q[t]).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).sum::<f64>();
+            let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
+            same += (argmax(&r[t]) == argmax(&q[t])) as usize;
+            n += 1;
+        }
+    }
+    let (ppl_r, ppl_q) = ((nll_r / n as f64).exp(), (nll_q / n as f64).exp());
+    Ok(QuantQuality {
+        tokens: ids.len(),
+        predicted: n,
+        ppl_reference: ppl_r,
+        ppl_quantized: ppl_q,
+        ppl_ratio: ppl_q / ppl_r,
+        mean_kl: kl / n as f64,
+        same_top_token: same as f64 / n as f64,
+    })
+}

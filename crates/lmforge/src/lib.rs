@@ -49,6 +49,7 @@ pub mod faults;
 pub mod finetune;
 pub mod fsio;
 pub mod generate;
+pub mod gguf;
 pub mod metrics;
 pub mod mlm_data;
 pub mod models;

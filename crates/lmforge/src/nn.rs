@@ -142,7 +142,9 @@ impl ParamStore {
         Ok(Self::from_tensors(raw, params, device, path, &|k| Some(k.to_string()), &|_| false)?.0)
     }
 
-    fn from_tensors(
+    /// Parameters `params` from named tensors (`path` names their file in errors), keys
+    /// mapped by `key_of`.
+    pub fn from_tensors(
         raw: std::collections::HashMap<String, Tensor>,
         params: &[ParamInfo],
         device: &Device,

@@ -69,6 +69,16 @@ impl TextTokenizer {
         }
     }
 
+    /// A tokenizer built elsewhere (from a GGUF file's metadata).
+    pub fn from_tokenizer(inner: Tokenizer) -> Self {
+        Self { inner }
+    }
+
+    /// The `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     /// Saves as `tokenizer.json`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer(e.to_string()))?;

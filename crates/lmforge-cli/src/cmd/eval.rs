@@ -69,6 +69,21 @@ pub enum Command {
         #[command(flatten)]
         device: DeviceArg,
     },
+    /// How close a quantized model (a GGUF file) is to its reference on a text: both
+    /// perplexities and their ratio, mean KL divergence, share of the same top token.
+    Quant {
+        /// The reference: run dir, checkpoint, Hugging Face folder (or GGUF file).
+        #[arg(long)]
+        model: PathBuf,
+        /// The quantized model (a .gguf file, or any model path).
+        #[arg(long)]
+        quantized: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Masked-LM loss and accuracy of a text under a BERT model (every N-th token masked).
     Mlm {
         #[arg(long)]
@@ -124,6 +139,20 @@ pub fn run(c: Command) -> Result<i32> {
                 println!("  stemmed      {:.4} / {:.4} / {:.4}", m.rouge1_stemmed, m.rouge2_stemmed, m.rouge_l_stemmed);
                 println!("exact match    {:.2}", m.exact_match);
                 println!("token F1       {:.2}", m.token_f1);
+            }
+        }
+        Command::Quant { model, quantized, text, json } => {
+            let reference = LoadedModel::load(&model, &lmforge::Device::Cpu)?;
+            let quant = LoadedModel::load(&quantized, &lmforge::Device::Cpu)?;
+            let q = lmforge::eval::quant_quality(&reference, &quant, &read_text(&text)?)?;
+            if json {
+                print_json(&q)?;
+            } else {
+                println!("reference      {} ppl {:.4}", reference.source.display(), q.ppl_reference);
+                println!("quantized      {} ppl {:.4}", quant.source.display(), q.ppl_quantized);
+                println!("ppl ratio      {:.5}", q.ppl_ratio);
+                println!("mean KL        {:.6} nats", q.mean_kl);
+                println!("same top token {:.2}% of {} positions", 100.0 * q.same_top_token, q.predicted);
             }
         }
         Command::Mlm { model, text, every, json, device } => {

@@ -1,4 +1,4 @@
-//! `lmforge export`: a model in another format.
+//! `lmforge export`: a model in another format (a Hugging Face folder, a GGUF file).
 
 use anyhow::Result;
 use lmforge::checkpoint::LoadedModel;
@@ -16,6 +16,17 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A GGUF file (llama.cpp): `lmforge quantize` with `--to f16` by default.
+    Gguf {
+        /// A run dir, checkpoint dir or Hugging Face folder (GPT-2 or Llama).
+        model: PathBuf,
+        #[command(flatten)]
+        adapter: super::AdapterArg,
+        #[arg(long, default_value = "f16")]
+        to: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(c: Command) -> Result<i32> {
@@ -24,6 +35,9 @@ pub fn run(c: Command) -> Result<i32> {
             let m = LoadedModel::load_with_adapter(&model, adapter.get(), &lmforge::Device::Cpu)?;
             let dir = m.export_hf(&out)?;
             eprintln!("exported {} -> {}", m.source.display(), dir.display());
+        }
+        Command::Gguf { model, adapter, to, out } => {
+            return super::quantize::run(super::quantize::Args { model, adapter, to, out });
         }
     }
     Ok(0)

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod plan;
 pub mod predict;
 pub mod presets;
+pub mod quantize;
 pub mod quickstart;
 pub mod report;
 pub mod runs;

@@ -1,0 +1,404 @@
+//! GGUF, llama.cpp's model file: export (`lmforge quantize`, `lmforge export gguf`) with the
+//! metadata llama.cpp reads — architecture keys, context, rope settings, and the tokenizer as
+//! `tokenizer.ggml.*` (byte-level BPE: tokens, token types, merges, special ids) plus the exact
+//! `tokenizer.json` as `tokenizer.huggingface.json` — and the weights in a GGML type (candle's
+//! quantizers: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, and the Q4_K_M mix); and import, which
+//! reads ours and llama.cpp-made files of GPT-2 and Llama models back into a [`LoadedModel`].
+//!
+//! Names and layouts follow llama.cpp's converter (`convert_hf_to_gguf.py`): GPT-2's Conv1D
+//! weights are stored as Linear (out, in); Llama's q and k projections are permuted from Hugging
+//! Face's rotate-half layout to GGML's interleaved RoPE pairs (undone on import); a tied GPT-2
+//! head is written as `output.weight` too. 1-D tensors stay F32, and a matrix whose rows do not
+//! divide into the type's blocks falls back to Q8_0, else F16 (as llama.cpp does).
+//!
+//! Import dequantizes to fp32: the quantized file's quality, not (yet) its memory or speed.
+
+use crate::checkpoint::LoadedModel;
+use crate::checkpoint::Network;
+use crate::error::{Error, IoContext, Result};
+use crate::models::{ModelSpec, Style};
+use crate::nn::ParamStore;
+use crate::tokenizer::TextTokenizer;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The weight types `quantize --to` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantType {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4K,
+    Q6K,
+    /// llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output matrix and for `attn_v` / `ffn_down`
+    /// in the first and last eighth of the layers and every third one between.
+    Q4KM,
+}
+
+impl QuantType {
+    pub const NAMES: [&'static str; 8] = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k", "q4_k_m"];
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "bf16" => Self::Bf16,
+            "q8_0" => Self::Q8_0,
+            "q4_0" => Self::Q4_0,
+            "q4_k" | "q4_k_s" => Self::Q4K,
+            "q6_k" => Self::Q6K,
+            "q4_k_m" => Self::Q4KM,
+            _ => return Err(Error::config("--to", format!("{s:?}: expected one of {}", Self::NAMES.join(", ")))),
+        })
+    }
+
+    /// llama.cpp's `general.file_type` (LLAMA_FTYPE_*).
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q8_0 => 7,
+            Self::Q4K => 14,
+            Self::Q4KM => 15,
+            Self::Q6K => 18,
+            Self::Bf16 => 32,
+        }
+    }
+
+    /// The GGML type of matrix `name` (layer `layer` of `n_layer`).
+    fn matrix_type(self, name: &str, layer: Option<usize>, n_layer: usize) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::Bf16 => GgmlDType::BF16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q6K => GgmlDType::Q6K,
+            Self::Q4KM => {
+                let more_bits = |i: usize| {
+                    i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2
+                };
+                let sensitive = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
+                match (name == "output.weight", layer) {
+                    (true, _) => GgmlDType::Q6K,
+                    (false, Some(i)) if sensitive && more_bits(i) => GgmlDType::Q6K,
+                    _ => GgmlDType::Q4K,
+                }
+            }
+        }
+    }
+}
+
+/// lmforge's parameter name → llama.cpp's tensor name, and whether it is a GPT-2 Conv1D
+/// weight (stored transposed) or a Llama q / k projection (permuted).
+fn gguf_name(spec: &ModelSpec, name: &str) -> Option<(String, Layout)> {
+    let (layer, rest) = match name.split('.').collect::<Vec<_>>().as_slice() {
+        ["transformer", "h", i, rest @ ..] | ["model", "layers", i, rest @ ..] => {
+            (Some(i.parse::<usize>().ok()?), rest.join("."))
+        }
+        _ => (None, name.to_string()),
+    };
+    let (base, layout) = match (spec.style, rest.as_str()) {
+        (Style::Gpt2, "transformer.wte.weight") => ("token_embd.weight", Layout::Plain),
+        (Style::Gpt2, "transformer.wpe.weight") => ("position_embd.weight", Layout::Plain),
+        (Style::Gpt2, "transformer.ln_f.weight") => ("output_norm.weight", Layout::Plain),
+        (Style::Gpt2, "transformer.ln_f.bias") => ("output_norm.bias", Layout::Plain),
+        (Style::Gpt2, "ln_1.weight") => ("attn_norm.weight", Layout::Plain),
+        (Style::Gpt2, "ln_1.bias") => ("attn_norm.bias", Layout::Plain),
+        (Style::Gpt2, "attn.c_attn.weight") => ("attn_qkv.weight", Layout::Conv1d),
+        (Style::Gpt2, "attn.c_attn.bias") => ("attn_qkv.bias", Layout::Plain),
+        (Style::Gpt2, "attn.c_proj.weight") => ("attn_output.weight", Layout::Conv1d),
+        (Style::Gpt2, "attn.c_proj.bias") => ("attn_output.bias", Layout::Plain),
+        (Style::Gpt2, "ln_2.weight") => ("ffn_norm.weight", Layout::Plain),
+        (Style::Gpt2, "ln_2.bias") => ("ffn_norm.bias", Layout::Plain),
+        (Style::Gpt2, "mlp.c_fc.weight") => ("ffn_up.weight", Layout::Conv1d),
+        (Style::Gpt2, "mlp.c_fc.bias") => ("ffn_up.bias", Layout::Plain),
+        (Style::Gpt2, "mlp.c_proj.weight") => ("ffn_down.weight", Layout::Conv1d),
+        (Style::Gpt2, "mlp.c_proj.bias") => ("ffn_down.bias", Layout::Plain),
+        (Style::Llama, "model.embed_tokens.weight") => ("token_embd.weight", Layout::Plain),
+        (Style::Llama, "model.norm.weight") => ("output_norm.weight", Layout::Plain),
+        (Style::Llama, "lm_head.weight") => ("output.weight", Layout::Plain),
+        (Style::Llama, "input_layernorm.weight") => ("attn_norm.weight", Layout::Plain),
+        (Style::Llama, "self_attn.q_proj.weight") => ("attn_q.weight", Layout::Rope(spec.n_head)),
+        (Style::Llama, "self_attn.k_proj.weight") => ("attn_k.weight", Layout::Rope(spec.n_kv_head)),
+        (Style::Llama, "self_attn.v_proj.weight") => ("attn_v.weight", Layout::Plain),
+        (Style::Llama, "self_attn.o_proj.weight") => ("attn_output.weight", Layout::Plain),
+        (Style::Llama, "post_attention_layernorm.weight") => ("ffn_norm.weight", Layout::Plain),
+        (Style::Llama, "mlp.gate_proj.weight") => ("ffn_gate.weight", Layout::Plain),
+        (Style::Llama, "mlp.up_proj.weight") => ("ffn_up.weight", Layout::Plain),
+        (Style::Llama, "mlp.down_proj.weight") => ("ffn_down.weight", Layout::Plain),
+        _ => return None,
+    };
+    Some((layer.map_or(base.to_string(), |i| format!("blk.{i}.{base}")), layout))
+}
+
+/// How a tensor is stored in GGUF relative to lmforge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Plain,
+    /// (in, out) here, (out, in) there.
+    Conv1d,
+    /// Rows permuted from rotate-half to interleaved pairs, per head (of this many heads).
+    Rope(usize),
+}
+
+/// lmforge → GGUF.
+fn to_gguf(t: &Tensor, layout: Layout) -> Result<Tensor> {
+    Ok(match layout {
+        Layout::Plain => t.clone(),
+        Layout::Conv1d => t.t()?.contiguous()?,
+        Layout::Rope(heads) => {
+            let (out, inp) = t.dims2()?;
+            t.reshape((heads, 2, out / heads / 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?
+        }
+    })
+}
+
+/// GGUF → lmforge.
+fn from_gguf(t: &Tensor, layout: Layout) -> Result<Tensor> {
+    Ok(match layout {
+        Layout::Plain => t.clone(),
+        Layout::Conv1d => t.t()?.contiguous()?,
+        Layout::Rope(heads) => {
+            let (out, inp) = t.dims2()?;
+            t.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?
+        }
+    })
+}
+
+/// Quantizes `t` to `dtype`, or the nearest type its rows divide into.
+fn quantize(t: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
+    let cols = *t.dims().last().unwrap_or(&1);
+    let dtype = if t.rank() < 2 {
+        GgmlDType::F32
+    } else if cols % dtype.block_size() == 0 {
+        dtype
+    } else if cols % GgmlDType::Q8_0.block_size() == 0 && dtype.block_size() > 1 {
+        GgmlDType::Q8_0
+    } else {
+        GgmlDType::F16
+    };
+    Ok(QTensor::quantize(t, dtype)?)
+}
+
+/// The tokenizer metadata llama.cpp reads, from a byte-level BPE `tokenizer.json`.
+fn tokenizer_metadata(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    let json: Json = serde_json::from_str(&tok.to_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(Error::Invalid(format!(
+            "GGUF export writes byte-level BPE tokenizers; this one is {}",
+            model["type"]
+        )));
+    }
+    let mut tokens = vec![String::new(); vocab_size];
+    let mut types = vec![1i32; vocab_size]; // 1: normal
+    let mut seen = vec![false; vocab_size];
+    for (piece, id) in model["vocab"].as_object().into_iter().flatten() {
+        if let Some(i) = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab_size) {
+            tokens[i] = piece.clone();
+            seen[i] = true;
+        }
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(i), Some(content)) = (added["id"].as_u64().map(|i| i as usize), added["content"].as_str()) {
+            if i < vocab_size {
+                tokens[i] = content.to_string();
+                seen[i] = true;
+                types[i] = if added["special"].as_bool() == Some(true) { 3 } else { 4 };
+                // control / user
+            }
+        }
+    }
+    for i in 0..vocab_size {
+        if !seen[i] {
+            tokens[i] = format!("[PAD{i}]");
+            types[i] = 5; // unused
+        }
+    }
+    let merges: Vec<Value> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Json::String(s) => Some(s.clone()),
+            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .map(Value::String)
+        .collect();
+    let mut out = vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String("gpt-2".into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+        ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(false)),
+        ("tokenizer.huggingface.json".to_string(), Value::String(tok.to_json()?)),
+    ];
+    if let Some(eos) = tok.eos_id() {
+        out.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
+        out.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(eos)));
+    }
+    Ok(out)
+}
+
+/// Writes `m` as a GGUF file of `to` weights (staged and renamed).
+pub fn export(m: &LoadedModel, to: QuantType, out: &Path, name: &str) -> Result<()> {
+    let spec = &m.spec;
+    let arch = match spec.style {
+        Style::Gpt2 => "gpt2",
+        Style::Llama => "llama",
+        Style::Bert => return Err(Error::Invalid("GGUF export is for causal LMs (GPT-2, Llama); this is BERT".into())),
+    };
+    if m.params.tensors().iter().any(|(n, _)| n.contains(".adapter.")) {
+        return Err(Error::Invalid("bottleneck adapters cannot be written to GGUF (merge LoRA instead)".into()));
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(to.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (k("context_length"), Value::U32(spec.context as u32)),
+        (k("embedding_length"), Value::U32(spec.d_model as u32)),
+        (k("feed_forward_length"), Value::U32(spec.d_ff as u32)),
+        (k("block_count"), Value::U32(spec.n_layer as u32)),
+        (k("attention.head_count"), Value::U32(spec.n_head as u32)),
+    ];
+    match spec.style {
+        Style::Gpt2 => meta.push((k("attention.layer_norm_epsilon"), Value::F32(spec.norm_eps as f32))),
+        _ => meta.extend([
+            (k("attention.head_count_kv"), Value::U32(spec.n_kv_head as u32)),
+            (k("attention.layer_norm_rms_epsilon"), Value::F32(spec.norm_eps as f32)),
+            (k("rope.dimension_count"), Value::U32(spec.head_dim as u32)),
+            (k("rope.freq_base"), Value::F32(spec.rope_theta as f32)),
+            (k("vocab_size"), Value::U32(spec.vocab_size as u32)),
+        ]),
+    }
+    meta.extend(tokenizer_metadata(&m.tokenizer, spec.vocab_size)?);
+    // LoRA folded in; names in lmforge's (HF) form.
+    let tensors: Vec<(String, Tensor)> = crate::nn::peft::merged_tensors(&m.params)?;
+    let mut q: Vec<(String, QTensor)> = Vec::new();
+    for (name, t) in &tensors {
+        let (gname, layout) = gguf_name(spec, name)
+            .ok_or_else(|| Error::Invalid(format!("no GGUF name for parameter `{name}` of a {arch} model")))?;
+        let layer = gname.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse().ok());
+        let t = to_gguf(&t.to_dtype(DType::F32)?, layout)?;
+        q.push((gname.clone(), quantize(&t, to.matrix_type(&gname, layer, spec.n_layer))?));
+        if spec.style == Style::Gpt2 && gname == "token_embd.weight" {
+            // llama.cpp's GPT-2 reads its head as `output.weight` (the converter writes the tied copy).
+            q.push(("output.weight".into(), quantize(&t, to.matrix_type("output.weight", None, spec.n_layer))?));
+        }
+    }
+    q.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &meta_refs, &tensor_refs).map_err(|e| Error::Invalid(format!("writing GGUF: {e}")))?;
+    crate::fsio::write_atomic(out, bytes.get_ref())
+}
+
+fn meta_u32(c: &gguf_file::Content, key: &str, path: &Path) -> Result<usize> {
+    c.metadata
+        .get(key)
+        .and_then(|v| v.to_u32().ok().or_else(|| v.to_u64().ok().map(|x| x as u32)))
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::format(path, format!("GGUF metadata `{key}` is missing or not an integer")))
+}
+
+/// A float of the metadata (stored as f32), read back as the decimal it was written from
+/// (1e-5, not 9.99999974e-6).
+fn meta_f32(c: &gguf_file::Content, key: &str) -> Option<f64> {
+    let v = c.metadata.get(key).and_then(|v| v.to_f32().ok())?;
+    v.to_string().parse().ok()
+}
+
+/// Reads a GGUF file of a GPT-2 or Llama model (ours or llama.cpp's), dequantized to fp32.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let mut file = std::fs::File::open(path).at(path)?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .ok_or_else(|| Error::format(path, "GGUF metadata `general.architecture` is missing"))?;
+    let style = match arch.as_str() {
+        "gpt2" => Style::Gpt2,
+        "llama" => Style::Llama,
+        a => return Err(Error::format(path, format!("architecture {a:?}: lmforge reads gpt2 and llama GGUF files"))),
+    };
+    let k = |s: &str| format!("{arch}.{s}");
+    let embd = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| Error::format(path, "no `token_embd.weight` tensor"))?;
+    let vocab_size = embd.shape.dims()[0];
+    let (d_model, n_head) =
+        (meta_u32(&content, &k("embedding_length"), path)?, meta_u32(&content, &k("attention.head_count"), path)?);
+    if n_head == 0 || d_model % n_head != 0 {
+        return Err(Error::format(
+            path,
+            format!("embedding_length {d_model} is not a multiple of head_count {n_head}"),
+        ));
+    }
+    let spec = ModelSpec {
+        style,
+        vocab_size,
+        context: meta_u32(&content, &k("context_length"), path)?,
+        d_model,
+        n_layer: meta_u32(&content, &k("block_count"), path)?,
+        n_head,
+        n_kv_head: meta_u32(&content, &k("attention.head_count_kv"), path).unwrap_or(n_head),
+        head_dim: d_model / n_head,
+        d_ff: meta_u32(&content, &k("feed_forward_length"), path)?,
+        norm_eps: meta_f32(&content, &k("attention.layer_norm_epsilon"))
+            .or_else(|| meta_f32(&content, &k("attention.layer_norm_rms_epsilon")))
+            .unwrap_or(1e-5),
+        rope_theta: meta_f32(&content, &k("rope.freq_base")).unwrap_or(10000.0),
+        tie_embeddings: style == Style::Gpt2 || !content.tensor_infos.contains_key("output.weight"),
+        type_vocab_size: 0,
+    };
+    spec.validate().map_err(|e| Error::format(path, format!("inconsistent GGUF metadata: {e}")))?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for p in spec.params() {
+        let (gname, layout) = gguf_name(&spec, &p.name)
+            .ok_or_else(|| Error::format(path, format!("no GGUF name for parameter `{}`", p.name)))?;
+        if !content.tensor_infos.contains_key(&gname) {
+            return Err(Error::format(path, format!("tensor `{gname}` is missing")));
+        }
+        let qt = content
+            .tensor(&mut file, &gname, device)
+            .map_err(|e| Error::format(path, format!("tensor `{gname}`: {e}")))?;
+        let t = from_gguf(&qt.dequantize(device)?, layout)?;
+        if t.dims() != p.shape.as_slice() {
+            return Err(Error::format(
+                path,
+                format!("tensor `{gname}` is {:?}, the metadata implies {:?}", t.dims(), p.shape),
+            ));
+        }
+        tensors.insert(p.name.clone(), t);
+    }
+    let (params, _) =
+        ParamStore::from_tensors(tensors, &spec.params(), device, path, &|k| Some(k.to_string()), &|_| false)?;
+    let tokenizer = match content.metadata.get("tokenizer.huggingface.json").and_then(|v| v.to_string().ok()) {
+        Some(json) => TextTokenizer::from_bytes(json.as_bytes())?,
+        None => {
+            use candle_core::quantized::tokenizer::TokenizerFromGguf;
+            let t = tokenizers::Tokenizer::from_gguf(&content)
+                .map_err(|e| Error::format(path, format!("tokenizer: {e}")))?;
+            TextTokenizer::from_tokenizer(t)
+        }
+    };
+    let network = Network::new(&spec, &params)?;
+    Ok(LoadedModel { spec, params, network, tokenizer, source: path.to_path_buf(), adapter: None })
+}
