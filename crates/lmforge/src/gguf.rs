@@ -83,9 +83,7 @@ impl QuantType {
             Self::Q4K => GgmlDType::Q4K,
             Self::Q6K => GgmlDType::Q6K,
             Self::Q4KM => {
-                let more_bits = |i: usize| {
-                    i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2
-                };
+                let more_bits = |i: usize| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2;
                 let sensitive = name.ends_with("attn_v.weight") || name.ends_with("ffn_down.weight");
                 match (name == "output.weight", layer) {
                     (true, _) => GgmlDType::Q6K,
