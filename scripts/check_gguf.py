@@ -64,7 +64,14 @@ if a.llama_cpp:
                            "--temperature", "0"], capture_output=True, text=True, check=True).stdout
     ours = ours[len(a.prompt):].rstrip("\n")
     print(f"llama.cpp greedy: {out!r}\nlmforge   greedy: {ours!r}")
-    check(out == ours, "the same greedy continuation")
+    # llama.cpp multiplies 4/5/6-bit weights with 8-bit-quantized activations; lmforge dequantizes
+    # the weights and keeps fp32 activations: the same file, slightly different arithmetic.
+    low_bits = field("general.file_type") not in (0, 1, 7, 32)
+    tol = 1e-2 if low_bits else 1e-3
+    if low_bits:
+        print(f"{'SAME' if out == ours else 'DIFFERENT'} greedy continuation (not required below 8 bits)")
+    else:
+        check(out == ours, "the same greedy continuation")
     if a.text:
         text = open(a.text).read()
         toks = llm.tokenize(text.encode(), add_bos=False, special=True)[:ctx]
@@ -78,6 +85,6 @@ if a.llama_cpp:
         v = json.loads(subprocess.run([a.lmforge, "eval", "ppl", "--model", a.file, "--text", clip, "--json",
                                        "--stride", str(ctx - 1)], capture_output=True, text=True, check=True).stdout)
         print(f"mean next-token loss over {len(toks)} tokens: llama.cpp {nll:.6f}, lmforge {v['loss']:.6f}")
-        check(abs(nll - v["loss"]) <= 1e-3 * max(1.0, nll), "the same loss (1e-3)")
+        check(abs(nll - v["loss"]) <= tol * max(1.0, nll), f"the same loss ({tol:g} relative)")
 print(f"{failed} failed")
 sys.exit(1 if failed else 0)
