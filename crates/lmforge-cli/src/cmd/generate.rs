@@ -45,17 +45,32 @@ pub fn run(a: Args) -> Result<i32> {
         print!("{}", a.prompt);
         (a.prompt.clone(), None)
     };
-    let mut shown = String::new();
+    // A chat reply ends at the template's end of turn, even when that is several tokens: text
+    // that may be its start is held back until it is known not to be (as the server does).
+    let stop: Vec<String> = turn_end.into_iter().collect();
+    let (mut text, mut printed, mut ended) = (String::new(), 0usize, false);
     generate_text(&m, &prompt, &cfg, |piece| {
-        shown.push_str(piece);
-        // A chat reply ends at the template's end of turn, even when that is several tokens.
-        if turn_end.as_deref().is_some_and(|end| shown.contains(end)) {
+        if ended {
             return Ok(());
         }
-        print!("{piece}");
-        let _ = stdout.flush();
+        text.push_str(piece);
+        let upto = match lmforge::serve::stop_at(&text, &stop) {
+            Some(end) => {
+                ended = true;
+                end
+            }
+            None => lmforge::serve::safe_len(&text, &stop),
+        };
+        if upto > printed {
+            print!("{}", &text[printed..upto]);
+            printed = upto;
+            let _ = stdout.flush();
+        }
         Ok(())
     })?;
+    if !ended && printed < text.len() {
+        print!("{}", &text[printed..]);
+    }
     println!();
     Ok(0)
 }
