@@ -86,6 +86,11 @@ impl ChatTemplate {
         Self::new(CHATML, bos_token, eos_token, "ChatML (default)").expect("ChatML compiles")
     }
 
+    /// ChatML with `tokenizer`'s end-of-text token: the template of a model that has none.
+    pub fn chatml_for(tokenizer: &crate::tokenizer::TextTokenizer) -> Result<Self> {
+        Ok(Self::chatml("", &eos_text(tokenizer)?))
+    }
+
     /// The template of a model folder's `tokenizer_config.json` (a string, or Hugging Face's
     /// list of named templates, of which `default`), with its `bos_token` / `eos_token`;
     /// None when the folder has no template.
@@ -188,6 +193,11 @@ impl ChatTemplate {
     pub fn prompt(&self, messages: &[Message]) -> Result<String> {
         self.render(messages, true)
     }
+}
+
+/// The spelling of `tokenizer`'s end-of-text token ("" without one), a template's `eos_token`.
+pub fn eos_text(tokenizer: &crate::tokenizer::TextTokenizer) -> Result<String> {
+    Ok(tokenizer.eos_id().map(|id| tokenizer.token_text(id)).transpose()?.unwrap_or_default())
 }
 
 fn push(out: &mut Vec<Segment>, text: &str, trained: bool) {

@@ -452,8 +452,7 @@ impl LoadedModel {
                 return Ok(t);
             }
         }
-        let eos = self.tokenizer.eos_id().map(|id| self.tokenizer.token_text(id)).transpose()?.unwrap_or_default();
-        Ok(crate::chat::ChatTemplate::chatml("", &eos))
+        crate::chat::ChatTemplate::chatml_for(&self.tokenizer)
     }
 
     /// The causal LM, for commands that need one (perplexity, generation).

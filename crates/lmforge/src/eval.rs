@@ -182,8 +182,7 @@ pub fn quant_quality(reference: &LoadedModel, quantized: &LoadedModel, text: &st
             nll_r -= r[t][target] as f64;
             nll_q -= q[t][target] as f64;
             kl += r[t].iter().zip(&q[t]).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).sum::<f64>();
-            let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best });
-            same += (argmax(&r[t]) == argmax(&q[t])) as usize;
+            same += (crate::generate::argmax(&r[t]) == crate::generate::argmax(&q[t])) as usize;
             n += 1;
         }
     }

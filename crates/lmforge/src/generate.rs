@@ -96,7 +96,8 @@ pub fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut ChaCha8Rng) -> u32
     *idx.last().expect("at least one candidate") as u32
 }
 
-fn argmax(v: &[f32]) -> u32 {
+/// Index of the largest value (the first on ties).
+pub(crate) fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {

@@ -407,28 +407,6 @@ pub fn token_logprob(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
     TokenLogprob { logprob: lp(id as usize), top: order.into_iter().take(k).map(|i| (i as u32, lp(i))).collect() }
 }
 
-/// Greedy or sampled generation of one prompt through the engine's batched forward, alone (a
-/// test oracle and `bench`'s single stream): the tokens it would stream.
-pub fn generate_alone(model: &LoadedModel, prompt: &[u32], cfg: &SamplingConfig) -> Result<Vec<u32>> {
-    let decoder = model.decoder()?;
-    let mut cache = KvCache::new(model.spec.n_layer);
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut next: Vec<u32> = prompt.to_vec();
-    let mut out = Vec::new();
-    while out.len() < cfg.max_new_tokens {
-        let start = cache.len();
-        let logits = decoder.forward_pieces(&mut [Piece { tokens: &next, start, cache: &mut cache }])?;
-        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        let id = sample(&row, cfg, &mut rng);
-        if Some(id) == cfg.eos_id || cfg.stop_ids.contains(&id) {
-            break;
-        }
-        out.push(id);
-        next = vec![id];
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

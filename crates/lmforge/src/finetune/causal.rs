@@ -64,9 +64,9 @@ pub fn load_base(path: &Path, device: &Device) -> Result<Base> {
 /// The chat template a run uses: `sft.chat_template_file`, else ChatML when asked, else the
 /// base folder's, else ChatML.
 pub fn chat_template(cfg: &FinetuneConfig, base: &Base) -> Result<ChatTemplate> {
-    let eos = base.tokenizer.eos_id().map(|id| base.tokenizer.token_text(id)).transpose()?.unwrap_or_default();
     if let Some(file) = crate::config::given(&cfg.sft.chat_template_file) {
         let source = std::fs::read_to_string(file).at(file)?;
+        let eos = crate::chat::eos_text(&base.tokenizer)?;
         return ChatTemplate::new(&source, "", &eos, &file.display().to_string());
     }
     if cfg.sft.chat_template == "auto" {
@@ -74,7 +74,7 @@ pub fn chat_template(cfg: &FinetuneConfig, base: &Base) -> Result<ChatTemplate> 
             return Ok(t);
         }
     }
-    Ok(ChatTemplate::chatml("", &eos))
+    ChatTemplate::chatml_for(&base.tokenizer)
 }
 
 /// Sets up the method on a freshly loaded base: LoRA / adapters freeze the base (norms train
@@ -160,7 +160,6 @@ pub fn mean_loss(
 /// end-of-text token or the chat template's end of turn.
 pub struct Generation<'a> {
     pub tokenizer: &'a TextTokenizer,
-    pub max_new_tokens: usize,
     /// Text that ends a reply (`<|im_end|>`): cut there, and stop at it when it is one token.
     pub turn_end: Option<String>,
     pub sampling: SamplingConfig,
@@ -172,7 +171,7 @@ impl<'a> Generation<'a> {
         let turn_end = template.turn_end();
         let mut sampling = SamplingConfig { eos_id: sampling.eos_id.or(tokenizer.eos_id()), ..sampling };
         sampling.stop_ids.extend(turn_end.as_deref().and_then(|t| tokenizer.token_id(t)));
-        Self { tokenizer, max_new_tokens: sampling.max_new_tokens, turn_end, sampling }
+        Self { tokenizer, turn_end, sampling }
     }
 
     /// The reply to one prompt (token ids), decoded, cut at the end of turn and trimmed.
@@ -183,11 +182,8 @@ impl<'a> Generation<'a> {
         };
         let ids = generate_ids(decoder, device, &start, &self.sampling, true, |_| Ok(()))?;
         let text = self.tokenizer.decode(&ids)?;
-        let text = match &self.turn_end {
-            Some(end) => text.split(end.as_str()).next().unwrap_or_default(),
-            None => &text,
-        };
-        Ok(text.trim().to_string())
+        let end = crate::serve::stop_at(&text, self.turn_end.as_slice()).unwrap_or(text.len());
+        Ok(text[..end].trim().to_string())
     }
 
     /// Replies to every row's prompt, and their metrics against the rows' references.
