@@ -21,6 +21,9 @@
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
+//! Mixed precision: activations may be bf16 while parameters stay f32; every op casts its
+//! parameters to the activations' dtype and runs its reductions in f32 (see [`reference`]).
+//!
 //! Shapes: any leading dims `...`, last dim `C` (features) or `V` (vocab).
 
 pub mod activation;
@@ -29,7 +32,9 @@ pub mod attention;
 mod cpu;
 pub mod grad_norm;
 pub mod linear;
+pub mod lm_loss;
 pub mod loss;
+pub mod node;
 pub mod norm;
 pub mod param_grads;
 pub mod profile;
@@ -42,7 +47,9 @@ use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
 pub use activation::Gelu;
-pub use reference::{causal_mask, cross_entropy_per_row, dropout, log_softmax_last_dim, softmax_last_dim};
+pub use reference::{
+    causal_mask, cross_entropy_per_row, dropout, like, log_softmax_last_dim, matmul, softmax_last_dim,
+};
 pub use sublayer::{AttentionSublayer, MlpProj, MlpSublayer, Proj, QkvProj, SublayerNorm};
 
 /// Which implementation the ops in this module run.
@@ -320,10 +327,13 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean cross-entropy of the LM head's logits `hidden · headᵀ` (hidden (N, C), head (V, C))
-/// against `targets` (N). Fused, the logits are formed a chunk of rows at a time.
+/// against `targets` (N). Fused, the logits are formed a chunk of rows at a time: by the CPU
+/// kernel for f32 on the CPU, else (a GPU, bf16) by [`lm_loss`] from candle ops.
 pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[hidden, head]) {
         loss::lm_head_cross_entropy(hidden, head, targets)
+    } else if kernels() == Kernels::Fused {
+        lm_loss::lm_head_cross_entropy(hidden, head, targets)
     } else {
         reference::lm_head_cross_entropy(hidden, head, targets)
     }

@@ -388,6 +388,35 @@ fn lm_head_cross_entropy_matches_reference_across_chunks() {
     assert!(rel(&plain, &want) <= 1e-5);
 }
 
+/// The device-generic chunked loss (`lm_loss`, what a GPU and bf16 run) against the composed
+/// reference: f32 to 1e-5 / 1e-4, bf16 activations to bf16's precision; several chunks, the
+/// last one short, and a scaled loss (gradient accumulation).
+#[test]
+fn device_generic_lm_loss_matches_reference_in_f32_and_bf16() {
+    let y = targets(70, 300, 41);
+    let inputs = [randn(&[70, 8], 1.0, 42), randn(&[300, 8], 0.5, 43)];
+    for (dtype, tol_y, tol_g) in [(DType::F32, 1e-5, 1e-4), (DType::BF16, 1e-2, 3e-2)] {
+        for scale in [1.0, 0.25] {
+            let chunked =
+                |t: &[Tensor]| lm_loss::lm_head_cross_entropy_in(&t[0].to_dtype(dtype)?, &t[1], &y, 16)? * scale;
+            let composed = |t: &[Tensor]| reference::lm_head_cross_entropy(&t[0].to_dtype(dtype)?, &t[1], &y)? * scale;
+            let (ya, ga) = run(Kernels::Reference, &inputs, &chunked);
+            let (yb, gb) = run(Kernels::Reference, &inputs, &composed);
+            assert_eq!(ya.dtype(), DType::F32);
+            let e = rel(&ya, &yb);
+            assert!(e <= tol_y, "{dtype:?} x{scale}: loss rel error {e:e}");
+            for (i, (a, b)) in ga.iter().zip(&gb).enumerate() {
+                let e = rel(a, b);
+                assert!(e <= tol_g, "{dtype:?} x{scale}: gradient of input {i} rel error {e:e}");
+            }
+        }
+    }
+    // Without a graph only the loss is computed; it is the same.
+    let plain = lm_loss::lm_head_cross_entropy_in(&inputs[0], &inputs[1], &y, 16).unwrap();
+    let want = reference::lm_head_cross_entropy(&inputs[0], &inputs[1], &y).unwrap();
+    assert!(rel(&plain, &want) <= 1e-5);
+}
+
 #[test]
 fn strided_and_offset_inputs_match_reference() {
     // A transposed view (copied to contiguous first) and a narrow at a storage offset (read in

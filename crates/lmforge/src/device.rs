@@ -104,7 +104,8 @@ pub enum Precision {
     /// fp32 weights, gradients, optimizer state and activations.
     #[default]
     Fp32,
-    /// bf16 weights, gradients and activations; an fp32 master copy inside the optimizer state.
+    /// bf16 matrix products and activations; fp32 weights (the master copy), gradients,
+    /// optimizer state and reductions (norm statistics, softmax, the loss).
     Bf16Mixed,
 }
 
@@ -117,8 +118,23 @@ impl Precision {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16Mixed => "bf16-mixed",
+        }
+    }
+
     pub fn is_fp32(&self) -> bool {
         *self == Self::Fp32
+    }
+
+    /// The dtype activations compute in.
+    pub fn compute_dtype(self) -> candle_core::DType {
+        match self {
+            Self::Fp32 => candle_core::DType::F32,
+            Self::Bf16Mixed => candle_core::DType::BF16,
+        }
     }
 
     /// Bytes per weight, gradient and activation element.
@@ -155,28 +171,28 @@ impl Placement {
     /// machine cannot honour.
     pub fn resolve(device: DeviceChoice, precision: Precision) -> Result<Self> {
         let device = device.resolve("train.device")?;
-        if precision == Precision::Bf16Mixed {
-            return Err(Error::config(
-                "train.precision",
-                "\"bf16-mixed\" is not available in this build: training runs in fp32 (mixed precision comes \
-                 with CUDA training); set train.precision = \"fp32\"",
-            ));
+        if precision == Precision::Bf16Mixed && device.is_cpu() {
+            tracing::warn!(
+                "train.precision = \"bf16-mixed\" on the CPU: bf16 products are computed through f32 and \
+                 rounded (the CPU matmul has no bf16), slower than fp32; it is there to check a GPU run's \
+                 numbers on a machine without one"
+            );
         }
         Ok(Self { device, precision })
     }
 
-    /// "cpu, fp32" / "cuda:0, fp32".
+    /// "cpu, fp32" / "cuda, bf16-mixed".
     pub fn describe(&self) -> String {
-        let device = match &self.device {
-            Device::Cpu => "cpu".to_string(),
-            Device::Cuda(_) => "cuda".to_string(),
-            Device::Metal(_) => "metal".to_string(),
-        };
-        let precision = match self.precision {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16Mixed => "bf16-mixed",
-        };
-        format!("{device}, {precision}")
+        format!("{}, {}", device_name(&self.device), self.precision.name())
+    }
+}
+
+/// "cpu" / "cuda" / "metal".
+pub fn device_name(device: &Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
     }
 }
 
@@ -199,8 +215,8 @@ mod tests {
     fn the_cpu_and_auto_resolve_here_and_unbuildable_choices_name_the_key() {
         assert!(matches!(Placement::resolve(DeviceChoice::Cpu, Precision::Fp32).unwrap().device, Device::Cpu));
         assert!(Placement::resolve(DeviceChoice::Auto, Precision::Fp32).is_ok());
-        let e = Placement::resolve(DeviceChoice::Cpu, Precision::Bf16Mixed).unwrap_err().to_string();
-        assert!(e.contains("train.precision") && e.contains("fp32"), "{e}");
+        let mixed = Placement::resolve(DeviceChoice::Cpu, Precision::Bf16Mixed).unwrap();
+        assert_eq!(mixed.precision.compute_dtype(), candle_core::DType::BF16);
         #[cfg(not(feature = "cuda"))]
         {
             let e = Placement::resolve(DeviceChoice::Cuda(0), Precision::Fp32).unwrap_err().to_string();

@@ -3,6 +3,7 @@
 //! embeddings and dropout masks. Randomness comes from lmforge's own ChaCha generator, seeded
 //! per parameter name or per step, because candle's CPU generator cannot be seeded.
 
+use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, Var};
@@ -77,6 +78,9 @@ pub struct ParamStore {
     /// LoRA scale and dropout of each adapted Linear, by module name (see [`peft`]).
     lora: BTreeMap<String, peft::LoraScaling>,
     device: Device,
+    /// The precision the models built on this store compute in: f32, or bf16 activations
+    /// under `bf16-mixed` (the parameters themselves stay f32, the master weights).
+    precision: Precision,
 }
 
 impl ParamStore {
@@ -113,7 +117,13 @@ impl ParamStore {
     }
 
     fn from_vars(vars: BTreeMap<String, Var>, device: &Device) -> Self {
-        Self { vars, frozen: BTreeMap::new(), lora: BTreeMap::new(), device: device.clone() }
+        Self {
+            vars,
+            frozen: BTreeMap::new(),
+            lora: BTreeMap::new(),
+            device: device.clone(),
+            precision: Precision::Fp32,
+        }
     }
 
     /// Loads `params` from a safetensors file, converting f16/bf16 to f32. Every expected
@@ -317,6 +327,23 @@ impl ParamStore {
         &self.device
     }
 
+    /// The precision models built on this store compute in (see [`Self::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The dtype of their activations: f32, or bf16 under bf16-mixed.
+    pub fn compute_dtype(&self) -> DType {
+        self.precision.compute_dtype()
+    }
+
+    /// Models built on this store afterwards compute in `precision` (bf16 activations under
+    /// `bf16-mixed`; the parameters, their gradients and the optimizer state stay f32).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// Elements of every parameter, trainable and frozen.
     pub fn num_params(&self) -> usize {
         self.num_trainable() + self.frozen.values().map(|t| t.elem_count()).sum::<usize>()
@@ -456,8 +483,8 @@ impl Rope {
     /// x: (B, H, T, D) at positions offset..offset+T.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_b, _h, t, d) = x.dims4()?;
-        let cos = self.cos.narrow(0, offset, t)?;
-        let sin = self.sin.narrow(0, offset, t)?;
+        let cos = ops::like(&self.cos.narrow(0, offset, t)?, x)?;
+        let sin = ops::like(&self.sin.narrow(0, offset, t)?, x)?;
         let x1 = x.narrow(3, 0, d / 2)?;
         let x2 = x.narrow(3, d / 2, d / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], 3)?;

@@ -1,7 +1,9 @@
 //! Numerical parity with the Hugging Face / PyTorch reference outputs in `../shared/fixtures`:
 //! logits, loss and every parameter's gradient for GPT-2, Llama and BERT (MLM + NSP), the
 //! pretrained all-MiniLM-L6-v2 encoder's hidden states, perplexity, the AdamW
-//! trajectory, global-norm clipping and the learning-rate schedules.
+//! trajectory, global-norm clipping and the learning-rate schedules. The model checks run on
+//! the device `LMFORGE_TEST_DEVICE` names (default the CPU; `scripts/gpu-check.sh` runs them
+//! on CUDA), the optimizer and schedule checks on the CPU.
 
 mod common;
 
@@ -25,9 +27,10 @@ fn check_causal_lm(name: &str) {
 
 fn check_causal_lm_with(label: &str, name: &str) {
     let dir = fixtures().join(name);
-    let model = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+    let device = common::device();
+    let model = LoadedModel::load(&dir, &device).unwrap();
     let expected = load(dir.join("expected.safetensors"));
-    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let ids = expected["input_ids"].to_dtype(DType::U32).unwrap().to_device(&device).unwrap();
     let (_b, t) = ids.dims2().unwrap();
 
     let logits = model.decoder().unwrap().forward(&ids, 0, None).unwrap();
@@ -71,12 +74,14 @@ fn llama_tiny_matches_transformers() {
 
 fn check_bert_pretraining(label: &str) {
     let dir = fixtures().join("bert-tiny");
-    let model = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+    let device = common::device();
+    let model = LoadedModel::load(&dir, &device).unwrap();
     let enc = model.encoder().unwrap();
     let x = load(dir.join("expected.safetensors"));
+    let on_device = |t: &Tensor| t.to_device(&device).unwrap();
     let input = lmforge::models::EncoderInput::from_mask(
-        x["input_ids"].clone(),
-        x["token_type_ids"].clone(),
+        on_device(&x["input_ids"]),
+        on_device(&x["token_type_ids"]),
         &x["attention_mask"],
     )
     .unwrap();
@@ -93,8 +98,8 @@ fn check_bert_pretraining(label: &str) {
     let (pos, tgt): (Vec<u32>, Vec<u32>) =
         labels.iter().enumerate().filter(|(_, &l)| l >= 0).map(|(i, &l)| (i as u32, l as u32)).unzip();
     let n = pos.len();
-    let (pos, tgt) = (Tensor::from_vec(pos, n, &Device::Cpu).unwrap(), Tensor::from_vec(tgt, n, &Device::Cpu).unwrap());
-    let nsp_labels = x["nsp_labels"].to_dtype(DType::U32).unwrap();
+    let (pos, tgt) = (Tensor::from_vec(pos, n, &device).unwrap(), Tensor::from_vec(tgt, n, &device).unwrap());
+    let nsp_labels = on_device(&x["nsp_labels"].to_dtype(DType::U32).unwrap());
     let loss = enc.pretraining_loss(&input, &pos, &tgt, Some(&nsp_labels), None).unwrap().total;
     let want = json(dir.join("expected.json"))["loss"].as_f64().unwrap();
     let got = loss.to_scalar::<f32>().unwrap() as f64;
@@ -105,6 +110,8 @@ fn check_bert_pretraining(label: &str) {
     assert_eq!(grads.len(), reference.len(), "{label}: one gradient per parameter");
     let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let scale = reference.values().map(max_abs).fold(0.0, f64::max);
+    let grads: BTreeMap<String, Tensor> =
+        grads.into_iter().map(|(k, g)| (k, g.to_device(&Device::Cpu).unwrap())).collect();
     for (pname, want) in &reference {
         let got = grads.get(pname).unwrap_or_else(|| panic!("{label}: no gradient for {pname}"));
         if pname.ends_with("attention.self.key.bias") {

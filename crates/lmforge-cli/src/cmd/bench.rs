@@ -30,6 +30,10 @@ pub enum Command {
         /// Break the step down by phase and fused kernel (forward / backward pass of each).
         #[arg(long)]
         profile: bool,
+        /// fp32, or bf16-mixed (bf16 products and activations, fp32 weights, gradients and
+        /// optimizer state).
+        #[arg(long, default_value = "fp32")]
+        precision: String,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -76,7 +80,18 @@ pub enum Command {
 
 pub fn run(c: Command) -> Result<i32> {
     match c {
-        Command::Train { preset, steps, warmup, batch, kernels, activation_checkpointing, profile, json, device } => {
+        Command::Train {
+            preset,
+            steps,
+            warmup,
+            batch,
+            kernels,
+            activation_checkpointing,
+            profile,
+            precision,
+            json,
+            device,
+        } => {
             let kernels = lmforge::ops::Kernels::parse(&kernels)
                 .with_context(|| format!("--kernels {kernels:?}: expected fused or reference"))?;
             let opts = TrainBenchOptions {
@@ -88,6 +103,7 @@ pub fn run(c: Command) -> Result<i32> {
                 activation_checkpointing,
                 profile,
                 device: device.device,
+                precision: lmforge::device::Precision::parse(&precision)?,
             };
             let r = bench::bench_train(&opts)?;
             if json {

@@ -44,6 +44,11 @@ pub struct StartArgs {
     /// Stop (with a checkpoint) after this many completed steps.
     #[arg(long, value_name = "STEP")]
     pub stop_after: Option<u64>,
+    /// Where to train: a new run's `train.device` (as `--set train.device=D`); with --resume,
+    /// the device the run continues on (checkpoints are device-neutral: a GPU run resumes on
+    /// the CPU and back). auto, cpu, cuda or cuda:N.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<lmforge::device::DeviceChoice>,
 }
 
 /// What a command starting or resuming a run gets from [`StartArgs::start`].
@@ -78,6 +83,7 @@ impl StartArgs {
             interrupt: Some(crate::process::interrupt_flag()),
             comm: Some(ctx.comm.clone()),
             observers,
+            device: self.device,
         };
         let start = match self.resume {
             Some(dir) => {
@@ -90,7 +96,11 @@ impl StartArgs {
                 let config = self.config.expect("clap requires --config without --resume");
                 let stem = crate::process::config_stem(&config, kind);
                 let run_dir = crate::process::agreed_run_dir(&ctx.comm, self.run.run_dir, &stem)?;
-                Start::New { config, set: self.run.set, run_dir }
+                let mut set = self.run.set;
+                if let Some(d) = self.device {
+                    set.push(format!("train.device={}", d.name()));
+                }
+                Start::New { config, set, run_dir }
             }
         };
         Ok((opts, start))

@@ -9,7 +9,6 @@ use super::dataset::BadRows;
 use super::sft_data::{read_rows, SftEncoded, SftEncoder, SftRow, Truncation};
 use super::{drive, loop_plan, optimizer_groups, param_report, Drive, FinetuneSummary};
 use crate::checkpoint::LoadedModel;
-use crate::device::Placement;
 use crate::error::{Error, Result};
 use crate::generate::SamplingConfig;
 use crate::metrics::generation::GenerationMetrics;
@@ -49,7 +48,7 @@ pub(super) fn run(
     observers: &mut Observers,
 ) -> Result<(TrainSummary, FinetuneSummary)> {
     let t = &cfg.train;
-    let placement = Placement::resolve(t.device, t.precision)?;
+    let placement = opts.placement(t.device, t.precision)?;
     cfg.check_paths()?;
     let base = causal::load_base(&cfg.model.base, &placement.device)?;
     let template = causal::chat_template(cfg, &base)?;

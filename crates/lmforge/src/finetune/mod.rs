@@ -23,7 +23,6 @@ pub mod task;
 pub use config::{FinetuneConfig, TaskKind};
 
 use crate::checkpoint::RunLock;
-use crate::device::Placement;
 use crate::distributed;
 use crate::error::{Error, Result};
 use crate::metrics::ClassificationMetrics;
@@ -316,7 +315,7 @@ fn run_classification(
     observers: &mut Observers,
 ) -> Result<(TrainSummary, FinetuneSummary)> {
     let t = &cfg.train;
-    let placement = Placement::resolve(t.device, t.precision)?;
+    let placement = opts.placement(t.device, t.precision)?;
     cfg.check_paths()?;
     let inputs = read_inputs(cfg, &placement.device)?;
     let Inputs { labels, spec, store, tokenizer, lora, train, validation, test } = inputs;

@@ -122,7 +122,7 @@ impl Classifier {
         Ok(self)
     }
 
-    /// Logits (B, L). With a dropout generator (training), dropout applies in the backbone,
+    /// Logits (B, L), f32. With a dropout generator (training), dropout applies in the backbone,
     /// LoRA inputs and before the head.
     pub fn logits(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let pooled = match &self.network {
@@ -148,7 +148,7 @@ impl Classifier {
             Some(d) => d.apply_with(&pooled, self.head_dropout)?,
             None => pooled,
         };
-        self.head.forward(&pooled)
+        Ok(self.head.forward(&pooled)?.to_dtype(candle_core::DType::F32)?)
     }
 }
 

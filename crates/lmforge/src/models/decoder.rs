@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
 pub struct Decoder {
@@ -36,6 +36,8 @@ pub struct Decoder {
     rope_host: Option<Arc<ragged::HostRope>>,
     /// Recompute each block in the backward instead of keeping its activations.
     checkpointing: bool,
+    /// The activations' dtype (the store's: bf16 under bf16-mixed); logits are always f32.
+    compute: DType,
 }
 
 struct Block {
@@ -216,6 +218,7 @@ impl Decoder {
             },
             rope,
             checkpointing: false,
+            compute: p.compute_dtype(),
         })
     }
 
@@ -248,7 +251,8 @@ impl Decoder {
         if let Some(wpe) = &self.wpe {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
-        x = drop(&mut dropout, &x)?;
+        // From here on the residual stream is in the compute dtype (bf16 under bf16-mixed).
+        x = drop(&mut dropout, &x.to_dtype(self.compute)?)?;
         let checkpointing = self.checkpointing && cache.is_none() && x.track_op();
         if x.track_op() {
             // A training forward: gradients a failed step left beside the store are stale.
@@ -269,11 +273,16 @@ impl Decoder {
         self.norm_f.forward(&x)
     }
 
-    /// LM-head logits (B, T, V) for hidden states (B, T, C).
+    /// LM-head logits (B, T, V), f32, for hidden states (B, T, C).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, c) = hidden.dims3()?;
-        let l = hidden.reshape((b * t, c))?.matmul(&self.lm_head()?.t()?)?;
-        Ok(l.reshape((b, t, self.spec.vocab_size))?)
+        Ok(self.head_logits(&hidden.reshape((b * t, c))?)?.reshape((b, t, self.spec.vocab_size))?)
+    }
+
+    /// Logits (N, V) in f32 of hidden rows (N, C), through the head in the rows' dtype.
+    fn head_logits(&self, rows: &Tensor) -> Result<Tensor> {
+        let head = ops::like(self.lm_head()?, rows)?;
+        Ok(ops::matmul(rows, &head.t()?)?.to_dtype(DType::F32)?)
     }
 
     /// Logits (B, T, V) for `ids` (B, T) at positions offset..offset+T.
@@ -362,7 +371,7 @@ impl Decoder {
         }
         let h = self.norm_f.forward(&x)?.squeeze(0)?; // (N, C)
         let h = h.index_select(&Tensor::from_vec(last, pieces.len(), &device)?, 0)?; // (P, C)
-        Ok(h.matmul(&self.lm_head()?.t()?)?)
+        self.head_logits(&h)
     }
 }
 
@@ -590,11 +599,11 @@ impl Attention {
         //   q heads: [h0 h1 | h2 h3]   kv heads: [k0 | k1]   (H=4, K=2)
         let rep = h / kh;
         let qg = q.reshape((b, kh, rep * t, d))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, h, t, s))?;
+        let scores = ops::matmul(&qg, &k.t()?)?.reshape((b, h, t, s))?;
         // Scaled by 1/√D and masked so query i (at position S−T+i) sees keys 0..=S−T+i.
         let p = ops::causal_softmax(&scores, scale)?;
         let p = drop(dropout, &p)?;
-        let y = p.reshape((b, kh, rep * t, s))?.matmul(&v)?; // (B, K, rep·T, D)
+        let y = ops::matmul(&p.reshape((b, kh, rep * t, s))?, &v)?; // (B, K, rep·T, D)
         Ok(y.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?)
     }
 }

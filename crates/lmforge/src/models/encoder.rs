@@ -25,6 +25,8 @@ pub struct Encoder {
     pooler: Option<Linear>,
     mlm: Option<MlmHead>,
     nsp: Option<Linear>,
+    /// The activations' dtype (the store's: bf16 under bf16-mixed); logits are always f32.
+    compute: DType,
 }
 
 struct Layer {
@@ -132,6 +134,7 @@ impl Encoder {
             pooler: if has("bert.pooler.dense.weight") { Some(lin("bert.pooler.dense")?) } else { None },
             mlm,
             nsp: if has("cls.seq_relationship.weight") { Some(lin("cls.seq_relationship")?) } else { None },
+            compute: p.compute_dtype(),
         })
     }
 
@@ -149,7 +152,8 @@ impl Encoder {
         let words = self.word.index_select(&input.ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let types = self.types.index_select(&input.type_ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let x = (words + types)?.broadcast_add(&self.pos.narrow(0, 0, t)?)?;
-        let mut x = drop(&mut dropout, &self.emb_norm.forward(&x)?)?;
+        // From here on the hidden states are in the compute dtype (bf16 under bf16-mixed).
+        let mut x = drop(&mut dropout, &self.emb_norm.forward(&x)?.to_dtype(self.compute)?)?;
         for layer in &self.layers {
             let a = layer.attention(&x, &input.lengths, &self.spec, &mut dropout)?;
             x = layer.attn_norm.forward(&(x + drop(&mut dropout, &a)?)?)?;
@@ -181,7 +185,8 @@ impl Encoder {
         let h = self.mlm_transform(hidden)?;
         let dims = h.dims().to_vec();
         let flat = h.reshape(((), self.spec.d_model))?;
-        let logits = flat.matmul(&self.word.t()?)?.broadcast_add(&self.mlm_head()?.bias)?;
+        let logits = ops::matmul(&flat, &ops::like(&self.word, &flat)?.t()?)?.to_dtype(DType::F32)?;
+        let logits = logits.broadcast_add(&self.mlm_head()?.bias)?;
         let mut out = dims;
         *out.last_mut().expect("rank >= 1") = self.spec.vocab_size;
         Ok(logits.reshape(out)?)
@@ -190,7 +195,7 @@ impl Encoder {
     /// Next-sentence logits (B, 2) from the pooled output: index 0 = "B follows A".
     pub fn nsp_logits(&self, pooled: &Tensor) -> Result<Tensor> {
         let nsp = self.nsp.as_ref().ok_or_else(|| Error::Invalid("this encoder has no next-sentence head".into()))?;
-        nsp.forward(pooled)
+        Ok(nsp.forward(pooled)?.to_dtype(DType::F32)?)
     }
 
     /// Hidden states of the selected positions, (N, C): `positions` index the flattened

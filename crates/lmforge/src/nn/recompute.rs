@@ -8,54 +8,30 @@
 //! and a block has a dozen parameters, so the parameters' gradients from the recomputation
 //! go to [`ops::param_grads`] instead; [`crate::optim::named_grads`] adds them to the
 //! gradients of the outer backward. The dropout stream is replayed from a copy taken before
-//! the block, so the recomputation draws the masks the forward drew.
+//! the block, so the recomputation draws the masks the forward drew. Any dtype, CPU or CUDA
+//! (an `ops::node`: candle gets the output tensor's own storage).
 
 use super::DropoutRng;
 use crate::error::Result;
-use crate::ops::param_grads;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, Var};
-use std::sync::{Arc, Mutex};
+use crate::ops::{node, param_grads};
+use candle_core::{Tensor, Var};
+use std::sync::Arc;
 
 /// A block's forward: input, dropout generator (training) → output of the input's shape.
 pub type BlockForward = dyn Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
 
 /// `block(x)`, checkpointed: the result's graph node keeps `x` only.
 pub fn checkpointed(x: &Tensor, dropout: &mut Option<&mut DropoutRng>, block: Arc<BlockForward>) -> Result<Tensor> {
+    // The dropout generator as it was before the block, replayed by the recomputation.
     let replay = dropout.as_deref().cloned();
     // The forward builds its graph as usual (the parameters are variables), then drops it
     // with everything it held: only the output's values are kept.
     let y = block(&x.detach(), dropout)?;
-    let (dims, values) = (y.dims().to_vec(), y.flatten_all()?.to_vec1::<f32>()?);
-    drop(y);
-    let op = Recompute { block, replay, out: Mutex::new(Some((values, dims))) };
-    Ok(x.apply_op1(op)?)
-}
-
-struct Recompute {
-    block: Arc<BlockForward>,
-    /// The dropout generator as it was before the block.
-    replay: Option<DropoutRng>,
-    /// The output computed in [`checkpointed`], handed to candle once by `cpu_fwd`.
-    out: Mutex<Option<(Vec<f32>, Vec<usize>)>>,
-}
-
-impl CustomOp1 for Recompute {
-    fn name(&self) -> &'static str {
-        "lmforge-checkpointed-block"
-    }
-
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        match self.out.lock().expect("not poisoned").take() {
-            Some((values, dims)) => Ok((CpuStorage::F32(values), Shape::from(dims))),
-            None => candle_core::bail!("checkpointed block: forward ran twice"),
-        }
-    }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    Ok(node::node1(x, y, move |x, dy| {
         let inner = || -> Result<Option<Tensor>> {
             let xv = Var::from_tensor(&x.detach())?;
-            let mut rng = self.replay.clone();
-            let y = (self.block)(xv.as_tensor(), &mut rng.as_mut())?;
+            let mut rng = replay.clone();
+            let y = block(xv.as_tensor(), &mut rng.as_mut())?;
             // d/dθ Σ y·dy is the vector-Jacobian product the outer backward asks for.
             let grads = (y * dy.detach())?.sum_all()?.backward()?;
             for id in grads.get_ids() {
@@ -68,7 +44,7 @@ impl CustomOp1 for Recompute {
             Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
         };
         inner().map_err(|e| candle_core::Error::Msg(format!("checkpointed block backward: {e}")))
-    }
+    })?)
 }
 
 #[cfg(test)]

@@ -55,11 +55,23 @@ pub struct TrainOptions {
     /// Told about the run's start, every metrics row and its end (e.g. the experiment store,
     /// TensorBoard); on rank 0 only.
     pub observers: Observers,
+    /// Where to train instead of the config's `train.device` (`--device` with `--resume`):
+    /// checkpoints are device-neutral, so a run started on a GPU continues on the CPU and back.
+    pub device: Option<crate::device::DeviceChoice>,
 }
 
 impl TrainOptions {
     pub fn collective(&self) -> Arc<dyn Collective> {
         self.comm.clone().unwrap_or_else(|| Arc::new(SingleProcess))
+    }
+
+    /// The config's device (or [`Self::device`]) and precision, resolved.
+    pub fn placement(
+        &self,
+        device: crate::device::DeviceChoice,
+        precision: crate::device::Precision,
+    ) -> Result<crate::device::Placement> {
+        crate::device::Placement::resolve(self.device.unwrap_or(device), precision)
     }
 }
 
@@ -262,7 +274,8 @@ pub fn run_loop(
         optimizer.name(),
         human_bytes(state_bytes as u64),
         state_bytes / trainable as f64,
-        crate::device::Placement { device: task.params().device().clone(), precision: Default::default() }.describe(),
+        crate::device::Placement { device: task.params().device().clone(), precision: task.params().precision() }
+            .describe(),
         match (dp.world_size(), dp.is_sharded()) {
             (1, _) => String::new(),
             (n, false) => format!("; {n} processes, data parallel"),

@@ -91,7 +91,7 @@ pub fn resume(run_dir: &Path, opts: &TrainOptions) -> Result<TrainSummary> {
 /// file is written.
 fn resolve(cfg: &RunConfig, opts: &TrainOptions) -> Result<(RunPlan, Placement)> {
     let plan = cfg.plan()?;
-    let placement = Placement::resolve(cfg.train.device, cfg.train.precision)?;
+    let placement = opts.placement(cfg.train.device, cfg.train.precision)?;
     if matches!(placement.device, Device::Cpu) {
         let world = opts.collective().world_size();
         let local_batch = distributed::split_rows(cfg.train.batch_size, world, 0).len();
@@ -120,7 +120,7 @@ fn train_fresh(
         let mode = if writer { cfg.log.progress.mode() } else { ProgressMode::Off };
         Ok((lock, PreparedData::prepare(&plan.data, plan.spec.vocab_size, &run_dir.join("data"), mode)?))
     })?;
-    let params = plan.initial().params(&plan.spec, &placement.device)?;
+    let params = plan.initial().params(&plan.spec, &placement.device)?.with_precision(placement.precision);
     let metrics = if writer {
         MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
     } else {
@@ -142,7 +142,8 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     let params = match &start.checkpoint {
         Some(ckpt) => ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &placement.device)?,
         None => plan.initial().params(spec, &placement.device)?,
-    };
+    }
+    .with_precision(placement.precision);
     if start.state.step == 0 {
         tracing::warn!("{} has no checkpoint yet: starting again from step 0", run_dir.display());
     }

@@ -5,14 +5,33 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// `../shared/fixtures`, or the folder `LMFORGE_FIXTURES` names (a test executable run on a
+/// GPU machine, away from the checkout it was built in).
 pub fn fixtures() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+    let p = match std::env::var_os("LMFORGE_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+    };
     assert!(
         p.join("README.md").is_file(),
         "reference fixtures not found at {} (CI places shared/ beside the checkout)",
         p.display()
     );
     p
+}
+
+/// The device the device-aware tests run on: `LMFORGE_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`;
+/// default `cpu`). Naming a device this build or machine cannot open fails the test: asking
+/// for a GPU and silently testing the CPU would pass for the wrong reason.
+pub fn device() -> Device {
+    let name = std::env::var("LMFORGE_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let choice = lmforge::device::DeviceChoice::parse(&name).unwrap_or_else(|e| panic!("LMFORGE_TEST_DEVICE: {e}"));
+    choice.resolve("LMFORGE_TEST_DEVICE").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// "cpu" / "cuda": the device the tests run on, for labels.
+pub fn device_name() -> &'static str {
+    lmforge::device::device_name(&device())
 }
 
 pub fn load(path: PathBuf) -> HashMap<String, Tensor> {
@@ -26,6 +45,7 @@ pub fn json(path: PathBuf) -> serde_json::Value {
 /// max |a - b| / max |b|: the relative error scale used by the fixture README.
 pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
+    let a = &a.to_device(b.device()).unwrap().to_dtype(b.dtype()).unwrap();
     let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     d / s.max(1e-30)
@@ -33,6 +53,7 @@ pub fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
 
 /// ||a - b|| / ||b||.
 pub fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a = &a.to_device(b.device()).unwrap().to_dtype(b.dtype()).unwrap();
     let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     (n(&(a - b).unwrap()) / n(b).max(1e-30)).sqrt()
 }
