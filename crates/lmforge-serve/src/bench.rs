@@ -117,6 +117,7 @@ fn percentile(v: &mut [Duration], p: f64) -> f64 {
 /// Serves `model` on loopback and measures it under `b`'s load.
 pub fn bench(model: LoadedModel, o: ServeOptions, b: BenchOptions) -> anyhow::Result<BenchReport> {
     let parameters = model.params.num_params();
+    let weights_mb = model.params.weight_bytes() as f64 / (1 << 20) as f64;
     let (prompt, prompt_tokens) = prompt_of(&model, b.prompt_len)?;
     if prompt_tokens + b.max_tokens > model.spec.context {
         anyhow::bail!(
@@ -184,7 +185,7 @@ pub fn bench(model: LoadedModel, o: ServeOptions, b: BenchOptions) -> anyhow::Re
         Ok(BenchReport {
             model: o.model_id.clone(),
             parameters,
-            weights_mb: parameters as f64 * 4.0 / (1 << 20) as f64,
+            weights_mb,
             kv_cache_mb: o.kv_cache_mb,
             prompt_tokens,
             max_tokens: b.max_tokens,
@@ -199,7 +200,7 @@ pub fn bench(model: LoadedModel, o: ServeOptions, b: BenchOptions) -> anyhow::Re
 /// The report as a table.
 pub fn table(r: &BenchReport) -> String {
     let mut s = format!(
-        "{} ({} parameters, {:.1} MiB fp32), prompt {} tokens, {} out, KV cache {} MiB\n",
+        "{} ({} parameters, {:.1} MiB of weights), prompt {} tokens, {} out, KV cache {} MiB\n",
         r.model, r.parameters, r.weights_mb, r.prompt_tokens, r.max_tokens, r.kv_cache_mb
     );
     s += "concurrency  requests  out tok/s  TTFT p50 / p99 ms  ITL p50 / p99 ms\n";

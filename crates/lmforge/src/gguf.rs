@@ -11,16 +11,20 @@
 //! head is written as `output.weight` too. 1-D tensors stay F32, and a matrix whose rows do not
 //! divide into the type's blocks falls back to Q8_0, else F16 (as llama.cpp does).
 //!
-//! Import dequantizes to fp32: the quantized file's quality, not (yet) its memory or speed.
+//! Import keeps the quantized matrices in their blocks (`ParamStore::quantized`): the Linears
+//! run them through candle's quantized matmul (activations quantized to 8 bits per block, as
+//! llama.cpp does), the token embedding looks rows up in them and the LM head multiplies by
+//! them; only vectors (norms, biases), GPT-2's position table and f32 / f16 / bf16 matrices are
+//! dense f32. Llama's q / k rows are permuted back at load, block rows moved whole.
 
 use crate::checkpoint::LoadedModel;
 use crate::checkpoint::Network;
 use crate::error::{Error, IoContext, Result};
 use crate::models::{ModelSpec, Style};
-use crate::nn::ParamStore;
+use crate::nn::{ParamKind, ParamStore};
 use crate::tokenizer::TextTokenizer;
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 use std::collections::HashMap;
@@ -170,6 +174,30 @@ fn from_gguf(t: &Tensor, layout: Layout) -> Result<Tensor> {
             t.reshape((heads, out / heads / 2, 2, inp))?.transpose(1, 2)?.contiguous()?.reshape((out, inp))?
         }
     })
+}
+
+/// [`from_gguf`]'s `Rope` row permutation on a quantized matrix: rows hold whole blocks, so
+/// they move as bytes. GGUF interleaves each head's rotary pairs (row 2j + a), lmforge's
+/// rotate-half keeps the halves apart (row a·D/2 + j).
+fn unpermute_rows(qt: &QTensor, heads: usize, device: &Device) -> Result<QTensor> {
+    let (out, inp) = qt.shape().dims2()?;
+    let dtype = qt.dtype();
+    let row = inp / dtype.block_size() * dtype.type_size();
+    let data = qt.data()?;
+    if heads == 0 || out % (2 * heads) != 0 || data.len() != out * row {
+        return Err(Error::Invalid(format!("{out} rows of {row} bytes do not split into {heads} rotary heads")));
+    }
+    let (per_head, half) = (out / heads, out / heads / 2);
+    let mut moved = vec![0u8; data.len()];
+    for h in 0..heads {
+        for j in 0..half {
+            for a in 0..2 {
+                let (to, from) = (h * per_head + a * half + j, h * per_head + 2 * j + a);
+                moved[to * row..(to + 1) * row].copy_from_slice(&data[from * row..(from + 1) * row]);
+            }
+        }
+    }
+    Ok(QTensor::new(QStorage::from_data(std::borrow::Cow::Owned(moved), device, dtype)?, (out, inp))?)
 }
 
 /// Quantizes `t` to `dtype`, or the nearest type its rows divide into.
@@ -368,6 +396,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     };
     spec.validate().map_err(|e| Error::format(path, format!("inconsistent GGUF metadata: {e}")))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let (mut dense, mut blocks) = (Vec::new(), Vec::new());
     for p in spec.params() {
         let (gname, layout) = gguf_name(&spec, &p.name)
             .ok_or_else(|| Error::format(path, format!("no GGUF name for parameter `{}`", p.name)))?;
@@ -377,6 +406,30 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         let qt = content
             .tensor(&mut file, &gname, device)
             .map_err(|e| Error::format(path, format!("tensor `{gname}`: {e}")))?;
+        let matrix = matches!(p.kind, ParamKind::Matrix | ParamKind::ResidualProjection)
+            || p.name == spec.embedding_name()
+            || p.name == "lm_head.weight";
+        if matrix && !matches!(qt.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            // Kept in blocks, (out, in) as GGUF stores every matrix.
+            let mut want = p.shape.clone();
+            if layout == Layout::Conv1d {
+                want.reverse();
+            }
+            if qt.shape().dims() != want.as_slice() {
+                return Err(Error::format(
+                    path,
+                    format!("tensor `{gname}` is {:?}, the metadata implies {want:?}", qt.shape().dims()),
+                ));
+            }
+            let qt = match layout {
+                Layout::Rope(heads) => unpermute_rows(&qt, heads, device)
+                    .map_err(|e| Error::format(path, format!("tensor `{gname}`: {e}")))?,
+                _ => qt,
+            };
+            blocks.push((p.name.clone(), qt, layout == Layout::Conv1d));
+            continue;
+        }
+        dense.push(p.clone());
         let t = from_gguf(&qt.dequantize(device)?, layout)?;
         if t.dims() != p.shape.as_slice() {
             return Err(Error::format(
@@ -386,8 +439,11 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
         }
         tensors.insert(p.name.clone(), t);
     }
-    let (params, _) =
-        ParamStore::from_tensors(tensors, &spec.params(), device, path, &|k| Some(k.to_string()), &|_| false)?;
+    let (mut params, _) =
+        ParamStore::from_tensors(tensors, &dense, device, path, &|k| Some(k.to_string()), &|_| false)?;
+    for (name, qt, transposed) in blocks {
+        params.insert_quantized(&name, qt, transposed)?;
+    }
     let tokenizer = match content.metadata.get("tokenizer.huggingface.json").and_then(|v| v.to_string().ok()) {
         Some(json) => TextTokenizer::from_bytes(json.as_bytes())?,
         None => {

@@ -6,12 +6,14 @@
 use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::ops;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 pub mod peft;
 pub mod recompute;
@@ -81,6 +83,11 @@ pub struct ParamStore {
     /// The precision the models built on this store compute in: f32, or bf16 activations
     /// under `bf16-mixed` (the parameters themselves stay f32, the master weights).
     precision: Precision,
+    /// Matrices kept in GGML blocks (a `.gguf` model), by name, (out, in) whatever the
+    /// architecture's layout (`true`: the architecture stores this one (in, out), GPT-2's
+    /// Conv1D): Linears run them through candle's quantized matmul and the token embedding
+    /// looks rows up in them, without a dense copy. Inference only (no backward).
+    quantized: BTreeMap<String, (Arc<QTensor>, bool)>,
 }
 
 impl ParamStore {
@@ -123,6 +130,7 @@ impl ParamStore {
             lora: BTreeMap::new(),
             device: device.clone(),
             precision: Precision::Fp32,
+            quantized: BTreeMap::new(),
         }
     }
 
@@ -228,8 +236,13 @@ impl ParamStore {
         serialize_tensors(self.tensors().into_iter())
     }
 
-    /// A parameter's tensor, trainable or frozen.
+    /// A parameter's tensor, trainable or frozen; a quantized one dequantized (a dense copy, for
+    /// the few uses that need one: the models read [`Self::quantized`]).
     pub fn get(&self, name: &str) -> Result<Tensor> {
+        if let Some((q, transposed)) = self.quantized.get(name) {
+            let t = q.dequantize(&self.device)?;
+            return Ok(if *transposed { t.t()?.contiguous()? } else { t });
+        }
         self.vars
             .get(name)
             .map(|v| v.as_tensor().clone())
@@ -238,13 +251,33 @@ impl ParamStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.vars.contains_key(name) || self.frozen.contains_key(name)
+        self.vars.contains_key(name) || self.frozen.contains_key(name) || self.quantized.contains_key(name)
     }
 
-    /// Every parameter, trainable and frozen, in name order.
+    /// A matrix kept in GGML blocks, (out, in).
+    pub fn quantized(&self, name: &str) -> Option<&Arc<QTensor>> {
+        self.quantized.get(name).map(|(q, _)| q)
+    }
+
+    /// Adds a frozen matrix kept in GGML blocks, stored (out, in); `transposed`: the
+    /// architecture stores it (in, out).
+    pub fn insert_quantized(&mut self, name: &str, q: QTensor, transposed: bool) -> Result<()> {
+        if self.contains(name) {
+            return Err(Error::Invalid(format!("parameter `{name}` already exists")));
+        }
+        self.quantized.insert(name.to_string(), (Arc::new(q), transposed));
+        Ok(())
+    }
+
+    /// Every parameter, trainable, frozen and quantized (dequantized, a dense copy: for export),
+    /// in name order.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         let mut all: BTreeMap<&String, Tensor> = self.frozen.iter().map(|(k, t)| (k, t.clone())).collect();
         all.extend(self.vars.iter().map(|(k, v)| (k, v.as_tensor().clone())));
+        for k in self.quantized.keys() {
+            // The blocks were read and checked at load; dequantizing them cannot fail.
+            all.insert(k, self.get(k).expect("a quantized tensor dequantizes"));
+        }
         all.into_iter().map(|(k, t)| (k.clone(), t)).collect()
     }
 
@@ -311,7 +344,11 @@ impl ParamStore {
     /// bottleneck adapter when the store holds them. `out_in`: nn.Linear's (out, in) weight
     /// layout; otherwise GPT-2's Conv1D (in, out).
     pub fn linear(&self, module: &str, out_in: bool, bias: bool) -> Result<Linear> {
-        let w = self.get(&format!("{module}.weight"))?;
+        let name = format!("{module}.weight");
+        let (w, out_in) = match self.quantized.get(&name) {
+            Some((q, _)) => (Weight::Quantized(Arc::new(QMatMul::from_arc(q.clone())?)), true),
+            None => (Weight::Dense(self.get(&name)?), out_in),
+        };
         let b = if bias { Some(self.get(&format!("{module}.bias"))?) } else { None };
         let mut lin = Linear { w, b, w_is_out_in: out_in, lora: None, adapter: None };
         if let Some(scaling) = self.lora.get(module) {
@@ -344,9 +381,19 @@ impl ParamStore {
         self
     }
 
-    /// Elements of every parameter, trainable and frozen.
+    /// Elements of every parameter, trainable, frozen and quantized.
     pub fn num_params(&self) -> usize {
-        self.num_trainable() + self.frozen.values().map(|t| t.elem_count()).sum::<usize>()
+        self.num_trainable()
+            + self.frozen.values().map(|t| t.elem_count()).sum::<usize>()
+            + self.quantized.values().map(|(q, _)| q.shape().elem_count()).sum::<usize>()
+    }
+
+    /// Bytes the weights take: dense ones at their dtype, quantized ones in their blocks.
+    pub fn weight_bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        self.vars.values().map(|v| dense(v.as_tensor())).sum::<usize>()
+            + self.frozen.values().map(dense).sum::<usize>()
+            + self.quantized.values().map(|(q, _)| q.storage_size_in_bytes()).sum::<usize>()
     }
 
     /// Elements of the trainable parameters.
@@ -373,7 +420,7 @@ fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {
 /// Fine-tuning may attach a LoRA delta (y += s·B·A·x) and a bottleneck adapter on the output
 /// (y += up(gelu(down(y)))); see [`peft`].
 pub struct Linear {
-    w: Tensor,
+    w: Weight,
     b: Option<Tensor>,
     w_is_out_in: bool,
     // Boxed: most Linears have neither, and models hold many Linears.
@@ -381,14 +428,30 @@ pub struct Linear {
     adapter: Option<Box<peft::Adapter>>,
 }
 
+/// A Linear's weight: a dense tensor, or GGML blocks (out, in) run by candle's quantized
+/// matmul, which quantizes the activations as llama.cpp does (inference only: no backward).
+#[derive(Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(Arc<QMatMul>),
+}
+
 impl Linear {
     /// Conv1D layout: weight (in, out).
     pub fn in_out(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { w, b, w_is_out_in: false, lora: None, adapter: None }
+        Self { w: Weight::Dense(w), b, w_is_out_in: false, lora: None, adapter: None }
     }
     /// nn.Linear layout: weight (out, in).
     pub fn out_in(w: Tensor, b: Option<Tensor>) -> Self {
-        Self { w, b, w_is_out_in: true, lora: None, adapter: None }
+        Self { w: Weight::Dense(w), b, w_is_out_in: true, lora: None, adapter: None }
+    }
+
+    /// The dense weight of a product with neither LoRA nor an adapter: what the fused ops take.
+    fn plain_dense(&self) -> Option<&Tensor> {
+        match &self.w {
+            Weight::Dense(w) if self.lora.is_none() && self.adapter.is_none() => Some(w),
+            _ => None,
+        }
     }
 
     /// x: (B, T, in) -> (B, T, out)
@@ -398,8 +461,8 @@ impl Linear {
 
     /// gelu(forward_t(x)); without LoRA or an adapter, one fused op ([`ops::linear_gelu`]).
     pub fn forward_gelu_t(&self, x: &Tensor, form: ops::Gelu, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
-        if self.lora.is_none() && self.adapter.is_none() {
-            return Ok(ops::linear_gelu(x, &self.w, self.b.as_ref(), self.w_is_out_in, form)?);
+        if let Some(w) = self.plain_dense() {
+            return Ok(ops::linear_gelu(x, w, self.b.as_ref(), self.w_is_out_in, form)?);
         }
         Ok(ops::gelu(&self.forward_t(x, dropout)?, form)?)
     }
@@ -407,9 +470,13 @@ impl Linear {
     /// silu(gate(x)) ⊙ up(x) for two Linears of one shape; without biases, LoRA or adapters,
     /// one fused op ([`ops::linear_swiglu`]).
     pub fn swiglu_t(gate: &Linear, up: &Linear, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
-        let plain = |l: &Linear| l.b.is_none() && l.lora.is_none() && l.adapter.is_none();
-        if plain(gate) && plain(up) && gate.w_is_out_in == up.w_is_out_in {
-            return Ok(ops::linear_swiglu(x, &gate.w, &up.w, gate.w_is_out_in)?);
+        fn plain(l: &Linear) -> Option<&Tensor> {
+            l.b.is_none().then(|| l.plain_dense()).flatten()
+        }
+        if let (Some(g), Some(u)) = (plain(gate), plain(up)) {
+            if gate.w_is_out_in == up.w_is_out_in {
+                return Ok(ops::linear_swiglu(x, g, u, gate.w_is_out_in)?);
+            }
         }
         Ok(ops::swiglu(&gate.forward_t(x, dropout)?, &up.forward_t(x, dropout)?)?)
     }
@@ -417,7 +484,7 @@ impl Linear {
     /// The weight and bias of a plain product (no LoRA delta, no adapter), as the fused
     /// decoder sublayers take them; None otherwise.
     pub fn plain(&self) -> Option<ops::Proj> {
-        (self.lora.is_none() && self.adapter.is_none()).then(|| ops::Proj { w: self.w.clone(), b: self.b.clone() })
+        self.plain_dense().map(|w| ops::Proj { w: w.clone(), b: self.b.clone() })
     }
 
     /// The weight is stored (out, in) (nn.Linear) rather than (in, out) (Conv1D).
@@ -427,7 +494,16 @@ impl Linear {
 
     /// As [`Self::forward`]; with a dropout generator (training), LoRA's input dropout applies.
     pub fn forward_t(&self, x: &Tensor, dropout: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
-        let mut y = ops::linear(x, &self.w, self.b.as_ref(), self.w_is_out_in)?;
+        let mut y = match &self.w {
+            Weight::Dense(w) => ops::linear(x, w, self.b.as_ref(), self.w_is_out_in)?,
+            Weight::Quantized(q) => {
+                let y = q.forward(&x.contiguous()?)?;
+                match &self.b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
+        };
         if let Some(lora) = &self.lora {
             y = (y + lora.forward(x, dropout)?)?;
         }

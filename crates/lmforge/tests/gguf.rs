@@ -126,3 +126,45 @@ fn damaged_files_are_errors_naming_the_file() {
     };
     assert!(e.contains("inconsistent.gguf") && e.contains("tensor"), "{e}");
 }
+
+/// A quantized file runs on its blocks: every matrix (the token embedding and the LM head
+/// included) stays quantized, with no dense copy, and the logits match a model holding the
+/// same weights dequantized, up to the 8-bit quantization of the activations that quantized
+/// products do (candle's kernels, as llama.cpp's).
+#[test]
+fn quantized_files_run_on_their_blocks() {
+    use lmforge::models::Decoder;
+    use lmforge::nn::{ParamKind, ParamStore};
+    let text = "ROMEO:\nWhat light through yonder window breaks? It is the east.\n";
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let ids = m.tokenizer.encode(text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for to in [QuantType::Q8_0, QuantType::Q4KM] {
+            let path = dir.path().join(format!("{name}.gguf"));
+            export(&m, to, &path, name).unwrap();
+            let back = LoadedModel::load(&path, &Device::Cpu).unwrap();
+            for p in back.spec.params() {
+                let matrix = matches!(p.kind, ParamKind::Matrix | ParamKind::ResidualProjection)
+                    || p.name == back.spec.embedding_name()
+                    || p.name == "lm_head.weight";
+                // A matrix whose rows do not divide into blocks of 32 was written as F16: dense.
+                let blocks = p.shape.len() == 2 && p.shape.iter().all(|d| d % 32 == 0);
+                let quantized = back.params.quantized(&p.name).is_some();
+                assert!(quantized == (matrix && blocks) || (matrix && quantized), "{name} {to:?}: {}", p.name);
+            }
+            let (fp32, quant) = (m.params.weight_bytes(), back.params.weight_bytes());
+            assert!(quant * 2 < fp32, "{name} {to:?}: {quant} bytes of weights against {fp32} in fp32");
+            let dense_weights = back.params.tensors().into_iter().collect();
+            let specs = back.spec.params();
+            let (dense, _) =
+                ParamStore::from_tensors(dense_weights, &specs, &Device::Cpu, &path, &|k| Some(k.into()), &|_| false)
+                    .unwrap();
+            let x = Tensor::from_slice(&ids, (1, ids.len()), &Device::Cpu).unwrap();
+            let want = Decoder::new(&back.spec, &dense).unwrap().forward(&x, 0, None).unwrap();
+            let rel = max_rel(&logits(&back, &ids), &want);
+            eprintln!("{name} {to:?}: quantized products vs dequantized weights, logits max rel error {rel:e}");
+            assert!(rel <= 2e-2, "{name} {to:?}: logits max rel error {rel:e}");
+        }
+    }
+}

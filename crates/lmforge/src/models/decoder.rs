@@ -13,24 +13,31 @@
 //! Dimension letters: B batch, T new positions, S cached + new positions, C d_model,
 //! H query heads, K key/value heads, D head dim, V vocab.
 
+mod cache;
+mod tables;
+
+pub use cache::KvCache;
+use cache::LayerCache;
+use tables::TokenTable;
+
 use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Module, Tensor};
 use std::sync::Arc;
 
 pub struct Decoder {
     pub spec: ModelSpec,
-    wte: Tensor,         // (V, C)
+    wte: TokenTable,     // (V, C)
     wpe: Option<Tensor>, // (context, C), GPT-2 only
     // Shared with the checkpointed blocks' graph nodes, which run them again in the backward.
     blocks: Vec<Arc<Block>>,
     norm_f: Norm,
     /// (V, C); the same tensor as `wte` when tied; None for a backbone loaded without its LM
     /// head (a classifier's).
-    head: Option<Tensor>,
+    head: Option<TokenTable>,
     rope: Option<Arc<Rope>>,
     /// Host copies of the rotary tables for continuous batching on the CPU.
     rope_host: Option<Arc<ragged::HostRope>>,
@@ -111,76 +118,6 @@ enum AttentionPath {
     Explicit,
 }
 
-/// Keys and values of the positions seen so far, per layer: (B, K, S, D) each. Grown by
-/// concatenation, or, with a capacity (continuous batching knows each sequence's prompt and
-/// `max_tokens`), written in place into buffers allocated once.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-}
-
-/// One layer's keys and values and how many positions they hold.
-#[derive(Default)]
-struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
-    /// Continuous batching on the CPU keeps keys and values here instead ([`ragged`]).
-    host: ragged::HostKv,
-    len: usize,
-    /// Positions to allocate up front (0: grow by concatenation).
-    capacity: usize,
-}
-
-impl KvCache {
-    pub fn new(n_layer: usize) -> Self {
-        Self::with_capacity(n_layer, 0)
-    }
-    /// A cache whose buffers hold `capacity` positions, allocated at the first write.
-    pub fn with_capacity(n_layer: usize, capacity: usize) -> Self {
-        let layer = || LayerCache { kv: None, host: ragged::HostKv::default(), len: 0, capacity };
-        Self { layers: (0..n_layer).map(|_| layer()).collect() }
-    }
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.len)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl LayerCache {
-    /// Appends k, v (B, K, T, D) and returns every position's (B, K, S, D).
-    fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let t = k.dim(2)?;
-        let end = self.len + t;
-        if self.kv.is_none() && self.capacity >= end {
-            let (b, kh, _, d) = k.dims4()?;
-            let zeros = || Tensor::zeros((b, kh, self.capacity, d), k.dtype(), k.device());
-            self.kv = Some((zeros()?, zeros()?));
-        }
-        let (k, v) = match self.kv.take() {
-            Some((bk, bv)) if bk.dim(2)? >= end && self.capacity > 0 => {
-                bk.slice_set(&k, 2, self.len)?;
-                bv.slice_set(&v, 2, self.len)?;
-                let all = (bk.narrow(2, 0, end)?, bv.narrow(2, 0, end)?);
-                self.kv = Some((bk, bv));
-                all
-            }
-            Some((pk, pv)) => {
-                let all = (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?);
-                self.kv = Some(all.clone());
-                all
-            }
-            None => {
-                self.kv = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-        };
-        self.len = end;
-        Ok((k, v))
-    }
-}
-
 impl Decoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
         let arch = spec.arch();
@@ -195,10 +132,10 @@ impl Decoder {
         let blocks = (0..spec.n_layer)
             .map(|i| Ok(Arc::new(Block::new(arch.decoder_layer(p, spec, i)?, spec, rope.as_deref()))))
             .collect::<Result<Vec<_>>>()?;
-        let wte = p.get(spec.embedding_name())?;
+        let wte = TokenTable::of(p, spec.embedding_name())?;
         let head = match spec.tie_embeddings {
             true => Some(wte.clone()),
-            false if p.contains("lm_head.weight") => Some(p.get("lm_head.weight")?),
+            false if p.contains("lm_head.weight") => Some(TokenTable::of(p, "lm_head.weight")?),
             false => None,
         };
         Ok(Self {
@@ -247,7 +184,7 @@ impl Decoder {
                 self.spec.context
             )));
         }
-        let mut x = self.wte.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.spec.d_model))?;
+        let mut x = self.wte.rows(&ids.flatten_all()?)?.reshape((b, t, self.spec.d_model))?;
         if let Some(wpe) = &self.wpe {
             x = x.broadcast_add(&wpe.narrow(0, offset, t)?)?;
         }
@@ -281,8 +218,20 @@ impl Decoder {
 
     /// Logits (N, V) in f32 of hidden rows (N, C), through the head in the rows' dtype.
     fn head_logits(&self, rows: &Tensor) -> Result<Tensor> {
-        let head = ops::like(self.lm_head()?, rows)?;
-        Ok(ops::matmul(rows, &head.t()?)?.to_dtype(DType::F32)?)
+        let logits = match self.lm_head()? {
+            TokenTable::Dense(head) => ops::matmul(rows, &ops::like(head, rows)?.t()?)?,
+            TokenTable::Quantized(_, q) => q.forward(&rows.contiguous()?)?,
+        };
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Mean cross-entropy of hidden rows (N, C) against `targets` (N): the fused LM-head loss
+    /// (logits a chunk at a time), or through the quantized head's logits.
+    fn head_loss(&self, rows: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(match self.lm_head()? {
+            TokenTable::Dense(head) => ops::lm_head_cross_entropy(rows, head, targets)?,
+            TokenTable::Quantized(..) => ops::cross_entropy(&self.head_logits(rows)?, targets)?,
+        })
     }
 
     /// Logits (B, T, V) for `ids` (B, T) at positions offset..offset+T.
@@ -295,7 +244,7 @@ impl Decoder {
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let h = self.hidden(ids, 0, None, dropout)?;
         let (b, t, c) = h.dims3()?;
-        Ok(ops::lm_head_cross_entropy(&h.reshape((b * t, c))?, self.lm_head()?, &targets.flatten_all()?)?)
+        self.head_loss(&h.reshape((b * t, c))?, &targets.flatten_all()?)
     }
 
     /// Mean next-token cross-entropy over chosen positions only: `rows` (N, u32) index the
@@ -312,10 +261,10 @@ impl Decoder {
         let h = self.hidden(ids, 0, None, dropout)?;
         let (b, t, c) = h.dims3()?;
         let h = h.reshape((b * t, c))?.index_select(rows, 0)?;
-        Ok(ops::lm_head_cross_entropy(&h, self.lm_head()?, targets)?)
+        self.head_loss(&h, targets)
     }
 
-    fn lm_head(&self) -> Result<&Tensor> {
+    fn lm_head(&self) -> Result<&TokenTable> {
         self.head
             .as_ref()
             .ok_or_else(|| crate::Error::Invalid("this decoder has no LM head (a classifier's backbone)".into()))
@@ -336,7 +285,7 @@ impl Decoder {
     /// over all N tokens at once, attention per sequence over its cache — giving the logits of
     /// each piece's last token, (P, V). For one piece this is `forward` with a cache, op for op.
     pub fn forward_pieces(&self, pieces: &mut [Piece]) -> Result<Tensor> {
-        let device = self.wte.device().clone();
+        let device = self.wte.device();
         let (mut ids, mut positions, mut last) = (Vec::new(), Vec::new(), Vec::new());
         for p in pieces.iter() {
             let end = p.start + p.tokens.len();
@@ -354,7 +303,7 @@ impl Decoder {
             last.push(ids.len() as u32 - 1);
         }
         let n = ids.len();
-        let mut x = self.wte.index_select(&Tensor::from_vec(ids, n, &device)?, 0)?; // (N, C)
+        let mut x = self.wte.rows(&Tensor::from_vec(ids, n, &device)?)?; // (N, C)
         if let Some(wpe) = &self.wpe {
             x = (x + wpe.index_select(&Tensor::from_vec(positions, n, &device)?, 0)?)?;
         }
