@@ -66,7 +66,6 @@ LMFORGE_TEST_DEVICE=cuda "$G/parity" --test-threads 1 --skip minilm 2>&1 | tee "
 LMFORGE_TEST_DEVICE=cuda "$G/presence" --test-threads 1 2>&1 | tee "$out/presence.log" | grep -E "^test |test result|panicked|error"
 
 section "2. quickstart on the GPU: fp32 and bf16-mixed"
-bpb() { grep -oE "bits/byte [0-9.]+|bits per byte[: ]+[0-9.]+|bpb[ =:]+[0-9.]+" "$1" | tail -1 | grep -oE "[0-9.]+$"; }
 for p in fp32 bf16-mixed; do
   start=$(date +%s.%N)
   "$G/lmforge" quickstart --run-dir "/tmp/q-$p" --set train.device=cuda --set "train.precision=$p" \

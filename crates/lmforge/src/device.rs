@@ -82,7 +82,11 @@ fn auto_device() -> Device {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(n: usize, key: &str) -> Result<Device> {
-    Device::new_cuda(n).map_err(|e| Error::config(key, format!("\"cuda:{n}\" cannot be opened: {e}")))
+    // candle's error carries a backtrace after its first line: the first line says it.
+    Device::new_cuda(n).map_err(|e| {
+        let e = e.to_string();
+        Error::config(key, format!("\"cuda:{n}\" cannot be opened: {}", e.lines().next().unwrap_or("")))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
