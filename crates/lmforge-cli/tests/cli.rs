@@ -117,7 +117,8 @@ fn bf16_mixed_trains_close_to_fp32_and_resumes_exactly() {
     let fp32 = run("fp32", &[]);
     let mixed = run("mixed", &["--set", "train.precision=bf16-mixed"]);
     let split = run("split", &["--set", "train.precision=bf16-mixed", "--stop-after", "20"]);
-    ok(&["train", "--resume", s(&split)]);
+    // `--device` moves a resumed run (here to the device it was on: the same numbers).
+    ok(&["train", "--resume", s(&split), "--device", "cpu"]);
 
     let val = |dir: &Path| -> Vec<f64> {
         metrics(dir).iter().filter(|r| r["split"] == "val").map(|r| r["loss"].as_f64().unwrap()).collect()
@@ -338,6 +339,14 @@ fn a_device_this_build_lacks_fails_before_writing_anything() {
         assert!(!out.status.success() && err.contains(key) && err.contains(hint), "{set}: {err}");
         assert!(!run.exists(), "{set}: nothing may be written");
     }
+    // A run moved to a GPU at --resume: the flag is named, the run dir left as it was.
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&run), "--stop-after", "3"]);
+    let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let out = lmforge(&["train", "--resume", s(&run), "--device", "cuda"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--device") && err.contains("lmforge-cli/cuda"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), before);
+    std::fs::remove_dir_all(&run).unwrap();
     // The same config plans (a GPU config is still a valid config on a laptop).
     let plan = ok(&["plan", "--config", s(&cfg), "--json"]);
     assert!(plan.contains("\"fits\""), "{plan}");

@@ -174,7 +174,12 @@ impl Placement {
     /// `train.device` and `train.precision` resolved; an error names the key this binary or
     /// machine cannot honour.
     pub fn resolve(device: DeviceChoice, precision: Precision) -> Result<Self> {
-        let device = device.resolve("train.device")?;
+        Self::resolve_from(device, precision, "train.device")
+    }
+
+    /// [`Self::resolve`] of a device that came from `key` (a flag overriding the config).
+    pub fn resolve_from(device: DeviceChoice, precision: Precision, key: &str) -> Result<Self> {
+        let device = device.resolve(key)?;
         if precision == Precision::Bf16Mixed && device.is_cpu() {
             tracing::warn!(
                 "train.precision = \"bf16-mixed\" on the CPU: bf16 products are computed through f32 and \

@@ -71,7 +71,10 @@ impl TrainOptions {
         device: crate::device::DeviceChoice,
         precision: crate::device::Precision,
     ) -> Result<crate::device::Placement> {
-        crate::device::Placement::resolve(self.device.unwrap_or(device), precision)
+        match self.device {
+            Some(d) => crate::device::Placement::resolve_from(d, precision, "--device"),
+            None => crate::device::Placement::resolve(device, precision),
+        }
     }
 }
 
