@@ -19,12 +19,7 @@ pub fn node1(
     value: Tensor,
     backward: impl Fn(&Tensor, &Tensor) -> Result<Option<Tensor>> + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    x.apply_op1(Precomputed {
-        out: Mutex::new(Some(compact(value)?)),
-        name: "lmforge-node1",
-        backward1: Some(Box::new(backward)),
-        backward2: None,
-    })
+    x.apply_op1(Precomputed { out: Mutex::new(Some(compact(value)?)), backward: Backward::One(Box::new(backward)) })
 }
 
 /// `value` as the output of a node over `a` and `b`; `backward(a, b, dy)` is (d a, d b).
@@ -34,15 +29,7 @@ pub fn node2(
     value: Tensor,
     backward: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    a.apply_op2(
-        b,
-        Precomputed {
-            out: Mutex::new(Some(compact(value)?)),
-            name: "lmforge-node2",
-            backward1: None,
-            backward2: Some(Box::new(backward)),
-        },
-    )
+    a.apply_op2(b, Precomputed { out: Mutex::new(Some(compact(value)?)), backward: Backward::Two(Box::new(backward)) })
 }
 
 /// A detached copy of `t` whose storage is exactly its elements (what the forward hands over).
@@ -53,20 +40,31 @@ fn compact(t: Tensor) -> Result<Tensor> {
 struct Precomputed {
     /// The output, handed to candle once by the forward.
     out: Mutex<Option<Tensor>>,
-    name: &'static str,
-    backward1: Option<Box<Backward1>>,
-    backward2: Option<Box<Backward2>>,
+    backward: Backward,
+}
+
+/// The backward of a node over one input or over two.
+enum Backward {
+    One(Box<Backward1>),
+    Two(Box<Backward2>),
 }
 
 impl Precomputed {
+    fn name(&self) -> &'static str {
+        match self.backward {
+            Backward::One(_) => "lmforge-node1",
+            Backward::Two(_) => "lmforge-node2",
+        }
+    }
+
     /// The output's storage of one backend and its shape, once.
     fn output<S>(&self, of: impl Fn(&Storage, &Layout) -> Option<Result<S>>) -> Result<(S, Shape)> {
         let y = self.out.lock().expect("not poisoned").take();
-        let Some(y) = y else { candle_core::bail!("{}: forward ran twice", self.name) };
+        let Some(y) = y else { candle_core::bail!("{}: forward ran twice", self.name()) };
         let (storage, layout) = y.storage_and_layout();
         match of(&storage, layout) {
             Some(s) => Ok((s?, layout.shape().clone())),
-            None => candle_core::bail!("{}: the precomputed output is on another device", self.name),
+            None => candle_core::bail!("{}: the precomputed output is on another device", self.name()),
         }
     }
 
@@ -89,7 +87,7 @@ impl Precomputed {
 
 impl CustomOp1 for Precomputed {
     fn name(&self) -> &'static str {
-        self.name
+        Precomputed::name(self)
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -102,16 +100,16 @@ impl CustomOp1 for Precomputed {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        match &self.backward1 {
-            Some(b) => b(x, dy),
-            None => candle_core::bail!("{}: no one-input backward", self.name),
+        match &self.backward {
+            Backward::One(b) => b(x, dy),
+            Backward::Two(_) => candle_core::bail!("lmforge-node2 applied to one input"),
         }
     }
 }
 
 impl CustomOp2 for Precomputed {
     fn name(&self) -> &'static str {
-        self.name
+        Precomputed::name(self)
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -130,9 +128,9 @@ impl CustomOp2 for Precomputed {
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        match &self.backward2 {
-            Some(f) => f(a, b, dy),
-            None => candle_core::bail!("{}: no two-input backward", self.name),
+        match &self.backward {
+            Backward::Two(f) => f(a, b, dy),
+            Backward::One(_) => candle_core::bail!("lmforge-node1 applied to two inputs"),
         }
     }
 }

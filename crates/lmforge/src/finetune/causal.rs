@@ -227,7 +227,6 @@ impl<'a> CausalTuning<'a> {
         train: &'a [SftEncoded],
         validation: Option<&'a [SftEncoded]>,
     ) -> Result<Self> {
-        let store = store.with_precision(cfg.train.precision);
         let decoder = Decoder::new(&spec, &store)?.with_activation_checkpointing(cfg.train.activation_checkpointing);
         let t = &cfg.train;
         let lengths = train.iter().map(|e| e.ids.len()).collect();

@@ -102,6 +102,7 @@ pub(super) fn run(
     let lp = loop_plan(cfg, groups, total_steps)?;
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);
     let validation_rows = validation.as_ref().map(|v| v.encoded.as_slice());
+    let store = store.with_precision(placement.precision);
     let task =
         CausalTuning::new(cfg, (spec, store, folder), lora, &tokenizer, &template, &train.encoded, validation_rows)?;
     let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);

@@ -334,6 +334,7 @@ fn run_classification(
     let lp = loop_plan(cfg, groups, total_steps)?;
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);
     let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
+    let store = store.with_precision(placement.precision);
     let task =
         Classification::new(cfg, spec.clone(), &labels, store, lora, &tokenizer, &train.encoded, validation_split)?;
 

@@ -61,7 +61,6 @@ impl<'a> Classification<'a> {
         train: &'a [Encoded],
         validation: Option<EncodedSplit<'a>>,
     ) -> Result<Self> {
-        let store = store.with_precision(cfg.train.precision);
         let classifier = Classifier::new(&spec, &store, cfg.model.dropout)?
             .with_activation_checkpointing(cfg.train.activation_checkpointing)?;
         let t = &cfg.train;
