@@ -33,6 +33,17 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, text.as_bytes())
 }
 
+/// Writes one JSON value per line (JSONL) atomically.
+pub fn write_jsonl_atomic(path: &Path, rows: impl IntoIterator<Item = serde_json::Value>) -> Result<()> {
+    use std::io::Write;
+    let mut file = AtomicFile::create(path)?;
+    let tmp = file.temp_path().to_path_buf();
+    for row in rows {
+        writeln!(file.writer(), "{row}").map_err(|e| crate::Error::io(&tmp, e))?;
+    }
+    file.commit()
+}
+
 /// Writes a file inside a folder that is itself staged ([`StagedDir`]): a plain write, made
 /// durable by the folder's commit.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

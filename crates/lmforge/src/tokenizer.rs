@@ -13,6 +13,15 @@ use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 /// GPT-style end-of-text marker, id 0 in tokenizers lmforge trains.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
+/// One sentence of words, encoded ([`TextTokenizer::encode_words`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WordEncoding {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// The word each token comes from; None for special tokens.
+    pub word_ids: Vec<Option<u32>>,
+}
+
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -121,6 +130,42 @@ impl TextTokenizer {
             .collect();
         let encs = tk.encode_batch_fast(batch, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
+    }
+
+    /// Token-classification inputs: sentences already split into words (transformers'
+    /// `is_split_into_words=True`), each with the tokenizer's special tokens, truncated to
+    /// `max_len` tokens when given (0: not truncated). Returns per sentence (ids, token type
+    /// ids, the word index of each token: None for special tokens). A byte-level BPE reads
+    /// every word with a leading space, as transformers' `add_prefix_space=True` that
+    /// `run_ner.py` sets for GPT-2, so a word is tokenized as it is inside running text.
+    pub fn encode_words(&self, sentences: &[Vec<&str>], max_len: usize) -> Result<Vec<WordEncoding>> {
+        let mut tk = self.inner.clone();
+        tk.with_padding(None);
+        let truncation = (max_len > 0).then_some(tokenizers::TruncationParams {
+            max_length: max_len,
+            strategy: tokenizers::TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: tokenizers::TruncationDirection::Right,
+        });
+        tk.with_truncation(truncation).map_err(|e| Error::Tokenizer(format!("truncation to {max_len} tokens: {e}")))?;
+        if let Some(tokenizers::PreTokenizerWrapper::ByteLevel(b)) = tk.get_pre_tokenizer() {
+            let b = b.add_prefix_space(true);
+            tk.with_pre_tokenizer(Some(b));
+        }
+        let batch: Vec<tokenizers::EncodeInput> = sentences
+            .iter()
+            .map(|words| tokenizers::EncodeInput::Single(tokenizers::InputSequence::from(words.clone())))
+            .collect();
+        // Not `encode_batch_fast`: it leaves the word ids out with the offsets.
+        let encs = tk.encode_batch(batch, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encs
+            .into_iter()
+            .map(|e| WordEncoding {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+                word_ids: e.get_word_ids().to_vec(),
+            })
+            .collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

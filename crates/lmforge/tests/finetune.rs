@@ -12,7 +12,7 @@ use lmforge::finetune::batching::{collate, Batch, Encoded};
 use lmforge::finetune::dataset::LabelMap;
 use lmforge::finetune::model::{self, Classifier, LoadedClassifier};
 use lmforge::finetune::FinetuneConfig;
-use lmforge::models::{Decoder, EncoderInput};
+use lmforge::models::{Decoder, EncoderInput, HeadKind};
 use lmforge::nn::{peft, ParamStore};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::{named_grads, Optimizer};
@@ -207,7 +207,7 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
         let base = fixtures().join(fixture);
         let labels = LabelMap { labels: vec!["a".into(), "b".into(), "c".into()] };
         let cfg = config(base.to_str().unwrap(), method);
-        let (spec, mut store, _) = model::load_base(&base, &labels, &Device::Cpu).unwrap();
+        let (spec, mut store, _) = model::load_base(&base, &labels, HeadKind::Sequence, &Device::Cpu).unwrap();
         model::prepare(&mut store, &spec, &cfg, &labels).unwrap();
         assert!(!store.frozen().is_empty() && !store.vars().is_empty(), "{what}");
         assert!(
@@ -219,7 +219,7 @@ fn frozen_parameters_get_no_gradient_and_stay_bit_identical() {
             store.frozen().iter().map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap())).collect();
         let trained_before: Vec<Vec<f32>> =
             store.vars().values().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
-        let classifier = Classifier::new(&spec, &store, 0.1).unwrap();
+        let classifier = Classifier::new(&spec, &store, 0.1, HeadKind::Sequence).unwrap();
         let groups = lmforge::optim::groups::uniform_groups(store.vars(), 0.0);
         let mut opt = Optimizer::from_config(&cfg.optim, store.vars(), groups).unwrap();
         let items = [

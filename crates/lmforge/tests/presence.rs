@@ -13,7 +13,8 @@ use candle_core::{DType, Tensor};
 use lmforge::device::Precision;
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::model::{self, Classifier};
-use lmforge::models::{Decoder, Encoder, EncoderInput, ModelSpec};
+use lmforge::finetune::token_task::token_loss;
+use lmforge::models::{Decoder, Encoder, EncoderInput, HeadKind, ModelSpec};
 use lmforge::nn::{DropoutRng, InitScheme, ParamStore};
 use lmforge::ops::{Kernels, KernelsGuard};
 
@@ -111,23 +112,30 @@ fn every_encoder_parameter_gets_a_gradient() {
 fn every_classifier_parameter_gets_a_gradient() {
     for preset in ["tiny", "llama-tiny", "bert-tiny"] {
         let spec = ModelSpec::preset(preset).unwrap();
-        each_setting(|setting, precision| {
-            let mut infos = model::backbone_params(&spec);
-            infos.extend(model::head_params(&spec, 3));
-            let params = store(&spec, &infos, precision);
-            let classifier = Classifier::new(&spec, &params, 0.1).unwrap();
-            let device = common::device();
-            let batch = Batch {
-                ids: ids(3, 9, spec.vocab_size),
-                type_ids: Tensor::zeros((3, 9), DType::U32, &device).unwrap(),
-                lengths: vec![9, 5, 7],
-                labels: Some(Tensor::new(&[0u32, 2, 1], &device).unwrap()),
-            };
-            let mut d = DropoutRng::new(0.1, 3);
-            let logits = classifier.logits(&batch, Some(&mut d)).unwrap();
-            assert_eq!(logits.dtype(), DType::F32, "{preset}, {setting}: logits are f32");
-            let loss = model::loss(&logits, batch.labels.as_ref().unwrap(), 0.1).unwrap();
-            assert_all_reached(&format!("{preset} classifier, {setting}"), &params, &loss);
-        });
+        for kind in [HeadKind::Sequence, HeadKind::Token] {
+            each_setting(|setting, precision| {
+                let mut infos = model::backbone_params(&spec, kind);
+                infos.extend(model::head_params(&spec, kind, 3));
+                let params = store(&spec, &infos, precision);
+                let classifier = Classifier::new(&spec, &params, 0.1, kind).unwrap();
+                let device = common::device();
+                let batch = Batch {
+                    ids: ids(3, 9, spec.vocab_size),
+                    type_ids: Tensor::zeros((3, 9), DType::U32, &device).unwrap(),
+                    lengths: vec![9, 5, 7],
+                    labels: Some(Tensor::new(&[0u32, 2, 1], &device).unwrap()),
+                };
+                let mut d = DropoutRng::new(0.1, 3);
+                let logits = classifier.logits(&batch, Some(&mut d)).unwrap();
+                let what = format!("{preset} {kind:?} classifier, {setting}");
+                assert_eq!(logits.dtype(), DType::F32, "{what}: logits are f32");
+                let loss = match kind {
+                    HeadKind::Sequence => model::loss(&logits, batch.labels.as_ref().unwrap(), 0.1).unwrap(),
+                    // Tagged positions in every row: (row · 9 + position).
+                    HeadKind::Token => token_loss(&logits, &[1, 3, 9, 12, 19, 24], &[0, 1, 2, 2, 1, 0]).unwrap(),
+                };
+                assert_all_reached(&what, &params, &loss);
+            });
+        }
     }
 }

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Accuracy, precision / recall / F1 (macro, micro, weighted, binary), confusion matrix
-    /// and loss of a classifier on a labelled file.
+    /// and loss of a classifier on a labelled file; for a token classifier, seqeval's entity
+    /// precision / recall / F1 (per type, micro, macro, weighted) and token accuracy on a
+    /// tagged file (CoNLL or JSONL).
     Classification {
-        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification folder.
+        /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification /
+        /// *ForTokenClassification folder.
         #[arg(long)]
         model: PathBuf,
         #[command(flatten)]
@@ -188,9 +191,16 @@ pub fn run(c: Command) -> Result<i32> {
             let device = device.resolve()?;
             let m = LoadedClassifier::load_with_adapter(&model, adapter.get(), &device)?;
             let rc = predict::reader_settings(&m, &reader.set)?;
-            let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;
+            // (JSON of the evaluation, its loss, its table): a tagger's entity report or a
+            // classifier's.
+            let (mut v, loss, table, bad) = if m.classifier.kind == lmforge::models::HeadKind::Token {
+                let (e, bad) = lmforge::finetune::token_run::eval_file(&m, &data, &rc, reader.batch_size)?;
+                (serde_json::to_value(&e)?, e.loss, e.entities.table(), bad)
+            } else {
+                let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;
+                (serde_json::to_value(&e)?, e.loss, e.metrics.table(), bad)
+            };
             if json {
-                let mut v = serde_json::to_value(&e)?;
                 v["bad_rows"] = serde_json::to_value(&bad)?;
                 print_json(&v)?;
             } else {
@@ -199,8 +209,8 @@ pub fn run(c: Command) -> Result<i32> {
                 if bad.total() > 0 {
                     println!("{}", bad.summary());
                 }
-                println!("loss       {:.4}", e.loss);
-                print!("{}", e.metrics.table());
+                println!("loss       {loss:.4}");
+                print!("{table}");
             }
         }
     }

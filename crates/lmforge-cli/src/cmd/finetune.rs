@@ -60,6 +60,10 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
         println!("--- {split} (best model), loss {:.4} ---", e.loss);
         print!("{}", e.metrics.table());
     }
+    if let (Some(split), Some(e)) = (&s.final_split, &s.final_tokens) {
+        println!("--- {split} (best model), loss {:.4} ---", e.loss);
+        print!("{}", e.entities.table());
+    }
     if let (Some(split), Some(e)) = (&s.final_split, &s.final_causal) {
         println!("--- {split} (best model): {} rows, loss {:.4}, ppl {:.2} ---", e.rows, e.loss, e.ppl);
         if let Some(g) = &e.generation {

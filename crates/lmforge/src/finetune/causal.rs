@@ -93,7 +93,7 @@ pub fn prepare(store: &mut ParamStore, spec: &ModelSpec, cfg: &FinetuneConfig) -
     let train_norms = cfg.finetune.train_norms;
     store.freeze_where(|n| !(train_norms && norms.iter().any(|m| m == n)));
     let seed = cfg.train.seed;
-    let modules = peft::linear_modules(&model::backbone_params(spec));
+    let modules = peft::linear_modules(&model::backbone_params(spec, crate::models::HeadKind::Sequence));
     if method == Method::Lora {
         let l = lora_spec(spec, cfg);
         let chosen = peft::select_modules(&modules, &l.targets, "lora.target_modules")?;

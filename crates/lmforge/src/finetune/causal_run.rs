@@ -6,18 +6,14 @@
 use super::causal::{self, CausalTuning, Generation};
 use super::config::{FinetuneConfig, Method, TrainOn};
 use super::dataset::BadRows;
-use super::sft_data::{read_rows, SftEncoded, SftEncoder, SftRow, Truncation};
+use super::sft_data::{read_rows, SftEncoded, SftEncoder, Truncation};
 use super::{drive, loop_plan, optimizer_groups, param_report, Drive, FinetuneSummary};
 use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
 use crate::generate::SamplingConfig;
 use crate::metrics::generation::GenerationMetrics;
-use crate::nn::seed_for;
 use crate::observe::Observers;
 use crate::train::{Task, TrainOptions, TrainSummary};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::json;
 use std::path::Path;
@@ -53,10 +49,7 @@ pub(super) fn run(
     let base = causal::load_base(&cfg.model.base, &placement.device)?;
     let template = causal::chat_template(cfg, &base)?;
     let causal::Base { spec, mut store, tokenizer, folder } = base;
-    let max_length = match cfg.model.max_length {
-        0 => spec.context,
-        n => n.min(spec.context),
-    };
+    let max_length = super::window(cfg, spec.context);
     let encoder = SftEncoder {
         tokenizer: &tokenizer,
         template: &template,
@@ -64,15 +57,15 @@ pub(super) fn run(
         eos: if cfg.sft.add_eos { tokenizer.eos_id() } else { None },
         max_length,
     };
-    let read = |path: &Path, limit: usize, subset_seed: Option<u64>| -> Result<Option<Split>> {
+    let read = |path: &Path, limit: usize, train: bool| -> Result<Option<Split>> {
         if path.as_os_str().is_empty() {
             return Ok(None);
         }
         let (mut rows, bad) = read_rows(path, cfg, true)?;
-        match subset_seed {
-            Some(seed) if limit > 0 && rows.len() > limit => rows = seeded_subset(rows, limit, seed),
-            None if limit > 0 => rows.truncate(limit),
-            _ => {}
+        if train {
+            rows = super::train_subset(cfg, rows);
+        } else if limit > 0 {
+            rows.truncate(limit);
         }
         let (encoded, truncation) = encoder.encode_all(&rows)?;
         if encoded.is_empty() {
@@ -83,21 +76,12 @@ pub(super) fn run(
         }
         Ok(Some(Split { encoded, bad, truncation }))
     };
-    let subset_seed = seed_for(t.seed, "finetune/train-subset");
-    let train = read(&cfg.data.train, cfg.data.max_train_rows, Some(subset_seed))?.expect("data.train is required");
-    let validation = read(&cfg.data.validation, cfg.data.max_validation_rows, None)?;
-    let test = read(&cfg.data.test, 0, None)?;
+    let train = read(&cfg.data.train, 0, true)?.expect("data.train is required");
+    let validation = read(&cfg.data.validation, cfg.data.max_validation_rows, false)?;
+    let test = read(&cfg.data.test, 0, false)?;
     let lora = causal::prepare(&mut store, &spec, cfg)?;
 
-    let world = opts.collective().world_size();
-    if t.batch_size < world {
-        return Err(Error::config(
-            "train.batch_size",
-            format!("{} examples per micro-batch cannot be split over {world} processes", t.batch_size),
-        ));
-    }
-    let per_epoch = train.encoded.len().div_ceil(t.batch_size * t.grad_accum) as u64;
-    let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
+    let (per_epoch, total_steps) = super::step_counts(cfg, train.encoded.len(), opts.collective().world_size())?;
     let groups = optimizer_groups(cfg, spec.params(), &store)?;
     let lp = loop_plan(cfg, groups, total_steps)?;
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);
@@ -126,16 +110,6 @@ pub(super) fn run(
     }
     write_results(run_dir, cfg, &out, &train, [Some(&train), validation.as_ref(), test.as_ref()])?;
     Ok((summary, out))
-}
-
-/// `limit` rows drawn by a seeded shuffle, in file order.
-fn seeded_subset(rows: Vec<SftRow>, limit: usize, seed: u64) -> Vec<SftRow> {
-    let mut keep: Vec<usize> = (0..rows.len()).collect();
-    keep.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    keep.truncate(limit);
-    keep.sort_unstable();
-    let mut rows: Vec<Option<SftRow>> = rows.into_iter().map(Some).collect();
-    keep.into_iter().map(|i| rows[i].take().expect("distinct")).collect()
 }
 
 /// The saved model of a run: the full folder, or the base with the saved adapter on top.

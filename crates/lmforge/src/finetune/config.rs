@@ -12,7 +12,9 @@ use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::metrics::generation::GENERATION_METRIC_NAMES;
+use crate::metrics::seqeval::ENTITY_METRIC_NAMES;
 use crate::metrics::METRIC_NAMES;
+use crate::models::HeadKind;
 use crate::optim::{OptimConfig, OptimSpec, ScheduleConfig, ScheduleKind};
 use crate::progress::LogConfig;
 use crate::train::config::MAX_BATCH;
@@ -74,8 +76,9 @@ impl Default for FinetuneConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// "classification" (a label per text) or "causal_lm" (instruction / completion tuning of
-    /// a GPT-2 or Llama model).
+    /// "classification" (a label per text), "token_classification" (a tag per word: named
+    /// entities, chunks) or "causal_lm" (instruction / completion tuning of a GPT-2 or Llama
+    /// model).
     pub kind: TaskKind,
 }
 
@@ -95,7 +98,9 @@ pub struct ClsDataConfig {
     pub validation: PathBuf,
     /// Final metrics in results.json; empty: the validation set's.
     pub test: PathBuf,
-    /// "auto" (by extension: .tsv, .csv, .jsonl / .json), "tsv", "csv" or "jsonl".
+    /// "auto" (by extension: .tsv, .csv, .jsonl / .json, .conll / .iob / .bio), "tsv", "csv",
+    /// "jsonl" or "conll" (token classification: a word and its tag per line, the tag in the
+    /// last column, a blank line between sentences).
     pub format: DataFormat,
     /// TSV / CSV: the first line names the columns.
     pub header: bool,
@@ -110,6 +115,10 @@ pub struct ClsDataConfig {
     pub text_pair_column: String,
     #[serde(deserialize_with = "column")]
     pub label_column: String,
+    /// Token classification, JSONL: the field holding the list of words, and the field with
+    /// their tags (strings, or ids into `data.labels`).
+    pub tokens_column: String,
+    pub tags_column: String,
     /// The label set in id order; empty: the distinct train labels, numerically sorted when
     /// all are integers, else lexicographically.
     pub labels: Vec<String>,
@@ -134,6 +143,8 @@ impl Default for ClsDataConfig {
             text_column: "text".into(),
             text_pair_column: String::new(),
             label_column: "label".into(),
+            tokens_column: "tokens".into(),
+            tags_column: "tags".into(),
             labels: Vec::new(),
             bad_rows: BadRowPolicy::Skip,
             max_train_rows: 0,
@@ -146,11 +157,15 @@ impl Default for ClsDataConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
-    /// By the file's extension: .tsv / .txt, .csv, .jsonl / .json / .ndjson.
+    /// By the file's extension: .tsv / .txt, .csv, .jsonl / .json / .ndjson, .conll / .iob /
+    /// .bio.
     Auto,
     Tsv,
     Csv,
     Jsonl,
+    /// CoNLL columns: a word per line (first column), its tag last, sentences separated by a
+    /// blank line, `-DOCSTART-` lines skipped.
+    Conll,
 }
 
 /// What a row with a missing or unknown label, or an empty text, does.
@@ -191,6 +206,9 @@ impl Method {
 pub enum TaskKind {
     /// One label per text (or text pair).
     Classification,
+    /// One tag per word (named entities, chunks), scored with seqeval's entity metrics.
+    #[serde(rename = "token_classification")]
+    TokenClassification,
     /// Next-token prediction on the completion / assistant tokens of prompt–completion pairs
     /// or chat conversations.
     #[serde(rename = "causal_lm")]
@@ -201,6 +219,7 @@ impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Classification => "classification",
+            Self::TokenClassification => "token_classification",
             Self::CausalLm => "causal_lm",
         }
     }
@@ -474,7 +493,17 @@ impl FinetuneConfig {
         match (&self.train.metric, self.task.kind) {
             (Some(m), _) => m,
             (None, TaskKind::Classification) => "accuracy",
+            (None, TaskKind::TokenClassification) => "f1",
             (None, TaskKind::CausalLm) => "loss",
+        }
+    }
+
+    /// The classification head the task trains (a causal LM's is its LM head; Sequence is
+    /// never asked of it).
+    pub fn head_kind(&self) -> HeadKind {
+        match self.task.kind {
+            TaskKind::TokenClassification => HeadKind::Token,
+            TaskKind::Classification | TaskKind::CausalLm => HeadKind::Sequence,
         }
     }
 
@@ -593,6 +622,27 @@ impl FinetuneConfig {
                     "data.text_column",
                     &d.text_column,
                     "a column name or 0-based index",
+                )?;
+            }
+            TaskKind::TokenClassification => {
+                if metric != "loss" && !ENTITY_METRIC_NAMES.contains(&metric) {
+                    return Err(bad(
+                        "train.metric",
+                        metric,
+                        &format!("loss, {} (token_classification)", ENTITY_METRIC_NAMES.join(", ")),
+                    ));
+                }
+                check(
+                    !d.tokens_column.is_empty() && !d.tags_column.is_empty(),
+                    "data.tokens_column",
+                    &d.tokens_column,
+                    "a field name",
+                )?;
+                check(
+                    self.train.label_smoothing == 0.0,
+                    "train.label_smoothing",
+                    self.train.label_smoothing,
+                    "0 for token_classification",
                 )?;
             }
             TaskKind::CausalLm => self.validate_sft()?,

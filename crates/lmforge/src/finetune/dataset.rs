@@ -149,6 +149,7 @@ pub(super) enum Format {
     Tsv,
     Csv,
     Jsonl,
+    Conll,
 }
 
 pub(super) fn format_of(path: &Path, format: DataFormat) -> Result<Format> {
@@ -156,15 +157,17 @@ pub(super) fn format_of(path: &Path, format: DataFormat) -> Result<Format> {
         DataFormat::Tsv => Format::Tsv,
         DataFormat::Csv => Format::Csv,
         DataFormat::Jsonl => Format::Jsonl,
+        DataFormat::Conll => Format::Conll,
         DataFormat::Auto => {
             match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
                 Some("tsv") | Some("txt") => Format::Tsv,
                 Some("csv") => Format::Csv,
                 Some("jsonl") | Some("json") | Some("ndjson") => Format::Jsonl,
+                Some("conll") | Some("iob") | Some("bio") | Some("iobes") => Format::Conll,
                 _ => {
                     return Err(Error::format(
                         path,
-                        "cannot tell the format from the extension; set data.format to tsv, csv or jsonl",
+                        "cannot tell the format from the extension; set data.format to tsv, csv, jsonl or conll",
                     ))
                 }
             }
@@ -184,6 +187,7 @@ pub fn read_examples(
     let mut policy = Policy { path, fail: cfg.bad_rows == BadRowPolicy::Fail, bad: BadRows::default() };
     let rows = match format_of(path, cfg.format)? {
         Format::Jsonl => read_jsonl(path, cfg, &mut policy)?,
+        Format::Conll => return Err(conll_refused(path, "classification")),
         f => read_delimited(path, cfg, f, &mut policy)?,
     };
     let map = match labels {
@@ -228,6 +232,14 @@ pub fn read_examples(
         return Err(Error::format(path, format!("classification needs at least 2 labels, found {:?}", map.labels)));
     }
     Ok((out, policy.bad, map))
+}
+
+/// The error for a CoNLL file given to a task that reads rows of text.
+pub(super) fn conll_refused(path: &Path, task: &str) -> Error {
+    Error::format(
+        path,
+        format!("a CoNLL file (a word and its tag per line) is token_classification data, not {task} rows"),
+    )
 }
 
 /// Reads a labelled-rows file from raw bytes the way `finetune` reads its train / test files,

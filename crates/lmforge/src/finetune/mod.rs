@@ -8,7 +8,9 @@
 //! exact `--resume`, and the patience rule that picks the best model and stops early. The best
 //! model is written to `RUN_DIR/model/` as it improves; at the end the front end evaluates that
 //! saved model on the test split (or the validation split) into `RUN_DIR/results.json`.
-//! [`predict`] runs a trained classifier over files.
+//! [`predict`] runs a trained classifier over files. The other tasks are front ends of their
+//! own over the same loop: token classification ([`tagged`] data, [`token_task`],
+//! [`token_run`]) and causal-LM fine-tuning ([`sft_data`], [`causal`], [`causal_run`]).
 
 pub mod batching;
 pub mod causal;
@@ -18,7 +20,10 @@ pub mod dataset;
 pub mod model;
 pub mod predict;
 pub mod sft_data;
+pub mod tagged;
 pub mod task;
+pub mod token_run;
+pub mod token_task;
 
 pub use config::{FinetuneConfig, TaskKind};
 
@@ -26,7 +31,7 @@ use crate::checkpoint::RunLock;
 use crate::distributed;
 use crate::error::{Error, Result};
 use crate::metrics::ClassificationMetrics;
-use crate::models::ParamInfo;
+use crate::models::{HeadKind, ParamInfo};
 use crate::nn::seed_for;
 use crate::observe::{Observers, RunStart};
 use crate::optim::{param_groups, OptimSpec, ParamGroup, ParamRole};
@@ -127,6 +132,8 @@ pub struct FinetuneSummary {
     pub final_eval: Option<Evaluation>,
     /// Causal LM: the final split's loss, perplexity and generation metrics, with the best model.
     pub final_causal: Option<causal_run::CausalEval>,
+    /// Token classification: the final split's loss and entity metrics, with the best model.
+    pub final_tokens: Option<token_task::TokenEvaluation>,
     pub train_seconds: f64,
 }
 
@@ -155,6 +162,7 @@ impl FinetuneSummary {
             final_split: None,
             final_eval: None,
             final_causal: None,
+            final_tokens: None,
             train_seconds: summary.train_seconds,
         }
     }
@@ -231,21 +239,10 @@ struct Inputs {
 /// Reads the labelled files (a seeded subset of the train rows with `data.max_train_rows`),
 /// loads the base and sets up the method. Everything that can fail on user input fails here.
 fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inputs> {
-    let t = &cfg.train;
-    let (mut train_ex, train_bad, labels) = read_examples(&cfg.data.train, &cfg.data, None, true)?;
-    if cfg.data.max_train_rows > 0 && train_ex.len() > cfg.data.max_train_rows {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed_for(t.seed, "finetune/train-subset"));
-        let mut keep: Vec<usize> = (0..train_ex.len()).collect();
-        keep.shuffle(&mut rng);
-        keep.truncate(cfg.data.max_train_rows);
-        keep.sort_unstable();
-        train_ex = keep.into_iter().map(|i| train_ex[i].clone()).collect();
-    }
-    let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, device)?;
-    let max_len = match cfg.model.max_length {
-        0 => spec.context,
-        n => n.min(spec.context),
-    };
+    let (train_ex, train_bad, labels) = read_examples(&cfg.data.train, &cfg.data, None, true)?;
+    let train_ex = train_subset(cfg, train_ex);
+    let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, HeadKind::Sequence, device)?;
+    let max_len = window(cfg, spec.context);
     let read = |path: &Path, limit: usize| -> Result<Option<Split>> {
         if path.as_os_str().is_empty() {
             return Ok(None);
@@ -263,6 +260,43 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
     let test = read(&cfg.data.test, 0)?;
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
     Ok(Inputs { labels, spec, store, tokenizer, lora, train, validation, test })
+}
+
+/// A seeded subset of `data.max_train_rows` training rows, in file order (all rows when 0 or
+/// fewer rows).
+fn train_subset<T>(cfg: &FinetuneConfig, rows: Vec<T>) -> Vec<T> {
+    let limit = cfg.data.max_train_rows;
+    if limit == 0 || rows.len() <= limit {
+        return rows;
+    }
+    let mut keep: Vec<usize> = (0..rows.len()).collect();
+    keep.shuffle(&mut ChaCha8Rng::seed_from_u64(seed_for(cfg.train.seed, "finetune/train-subset")));
+    keep.truncate(limit);
+    keep.sort_unstable();
+    let mut rows: Vec<Option<T>> = rows.into_iter().map(Some).collect();
+    keep.into_iter().map(|i| rows[i].take().expect("distinct")).collect()
+}
+
+/// Tokens per example: `model.max_length` within the model's context (0: the context).
+fn window(cfg: &FinetuneConfig, context: usize) -> usize {
+    match cfg.model.max_length {
+        0 => context,
+        n => n.min(context),
+    }
+}
+
+/// (optimizer steps per epoch, steps in all) over `examples` training examples; every process
+/// needs a row of each micro-batch.
+fn step_counts(cfg: &FinetuneConfig, examples: usize, world: usize) -> Result<(u64, u64)> {
+    let t = &cfg.train;
+    if t.batch_size < world {
+        return Err(Error::config(
+            "train.batch_size",
+            format!("{} examples per micro-batch cannot be split over {world} processes", t.batch_size),
+        ));
+    }
+    let per_epoch = examples.div_ceil(t.batch_size * t.grad_accum) as u64;
+    Ok((per_epoch, if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch }))
 }
 
 /// The loop's plan for `total` steps over the trainable parameters' `groups`.
@@ -303,6 +337,7 @@ fn run_observed(
 ) -> Result<(TrainSummary, FinetuneSummary)> {
     match cfg.task.kind {
         TaskKind::Classification => run_classification(cfg, run_dir, opts, resuming, observers),
+        TaskKind::TokenClassification => token_run::run(cfg, run_dir, opts, resuming, observers),
         TaskKind::CausalLm => causal_run::run(cfg, run_dir, opts, resuming, observers),
     }
 }
@@ -320,16 +355,9 @@ fn run_classification(
     let inputs = read_inputs(cfg, &placement.device)?;
     let Inputs { labels, spec, store, tokenizer, lora, train, validation, test } = inputs;
     let comm = opts.collective();
-    if t.batch_size < comm.world_size() {
-        return Err(Error::config(
-            "train.batch_size",
-            format!("{} examples per micro-batch cannot be split over {} processes", t.batch_size, comm.world_size()),
-        ));
-    }
-    let per_epoch = train.encoded.len().div_ceil(t.batch_size * t.grad_accum) as u64;
-    let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
-    let mut known = model::backbone_params(&spec);
-    known.extend(model::head_params(&spec, labels.len()));
+    let (per_epoch, total_steps) = step_counts(cfg, train.encoded.len(), comm.world_size())?;
+    let mut known = model::backbone_params(&spec, HeadKind::Sequence);
+    known.extend(model::head_params(&spec, HeadKind::Sequence, labels.len()));
     let groups = optimizer_groups(cfg, known, &store)?;
     let lp = loop_plan(cfg, groups, total_steps)?;
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);

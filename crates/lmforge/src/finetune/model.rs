@@ -14,7 +14,7 @@ use super::dataset::LabelMap;
 use crate::checkpoint::{resolve_model_dir, verify_manifest, write_manifest, Network};
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::StagedDir;
-use crate::models::{hf, EncoderInput, Family, ModelSpec, ParamInfo, ParamKind};
+use crate::models::{hf, EncoderInput, Family, HeadKind, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::peft::{self, LinearModule, LoraSpec};
 use crate::nn::{seed_for, DropoutRng, Linear, ParamStore};
 use crate::ops;
@@ -27,25 +27,25 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// The classification head's module name, as in the HF class of each style.
-pub fn head_module(spec: &ModelSpec) -> &'static str {
-    spec.arch().classification_head().module
+pub fn head_module(spec: &ModelSpec, kind: HeadKind) -> &'static str {
+    spec.arch().classification_head(kind).module
 }
 
 /// HF's class for this style with a classification head.
-pub fn hf_architecture(spec: &ModelSpec) -> &'static str {
-    spec.arch().classification_head().hf_class
+pub fn hf_architecture(spec: &ModelSpec, kind: HeadKind) -> &'static str {
+    spec.arch().classification_head(kind).hf_class
 }
 
 /// The head's parameters: weight (L, C), and a bias where the family's head has one.
-pub fn head_params(spec: &ModelSpec, num_labels: usize) -> Vec<ParamInfo> {
-    let (m, c) = (head_module(spec), spec.d_model);
+pub fn head_params(spec: &ModelSpec, kind: HeadKind, num_labels: usize) -> Vec<ParamInfo> {
+    let (m, c) = (head_module(spec, kind), spec.d_model);
     let mut out = vec![ParamInfo {
         name: format!("{m}.weight"),
         shape: vec![num_labels, c],
         kind: ParamKind::Matrix,
         fans: (c, num_labels),
     }];
-    if spec.arch().classification_head().bias {
+    if spec.arch().classification_head(kind).bias {
         out.push(ParamInfo {
             name: format!("{m}.bias"),
             shape: vec![num_labels],
@@ -61,9 +61,16 @@ fn is_pretraining_head(name: &str) -> bool {
     name == "lm_head.weight" || name.starts_with("cls.")
 }
 
-/// The backbone's parameters: the model's, less its pretraining heads.
-pub fn backbone_params(spec: &ModelSpec) -> Vec<ParamInfo> {
-    spec.params().into_iter().filter(|p| !is_pretraining_head(&p.name)).collect()
+/// The backbone's parameters: the model's, less its pretraining heads and what the head's HF
+/// class leaves out (BERT's pooler under a token head).
+pub fn backbone_params(spec: &ModelSpec, kind: HeadKind) -> Vec<ParamInfo> {
+    spec.params().into_iter().filter(|p| !left_out(spec, kind, &p.name)).collect()
+}
+
+/// Whether a tensor of a base folder is left out under a `kind` head: a pretraining head, or a
+/// backbone part the head's class does not have.
+fn left_out(spec: &ModelSpec, kind: HeadKind, name: &str) -> bool {
+    is_pretraining_head(name) || spec.arch().classification_head(kind).unused.iter().any(|u| name.starts_with(u))
 }
 
 /// LoRA's default targets: the attention query and value projections (the LoRA paper's choice).
@@ -74,7 +81,7 @@ pub fn default_lora_targets(spec: &ModelSpec) -> Vec<String> {
 /// The Linears that get bottleneck adapters: the configured targets, or every output
 /// projection (after attention and after the MLP).
 pub fn adapter_modules(spec: &ModelSpec, targets: &[String]) -> Result<Vec<LinearModule>> {
-    let all = peft::linear_modules(&backbone_params(spec));
+    let all = peft::linear_modules(&backbone_params(spec, HeadKind::Sequence));
     if targets.is_empty() {
         return Ok(all.into_iter().filter(|m| m.output_projection).collect());
     }
@@ -88,23 +95,25 @@ pub fn lora_spec(spec: &ModelSpec, cfg: &FinetuneConfig) -> LoraSpec {
     LoraSpec { rank: l.rank, alpha: l.alpha, dropout: l.dropout, targets }
 }
 
-/// The backbone, its pooled features and the head.
+/// The backbone, its features (pooled for a sequence head, every position for a token head)
+/// and the head.
 pub struct Classifier {
     pub spec: ModelSpec,
+    pub kind: HeadKind,
     network: Network,
     head: Linear,
-    /// Dropout on the pooled features (BERT's classifier dropout; HF's GPT-2 / Llama heads have
-    /// none).
+    /// Dropout on the features (BERT's classifier dropout, every token head's; HF's GPT-2 /
+    /// Llama sequence heads have none).
     head_dropout: f64,
 }
 
 impl Classifier {
-    pub fn new(spec: &ModelSpec, params: &ParamStore, dropout: f64) -> Result<Self> {
-        let head = spec.arch().classification_head();
-        let pools_cls = spec.arch().family() == Family::Encoder;
-        let head_dropout = if pools_cls { dropout } else { 0.0 };
+    pub fn new(spec: &ModelSpec, params: &ParamStore, dropout: f64, kind: HeadKind) -> Result<Self> {
+        let head = spec.arch().classification_head(kind);
+        let has_dropout = kind == HeadKind::Token || spec.arch().family() == Family::Encoder;
+        let head_dropout = if has_dropout { dropout } else { 0.0 };
         let head = params.linear(head.module, true, head.bias)?;
-        Ok(Self { spec: spec.clone(), network: Network::new(spec, params)?, head, head_dropout })
+        Ok(Self { spec: spec.clone(), kind, network: Network::new(spec, params)?, head, head_dropout })
     }
 
     /// Activation checkpointing in a decoder backbone (each block recomputed in the backward);
@@ -122,11 +131,21 @@ impl Classifier {
         Ok(self)
     }
 
-    /// Logits (B, L), f32. With a dropout generator (training), dropout applies in the backbone,
-    /// LoRA inputs and before the head.
+    /// Logits, f32: (B, L) for a sequence head, (B, T, L) for a token head (padding positions
+    /// included; callers read the real ones). With a dropout generator (training), dropout
+    /// applies in the backbone, LoRA inputs and before the head.
     pub fn logits(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
-        let pooled = match &self.network {
-            Network::Encoder(enc) => {
+        let features = match (&self.network, self.kind) {
+            (Network::Encoder(enc), HeadKind::Token) => {
+                let input = EncoderInput {
+                    ids: batch.ids.clone(),
+                    type_ids: batch.type_ids.clone(),
+                    lengths: batch.lengths.clone(),
+                };
+                enc.hidden(&input, dropout.as_deref_mut())?
+            }
+            (Network::Decoder(dec), HeadKind::Token) => dec.hidden(&batch.ids, 0, None, dropout.as_deref_mut())?,
+            (Network::Encoder(enc), HeadKind::Sequence) => {
                 let input = EncoderInput {
                     ids: batch.ids.clone(),
                     type_ids: batch.type_ids.clone(),
@@ -135,7 +154,7 @@ impl Classifier {
                 let h = enc.hidden(&input, dropout.as_deref_mut())?;
                 enc.pooled(&h)?
             }
-            Network::Decoder(dec) => {
+            (Network::Decoder(dec), HeadKind::Sequence) => {
                 // The last real token of each row: causal attention never lets it see the
                 // right padding, so padded and unpadded rows give the same features.
                 let h = dec.hidden(&batch.ids, 0, None, dropout.as_deref_mut())?; // (B, T, C)
@@ -144,11 +163,11 @@ impl Classifier {
                 h.reshape((b * t, c))?.index_select(&Tensor::from_vec(rows, b, h.device())?, 0)?
             }
         };
-        let pooled = match dropout {
-            Some(d) => d.apply_with(&pooled, self.head_dropout)?,
-            None => pooled,
+        let features = match dropout {
+            Some(d) => d.apply_with(&features, self.head_dropout)?,
+            None => features,
         };
-        Ok(self.head.forward(&pooled)?.to_dtype(candle_core::DType::F32)?)
+        Ok(self.head.forward(&features)?.to_dtype(candle_core::DType::F32)?)
     }
 }
 
@@ -162,6 +181,31 @@ pub fn loss(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> 
     let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
     let uniform = logp.mean_all()?.neg()?;
     Ok(((nll * (1.0 - smoothing))? + (uniform * smoothing)?)?)
+}
+
+/// The head a folder's `config.json` names in `architectures` (None: neither classification
+/// class).
+pub fn head_kind_of(config: &Path) -> Result<Option<HeadKind>> {
+    let text = std::fs::read_to_string(config).at(config)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(config, format!("invalid JSON: {e}")))?;
+    let classes = v.get("architectures").and_then(Value::as_array).cloned().unwrap_or_default();
+    Ok(classes.iter().filter_map(Value::as_str).find_map(|c| {
+        if c.ends_with("ForTokenClassification") {
+            Some(HeadKind::Token)
+        } else if c.ends_with("ForSequenceClassification") {
+            Some(HeadKind::Sequence)
+        } else {
+            None
+        }
+    }))
+}
+
+/// PEFT's `task_type` of an adapter for a `kind` head.
+fn peft_task_type(kind: HeadKind) -> &'static str {
+    match kind {
+        HeadKind::Sequence => "SEQ_CLS",
+        HeadKind::Token => "TOKEN_CLS",
+    }
 }
 
 /// Reads `config.json`'s `id2label` (ids 0..L-1).
@@ -188,14 +232,21 @@ pub fn pad_id(tokenizer: &TextTokenizer) -> u32 {
 /// The base model's weights for fine-tuning: the backbone (fp16 / bf16 converted to f32), and
 /// the head when the folder is already a classifier for the same labels (continued
 /// fine-tuning); otherwise the head is left out, to be initialised.
-pub fn load_base(path: &Path, labels: &LabelMap, device: &Device) -> Result<(ModelSpec, ParamStore, TextTokenizer)> {
+pub fn load_base(
+    path: &Path,
+    labels: &LabelMap,
+    kind: HeadKind,
+    device: &Device,
+) -> Result<(ModelSpec, ParamStore, TextTokenizer)> {
     let folder = resolve_model_dir(path)?;
-    let spec = hf::read_config(&folder.join("config.json"))?;
-    let reuse_head = read_labels(&folder.join("config.json"))?.is_some_and(|l| &l == labels);
-    let head = head_module(&spec);
-    let mut params = backbone_params(&spec);
+    let config = folder.join("config.json");
+    let spec = hf::read_config(&config)?;
+    let same_kind = head_kind_of(&config)? == Some(kind);
+    let reuse_head = same_kind && read_labels(&config)?.is_some_and(|l| &l == labels);
+    let head = head_module(&spec, kind);
+    let mut params = backbone_params(&spec, kind);
     if reuse_head {
-        params.extend(head_params(&spec, labels.len()));
+        params.extend(head_params(&spec, kind, labels.len()));
     }
     let (store, _) = ParamStore::load_with(
         &folder.join("model.safetensors"),
@@ -203,8 +254,12 @@ pub fn load_base(path: &Path, labels: &LabelMap, device: &Device) -> Result<(Mod
         device,
         &|k| {
             let name = hf::param_name(&spec, k)?;
-            let foreign_head = !reuse_head && name.strip_prefix(head).is_some_and(|r| r.starts_with('.'));
-            (!is_pretraining_head(&name) && !foreign_head).then_some(name)
+            // Another head (the other kind's, or one for other labels) is left for a fresh one.
+            let other_head = spec.arch().classification_head(kind.other()).module;
+            let foreign_head = [head, other_head]
+                .iter()
+                .any(|h| (!reuse_head || *h != head) && name.strip_prefix(h).is_some_and(|r| r.starts_with('.')));
+            (!left_out(&spec, kind, &name) && !foreign_head).then_some(name)
         },
         &|_| false,
     )?;
@@ -233,18 +288,19 @@ pub fn prepare(
 ) -> Result<Option<LoraSpec>> {
     let seed = cfg.train.seed;
     let method = cfg.finetune.method;
+    let kind = cfg.head_kind();
     if method != Method::Full {
-        let norms: Vec<String> = backbone_params(spec)
+        let norms: Vec<String> = backbone_params(spec, kind)
             .into_iter()
             .filter(|p| matches!(p.kind, ParamKind::NormWeight | ParamKind::NormBias))
             .map(|p| p.name)
             .collect();
-        let head = head_module(spec);
+        let head = head_module(spec, kind);
         let train_norms = cfg.finetune.train_norms;
         let head = format!("{head}.");
         store.freeze_where(|n| !(n.starts_with(&head) || (train_norms && norms.iter().any(|m| m == n))));
     }
-    for p in head_params(spec, labels.len()) {
+    for p in head_params(spec, kind, labels.len()) {
         if !store.contains(&p.name) {
             let t = match p.kind {
                 ParamKind::Bias => Tensor::zeros(p.shape.as_slice(), DType::F32, store.device())?,
@@ -262,7 +318,7 @@ pub fn prepare(
     match method {
         Method::Lora => {
             let l = lora_spec(spec, cfg);
-            let all = peft::linear_modules(&backbone_params(spec));
+            let all = peft::linear_modules(&backbone_params(spec, kind));
             let chosen = peft::select_modules(&all, &l.targets, "lora.target_modules")?;
             peft::add_lora(store, &chosen, &l, seed)?;
             Ok(Some(l))
@@ -293,11 +349,14 @@ pub fn save(
     let staged = StagedDir::new(dir)?;
     let p = staged.path();
     let mut config = hf::config_json(spec, tokenizer.eos_id());
-    config["architectures"] = json!([hf_architecture(spec)]);
+    let kind = cfg.head_kind();
+    config["architectures"] = json!([hf_architecture(spec, kind)]);
     config["id2label"] = labels.labels.iter().enumerate().map(|(i, l)| (i.to_string(), json!(l))).collect();
     config["label2id"] = labels.labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
     config["pad_token_id"] = json!(pad_id(tokenizer));
-    config["problem_type"] = json!("single_label_classification");
+    if kind == HeadKind::Sequence {
+        config["problem_type"] = json!("single_label_classification");
+    }
     let text = serde_json::to_string_pretty(&config).expect("json");
     std::fs::write(p.join("config.json"), text).at(p.join("config.json"))?;
     let weights = crate::nn::serialize_tensors(peft::merged_tensors(store)?.into_iter())?;
@@ -313,7 +372,7 @@ pub fn save(
         modules.dedup();
         // PEFT matches modules_to_save by their last name part, as target_modules.
         let base = cfg.model.base.display().to_string();
-        peft::save_peft(p, store, l, &l.targets, &modules, &saved, &base, Some("SEQ_CLS"))?;
+        peft::save_peft(p, store, l, &l.targets, &modules, &saved, &base, Some(peft_task_type(kind)))?;
     }
     write_manifest(p)?;
     staged.commit()
@@ -334,7 +393,8 @@ pub struct LoadedClassifier {
 
 impl LoadedClassifier {
     /// `path`: a fine-tune run dir (its `model/`), a model folder, or any HF
-    /// `*ForSequenceClassification` folder of a supported architecture.
+    /// `*ForSequenceClassification` / `*ForTokenClassification` folder of a supported
+    /// architecture (the class in `config.json`'s `architectures` says which head).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         Self::load_with_adapter(path, None, device)
     }
@@ -361,8 +421,10 @@ impl LoadedClassifier {
         } else {
             None
         };
-        let mut params = backbone_params(&spec);
-        params.extend(head_params(&spec, labels.len()));
+        // A folder without `architectures` (or another class) is read as a sequence classifier.
+        let kind = head_kind_of(&config_path)?.unwrap_or(HeadKind::Sequence);
+        let mut params = backbone_params(&spec, kind);
+        params.extend(head_params(&spec, kind, labels.len()));
         if let Some(c) = config.as_ref().filter(|c| c.finetune.method == Method::Adapter) {
             let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
             params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
@@ -371,7 +433,7 @@ impl LoadedClassifier {
             &folder.join("model.safetensors"),
             &params,
             device,
-            &|k| hf::param_name(&spec, k).filter(|n| !is_pretraining_head(n)),
+            &|k| hf::param_name(&spec, k).filter(|n| !left_out(&spec, kind, n)),
             &|_| false,
         )?;
         if let Some(dir) = adapter {
@@ -379,7 +441,7 @@ impl LoadedClassifier {
             peft::load_peft(dir, &mut params, false)?;
         }
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
-        let classifier = Classifier::new(&spec, &params, 0.0)?;
+        let classifier = Classifier::new(&spec, &params, 0.0, kind)?;
         Ok(Self { spec, labels, params, classifier, tokenizer, config, source: folder })
     }
 

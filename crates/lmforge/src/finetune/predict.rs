@@ -7,13 +7,11 @@ use super::batching::{collate, encode, eval_batches, Encoded};
 use super::config::ClsDataConfig;
 use super::dataset::{read_examples, BadRows, LabelMap};
 use super::model::{pad_id, Classifier, LoadedClassifier};
-use crate::error::{IoContext, Result};
-use crate::fsio::AtomicFile;
+use crate::error::Result;
 use crate::metrics::{classification, ClassificationMetrics};
 use candle_core::Device;
 use serde::Serialize;
 use serde_json::json;
-use std::io::Write;
 use std::path::Path;
 
 /// Logits (L per example) of every example, in the order given.
@@ -140,8 +138,8 @@ pub fn predict_file(
     let (examples, bad, _) = read_examples(input, reader, Some(&model.labels), false)?;
     let encoded = encode(&examples, &model.tokenizer, model.max_length())?;
     let logits = score(&model.classifier, &encoded, batch_size, pad_id(&model.tokenizer), model.params.device())?;
-    let mut file = AtomicFile::create(output)?;
     let (mut labelled, mut correct) = (0usize, 0usize);
+    let mut rows = Vec::with_capacity(examples.len());
     for (e, row) in examples.iter().zip(&logits) {
         let id = argmax(row);
         let mut obj = json!({
@@ -156,10 +154,9 @@ pub fn predict_file(
             labelled += 1;
             correct += usize::from(g == id);
         }
-        let tmp = file.temp_path().to_path_buf();
-        writeln!(file.writer(), "{obj}").at(&tmp)?;
+        rows.push(obj);
     }
-    file.commit()?;
+    crate::fsio::write_jsonl_atomic(output, rows)?;
     let accuracy = (labelled > 0).then(|| correct as f64 / labelled as f64);
     Ok(PredictSummary { rows: examples.len(), bad_rows: bad, accuracy })
 }

@@ -45,6 +45,7 @@ pub fn read_rows(path: &Path, cfg: &FinetuneConfig, need_target: bool) -> Result
     let mut policy = Policy { path, fail: data.bad_rows == super::config::BadRowPolicy::Fail, bad: BadRows::default() };
     let rows = match format_of(path, data.format)? {
         Format::Jsonl => read_jsonl(path, cfg, need_target, &mut policy)?,
+        Format::Conll => return Err(super::dataset::conll_refused(path, "causal_lm")),
         format => {
             let columns = ClsDataConfig {
                 text_column: cfg.sft.prompt_column.clone(),

@@ -35,14 +35,75 @@ pub struct EncodedSplit<'a> {
     pub gold: Vec<usize>,
 }
 
-pub struct Classification<'a> {
+/// What a classification task (either head) trains and saves: its weights and the settings its
+/// model folder is written with; the checkpoint, rollback and best-model parts of [`Task`] that
+/// [`Classification`] and the token task share.
+pub struct HeadTuning<'a> {
     pub cfg: &'a FinetuneConfig,
     pub spec: ModelSpec,
     pub labels: &'a LabelMap,
     pub store: ParamStore,
+    pub tokenizer: &'a TextTokenizer,
+    pub lora: Option<LoraSpec>,
+}
+
+impl HeadTuning<'_> {
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    /// [`Task::write_model`]: the trainable tensors.
+    pub fn write_model(&self, dir: &Path) -> Result<()> {
+        write_trainable(&self.store, dir)
+    }
+
+    /// [`Task::restore_weights`]: a checkpoint's trainable tensors, or the initial weights.
+    pub fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
+        match dir {
+            Some(dir) => set_trainable(&self.store, &read_trainable(dir, self.device())?),
+            None => restore_initial(&self.store, self.cfg, &self.spec, self.labels),
+        }
+    }
+
+    /// [`Task::keep_best`]: the model folder in `RUN_DIR/model/`.
+    pub fn keep_best(&self, run_dir: &Path) -> Result<()> {
+        let (dir, lora) = (run_dir.join("model"), self.lora.as_ref());
+        model::save(&dir, &self.spec, self.labels, &self.store, self.tokenizer, self.cfg, lora)?;
+        Ok(())
+    }
+
+    /// The start of [`Task::describe`]: "lora token-classification fine-tuning of a Gpt2 model,
+    /// 5 tags: N of M parameters trainable (p%)".
+    pub fn describe_params(&self, what: &str, unit: &str) -> String {
+        let (trainable, total) = (self.store.num_trainable(), self.store.num_params());
+        format!(
+            "{} {what} of a {:?} model, {} {unit}: {trainable} of {total} parameters trainable ({:.2}%)",
+            self.cfg.finetune.method.name(),
+            self.spec.style,
+            self.labels.len(),
+            100.0 * trainable as f64 / total.max(1) as f64,
+        )
+    }
+}
+
+/// A validation row's named metrics, with the selection metric `metric` (of `names`) added
+/// when it is not among them and is not the loss.
+pub fn with_selected(
+    mut extra: Vec<(&'static str, f64)>,
+    metric: &str,
+    names: &[&'static str],
+    value: impl FnOnce() -> Result<f64>,
+) -> Result<Vec<(&'static str, f64)>> {
+    if metric != "loss" && !extra.iter().any(|(k, _)| *k == metric) {
+        let name = names.iter().find(|n| **n == metric).copied().unwrap_or("selected");
+        extra.push((name, value()?));
+    }
+    Ok(extra)
+}
+
+pub struct Classification<'a> {
+    pub tuned: HeadTuning<'a>,
     classifier: Classifier,
-    tokenizer: &'a TextTokenizer,
-    lora: Option<LoraSpec>,
     train: &'a [Encoded],
     batches: EpochSchedule,
     validation: Option<EncodedSplit<'a>>,
@@ -61,31 +122,24 @@ impl<'a> Classification<'a> {
         train: &'a [Encoded],
         validation: Option<EncodedSplit<'a>>,
     ) -> Result<Self> {
-        let classifier = Classifier::new(&spec, &store, cfg.model.dropout)?
+        let classifier = Classifier::new(&spec, &store, cfg.model.dropout, crate::models::HeadKind::Sequence)?
             .with_activation_checkpointing(cfg.train.activation_checkpointing)?;
         let t = &cfg.train;
         let lengths = train.iter().map(|e| e.ids.len()).collect();
         let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
         let pad = model::pad_id(tokenizer);
-        Ok(Self { cfg, spec, labels, store, classifier, tokenizer, lora, train, batches, validation, pad })
-    }
-
-    pub fn classifier(&self) -> &Classifier {
-        &self.classifier
-    }
-
-    pub fn pad(&self) -> u32 {
-        self.pad
+        let tuned = HeadTuning { cfg, spec, labels, store, tokenizer, lora };
+        Ok(Self { tuned, classifier, train, batches, validation, pad })
     }
 
     fn device(&self) -> &Device {
-        self.store.device()
+        self.tuned.device()
     }
 }
 
 impl Task for Classification<'_> {
     fn params(&self) -> &ParamStore {
-        &self.store
+        &self.tuned.store
     }
 
     fn micro_rows(&self, step: u64, micro: usize) -> Result<usize> {
@@ -101,7 +155,7 @@ impl Task for Classification<'_> {
         let batch = collate_padded(mine, self.pad, width, self.device())?;
         let targets = batch.labels.as_ref().ok_or_else(|| Error::Invalid("training examples carry labels".into()))?;
         let logits = self.classifier.logits(&batch, Some(dropout))?;
-        let loss = model::loss(&logits, targets, self.cfg.train.label_smoothing)?;
+        let loss = model::loss(&logits, targets, self.tuned.cfg.train.label_smoothing)?;
         if rows.len() == all.len() {
             Ok(loss)
         } else {
@@ -110,7 +164,7 @@ impl Task for Classification<'_> {
     }
 
     fn tokens_per_micro_batch(&self) -> u64 {
-        (self.batches.mean_length() * self.cfg.train.batch_size as f64).round() as u64
+        (self.batches.mean_length() * self.tuned.cfg.train.batch_size as f64).round() as u64
     }
 
     fn steps_per_epoch(&self) -> Option<u64> {
@@ -122,22 +176,19 @@ impl Task for Classification<'_> {
         let Some(val) = &self.validation else {
             return Err(Error::Invalid("no validation split (data.validation) to evaluate".into()));
         };
-        let t = &self.cfg.train;
+        let t = &self.tuned.cfg.train;
         let logits = predict::score(&self.classifier, val.encoded, t.eval_batch_size, self.pad, self.device())?;
-        let ev = predict::evaluate(&logits, &val.gold, self.labels);
-        let metric = self.cfg.metric();
-        let value = ev
-            .get(metric)
-            .ok_or_else(|| Error::config("train.metric", format!("{metric:?} needs two classes (binary metrics)")))?;
+        let ev = predict::evaluate(&logits, &val.gold, self.tuned.labels);
+        let metric = self.tuned.cfg.metric();
         let m = &ev.metrics;
         let mut extra = vec![("accuracy", m.accuracy), ("macro_f1", m.macro_avg.f1), ("weighted_f1", m.weighted.f1)];
         if let Some(b) = &m.binary {
             extra.push(("binary_f1", b.f1));
         }
-        if metric != "loss" && !extra.iter().any(|(k, _)| *k == metric) {
-            let name = crate::metrics::METRIC_NAMES.iter().find(|n| **n == metric).copied().unwrap_or("selected");
-            extra.push((name, value));
-        }
+        let extra = with_selected(extra, metric, &crate::metrics::METRIC_NAMES, || {
+            ev.get(metric)
+                .ok_or_else(|| Error::config("train.metric", format!("{metric:?} needs two classes (binary metrics)")))
+        })?;
         Ok(ValMetrics { loss: ev.loss, ppl: f64::NAN, bits_per_byte: None, extra })
     }
 
@@ -146,42 +197,26 @@ impl Task for Classification<'_> {
     }
 
     fn selection(&self) -> Selection {
-        super::selection(self.cfg)
+        super::selection(self.tuned.cfg)
     }
 
     fn write_model(&self, dir: &Path) -> Result<()> {
-        write_trainable(&self.store, dir)
+        self.tuned.write_model(dir)
     }
 
     fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        let tensors = match dir {
-            Some(dir) => read_trainable(dir, self.device())?,
-            None => {
-                // The initial weights: the base again, prepared by the same seeded rule.
-                let (_, mut fresh, _) = model::load_base(&self.cfg.model.base, self.labels, self.device())?;
-                model::prepare(&mut fresh, &self.spec, self.cfg, self.labels)?;
-                fresh.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
-            }
-        };
-        set_trainable(&self.store, &tensors)
+        self.tuned.restore_weights(dir)
     }
 
     fn keep_best(&self, run_dir: &Path) -> Result<()> {
-        let dir = run_dir.join("model");
-        model::save(&dir, &self.spec, self.labels, &self.store, self.tokenizer, self.cfg, self.lora.as_ref())?;
-        Ok(())
+        self.tuned.keep_best(run_dir)
     }
 
     fn describe(&self) -> String {
-        let (trainable, total) = (self.store.num_trainable(), self.store.num_params());
-        let t = &self.cfg.train;
+        let t = &self.tuned.cfg.train;
         format!(
-            "{} fine-tuning of a {:?} model, {} labels: {trainable} of {total} parameters trainable ({:.2}%); \
-             {} train examples, {} per step ({} x {}), {} steps per epoch",
-            self.cfg.finetune.method.name(),
-            self.spec.style,
-            self.labels.len(),
-            100.0 * trainable as f64 / total.max(1) as f64,
+            "{}; {} train examples, {} per step ({} x {}), {} steps per epoch",
+            self.tuned.describe_params("fine-tuning", "labels"),
             self.train.len(),
             self.batches.global_batch(),
             t.batch_size,
@@ -189,6 +224,14 @@ impl Task for Classification<'_> {
             self.steps_per_epoch().unwrap_or(0),
         )
     }
+}
+
+/// Sets the trainable tensors of `store` back to the run's initial weights: the base again,
+/// prepared by the same seeded rule (a rollback before the first checkpoint).
+pub fn restore_initial(store: &ParamStore, cfg: &FinetuneConfig, spec: &ModelSpec, labels: &LabelMap) -> Result<()> {
+    let (_, mut fresh, _) = model::load_base(&cfg.model.base, labels, cfg.head_kind(), store.device())?;
+    model::prepare(&mut fresh, spec, cfg, labels)?;
+    set_trainable(store, &fresh.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
 }
 
 /// Writes the trainable tensors of a fine-tune into checkpoint folder `dir`.

@@ -21,8 +21,25 @@ pub enum Family {
     Encoder,
 }
 
-/// The sequence-classification head of a family, as Hugging Face's `*ForSequenceClassification`
-/// names and shapes it.
+/// What a classification head labels: each text (`*ForSequenceClassification`) or each token
+/// (`*ForTokenClassification`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeadKind {
+    Sequence,
+    Token,
+}
+
+impl HeadKind {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Sequence => Self::Token,
+            Self::Token => Self::Sequence,
+        }
+    }
+}
+
+/// A classification head of a family, as Hugging Face's `*ForSequenceClassification` /
+/// `*ForTokenClassification` names and shapes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassificationHead {
     /// The head's module name (`classifier`, `score`).
@@ -31,6 +48,9 @@ pub struct ClassificationHead {
     pub hf_class: &'static str,
     /// Whether the head Linear has a bias.
     pub bias: bool,
+    /// Prefixes of backbone parameters this class does not have (`BertForTokenClassification`
+    /// builds its encoder without the pooler).
+    pub unused: &'static [&'static str],
 }
 
 pub trait Architecture: Send + Sync {
@@ -85,7 +105,7 @@ pub trait Architecture: Send + Sync {
         None
     }
 
-    fn classification_head(&self) -> ClassificationHead;
+    fn classification_head(&self, kind: HeadKind) -> ClassificationHead;
 
     /// LoRA's default target modules (the LoRA paper's choice: the attention query and value
     /// projections).

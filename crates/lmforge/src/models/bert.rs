@@ -4,7 +4,7 @@
 //! next-sentence head. The network is [`super::Encoder`]; this file is the family's entry in the
 //! registry: presets, names, the HF config, heads, memory terms.
 
-use super::arch::{Architecture, ClassificationHead, Family, HfFields, ParamList};
+use super::arch::{Architecture, ClassificationHead, Family, HeadKind, HfFields, ParamList};
 use super::decoder::{DecoderEnds, LayerParts};
 use super::{ModelSpec, ParamInfo, ParamKind, Style};
 use crate::error::{Error, Result};
@@ -167,8 +167,21 @@ impl Architecture for Bert {
         Some("BertModel")
     }
 
-    fn classification_head(&self) -> ClassificationHead {
-        ClassificationHead { module: "classifier", hf_class: "BertForSequenceClassification", bias: true }
+    fn classification_head(&self, kind: HeadKind) -> ClassificationHead {
+        match kind {
+            HeadKind::Sequence => ClassificationHead {
+                module: "classifier",
+                hf_class: "BertForSequenceClassification",
+                bias: true,
+                unused: &[],
+            },
+            HeadKind::Token => ClassificationHead {
+                module: "classifier",
+                hf_class: "BertForTokenClassification",
+                bias: true,
+                unused: &["bert.pooler."],
+            },
+        }
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {

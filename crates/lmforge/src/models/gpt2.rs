@@ -3,7 +3,7 @@
 //! the LM head tied to the token embeddings by default. Its `Conv1D` weights are stored
 //! (in, out).
 
-use super::arch::{Architecture, ClassificationHead, Family, HfFields, ParamList};
+use super::arch::{Architecture, ClassificationHead, Family, HeadKind, HfFields, ParamList};
 use super::decoder::{DecoderEnds, LayerParts, Mlp, Qkv};
 use super::{ModelSpec, ParamInfo, ParamKind, Style};
 use crate::error::{Error, Result};
@@ -141,8 +141,21 @@ impl Architecture for Gpt2 {
         })
     }
 
-    fn classification_head(&self) -> ClassificationHead {
-        ClassificationHead { module: "score", hf_class: "GPT2ForSequenceClassification", bias: false }
+    fn classification_head(&self, kind: HeadKind) -> ClassificationHead {
+        match kind {
+            HeadKind::Sequence => ClassificationHead {
+                module: "score",
+                hf_class: "GPT2ForSequenceClassification",
+                bias: false,
+                unused: &[],
+            },
+            HeadKind::Token => ClassificationHead {
+                module: "classifier",
+                hf_class: "GPT2ForTokenClassification",
+                bias: true,
+                unused: &[],
+            },
+        }
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {

@@ -3,7 +3,7 @@
 //! and grouped-query attention (K key/value heads shared by H/K query heads each), a SwiGLU MLP,
 //! no biases, an untied LM head by default. Weights are `nn.Linear`'s (out, in).
 
-use super::arch::{Architecture, ClassificationHead, Family, HfFields, ParamList};
+use super::arch::{Architecture, ClassificationHead, Family, HeadKind, HfFields, ParamList};
 use super::decoder::{DecoderEnds, LayerParts, Mlp, Qkv};
 use super::{ModelSpec, ParamInfo, ParamKind, Style};
 use crate::error::{Error, Result};
@@ -169,8 +169,18 @@ impl Architecture for Llama {
         })
     }
 
-    fn classification_head(&self) -> ClassificationHead {
-        ClassificationHead { module: "score", hf_class: "LlamaForSequenceClassification", bias: false }
+    fn classification_head(&self, kind: HeadKind) -> ClassificationHead {
+        match kind {
+            HeadKind::Sequence => ClassificationHead {
+                module: "score",
+                hf_class: "LlamaForSequenceClassification",
+                bias: false,
+                unused: &[],
+            },
+            HeadKind::Token => {
+                ClassificationHead { module: "score", hf_class: "LlamaForTokenClassification", bias: true, unused: &[] }
+            }
+        }
     }
 
     fn lora_targets(&self) -> &'static [&'static str] {

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 pub use config::ModelConfig;
 use serde::{Deserialize, Serialize};
 
-pub use arch::{Architecture, ClassificationHead, Family};
+pub use arch::{Architecture, ClassificationHead, Family, HeadKind};
 pub use decoder::{Decoder, KvCache, Piece};
 pub use encoder::{Encoder, EncoderInput};
 pub use memory::CpuTrainMemory;
