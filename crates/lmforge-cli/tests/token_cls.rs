@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 mod common;
 
-use common::{fixture, lmforge, ok, s};
+use common::{draws, fixture, lmforge, ok, s};
 
 /// A toy NER set: "persons" (one or two words) and "places" among filler words. The words are
 /// one token each in the fixtures' small vocabulary (trained on licence text): a causal model
@@ -17,11 +17,7 @@ fn write_conll(path: &Path, sentences: usize, seed: u64, extra: &str) {
     let (first, last) = (["author", "owner", "holder", "recipient"], ["party", "entity", "individual"]);
     let cities = ["network", "medium", "section", "file"];
     let filler = ["the", "a", "and", "with", "from", "under", "this", "that", "which", "for"];
-    let mut x = seed;
-    let mut next = |n: usize| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((x >> 33) % n as u64) as usize
-    };
+    let mut next = draws(seed);
     let mut text = String::from("-DOCSTART- -X- O\n\n");
     for _ in 0..sentences {
         let mut rows: Vec<(String, &str)> = Vec::new();
@@ -158,4 +154,47 @@ fn token_classification_config_and_data_errors_name_what_is_wrong() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("rows.tsv") && err.contains("CoNLL"), "{err}");
     assert!(!run.join("results.json").exists());
+}
+
+/// Stopped at step 7 (a checkpoint every 4 steps, validations every 5, dropout on) and resumed,
+/// a token-classification run ends with the uninterrupted run's best model, bit for bit, and
+/// the same validation rows and final metrics.
+#[test]
+fn token_classification_stopped_and_resumed_ends_as_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "bert-tiny");
+    let sets = ["model.dropout=0.1", "train.checkpoint_every=4", "train.eval_every=5", "train.epochs=2"];
+    let run = |dir: &Path, stop: Option<&str>| {
+        let mut args = vec!["finetune", "--config", s(&cfg), "--run-dir", s(dir)];
+        for x in &sets {
+            args.extend(["--set", x]);
+        }
+        if let Some(step) = stop {
+            args.extend(["--stop-after", step]);
+        }
+        ok(&args);
+    };
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    run(&whole, None);
+    run(&parts, Some("7"));
+    assert!(!parts.join("results.json").exists(), "stopped before the end");
+    ok(&["finetune", "--resume", s(&parts)]);
+    let fingerprint = |run: &Path| {
+        let rows: Vec<String> = common::metrics(run)
+            .into_iter()
+            .filter(|r| r["split"] == "validation")
+            .map(|mut r| {
+                let o = r.as_object_mut().unwrap();
+                o.remove("elapsed_s");
+                o.remove("tokens_per_s");
+                r.to_string()
+            })
+            .collect();
+        let r = read_json(&run.join("results.json"));
+        let weights = std::fs::read(run.join("model/model.safetensors")).unwrap();
+        (weights, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
+    };
+    let (a, b) = (fingerprint(&whole), fingerprint(&parts));
+    assert!(a.0 == b.0, "the best model differs after the resume");
+    assert_eq!((a.1, a.2), (b.1, b.2));
 }

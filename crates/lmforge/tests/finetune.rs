@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, json, load, max_rel};
+use common::{assert_grads_match, fixtures, json, load, max_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::batching::{collate, Batch, Encoded};
 use lmforge::finetune::dataset::LabelMap;
@@ -116,22 +116,32 @@ fn bert_sequence_classification_matches_transformers() {
         assert!(((got - want_loss) / want_loss).abs() <= 1e-5, "{label}: loss {got} vs {want_loss}");
 
         let grads = named_grads(m.params.vars(), &loss.backward().unwrap()).unwrap();
-        assert_eq!(grads.len(), reference.len(), "{label}: one gradient per parameter");
-        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-        let scale = reference.values().map(max_abs).fold(0.0, f64::max);
-        for (name, want) in &reference {
-            let got = grads.get(name).unwrap_or_else(|| panic!("{label}: no gradient for {name}"));
-            if name.ends_with("attention.self.key.bias") {
-                // Softmax cancels a bias added to every key: the true gradient is 0, both sides
-                // hold rounding noise.
-                let d = max_abs(&(got - want).unwrap());
-                assert!(d <= 1e-6 * scale, "{label}: grad {name}: |diff| {d:e}");
-                continue;
-            }
-            let rel = max_rel(got, want);
-            assert!(rel <= 1e-4, "{label}: grad {name}: max rel {rel:e}");
-        }
+        assert_grads_match(label, &grads, &reference);
     }
+}
+
+/// `BertForSequenceClassification` with `num_labels = 1`, `problem_type = "regression"`
+/// (`tests/fixtures/bert-regression-tiny`, `scripts/make_regression_fixture.py`): the one
+/// logit, transformers' MSE loss and every gradient.
+#[test]
+fn bert_regression_matches_transformers() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bert-regression-tiny");
+    let x = load(dir.join("expected.safetensors"));
+    let want_loss = json(dir.join("expected.json"))["loss"].as_f64().unwrap();
+    let reference = load(dir.join("grads.safetensors"));
+    let m = LoadedClassifier::load(&dir, &Device::Cpu).unwrap();
+    assert!(m.regression && m.labels.len() == 1, "problem_type = regression, one output");
+    let input =
+        EncoderInput::from_mask(x["input_ids"].clone(), x["token_type_ids"].clone(), &x["attention_mask"]).unwrap();
+    let batch = Batch { ids: input.ids, type_ids: input.type_ids, lengths: input.lengths, labels: None };
+    let logits = m.classifier.logits(&batch, None).unwrap();
+    let rel = max_rel(&logits, &x["logits"]);
+    assert!(rel <= 1e-5, "logits max rel error {rel:e}");
+    let loss = model::mse_loss(&logits, &x["labels"]).unwrap();
+    let got = loss.to_scalar::<f32>().unwrap() as f64;
+    assert!(((got - want_loss) / want_loss).abs() <= 1e-5, "loss {got} vs {want_loss}");
+    let grads = named_grads(m.params.vars(), &loss.backward().unwrap()).unwrap();
+    assert_grads_match("bert-regression-tiny", &grads, &reference);
 }
 
 /// Label smoothing as torch's CrossEntropyLoss(label_smoothing=0.1), worked by hand.

@@ -11,7 +11,8 @@ pub enum Command {
     /// Accuracy, precision / recall / F1 (macro, micro, weighted, binary), confusion matrix
     /// and loss of a classifier on a labelled file; for a token classifier, seqeval's entity
     /// precision / recall / F1 (per type, micro, macro, weighted) and token accuracy on a
-    /// tagged file (CoNLL or JSONL).
+    /// tagged file (CoNLL or JSONL); for a regression model, MSE / RMSE / MAE and Pearson /
+    /// Spearman correlations.
     Classification {
         /// A fine-tune run dir, its model folder, or an HF *ForSequenceClassification /
         /// *ForTokenClassification folder.
@@ -191,11 +192,14 @@ pub fn run(c: Command) -> Result<i32> {
             let device = device.resolve()?;
             let m = LoadedClassifier::load_with_adapter(&model, adapter.get(), &device)?;
             let rc = predict::reader_settings(&m, &reader.set)?;
-            // (JSON of the evaluation, its loss, its table): a tagger's entity report or a
-            // classifier's.
+            // (JSON of the evaluation, its loss, its table): a tagger's entity report, a
+            // regression's errors and correlations, or a classifier's metrics.
             let (mut v, loss, table, bad) = if m.classifier.kind == lmforge::models::HeadKind::Token {
                 let (e, bad) = lmforge::finetune::token_run::eval_file(&m, &data, &rc, reader.batch_size)?;
                 (serde_json::to_value(&e)?, e.loss, e.entities.table(), bad)
+            } else if m.regression {
+                let (e, bad) = predict::eval_regression_file(&m, &data, &rc, reader.batch_size)?;
+                (serde_json::to_value(&e)?, e.loss, e.metrics.table(), bad)
             } else {
                 let (e, bad) = predict::eval_file(&m, &data, &rc, reader.batch_size)?;
                 (serde_json::to_value(&e)?, e.loss, e.metrics.table(), bad)

@@ -60,6 +60,10 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
         println!("--- {split} (best model), loss {:.4} ---", e.loss);
         print!("{}", e.metrics.table());
     }
+    if let (Some(split), Some(e)) = (&s.final_split, &s.final_regression) {
+        println!("--- {split} (best model), loss (MSE) {:.4} ---", e.loss);
+        print!("{}", e.metrics.table());
+    }
     if let (Some(split), Some(e)) = (&s.final_split, &s.final_tokens) {
         println!("--- {split} (best model), loss {:.4} ---", e.loss);
         print!("{}", e.entities.table());

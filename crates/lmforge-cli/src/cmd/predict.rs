@@ -48,5 +48,8 @@ pub fn run(a: Args) -> Result<i32> {
     if let Some(acc) = s.accuracy {
         eprintln!("accuracy on the labelled rows: {acc:.4}");
     }
+    if let Some(mse) = s.mse {
+        eprintln!("mean squared error on the rows with a target: {mse:.4}");
+    }
     Ok(0)
 }

@@ -102,15 +102,21 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// A seeded draw below `n` (a 64-bit LCG): the toy data sets' generator, the same on every
+/// machine.
+pub fn draws(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut x = seed;
+    move |n: usize| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((x >> 33) % n as u64) as usize
+    }
+}
+
 /// A toy sentiment set: filler words around one cue word that decides the label.
 pub fn write_split(path: &Path, rows: usize, seed: u64, extra: &str) {
     let (pos, neg) = (["great", "good", "lovely", "fine"], ["awful", "bad", "sad", "poor"]);
     let filler = ["the", "a", "movie", "was", "really", "quite", "and", "it", "so"];
-    let mut x = seed;
-    let mut next = |n: usize| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((x >> 33) % n as u64) as usize
-    };
+    let mut next = draws(seed);
     let mut text = String::from("sentence\tlabel\n");
     for _ in 0..rows {
         let positive = next(2) == 1;

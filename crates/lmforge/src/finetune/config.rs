@@ -12,6 +12,7 @@ use crate::distributed::DistributedConfig;
 use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::metrics::generation::GENERATION_METRIC_NAMES;
+use crate::metrics::regression::REGRESSION_METRIC_NAMES;
 use crate::metrics::seqeval::ENTITY_METRIC_NAMES;
 use crate::metrics::METRIC_NAMES;
 use crate::models::HeadKind;
@@ -76,9 +77,9 @@ impl Default for FinetuneConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TaskConfig {
-    /// "classification" (a label per text), "token_classification" (a tag per word: named
-    /// entities, chunks) or "causal_lm" (instruction / completion tuning of a GPT-2 or Llama
-    /// model).
+    /// "classification" (a label per text), "regression" (a number per text),
+    /// "token_classification" (a tag per word: named entities, chunks) or "causal_lm"
+    /// (instruction / completion tuning of a GPT-2 or Llama model).
     pub kind: TaskKind,
 }
 
@@ -209,6 +210,9 @@ pub enum TaskKind {
     /// One tag per word (named entities, chunks), scored with seqeval's entity metrics.
     #[serde(rename = "token_classification")]
     TokenClassification,
+    /// One number per text (or text pair): a one-output head trained with the mean squared
+    /// error, as Hugging Face's `num_labels = 1` (STS-B).
+    Regression,
     /// Next-token prediction on the completion / assistant tokens of prompt–completion pairs
     /// or chat conversations.
     #[serde(rename = "causal_lm")]
@@ -220,6 +224,7 @@ impl TaskKind {
         match self {
             Self::Classification => "classification",
             Self::TokenClassification => "token_classification",
+            Self::Regression => "regression",
             Self::CausalLm => "causal_lm",
         }
     }
@@ -494,6 +499,7 @@ impl FinetuneConfig {
             (Some(m), _) => m,
             (None, TaskKind::Classification) => "accuracy",
             (None, TaskKind::TokenClassification) => "f1",
+            (None, TaskKind::Regression) => "loss",
             (None, TaskKind::CausalLm) => "loss",
         }
     }
@@ -503,7 +509,7 @@ impl FinetuneConfig {
     pub fn head_kind(&self) -> HeadKind {
         match self.task.kind {
             TaskKind::TokenClassification => HeadKind::Token,
-            TaskKind::Classification | TaskKind::CausalLm => HeadKind::Sequence,
+            TaskKind::Classification | TaskKind::Regression | TaskKind::CausalLm => HeadKind::Sequence,
         }
     }
 
@@ -644,6 +650,22 @@ impl FinetuneConfig {
                     self.train.label_smoothing,
                     "0 for token_classification",
                 )?;
+            }
+            TaskKind::Regression => {
+                if metric != "loss" && !REGRESSION_METRIC_NAMES.contains(&metric) {
+                    return Err(bad(
+                        "train.metric",
+                        metric,
+                        &format!("loss, {} (regression)", REGRESSION_METRIC_NAMES.join(", ")),
+                    ));
+                }
+                check(
+                    self.train.label_smoothing == 0.0,
+                    "train.label_smoothing",
+                    self.train.label_smoothing,
+                    "0 for regression",
+                )?;
+                check(d.labels.is_empty(), "data.labels", format!("{:?}", d.labels), "empty for regression")?;
             }
             TaskKind::CausalLm => self.validate_sft()?,
         }

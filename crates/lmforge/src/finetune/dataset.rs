@@ -20,6 +20,8 @@ pub struct Example {
     pub text: String,
     pub pair: Option<String>,
     pub label: Option<usize>,
+    /// Regression: the target value (the label column read as a number).
+    pub value: Option<f64>,
 }
 
 /// Counts of the rows left out, by reason, with the first few spelled out.
@@ -185,11 +187,7 @@ pub fn read_examples(
     need_label: bool,
 ) -> Result<(Vec<Example>, BadRows, LabelMap)> {
     let mut policy = Policy { path, fail: cfg.bad_rows == BadRowPolicy::Fail, bad: BadRows::default() };
-    let rows = match format_of(path, cfg.format)? {
-        Format::Jsonl => read_jsonl(path, cfg, &mut policy)?,
-        Format::Conll => return Err(conll_refused(path, "classification")),
-        f => read_delimited(path, cfg, f, &mut policy)?,
-    };
+    let rows = read_raw(path, cfg, &mut policy, "classification")?;
     let map = match labels {
         Some(m) => m.clone(),
         None if !cfg.labels.is_empty() => LabelMap { labels: cfg.labels.clone() },
@@ -222,7 +220,7 @@ pub fn read_examples(
                 }
             },
         };
-        out.push(Example { line: r.line, text: r.text, pair: r.pair, label });
+        out.push(Example { line: r.line, text: r.text, pair: r.pair, label, value: None });
     }
     if out.is_empty() {
         let why = if policy.bad.total() > 0 { format!(": {}", policy.bad.summary()) } else { String::new() };
@@ -232,6 +230,50 @@ pub fn read_examples(
         return Err(Error::format(path, format!("classification needs at least 2 labels, found {:?}", map.labels)));
     }
     Ok((out, policy.bad, map))
+}
+
+/// The rows of a TSV / CSV / JSONL file, labels as read.
+fn read_raw(path: &Path, cfg: &ClsDataConfig, policy: &mut Policy, task: &str) -> Result<Vec<RawRow>> {
+    match format_of(path, cfg.format)? {
+        Format::Jsonl => read_jsonl(path, cfg, policy),
+        Format::Conll => Err(conll_refused(path, task)),
+        f => read_delimited(path, cfg, f, policy),
+    }
+}
+
+/// Reads `path` for regression: the label column is a number, the target (`value`). A label
+/// that is not a finite number is a bad row (an unknown label); without `need_label` a row
+/// without one is kept (prediction inputs).
+pub fn read_scored(path: &Path, cfg: &ClsDataConfig, need_label: bool) -> Result<(Vec<Example>, BadRows)> {
+    let mut policy = Policy { path, fail: cfg.bad_rows == BadRowPolicy::Fail, bad: BadRows::default() };
+    let rows = read_raw(path, cfg, &mut policy, "regression")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.text.trim().is_empty() {
+            policy.reject(r.line, Reason::EmptyText, format!("empty text (column `{}`)", cfg.text_column))?;
+            continue;
+        }
+        let value = match r.label.as_deref().map(|l| (l, l.parse::<f64>())) {
+            None if need_label => {
+                let why = format!("missing target (column `{}`)", cfg.label_column);
+                policy.reject(r.line, Reason::MissingLabel, why)?;
+                continue;
+            }
+            None => None,
+            Some((_, Ok(v))) if v.is_finite() => Some(v),
+            Some(_) if !need_label => None,
+            Some((l, _)) => {
+                policy.reject(r.line, Reason::UnknownLabel, format!("target {l:?} is not a finite number"))?;
+                continue;
+            }
+        };
+        out.push(Example { line: r.line, text: r.text, pair: r.pair, label: None, value });
+    }
+    if out.is_empty() {
+        let why = if policy.bad.total() > 0 { format!(": {}", policy.bad.summary()) } else { String::new() };
+        return Err(Error::format(path, format!("no usable rows{why}")));
+    }
+    Ok((out, policy.bad))
 }
 
 /// The error for a CoNLL file given to a task that reads rows of text.

@@ -30,7 +30,6 @@ pub use config::{FinetuneConfig, TaskKind};
 use crate::checkpoint::RunLock;
 use crate::distributed;
 use crate::error::{Error, Result};
-use crate::metrics::ClassificationMetrics;
 use crate::models::{HeadKind, ParamInfo};
 use crate::nn::seed_for;
 use crate::observe::{Observers, RunStart};
@@ -47,7 +46,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use task::{Classification, EncodedSplit};
+use task::{Classification, EncodedSplit, Gold};
 
 /// Early stopping as Keras' / Hugging Face's `EarlyStopping`: an evaluation improves on the
 /// best when it beats it by more than `min_delta` (higher is better, or lower for `loss`);
@@ -74,11 +73,12 @@ impl EarlyStopping {
         Self { rule: Self::rule(metric, patience, min_delta), state: Patience::default() }
     }
 
-    /// The rule: `metric` higher is better (`loss` and `ppl` lower), improving by more than `min_delta`;
+    /// The rule: `metric` higher is better (`loss`, `ppl` and the regression errors `mse`,
+    /// `rmse`, `mae` lower), improving by more than `min_delta`;
     /// `patience` evaluations without stop (0: `tolerate` everything).
     pub fn rule(metric: &str, patience: u64, min_delta: f64) -> PatienceRule {
         PatienceRule {
-            higher_is_better: !["loss", "ppl"].contains(&metric),
+            higher_is_better: !crate::metrics::regression::lower_is_better(metric),
             threshold: Threshold::Absolute(min_delta),
             tolerate: if patience == 0 { u64::MAX } else { patience - 1 },
             cooldown: 0,
@@ -134,6 +134,8 @@ pub struct FinetuneSummary {
     pub final_causal: Option<causal_run::CausalEval>,
     /// Token classification: the final split's loss and entity metrics, with the best model.
     pub final_tokens: Option<token_task::TokenEvaluation>,
+    /// Regression: the final split's errors and correlations, with the best model.
+    pub final_regression: Option<predict::RegressionEvaluation>,
     pub train_seconds: f64,
 }
 
@@ -163,6 +165,7 @@ impl FinetuneSummary {
             final_eval: None,
             final_causal: None,
             final_tokens: None,
+            final_regression: None,
             train_seconds: summary.train_seconds,
         }
     }
@@ -177,8 +180,16 @@ struct Split {
 }
 
 impl Split {
-    fn gold(&self) -> Vec<usize> {
-        self.examples.iter().map(|e| e.label.expect("labelled split")).collect()
+    fn gold(&self) -> Gold {
+        match self.examples.first().is_some_and(|e| e.value.is_some()) {
+            true => Gold::Values(self.examples.iter().map(|e| e.value.expect("a scored split")).collect()),
+            false => Gold::Classes(self.examples.iter().map(|e| e.label.expect("a labelled split")).collect()),
+        }
+    }
+
+    /// Regression targets of the examples (empty for classes).
+    fn values(&self) -> Vec<f64> {
+        self.examples.iter().filter_map(|e| e.value).collect()
     }
 }
 
@@ -239,7 +250,17 @@ struct Inputs {
 /// Reads the labelled files (a seeded subset of the train rows with `data.max_train_rows`),
 /// loads the base and sets up the method. Everything that can fail on user input fails here.
 fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inputs> {
-    let (train_ex, train_bad, labels) = read_examples(&cfg.data.train, &cfg.data, None, true)?;
+    let regression = cfg.task.kind == TaskKind::Regression;
+    // A regression's head has one output; its folder names it as transformers does.
+    let read_rows = |path: &Path, labels: Option<&LabelMap>| -> Result<(Vec<Example>, BadRows, LabelMap)> {
+        if regression {
+            let (rows, bad) = dataset::read_scored(path, &cfg.data, true)?;
+            Ok((rows, bad, LabelMap { labels: vec!["LABEL_0".into()] }))
+        } else {
+            read_examples(path, &cfg.data, labels, true)
+        }
+    };
+    let (train_ex, train_bad, labels) = read_rows(&cfg.data.train, None)?;
     let train_ex = train_subset(cfg, train_ex);
     let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, HeadKind::Sequence, device)?;
     let max_len = window(cfg, spec.context);
@@ -247,7 +268,7 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
         if path.as_os_str().is_empty() {
             return Ok(None);
         }
-        let (mut examples, bad, _) = read_examples(path, &cfg.data, Some(&labels), true)?;
+        let (mut examples, bad, _) = read_rows(path, Some(&labels))?;
         if limit > 0 {
             examples.truncate(limit);
         }
@@ -336,7 +357,7 @@ fn run_observed(
     observers: &mut Observers,
 ) -> Result<(TrainSummary, FinetuneSummary)> {
     match cfg.task.kind {
-        TaskKind::Classification => run_classification(cfg, run_dir, opts, resuming, observers),
+        TaskKind::Classification | TaskKind::Regression => run_classification(cfg, run_dir, opts, resuming, observers),
         TaskKind::TokenClassification => token_run::run(cfg, run_dir, opts, resuming, observers),
         TaskKind::CausalLm => causal_run::run(cfg, run_dir, opts, resuming, observers),
     }
@@ -363,8 +384,10 @@ fn run_classification(
     let report = param_report(cfg, &store, &lp.groups, &lp.optim);
     let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
     let store = store.with_precision(placement.precision);
+    let train_values = train.values();
     let task =
         Classification::new(cfg, spec.clone(), &labels, store, lora, &tokenizer, &train.encoded, validation_split)?;
+    let task = if cfg.task.kind == TaskKind::Regression { task.with_targets(&train_values) } else { task };
 
     let writer = comm.rank() == 0;
     let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
@@ -387,7 +410,10 @@ fn run_classification(
         let pad = model::pad_id(&saved.tokenizer);
         let logits = predict::score(&saved.classifier, &split.encoded, t.eval_batch_size, pad, &placement.device)?;
         out.final_split = Some(name.to_string());
-        out.final_eval = Some(predict::evaluate(&logits, &split.gold(), &labels));
+        match split.gold() {
+            Gold::Classes(gold) => out.final_eval = Some(predict::evaluate(&logits, &gold, &labels)),
+            Gold::Values(gold) => out.final_regression = Some(predict::evaluate_regression(&logits, &gold)),
+        }
     }
     let mut all_bad = BadRows::default();
     for s in [Some(&train), validation.as_ref(), test.as_ref()].into_iter().flatten() {
@@ -490,9 +516,13 @@ fn write_results(
     train: &Split,
     bad: BadRows,
 ) -> Result<()> {
-    let metrics: Option<(&Evaluation, &ClassificationMetrics)> = s.final_eval.as_ref().map(|e| (e, &e.metrics));
+    let metrics = match (&s.final_eval, &s.final_regression) {
+        (Some(e), _) => Some(serde_json::to_value(e).expect("json")),
+        (_, Some(e)) => Some(serde_json::to_value(e).expect("json")),
+        _ => None,
+    };
     let results = json!({
-        "task": "classification",
+        "task": cfg.task.kind.name(),
         "base": cfg.model.base,
         "method": cfg.finetune.method,
         "labels": labels.labels,
@@ -508,7 +538,7 @@ fn write_results(
         },
         "bad_rows": bad,
         "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
-        "final": metrics.map(|(e, _)| json!({
+        "final": metrics.map(|e| json!({
             "split": s.final_split,
             "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
             "metrics": e,

@@ -208,6 +208,25 @@ fn peft_task_type(kind: HeadKind) -> &'static str {
     }
 }
 
+/// Mean squared error of one-output logits (B, 1) against targets (B), as transformers'
+/// `MSELoss()(logits.squeeze(), labels.squeeze())` for `num_labels = 1`.
+pub fn mse_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let pred = logits.squeeze(1)?;
+    let targets = targets.to_dtype(pred.dtype())?;
+    Ok((pred - targets)?.sqr()?.mean_all()?)
+}
+
+/// Whether a classifier folder is a regression (one output): `problem_type = "regression"`,
+/// or one label without a `problem_type`, as transformers decides at its forward.
+pub fn is_regression(config: &Path, labels: &LabelMap) -> Result<bool> {
+    let text = std::fs::read_to_string(config).at(config)?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::format(config, format!("invalid JSON: {e}")))?;
+    Ok(match v.get("problem_type").and_then(Value::as_str) {
+        Some(p) => p == "regression",
+        None => labels.len() == 1,
+    })
+}
+
 /// Reads `config.json`'s `id2label` (ids 0..L-1).
 pub fn read_labels(config: &Path) -> Result<Option<LabelMap>> {
     let text = std::fs::read_to_string(config).at(config)?;
@@ -355,7 +374,8 @@ pub fn save(
     config["label2id"] = labels.labels.iter().enumerate().map(|(i, l)| (l.clone(), json!(i))).collect();
     config["pad_token_id"] = json!(pad_id(tokenizer));
     if kind == HeadKind::Sequence {
-        config["problem_type"] = json!("single_label_classification");
+        let regression = cfg.task.kind == super::config::TaskKind::Regression;
+        config["problem_type"] = json!(if regression { "regression" } else { "single_label_classification" });
     }
     let text = serde_json::to_string_pretty(&config).expect("json");
     std::fs::write(p.join("config.json"), text).at(p.join("config.json"))?;
@@ -389,6 +409,8 @@ pub struct LoadedClassifier {
     /// wrote the folder; defaults otherwise.
     pub config: Option<FinetuneConfig>,
     pub source: PathBuf,
+    /// A one-output regression head (its single logit is the predicted value).
+    pub regression: bool,
 }
 
 impl LoadedClassifier {
@@ -442,7 +464,8 @@ impl LoadedClassifier {
         }
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         let classifier = Classifier::new(&spec, &params, 0.0, kind)?;
-        Ok(Self { spec, labels, params, classifier, tokenizer, config, source: folder })
+        let regression = kind == HeadKind::Sequence && is_regression(&config_path, &labels)?;
+        Ok(Self { spec, labels, params, classifier, tokenizer, config, source: folder, regression })
     }
 
     /// Tokens per example: the trained `model.max_length`, else the context.

@@ -5,9 +5,10 @@
 
 use super::batching::{collate, encode, eval_batches, Encoded};
 use super::config::ClsDataConfig;
-use super::dataset::{read_examples, BadRows, LabelMap};
+use super::dataset::{read_examples, read_scored, BadRows, LabelMap};
 use super::model::{pad_id, Classifier, LoadedClassifier};
 use crate::error::Result;
+use crate::metrics::regression::{regression, RegressionMetrics};
 use crate::metrics::{classification, ClassificationMetrics};
 use candle_core::Device;
 use serde::Serialize;
@@ -53,6 +54,22 @@ impl Evaluation {
             self.metrics.get(name)
         }
     }
+}
+
+/// Loss and metrics of a regression's predictions against gold values.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegressionEvaluation {
+    /// Mean squared error (the training loss).
+    pub loss: f64,
+    #[serde(flatten)]
+    pub metrics: RegressionMetrics,
+}
+
+/// A one-output head's predictions (its logits) scored against `gold`.
+pub fn evaluate_regression(logits: &[Vec<f32>], gold: &[f64]) -> RegressionEvaluation {
+    let pred: Vec<f64> = logits.iter().map(|r| r[0] as f64).collect();
+    let metrics = regression(gold, &pred);
+    RegressionEvaluation { loss: metrics.mse, metrics }
 }
 
 /// Probabilities of one row of logits (softmax in f64).
@@ -117,6 +134,21 @@ pub fn eval_file(
     Ok((evaluate(&logits, &gold, &model.labels), bad))
 }
 
+/// `lmforge eval classification` on a regression model: errors and correlations on a file
+/// with numeric targets.
+pub fn eval_regression_file(
+    model: &LoadedClassifier,
+    data: &Path,
+    reader: &ClsDataConfig,
+    batch_size: usize,
+) -> Result<(RegressionEvaluation, BadRows)> {
+    let (examples, bad) = read_scored(data, reader, true)?;
+    let encoded = encode(&examples, &model.tokenizer, model.max_length())?;
+    let logits = score(&model.classifier, &encoded, batch_size, pad_id(&model.tokenizer), model.params.device())?;
+    let gold: Vec<f64> = examples.iter().map(|e| e.value.expect("targets required")).collect();
+    Ok((evaluate_regression(&logits, &gold), bad))
+}
+
 /// What `predict` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PredictSummary {
@@ -124,10 +156,13 @@ pub struct PredictSummary {
     pub bad_rows: BadRows,
     /// Accuracy on the rows that carried a known label, if any did.
     pub accuracy: Option<f64>,
+    /// Regression: the mean squared error on the rows that carried a target, if any did.
+    pub mse: Option<f64>,
 }
 
 /// `lmforge predict`: one JSON line per usable input row, in input order:
-/// `{"line", "label", "label_id", "probs", "logits"}` (plus `"gold"` when the row had a label).
+/// `{"line", "label", "label_id", "probs", "logits"}` (plus `"gold"` when the row had a label);
+/// for a regression model `{"line", "score"}` (plus `"gold"`).
 pub fn predict_file(
     model: &LoadedClassifier,
     input: &Path,
@@ -135,12 +170,27 @@ pub fn predict_file(
     reader: &ClsDataConfig,
     batch_size: usize,
 ) -> Result<PredictSummary> {
-    let (examples, bad, _) = read_examples(input, reader, Some(&model.labels), false)?;
+    let (examples, bad) = if model.regression {
+        read_scored(input, reader, false)?
+    } else {
+        let (examples, bad, _) = read_examples(input, reader, Some(&model.labels), false)?;
+        (examples, bad)
+    };
     let encoded = encode(&examples, &model.tokenizer, model.max_length())?;
     let logits = score(&model.classifier, &encoded, batch_size, pad_id(&model.tokenizer), model.params.device())?;
-    let (mut labelled, mut correct) = (0usize, 0usize);
+    let (mut labelled, mut correct, mut squared) = (0usize, 0usize, 0.0f64);
     let mut rows = Vec::with_capacity(examples.len());
     for (e, row) in examples.iter().zip(&logits) {
+        if model.regression {
+            let mut obj = json!({"line": e.line, "score": row[0]});
+            if let Some(g) = e.value {
+                obj["gold"] = json!(g);
+                labelled += 1;
+                squared += (g - row[0] as f64).powi(2);
+            }
+            rows.push(obj);
+            continue;
+        }
         let id = argmax(row);
         let mut obj = json!({
             "line": e.line,
@@ -157,6 +207,7 @@ pub fn predict_file(
         rows.push(obj);
     }
     crate::fsio::write_jsonl_atomic(output, rows)?;
-    let accuracy = (labelled > 0).then(|| correct as f64 / labelled as f64);
-    Ok(PredictSummary { rows: examples.len(), bad_rows: bad, accuracy })
+    let mean = |x: f64| (labelled > 0).then(|| x / labelled as f64);
+    let (accuracy, mse) = if model.regression { (None, mean(squared)) } else { (mean(correct as f64), None) };
+    Ok(PredictSummary { rows: examples.len(), bad_rows: bad, accuracy, mse })
 }

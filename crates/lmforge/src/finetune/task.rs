@@ -16,6 +16,7 @@ use super::model::{self, Classifier};
 use super::predict;
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
+use crate::metrics::regression::REGRESSION_METRIC_NAMES;
 use crate::models::ModelSpec;
 use crate::nn::peft::LoraSpec;
 use crate::nn::{DropoutRng, ParamStore};
@@ -32,7 +33,14 @@ pub const TRAINABLE_FILE: &str = "trainable.safetensors";
 /// A labelled split, encoded.
 pub struct EncodedSplit<'a> {
     pub encoded: &'a [Encoded],
-    pub gold: Vec<usize>,
+    pub gold: Gold,
+}
+
+/// What a split is scored against: class ids, or regression targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gold {
+    Classes(Vec<usize>),
+    Values(Vec<f64>),
 }
 
 /// What a classification task (either head) trains and saves: its weights and the settings its
@@ -105,6 +113,8 @@ pub struct Classification<'a> {
     pub tuned: HeadTuning<'a>,
     classifier: Classifier,
     train: &'a [Encoded],
+    /// Regression: the train examples' targets (in `train`'s order); None: classes.
+    values: Option<&'a [f64]>,
     batches: EpochSchedule,
     validation: Option<EncodedSplit<'a>>,
     pad: u32,
@@ -129,7 +139,13 @@ impl<'a> Classification<'a> {
         let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
         let pad = model::pad_id(tokenizer);
         let tuned = HeadTuning { cfg, spec, labels, store, tokenizer, lora };
-        Ok(Self { tuned, classifier, train, batches, validation, pad })
+        Ok(Self { tuned, classifier, train, values: None, batches, validation, pad })
+    }
+
+    /// Trains a regression on `values` (the train examples' targets) instead of classes.
+    pub fn with_targets(mut self, values: &'a [f64]) -> Self {
+        self.values = Some(values);
+        self
     }
 
     fn device(&self) -> &Device {
@@ -153,9 +169,18 @@ impl Task for Classification<'_> {
         let width = all.iter().map(|e| e.ids.len()).max().unwrap_or(1);
         let mine = &all[rows.clone()];
         let batch = collate_padded(mine, self.pad, width, self.device())?;
-        let targets = batch.labels.as_ref().ok_or_else(|| Error::Invalid("training examples carry labels".into()))?;
         let logits = self.classifier.logits(&batch, Some(dropout))?;
-        let loss = model::loss(&logits, targets, self.tuned.cfg.train.label_smoothing)?;
+        let loss = match self.values {
+            Some(values) => {
+                let v: Vec<f32> = examples[rows.clone()].iter().map(|&i| values[i] as f32).collect();
+                model::mse_loss(&logits, &Tensor::from_vec(v, rows.len(), self.device())?)?
+            }
+            None => {
+                let targets =
+                    batch.labels.as_ref().ok_or_else(|| Error::Invalid("training examples carry labels".into()))?;
+                model::loss(&logits, targets, self.tuned.cfg.train.label_smoothing)?
+            }
+        };
         if rows.len() == all.len() {
             Ok(loss)
         } else {
@@ -178,8 +203,20 @@ impl Task for Classification<'_> {
         };
         let t = &self.tuned.cfg.train;
         let logits = predict::score(&self.classifier, val.encoded, t.eval_batch_size, self.pad, self.device())?;
-        let ev = predict::evaluate(&logits, &val.gold, self.tuned.labels);
         let metric = self.tuned.cfg.metric();
+        let gold = match &val.gold {
+            Gold::Values(gold) => {
+                let ev = predict::evaluate_regression(&logits, gold);
+                let m = &ev.metrics;
+                let extra = vec![("mse", m.mse), ("mae", m.mae), ("pearson", m.pearson), ("spearman", m.spearman)];
+                let extra = with_selected(extra, metric, &REGRESSION_METRIC_NAMES, || {
+                    m.get(metric).ok_or_else(|| Error::config("train.metric", format!("unknown {metric:?}")))
+                })?;
+                return Ok(ValMetrics { loss: ev.loss, ppl: f64::NAN, bits_per_byte: None, extra });
+            }
+            Gold::Classes(gold) => gold,
+        };
+        let ev = predict::evaluate(&logits, gold, self.tuned.labels);
         let m = &ev.metrics;
         let mut extra = vec![("accuracy", m.accuracy), ("macro_f1", m.macro_avg.f1), ("weighted_f1", m.weighted.f1)];
         if let Some(b) = &m.binary {

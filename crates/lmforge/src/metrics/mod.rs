@@ -8,6 +8,7 @@
 //! equal what Python users compute (checked against `../shared/fixtures/metrics.json`).
 
 pub mod generation;
+pub mod regression;
 pub mod seqeval;
 
 use serde::Serialize;

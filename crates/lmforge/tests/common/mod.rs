@@ -57,3 +57,27 @@ pub fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
     let n = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     (n(&(a - b).unwrap()) / n(b).max(1e-30)).sqrt()
 }
+
+/// Every gradient of `grads` against the fixture's `reference` (transformers' names): max rel
+/// ≤ 1e-4 each, one gradient per parameter. A key bias's true gradient is 0 (softmax cancels a
+/// bias added to every key), so both sides hold rounding noise: compared absolutely against the
+/// largest gradient.
+pub fn assert_grads_match(
+    label: &str,
+    grads: &std::collections::BTreeMap<String, Tensor>,
+    reference: &HashMap<String, Tensor>,
+) {
+    assert_eq!(grads.len(), reference.len(), "{label}: one gradient per parameter");
+    let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let scale = reference.values().map(max_abs).fold(0.0, f64::max);
+    for (name, want) in reference {
+        let got = grads.get(name).unwrap_or_else(|| panic!("{label}: no gradient for {name}"));
+        if name.ends_with("attention.self.key.bias") {
+            let d = max_abs(&(got - want).unwrap());
+            assert!(d <= 1e-6 * scale, "{label}: grad {name}: |diff| {d:e}");
+            continue;
+        }
+        let rel = max_rel(got, want);
+        assert!(rel <= 1e-4, "{label}: grad {name}: max rel {rel:e}");
+    }
+}
