@@ -312,3 +312,44 @@ fn finetune_grad_accum_of_half_batches_equals_the_full_batch() {
     // Measured 2.6e-6 (fp32 sums of 8 + 8 rows against one of 16, compounded over 30 steps).
     assert!(d <= 2e-5, "weights after 30 steps: max |difference| {d}");
 }
+
+/// `--folds 3`: three runs into RUN_DIR/fold-I, each trained on two thirds of the train rows
+/// and validated on the third (stratified: both labels in every fold), their final test metrics
+/// and mean ± std in cv.json; an explicit validation file is refused.
+#[test]
+fn finetune_folds_cross_validate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), "bert-tiny", "full", 3e-3);
+    let run = tmp.path().join("cv");
+    let base = ["finetune", "--config", s(&cfg), "--run-dir", s(&run), "--folds", "3", "--set", "train.epochs=2"];
+    let out = lmforge(&base);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("data.validation"), "{err}");
+    let mut args = base.to_vec();
+    args.extend(["--set", "data.validation=\"\""]);
+    let out = ok(&args);
+    assert!(out.contains("3-fold cross-validation") && out.contains("mean") && out.contains("std"), "{out}");
+    let cv = read_json(&run.join("cv.json"));
+    let folds = cv["per_fold"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    let mut accs = Vec::new();
+    for (i, f) in folds.iter().enumerate() {
+        let dir = run.join(format!("fold-{i}"));
+        let r = read_json(&dir.join("results.json"));
+        assert_eq!(r["train"]["examples"], 160, "fold {i} trains on the other two thirds of 240 rows");
+        assert_eq!(f["final_split"], "test");
+        let acc = f["metrics"]["accuracy"].as_f64().unwrap();
+        assert_eq!(r["final"]["metrics"]["accuracy"].as_f64(), Some(acc));
+        let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        // `data.fold = 0` is the default, left out of the saved config.
+        assert!(config.contains("folds = 3"), "{config}");
+        assert_eq!(config.contains(&format!("fold = {i}")), i > 0, "{config}");
+        let val: Vec<Value> = common::metrics(&dir).into_iter().filter(|v| v["split"] == "validation").collect();
+        assert!(!val.is_empty(), "fold {i} validates on its held-out fold");
+        accs.push(acc);
+    }
+    let mean = accs.iter().sum::<f64>() / 3.0;
+    assert!((cv["mean"]["accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+    assert!((cv["std"]["accuracy"].as_f64().unwrap() - std).abs() < 1e-12);
+}

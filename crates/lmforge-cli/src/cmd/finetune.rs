@@ -15,12 +15,44 @@ pub struct Args {
     /// folder, to RUN_DIR/merged.
     #[arg(long)]
     merge: bool,
+    /// k-fold cross-validation: K runs into RUN_DIR/fold-I, each validating on one fold of the
+    /// train rows (stratified by label for classification) and training on the others; their
+    /// final metrics and mean ± std in RUN_DIR/cv.json.
+    #[arg(long, value_name = "K")]
+    folds: Option<usize>,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
     let (opts, start) = a.start.start(ctx, "finetune", None, "")?;
     let s = match start {
+        Start::Resume(_) if a.folds.is_some() => {
+            anyhow::bail!("--folds starts a cross-validation; resume one fold with --resume RUN_DIR/fold-I")
+        }
         Start::Resume(dir) => finetune::resume(&dir, &opts)?,
+        Start::New { config, set, run_dir } if a.folds.is_some() => {
+            let cfg = FinetuneConfig::resolve(Some(&config), &set)?;
+            let k = a.folds.unwrap_or(0);
+            let cv = finetune::folds::cross_validate(&cfg, &run_dir, k, &opts)?;
+            if ctx.is_writer() {
+                println!("{k}-fold cross-validation in {} (cv.json)", run_dir.display());
+                let names: Vec<&String> = cv.mean_std.keys().collect();
+                let header: Vec<String> = names.iter().map(|n| format!("{n:>12}")).collect();
+                println!("{:<8}{}", "fold", header.join(""));
+                for f in &cv.folds {
+                    let cells: Vec<String> = names
+                        .iter()
+                        .map(|n| f.metrics.get(*n).map_or(format!("{:>12}", "-"), |v| format!("{v:>12.4}")))
+                        .collect();
+                    println!("{:<8}{}", f.fold, cells.join(""));
+                }
+                let mean: Vec<String> = names.iter().map(|n| format!("{:>12.4}", cv.mean_std[*n].0)).collect();
+                let std: Vec<String> = names.iter().map(|n| format!("{:>12.4}", cv.mean_std[*n].1)).collect();
+                println!("{:<8}{}\n{:<8}{}", "mean", mean.join(""), "std", std.join(""));
+                let split = cv.folds.first().and_then(|f| f.final_split.clone()).unwrap_or_default();
+                println!("(final metrics on each fold's {split} split)");
+            }
+            return Ok(if cv.finished { 0 } else { process::stop_status(true) });
+        }
         Start::New { config, set, run_dir } => {
             let cfg = FinetuneConfig::resolve(Some(&config), &set)?;
             if ctx.is_writer() {

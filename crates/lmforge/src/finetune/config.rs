@@ -130,6 +130,17 @@ pub struct ClsDataConfig {
     pub max_train_rows: usize,
     /// Use the first N validation rows (0: all).
     pub max_validation_rows: usize,
+    /// k-fold cross-validation (`lmforge finetune --folds K` sets these): the train rows are
+    /// dealt into `folds` folds (stratified by label for classification) and fold `fold` is
+    /// the validation split; 0: no folds.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub folds: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fold: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl Default for ClsDataConfig {
@@ -150,6 +161,8 @@ impl Default for ClsDataConfig {
             bad_rows: BadRowPolicy::Skip,
             max_train_rows: 0,
             max_validation_rows: 0,
+            folds: 0,
+            fold: 0,
         }
     }
 }
@@ -617,6 +630,17 @@ impl FinetuneConfig {
         check(t.log_every >= 1, "train.log_every", t.log_every, ">= 1")?;
         check((0.0..1.0).contains(&t.label_smoothing), "train.label_smoothing", t.label_smoothing, "0 <= e < 1")?;
         check(t.min_delta >= 0.0, "train.min_delta", t.min_delta, ">= 0")?;
+        if d.folds > 0 {
+            check(d.folds >= 2, "data.folds", d.folds, ">= 2 (0: no cross-validation)")?;
+            check(d.fold < d.folds, "data.fold", d.fold, &format!("0 ..= {}", d.folds - 1))?;
+            check(
+                d.validation.as_os_str().is_empty(),
+                "data.validation",
+                d.validation.display(),
+                "empty with data.folds (the held-out fold validates)",
+            )?;
+            check(self.task.kind != TaskKind::CausalLm, "data.folds", d.folds, "0 for causal_lm")?;
+        }
         let metric = self.metric();
         match self.task.kind {
             TaskKind::Classification => {

@@ -17,6 +17,7 @@ pub mod causal;
 pub mod causal_run;
 pub mod config;
 pub mod dataset;
+pub mod folds;
 pub mod model;
 pub mod predict;
 pub mod sft_data;
@@ -261,6 +262,15 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
         }
     };
     let (train_ex, train_bad, labels) = read_rows(&cfg.data.train, None)?;
+    // k-fold: fold `i` of the train rows validates (stratified by label for classes).
+    let (train_ex, held_out) = match folds::of(cfg) {
+        Some((k, fold)) => {
+            let strata: Vec<usize> = train_ex.iter().map(|e| e.label.unwrap_or(0)).collect();
+            let (train, held) = folds::split(train_ex, &folds::assign(&strata, k, cfg.train.seed), fold);
+            (train, Some(held))
+        }
+        None => (train_ex, None),
+    };
     let train_ex = train_subset(cfg, train_ex);
     let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, HeadKind::Sequence, device)?;
     let max_len = window(cfg, spec.context);
@@ -277,7 +287,13 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
     };
     let train_enc = encode(&train_ex, &tokenizer, max_len)?;
     let train = Split { file: cfg.data.train.clone(), examples: train_ex, encoded: train_enc, bad: train_bad };
-    let validation = read(&cfg.data.validation, cfg.data.max_validation_rows)?;
+    let validation = match held_out {
+        Some(examples) => {
+            let encoded = encode(&examples, &tokenizer, max_len)?;
+            Some(Split { file: cfg.data.train.clone(), examples, encoded, bad: BadRows::default() })
+        }
+        None => read(&cfg.data.validation, cfg.data.max_validation_rows)?,
+    };
     let test = read(&cfg.data.test, 0)?;
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
     Ok(Inputs { labels, spec, store, tokenizer, lora, train, validation, test })

@@ -55,6 +55,14 @@ pub(super) fn run(
     let placement = opts.placement(t.device, t.precision)?;
     cfg.check_paths()?;
     let (train_sentences, train_bad, labels) = read_sentences(&cfg.data.train, &cfg.data, None, true)?;
+    let (train_sentences, held_out) = match super::folds::of(cfg) {
+        Some((k, fold)) => {
+            let assigned = super::folds::assign(&vec![0; train_sentences.len()], k, t.seed);
+            let (train, held) = super::folds::split(train_sentences, &assigned, fold);
+            (train, Some(held))
+        }
+        None => (train_sentences, None),
+    };
     let train_sentences = train_subset(cfg, train_sentences);
     let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, HeadKind::Token, &placement.device)?;
     let max_len = window(cfg, spec.context);
@@ -71,7 +79,13 @@ pub(super) fn run(
     };
     let pieces = encode_sentences(&train_sentences, &tokenizer, max_len)?;
     let train = Split { file: cfg.data.train.clone(), sentences: train_sentences, pieces, bad: train_bad };
-    let validation = read(&cfg.data.validation, cfg.data.max_validation_rows)?;
+    let validation = match held_out {
+        Some(sentences) => {
+            let pieces = encode_sentences(&sentences, &tokenizer, max_len)?;
+            Some(Split { file: cfg.data.train.clone(), sentences, pieces, bad: BadRows::default() })
+        }
+        None => read(&cfg.data.validation, cfg.data.max_validation_rows)?,
+    };
     let test = read(&cfg.data.test, 0)?;
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
 
