@@ -56,15 +56,18 @@ fn finetune_lora_then_predict_and_eval_classification() {
         "model.safetensors",
         "tokenizer.json",
         "finetune.toml",
-        "adapter_config.json",
-        "adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/manifest.json",
     ] {
         assert!(model.join(f).is_file(), "model folder lacks {f}");
     }
+    // Not beside the merged weights: transformers would load the adapter instead of them.
+    assert!(!model.join("adapter_config.json").exists());
     let hf = read_json(&model.join("config.json"));
     assert_eq!(hf["architectures"][0], "GPT2ForSequenceClassification");
     assert_eq!(hf["id2label"]["1"], "positive");
-    let peft = read_json(&model.join("adapter_config.json"));
+    let peft = read_json(&model.join("adapter/adapter_config.json"));
     assert_eq!((peft["peft_type"].as_str(), peft["task_type"].as_str()), (Some("LORA"), Some("SEQ_CLS")));
 
     // predict: one line per usable row, in order, with label / probs / logits.
@@ -154,7 +157,7 @@ fn sets(pairs: &[&str]) -> Vec<String> {
 fn ft_fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, String) {
     let model = run.join("model");
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
-    let adapter = std::fs::read(model.join("adapter_model.safetensors")).unwrap();
+    let adapter = std::fs::read(model.join("adapter/adapter_model.safetensors")).unwrap();
     let rows = common::metrics(run)
         .into_iter()
         .filter(|r| r["split"] == "validation")
