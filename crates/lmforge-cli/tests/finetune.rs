@@ -158,16 +158,7 @@ fn ft_fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, String) {
     let model = run.join("model");
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
     let adapter = std::fs::read(model.join("adapter/adapter_model.safetensors")).unwrap();
-    let rows = common::metrics(run)
-        .into_iter()
-        .filter(|r| r["split"] == "validation")
-        .map(|mut r| {
-            let o = r.as_object_mut().unwrap();
-            o.remove("elapsed_s");
-            o.remove("tokens_per_s");
-            r.to_string()
-        })
-        .collect();
+    let rows = common::metrics_without_timing(run, Some("validation"));
     let r = read_json(&run.join("results.json"));
     (weights, adapter, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
 }

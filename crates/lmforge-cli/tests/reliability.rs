@@ -96,15 +96,7 @@ fn fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, Vec<String>) {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows = metrics(run)
-        .into_iter()
-        .map(|mut r| {
-            let o = r.as_object_mut().unwrap();
-            o.remove("elapsed_s");
-            o.remove("tokens_per_s");
-            r.to_string()
-        })
-        .collect();
+    let rows = common::metrics_without_timing(run, None);
     (weights, optim, kept, rows)
 }
 

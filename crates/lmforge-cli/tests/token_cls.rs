@@ -180,16 +180,7 @@ fn token_classification_stopped_and_resumed_ends_as_the_uninterrupted_run() {
     assert!(!parts.join("results.json").exists(), "stopped before the end");
     ok(&["finetune", "--resume", s(&parts)]);
     let fingerprint = |run: &Path| {
-        let rows: Vec<String> = common::metrics(run)
-            .into_iter()
-            .filter(|r| r["split"] == "validation")
-            .map(|mut r| {
-                let o = r.as_object_mut().unwrap();
-                o.remove("elapsed_s");
-                o.remove("tokens_per_s");
-                r.to_string()
-            })
-            .collect();
+        let rows = common::metrics_without_timing(run, Some("validation"));
         let r = read_json(&run.join("results.json"));
         let weights = std::fs::read(run.join("model/model.safetensors")).unwrap();
         (weights, rows, format!("{} {}", r["best"], r["final"]["metrics"]))

@@ -92,6 +92,21 @@ pub fn metrics(run: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The `metrics.jsonl` rows of `split` (all rows for None) without their wall-clock fields, as
+/// text: what two runs that should be the same must share.
+pub fn metrics_without_timing(run: &Path, split: Option<&str>) -> Vec<String> {
+    metrics(run)
+        .into_iter()
+        .filter(|r| split.is_none_or(|s| r["split"] == s))
+        .map(|mut r| {
+            let o = r.as_object_mut().unwrap();
+            o.remove("elapsed_s");
+            o.remove("tokens_per_s");
+            r.to_string()
+        })
+        .collect()
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
