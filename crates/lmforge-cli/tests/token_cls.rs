@@ -164,28 +164,70 @@ fn token_classification_stopped_and_resumed_ends_as_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "bert-tiny");
     let sets = ["model.dropout=0.1", "train.checkpoint_every=4", "train.eval_every=5", "train.epochs=2"];
-    let run = |dir: &Path, stop: Option<&str>| {
-        let mut args = vec!["finetune", "--config", s(&cfg), "--run-dir", s(dir)];
-        for x in &sets {
-            args.extend(["--set", x]);
+    common::assert_finetune_resumes_exactly(&cfg, &sets);
+}
+
+/// A sweep over token-classification fine-tunes that maximises `val_f1`: a grid over the
+/// learning rate with median stopping at a rung. Every trial finishes or stops by the rule
+/// (applied to f1 with higher better); a finished trial's metric is the best validation f1 its
+/// run logged; the sweep's best is the finished trial with the highest; `best.toml` is a
+/// fine-tuning config.
+#[test]
+fn a_sweep_over_finetune_trials_maximises_val_f1() {
+    let tmp = tempfile::tempdir().unwrap();
+    config(tmp.path(), "bert-tiny");
+    let file = tmp.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        "[sweep]\nbase = \"ner.toml\"\ncommand = \"finetune\"\nstrategy = \"grid\"\nmetric = \"val_f1\"\n\
+         set = [\"train.max_steps=40\", \"train.eval_every=10\", \"train.checkpoint_every=0\"]\n\n\
+         [early_stop]\nrule = \"median\"\nmin_trials = 1\nrungs = [20]\n\n\
+         [space]\n\"optim.lr\" = { choice = [5e-3, 1e-5, 2e-3] }\n",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("sw");
+    let out = ok(&["sweep", "--config", s(&file), "--out", s(&out_dir)]);
+    let meta = read_json(&out_dir.join("sweep.json"));
+    assert_eq!((meta["goal"].as_str(), meta["command"].as_str()), (Some("maximize"), Some("finetune")));
+    let ts: Vec<Value> = std::fs::read_to_string(out_dir.join("trials.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ts.len(), 3, "{out}");
+    assert!(ts.iter().all(|t| t["status"] != "failed"), "{ts:?}");
+    let median = lmforge_track::sweep::early_stop::Rule::Median { min_trials: 1 };
+    let mut finished = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        let run = out_dir.join(t["run_dir"].as_str().unwrap());
+        let f1s: Vec<f64> = common::metrics(&run)
+            .iter()
+            .filter(|r| r["split"] == "validation")
+            .map(|r| r["f1"].as_f64().unwrap())
+            .collect();
+        let at_rung = t["rungs"]["20"].as_f64().unwrap();
+        // The rule minimises: f1 enters negated.
+        let before: Vec<f64> = ts[..i].iter().filter_map(|o| o["rungs"]["20"].as_f64()).map(|v| -v).collect();
+        let decision = median.decide(-at_rung, &before);
+        match t["status"].as_str().unwrap() {
+            "stopped" => {
+                assert!(matches!(decision, lmforge_track::sweep::early_stop::Decision::Stop { .. }), "trial {i}");
+                assert_eq!((t["step"].as_u64(), f1s.len()), (Some(20), 2), "trained to its rung only");
+            }
+            "finished" => {
+                assert_eq!(decision, lmforge_track::sweep::early_stop::Decision::Continue, "trial {i}");
+                let best = f1s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                assert_eq!(t["metric"].as_f64(), Some(best), "trial {i}: its best validation f1");
+                assert!(run.join("results.json").is_file() && run.join("model/config.json").is_file());
+                finished.push((best, t["id"].as_u64().unwrap()));
+            }
+            other => panic!("trial {i} is {other}: {t}"),
         }
-        if let Some(step) = stop {
-            args.extend(["--stop-after", step]);
-        }
-        ok(&args);
-    };
-    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
-    run(&whole, None);
-    run(&parts, Some("7"));
-    assert!(!parts.join("results.json").exists(), "stopped before the end");
-    ok(&["finetune", "--resume", s(&parts)]);
-    let fingerprint = |run: &Path| {
-        let rows = common::metrics_without_timing(run, Some("validation"));
-        let r = read_json(&run.join("results.json"));
-        let weights = std::fs::read(run.join("model/model.safetensors")).unwrap();
-        (weights, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
-    };
-    let (a, b) = (fingerprint(&whole), fingerprint(&parts));
-    assert!(a.0 == b.0, "the best model differs after the resume");
-    assert_eq!((a.1, a.2), (b.1, b.2));
+    }
+    assert!(!finished.is_empty(), "{out}");
+    let (best_f1, best_id) =
+        finished.iter().copied().fold((f64::NEG_INFINITY, 0), |a, b| if b.0 > a.0 { b } else { a });
+    assert!(out.contains(&format!("best: trial {best_id} with val_f1 {best_f1:.4}")), "{out}");
+    let best = std::fs::read_to_string(out_dir.join("best.toml")).unwrap();
+    assert!(best.contains("lmforge finetune --config") && best.contains("token_classification"), "{best}");
 }

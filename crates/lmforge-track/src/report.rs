@@ -366,21 +366,24 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
 pub fn sweep_report(sweep_dir: &Path) -> Result<String> {
     let meta = read_meta(sweep_dir)?;
     let trials = read_trials(sweep_dir)?;
-    let metric_key = crate::sweep::METRICS.iter().find(|(m, _)| *m == meta.metric).map(|(_, k)| *k).unwrap_or("loss");
+    let metric_key = meta.metric.strip_prefix("val_").unwrap_or("loss");
+    let objective = |t: &Trial| meta.goal.objective(t.metric.unwrap_or(f64::NAN));
     let best = trials
         .iter()
         .filter(|t| t.status == TrialStatus::Finished && t.metric.is_some_and(f64::is_finite))
-        .min_by(|a, b| a.metric.unwrap().total_cmp(&b.metric.unwrap()))
+        .min_by(|a, b| objective(a).total_cmp(&objective(b)))
         .map(|t| t.id);
     let count = |s: TrialStatus| trials.iter().filter(|t| t.status == s).count();
     let mut body = String::new();
     let _ = writeln!(
         body,
-        "<p class=\"sub\">{} · strategy {} · metric {} (lower is better) · early stopping {}{} · {} trials: \
+        "<p class=\"sub\">{} · {} trials · strategy {} · metric {} ({}) · early stopping {}{} · {} trials: \
          {} finished, {} stopped early, {} failed, {} unfinished · {} of training</p>",
         esc(&sweep_dir.display().to_string()),
+        meta.command.name(),
         format!("{:?}", meta.strategy).to_lowercase(),
         esc(&meta.metric),
+        meta.goal.words(),
         esc(&meta.rule),
         if meta.rungs.is_empty() { String::new() } else { format!(" at steps {:?}", meta.rungs) },
         trials.len(),
@@ -484,7 +487,7 @@ fn trial_curves(
     let mut next_colour = 0;
     for t in trials {
         let Ok(rows) = read_rows(&sweep_dir.join(&t.run_dir)) else { continue };
-        let points = curve(&rows, "val", key);
+        let points = curve(&rows, meta.command.val_split(), key);
         if points.is_empty() {
             continue;
         }

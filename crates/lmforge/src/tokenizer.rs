@@ -22,6 +22,16 @@ pub struct WordEncoding {
     pub word_ids: Vec<Option<u32>>,
 }
 
+/// One window of a question–context pair ([`TextTokenizer::encode_qa`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaWindow {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Per token, its (start, end) character offsets in the context; None for the question's
+    /// tokens and the special tokens.
+    pub context_offsets: Vec<Option<(usize, usize)>>,
+}
+
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -130,6 +140,66 @@ impl TextTokenizer {
             .collect();
         let encs = tk.encode_batch_fast(batch, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encs.into_iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect())
+    }
+
+    /// Extractive-QA inputs, as `run_qa.py` tokenizes them: `tokenizer(question, context,
+    /// truncation="only_second", max_length=max_len, stride=stride,
+    /// return_overflowing_tokens=True, return_offsets_mapping=True)`: each pair with the
+    /// tokenizer's own pair template, the context cut into windows of what the question leaves
+    /// of `max_len`, consecutive windows overlapping by `stride` tokens (the first window, then
+    /// the overflowing ones, in order). Per pair: its windows, or why it has none (a question
+    /// that leaves no room for the context). Where a long question leaves a window of `stride`
+    /// tokens or fewer (the `tokenizers` crate would panic; `run_qa.py` fails), the overlap is
+    /// one token less than the window.
+    ///
+    /// The windows are cut here, as the library's own truncation does (`Encoding::truncate`,
+    /// then the post-processor on each part), because the `tokenizers` crate 0.23.2 cuts a
+    /// long context to `max_len` tokens before it makes the overflowing windows, which loses
+    /// its end (Python's `tokenizers` 0.23.3 does not).
+    pub fn encode_qa(
+        &self,
+        pairs: &[(&str, &str)],
+        max_len: usize,
+        stride: usize,
+    ) -> Result<Vec<std::result::Result<Vec<QaWindow>, String>>> {
+        let mut tk = self.inner.clone();
+        tk.with_padding(None);
+        tk.with_truncation(None).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let specials = tk.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        let err = |e: tokenizers::Error| Error::Tokenizer(e.to_string());
+        let questions =
+            tk.encode_batch_char_offsets(pairs.iter().map(|(q, _)| *q).collect::<Vec<_>>(), false).map_err(err)?;
+        let contexts =
+            tk.encode_batch_char_offsets(pairs.iter().map(|(_, c)| *c).collect::<Vec<_>>(), false).map_err(err)?;
+        let mut out = Vec::with_capacity(pairs.len());
+        for (question, mut context) in questions.into_iter().zip(contexts) {
+            let used = question.len() + specials;
+            if used >= max_len {
+                out.push(Err(format!(
+                    "the question takes {used} of the {max_len} tokens (with the special tokens), leaving none for the context"
+                )));
+                continue;
+            }
+            let room = max_len - used;
+            context.truncate(room, stride.min(room - 1), tokenizers::TruncationDirection::Right);
+            let overflowing = context.take_overflowing();
+            let mut windows = Vec::with_capacity(1 + overflowing.len());
+            for part in std::iter::once(context).chain(overflowing) {
+                let w = tk.post_process(question.clone(), Some(part), true).map_err(err)?;
+                windows.push(QaWindow {
+                    ids: w.get_ids().to_vec(),
+                    type_ids: w.get_type_ids().to_vec(),
+                    context_offsets: w
+                        .get_sequence_ids()
+                        .into_iter()
+                        .zip(w.get_offsets())
+                        .map(|(seq, &off)| (seq == Some(1)).then_some(off))
+                        .collect(),
+                });
+            }
+            out.push(Ok(windows));
+        }
+        Ok(out)
     }
 
     /// Token-classification inputs: sentences already split into words (transformers'

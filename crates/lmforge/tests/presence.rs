@@ -13,6 +13,7 @@ use candle_core::{DType, Tensor};
 use lmforge::device::Precision;
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::model::{self, Classifier};
+use lmforge::finetune::qa_task::span_loss;
 use lmforge::finetune::token_task::token_loss;
 use lmforge::models::{Decoder, Encoder, EncoderInput, HeadKind, ModelSpec};
 use lmforge::nn::{DropoutRng, InitScheme, ParamStore};
@@ -37,6 +38,12 @@ fn ids(rows: usize, cols: usize, vocab: usize) -> Tensor {
 /// q·b to a whole score row, which the softmax cancels): they must be reached, finite and
 /// tiny against the largest gradient.
 fn assert_all_reached(label: &str, params: &ParamStore, loss: &Tensor) {
+    assert_all_reached_but(label, params, loss, &[])
+}
+
+/// [`assert_all_reached`] where the parameters named in `zero` (by their ends) have a true
+/// gradient of 0, as a key bias does.
+fn assert_all_reached_but(label: &str, params: &ParamStore, loss: &Tensor, zero: &[&str]) {
     let l = loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap();
     assert!(l.is_finite(), "{label}: loss {l}");
     let store = loss.backward().unwrap();
@@ -52,7 +59,7 @@ fn assert_all_reached(label: &str, params: &ParamStore, loss: &Tensor) {
     }
     let largest = norms.iter().map(|n| n.1).fold(0.0, f32::max);
     for (name, norm) in norms {
-        if name.ends_with("attention.self.key.bias") {
+        if name.ends_with("attention.self.key.bias") || zero.iter().any(|z| name.ends_with(z)) {
             assert!(norm <= 1e-2 * largest, "{label}: {name}: {norm} (should be ~0)");
         } else {
             assert!(norm > 0.0, "{label}: {name} gets a zero gradient");
@@ -112,10 +119,10 @@ fn every_encoder_parameter_gets_a_gradient() {
 fn every_classifier_parameter_gets_a_gradient() {
     for preset in ["tiny", "llama-tiny", "bert-tiny"] {
         let spec = ModelSpec::preset(preset).unwrap();
-        for kind in [HeadKind::Sequence, HeadKind::Token] {
+        for kind in HeadKind::ALL {
             each_setting(|setting, precision| {
                 let mut infos = model::backbone_params(&spec, kind);
-                infos.extend(model::head_params(&spec, kind, 3));
+                infos.extend(model::head_params(&spec, kind, if kind == HeadKind::Span { 2 } else { 3 }));
                 let params = store(&spec, &infos, precision);
                 let classifier = Classifier::new(&spec, &params, 0.1, kind).unwrap();
                 let device = common::device();
@@ -133,8 +140,13 @@ fn every_classifier_parameter_gets_a_gradient() {
                     HeadKind::Sequence => model::loss(&logits, batch.labels.as_ref().unwrap(), 0.1).unwrap(),
                     // Tagged positions in every row: (row · 9 + position).
                     HeadKind::Token => token_loss(&logits, &[1, 3, 9, 12, 19, 24], &[0, 1, 2, 2, 1, 0]).unwrap(),
+                    HeadKind::Span => span_loss(&logits, &batch.lengths, &[2, 0, 6], &[4, 3, 6]).unwrap(),
                 };
-                assert_all_reached(&what, &params, &loss);
+                // A span head's softmax runs over positions: what adds the same to every
+                // position (its bias, the last norm's bias) has a true gradient of 0.
+                let last = format!("layer.{}.output.LayerNorm.bias", spec.n_layer - 1);
+                let zero = ["qa_outputs.bias", "ln_f.bias", last.as_str()];
+                assert_all_reached_but(&what, &params, &loss, if kind == HeadKind::Span { &zero } else { &[] });
             });
         }
     }

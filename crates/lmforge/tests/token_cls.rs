@@ -6,14 +6,13 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use common::{assert_grads_match, json, load, max_rel};
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::dataset::LabelMap;
-use lmforge::finetune::model::{self, LoadedClassifier};
+use lmforge::finetune::model::LoadedClassifier;
 use lmforge::finetune::tagged::{encode_sentences, Sentence};
 use lmforge::finetune::token_task::token_loss;
-use lmforge::finetune::FinetuneConfig;
 use lmforge::models::{EncoderInput, HeadKind};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::named_grads;
@@ -110,34 +109,8 @@ fn token_classifiers_match_transformers() {
 fn token_classifier_folders_save_with_hugging_face_names() {
     for name in ["bert-token-cls-tiny", "gpt2-token-cls-tiny"] {
         let dir = local(name);
-        let m = LoadedClassifier::load(&dir, &Device::Cpu).unwrap();
-        let cfg = FinetuneConfig::resolve(
-            None,
-            &[
-                "data.train=unused.conll".into(),
-                format!("model.base={:?}", dir.display().to_string()),
-                "task.kind=token_classification".into(),
-            ],
-        )
-        .unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let saved = out.path().join("model");
-        model::save(&saved, &m.spec, &m.labels, &m.params, &m.tokenizer, &cfg, None).unwrap();
-        let config = json(saved.join("config.json"));
-        let original = json(dir.join("config.json"));
-        assert_eq!(config["architectures"], original["architectures"], "{name}");
-        assert_eq!(config["id2label"], original["id2label"], "{name}");
-        let mut a: Vec<String> = load(saved.join("model.safetensors")).into_keys().collect();
-        let mut b: Vec<String> = load(dir.join("model.safetensors")).into_keys().collect();
-        a.sort();
-        b.sort();
-        assert_eq!(a, b, "{name}: tensor names");
-        let again = LoadedClassifier::load(&saved, &Device::Cpu).unwrap();
-        let ids = Tensor::new(&[[5u32, 6, 7, 8]], &Device::Cpu).unwrap();
-        let batch = Batch { ids: ids.clone(), type_ids: ids.zeros_like().unwrap(), lengths: vec![4], labels: None };
-        let l1 = m.classifier.logits(&batch, None).unwrap();
-        let l2 = again.classifier.logits(&batch, None).unwrap();
-        assert_eq!(max_rel(&l2, &l1), 0.0, "{name}");
+        let config = common::assert_saves_with_hf_names(&dir, "token_classification");
+        assert_eq!(config["id2label"], json(dir.join("config.json"))["id2label"], "{name}");
     }
 }
 

@@ -192,9 +192,12 @@ pub fn run(c: Command) -> Result<i32> {
             let device = device.resolve()?;
             let m = LoadedClassifier::load_with_adapter(&model, adapter.get(), &device)?;
             let rc = predict::reader_settings(&m, &reader.set)?;
-            // (JSON of the evaluation, its loss, its table): a tagger's entity report, a
-            // regression's errors and correlations, or a classifier's metrics.
-            let (mut v, loss, table, bad) = if m.classifier.kind == lmforge::models::HeadKind::Token {
+            // (JSON of the evaluation, its loss, its table): a QA model's SQuAD scores, a
+            // tagger's entity report, a regression's errors and correlations, or a classifier's metrics.
+            let (mut v, loss, table, bad) = if m.classifier.kind == lmforge::models::HeadKind::Span {
+                let (e, bad) = lmforge::finetune::qa_run::eval_file(&m, &data, &rc, reader.batch_size)?;
+                (serde_json::to_value(&e)?, e.loss, e.metrics.table(), bad)
+            } else if m.classifier.kind == lmforge::models::HeadKind::Token {
                 let (e, bad) = lmforge::finetune::token_run::eval_file(&m, &data, &rc, reader.batch_size)?;
                 (serde_json::to_value(&e)?, e.loss, e.entities.table(), bad)
             } else if m.regression {

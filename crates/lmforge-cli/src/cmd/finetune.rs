@@ -2,7 +2,7 @@
 //! (instructions, completions, chat), or continue a fine-tuning run with `--resume` (on one
 //! process or several, under `mpirun`).
 
-use super::{Start, StartArgs};
+use super::{RecordArgs, Start, StartArgs};
 use crate::{process, Ctx};
 use anyhow::Result;
 use lmforge::finetune::{self, FinetuneConfig};
@@ -11,6 +11,8 @@ use lmforge::finetune::{self, FinetuneConfig};
 pub struct Args {
     #[command(flatten)]
     start: StartArgs,
+    #[command(flatten)]
+    record: RecordArgs,
     /// LoRA: also write the base with the best adapter merged in, as a plain Hugging Face
     /// folder, to RUN_DIR/merged.
     #[arg(long)]
@@ -23,7 +25,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
-    let (opts, start) = a.start.start(ctx, "finetune", None, "")?;
+    let r = a.record;
+    let (opts, start) = a.start.start(ctx, r.kind.as_deref().unwrap_or("finetune"), r.name, &r.group)?;
     let s = match start {
         Start::Resume(_) if a.folds.is_some() => {
             anyhow::bail!("--folds starts a cross-validation; resume one fold with --resume RUN_DIR/fold-I")
@@ -99,6 +102,10 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
     if let (Some(split), Some(e)) = (&s.final_split, &s.final_tokens) {
         println!("--- {split} (best model), loss {:.4} ---", e.loss);
         print!("{}", e.entities.table());
+    }
+    if let (Some(split), Some(e)) = (&s.final_split, &s.final_qa) {
+        println!("--- {split} (best model), loss {:.4} ---", e.loss);
+        print!("{}", e.metrics.table());
     }
     if let (Some(split), Some(e)) = (&s.final_split, &s.final_causal) {
         println!("--- {split} (best model): {} rows, loss {:.4}, ppl {:.2} ---", e.rows, e.loss, e.ppl);

@@ -51,6 +51,21 @@ pub struct StartArgs {
     pub device: Option<lmforge::device::DeviceChoice>,
 }
 
+/// How the experiment store records a run that `train` or `finetune` starts.
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    /// The run's name in the experiment store (default: the run dir's folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How the store labels the run (default: the command; a sweep starts its trials with
+    /// `trial`).
+    #[arg(long, hide = true)]
+    pub kind: Option<String>,
+    /// The store group (a sweep's name) the run belongs to.
+    #[arg(long, hide = true, default_value = "")]
+    pub group: String,
+}
+
 /// What a command starting or resuming a run gets from [`StartArgs::start`].
 pub enum Start {
     /// A new run: its config file (with the `--set` overrides) and run dir.

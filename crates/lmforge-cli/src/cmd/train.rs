@@ -1,6 +1,6 @@
 //! `lmforge train`: a new run from a config, or `--resume RUN_DIR`.
 
-use super::{Start, StartArgs};
+use super::{RecordArgs, Start, StartArgs};
 use crate::{process, Ctx};
 use anyhow::Result;
 use lmforge::train::{self, RunConfig, TrainSummary};
@@ -9,19 +9,13 @@ use lmforge::train::{self, RunConfig, TrainSummary};
 pub struct Args {
     #[command(flatten)]
     start: StartArgs,
-    /// The run's name in the experiment store (default: the run dir's folder name).
-    #[arg(long)]
-    name: Option<String>,
-    /// How the store labels the run (a sweep starts its trials with `trial`).
-    #[arg(long, hide = true, default_value = "train")]
-    kind: String,
-    /// The store group (a sweep's name) the run belongs to.
-    #[arg(long, hide = true, default_value = "")]
-    group: String,
+    #[command(flatten)]
+    record: RecordArgs,
 }
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
-    let (opts, start) = a.start.start(ctx, &a.kind, a.name, &a.group)?;
+    let r = a.record;
+    let (opts, start) = a.start.start(ctx, r.kind.as_deref().unwrap_or("train"), r.name, &r.group)?;
     let summary = match start {
         Start::Resume(dir) => train::resume(&dir, &opts)?,
         Start::New { config, set, run_dir } => {

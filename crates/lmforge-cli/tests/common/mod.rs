@@ -107,6 +107,37 @@ pub fn metrics_without_timing(run: &Path, split: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// Runs `lmforge finetune --config cfg` with `sets` twice, whole and stopped after step 7 then
+/// resumed, and asserts both end alike: the best model bit for bit, the validation rows, and
+/// results.json's best and final metrics.
+pub fn assert_finetune_resumes_exactly(cfg: &Path, sets: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, stop: Option<&str>| {
+        let mut args = vec!["finetune", "--config", s(cfg), "--run-dir", s(dir)];
+        for x in sets {
+            args.extend(["--set", x]);
+        }
+        if let Some(step) = stop {
+            args.extend(["--stop-after", step]);
+        }
+        ok(&args);
+    };
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    run(&whole, None);
+    run(&parts, Some("7"));
+    assert!(!parts.join("results.json").exists(), "stopped before the end");
+    ok(&["finetune", "--resume", s(&parts)]);
+    let fingerprint = |run: &Path| {
+        let rows = metrics_without_timing(run, Some("validation"));
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+        let weights = std::fs::read(run.join("model/model.safetensors")).unwrap();
+        (weights, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
+    };
+    let (a, b) = (fingerprint(&whole), fingerprint(&parts));
+    assert!(a.0 == b.0, "the best model differs after the resume");
+    assert_eq!((a.1, a.2), (b.1, b.2));
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -1,8 +1,10 @@
 //! Hyperparameter sweeps (`lmforge sweep --config sweep.toml`): a base run config, overrides,
 //! and a search space over any config keys; trials proposed by a grid, seeded random draws or
 //! TPE; bad trials stopped early at rungs by ASHA or the median rule; `max_trials`,
-//! `max_parallel` and a total time budget. A trial is just config overrides → `lmforge train`:
-//! each runs as a child process (crash isolation, parallelism for free) in
+//! `max_parallel` and a total time budget. A trial is just config overrides → `lmforge train`
+//! (or `lmforge finetune` with `sweep.command = "finetune"`, optimising any validation metric
+//! the task reports, `val_f1`, `val_accuracy`, ..., in its direction): each runs as a child
+//! process (crash isolation, parallelism for free) in
 //! `SWEEP_DIR/trials/NNNN/`, trained rung by rung with `--stop-after` and continued with
 //! `--resume`, which reproduces an uninterrupted run to the bit. Trials share one prepared
 //! data folder per distinct data config. The sweep's state is `SWEEP_DIR/trials.jsonl`
@@ -30,6 +32,7 @@ pub use run::{run, table, SweepOptions, SweepOutcome, SweepResult};
 
 use early_stop::Rule;
 use lmforge::error::{Error, IoContext, Result};
+use lmforge::finetune::FinetuneConfig;
 use lmforge::train::RunConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,6 +49,131 @@ pub enum Strategy {
     Tpe,
 }
 
+/// What a trial runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialCommand {
+    /// `lmforge train` on a run config (pretraining).
+    #[default]
+    Train,
+    /// `lmforge finetune` on a fine-tuning config.
+    Finetune,
+}
+
+impl TrialCommand {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Finetune => "finetune",
+        }
+    }
+
+    /// The `split` of the validation rows its runs log in `metrics.jsonl`.
+    pub fn val_split(self) -> &'static str {
+        match self {
+            Self::Train => "val",
+            Self::Finetune => "validation",
+        }
+    }
+}
+
+/// Whether the sweep's metric is better lower or higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    #[default]
+    Minimize,
+    Maximize,
+}
+
+impl Goal {
+    /// The metric's default direction: losses and errors down, scores up.
+    pub fn of(metric_key: &str) -> Self {
+        match ["loss", "ppl", "bits_per_byte", "mse", "rmse", "mae"].contains(&metric_key) {
+            true => Self::Minimize,
+            false => Self::Maximize,
+        }
+    }
+
+    /// The value the controller minimises (ranking, early stopping, TPE): the metric itself,
+    /// or its negative when higher is better.
+    pub fn objective(self, value: f64) -> f64 {
+        match self {
+            Self::Minimize => value,
+            Self::Maximize => -value,
+        }
+    }
+
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Minimize => "lower is better",
+            Self::Maximize => "higher is better",
+        }
+    }
+}
+
+/// A trial's config: a run config for `lmforge train`, a fine-tuning config for `lmforge
+/// finetune`.
+#[derive(Debug, Clone)]
+pub enum TrialConfig {
+    Train(RunConfig),
+    Finetune(FinetuneConfig),
+}
+
+impl TrialConfig {
+    /// The config of `command` from TOML text (paths already resolved) and overrides.
+    fn from_toml(command: TrialCommand, text: &str, overrides: &[String]) -> Result<Self> {
+        Ok(match command {
+            TrialCommand::Train => Self::Train(RunConfig::from_toml_str(text, overrides)?),
+            TrialCommand::Finetune => Self::Finetune(FinetuneConfig::from_toml_with(text, overrides)?),
+        })
+    }
+
+    /// A config file's text, resolved (its relative paths against its own folder).
+    fn resolve_file(command: TrialCommand, path: &Path) -> Result<String> {
+        Ok(match command {
+            TrialCommand::Train => {
+                let base: RunConfig = lmforge::config::load(Some(path), &[], &RunConfig::PATH_KEYS)?;
+                base.to_toml()
+            }
+            TrialCommand::Finetune => {
+                let base: FinetuneConfig = lmforge::config::load(Some(path), &[], &FinetuneConfig::PATH_KEYS)?;
+                base.to_toml()
+            }
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        match self {
+            Self::Train(c) => c.to_toml(),
+            Self::Finetune(c) => c.to_toml(),
+        }
+    }
+
+    /// `train.max_steps` (0 for a fine-tune that trains by epochs).
+    pub fn max_steps(&self) -> u64 {
+        match self {
+            Self::Train(c) => c.train.max_steps,
+            Self::Finetune(c) => c.train.max_steps,
+        }
+    }
+
+    fn eval_every(&self) -> u64 {
+        match self {
+            Self::Train(c) => c.train.eval_every,
+            Self::Finetune(c) => c.train.eval_every,
+        }
+    }
+
+    /// The default metric: pretraining's validation loss, a fine-tune's selection metric.
+    fn default_metric(&self) -> String {
+        match self {
+            Self::Train(_) => "val_loss".into(),
+            Self::Finetune(c) => format!("val_{}", c.metric()),
+        }
+    }
+}
+
 /// A parsed, validated sweep file.
 #[derive(Debug, Clone)]
 pub struct SweepSpec {
@@ -57,8 +185,12 @@ pub struct SweepSpec {
     /// `[sweep] set` overrides applied to the base before the trial's values.
     pub set: Vec<String>,
     pub strategy: Strategy,
-    /// `val_loss`, `val_bits_per_byte` or `val_ppl`: minimised.
+    /// What the trials run.
+    pub command: TrialCommand,
+    /// `val_` and a validation row's key: `val_loss`, `val_bits_per_byte` or `val_ppl` for
+    /// pretraining; any metric the task validates with for fine-tuning (`val_f1`, ...).
     pub metric: String,
+    pub goal: Goal,
     pub max_trials: usize,
     pub max_parallel: usize,
     /// Seconds across all invocations; 0 = no limit.
@@ -70,7 +202,7 @@ pub struct SweepSpec {
     pub rungs: Vec<u64>,
     pub params: Vec<Param>,
     /// The base config with `set` applied, resolved.
-    pub base: RunConfig,
+    pub base: TrialConfig,
 }
 
 #[derive(Deserialize)]
@@ -92,8 +224,12 @@ struct SweepSection {
     #[serde(default)]
     set: Vec<String>,
     strategy: Strategy,
-    #[serde(default = "default_metric")]
-    metric: String,
+    #[serde(default)]
+    command: TrialCommand,
+    #[serde(default)]
+    metric: Option<String>,
+    #[serde(default)]
+    goal: Option<Goal>,
     max_trials: Option<usize>,
     #[serde(default = "one")]
     max_parallel: usize,
@@ -132,9 +268,6 @@ impl Default for EarlyStopSection {
     }
 }
 
-fn default_metric() -> String {
-    "val_loss".into()
-}
 fn one() -> usize {
     1
 }
@@ -178,14 +311,35 @@ impl SweepSpec {
             let p = if s.base.is_absolute() { s.base.clone() } else { dir.join(&s.base) };
             // Resolved (its relative paths against its own folder) and written out whole, so the
             // trials' configs, saved in the sweep dir, read the same files.
-            let base: RunConfig = lmforge::config::load(Some(&p), &[], &RunConfig::PATH_KEYS)?;
-            base.to_toml()
+            TrialConfig::resolve_file(s.command, &p)?
         };
-        let base = RunConfig::from_toml_str(&base_text, &s.set)?;
-        if !METRICS.iter().any(|(m, _)| *m == s.metric) {
-            let names: Vec<&str> = METRICS.iter().map(|(m, _)| *m).collect();
-            return Err(Error::config("sweep.metric", format!("{:?} is not one of {}", s.metric, names.join(", "))));
-        }
+        let base = TrialConfig::from_toml(s.command, &base_text, &s.set)?;
+        let metric = s.metric.clone().unwrap_or_else(|| base.default_metric());
+        let key = metric.strip_prefix("val_").unwrap_or_default();
+        let goal = match s.command {
+            TrialCommand::Train => {
+                if !METRICS.iter().any(|(m, _)| *m == metric) {
+                    let names: Vec<&str> = METRICS.iter().map(|(m, _)| *m).collect();
+                    return Err(Error::config(
+                        "sweep.metric",
+                        format!("{metric:?} is not one of {}", names.join(", ")),
+                    ));
+                }
+                if s.goal == Some(Goal::Maximize) {
+                    return Err(Error::config("sweep.goal", "pretraining metrics are minimised"));
+                }
+                Goal::Minimize
+            }
+            TrialCommand::Finetune => {
+                if key.is_empty() {
+                    return Err(Error::config(
+                        "sweep.metric",
+                        format!("{metric:?}: expected val_ and a validation metric of the task (val_loss, val_f1, val_accuracy, ...)"),
+                    ));
+                }
+                s.goal.unwrap_or(Goal::of(key))
+            }
+        };
         if s.max_parallel == 0 {
             return Err(Error::config("sweep.max_parallel", "expected >= 1"));
         }
@@ -212,6 +366,12 @@ impl SweepSpec {
         let rungs = if rule == Rule::None {
             Vec::new()
         } else {
+            if base.max_steps() == 0 || base.eval_every() == 0 {
+                return Err(Error::config(
+                    "early_stop.rule",
+                    "rungs are steps: set train.max_steps and train.eval_every in the base config or sweep.set",
+                ));
+            }
             for p in &params {
                 if ["train.max_steps", "train.eval_every"].contains(&p.key.as_str()) {
                     return Err(Error::config(
@@ -220,13 +380,7 @@ impl SweepSpec {
                     ));
                 }
             }
-            early_stop::rungs(
-                &es.rungs,
-                es.min_steps,
-                es.reduction_factor,
-                base.train.max_steps,
-                base.train.eval_every,
-            )?
+            early_stop::rungs(&es.rungs, es.min_steps, es.reduction_factor, base.max_steps(), base.eval_every())?
         };
         let grid_size = if s.strategy == Strategy::Grid {
             Some(
@@ -251,7 +405,9 @@ impl SweepSpec {
             base_text,
             set: s.set,
             strategy: s.strategy,
-            metric: s.metric,
+            command: s.command,
+            metric,
+            goal,
             max_trials,
             max_parallel: s.max_parallel,
             time_budget_s: s.time_budget_s,
@@ -290,11 +446,11 @@ impl SweepSpec {
         Ok(())
     }
 
-    /// The run config of a trial: base < set < the trial's values.
-    pub fn config(&self, params: &BTreeMap<String, Value>) -> Result<RunConfig> {
+    /// The config of a trial: base < set < the trial's values.
+    pub fn config(&self, params: &BTreeMap<String, Value>) -> Result<TrialConfig> {
         let mut overrides = self.set.clone();
         overrides.extend(params.iter().map(|(k, v)| format!("{k}={}", space::toml_literal(v))));
-        RunConfig::from_toml_str(&self.base_text, &overrides)
+        TrialConfig::from_toml(self.command, &self.base_text, &overrides)
     }
 
     /// A hash of everything that decides the trials' results (not max_trials, max_parallel or
@@ -304,14 +460,15 @@ impl SweepSpec {
         let space: Vec<String> = self.params.iter().map(|p| format!("{p:?}")).collect();
         let text = serde_json::json!({
             "base": self.base.to_toml(), "strategy": self.strategy, "metric": self.metric, "seed": self.seed,
+            "command": self.command, "goal": self.goal,
             "tpe_startup": self.tpe_startup, "rule": format!("{:?}", self.rule), "rungs": self.rungs, "space": space,
         });
         Sha256::digest(text.to_string().as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The validation row key of the metric (`loss` for `val_loss`).
-    pub fn metric_key(&self) -> &'static str {
-        METRICS.iter().find(|(m, _)| *m == self.metric).map(|(_, k)| *k).expect("validated")
+    pub fn metric_key(&self) -> &str {
+        self.metric.strip_prefix("val_").unwrap_or(&self.metric)
     }
 }
 
@@ -354,6 +511,10 @@ pub struct SweepMeta {
     pub name: String,
     pub identity: String,
     pub metric: String,
+    #[serde(default)]
+    pub goal: Goal,
+    #[serde(default)]
+    pub command: TrialCommand,
     pub strategy: Strategy,
     pub rule: String,
     pub rungs: Vec<u64>,
@@ -402,8 +563,9 @@ mod tests {
         assert_eq!((s.name.as_str(), s.max_trials, s.max_parallel), ("s", 6, 1));
         assert_eq!(s.rungs, vec![10, 30]);
         assert_eq!(s.rule, Rule::Asha { reduction_factor: 3.0 });
-        assert_eq!(s.base.train.max_steps, 90);
+        assert_eq!(s.base.max_steps(), 90);
         let c = s.config(&BTreeMap::from([("model.n_layer".to_string(), Value::from(3))])).unwrap();
+        let TrialConfig::Train(c) = c else { panic!("a run config") };
         assert_eq!(c.model.n_layer, Some(3));
     }
 
@@ -413,7 +575,8 @@ mod tests {
         let s = SweepSpec::load(&path).unwrap();
         assert_eq!((s.name.as_str(), s.strategy, s.max_trials), ("sweep-quickstart", Strategy::Tpe, 8));
         assert_eq!(s.rungs, vec![30, 60]);
-        assert_eq!(s.base.model.preset, "quickstart");
+        let TrialConfig::Train(base) = &s.base else { panic!("a run config") };
+        assert_eq!(base.model.preset, "quickstart");
     }
 
     #[test]
@@ -430,6 +593,30 @@ mod tests {
         let rungs = e(&format!("[sweep]\nstrategy = \"grid\"\nset = [\"train.eval_every=7\"]\n[early_stop]\nrule = \"asha\"\nmin_steps = 10\n{space}"));
         assert!(rungs.contains("eval_every"), "{rungs}");
         assert!(e("[sweep]\nstrategy = \"grid\"\n[space]\n").contains("at least one"));
+    }
+
+    #[test]
+    fn a_finetune_sweep_optimises_any_validation_metric_in_its_direction() {
+        let base = "set = [\"data.train=t.conll\", \"model.base=m\", \"task.kind=token_classification\"";
+        let space = "[space]\n\"optim.lr\" = { choice = [1e-4, 1e-3] }\n";
+        let p = |extra: &str, set: &str| {
+            parse(&format!("[sweep]\ncommand = \"finetune\"\nstrategy = \"grid\"\n{base}{set}]\n{extra}\n{space}"))
+        };
+        let s = p("", "").unwrap();
+        assert_eq!((s.metric.as_str(), s.goal, s.command), ("val_f1", Goal::Maximize, TrialCommand::Finetune));
+        assert!(matches!(s.base, TrialConfig::Finetune(_)), "the task's selection metric by default");
+        assert_eq!(p("metric = \"val_loss\"", "").unwrap().goal, Goal::Minimize);
+        assert_eq!(p("metric = \"val_mae\"", "").unwrap().goal, Goal::Minimize);
+        assert_eq!(p("metric = \"val_f1\"\ngoal = \"minimize\"", "").unwrap().goal, Goal::Minimize, "as told");
+        let e = |extra: &str, set: &str| p(extra, set).unwrap_err().to_string();
+        assert!(e("metric = \"f1\"", "").contains("sweep.metric"));
+        let rungs = e("[early_stop]\nrule = \"asha\"\nmin_steps = 10", "");
+        assert!(rungs.contains("train.max_steps"), "{rungs}");
+        let ok =
+            p("[early_stop]\nrule = \"asha\"\nmin_steps = 10", ", \"train.max_steps=90\", \"train.eval_every=10\"");
+        assert_eq!(ok.unwrap().rungs, vec![10, 30]);
+        let train = parse(&format!("[sweep]\nstrategy = \"grid\"\ngoal = \"maximize\"\n{space}")).unwrap_err();
+        assert!(train.to_string().contains("sweep.goal"), "{train}");
     }
 
     #[test]

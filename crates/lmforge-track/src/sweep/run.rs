@@ -1,11 +1,11 @@
-//! The sweep controller: proposes trials, runs each as `lmforge train` child processes (rung
-//! by rung), applies the early-stopping rule when a trial reaches a rung, keeps
+//! The sweep controller: proposes trials, runs each as `lmforge train` (or `lmforge finetune`)
+//! child processes (rung by rung), applies the early-stopping rule when a trial reaches a rung, keeps
 //! `trials.jsonl` current, honours `max_parallel`, the time budget and Ctrl-C, and writes
 //! `best.toml` and the results table at the end.
 
 use super::early_stop::Decision;
 use super::space::{grid_point, Internal};
-use super::{read_trials, tpe, Strategy, SweepMeta, SweepSpec, Trial, TrialStatus};
+use super::{read_trials, tpe, Strategy, SweepMeta, SweepSpec, Trial, TrialCommand, TrialConfig, TrialStatus};
 use lmforge::checkpoint;
 use lmforge::data::PreparedData;
 use lmforge::error::{Error, IoContext, Result};
@@ -141,7 +141,7 @@ pub fn run(spec: &SweepSpec, opts: &SweepOptions) -> Result<SweepResult> {
             }
         }
     };
-    let best = best_trial(&trials);
+    let best = best_trial(spec, &trials);
     if let Some(b) = best {
         write_best(spec, dir, &trials[b])?;
     }
@@ -155,10 +155,12 @@ fn open_meta(spec: &SweepSpec, dir: &Path) -> Result<SweepMeta> {
         name: spec.name.clone(),
         identity: spec.identity(),
         metric: spec.metric.clone(),
+        goal: spec.goal,
+        command: spec.command,
         strategy: spec.strategy,
         rule: spec.rule.name().to_string(),
         rungs: spec.rungs.clone(),
-        max_steps: spec.base.train.max_steps,
+        max_steps: spec.base.max_steps(),
         params: spec.params.iter().map(|p| (p.key.clone(), p.is_log())).collect(),
         elapsed_s: 0.0,
     };
@@ -202,7 +204,7 @@ fn propose(spec: &SweepSpec, grids: &[Vec<Value>], trials: &[Trial], id: usize) 
         .collect();
     let points: Vec<Internal> = if spec.strategy == Strategy::Tpe && done.len() >= spec.tpe_startup.max(1) {
         let mut ranked: Vec<&Trial> = done;
-        ranked.sort_by(|a, b| rank_key(a).partial_cmp(&rank_key(b)).unwrap_or(std::cmp::Ordering::Equal));
+        ranked.sort_by(|a, b| rank_key(spec, a).partial_cmp(&rank_key(spec, b)).unwrap_or(std::cmp::Ordering::Equal));
         let history: Vec<Vec<Internal>> = ranked
             .iter()
             .filter_map(|t| spec.params.iter().map(|p| p.internal(t.params.get(&p.key)?)).collect::<Option<Vec<_>>>())
@@ -214,21 +216,37 @@ fn propose(spec: &SweepSpec, grids: &[Vec<Value>], trials: &[Trial], id: usize) 
     keys.zip(spec.params.iter().zip(points).map(|(p, x)| p.value(x))).collect()
 }
 
-/// Better trials first: further trained, then lower metric; failed ones last.
-fn rank_key(t: &Trial) -> (u8, i64, f64) {
+/// Better trials first: further trained, then a better metric (by the sweep's goal); failed
+/// ones last.
+fn rank_key(spec: &SweepSpec, t: &Trial) -> (u8, i64, f64) {
     let failed = (t.status == TrialStatus::Failed || t.metric.is_none_or(|m| !m.is_finite())) as u8;
-    (failed, -(t.step as i64), t.metric.filter(|m| m.is_finite()).unwrap_or(f64::INFINITY))
+    let objective = t.metric.filter(|m| m.is_finite()).map_or(f64::INFINITY, |m| spec.goal.objective(m));
+    (failed, -(t.step as i64), objective)
 }
 
 /// Prepares the trial's config and data and starts its next training segment.
 fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(Child, u64)> {
     let dir = &opts.sweep_dir;
     let mut cfg = spec.config(&trial.params)?;
-    if cfg.data.prepared.as_os_str().is_empty() {
-        cfg.data.prepared = shared_data(dir, &cfg)?;
-    }
     // The trial's config file lives in the sweep dir: its paths must not depend on where it is.
-    cfg.data.make_absolute()?;
+    match &mut cfg {
+        TrialConfig::Train(cfg) => {
+            if cfg.data.prepared.as_os_str().is_empty() {
+                cfg.data.prepared = shared_data(dir, cfg)?;
+            }
+            cfg.data.make_absolute()?;
+        }
+        TrialConfig::Finetune(cfg) => {
+            let d = &mut cfg.data;
+            for p in
+                [&mut d.train, &mut d.validation, &mut d.test, &mut cfg.model.base, &mut cfg.sft.chat_template_file]
+            {
+                if !p.as_os_str().is_empty() {
+                    *p = std::path::absolute(&*p).at(&*p)?;
+                }
+            }
+        }
+    }
     let cfg_path = dir.join(format!("{}.toml", trial.run_dir));
     let run_dir = dir.join(&trial.run_dir);
     // A trial process of a sweep process that was killed may still be writing its checkpoint
@@ -242,10 +260,14 @@ fn launch(spec: &SweepSpec, opts: &SweepOptions, trial: &mut Trial) -> Result<(C
         // A start that never reached its first checkpoint: begin again.
         std::fs::remove_dir_all(&run_dir).at(&run_dir)?;
     }
-    let max_steps = cfg.train.max_steps;
+    // A fine-tune that trains by epochs (max_steps 0) runs to its end in one segment.
+    let max_steps = match cfg.max_steps() {
+        0 => u64::MAX,
+        n => n,
+    };
     let target = spec.rungs.iter().copied().find(|r| *r > trial.step).unwrap_or(max_steps);
     let mut cmd = Command::new(&opts.exe);
-    cmd.arg("--db").arg(&opts.db).arg("train");
+    cmd.arg("--db").arg(&opts.db).arg(spec.command.name());
     if has_checkpoint {
         cmd.arg("--resume").arg(&run_dir);
     } else {
@@ -312,7 +334,8 @@ fn finish_segment(
             return Ok(());
         }
     }
-    let value = match val_metric(&run_dir, r.target, spec.metric_key()) {
+    let outcome = segment_metric(spec, &run_dir, r.target, config_steps(spec, t));
+    let (step, value, finished) = match outcome {
         Ok(v) => v,
         Err(e) => {
             t.status = TrialStatus::Failed;
@@ -320,23 +343,27 @@ fn finish_segment(
             return Ok(());
         }
     };
-    t.step = r.target;
+    t.step = step;
     t.metric = Some(value);
     t.note.clear();
-    if r.target >= config_steps(spec, t) {
+    if finished {
         t.status = TrialStatus::Finished;
         tracing::info!("trial {} finished: {} {value:.4}", t.id, spec.metric);
         return Ok(());
     }
     t.rungs.insert(r.target, value);
     let (id, target) = (t.id, r.target);
-    let others: Vec<f64> = trials.iter().filter(|o| o.id != id).filter_map(|o| o.rungs.get(&target).copied()).collect();
+    let goal = spec.goal;
+    let others: Vec<f64> =
+        trials.iter().filter(|o| o.id != id).filter_map(|o| o.rungs.get(&target).map(|v| goal.objective(*v))).collect();
     let t = &mut trials[r.idx];
-    match spec.rule.decide(value, &others) {
+    // The rules minimise: a maximised metric enters negated, and leaves the note as it is.
+    match spec.rule.decide(goal.objective(value), &others) {
         Decision::Continue => {
             tracing::info!("trial {} at rung {target}: {} {value:.4}, continues", t.id, spec.metric);
         }
         Decision::Stop { value, threshold, among } => {
+            let (value, threshold) = (goal.objective(value), goal.objective(threshold));
             t.status = TrialStatus::Stopped;
             t.note = format!(
                 "stopped by {} at step {target}: {} {value:.4} worse than {threshold:.4} ({among} trials at this rung)",
@@ -351,7 +378,46 @@ fn finish_segment(
 }
 
 fn config_steps(spec: &SweepSpec, t: &Trial) -> u64 {
-    spec.config(&t.params).map(|c| c.train.max_steps).unwrap_or(u64::MAX)
+    spec.config(&t.params).map(|c| c.max_steps()).unwrap_or(u64::MAX)
+}
+
+/// What a segment that trained to `target` (of `max_steps`; 0: by epochs) reached: (step,
+/// metric, whether the trial is finished). A pretraining trial reads the validation metric at
+/// `target` and is finished at `max_steps`. A fine-tune is finished when it wrote
+/// `results.json` (its last step, or early stopping by `train.patience`): its metric is then
+/// the best validation value it logged, by the sweep's goal (the model it kept); at a rung, the
+/// value there.
+fn segment_metric(spec: &SweepSpec, run_dir: &Path, target: u64, max_steps: u64) -> Result<(u64, f64, bool)> {
+    let (key, split) = (spec.metric_key(), spec.command.val_split());
+    if spec.command == TrialCommand::Train {
+        return Ok((target, val_metric(run_dir, target, key, split)?, target >= max_steps));
+    }
+    let results = run_dir.join("results.json");
+    if !results.exists() {
+        return Ok((target, val_metric(run_dir, target, key, split)?, false));
+    }
+    let text = std::fs::read_to_string(&results).at(&results)?;
+    let r: Value = serde_json::from_str(&text).map_err(|e| Error::format(&results, e.to_string()))?;
+    let step = r["train"]["steps"].as_u64().unwrap_or(target);
+    let path = run_dir.join("metrics.jsonl");
+    let best = val_rows(run_dir, split)?
+        .filter_map(|row| row[key].as_f64())
+        .min_by(|a, b| spec.goal.objective(*a).total_cmp(&spec.goal.objective(*b)))
+        .ok_or_else(|| Error::format(&path, format!("no validation {key}: does the task report it?")))?;
+    Ok((step, best, true))
+}
+
+/// The validation rows (`split`) of a run's `metrics.jsonl`.
+fn val_rows(run_dir: &Path, split: &str) -> Result<impl Iterator<Item = Value>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let split = split.to_string();
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(move |r| r["split"] == split.as_str())
+        .collect::<Vec<_>>()
+        .into_iter())
 }
 
 /// The store's record of a trial says why it stopped (its process only knew "stopped after
@@ -367,23 +433,22 @@ fn mark_stopped_in_store(db: &Path, run_dir: &Path, note: &str) {
     }
 }
 
-/// The validation metric the run logged at `step`.
-pub fn val_metric(run_dir: &Path, step: u64, key: &str) -> Result<f64> {
-    let path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).at(&path)?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["split"] == "val" && r["step"].as_u64() == Some(step))
+/// The validation metric the run logged at `step` in its `split` rows.
+pub fn val_metric(run_dir: &Path, step: u64, key: &str, split: &str) -> Result<f64> {
+    val_rows(run_dir, split)?
+        .filter(|r| r["step"].as_u64() == Some(step))
         .find_map(|r| r[key].as_f64())
-        .ok_or_else(|| Error::format(&path, format!("no validation {key} at step {step}")))
+        .ok_or_else(|| Error::format(run_dir.join("metrics.jsonl"), format!("no validation {key} at step {step}")))
 }
 
-fn best_trial(trials: &[Trial]) -> Option<usize> {
+/// The best finished trial by the sweep's goal.
+fn best_trial(spec: &SweepSpec, trials: &[Trial]) -> Option<usize> {
+    let objective = |t: &Trial| spec.goal.objective(t.metric.unwrap_or(f64::NAN));
     trials
         .iter()
         .enumerate()
         .filter(|(_, t)| t.status == TrialStatus::Finished && t.metric.is_some_and(f64::is_finite))
-        .min_by(|a, b| a.1.metric.unwrap().total_cmp(&b.1.metric.unwrap()))
+        .min_by(|a, b| objective(a.1).total_cmp(&objective(b.1)))
         .map(|(i, _)| i)
 }
 
@@ -392,13 +457,14 @@ fn best_trial(trials: &[Trial]) -> Option<usize> {
 fn write_best(spec: &SweepSpec, dir: &Path, t: &Trial) -> Result<()> {
     let cfg = spec.config(&t.params)?;
     let mut text = format!(
-        "# Best trial {} of sweep `{}`: {} {:.6} at step {}.\n# Parameters: {}\n# Train it: lmforge train --config {}\n\n",
+        "# Best trial {} of sweep `{}`: {} {:.6} at step {}.\n# Parameters: {}\n# Train it: lmforge {} --config {}\n\n",
         t.id,
         spec.name,
         spec.metric,
         t.metric.unwrap_or(f64::NAN),
         t.step,
         describe(spec, t),
+        spec.command.name(),
         dir.join("best.toml").display()
     );
     text.push_str(&cfg.to_toml());
@@ -432,7 +498,7 @@ fn short(v: &Value) -> String {
 /// The results table: finished trials by metric, then stopped (furthest first), then the rest.
 pub fn table(spec: &SweepSpec, trials: &[Trial]) -> String {
     let mut order: Vec<&Trial> = trials.iter().collect();
-    order.sort_by(|a, b| rank_key(a).partial_cmp(&rank_key(b)).unwrap_or(std::cmp::Ordering::Equal));
+    order.sort_by(|a, b| rank_key(spec, a).partial_cmp(&rank_key(spec, b)).unwrap_or(std::cmp::Ordering::Equal));
     let widths: Vec<usize> = spec
         .params
         .iter()

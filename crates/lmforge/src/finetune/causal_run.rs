@@ -199,30 +199,13 @@ fn write_results(
             truncation.insert(name.into(), serde_json::to_value(&split.truncation).expect("json"));
         }
     }
-    let results = json!({
-        "task": "causal_lm",
-        "base": cfg.model.base,
-        "method": cfg.finetune.method,
-        "params": s.params,
-        "train": {
-            "rows": train.encoded.len(),
-            "target_tokens": train.encoded.iter().map(|e| e.targets.len()).sum::<usize>(),
-            "steps": s.steps,
-            "total_steps": s.total_steps,
-            "epochs": s.epochs,
-            "seconds": s.train_seconds,
-            "stopped_early": s.stopped_early,
-        },
-        "bad_rows": bad,
-        "truncation": truncation,
-        "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
-        "final": s.final_causal.as_ref().map(|e| json!({
-            "split": s.final_split,
-            "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
-            "metrics": e,
-        })),
-        "model": s.model_dir,
+    let train = json!({
+        "rows": train.encoded.len(),
+        "target_tokens": train.encoded.iter().map(|e| e.targets.len()).sum::<usize>(),
     });
+    let metrics = s.final_causal.as_ref().map(|e| json!(e));
+    let mut results = super::head_run::results(cfg, s, train, &bad, metrics);
+    results.insert("truncation".into(), truncation.into());
     crate::fsio::write_json_atomic(&run_dir.join("results.json"), &results)
 }
 

@@ -14,6 +14,7 @@ use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::metrics::generation::GENERATION_METRIC_NAMES;
 use crate::metrics::regression::REGRESSION_METRIC_NAMES;
 use crate::metrics::seqeval::ENTITY_METRIC_NAMES;
+use crate::metrics::squad::QA_METRIC_NAMES;
 use crate::metrics::METRIC_NAMES;
 use crate::models::HeadKind;
 use crate::optim::{OptimConfig, OptimSpec, ScheduleConfig, ScheduleKind};
@@ -35,6 +36,10 @@ pub struct FinetuneConfig {
     /// generation during validation; left out of the saved config at its defaults.
     #[serde(skip_serializing_if = "SftConfig::is_default")]
     pub sft: SftConfig,
+    /// Extractive question answering (`task.kind = "question_answering"`): windows and answer
+    /// search; left out of the saved config at its defaults.
+    #[serde(skip_serializing_if = "QaConfig::is_default")]
+    pub qa: QaConfig,
     pub optim: OptimConfig,
     pub schedule: ScheduleConfig,
     pub train: FtTrainConfig,
@@ -56,6 +61,7 @@ impl Default for FinetuneConfig {
             lora: LoraConfig::default(),
             adapter: AdapterConfig::default(),
             sft: SftConfig::default(),
+            qa: QaConfig::default(),
             // Fine-tuning's usual settings (BERT paper, HF Trainer): small LR, light decay,
             // linear decay to zero.
             optim: OptimConfig { lr: 2e-5, weight_decay: 0.01, ..OptimConfig::default() },
@@ -230,6 +236,46 @@ pub enum TaskKind {
     /// or chat conversations.
     #[serde(rename = "causal_lm")]
     CausalLm,
+    /// The answer to a question as a span of a context (SQuAD v1.1 / v2.0), scored with the
+    /// official exact match and F1.
+    #[serde(rename = "question_answering")]
+    QuestionAnswering,
+}
+
+/// How extractive QA cuts contexts into windows and picks answers (`run_qa.py`'s arguments).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QaConfig {
+    /// Tokens shared by consecutive windows of a context longer than `model.max_length`.
+    pub doc_stride: usize,
+    /// The longest answer, in tokens.
+    pub max_answer_length: usize,
+    /// Start and end candidates paired per window.
+    pub n_best: usize,
+    /// SQuAD v2.0: "no answer" wins when its score beats the best span's by more than this.
+    pub null_score_diff_threshold: f64,
+    /// Whether questions may have no answer (SQuAD v2.0); unset: from the training file (its
+    /// `version`, or an unanswerable question in it), saved with the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_2_with_negative: Option<bool>,
+}
+
+impl Default for QaConfig {
+    fn default() -> Self {
+        Self {
+            doc_stride: 128,
+            max_answer_length: 30,
+            n_best: 20,
+            null_score_diff_threshold: 0.0,
+            version_2_with_negative: None,
+        }
+    }
+}
+
+impl QaConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl TaskKind {
@@ -239,6 +285,7 @@ impl TaskKind {
             Self::TokenClassification => "token_classification",
             Self::Regression => "regression",
             Self::CausalLm => "causal_lm",
+            Self::QuestionAnswering => "question_answering",
         }
     }
 }
@@ -479,7 +526,13 @@ impl FinetuneConfig {
 
     /// A saved `config.toml` or `finetune.toml`, read as written.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let cfg: Self = config::parse(text, &[])?;
+        Self::from_toml_with(text, &[])
+    }
+
+    /// Resolved TOML text (its paths as they are) with `overrides` on top, validated: a
+    /// sweep's trial config.
+    pub fn from_toml_with(text: &str, overrides: &[String]) -> Result<Self> {
+        let cfg: Self = config::parse(text, overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -514,6 +567,7 @@ impl FinetuneConfig {
             (None, TaskKind::TokenClassification) => "f1",
             (None, TaskKind::Regression) => "loss",
             (None, TaskKind::CausalLm) => "loss",
+            (None, TaskKind::QuestionAnswering) => "f1",
         }
     }
 
@@ -522,6 +576,7 @@ impl FinetuneConfig {
     pub fn head_kind(&self) -> HeadKind {
         match self.task.kind {
             TaskKind::TokenClassification => HeadKind::Token,
+            TaskKind::QuestionAnswering => HeadKind::Span,
             TaskKind::Classification | TaskKind::Regression | TaskKind::CausalLm => HeadKind::Sequence,
         }
     }
@@ -692,6 +747,33 @@ impl FinetuneConfig {
                 check(d.labels.is_empty(), "data.labels", format!("{:?}", d.labels), "empty for regression")?;
             }
             TaskKind::CausalLm => self.validate_sft()?,
+            TaskKind::QuestionAnswering => {
+                if metric != "loss" && !QA_METRIC_NAMES.contains(&metric) {
+                    return Err(bad(
+                        "train.metric",
+                        metric,
+                        "loss, exact, f1, has_ans_exact, has_ans_f1, no_ans_exact, no_ans_f1 (question_answering)",
+                    ));
+                }
+                let q = &self.qa;
+                check(q.max_answer_length >= 1, "qa.max_answer_length", q.max_answer_length, ">= 1")?;
+                check(q.n_best >= 1, "qa.n_best", q.n_best, ">= 1")?;
+                check(
+                    q.null_score_diff_threshold.is_finite(),
+                    "qa.null_score_diff_threshold",
+                    q.null_score_diff_threshold,
+                    "a number",
+                )?;
+                let window = if self.model.max_length == 0 { usize::MAX } else { self.model.max_length };
+                check(q.doc_stride < window, "qa.doc_stride", q.doc_stride, "< model.max_length")?;
+                check(
+                    self.train.label_smoothing == 0.0,
+                    "train.label_smoothing",
+                    self.train.label_smoothing,
+                    "0 for question_answering",
+                )?;
+                check(d.folds == 0, "data.folds", d.folds, "0 for question_answering")?;
+            }
         }
         self.fault_policy()?;
         self.checkpoint.validate()?;

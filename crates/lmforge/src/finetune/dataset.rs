@@ -88,8 +88,14 @@ pub(super) struct Policy<'a> {
 
 impl Policy<'_> {
     pub fn reject(&mut self, line: u64, reason: Reason, detail: String) -> Result<()> {
+        self.reject_at(&format!("line {line}"), &line.to_string(), reason, detail)
+    }
+
+    /// [`Self::reject`] of an item located otherwise than by a line (a question of a SQuAD
+    /// file): `at` in the error, `short` after the file name in the counted examples.
+    pub fn reject_at(&mut self, at: &str, short: &str, reason: Reason, detail: String) -> Result<()> {
         if self.fail {
-            return Err(Error::format(self.path, format!("line {line}: {detail} (data.bad_rows = \"fail\")")));
+            return Err(Error::format(self.path, format!("{at}: {detail} (data.bad_rows = \"fail\")")));
         }
         let b = &mut self.bad;
         *match reason {
@@ -99,7 +105,7 @@ impl Policy<'_> {
             Reason::Malformed => &mut b.malformed,
         } += 1;
         if b.examples.len() < MAX_EXAMPLES {
-            b.examples.push(format!("{}:{line}: {detail}", self.path.display()));
+            b.examples.push(format!("{}:{short}: {detail}", self.path.display()));
         }
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! saved model on the test split (or the validation split) into `RUN_DIR/results.json`.
 //! [`predict`] runs a trained classifier over files. The other tasks are front ends of their
 //! own over the same loop: token classification ([`tagged`] data, [`token_task`],
-//! [`token_run`]) and causal-LM fine-tuning ([`sft_data`], [`causal`], [`causal_run`]).
+//! [`token_run`]), extractive question answering ([`qa_data`], [`qa_task`], [`qa_run`]) and
+//! causal-LM fine-tuning ([`sft_data`], [`causal`], [`causal_run`]).
 
 pub mod batching;
 pub mod causal;
@@ -18,8 +19,12 @@ pub mod causal_run;
 pub mod config;
 pub mod dataset;
 pub mod folds;
+mod head_run;
 pub mod model;
 pub mod predict;
+pub mod qa_data;
+pub mod qa_run;
+pub mod qa_task;
 pub mod sft_data;
 pub mod tagged;
 pub mod task;
@@ -137,6 +142,8 @@ pub struct FinetuneSummary {
     pub final_tokens: Option<token_task::TokenEvaluation>,
     /// Regression: the final split's errors and correlations, with the best model.
     pub final_regression: Option<predict::RegressionEvaluation>,
+    /// Question answering: the final split's loss and SQuAD metrics, with the best model.
+    pub final_qa: Option<qa_task::QaEvaluation>,
     pub train_seconds: f64,
 }
 
@@ -167,6 +174,7 @@ impl FinetuneSummary {
             final_causal: None,
             final_tokens: None,
             final_regression: None,
+            final_qa: None,
             train_seconds: summary.train_seconds,
         }
     }
@@ -376,6 +384,7 @@ fn run_observed(
         TaskKind::Classification | TaskKind::Regression => run_classification(cfg, run_dir, opts, resuming, observers),
         TaskKind::TokenClassification => token_run::run(cfg, run_dir, opts, resuming, observers),
         TaskKind::CausalLm => causal_run::run(cfg, run_dir, opts, resuming, observers),
+        TaskKind::QuestionAnswering => qa_run::run(cfg, run_dir, opts, resuming, observers),
     }
 }
 
@@ -391,34 +400,21 @@ fn run_classification(
     cfg.check_paths()?;
     let inputs = read_inputs(cfg, &placement.device)?;
     let Inputs { labels, spec, store, tokenizer, lora, train, validation, test } = inputs;
-    let comm = opts.collective();
-    let (per_epoch, total_steps) = step_counts(cfg, train.encoded.len(), comm.world_size())?;
-    let mut known = model::backbone_params(&spec, HeadKind::Sequence);
-    known.extend(model::head_params(&spec, HeadKind::Sequence, labels.len()));
-    let groups = optimizer_groups(cfg, known, &store)?;
-    let lp = loop_plan(cfg, groups, total_steps)?;
-    let report = param_report(cfg, &store, &lp.groups, &lp.optim);
     let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
-    let store = store.with_precision(placement.precision);
     let train_values = train.values();
-    let task =
-        Classification::new(cfg, spec.clone(), &labels, store, lora, &tokenizer, &train.encoded, validation_split)?;
-    let task = if cfg.task.kind == TaskKind::Regression { task.with_targets(&train_values) } else { task };
-
-    let writer = comm.rank() == 0;
-    let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
-    let summary = drive(&task, &lp, Drive { cfg, run_dir, opts, resuming, total_steps }, observers, &announce)?;
-    let mut out = FinetuneSummary::new(cfg, run_dir, &summary, total_steps, per_epoch, report);
-    let model_dir = out.model_dir.clone();
-    if !out.finished || !writer {
+    let head =
+        head_run::HeadRun { cfg, run_dir, opts, resuming, precision: placement.precision, kind: HeadKind::Sequence };
+    let parts = task::HeadParts { cfg, spec, labels: &labels, store, tokenizer: &tokenizer, lora };
+    let announce = |total| announce(cfg, &train, validation.as_ref(), test.as_ref(), total);
+    let head_run::HeadRunEnd { summary, mut out, finish } =
+        head.run(parts, train.encoded.len(), validation.is_some(), observers, &announce, |parts| {
+            let task = Classification::new(parts, &train.encoded, validation_split)?;
+            Ok(if cfg.task.kind == TaskKind::Regression { task.with_targets(&train_values) } else { task })
+        })?;
+    if !finish {
         return Ok((summary, out));
     }
-    // Without validation there is no best: the last model is the run's.
-    if validation.is_none() {
-        Task::keep_best(&task, run_dir)?;
-    } else if let Some((value, at)) = summary.best {
-        tracing::info!("the best model: step {at}, validation {} {value:.4}", cfg.metric());
-    }
+    let model_dir = out.model_dir.clone();
     // The final metrics are the saved model's, read back as `predict` and `eval` read it.
     let final_split = test.as_ref().map(|s| ("test", s)).or(validation.as_ref().map(|s| ("validation", s)));
     if let Some((name, split)) = final_split {
@@ -537,30 +533,8 @@ fn write_results(
         (_, Some(e)) => Some(serde_json::to_value(e).expect("json")),
         _ => None,
     };
-    let results = json!({
-        "task": cfg.task.kind.name(),
-        "base": cfg.model.base,
-        "method": cfg.finetune.method,
-        "labels": labels.labels,
-        "params": s.params,
-        "train": {
-            "examples": train.encoded.len(),
-            "steps": s.steps,
-            "total_steps": s.total_steps,
-            "epochs": s.epochs,
-            "seconds": s.train_seconds,
-            "stopped_early": s.stopped_early,
-            "interrupted": s.interrupted,
-        },
-        "bad_rows": bad,
-        "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
-        "final": metrics.map(|e| json!({
-            "split": s.final_split,
-            "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
-            "metrics": e,
-        })),
-        "model": s.model_dir,
-    });
+    let mut results = head_run::results(cfg, s, json!({"examples": train.encoded.len()}), &bad, metrics);
+    results.insert("labels".into(), json!(labels.labels));
     crate::fsio::write_json_atomic(&run_dir.join("results.json"), &results)
 }
 

@@ -110,7 +110,13 @@ pub struct Classifier {
 impl Classifier {
     pub fn new(spec: &ModelSpec, params: &ParamStore, dropout: f64, kind: HeadKind) -> Result<Self> {
         let head = spec.arch().classification_head(kind);
-        let has_dropout = kind == HeadKind::Token || spec.arch().family() == Family::Encoder;
+        // BERT's sequence head and every token head have dropout before the Linear; the QA
+        // heads (`*ForQuestionAnswering`) and GPT-2 / Llama sequence heads have none.
+        let has_dropout = match kind {
+            HeadKind::Sequence => spec.arch().family() == Family::Encoder,
+            HeadKind::Token => true,
+            HeadKind::Span => false,
+        };
         let head_dropout = if has_dropout { dropout } else { 0.0 };
         let head = params.linear(head.module, true, head.bias)?;
         Ok(Self { spec: spec.clone(), kind, network: Network::new(spec, params)?, head, head_dropout })
@@ -131,12 +137,12 @@ impl Classifier {
         Ok(self)
     }
 
-    /// Logits, f32: (B, L) for a sequence head, (B, T, L) for a token head (padding positions
+    /// Logits, f32: (B, L) for a sequence head, (B, T, L) for a token or span head (padding positions
     /// included; callers read the real ones). With a dropout generator (training), dropout
     /// applies in the backbone, LoRA inputs and before the head.
     pub fn logits(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let features = match (&self.network, self.kind) {
-            (Network::Encoder(enc), HeadKind::Token) => {
+            (Network::Encoder(enc), HeadKind::Token | HeadKind::Span) => {
                 let input = EncoderInput {
                     ids: batch.ids.clone(),
                     type_ids: batch.type_ids.clone(),
@@ -144,7 +150,9 @@ impl Classifier {
                 };
                 enc.hidden(&input, dropout.as_deref_mut())?
             }
-            (Network::Decoder(dec), HeadKind::Token) => dec.hidden(&batch.ids, 0, None, dropout.as_deref_mut())?,
+            (Network::Decoder(dec), HeadKind::Token | HeadKind::Span) => {
+                dec.hidden(&batch.ids, 0, None, dropout.as_deref_mut())?
+            }
             (Network::Encoder(enc), HeadKind::Sequence) => {
                 let input = EncoderInput {
                     ids: batch.ids.clone(),
@@ -192,6 +200,8 @@ pub fn head_kind_of(config: &Path) -> Result<Option<HeadKind>> {
     Ok(classes.iter().filter_map(Value::as_str).find_map(|c| {
         if c.ends_with("ForTokenClassification") {
             Some(HeadKind::Token)
+        } else if c.ends_with("ForQuestionAnswering") {
+            Some(HeadKind::Span)
         } else if c.ends_with("ForSequenceClassification") {
             Some(HeadKind::Sequence)
         } else {
@@ -205,6 +215,7 @@ fn peft_task_type(kind: HeadKind) -> &'static str {
     match kind {
         HeadKind::Sequence => "SEQ_CLS",
         HeadKind::Token => "TOKEN_CLS",
+        HeadKind::Span => "QUESTION_ANS",
     }
 }
 
@@ -273,11 +284,11 @@ pub fn load_base(
         device,
         &|k| {
             let name = hf::param_name(&spec, k)?;
-            // Another head (the other kind's, or one for other labels) is left for a fresh one.
-            let other_head = spec.arch().classification_head(kind.other()).module;
-            let foreign_head = [head, other_head]
+            // Another head (another kind's, or one for other labels) is left for a fresh one.
+            let foreign_head = HeadKind::ALL
                 .iter()
-                .any(|h| (!reuse_head || *h != head) && name.strip_prefix(h).is_some_and(|r| r.starts_with('.')));
+                .map(|k| spec.arch().classification_head(*k).module)
+                .any(|h| (!reuse_head || h != head) && name.strip_prefix(h).is_some_and(|r| r.starts_with('.')));
             (!left_out(&spec, kind, &name) && !foreign_head).then_some(name)
         },
         &|_| false,
@@ -440,12 +451,19 @@ impl LoadedClassifier {
         verify_manifest(&folder)?;
         let config_path = folder.join("config.json");
         let spec = hf::read_config(&config_path)?;
-        let labels = read_labels(&config_path)?.ok_or_else(|| {
-            Error::format(
-                &config_path,
-                "no `id2label`: not a classification model (fine-tune one with `lmforge finetune`)",
-            )
-        })?;
+        // A folder without `architectures` (or another class) is read as a sequence classifier.
+        let kind = head_kind_of(&config_path)?.unwrap_or(HeadKind::Sequence);
+        // A span head's two outputs need no names (transformers 5 saves no default `id2label`).
+        let labels = match read_labels(&config_path)? {
+            Some(labels) => labels,
+            None if kind == HeadKind::Span => super::qa_run::span_labels(),
+            None => {
+                return Err(Error::format(
+                    &config_path,
+                    "no `id2label`: not a classification model (fine-tune one with `lmforge finetune`)",
+                ))
+            }
+        };
         let ft_path = folder.join("finetune.toml");
         let config = if ft_path.is_file() {
             let text = std::fs::read_to_string(&ft_path).at(&ft_path)?;
@@ -453,8 +471,6 @@ impl LoadedClassifier {
         } else {
             None
         };
-        // A folder without `architectures` (or another class) is read as a sequence classifier.
-        let kind = head_kind_of(&config_path)?.unwrap_or(HeadKind::Sequence);
         let mut params = backbone_params(&spec, kind);
         params.extend(head_params(&spec, kind, labels.len()));
         if let Some(c) = config.as_ref().filter(|c| c.finetune.method == Method::Adapter) {

@@ -17,11 +17,11 @@ use super::predict;
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
 use crate::metrics::regression::REGRESSION_METRIC_NAMES;
-use crate::models::ModelSpec;
+use crate::models::{HeadKind, ModelSpec};
 use crate::nn::peft::LoraSpec;
 use crate::nn::{DropoutRng, ParamStore};
 use crate::tokenizer::TextTokenizer;
-use crate::train::{EvalAt, Selection, Task, ValMetrics};
+use crate::train::{EvalAt, Task, ValMetrics};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -43,10 +43,28 @@ pub enum Gold {
     Values(Vec<f64>),
 }
 
-/// What a classification task (either head) trains and saves: its weights and the settings its
-/// model folder is written with; the checkpoint, rollback and best-model parts of [`Task`] that
-/// [`Classification`] and the token task share.
+/// What a head task (sequence, token or span head) trains and saves: its weights and the
+/// settings its model folder is written with, the classifier, the train split's batches; the
+/// checkpoint, rollback and best-model parts of [`Task`] that [`Classification`],
+/// `token_task::TokenClassification` and `qa_task::QuestionAnswering` share
+/// ([`head_task_methods`]).
 pub struct HeadTuning<'a> {
+    pub parts: HeadParts<'a>,
+    pub classifier: Classifier,
+    /// The train split's batches, by its rows' token counts.
+    pub batches: EpochSchedule,
+    pub pad: u32,
+}
+
+impl<'a> std::ops::Deref for HeadTuning<'a> {
+    type Target = HeadParts<'a>;
+    fn deref(&self) -> &HeadParts<'a> {
+        &self.parts
+    }
+}
+
+/// What a head task starts from: the run's config, the prepared base and its method.
+pub struct HeadParts<'a> {
     pub cfg: &'a FinetuneConfig,
     pub spec: ModelSpec,
     pub labels: &'a LabelMap,
@@ -54,6 +72,61 @@ pub struct HeadTuning<'a> {
     pub tokenizer: &'a TextTokenizer,
     pub lora: Option<LoraSpec>,
 }
+
+impl<'a> HeadTuning<'a> {
+    /// The classifier with a `kind` head on the base, and the train split's batches from its
+    /// rows' token counts (`lengths`).
+    pub fn new(parts: HeadParts<'a>, kind: HeadKind, lengths: Vec<usize>) -> Result<Self> {
+        let t = &parts.cfg.train;
+        let classifier = Classifier::new(&parts.spec, &parts.store, parts.cfg.model.dropout, kind)?
+            .with_activation_checkpointing(t.activation_checkpointing)?;
+        let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
+        let pad = model::pad_id(parts.tokenizer);
+        Ok(Self { parts, classifier, batches, pad })
+    }
+}
+
+/// The [`Task`] methods every head task answers from its [`HeadTuning`] in `self.tuned`.
+macro_rules! head_task_methods {
+    () => {
+        fn params(&self) -> &crate::nn::ParamStore {
+            &self.tuned.store
+        }
+
+        fn micro_rows(&self, step: u64, micro: usize) -> crate::error::Result<usize> {
+            Ok(self.tuned.batches.micro(step, micro)?.len())
+        }
+
+        fn tokens_per_micro_batch(&self) -> u64 {
+            (self.tuned.batches.mean_length() * self.tuned.cfg.train.batch_size as f64).round() as u64
+        }
+
+        fn steps_per_epoch(&self) -> Option<u64> {
+            Some(self.tuned.batches.steps_per_epoch())
+        }
+
+        fn val_split(&self) -> &'static str {
+            "validation"
+        }
+
+        fn selection(&self) -> crate::train::Selection {
+            crate::finetune::selection(self.tuned.cfg)
+        }
+
+        fn write_model(&self, dir: &std::path::Path) -> crate::error::Result<()> {
+            self.tuned.write_model(dir)
+        }
+
+        fn restore_weights(&self, dir: Option<&std::path::Path>) -> crate::error::Result<()> {
+            self.tuned.restore_weights(dir)
+        }
+
+        fn keep_best(&self, run_dir: &std::path::Path) -> crate::error::Result<()> {
+            self.tuned.keep_best(run_dir)
+        }
+    };
+}
+pub(crate) use head_task_methods;
 
 impl HeadTuning<'_> {
     pub fn device(&self) -> &Device {
@@ -80,16 +153,22 @@ impl HeadTuning<'_> {
         Ok(())
     }
 
-    /// The start of [`Task::describe`]: "lora token-classification fine-tuning of a Gpt2 model,
-    /// 5 tags: N of M parameters trainable (p%)".
-    pub fn describe_params(&self, what: &str, unit: &str) -> String {
+    /// [`Task::describe`]: "lora token-classification fine-tuning of a Gpt2 model, 5 tags: N of
+    /// M parameters trainable (p%); R train pieces, B per step (b x a), S steps per epoch".
+    pub fn describe(&self, what: &str, unit: &str, train: &str) -> String {
         let (trainable, total) = (self.store.num_trainable(), self.store.num_params());
+        let t = &self.cfg.train;
         format!(
-            "{} {what} of a {:?} model, {} {unit}: {trainable} of {total} parameters trainable ({:.2}%)",
+            "{} {what} of a {:?} model, {} {unit}: {trainable} of {total} parameters trainable ({:.2}%); \
+             {train}, {} per step ({} x {}), {} steps per epoch",
             self.cfg.finetune.method.name(),
             self.spec.style,
             self.labels.len(),
             100.0 * trainable as f64 / total.max(1) as f64,
+            self.batches.global_batch(),
+            t.batch_size,
+            t.grad_accum,
+            self.batches.steps_per_epoch(),
         )
     }
 }
@@ -111,35 +190,17 @@ pub fn with_selected(
 
 pub struct Classification<'a> {
     pub tuned: HeadTuning<'a>,
-    classifier: Classifier,
     train: &'a [Encoded],
     /// Regression: the train examples' targets (in `train`'s order); None: classes.
     values: Option<&'a [f64]>,
-    batches: EpochSchedule,
     validation: Option<EncodedSplit<'a>>,
-    pad: u32,
 }
 
 impl<'a> Classification<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: &'a FinetuneConfig,
-        spec: ModelSpec,
-        labels: &'a LabelMap,
-        store: ParamStore,
-        lora: Option<LoraSpec>,
-        tokenizer: &'a TextTokenizer,
-        train: &'a [Encoded],
-        validation: Option<EncodedSplit<'a>>,
-    ) -> Result<Self> {
-        let classifier = Classifier::new(&spec, &store, cfg.model.dropout, crate::models::HeadKind::Sequence)?
-            .with_activation_checkpointing(cfg.train.activation_checkpointing)?;
-        let t = &cfg.train;
+    pub fn new(parts: HeadParts<'a>, train: &'a [Encoded], validation: Option<EncodedSplit<'a>>) -> Result<Self> {
         let lengths = train.iter().map(|e| e.ids.len()).collect();
-        let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
-        let pad = model::pad_id(tokenizer);
-        let tuned = HeadTuning { cfg, spec, labels, store, tokenizer, lora };
-        Ok(Self { tuned, classifier, train, values: None, batches, validation, pad })
+        let tuned = HeadTuning::new(parts, HeadKind::Sequence, lengths)?;
+        Ok(Self { tuned, train, values: None, validation })
     }
 
     /// Trains a regression on `values` (the train examples' targets) instead of classes.
@@ -154,22 +215,16 @@ impl<'a> Classification<'a> {
 }
 
 impl Task for Classification<'_> {
-    fn params(&self) -> &ParamStore {
-        &self.tuned.store
-    }
-
-    fn micro_rows(&self, step: u64, micro: usize) -> Result<usize> {
-        Ok(self.batches.micro(step, micro)?.len())
-    }
+    head_task_methods!();
 
     fn loss(&self, step: u64, micro: usize, rows: Range<usize>, dropout: &mut DropoutRng) -> Result<Tensor> {
-        let examples = self.batches.micro(step, micro)?;
+        let examples = self.tuned.batches.micro(step, micro)?;
         let all: Vec<&Encoded> = examples.iter().map(|&i| &self.train[i]).collect();
         // Every share padded to the micro-batch's longest row: the same shapes in any split.
         let width = all.iter().map(|e| e.ids.len()).max().unwrap_or(1);
         let mine = &all[rows.clone()];
-        let batch = collate_padded(mine, self.pad, width, self.device())?;
-        let logits = self.classifier.logits(&batch, Some(dropout))?;
+        let batch = collate_padded(mine, self.tuned.pad, width, self.device())?;
+        let logits = self.tuned.classifier.logits(&batch, Some(dropout))?;
         let loss = match self.values {
             Some(values) => {
                 let v: Vec<f32> = examples[rows.clone()].iter().map(|&i| values[i] as f32).collect();
@@ -188,21 +243,14 @@ impl Task for Classification<'_> {
         }
     }
 
-    fn tokens_per_micro_batch(&self) -> u64 {
-        (self.batches.mean_length() * self.tuned.cfg.train.batch_size as f64).round() as u64
-    }
-
-    fn steps_per_epoch(&self) -> Option<u64> {
-        Some(self.batches.steps_per_epoch())
-    }
-
     /// Every process scores the whole validation split (not split over processes yet).
     fn validate(&self, _dp: &DataParallel, _at: EvalAt) -> Result<ValMetrics> {
         let Some(val) = &self.validation else {
             return Err(Error::Invalid("no validation split (data.validation) to evaluate".into()));
         };
         let t = &self.tuned.cfg.train;
-        let logits = predict::score(&self.classifier, val.encoded, t.eval_batch_size, self.pad, self.device())?;
+        let tuned = &self.tuned;
+        let logits = predict::score(&tuned.classifier, val.encoded, t.eval_batch_size, tuned.pad, self.device())?;
         let metric = self.tuned.cfg.metric();
         let gold = match &val.gold {
             Gold::Values(gold) => {
@@ -229,37 +277,8 @@ impl Task for Classification<'_> {
         Ok(ValMetrics { loss: ev.loss, ppl: f64::NAN, bits_per_byte: None, extra })
     }
 
-    fn val_split(&self) -> &'static str {
-        "validation"
-    }
-
-    fn selection(&self) -> Selection {
-        super::selection(self.tuned.cfg)
-    }
-
-    fn write_model(&self, dir: &Path) -> Result<()> {
-        self.tuned.write_model(dir)
-    }
-
-    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        self.tuned.restore_weights(dir)
-    }
-
-    fn keep_best(&self, run_dir: &Path) -> Result<()> {
-        self.tuned.keep_best(run_dir)
-    }
-
     fn describe(&self) -> String {
-        let t = &self.tuned.cfg.train;
-        format!(
-            "{}; {} train examples, {} per step ({} x {}), {} steps per epoch",
-            self.tuned.describe_params("fine-tuning", "labels"),
-            self.train.len(),
-            self.batches.global_batch(),
-            t.batch_size,
-            t.grad_accum,
-            self.steps_per_epoch().unwrap_or(0),
-        )
+        self.tuned.describe("fine-tuning", "labels", &format!("{} train examples", self.train.len()))
     }
 }
 

@@ -6,16 +6,16 @@
 
 use super::config::{ClsDataConfig, FinetuneConfig};
 use super::dataset::{add_bad_rows, BadRows, LabelMap};
+use super::head_run::{self, HeadRun, HeadRunEnd};
 use super::model::{self, LoadedClassifier};
 use super::tagged::{encode_sentences, read_sentences, word_tags, Sentence, TaggedEncoded};
+use super::task::HeadParts;
 use super::token_task::{evaluate, outside_tag, tag_pieces, TaggedSplit, TokenClassification, TokenEvaluation};
-use super::{
-    drive, loop_plan, optimizer_groups, param_report, step_counts, train_subset, window, Drive, FinetuneSummary,
-};
+use super::{train_subset, window, FinetuneSummary};
 use crate::error::Result;
 use crate::models::HeadKind;
 use crate::observe::Observers;
-use crate::train::{Task, TrainOptions, TrainSummary};
+use crate::train::{TrainOptions, TrainSummary};
 use serde::Serialize;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -88,36 +88,15 @@ pub(super) fn run(
     };
     let test = read(&cfg.data.test, 0)?;
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
-
-    let (per_epoch, total_steps) = step_counts(cfg, train.pieces.len(), opts.collective().world_size())?;
-    let mut known = model::backbone_params(&spec, HeadKind::Token);
-    known.extend(model::head_params(&spec, HeadKind::Token, labels.len()));
-    let groups = optimizer_groups(cfg, known, &store)?;
-    let lp = loop_plan(cfg, groups, total_steps)?;
-    let report = param_report(cfg, &store, &lp.groups, &lp.optim);
-    let store = store.with_precision(placement.precision);
-    let task = TokenClassification::new(
-        cfg,
-        spec.clone(),
-        &labels,
-        store,
-        lora,
-        &tokenizer,
-        &train.pieces,
-        validation.as_ref().map(Split::view),
-    )?;
-    let announce = || announce(cfg, &train, validation.as_ref(), test.as_ref(), total_steps);
-    let summary = drive(&task, &lp, Drive { cfg, run_dir, opts, resuming, total_steps }, observers, &announce)?;
-
-    let writer = opts.collective().rank() == 0;
-    let mut out = FinetuneSummary::new(cfg, run_dir, &summary, total_steps, per_epoch, report);
-    if !out.finished || !writer {
+    let head = HeadRun { cfg, run_dir, opts, resuming, precision: placement.precision, kind: HeadKind::Token };
+    let parts = HeadParts { cfg, spec, labels: &labels, store, tokenizer: &tokenizer, lora };
+    let announce = |total| announce(cfg, &train, validation.as_ref(), test.as_ref(), total);
+    let HeadRunEnd { summary, mut out, finish } =
+        head.run(parts, train.pieces.len(), validation.is_some(), observers, &announce, |parts| {
+            TokenClassification::new(parts, &train.pieces, validation.as_ref().map(Split::view))
+        })?;
+    if !finish {
         return Ok((summary, out));
-    }
-    if validation.is_none() {
-        task.keep_best(run_dir)?;
-    } else if let Some((value, at)) = summary.best {
-        tracing::info!("the best model: step {at}, validation {} {value:.4}", cfg.metric());
     }
     let final_split = test.as_ref().map(|s| ("test", s)).or(validation.as_ref().map(|s| ("validation", s)));
     if let Some((name, split)) = final_split {
@@ -176,30 +155,10 @@ fn write_results(
             );
         }
     }
-    let results = json!({
-        "task": "token_classification",
-        "base": cfg.model.base,
-        "method": cfg.finetune.method,
-        "labels": labels.labels,
-        "params": s.params,
-        "data": sizes,
-        "train": {
-            "steps": s.steps,
-            "total_steps": s.total_steps,
-            "epochs": s.epochs,
-            "seconds": s.train_seconds,
-            "stopped_early": s.stopped_early,
-            "interrupted": s.interrupted,
-        },
-        "bad_rows": bad,
-        "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
-        "final": s.final_tokens.as_ref().map(|e| json!({
-            "split": s.final_split,
-            "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
-            "metrics": e,
-        })),
-        "model": s.model_dir,
-    });
+    let metrics = s.final_tokens.as_ref().map(|e| json!(e));
+    let mut results = head_run::results(cfg, s, json!({}), &bad, metrics);
+    results.insert("labels".into(), json!(labels.labels));
+    results.insert("data".into(), sizes.into());
     crate::fsio::write_json_atomic(&run_dir.join("results.json"), &results)
 }
 

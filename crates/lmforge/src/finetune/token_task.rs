@@ -6,25 +6,21 @@
 //! classification's ([`super::task`]). Validation tags every word of the validation split and
 //! scores the tags with seqeval's entity metrics ([`crate::metrics::seqeval`]).
 
-use super::batching::{collate, collate_padded, eval_batches, Encoded, EpochSchedule};
-use super::config::FinetuneConfig;
+use super::batching::{collate, collate_padded, eval_batches, Encoded};
 use super::dataset::LabelMap;
-use super::model::{self, Classifier};
+use super::model::Classifier;
 use super::tagged::{word_tags, Sentence, TaggedEncoded};
-use super::task::{with_selected, HeadTuning};
+use super::task::{head_task_methods, with_selected, HeadParts, HeadTuning};
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
 use crate::metrics::seqeval::{entity_metrics, EntityMetrics, ENTITY_METRIC_NAMES};
-use crate::models::{HeadKind, ModelSpec};
-use crate::nn::peft::LoraSpec;
-use crate::nn::{DropoutRng, ParamStore};
+use crate::models::HeadKind;
+use crate::nn::DropoutRng;
 use crate::ops;
-use crate::tokenizer::TextTokenizer;
-use crate::train::{EvalAt, Selection, Task, ValMetrics};
+use crate::train::{EvalAt, Task, ValMetrics};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::ops::Range;
-use std::path::Path;
 
 /// A tagged split: its sentences and their encoded pieces.
 pub struct TaggedSplit<'a> {
@@ -34,41 +30,19 @@ pub struct TaggedSplit<'a> {
 
 pub struct TokenClassification<'a> {
     pub tuned: HeadTuning<'a>,
-    classifier: Classifier,
     train: &'a [TaggedEncoded],
-    batches: EpochSchedule,
     validation: Option<TaggedSplit<'a>>,
-    pad: u32,
 }
 
 impl<'a> TokenClassification<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: &'a FinetuneConfig,
-        spec: ModelSpec,
-        labels: &'a LabelMap,
-        store: ParamStore,
-        lora: Option<LoraSpec>,
-        tokenizer: &'a TextTokenizer,
-        train: &'a [TaggedEncoded],
-        validation: Option<TaggedSplit<'a>>,
-    ) -> Result<Self> {
-        let classifier = Classifier::new(&spec, &store, cfg.model.dropout, HeadKind::Token)?
-            .with_activation_checkpointing(cfg.train.activation_checkpointing)?;
-        let t = &cfg.train;
+    pub fn new(parts: HeadParts<'a>, train: &'a [TaggedEncoded], validation: Option<TaggedSplit<'a>>) -> Result<Self> {
         let lengths = train.iter().map(|e| e.input.ids.len()).collect();
-        let batches = EpochSchedule::new(lengths, t.batch_size, t.grad_accum, t.bucket_batches, t.seed);
-        let pad = model::pad_id(tokenizer);
-        let tuned = HeadTuning { cfg, spec, labels, store, tokenizer, lora };
-        Ok(Self { tuned, classifier, train, batches, validation, pad })
-    }
-
-    fn device(&self) -> &Device {
-        self.tuned.device()
+        let tuned = HeadTuning::new(parts, HeadKind::Token, lengths)?;
+        Ok(Self { tuned, train, validation })
     }
 
     fn micro_items(&self, step: u64, micro: usize) -> Result<Vec<&TaggedEncoded>> {
-        Ok(self.batches.micro(step, micro)?.into_iter().map(|i| &self.train[i]).collect())
+        Ok(self.tuned.batches.micro(step, micro)?.into_iter().map(|i| &self.train[i]).collect())
     }
 }
 
@@ -96,13 +70,7 @@ pub fn token_loss(logits: &Tensor, rows: &[u32], tags: &[u32]) -> Result<Tensor>
 }
 
 impl Task for TokenClassification<'_> {
-    fn params(&self) -> &ParamStore {
-        &self.tuned.store
-    }
-
-    fn micro_rows(&self, step: u64, micro: usize) -> Result<usize> {
-        Ok(self.batches.micro(step, micro)?.len())
-    }
+    head_task_methods!();
 
     fn micro_weight(&self, step: u64, micro: usize) -> Result<usize> {
         Ok(self.micro_items(step, micro)?.iter().map(|e| e.targets().len()).sum())
@@ -115,8 +83,8 @@ impl Task for TokenClassification<'_> {
         let width = all.iter().map(|e| e.input.ids.len()).max().unwrap_or(1);
         let mine = &all[rows];
         let inputs: Vec<&Encoded> = mine.iter().map(|e| &e.input).collect();
-        let batch = collate_padded(&inputs, self.pad, width, self.device())?;
-        let logits = self.classifier.logits(&batch, Some(dropout))?;
+        let batch = collate_padded(&inputs, self.tuned.pad, width, self.tuned.device())?;
+        let logits = self.tuned.classifier.logits(&batch, Some(dropout))?;
         let (positions, tags) = targets(mine, width);
         if positions.is_empty() {
             // No tagged word in this share: a zero loss that still reaches every parameter.
@@ -126,21 +94,20 @@ impl Task for TokenClassification<'_> {
         Ok(if positions.len() == total { loss } else { (loss * (positions.len() as f64 / total as f64))? })
     }
 
-    fn tokens_per_micro_batch(&self) -> u64 {
-        (self.batches.mean_length() * self.tuned.cfg.train.batch_size as f64).round() as u64
-    }
-
-    fn steps_per_epoch(&self) -> Option<u64> {
-        Some(self.batches.steps_per_epoch())
-    }
-
     /// Every process tags the whole validation split (not split over processes yet).
     fn validate(&self, _dp: &DataParallel, _at: EvalAt) -> Result<ValMetrics> {
         let Some(val) = &self.validation else {
             return Err(Error::Invalid("no validation split (data.validation) to evaluate".into()));
         };
         let (cfg, labels) = (self.tuned.cfg, self.tuned.labels);
-        let ev = evaluate(&self.classifier, val, labels, cfg.train.eval_batch_size, self.pad, self.device())?;
+        let ev = evaluate(
+            &self.tuned.classifier,
+            val,
+            labels,
+            cfg.train.eval_batch_size,
+            self.tuned.pad,
+            self.tuned.device(),
+        )?;
         let metric = cfg.metric();
         let m = &ev.entities;
         let extra = vec![
@@ -156,38 +123,10 @@ impl Task for TokenClassification<'_> {
         Ok(ValMetrics { loss: ev.loss, ppl: f64::NAN, bits_per_byte: None, extra })
     }
 
-    fn val_split(&self) -> &'static str {
-        "validation"
-    }
-
-    fn selection(&self) -> Selection {
-        super::selection(self.tuned.cfg)
-    }
-
-    fn write_model(&self, dir: &Path) -> Result<()> {
-        self.tuned.write_model(dir)
-    }
-
-    fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
-        self.tuned.restore_weights(dir)
-    }
-
-    fn keep_best(&self, run_dir: &Path) -> Result<()> {
-        self.tuned.keep_best(run_dir)
-    }
-
     fn describe(&self) -> String {
-        let t = &self.tuned.cfg.train;
         let words: usize = self.train.iter().map(|e| e.targets().len()).sum();
-        format!(
-            "{}; {} train pieces ({words} tagged words), {} per step ({} x {}), {} steps per epoch",
-            self.tuned.describe_params("token-classification fine-tuning", "tags"),
-            self.train.len(),
-            self.batches.global_batch(),
-            t.batch_size,
-            t.grad_accum,
-            self.steps_per_epoch().unwrap_or(0),
-        )
+        let train = format!("{} train pieces ({words} tagged words)", self.train.len());
+        self.tuned.describe("token-classification fine-tuning", "tags", &train)
     }
 }
 

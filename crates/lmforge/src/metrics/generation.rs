@@ -299,7 +299,7 @@ fn is_py_space(c: char) -> bool {
 }
 
 /// Python's `s.split()`: the non-empty runs between whitespace.
-fn py_split(s: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_py_space).filter(|token| !token.is_empty())
 }
 
@@ -627,7 +627,7 @@ fn first_best(scores: impl Iterator<Item = RougeScore>) -> RougeScore {
 
 /// `normalize_answer`: lowercase, remove `string.punctuation`, replace the articles a/an/the by
 /// a space, collapse whitespace.
-fn normalize_answer(s: &str) -> String {
+pub fn normalize_answer(s: &str) -> String {
     // `string.punctuation` is exactly the 32 ASCII punctuation characters.
     let text: Vec<char> = s.to_lowercase().chars().filter(|c| !c.is_ascii_punctuation()).collect();
     let text = remove_articles(&text);

@@ -10,6 +10,7 @@
 pub mod generation;
 pub mod regression;
 pub mod seqeval;
+pub mod squad;
 
 use serde::Serialize;
 

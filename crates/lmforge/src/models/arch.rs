@@ -21,25 +21,28 @@ pub enum Family {
     Encoder,
 }
 
-/// What a classification head labels: each text (`*ForSequenceClassification`) or each token
-/// (`*ForTokenClassification`).
+/// What a head on the backbone predicts: a label per text (`*ForSequenceClassification`), a
+/// label per token (`*ForTokenClassification`), or an answer span's start and end logits per
+/// token (`*ForQuestionAnswering`, two outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HeadKind {
     Sequence,
     Token,
+    Span,
 }
 
 impl HeadKind {
-    pub fn other(self) -> Self {
-        match self {
-            Self::Sequence => Self::Token,
-            Self::Token => Self::Sequence,
-        }
+    pub const ALL: [HeadKind; 3] = [Self::Sequence, Self::Token, Self::Span];
+
+    /// Whether the head reads every position (token and span heads) rather than one pooled
+    /// feature per text.
+    pub fn per_token(self) -> bool {
+        self != Self::Sequence
     }
 }
 
-/// A classification head of a family, as Hugging Face's `*ForSequenceClassification` /
-/// `*ForTokenClassification` names and shapes it.
+/// A head of a family, as Hugging Face's `*ForSequenceClassification` /
+/// `*ForTokenClassification` / `*ForQuestionAnswering` names and shapes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassificationHead {
     /// The head's module name (`classifier`, `score`).
@@ -51,6 +54,9 @@ pub struct ClassificationHead {
     /// Prefixes of backbone parameters this class does not have (`BertForTokenClassification`
     /// builds its encoder without the pooler).
     pub unused: &'static [&'static str],
+    /// Whether lmforge can save this class under Hugging Face's names (LlamaForQuestionAnswering
+    /// names its backbone `transformer.` where lmforge's Llama is `model.`; not yet mapped).
+    pub supported: bool,
 }
 
 pub trait Architecture: Send + Sync {

@@ -174,12 +174,21 @@ impl Architecture for Bert {
                 hf_class: "BertForSequenceClassification",
                 bias: true,
                 unused: &[],
+                supported: true,
             },
             HeadKind::Token => ClassificationHead {
                 module: "classifier",
                 hf_class: "BertForTokenClassification",
                 bias: true,
                 unused: &["bert.pooler."],
+                supported: true,
+            },
+            HeadKind::Span => ClassificationHead {
+                module: "qa_outputs",
+                hf_class: "BertForQuestionAnswering",
+                bias: true,
+                unused: &["bert.pooler."],
+                supported: true,
             },
         }
     }

@@ -148,12 +148,21 @@ impl Architecture for Gpt2 {
                 hf_class: "GPT2ForSequenceClassification",
                 bias: false,
                 unused: &[],
+                supported: true,
             },
             HeadKind::Token => ClassificationHead {
                 module: "classifier",
                 hf_class: "GPT2ForTokenClassification",
                 bias: true,
                 unused: &[],
+                supported: true,
+            },
+            HeadKind::Span => ClassificationHead {
+                module: "qa_outputs",
+                hf_class: "GPT2ForQuestionAnswering",
+                bias: true,
+                unused: &[],
+                supported: true,
             },
         }
     }

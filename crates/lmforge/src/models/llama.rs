@@ -176,10 +176,22 @@ impl Architecture for Llama {
                 hf_class: "LlamaForSequenceClassification",
                 bias: false,
                 unused: &[],
+                supported: true,
             },
-            HeadKind::Token => {
-                ClassificationHead { module: "score", hf_class: "LlamaForTokenClassification", bias: true, unused: &[] }
-            }
+            HeadKind::Token => ClassificationHead {
+                module: "score",
+                hf_class: "LlamaForTokenClassification",
+                bias: true,
+                unused: &[],
+                supported: true,
+            },
+            HeadKind::Span => ClassificationHead {
+                module: "qa_outputs",
+                hf_class: "LlamaForQuestionAnswering",
+                bias: true,
+                unused: &[],
+                supported: false,
+            },
         }
     }
 
