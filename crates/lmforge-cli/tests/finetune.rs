@@ -346,4 +346,26 @@ fn finetune_folds_cross_validate() {
     assert!((cv["mean"]["accuracy"].as_f64().unwrap() - mean).abs() < 1e-12);
     let std = (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
     assert!((cv["std"]["accuracy"].as_f64().unwrap() - std).abs() < 1e-12);
+
+    // The store holds the folds (kind `fold`, grouped by the folder's name); the report shows
+    // each fold's metrics, their mean and std, and the folds' validation curves.
+    let db = tmp.path().join("store.db");
+    let db_args = |extra: &[&str]| {
+        let mut v = vec!["--db", s(&db)];
+        v.extend_from_slice(extra);
+        ok(&v)
+    };
+    let run2 = tmp.path().join("cv2");
+    let mut args2: Vec<&str> = args.iter().map(|a| if *a == s(&run) { s(&run2) } else { a }).collect();
+    args2.insert(0, s(&db));
+    args2.insert(0, "--db");
+    ok(&args2);
+    let listed: Value = serde_json::from_str(&db_args(&["runs", "list", "--json", "--filter", "group=cv2"])).unwrap();
+    let kinds: Vec<&str> = listed.as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["fold", "fold", "fold"], "{listed}");
+    let report = ok(&["report", s(&run)]);
+    let html = std::fs::read_to_string(report.trim()).unwrap();
+    assert!(html.contains("Cross-validation cv") && html.contains("Validation accuracy of every fold"), "{html}");
+    assert!(html.contains(&format!("{mean:.4}")) && html.contains(&format!("{std:.4}")));
+    assert_eq!(html.matches("<svg").count(), 1);
 }

@@ -4,7 +4,8 @@
 //! learning rate, tokens/s and gradient-norm curves from `metrics.jsonl`. A sweep's page shows
 //! every trial's validation curve (early-stopped ones dashed grey and crossed where they
 //! stopped, the best one bold), the metric against each hyperparameter (log axes for log
-//! scales), the trials table and `best.toml`.
+//! scales), the trials table and `best.toml`. A cross-validation's page (`finetune --folds`)
+//! shows each fold's final metrics with their mean ± std and every fold's validation curve.
 
 use crate::sweep::{read_meta, read_trials, SweepMeta, Trial, TrialStatus};
 use lmforge::config::flatten;
@@ -37,13 +38,16 @@ pub fn write_report(target: &str, out: Option<&Path>, db: &Path) -> Result<PathB
     let path = Path::new(target);
     let (dir, html) = if path.join("sweep.json").is_file() {
         (path.to_path_buf(), sweep_report(path)?)
+    } else if path.join("cv.json").is_file() {
+        (path.to_path_buf(), cv_report(path)?)
     } else if path.join("metrics.jsonl").is_file() {
         (path.to_path_buf(), run_report(path)?)
     } else {
         let mut store = crate::store::Store::open(db)?;
         let rec = store.find(target).map_err(|e| {
             Error::Invalid(format!(
-                "{target:?} is not a run dir (metrics.jsonl), a sweep dir (sweep.json), or a stored run: {e}"
+                "{target:?} is not a run dir (metrics.jsonl), a sweep dir (sweep.json), a cross-validation \
+                 (cv.json), or a stored run: {e}"
             ))
         })?;
         let dir = PathBuf::from(&rec.run_dir);
@@ -360,6 +364,64 @@ pub fn run_report(run_dir: &Path) -> Result<String> {
     }
     body.push_str("</table>\n");
     Ok(page(&format!("Run {name}"), &body))
+}
+
+/// The page of a k-fold cross-validation (`lmforge finetune --folds K`): each fold's final
+/// metrics with their mean and population standard deviation, and every fold's validation
+/// curve of the selection metric.
+pub fn cv_report(cv_dir: &Path) -> Result<String> {
+    let path = cv_dir.join("cv.json");
+    let text = std::fs::read_to_string(&path).at(&path)?;
+    let cv: Value = serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("not a cv.json: {e}")))?;
+    let metric = cv["metric"].as_str().unwrap_or("loss");
+    let folds = cv["per_fold"].as_array().cloned().unwrap_or_default();
+    let names: Vec<String> = cv["mean"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut body = String::new();
+    let split = folds.first().and_then(|f| f["final_split"].as_str()).unwrap_or("validation");
+    let _ = writeln!(
+        body,
+        "<p class=\"sub\">{} · {} folds of {}{} · selection metric {} · final metrics on each fold's {} split</p>",
+        esc(&cv_dir.display().to_string()),
+        cv["folds"],
+        esc(cv["task"].as_str().unwrap_or("")),
+        if cv["stratified"] == true { ", stratified by label" } else { "" },
+        esc(metric),
+        esc(split),
+    );
+    body.push_str("<table>\n<tr><th class=\"l\">fold</th>");
+    for n in &names {
+        let _ = write!(body, "<th>{}</th>", esc(n));
+    }
+    body.push_str("</tr>\n");
+    let cell = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+    for f in &folds {
+        let _ = write!(body, "<tr><td class=\"l\">{}</td>", f["fold"]);
+        for n in &names {
+            let _ = write!(body, "<td>{}</td>", cell(&f["metrics"][n]));
+        }
+        body.push_str("</tr>\n");
+    }
+    for (label, key) in [("mean", "mean"), ("std", "std")] {
+        let _ = write!(body, "<tr class=\"best\"><td class=\"l\">{label}</td>");
+        for n in &names {
+            let _ = write!(body, "<td>{}</td>", cell(&cv[key][n]));
+        }
+        body.push_str("</tr>\n");
+    }
+    body.push_str("</table>\n");
+    let mut series = Vec::new();
+    for (i, f) in folds.iter().enumerate() {
+        let Ok(rows) = read_rows(&cv_dir.join(format!("fold-{}", f["fold"]))) else { continue };
+        series.push(Series::line(
+            &format!("fold {}", f["fold"]),
+            curve(&rows, "validation", metric),
+            PALETTE[i % PALETTE.len()],
+        ));
+    }
+    let title = format!("Validation {metric} of every fold");
+    body.push_str(&chart_div(line_chart(&title, "step", metric, &series)?));
+    let name = cv_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(page(&format!("Cross-validation {name}"), &body))
 }
 
 /// The page of a sweep.

@@ -26,6 +26,7 @@ pub struct Args {
 
 pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
     let r = a.record;
+    let fold_kind = r.kind.clone().unwrap_or_else(|| "fold".into());
     let (opts, start) = a.start.start(ctx, r.kind.as_deref().unwrap_or("finetune"), r.name, &r.group)?;
     let s = match start {
         Start::Resume(_) if a.folds.is_some() => {
@@ -34,6 +35,13 @@ pub fn run(a: Args, ctx: &Ctx) -> Result<i32> {
         Start::Resume(dir) => finetune::resume(&dir, &opts)?,
         Start::New { config, set, run_dir } if a.folds.is_some() => {
             let cfg = FinetuneConfig::resolve(Some(&config), &set)?;
+            // The store records each fold as a run of kind `fold`, grouped by the
+            // cross-validation's folder name (`lmforge runs list --filter group=NAME`).
+            let mut opts = opts;
+            if ctx.is_writer() {
+                let group = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                opts.observers = lmforge_track::observers(&ctx.db_path(), &fold_kind, None, &group);
+            }
             let k = a.folds.unwrap_or(0);
             let cv = finetune::folds::cross_validate(&cfg, &run_dir, k, &opts)?;
             if ctx.is_writer() {
