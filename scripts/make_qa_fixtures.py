@@ -50,33 +50,39 @@ CONTEXT = (
 ANSWER = "the old town hall of Bruges"
 
 
+def targets(ids, seq, offsets, cls_token_id, start_char, end_char):
+    """run_qa.py's prepare_train_features for one window: the answer's first and last token, or
+    the [CLS] index (0 without one) when there is no answer or the window does not hold it all."""
+    cls_index = ids.index(cls_token_id) if cls_token_id in ids else 0
+    if start_char is None:
+        return cls_index, cls_index
+    ts = 0
+    while seq[ts] != 1:
+        ts += 1
+    te = len(ids) - 1
+    while seq[te] != 1:
+        te -= 1
+    if not (offsets[ts][0] <= start_char and offsets[te][1] >= end_char):
+        return cls_index, cls_index
+    while ts < len(offsets) and offsets[ts][0] <= start_char:
+        ts += 1
+    while offsets[te][1] >= end_char:
+        te -= 1
+    return ts - 1, te + 1
+
+
 def windows(tok, question, context, answer, max_len, stride):
     """run_qa.py's prepare_train_features and prepare_validation_features for one pair."""
     question = question.lstrip()
     enc = tok(question, context, truncation="only_second", max_length=max_len, stride=stride,
               return_overflowing_tokens=True, return_offsets_mapping=True)
     start_char = context.index(answer) if answer else None
+    end_char = start_char + len(answer) if answer else None
     out = []
     for i, offsets in enumerate(enc["offset_mapping"]):
         ids = enc["input_ids"][i]
-        cls_index = ids.index(tok.cls_token_id) if tok.cls_token_id in ids else 0
         seq = enc.sequence_ids(i)
-        start = end = cls_index
-        if answer:
-            end_char = start_char + len(answer)
-            ts = 0
-            while seq[ts] != 1:
-                ts += 1
-            te = len(ids) - 1
-            while seq[te] != 1:
-                te -= 1
-            if offsets[ts][0] <= start_char and offsets[te][1] >= end_char:
-                while ts < len(offsets) and offsets[ts][0] <= start_char:
-                    ts += 1
-                start = ts - 1
-                while offsets[te][1] >= end_char:
-                    te -= 1
-                end = te + 1
+        start, end = targets(ids, seq, offsets, tok.cls_token_id, start_char, end_char)
         out.append({
             "ids": ids,
             # The tokenizer's segment ids (BertTokenizerFast returns them as token_type_ids).

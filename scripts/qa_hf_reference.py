@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, get_linear_schedule_with_warmup
 
+from make_qa_fixtures import targets  # run_qa.py's label scan, shared with the fixtures
+
 MAX_LEN, STRIDE, BATCH, N_BEST, MAX_ANSWER = 256, 64, 16, 20, 64
 
 
@@ -44,24 +46,10 @@ def features(tok, rows, train):
     out = []
     for i, offsets in enumerate(enc["offset_mapping"]):
         ids, seq, row = enc["input_ids"][i], enc.sequence_ids(i), rows[enc["overflow_to_sample_mapping"][i]]
-        cls = ids.index(tok.cls_token_id) if tok.cls_token_id in ids else 0
-        start = end = cls
-        if train and row["answers"]:
-            start_char = row["answers"][0]["answer_start"]
-            end_char = start_char + len(row["answers"][0]["text"])
-            ts = 0
-            while seq[ts] != 1:
-                ts += 1
-            te = len(ids) - 1
-            while seq[te] != 1:
-                te -= 1
-            if offsets[ts][0] <= start_char and offsets[te][1] >= end_char:
-                while ts < len(offsets) and offsets[ts][0] <= start_char:
-                    ts += 1
-                start = ts - 1
-                while offsets[te][1] >= end_char:
-                    te -= 1
-                end = te + 1
+        answer = row["answers"][0] if train and row["answers"] else None
+        start_char = answer["answer_start"] if answer else None
+        end_char = start_char + len(answer["text"]) if answer else None
+        start, end = targets(ids, seq, offsets, tok.cls_token_id, start_char, end_char)
         out.append({"ids": ids, "types": enc["token_type_ids"][i], "start": start, "end": end, "row": row,
                     "offsets": [o if seq[k] == 1 else None for k, o in enumerate(offsets)]})
     return out

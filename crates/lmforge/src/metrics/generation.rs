@@ -666,7 +666,7 @@ fn remove_articles(text: &[char]) -> String {
 }
 
 /// `f1_score` for one reference, on the prediction's already normalized tokens.
-fn squad_f1(predicted: &[&str], reference: &str) -> f64 {
+pub(crate) fn squad_f1(predicted: &[&str], reference: &str) -> f64 {
     let reference = normalize_answer(reference);
     let mut reference_counts: HashMap<&str, usize> = HashMap::new();
     let mut reference_len = 0usize;

@@ -9,9 +9,8 @@
 //! ([`super::generation`]). Scores are 0..100, summed in the data's order as the scripts do;
 //! checked against both scripts in `tests/data/squad.json`.
 
-use super::generation::{exact_match, normalize_answer, py_split, token_f1};
+use super::generation::{exact_match, normalize_answer, py_split, squad_f1, token_f1};
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// Which official script's rules apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,29 +106,15 @@ fn v2_tokens(s: &str) -> Vec<String> {
     py_split(&normalize_answer(s)).map(str::to_string).collect()
 }
 
-/// v2.0's `compute_f1` of one gold answer.
+/// v2.0's `compute_f1` of one gold answer: v1.1's token F1, except that an empty side scores 1
+/// when both are empty (v1.1: 0).
 fn v2_f1(gold: &str, prediction: &str) -> f64 {
-    let (gold, pred) = (v2_tokens(gold), v2_tokens(prediction));
-    if gold.is_empty() || pred.is_empty() {
-        return if gold == pred { 1.0 } else { 0.0 };
+    let (gold_tokens, pred) = (v2_tokens(gold), v2_tokens(prediction));
+    if gold_tokens.is_empty() || pred.is_empty() {
+        return if gold_tokens == pred { 1.0 } else { 0.0 };
     }
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for t in &gold {
-        *counts.entry(t).or_insert(0) += 1;
-    }
-    let mut same = 0usize;
-    for t in &pred {
-        if let Some(left) = counts.get_mut(t.as_str()).filter(|n| **n > 0) {
-            *left -= 1;
-            same += 1;
-        }
-    }
-    if same == 0 {
-        return 0.0;
-    }
-    let precision = same as f64 / pred.len() as f64;
-    let recall = same as f64 / gold.len() as f64;
-    2.0 * precision * recall / (precision + recall)
+    let pred: Vec<&str> = pred.iter().map(String::as_str).collect();
+    squad_f1(&pred, gold)
 }
 
 /// v2.0's (exact, F1) of one prediction: gold answers that normalize to nothing are dropped,
