@@ -279,6 +279,34 @@ fn causal_chats_on_llama_full_and_adapters() {
     let out = lmforge(&["export", "hf", s(&base), "--adapter", s(&adapters), "--out", s(&tmp.path().join("x"))]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot be merged"), "{err}");
+
+    // Prefix tuning (with the MLP): a PEFT PREFIX_TUNING folder that --adapter loads, that
+    // generates, and that export refuses to merge.
+    let prefixed = tmp.path().join("prefix");
+    let prefix = ["finetune.method=prefix", "prefix.num_virtual_tokens=4", "prefix.projection=true", "optim.lr=1e-2"];
+    finetune(&cfg, &prefixed, &[&quick[..], &prefix[..]].concat());
+    let ac = read_json(&prefixed.join("model/adapter_config.json"));
+    assert_eq!((ac["peft_type"].as_str(), ac["num_virtual_tokens"].as_u64()), (Some("PREFIX_TUNING"), Some(4)));
+    let with = ppl_loss(&["--model", s(&base), "--adapter", s(&prefixed), "--text", s(&text)]);
+    assert!((with - without).abs() > 1e-4, "the prefix changes the model: {with} vs {without}");
+    let r = read_json(&prefixed.join("results.json"));
+    let trainable = r["params"]["trainable_params"].as_u64().unwrap();
+    assert_eq!(trainable, 4 * 32 + 32 * 32 + 32 + 2 * 2 * 32 * 32 + 2 * 2 * 32, "embedding and MLP only: {r}");
+    let out = lmforge(&[
+        "generate",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&prefixed),
+        "--prompt",
+        "Reverse:",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lmforge(&["export", "hf", s(&base), "--adapter", s(&prefixed), "--out", s(&tmp.path().join("y"))]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("a prefix") && err.contains("cannot be merged"), "{err}");
 }
 
 #[test]

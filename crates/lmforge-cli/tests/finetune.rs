@@ -112,8 +112,10 @@ fn finetune_lora_then_predict_and_eval_classification() {
 }
 
 #[test]
-fn finetune_adapters_on_bert_and_full_on_llama() {
-    for (base, method, lr) in [("bert-tiny", "adapter", 1e-2), ("llama-tiny", "full", 3e-3)] {
+fn finetune_adapters_and_prefix_on_bert_and_full_on_llama() {
+    for (base, method, lr) in
+        [("bert-tiny", "adapter", 1e-2), ("bert-tiny", "prefix", 1e-2), ("llama-tiny", "full", 3e-3)]
+    {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = config(tmp.path(), base, method, lr);
         let run = tmp.path().join("run");
@@ -125,6 +127,12 @@ fn finetune_adapters_on_bert_and_full_on_llama() {
         let acc = r["final"]["metrics"]["accuracy"].as_f64().unwrap();
         let e = eval_json(&run, &tmp.path().join("test.tsv"));
         assert_eq!(e["accuracy"].as_f64(), Some(acc), "{base} {method}: the saved model is the evaluated one");
+        if method == "prefix" {
+            // PEFT's folder beside the model: the projected prefix and the head.
+            let ac = read_json(&run.join("model/adapter/adapter_config.json"));
+            assert_eq!((ac["peft_type"].as_str(), ac["task_type"].as_str()), (Some("PREFIX_TUNING"), Some("SEQ_CLS")));
+            assert_eq!(ac["num_virtual_tokens"], 20);
+        }
     }
 }
 

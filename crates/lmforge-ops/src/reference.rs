@@ -200,8 +200,9 @@ pub fn padded_attention(
     attend(&p, v, n_head, n_kv_head)
 }
 
-/// The attention probabilities (B, H, T, T) of [`padded_attention`], from q (B, T, H·D) and
-/// k (B, T, K·D).
+/// The attention probabilities (B, H, T, S) of [`padded_attention`], from q (B, T, H·D) and
+/// k (B, S, K·D): S = T, or more keys than queries (a prefix-tuned encoder's virtual tokens
+/// come first); row b sees its first `key_lens[b]` keys.
 pub fn padded_attention_probs(
     q: &Tensor,
     k: &Tensor,
@@ -211,15 +212,16 @@ pub fn padded_attention_probs(
     key_lens: &[usize],
 ) -> Result<Tensor> {
     let (b, t, qw) = q.dims3()?;
-    super::sdpa::check_key_lens(key_lens, b, t)?;
+    let s = k.dim(1)?;
+    super::sdpa::check_key_lens(key_lens, b, s)?;
     let d = qw / n_head;
     let q = q.reshape((b, t, n_head, d))?.transpose(1, 2)?.contiguous()?;
-    let k = k.reshape((b, t, n_kv_head, d))?.transpose(1, 2)?.contiguous()?;
+    let k = k.reshape((b, s, n_kv_head, d))?.transpose(1, 2)?.contiguous()?;
     let rep = n_head / n_kv_head;
-    let scores = matmul(&q.reshape((b, n_kv_head, rep * t, d))?, &k.t()?)?.reshape((b, n_head, t, t))?;
+    let scores = matmul(&q.reshape((b, n_kv_head, rep * t, d))?, &k.t()?)?.reshape((b, n_head, t, s))?;
     let mask: Vec<f32> =
-        key_lens.iter().flat_map(|&l| (0..t).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY })).collect();
-    let mask = Tensor::from_vec(mask, (b, 1, 1, t), q.device())?;
+        key_lens.iter().flat_map(|&l| (0..s).map(move |j| if j < l { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let mask = Tensor::from_vec(mask, (b, 1, 1, s), q.device())?;
     softmax_last_dim(&(f32(&scores)? * scale)?.broadcast_add(&mask)?)?.to_dtype(scores.dtype())
 }
 

@@ -428,7 +428,7 @@ impl LoadedModel {
             Some(dir) => {
                 let dir = if dir.join("model/adapter_config.json").is_file() { dir.join("model") } else { dir.into() };
                 verify_manifest(&dir)?;
-                crate::nn::peft::load_peft(&dir, &mut params, false)?;
+                crate::nn::peft::load_peft(&dir, &mut params, false, crate::nn::prefix::PrefixShape::of(&spec))?;
                 Some(dir)
             }
             None => None,
@@ -478,15 +478,10 @@ impl LoadedModel {
     }
 
     /// Writes a Hugging Face folder that `transformers` loads with `from_pretrained`.
-    /// A LoRA adapter is merged into the weights; bottleneck adapters cannot be, and are refused.
+    /// A LoRA adapter is merged into the weights; bottleneck adapters and prefixes cannot be,
+    /// and are refused.
     pub fn export_hf(&self, out: &Path) -> Result<PathBuf> {
-        if self.params.tensors().iter().any(|(n, _)| n.contains(".adapter.")) {
-            return Err(Error::Invalid(
-                "bottleneck adapters add layers a plain Hugging Face model does not have; they cannot be merged \
-                 (use them with --adapter)"
-                    .into(),
-            ));
-        }
+        crate::nn::peft::check_mergeable(&self.params)?;
         let staged = StagedDir::new(out)?;
         write_hf_files(staged.path(), &self.spec, &self.params, &self.tokenizer)?;
         // The slow-tokenizer files of the source folder (a WordPiece `vocab.txt` and its

@@ -312,6 +312,7 @@ pub fn export(m: &LoadedModel, to: QuantType, out: &Path, name: &str) -> Result<
     }
     meta.extend(tokenizer_metadata(&m.tokenizer, spec.vocab_size)?);
     // LoRA folded in; names in lmforge's (HF) form.
+    crate::nn::peft::check_mergeable(&m.params)?;
     let tensors: Vec<(String, Tensor)> = crate::nn::peft::merged_tensors(&m.params)?;
     let mut q: Vec<(String, QTensor)> = Vec::new();
     for (name, t) in &tensors {

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod peft;
+pub mod prefix;
 pub mod recompute;
 
 /// Weight initialisation schemes (config `model.init`).

@@ -13,6 +13,7 @@ use lmforge::finetune::dataset::LabelMap;
 use lmforge::finetune::model::{self, Classifier, LoadedClassifier};
 use lmforge::finetune::FinetuneConfig;
 use lmforge::models::{Decoder, EncoderInput, HeadKind};
+use lmforge::nn::prefix::PrefixShape;
 use lmforge::nn::{peft, ParamStore};
 use lmforge::ops::{Kernels, KernelsGuard};
 use lmforge::optim::{named_grads, Optimizer};
@@ -23,7 +24,8 @@ fn gpt2_with_adapter() -> (LoadedModel, ParamStore, peft::PeftAdapter) {
     let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
     let mut store =
         ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
-    let adapter = peft::load_peft(&fixtures().join("gpt2-tiny-lora"), &mut store, false).unwrap();
+    let adapter =
+        peft::load_peft(&fixtures().join("gpt2-tiny-lora"), &mut store, false, PrefixShape::of(&base.spec)).unwrap();
     (base, store, adapter)
 }
 
@@ -80,7 +82,7 @@ fn peft_round_trip_and_refusals() {
     let base = LoadedModel::load(&fixtures().join("gpt2-tiny"), &Device::Cpu).unwrap();
     let mut fresh =
         ParamStore::load(&base.source.join("model.safetensors"), &base.spec.params(), &Device::Cpu).unwrap();
-    let e = peft::load_peft(&out, &mut fresh, false).unwrap_err().to_string();
+    let e = peft::load_peft(&out, &mut fresh, false, PrefixShape::of(&base.spec)).unwrap_err().to_string();
     assert!(e.contains("adapter_config.json") && e.contains("DoRA"), "{e}");
 }
 

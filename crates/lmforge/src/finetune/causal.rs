@@ -29,6 +29,7 @@ use crate::generate::{generate_ids, SamplingConfig};
 use crate::metrics::generation::{generation_metrics, GenerationMetrics};
 use crate::models::{hf, Decoder, Family, ModelSpec, ParamKind};
 use crate::nn::peft::{self, LoraSpec};
+use crate::nn::prefix::{self, PrefixShape};
 use crate::nn::{DropoutRng, ParamStore};
 use crate::tokenizer::TextTokenizer;
 use crate::train::{EvalAt, Selection, Task, ValMetrics};
@@ -77,8 +78,8 @@ pub fn chat_template(cfg: &FinetuneConfig, base: &Base) -> Result<ChatTemplate> 
     ChatTemplate::chatml_for(&base.tokenizer)
 }
 
-/// Sets up the method on a freshly loaded base: LoRA / adapters freeze the base (norms train
-/// with `finetune.train_norms`) and add their seeded factors. Returns the LoRA settings.
+/// Sets up the method on a freshly loaded base: LoRA / adapters / prefix freeze the base (norms
+/// train with `finetune.train_norms`) and add their seeded tensors. Returns the LoRA settings.
 pub fn prepare(store: &mut ParamStore, spec: &ModelSpec, cfg: &FinetuneConfig) -> Result<Option<LoraSpec>> {
     let method = cfg.finetune.method;
     if method == Method::Full {
@@ -99,6 +100,11 @@ pub fn prepare(store: &mut ParamStore, spec: &ModelSpec, cfg: &FinetuneConfig) -
         let chosen = peft::select_modules(&modules, &l.targets, "lora.target_modules")?;
         peft::add_lora(store, &chosen, &l, seed)?;
         return Ok(Some(l));
+    }
+    if method == Method::Prefix {
+        let shape = PrefixShape::of(spec);
+        prefix::add_prefix(store, &cfg.prefix.spec(shape), shape, seed)?;
+        return Ok(None);
     }
     let mods = model::adapter_modules(spec, &cfg.adapter.target_modules)?;
     peft::add_adapters(store, &mods.iter().collect::<Vec<_>>(), cfg.adapter.size, seed)?;
@@ -385,10 +391,15 @@ pub fn save(dir: &Path, task: &CausalTuning) -> Result<PathBuf> {
     match (cfg.finetune.method, &task.lora) {
         (Method::Full, _) => checkpoint::write_hf_files(p, &task.spec, store, task.tokenizer)?,
         (Method::Lora, Some(l)) => {
-            let mut modules: Vec<String> =
-                trained.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).collect();
-            modules.dedup();
+            let modules = peft::modules_of(&trained);
             peft::save_peft(p, store, l, &l.targets, &modules, &trained, &base, Some("CAUSAL_LM"))?;
+            task.tokenizer.save(&p.join("tokenizer.json"))?;
+        }
+        (Method::Prefix, _) => {
+            let shape = PrefixShape::of(&task.spec);
+            let base_tensors: Vec<String> = trained.into_iter().filter(|n| !prefix::is_prefix_param(n)).collect();
+            let spec = cfg.prefix.spec(shape);
+            prefix::save_peft(p, store, &spec, shape, &base_tensors, &base, "CAUSAL_LM")?;
             task.tokenizer.save(&p.join("tokenizer.json"))?;
         }
         _ => {

@@ -116,7 +116,9 @@ pub(super) fn run(
 fn load_saved(cfg: &FinetuneConfig, model_dir: &Path, device: &candle_core::Device) -> Result<LoadedModel> {
     match cfg.finetune.method {
         Method::Full => LoadedModel::load(model_dir, device),
-        Method::Lora | Method::Adapter => LoadedModel::load_with_adapter(&cfg.model.base, Some(model_dir), device),
+        Method::Lora | Method::Adapter | Method::Prefix => {
+            LoadedModel::load_with_adapter(&cfg.model.base, Some(model_dir), device)
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub struct FinetuneConfig {
     pub finetune: MethodConfig,
     pub lora: LoraConfig,
     pub adapter: AdapterConfig,
+    /// Prefix tuning (`finetune.method = "prefix"`); left out of the saved config at its
+    /// defaults.
+    #[serde(skip_serializing_if = "PrefixConfig::is_default")]
+    pub prefix: PrefixConfig,
     /// Causal-LM fine-tuning (`task.kind = "causal_lm"`): columns, chat template, loss mask,
     /// generation during validation; left out of the saved config at its defaults.
     #[serde(skip_serializing_if = "SftConfig::is_default")]
@@ -60,6 +64,7 @@ impl Default for FinetuneConfig {
             finetune: MethodConfig::default(),
             lora: LoraConfig::default(),
             adapter: AdapterConfig::default(),
+            prefix: PrefixConfig::default(),
             sft: SftConfig::default(),
             qa: QaConfig::default(),
             // Fine-tuning's usual settings (BERT paper, HF Trainer): small LR, light decay,
@@ -208,6 +213,8 @@ pub enum Method {
     Lora,
     /// Bottleneck adapters after the target Linears; the base is frozen.
     Adapter,
+    /// Trainable key / value prefixes in every attention layer; the base is frozen.
+    Prefix,
 }
 
 impl Method {
@@ -216,6 +223,7 @@ impl Method {
             Self::Full => "full",
             Self::Lora => "lora",
             Self::Adapter => "adapter",
+            Self::Prefix => "prefix",
         }
     }
 }
@@ -386,9 +394,9 @@ impl Default for BaseModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MethodConfig {
-    /// "full" (every weight trains), "lora" or "adapter" (the base is frozen).
+    /// "full" (every weight trains), "lora", "adapter" or "prefix" (the base is frozen).
     pub method: Method,
-    /// LoRA / adapter: train the LayerNorm / RMSNorm weights too (the head always trains).
+    /// LoRA / adapter / prefix: train the LayerNorm / RMSNorm weights too (the head always trains).
     pub train_norms: bool,
 }
 
@@ -429,6 +437,40 @@ pub struct AdapterConfig {
 impl Default for AdapterConfig {
     fn default() -> Self {
         Self { size: 64, target_modules: Vec::new() }
+    }
+}
+
+/// Prefix tuning, as PEFT's `PrefixTuningConfig`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixConfig {
+    /// Virtual tokens whose keys and values every layer reads first.
+    pub num_virtual_tokens: usize,
+    /// Train them through a two-layer tanh MLP (Li & Liang's reparameterisation, PEFT's
+    /// `prefix_projection`); saved projected, so the MLP is a training device only.
+    pub projection: bool,
+    /// The MLP's hidden width; 0: the model's key/value width (PEFT's default).
+    pub encoder_hidden_size: usize,
+}
+
+impl Default for PrefixConfig {
+    fn default() -> Self {
+        Self { num_virtual_tokens: 20, projection: false, encoder_hidden_size: 0 }
+    }
+}
+
+impl PrefixConfig {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The prefix of this config for a model of `shape`.
+    pub fn spec(&self, shape: crate::nn::prefix::PrefixShape) -> crate::nn::prefix::PrefixSpec {
+        let hidden = if self.encoder_hidden_size == 0 { shape.token_dim() } else { self.encoder_hidden_size };
+        crate::nn::prefix::PrefixSpec {
+            num_virtual_tokens: self.num_virtual_tokens,
+            projection: self.projection.then_some(hidden),
+        }
     }
 }
 
@@ -666,6 +708,8 @@ impl FinetuneConfig {
         check(l.alpha.is_finite() && l.alpha > 0.0, "lora.alpha", l.alpha, "a positive number")?;
         check((0.0..1.0).contains(&l.dropout), "lora.dropout", l.dropout, "0 <= p < 1")?;
         check(self.adapter.size >= 1, "adapter.size", self.adapter.size, ">= 1")?;
+        let n = self.prefix.num_virtual_tokens;
+        check(n >= 1, "prefix.num_virtual_tokens", n, ">= 1")?;
         OptimSpec::from_config(&self.optim)?;
         if self.schedule.kind == ScheduleKind::Plateau {
             return Err(bad(

@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsio::StagedDir;
 use crate::models::{hf, EncoderInput, Family, HeadKind, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::peft::{self, LinearModule, LoraSpec};
+use crate::nn::prefix::{self, PrefixShape};
 use crate::nn::{seed_for, DropoutRng, Linear, ParamStore};
 use crate::ops;
 use crate::tokenizer::TextTokenizer;
@@ -307,9 +308,10 @@ pub struct ParamReport {
     pub optimizer_state_bytes: usize,
 }
 
-/// Sets up the method on a freshly loaded base: freezes the base (LoRA / adapters; norms stay
-/// trainable with `finetune.train_norms`), initialises the head if the base had none, adds the
-/// LoRA factors or adapters. Returns the LoRA settings when the method is LoRA.
+/// Sets up the method on a freshly loaded base: freezes the base (LoRA / adapters / prefix;
+/// norms stay trainable with `finetune.train_norms`), initialises the head if the base had
+/// none, adds the LoRA factors, adapters or prefix. Returns the LoRA settings when the method
+/// is LoRA.
 pub fn prepare(
     store: &mut ParamStore,
     spec: &ModelSpec,
@@ -358,15 +360,20 @@ pub fn prepare(
             peft::add_adapters(store, &mods.iter().collect::<Vec<_>>(), cfg.adapter.size, seed)?;
             Ok(None)
         }
+        Method::Prefix => {
+            let shape = PrefixShape::of(spec);
+            prefix::add_prefix(store, &cfg.prefix.spec(shape), shape, seed)?;
+            Ok(None)
+        }
         Method::Full => Ok(None),
     }
 }
 
 /// Writes the model folder: `config.json` (the HF classification class, `id2label`,
-/// `label2id`), `model.safetensors` (LoRA merged into the base weights; adapter weights kept
-/// under their own names), `tokenizer.json`, `finetune.toml`, and for LoRA the unmerged adapter
-/// in PEFT's format in [`ADAPTER_DIR`] (with its own manifest); `manifest.json` (sizes and
-/// SHA-256, verified on load) last. Staged and renamed into place.
+/// `label2id`), `model.safetensors` (LoRA merged into the base weights; adapter and prefix
+/// weights kept under their own names), `tokenizer.json`, `finetune.toml`, and for LoRA and
+/// prefix tuning the adapter in PEFT's format in [`ADAPTER_DIR`] (with its own manifest);
+/// `manifest.json` (sizes and SHA-256, verified on load) last. Staged and renamed into place.
 pub fn save(
     dir: &Path,
     spec: &ModelSpec,
@@ -394,19 +401,30 @@ pub fn save(
     std::fs::write(p.join("model.safetensors"), weights).at(p.join("model.safetensors"))?;
     tokenizer.save(&p.join("tokenizer.json"))?;
     std::fs::write(p.join("finetune.toml"), cfg.to_toml()).at(p.join("finetune.toml"))?;
-    if let Some(l) = lora {
-        // PEFT saves the head (and any other trained base tensor) as `modules_to_save`.
-        let saved: Vec<String> =
-            store.vars().keys().filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.")).cloned().collect();
-        let mut modules: Vec<String> =
-            saved.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).collect();
-        modules.dedup();
-        // PEFT matches modules_to_save by their last name part, as target_modules.
-        let base = cfg.model.base.display().to_string();
-        let adapter = p.join(ADAPTER_DIR);
-        std::fs::create_dir_all(&adapter).at(&adapter)?;
-        peft::save_peft(&adapter, store, l, &l.targets, &modules, &saved, &base, Some(peft_task_type(kind)))?;
-        write_manifest(&adapter)?;
+    // PEFT saves the head (and any other trained base tensor) as `modules_to_save`.
+    let saved: Vec<String> = store
+        .vars()
+        .keys()
+        .filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.") && !prefix::is_prefix_param(n))
+        .cloned()
+        .collect();
+    let modules = peft::modules_of(&saved);
+    let base = cfg.model.base.display().to_string();
+    let adapter = p.join(ADAPTER_DIR);
+    let task_type = peft_task_type(kind);
+    match (cfg.finetune.method, lora) {
+        (Method::Lora, Some(l)) => {
+            std::fs::create_dir_all(&adapter).at(&adapter)?;
+            peft::save_peft(&adapter, store, l, &l.targets, &modules, &saved, &base, Some(task_type))?;
+            write_manifest(&adapter)?;
+        }
+        (Method::Prefix, _) => {
+            std::fs::create_dir_all(&adapter).at(&adapter)?;
+            let shape = PrefixShape::of(spec);
+            prefix::save_peft(&adapter, store, &cfg.prefix.spec(shape), shape, &saved, &base, task_type)?;
+            write_manifest(&adapter)?;
+        }
+        _ => {}
     }
     write_manifest(p)?;
     staged.commit()
@@ -473,9 +491,16 @@ impl LoadedClassifier {
         };
         let mut params = backbone_params(&spec, kind);
         params.extend(head_params(&spec, kind, labels.len()));
-        if let Some(c) = config.as_ref().filter(|c| c.finetune.method == Method::Adapter) {
-            let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
-            params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
+        match config.as_ref().map(|c| (c, c.finetune.method)) {
+            Some((c, Method::Adapter)) => {
+                let mods = adapter_modules(&spec, &c.adapter.target_modules)?;
+                params.extend(peft::adapter_params(&mods.iter().collect::<Vec<_>>(), c.adapter.size));
+            }
+            Some((c, Method::Prefix)) => {
+                let shape = PrefixShape::of(&spec);
+                params.extend(prefix::params(&c.prefix.spec(shape), shape));
+            }
+            _ => {}
         }
         let (mut params, _) = ParamStore::load_with(
             &folder.join("model.safetensors"),
@@ -486,7 +511,7 @@ impl LoadedClassifier {
         )?;
         if let Some(dir) = adapter {
             verify_manifest(dir)?;
-            peft::load_peft(dir, &mut params, false)?;
+            peft::load_peft(dir, &mut params, false, PrefixShape::of(&spec))?;
         }
         let tokenizer = TextTokenizer::load(&folder.join("tokenizer.json"))?;
         let classifier = Classifier::new(&spec, &params, 0.0, kind)?;

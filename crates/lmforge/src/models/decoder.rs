@@ -22,6 +22,7 @@ use tables::TokenTable;
 
 use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
+use crate::nn::prefix::{Prefix, PrefixShape};
 use crate::nn::recompute::{self, BlockForward};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
@@ -41,6 +42,9 @@ pub struct Decoder {
     rope: Option<Arc<Rope>>,
     /// Host copies of the rotary tables for continuous batching on the CPU.
     rope_host: Option<Arc<ragged::HostRope>>,
+    /// Prefix tuning's virtual tokens: their keys and values fill the KV cache first, and the
+    /// tokens take the positions after them.
+    prefix: Option<Prefix>,
     /// Recompute each block in the backward instead of keeping its activations.
     checkpointing: bool,
     /// The activations' dtype (the store's: bf16 under bf16-mixed); logits are always f32.
@@ -154,6 +158,7 @@ impl Decoder {
                 _ => None,
             },
             rope,
+            prefix: Prefix::from_store(p, PrefixShape::of(spec))?,
             checkpointing: false,
             compute: p.compute_dtype(),
         })
@@ -168,15 +173,32 @@ impl Decoder {
 
     /// Hidden states after the final norm, (B, T, C), for `ids` (B, T) at positions
     /// `offset..offset+T`. With a cache, keys/values are appended to it; with a dropout
-    /// generator, dropout is applied (training).
+    /// generator, dropout is applied (training). With a prefix, its N virtual tokens come
+    /// first (in the given cache, or one of this call's own) and the tokens sit at N + offset..
     pub fn hidden(
         &self,
         ids: &Tensor,
         offset: usize,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         mut dropout: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        let mut own_cache;
+        let mut cache: Option<&mut KvCache> = cache;
+        if let Some(prefix) = &self.prefix {
+            let c = match cache {
+                Some(c) => c,
+                None => {
+                    own_cache = KvCache::new(self.spec.n_layer);
+                    &mut own_cache
+                }
+            };
+            if c.held() == 0 {
+                c.prefill(&prefix.layers(b, self.compute)?, self.spec.n_kv_head, false)?;
+            }
+            cache = Some(c);
+        }
+        let offset = offset + self.prefix_len();
         if offset + t > self.spec.context {
             return Err(crate::Error::Invalid(format!(
                 "sequence of {} positions exceeds the model's context of {}",
@@ -208,6 +230,11 @@ impl Decoder {
             }
         }
         self.norm_f.forward(&x)
+    }
+
+    /// Number of prefix-tuning virtual tokens (0 without a prefix): positions the tokens lose.
+    pub fn prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, Prefix::len)
     }
 
     /// LM-head logits (B, T, V), f32, for hidden states (B, T, C).
@@ -286,9 +313,16 @@ impl Decoder {
     /// each piece's last token, (P, V). For one piece this is `forward` with a cache, op for op.
     pub fn forward_pieces(&self, pieces: &mut [Piece]) -> Result<Tensor> {
         let device = self.wte.device();
+        let virtual_tokens = self.prefix_len();
+        if let Some(prefix) = &self.prefix {
+            let host = device.is_cpu();
+            for p in pieces.iter_mut().filter(|p| p.cache.held() == 0) {
+                p.cache.prefill(&prefix.layers(1, self.compute)?, self.spec.n_kv_head, host)?;
+            }
+        }
         let (mut ids, mut positions, mut last) = (Vec::new(), Vec::new(), Vec::new());
         for p in pieces.iter() {
-            let end = p.start + p.tokens.len();
+            let end = p.start + p.tokens.len() + virtual_tokens;
             if p.tokens.is_empty() || end > self.spec.context || p.cache.len() != p.start {
                 return Err(crate::Error::Invalid(format!(
                     "a piece of {} tokens at {} (cache {}) does not fit the context of {}",
@@ -299,7 +333,7 @@ impl Decoder {
                 )));
             }
             ids.extend_from_slice(p.tokens);
-            positions.extend((p.start..end).map(|i| i as u32));
+            positions.extend((p.start + virtual_tokens..end).map(|i| i as u32));
             last.push(ids.len() as u32 - 1);
         }
         let n = ids.len();
@@ -311,8 +345,8 @@ impl Decoder {
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = block.norm1.forward(&x)?;
             let a = match device.is_cpu() {
-                true => block.attn.forward_pieces_host(&h, pieces, layer, self.rope_host.as_deref())?,
-                false => block.attn.forward_pieces(&h, pieces, layer, self.rope.as_deref())?,
+                true => block.attn.forward_pieces_host(&h, pieces, virtual_tokens, layer, self.rope_host.as_deref())?,
+                false => block.attn.forward_pieces(&h, pieces, virtual_tokens, layer, self.rope.as_deref())?,
             };
             x = (x + a)?;
             let m = block.mlp.forward(&block.norm2.forward(&x)?, &mut None)?;
@@ -471,6 +505,7 @@ impl Attention {
         &self,
         x: &Tensor,
         pieces: &mut [Piece],
+        prefix: usize,
         layer: usize,
         rope: Option<&ragged::HostRope>,
     ) -> Result<Tensor> {
@@ -489,7 +524,7 @@ impl Attention {
                 c.host.v.reserve_exact(c.capacity * row);
             }
             c.len += t;
-            kvs.push(ragged::PieceKv { range: at..at + t, start: p.start, kv: &mut c.host });
+            kvs.push(ragged::PieceKv { range: at..at + t, start: prefix + p.start, kv: &mut c.host });
             at += t;
         }
         let y = ragged::attend(&mut q, &mut k, &v, &mut kvs, shape, rope);
@@ -498,15 +533,24 @@ impl Attention {
     }
 
     /// Continuous batching: x (1, N, C) holds the new tokens of every piece in order; each
-    /// piece attends over its own cache (at its own positions), the projections run once.
-    fn forward_pieces(&self, x: &Tensor, pieces: &mut [Piece], layer: usize, rope: Option<&Rope>) -> Result<Tensor> {
+    /// piece attends over its own cache (at its own positions, after `prefix` virtual tokens),
+    /// the projections run once.
+    fn forward_pieces(
+        &self,
+        x: &Tensor,
+        pieces: &mut [Piece],
+        prefix: usize,
+        layer: usize,
+        rope: Option<&Rope>,
+    ) -> Result<Tensor> {
         let (q, k, v) = self.project(x, &mut None)?;
         let mut outputs = Vec::with_capacity(pieces.len());
         let mut at = 0;
         for p in pieces.iter_mut() {
             let t = p.tokens.len();
             let (qp, kp, vp) = (q.narrow(1, at, t)?, k.narrow(1, at, t)?, v.narrow(1, at, t)?);
-            outputs.push(self.attend(&qp, &kp, &vp, p.start, Some(&mut p.cache.layers[layer]), rope, &mut None)?);
+            let cache = Some(&mut p.cache.layers[layer]);
+            outputs.push(self.attend(&qp, &kp, &vp, prefix + p.start, cache, rope, &mut None)?);
             at += t;
         }
         self.o.forward_t(&Tensor::cat(&outputs, 1)?, &mut None)

@@ -11,6 +11,7 @@
 
 use super::{Family, ModelSpec};
 use crate::error::{Error, Result};
+use crate::nn::prefix::{Prefix, PrefixShape};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore};
 use crate::ops;
 use candle_core::{DType, Device, Tensor, D};
@@ -25,6 +26,8 @@ pub struct Encoder {
     pooler: Option<Linear>,
     mlm: Option<MlmHead>,
     nsp: Option<Linear>,
+    /// Prefix tuning's virtual tokens, read by every layer's attention before the real ones.
+    prefix: Option<Prefix>,
     /// The activations' dtype (the store's: bf16 under bf16-mixed); logits are always f32.
     compute: DType,
 }
@@ -134,28 +137,35 @@ impl Encoder {
             pooler: if has("bert.pooler.dense.weight") { Some(lin("bert.pooler.dense")?) } else { None },
             mlm,
             nsp: if has("cls.seq_relationship.weight") { Some(lin("cls.seq_relationship")?) } else { None },
+            prefix: Prefix::from_store(p, PrefixShape::of(spec))?,
             compute: p.compute_dtype(),
         })
     }
 
     /// The last layer's hidden states (B, T, C). With a dropout generator, dropout is applied
     /// where BERT applies it (embeddings, attention probabilities, both residual branches).
+    /// With a prefix, the tokens take positions N.. after its N virtual tokens (transformers'
+    /// `past_key_values_length`).
     pub fn hidden(&self, input: &EncoderInput, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
         let (b, t) = input.ids.dims2()?;
-        if t > self.spec.context {
+        let n = self.prefix.as_ref().map_or(0, Prefix::len);
+        if n + t > self.spec.context {
             return Err(Error::Invalid(format!(
-                "sequence of {t} positions exceeds the model's {} position embeddings",
+                "sequence of {} positions exceeds the model's {} position embeddings",
+                n + t,
                 self.spec.context
             )));
         }
         let c = self.spec.d_model;
         let words = self.word.index_select(&input.ids.flatten_all()?, 0)?.reshape((b, t, c))?;
         let types = self.types.index_select(&input.type_ids.flatten_all()?, 0)?.reshape((b, t, c))?;
-        let x = (words + types)?.broadcast_add(&self.pos.narrow(0, 0, t)?)?;
+        let x = (words + types)?.broadcast_add(&self.pos.narrow(0, n, t)?)?;
         // From here on the hidden states are in the compute dtype (bf16 under bf16-mixed).
         let mut x = drop(&mut dropout, &self.emb_norm.forward(&x)?.to_dtype(self.compute)?)?;
-        for layer in &self.layers {
-            let a = layer.attention(&x, &input.lengths, &self.spec, &mut dropout)?;
+        let prefix = self.prefix.as_ref().map(|p| p.layers(b, self.compute)).transpose()?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = prefix.as_ref().map(|layers| &layers[i]);
+            let a = layer.attention(&x, &input.lengths, kv, &self.spec, &mut dropout)?;
             x = layer.attn_norm.forward(&(x + drop(&mut dropout, &a)?)?)?;
             let m =
                 layer.ff_out.forward_t(&layer.ff_in.forward_gelu_t(&x, ops::Gelu::Erf, &mut dropout)?, &mut dropout)?;
@@ -244,19 +254,30 @@ fn drop(d: &mut Option<&mut DropoutRng>, x: &Tensor) -> Result<Tensor> {
 }
 
 impl Layer {
+    /// Self-attention over the row's real tokens, after a prefix's keys and values (B, N, H·D)
+    /// when there is one.
     fn attention(
         &self,
         x: &Tensor,
         lengths: &[usize],
+        prefix: Option<&(Tensor, Tensor)>,
         spec: &ModelSpec,
         dropout: &mut Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
         let (h, d) = (spec.n_head, spec.head_dim);
-        let (q, k, v) = (self.q.forward_t(x, dropout)?, self.k.forward_t(x, dropout)?, self.v.forward_t(x, dropout)?);
+        let (q, mut k, mut v) =
+            (self.q.forward_t(x, dropout)?, self.k.forward_t(x, dropout)?, self.v.forward_t(x, dropout)?);
         let scale = 1.0 / (d as f64).sqrt();
-        let y = if dropout.as_ref().is_some_and(|d| d.is_active()) {
-            // Dropout on the probabilities needs them as a tensor: the composed form.
-            let p = ops::reference::padded_attention_probs(&q, &k, h, h, scale, lengths)?;
+        let mut key_lens = std::borrow::Cow::Borrowed(lengths);
+        if let Some((pk, pv)) = prefix {
+            // Every virtual token is visible: keys 0..N + length of each row.
+            (k, v) = (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?);
+            key_lens = lengths.iter().map(|l| l + pk.dim(1).unwrap_or(0)).collect::<Vec<_>>().into();
+        }
+        let y = if prefix.is_some() || dropout.as_ref().is_some_and(|d| d.is_active()) {
+            // Dropout on the probabilities needs them as a tensor, and the fused kernel takes
+            // as many keys as queries: the composed form.
+            let p = ops::reference::padded_attention_probs(&q, &k, h, h, scale, &key_lens)?;
             let p = drop(dropout, &p)?;
             ops::reference::attend(&p, &v, h, h)?
         } else {

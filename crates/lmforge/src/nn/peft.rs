@@ -22,6 +22,7 @@
 //! matmul backward, which computes both operands' gradients; the frozen one is then dropped with
 //! the step's gradient store, never applied.)
 
+use super::prefix::PrefixShape;
 use super::{seed_for, DropoutRng, ParamStore};
 use super::{ParamInfo, ParamKind};
 use crate::error::{Error, IoContext, Result};
@@ -166,6 +167,11 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
+    /// No LoRA (what a prefix or bottleneck adapter folder reports).
+    pub fn none() -> Self {
+        Self { rank: 0, alpha: 0.0, dropout: 0.0, targets: Vec::new() }
+    }
+
     pub fn scaling(&self) -> LoraScaling {
         LoraScaling { scale: self.alpha / self.rank as f64, dropout: self.dropout }
     }
@@ -262,8 +268,38 @@ pub fn merged_tensors(store: &ParamStore) -> Result<Vec<(String, Tensor)>> {
     Ok(out.into_iter().collect())
 }
 
+/// Refuses what cannot be folded into a plain model's weights: bottleneck adapters (layers a
+/// plain model does not have) and a prefix (attention positions it does not have).
+pub fn check_mergeable(store: &ParamStore) -> Result<()> {
+    let names = store.tensors();
+    if names.iter().any(|(n, _)| n.contains(".adapter.")) {
+        return Err(Error::Invalid(
+            "bottleneck adapters add layers a plain model does not have; they cannot be merged \
+             (use them with --adapter)"
+                .into(),
+        ));
+    }
+    if names.iter().any(|(n, _)| super::prefix::is_prefix_param(n)) {
+        return Err(Error::Invalid(
+            "a prefix adds attention positions a plain model does not have; it cannot be merged \
+             (use it with --adapter, or load the adapter folder with PEFT)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn missing(module: &str) -> Error {
     Error::Invalid(format!("LoRA module `{module}` lacks its weight or factors"))
+}
+
+/// The modules of `tensors` (each name less its last part), in order, for PEFT's
+/// `modules_to_save` (matched, as target_modules, by their last name parts).
+pub fn modules_of(tensors: &[String]) -> Vec<String> {
+    let mut modules: Vec<String> =
+        tensors.iter().filter_map(|n| n.rsplit_once('.').map(|(m, _)| m.to_string())).collect();
+    modules.dedup();
+    modules
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT 0.x format) into `dir`:
@@ -326,11 +362,12 @@ pub struct PeftAdapter {
     pub replaced: Vec<String>,
 }
 
-/// Applies a PEFT LoRA adapter folder to `store`: its factors become parameters (trainable or
-/// frozen per `trainable`), its `modules_to_save` tensors replace the base ones. Refuses what
-/// lmforge does not implement (DoRA, per-module rank or alpha patterns, LoRA biases, other PEFT
-/// methods) with the reason.
-pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<PeftAdapter> {
+/// Applies a PEFT adapter folder to `store`, for a model of `shape`: a LoRA's factors become
+/// parameters (trainable or frozen per `trainable`), a prefix ([`super::prefix`]) its table,
+/// lmforge's bottleneck adapters their tensors; `modules_to_save` tensors replace the base
+/// ones. Refuses what lmforge does not implement (DoRA, per-module rank or alpha patterns,
+/// LoRA biases, other PEFT methods) with the reason.
+pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool, shape: PrefixShape) -> Result<PeftAdapter> {
     let cfg_path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&cfg_path).at(&cfg_path)?;
     let cfg: Value = serde_json::from_str(&text).map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
@@ -339,8 +376,14 @@ pub fn load_peft(dir: &Path, store: &mut ParamStore, trainable: bool) -> Result<
     if peft_type == BOTTLENECK {
         return load_bottleneck(dir, store, trainable);
     }
+    if peft_type == "PREFIX_TUNING" {
+        let replaced = super::prefix::load_peft(dir, &cfg, store, trainable, shape)?;
+        return Ok(PeftAdapter { spec: LoraSpec::none(), modules: Vec::new(), replaced });
+    }
     if peft_type != "LORA" {
-        return Err(bad(format!("peft_type {peft_type:?} is not supported (LORA, or lmforge's {BOTTLENECK})")));
+        return Err(bad(format!(
+            "peft_type {peft_type:?} is not supported (LORA, PREFIX_TUNING, or lmforge's {BOTTLENECK})"
+        )));
     }
     let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
     if flag("use_dora") {
@@ -453,7 +496,7 @@ fn load_bottleneck(dir: &Path, store: &mut ParamStore, trainable: bool) -> Resul
             ));
         }
     }
-    Ok(PeftAdapter { spec: LoraSpec { rank: 0, alpha: 0.0, dropout: 0.0, targets: Vec::new() }, modules, replaced })
+    Ok(PeftAdapter { spec: LoraSpec::none(), modules, replaced })
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use candle_core::Tensor;
 #[derive(Default)]
 pub struct KvCache {
     pub(super) layers: Vec<LayerCache>,
+    /// Positions held by a prefix's virtual tokens ([`crate::nn::prefix`]), before the tokens'.
+    prefix: usize,
 }
 
 /// One layer's keys and values and how many positions they hold.
@@ -30,14 +32,43 @@ impl KvCache {
     /// A cache whose buffers hold `capacity` positions, allocated at the first write.
     pub fn with_capacity(n_layer: usize, capacity: usize) -> Self {
         let layer = || LayerCache { kv: None, host: ragged::HostKv::default(), len: 0, capacity };
-        Self { layers: (0..n_layer).map(|_| layer()).collect() }
+        Self { layers: (0..n_layer).map(|_| layer()).collect(), prefix: 0 }
     }
-    /// Number of cached positions.
+    /// Number of cached token positions (a prefix's virtual tokens not counted).
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |l| l.len)
+        self.held() - self.prefix
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Positions held, virtual tokens included.
+    pub(super) fn held(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len)
+    }
+
+    /// Puts a prefix's keys and values in front of an empty cache: per layer (B, N, K·D) each,
+    /// into the tensors (heads layout) or, for continuous batching on the CPU (`host`, B = 1),
+    /// the host rows.
+    pub(super) fn prefill(&mut self, prefix: &[(Tensor, Tensor)], kh: usize, host: bool) -> Result<()> {
+        for (layer, (k, v)) in self.layers.iter_mut().zip(prefix) {
+            let (b, n, c) = k.dims3()?;
+            if layer.capacity > 0 {
+                layer.capacity += n;
+            }
+            if host {
+                layer.host.k.reserve_exact(layer.capacity.max(n) * c);
+                layer.host.v.reserve_exact(layer.capacity.max(n) * c);
+                let rows = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
+                layer.host.k.extend(rows(k)?);
+                layer.host.v.extend(rows(v)?);
+                layer.len += n;
+            } else {
+                let heads = |t: &Tensor| t.reshape((b, n, kh, c / kh))?.transpose(1, 2)?.contiguous();
+                layer.append(heads(k)?, heads(v)?)?;
+            }
+            self.prefix = n;
+        }
+        Ok(())
     }
 }
 
