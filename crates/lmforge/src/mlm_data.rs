@@ -33,7 +33,8 @@ pub struct Vocab {
     special: Vec<bool>,
     /// Tokens that begin a word (byte-level `Ġ…`, or anything but a WordPiece `##…`).
     word_start: Vec<bool>,
-    /// Tokens after which a sentence ends (`.`, `!`, `?` or a line break at their end).
+    /// Tokens after which a sentence ends (a sentence terminal of any script — `.`, `!`, `?`,
+    /// `。`, `！`, `？`, … — or a line break at their end: `corpus::units::ends_sentence`).
     sentence_end: Vec<bool>,
     /// Tokens whose text ends in white space (the next piece starts a word).
     ends_space: Vec<bool>,
@@ -71,7 +72,7 @@ impl Vocab {
                 !piece.starts_with("##")
             };
             ends_space[i] = text.ends_with(char::is_whitespace);
-            sentence_end[i] = text.trim_end_matches([' ', '\t']).ends_with(['.', '!', '?', '\n']);
+            sentence_end[i] = crate::corpus::units::ends_sentence(&text);
         }
         for s in [pad, cls, sep, mask] {
             if let Some(x) = special.get_mut(s as usize) {

@@ -3,8 +3,10 @@
 //!
 //! Normalisation: Unicode NFC (or NFKC), control characters removed (tab and newline kept),
 //! CR/CRLF → LF, other Unicode spaces → ' ', trailing spaces cut, 3+ newlines → 2, the
-//! document trimmed. Filters follow the Gopher (Rae et al. 2021, appendix A) and C4 heuristics.
+//! document trimmed. Filters follow the Gopher (Rae et al. 2021, appendix A) and C4 heuristics,
+//! with words counted as script-aware units ([`super::units`]: a Han or kana character is one).
 
+use super::units::{units, Unit, UnitCounts};
 use unicode_normalization::{is_nfc_quick, is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// Unicode normalisation (`data.normalize`).
@@ -47,6 +49,7 @@ pub const REASONS: &[&str] = &[
     "duplicate_lines",
     "mean_word_length",
     "no_stop_words",
+    "language",
 ];
 
 /// Decodes bytes as UTF-8. Invalid sequences are replaced (U+FFFD) when `repair`, otherwise
@@ -122,14 +125,9 @@ pub fn check(text: &str, f: &Filters) -> Option<&'static str> {
     if chars > f.max_chars {
         return Some("too_long");
     }
-    let (mut words, mut word_chars, mut stop) = (0usize, 0usize, 0usize);
-    for w in text.split_whitespace() {
-        words += 1;
-        word_chars += w.chars().count();
-        if f.min_stop_words > 0 && STOP_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s)) {
-            stop += 1;
-        }
-    }
+    // Words are script-aware units: a Han or kana character is one (see `units`).
+    let counts = UnitCounts::of(text);
+    let words = counts.units;
     if words < f.min_words {
         return Some("too_few_words");
     }
@@ -159,12 +157,16 @@ pub fn check(text: &str, f: &Filters) -> Option<&'static str> {
             return Some("duplicate_lines");
         }
     }
-    let mean = word_chars as f64 / words.max(1) as f64;
-    if words > 0 && (mean < f.min_mean_word_len || mean > f.max_mean_word_len) {
+    // Only the spaced words have a length to judge (none for mostly-Chinese text).
+    if counts.mean_word_len().is_some_and(|mean| mean < f.min_mean_word_len || mean > f.max_mean_word_len) {
         return Some("mean_word_length");
     }
-    if stop < f.min_stop_words {
-        return Some("no_stop_words");
+    if f.min_stop_words > 0 {
+        let is_stop = |w: &str| STOP_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s));
+        let stop = units(text).filter(|u| matches!(u, Unit::Word(w) if is_stop(w))).take(f.min_stop_words).count();
+        if stop < f.min_stop_words {
+            return Some("no_stop_words");
+        }
     }
     None
 }

@@ -51,8 +51,15 @@ pub struct DataConfig {
     pub max_dup_line_frac: f64,
     pub min_mean_word_len: f64,
     pub max_mean_word_len: f64,
-    /// Minimum count of English stop words per document (Gopher uses 2); 0 = off.
+    /// Minimum count of English stop words per document (Gopher uses 2); 0 = off. With
+    /// language identification on, only documents identified as English are held to it.
     pub min_stop_words: usize,
+    /// Identify each document's language (`corpus::langid`): counts and bytes per language in
+    /// the manifest. Off by default: it reads every document a second time.
+    pub language_id: bool,
+    /// Keep only documents in these languages (ISO 639-1 codes such as "en", "zh"; 639-3 taken
+    /// too); the others are rejected as `language`. Non-empty turns `language_id` on.
+    pub languages: Vec<String>,
     pub exact_dedup: bool,
     pub near_dedup: bool,
     /// Word n-gram size of the MinHash shingles.
@@ -93,6 +100,8 @@ impl Default for DataConfig {
             min_mean_word_len: 1.5,
             max_mean_word_len: 20.0,
             min_stop_words: 0,
+            language_id: false,
+            languages: Vec::new(),
             exact_dedup: true,
             near_dedup: true,
             minhash_ngram: 5,
@@ -108,6 +117,45 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
+    /// The languages `data.languages` keeps, by lmforge's names (None: every language); an
+    /// unknown code is an error naming the key.
+    pub fn kept_languages(&self) -> Result<Option<Vec<&'static str>>> {
+        if self.languages.is_empty() {
+            return Ok(None);
+        }
+        let known = |c: &String| {
+            super::langid::canonical(c).ok_or_else(|| {
+                crate::error::Error::config(
+                    "data.languages",
+                    format!(
+                        "{c:?} is not a language the identifier knows (ISO 639-1 codes such as \"en\", \"zh\", \"de\")"
+                    ),
+                )
+            })
+        };
+        self.languages.iter().map(known).collect::<Result<Vec<_>>>().map(Some)
+    }
+
+    /// The quality filters of these settings.
+    pub fn filters(&self) -> super::clean::Filters {
+        super::clean::Filters {
+            min_chars: self.min_chars,
+            max_chars: self.max_chars,
+            min_words: self.min_words,
+            max_words: self.max_words,
+            max_non_alpha_frac: self.max_non_alpha_frac,
+            max_dup_line_frac: self.max_dup_line_frac,
+            min_mean_word_len: self.min_mean_word_len,
+            max_mean_word_len: self.max_mean_word_len,
+            min_stop_words: self.min_stop_words,
+        }
+    }
+
+    /// The MinHash permutations of these settings (seeded from `seed`).
+    pub fn minhasher(&self) -> super::dedup::MinHasher {
+        super::dedup::MinHasher::new(self.minhash_perms, self.minhash_ngram, self.seed ^ 0x6d69_6e68)
+    }
+
     /// Its keys that hold paths (relative ones in a config file resolve against its folder).
     pub const PATH_KEYS: [&'static str; 4] = ["data.path", "data.inputs", "data.prepared", "data.tokenizer"];
 
@@ -176,6 +224,7 @@ impl DataConfig {
             "0 < threshold <= 1",
         )?;
         check(self.minhash_perms >= 1, "data.minhash_perms", self.minhash_perms, ">= 1")?;
+        self.kept_languages()?;
         check(self.minhash_ngram >= 1, "data.minhash_ngram", self.minhash_ngram, ">= 1")?;
         check(self.lsh_bands <= self.minhash_perms, "data.lsh_bands", self.lsh_bands, "0 (auto) or <= minhash_perms")?;
         check(self.min_chars <= self.max_chars, "data.min_chars", self.min_chars, "<= data.max_chars")?;

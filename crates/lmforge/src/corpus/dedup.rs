@@ -1,5 +1,6 @@
 //! Duplicate removal. Exact: a 128-bit XXH3 hash of the normalised text. Near: MinHash
-//! signatures over lower-cased word n-gram shingles (Broder 1997), indexed by LSH banding; a
+//! signatures over lower-cased n-gram shingles of script-aware units (Broder 1997; words, and
+//! single characters of Chinese / Japanese: [`super::units`]), indexed by LSH banding; a
 //! candidate that shares a band is confirmed only when the signatures agree on at least
 //! `threshold` of their slots (the MinHash estimate of Jaccard similarity), so distinct
 //! documents are not merged by a chance band collision. Documents are indexed in input order
@@ -11,6 +12,7 @@
 //! false-positive and false-negative areas of the LSH S-curve, as datasketch's
 //! `_optimal_param` does.
 
+use super::units::{units, Unit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, HashSet};
@@ -41,16 +43,15 @@ impl MinHasher {
 
     /// The signature: for each permutation, the minimum permuted shingle hash.
     pub fn signature(&self, text: &str) -> Vec<u32> {
-        // Hash each lower-cased word once, then combine n consecutive word hashes into a
-        // shingle hash: no string is built per shingle.
-        let words: Vec<u64> = text
-            .split_whitespace()
-            .map(|w| {
-                if w.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
+        // Hash each lower-cased unit once (a word, or one Han / kana character: `units`), then
+        // combine n consecutive unit hashes into a shingle hash: no string is built per shingle.
+        let words: Vec<u64> = units(text)
+            .map(|u| match u {
+                Unit::Word(w) if w.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) => {
                     xxh3_64(w.to_lowercase().as_bytes())
-                } else {
-                    xxh3_64(w.as_bytes())
                 }
+                Unit::Word(w) => xxh3_64(w.as_bytes()),
+                Unit::Char(c) => xxh3_64(c.encode_utf8(&mut [0; 4]).as_bytes()),
             })
             .collect();
         let combine = |win: &[u64]| {

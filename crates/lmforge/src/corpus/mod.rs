@@ -12,7 +12,9 @@
 pub mod clean;
 pub mod config;
 pub mod dedup;
+pub mod langid;
 pub mod reader;
+pub mod units;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
@@ -45,6 +47,9 @@ struct Settings {
     repair_utf8: bool,
     normalization: Normalization,
     filters: Filters,
+    /// Identify languages ([`langid`]), and keep only these (None: all).
+    language_id: bool,
+    languages: Option<Vec<&'static str>>,
     exact: bool,
     near: bool,
     minhash: MinHasher,
@@ -62,20 +67,12 @@ impl Settings {
             mode: c.doc_mode,
             repair_utf8: c.invalid_utf8 == InvalidUtf8::Repair,
             normalization: c.normalize,
-            filters: Filters {
-                min_chars: c.min_chars,
-                max_chars: c.max_chars,
-                min_words: c.min_words,
-                max_words: c.max_words,
-                max_non_alpha_frac: c.max_non_alpha_frac,
-                max_dup_line_frac: c.max_dup_line_frac,
-                min_mean_word_len: c.min_mean_word_len,
-                max_mean_word_len: c.max_mean_word_len,
-                min_stop_words: c.min_stop_words,
-            },
+            filters: c.filters(),
+            language_id: c.language_id || !c.languages.is_empty(),
+            languages: c.kept_languages()?,
             exact: c.exact_dedup,
             near: c.near_dedup,
-            minhash: MinHasher::new(c.minhash_perms, c.minhash_ngram, c.seed ^ 0x6d69_6e68),
+            minhash: c.minhasher(),
             threshold: c.near_dup_threshold,
             bands: c.lsh_bands,
             val: c.val_fraction,
@@ -88,7 +85,7 @@ impl Settings {
 /// What processing one document produced.
 enum Outcome {
     Rejected { reason: &'static str, sample: String },
-    Kept { text: String, exact: u128, signature: Option<Vec<u32>> },
+    Kept { text: String, exact: u128, signature: Option<Vec<u32>>, language: Option<&'static str> },
 }
 
 struct Processed {
@@ -104,6 +101,7 @@ struct Processed {
 struct StageClock {
     clean: AtomicU64,
     filter: AtomicU64,
+    langid: AtomicU64,
     minhash: AtomicU64,
 }
 
@@ -125,7 +123,22 @@ fn process(raw: RawDoc, s: &Settings, clock: &StageClock) -> Processed {
     let text = clean::normalize(&text, s.normalization);
     clock.clean.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let t = Instant::now();
-    let verdict = clean::check(&text, &s.filters);
+    let language = s.language_id.then(|| langid::detect(&text));
+    clock.langid.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    if let (Some(keep), Some(lang)) = (&s.languages, language) {
+        if !keep.contains(&lang) {
+            let sample: String = text.chars().take(300).collect();
+            return done(Outcome::Rejected { reason: "language", sample: format!("[{lang}] {sample}") }, repaired);
+        }
+    }
+    let t = Instant::now();
+    // Gopher's stop words are English ones: other identified languages are not held to them.
+    let verdict = match language {
+        Some(l) if l != "en" && s.filters.min_stop_words > 0 => {
+            clean::check(&text, &Filters { min_stop_words: 0, ..s.filters.clone() })
+        }
+        _ => clean::check(&text, &s.filters),
+    };
     clock.filter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     if let Some(reason) = verdict {
         let sample: String = text.chars().take(300).collect();
@@ -135,7 +148,7 @@ fn process(raw: RawDoc, s: &Settings, clock: &StageClock) -> Processed {
     let signature = s.near.then(|| s.minhash.signature(&text));
     clock.minhash.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let exact = dedup::exact_hash(&text);
-    done(Outcome::Kept { text, exact, signature }, repaired)
+    done(Outcome::Kept { text, exact, signature, language }, repaired)
 }
 
 /// Split of a surviving document: a stable hash of its text, so re-running gives the same
@@ -228,6 +241,8 @@ pub fn prepare(
     let mut samples: Vec<Value> = Vec::new();
     let (mut docs_in, mut raw_bytes, mut repaired, mut exact_dups, mut near_dups) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut clusters: HashSet<u32> = HashSet::new();
+    // Kept documents and bytes per identified language.
+    let mut languages: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
     let (mut read_s, mut process_s, mut dedup_s) = (0f64, 0f64, 0f64);
     let progress = Progress::new(mode, "prepare: bytes", 0, total_bytes.max(1));
 
@@ -269,7 +284,7 @@ pub fn prepare(
                         samples.push(json!({ "reason": reason, "source": source, "line": p.line, "text": sample }));
                     }
                 }
-                Outcome::Kept { text, exact, signature } => {
+                Outcome::Kept { text, exact, signature, language } => {
                     if s.exact && !exact_seen.insert(exact) {
                         exact_dups += 1;
                         continue;
@@ -280,6 +295,10 @@ pub fn prepare(
                             clusters.insert(first);
                             continue;
                         }
+                    }
+                    if let Some(lang) = language {
+                        let n = languages.entry(lang).or_insert((0, 0));
+                        *n = (n.0 + 1, n.1 + text.len() as u64);
                     }
                     stores[split_of(&text, s.val, s.test, s.seed)].push(&text)?;
                 }
@@ -389,6 +408,9 @@ pub fn prepare(
             "near_duplicate_clusters": clusters.len(),
             "documents_out": docs_out,
             "bytes_out": kept_bytes,
+            "languages": s.language_id.then(|| languages.iter().map(|(l, (d, b))| {
+                (l.to_string(), json!({ "documents": d, "bytes": b }))
+            }).collect::<serde_json::Map<String, Value>>()),
             "splits": SPLITS.iter().enumerate().map(|(i, n)| (n.to_string(), json!({
                 "documents": split_docs[i].0,
                 "bytes": split_docs[i].1,
@@ -400,7 +422,7 @@ pub fn prepare(
         "dedup": { "minhash_perms": s.minhash.num_perm(), "ngram": s.minhash.ngram, "threshold": s.threshold, "lsh_bands": bands, "lsh_rows": rows },
         "timings_s": {
             "read": read_s, "clean_cpu": cpu(&clock.clean), "filter_cpu": cpu(&clock.filter),
-            "minhash_cpu": cpu(&clock.minhash), "parallel_wall": process_s, "dedup_and_write": dedup_s,
+            "langid_cpu": cpu(&clock.langid), "minhash_cpu": cpu(&clock.minhash), "parallel_wall": process_s, "dedup_and_write": dedup_s,
             "pass1": pass1_s, "tokenizer_train": tokenizer_s, "tokenize": tokenize_s,
             "total": started.elapsed().as_secs_f64(), "threads": threads,
         },
@@ -408,6 +430,7 @@ pub fn prepare(
             "read": mb(raw_bytes, read_s),
             "clean": mb(raw_bytes, cpu(&clock.clean) / threads),
             "filter": mb(raw_bytes, cpu(&clock.filter) / threads),
+            "langid": s.language_id.then(|| mb(raw_bytes, cpu(&clock.langid) / threads)),
             "minhash": mb(raw_bytes, cpu(&clock.minhash) / threads),
             "pass1": mb(raw_bytes, pass1_s),
             "tokenize": mb(kept_bytes, tokenize_s),
@@ -434,6 +457,13 @@ pub fn summary_table(m: &Value) -> String {
     row("exact duplicates", c["exact_duplicates"].to_string());
     row("near duplicates", format!("{} (in {} clusters)", c["near_duplicates"], c["near_duplicate_clusters"]));
     row("documents out", c["documents_out"].to_string());
+    if let Some(langs) = c["languages"].as_object() {
+        let mut by_docs: Vec<(&String, u64)> =
+            langs.iter().map(|(l, v)| (l, v["documents"].as_u64().unwrap_or(0))).collect();
+        by_docs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = by_docs.iter().take(8).map(|(l, n)| format!("{l} {n}")).collect();
+        row("languages (documents)", shown.join(", "));
+    }
     for s in SPLITS {
         let sp = &c["splits"][s];
         row(&format!("split {s}"), format!("{} docs, {} tokens", sp["documents"], sp["tokens"]));
