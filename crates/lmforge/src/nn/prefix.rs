@@ -180,12 +180,6 @@ impl Prefix {
         };
         (0..self.shape.n_layer).map(|l| Ok((row(2 * l)?, row(2 * l + 1)?))).collect()
     }
-
-    /// Each layer's keys and values as host rows (N · K·D floats each), for the CPU serving cache.
-    pub fn host_layers(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let host = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1()?) };
-        self.layers(1, DType::F32)?.into_iter().map(|(k, v)| Ok((host(k)?, host(v)?))).collect()
-    }
 }
 
 /// The key prefix of the tensors a prompt-learning adapter saves from the base model
