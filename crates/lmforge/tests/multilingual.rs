@@ -1,5 +1,5 @@
 //! The data pipeline on real Chinese text (`tests/data/multilingual/`, made by
-//! `scripts/make_multilingual_data.py` from this machine's zh_CN / zh_TW manual pages and
+//! `scripts/make_multilingual_data.py` from this machine's zh_CN / zh_TW manual pages, message catalogues and
 //! AppStream metadata; its PROVENANCE.md says how): documents pass the default quality filters,
 //! near-duplicates with a few characters changed are found (character shingles) without merging
 //! distinct documents, and sentences end at `。！？`.
