@@ -50,6 +50,10 @@ pub const REASONS: &[&str] = &[
     "mean_word_length",
     "no_stop_words",
     "language",
+    "bad_warc",
+    "bad_http",
+    "not_text",
+    "no_main_text",
 ];
 
 /// Decodes bytes as UTF-8. Invalid sequences are replaced (U+FFFD) when `repair`, otherwise

@@ -23,7 +23,7 @@ pub enum InvalidUtf8 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// A text / JSONL file (optionally .gz / .zst) or a folder of them.
+    /// A text / JSONL / HTML / WARC file (optionally .gz / .zst) or a folder of them.
     pub path: PathBuf,
     /// More inputs, prepared together with `path`.
     pub inputs: Vec<PathBuf>,
@@ -60,6 +60,14 @@ pub struct DataConfig {
     /// Keep only documents in these languages (ISO 639-1 codes such as "en", "zh"; 639-3 taken
     /// too); the others are rejected as `language`. Non-empty turns `language_id` on.
     pub languages: Vec<String>,
+    /// Replace e-mail addresses, IP addresses and phone-like numbers by placeholders
+    /// (`corpus::pii`), counted in the manifest.
+    pub scrub_pii: bool,
+    /// Write `SPLIT.docs.jsonl` beside the shards: each kept document's source file and line
+    /// (WARC: record number, URL, record id, date) and language. Unset: on when any input is
+    /// HTML or WARC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document_metadata: Option<bool>,
     pub exact_dedup: bool,
     pub near_dedup: bool,
     /// Word n-gram size of the MinHash shingles.
@@ -102,6 +110,8 @@ impl Default for DataConfig {
             min_stop_words: 0,
             language_id: false,
             languages: Vec::new(),
+            scrub_pii: false,
+            document_metadata: None,
             exact_dedup: true,
             near_dedup: true,
             minhash_ngram: 5,

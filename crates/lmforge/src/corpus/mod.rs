@@ -13,8 +13,10 @@ pub mod clean;
 pub mod config;
 pub mod dedup;
 pub mod langid;
+pub mod pii;
 pub mod reader;
 pub mod units;
+pub mod web;
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsio::{self, StagedDir};
@@ -25,7 +27,7 @@ use clean::{Filters, Normalization};
 pub use config::{DataConfig, InvalidUtf8};
 use dedup::{LshIndex, MinHasher};
 use rayon::prelude::*;
-use reader::{DocMode, DocReader, RawDoc};
+use reader::{DocKind, DocMeta, DocMode, DocReader, RawDoc};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -50,6 +52,7 @@ struct Settings {
     /// Identify languages ([`langid`]), and keep only these (None: all).
     language_id: bool,
     languages: Option<Vec<&'static str>>,
+    scrub_pii: bool,
     exact: bool,
     near: bool,
     minhash: MinHasher,
@@ -70,6 +73,7 @@ impl Settings {
             filters: c.filters(),
             language_id: c.language_id || !c.languages.is_empty(),
             languages: c.kept_languages()?,
+            scrub_pii: c.scrub_pii,
             exact: c.exact_dedup,
             near: c.near_dedup,
             minhash: c.minhasher(),
@@ -84,8 +88,18 @@ impl Settings {
 
 /// What processing one document produced.
 enum Outcome {
-    Rejected { reason: &'static str, sample: String },
-    Kept { text: String, exact: u128, signature: Option<Vec<u32>>, language: Option<&'static str> },
+    Rejected {
+        reason: &'static str,
+        sample: String,
+    },
+    Kept {
+        text: String,
+        exact: u128,
+        signature: Option<Vec<u32>>,
+        language: Option<&'static str>,
+        pii: pii::PiiCounts,
+        meta: Option<Box<DocMeta>>,
+    },
 }
 
 struct Processed {
@@ -99,7 +113,9 @@ struct Processed {
 /// Time spent per stage, summed over threads (nanoseconds).
 #[derive(Default)]
 struct StageClock {
+    extract: AtomicU64,
     clean: AtomicU64,
+    pii: AtomicU64,
     filter: AtomicU64,
     langid: AtomicU64,
     minhash: AtomicU64,
@@ -112,10 +128,28 @@ fn process(raw: RawDoc, s: &Settings, clock: &StageClock) -> Processed {
     if let Some((reason, detail)) = raw.defect {
         return done(Outcome::Rejected { reason, sample: detail }, false);
     }
+    let meta = raw.meta;
+    let decoded = match &raw.kind {
+        DocKind::Text => clean::decode(raw.bytes, s.repair_utf8),
+        DocKind::Html { charset } => {
+            let t = Instant::now();
+            let url = meta.as_ref().and_then(|m| m.url.as_deref());
+            let r = web::html_text(&raw.bytes, charset.as_deref(), url);
+            clock.extract.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            // A page's bytes were decoded by its charset; replaced bytes follow the UTF-8 policy.
+            match r {
+                Ok((_, true)) if !s.repair_utf8 => Err("invalid_utf8"),
+                other => other,
+            }
+        }
+    };
     let t = Instant::now();
-    let (text, repaired) = match clean::decode(raw.bytes, s.repair_utf8) {
+    let (text, repaired) = match decoded {
         Ok((t, r)) => (t, r || raw.lossy),
-        Err(reason) => return done(Outcome::Rejected { reason, sample: String::new() }, false),
+        Err(reason) => {
+            let sample = meta.and_then(|m| m.url).unwrap_or_default();
+            return done(Outcome::Rejected { reason, sample }, false);
+        }
     };
     if raw.lossy && !s.repair_utf8 {
         return done(Outcome::Rejected { reason: "invalid_utf8", sample: String::new() }, false);
@@ -144,11 +178,22 @@ fn process(raw: RawDoc, s: &Settings, clock: &StageClock) -> Processed {
         let sample: String = text.chars().take(300).collect();
         return done(Outcome::Rejected { reason, sample }, repaired);
     }
+    // Scrubbed before hashing: copies that differ only in an address are duplicates.
+    let t = Instant::now();
+    let (text, pii) = if s.scrub_pii {
+        match pii::scrub(&text) {
+            (std::borrow::Cow::Owned(scrubbed), n) => (scrubbed, n),
+            (std::borrow::Cow::Borrowed(_), n) => (text, n),
+        }
+    } else {
+        (text, pii::PiiCounts::default())
+    };
+    clock.pii.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let t = Instant::now();
     let signature = s.near.then(|| s.minhash.signature(&text));
     clock.minhash.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     let exact = dedup::exact_hash(&text);
-    done(Outcome::Kept { text, exact, signature, language }, repaired)
+    done(Outcome::Kept { text, exact, signature, language, pii, meta }, repaired)
 }
 
 /// Split of a surviving document: a stable hash of its text, so re-running gives the same
@@ -190,6 +235,28 @@ impl DocStore {
     }
 }
 
+/// One JSON line per kept document of a split: where it came from (file and line or WARC
+/// record; URL, record id and date for web documents; language when identified).
+struct MetaWriter {
+    path: PathBuf,
+    out: BufWriter<std::fs::File>,
+}
+
+impl MetaWriter {
+    fn create(path: PathBuf) -> Result<Self> {
+        let f = std::fs::File::create(&path).at(&path)?;
+        Ok(Self { out: BufWriter::with_capacity(1 << 16, f), path })
+    }
+    fn push(&mut self, row: &Value) -> Result<()> {
+        serde_json::to_writer(&mut self.out, row).map_err(|e| Error::format(&self.path, e.to_string()))?;
+        self.out.write_all(b"\n").at(&self.path)
+    }
+    fn finish(mut self) -> Result<()> {
+        self.out.flush().at(&self.path)?;
+        self.out.get_ref().sync_all().at(&self.path)
+    }
+}
+
 /// Streams documents back from a store.
 fn read_store(path: &Path) -> Result<impl Iterator<Item = Result<String>>> {
     let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path).at(path)?);
@@ -228,10 +295,18 @@ pub fn prepare(
     }
     let files = reader::discover(inputs)?;
     let total_bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let web_input = reader::has_web_input(&files);
     let staged = StagedDir::new(out)?;
     let dir = staged.path().to_path_buf();
     let mut stores: Vec<DocStore> =
         SPLITS.iter().map(|n| DocStore::create(dir.join(format!(".docs-{n}")))).collect::<Result<_>>()?;
+    // Line k of SPLIT.docs.jsonl describes document k of SPLIT.bin (same order as the store).
+    let mut metadata: Option<Vec<MetaWriter>> = if cfg.document_metadata.unwrap_or(web_input) {
+        Some(SPLITS.iter().map(|n| MetaWriter::create(dir.join(format!("{n}.docs.jsonl")))).collect::<Result<_>>()?)
+    } else {
+        None
+    };
+    let sources: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
 
     let mut reader = DocReader::new(files, s.mode, &cfg.jsonl_field);
     let clock = StageClock::default();
@@ -243,6 +318,8 @@ pub fn prepare(
     let mut clusters: HashSet<u32> = HashSet::new();
     // Kept documents and bytes per identified language.
     let mut languages: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+    // PII replaced in kept documents, and how many documents had any.
+    let (mut pii_total, mut pii_docs) = (pii::PiiCounts::default(), 0u64);
     let (mut read_s, mut process_s, mut dedup_s) = (0f64, 0f64, 0f64);
     let progress = Progress::new(mode, "prepare: bytes", 0, total_bytes.max(1));
 
@@ -284,7 +361,7 @@ pub fn prepare(
                         samples.push(json!({ "reason": reason, "source": source, "line": p.line, "text": sample }));
                     }
                 }
-                Outcome::Kept { text, exact, signature, language } => {
+                Outcome::Kept { text, exact, signature, language, pii, meta } => {
                     if s.exact && !exact_seen.insert(exact) {
                         exact_dups += 1;
                         continue;
@@ -300,7 +377,26 @@ pub fn prepare(
                         let n = languages.entry(lang).or_insert((0, 0));
                         *n = (n.0 + 1, n.1 + text.len() as u64);
                     }
-                    stores[split_of(&text, s.val, s.test, s.seed)].push(&text)?;
+                    pii_total.add(&pii);
+                    pii_docs += (pii.total() > 0) as u64;
+                    let split = split_of(&text, s.val, s.test, s.seed);
+                    stores[split].push(&text)?;
+                    if let Some(m) = metadata.as_mut() {
+                        let mut row = json!({ "source": sources[p.input], "line": p.line });
+                        if let Some(meta) = meta {
+                            row.as_object_mut().expect("object").extend(
+                                serde_json::to_value(*meta)
+                                    .expect("serialisable")
+                                    .as_object()
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            );
+                        }
+                        if let Some(lang) = language {
+                            row["language"] = json!(lang);
+                        }
+                        m[split].push(&row)?;
+                    }
                 }
             }
         }
@@ -330,6 +426,9 @@ pub fn prepare(
         }
     }
     let store_paths: Vec<PathBuf> = stores.into_iter().map(DocStore::finish).collect::<Result<_>>()?;
+    for m in metadata.into_iter().flatten() {
+        m.finish()?;
+    }
 
     // Tokenizer: trained on the train split only, so validation text never shapes it.
     let t = Instant::now();
@@ -408,6 +507,10 @@ pub fn prepare(
             "near_duplicate_clusters": clusters.len(),
             "documents_out": docs_out,
             "bytes_out": kept_bytes,
+            "pii": s.scrub_pii.then(|| json!({
+                "email": pii_total.email, "ip": pii_total.ip, "phone": pii_total.phone, "documents": pii_docs,
+            })),
+            "web": web_input.then(|| json!(reader.web)),
             "languages": s.language_id.then(|| languages.iter().map(|(l, (d, b))| {
                 (l.to_string(), json!({ "documents": d, "bytes": b }))
             }).collect::<serde_json::Map<String, Value>>()),
@@ -421,14 +524,16 @@ pub fn prepare(
         "bytes_per_token": kept_bytes as f64 / split_tokens.iter().sum::<u64>().max(1) as f64,
         "dedup": { "minhash_perms": s.minhash.num_perm(), "ngram": s.minhash.ngram, "threshold": s.threshold, "lsh_bands": bands, "lsh_rows": rows },
         "timings_s": {
-            "read": read_s, "clean_cpu": cpu(&clock.clean), "filter_cpu": cpu(&clock.filter),
+            "read": read_s, "extract_cpu": cpu(&clock.extract), "clean_cpu": cpu(&clock.clean), "pii_cpu": cpu(&clock.pii), "filter_cpu": cpu(&clock.filter),
             "langid_cpu": cpu(&clock.langid), "minhash_cpu": cpu(&clock.minhash), "parallel_wall": process_s, "dedup_and_write": dedup_s,
             "pass1": pass1_s, "tokenizer_train": tokenizer_s, "tokenize": tokenize_s,
             "total": started.elapsed().as_secs_f64(), "threads": threads,
         },
         "mb_per_s": {
             "read": mb(raw_bytes, read_s),
+            "extract": web_input.then(|| mb(raw_bytes, cpu(&clock.extract) / threads)),
             "clean": mb(raw_bytes, cpu(&clock.clean) / threads),
+            "pii": s.scrub_pii.then(|| mb(raw_bytes, cpu(&clock.pii) / threads)),
             "filter": mb(raw_bytes, cpu(&clock.filter) / threads),
             "langid": s.language_id.then(|| mb(raw_bytes, cpu(&clock.langid) / threads)),
             "minhash": mb(raw_bytes, cpu(&clock.minhash) / threads),
