@@ -133,3 +133,54 @@ fn prepare_counts_languages_and_keeps_the_chosen_ones() {
     let e = DataConfig { languages: vec!["klingon".into()], ..base }.validate().unwrap_err().to_string();
     assert!(e.contains("data.languages") && e.contains("klingon"), "{e}");
 }
+
+/// Gopher's stop-word rule per language: the labelled paragraphs of languages with a list pass
+/// with their own stop words and mostly fail with English ones; Chinese counts 的 / 是 / … per
+/// character. `[data.language_filters.LANG]` thresholds apply to that language alone.
+#[test]
+fn stop_words_and_thresholds_follow_the_language() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/multilingual/langid.jsonl");
+    let cfg = DataConfig { min_stop_words: 2, ..Default::default() };
+    let (mut own, mut english, mut n) = (0, 0, 0);
+    let mut per: std::collections::BTreeMap<String, (usize, usize, usize)> = Default::default();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (lang, text) =
+            (row["lang"].as_str().unwrap(), normalize(row["text"].as_str().unwrap(), Normalization::Nfc));
+        if lang == "en" || lmforge::corpus::stopwords::of(lang).is_none() || text.chars().count() < 100 {
+            continue;
+        }
+        let e = per.entry(lang.to_string()).or_default();
+        e.0 += 1;
+        n += 1;
+        if check(&text, &cfg.filters_for(lang)) != Some("no_stop_words") {
+            own += 1;
+            e.1 += 1;
+        }
+        if check(&text, &cfg.filters()) != Some("no_stop_words") {
+            english += 1;
+            e.2 += 1;
+        }
+    }
+    let table: Vec<String> = per.iter().map(|(l, (n, o, e))| format!("{l} {o}/{e}/{n}")).collect();
+    eprintln!("stop-word rule, own list / English list / paragraphs of 100+ characters: {}", table.join(", "));
+    assert!(per.len() >= 8, "{table:?}");
+    assert!(own as f64 >= 0.9 * n as f64, "own lists pass {own} of {n}: {table:?}");
+    assert!((english as f64) < 0.5 * n as f64, "English list passes {english} of {n}: {table:?}");
+
+    let zh = docs("zh_docs.jsonl");
+    let zh_pass = zh.iter().filter(|d| check(d, &cfg.filters_for("zh")).is_none()).count();
+    eprintln!("Chinese documents passing with min_stop_words = 2: {zh_pass} of {}", zh.len());
+    assert!(zh_pass as f64 >= 0.9 * zh.len() as f64);
+
+    let toml = "min_chars = 10\n[language_filters.zh]\nmin_chars = 100000\n[language_filters.de]\nmin_stop_words = 0\n";
+    let c: DataConfig = toml::from_str(toml).unwrap();
+    c.validate().unwrap();
+    assert_eq!((c.filters_for("zh").min_chars, c.filters_for("en").min_chars), (100000, 10));
+    assert_eq!(c.filters_for("ko").min_stop_words, 0, "no Korean list: not held to the rule");
+    let bad: DataConfig = toml::from_str("[language_filters.xx]\nmin_chars = 1\n").unwrap();
+    assert!(bad.validate().unwrap_err().to_string().contains("data.language_filters.xx"));
+    let bad: DataConfig = toml::from_str("[language_filters.ko]\nmin_stop_words = 2\n").unwrap();
+    assert!(bad.validate().unwrap_err().to_string().contains("data.language_filters.ko.min_stop_words"));
+    assert!(toml::from_str::<DataConfig>("[language_filters.zh]\nmin_char = 1\n").is_err(), "unknown key");
+}

@@ -31,8 +31,11 @@ pub struct Filters {
     pub max_dup_line_frac: f64,
     pub min_mean_word_len: f64,
     pub max_mean_word_len: f64,
-    /// Minimum number of English stop words (Gopher's the/be/to/of/and/that/have/with); 0 = off.
+    /// Minimum number of stop words (Gopher's English the/be/to/of/and/that/have/with, or the
+    /// document's language's, [`super::stopwords`]); 0 = off.
     pub min_stop_words: usize,
+    /// The stop words counted (lowercase; one character each for Chinese / Japanese).
+    pub stop_words: &'static [&'static str],
 }
 
 /// Why a document was rejected (the manifest counts these by name).
@@ -115,8 +118,6 @@ pub fn normalize(text: &str, form: Normalization) -> String {
     }
 }
 
-const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
-
 /// The first filter a normalised document fails, if any.
 pub fn check(text: &str, f: &Filters) -> Option<&'static str> {
     if text.is_empty() {
@@ -166,8 +167,15 @@ pub fn check(text: &str, f: &Filters) -> Option<&'static str> {
         return Some("mean_word_length");
     }
     if f.min_stop_words > 0 {
-        let is_stop = |w: &str| STOP_WORDS.iter().any(|s| w.eq_ignore_ascii_case(s));
-        let stop = units(text).filter(|u| matches!(u, Unit::Word(w) if is_stop(w))).take(f.min_stop_words).count();
+        let is_stop = |u: &Unit| match u {
+            // Punctuation attached to a word ("the,") does not hide it.
+            Unit::Word(w) => {
+                let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+                f.stop_words.iter().any(|s| w.chars().flat_map(char::to_lowercase).eq(s.chars()))
+            }
+            Unit::Char(c) => f.stop_words.iter().any(|s| s.chars().eq(std::iter::once(*c))),
+        };
+        let stop = units(text).filter(is_stop).take(f.min_stop_words).count();
         if stop < f.min_stop_words {
             return Some("no_stop_words");
         }
@@ -190,6 +198,7 @@ mod tests {
             min_mean_word_len: 2.0,
             max_mean_word_len: 10.0,
             min_stop_words: 0,
+            stop_words: crate::corpus::stopwords::of("en").unwrap(),
         }
     }
 
@@ -223,5 +232,13 @@ mod tests {
         assert_eq!(check("alpha beta gamma delta epsilon zeta", &strict), Some("too_many_words"));
         assert_eq!(check("alpha beta gamma delta", &strict), Some("no_stop_words"));
         assert_eq!(check("the tallest cats and", &strict), None);
+        assert_eq!(check("The, tallest cats: AND", &strict), None, "case and punctuation");
+        let russian =
+            Filters { stop_words: crate::corpus::stopwords::of("ru").unwrap(), min_chars: 1, ..strict.clone() };
+        assert_eq!(check("Это дом и сад", &russian), None, "Cyrillic, lowercased");
+        let chinese =
+            Filters { stop_words: crate::corpus::stopwords::of("zh").unwrap(), min_chars: 1, max_words: 100, ..strict };
+        assert_eq!(check("这是我们的房子和花园", &chinese), None, "Han characters");
+        assert_eq!(check("房子花园房子花园房子花园", &chinese), Some("no_stop_words"));
     }
 }

@@ -6,7 +6,23 @@ use super::reader::DocMode;
 use crate::config::{check, given, readable};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// `[data.language_filters.LANG]`: any of the `[data]` filter thresholds, for one language.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterOverrides {
+    pub min_chars: Option<usize>,
+    pub max_chars: Option<usize>,
+    pub min_words: Option<usize>,
+    pub max_words: Option<usize>,
+    pub max_non_alpha_frac: Option<f64>,
+    pub max_dup_line_frac: Option<f64>,
+    pub min_mean_word_len: Option<f64>,
+    pub max_mean_word_len: Option<f64>,
+    pub min_stop_words: Option<usize>,
+}
 
 /// What to do with bytes that are not UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +67,9 @@ pub struct DataConfig {
     pub max_dup_line_frac: f64,
     pub min_mean_word_len: f64,
     pub max_mean_word_len: f64,
-    /// Minimum count of English stop words per document (Gopher uses 2); 0 = off. With
-    /// language identification on, only documents identified as English are held to it.
+    /// Minimum count of stop words (Gopher uses 2); 0 = off. English ones, or with language
+    /// identification the document's language's (`corpus::stopwords`; a language without a
+    /// list is not held to it).
     pub min_stop_words: usize,
     /// Identify each document's language (`corpus::langid`): counts and bytes per language in
     /// the manifest. Off by default: it reads every document a second time.
@@ -60,6 +77,10 @@ pub struct DataConfig {
     /// Keep only documents in these languages (ISO 639-1 codes such as "en", "zh"; 639-3 taken
     /// too); the others are rejected as `language`. Non-empty turns `language_id` on.
     pub languages: Vec<String>,
+    /// Filter thresholds per identified language (`[data.language_filters.zh]` with any of the
+    /// filter keys above), over the `[data]` ones; Gopher's thresholds are English ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub language_filters: BTreeMap<String, FilterOverrides>,
     /// Replace e-mail addresses, IP addresses and phone-like numbers by placeholders
     /// (`corpus::pii`), counted in the manifest.
     pub scrub_pii: bool,
@@ -110,6 +131,7 @@ impl Default for DataConfig {
             min_stop_words: 0,
             language_id: false,
             languages: Vec::new(),
+            language_filters: BTreeMap::new(),
             scrub_pii: false,
             document_metadata: None,
             exact_dedup: true,
@@ -158,6 +180,32 @@ impl DataConfig {
             min_mean_word_len: self.min_mean_word_len,
             max_mean_word_len: self.max_mean_word_len,
             min_stop_words: self.min_stop_words,
+            stop_words: super::stopwords::of("en").expect("English has a list"),
+        }
+    }
+
+    /// The filters of documents identified as `lang`: `[data.language_filters.LANG]` over the
+    /// `[data]` thresholds, and that language's stop words (none: the stop-word rule is off).
+    pub fn filters_for(&self, lang: &str) -> super::clean::Filters {
+        let base = self.filters();
+        let o = self
+            .language_filters
+            .iter()
+            .find(|(k, _)| super::langid::canonical(k) == Some(lang))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let stop_words = super::stopwords::of(lang);
+        super::clean::Filters {
+            min_chars: o.min_chars.unwrap_or(base.min_chars),
+            max_chars: o.max_chars.unwrap_or(base.max_chars),
+            min_words: o.min_words.unwrap_or(base.min_words),
+            max_words: o.max_words.unwrap_or(base.max_words),
+            max_non_alpha_frac: o.max_non_alpha_frac.unwrap_or(base.max_non_alpha_frac),
+            max_dup_line_frac: o.max_dup_line_frac.unwrap_or(base.max_dup_line_frac),
+            min_mean_word_len: o.min_mean_word_len.unwrap_or(base.min_mean_word_len),
+            max_mean_word_len: o.max_mean_word_len.unwrap_or(base.max_mean_word_len),
+            min_stop_words: if stop_words.is_some() { o.min_stop_words.unwrap_or(base.min_stop_words) } else { 0 },
+            stop_words: stop_words.unwrap_or(&[]),
         }
     }
 
@@ -235,6 +283,34 @@ impl DataConfig {
         )?;
         check(self.minhash_perms >= 1, "data.minhash_perms", self.minhash_perms, ">= 1")?;
         self.kept_languages()?;
+        for (lang, o) in &self.language_filters {
+            let key = format!("data.language_filters.{lang}");
+            let Some(code) = super::langid::canonical(lang) else {
+                return Err(crate::error::Error::config(
+                    &key,
+                    "not a language the identifier knows (ISO 639-1 codes such as \"zh\")",
+                ));
+            };
+            if o.min_stop_words.is_some_and(|n| n > 0) && super::stopwords::of(code).is_none() {
+                return Err(crate::error::Error::config(
+                    format!("{key}.min_stop_words"),
+                    "lmforge has no stop-word list for this language (corpus::stopwords)",
+                ));
+            }
+            let f = self.filters_for(code);
+            check(f.min_chars <= f.max_chars, &format!("{key}.min_chars"), f.min_chars, "<= max_chars")?;
+            check(f.min_words <= f.max_words, &format!("{key}.min_words"), f.min_words, "<= max_words")?;
+            check(
+                f.min_mean_word_len <= f.max_mean_word_len,
+                &format!("{key}.min_mean_word_len"),
+                f.min_mean_word_len,
+                "<= max_mean_word_len",
+            )?;
+            for (name, v) in [("max_non_alpha_frac", f.max_non_alpha_frac), ("max_dup_line_frac", f.max_dup_line_frac)]
+            {
+                check((0.0..=1.0).contains(&v), &format!("{key}.{name}"), v, "0..=1")?;
+            }
+        }
         check(self.minhash_ngram >= 1, "data.minhash_ngram", self.minhash_ngram, ">= 1")?;
         check(self.lsh_bands <= self.minhash_perms, "data.lsh_bands", self.lsh_bands, "0 (auto) or <= minhash_perms")?;
         check(self.min_chars <= self.max_chars, "data.min_chars", self.min_chars, "<= data.max_chars")?;

@@ -18,7 +18,7 @@ pub const DETECT_CHARS: usize = 2000;
 pub const UNDETERMINED: &str = "und";
 
 /// whatlang's ISO 639-3 codes and the ISO 639-1 codes lmforge names them by.
-const CODES: [(&str, &str); 69] = [
+pub const CODES: [(&str, &str); 69] = [
     ("afr", "af"),
     ("aka", "ak"),
     ("amh", "am"),

@@ -15,6 +15,7 @@ pub mod dedup;
 pub mod langid;
 pub mod pii;
 pub mod reader;
+pub mod stopwords;
 pub mod units;
 pub mod web;
 
@@ -49,6 +50,10 @@ struct Settings {
     repair_utf8: bool,
     normalization: Normalization,
     filters: Filters,
+    /// The filters of each identified language ([`DataConfig::filters_for`]).
+    language_filters: std::collections::HashMap<&'static str, Filters>,
+    /// For documents whose language could not be told.
+    no_language: Filters,
     /// Identify languages ([`langid`]), and keep only these (None: all).
     language_id: bool,
     languages: Option<Vec<&'static str>>,
@@ -71,6 +76,8 @@ impl Settings {
             repair_utf8: c.invalid_utf8 == InvalidUtf8::Repair,
             normalization: c.normalize,
             filters: c.filters(),
+            no_language: Filters { min_stop_words: 0, stop_words: &[], ..c.filters() },
+            language_filters: langid::CODES.iter().map(|(_, l)| (*l, c.filters_for(l))).collect(),
             language_id: c.language_id || !c.languages.is_empty(),
             languages: c.kept_languages()?,
             scrub_pii: c.scrub_pii,
@@ -166,13 +173,13 @@ fn process(raw: RawDoc, s: &Settings, clock: &StageClock) -> Processed {
         }
     }
     let t = Instant::now();
-    // Gopher's stop words are English ones: other identified languages are not held to them.
-    let verdict = match language {
-        Some(l) if l != "en" && s.filters.min_stop_words > 0 => {
-            clean::check(&text, &Filters { min_stop_words: 0, ..s.filters.clone() })
-        }
-        _ => clean::check(&text, &s.filters),
+    // An identified document is held to its language's thresholds and stop words
+    // (undetermined ones to none: the stop-word rule needs a language).
+    let filters = match language {
+        Some(l) => s.language_filters.get(l).unwrap_or(&s.no_language),
+        None => &s.filters,
     };
+    let verdict = clean::check(&text, filters);
     clock.filter.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     if let Some(reason) = verdict {
         let sample: String = text.chars().take(300).collect();
