@@ -120,6 +120,34 @@ fn override_strategy() -> impl Strategy<Value = String> {
     (keys, values).prop_map(|(k, v)| format!("{k}={v}"))
 }
 
+const VALID_HTML: &str = "<html><head><meta charset=utf-8><script>x()</script></head><body><nav>Home</nav>\
+    <article><p>A paragraph of text long enough to count as the main content of the page.</p></article></body></html>";
+
+/// A WARC with a response (chunked, HTML), a resource and a conversion record.
+fn valid_warc() -> Vec<u8> {
+    let record = |kind: &str, ct: &str, body: &[u8]| {
+        let mut r = format!(
+            "WARC/1.1\r\nWARC-Type: {kind}\r\nWARC-Record-ID: <urn:uuid:1>\r\nWARC-Date: 2026-01-01T00:00:00Z\r\n\
+             WARC-Target-URI: https://example.com/\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r.extend_from_slice(b"\r\n\r\n");
+        r
+    };
+    let http = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{VALID_HTML}\r\n0\r\n\r\n",
+        VALID_HTML.len()
+    );
+    [
+        record("response", "application/http; msgtype=response", http.as_bytes()),
+        record("resource", "text/html", VALID_HTML.as_bytes()),
+        record("conversion", "text/plain", b"plain text"),
+    ]
+    .concat()
+}
+
 fn doc_reader_survives(bytes: &[u8], name: &str, mode: DocMode) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join(name);
@@ -131,6 +159,9 @@ fn doc_reader_survives(bytes: &[u8], name: &str, mode: DocMode) {
         match r.next_doc() {
             Ok(Some(doc)) => {
                 seen += doc.bytes.len() + 1;
+                if let lmforge::corpus::reader::DocKind::Html { charset } = &doc.kind {
+                    let _ = lmforge::corpus::web::html_text(&doc.bytes, charset.as_deref(), None);
+                }
                 if let Ok((text, _)) = decode(doc.bytes, true) {
                     normalize(&text, Normalization::Nfkc);
                 }
@@ -212,6 +243,13 @@ proptest! {
         mode in prop::sample::select(vec![DocMode::File, DocMode::Paragraph, DocMode::Line]),
     ) {
         doc_reader_survives(&bytes, name, mode);
+    }
+
+    #[test]
+    fn web_files_never_panic((e, cut) in edits(), warc in any::<bool>()) {
+        let (bytes, name) = if warc { (valid_warc(), "a.warc") } else { (VALID_HTML.as_bytes().to_vec(), "a.html") };
+        let focus = bytes.len();
+        doc_reader_survives(&mutate(bytes, &e, cut, focus), name, DocMode::Paragraph);
     }
 
     #[test]

@@ -386,8 +386,7 @@ pub fn save(dir: &Path, task: &CausalTuning) -> Result<PathBuf> {
     let p = staged.path();
     let base = task.base_folder.display().to_string();
     // Trainable tensors other than LoRA factors (norms with finetune.train_norms, adapters).
-    let trained: Vec<String> =
-        store.vars().keys().filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.")).cloned().collect();
+    let trained: Vec<String> = store.vars().keys().filter(|n| !peft::is_lora_factor(n)).cloned().collect();
     match (cfg.finetune.method, &task.lora) {
         (Method::Full, _) => checkpoint::write_hf_files(p, &task.spec, store, task.tokenizer)?,
         (Method::Lora, Some(l)) => {

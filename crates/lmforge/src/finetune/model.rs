@@ -402,12 +402,8 @@ pub fn save(
     tokenizer.save(&p.join("tokenizer.json"))?;
     std::fs::write(p.join("finetune.toml"), cfg.to_toml()).at(p.join("finetune.toml"))?;
     // PEFT saves the head (and any other trained base tensor) as `modules_to_save`.
-    let saved: Vec<String> = store
-        .vars()
-        .keys()
-        .filter(|n| !n.contains(".lora_A.") && !n.contains(".lora_B.") && !prefix::is_prefix_param(n))
-        .cloned()
-        .collect();
+    let saved: Vec<String> =
+        store.vars().keys().filter(|n| !peft::is_lora_factor(n) && !prefix::is_prefix_param(n)).cloned().collect();
     let modules = peft::modules_of(&saved);
     let base = cfg.model.base.display().to_string();
     let adapter = p.join(ADAPTER_DIR);

@@ -293,6 +293,12 @@ fn missing(module: &str) -> Error {
     Error::Invalid(format!("LoRA module `{module}` lacks its weight or factors"))
 }
 
+/// Whether `name` is a LoRA factor (`MODULE.lora_A.weight`, `MODULE.lora_B.weight`): saved as
+/// the adapter itself, never among the trained base tensors (`modules_to_save`).
+pub fn is_lora_factor(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
+}
+
 /// The modules of `tensors` (each name less its last part), in order, for PEFT's
 /// `modules_to_save` (matched, as target_modules, by their last name parts).
 pub fn modules_of(tensors: &[String]) -> Vec<String> {
