@@ -1,5 +1,5 @@
 //! Web input end to end: a WARC written here (HTML responses — one with broken markup, one in
-//! GBK behind chunked + gzip transfer — a non-HTML response, a resource, a WET conversion,
+//! GBK behind chunked + gzip transfer — a non-HTML response, a redirect, a resource, a WET conversion,
 //! records that carry no document, a record of unknown type and a cut-off last record), the same
 //! archive gzipped per record, and a lone `.html` file go through `data prepare`; the shards
 //! decode to exactly the expected documents, `train.docs.jsonl` keeps their URLs, and the
@@ -31,7 +31,11 @@ fn xxhash(a: &str, b: &str) -> u32 {
 }
 
 fn http(headers: &str, body: &[u8]) -> Vec<u8> {
-    let mut m = format!("HTTP/1.1 200 OK\r\n{headers}\r\n").into_bytes();
+    http_status("200 OK", headers, body)
+}
+
+fn http_status(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("HTTP/1.1 {status}\r\n{headers}\r\n").into_bytes();
     m.extend_from_slice(body);
     m
 }
@@ -108,6 +112,16 @@ fn records() -> Vec<Vec<u8>> {
             "https://example.com/logo.png",
             resp,
             &http("Content-Type: image/png\r\n", b"\x89PNG\r\n\x1a\n\0\0"),
+        ),
+        record(
+            "response",
+            "https://example.com/old",
+            resp,
+            &http_status(
+                "301 Moved Permanently",
+                "Location: /new\r\nContent-Type: text/html\r\n",
+                b"<p>Moved to /new</p>",
+            ),
         ),
         record(
             "response",
@@ -194,15 +208,16 @@ fn a_warc_yields_exactly_its_pages_main_text_with_urls() {
             assert_eq!(row["source"], input.display().to_string());
         }
         let c = &m["counts"];
-        assert_eq!(c["documents_in"], 8, "{c}");
+        assert_eq!(c["documents_in"], 9, "{c}");
         assert_eq!(c["documents_out"], 5);
         assert_eq!(c["rejected"]["not_text"], 1, "the PNG");
+        assert_eq!(c["rejected"]["http_status"], 1, "the redirect");
         assert_eq!(c["rejected"]["bad_warc"], 2, "the unknown type and the cut-off record");
-        assert_eq!(c["web"]["records"], 11);
+        assert_eq!(c["web"]["records"], 12);
         assert_eq!(c["web"]["skipped"], serde_json::json!({ "warcinfo": 1, "request": 1, "metadata": 1 }));
         let samples = std::fs::read_to_string(out.join("rejected.sample.jsonl")).unwrap();
         assert!(samples.contains("logo.png") && samples.contains("image/png"), "{samples}");
-        assert!(samples.contains("record 11") && samples.contains("the rest of the file is not read"), "{samples}");
+        assert!(samples.contains("record 12") && samples.contains("the rest of the file is not read"), "{samples}");
     }
 }
 

@@ -55,6 +55,7 @@ pub const REASONS: &[&str] = &[
     "language",
     "bad_warc",
     "bad_http",
+    "http_status",
     "not_text",
     "no_main_text",
 ];

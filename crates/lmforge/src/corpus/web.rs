@@ -3,7 +3,8 @@
 //! document — an HTTP `response` or a `resource` whose payload is HTML or plain text, a WET
 //! `conversion` (text already extracted) — carrying its URL, record id and date; request,
 //! metadata, warcinfo and revisit records are skipped (counted), other payloads (images, PDF)
-//! are rejected as `not_text`. The processing side ([`html_text`], run in parallel with the
+//! are rejected as `not_text`, responses other than 2xx (redirects, error pages) as
+//! `http_status`. The processing side ([`html_text`], run in parallel with the
 //! other per-document stages) decodes the page by its declared charset (HTTP header or
 //! `<meta>`, `encoding_rs`) and extracts the main text with `dom_smoothie` (a port of Mozilla's
 //! Readability: scripts, navigation, boilerplate removed; html5ever's parser, so broken markup
@@ -94,7 +95,11 @@ impl<R: BufRead> WarcRecords<R> {
             let at = |what: &str| format!("{source}: record {n} ({})", meta.url.as_deref().unwrap_or(what));
             let doc = match kind.as_str() {
                 "response" => match http_payload(&body) {
-                    Ok((content_type, payload)) => {
+                    Ok((status, _, _)) if !(200..300).contains(&status) => {
+                        // Redirects and error pages: a crawl keeps them, a corpus does not.
+                        defect("http_status", input, n, format!("{}: HTTP status {status}", at("response")))
+                    }
+                    Ok((_, content_type, payload)) => {
                         payload_doc(payload, content_type.as_deref(), input, n, &at("response"))
                     }
                     Err(e) => defect("bad_http", input, n, format!("{}: {e}", at("response"))),
@@ -159,9 +164,10 @@ fn looks_like_html(bytes: &[u8]) -> bool {
     head.contains("<html") || head.contains("<!doctype html") || head.contains("<body")
 }
 
-/// Splits an HTTP response into its Content-Type and its payload, undoing chunked transfer
-/// and gzip / deflate content encodings (archives keep the bytes as they came off the wire).
-fn http_payload(message: &[u8]) -> Result<(Option<String>, Vec<u8>), String> {
+/// Splits an HTTP response into its status, Content-Type and payload, undoing chunked
+/// transfer and gzip / deflate content encodings (archives keep the bytes as they came off
+/// the wire).
+fn http_payload(message: &[u8]) -> Result<(u16, Option<String>, Vec<u8>), String> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut response = httparse::Response::new(&mut headers);
     let start = match response.parse(message) {
@@ -198,7 +204,8 @@ fn http_payload(message: &[u8]) -> Result<(Option<String>, Vec<u8>), String> {
         _ => {}
     }
     let content_type = response.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-type"));
-    Ok((content_type.map(|h| String::from_utf8_lossy(h.value).trim().to_string()), payload))
+    let status = response.code.unwrap_or(0);
+    Ok((status, content_type.map(|h| String::from_utf8_lossy(h.value).trim().to_string()), payload))
 }
 
 /// The body of a chunked transfer: hex size line, that many bytes, CRLF, until a zero size.
@@ -355,7 +362,8 @@ mod tests {
         let mut msg =
             b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Encoding: gzip\r\n\r\n".to_vec();
         msg.extend_from_slice(&gz);
-        let (ct, payload) = http_payload(&msg).unwrap();
+        let (status, ct, payload) = http_payload(&msg).unwrap();
+        assert_eq!(status, 200);
         assert_eq!(ct.as_deref(), Some("text/html; charset=utf-8"));
         assert_eq!(payload, body);
         assert!(http_payload(b"HTTP/1.1 200 OK\r\nContent-Type: text/ht").unwrap_err().contains("cut off"));
