@@ -377,3 +377,75 @@ fn finetune_folds_cross_validate() {
     assert!(html.contains(&format!("{mean:.4}")) && html.contains(&format!("{std:.4}")));
     assert_eq!(html.matches("<svg").count(), 1);
 }
+
+/// A train file alone, with a 4-row class: `data.validation_fraction` / `test_fraction` carve
+/// the held-out splits per class (the small class in each), `[data.augment]` adds one EDA copy
+/// of every training row (WordNet synonyms from the hand-written fixture), results.json reports
+/// both, and a run stopped part-way and resumed ends with the uninterrupted run's model.
+#[test]
+fn finetune_carves_stratified_splits_and_augments_training_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.tsv");
+    let neutral = "the movie was so so\tneutral\nit was a film\tneutral\nthe plot was fine and good\tneutral\nquite a picture\tneutral\n";
+    common::write_split(&train, 120, 4, neutral);
+    let wordnet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lmforge/tests/data/wordnet-mini");
+    let cfg = tmp.path().join("carve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ntrain = {:?}\ntext_column = \"sentence\"\nvalidation_fraction = 0.1\ntest_fraction = 0.1\n\
+             split_by = \"label\"\n\n[data.augment]\ncopies = 1\nwordnet = {:?}\n\n\
+             [model]\nbase = {:?}\ndropout = 0.0\n\n[finetune]\nmethod = \"lora\"\n\n[optim]\nlr = 1e-2\n\n\
+             [train]\nepochs = 2\nbatch_size = 16\nlog_every = 5\ncheckpoint_every = 3\n\n[log]\nprogress = \"off\"\n",
+            s(&train),
+            s(&wordnet),
+            s(&common::fixture("gpt2-tiny")),
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    ok(&["finetune", "--config", s(&cfg), "--run-dir", s(&run)]);
+    let r = read_json(&run.join("results.json"));
+    let splits = &r["splits"];
+    for (name, want_neutral) in [("validation", 1), ("test", 1)] {
+        assert_eq!(splits[name]["source"], "fraction", "{splits}");
+        assert_eq!(splits[name]["classes"]["neutral"], want_neutral, "{name}: {splits}");
+        let (pos, neg) = (
+            splits[name]["classes"]["positive"].as_u64().unwrap(),
+            splits[name]["classes"]["negative"].as_u64().unwrap(),
+        );
+        assert!(pos >= 5 && neg >= 5, "{name}: {splits}");
+    }
+    let held: u64 = ["validation", "test"].iter().map(|n| splits[*n]["rows"].as_u64().unwrap()).sum();
+    let original_train = 124 - held;
+    // The training rows are the rest, each with one augmented copy.
+    assert_eq!(splits["train"]["rows"].as_u64(), Some(2 * original_train), "{splits}");
+    assert_eq!(splits["train"]["classes"]["neutral"], 4, "two rows and their copies: {splits}");
+    let aug = &r["augmentation"];
+    assert_eq!(aug["rows_added"].as_u64(), Some(original_train), "{aug}");
+    assert_eq!(
+        aug["by_operation"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>(),
+        original_train
+    );
+    assert!(aug["wordnet_words"].as_u64().unwrap() > 0, "{aug}");
+    assert_eq!((r["final"]["split"].as_str(), r["final"]["file"].as_str()), (Some("test"), Some(s(&train))));
+
+    // Stopped after 5 steps and resumed: the same training rows, the same model.
+    let split = tmp.path().join("split");
+    ok(&["finetune", "--config", s(&cfg), "--run-dir", s(&split), "--stop-after", "5"]);
+    ok(&["finetune", "--resume", s(&split)]);
+    let weights = |d: &Path| std::fs::read(d.join("model/adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(weights(&split), weights(&run), "resumed run differs");
+    assert_eq!(read_json(&split.join("results.json"))["final"], r["final"]);
+
+    // Keys are checked by name.
+    for (set, key) in [
+        ("data.validation_fraction=1.5", "data.validation_fraction"),
+        ("data.augment.swap=2", "data.augment.swap"),
+        ("data.split_by=alphabet", "data.split_by"),
+    ] {
+        let out = lmforge(&["finetune", "--config", s(&cfg), "--run-dir", s(&tmp.path().join("bad")), "--set", set]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "--set {set}: {err}");
+    }
+}

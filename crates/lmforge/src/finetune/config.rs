@@ -148,6 +148,27 @@ pub struct ClsDataConfig {
     pub folds: usize,
     #[serde(skip_serializing_if = "is_zero")]
     pub fold: usize,
+    /// Shares of the train file's rows held out as the validation / test split when
+    /// `data.validation` / `data.test` are not given (classification, regression); 0: none.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub validation_fraction: f64,
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub test_fraction: f64,
+    /// How those rows are drawn: "label" (per class, so small classes appear in every split;
+    /// regression: per score decile) or "random".
+    #[serde(skip_serializing_if = "is_by_label")]
+    pub split_by: super::splits::SplitBy,
+    /// EDA augmentation of the training rows (`[data.augment]`, classification and regression).
+    #[serde(skip_serializing_if = "super::augment::AugmentConfig::is_default")]
+    pub augment: super::augment::AugmentConfig,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_by_label(v: &super::splits::SplitBy) -> bool {
+    *v == super::splits::SplitBy::Label
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -173,6 +194,10 @@ impl Default for ClsDataConfig {
             max_train_rows: 0,
             max_validation_rows: 0,
             folds: 0,
+            validation_fraction: 0.0,
+            test_fraction: 0.0,
+            split_by: super::splits::SplitBy::Label,
+            augment: Default::default(),
             fold: 0,
         }
     }
@@ -740,6 +765,41 @@ impl FinetuneConfig {
             )?;
             check(self.task.kind != TaskKind::CausalLm, "data.folds", d.folds, "0 for causal_lm")?;
         }
+        for (key, f, file) in [
+            ("data.validation_fraction", d.validation_fraction, &d.validation),
+            ("data.test_fraction", d.test_fraction, &d.test),
+        ] {
+            check((0.0..1.0).contains(&f), key, f, "0 <= fraction < 1")?;
+            if f > 0.0 {
+                let split = key.trim_start_matches("data.").trim_end_matches("_fraction");
+                check(file.as_os_str().is_empty(), key, f, &format!("0 when data.{split} names a file"))?;
+                check(
+                    matches!(self.task.kind, TaskKind::Classification | TaskKind::Regression),
+                    key,
+                    f,
+                    "0 for this task (held-out fractions are for classification and regression; give a file)",
+                )?;
+            }
+        }
+        check(
+            d.validation_fraction + d.test_fraction < 1.0,
+            "data.validation_fraction",
+            d.validation_fraction,
+            "validation_fraction + test_fraction < 1 (rows must remain to train on)",
+        )?;
+        check(
+            d.folds == 0 || d.validation_fraction == 0.0,
+            "data.validation_fraction",
+            d.validation_fraction,
+            "0 with data.folds (the held-out fold validates)",
+        )?;
+        d.augment.validate()?;
+        check(
+            d.augment.copies == 0 || matches!(self.task.kind, TaskKind::Classification | TaskKind::Regression),
+            "data.augment.copies",
+            d.augment.copies,
+            "0 for this task (word edits would misalign tags, answer spans and completions)",
+        )?;
         let metric = self.metric();
         match self.task.kind {
             TaskKind::Classification => {

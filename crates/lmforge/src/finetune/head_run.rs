@@ -108,7 +108,7 @@ pub(super) fn results(
         "best": s.best.map(|(value, step)| json!({"metric": cfg.metric(), "value": value, "step": step})),
         "final": metrics.map(|e| json!({
             "split": s.final_split,
-            "file": if s.final_split.as_deref() == Some("test") { &cfg.data.test } else { &cfg.data.validation },
+            "file": final_file(cfg, s.final_split.as_deref() == Some("test")),
             "metrics": e,
         })),
         "model": s.model_dir,
@@ -116,5 +116,21 @@ pub(super) fn results(
     match results {
         Value::Object(m) => m,
         _ => unreachable!("a JSON object"),
+    }
+}
+
+/// The file the final split was read from: its own, or the train file it was carved from
+/// (`data.test_fraction` / `validation_fraction`, folds).
+fn final_file(cfg: &FinetuneConfig, test: bool) -> &std::path::Path {
+    let d = &cfg.data;
+    let (file, carved) = if test {
+        (&d.test, d.test_fraction > 0.0)
+    } else {
+        (&d.validation, d.validation_fraction > 0.0 || d.folds > 0)
+    };
+    if carved {
+        &d.train
+    } else {
+        file
     }
 }

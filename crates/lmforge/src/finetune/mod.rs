@@ -13,6 +13,7 @@
 //! [`token_run`]), extractive question answering ([`qa_data`], [`qa_task`], [`qa_run`]) and
 //! causal-LM fine-tuning ([`sft_data`], [`causal`], [`causal_run`]).
 
+pub mod augment;
 pub mod batching;
 pub mod causal;
 pub mod causal_run;
@@ -26,6 +27,7 @@ pub mod qa_data;
 pub mod qa_run;
 pub mod qa_task;
 pub mod sft_data;
+pub mod splits;
 pub mod tagged;
 pub mod task;
 pub mod token_run;
@@ -254,6 +256,7 @@ struct Inputs {
     train: Split,
     validation: Option<Split>,
     test: Option<Split>,
+    augmentation: augment::AugmentReport,
 }
 
 /// Reads the labelled files (a seeded subset of the train rows with `data.max_train_rows`),
@@ -279,7 +282,12 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
         }
         None => (train_ex, None),
     };
+    // Held-out fractions of the train file (`data.validation_fraction` / `test_fraction`).
+    let (train_ex, carved_val, carved_test) = splits::carve(cfg, train_ex);
+    let held_out = held_out.or(carved_val);
     let train_ex = train_subset(cfg, train_ex);
+    // Augmented copies of the training rows only, after any subset (a copy's row is trained on).
+    let (train_ex, augmentation) = augment::augment(train_ex, &cfg.data.augment, cfg.train.seed)?;
     let (spec, mut store, tokenizer) = model::load_base(&cfg.model.base, &labels, HeadKind::Sequence, device)?;
     let max_len = window(cfg, spec.context);
     let read = |path: &Path, limit: usize| -> Result<Option<Split>> {
@@ -302,9 +310,15 @@ fn read_inputs(cfg: &FinetuneConfig, device: &candle_core::Device) -> Result<Inp
         }
         None => read(&cfg.data.validation, cfg.data.max_validation_rows)?,
     };
-    let test = read(&cfg.data.test, 0)?;
+    let test = match carved_test {
+        Some(examples) => {
+            let encoded = encode(&examples, &tokenizer, max_len)?;
+            Some(Split { file: cfg.data.train.clone(), examples, encoded, bad: BadRows::default() })
+        }
+        None => read(&cfg.data.test, 0)?,
+    };
     let lora = model::prepare(&mut store, &spec, cfg, &labels)?;
-    Ok(Inputs { labels, spec, store, tokenizer, lora, train, validation, test })
+    Ok(Inputs { labels, spec, store, tokenizer, lora, train, validation, test, augmentation })
 }
 
 /// A seeded subset of `data.max_train_rows` training rows, in file order (all rows when 0 or
@@ -399,7 +413,23 @@ fn run_classification(
     let placement = opts.placement(t.device, t.precision)?;
     cfg.check_paths()?;
     let inputs = read_inputs(cfg, &placement.device)?;
-    let Inputs { labels, spec, store, tokenizer, lora, train, validation, test } = inputs;
+    let Inputs { labels, spec, store, tokenizer, lora, train, validation, test, augmentation } = inputs;
+    if augmentation.rows_added > 0 {
+        let ops: Vec<String> = augmentation.by_operation.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        crate::progress::note(
+            cfg.log.progress.mode(),
+            &format!("augmentation: {} rows added ({})", augmentation.rows_added, ops.join(", ")),
+        );
+    }
+    let report = splits::reports(
+        cfg,
+        &labels,
+        [
+            Some(&train.examples[..]),
+            validation.as_ref().map(|v| &v.examples[..]),
+            test.as_ref().map(|t| &t.examples[..]),
+        ],
+    );
     let validation_split = validation.as_ref().map(|v| EncodedSplit { encoded: &v.encoded, gold: v.gold() });
     let train_values = train.values();
     let head =
@@ -431,7 +461,12 @@ fn run_classification(
     for s in [Some(&train), validation.as_ref(), test.as_ref()].into_iter().flatten() {
         dataset::add_bad_rows(&mut all_bad, &s.bad);
     }
-    write_results(run_dir, cfg, &labels, &out, &train, all_bad)?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("splits".into(), json!(report));
+    if augmentation.copies > 0 {
+        extra.insert("augmentation".into(), json!(augmentation));
+    }
+    write_results(run_dir, cfg, &labels, &out, &train, all_bad, extra)?;
     Ok((summary, out))
 }
 
@@ -527,6 +562,7 @@ fn write_results(
     s: &FinetuneSummary,
     train: &Split,
     bad: BadRows,
+    extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     let metrics = match (&s.final_eval, &s.final_regression) {
         (Some(e), _) => Some(serde_json::to_value(e).expect("json")),
@@ -535,6 +571,8 @@ fn write_results(
     };
     let mut results = head_run::results(cfg, s, json!({"examples": train.encoded.len()}), &bad, metrics);
     results.insert("labels".into(), json!(labels.labels));
+    // The splits' per-class counts and the augmentation report.
+    results.extend(extra);
     crate::fsio::write_json_atomic(&run_dir.join("results.json"), &results)
 }
 
