@@ -1,6 +1,7 @@
 //! GGUF, llama.cpp's model file: export (`lmforge quantize`, `lmforge export gguf`) with the
 //! metadata llama.cpp reads — architecture keys, context, rope settings, and the tokenizer as
-//! `tokenizer.ggml.*` (byte-level BPE: tokens, token types, merges, special ids) plus the exact
+//! `tokenizer.ggml.*` (byte-level BPE as llama.cpp's `gpt2` model: tokens, token types, merges,
+//! special ids; SentencePiece-style BPE as its `llama` model: pieces, scores, types) plus the exact
 //! `tokenizer.json` as `tokenizer.huggingface.json` — and the weights in a GGML type (candle's
 //! quantizers: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, and the Q4_K_M mix); and import, which
 //! reads ours and llama.cpp-made files of GPT-2 and Llama models back into a [`LoadedModel`].
@@ -215,15 +216,20 @@ fn quantize(t: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
     Ok(QTensor::quantize(t, dtype)?)
 }
 
-/// The tokenizer metadata llama.cpp reads, from a byte-level BPE `tokenizer.json`.
+/// The tokenizer metadata llama.cpp reads, from a BPE `tokenizer.json`: byte-level (GPT-2,
+/// Llama-3: llama.cpp's `gpt2` model) or SentencePiece-style with byte fallback (Llama-2,
+/// Mistral, TinyLlama: its `llama` model, [`sentencepiece_metadata`]).
 fn tokenizer_metadata(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(String, Value)>> {
     let json: Json = serde_json::from_str(&tok.to_json()?).map_err(|e| Error::Tokenizer(e.to_string()))?;
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(Error::Invalid(format!(
-            "GGUF export writes byte-level BPE tokenizers; this one is {}",
+            "GGUF export writes BPE tokenizers (byte-level or SentencePiece-style); this one is {}",
             model["type"]
         )));
+    }
+    if is_sentencepiece(&json) {
+        return sentencepiece_metadata(tok, &json, vocab_size);
     }
     let mut tokens = vec![String::new(); vocab_size];
     let mut types = vec![1i32; vocab_size]; // 1: normal
@@ -273,6 +279,96 @@ fn tokenizer_metadata(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(Str
     if let Some(eos) = tok.eos_id() {
         out.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
         out.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(eos)));
+    }
+    Ok(out)
+}
+
+/// A SentencePiece-style BPE: byte-fallback pieces, or "▁" standing for spaces.
+fn is_sentencepiece(json: &Json) -> bool {
+    json["model"]["byte_fallback"] == true
+        || json["normalizer"].to_string().contains('\u{2581}')
+        || json["pre_tokenizer"].to_string().contains("Metaspace")
+}
+
+/// llama.cpp's `llama` (SentencePiece) vocabulary from a Llama-2-style `tokenizer.json`: pieces
+/// as they are ("▁" for a space), a score per piece that orders the merges as the BPE does (the
+/// piece made by merge i scores −i; llama.cpp's SentencePiece tokenizer merges the pair whose
+/// piece scores highest), token types (`<0xXX>` byte pieces 6, the unknown piece 2, special
+/// added tokens 3), the merges themselves (transformers' GGUF reader uses them), `<s>` / `</s>`
+/// / `<unk>` ids, and whether a BOS is added (the post-processor's template).
+fn sentencepiece_metadata(tok: &TextTokenizer, json: &Json, vocab_size: usize) -> Result<Vec<(String, Value)>> {
+    let model = &json["model"];
+    let mut tokens = vec![String::new(); vocab_size];
+    let mut types = vec![5i32; vocab_size]; // unused until seen
+    let mut scores = vec![0f32; vocab_size];
+    let mut ids: std::collections::HashMap<String, usize> = Default::default();
+    for (piece, id) in model["vocab"].as_object().into_iter().flatten() {
+        if let Some(i) = id.as_u64().map(|i| i as usize).filter(|&i| i < vocab_size) {
+            let byte = piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>');
+            types[i] = if byte { 6 } else { 1 };
+            tokens[i] = piece.clone();
+            ids.insert(piece.clone(), i);
+        }
+    }
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Json::String(s) => Some(s.clone()),
+            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect();
+    let mut scored = vec![false; vocab_size];
+    for (rank, m) in merges.iter().enumerate() {
+        if let Some(&i) = m.split_once(' ').and_then(|(a, b)| ids.get(&format!("{a}{b}"))) {
+            if !scored[i] {
+                scores[i] = -(rank as f32);
+                scored[i] = true;
+            }
+        }
+    }
+    let unk = model["unk_token"].as_str().and_then(|u| ids.get(u).copied());
+    if let Some(u) = unk {
+        types[u] = 2;
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(i), Some(content)) = (added["id"].as_u64().map(|i| i as usize), added["content"].as_str()) {
+            if i < vocab_size && Some(i) != unk {
+                tokens[i] = content.to_string();
+                types[i] = if added["special"].as_bool() == Some(true) { 3 } else { 4 };
+            }
+        }
+    }
+    for (i, t) in tokens.iter_mut().enumerate() {
+        if types[i] == 5 {
+            *t = format!("[PAD{i}]");
+        }
+    }
+    let id_of = |name: &str| tok.token_id(name);
+    let add_bos = json["post_processor"].to_string().contains("\"<s>\"");
+    let mut out = vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.scores".to_string(), Value::Array(scores.into_iter().map(Value::F32).collect())),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        ("tokenizer.ggml.merges".to_string(), Value::Array(merges.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(add_bos)),
+        ("tokenizer.ggml.add_eos_token".to_string(), Value::Bool(false)),
+        (
+            "tokenizer.ggml.add_space_prefix".to_string(),
+            Value::Bool(json["normalizer"].to_string().contains("Prepend")),
+        ),
+        ("tokenizer.huggingface.json".to_string(), Value::String(tok.to_json()?)),
+    ];
+    for (key, id) in
+        [("bos", id_of("<s>")), ("eos", id_of("</s>").or(tok.eos_id())), ("unknown", unk.map(|u| u as u32))]
+    {
+        if let Some(id) = id {
+            out.push((format!("tokenizer.ggml.{key}_token_id"), Value::U32(id)));
+        }
     }
     Ok(out)
 }

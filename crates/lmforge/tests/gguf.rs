@@ -168,3 +168,82 @@ fn quantized_files_run_on_their_blocks() {
         }
     }
 }
+
+/// llama.cpp's SentencePiece tokenization (`llm_tokenizer_spm`) over a GGUF vocabulary: "▁"
+/// for spaces and one in front, single characters as symbols, the adjacent pair whose joined
+/// piece scores highest merged first (ties: leftmost), and pieces not in the vocabulary spelled
+/// as `<0xXX>` byte pieces.
+fn llama_cpp_spm(tokens: &[String], scores: &[f32], text: &str) -> Vec<u32> {
+    let id: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let text = format!("\u{2581}{}", text.replace(' ', "\u{2581}"));
+    let mut symbols: Vec<String> = text.chars().map(String::from).collect();
+    loop {
+        let best = (0..symbols.len().saturating_sub(1))
+            .filter_map(|i| id.get(format!("{}{}", symbols[i], symbols[i + 1]).as_str()).map(|&t| (scores[t], i)))
+            .fold(None, |b: Option<(f32, usize)>, (s, i)| match b {
+                Some((bs, _)) if bs >= s => b,
+                _ => Some((s, i)),
+            });
+        let Some((_, i)) = best else { break };
+        let right = symbols.remove(i + 1);
+        symbols[i].push_str(&right);
+    }
+    symbols
+        .iter()
+        .flat_map(|s| match id.get(s.as_str()) {
+            Some(&t) => vec![t as u32],
+            None => s.bytes().map(|b| id[format!("<0x{b:02X}>").as_str()] as u32).collect(),
+        })
+        .collect()
+}
+
+/// A Llama-2-style SentencePiece tokenizer (`scripts/make_spm_tokenizer.py`) exports as
+/// llama.cpp's `llama` vocabulary: pieces, merge-ordered scores, byte / unknown / control
+/// types, special ids, BOS added; llama.cpp's algorithm over the written pieces and scores
+/// tokenizes as the tokenizer.json does.
+#[test]
+fn sentencepiece_tokenizers_export_as_llama_vocabularies() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm-tokenizer");
+    let mut m = LoadedModel::load(&fixtures().join("llama-tiny"), &Device::Cpu).unwrap();
+    m.tokenizer = lmforge::tokenizer::TextTokenizer::load(&dir.join("tokenizer.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("spm.gguf");
+    export(&m, QuantType::F32, &path, "llama-tiny-spm").unwrap();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let s = |k: &str| c.metadata[k].to_string().unwrap().clone();
+    let u = |k: &str| c.metadata[k].to_u32().unwrap();
+    assert_eq!((s("tokenizer.ggml.model").as_str(), s("tokenizer.ggml.pre").as_str()), ("llama", "default"));
+    assert_eq!(
+        (u("tokenizer.ggml.unknown_token_id"), u("tokenizer.ggml.bos_token_id"), u("tokenizer.ggml.eos_token_id")),
+        (0, 1, 2)
+    );
+    assert!(c.metadata["tokenizer.ggml.add_bos_token"].to_bool().unwrap());
+    assert!(c.metadata["tokenizer.ggml.add_space_prefix"].to_bool().unwrap());
+    let tokens: Vec<String> =
+        c.metadata["tokenizer.ggml.tokens"].to_vec().unwrap().iter().map(|v| v.to_string().unwrap().clone()).collect();
+    let scores: Vec<f32> =
+        c.metadata["tokenizer.ggml.scores"].to_vec().unwrap().iter().map(|v| v.to_f32().unwrap()).collect();
+    let types: Vec<i32> =
+        c.metadata["tokenizer.ggml.token_type"].to_vec().unwrap().iter().map(|v| v.to_i32().unwrap()).collect();
+    assert_eq!((tokens.len(), scores.len(), types.len()), (1000, 1000, 1000));
+    assert_eq!(
+        (&tokens[0][..], types[0], &tokens[1][..], types[1], &tokens[3][..], types[3]),
+        ("<unk>", 2, "<s>", 3, "<0x00>", 6)
+    );
+    assert!(types[259..].iter().all(|&t| t == 1), "pieces are normal tokens");
+    assert!(scores.iter().filter(|&&s| s < 0.0).count() > 500, "merged pieces carry their merge rank");
+    for text in [
+        "ROMEO: What light through yonder window breaks?",
+        "  two leading spaces, and the end. ",
+        "Ünïcødé, 中文 and 🦀 fall back to bytes",
+        "First Citizen:\nBefore we proceed any further, hear me speak.",
+    ] {
+        let want = m.tokenizer.encode(text).unwrap();
+        let want: Vec<u32> = want.into_iter().filter(|&i| i != 1).collect(); // without the BOS
+        assert_eq!(llama_cpp_spm(&tokens, &scores, text), want, "{text:?}");
+    }
+    // lmforge reads the file back with the same tokenizer.
+    let back = LoadedModel::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.tokenizer.encode("What light").unwrap(), m.tokenizer.encode("What light").unwrap());
+}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Raw text (.txt / .jsonl, optionally .gz / .zst; files or folders) -> a prepared folder.
+    /// Raw text (.txt / .jsonl / .html / .warc / .wet, optionally .gz / .zst; files or folders) -> a prepared folder.
     Prepare {
         /// An input file or folder (repeatable; added to data.path / data.inputs of --config).
         #[arg(long = "input", value_name = "PATH")]

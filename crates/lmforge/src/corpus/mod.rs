@@ -569,6 +569,20 @@ pub fn summary_table(m: &Value) -> String {
     row("exact duplicates", c["exact_duplicates"].to_string());
     row("near duplicates", format!("{} (in {} clusters)", c["near_duplicates"], c["near_duplicate_clusters"]));
     row("documents out", c["documents_out"].to_string());
+    if let Some(web) = c["web"].as_object() {
+        let skipped: Vec<String> =
+            web["skipped"].as_object().into_iter().flatten().map(|(k, n)| format!("{k} {n}")).collect();
+        row("WARC records (skipped)", format!("{} ({})", web["records"], skipped.join(", ")));
+    }
+    if let Some(pii) = c["pii"].as_object() {
+        row(
+            "PII replaced",
+            format!(
+                "{} e-mail, {} IP, {} phone in {} documents",
+                pii["email"], pii["ip"], pii["phone"], pii["documents"]
+            ),
+        );
+    }
     if let Some(langs) = c["languages"].as_object() {
         let mut by_docs: Vec<(&String, u64)> =
             langs.iter().map(|(l, v)| (l, v["documents"].as_u64().unwrap_or(0))).collect();
