@@ -543,6 +543,11 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     }
     let tokenizer = match content.metadata.get("tokenizer.huggingface.json").and_then(|v| v.to_string().ok()) {
         Some(json) => TextTokenizer::from_bytes(json.as_bytes())?,
+        None if content.metadata.get("tokenizer.ggml.model").and_then(|v| v.to_string().ok()).map(String::as_str)
+            == Some("llama") =>
+        {
+            TextTokenizer::from_bytes(sentencepiece_json(&content).map_err(|e| Error::format(path, e))?.as_bytes())?
+        }
         None => {
             use candle_core::quantized::tokenizer::TokenizerFromGguf;
             let t = tokenizers::Tokenizer::from_gguf(&content)
@@ -552,4 +557,90 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     };
     let network = Network::new(&spec, &params)?;
     Ok(LoadedModel { spec, params, network, tokenizer, source: path.to_path_buf(), adapter: None })
+}
+
+/// A `tokenizer.json` for a GGUF `llama` (SentencePiece) vocabulary without one (llama.cpp's
+/// files): BPE with byte fallback over its pieces, "▁" for spaces (and in front, unless
+/// `add_space_prefix` is false), `<s>` added when `add_bos_token`; merges as the file lists them
+/// or, as transformers recovers them, every split of a piece into two pieces, best-scored first.
+fn sentencepiece_json(c: &gguf_file::Content) -> std::result::Result<String, String> {
+    let array = |k: &str| c.metadata.get(k).and_then(|v| v.to_vec().ok()).ok_or_else(|| format!("no {k}"));
+    let tokens: Vec<String> = array("tokenizer.ggml.tokens")?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| format!("tokenizer.ggml.tokens: {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    let scores: Vec<f32> = match array("tokenizer.ggml.scores") {
+        Ok(v) => v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect(),
+        Err(_) => vec![0.0; tokens.len()],
+    };
+    let types: Vec<i32> = match array("tokenizer.ggml.token_type") {
+        Ok(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+        Err(_) => vec![1; tokens.len()],
+    };
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        return Err(format!("{} tokens but {} scores and {} types", tokens.len(), scores.len(), types.len()));
+    }
+    let flag = |k: &str, default: bool| c.metadata.get(k).and_then(|v| v.to_bool().ok()).unwrap_or(default);
+    let id =
+        |k: &str| c.metadata.get(k).and_then(|v| v.to_u32().ok()).map(|i| i as usize).filter(|&i| i < tokens.len());
+    let vocab: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    let merges: Vec<(String, String)> = match array("tokenizer.ggml.merges") {
+        Ok(m) => m
+            .iter()
+            .filter_map(|v| v.to_string().ok()?.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect(),
+        Err(_) => {
+            let mut all = Vec::new();
+            for (i, t) in tokens.iter().enumerate().filter(|(i, _)| types[*i] == 1) {
+                for (at, _) in t.char_indices().skip(1) {
+                    let (l, r) = t.split_at(at);
+                    if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                        all.push((scores[i], l.chars().count(), r.chars().count(), li, ri));
+                    }
+                }
+            }
+            all.sort_by(|a, b| {
+                b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)).then((a.3, a.4).cmp(&(b.3, b.4)))
+            });
+            all.into_iter().map(|(_, _, _, l, r)| (tokens[l].clone(), tokens[r].clone())).collect()
+        }
+    };
+    let unk = id("tokenizer.ggml.unknown_token_id").or_else(|| types.iter().position(|&t| t == 2));
+    let added: Vec<Json> = (0..tokens.len())
+        .filter(|&i| types[i] == 3 || types[i] == 4 || Some(i) == unk)
+        .map(|i| {
+            serde_json::json!({ "id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
+                "normalized": false, "special": types[i] != 4 })
+        })
+        .collect();
+    let mut normalizers =
+        vec![serde_json::json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" })];
+    if flag("tokenizer.ggml.add_space_prefix", true) {
+        normalizers.insert(0, serde_json::json!({ "type": "Prepend", "prepend": "\u{2581}" }));
+    }
+    let bos = id("tokenizer.ggml.bos_token_id").filter(|_| flag("tokenizer.ggml.add_bos_token", true));
+    let post = bos.map(|b| {
+        let t = &tokens[b];
+        serde_json::json!({ "type": "TemplateProcessing",
+            "single": [{ "SpecialToken": { "id": t, "type_id": 0 } }, { "Sequence": { "id": "A", "type_id": 0 } }],
+            "pair": [{ "SpecialToken": { "id": t, "type_id": 0 } }, { "Sequence": { "id": "A", "type_id": 0 } },
+                     { "SpecialToken": { "id": t, "type_id": 1 } }, { "Sequence": { "id": "B", "type_id": 1 } }],
+            "special_tokens": { t.clone(): { "id": t, "ids": [b], "tokens": [t] } } })
+    });
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": { "type": "Sequence", "normalizers": normalizers },
+        "pre_tokenizer": null,
+        "post_processor": post,
+        "decoder": { "type": "Sequence", "decoders": [
+            { "type": "Replace", "pattern": { "String": "\u{2581}" }, "content": " " },
+            { "type": "ByteFallback" }, { "type": "Fuse" }, { "type": "Strip", "content": " ", "start": 1, "stop": 0 } ] },
+        "model": { "type": "BPE", "dropout": null, "unk_token": unk.map(|u| tokens[u].clone()),
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false,
+            "vocab": tokens.iter().enumerate().map(|(i, t)| (t.clone(), Json::from(i))).collect::<serde_json::Map<_, _>>(),
+            "merges": merges.into_iter().map(|(a, b)| Json::from(vec![a, b])).collect::<Vec<_>>() },
+    });
+    Ok(json.to_string())
 }

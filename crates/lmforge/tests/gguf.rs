@@ -243,7 +243,31 @@ fn sentencepiece_tokenizers_export_as_llama_vocabularies() {
         let want: Vec<u32> = want.into_iter().filter(|&i| i != 1).collect(); // without the BOS
         assert_eq!(llama_cpp_spm(&tokens, &scores, text), want, "{text:?}");
     }
-    // lmforge reads the file back with the same tokenizer.
+    // lmforge reads the file back with the same tokenizer: its tokenizer.json copy, or, as in
+    // llama.cpp's files, only the pieces, scores and types (merges recovered from the scores).
     let back = LoadedModel::load(&path, &Device::Cpu).unwrap();
     assert_eq!(back.tokenizer.encode("What light").unwrap(), m.tokenizer.encode("What light").unwrap());
+    let bare = tmp.path().join("bare.gguf");
+    let meta: Vec<(String, gguf_file::Value)> = c
+        .metadata
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "tokenizer.huggingface.json" | "tokenizer.ggml.merges"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> =
+        c.tensor_infos.keys().map(|k| (k.clone(), c.tensor(&mut f, k, &Device::Cpu).unwrap())).collect();
+    let mut out = std::fs::File::create(&bare).unwrap();
+    gguf_file::write(
+        &mut out,
+        &meta.iter().map(|(k, v)| (k.as_str(), v)).collect::<Vec<_>>(),
+        &tensors.iter().map(|(k, t)| (k.as_str(), t)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    drop(out);
+    let rebuilt = LoadedModel::load(&bare, &Device::Cpu).unwrap().tokenizer;
+    for text in ["ROMEO: What light through yonder window breaks?", "  two leading spaces", "Ünïcødé 中文 🦀"] {
+        assert_eq!(rebuilt.encode(text).unwrap(), m.tokenizer.encode(text).unwrap(), "{text:?}");
+        let ids = m.tokenizer.encode(text).unwrap();
+        assert_eq!(rebuilt.decode(&ids).unwrap(), m.tokenizer.decode(&ids).unwrap());
+    }
 }
