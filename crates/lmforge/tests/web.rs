@@ -206,6 +206,7 @@ fn a_warc_yields_exactly_its_pages_main_text_with_urls() {
             assert!(row["record_id"].as_str().unwrap().starts_with("<urn:uuid:"), "{row}");
             assert_eq!(row["date"], "2026-12-05T10:00:00Z");
             assert_eq!(row["source"], input.display().to_string());
+            assert!(row["record"].as_u64().is_some_and(|r| (3..=10).contains(&r)), "{row}");
         }
         let c = &m["counts"];
         assert_eq!(c["documents_in"], 9, "{c}");

@@ -389,7 +389,10 @@ pub fn prepare(
                     let split = split_of(&text, s.val, s.test, s.seed);
                     stores[split].push(&text)?;
                     if let Some(m) = metadata.as_mut() {
-                        let mut row = json!({ "source": sources[p.input], "line": p.line });
+                        // A WARC document's place is its record number, a text's its line.
+                        let at = if meta.is_some() { "record" } else { "line" };
+                        let mut row = json!({ "source": sources[p.input] });
+                        row[at] = json!(p.line);
                         if let Some(meta) = meta {
                             row.as_object_mut().expect("object").extend(
                                 serde_json::to_value(*meta)
