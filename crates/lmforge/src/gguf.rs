@@ -256,17 +256,7 @@ fn tokenizer_metadata(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(Str
             types[i] = 5; // unused
         }
     }
-    let merges: Vec<Value> = model["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Json::String(s) => Some(s.clone()),
-            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .map(Value::String)
-        .collect();
+    let merges: Vec<Value> = merges_of(model).into_iter().map(Value::String).collect();
     let mut out = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".to_string(), Value::String("gpt-2".into())),
@@ -281,6 +271,21 @@ fn tokenizer_metadata(tok: &TextTokenizer, vocab_size: usize) -> Result<Vec<(Str
         out.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(eos)));
     }
     Ok(out)
+}
+
+/// A `tokenizer.json` BPE model's merges as GGUF writes them, "left right", in rank order
+/// (`tokenizers` saves them as such strings or, since 0.20, as pairs).
+fn merges_of(model: &Json) -> Vec<String> {
+    model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            Json::String(s) => Some(s.clone()),
+            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A SentencePiece-style BPE: byte-fallback pieces, or "▁" standing for spaces.
@@ -310,16 +315,7 @@ fn sentencepiece_metadata(tok: &TextTokenizer, json: &Json, vocab_size: usize) -
             ids.insert(piece.clone(), i);
         }
     }
-    let merges: Vec<String> = model["merges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| match m {
-            Json::String(s) => Some(s.clone()),
-            Json::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
-            _ => None,
-        })
-        .collect();
+    let merges = merges_of(model);
     let mut scored = vec![false; vocab_size];
     for (rank, m) in merges.iter().enumerate() {
         if let Some(&i) = m.split_once(' ').and_then(|(a, b)| ids.get(&format!("{a}{b}"))) {

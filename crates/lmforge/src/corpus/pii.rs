@@ -132,7 +132,11 @@ fn replace_cow<'a>(
 ) -> Cow<'a, str> {
     match text {
         Cow::Borrowed(t) => replace(t, re, with, n, keep),
-        Cow::Owned(t) => Cow::Owned(replace(&t, re, with, n, keep).into_owned()),
+        // An owned text is kept as it is when nothing more was replaced (no copy).
+        Cow::Owned(t) => match replace(&t, re, with, n, keep) {
+            Cow::Borrowed(_) => Cow::Owned(t),
+            Cow::Owned(replaced) => Cow::Owned(replaced),
+        },
     }
 }
 
