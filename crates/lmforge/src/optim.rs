@@ -168,6 +168,13 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Re
         sq += crate::ops::sum_squares(g)?;
     }
     let norm = sq.sqrt();
+    clip_to_norm(grads, norm, max_norm)?;
+    Ok(norm)
+}
+
+/// Scales `grads`, whose global norm (over every process's share) is `norm`, down to
+/// `max_norm` when it is larger (0: no clipping).
+pub fn clip_to_norm(grads: &mut BTreeMap<String, Tensor>, norm: f64, max_norm: f64) -> Result<()> {
     if max_norm > 0.0 && norm.is_finite() {
         let scale = max_norm / (norm + 1e-6);
         if scale < 1.0 {
@@ -176,7 +183,7 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Re
             }
         }
     }
-    Ok(norm)
+    Ok(())
 }
 
 /// Collects the gradient of every variable, by name. A parameter the loss does not reach gets

@@ -93,18 +93,23 @@ impl StartArgs {
         } else {
             lmforge::observe::Observers::default()
         };
-        let opts = lmforge::train::TrainOptions {
+        let mut opts = lmforge::train::TrainOptions {
             stop_after: self.stop_after,
             interrupt: Some(crate::process::interrupt_flag()),
             comm: Some(ctx.comm.clone()),
             observers,
             device: self.device,
+            distributed_set: Vec::new(),
         };
         let start = match self.resume {
             Some(dir) => {
-                if !self.run.set.is_empty() || self.run.run_dir.is_some() {
-                    anyhow::bail!("--resume continues a run exactly: --set and --run-dir cannot be combined with it");
+                if self.run.run_dir.is_some() || self.run.set.iter().any(|s| !s.starts_with("distributed.")) {
+                    anyhow::bail!(
+                        "--resume continues a run exactly: --run-dir and --set cannot be combined with it, \
+                         except --set distributed.KEY=VALUE (the ZeRO stage, buckets and compression may change)"
+                    );
                 }
+                opts.distributed_set = self.run.set;
                 Start::Resume(dir)
             }
             None => {

@@ -1,19 +1,22 @@
 //! The data-parallel training step over a [`Collective`]: which rows of each global
-//! micro-batch this process computes, the bucketed gradient all-reduce, ZeRO stage 1
-//! (optimizer state sharded by whole parameter, so every update rule — LAMB's trust ratio,
-//! Muon's orthogonalisation, Adafactor's factored moments — runs exactly as in one process),
-//! and the checkpoint's optimizer state, which does not depend on the process count: gathered
-//! to rank 0 when saving, each process loading its share when resuming.
+//! micro-batch this process computes, the gradient reductions ([`super::reduce`]), ZeRO
+//! stages 1 and 2 (optimizer state, and with 2 the gradients, sharded by whole parameter, so
+//! every update rule — LAMB's trust ratio, Muon's orthogonalisation, Adafactor's factored
+//! moments — runs exactly as in one process), and the checkpoint's optimizer state, which does
+//! not depend on the process count: gathered to rank 0 when saving, each process loading its
+//! share when resuming.
 //!
-//! Candle's `backward()` returns every gradient at once, so the all-reduce cannot overlap the
-//! backward pass as PyTorch DDP's per-parameter hooks do: it runs after the last micro-batch's
-//! backward (earlier micro-batches only accumulate locally), one message per bucket of about
-//! `bucket_mb`. ZeRO-1 here all-reduces whole gradients (every rank needs the global norm for
-//! clipping) and then all-gathers the updated parameters: 1.5x the traffic of plain data
-//! parallelism; a reduce-scatter of the gradients would bring it down to DDP's.
+//! Candle's `backward()` returns every gradient at once, so a reduction cannot overlap the
+//! backward pass that produced it as PyTorch DDP's per-parameter hooks do. ZeRO 0 and 1
+//! accumulate micro-batches locally and all-reduce once, after the last backward (ZeRO-1
+//! then all-gathers the updated parameters: 1.5x plain data parallelism's traffic). ZeRO-2
+//! reduce-scatters every micro-batch's gradients as soon as its backward ends — on a
+//! communication thread while the next micro-batch computes (`distributed.overlap`) — so no
+//! process keeps more than one micro-batch's full gradients, and accumulates only its share;
+//! the global gradient norm for clipping is one more two-value all-reduce.
 
-use super::DistributedConfig;
-use super::{buckets, shard_params, split_rows, Collective};
+use super::reduce::{Layout, Reducer, Traffic};
+use super::{buckets, shard_params, split_rows, Collective, Compression, DistributedConfig};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::optim::{OptimConfig, OptimSpec, Optimizer, ParamGroup};
@@ -26,18 +29,16 @@ use std::time::Duration;
 
 pub struct DataParallel {
     comm: Arc<dyn Collective>,
-    /// ZeRO-1 with more than one process.
-    sharded: bool,
+    /// The ZeRO stage in effect: the configured one with more than one process, else 0.
+    stage: u8,
+    overlap: bool,
     device: Device,
     /// Every parameter, and the ones whose optimizer state this process keeps and updates.
     vars: BTreeMap<String, Var>,
     owned: BTreeMap<String, Var>,
-    /// Parameter names in the order of every bucketed message, element counts, and owner rank.
-    names: Vec<String>,
-    numel: Vec<usize>,
-    owner: Vec<usize>,
-    /// Index ranges into `names`: one message each.
-    buckets: Vec<Range<usize>>,
+    /// Parameter names in the order of every bucketed message, shapes, owners, buckets.
+    layout: Layout,
+    reducer: Reducer,
 }
 
 impl DataParallel {
@@ -62,8 +63,9 @@ impl DataParallel {
         let vars = params.vars().clone();
         let names: Vec<String> = vars.keys().cloned().collect();
         let numel: Vec<usize> = vars.values().map(|v| v.elem_count()).collect();
-        let sharded = cfg.zero == 1 && world > 1;
-        let owner = if sharded {
+        let dims: Vec<Vec<usize>> = vars.values().map(|v| v.dims().to_vec()).collect();
+        let stage = if world > 1 { cfg.zero } else { 0 };
+        let owner = if stage >= 1 {
             let sizes: Vec<(String, usize)> = names.iter().cloned().zip(numel.iter().copied()).collect();
             let map = shard_params(&sizes, world);
             names.iter().map(|n| map[n]).collect()
@@ -73,16 +75,16 @@ impl DataParallel {
         let owned =
             names.iter().zip(&owner).filter(|(_, &r)| r == rank).map(|(n, _)| (n.clone(), vars[n].clone())).collect();
         let bucket_elems = ((cfg.bucket_mb * 1e6 / 4.0) as usize).max(1);
+        let device = params.device().clone();
         Ok(Self {
-            device: params.device().clone(),
-            buckets: buckets(&numel, bucket_elems),
+            reducer: Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone()),
+            layout: Layout { buckets: buckets(&numel, bucket_elems), names, numel, dims, owner },
+            device,
             comm,
-            sharded,
+            stage,
+            overlap: cfg.overlap,
             vars,
             owned,
-            names,
-            numel,
-            owner,
         })
     }
 
@@ -99,9 +101,29 @@ impl DataParallel {
         self.rank() == 0
     }
 
-    /// ZeRO-1 is in effect (configured, and more than one process).
+    /// ZeRO-1 or 2 is in effect (configured, and more than one process).
     pub fn is_sharded(&self) -> bool {
-        self.sharded
+        self.stage >= 1
+    }
+
+    /// The ZeRO stage in effect (0 with one process).
+    pub fn stage(&self) -> u8 {
+        self.stage
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.reducer.compression()
+    }
+
+    /// ZeRO-2: each micro-batch's gradients are reduce-scattered as soon as its backward ends
+    /// (PowerSGD, an all-reduce by nature, reduces once per step instead).
+    pub fn reduces_every_micro_batch(&self) -> bool {
+        self.stage >= 2 && self.compression() != Compression::PowerSgd
+    }
+
+    /// The per-micro-batch reductions run on a communication thread beside the computation.
+    pub fn overlaps(&self) -> bool {
+        self.overlap && self.reduces_every_micro_batch()
     }
 
     /// This process's share of `n` items (rows of a global batch, validation batches).
@@ -110,7 +132,7 @@ impl DataParallel {
     }
 
     /// The optimizer over the parameters whose state this process keeps (all of them
-    /// without ZeRO-1).
+    /// without ZeRO).
     pub fn optimizer(&self, cfg: &OptimConfig, groups: BTreeMap<String, ParamGroup>) -> Result<Optimizer> {
         self.optimizer_of(OptimSpec::from_config(cfg)?, groups)
     }
@@ -121,62 +143,69 @@ impl DataParallel {
     }
 
     /// Sums `grads` (each rank's already weighted share of the global mean) and returns the
-    /// sum of `loss`es over all ranks: one all-reduce per bucket, the loss riding in the last.
+    /// sum of `loss`es over all ranks: one all-reduce per bucket (fp32: the loss riding in the
+    /// last), or compressed.
     pub fn all_reduce_grads(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
-        if self.world_size() == 1 {
-            return Ok(loss);
-        }
-        let mut total = loss;
-        let last = self.buckets.len().saturating_sub(1);
-        for (b, range) in self.buckets.iter().enumerate() {
-            let mut flat = Vec::with_capacity(range.clone().map(|i| self.numel[i]).sum::<usize>() + 1);
-            for name in &self.names[range.clone()] {
-                let g = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
-                flat.extend(g.flatten_all()?.to_vec1::<f32>()?);
-            }
-            if b == last {
-                flat.push(loss as f32);
-            }
-            self.comm.all_reduce_sum(&mut flat)?;
-            let mut off = 0;
-            for i in range.clone() {
-                let g = grads.get_mut(&self.names[i]).expect("checked above");
-                *g = Tensor::from_slice(&flat[off..off + self.numel[i]], g.shape(), &self.device)?;
-                off += self.numel[i];
-            }
-            if b == last {
-                total = flat[off] as f64;
-            }
-        }
-        Ok(total)
+        self.reducer.all_reduce(&self.layout, grads, loss)
     }
 
-    /// One optimizer update: of every parameter, or with ZeRO-1 of this rank's, followed by
-    /// an all-gather of the updated parameters (bucket by bucket).
+    /// ZeRO-2: the summed gradients of this process's parameters (and no others) from its
+    /// full local set, one reduce-scatter per bucket.
+    pub fn reduce_scatter_grads(&self, grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        self.reducer.reduce_scatter(&self.layout, grads)
+    }
+
+    /// ZeRO-2's end of a step: the global loss and gradient norm from every rank's share (one
+    /// two-value all-reduce), and this rank's gradients clipped to `max_norm`.
+    pub fn finish_sharded(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64, max_norm: f64) -> Result<(f64, f64)> {
+        let mut sq = 0.0f64;
+        for g in grads.values() {
+            sq += crate::ops::sum_squares(g)?;
+        }
+        let mut buf = [loss as f32, sq as f32];
+        self.reducer.all_reduce_sum(&mut buf)?;
+        let norm = (buf[1] as f64).sqrt();
+        crate::optim::clip_to_norm(grads, norm, max_norm)?;
+        Ok((buf[0] as f64, norm))
+    }
+
+    /// Counts time a step waited for overlapped communication.
+    pub fn add_exposed_comm(&self, seconds: f64) {
+        self.reducer.add_exposed(seconds);
+    }
+
+    /// What communication cost since the last call.
+    pub fn take_traffic(&self) -> Traffic {
+        self.reducer.take_traffic(self.overlaps())
+    }
+
+    /// One optimizer update: of every parameter, or with ZeRO of this rank's, followed by an
+    /// all-gather of the updated parameters (bucket by bucket).
     pub fn step(&self, optimizer: &mut Optimizer, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
-        if !self.sharded {
+        if !self.is_sharded() {
             return optimizer.step(&self.vars, grads, lr);
         }
         optimizer.step(&self.owned, grads, lr)?;
         let (rank, world) = (self.rank(), self.world_size());
-        for range in &self.buckets {
+        let l = &self.layout;
+        for range in &l.buckets {
             let mut counts = vec![0usize; world];
             let mut local = Vec::new();
             for i in range.clone() {
-                counts[self.owner[i]] += self.numel[i];
-                if self.owner[i] == rank {
-                    local.extend(self.vars[&self.names[i]].flatten_all()?.to_vec1::<f32>()?);
+                counts[l.owner[i]] += l.numel[i];
+                if l.owner[i] == rank {
+                    local.extend(self.vars[&l.names[i]].flatten_all()?.to_vec1::<f32>()?);
                 }
             }
-            let all = self.comm.all_gather(&local, &counts)?;
+            let all = self.reducer.all_gather(&local, &counts)?;
             let mut off = 0;
             for r in 0..world {
-                for i in range.clone().filter(|&i| self.owner[i] == r) {
-                    let var = &self.vars[&self.names[i]];
+                for i in range.clone().filter(|&i| l.owner[i] == r) {
+                    let var = &self.vars[&l.names[i]];
                     if r != rank {
-                        var.set(&Tensor::from_slice(&all[off..off + self.numel[i]], var.shape(), &self.device)?)?;
+                        var.set(&Tensor::from_slice(&all[off..off + l.numel[i]], var.shape(), &self.device)?)?;
                     }
-                    off += self.numel[i];
+                    off += l.numel[i];
                 }
             }
         }
@@ -212,7 +241,7 @@ impl DataParallel {
     /// 0, None elsewhere. With ZeRO-1 every rank sends its shard, bucket by bucket; rank 0
     /// rebuilds the names and shapes of the others' slots from the update rule.
     pub fn optimizer_state_for_checkpoint(&self, optimizer: &Optimizer) -> Result<Option<Vec<(String, Tensor)>>> {
-        if !self.sharded {
+        if !self.is_sharded() {
             return Ok(self.is_writer().then(|| optimizer.state_tensors()));
         }
         let (rank, world) = (self.rank(), self.world_size());
@@ -221,14 +250,14 @@ impl DataParallel {
             mine.entry(param_of(&key).to_string()).or_default().push((key, t));
         }
         let mut out = Vec::new();
-        for range in &self.buckets {
+        for range in &self.layout.buckets {
             let mut counts = vec![0usize; world];
             let mut local = Vec::new();
             for i in range.clone() {
-                let name = &self.names[i];
+                let name = &self.layout.names[i];
                 let group = optimizer.group(name).ok_or_else(|| Error::Invalid(format!("no group for `{name}`")))?;
-                counts[self.owner[i]] += optimizer.spec.state_elems(self.vars[name].dims(), group.role);
-                if self.owner[i] == rank {
+                counts[self.layout.owner[i]] += optimizer.spec.state_elems(self.vars[name].dims(), group.role);
+                if self.layout.owner[i] == rank {
                     for (_, t) in mine.get(name).into_iter().flatten() {
                         local.extend(t.flatten_all()?.to_vec1::<f32>()?);
                     }
@@ -238,8 +267,8 @@ impl DataParallel {
             debug_assert!(self.is_writer());
             let mut off = 0;
             for r in 0..world {
-                for i in range.clone().filter(|&i| self.owner[i] == r) {
-                    let name = &self.names[i];
+                for i in range.clone().filter(|&i| self.layout.owner[i] == r) {
+                    let name = &self.layout.names[i];
                     if r == rank {
                         for (key, t) in mine.get(name).into_iter().flatten() {
                             out.push((key.clone(), t.clone()));
@@ -282,7 +311,7 @@ impl DataParallel {
         let bad = |e: candle_core::Error| Error::format(path, format!("cannot read optimizer state: {e}"));
         // SAFETY: checkpoint files are written once (staged, then renamed) and never modified.
         let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(bad)?;
-        let index: HashMap<&str, usize> = self.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = self.layout.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut mine = HashMap::new();
         for (key, _) in file.tensors() {
             let Some(&i) = index.get(param_of(&key)) else {
@@ -291,7 +320,7 @@ impl DataParallel {
                     format!("optimizer state `{key}` belongs to no parameter of this model"),
                 ));
             };
-            if self.owner[i] == self.rank() {
+            if self.layout.owner[i] == self.rank() {
                 let t = file.load(&key, &self.device).map_err(bad)?;
                 mine.insert(key, t);
             }

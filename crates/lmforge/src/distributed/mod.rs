@@ -16,11 +16,17 @@
 //! slices to device buffers (a bucket becomes one device tensor built with `Tensor::cat`), so
 //! [`DataParallel`]'s bucketing, row split and ZeRO sharding carry over unchanged.
 
+pub mod compress;
 mod data_parallel;
+#[cfg(test)]
+pub(crate) mod group;
 #[cfg(feature = "mpi")]
 mod mpi;
+mod reduce;
 
+pub use compress::Compression;
 pub use data_parallel::DataParallel;
+pub use reduce::Traffic;
 
 use crate::config::check;
 use crate::error::Result;
@@ -47,6 +53,13 @@ pub trait Collective: Send + Sync {
     /// Every rank's `local` concatenated in rank order, on every rank; `counts[r]` is rank
     /// r's length (known to all).
     fn all_gather(&self, local: &[f32], counts: &[usize]) -> Result<Vec<f32>>;
+    /// Element-wise sum over ranks of `buf` (the same length everywhere), split by `counts`:
+    /// rank r receives the `counts[r]` sums that start after the counts of the ranks before it.
+    fn reduce_scatter_sum(&self, buf: &[f32], counts: &[usize]) -> Result<Vec<f32>>;
+    /// Personalised exchange: `send` holds `send_counts[r]` values for each rank r, in rank
+    /// order; returns what each rank sent this one, in rank order (`recv_counts[r]` from r).
+    /// Moves bits without arithmetic, so packed non-`f32` payloads travel intact.
+    fn all_to_all(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>>;
     /// The same concatenation delivered to `root` only (None elsewhere).
     fn gather(&self, local: &[f32], counts: &[usize], root: usize) -> Result<Option<Vec<f32>>>;
     /// `root`'s `buf` into every rank's `buf` (same length everywhere).
@@ -78,6 +91,12 @@ impl Collective for SingleProcess {
     fn all_gather(&self, local: &[f32], _counts: &[usize]) -> Result<Vec<f32>> {
         Ok(local.to_vec())
     }
+    fn reduce_scatter_sum(&self, buf: &[f32], _counts: &[usize]) -> Result<Vec<f32>> {
+        Ok(buf.to_vec())
+    }
+    fn all_to_all(&self, send: &[f32], _send_counts: &[usize], _recv_counts: &[usize]) -> Result<Vec<f32>> {
+        Ok(send.to_vec())
+    }
     fn gather(&self, local: &[f32], _counts: &[usize], _root: usize) -> Result<Option<Vec<f32>>> {
         Ok(Some(local.to_vec()))
     }
@@ -103,7 +122,8 @@ impl Collective for SingleProcess {
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedConfig {
     /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
-    /// 1 = each process keeps and updates the state of its share of the parameters.
+    /// 1 = each process keeps and updates the state of its share of the parameters;
+    /// 2 = and keeps only the gradients of that share (reduce-scattered every micro-batch).
     pub zero: u8,
     /// Seconds a collective may wait for the other processes before the run fails (a process
     /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
@@ -111,11 +131,25 @@ pub struct DistributedConfig {
     /// Gradients are all-reduced in buckets of about this many MB (several parameters per
     /// message; a larger parameter travels alone).
     pub bucket_mb: f64,
+    /// What gradient reductions send: fp32, bf16, or PowerSGD's low-rank factors.
+    pub compress: Compression,
+    /// PowerSGD's rank (columns of each factor).
+    pub powersgd_rank: usize,
+    /// ZeRO-2 reduces each micro-batch's gradients on a communication thread while the next
+    /// micro-batch computes.
+    pub overlap: bool,
 }
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { zero: 0, timeout_s: 600.0, bucket_mb: 25.0 }
+        Self {
+            zero: 0,
+            timeout_s: 600.0,
+            bucket_mb: 25.0,
+            compress: Compression::None,
+            powersgd_rank: 4,
+            overlap: true,
+        }
     }
 }
 
@@ -124,13 +158,47 @@ impl DistributedConfig {
         *self == Self::default()
     }
 
+    /// This config with `distributed.KEY=VALUE` overrides applied (and checked): how the
+    /// processes share the work may change when a run is resumed (stage, buckets, compression),
+    /// nothing else may.
+    pub fn with_overrides(&self, set: &[String]) -> Result<Self> {
+        if set.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut local = Vec::with_capacity(set.len());
+        for o in set {
+            match o.strip_prefix("distributed.") {
+                Some(rest) => local.push(rest.to_string()),
+                None => {
+                    return Err(crate::error::Error::config(
+                        o.split('=').next().unwrap_or(o),
+                        "a resumed run continues exactly: only `distributed.*` keys (how the processes \
+                         share the work) may be set with --resume",
+                    ))
+                }
+            }
+        }
+        let text = toml::to_string(self).map_err(|e| crate::error::Error::Invalid(e.to_string()))?;
+        let cfg: Self = crate::config::parse(&text, &local)
+            .map_err(|e| crate::error::Error::Invalid(format!("[distributed] {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Range checks.
     pub fn validate(&self) -> Result<()> {
         check(
-            self.zero <= 1,
+            self.zero <= 2,
             "distributed.zero",
             self.zero,
-            "0 (replicated optimizer state) or 1 (sharded, ZeRO stage 1)",
+            "0 (replicated optimizer state), 1 (sharded optimizer state, ZeRO stage 1) or 2 (sharded \
+             optimizer state and gradients, ZeRO stage 2)",
+        )?;
+        check(
+            (1..=256).contains(&self.powersgd_rank),
+            "distributed.powersgd_rank",
+            self.powersgd_rank,
+            "a rank from 1 to 256",
         )?;
         check(
             self.timeout_s.is_finite() && self.timeout_s > 0.0,

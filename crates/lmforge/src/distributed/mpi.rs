@@ -8,8 +8,9 @@
 use super::Collective;
 use crate::error::{Error, Result};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::environment::{Threading, Universe};
+use mpi::raw::AsRaw;
 use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::Count;
@@ -164,6 +165,68 @@ impl Collective for MpiCollective {
         self.wait("all_gather", total, req)?;
         // SAFETY: the request completed.
         let (_, _, out) = unsafe { (send.reclaim(), part.reclaim(), recv.reclaim()) };
+        Ok(out.into_vec())
+    }
+
+    fn reduce_scatter_sum(&self, buf: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        let _serial = self.serialize();
+        let total: usize = counts.iter().sum();
+        if counts.len() != self.world_size() || total != buf.len() {
+            return Err(Error::Distributed(format!(
+                "reduce_scatter: rank {} holds {} values but the counts are {counts:?}",
+                self.rank(),
+                buf.len()
+            )));
+        }
+        let (c, _) = counts_displs(counts)?;
+        let mine = counts[self.rank()];
+        let (send, send_buf) = Leased::shared(buf.to_vec().into_boxed_slice());
+        let (recv, recv_buf) = Leased::new(vec![0f32; mine].into_boxed_slice());
+        let (cnt, cnt_buf) = Leased::shared(c.into_boxed_slice());
+        // rsmpi wraps only the equal-block form; MPI_Ireduce_scatter takes a count per rank.
+        let mut raw = std::mem::MaybeUninit::<mpi::ffi::MPI_Request>::uninit();
+        // SAFETY: every buffer is leased (alive until the request completes, leaked if it
+        // never does), the counts match the buffers (checked above), and MPI writes the
+        // request handle before returning.
+        let req = unsafe {
+            mpi::ffi::MPI_Ireduce_scatter(
+                send_buf.as_ptr().cast(),
+                recv_buf.as_mut_ptr().cast(),
+                cnt_buf.as_ptr(),
+                f32::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                self.world.as_raw(),
+                raw.as_mut_ptr(),
+            );
+            Request::from_raw(raw.assume_init(), &*recv_buf, StaticScope)
+        };
+        self.wait("reduce_scatter", total, req)?;
+        // SAFETY: the request completed.
+        let (_, _, out) = unsafe { (send.reclaim(), cnt.reclaim(), recv.reclaim()) };
+        Ok(out.into_vec())
+    }
+
+    fn all_to_all(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+        let _serial = self.serialize();
+        let world = self.world_size();
+        if send_counts.len() != world || recv_counts.len() != world || send_counts.iter().sum::<usize>() != send.len() {
+            return Err(Error::Distributed(format!(
+                "all_to_all: rank {} sends {} values but the counts are {send_counts:?} (receiving {recv_counts:?})",
+                self.rank(),
+                send.len()
+            )));
+        }
+        let (sc, sd) = counts_displs(send_counts)?;
+        let (rc, rd) = counts_displs(recv_counts)?;
+        let total: usize = recv_counts.iter().sum();
+        let (data, data_buf) = Leased::shared(send.to_vec().into_boxed_slice());
+        let (sp, sp_buf) = Leased::shared(Box::new(Partition::new(data_buf, sc, sd)));
+        let (recv, recv_buf) = Leased::new(vec![0f32; total].into_boxed_slice());
+        let (rp, rp_buf) = Leased::new(Box::new(PartitionMut::new(recv_buf, rc, rd)));
+        let req = self.world.immediate_all_to_all_varcount_into(StaticScope, sp_buf, rp_buf);
+        self.wait("all_to_all", send.len() + total, req)?;
+        // SAFETY: the request completed.
+        let (_, _, _, out) = unsafe { (sp.reclaim(), data.reclaim(), rp.reclaim(), recv.reclaim()) };
         Ok(out.into_vec())
     }
 

@@ -398,8 +398,12 @@ mod tests {
 
     #[test]
     fn distributed_section_is_validated_and_hashed_only_when_set() {
-        let e = err("", &["distributed.zero=2"]);
+        let e = err("", &["distributed.zero=3"]);
         assert!(e.contains("distributed.zero") && e.contains("ZeRO"), "{e}");
+        let e = err("", &["distributed.compress=\"fp8\""]);
+        assert!(e.contains("compress") && e.contains("powersgd"), "{e}");
+        let e = err("", &["distributed.powersgd_rank=0"]);
+        assert!(e.contains("distributed.powersgd_rank"), "{e}");
         let e = err("", &["distributed.timeout_s=0"]);
         assert!(e.contains("distributed.timeout_s"), "{e}");
         assert!(!RunConfig::default().to_toml().contains("distributed"));

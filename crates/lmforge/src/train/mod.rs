@@ -58,6 +58,9 @@ pub struct TrainOptions {
     /// Where to train instead of the config's `train.device` (`--device` with `--resume`):
     /// checkpoints are device-neutral, so a run started on a GPU continues on the CPU and back.
     pub device: Option<crate::device::DeviceChoice>,
+    /// `distributed.KEY=VALUE` overrides for a resumed run (`--set` with `--resume`): the ZeRO
+    /// stage, buckets and compression may change at a resume, as the process count may.
+    pub distributed_set: Vec<String>,
 }
 
 impl TrainOptions {
@@ -238,6 +241,14 @@ pub fn start_run_dir(run_dir: &Path, config_toml: &str, resume_command: &str) ->
     Ok(lock)
 }
 
+/// ", bf16-compressed gradients" and the like for the start line.
+fn compressed(dp: &DataParallel) -> String {
+    match dp.compression() {
+        crate::distributed::Compression::None => String::new(),
+        c => format!(", {} gradient compression", c.name()),
+    }
+}
+
 /// Runs `task` from `start` to `plan.max_steps` (or a signal, `--stop-after`, early stopping).
 pub fn run_loop(
     task: &dyn Task,
@@ -247,7 +258,10 @@ pub fn run_loop(
     mut metrics: MetricsLog,
     opts: &TrainOptions,
 ) -> Result<TrainSummary> {
-    let dp = DataParallel::new(opts.collective(), &plan.distributed, task.params(), plan.batch_size)?;
+    // The saved config's [distributed], or a resume's overrides of it (not part of the
+    // config's identity: the run's hash and config.toml stay as they were).
+    let distributed = plan.distributed.with_overrides(&opts.distributed_set)?;
+    let dp = DataParallel::new(opts.collective(), &distributed, task.params(), plan.batch_size)?;
     if dp.world_size() > 1 && plan.faults.on_nonfinite == OnNonFinite::Rollback {
         return Err(Error::config(
             "train.on_nonfinite",
@@ -279,11 +293,12 @@ pub fn run_loop(
         state_bytes / trainable as f64,
         crate::device::Placement { device: task.params().device().clone(), precision: task.params().precision() }
             .describe(),
-        match (dp.world_size(), dp.is_sharded()) {
+        match (dp.world_size(), dp.stage()) {
             (1, _) => String::new(),
-            (n, false) => format!("; {n} processes, data parallel"),
-            (n, true) => format!(
-                "; {n} processes, ZeRO-1: rank 0 keeps {} of the optimizer state",
+            (n, 0) => format!("; {n} processes, data parallel{}", compressed(&dp)),
+            (n, stage) => format!(
+                "; {n} processes, ZeRO-{stage}{}: rank 0 keeps {} of the optimizer state",
+                compressed(&dp),
                 human_bytes(optimizer.state_bytes() as u64)
             ),
         }
@@ -320,6 +335,7 @@ pub fn run_loop(
             grad_clip: plan.grad_clip,
         };
         let step::StepGrads { loss, grad_norm, grads } = step::gradients(task, &dp, at, &mut |_| {})?;
+        let mut traffic = dp.take_traffic();
         state.data_cursor += plan.grad_accum as u64;
         // The loss and gradient norm are global (summed over processes), so every process
         // reaches the same verdict.
@@ -332,6 +348,10 @@ pub fn run_loop(
         let spike = match state.faults.judge(s + 1, loss, grad_norm, &plan.faults) {
             Ok(Verdict::Apply { spike }) => {
                 dp.step(&mut optimizer, &grads, lr)?;
+                let gather = dp.take_traffic();
+                traffic.bytes += gather.bytes;
+                traffic.busy_s += gather.busy_s;
+                traffic.exposed_s += gather.exposed_s;
                 Some(spike)
             }
             Ok(Verdict::Skip) => {
@@ -388,6 +408,13 @@ pub fn run_loop(
             }
             if spike == Some(true) {
                 row["spike"] = json!(true);
+            }
+            if dp.world_size() > 1 {
+                // This process's communication in the step: bytes sent, seconds in collectives,
+                // and the part of them the step waited for (the rest overlapped computation).
+                row["comm_bytes"] = json!(traffic.bytes);
+                row["comm_s"] = json!(traffic.busy_s);
+                row["comm_exposed_s"] = json!(traffic.exposed_s);
             }
             metrics.write(&row)?;
         }

@@ -1,16 +1,18 @@
 //! One optimizer step's gradients, the same for training, fine-tuning and `lmforge bench`:
 //! for each micro-batch, this process's rows → the task's loss → backward; gradients summed
 //! over micro-batches (each weighted by its share of the step's rows), then over processes
-//! (`DataParallel`, once, after the last micro-batch), then clipped to the global norm. The
+//! (`DataParallel`: once, after the last micro-batch; with ZeRO-2 each micro-batch's
+//! reduce-scattered as it ends), then clipped to the global norm. The
 //! caller applies them (or, by the fault policy, does not).
 
 use super::task::Task;
 use crate::distributed::DataParallel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nn::{seed_for, DropoutRng};
 use crate::optim::{clip_grad_norm, named_grads};
 use candle_core::Tensor;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// Where a step is and how it is cut.
 #[derive(Debug, Clone, Copy)]
@@ -59,52 +61,151 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     let sizes: Vec<usize> = (0..at.grad_accum).map(|m| task.micro_weight(s, m)).collect::<Result<_>>()?;
     let weights = micro_weights(&sizes);
     let equal = sizes.windows(2).all(|w| w[0] == w[1]);
-    let inject_nan = crate::testhooks::inject_nan(s + 1);
-    let vars = task.params().vars();
+    let micros = Micros { task, dp, at, rows, weights, equal };
+    if dp.reduces_every_micro_batch() {
+        return micros.sharded(lap);
+    }
     let mut grads: Option<BTreeMap<String, Tensor>> = None;
     let mut loss_sum = 0.0f64;
-    for (micro, (&global, &weight)) in rows.iter().zip(&weights).enumerate() {
-        // This process's rows of the micro-batch.
-        let mine = dp.local_range(global);
-        if mine.is_empty() {
-            continue;
+    for micro in 0..at.grad_accum {
+        if let Some((g, loss)) = micros.local(micro, lap)? {
+            loss_sum += loss;
+            accumulate(&mut grads, g)?;
         }
-        let mut dropout = DropoutRng::new(at.dropout, seed_for(at.seed, &format!("dropout/{s}/{micro}")))
-            .for_rows(mine.start, global);
-        let mut loss = task.loss(s, micro, mine, &mut dropout)?;
-        if inject_nan {
-            loss = (loss * f64::NAN)?;
-        }
-        let value = loss.to_scalar::<f32>()? as f64;
-        loss_sum += if equal { value } else { value * weight };
-        lap(Phase::Forward);
-        // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
-        let scaled = if weight == 1.0 { loss } else { (loss * weight)? };
-        let backward = scaled.backward()?;
-        lap(Phase::Backward);
-        let g = named_grads(vars, &backward)?;
-        grads = Some(match grads {
-            None => g,
-            Some(mut acc) => {
-                for (k, v) in g {
-                    let a = acc.get_mut(&k).expect("same names every micro-batch");
-                    *a = (&*a + v)?;
-                }
-                acc
-            }
-        });
     }
     // A process whose share of every micro-batch was empty still takes part in the all-reduce.
     let mut grads = match grads {
         Some(g) => g,
-        None => vars.iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?))).collect::<Result<_>>()?,
+        None => micros.zeros()?,
     };
     // Communication only now, after the last micro-batch: gradients and loss summed.
     let loss_sum = dp.all_reduce_grads(&mut grads, loss_sum)?;
     let grad_norm = clip_grad_norm(&mut grads, at.grad_clip)?;
     lap(Phase::Grads);
-    let loss = if equal { loss_sum / at.grad_accum as f64 } else { loss_sum };
-    Ok(StepGrads { loss, grad_norm, grads })
+    Ok(StepGrads { loss: micros.mean(loss_sum), grad_norm, grads })
+}
+
+/// Adds `g` into `acc` (or starts it).
+fn accumulate(acc: &mut Option<BTreeMap<String, Tensor>>, g: BTreeMap<String, Tensor>) -> Result<()> {
+    match acc {
+        None => *acc = Some(g),
+        Some(acc) => {
+            for (k, v) in g {
+                let a = acc.get_mut(&k).expect("same names every micro-batch");
+                *a = (&*a + v)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A step's micro-batches as this process computes them.
+struct Micros<'a> {
+    task: &'a dyn Task,
+    dp: &'a DataParallel,
+    at: StepAt,
+    /// Rows of each global micro-batch, and each one's weight in the step.
+    rows: Vec<usize>,
+    weights: Vec<f64>,
+    equal: bool,
+}
+
+impl Micros<'_> {
+    /// This process's gradients of micro-batch `micro` (already weighted) and its weighted
+    /// loss; None when the process has no rows of it.
+    fn local(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(BTreeMap<String, Tensor>, f64)>> {
+        let (s, global, weight) = (self.at.step, self.rows[micro], self.weights[micro]);
+        let mine = self.dp.local_range(global);
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let mut dropout = DropoutRng::new(self.at.dropout, seed_for(self.at.seed, &format!("dropout/{s}/{micro}")))
+            .for_rows(mine.start, global);
+        let mut loss = self.task.loss(s, micro, mine, &mut dropout)?;
+        if crate::testhooks::inject_nan(s + 1) {
+            loss = (loss * f64::NAN)?;
+        }
+        let value = loss.to_scalar::<f32>()? as f64;
+        lap(Phase::Forward);
+        // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
+        let scaled = if weight == 1.0 { loss } else { (loss * weight)? };
+        let backward = scaled.backward()?;
+        lap(Phase::Backward);
+        let g = named_grads(self.task.params().vars(), &backward)?;
+        Ok(Some((g, if self.equal { value } else { value * weight })))
+    }
+
+    /// Zero gradients: a process's share of a micro-batch it has no rows of.
+    fn zeros(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.task.params().vars().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?))).collect()
+    }
+
+    /// The step's mean loss from the sum over processes and micro-batches.
+    fn mean(&self, loss_sum: f64) -> f64 {
+        if self.equal {
+            loss_sum / self.at.grad_accum as f64
+        } else {
+            loss_sum
+        }
+    }
+
+    /// ZeRO-2: each micro-batch's gradients reduce-scattered as soon as its backward ends,
+    /// only this process's share accumulated. With overlap, a communication thread reduces
+    /// micro-batch m while this thread computes m + 1 (a channel of one: at most one full set
+    /// of gradients waits); the time this thread blocks on it is the exposed communication.
+    fn sharded(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
+        let dp = self.dp;
+        let mut loss_sum = 0.0f64;
+        let mut share: Option<BTreeMap<String, Tensor>> = None;
+        if dp.overlaps() {
+            share = std::thread::scope(|scope| -> Result<_> {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<BTreeMap<String, Tensor>>(1);
+                let comm = scope.spawn(move || -> Result<Option<BTreeMap<String, Tensor>>> {
+                    let mut acc = None;
+                    for g in rx {
+                        accumulate(&mut acc, dp.reduce_scatter_grads(&g)?)?;
+                    }
+                    Ok(acc)
+                });
+                for micro in 0..self.at.grad_accum {
+                    let g = match self.local(micro, lap)? {
+                        Some((g, loss)) => {
+                            loss_sum += loss;
+                            g
+                        }
+                        None => self.zeros()?,
+                    };
+                    let t = Instant::now();
+                    // A failed send means the communication thread stopped: its error is in join.
+                    let sent = tx.send(g).is_ok();
+                    dp.add_exposed_comm(t.elapsed().as_secs_f64());
+                    if !sent {
+                        break;
+                    }
+                }
+                drop(tx);
+                let t = Instant::now();
+                let share = comm.join().map_err(|_| Error::Distributed("the communication thread panicked".into()))?;
+                dp.add_exposed_comm(t.elapsed().as_secs_f64());
+                share
+            })?;
+        } else {
+            for micro in 0..self.at.grad_accum {
+                let g = match self.local(micro, lap)? {
+                    Some((g, loss)) => {
+                        loss_sum += loss;
+                        g
+                    }
+                    None => self.zeros()?,
+                };
+                accumulate(&mut share, dp.reduce_scatter_grads(&g)?)?;
+            }
+        }
+        let mut grads = share.unwrap_or_default();
+        let (loss_sum, grad_norm) = dp.finish_sharded(&mut grads, loss_sum, self.at.grad_clip)?;
+        lap(Phase::Grads);
+        Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })
+    }
 }
 
 #[cfg(test)]

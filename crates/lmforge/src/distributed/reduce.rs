@@ -1,0 +1,501 @@
+//! The gradient reductions between processes, bucket by bucket: an all-reduce (every process
+//! gets the summed gradients: ZeRO 0 and 1) or a reduce-scatter (each process gets the sums of
+//! the parameters it owns and nothing else: ZeRO 2), each plain fp32 or compressed
+//! ([`super::compress`]); and the count of what they cost — the bytes this process sends, by
+//! the ring algorithms' counts, and the seconds spent in collectives.
+
+use super::compress::{
+    low_rank_shape, orthonormalize_columns, pack_bf16, packed_len, unpack_bf16, Compression, PowerState,
+};
+use super::{split_rows, Collective};
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Every parameter in message order, its size and owner rank, cut into buckets.
+pub struct Layout {
+    pub names: Vec<String>,
+    pub numel: Vec<usize>,
+    pub dims: Vec<Vec<usize>>,
+    pub owner: Vec<usize>,
+    /// Index ranges into `names`: one message each.
+    pub buckets: Vec<Range<usize>>,
+}
+
+/// What collectives cost this process since the counters were last taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    /// Bytes sent (ring all-reduce 2(N−1)/N of the buffer, reduce-scatter and all-gather
+    /// (N−1)/N, all-to-all what goes to the others).
+    pub bytes: u64,
+    /// Seconds inside collectives.
+    pub busy_s: f64,
+    /// Seconds the step waited for communication that ran beside computation (the rest of
+    /// `busy_s` was hidden); equal to `busy_s` when nothing overlaps.
+    pub exposed_s: f64,
+}
+
+#[derive(Default)]
+struct Meter {
+    bytes: AtomicU64,
+    busy_ns: AtomicU64,
+    exposed_ns: AtomicU64,
+}
+
+pub struct Reducer {
+    comm: Arc<dyn Collective>,
+    compression: Compression,
+    powersgd_rank: usize,
+    device: Device,
+    power: Mutex<HashMap<String, PowerState>>,
+    meter: Meter,
+}
+
+fn flatten(
+    grads: &BTreeMap<String, Tensor>,
+    names: impl Iterator<Item = impl AsRef<str>>,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    for name in names {
+        let name = name.as_ref();
+        let g = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
+        out.extend(g.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(())
+}
+
+impl Reducer {
+    pub fn new(comm: Arc<dyn Collective>, compression: Compression, powersgd_rank: usize, device: Device) -> Self {
+        Self { comm, compression, powersgd_rank, device, power: Mutex::new(HashMap::new()), meter: Meter::default() }
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    fn world(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    /// Runs one collective, counting `bytes` and its time.
+    fn metered<T>(&self, bytes: f64, f: impl FnOnce(&dyn Collective) -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f(&*self.comm);
+        self.meter.bytes.fetch_add(bytes.round() as u64, Ordering::Relaxed);
+        self.meter.busy_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// The ring's share: (N−1)/N of `elems` values.
+    fn ring(&self, elems: usize) -> f64 {
+        let w = self.world() as f64;
+        (w - 1.0) / w * elems as f64 * 4.0
+    }
+
+    pub fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+        self.metered(2.0 * self.ring(buf.len()), |c| c.all_reduce_sum(buf))
+    }
+
+    pub fn all_gather(&self, local: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        self.metered(self.ring(counts.iter().sum()), |c| c.all_gather(local, counts))
+    }
+
+    fn reduce_scatter_sum(&self, buf: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        self.metered(self.ring(buf.len()), |c| c.reduce_scatter_sum(buf, counts))
+    }
+
+    fn all_to_all(&self, send: &[f32], send_counts: &[usize], recv_counts: &[usize]) -> Result<Vec<f32>> {
+        let me = self.comm.rank();
+        let out: usize = send_counts.iter().enumerate().filter(|(r, _)| *r != me).map(|(_, c)| c).sum();
+        self.metered(out as f64 * 4.0, |c| c.all_to_all(send, send_counts, recv_counts))
+    }
+
+    /// Counts time the step spent waiting on overlapped communication.
+    pub fn add_exposed(&self, seconds: f64) {
+        self.meter.exposed_ns.fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// The counters since the last call, reset. Without overlap, exposed time is all of it.
+    pub fn take_traffic(&self, overlapped: bool) -> Traffic {
+        let bytes = self.meter.bytes.swap(0, Ordering::Relaxed);
+        let busy_s = self.meter.busy_ns.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        let exposed = self.meter.exposed_ns.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        Traffic { bytes, busy_s, exposed_s: if overlapped { exposed.min(busy_s) } else { busy_s } }
+    }
+
+    /// Sums `grads` over the processes (all of them, every process getting every sum) and
+    /// returns the sum of `loss`es.
+    pub fn all_reduce(&self, l: &Layout, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
+        if self.world() == 1 {
+            return Ok(loss);
+        }
+        let mut total = loss;
+        let last = l.buckets.len().saturating_sub(1);
+        for (b, range) in l.buckets.iter().enumerate() {
+            if self.compression == Compression::PowerSgd {
+                self.power_all_reduce(l, range.clone(), grads)?;
+                continue;
+            }
+            let mut flat = Vec::with_capacity(range.clone().map(|i| l.numel[i]).sum::<usize>() + 1);
+            flatten(grads, l.names[range.clone()].iter(), &mut flat)?;
+            match self.compression {
+                Compression::None => {
+                    // The loss rides in the last message.
+                    if b == last {
+                        flat.push(loss as f32);
+                    }
+                    self.all_reduce_sum(&mut flat)?;
+                    if b == last {
+                        total = flat.pop().expect("pushed above") as f64;
+                    }
+                }
+                _ => flat = self.bf16_all_reduce(&flat)?,
+            }
+            self.unflatten(l, range.clone(), &flat, grads)?;
+        }
+        if self.compression != Compression::None {
+            let mut buf = [loss as f32];
+            self.all_reduce_sum(&mut buf)?;
+            total = buf[0] as f64;
+        }
+        Ok(total)
+    }
+
+    /// The summed gradients of the parameters this process owns (`l.owner`), from every
+    /// process's full set: one reduce-scatter per bucket, its values ordered by owner.
+    pub fn reduce_scatter(&self, l: &Layout, grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        let (rank, world) = (self.comm.rank(), self.world());
+        let mut out = BTreeMap::new();
+        for range in &l.buckets {
+            let mut order: Vec<usize> = range.clone().collect();
+            order.sort_by_key(|&i| (l.owner[i], i));
+            let mut counts = vec![0usize; world];
+            for &i in &order {
+                counts[l.owner[i]] += l.numel[i];
+            }
+            let mut flat = Vec::with_capacity(counts.iter().sum());
+            flatten(grads, order.iter().map(|&i| &l.names[i]), &mut flat)?;
+            let mine = match self.compression {
+                Compression::Bf16 => self.bf16_reduce_scatter(&flat, &counts)?,
+                _ => self.reduce_scatter_sum(&flat, &counts)?,
+            };
+            let mut off = 0;
+            for &i in order.iter().filter(|&&i| l.owner[i] == rank) {
+                out.insert(
+                    l.names[i].clone(),
+                    Tensor::from_slice(&mine[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
+                );
+                off += l.numel[i];
+            }
+        }
+        Ok(out)
+    }
+
+    fn unflatten(
+        &self,
+        l: &Layout,
+        range: Range<usize>,
+        flat: &[f32],
+        grads: &mut BTreeMap<String, Tensor>,
+    ) -> Result<()> {
+        let mut off = 0;
+        for i in range {
+            grads.insert(
+                l.names[i].clone(),
+                Tensor::from_slice(&flat[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
+            );
+            off += l.numel[i];
+        }
+        Ok(())
+    }
+
+    /// Rank r gets the fp32 sum (in rank order) of everyone's bf16 chunk r (`counts[r]` values).
+    fn bf16_reduce_scatter(&self, flat: &[f32], counts: &[usize]) -> Result<Vec<f32>> {
+        let rank = self.comm.rank();
+        let mut send = Vec::with_capacity(packed_len(flat.len()) + counts.len());
+        let mut off = 0;
+        for &c in counts {
+            send.extend(pack_bf16(&flat[off..off + c]));
+            off += c;
+        }
+        let send_counts: Vec<usize> = counts.iter().map(|&c| packed_len(c)).collect();
+        let recv_counts = vec![send_counts[rank]; counts.len()];
+        let recv = self.all_to_all(&send, &send_counts, &recv_counts)?;
+        let mut sum = vec![0f32; counts[rank]];
+        for piece in recv.chunks(send_counts[rank].max(1)).take(counts.len()) {
+            for (s, x) in sum.iter_mut().zip(unpack_bf16(piece, counts[rank])) {
+                *s += x;
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The bf16 all-reduce: reduce-scatter of even chunks, then an all-gather of the summed
+    /// chunks in bf16 (every rank, the owner of a chunk too, takes the rounded values).
+    fn bf16_all_reduce(&self, flat: &[f32]) -> Result<Vec<f32>> {
+        let world = self.world();
+        let counts: Vec<usize> = (0..world).map(|r| split_rows(flat.len(), world, r).len()).collect();
+        let mine = self.bf16_reduce_scatter(flat, &counts)?;
+        let packed: Vec<usize> = counts.iter().map(|&c| packed_len(c)).collect();
+        let all = self.all_gather(&pack_bf16(&mine), &packed)?;
+        let mut out = Vec::with_capacity(flat.len());
+        let mut off = 0;
+        for (c, p) in counts.iter().zip(&packed) {
+            out.extend(unpack_bf16(&all[off..off + p], *c));
+            off += p;
+        }
+        Ok(out)
+    }
+
+    /// PowerSGD over one bucket: its vectors and small matrices summed exactly in the first
+    /// message with the P factors, the Q factors in the second.
+    fn power_all_reduce(&self, l: &Layout, range: Range<usize>, grads: &mut BTreeMap<String, Tensor>) -> Result<()> {
+        let r = self.powersgd_rank;
+        let world = self.world() as f64;
+        let mut power = self.power.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut plain, mut factored) = (Vec::new(), Vec::new());
+        for i in range {
+            match low_rank_shape(&l.dims[i], r) {
+                Some((n, m)) => factored.push((i, n, m)),
+                None => plain.push(i),
+            }
+        }
+        let mut msg = Vec::new();
+        flatten(grads, plain.iter().map(|&i| &l.names[i]), &mut msg)?;
+        let plain_len = msg.len();
+        let mut deltas = Vec::with_capacity(factored.len());
+        for &(i, n, m) in &factored {
+            let name = &l.names[i];
+            if !power.contains_key(name) {
+                power.insert(name.clone(), PowerState::new(name, n, m, r, &self.device)?);
+            }
+            let state = &power[name];
+            let g = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
+            let delta = (g.reshape((n, m))? + &state.error)?;
+            msg.extend(delta.matmul(&state.q)?.flatten_all()?.to_vec1::<f32>()?);
+            deltas.push(delta);
+        }
+        self.all_reduce_sum(&mut msg)?;
+        let mut off = 0;
+        for &i in &plain {
+            grads.insert(
+                l.names[i].clone(),
+                Tensor::from_slice(&msg[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
+            );
+            off += l.numel[i];
+        }
+        debug_assert_eq!(off, plain_len);
+        let mut ps = Vec::with_capacity(factored.len());
+        let mut qmsg = Vec::new();
+        for (&(_, n, _), delta) in factored.iter().zip(&deltas) {
+            let p = &mut msg[off..off + n * r];
+            orthonormalize_columns(p, n, r);
+            let p = Tensor::from_slice(p, (n, r), &self.device)?;
+            qmsg.extend(delta.t()?.contiguous()?.matmul(&p)?.flatten_all()?.to_vec1::<f32>()?);
+            ps.push(p);
+            off += n * r;
+        }
+        self.all_reduce_sum(&mut qmsg)?;
+        let mut off = 0;
+        for ((&(i, _, m), delta), p) in factored.iter().zip(deltas).zip(ps) {
+            let q = Tensor::from_slice(&qmsg[off..off + m * r], (m, r), &self.device)?;
+            off += m * r;
+            let approx = p.matmul(&q.t()?.contiguous()?)?;
+            let name = &l.names[i];
+            let state = power.get_mut(name).expect("inserted above");
+            state.error = (delta - (&approx / world)?)?;
+            state.q = q;
+            grads.insert(name.clone(), approx.reshape(l.dims[i].as_slice())?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::group::ThreadGroup;
+    use crate::distributed::{buckets, shard_params};
+
+    fn layout(shapes: &[(&str, Vec<usize>)], world: usize, bucket: usize) -> Layout {
+        let names: Vec<String> = shapes.iter().map(|(n, _)| n.to_string()).collect();
+        let dims: Vec<Vec<usize>> = shapes.iter().map(|(_, d)| d.clone()).collect();
+        let numel: Vec<usize> = dims.iter().map(|d| d.iter().product()).collect();
+        let sizes: Vec<(String, usize)> = names.iter().cloned().zip(numel.iter().copied()).collect();
+        let owners = shard_params(&sizes, world);
+        Layout {
+            owner: names.iter().map(|n| owners[n]).collect(),
+            buckets: buckets(&numel, bucket),
+            names,
+            numel,
+            dims,
+        }
+    }
+
+    /// Rank r's gradient of parameter k: distinct, reproducible values.
+    fn grads(l: &Layout, rank: usize) -> BTreeMap<String, Tensor> {
+        l.names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                let v: Vec<f32> =
+                    (0..l.numel[k]).map(|j| ((j * 31 + k * 7 + rank * 13) % 17) as f32 * 0.125 - 1.0).collect();
+                (n.clone(), Tensor::from_vec(v, l.dims[k].as_slice(), &Device::Cpu).unwrap())
+            })
+            .collect()
+    }
+
+    fn sum_over_ranks(l: &Layout, world: usize) -> BTreeMap<String, Vec<f32>> {
+        let mut out: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        for r in 0..world {
+            for (k, t) in grads(l, r) {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let acc = out.entry(k).or_insert_with(|| vec![0.0; v.len()]);
+                acc.iter_mut().zip(v).for_each(|(a, x)| *a += x);
+            }
+        }
+        out
+    }
+
+    fn shapes() -> Vec<(&'static str, Vec<usize>)> {
+        vec![
+            ("a.bias", vec![7]),
+            ("a.weight", vec![12, 10]),
+            ("b.weight", vec![9, 16]),
+            ("c.norm", vec![5]),
+            ("d.weight", vec![3, 4, 5]),
+        ]
+    }
+
+    fn max_err(got: &Tensor, want: &[f32]) -> f32 {
+        got.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn reduce_scatter_gives_each_owner_exact_sums_of_its_parameters_only() {
+        for world in [2, 3] {
+            let l = layout(&shapes(), world, 150);
+            let want = sum_over_ranks(&l, world);
+            let out = ThreadGroup::run(world, |rank, comm| {
+                let red = Reducer::new(comm, Compression::None, 4, Device::Cpu);
+                let got = red.reduce_scatter(&l, &grads(&l, rank)).unwrap();
+                (got, red.take_traffic(false))
+            });
+            let mut seen = 0;
+            for (rank, (got, traffic)) in out.iter().enumerate() {
+                for (name, g) in got {
+                    let k = l.names.iter().position(|n| n == name).unwrap();
+                    assert_eq!(l.owner[k], rank, "{name} went to a rank that does not own it");
+                    assert!(max_err(g, &want[name]) < 1e-5);
+                    assert_eq!(g.dims(), l.dims[k].as_slice());
+                    seen += 1;
+                }
+                let ring = |b: &Range<usize>| {
+                    let n: usize = b.clone().map(|i| l.numel[i]).sum();
+                    ((world - 1) as f64 / world as f64 * n as f64 * 4.0).round() as u64
+                };
+                assert_eq!(traffic.bytes, l.buckets.iter().map(ring).sum::<u64>());
+            }
+            assert_eq!(seen, l.names.len(), "every parameter reduced exactly once");
+        }
+    }
+
+    #[test]
+    fn bf16_all_reduce_is_within_bf16_rounding_identical_on_every_rank_and_sends_half() {
+        let world = 3;
+        let l = layout(&shapes(), world, 150);
+        let want = sum_over_ranks(&l, world);
+        let runs = |compression| {
+            ThreadGroup::run(world, |rank, comm| {
+                let red = Reducer::new(comm, compression, 4, Device::Cpu);
+                let mut g = grads(&l, rank);
+                let loss = red.all_reduce(&l, &mut g, rank as f64 + 0.5).unwrap();
+                (g, loss, red.take_traffic(false).bytes)
+            })
+        };
+        let bf16 = runs(Compression::Bf16);
+        let fp32 = runs(Compression::None);
+        for (g, loss, _) in &bf16 {
+            assert!((loss - 4.5).abs() < 1e-6, "{loss}");
+            for (name, t) in g {
+                // Two roundings to bf16 (each rank's values, the sum): 2^-8 of the magnitudes.
+                let tol = want[name].iter().fold(0f32, |m, x| m.max(x.abs())) * 3.0 * 2f32.powi(-8) + 1e-6;
+                assert!(max_err(t, &want[name]) <= tol, "{name}");
+                assert_eq!(
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    bf16[0].0[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                );
+            }
+        }
+        let ratio = bf16[0].2 as f64 / fp32[0].2 as f64;
+        assert!((0.45..0.56).contains(&ratio), "bf16 sends about half of fp32: {ratio}");
+    }
+
+    #[test]
+    fn bf16_reduce_scatter_sums_each_owners_share() {
+        let world = 2;
+        let l = layout(&shapes(), world, 1000);
+        let want = sum_over_ranks(&l, world);
+        let out = ThreadGroup::run(world, |rank, comm| {
+            Reducer::new(comm, Compression::Bf16, 4, Device::Cpu).reduce_scatter(&l, &grads(&l, rank)).unwrap()
+        });
+        assert_eq!(out.iter().map(|g| g.len()).sum::<usize>(), l.names.len());
+        for g in &out {
+            for (name, t) in g {
+                assert!(max_err(t, &want[name]) <= 2.0 * 2f32.powi(-8) * 2.0 + 1e-6, "{name}");
+            }
+        }
+    }
+
+    /// PowerSGD: identical results on every rank; vectors exact; a rank-r approximation of
+    /// the summed matrix; and with error feedback, repeated steps of the same gradients send
+    /// (on average) the whole sum.
+    #[test]
+    fn powersgd_is_consistent_and_its_error_feedback_catches_up() {
+        let world = 2;
+        let l = layout(&shapes(), world, 1000);
+        let want = sum_over_ranks(&l, world);
+        let steps = 60;
+        let out = ThreadGroup::run(world, |rank, comm| {
+            let red = Reducer::new(comm, Compression::PowerSgd, 2, Device::Cpu);
+            let mut mean: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+            let mut first = None;
+            for _ in 0..steps {
+                let mut g = grads(&l, rank);
+                red.all_reduce(&l, &mut g, 0.0).unwrap();
+                for (k, t) in &g {
+                    let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let acc = mean.entry(k.clone()).or_insert_with(|| vec![0.0; v.len()]);
+                    acc.iter_mut().zip(v).for_each(|(a, x)| *a += x / steps as f32);
+                }
+                first.get_or_insert(g);
+            }
+            (first.unwrap(), mean)
+        });
+        let (first, mean) = &out[0];
+        for (name, t) in first {
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                out[1].0[name].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
+        }
+        assert!(max_err(&first["a.bias"], &want["a.bias"]) < 1e-6, "vectors travel exactly");
+        assert!(max_err(&first["a.weight"], &want["a.weight"]) > 1e-2, "a rank-2 approximation is not exact");
+        for name in ["a.weight", "b.weight", "d.weight"] {
+            let scale = want[name].iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = mean[name].iter().zip(&want[name]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < 0.1 * scale, "{name}: the mean of 60 compressed steps is off by {err} (scale {scale})");
+        }
+    }
+}
