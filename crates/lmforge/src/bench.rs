@@ -151,7 +151,13 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     let (x, y) = random_batch(&spec, b, t, &device)?;
     let params =
         ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 0, &device)?.with_precision(opts.precision);
-    let weights = LmWeights { spec: spec.clone(), params, init: Initial::Scheme(InitScheme::Gpt2, 0), tokenizer: None };
+    let weights = LmWeights {
+        spec: spec.clone(),
+        params,
+        init: Initial::Scheme(InitScheme::Gpt2, 0),
+        tokenizer: None,
+        layers: None,
+    };
     let fixed = CausalBatches::Fixed { x, y };
     let task = CausalLm::new(weights, opts.activation_checkpointing, fixed, b, t, Vec::new(), 1.0)?;
     let cfg = RunConfig::from_toml_str(

@@ -124,7 +124,8 @@ impl ParamStore {
         Ok(Self::from_vars(vars, device))
     }
 
-    fn from_vars(vars: BTreeMap<String, Var>, device: &Device) -> Self {
+    /// A store of trainable `vars` (f32 precision).
+    pub fn from_vars(vars: BTreeMap<String, Var>, device: &Device) -> Self {
         Self {
             vars,
             frozen: BTreeMap::new(),
@@ -373,6 +374,12 @@ impl ParamStore {
     /// The dtype of their activations: f32, or bf16 under bf16-mixed.
     pub fn compute_dtype(&self) -> DType {
         self.precision.compute_dtype()
+    }
+
+    /// Removes the trainable parameters whose names `pick` selects and returns them.
+    pub fn take_vars(&mut self, pick: impl Fn(&str) -> bool) -> BTreeMap<String, Var> {
+        let names: Vec<String> = self.vars.keys().filter(|n| pick(n)).cloned().collect();
+        names.into_iter().filter_map(|n| self.vars.remove_entry(&n)).collect()
     }
 
     /// Models built on this store afterwards compute in `precision` (bf16 activations under

@@ -198,8 +198,43 @@ fn zero2_on_two_and_three_processes_trains_the_model_one_process_trains() {
     }
 }
 
-/// A ZeRO-2 run on 3 processes continues on 2 with ZeRO-1, and a plain 1-process run on 3
-/// with ZeRO-2 (`--resume` with `--set distributed.*`): the run 1 process trains start to end.
+/// ZeRO-3 — each decoder layer's parameters all-gathered for its use and its gradients
+/// reduce-scattered to their owners during the backward — trains on 2 and 3 processes the
+/// model 1 process trains, GPT-2 and Llama; BERT is refused with the key to change.
+#[test]
+fn zero3_on_two_and_three_processes_trains_the_model_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let run = |name: &str| tmp.path().join(name);
+    for preset in ["tiny", "llama-tiny"] {
+        let model = format!("model.preset=\"{preset}\"");
+        let mut base = vec!["train", "--config", s(&cfg), "--set", &model];
+        base.extend(DEMANDING);
+        let zero3 = ["--set", "distributed.zero=3"];
+        let (np1, np2, np3) =
+            (run(&format!("{preset}-np1")), run(&format!("{preset}-np2")), run(&format!("{preset}-np3")));
+        mpi_ok(1, &[&base[..], &["--run-dir", s(&np1)]].concat());
+        let out = mpi_ok(2, &[&base[..], &zero3, &["--run-dir", s(&np2)]].concat());
+        mpi_ok(3, &[&base[..], &zero3, &["--run-dir", s(&np3)]].concat());
+        assert_same_run(&np1, &np2, 6);
+        assert_same_run(&np1, &np3, 6);
+        assert!(out.contains("parameters:"), "{out}");
+        let count = |o: &str| o.lines().find(|l| l.starts_with("parameters:")).map(str::to_string);
+        let single = mpi_ok(
+            1,
+            &[&base[..], &["--run-dir", s(&run(&format!("{preset}-again"))), "--set", "train.max_steps=1"]].concat(),
+        );
+        assert_eq!(count(&out), count(&single), "the summary counts every parameter, sharded or not");
+    }
+    let bert = super::common::tiny_bert_config(tmp.path());
+    let out = mpirun(2, &["train", "--config", s(&bert), "--run-dir", s(&run("bert")), "--set", "distributed.zero=3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("distributed.zero"), "{err}");
+}
+
+/// A ZeRO-3 run on 3 processes continues on 2 with ZeRO-1, a plain 1-process run on 3 with
+/// ZeRO-3, and a ZeRO-2 run on 2 on 3 with ZeRO-2 (`--resume` with `--set distributed.*`):
+/// each is the run 1 process trains start to end.
 #[test]
 fn a_run_resumes_at_another_zero_stage_and_process_count() {
     let tmp = tempfile::tempdir().unwrap();
@@ -210,17 +245,19 @@ fn a_run_resumes_at_another_zero_stage_and_process_count() {
     let reference = run("reference");
     mpi_ok(1, &[&base[..], &["--run-dir", s(&reference)]].concat());
 
-    let down = run("zero2-np3-then-zero1-np2");
-    mpi_ok(3, &[&base[..], &["--set", "distributed.zero=2", "--run-dir", s(&down), "--stop-after", "3"]].concat());
-    mpi_ok(2, &["train", "--resume", s(&down), "--set", "distributed.zero=1"]);
-    assert_same_run(&reference, &down, 6);
+    for (name, (np_a, zero_a), (np_b, zero_b)) in [
+        ("zero3-np3-zero1-np2", (3, 3), (2, 1)),
+        ("np1-zero3-np3", (1, 0), (3, 3)),
+        ("zero2-np2-zero2-np3", (2, 2), (3, 2)),
+    ] {
+        let dir = run(name);
+        let (a, b) = (format!("distributed.zero={zero_a}"), format!("distributed.zero={zero_b}"));
+        mpi_ok(np_a, &[&base[..], &["--set", &a, "--run-dir", s(&dir), "--stop-after", "3"]].concat());
+        mpi_ok(np_b, &["train", "--resume", s(&dir), "--set", &b]);
+        assert_same_run(&reference, &dir, 6);
+    }
 
-    let up = run("np1-then-zero2-np3");
-    mpi_ok(1, &[&base[..], &["--run-dir", s(&up), "--stop-after", "3"]].concat());
-    mpi_ok(3, &["train", "--resume", s(&up), "--set", "distributed.zero=2"]);
-    assert_same_run(&reference, &up, 6);
-
-    let out = mpirun(1, &["train", "--resume", s(&up), "--set", "train.max_steps=9"]);
+    let out = mpirun(1, &["train", "--resume", s(&run("np1-zero3-np3")), "--set", "train.max_steps=9"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("distributed.KEY"), "{err}");
 }

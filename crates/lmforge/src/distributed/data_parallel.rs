@@ -16,12 +16,13 @@
 //! the global gradient norm for clipping is one more two-value all-reduce.
 
 use super::reduce::{Layout, Reducer, Traffic};
+use super::zero3::ShardedLayers;
 use super::{buckets, shard_params, split_rows, Collective, Compression, DistributedConfig};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::optim::{OptimConfig, OptimSpec, Optimizer, ParamGroup};
 use candle_core::{Device, Tensor, Var};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,9 +37,14 @@ pub struct DataParallel {
     /// Every parameter, and the ones whose optimizer state this process keeps and updates.
     vars: BTreeMap<String, Var>,
     owned: BTreeMap<String, Var>,
-    /// Parameter names in the order of every bucketed message, shapes, owners, buckets.
+    /// Every parameter in the order of every bucketed message, shapes, owners, buckets.
     layout: Layout,
-    reducer: Reducer,
+    /// The same for the gradients the backward leaves in the store (ZeRO-3's layers' are
+    /// reduce-scattered during the backward instead).
+    grad_layout: Layout,
+    /// ZeRO-3's decoder layers.
+    layers: Option<Arc<ShardedLayers>>,
+    reducer: Arc<Reducer>,
 }
 
 impl DataParallel {
@@ -48,6 +54,17 @@ impl DataParallel {
         cfg: &DistributedConfig,
         params: &ParamStore,
         batch_size: usize,
+    ) -> Result<Self> {
+        Self::with_layers(comm, cfg, params, batch_size, None)
+    }
+
+    /// The same with ZeRO-3's sharded decoder layers (`params` then holds the rest).
+    pub fn with_layers(
+        comm: Arc<dyn Collective>,
+        cfg: &DistributedConfig,
+        params: &ParamStore,
+        batch_size: usize,
+        layers: Option<Arc<ShardedLayers>>,
     ) -> Result<Self> {
         let (rank, world) = (comm.rank(), comm.world_size());
         if batch_size < world {
@@ -59,26 +76,64 @@ impl DataParallel {
                 ),
             ));
         }
-        comm.set_timeout(Some(Duration::from_secs_f64(cfg.timeout_s)));
-        let vars = params.vars().clone();
-        let names: Vec<String> = vars.keys().cloned().collect();
-        let numel: Vec<usize> = vars.values().map(|v| v.elem_count()).collect();
-        let dims: Vec<Vec<usize>> = vars.values().map(|v| v.dims().to_vec()).collect();
         let stage = if world > 1 { cfg.zero } else { 0 };
-        let owner = if stage >= 1 {
-            let sizes: Vec<(String, usize)> = names.iter().cloned().zip(numel.iter().copied()).collect();
-            let map = shard_params(&sizes, world);
-            names.iter().map(|n| map[n]).collect()
-        } else {
-            vec![rank; names.len()]
+        if (stage == 3) != layers.is_some() {
+            return Err(Error::Invalid(format!(
+                "distributed.zero = {stage} with{} sharded layers: the model was built for another stage",
+                if layers.is_some() { "" } else { "out" }
+            )));
+        }
+        comm.set_timeout(Some(Duration::from_secs_f64(cfg.timeout_s)));
+        let mut vars = params.vars().clone();
+        // Every parameter: the store's, then (ZeRO-3) the sharded layers', of which this
+        // process holds its own only.
+        let mut shapes: BTreeMap<String, Vec<usize>> =
+            vars.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect();
+        let mut layer_params = BTreeSet::new();
+        if let Some(l) = &layers {
+            for (name, dims) in l.shapes() {
+                shapes.insert(name.clone(), dims.clone());
+                layer_params.insert(name.clone());
+            }
+            vars.extend(l.owned());
+        }
+        let names: Vec<String> = shapes.keys().cloned().collect();
+        let dims: Vec<Vec<usize>> = shapes.into_values().collect();
+        let numel: Vec<usize> = dims.iter().map(|d| d.iter().product()).collect();
+        let owner: Vec<usize> = match (&layers, stage) {
+            (Some(l), _) => names.iter().map(|n| l.owners()[n]).collect(),
+            (None, 0) => vec![rank; names.len()],
+            (None, _) => {
+                let sizes: Vec<(String, usize)> = names.iter().cloned().zip(numel.iter().copied()).collect();
+                let map = shard_params(&sizes, world);
+                names.iter().map(|n| map[n]).collect()
+            }
         };
         let owned =
             names.iter().zip(&owner).filter(|(_, &r)| r == rank).map(|(n, _)| (n.clone(), vars[n].clone())).collect();
         let bucket_elems = ((cfg.bucket_mb * 1e6 / 4.0) as usize).max(1);
         let device = params.device().clone();
+        // The gradients the backward leaves in the store: all but ZeRO-3's layers'.
+        let grad_layout = {
+            let keep: Vec<usize> = (0..names.len()).filter(|&i| !layer_params.contains(&names[i])).collect();
+            let numel: Vec<usize> = keep.iter().map(|&i| numel[i]).collect();
+            Layout {
+                buckets: buckets(&numel, bucket_elems),
+                names: keep.iter().map(|&i| names[i].clone()).collect(),
+                dims: keep.iter().map(|&i| dims[i].clone()).collect(),
+                owner: keep.iter().map(|&i| owner[i]).collect(),
+                numel,
+            }
+        };
+        let reducer = match &layers {
+            Some(l) => l.reducer().clone(),
+            None => Arc::new(Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone())),
+        };
         Ok(Self {
-            reducer: Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone()),
+            reducer,
             layout: Layout { buckets: buckets(&numel, bucket_elems), names, numel, dims, owner },
+            grad_layout,
+            layers,
             device,
             comm,
             stage,
@@ -121,9 +176,35 @@ impl DataParallel {
         self.stage >= 2 && self.compression() != Compression::PowerSgd
     }
 
-    /// The per-micro-batch reductions run on a communication thread beside the computation.
+    /// The per-micro-batch reductions run on a communication thread beside the computation
+    /// (not under ZeRO-3, whose backward issues collectives itself: MPI needs every process to
+    /// issue them in one order).
     pub fn overlaps(&self) -> bool {
-        self.overlap && self.reduces_every_micro_batch()
+        self.overlap && self.reduces_every_micro_batch() && self.stage < 3
+    }
+
+    /// ZeRO-3: the gradients of this process's layer parameters, reduce-scattered during the
+    /// step's backward passes (empty otherwise).
+    pub fn take_layer_grads(&self) -> BTreeMap<String, Tensor> {
+        self.layers.as_ref().map(|l| l.take_grads()).unwrap_or_default()
+    }
+
+    /// ZeRO-3: elements of the sharded layers' parameters (held across all processes, not in
+    /// the task's store); 0 otherwise.
+    pub fn sharded_layer_params(&self) -> usize {
+        match &self.layers {
+            Some(l) => l.shapes().map(|(_, d)| d.iter().product::<usize>()).sum(),
+            None => 0,
+        }
+    }
+
+    /// ZeRO-3: every layer parameter on rank 0 for a checkpoint (None elsewhere, and without
+    /// ZeRO-3); collective.
+    pub fn gather_layers_for_checkpoint(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        match &self.layers {
+            Some(l) => l.gather_to_root(),
+            None => Ok(None),
+        }
     }
 
     /// This process's share of `n` items (rows of a global batch, validation batches).
@@ -146,13 +227,13 @@ impl DataParallel {
     /// sum of `loss`es over all ranks: one all-reduce per bucket (fp32: the loss riding in the
     /// last), or compressed.
     pub fn all_reduce_grads(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
-        self.reducer.all_reduce(&self.layout, grads, loss)
+        self.reducer.all_reduce(&self.grad_layout, grads, loss)
     }
 
     /// ZeRO-2: the summed gradients of this process's parameters (and no others) from its
     /// full local set, one reduce-scatter per bucket.
     pub fn reduce_scatter_grads(&self, grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
-        self.reducer.reduce_scatter(&self.layout, grads)
+        self.reducer.reduce_scatter(&self.grad_layout, grads)
     }
 
     /// ZeRO-2's end of a step: the global loss and gradient norm from every rank's share (one
@@ -187,7 +268,8 @@ impl DataParallel {
         }
         optimizer.step(&self.owned, grads, lr)?;
         let (rank, world) = (self.rank(), self.world_size());
-        let l = &self.layout;
+        // ZeRO-3's layer parameters stay with their owners (gathered for each use).
+        let l = &self.grad_layout;
         for range in &l.buckets {
             let mut counts = vec![0usize; world];
             let mut local = Vec::new();
@@ -256,7 +338,7 @@ impl DataParallel {
             for i in range.clone() {
                 let name = &self.layout.names[i];
                 let group = optimizer.group(name).ok_or_else(|| Error::Invalid(format!("no group for `{name}`")))?;
-                counts[self.layout.owner[i]] += optimizer.spec.state_elems(self.vars[name].dims(), group.role);
+                counts[self.layout.owner[i]] += optimizer.spec.state_elems(&self.layout.dims[i], group.role);
                 if self.layout.owner[i] == rank {
                     for (_, t) in mine.get(name).into_iter().flatten() {
                         local.extend(t.flatten_all()?.to_vec1::<f32>()?);
@@ -300,7 +382,14 @@ impl DataParallel {
     /// (from a throwaway optimizer over that one parameter).
     fn state_layout(&self, optimizer: &Optimizer, name: &str) -> Result<Vec<(String, Vec<usize>)>> {
         let group = optimizer.group(name).ok_or_else(|| Error::Invalid(format!("no group for `{name}`")))?;
-        let one = BTreeMap::from([(name.to_string(), self.vars[name].clone())]);
+        // A stand-in of the parameter's shape (under ZeRO-3 this process may not hold it).
+        let i = self
+            .layout
+            .names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .map_err(|_| Error::Invalid(format!("no parameter `{name}`")))?;
+        let stand_in = Var::zeros(self.layout.dims[i].as_slice(), candle_core::DType::F32, &self.device)?;
+        let one = BTreeMap::from([(name.to_string(), stand_in)]);
         let probe = Optimizer::new(optimizer.spec.clone(), &one, BTreeMap::from([(name.to_string(), group.clone())]))?;
         Ok(probe.state_tensors().into_iter().map(|(k, t)| (k, t.dims().to_vec())).collect())
     }

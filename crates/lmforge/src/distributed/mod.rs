@@ -23,10 +23,12 @@ pub(crate) mod group;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod reduce;
+pub mod zero3;
 
 pub use compress::Compression;
 pub use data_parallel::DataParallel;
-pub use reduce::Traffic;
+pub use reduce::{Reducer, Traffic};
+pub use zero3::ShardedLayers;
 
 use crate::config::check;
 use crate::error::Result;
@@ -123,7 +125,8 @@ impl Collective for SingleProcess {
 pub struct DistributedConfig {
     /// ZeRO stage: 0 = every process keeps the whole optimizer state (plain data parallel);
     /// 1 = each process keeps and updates the state of its share of the parameters;
-    /// 2 = and keeps only the gradients of that share (reduce-scattered every micro-batch).
+    /// 2 = and keeps only the gradients of that share (reduce-scattered every micro-batch);
+    /// 3 = and the decoder layers' parameters: each layer is all-gathered for its use.
     pub zero: u8,
     /// Seconds a collective may wait for the other processes before the run fails (a process
     /// died or hangs). Also bounds how long the others wait while rank 0 writes a checkpoint.
@@ -188,11 +191,18 @@ impl DistributedConfig {
     /// Range checks.
     pub fn validate(&self) -> Result<()> {
         check(
-            self.zero <= 2,
+            self.zero <= 3,
             "distributed.zero",
             self.zero,
-            "0 (replicated optimizer state), 1 (sharded optimizer state, ZeRO stage 1) or 2 (sharded \
-             optimizer state and gradients, ZeRO stage 2)",
+            "0 (replicated optimizer state), 1 (sharded optimizer state, ZeRO stage 1), 2 (sharded \
+             optimizer state and gradients) or 3 (sharded parameters too)",
+        )?;
+        check(
+            !(self.zero == 3 && self.compress == Compression::PowerSgd),
+            "distributed.compress",
+            "\"powersgd\"",
+            "\"none\" or \"bf16\" with ZeRO-3 (PowerSGD is an all-reduce; ZeRO-3 reduce-scatters each \
+             layer's gradients to their owners)",
         )?;
         check(
             (1..=256).contains(&self.powersgd_rank),

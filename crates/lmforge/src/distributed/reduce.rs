@@ -77,6 +77,10 @@ impl Reducer {
         self.compression
     }
 
+    pub fn comm(&self) -> &Arc<dyn Collective> {
+        &self.comm
+    }
+
     fn world(&self) -> usize {
         self.comm.world_size()
     }

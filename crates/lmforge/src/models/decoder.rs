@@ -23,7 +23,7 @@ use tables::TokenTable;
 use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::prefix::{Prefix, PrefixShape};
-use crate::nn::recompute::{self, BlockForward};
+use crate::nn::recompute::{self, BlockForward, LayerForward, LayerSource};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
 use candle_core::{DType, Module, Tensor};
@@ -35,6 +35,9 @@ pub struct Decoder {
     wpe: Option<Tensor>, // (context, C), GPT-2 only
     // Shared with the checkpointed blocks' graph nodes, which run them again in the backward.
     blocks: Vec<Arc<Block>>,
+    /// ZeRO-3: the layers' weights are not held (`blocks` is empty) but fetched from here for
+    /// each use, every layer checkpointed.
+    layer_source: Option<Arc<dyn LayerSource>>,
     norm_f: Norm,
     /// (V, C); the same tensor as `wte` when tied; None for a backbone loaded without its LM
     /// head (a classifier's).
@@ -124,6 +127,17 @@ enum AttentionPath {
 
 impl Decoder {
     pub fn new(spec: &ModelSpec, p: &ParamStore) -> Result<Self> {
+        Self::build(spec, p, None)
+    }
+
+    /// A decoder whose layers' weights come from `source` for each use (ZeRO-3's sharded
+    /// parameters); `p` holds the rest (embeddings, final norm, head). Training and loss
+    /// evaluation only: no KV cache.
+    pub fn with_layer_source(spec: &ModelSpec, p: &ParamStore, source: Arc<dyn LayerSource>) -> Result<Self> {
+        Self::build(spec, p, Some(source))
+    }
+
+    fn build(spec: &ModelSpec, p: &ParamStore, layer_source: Option<Arc<dyn LayerSource>>) -> Result<Self> {
         let arch = spec.arch();
         if arch.family() != Family::Decoder {
             return Err(crate::Error::Invalid(format!("a {:?} spec builds an Encoder, not a Decoder", spec.style)));
@@ -133,7 +147,8 @@ impl Decoder {
             true => Some(Arc::new(Rope::new(spec.head_dim, spec.context, spec.rope_theta, p.device())?)),
             false => None,
         };
-        let blocks = (0..spec.n_layer)
+        let held = if layer_source.is_some() { 0 } else { spec.n_layer };
+        let blocks = (0..held)
             .map(|i| Ok(Arc::new(Block::new(arch.decoder_layer(p, spec, i)?, spec, rope.as_deref()))))
             .collect::<Result<Vec<_>>>()?;
         let wte = TokenTable::of(p, spec.embedding_name())?;
@@ -147,6 +162,7 @@ impl Decoder {
             wte,
             wpe: ends.positions,
             blocks,
+            layer_source,
             norm_f: ends.norm_f,
             head,
             rope_host: match (&rope, p.device().is_cpu()) {
@@ -217,6 +233,15 @@ impl Decoder {
             // A training forward: gradients a failed step left beside the store are stale.
             ops::param_grads::clear();
         }
+        if let Some(source) = &self.layer_source {
+            if cache.is_some() {
+                return Err(crate::Error::Invalid("a decoder with sharded layers (ZeRO-3) keeps no KV cache".into()));
+            }
+            for i in 0..self.spec.n_layer {
+                x = self.sourced_layer(i, &x, offset, &mut dropout, source)?;
+            }
+            return self.norm_f.forward(&x);
+        }
         for (i, block) in self.blocks.iter().enumerate() {
             if checkpointing {
                 let (block, rope) = (block.clone(), self.rope.clone());
@@ -230,6 +255,29 @@ impl Decoder {
             }
         }
         self.norm_f.forward(&x)
+    }
+
+    /// Layer `i` with weights fetched from `source`: checkpointed in a training forward (the
+    /// weights let go after the forward and fetched again for the backward), plain otherwise.
+    fn sourced_layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        offset: usize,
+        dropout: &mut Option<&mut DropoutRng>,
+        source: &Arc<dyn LayerSource>,
+    ) -> Result<Tensor> {
+        let (spec, rope) = (self.spec.clone(), self.rope.clone());
+        let forward: Arc<LayerForward> =
+            Arc::new(move |p: &ParamStore, x: &Tensor, d: &mut Option<&mut DropoutRng>| {
+                let block = Block::new(spec.arch().decoder_layer(p, &spec, i)?, &spec, rope.as_deref());
+                block.forward(x, offset, None, rope.as_deref(), d)
+            });
+        if x.track_op() {
+            recompute::checkpointed_layer(x, dropout, i, source.clone(), forward)
+        } else {
+            forward(&source.layer(i)?, x, dropout)
+        }
     }
 
     /// Number of prefix-tuning virtual tokens (0 without a prefix): positions the tokens lose.
@@ -312,6 +360,9 @@ impl Decoder {
     /// over all N tokens at once, attention per sequence over its cache — giving the logits of
     /// each piece's last token, (P, V). For one piece this is `forward` with a cache, op for op.
     pub fn forward_pieces(&self, pieces: &mut [Piece]) -> Result<Tensor> {
+        if self.layer_source.is_some() {
+            return Err(crate::Error::Invalid("a decoder with sharded layers (ZeRO-3) keeps no KV cache".into()));
+        }
         let device = self.wte.device();
         let virtual_tokens = self.prefix_len();
         if let Some(prefix) = &self.prefix {

@@ -11,10 +11,11 @@
 //! the block, so the recomputation draws the masks the forward drew. Any dtype, CPU or CUDA
 //! (an `ops::node`: candle gets the output tensor's own storage).
 
-use super::DropoutRng;
+use super::{DropoutRng, ParamStore};
 use crate::error::Result;
 use crate::ops::{node, param_grads};
 use candle_core::{Tensor, Var};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A block's forward: input, dropout generator (training) → output of the input's shape.
@@ -44,6 +45,54 @@ pub fn checkpointed(x: &Tensor, dropout: &mut Option<&mut DropoutRng>, block: Ar
             Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
         };
         inner().map_err(|e| candle_core::Error::Msg(format!("checkpointed block backward: {e}")))
+    })?)
+}
+
+/// Where a model's layers' weights come from when no process holds them all (ZeRO-3,
+/// `distributed::zero3`): fetched for each use and let go after it.
+pub trait LayerSource: Send + Sync {
+    /// Layer `i`'s parameters as fresh variables, for one use.
+    fn layer(&self, i: usize) -> Result<ParamStore>;
+    /// The gradients of one use of layer `i`'s parameters, by name (every parameter of the
+    /// layer, zeros where the loss does not reach).
+    fn layer_grads(&self, i: usize, grads: BTreeMap<String, Tensor>) -> Result<()>;
+}
+
+/// A layer's forward given its parameters (from a [`LayerSource`]).
+pub type LayerForward = dyn Fn(&ParamStore, &Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
+
+/// Layer `i` of `source`, checkpointed: its parameters are fetched for the forward and let go
+/// with the forward's graph; the backward fetches them again, runs the layer with its graph
+/// and hands the parameters' gradients to the source. Only `x` is kept in between.
+pub fn checkpointed_layer(
+    x: &Tensor,
+    dropout: &mut Option<&mut DropoutRng>,
+    i: usize,
+    source: Arc<dyn LayerSource>,
+    forward: Arc<LayerForward>,
+) -> Result<Tensor> {
+    let replay = dropout.as_deref().cloned();
+    let y = forward(&source.layer(i)?, &x.detach(), dropout)?;
+    Ok(node::node1(x, y, move |x, dy| {
+        let inner = || -> Result<Option<Tensor>> {
+            let params = source.layer(i)?;
+            let xv = Var::from_tensor(&x.detach())?;
+            let mut rng = replay.clone();
+            let y = forward(&params, xv.as_tensor(), &mut rng.as_mut())?;
+            let grads = (y * dy.detach())?.sum_all()?.backward()?;
+            let mut named = BTreeMap::new();
+            for (name, v) in params.vars() {
+                let g = match param_grads::gradient(v.as_tensor(), &grads)? {
+                    Some(g) => g.detach(),
+                    None => v.as_tensor().zeros_like()?,
+                };
+                named.insert(name.clone(), g);
+            }
+            drop(params);
+            source.layer_grads(i, named)?;
+            Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
+        };
+        inner().map_err(|e| candle_core::Error::Msg(format!("sharded layer {i} backward: {e}")))
     })?)
 }
 

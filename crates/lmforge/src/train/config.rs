@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn distributed_section_is_validated_and_hashed_only_when_set() {
-        let e = err("", &["distributed.zero=3"]);
+        let e = err("", &["distributed.zero=4"]);
         assert!(e.contains("distributed.zero") && e.contains("ZeRO"), "{e}");
         let e = err("", &["distributed.compress=\"fp8\""]);
         assert!(e.contains("compress") && e.contains("powersgd"), "{e}");

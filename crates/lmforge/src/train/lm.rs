@@ -8,7 +8,7 @@
 use super::task::{EvalAt, Selection, Task, ValMetrics};
 use crate::checkpoint;
 use crate::data::{self, Batch};
-use crate::distributed::DataParallel;
+use crate::distributed::{DataParallel, ShardedLayers};
 use crate::error::{Error, Result};
 use crate::mlm_data::{MlmBatch, MlmSource};
 use crate::models::{Decoder, Encoder, ModelSpec};
@@ -19,6 +19,7 @@ use crate::tokenizer::TextTokenizer;
 use candle_core::{Device, Tensor};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Where a run's initial weights come from (again at a rollback before the first checkpoint).
 #[derive(Debug, Clone)]
@@ -33,9 +34,12 @@ pub enum Initial {
 /// checkpoints carry.
 pub struct LmWeights<'a> {
     pub spec: ModelSpec,
+    /// Every parameter, or under ZeRO-3 all but the decoder layers'.
     pub params: ParamStore,
     pub init: Initial,
     pub tokenizer: Option<&'a TextTokenizer>,
+    /// ZeRO-3: the decoder layers, sharded over the processes.
+    pub layers: Option<Arc<ShardedLayers>>,
 }
 
 impl Initial {
@@ -143,6 +147,21 @@ impl<O: LmObjective> Task for LmTask<'_, O> {
         self.weights.write_model(dir)
     }
 
+    fn sharded_layers(&self) -> Option<Arc<ShardedLayers>> {
+        self.weights.layers.clone()
+    }
+
+    fn write_model_with(&self, dir: &Path, layers: Vec<(String, Tensor)>) -> Result<()> {
+        let mut vars = self.weights.params.vars().clone();
+        for (name, t) in layers {
+            vars.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+        let full = ParamStore::from_vars(vars, self.weights.params.device());
+        let tokenizer =
+            self.weights.tokenizer.ok_or_else(|| Error::Invalid("this task has no tokenizer to save".into()))?;
+        checkpoint::write_hf_files(dir, &self.weights.spec, &full, tokenizer)
+    }
+
     fn restore_weights(&self, dir: Option<&Path>) -> Result<()> {
         self.weights.restore(dir)
     }
@@ -183,8 +202,12 @@ impl<'a> CausalLm<'a> {
         val: Vec<Batch>,
         tokens_per_byte: f64,
     ) -> Result<Self> {
-        let model =
-            Decoder::new(&weights.spec, &weights.params)?.with_activation_checkpointing(activation_checkpointing);
+        let model = match &weights.layers {
+            Some(layers) => Decoder::with_layer_source(&weights.spec, &weights.params, layers.clone())?,
+            None => {
+                Decoder::new(&weights.spec, &weights.params)?.with_activation_checkpointing(activation_checkpointing)
+            }
+        };
         let objective = Causal { model, batches, seq_len, val, tokens_per_byte };
         Ok(LmTask { weights, objective, batch_size, seq_len })
     }
@@ -224,6 +247,11 @@ impl LmObjective for Causal<'_> {
     /// Each process evaluates its share of the batches and the losses are gathered (same
     /// order, same sum as one process).
     fn validate(&self, dp: &DataParallel, device: &Device) -> Result<ValMetrics> {
+        if dp.stage() == 3 {
+            // Every process runs every batch: each layer's all-gather needs all of them.
+            let losses = batch_losses(&self.model, &self.val, device)?;
+            return Ok(val_metrics(&losses, &self.val, self.tokens_per_byte));
+        }
         let mine = &self.val[dp.local_range(self.val.len())];
         let losses = dp.all_gather_split(&batch_losses(&self.model, mine, device)?, self.val.len())?;
         Ok(val_metrics(&losses, &self.val, self.tokens_per_byte))

@@ -261,7 +261,13 @@ pub fn run_loop(
     // The saved config's [distributed], or a resume's overrides of it (not part of the
     // config's identity: the run's hash and config.toml stay as they were).
     let distributed = plan.distributed.with_overrides(&opts.distributed_set)?;
-    let dp = DataParallel::new(opts.collective(), &distributed, task.params(), plan.batch_size)?;
+    let dp = DataParallel::with_layers(
+        opts.collective(),
+        &distributed,
+        task.params(),
+        plan.batch_size,
+        task.sharded_layers(),
+    )?;
     if dp.world_size() > 1 && plan.faults.on_nonfinite == OnNonFinite::Rollback {
         return Err(Error::config(
             "train.on_nonfinite",
@@ -284,7 +290,7 @@ pub fn run_loop(
     let progress = Progress::new(mode, "step", state.step, plan.max_steps);
     // The whole state (every rank's shard under ZeRO-1, one replica otherwise).
     let state_bytes = dp.total_state_bytes(&optimizer)? / if dp.is_sharded() { 1.0 } else { dp.world_size() as f64 };
-    let trainable = task.params().num_trainable().max(1);
+    let trainable = (task.params().num_trainable() + dp.sharded_layer_params()).max(1);
     progress.println(&format!(
         "{}; optimizer {} state {} ({:.2} bytes/param); {}{}",
         task.describe(),
@@ -426,6 +432,8 @@ pub fn run_loop(
             // The how-manieth evaluation this is, from the cadence alone (so the same after a resume).
             let index = (1..=state.step).filter(|&s| plan.eval.due(s, plan.max_steps, per_epoch)).count() as u64;
             let v = task.validate(&dp, EvalAt { step: state.step, index, last: state.step >= plan.max_steps })?;
+            // A step's communication figures leave validation's out.
+            dp.take_traffic();
             let value = v.get(&selection.metric).ok_or_else(|| {
                 Error::Invalid(format!("validation has no metric {:?} to select the best model by", selection.metric))
             })?;
@@ -520,7 +528,7 @@ pub fn run_loop(
         best: state.selection.best.zip(state.best_step),
         tokens_per_s: trained_tokens as f64 / train_time.max(1e-9),
         train_seconds: train_time,
-        num_params: task.params().num_params() as u64,
+        num_params: (task.params().num_params() + dp.sharded_layer_params()) as u64,
     })
 }
 
@@ -543,13 +551,18 @@ fn save(
     optimizer: &Optimizer,
     state: &TrainerState,
 ) -> Result<()> {
+    // ZeRO-3: the layer parameters, gathered to rank 0 (collective, as the state is).
+    let layers = dp.gather_layers_for_checkpoint()?;
     let Some(optimizer_state) = dp.optimizer_state_for_checkpoint(optimizer)? else {
         return Ok(());
     };
     checkpoint::write_checkpoint(
         run_dir,
         &CheckpointContents {
-            write_model: &|dir| task.write_model(dir),
+            write_model: &|dir| match &layers {
+                Some(l) => task.write_model_with(dir, l.clone()),
+                None => task.write_model(dir),
+            },
             optimizer_state,
             state,
             run_config_toml: &plan.config_toml,

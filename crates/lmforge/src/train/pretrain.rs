@@ -11,13 +11,14 @@ use crate::config;
 use crate::data::{self, PreparedData};
 use crate::device::Placement;
 use crate::distributed;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::mlm_data::{self, MlmSource, SentenceIndex, Vocab};
 use crate::nn::ParamStore;
 use crate::observe::{Observers, RunStart};
 use crate::progress::ProgressMode;
 use candle_core::Device;
 use std::path::Path;
+use std::sync::Arc;
 
 impl RunPlan {
     /// What the loop runs.
@@ -160,6 +161,29 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
 }
 
 /// The objective's task over `data`, trained by the loop.
+/// ZeRO-3 with several processes: the decoder layers leave `params`, each process keeping
+/// its share.
+fn shard_layers(
+    plan: &RunPlan,
+    mut params: ParamStore,
+    opts: &TrainOptions,
+) -> Result<(ParamStore, Option<Arc<distributed::ShardedLayers>>)> {
+    let comm = opts.collective();
+    let dist = plan.cfg.distributed.with_overrides(&opts.distributed_set)?;
+    if dist.zero < 3 || comm.world_size() == 1 {
+        return Ok((params, None));
+    }
+    if plan.objective != Objective::Causal {
+        return Err(Error::config(
+            "distributed.zero",
+            "3 shards the layers of decoder models (GPT-2, Llama) trained as causal LMs; use 2 for BERT",
+        ));
+    }
+    let reducer = Arc::new(distributed::Reducer::new(comm, dist.compress, dist.powersgd_rank, params.device().clone()));
+    let layers = distributed::ShardedLayers::split(&mut params, plan.spec.n_layer, reducer)?;
+    Ok((params, Some(layers)))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_task(
     plan: &RunPlan,
@@ -173,7 +197,9 @@ fn run_task(
 ) -> Result<TrainSummary> {
     let (c, t) = (&plan.cfg, &plan.cfg.train);
     let seed = start.state.seed;
-    let weights = LmWeights { spec: plan.spec.clone(), params, init: plan.initial(), tokenizer: Some(&data.tokenizer) };
+    let (params, layers) = shard_layers(plan, params, opts)?;
+    let weights =
+        LmWeights { spec: plan.spec.clone(), params, init: plan.initial(), tokenizer: Some(&data.tokenizer), layers };
     match plan.objective {
         Objective::Causal => {
             let val = data::eval_batches(&data.val, t.eval_batches, t.batch_size, plan.seq_len)?;

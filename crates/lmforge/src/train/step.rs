@@ -117,6 +117,14 @@ impl Micros<'_> {
         let (s, global, weight) = (self.at.step, self.rows[micro], self.weights[micro]);
         let mine = self.dp.local_range(global);
         if mine.is_empty() {
+            if self.dp.stage() == 3 {
+                // Every process must run every layer's gathers and reduce-scatters.
+                return Err(Error::Distributed(format!(
+                    "ZeRO-3: micro-batch {micro} of step {} has {global} rows, fewer than the {} processes",
+                    s + 1,
+                    self.dp.world_size()
+                )));
+            }
             return Ok(None);
         }
         let mut dropout = DropoutRng::new(self.at.dropout, seed_for(self.at.seed, &format!("dropout/{s}/{micro}")))
@@ -202,6 +210,8 @@ impl Micros<'_> {
             }
         }
         let mut grads = share.unwrap_or_default();
+        // ZeRO-3: the layers' gradients were reduce-scattered during the backward passes.
+        grads.extend(dp.take_layer_grads());
         let (loss_sum, grad_norm) = dp.finish_sharded(&mut grads, loss_sum, self.at.grad_clip)?;
         lap(Phase::Grads);
         Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })

@@ -112,6 +112,17 @@ pub trait Task {
     /// Writes the model files of a checkpoint into `dir` (a staged folder).
     fn write_model(&self, dir: &Path) -> Result<()>;
 
+    /// ZeRO-3: the decoder layers sharded over the processes (None: [`Self::params`] holds
+    /// every parameter).
+    fn sharded_layers(&self) -> Option<std::sync::Arc<crate::distributed::ShardedLayers>> {
+        None
+    }
+
+    /// ZeRO-3: [`Self::write_model`] with the layer parameters gathered from every process.
+    fn write_model_with(&self, _dir: &Path, _layers: Vec<(String, candle_core::Tensor)>) -> Result<()> {
+        Err(crate::error::Error::Invalid("this task does not shard its layers (ZeRO-3)".into()))
+    }
+
     /// Sets the weights from the model files of checkpoint `dir`, or back to the initial
     /// weights with None (a rollback before the first checkpoint).
     fn restore_weights(&self, dir: Option<&Path>) -> Result<()>;

@@ -1,0 +1,266 @@
+//! ZeRO stage 3 for decoder layers: no process holds the whole model. Each layer parameter
+//! lives on one process (its owner, the same map as the optimizer state's), which keeps its
+//! value, gradient and optimizer state. A layer's parameters are all-gathered just before its
+//! forward and let go after it; the layer is checkpointed (`nn::recompute::checkpointed_layer`),
+//! so its backward gathers them again, recomputes the layer and hands the gradients here, where
+//! they are reduce-scattered to their owners at once (per layer, as the backward produces them).
+//! The embeddings, the final norm and the head (outside the layers) stay as under ZeRO-2.
+//!
+//! Memory per process: its share of the layers' parameters, gradients and optimizer state,
+//! plus the gathered layer in use (its weights for the forward or for the backward's
+//! recomputation) — against every layer's weights and gradients without sharding. What is
+//! not done: prefetching the next layer's parameters while the current one computes (MPI
+//! collectives must be issued in the same order on every process, which a second thread
+//! would need its own communicator for), and loading a checkpoint in shards (each process
+//! reads the whole model once and keeps its share).
+
+use super::reduce::{Layout, Reducer};
+use super::shard_params;
+use crate::device::Precision;
+use crate::error::{Error, Result};
+use crate::nn::recompute::LayerSource;
+use crate::nn::ParamStore;
+use candle_core::{Device, Tensor, Var};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// The decoder layer a parameter belongs to: the first number in its name
+/// (`transformer.h.3.attn.c_attn.weight`, `model.layers.3.mlp.up_proj.weight`).
+pub fn layer_index(name: &str) -> Option<usize> {
+    name.split('.').find_map(|part| part.parse().ok())
+}
+
+struct LayerShard {
+    /// The layer's parameters (names in order, shapes, owners) as one reduce-scatter message.
+    layout: Layout,
+    /// The values of those this process owns.
+    owned: BTreeMap<String, Var>,
+}
+
+pub struct ShardedLayers {
+    reducer: Arc<Reducer>,
+    rank: usize,
+    world: usize,
+    device: Device,
+    precision: Precision,
+    layers: Vec<LayerShard>,
+    /// Every parameter's owner (layers and the rest), as the optimizer state is sharded.
+    owners: BTreeMap<String, usize>,
+    /// Gradients of this process's layer parameters, summed over the uses of a step.
+    grads: Mutex<BTreeMap<String, Tensor>>,
+}
+
+impl ShardedLayers {
+    /// Takes every layer parameter out of `params` (a full set, the same on every process),
+    /// keeping this process's share.
+    pub fn split(params: &mut ParamStore, n_layer: usize, reducer: Arc<Reducer>) -> Result<Arc<Self>> {
+        let comm = reducer.comm();
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let sizes: Vec<(String, usize)> = params.vars().iter().map(|(n, v)| (n.clone(), v.elem_count())).collect();
+        let owners = shard_params(&sizes, world);
+        let mut taken = params.take_vars(|n| layer_index(n).is_some_and(|i| i < n_layer));
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let names: Vec<String> = taken.keys().filter(|n| layer_index(n) == Some(i)).cloned().collect();
+            if names.is_empty() {
+                return Err(Error::Invalid(format!("ZeRO-3: layer {i} has no parameters to shard")));
+            }
+            let dims: Vec<Vec<usize>> = names.iter().map(|n| taken[n].dims().to_vec()).collect();
+            let numel: Vec<usize> = dims.iter().map(|d| d.iter().product()).collect();
+            let owner: Vec<usize> = names.iter().map(|n| owners[n]).collect();
+            let mut owned = BTreeMap::new();
+            for (n, &o) in names.iter().zip(&owner) {
+                let var = taken.remove(n).expect("listed above");
+                if o == rank {
+                    owned.insert(n.clone(), var);
+                }
+            }
+            // One message per layer.
+            let buckets = std::iter::once(0..names.len()).collect();
+            layers.push(LayerShard { layout: Layout { names, numel, dims, owner, buckets }, owned });
+        }
+        Ok(Arc::new(Self {
+            reducer,
+            rank,
+            world,
+            device: params.device().clone(),
+            precision: params.precision(),
+            layers,
+            owners,
+            grads: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn reducer(&self) -> &Arc<Reducer> {
+        &self.reducer
+    }
+
+    /// Every parameter's owner rank.
+    pub fn owners(&self) -> &BTreeMap<String, usize> {
+        &self.owners
+    }
+
+    /// Name and shape of every layer parameter, layer by layer.
+    pub fn shapes(&self) -> impl Iterator<Item = (&String, &Vec<usize>)> {
+        self.layers.iter().flat_map(|l| l.layout.names.iter().zip(&l.layout.dims))
+    }
+
+    /// The layer parameters this process owns (the optimizer updates them in place).
+    pub fn owned(&self) -> BTreeMap<String, Var> {
+        self.layers.iter().flat_map(|l| l.owned.iter().map(|(n, v)| (n.clone(), v.clone()))).collect()
+    }
+
+    /// The summed gradients of this process's layer parameters since the last call.
+    pub fn take_grads(&self) -> BTreeMap<String, Tensor> {
+        std::mem::take(&mut *self.grads.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every value of layer `i`'s parameters in rank order (each rank's owned ones in layer
+    /// order), by `collect` (an all-gather, or a gather to rank 0).
+    fn collect_layer(
+        &self,
+        i: usize,
+        collect: impl FnOnce(&[f32], &[usize]) -> Result<Option<Vec<f32>>>,
+    ) -> Result<Option<Vec<(String, Tensor)>>> {
+        let l = &self.layers[i].layout;
+        let mut counts = vec![0usize; self.world];
+        let mut local = Vec::new();
+        for (k, name) in l.names.iter().enumerate() {
+            counts[l.owner[k]] += l.numel[k];
+            if l.owner[k] == self.rank {
+                local.extend(self.layers[i].owned[name].flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        let Some(all) = collect(&local, &counts)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(l.names.len());
+        let mut off = 0;
+        for r in 0..self.world {
+            for k in (0..l.names.len()).filter(|&k| l.owner[k] == r) {
+                let t = Tensor::from_slice(&all[off..off + l.numel[k]], l.dims[k].as_slice(), &self.device)?;
+                out.push((l.names[k].clone(), t));
+                off += l.numel[k];
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Every layer parameter on rank 0 (None elsewhere), for a checkpoint; collective.
+    pub fn gather_to_root(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        let comm = self.reducer.comm();
+        let mut out = Vec::new();
+        for i in 0..self.layers.len() {
+            match self.collect_layer(i, |local, counts| comm.gather(local, counts, 0))? {
+                Some(layer) => out.extend(layer),
+                None => debug_assert!(self.rank != 0),
+            }
+        }
+        Ok((self.rank == 0).then_some(out))
+    }
+}
+
+impl LayerSource for ShardedLayers {
+    /// Layer `i`'s parameters, all-gathered (this process's own ones are its variables, so a
+    /// gradient reaches them too, but the source hands every gradient back through
+    /// [`Self::layer_grads`]).
+    fn layer(&self, i: usize) -> Result<ParamStore> {
+        let gathered = self
+            .collect_layer(i, |local, counts| self.reducer.all_gather(local, counts).map(Some))?
+            .expect("an all-gather delivers to every rank");
+        let mut vars = BTreeMap::new();
+        for (name, t) in gathered {
+            let var = match self.layers[i].owned.get(&name) {
+                Some(v) => v.clone(),
+                None => Var::from_tensor(&t)?,
+            };
+            vars.insert(name, var);
+        }
+        Ok(ParamStore::from_vars(vars, &self.device).with_precision(self.precision))
+    }
+
+    /// Reduce-scatters one use's gradients of layer `i` to their owners and adds this
+    /// process's share to the step's.
+    fn layer_grads(&self, i: usize, grads: BTreeMap<String, Tensor>) -> Result<()> {
+        let mine = self.reducer.reduce_scatter(&self.layers[i].layout, &grads)?;
+        let mut acc = self.grads.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, g) in mine {
+            let sum = match acc.remove(&name) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            acc.insert(name, sum);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::group::ThreadGroup;
+    use crate::distributed::Compression;
+    use crate::models::{Decoder, ModelSpec};
+    use crate::nn::{DropoutRng, InitScheme};
+    use crate::optim::named_grads;
+
+    #[test]
+    fn layer_numbers_come_from_the_name() {
+        assert_eq!(layer_index("transformer.h.11.mlp.c_fc.weight"), Some(11));
+        assert_eq!(layer_index("model.layers.0.self_attn.q_proj.weight"), Some(0));
+        assert_eq!(layer_index("transformer.wte.weight"), None);
+        assert_eq!(layer_index("lm_head.weight"), None);
+    }
+
+    /// Loss and every parameter's gradient (summed over the ranks' rows) of a decoder whose
+    /// layers are sharded over `world` threads, against one unsharded decoder on all rows.
+    #[test]
+    fn sharded_layers_give_the_loss_and_gradients_of_the_whole_model() {
+        for preset in ["tiny", "llama-tiny"] {
+            let spec = ModelSpec::preset(preset).unwrap();
+            let ids: Vec<u32> = (0..4 * 17).map(|i| (i * 37 % spec.vocab_size) as u32).collect();
+            let ids = Tensor::from_vec(ids, (4, 17), &Device::Cpu).unwrap();
+            let (x, y) = (ids.narrow(1, 0, 16).unwrap(), ids.narrow(1, 1, 16).unwrap());
+            let full = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 5, &Device::Cpu).unwrap();
+            let model = Decoder::new(&spec, &full).unwrap();
+            let loss = model.loss(&x, &y, None).unwrap();
+            let want = named_grads(full.vars(), &loss.backward().unwrap()).unwrap();
+            let want_loss = loss.to_scalar::<f32>().unwrap();
+            let world = 2;
+            let out = ThreadGroup::run(world, |rank, comm| {
+                let mut params =
+                    ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 5, &Device::Cpu).unwrap();
+                let reducer = Arc::new(Reducer::new(comm, Compression::None, 4, Device::Cpu));
+                let layers = ShardedLayers::split(&mut params, spec.n_layer, reducer).unwrap();
+                assert!(params.vars().keys().all(|n| layer_index(n).is_none()), "the layers left the store");
+                let model = Decoder::with_layer_source(&spec, &params, layers.clone()).unwrap();
+                // Rank r's two rows, each rank's loss weighted by its share.
+                let (xs, ys) = (x.narrow(0, 2 * rank, 2).unwrap(), y.narrow(0, 2 * rank, 2).unwrap());
+                let loss = (model.loss(&xs, &ys, Some(&mut DropoutRng::new(0.0, 1))).unwrap() * 0.5).unwrap();
+                let mut grads = named_grads(params.vars(), &loss.backward().unwrap()).unwrap();
+                grads.extend(layers.take_grads());
+                (loss.to_scalar::<f32>().unwrap(), grads, layers.owned().len())
+            });
+            let total: f32 = out.iter().map(|o| o.0).sum();
+            assert!((total - want_loss).abs() < 1e-5, "{preset}: loss {total} vs {want_loss}");
+            let layer_params = want.keys().filter(|n| layer_index(n).is_some()).count();
+            assert_eq!(out.iter().map(|o| o.2).sum::<usize>(), layer_params, "each layer parameter owned once");
+            for (name, g) in &want {
+                let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                // A layer parameter's gradient is on its owner, already summed; the others are
+                // each rank's share, summed here.
+                let mut got = vec![0f32; g.len()];
+                let mut seen = 0;
+                for (_, grads, _) in &out {
+                    if let Some(t) = grads.get(name) {
+                        seen += 1;
+                        got.iter_mut()
+                            .zip(t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                            .for_each(|(a, b)| *a += b);
+                    }
+                }
+                assert_eq!(seen, if layer_index(name).is_some() { 1 } else { world }, "{preset}: {name}");
+                let err = g.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-5, "{preset}: {name} off by {err}");
+            }
+        }
+    }
+}
