@@ -14,13 +14,15 @@ pub struct Args {
     /// A model preset (with the default run config).
     #[arg(long)]
     preset: Option<String>,
-    /// Data-parallel devices.
+    /// Data-parallel devices (with `--gpu cpu`: processes, `mpirun -np N`, splitting each
+    /// micro-batch).
     #[arg(long)]
     gpus: Option<usize>,
     /// h100-80gb (default), a100-80gb, a100-40gb, h200-141gb, or cpu (this machine).
     #[arg(long)]
     gpu: Option<String>,
-    /// ZeRO stage: 0 (replicated), 1 (optimizer sharded), 2 (+ gradients), 3 (+ weights).
+    /// ZeRO stage: 0 (replicated), 1 (optimizer sharded), 2 (+ gradients), 3 (+ weights)
+    /// (default: the config's distributed.zero).
     #[arg(long)]
     zero: Option<u8>,
     /// fp32 or bf16-mixed (default: bf16-mixed on GPUs, fp32 on cpu).

@@ -155,6 +155,30 @@ fn a_run_resumes_with_another_process_count() {
     assert_same_run(&zero_ref, &one_two, 6);
 }
 
+/// `lmforge plan`'s bytes sent per process per step for `np` processes and `set` overrides.
+fn planned_bytes(cfg: &Path, np: usize, set: &[&str]) -> f64 {
+    let np = np.to_string();
+    let mut args = vec!["plan", "--config", s(cfg), "--gpu", "cpu", "--gpus", &np, "--peak-tflops", "0.1", "--json"];
+    args.extend_from_slice(set);
+    let out = Command::new(env!("CARGO_BIN_EXE_lmforge")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    plan["communication_bytes_per_step"].as_f64().unwrap()
+}
+
+/// [`planned_bytes`] on 2 processes with a config whose `[distributed]` compresses.
+fn planned_bytes_with(cfg: &Path, compress: &str) -> f64 {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let with = cfg.with_file_name(format!("{compress}.toml"));
+    std::fs::write(&with, format!("{text}\n[distributed]\ncompress = \"{compress}\"\n")).unwrap();
+    planned_bytes(&with, 2, &[])
+}
+
+/// Measured bytes match the plan's to 0.1% (the plan leaves out the step's few scalars).
+fn assert_planned(measured: f64, planned: f64, what: &str) {
+    assert!((measured / planned - 1.0).abs() < 1e-3, "{what}: measured {measured} bytes, planned {planned}");
+}
+
 /// A metrics column of every train row.
 fn train_column(run: &Path, key: &str) -> Vec<f64> {
     metrics(run).iter().filter(|r| r["split"] == "train").map(|r| r[key].as_f64().unwrap()).collect()
@@ -193,6 +217,11 @@ fn zero2_on_two_and_three_processes_trains_the_model_one_process_trains() {
     let ratio = sharded[0] / plain[0];
     assert!((ratio - 1.5).abs() < 1e-3, "ZeRO-2 / DDP bytes {ratio}");
     assert!(metrics(&np1).iter().all(|r| r.get("comm_bytes").is_none()), "one process sends nothing");
+    let accum = ["--grad-accum", "2"];
+    assert_planned(plain[0], planned_bytes(&cfg, 2, &accum), "ZeRO-0");
+    assert_planned(sharded[0], planned_bytes(&cfg, 2, &[&accum[..], &["--zero", "2"]].concat()), "ZeRO-2");
+    let three = train_column(&np3, "comm_bytes")[0];
+    assert_planned(three, planned_bytes(&cfg, 3, &[&accum[..], &["--zero", "2"]].concat()), "ZeRO-2 on 3");
     for (busy, exposed) in train_column(&np2, "comm_s").iter().zip(train_column(&np2, "comm_exposed_s")) {
         assert!(*busy > 0.0 && exposed <= *busy, "{exposed} of {busy} s exposed");
     }
@@ -218,6 +247,11 @@ fn zero3_on_two_and_three_processes_trains_the_model_one_process_trains() {
         mpi_ok(3, &[&base[..], &zero3, &["--run-dir", s(&np3)]].concat());
         assert_same_run(&np1, &np2, 6);
         assert_same_run(&np1, &np3, 6);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace("preset = \"tiny\"", &format!("preset = {preset:?}"));
+        let preset_cfg = tmp.path().join(format!("{preset}.toml"));
+        std::fs::write(&preset_cfg, text).unwrap();
+        let planned = planned_bytes(&preset_cfg, 3, &["--grad-accum", "2", "--zero", "3"]);
+        assert_planned(train_column(&np3, "comm_bytes")[0], planned, preset);
         assert!(out.contains("parameters:"), "{out}");
         let count = |o: &str| o.lines().find(|l| l.starts_with("parameters:")).map(str::to_string);
         let single = mpi_ok(
@@ -298,6 +332,9 @@ fn compressed_gradients_send_less_and_train_within_tolerance() {
     let (fp32_losses, fp32_val, fp32_bytes) = trained("none");
     let (bf16_losses, bf16_val, bf16_bytes) = trained("bf16");
     let (_, power_val, power_bytes) = trained("powersgd");
+    assert_planned(fp32_bytes, planned_bytes(&cfg, 2, &[]), "fp32");
+    assert_planned(bf16_bytes, planned_bytes_with(&cfg, "bf16"), "bf16");
+    assert_planned(power_bytes, planned_bytes_with(&cfg, "powersgd"), "PowerSGD");
     for (a, b) in fp32_losses.iter().zip(&bf16_losses) {
         assert!((a - b).abs() <= 1e-3 * a, "bf16 loss {b} vs fp32 {a}");
     }

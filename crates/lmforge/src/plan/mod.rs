@@ -11,11 +11,13 @@
 //! Letters: Ψ parameters, N_d data-parallel devices, K optimizer bytes per parameter,
 //! s sequence, b micro-batch, h d_model, a heads, v vocab, L layers.
 
+pub mod comm;
 pub mod hardware;
 pub mod report;
 
 pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
 
+use crate::distributed::Compression;
 use crate::error::{Error, Result};
 use crate::models::{Family, ModelSpec, ParamBreakdown};
 use crate::optim::OptimSpec;
@@ -54,6 +56,10 @@ pub struct PlanRequest {
     /// Model FLOPs utilisation (model FLOPs / peak; recomputation does not count).
     pub mfu: f64,
     pub price_per_gpu_hour: Option<f64>,
+    /// `[distributed]`: gradient compression, PowerSGD's rank, bucket size (bytes).
+    pub compress: Compression,
+    pub powersgd_rank: usize,
+    pub bucket_bytes: u64,
 }
 
 /// `lmforge plan` flags; `None` keeps the config's value or the default.
@@ -104,7 +110,7 @@ impl PlanRequest {
             optim,
             hardware,
             gpus: o.gpus.unwrap_or(1),
-            zero: o.zero.unwrap_or(0),
+            zero: o.zero.unwrap_or(cfg.distributed.zero),
             precision: Precision::parse(o.precision.as_deref().unwrap_or(default_precision))?,
             micro_batch: o.micro_batch.unwrap_or(cfg.train.batch_size),
             seq_len,
@@ -114,6 +120,9 @@ impl PlanRequest {
             tokens: o.tokens.unwrap_or(20.0 * spec.num_params() as f64),
             mfu: o.mfu.unwrap_or(0.4),
             price_per_gpu_hour: o.price_per_gpu_hour,
+            compress: cfg.distributed.compress,
+            powersgd_rank: cfg.distributed.powersgd_rank,
+            bucket_bytes: (cfg.distributed.bucket_mb * 1e6) as u64,
             spec,
         };
         req.validate()?;
@@ -147,17 +156,17 @@ impl PlanRequest {
             return bad("--peak-tflops", "the device peak must be a positive number".into());
         }
         if self.hardware.is_cpu {
-            if self.gpus != 1 || self.zero != 0 {
-                return bad("--gpu", "cpu plans one process: --gpus 1 and --zero 0".into());
-            }
             if self.precision != Precision::Fp32 {
                 return bad("--precision", "lmforge trains in fp32 on the CPU".into());
             }
-            if self.checkpointing {
+            if self.checkpointing && self.spec.arch().family() != Family::Decoder {
                 return bad(
                     "--activation-checkpointing",
-                    "lmforge's CPU trainer does not checkpoint activations".into(),
+                    "lmforge's CPU trainer checkpoints the blocks of decoder models only".into(),
                 );
+            }
+            if self.zero >= 3 && self.spec.arch().family() != Family::Decoder {
+                return bad("--zero", "ZeRO-3 shards the layers of decoder models (GPT-2, Llama)".into());
             }
         }
         Ok(())
@@ -200,6 +209,45 @@ pub fn model_states(psi: u64, bytes: u64, optimizer: u64, zero: u8, nd: u64) -> 
     (shard(bytes * psi, zero >= 3), shard(bytes * psi, zero >= 2), shard(optimizer, zero >= 1))
 }
 
+/// Communication buffers of one message on the CPU with several processes: the flattened
+/// bucket, MPI's copy of it and the received values (a bucket is `bucket_bytes`, or one
+/// larger parameter alone: the token embedding, usually).
+fn cpu_comm_buffers(req: &PlanRequest) -> u64 {
+    if req.gpus < 2 {
+        return 0;
+    }
+    let largest = req.spec.params().iter().map(|p| 4 * p.numel() as u64).max().unwrap_or(0);
+    3 * largest.max(req.bucket_bytes)
+}
+
+/// Model-state bytes per process of lmforge's CPU trainer on `n` processes at ZeRO stage
+/// `zero` (f32 weights and gradients, `state` optimizer bytes in all): stage 1 shards the
+/// optimizer state; 2 adds each process's share of the gradients accumulated over
+/// micro-batches to one micro-batch's full gradients (the backward produces them all at once
+/// before they are reduce-scattered); 3 keeps the decoder layers' weights and gradients
+/// sharded, plus one gathered layer's weights and gradients, the rest (embeddings, final norm,
+/// head) whole.
+pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64) -> (u64, u64, u64) {
+    let n = n.max(1);
+    let psi = spec.num_params();
+    let layers: u64 = spec
+        .params()
+        .iter()
+        .filter(|p| crate::distributed::zero3::layer_index(&p.name).is_some())
+        .map(|p| p.numel() as u64)
+        .sum();
+    let one_layer = layers / spec.n_layer.max(1) as u64;
+    let optimizer = if zero >= 1 && n > 1 { state.div_ceil(n) } else { state };
+    if n == 1 || zero < 2 {
+        return (4 * psi, 4 * psi, optimizer);
+    }
+    if zero == 2 {
+        return (4 * psi, 4 * psi + 4 * psi.div_ceil(n), optimizer);
+    }
+    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(n) + 4 * one_layer;
+    (sharded, sharded, optimizer)
+}
+
 /// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
 /// sequence parallelism): `sbh(34 + 5as/h)` in 16-bit for GPT with dropout, generalised to
 /// element size `e`, separate q / kv widths (GQA), the MLP's width and kind, and no masks
@@ -227,16 +275,20 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let (b, s, v, l) = (req.micro_batch as u64, req.seq_len as u64, spec.vocab_size as u64, spec.n_layer as u64);
     let state = optimizer_state_bytes(spec, &req.optim);
     if req.hardware.is_cpu {
-        let estimate = |ckpt| spec.cpu_train_memory(req.micro_batch, req.seq_len, state, ckpt);
-        let (m, without, with) = (estimate(req.checkpointing), estimate(false), estimate(true));
+        // `--gpus` processes (`mpirun -np N`), each computing its share of the micro-batch's rows.
+        let rows = crate::distributed::split_rows(req.micro_batch, req.gpus, 0).len();
+        let estimate = |ckpt| spec.cpu_train_memory(rows, req.seq_len, state, ckpt);
+        // ZeRO-3 checkpoints every layer (its weights are gathered again for the backward).
+        let (m, without, with) = (estimate(req.checkpointing || req.zero >= 3), estimate(false), estimate(true));
+        let (weights, gradients, optimizer_state) = cpu_model_states(spec, state, req.zero, req.gpus as u64);
         return MemoryBreakdown {
-            weights: m.weights,
-            gradients: m.gradients,
-            optimizer_state: m.optimizer_state,
+            weights,
+            gradients,
+            optimizer_state,
             activations: m.activations,
             activations_without_checkpointing: without.activations,
             activations_with_checkpointing: with.activations,
-            temporary_buffers: m.backward_workspace,
+            temporary_buffers: m.backward_workspace + cpu_comm_buffers(req),
             framework_overhead: m.runtime,
         };
     }
@@ -366,6 +418,10 @@ pub struct Plan {
     pub activation_checkpointing: bool,
     pub memory: MemoryBreakdown,
     pub memory_per_device_bytes: u64,
+    /// Bytes each device (process) sends per optimizer step (`comm::bytes_per_step`).
+    pub communication_bytes_per_step: u64,
+    /// Gradient compression (`distributed.compress`).
+    pub compress: Compression,
     pub device_memory_bytes: u64,
     pub fits: bool,
     pub suggestion: Option<Suggestion>,
@@ -406,10 +462,22 @@ pub fn plan(req: &PlanRequest) -> Result<Plan> {
         micro_batch: req.micro_batch,
         seq_len: req.seq_len,
         grad_accum: req.grad_accum,
-        global_batch: req.micro_batch * req.grad_accum * req.gpus,
+        // On the CPU the processes split each micro-batch (`train.batch_size` is global).
+        global_batch: req.micro_batch * req.grad_accum * if req.hardware.is_cpu { 1 } else { req.gpus },
         activation_checkpointing: req.checkpointing,
         memory: mem,
         memory_per_device_bytes: total,
+        communication_bytes_per_step: comm::bytes_per_step(
+            &req.spec,
+            &comm::CommRequest {
+                processes: req.gpus as u64,
+                zero: req.zero,
+                grad_accum: req.grad_accum as u64,
+                compress: req.compress,
+                powersgd_rank: req.powersgd_rank,
+            },
+        ),
+        compress: req.compress,
         device_memory_bytes: req.hardware.memory_bytes,
         fits,
         suggestion: if fits { None } else { suggest(req) },

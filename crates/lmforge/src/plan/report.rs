@@ -123,6 +123,15 @@ pub fn table(p: &Plan) -> String {
             }
         }
     }
+    if p.gpus > 1 {
+        let _ = writeln!(o, "\ncommunication");
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>12}",
+            format!("sent per step ({})", p.compress.name()),
+            gib(p.communication_bytes_per_step)
+        );
+    }
     let _ = writeln!(o, "\ncompute");
     let _ = writeln!(o, "  {:<28} {:>12.3e}", "FLOPs per token", p.flops_per_token);
     let _ = writeln!(o, "  {:<28} {:>12.1} TFLOP/s", "peak per device", p.peak_flops_per_device / 1e12);

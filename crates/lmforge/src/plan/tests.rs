@@ -167,16 +167,53 @@ fn cpu_plan_is_the_trainers_estimate() {
     assert_eq!(memory(&PlanRequest::from_config(&cfg, &o).unwrap()).optimizer_state, 0);
     // What the CPU trainer does not do is refused, naming the flag.
     let cfg = RunConfig::resolve(None, &["model.preset=tiny".into()]).unwrap();
-    for (o, flag) in [
-        (PlanOptions { precision: Some("bf16-mixed".into()), ..o.clone() }, "--precision"),
-        (PlanOptions { zero: Some(2), ..o.clone() }, "--gpu"),
-        (PlanOptions { checkpointing: true, ..o.clone() }, "--activation-checkpointing"),
-        (PlanOptions { gpu: Some("tpu".into()), ..o.clone() }, "--gpu"),
-        (PlanOptions { mfu: Some(1.5), ..o.clone() }, "--mfu"),
+    let bert = RunConfig::resolve(None, &["model.preset=bert-tiny".into(), "train.objective=mlm".into()]).unwrap();
+    for (cfg, o, flag) in [
+        (&cfg, PlanOptions { precision: Some("bf16-mixed".into()), ..o.clone() }, "--precision"),
+        (&bert, PlanOptions { zero: Some(3), gpus: Some(2), ..o.clone() }, "--zero"),
+        (&bert, PlanOptions { checkpointing: true, ..o.clone() }, "--activation-checkpointing"),
+        (&cfg, PlanOptions { gpu: Some("tpu".into()), ..o.clone() }, "--gpu"),
+        (&cfg, PlanOptions { mfu: Some(1.5), ..o.clone() }, "--mfu"),
     ] {
-        let e = PlanRequest::from_config(&cfg, &o).unwrap_err().to_string();
+        let e = PlanRequest::from_config(cfg, &o).unwrap_err().to_string();
         assert!(e.contains(flag), "{e}");
     }
+}
+
+/// Processes on the CPU (`--gpus N`): each computes its share of the micro-batch's rows; the
+/// ZeRO stages shard the optimizer state, then the gradients' accumulation, then the layers.
+#[test]
+fn cpu_processes_shard_model_states_by_zero_stage() {
+    let cfg = RunConfig::resolve(None, &["model.preset=gpt2-124m".into(), "train.batch_size=4".into()]).unwrap();
+    let at = |zero: u8, gpus: usize| {
+        let o = PlanOptions {
+            gpu: Some("cpu".into()),
+            peak_tflops: Some(0.1),
+            zero: Some(zero),
+            gpus: Some(gpus),
+            ..Default::default()
+        };
+        plan(&PlanRequest::from_config(&cfg, &o).unwrap()).unwrap()
+    };
+    let psi = ModelSpec::preset("gpt2-124m").unwrap().num_params();
+    let (z0, z1, z2, z3) = (at(0, 4), at(1, 4), at(2, 4), at(3, 4));
+    assert_eq!(z0.memory.optimizer_state, 8 * psi);
+    assert_eq!(z1.memory.optimizer_state, (8 * psi).div_ceil(4));
+    assert_eq!(z0.memory.gradients, 4 * psi);
+    assert_eq!(z2.memory.gradients, 4 * psi + (4 * psi).div_ceil(4));
+    // ZeRO-3: the embeddings whole, the 12 layers' 85M parameters a quarter each, one layer gathered.
+    let layers = psi - 39_383_808 - 2 * 768;
+    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(4) + 4 * (layers / 12);
+    assert_eq!((z3.memory.weights, z3.memory.gradients), (sharded, sharded));
+    assert!(z3.memory.activations < z0.memory.activations, "ZeRO-3 checkpoints every layer");
+    assert!(z3.memory_per_device_bytes < z1.memory_per_device_bytes);
+    // One process: no communication, no message buffers; each process computes 1 of 4 rows.
+    let one = at(0, 1);
+    assert_eq!(one.communication_bytes_per_step, 0);
+    assert!(z0.memory.temporary_buffers > one.memory.temporary_buffers);
+    assert!(z0.memory.activations < one.memory.activations);
+    assert_eq!(z0.global_batch, 4, "the processes split train.batch_size");
+    assert!(report::table(&z2).contains("sent per step (none)"));
 }
 
 #[test]

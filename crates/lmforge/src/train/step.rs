@@ -159,15 +159,18 @@ impl Micros<'_> {
 
     /// ZeRO-2: each micro-batch's gradients reduce-scattered as soon as its backward ends,
     /// only this process's share accumulated. With overlap, a communication thread reduces
-    /// micro-batch m while this thread computes m + 1 (a channel of one: at most one full set
-    /// of gradients waits); the time this thread blocks on it is the exposed communication.
+    /// micro-batch m while this thread computes m + 1; the time this thread blocks handing
+    /// gradients over or waiting at the end is the exposed communication.
     fn sharded(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
         let dp = self.dp;
         let mut loss_sum = 0.0f64;
         let mut share: Option<BTreeMap<String, Tensor>> = None;
         if dp.overlaps() {
             share = std::thread::scope(|scope| -> Result<_> {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<BTreeMap<String, Tensor>>(1);
+                // A rendezvous: a micro-batch's gradients wait in the hand-over until the
+                // communication thread has finished the previous one's (at most two full sets:
+                // the one being reduced and the one being computed).
+                let (tx, rx) = std::sync::mpsc::sync_channel::<BTreeMap<String, Tensor>>(0);
                 let comm = scope.spawn(move || -> Result<Option<BTreeMap<String, Tensor>>> {
                     let mut acc = None;
                     for g in rx {
