@@ -343,6 +343,15 @@ fn compressed_gradients_send_less_and_train_within_tolerance() {
     assert!((half - 0.5).abs() < 1e-3, "bf16 sends half of fp32's bytes: {half}");
     assert!((power_val - fp32_val).abs() <= 0.02 * fp32_val, "PowerSGD {power_val} vs fp32 {fp32_val}");
     assert!(power_bytes < 0.2 * fp32_bytes, "PowerSGD sends {power_bytes} bytes, fp32 {fp32_bytes}");
+
+    // PowerSGD's state (Q, the errors' sum) is in the checkpoint: a run stopped at step 3 on 2
+    // processes and resumed on 3 is the uninterrupted run.
+    let power = ["--set", "distributed.compress=\"powersgd\""];
+    let (whole, resumed) = (tmp.path().join("power-whole"), tmp.path().join("power-resumed"));
+    mpi_ok(2, &[&["train", "--config", s(&cfg), "--run-dir", s(&whole)][..], &power].concat());
+    mpi_ok(2, &[&["train", "--config", s(&cfg), "--run-dir", s(&resumed), "--stop-after", "3"][..], &power].concat());
+    mpi_ok(3, &["train", "--resume", s(&resumed)]);
+    assert_same_run(&whole, &resumed, 6);
 }
 
 #[test]

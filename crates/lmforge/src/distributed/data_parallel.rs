@@ -127,7 +127,10 @@ impl DataParallel {
         };
         let reducer = match &layers {
             Some(l) => l.reducer().clone(),
-            None => Arc::new(Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone())),
+            None => Arc::new(
+                Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone())
+                    .with_powersgd_start(cfg.powersgd_start_step),
+            ),
         };
         Ok(Self {
             reducer,
@@ -250,6 +253,11 @@ impl DataParallel {
         Ok((buf[0] as f64, norm))
     }
 
+    /// The optimizer step the next reductions belong to (PowerSGD starts at a step).
+    pub fn set_step(&self, step: u64) {
+        self.reducer.set_step(step);
+    }
+
     /// Counts time a step waited for overlapped communication.
     pub fn add_exposed_comm(&self, seconds: f64) {
         self.reducer.add_exposed(seconds);
@@ -323,6 +331,16 @@ impl DataParallel {
     /// 0, None elsewhere. With ZeRO-1 every rank sends its shard, bucket by bucket; rank 0
     /// rebuilds the names and shapes of the others' slots from the update rule.
     pub fn optimizer_state_for_checkpoint(&self, optimizer: &Optimizer) -> Result<Option<Vec<(String, Tensor)>>> {
+        // PowerSGD's state rides along (`PARAM.powersgd_*`; collective, so first on every rank).
+        let compressor = self.reducer.powersgd_state()?;
+        let state = self.sharded_optimizer_state(optimizer)?;
+        Ok(state.map(|mut s| {
+            s.extend(compressor);
+            s
+        }))
+    }
+
+    fn sharded_optimizer_state(&self, optimizer: &Optimizer) -> Result<Option<Vec<(String, Tensor)>>> {
         if !self.is_sharded() {
             return Ok(self.is_writer().then(|| optimizer.state_tensors()));
         }
@@ -402,7 +420,12 @@ impl DataParallel {
         let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(bad)?;
         let index: HashMap<&str, usize> = self.layout.names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let mut mine = HashMap::new();
+        let mut compressor = HashMap::new();
         for (key, _) in file.tensors() {
+            if key.rsplit_once('.').is_some_and(|(_, slot)| slot.starts_with("powersgd_")) {
+                compressor.insert(key.clone(), file.load(&key, &self.device).map_err(bad)?);
+                continue;
+            }
             let Some(&i) = index.get(param_of(&key)) else {
                 return Err(Error::format(
                     path,
@@ -414,6 +437,7 @@ impl DataParallel {
                 mine.insert(key, t);
             }
         }
+        self.reducer.load_powersgd_state(compressor)?;
         optimizer.load_state(mine, step)
     }
 }

@@ -138,6 +138,8 @@ pub struct DistributedConfig {
     pub compress: Compression,
     /// PowerSGD's rank (columns of each factor).
     pub powersgd_rank: usize,
+    /// PowerSGD compresses from this optimizer step on; plain fp32 all-reduces before.
+    pub powersgd_start_step: u64,
     /// ZeRO-2 reduces each micro-batch's gradients on a communication thread while the next
     /// micro-batch computes.
     pub overlap: bool,
@@ -151,6 +153,7 @@ impl Default for DistributedConfig {
             bucket_mb: 25.0,
             compress: Compression::None,
             powersgd_rank: 4,
+            powersgd_start_step: 0,
             overlap: true,
         }
     }

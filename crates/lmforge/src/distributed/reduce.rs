@@ -52,6 +52,9 @@ pub struct Reducer {
     powersgd_rank: usize,
     device: Device,
     power: Mutex<HashMap<String, PowerState>>,
+    /// PowerSGD compresses from this optimizer step on (plain fp32 before it).
+    powersgd_start: u64,
+    step: AtomicU64,
     meter: Meter,
 }
 
@@ -70,7 +73,36 @@ fn flatten(
 
 impl Reducer {
     pub fn new(comm: Arc<dyn Collective>, compression: Compression, powersgd_rank: usize, device: Device) -> Self {
-        Self { comm, compression, powersgd_rank, device, power: Mutex::new(HashMap::new()), meter: Meter::default() }
+        Self {
+            comm,
+            compression,
+            powersgd_rank,
+            device,
+            power: Mutex::new(HashMap::new()),
+            powersgd_start: 0,
+            step: AtomicU64::new(0),
+            meter: Meter::default(),
+        }
+    }
+
+    /// PowerSGD from optimizer step `start` on (PyTorch's `start_powerSGD_iter`: plain
+    /// all-reduces while the weights change fastest).
+    pub fn with_powersgd_start(mut self, start: u64) -> Self {
+        self.powersgd_start = start;
+        self
+    }
+
+    /// The optimizer step the next reductions belong to (0-based).
+    pub fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+    }
+
+    /// The compression of this step's gradient all-reduces.
+    fn active(&self) -> Compression {
+        match self.compression {
+            Compression::PowerSgd if self.step.load(Ordering::Relaxed) < self.powersgd_start => Compression::None,
+            c => c,
+        }
     }
 
     pub fn compression(&self) -> Compression {
@@ -131,6 +163,62 @@ impl Reducer {
         Traffic { bytes, busy_s, exposed_s: if overlapped { exposed.min(busy_s) } else { busy_s } }
     }
 
+    /// PowerSGD's state for a checkpoint (collective; empty without PowerSGD): each matrix's
+    /// Q (the same on every process) as `PARAM.powersgd_q` and its error summed over the
+    /// processes as `PARAM.powersgd_error`. A step's result depends on the errors only through
+    /// their sum (P and Q are linear in it), so the sum resumes the run exactly on any number
+    /// of processes.
+    pub fn powersgd_state(&self) -> Result<Vec<(String, Tensor)>> {
+        if self.compression != Compression::PowerSgd || self.world() == 1 {
+            return Ok(Vec::new());
+        }
+        let power = self.power.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = power.keys().collect();
+        names.sort();
+        let mut errors = Vec::new();
+        for name in &names {
+            errors.extend(power[*name].error.flatten_all()?.to_vec1::<f32>()?);
+        }
+        self.comm.all_reduce_sum(&mut errors)?;
+        let mut out = Vec::with_capacity(2 * names.len());
+        let mut off = 0;
+        for name in names {
+            let state = &power[name];
+            let n = state.error.elem_count();
+            out.push((format!("{name}.powersgd_q"), state.q.clone()));
+            out.push((
+                format!("{name}.powersgd_error"),
+                Tensor::from_slice(&errors[off..off + n], state.error.shape(), &self.device)?,
+            ));
+            off += n;
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Self::powersgd_state`]: every process takes Q, rank 0 the summed error (the
+    /// others none). Ignored without PowerSGD (a run resumed with another compression).
+    pub fn load_powersgd_state(&self, mut tensors: HashMap<String, Tensor>) -> Result<()> {
+        if self.compression != Compression::PowerSgd || self.world() == 1 {
+            return Ok(());
+        }
+        let mut power = self.power.lock().unwrap_or_else(|p| p.into_inner());
+        let names: Vec<String> =
+            tensors.keys().filter_map(|k| k.strip_suffix(".powersgd_q")).map(str::to_string).collect();
+        for name in names {
+            let q = tensors.remove(&format!("{name}.powersgd_q")).expect("listed above");
+            let error = tensors
+                .remove(&format!("{name}.powersgd_error"))
+                .ok_or_else(|| Error::Invalid(format!("PowerSGD state of `{name}` has Q but no error")))?;
+            let error = if self.comm.rank() == 0 { error } else { error.zeros_like()? };
+            if q.dims().get(1) != Some(&self.powersgd_rank) {
+                // Another rank: start this matrix afresh (what was pending is dropped).
+                continue;
+            }
+            power.insert(name, PowerState { q, error });
+        }
+        Ok(())
+    }
+
     /// Sums `grads` over the processes (all of them, every process getting every sum) and
     /// returns the sum of `loss`es.
     pub fn all_reduce(&self, l: &Layout, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
@@ -138,15 +226,16 @@ impl Reducer {
             return Ok(loss);
         }
         let mut total = loss;
+        let compression = self.active();
         let last = l.buckets.len().saturating_sub(1);
         for (b, range) in l.buckets.iter().enumerate() {
-            if self.compression == Compression::PowerSgd {
+            if compression == Compression::PowerSgd {
                 self.power_all_reduce(l, range.clone(), grads)?;
                 continue;
             }
             let mut flat = Vec::with_capacity(range.clone().map(|i| l.numel[i]).sum::<usize>() + 1);
             flatten(grads, l.names[range.clone()].iter(), &mut flat)?;
-            match self.compression {
+            match compression {
                 Compression::None => {
                     // The loss rides in the last message.
                     if b == last {
@@ -161,7 +250,7 @@ impl Reducer {
             }
             self.unflatten(l, range.clone(), &flat, grads)?;
         }
-        if self.compression != Compression::None {
+        if compression != Compression::None {
             let mut buf = [loss as f32];
             self.all_reduce_sum(&mut buf)?;
             total = buf[0] as f64;

@@ -61,6 +61,7 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     let sizes: Vec<usize> = (0..at.grad_accum).map(|m| task.micro_weight(s, m)).collect::<Result<_>>()?;
     let weights = micro_weights(&sizes);
     let equal = sizes.windows(2).all(|w| w[0] == w[1]);
+    dp.set_step(s);
     let micros = Micros { task, dp, at, rows, weights, equal };
     if dp.reduces_every_micro_batch() {
         return micros.sharded(lap);
