@@ -45,6 +45,13 @@ fn mpi_ok(np: usize, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `mpirun -np np lmforge args` fails with an error naming every one of `needles`.
+fn mpi_fails(np: usize, args: &[&str], needles: &[&str]) {
+    let out = mpirun(np, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && needles.iter().all(|n| err.contains(n)), "{err}");
+}
+
 /// (step, split, loss) of every metrics row.
 fn losses(run: &Path) -> Vec<(u64, String, f64)> {
     metrics(run)
@@ -129,7 +136,7 @@ fn zero1_matches_plain_data_parallel_exactly() {
 }
 
 #[test]
-fn a_run_resumes_with_another_process_count() {
+fn a_run_resumes_with_another_process_count_and_zero_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "", "");
     let run = |name: &str| tmp.path().join(name);
@@ -153,6 +160,22 @@ fn a_run_resumes_with_another_process_count() {
     mpi_ok(1, &[&base[..], &zero, &["--run-dir", s(&one_two), "--stop-after", "3"]].concat());
     mpi_ok(2, &["train", "--resume", s(&one_two)]);
     assert_same_run(&zero_ref, &one_two, 6);
+
+    // At another ZeRO stage (`--resume` with `--set distributed.*`): ZeRO-3 on 3 processes
+    // continued by ZeRO-1 on 2, one plain process by ZeRO-3 on 3, ZeRO-2 on 2 by ZeRO-2 on 3.
+    for (name, (np_a, zero_a), (np_b, zero_b)) in [
+        ("zero3-np3-zero1-np2", (3, 3), (2, 1)),
+        ("np1-zero3-np3", (1, 0), (3, 3)),
+        ("zero2-np2-zero2-np3", (2, 2), (3, 2)),
+    ] {
+        let dir = run(name);
+        let (a, b) = (format!("distributed.zero={zero_a}"), format!("distributed.zero={zero_b}"));
+        mpi_ok(np_a, &[&base[..], &["--set", &a, "--run-dir", s(&dir), "--stop-after", "3"]].concat());
+        mpi_ok(np_b, &["train", "--resume", s(&dir), "--set", &b]);
+        assert_same_run(&reference, &dir, 6);
+    }
+
+    mpi_fails(1, &["train", "--resume", s(&run("np1-zero3-np3")), "--set", "train.max_steps=9"], &["distributed.KEY"]);
 }
 
 /// `lmforge plan`'s bytes sent per process per step for `np` processes and `set` overrides.
@@ -261,39 +284,9 @@ fn zero3_on_two_and_three_processes_trains_the_model_one_process_trains() {
         assert_eq!(count(&out), count(&single), "the summary counts every parameter, sharded or not");
     }
     let bert = super::common::tiny_bert_config(tmp.path());
-    let out = mpirun(2, &["train", "--config", s(&bert), "--run-dir", s(&run("bert")), "--set", "distributed.zero=3"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("distributed.zero"), "{err}");
-}
-
-/// A ZeRO-3 run on 3 processes continues on 2 with ZeRO-1, a plain 1-process run on 3 with
-/// ZeRO-3, and a ZeRO-2 run on 2 on 3 with ZeRO-2 (`--resume` with `--set distributed.*`):
-/// each is the run 1 process trains start to end.
-#[test]
-fn a_run_resumes_at_another_zero_stage_and_process_count() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(tmp.path(), "", "");
-    let run = |name: &str| tmp.path().join(name);
-    let mut base = vec!["train", "--config", s(&cfg)];
-    base.extend(DEMANDING);
-    let reference = run("reference");
-    mpi_ok(1, &[&base[..], &["--run-dir", s(&reference)]].concat());
-
-    for (name, (np_a, zero_a), (np_b, zero_b)) in [
-        ("zero3-np3-zero1-np2", (3, 3), (2, 1)),
-        ("np1-zero3-np3", (1, 0), (3, 3)),
-        ("zero2-np2-zero2-np3", (2, 2), (3, 2)),
-    ] {
-        let dir = run(name);
-        let (a, b) = (format!("distributed.zero={zero_a}"), format!("distributed.zero={zero_b}"));
-        mpi_ok(np_a, &[&base[..], &["--set", &a, "--run-dir", s(&dir), "--stop-after", "3"]].concat());
-        mpi_ok(np_b, &["train", "--resume", s(&dir), "--set", &b]);
-        assert_same_run(&reference, &dir, 6);
-    }
-
-    let out = mpirun(1, &["train", "--resume", s(&run("np1-zero3-np3")), "--set", "train.max_steps=9"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("distributed.KEY"), "{err}");
+    let bert_run = run("bert");
+    let args = ["train", "--config", s(&bert), "--run-dir", s(&bert_run), "--set", "distributed.zero=3"];
+    mpi_fails(2, &args, &["distributed.zero"]);
 }
 
 /// bf16 and PowerSGD compression: what each process sends per step, and a 60-step run that
@@ -358,12 +351,9 @@ fn compressed_gradients_send_less_and_train_within_tolerance() {
 fn too_small_a_batch_for_the_processes_is_a_config_error() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(tmp.path(), "", "");
-    let out = mpirun(
-        2,
-        &["train", "--config", s(&cfg), "--run-dir", s(&tmp.path().join("r")), "--set", "train.batch_size=1"],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("train.batch_size") && err.contains("2 processes"), "{err}");
+    let dir = tmp.path().join("r");
+    let args = ["train", "--config", s(&cfg), "--run-dir", s(&dir), "--set", "train.batch_size=1"];
+    mpi_fails(2, &args, &["train.batch_size", "2 processes"]);
 }
 
 /// Rank `rank`'s pid among the children of `mpirun` (read from their environment).
