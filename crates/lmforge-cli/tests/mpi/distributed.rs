@@ -493,6 +493,16 @@ fn finetune_on_two_processes_equals_one() {
     let d = max_diff(&run("two").join("model"), &run("zero1").join("model"), "model.safetensors");
     assert_eq!(d, 0.0, "ZeRO-1 against plain data parallel");
 
+    // ZeRO-2: the same model within fp32 rounding; ZeRO-3 (pretraining only) is refused.
+    let mut zero2 = with_dir(&run("zero2"));
+    zero2.extend(["--set".into(), "distributed.zero=2".into()]);
+    mpi_ok(2, &refs(&zero2));
+    let d = max_diff(&run("two").join("model"), &run("zero2").join("model"), "model.safetensors");
+    assert!(d <= WEIGHT_ATOL, "ZeRO-2 fine-tuning: max |difference| {d}");
+    let mut zero3 = with_dir(&run("zero3"));
+    zero3.extend(["--set".into(), "distributed.zero=3".into()]);
+    mpi_fails(2, &refs(&zero3), &["distributed.zero"]);
+
     // Stopped after 7 steps on two processes, resumed on one.
     let mut stopped = with_dir(&run("switch"));
     stopped.extend(["--stop-after".into(), "7".into()]);

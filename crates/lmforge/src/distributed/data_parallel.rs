@@ -77,11 +77,18 @@ impl DataParallel {
             ));
         }
         let stage = if world > 1 { cfg.zero } else { 0 };
-        if (stage == 3) != layers.is_some() {
-            return Err(Error::Invalid(format!(
-                "distributed.zero = {stage} with{} sharded layers: the model was built for another stage",
-                if layers.is_some() { "" } else { "out" }
-            )));
+        match (stage == 3, layers.is_some()) {
+            (true, false) => {
+                return Err(Error::config(
+                    "distributed.zero",
+                    "3 shards the decoder layers of causal-LM pretraining (`lmforge train`, GPT-2 / Llama); \
+                     use 2 here",
+                ))
+            }
+            (false, true) => {
+                return Err(Error::Invalid(format!("ZeRO-3 layers given to a ZeRO-{stage} run")));
+            }
+            _ => {}
         }
         comm.set_timeout(Some(Duration::from_secs_f64(cfg.timeout_s)));
         let mut vars = params.vars().clone();

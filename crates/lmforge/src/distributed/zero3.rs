@@ -9,10 +9,12 @@
 //! Memory per process: its share of the layers' parameters, gradients and optimizer state,
 //! plus the gathered layer in use (its weights for the forward or for the backward's
 //! recomputation) — against every layer's weights and gradients without sharding. What is
-//! not done: prefetching the next layer's parameters while the current one computes (MPI
-//! collectives must be issued in the same order on every process, which a second thread
-//! would need its own communicator for), and loading a checkpoint in shards (each process
-//! reads the whole model once and keeps its share).
+//! not done: prefetching the next layer's parameters while the current one computes — MPI
+//! collectives must be issued in one order on every process, so a prefetching thread needs its
+//! own communicator (`MPI_Comm_dup`), and `MpiCollective` would then have to hold its
+//! serialising lock per MPI call instead of for a whole collective (two ranks whose main and
+//! prefetch threads held it in opposite collectives would wait on each other for ever); and
+//! loading a checkpoint in shards (each process reads the whole model once and keeps its share).
 
 use super::reduce::{Layout, Reducer};
 use super::shard_params;
