@@ -163,13 +163,14 @@ impl Plateau {
 /// Clips gradients in place to a global L2 norm of `max_norm` (as `clip_grad_norm_`:
 /// scale = max_norm / (norm + 1e-6) when that is below 1). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
-    let mut sq = 0.0f64;
-    for g in grads.values() {
-        sq += crate::ops::sum_squares(g)?;
-    }
-    let norm = sq.sqrt();
+    let norm = sum_of_squares(grads)?.sqrt();
     clip_to_norm(grads, norm, max_norm)?;
     Ok(norm)
+}
+
+/// Σ g² over every gradient (the squared global norm of this process's `grads`).
+pub fn sum_of_squares(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
+    grads.values().try_fold(0.0, |sq, g| Ok(sq + crate::ops::sum_squares(g)?))
 }
 
 /// Scales `grads`, whose global norm (over every process's share) is `norm`, down to

@@ -249,11 +249,7 @@ impl DataParallel {
     /// ZeRO-2's end of a step: the global loss and gradient norm from every rank's share (one
     /// two-value all-reduce), and this rank's gradients clipped to `max_norm`.
     pub fn finish_sharded(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64, max_norm: f64) -> Result<(f64, f64)> {
-        let mut sq = 0.0f64;
-        for g in grads.values() {
-            sq += crate::ops::sum_squares(g)?;
-        }
-        let mut buf = [loss as f32, sq as f32];
+        let mut buf = [loss as f32, crate::optim::sum_of_squares(grads)? as f32];
         self.reducer.all_reduce_sum(&mut buf)?;
         let norm = (buf[1] as f64).sqrt();
         crate::optim::clip_to_norm(grads, norm, max_norm)?;
@@ -286,24 +282,19 @@ impl DataParallel {
         // ZeRO-3's layer parameters stay with their owners (gathered for each use).
         let l = &self.grad_layout;
         for range in &l.buckets {
-            let mut counts = vec![0usize; world];
+            let (order, counts) = l.by_owner(range.clone(), world);
             let mut local = Vec::new();
-            for i in range.clone() {
-                counts[l.owner[i]] += l.numel[i];
-                if l.owner[i] == rank {
-                    local.extend(self.vars[&l.names[i]].flatten_all()?.to_vec1::<f32>()?);
-                }
+            for &i in order.iter().filter(|&&i| l.owner[i] == rank) {
+                local.extend(self.vars[&l.names[i]].flatten_all()?.to_vec1::<f32>()?);
             }
             let all = self.reducer.all_gather(&local, &counts)?;
             let mut off = 0;
-            for r in 0..world {
-                for i in range.clone().filter(|&i| l.owner[i] == r) {
+            for i in order {
+                if l.owner[i] != rank {
                     let var = &self.vars[&l.names[i]];
-                    if r != rank {
-                        var.set(&Tensor::from_slice(&all[off..off + l.numel[i]], var.shape(), &self.device)?)?;
-                    }
-                    off += l.numel[i];
+                    var.set(&Tensor::from_slice(&all[off..off + l.numel[i]], var.shape(), &self.device)?)?;
                 }
+                off += l.numel[i];
             }
         }
         Ok(())

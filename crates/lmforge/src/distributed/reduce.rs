@@ -26,6 +26,20 @@ pub struct Layout {
     pub buckets: Vec<Range<usize>>,
 }
 
+impl Layout {
+    /// The parameters of `range` as a message whose values go rank by rank (each rank's own
+    /// in layout order) — the order of a gather or a reduce-scatter — and each rank's count.
+    pub fn by_owner(&self, range: Range<usize>, world: usize) -> (Vec<usize>, Vec<usize>) {
+        let mut order: Vec<usize> = range.collect();
+        order.sort_by_key(|&i| (self.owner[i], i));
+        let mut counts = vec![0usize; world];
+        for &i in &order {
+            counts[self.owner[i]] += self.numel[i];
+        }
+        (order, counts)
+    }
+}
+
 /// What collectives cost this process since the counters were last taken.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
@@ -264,12 +278,7 @@ impl Reducer {
         let (rank, world) = (self.comm.rank(), self.world());
         let mut out = BTreeMap::new();
         for range in &l.buckets {
-            let mut order: Vec<usize> = range.clone().collect();
-            order.sort_by_key(|&i| (l.owner[i], i));
-            let mut counts = vec![0usize; world];
-            for &i in &order {
-                counts[l.owner[i]] += l.numel[i];
-            }
+            let (order, counts) = l.by_owner(range.clone(), world);
             let mut flat = Vec::with_capacity(counts.iter().sum());
             flatten(grads, order.iter().map(|&i| &l.names[i]), &mut flat)?;
             let mine = match self.compression {

@@ -125,23 +125,18 @@ impl ShardedLayers {
         collect: impl FnOnce(&[f32], &[usize]) -> Result<Option<Vec<f32>>>,
     ) -> Result<Option<Vec<(String, Tensor)>>> {
         let l = &self.layers[i].layout;
-        let mut counts = vec![0usize; self.world];
+        let (order, counts) = l.by_owner(0..l.names.len(), self.world);
         let mut local = Vec::new();
-        for (k, name) in l.names.iter().enumerate() {
-            counts[l.owner[k]] += l.numel[k];
-            if l.owner[k] == self.rank {
-                local.extend(self.layers[i].owned[name].flatten_all()?.to_vec1::<f32>()?);
-            }
+        for &k in order.iter().filter(|&&k| l.owner[k] == self.rank) {
+            local.extend(self.layers[i].owned[&l.names[k]].flatten_all()?.to_vec1::<f32>()?);
         }
         let Some(all) = collect(&local, &counts)? else { return Ok(None) };
         let mut out = Vec::with_capacity(l.names.len());
         let mut off = 0;
-        for r in 0..self.world {
-            for k in (0..l.names.len()).filter(|&k| l.owner[k] == r) {
-                let t = Tensor::from_slice(&all[off..off + l.numel[k]], l.dims[k].as_slice(), &self.device)?;
-                out.push((l.names[k].clone(), t));
-                off += l.numel[k];
-            }
+        for k in order {
+            let t = Tensor::from_slice(&all[off..off + l.numel[k]], l.dims[k].as_slice(), &self.device)?;
+            out.push((l.names[k].clone(), t));
+            off += l.numel[k];
         }
         Ok(Some(out))
     }
