@@ -134,10 +134,7 @@ impl DataParallel {
         };
         let reducer = match &layers {
             Some(l) => l.reducer().clone(),
-            None => Arc::new(
-                Reducer::new(comm.clone(), cfg.compress, cfg.powersgd_rank, device.clone())
-                    .with_powersgd_start(cfg.powersgd_start_step),
-            ),
+            None => Arc::new(Reducer::from_config(comm.clone(), cfg, device.clone())),
         };
         Ok(Self {
             reducer,

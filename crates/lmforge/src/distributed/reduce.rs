@@ -99,6 +99,11 @@ impl Reducer {
         }
     }
 
+    /// The reducer `cfg` asks for.
+    pub fn from_config(comm: Arc<dyn Collective>, cfg: &super::DistributedConfig, device: Device) -> Self {
+        Self::new(comm, cfg.compress, cfg.powersgd_rank, device).with_powersgd_start(cfg.powersgd_start_step)
+    }
+
     /// PowerSGD from optimizer step `start` on (PyTorch's `start_powerSGD_iter`: plain
     /// all-reduces while the weights change fastest).
     pub fn with_powersgd_start(mut self, start: u64) -> Self {

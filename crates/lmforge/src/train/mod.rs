@@ -341,7 +341,6 @@ pub fn run_loop(
             grad_clip: plan.grad_clip,
         };
         let step::StepGrads { loss, grad_norm, grads } = step::gradients(task, &dp, at, &mut |_| {})?;
-        let mut traffic = dp.take_traffic();
         state.data_cursor += plan.grad_accum as u64;
         // The loss and gradient norm are global (summed over processes), so every process
         // reaches the same verdict.
@@ -354,10 +353,6 @@ pub fn run_loop(
         let spike = match state.faults.judge(s + 1, loss, grad_norm, &plan.faults) {
             Ok(Verdict::Apply { spike }) => {
                 dp.step(&mut optimizer, &grads, lr)?;
-                let gather = dp.take_traffic();
-                traffic.bytes += gather.bytes;
-                traffic.busy_s += gather.busy_s;
-                traffic.exposed_s += gather.exposed_s;
                 Some(spike)
             }
             Ok(Verdict::Skip) => {
@@ -392,6 +387,8 @@ pub fn run_loop(
                 return Err(Error::Invalid(msg));
             }
         };
+        // The step's communication: its gradients' reductions and the update's all-gather.
+        let traffic = dp.take_traffic();
         state.step += 1;
         state.tokens_seen += tokens_per_step;
         state.epoch = per_epoch.map(|n| EpochCursor::at(state.step, n));

@@ -179,7 +179,7 @@ fn shard_layers(
             "3 shards the layers of decoder models (GPT-2, Llama) trained as causal LMs; use 2 for BERT",
         ));
     }
-    let reducer = Arc::new(distributed::Reducer::new(comm, dist.compress, dist.powersgd_rank, params.device().clone()));
+    let reducer = Arc::new(distributed::Reducer::from_config(comm, &dist, params.device().clone()));
     let layers = distributed::ShardedLayers::split(&mut params, plan.spec.n_layer, reducer)?;
     Ok((params, Some(layers)))
 }
