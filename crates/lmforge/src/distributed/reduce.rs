@@ -290,34 +290,29 @@ impl Reducer {
                 Compression::Bf16 => self.bf16_reduce_scatter(&flat, &counts)?,
                 _ => self.reduce_scatter_sum(&flat, &counts)?,
             };
-            let mut off = 0;
-            for &i in order.iter().filter(|&&i| l.owner[i] == rank) {
-                out.insert(
-                    l.names[i].clone(),
-                    Tensor::from_slice(&mine[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
-                );
-                off += l.numel[i];
-            }
+            self.unflatten(l, order.into_iter().filter(|&i| l.owner[i] == rank), &mine, &mut out)?;
         }
         Ok(out)
     }
 
+    /// The parameters `params` (indices into `l`) from consecutive values of `flat`, into
+    /// `into`; returns how many values they took.
     fn unflatten(
         &self,
         l: &Layout,
-        range: Range<usize>,
+        params: impl IntoIterator<Item = usize>,
         flat: &[f32],
-        grads: &mut BTreeMap<String, Tensor>,
-    ) -> Result<()> {
+        into: &mut BTreeMap<String, Tensor>,
+    ) -> Result<usize> {
         let mut off = 0;
-        for i in range {
-            grads.insert(
+        for i in params {
+            into.insert(
                 l.names[i].clone(),
                 Tensor::from_slice(&flat[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
             );
             off += l.numel[i];
         }
-        Ok(())
+        Ok(off)
     }
 
     /// Rank r gets the fp32 sum (in rank order) of everyone's bf16 chunk r (`counts[r]` values).
@@ -387,14 +382,7 @@ impl Reducer {
             deltas.push(delta);
         }
         self.all_reduce_sum(&mut msg)?;
-        let mut off = 0;
-        for &i in &plain {
-            grads.insert(
-                l.names[i].clone(),
-                Tensor::from_slice(&msg[off..off + l.numel[i]], l.dims[i].as_slice(), &self.device)?,
-            );
-            off += l.numel[i];
-        }
+        let mut off = self.unflatten(l, plain.iter().copied(), &msg, grads)?;
         debug_assert_eq!(off, plain_len);
         let mut ps = Vec::with_capacity(factored.len());
         let mut qmsg = Vec::new();
