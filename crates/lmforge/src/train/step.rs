@@ -144,6 +144,15 @@ impl Micros<'_> {
         Ok(Some((g, if self.equal { value } else { value * weight })))
     }
 
+    /// [`Self::local`], or zeros and no loss for a micro-batch this process has no rows of
+    /// (it still takes part in the micro-batch's reduction).
+    fn local_or_zeros(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<(BTreeMap<String, Tensor>, f64)> {
+        match self.local(micro, lap)? {
+            Some(share) => Ok(share),
+            None => Ok((self.zeros()?, 0.0)),
+        }
+    }
+
     /// Zero gradients: a process's share of a micro-batch it has no rows of.
     fn zeros(&self) -> Result<BTreeMap<String, Tensor>> {
         self.task.params().vars().iter().map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?))).collect()
@@ -180,13 +189,8 @@ impl Micros<'_> {
                     Ok(acc)
                 });
                 for micro in 0..self.at.grad_accum {
-                    let g = match self.local(micro, lap)? {
-                        Some((g, loss)) => {
-                            loss_sum += loss;
-                            g
-                        }
-                        None => self.zeros()?,
-                    };
+                    let (g, loss) = self.local_or_zeros(micro, lap)?;
+                    loss_sum += loss;
                     let t = Instant::now();
                     // A failed send means the communication thread stopped: its error is in join.
                     let sent = tx.send(g).is_ok();
@@ -203,13 +207,8 @@ impl Micros<'_> {
             })?;
         } else {
             for micro in 0..self.at.grad_accum {
-                let g = match self.local(micro, lap)? {
-                    Some((g, loss)) => {
-                        loss_sum += loss;
-                        g
-                    }
-                    None => self.zeros()?,
-                };
+                let (g, loss) = self.local_or_zeros(micro, lap)?;
+                loss_sum += loss;
                 accumulate(&mut share, dp.reduce_scatter_grads(&g)?)?;
             }
         }
