@@ -84,9 +84,23 @@ impl Ctx {
     }
 }
 
+impl Command {
+    /// Whether the command runs a model's forward token by token (generation, serving,
+    /// evaluation) rather than training it: see [`process::prepare`].
+    fn decodes(&self) -> bool {
+        matches!(
+            self,
+            Command::Generate(_)
+                | Command::Serve(_)
+                | Command::Eval(_)
+                | Command::Bench(cmd::bench::Command::Serve { .. })
+        )
+    }
+}
+
 fn main() {
-    process::prepare();
     let cli = Cli::parse();
+    process::prepare(cli.command.decodes());
     let comm = match lmforge::distributed::from_env() {
         Ok(comm) => comm,
         Err(e) => {

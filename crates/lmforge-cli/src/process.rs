@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Settings that must be made before any other thread starts.
-pub fn prepare() {
+/// Settings that must be made before any other thread starts; `decodes`: the command runs a
+/// model token by token (generation, serving, evaluation) rather than training it.
+pub fn prepare(decodes: bool) {
     keep_freed_memory_in_heap();
     share_cores_between_local_processes();
-    keep_candle_pool_from_spinning();
+    set_candle_pool_spin(decodes);
 }
 
 /// Training allocates and frees the same large activation buffers every step. glibc serves
@@ -50,14 +51,18 @@ fn share_cores_between_local_processes() {
     }
 }
 
-/// Candle runs its element-wise ops on a pool of its own whose workers spin ~25k rounds after
-/// each op before parking, while the matmuls and the fused kernels run on rayon's workers: with
-/// a thread per core in each pool, a spinning candle worker takes a core from a busy rayon one.
-/// A short spin keeps the handoff fast without that (bench-gpt on 2 cores, 6 runs each: median
-/// 4,009 → 4,283 tokens/s). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins.
-fn keep_candle_pool_from_spinning() {
+/// Candle runs its element-wise ops and its quantized matmuls on a pool of its own whose
+/// workers spin ~25k rounds after each op before parking, while the dense matmuls and the fused
+/// kernels run on rayon's workers. Training: with a thread per core in each pool, a spinning
+/// candle worker takes a core from a busy rayon one; a short spin keeps the handoff fast without
+/// that (bench-gpt on 2 cores, 6 runs each: median 4,009 → 4,283 tokens/s). Decoding a
+/// quantized model is the other way round: the quantized matmuls, a few dozen per token, each
+/// sub-millisecond, run on candle's pool, and a worker parked between them wakes late (GPT-2
+/// 124M q4_k_m on 2 cores, `generate`, 4 alternating runs: median 131 → 162 tokens/s with
+/// 200k rounds). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins.
+fn set_candle_pool_spin(decodes: bool) {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", if decodes { "200000" } else { "100" });
     }
 }
 

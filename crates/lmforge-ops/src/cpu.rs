@@ -75,7 +75,8 @@ pub fn rows_per_task(rows: usize) -> usize {
 }
 
 /// dst (m×n, dense rows) = [dst +] lhs (m×k) · rhs (k×n), strides (row, column) in elements,
-/// through `gemm` (the kernel candle's CPU matmul runs) over the whole rayon pool.
+/// through `gemm` (the kernel candle's CPU matmul runs) over the whole rayon pool; products of
+/// a few rows (decoding) through [`super::gemv`], which streams the weights once.
 ///
 /// The output is cut into a grid of blocks, one single-threaded `gemm` per block, rather than
 /// handing `gemm` the pool: at the training shapes (k or n of a few hundred) blocks of whole
@@ -140,6 +141,10 @@ unsafe fn gemm_raw(
     rhs_s: (usize, usize),
 ) {
     assert!(lhs.len() >= m * k && rhs.len() >= k * n, "gemm_into: operand sizes");
+    // SAFETY: the caller's promise on dst; the operands' lengths are asserted above.
+    if unsafe { super::gemv::try_gemv(m, n, k, dst, accumulate, lhs, lhs_s, rhs, rhs_s) } {
+        return;
+    }
     let (tm, tn) = gemm_grid(m, n, k, rayon::current_num_threads());
     let (rows, cols) = (m.div_ceil(tm).next_multiple_of(8), n.div_ceil(tn).next_multiple_of(16));
     // Raw addresses, so blocks on other threads can write their disjoint parts of dst.

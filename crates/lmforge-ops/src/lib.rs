@@ -30,6 +30,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 mod cpu;
+mod gemv;
 pub mod grad_norm;
 pub mod linear;
 pub mod lm_loss;

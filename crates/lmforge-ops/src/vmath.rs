@@ -136,6 +136,35 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     fold_lanes(acc) + tail
 }
 
+/// The dot products of `x` with four rows (each at least as long as x), each over [`L`]
+/// lanes like [`dot`]: four independent chains of fused multiply-adds (one chain waits on each
+/// add's latency), x read once for the four. A matrix–vector product's rows, attention's
+/// scores against four cached keys.
+#[inline(always)]
+pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
+    let n = x.len();
+    let [w0, w1, w2, w3] = w.map(|w| &w[..n]);
+    let lanes = |s: &[f32]| -> [f32; L] { s.try_into().expect("a chunk of L") };
+    let mut acc = [[0f32; L]; 4];
+    let chunks = x.chunks_exact(L).zip(w0.chunks_exact(L)).zip(w1.chunks_exact(L));
+    for (((xv, a), b), (c, d)) in chunks.zip(w2.chunks_exact(L).zip(w3.chunks_exact(L))) {
+        let (xv, a, b, c, d) = (lanes(xv), lanes(a), lanes(b), lanes(c), lanes(d));
+        for l in 0..L {
+            acc[0][l] = a[l].mul_add(xv[l], acc[0][l]);
+            acc[1][l] = b[l].mul_add(xv[l], acc[1][l]);
+            acc[2][l] = c[l].mul_add(xv[l], acc[2][l]);
+            acc[3][l] = d[l].mul_add(xv[l], acc[3][l]);
+        }
+    }
+    let full = n / L * L;
+    let mut out = [0f32; 4];
+    for ((o, acc), w) in out.iter_mut().zip(acc).zip([w0, w1, w2, w3]) {
+        let tail: f32 = x[full..].iter().zip(&w[full..]).map(|(a, b)| a * b).sum();
+        *o = fold_lanes(acc) + tail;
+    }
+    out
+}
+
 /// In place x ← e^(x − shift); returns the new Σ x (a softmax row's normaliser).
 #[inline(always)]
 pub fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
@@ -188,6 +217,20 @@ fn fold_lanes(a: [f32; L]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_row_dots_are_four_dots() {
+        for n in [0, 5, 16, 64, 100, 768] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let rows: Vec<Vec<f32>> =
+                (0..4).map(|r| (0..n + r).map(|i| (i as f32 * 0.11 + r as f32).cos()).collect()).collect();
+            let got = dot4(&x, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            for (g, row) in got.iter().zip(&rows) {
+                let want: f64 = x.iter().zip(row).map(|(a, b)| *a as f64 * *b as f64).sum();
+                assert!((*g as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{n}: {g} vs {want}");
+            }
+        }
+    }
 
     fn ulps(a: f32, b: f32) -> i64 {
         (a.to_bits() as i64 - b.to_bits() as i64).abs()

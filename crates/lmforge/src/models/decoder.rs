@@ -296,8 +296,9 @@ impl Decoder {
     /// Logits (N, V) in f32 of hidden rows (N, C), through the head in the rows' dtype.
     fn head_logits(&self, rows: &Tensor) -> Result<Tensor> {
         let logits = match self.lm_head()? {
-            TokenTable::Dense(head) => ops::matmul(rows, &ops::like(head, rows)?.t()?)?,
-            TokenTable::Quantized(_, q) => q.forward(&rows.contiguous()?)?,
+            // The fused linear (its few-row path streams the (V, C) table once per token).
+            TokenTable::Dense(head) => ops::linear(rows, &ops::like(head, rows)?, None, true)?,
+            TokenTable::Quantized(_, q, v) => q.forward(&rows.contiguous()?)?.narrow(1, 0, *v)?,
         };
         Ok(logits.to_dtype(DType::F32)?)
     }

@@ -2,7 +2,8 @@
 //! its own positions with its own keys and values, in one pass. Each sequence's cache is plain
 //! host memory (rows of K·D floats per position, reserved for its whole length up front); a
 //! step appends the new keys and values and computes every query row against its own sequence
-//! — causal within the new tokens — in parallel over sequences. A handful of candle ops per
+//! — causal within the new tokens — in parallel over (token, head) pairs, so that one decoding
+//! sequence uses every core too. A handful of candle ops per
 //! sequence per layer would cost more than the arithmetic at small batch sizes; this costs one
 //! copy of q, k and v to the host and back per layer.
 //!
@@ -10,6 +11,7 @@
 //! the output (N, H, D). RoPE, when the model has it, is the rotate-half form of `nn::Rope`,
 //! from host copies of its tables.
 
+use crate::ops::vmath::{dot4, exp_sum, vectorized};
 use rayon::prelude::*;
 
 /// One layer's cached keys and values on the host: `len` positions of K·D floats each.
@@ -86,36 +88,32 @@ pub fn attend(
     let mut out = vec![0f32; n * qrow];
     let scale = 1.0 / (d as f32).sqrt();
     let group = h / kh;
-    // Split the output by piece so each task writes only its own rows.
-    let mut tasks: Vec<(&PieceKv, &mut [f32])> = Vec::with_capacity(pieces.len());
-    let mut rest = out.as_mut_slice();
-    for p in pieces.iter() {
-        let (mine, tail) = rest.split_at_mut(p.range.len() * qrow);
-        tasks.push((p, mine));
-        rest = tail;
-    }
-    let q: &[f32] = q;
-    tasks.into_par_iter().for_each(|(p, out)| {
-        let mut scores = Vec::new();
-        for (i, t) in p.range.clone().enumerate() {
-            let visible = p.start + i + 1;
-            for head in 0..h {
-                let qv = &q[t * qrow + head * d..t * qrow + (head + 1) * d];
-                let kvh = head / group;
+    // The piece of each new token.
+    let piece_of: Vec<usize> =
+        pieces.iter().enumerate().flat_map(|(i, p)| std::iter::repeat_n(i, p.range.len())).collect();
+    let (q, pieces): (&[f32], &[PieceKv]) = (q, pieces);
+    // One task per (token, head): a single decoding sequence still spreads its heads over
+    // every core.
+    out.par_chunks_mut(d.max(1)).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (row, o)| {
+        let (t, head) = (row / h, row % h);
+        let p = &pieces[piece_of[t]];
+        let visible = p.start + (t - p.range.start) + 1;
+        let qv = &q[t * qrow + head * d..t * qrow + (head + 1) * d];
+        let kvh = head / group;
+        vectorized(
+            #[inline(always)]
+            || {
+                let key = |pos: usize| &p.kv.k[pos * krow + kvh * d..pos * krow + (kvh + 1) * d];
                 scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for pos in 0..visible {
-                    let kv = &p.kv.k[pos * krow + kvh * d..pos * krow + (kvh + 1) * d];
-                    let s = dot(qv, kv) * scale;
-                    max = max.max(s);
-                    scores.push(s);
+                // Four keys at a time: four independent chains, one pass over q.
+                let mut pos = 0;
+                while pos + 4 <= visible {
+                    scores.extend(dot4(qv, [key(pos), key(pos + 1), key(pos + 2), key(pos + 3)]).map(|s| s * scale));
+                    pos += 4;
                 }
-                let mut z = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    z += *s;
-                }
-                let o = &mut out[i * qrow + head * d..i * qrow + (head + 1) * d];
+                scores.extend((pos..visible).map(|pos| dot4(qv, [key(pos); 4])[0] * scale));
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let z = exp_sum(scores, max);
                 for (pos, s) in scores.iter().enumerate() {
                     let w = s / z;
                     let vv = &p.kv.v[pos * krow + kvh * d..pos * krow + (kvh + 1) * d];
@@ -123,22 +121,65 @@ pub fn attend(
                         *acc += w * x;
                     }
                 }
-            }
-        }
+            },
+        )
     });
     out
 }
 
-/// a · b with eight partial sums, so the compiler vectorizes it (a plain `sum` of products must
-/// keep the sequential order of float additions).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// softmax(q·Kᵀ/√D)·V for one query row over `keys` / `values` rows (K·D each), in f64.
+    fn reference(q: &[f32], keys: &[f32], values: &[f32], kvh: usize, kh: usize, d: usize) -> Vec<f64> {
+        let n = keys.len() / (kh * d);
+        let row = |t: &[f32], pos: usize| t[pos * kh * d + kvh * d..pos * kh * d + (kvh + 1) * d].to_vec();
+        let s: Vec<f64> = (0..n)
+            .map(|p| row(keys, p).iter().zip(q).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt())
+            .collect();
+        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..d).map(|c| (0..n).map(|p| e[p] / z * row(values, p)[c] as f64).sum()).collect()
     }
-    acc.iter().sum::<f32>() + tail
+
+    #[test]
+    fn each_query_attends_causally_to_its_own_sequence_with_grouped_heads() {
+        let (h, kh, d) = (4, 2, 8);
+        let value = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0) - 1.0;
+        // Sequence A: 2 cached positions, then 1 new token (a decode step); sequence B: a
+        // prefill of 3 new tokens.
+        let (cached_k, cached_v): (Vec<f32>, Vec<f32>) =
+            ((0..2 * kh * d).map(|i| value(i, 1)).collect(), (0..2 * kh * d).map(|i| value(i, 2)).collect());
+        let mut a = HostKv { k: cached_k.clone(), v: cached_v.clone() };
+        let mut b = HostKv::default();
+        let n = 4;
+        let q: Vec<f32> = (0..n * h * d).map(|i| value(i, 3)).collect();
+        let k: Vec<f32> = (0..n * kh * d).map(|i| value(i, 4)).collect();
+        let v: Vec<f32> = (0..n * kh * d).map(|i| value(i, 5)).collect();
+        let mut pieces = [PieceKv { range: 0..1, start: 2, kv: &mut a }, PieceKv { range: 1..4, start: 0, kv: &mut b }];
+        let out = attend(&mut q.clone(), &mut k.clone(), &v, &mut pieces, Heads { h, kh, d }, None);
+        let row_kv = kh * d;
+        let a_keys = [cached_k.as_slice(), &k[..row_kv]].concat();
+        let a_values = [cached_v.as_slice(), &v[..row_kv]].concat();
+        for t in 0..n {
+            for head in 0..h {
+                let qv = &q[(t * h + head) * d..(t * h + head + 1) * d];
+                let want = if t == 0 {
+                    reference(qv, &a_keys, &a_values, head / 2, kh, d)
+                } else {
+                    // Token t of B sees B's positions 0..=t-1.
+                    reference(qv, &k[row_kv..(t + 1) * row_kv], &v[row_kv..(t + 1) * row_kv], head / 2, kh, d)
+                };
+                let got = &out[(t * h + head) * d..(t * h + head + 1) * d];
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() < 1e-5, "token {t} head {head}: {g} vs {w}");
+                }
+            }
+        }
+        // The new keys and values were appended to each sequence's cache.
+        assert_eq!(a.k.len(), 3 * row_kv);
+        assert_eq!(b.v, v[row_kv..].to_vec());
+    }
 }
