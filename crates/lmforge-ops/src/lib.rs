@@ -39,6 +39,7 @@ pub mod node;
 pub mod norm;
 pub mod param_grads;
 pub mod profile;
+pub mod qgemv;
 pub mod reference;
 pub mod sdpa;
 pub mod sublayer;
@@ -48,6 +49,7 @@ use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;
 
 pub use activation::Gelu;
+pub use qgemv::quantized_matmul;
 pub use reference::{
     causal_mask, cross_entropy_per_row, dropout, like, log_softmax_last_dim, matmul, softmax_last_dim,
 };

@@ -7,7 +7,7 @@ use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::ops;
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
@@ -505,7 +505,7 @@ impl Linear {
         let mut y = match &self.w {
             Weight::Dense(w) => ops::linear(x, w, self.b.as_ref(), self.w_is_out_in)?,
             Weight::Quantized(q) => {
-                let y = q.forward(&x.contiguous()?)?;
+                let y = ops::quantized_matmul(q, &x.contiguous()?)?;
                 match &self.b {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,

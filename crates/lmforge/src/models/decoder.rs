@@ -28,7 +28,7 @@ use crate::nn::prefix::{Prefix, PrefixShape};
 use crate::nn::recompute::{self, BlockForward, LayerForward, LayerSource};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
 pub struct Decoder {
@@ -298,7 +298,7 @@ impl Decoder {
         let logits = match self.lm_head()? {
             // The fused linear (its few-row path streams the (V, C) table once per token).
             TokenTable::Dense(head) => ops::linear(rows, &ops::like(head, rows)?, None, true)?,
-            TokenTable::Quantized(_, q, v) => q.forward(&rows.contiguous()?)?.narrow(1, 0, *v)?,
+            TokenTable::Quantized(_, q, v) => ops::quantized_matmul(q, &rows.contiguous()?)?.narrow(1, 0, *v)?,
         };
         Ok(logits.to_dtype(DType::F32)?)
     }
