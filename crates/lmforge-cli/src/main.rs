@@ -85,22 +85,23 @@ impl Ctx {
 }
 
 impl Command {
-    /// Whether the command runs a model's forward token by token (generation, serving,
-    /// evaluation) rather than training it: see [`process::prepare`].
-    fn decodes(&self) -> bool {
-        matches!(
-            self,
-            Command::Generate(_)
-                | Command::Serve(_)
-                | Command::Eval(_)
-                | Command::Bench(cmd::bench::Command::Serve { .. })
-        )
+    /// Whether the command runs the forward of a model with quantized weights (a GGUF file)
+    /// token by token (generation, serving, evaluation): see [`process::prepare`].
+    fn decodes_quantized(&self) -> bool {
+        let models: Vec<&std::path::Path> = match self {
+            Command::Generate(a) => vec![&a.model],
+            Command::Serve(a) => vec![&a.model],
+            Command::Eval(c) => c.models(),
+            Command::Bench(c) => c.served_model().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        models.into_iter().any(lmforge::gguf::holds_quantized_weights)
     }
 }
 
 fn main() {
     let cli = Cli::parse();
-    process::prepare(cli.command.decodes());
+    process::prepare(cli.command.decodes_quantized());
     let comm = match lmforge::distributed::from_env() {
         Ok(comm) => comm,
         Err(e) => {

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Settings that must be made before any other thread starts; `decodes`: the command runs a
-/// model token by token (generation, serving, evaluation) rather than training it.
-pub fn prepare(decodes: bool) {
+/// Settings that must be made before any other thread starts; `decodes_quantized`: the
+/// command runs a model with quantized weights token by token (generation, serving,
+/// evaluation of a quantized GGUF file).
+pub fn prepare(decodes_quantized: bool) {
     keep_freed_memory_in_heap();
     share_cores_between_local_processes();
-    set_candle_pool_spin(decodes);
+    set_candle_pool_spin(decodes_quantized);
 }
 
 /// Training allocates and frees the same large activation buffers every step. glibc serves
@@ -59,10 +60,13 @@ fn share_cores_between_local_processes() {
 /// quantized model is the other way round: the quantized matmuls, a few dozen per token, each
 /// sub-millisecond, run on candle's pool, and a worker parked between them wakes late (GPT-2
 /// 124M q4_k_m on 2 cores, `generate`, 4 alternating runs: median 131 → 162 tokens/s with
-/// 200k rounds). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins.
-fn set_candle_pool_spin(decodes: bool) {
+/// 200k rounds). Decoding an f32 model runs its products on rayon, and a long spin after
+/// candle's occasional element-wise op took a core from them (`bench serve` of the quickstart
+/// model at concurrency 16, 3 alternating runs: ~3,270 tokens/s spinning 200k, ~3,800 at
+/// 100). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins.
+fn set_candle_pool_spin(decodes_quantized: bool) {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", if decodes { "200000" } else { "100" });
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", if decodes_quantized { "200000" } else { "100" });
     }
 }
 

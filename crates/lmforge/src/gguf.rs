@@ -441,6 +441,14 @@ fn meta_f32(c: &gguf_file::Content, key: &str) -> Option<f64> {
     v.to_string().parse().ok()
 }
 
+/// Whether `path` is a GGUF file holding quantized (block) weights, not only f32 / f16 / bf16
+/// tensors; false for anything else, an unreadable file included (loading it reports why).
+pub fn holds_quantized_weights(path: &Path) -> bool {
+    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let Ok(content) = gguf_file::Content::read(&mut file) else { return false };
+    content.tensor_infos.values().any(|t| !matches!(t.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
+}
+
 /// Reads a GGUF file of a GPT-2 or Llama model (ours or llama.cpp's), dequantized to fp32.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
     let mut file = std::fs::File::open(path).at(path)?;

@@ -28,6 +28,8 @@ fn every_type_round_trips_and_q8_0_stays_close() {
             let path = dir.path().join(format!("{name}-{to}.gguf"));
             export(&m, QuantType::parse(to).unwrap(), &path, name).unwrap();
             let back = LoadedModel::load(&path, &Device::Cpu).unwrap();
+            let blocks = !matches!(to, "f32" | "f16" | "bf16");
+            assert_eq!(lmforge::gguf::holds_quantized_weights(&path), blocks, "{name} {to}: quantized or not");
             assert_eq!(back.spec, m.spec, "{name} {to}: the shape from the metadata");
             assert_eq!(back.tokenizer.encode(text).unwrap(), ids, "{name} {to}: the same tokenizer");
             let rel = max_rel(&logits(&back, &ids), &reference);
@@ -48,6 +50,10 @@ fn every_type_round_trips_and_q8_0_stays_close() {
                 _ => assert!(rel.is_finite() && rel < 1.0, "{name} {to}: logits max rel error {rel:e}"),
             }
         }
+        // A checkpoint folder, its safetensors file, a missing path: not quantized GGUF files.
+        assert!(!lmforge::gguf::holds_quantized_weights(&fixtures().join(name)));
+        assert!(!lmforge::gguf::holds_quantized_weights(&fixtures().join(name).join("model.safetensors")));
+        assert!(!lmforge::gguf::holds_quantized_weights(&dir.path().join("missing.gguf")));
     }
 }
 

@@ -78,6 +78,16 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The model file a serving bench runs; none for the other benches (they train).
+    pub fn served_model(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Serve { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+}
+
 pub fn run(c: Command) -> Result<i32> {
     match c {
         Command::Train {

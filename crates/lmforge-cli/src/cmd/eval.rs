@@ -105,6 +105,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The model files the command runs.
+    pub fn models(&self) -> Vec<&Path> {
+        match self {
+            Command::Classification { model, .. } | Command::Ppl { model, .. } | Command::Mlm { model, .. } => {
+                vec![model]
+            }
+            Command::Generation { model, .. } => model.iter().map(PathBuf::as_path).collect(),
+            Command::Quant { model, quantized, .. } => vec![model, quantized],
+        }
+    }
+}
+
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// A run dir, checkpoint dir or Hugging Face folder.
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     #[command(flatten)]
     adapter: super::AdapterArg,
     #[arg(long)]

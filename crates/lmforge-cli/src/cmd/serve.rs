@@ -10,7 +10,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// A run dir, checkpoint dir or Hugging Face folder (a causal LM).
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     #[command(flatten)]
     adapter: super::AdapterArg,
     #[arg(long, default_value = "127.0.0.1")]
