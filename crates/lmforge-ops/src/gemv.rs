@@ -7,7 +7,7 @@
 //! scaled rows (Conv1D's (in, out) storage), the output columns cut into blocks over the
 //! rayon pool. Memory-bound: the speed is the rate the weights stream in.
 
-use super::vmath::{dot4, vectorized};
+use super::vmath::{dot, dot4, vectorized};
 use rayon::prelude::*;
 
 /// Products with at most this many rows run here; more go to `gemm`, whose packing then pays.
@@ -69,7 +69,7 @@ pub unsafe fn try_gemv(
                         for (i, x) in rows.iter().enumerate() {
                             // SAFETY: (i, j) lies inside the m×n dst, and blocks are disjoint.
                             let y = unsafe { &mut *(d as *mut f32).add(i * n + j) };
-                            let v = dot4(x, [w; 4])[0];
+                            let v = dot(x, w);
                             *y = if accumulate { *y + v } else { v };
                         }
                     }

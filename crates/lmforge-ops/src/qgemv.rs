@@ -8,7 +8,7 @@
 //! candle makes the same choice itself for Q6_K single rows; on VNNI machines the tiles win.
 //! And a single row against Q8_0 blocks on such a CPU: candle's AVX2 `vec_dot_q8_0_q8_0` runs
 //! one weight row at a time with a function call per block to widen the f16 scale, and
-//! decoded a q8_0 GPT-2 124M at half llama.cpp's speed; [`q8_0_row_product`] runs the same
+//! decoded a q8_0 GPT-2 124M at half llama.cpp's speed; [`q8_0_products`] runs the same
 //! arithmetic with the scales widened inline, free of a dependence between blocks.
 
 use candle_core::quantized::k_quants::{self, BlockQ4K, BlockQ8_0, GgmlType};
@@ -21,10 +21,7 @@ use std::sync::OnceLock;
 pub fn quantized_matmul(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     if let QMatMul::QTensor(q) = w {
         if single_rows_skip_the_tiles() {
-            if let Some(y) = q4k_row_product(q, x)? {
-                return Ok(y);
-            }
-            if let Some(y) = q8_0_row_product(q, x)? {
+            if let Some(y) = single_row_product(q, x)? {
                 return Ok(y);
             }
         }
@@ -48,66 +45,75 @@ fn single_rows_skip_the_tiles() -> bool {
     })
 }
 
-/// One f32 row on the CPU against Q4_K blocks (out, in), through candle's dot products over the
-/// compact blocks; None when x or w is anything else (more rows, another type or device).
-pub(crate) fn q4k_row_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// out (n) = n quantized rows (their blocks' bytes) · row (k); false when the bytes do not fit.
+type RowProducts = fn(&[u8], &[f32], &mut [f32]) -> Result<bool>;
+
+/// One f32 row on the CPU against Q4_K or Q8_0 blocks (out, in), over the compact blocks
+/// ([`q4k_products`], [`q8_0_products`]); None when x or w is anything else (more rows,
+/// another type or device, Q8_0 on a CPU without AVX2 + FMA + F16C).
+pub(crate) fn single_row_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let Ok((n, k)) = w.shape().dims2() else { return Ok(None) };
-    if w.dtype() != GgmlDType::Q4K || !x.device().is_cpu() || x.dtype() != DType::F32 {
-        return Ok(None);
-    }
     let dims = x.dims();
-    if dims.last() != Some(&k) || x.elem_count() != k {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || dims.last() != Some(&k) || x.elem_count() != k {
         return Ok(None);
     }
-    let Cow::Borrowed(bytes) = w.data()? else { return Ok(None) };
-    let size = std::mem::size_of::<BlockQ4K>();
-    let aligned = (bytes.as_ptr() as usize) % std::mem::align_of::<BlockQ4K>() == 0;
-    if !aligned || bytes.len() != n * (k / 256) * size || k % 256 != 0 {
-        return Ok(None);
-    }
-    // SAFETY: the bytes are the tensor's n·k/256 blocks (length checked), suitably aligned.
-    let blocks = unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const BlockQ4K, bytes.len() / size) };
+    let products: RowProducts = match w.dtype() {
+        GgmlDType::Q4K => q4k_products,
+        GgmlDType::Q8_0 if q8_0_kernel_available() => q8_0_products,
+        _ => return Ok(None),
+    };
+    let Cow::Borrowed(blocks) = w.data()? else { return Ok(None) };
     let row = x.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; n];
-    k_quants::matmul::<BlockQ4K>((1, k, n), &row, blocks, &mut out)?;
+    if !products(blocks, &row, &mut out)? {
+        return Ok(None);
+    }
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("x has a last dim") = n;
     Ok(Some(Tensor::from_vec(out, shape, x.device())?))
 }
 
-/// One f32 row on the CPU against Q8_0 blocks (out, in): the row quantized to Q8_0 as candle
-/// and llama.cpp do, then per weight row Σ_blocks d_w·d_x·Σ q_w·q_x ([`kernel::dot_row`]),
-/// the rows spread over candle's worker pool (where the other quantized products of a
-/// decode step run). None when x or w is anything else, or the CPU
-/// lacks AVX2 + FMA + F16C.
-pub(crate) fn q8_0_row_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
-    const BLOCK: usize = 34; // f16 scale + 32 × i8
-    let Ok((n, k)) = w.shape().dims2() else { return Ok(None) };
-    if w.dtype() != GgmlDType::Q8_0 || !x.device().is_cpu() || x.dtype() != DType::F32 || !q8_0_kernel_available() {
-        return Ok(None);
+/// out (n) = the n Q4_K rows of `blocks` · row (k), through candle's dot products over the
+/// compact blocks; false, nothing written, when the bytes are not n aligned rows of k / 256
+/// blocks.
+fn q4k_products(blocks: &[u8], row: &[f32], out: &mut [f32]) -> Result<bool> {
+    let (n, k, size) = (out.len(), row.len(), std::mem::size_of::<BlockQ4K>());
+    let aligned = (blocks.as_ptr() as usize) % std::mem::align_of::<BlockQ4K>() == 0;
+    if !aligned || k % 256 != 0 || blocks.len() != n * (k / 256) * size {
+        return Ok(false);
     }
-    let dims = x.dims();
-    if dims.last() != Some(&k) || x.elem_count() != k || k % 32 != 0 {
-        return Ok(None);
-    }
-    let Cow::Borrowed(weights) = w.data()? else { return Ok(None) };
+    // SAFETY: the bytes are n·k/256 blocks (length checked), suitably aligned.
+    let blocks = unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const BlockQ4K, blocks.len() / size) };
+    k_quants::matmul::<BlockQ4K>((1, k, n), row, blocks, out)?;
+    Ok(true)
+}
+
+/// A Q8_0 block's bytes: the f16 scale, then 32 × i8 (candle's `BlockQ8_0` is repr(C)).
+const Q8_0_BLOCK: usize = 34;
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == Q8_0_BLOCK);
+
+/// out (n) = the n Q8_0 rows of `blocks` · row (k): the row quantized to Q8_0 as candle and
+/// llama.cpp do, then per weight row Σ_blocks d_w·d_x·Σ q_w·q_x ([`kernel::dot_row`]), the
+/// rows spread over candle's worker pool (where the other quantized products of a decode step
+/// run). False, nothing written, when the bytes are not n rows of k / 32 blocks. The CPU has
+/// AVX2 + FMA + F16C (the caller checked [`q8_0_kernel_available`]).
+fn q8_0_products(blocks: &[u8], row: &[f32], out: &mut [f32]) -> Result<bool> {
+    let (n, k) = (out.len(), row.len());
     let nb = k / 32;
-    if weights.len() != n * nb * BLOCK || std::mem::size_of::<BlockQ8_0>() != BLOCK {
-        return Ok(None);
+    if k % 32 != 0 || blocks.len() != n * nb * Q8_0_BLOCK {
+        return Ok(false);
     }
-    let row = x.flatten_all()?.to_vec1::<f32>()?;
     let mut xq = vec![BlockQ8_0::zeros(); nb];
-    BlockQ8_0::from_float(&row, &mut xq);
-    // SAFETY: BlockQ8_0 is repr(C), 34 bytes (checked above): the f16 scale, then 32 × i8.
-    let xq_bytes = unsafe { std::slice::from_raw_parts(xq.as_ptr() as *const u8, nb * BLOCK) };
-    let mut out = vec![0f32; n];
+    BlockQ8_0::from_float(row, &mut xq);
+    // SAFETY: BlockQ8_0 is repr(C), Q8_0_BLOCK bytes (asserted above).
+    let xq_bytes = unsafe { std::slice::from_raw_parts(xq.as_ptr() as *const u8, nb * Q8_0_BLOCK) };
     let out_at = out.as_mut_ptr() as usize;
     let run = |rows: std::ops::Range<usize>| {
         for r in rows {
-            // SAFETY: row r (below n) lies in `weights`; rows write disjoint outputs; the CPU
+            // SAFETY: row r (below n) lies in `blocks`; rows write disjoint outputs; the CPU
             // has the features (q8_0_kernel_available).
             unsafe {
-                let y = kernel::dot_row(weights[r * nb * BLOCK..].as_ptr(), nb, xq_bytes.as_ptr());
+                let y = kernel::dot_row(blocks[r * nb * Q8_0_BLOCK..].as_ptr(), nb, xq_bytes.as_ptr());
                 *(out_at as *mut f32).add(r) = y;
             }
         }
@@ -117,9 +123,7 @@ pub(crate) fn q8_0_row_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>
     } else {
         candle_core::utils::barrier_pool().execute_chunked(n, run);
     }
-    let mut shape = dims.to_vec();
-    *shape.last_mut().expect("x has a last dim") = n;
-    Ok(Some(Tensor::from_vec(out, shape, x.device())?))
+    Ok(true)
 }
 
 fn q8_0_kernel_available() -> bool {
@@ -146,7 +150,7 @@ mod kernel {
     /// AVX2, FMA and F16C; `nb` blocks readable at `w` and at `x`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_row(w: *const u8, nb: usize, x: *const u8) -> f32 {
-        const BLOCK: usize = 34;
+        const BLOCK: usize = super::Q8_0_BLOCK;
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
         for b in 0..nb {
@@ -203,7 +207,7 @@ mod tests {
         let q = Arc::new(QTensor::quantize(&random((n, k), 1), GgmlDType::Q4K).unwrap());
         let mm = QMatMul::from_arc(q.clone()).unwrap();
         let x = random((1, k), 2).reshape((1, 1, k)).unwrap();
-        let ours = q4k_row_product(&q, &x).unwrap().expect("one Q4_K row is ours");
+        let ours = single_row_product(&q, &x).unwrap().expect("one Q4_K row is ours");
         assert_eq!(ours.dims(), &[1, 1, n]);
         let want = mm.forward(&x).unwrap();
         let diff = (ours - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -226,7 +230,7 @@ mod tests {
             let q = Arc::new(QTensor::quantize(&random((n, k), 7), GgmlDType::Q8_0).unwrap());
             let mm = QMatMul::from_arc(q.clone()).unwrap();
             let x = random((1, k), 8);
-            let ours = q8_0_row_product(&q, &x).unwrap().expect("one Q8_0 row is ours");
+            let ours = single_row_product(&q, &x).unwrap().expect("one Q8_0 row is ours");
             let want = mm.forward(&x).unwrap();
             assert_eq!(ours.dims(), want.dims());
             let (ours, want) = (
@@ -242,10 +246,10 @@ mod tests {
     fn more_rows_and_other_types_are_left_to_candle() {
         let (n, k) = (32, 256);
         let q4 = QTensor::quantize(&random((n, k), 3), GgmlDType::Q4K).unwrap();
-        assert!(q4k_row_product(&q4, &random((2, k), 4)).unwrap().is_none());
+        assert!(single_row_product(&q4, &random((2, k), 4)).unwrap().is_none());
         let q8 = QTensor::quantize(&random((n, k), 5), GgmlDType::Q8_0).unwrap();
-        assert!(q4k_row_product(&q8, &random((1, k), 6)).unwrap().is_none());
-        assert!(q8_0_row_product(&q8, &random((2, k), 6)).unwrap().is_none());
-        assert!(q8_0_row_product(&q4, &random((1, k), 6)).unwrap().is_none());
+        assert!(single_row_product(&q8, &random((2, k), 6)).unwrap().is_none());
+        let q6 = QTensor::quantize(&random((n, k), 7), GgmlDType::Q6K).unwrap();
+        assert!(single_row_product(&q6, &random((1, k), 8)).unwrap().is_none());
     }
 }

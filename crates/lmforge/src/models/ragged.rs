@@ -11,7 +11,7 @@
 //! the output (N, H, D). RoPE, when the model has it, is the rotate-half form of `nn::Rope`,
 //! from host copies of its tables.
 
-use crate::ops::vmath::{dot4, exp_sum, vectorized};
+use crate::ops::vmath::{dot, dot4, exp_sum, vectorized};
 use rayon::prelude::*;
 
 /// One layer's cached keys and values on the host: `len` positions of K·D floats each.
@@ -111,7 +111,7 @@ pub fn attend(
                     scores.extend(dot4(qv, [key(pos), key(pos + 1), key(pos + 2), key(pos + 3)]).map(|s| s * scale));
                     pos += 4;
                 }
-                scores.extend((pos..visible).map(|pos| dot4(qv, [key(pos); 4])[0] * scale));
+                scores.extend((pos..visible).map(|pos| dot(qv, key(pos)) * scale));
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let z = exp_sum(scores, max);
                 for (pos, s) in scores.iter().enumerate() {
