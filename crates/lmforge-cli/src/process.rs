@@ -63,8 +63,10 @@ fn share_cores_between_local_processes() {
 /// 200k rounds). Decoding an f32 model runs its products on rayon, and a long spin after
 /// candle's occasional element-wise op took a core from them (`bench serve` of the quickstart
 /// model at concurrency 16, 3 alternating runs: ~3,270 tokens/s spinning 200k, ~3,800 at
-/// 100). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins.
+/// 100). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins. Attention between the products
+/// runs on the pool that spins (`ops::workers`).
 fn set_candle_pool_spin(decodes_quantized: bool) {
+    lmforge::ops::workers::use_candle_pool(decodes_quantized);
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", if decodes_quantized { "200000" } else { "100" });
     }

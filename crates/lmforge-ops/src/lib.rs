@@ -44,6 +44,7 @@ pub mod reference;
 pub mod sdpa;
 pub mod sublayer;
 pub mod vmath;
+pub mod workers;
 
 use candle_core::{DType, Result, Tensor};
 use std::cell::Cell;

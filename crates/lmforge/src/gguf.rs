@@ -441,17 +441,47 @@ fn meta_f32(c: &gguf_file::Content, key: &str) -> Option<f64> {
     v.to_string().parse().ok()
 }
 
+/// A buffered file that knows its position: candle's GGUF reader reads the metadata value by
+/// value and asks for its position before every string, and from a plain `File` a 50k-token
+/// vocabulary was ~700k read and seek calls (a second of loading); a `BufReader` still asks the
+/// OS for every position.
+struct PositionedFile {
+    inner: std::io::BufReader<std::fs::File>,
+    pos: u64,
+}
+
+fn open_positioned(path: &Path) -> Result<PositionedFile> {
+    Ok(PositionedFile { inner: std::io::BufReader::new(std::fs::File::open(path).at(path)?), pos: 0 })
+}
+
+impl std::io::Read for PositionedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for PositionedFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        if to != std::io::SeekFrom::Current(0) {
+            self.pos = self.inner.seek(to)?;
+        }
+        Ok(self.pos)
+    }
+}
+
 /// Whether `path` is a GGUF file holding quantized (block) weights, not only f32 / f16 / bf16
 /// tensors; false for anything else, an unreadable file included (loading it reports why).
 pub fn holds_quantized_weights(path: &Path) -> bool {
-    let Ok(mut file) = std::fs::File::open(path) else { return false };
+    let Ok(mut file) = open_positioned(path) else { return false };
     let Ok(content) = gguf_file::Content::read(&mut file) else { return false };
     content.tensor_infos.values().any(|t| !matches!(t.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16))
 }
 
 /// Reads a GGUF file of a GPT-2 or Llama model (ours or llama.cpp's), dequantized to fp32.
 pub fn load(path: &Path, device: &Device) -> Result<LoadedModel> {
-    let mut file = std::fs::File::open(path).at(path)?;
+    let mut file = open_positioned(path)?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| Error::format(path, format!("not a readable GGUF file: {e}")))?;
     let arch = content

@@ -3,7 +3,7 @@
 //! host memory (rows of K·D floats per position, reserved for its whole length up front); a
 //! step appends the new keys and values and computes every query row against its own sequence
 //! — causal within the new tokens — in parallel over (token, head) pairs, so that one decoding
-//! sequence uses every core too. A handful of candle ops per
+//! sequence uses every core too (on the pool `ops::workers` names). A handful of candle ops per
 //! sequence per layer would cost more than the arithmetic at small batch sizes; this costs one
 //! copy of q, k and v to the host and back per layer.
 //!
@@ -12,7 +12,7 @@
 //! from host copies of its tables.
 
 use crate::ops::vmath::{dot, dot4, exp_sum, vectorized};
-use rayon::prelude::*;
+use crate::ops::workers;
 
 /// One layer's cached keys and values on the host: `len` positions of K·D floats each.
 #[derive(Debug, Default)]
@@ -94,7 +94,7 @@ pub fn attend(
     let (q, pieces): (&[f32], &[PieceKv]) = (q, pieces);
     // One task per (token, head): a single decoding sequence still spreads its heads over
     // every core.
-    out.par_chunks_mut(d.max(1)).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (row, o)| {
+    let attend_row = |scores: &mut Vec<f32>, row: usize, o: &mut [f32]| {
         let (t, head) = (row / h, row % h);
         let p = &pieces[piece_of[t]];
         let visible = p.start + (t - p.range.start) + 1;
@@ -123,6 +123,19 @@ pub fn attend(
                 }
             },
         )
+    };
+    if d == 0 {
+        return out;
+    }
+    let out_at = out.as_mut_ptr() as usize;
+    workers::for_each_range(n * h, |rows| {
+        let mut scores = Vec::new();
+        for row in rows {
+            // SAFETY: rows are below n·h and write disjoint d-float slices of `out`, which
+            // outlives the loop.
+            let o = unsafe { std::slice::from_raw_parts_mut((out_at as *mut f32).add(row * d), d) };
+            attend_row(&mut scores, row, o);
+        }
     });
     out
 }
@@ -160,6 +173,14 @@ mod tests {
         let v: Vec<f32> = (0..n * kh * d).map(|i| value(i, 5)).collect();
         let mut pieces = [PieceKv { range: 0..1, start: 2, kv: &mut a }, PieceKv { range: 1..4, start: 0, kv: &mut b }];
         let out = attend(&mut q.clone(), &mut k.clone(), &v, &mut pieces, Heads { h, kh, d }, None);
+        // The same rows on candle's pool (quantized decoding), on fresh caches.
+        let (mut a2, mut b2) = (HostKv { k: cached_k.clone(), v: cached_v.clone() }, HostKv::default());
+        let mut pieces2 =
+            [PieceKv { range: 0..1, start: 2, kv: &mut a2 }, PieceKv { range: 1..4, start: 0, kv: &mut b2 }];
+        crate::ops::workers::use_candle_pool(true);
+        let on_candle = attend(&mut q.clone(), &mut k.clone(), &v, &mut pieces2, Heads { h, kh, d }, None);
+        crate::ops::workers::use_candle_pool(false);
+        assert_eq!(out, on_candle, "each row is one thread's, in the same order, on either pool");
         let row_kv = kh * d;
         let a_keys = [cached_k.as_slice(), &k[..row_kv]].concat();
         let a_values = [cached_v.as_slice(), &v[..row_kv]].concat();
