@@ -21,24 +21,14 @@ pub fn prepare(decodes_quantized: bool) {
 /// Training allocates and frees the same large activation buffers every step. glibc serves
 /// blocks above its mmap threshold with fresh mmaps and trims freed heap back to the OS, so
 /// every step re-faults hundreds of MB of zeroed pages (measured: 20% of wall time in the
-/// kernel). Keeping freed memory in the heap removes that cost.
+/// kernel). Keeping freed memory in the heap removes that cost. So does a server's engine
+/// between steps; it hands the free pages back when it goes idle (`lmforge::serve`).
 fn keep_freed_memory_in_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called once before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
-/// A long-lived server's load comes and goes: there freed memory goes back to the OS (glibc's
-/// own thresholds again), so the process returns to its idle size after a burst.
-pub fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -135,7 +135,6 @@ pub fn run(c: Command) -> Result<i32> {
             json,
             device,
         } => {
-            crate::process::return_freed_memory();
             let m = lmforge::checkpoint::LoadedModel::load_with_adapter(&model, adapter.get(), &device.resolve()?)?;
             let max_concurrent = concurrency.iter().copied().max().unwrap_or(1).max(1);
             let o = lmforge_serve::ServeOptions {

@@ -44,7 +44,6 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    crate::process::return_freed_memory();
     let m = LoadedModel::load_with_adapter(&a.model, a.adapter.get(), &a.device.resolve()?)?;
     let model_id = a.model_id.unwrap_or_else(|| {
         let named = a.adapter.get().unwrap_or(&a.model);
