@@ -41,10 +41,34 @@ pub fn for_each_range<F: Fn(Range<usize>) + Sync>(n: usize, f: F) {
     }
 }
 
+/// Runs `f` on one of rayon's workers (a scope from outside the pool runs its body there), so
+/// that the parallel ops it calls start on the spot and the others join, instead of being
+/// handed to the pool while the calling thread sleeps until they finish: a wake-up per op,
+/// dozens per decoding step. With a single worker `f` runs here: a caller that blocks on
+/// something else (a queue) would otherwise hold the pool's only thread.
+pub fn on_a_rayon_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_num_threads() > 1 && rayon::current_thread_index().is_none() {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// The closure runs on a rayon worker (from a test thread, which is none) when the pool
+    /// has more than one, and its result comes back.
+    #[test]
+    fn a_closure_moves_onto_a_rayon_worker_when_the_pool_has_several() {
+        assert!(rayon::current_thread_index().is_none());
+        let (index, sum) =
+            on_a_rayon_worker(|| (rayon::current_thread_index(), (0..100u64).into_par_iter().sum::<u64>()));
+        assert_eq!(sum, 4950);
+        assert_eq!(index.is_some(), rayon::current_num_threads() > 1);
+    }
 
     /// Every index is visited exactly once, on either pool, for sizes around the chunking.
     #[test]

@@ -153,22 +153,10 @@ impl Engine {
         let worker = Worker { model, cfg, stats: stats.clone(), waiting: VecDeque::new(), running: Vec::new() };
         let thread = std::thread::Builder::new()
             .name("lmforge-engine".into())
-            // The loop runs on one of rayon's workers (a scope from outside the pool runs its
-            // body there), where the products and attention of a step are spread: from a
-            // thread of its own every parallel op was handed to the pool and the engine slept
-            // until it finished, a wake-up per op (quickstart model, `bench serve`, 4
-            // alternating runs: concurrency 1 ~1,700 → ~2,600 tokens/s, 16 ~3,250 → ~3,900).
-            // Not when the pool has a single worker: idle, the engine blocks on its queue, and
-            // rayon work from another thread (a tokenizer) would wait behind it for ever.
-            .spawn(
-                move || {
-                    if rayon::current_num_threads() > 1 {
-                        rayon::scope(|_| worker.run(rx))
-                    } else {
-                        worker.run(rx)
-                    }
-                },
-            )
+            // On one of rayon's workers, where a step's products and attention are spread
+            // (quickstart model, `bench serve`, 4 alternating runs: concurrency 1 ~1,700 →
+            // ~2,600 tokens/s, 16 ~3,250 → ~3,900). `generate` of GPT-2 124M gained nothing.
+            .spawn(move || crate::ops::workers::on_a_rayon_worker(|| worker.run(rx)))
             .map_err(|e| Error::Invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { tx, stats, thread: Some(thread), context })
     }
