@@ -16,6 +16,13 @@ fn logits(m: &LoadedModel, ids: &[u32]) -> Tensor {
     m.decoder().unwrap().forward(&x, 0, None).unwrap()
 }
 
+/// A written GGUF file's content, and the open file for reading its tensors.
+fn read_gguf(path: &std::path::Path) -> (std::fs::File, gguf_file::Content) {
+    let mut f = std::fs::File::open(path).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    (f, c)
+}
+
 #[test]
 fn every_type_round_trips_and_q8_0_stays_close() {
     let text = "ROMEO:\nWhat light through yonder window breaks? It is the east.\n";
@@ -63,8 +70,7 @@ fn the_metadata_llama_cpp_reads_is_there() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     export(&m, QuantType::Q8_0, &path, "llama-tiny").unwrap();
-    let mut f = std::fs::File::open(&path).unwrap();
-    let c = gguf_file::Content::read(&mut f).unwrap();
+    let (mut f, c) = read_gguf(&path);
     let s = |k: &str| c.metadata[k].to_string().unwrap().clone();
     let u = |k: &str| c.metadata[k].to_u32().unwrap() as usize;
     assert_eq!(s("general.architecture"), "llama");
@@ -110,8 +116,7 @@ fn damaged_files_are_errors_naming_the_file() {
         assert!(e.contains(bad.file_name().unwrap().to_str().unwrap()), "{what}: {e}");
     }
     // Metadata that contradicts the tensors: a wrong layer count.
-    let mut f = std::fs::File::open(&path).unwrap();
-    let c = gguf_file::Content::read(&mut f).unwrap();
+    let (mut f, c) = read_gguf(&path);
     let mut meta: Vec<(String, gguf_file::Value)> = c.metadata.clone().into_iter().collect();
     for (k, v) in meta.iter_mut() {
         if k == "gpt2.embedding_length" {
@@ -215,8 +220,7 @@ fn sentencepiece_tokenizers_export_as_llama_vocabularies() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("spm.gguf");
     export(&m, QuantType::F32, &path, "llama-tiny-spm").unwrap();
-    let mut f = std::fs::File::open(&path).unwrap();
-    let c = gguf_file::Content::read(&mut f).unwrap();
+    let (mut f, c) = read_gguf(&path);
     let s = |k: &str| c.metadata[k].to_string().unwrap().clone();
     let u = |k: &str| c.metadata[k].to_u32().unwrap();
     assert_eq!((s("tokenizer.ggml.model").as_str(), s("tokenizer.ggml.pre").as_str()), ("llama", "default"));

@@ -23,28 +23,52 @@ pub type BlockForward = dyn Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<
 
 /// `block(x)`, checkpointed: the result's graph node keeps `x` only.
 pub fn checkpointed(x: &Tensor, dropout: &mut Option<&mut DropoutRng>, block: Arc<BlockForward>) -> Result<Tensor> {
-    // The dropout generator as it was before the block, replayed by the recomputation.
     let replay = dropout.as_deref().cloned();
     // The forward builds its graph as usual (the parameters are variables), then drops it
     // with everything it held: only the output's values are kept.
     let y = block(&x.detach(), dropout)?;
-    Ok(node::node1(x, y, move |x, dy| {
-        let inner = || -> Result<Option<Tensor>> {
-            let xv = Var::from_tensor(&x.detach())?;
-            let mut rng = replay.clone();
-            let y = block(xv.as_tensor(), &mut rng.as_mut())?;
-            // d/dθ Σ y·dy is the vector-Jacobian product the outer backward asks for.
-            let grads = (y * dy.detach())?.sum_all()?.backward()?;
+    recomputing_node(
+        x,
+        y,
+        replay,
+        "checkpointed block".into(),
+        move |x, rng| Ok((block(x, rng)?, ())),
+        |(), grads, x| {
             for id in grads.get_ids() {
-                if *id != xv.as_tensor().id() {
+                if *id != x.id() {
                     if let Some(g) = grads.get_id(*id) {
                         param_grads::add(*id, g.detach())?;
                     }
                 }
             }
+            Ok(())
+        },
+    )
+}
+
+/// The graph node of `y`, computed from `x` without keeping the graph: its backward runs
+/// `run` again on a variable copy of `x` (the dropout stream as it was before the forward,
+/// `replay`, drawn again), takes d/dθ Σ y·dy — the vector-Jacobian product the outer
+/// backward asks for — hands the parameters' gradients to `keep` with what `run` returned
+/// beside its output, and returns `x`'s gradient.
+fn recomputing_node<S>(
+    x: &Tensor,
+    y: Tensor,
+    replay: Option<DropoutRng>,
+    what: String,
+    run: impl Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<(Tensor, S)> + Send + Sync + 'static,
+    keep: impl Fn(S, &candle_core::backprop::GradStore, &Tensor) -> Result<()> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    Ok(node::node1(x, y, move |x, dy| {
+        let inner = || -> Result<Option<Tensor>> {
+            let xv = Var::from_tensor(&x.detach())?;
+            let mut rng = replay.clone();
+            let (y, state) = run(xv.as_tensor(), &mut rng.as_mut())?;
+            let grads = (y * dy.detach())?.sum_all()?.backward()?;
+            keep(state, &grads, xv.as_tensor())?;
             Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
         };
-        inner().map_err(|e| candle_core::Error::Msg(format!("checkpointed block backward: {e}")))
+        inner().map_err(|e| candle_core::Error::Msg(format!("{what} backward: {e}")))
     })?)
 }
 
@@ -73,27 +97,29 @@ pub fn checkpointed_layer(
 ) -> Result<Tensor> {
     let replay = dropout.as_deref().cloned();
     let y = forward(&source.layer(i)?, &x.detach(), dropout)?;
-    Ok(node::node1(x, y, move |x, dy| {
-        let inner = || -> Result<Option<Tensor>> {
-            let params = source.layer(i)?;
-            let xv = Var::from_tensor(&x.detach())?;
-            let mut rng = replay.clone();
-            let y = forward(&params, xv.as_tensor(), &mut rng.as_mut())?;
-            let grads = (y * dy.detach())?.sum_all()?.backward()?;
+    let fetch = source.clone();
+    recomputing_node(
+        x,
+        y,
+        replay,
+        format!("sharded layer {i}"),
+        move |x, rng| {
+            let params = fetch.layer(i)?;
+            Ok((forward(&params, x, rng)?, params))
+        },
+        move |params, grads, _| {
             let mut named = BTreeMap::new();
             for (name, v) in params.vars() {
-                let g = match param_grads::gradient(v.as_tensor(), &grads)? {
+                let g = match param_grads::gradient(v.as_tensor(), grads)? {
                     Some(g) => g.detach(),
                     None => v.as_tensor().zeros_like()?,
                 };
                 named.insert(name.clone(), g);
             }
             drop(params);
-            source.layer_grads(i, named)?;
-            Ok(grads.get(xv.as_tensor()).map(Tensor::detach))
-        };
-        inner().map_err(|e| candle_core::Error::Msg(format!("sharded layer {i} backward: {e}")))
-    })?)
+            source.layer_grads(i, named)
+        },
+    )
 }
 
 #[cfg(test)]
