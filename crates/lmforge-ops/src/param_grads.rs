@@ -5,15 +5,40 @@
 //! gradients here, keyed by the parameter tensor's id; [`gradient`] (through
 //! `optim::named_grads`) adds them to the store's.
 //!
+//! While a [`Streaming`] guard is alive, the gradients of the parameters it names go to its
+//! channel the moment the backward produces them instead of waiting here: data parallelism
+//! reduces a layer's gradients while the backward goes on through the layers before it.
+//!
 //! Per thread: candle runs a backward on the calling thread, and parallel tests must not mix.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, TensorId};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 thread_local! {
     static GRADS: RefCell<HashMap<TensorId, Tensor>> = RefCell::new(HashMap::new());
+    static STREAM: RefCell<Option<(HashSet<TensorId>, Sink)>> = const { RefCell::new(None) };
+}
+
+/// Where [`stream`] sends gradients; false when the receiver has stopped.
+pub type Sink = Box<dyn Fn(TensorId, Tensor) -> bool>;
+
+/// Streams this thread's gradients of `ids` to `to` until dropped.
+#[must_use = "streaming stops when the guard is dropped"]
+pub struct Streaming(());
+
+/// From now until the guard drops, every gradient of a tensor in `ids` handed to [`add`] on
+/// this thread goes to `to` (the receiver sums repeats) instead of being held here.
+pub fn stream(ids: HashSet<TensorId>, to: Sink) -> Streaming {
+    STREAM.with(|s| *s.borrow_mut() = Some((ids, to)));
+    Streaming(())
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        STREAM.with(|s| *s.borrow_mut() = None);
+    }
 }
 
 /// Forgets gradients not taken (a failed step's); called when a training forward starts.
@@ -21,8 +46,17 @@ pub fn clear() {
     GRADS.with(|g| g.borrow_mut().clear());
 }
 
-/// Adds `grad` to the gradient held for the tensor with id `id`.
+/// Adds `grad` to the gradient held for the tensor with id `id` (or streams it).
 pub fn add(id: TensorId, grad: Tensor) -> Result<()> {
+    // The gradient back when it is not streamed.
+    let kept = STREAM.with(|s| match &*s.borrow() {
+        Some((ids, to)) if ids.contains(&id) => match to(id, grad) {
+            true => Ok(None),
+            false => Err(candle_core::Error::Msg("the gradients' receiver has stopped".into())),
+        },
+        _ => Ok(Some(grad)),
+    })?;
+    let Some(grad) = kept else { return Ok(()) };
     GRADS.with(|g| -> Result<()> {
         let mut g = g.borrow_mut();
         let sum = match g.remove(&id) {

@@ -6,21 +6,22 @@
 //! not depend on the process count: gathered to rank 0 when saving, each process loading its
 //! share when resuming.
 //!
-//! Candle's `backward()` returns every gradient at once, so a reduction cannot overlap the
-//! backward pass that produced it as PyTorch DDP's per-parameter hooks do. ZeRO 0 and 1
-//! accumulate micro-batches locally and all-reduce once, after the last backward (ZeRO-1
-//! then all-gathers the updated parameters: 1.5x plain data parallelism's traffic). ZeRO-2
-//! reduce-scatters every micro-batch's gradients as soon as its backward ends — on a
-//! communication thread while the next micro-batch computes (`distributed.overlap`) — so no
-//! process keeps more than one micro-batch's full gradients, and accumulates only its share;
-//! the global gradient norm for clipping is one more two-value all-reduce.
+//! ZeRO 0 and 1 sum the micro-batches' gradients and all-reduce the sums (ZeRO-1 then
+//! all-gathers the updated parameters: 1.5x plain data parallelism's traffic). ZeRO-2
+//! reduce-scatters every micro-batch's gradients, so no process keeps more than one or two
+//! micro-batches' full gradients, and accumulates only its share; the global gradient norm
+//! for clipping is one more two-value all-reduce. With `distributed.overlap` (the default) the
+//! buckets are reduced on a communication thread while the backward that produces them runs
+//! ([`super::overlap`]); without it, after each backward (ZeRO-2) or the last one (0 and 1).
 
+use super::overlap::{self, Reduced, Reduction};
 use super::reduce::{Layout, Reducer, Traffic};
 use super::zero3::ShardedLayers;
 use super::{buckets, shard_params, split_rows, Collective, Compression, DistributedConfig};
 use crate::error::{Error, Result};
 use crate::nn::ParamStore;
 use crate::optim::{OptimConfig, OptimSpec, Optimizer, ParamGroup};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -121,8 +122,10 @@ impl DataParallel {
         let bucket_elems = ((cfg.bucket_mb * 1e6 / 4.0) as usize).max(1);
         let device = params.device().clone();
         // The gradients the backward leaves in the store: all but ZeRO-3's layers'.
+        // In the backward's order, so the first buckets are complete while it still runs.
         let grad_layout = {
-            let keep: Vec<usize> = (0..names.len()).filter(|&i| !layer_params.contains(&names[i])).collect();
+            let keep: Vec<usize> =
+                super::backward_order(&names).into_iter().filter(|&i| !layer_params.contains(&names[i])).collect();
             let numel: Vec<usize> = keep.iter().map(|&i| numel[i]).collect();
             Layout {
                 buckets: buckets(&numel, bucket_elems),
@@ -183,11 +186,26 @@ impl DataParallel {
         self.stage >= 2 && self.compression() != Compression::PowerSgd
     }
 
-    /// The per-micro-batch reductions run on a communication thread beside the computation
-    /// (not under ZeRO-3, whose backward issues collectives itself: MPI needs every process to
-    /// issue them in one order).
+    /// Gradient buckets are reduced on a communication thread during the backward
+    /// ([`super::overlap`]); not under ZeRO-3, whose backward issues collectives itself (MPI
+    /// needs every process to issue them in one order, and one thread would not know the
+    /// other's).
     pub fn overlaps(&self) -> bool {
-        self.overlap && self.reduces_every_micro_batch() && self.stage < 3
+        self.overlap && self.world_size() > 1 && self.stage < 3
+    }
+
+    /// The step's gradients summed over the processes (ZeRO 0/1: all of them, with the loss;
+    /// ZeRO-2: this process's share) while `micro(m)` runs each micro-batch's backward,
+    /// returning its gradient store and weighted loss (None: no rows here).
+    pub fn reduce_during_backward(
+        &self,
+        micros: usize,
+        micro: impl FnMut(usize) -> Result<Option<(GradStore, f64)>>,
+    ) -> Result<Reduced> {
+        let reduction = if self.reduces_every_micro_batch() { Reduction::ReduceScatter } else { Reduction::AllReduce };
+        let l = &self.grad_layout;
+        let params: Vec<Tensor> = l.names.iter().map(|n| self.vars[n].as_tensor().clone()).collect();
+        overlap::reduce_during_backward(&self.reducer, l, &params, reduction, micros, micro)
     }
 
     /// ZeRO-3: the gradients of this process's layer parameters, reduce-scattered during the

@@ -3,7 +3,8 @@
 //! barrier, a timeout, abort), implemented for one process (no communication) and over the
 //! system MPI (cargo feature `mpi`; processes launched by `mpirun` / `srun`). [`DataParallel`]
 //! builds the trainer's step on it: every process computes a disjoint slice of the rows of each
-//! global micro-batch, gradients are all-reduced in buckets after the last micro-batch, and
+//! global micro-batch, gradients are all-reduced in buckets during (or after) the last
+//! micro-batch's backward, and
 //! with ZeRO stage 1 each process keeps and updates the optimizer state of its share of the
 //! parameters, whose new values are then all-gathered. Results do not depend on the process
 //! count beyond fp32 summation order.
@@ -22,6 +23,7 @@ mod data_parallel;
 pub(crate) mod group;
 #[cfg(feature = "mpi")]
 mod mpi;
+pub mod overlap;
 mod reduce;
 pub mod zero3;
 
@@ -140,8 +142,8 @@ pub struct DistributedConfig {
     pub powersgd_rank: usize,
     /// PowerSGD compresses from this optimizer step on; plain fp32 all-reduces before.
     pub powersgd_start_step: u64,
-    /// ZeRO-2 reduces each micro-batch's gradients on a communication thread while the next
-    /// micro-batch computes.
+    /// ZeRO 0–2 reduce each gradient bucket on a communication thread as soon as the
+    /// backward has produced it, while the backward goes on ([`overlap`]).
     pub overlap: bool,
 }
 
@@ -314,6 +316,19 @@ pub fn shard_params(sizes: &[(String, usize)], world: usize) -> BTreeMap<String,
     owners
 }
 
+/// Parameter indices in the order a backward pass finishes their gradients: the last decoder
+/// layer's first, down to the first layer's, then the parameters outside the layers (in
+/// `names` order within each): the order of the gradient buckets, so that the first ones are
+/// complete while the backward still runs ([`overlap`]).
+pub fn backward_order(names: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&i| {
+        let layer = zero3::layer_index(&names[i]);
+        (layer.is_none(), std::cmp::Reverse(layer.unwrap_or(0)), i)
+    });
+    order
+}
+
 /// Consecutive runs of `sizes` (element counts, in order) of about `bucket_elems` elements:
 /// a bucket closes before the parameter that would overflow it; a larger parameter is a
 /// bucket of its own.
@@ -368,6 +383,16 @@ mod tests {
         let mut rev = sizes.clone();
         rev.reverse();
         assert_eq!(shard_params(&rev, 2), owners, "independent of the input order");
+    }
+
+    #[test]
+    fn backward_order_is_last_layer_first_then_the_rest() {
+        let names: Vec<String> = ["lm_head.weight", "h.0.a", "h.0.b", "h.10.a", "h.2.a", "wte.weight"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let order: Vec<&str> = backward_order(&names).into_iter().map(|i| names[i].as_str()).collect();
+        assert_eq!(order, ["h.10.a", "h.2.a", "h.0.a", "h.0.b", "lm_head.weight", "wte.weight"]);
     }
 
     #[test]

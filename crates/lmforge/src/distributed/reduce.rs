@@ -241,58 +241,85 @@ impl Reducer {
     /// Sums `grads` over the processes (all of them, every process getting every sum) and
     /// returns the sum of `loss`es.
     pub fn all_reduce(&self, l: &Layout, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
+        let mut total = loss;
+        for b in 0..l.buckets.len() {
+            total = self.all_reduce_bucket(l, b, grads, loss)?;
+        }
+        Ok(total)
+    }
+
+    /// [`Self::all_reduce`] of bucket `b` only (`grads` needs that bucket's gradients); the
+    /// loss is summed with the last bucket (returned then; `loss` itself before).
+    pub fn all_reduce_bucket(
+        &self,
+        l: &Layout,
+        b: usize,
+        grads: &mut BTreeMap<String, Tensor>,
+        loss: f64,
+    ) -> Result<f64> {
         if self.world() == 1 {
             return Ok(loss);
         }
-        let mut total = loss;
+        let range = l.buckets[b].clone();
+        let last = b + 1 == l.buckets.len();
         let compression = self.active();
-        let last = l.buckets.len().saturating_sub(1);
-        for (b, range) in l.buckets.iter().enumerate() {
-            if compression == Compression::PowerSgd {
-                self.power_all_reduce(l, range.clone(), grads)?;
-                continue;
-            }
+        if compression == Compression::PowerSgd {
+            self.power_all_reduce(l, range, grads)?;
+        } else {
             let mut flat = Vec::with_capacity(range.clone().map(|i| l.numel[i]).sum::<usize>() + 1);
             flatten(grads, l.names[range.clone()].iter(), &mut flat)?;
-            match compression {
-                Compression::None => {
-                    // The loss rides in the last message.
-                    if b == last {
-                        flat.push(loss as f32);
-                    }
-                    self.all_reduce_sum(&mut flat)?;
-                    if b == last {
-                        total = flat.pop().expect("pushed above") as f64;
-                    }
+            if compression == Compression::None {
+                // The loss rides in the last message.
+                if last {
+                    flat.push(loss as f32);
                 }
-                _ => flat = self.bf16_all_reduce(&flat)?,
+                self.all_reduce_sum(&mut flat)?;
+                if last {
+                    let total = flat.pop().expect("pushed above") as f64;
+                    self.unflatten(l, range, &flat, grads)?;
+                    return Ok(total);
+                }
+            } else {
+                flat = self.bf16_all_reduce(&flat)?;
             }
-            self.unflatten(l, range.clone(), &flat, grads)?;
+            self.unflatten(l, range, &flat, grads)?;
         }
-        if compression != Compression::None {
+        if last && compression != Compression::None {
             let mut buf = [loss as f32];
             self.all_reduce_sum(&mut buf)?;
-            total = buf[0] as f64;
+            return Ok(buf[0] as f64);
         }
-        Ok(total)
+        Ok(loss)
     }
 
     /// The summed gradients of the parameters this process owns (`l.owner`), from every
     /// process's full set: one reduce-scatter per bucket, its values ordered by owner.
     pub fn reduce_scatter(&self, l: &Layout, grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
-        let (rank, world) = (self.comm.rank(), self.world());
         let mut out = BTreeMap::new();
-        for range in &l.buckets {
-            let (order, counts) = l.by_owner(range.clone(), world);
-            let mut flat = Vec::with_capacity(counts.iter().sum());
-            flatten(grads, order.iter().map(|&i| &l.names[i]), &mut flat)?;
-            let mine = match self.compression {
-                Compression::Bf16 => self.bf16_reduce_scatter(&flat, &counts)?,
-                _ => self.reduce_scatter_sum(&flat, &counts)?,
-            };
-            self.unflatten(l, order.into_iter().filter(|&i| l.owner[i] == rank), &mine, &mut out)?;
+        for b in 0..l.buckets.len() {
+            self.reduce_scatter_bucket(l, b, grads, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// [`Self::reduce_scatter`] of bucket `b` only, this process's sums into `out`.
+    pub fn reduce_scatter_bucket(
+        &self,
+        l: &Layout,
+        b: usize,
+        grads: &BTreeMap<String, Tensor>,
+        out: &mut BTreeMap<String, Tensor>,
+    ) -> Result<()> {
+        let (rank, world) = (self.comm.rank(), self.world());
+        let (order, counts) = l.by_owner(l.buckets[b].clone(), world);
+        let mut flat = Vec::with_capacity(counts.iter().sum());
+        flatten(grads, order.iter().map(|&i| &l.names[i]), &mut flat)?;
+        let mine = match self.compression {
+            Compression::Bf16 => self.bf16_reduce_scatter(&flat, &counts)?,
+            _ => self.reduce_scatter_sum(&flat, &counts)?,
+        };
+        self.unflatten(l, order.into_iter().filter(|&i| l.owner[i] == rank), &mine, out)?;
+        Ok(())
     }
 
     /// The parameters `params` (indices into `l`) from consecutive values of `flat`, into

@@ -1,18 +1,18 @@
 //! One optimizer step's gradients, the same for training, fine-tuning and `lmforge bench`:
 //! for each micro-batch, this process's rows → the task's loss → backward; gradients summed
 //! over micro-batches (each weighted by its share of the step's rows), then over processes
-//! (`DataParallel`: once, after the last micro-batch; with ZeRO-2 each micro-batch's
-//! reduce-scattered as it ends), then clipped to the global norm. The
-//! caller applies them (or, by the fault policy, does not).
+//! (`DataParallel`: during the backward with `distributed.overlap`, else once after the last
+//! micro-batch; with ZeRO-2 each micro-batch's reduce-scattered), then clipped to the global
+//! norm. The caller applies them (or, by the fault policy, does not).
 
 use super::task::Task;
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
 use crate::nn::{seed_for, DropoutRng};
 use crate::optim::{clip_grad_norm, named_grads};
+use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 /// Where a step is and how it is cut.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,9 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     let equal = sizes.windows(2).all(|w| w[0] == w[1]);
     dp.set_step(s);
     let micros = Micros { task, dp, at, rows, weights, equal };
+    if dp.overlaps() {
+        return micros.overlapped(lap);
+    }
     if dp.reduces_every_micro_batch() {
         return micros.sharded(lap);
     }
@@ -115,6 +118,15 @@ impl Micros<'_> {
     /// This process's gradients of micro-batch `micro` (already weighted) and its weighted
     /// loss; None when the process has no rows of it.
     fn local(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(BTreeMap<String, Tensor>, f64)>> {
+        match self.backward(micro, lap)? {
+            Some((store, loss)) => Ok(Some((named_grads(self.task.params().vars(), &store)?, loss))),
+            None => Ok(None),
+        }
+    }
+
+    /// Micro-batch `micro`'s forward and backward on this process's rows: the gradient store
+    /// (weighted) and the weighted loss; None when the process has no rows of it.
+    fn backward(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(GradStore, f64)>> {
         let (s, global, weight) = (self.at.step, self.rows[micro], self.weights[micro]);
         let mine = self.dp.local_range(global);
         if mine.is_empty() {
@@ -138,10 +150,9 @@ impl Micros<'_> {
         lap(Phase::Forward);
         // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
         let scaled = if weight == 1.0 { loss } else { (loss * weight)? };
-        let backward = scaled.backward()?;
+        let store = scaled.backward()?;
         lap(Phase::Backward);
-        let g = named_grads(self.task.params().vars(), &backward)?;
-        Ok(Some((g, if self.equal { value } else { value * weight })))
+        Ok(Some((store, if self.equal { value } else { value * weight })))
     }
 
     /// [`Self::local`], or zeros and no loss for a micro-batch this process has no rows of
@@ -167,50 +178,33 @@ impl Micros<'_> {
         }
     }
 
-    /// ZeRO-2: each micro-batch's gradients reduce-scattered as soon as its backward ends,
-    /// only this process's share accumulated. With overlap, a communication thread reduces
-    /// micro-batch m while this thread computes m + 1; the time this thread blocks handing
-    /// gradients over or waiting at the end is the exposed communication.
+    /// The step's gradients reduced by `DataParallel`'s communication thread while the
+    /// backward runs: all-reduced (ZeRO 0/1; the loss summed with them) or reduce-scattered
+    /// (ZeRO-2; this process's share).
+    fn overlapped(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
+        let dp = self.dp;
+        let reduced = dp.reduce_during_backward(self.at.grad_accum, |m| self.backward(m, lap))?;
+        let mut grads = reduced.grads;
+        let (loss_sum, grad_norm) = if dp.reduces_every_micro_batch() {
+            dp.finish_sharded(&mut grads, reduced.loss, self.at.grad_clip)?
+        } else {
+            (reduced.loss, clip_grad_norm(&mut grads, self.at.grad_clip)?)
+        };
+        lap(Phase::Grads);
+        Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })
+    }
+
+    /// ZeRO-2 without overlap, and ZeRO-3: each micro-batch's gradients reduce-scattered as
+    /// soon as its backward ends, only this process's share accumulated (ZeRO-3's layers'
+    /// during the backward).
     fn sharded(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
         let dp = self.dp;
         let mut loss_sum = 0.0f64;
         let mut share: Option<BTreeMap<String, Tensor>> = None;
-        if dp.overlaps() {
-            share = std::thread::scope(|scope| -> Result<_> {
-                // A rendezvous: a micro-batch's gradients wait in the hand-over until the
-                // communication thread has finished the previous one's (at most two full sets:
-                // the one being reduced and the one being computed).
-                let (tx, rx) = std::sync::mpsc::sync_channel::<BTreeMap<String, Tensor>>(0);
-                let comm = scope.spawn(move || -> Result<Option<BTreeMap<String, Tensor>>> {
-                    let mut acc = None;
-                    for g in rx {
-                        accumulate(&mut acc, dp.reduce_scatter_grads(&g)?)?;
-                    }
-                    Ok(acc)
-                });
-                for micro in 0..self.at.grad_accum {
-                    let (g, loss) = self.local_or_zeros(micro, lap)?;
-                    loss_sum += loss;
-                    let t = Instant::now();
-                    // A failed send means the communication thread stopped: its error is in join.
-                    let sent = tx.send(g).is_ok();
-                    dp.add_exposed_comm(t.elapsed().as_secs_f64());
-                    if !sent {
-                        break;
-                    }
-                }
-                drop(tx);
-                let t = Instant::now();
-                let share = comm.join().map_err(|_| Error::Distributed("the communication thread panicked".into()))?;
-                dp.add_exposed_comm(t.elapsed().as_secs_f64());
-                share
-            })?;
-        } else {
-            for micro in 0..self.at.grad_accum {
-                let (g, loss) = self.local_or_zeros(micro, lap)?;
-                loss_sum += loss;
-                accumulate(&mut share, dp.reduce_scatter_grads(&g)?)?;
-            }
+        for micro in 0..self.at.grad_accum {
+            let (g, loss) = self.local_or_zeros(micro, lap)?;
+            loss_sum += loss;
+            accumulate(&mut share, dp.reduce_scatter_grads(&g)?)?;
         }
         let mut grads = share.unwrap_or_default();
         // ZeRO-3: the layers' gradients were reduce-scattered during the backward passes.
