@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub fn prepare(decodes_quantized: bool) {
     keep_freed_memory_in_heap();
     share_cores_between_local_processes();
-    set_candle_pool_spin(decodes_quantized);
+    choose_decoding_pools(decodes_quantized);
 }
 
 /// Training allocates and frees the same large activation buffers every step. glibc serves
@@ -55,7 +55,7 @@ fn share_cores_between_local_processes() {
 /// model at concurrency 16, 3 alternating runs: ~3,270 tokens/s spinning 200k, ~3,800 at
 /// 100). CANDLE_BARRIER_POOL_SPIN_LIMIT, when set, wins. Attention between the products
 /// runs on the pool that spins (`ops::workers`).
-fn set_candle_pool_spin(decodes_quantized: bool) {
+fn choose_decoding_pools(decodes_quantized: bool) {
     lmforge::ops::workers::use_candle_pool(decodes_quantized);
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", if decodes_quantized { "200000" } else { "100" });

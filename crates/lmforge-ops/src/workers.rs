@@ -23,7 +23,7 @@ pub fn use_candle_pool(yes: bool) {
 }
 
 /// Whether [`for_each_range`] runs on candle's barrier pool.
-pub fn on_candle_pool() -> bool {
+fn on_candle_pool() -> bool {
     ON_CANDLE_POOL.load(Ordering::Relaxed)
 }
 
