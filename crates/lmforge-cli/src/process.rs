@@ -23,12 +23,21 @@ pub fn prepare(decodes_quantized: bool) {
 /// every step re-faults hundreds of MB of zeroed pages (measured: 20% of wall time in the
 /// kernel). Keeping freed memory in the heap removes that cost. So does a server's engine
 /// between steps; it hands the free pages back when it goes idle (`lmforge::serve`).
+///
+/// In a multi-process job the communication threads allocate gradient buffers that the
+/// computing thread frees; with glibc's arena per thread, each arena keeps its own peak of
+/// freed memory. One arena for every thread keeps one (gpt2-124m on 4 processes, ZeRO-0, peak
+/// RSS per process 3.02–3.18 GiB → 2.57–2.62 GiB; training speed unchanged: bench-gpt
+/// 6,007 / 5,747 / 6,375 tokens/s with the default arenas, 6,020 / 6,632 / 6,401 with one).
 fn keep_freed_memory_in_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called once before any threads start.
+    // SAFETY: mallopt only changes allocator settings; called once before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        if lmforge::distributed::launched_as_mpi_job() {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
     }
 }
 

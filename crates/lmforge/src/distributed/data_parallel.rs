@@ -187,9 +187,9 @@ impl DataParallel {
     }
 
     /// Gradient buckets are reduced on a communication thread during the backward
-    /// ([`super::overlap`]); not under ZeRO-3, whose backward issues collectives itself (MPI
-    /// needs every process to issue them in one order, and one thread would not know the
-    /// other's).
+    /// ([`super::overlap`]). Not under ZeRO-3: its layers' collectives run on a thread of their
+    /// own ([`super::zero3`]), and a second thread issuing collectives beside it could pair
+    /// them differently on different processes.
     pub fn overlaps(&self) -> bool {
         self.overlap && self.world_size() > 1 && self.stage < 3
     }
@@ -210,8 +210,14 @@ impl DataParallel {
 
     /// ZeRO-3: the gradients of this process's layer parameters, reduce-scattered during the
     /// step's backward passes (empty otherwise).
-    pub fn take_layer_grads(&self) -> BTreeMap<String, Tensor> {
-        self.layers.as_ref().map(|l| l.take_grads()).unwrap_or_default()
+    pub fn take_layer_grads(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.layers.as_ref().map(|l| l.take_grads()).unwrap_or_else(|| Ok(BTreeMap::new()))
+    }
+
+    /// ZeRO-3: waits until the layers' communication thread is idle, so that a collective of
+    /// this thread pairs with the same one on every process (a no-op otherwise).
+    fn settle(&self) -> Result<()> {
+        self.layers.as_ref().map_or(Ok(()), |l| l.flush())
     }
 
     /// ZeRO-3: elements of the sharded layers' parameters (held across all processes, not in
@@ -252,18 +258,21 @@ impl DataParallel {
     /// sum of `loss`es over all ranks: one all-reduce per bucket (fp32: the loss riding in the
     /// last), or compressed.
     pub fn all_reduce_grads(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64) -> Result<f64> {
+        self.settle()?;
         self.reducer.all_reduce(&self.grad_layout, grads, loss)
     }
 
     /// ZeRO-2: the summed gradients of this process's parameters (and no others) from its
     /// full local set, one reduce-scatter per bucket.
     pub fn reduce_scatter_grads(&self, grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        self.settle()?;
         self.reducer.reduce_scatter(&self.grad_layout, grads)
     }
 
     /// ZeRO-2's end of a step: the global loss and gradient norm from every rank's share (one
     /// two-value all-reduce), and this rank's gradients clipped to `max_norm`.
     pub fn finish_sharded(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64, max_norm: f64) -> Result<(f64, f64)> {
+        self.settle()?;
         let mut buf = [loss as f32, crate::optim::sum_of_squares(grads)? as f32];
         self.reducer.all_reduce_sum(&mut buf)?;
         let norm = (buf[1] as f64).sqrt();
@@ -283,7 +292,8 @@ impl DataParallel {
 
     /// What communication cost since the last call.
     pub fn take_traffic(&self) -> Traffic {
-        self.reducer.take_traffic(self.overlaps())
+        // ZeRO-3's layers' collectives run beside the computation too.
+        self.reducer.take_traffic(self.overlaps() || self.stage == 3)
     }
 
     /// One optimizer update: of every parameter, or with ZeRO of this rank's, followed by an
@@ -292,6 +302,7 @@ impl DataParallel {
         if !self.is_sharded() {
             return optimizer.step(&self.vars, grads, lr);
         }
+        self.settle()?;
         optimizer.step(&self.owned, grads, lr)?;
         let (rank, world) = (self.rank(), self.world_size());
         // ZeRO-3's layer parameters stay with their owners (gathered for each use).
@@ -320,6 +331,7 @@ impl DataParallel {
         if self.world_size() == 1 {
             return Ok(flag);
         }
+        self.settle()?;
         let mut buf = [f32::from(u8::from(flag))];
         self.comm.all_reduce_sum(&mut buf)?;
         Ok(buf[0] > 0.0)
@@ -330,11 +342,13 @@ impl DataParallel {
     pub fn all_gather_split(&self, local: &[f32], total: usize) -> Result<Vec<f32>> {
         let world = self.world_size();
         let counts: Vec<usize> = (0..world).map(|r| split_rows(total, world, r).len()).collect();
+        self.settle()?;
         self.comm.all_gather(local, &counts)
     }
 
     /// Optimizer state bytes summed over all ranks (for the log line).
     pub fn total_state_bytes(&self, optimizer: &Optimizer) -> Result<f64> {
+        self.settle()?;
         let mut buf = [optimizer.state_bytes() as f32];
         self.comm.all_reduce_sum(&mut buf)?;
         Ok(buf[0] as f64)
@@ -344,6 +358,7 @@ impl DataParallel {
     /// 0, None elsewhere. With ZeRO-1 every rank sends its shard, bucket by bucket; rank 0
     /// rebuilds the names and shapes of the others' slots from the update rule.
     pub fn optimizer_state_for_checkpoint(&self, optimizer: &Optimizer) -> Result<Option<Vec<(String, Tensor)>>> {
+        self.settle()?;
         // PowerSGD's state rides along (`PARAM.powersgd_*`; collective, so first on every rank).
         let compressor = self.reducer.powersgd_state()?;
         let state = self.sharded_optimizer_state(optimizer)?;

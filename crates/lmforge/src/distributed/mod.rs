@@ -17,6 +17,7 @@
 //! slices to device buffers (a bucket becomes one device tensor built with `Tensor::cat`), so
 //! [`DataParallel`]'s bucketing, row split and ZeRO sharding carry over unchanged.
 
+mod comm_thread;
 pub mod compress;
 mod data_parallel;
 #[cfg(test)]

@@ -3,27 +3,32 @@
 //! value, gradient and optimizer state. A layer's parameters are all-gathered just before its
 //! forward and let go after it; the layer is checkpointed (`nn::recompute::checkpointed_layer`),
 //! so its backward gathers them again, recomputes the layer and hands the gradients here, where
-//! they are reduce-scattered to their owners at once (per layer, as the backward produces them).
+//! they are reduce-scattered to their owners (per layer, as the backward produces them).
 //! The embeddings, the final norm and the head (outside the layers) stay as under ZeRO-2.
 //!
+//! The layers' collectives run on a communication thread of their own ([`CommThread`]), in the
+//! order the model asks for them, which is the same on every process: the gather of the layer
+//! that comes next (layer i + 1 in the forward, i − 1 in the backward, the last layer again
+//! between them) is submitted when layer i is fetched, so it runs while layer i computes
+//! (prefetch), and a layer's reduce-scatter runs while the backward goes on. The computing
+//! thread waits for that thread to be idle before a collective of its own ([`Self::flush`]).
+//!
 //! Memory per process: its share of the layers' parameters, gradients and optimizer state,
-//! plus the gathered layer in use (its weights for the forward or for the backward's
-//! recomputation) — against every layer's weights and gradients without sharding. What is
-//! not done: prefetching the next layer's parameters while the current one computes — MPI
-//! collectives must be issued in one order on every process, so a prefetching thread needs its
-//! own communicator (`MPI_Comm_dup`), and `MpiCollective` would then have to hold its
-//! serialising lock per MPI call instead of for a whole collective (two ranks whose main and
-//! prefetch threads held it in opposite collectives would wait on each other for ever); and
-//! loading a checkpoint in shards (each process reads the whole model once and keeps its share).
+//! plus the gathered layers in use and ahead (two), and the full gradients of the layer the
+//! backward is producing and of at most two whose reduce-scatter has not run yet — against
+//! every layer's weights and gradients without sharding. Not done: loading a checkpoint in shards (each process reads the whole
+//! model once and keeps its share).
 
+use super::comm_thread::{CommThread, Pending};
 use super::reduce::{Layout, Reducer};
 use super::shard_params;
 use crate::device::Precision;
 use crate::error::{Error, Result};
-use crate::nn::recompute::LayerSource;
+use crate::nn::recompute::{LayerSource, LayerUse};
 use crate::nn::ParamStore;
 use candle_core::{Device, Tensor, Var};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The decoder layer a parameter belongs to: the first number in its name
@@ -32,11 +37,47 @@ pub fn layer_index(name: &str) -> Option<usize> {
     name.split('.').find_map(|part| part.parse().ok())
 }
 
+/// Jobs the communication thread may still have when a layer's gradients are submitted (the
+/// backward waits until it has no more): so at most two layers' gradients wait there while a
+/// third is being computed.
+const JOBS_BEFORE_GRADS: usize = 1;
+
 struct LayerShard {
     /// The layer's parameters (names in order, shapes, owners) as one reduce-scatter message.
     layout: Layout,
     /// The values of those this process owns.
     owned: BTreeMap<String, Var>,
+}
+
+/// A layer's parameters by name, as gathered.
+type Gathered = Vec<(String, Tensor)>;
+
+impl LayerShard {
+    /// Every value of the layer's parameters in rank order (each rank's owned ones in layer
+    /// order), by `collect` (an all-gather, or a gather to rank 0).
+    fn collect(
+        &self,
+        rank: usize,
+        world: usize,
+        device: &Device,
+        collect: impl FnOnce(&[f32], &[usize]) -> Result<Option<Vec<f32>>>,
+    ) -> Result<Option<Gathered>> {
+        let l = &self.layout;
+        let (order, counts) = l.by_owner(0..l.names.len(), world);
+        let mut local = Vec::new();
+        for &k in order.iter().filter(|&&k| l.owner[k] == rank) {
+            local.extend(self.owned[&l.names[k]].flatten_all()?.to_vec1::<f32>()?);
+        }
+        let Some(all) = collect(&local, &counts)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(l.names.len());
+        let mut off = 0;
+        for k in order {
+            let t = Tensor::from_slice(&all[off..off + l.numel[k]], l.dims[k].as_slice(), device)?;
+            out.push((l.names[k].clone(), t));
+            off += l.numel[k];
+        }
+        Ok(Some(out))
+    }
 }
 
 pub struct ShardedLayers {
@@ -45,11 +86,16 @@ pub struct ShardedLayers {
     world: usize,
     device: Device,
     precision: Precision,
-    layers: Vec<LayerShard>,
+    layers: Vec<Arc<LayerShard>>,
     /// Every parameter's owner (layers and the rest), as the optimizer state is sharded.
     owners: BTreeMap<String, usize>,
     /// Gradients of this process's layer parameters, summed over the uses of a step.
-    grads: Mutex<BTreeMap<String, Tensor>>,
+    grads: Arc<Mutex<BTreeMap<String, Tensor>>>,
+    comm: CommThread,
+    /// The layer gathered ahead of its use (its index, the gather).
+    ahead: Mutex<Option<(usize, Pending<Gathered>)>>,
+    /// Fetches served by a gather made ahead of time (for tests and figures).
+    prefetched: AtomicUsize,
 }
 
 impl ShardedLayers {
@@ -79,7 +125,7 @@ impl ShardedLayers {
             }
             // One message per layer.
             let buckets = std::iter::once(0..names.len()).collect();
-            layers.push(LayerShard { layout: Layout { names, numel, dims, owner, buckets }, owned });
+            layers.push(Arc::new(LayerShard { layout: Layout { names, numel, dims, owner, buckets }, owned }));
         }
         Ok(Arc::new(Self {
             reducer,
@@ -89,7 +135,10 @@ impl ShardedLayers {
             precision: params.precision(),
             layers,
             owners,
-            grads: Mutex::new(BTreeMap::new()),
+            grads: Arc::new(Mutex::new(BTreeMap::new())),
+            comm: CommThread::start(),
+            ahead: Mutex::new(None),
+            prefetched: AtomicUsize::new(0),
         }))
     }
 
@@ -112,57 +161,74 @@ impl ShardedLayers {
         self.layers.iter().flat_map(|l| l.owned.iter().map(|(n, v)| (n.clone(), v.clone()))).collect()
     }
 
-    /// The summed gradients of this process's layer parameters since the last call.
-    pub fn take_grads(&self) -> BTreeMap<String, Tensor> {
-        std::mem::take(&mut *self.grads.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Waits until the communication thread has run every collective submitted (before the
+    /// computing thread issues one of its own), counting the wait as exposed communication.
+    pub fn flush(&self) -> Result<()> {
+        self.reducer.add_exposed(self.comm.flush()?);
+        Ok(())
     }
 
-    /// Every value of layer `i`'s parameters in rank order (each rank's owned ones in layer
-    /// order), by `collect` (an all-gather, or a gather to rank 0).
-    fn collect_layer(
-        &self,
-        i: usize,
-        collect: impl FnOnce(&[f32], &[usize]) -> Result<Option<Vec<f32>>>,
-    ) -> Result<Option<Vec<(String, Tensor)>>> {
-        let l = &self.layers[i].layout;
-        let (order, counts) = l.by_owner(0..l.names.len(), self.world);
-        let mut local = Vec::new();
-        for &k in order.iter().filter(|&&k| l.owner[k] == self.rank) {
-            local.extend(self.layers[i].owned[&l.names[k]].flatten_all()?.to_vec1::<f32>()?);
-        }
-        let Some(all) = collect(&local, &counts)? else { return Ok(None) };
-        let mut out = Vec::with_capacity(l.names.len());
-        let mut off = 0;
-        for k in order {
-            let t = Tensor::from_slice(&all[off..off + l.numel[k]], l.dims[k].as_slice(), &self.device)?;
-            out.push((l.names[k].clone(), t));
-            off += l.numel[k];
-        }
-        Ok(Some(out))
+    /// The summed gradients of this process's layer parameters since the last call (after
+    /// every pending reduce-scatter).
+    pub fn take_grads(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.flush()?;
+        // The weights change next: nothing gathered before may serve a later fetch.
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(std::mem::take(&mut *self.grads.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// Fetches served by a gather made ahead of time, since the start.
+    pub fn prefetched(&self) -> usize {
+        self.prefetched.load(Ordering::Relaxed)
     }
 
     /// Every layer parameter on rank 0 (None elsewhere), for a checkpoint; collective.
     pub fn gather_to_root(&self) -> Result<Option<Vec<(String, Tensor)>>> {
+        self.flush()?;
         let comm = self.reducer.comm();
         let mut out = Vec::new();
-        for i in 0..self.layers.len() {
-            match self.collect_layer(i, |local, counts| comm.gather(local, counts, 0))? {
+        for layer in &self.layers {
+            match layer.collect(self.rank, self.world, &self.device, |local, counts| comm.gather(local, counts, 0))? {
                 Some(layer) => out.extend(layer),
                 None => debug_assert!(self.rank != 0),
             }
         }
         Ok((self.rank == 0).then_some(out))
     }
+
+    /// Submits the all-gather of layer `i` to the communication thread.
+    fn gather(&self, i: usize) -> Result<Pending<Gathered>> {
+        let (layer, reducer) = (self.layers[i].clone(), self.reducer.clone());
+        let (rank, world, device) = (self.rank, self.world, self.device.clone());
+        self.comm.submit(move || {
+            let gathered =
+                layer.collect(rank, world, &device, |local, counts| reducer.all_gather(local, counts).map(Some))?;
+            Ok(gathered.expect("an all-gather delivers to every rank"))
+        })
+    }
 }
 
 impl LayerSource for ShardedLayers {
-    /// Layer `i`'s parameters, all-gathered (this process's own ones are its variables, so a
-    /// gradient reaches them too, but the source hands every gradient back through
-    /// [`Self::layer_grads`]).
-    fn layer(&self, i: usize) -> Result<ParamStore> {
-        let gathered = self
-            .collect_layer(i, |local, counts| self.reducer.all_gather(local, counts).map(Some))?
-            .expect("an all-gather delivers to every rank");
+    /// Layer `i`'s parameters, all-gathered — ahead of time when the previous fetch said this
+    /// one comes next — and the gather of the one after it submitted. (This process's own
+    /// parameters are its variables, so a gradient reaches them too, but the source hands every
+    /// gradient back through [`Self::layer_grads`].)
+    fn layer(&self, i: usize, then: LayerUse) -> Result<ParamStore> {
+        let ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pending = match ahead {
+            Some((j, pending)) if j == i => {
+                self.prefetched.fetch_add(1, Ordering::Relaxed);
+                pending
+            }
+            // Nothing ahead, or another layer (it runs anyway, on every process alike; its
+            // values are dropped).
+            _ => self.gather(i)?,
+        };
+        if let Some((next, _)) = then.next(i, self.layers.len()) {
+            *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some((next, self.gather(next)?));
+        }
+        let (gathered, waited) = pending.wait()?;
+        self.reducer.add_exposed(waited);
         let mut vars = BTreeMap::new();
         for (name, t) in gathered {
             let var = match self.layers[i].owned.get(&name) {
@@ -174,19 +240,24 @@ impl LayerSource for ShardedLayers {
         Ok(ParamStore::from_vars(vars, &self.device).with_precision(self.precision))
     }
 
-    /// Reduce-scatters one use's gradients of layer `i` to their owners and adds this
-    /// process's share to the step's.
+    /// Submits the reduce-scatter of one use's gradients of layer `i` to their owners, this
+    /// process's share added to the step's when it is done; waits first while the
+    /// communication thread has more than [`JOBS_BEFORE_GRADS`] jobs.
     fn layer_grads(&self, i: usize, grads: BTreeMap<String, Tensor>) -> Result<()> {
-        let mine = self.reducer.reduce_scatter(&self.layers[i].layout, &grads)?;
-        let mut acc = self.grads.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, g) in mine {
-            let sum = match acc.remove(&name) {
-                Some(prev) => (prev + g)?,
-                None => g,
-            };
-            acc.insert(name, sum);
-        }
-        Ok(())
+        self.reducer.add_exposed(self.comm.wait_until_at_most(JOBS_BEFORE_GRADS)?);
+        let (layer, reducer, acc) = (self.layers[i].clone(), self.reducer.clone(), self.grads.clone());
+        self.comm.submit_detached(move || {
+            let mine = reducer.reduce_scatter(&layer.layout, &grads)?;
+            let mut acc = acc.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, g) in mine {
+                let sum = match acc.remove(&name) {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                };
+                acc.insert(name, sum);
+            }
+            Ok(())
+        })
     }
 }
 
@@ -233,20 +304,26 @@ mod tests {
                 let (xs, ys) = (x.narrow(0, 2 * rank, 2).unwrap(), y.narrow(0, 2 * rank, 2).unwrap());
                 let loss = (model.loss(&xs, &ys, Some(&mut DropoutRng::new(0.0, 1))).unwrap() * 0.5).unwrap();
                 let mut grads = named_grads(params.vars(), &loss.backward().unwrap()).unwrap();
-                grads.extend(layers.take_grads());
-                (loss.to_scalar::<f32>().unwrap(), grads, layers.owned().len())
+                grads.extend(layers.take_grads().unwrap());
+                (loss.to_scalar::<f32>().unwrap(), grads, layers.owned().len(), layers.prefetched())
             });
             let total: f32 = out.iter().map(|o| o.0).sum();
             assert!((total - want_loss).abs() < 1e-5, "{preset}: loss {total} vs {want_loss}");
             let layer_params = want.keys().filter(|n| layer_index(n).is_some()).count();
             assert_eq!(out.iter().map(|o| o.2).sum::<usize>(), layer_params, "each layer parameter owned once");
+            // Every fetch but the forward's first came from a gather made ahead of its use.
+            assert!(
+                out.iter().all(|o| o.3 == 2 * spec.n_layer - 1),
+                "{preset}: prefetched {:?}",
+                out.iter().map(|o| o.3).collect::<Vec<_>>()
+            );
             for (name, g) in &want {
                 let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 // A layer parameter's gradient is on its owner, already summed; the others are
                 // each rank's share, summed here.
                 let mut got = vec![0f32; g.len()];
                 let mut seen = 0;
-                for (_, grads, _) in &out {
+                for (_, grads, _, _) in &out {
                     if let Some(t) = grads.get(name) {
                         seen += 1;
                         got.iter_mut()

@@ -25,7 +25,7 @@ use tables::TokenTable;
 use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::prefix::{Prefix, PrefixShape};
-use crate::nn::recompute::{self, BlockForward, LayerForward, LayerSource};
+use crate::nn::recompute::{self, BlockForward, LayerForward, LayerSource, LayerUse};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
 use candle_core::{DType, Tensor};
@@ -259,8 +259,9 @@ impl Decoder {
         self.norm_f.forward(&x)
     }
 
-    /// Layer `i` with weights fetched from `source`: checkpointed in a training forward (the
-    /// weights let go after the forward and fetched again for the backward), plain otherwise.
+    /// Layer `i` with weights fetched from `source`: checkpointed when gradients are tracked (the
+    /// weights let go after the forward and fetched again for the backward; a training forward,
+    /// given a dropout generator, says the backward follows), plain otherwise.
     fn sourced_layer(
         &self,
         i: usize,
@@ -276,9 +277,10 @@ impl Decoder {
                 block.forward(x, offset, None, rope.as_deref(), d)
             });
         if x.track_op() {
-            recompute::checkpointed_layer(x, dropout, i, source.clone(), forward)
+            let then = if dropout.is_some() { LayerUse::TrainingForward } else { LayerUse::Forward };
+            recompute::checkpointed_layer(x, dropout, i, then, source.clone(), forward)
         } else {
-            forward(&source.layer(i)?, x, dropout)
+            forward(&source.layer(i, LayerUse::Forward)?, x, dropout)
         }
     }
 

@@ -75,28 +75,55 @@ fn recomputing_node<S>(
 /// Where a model's layers' weights come from when no process holds them all (ZeRO-3,
 /// `distributed::zero3`): fetched for each use and let go after it.
 pub trait LayerSource: Send + Sync {
-    /// Layer `i`'s parameters as fresh variables, for one use.
-    fn layer(&self, i: usize) -> Result<ParamStore>;
+    /// Layer `i`'s parameters as fresh variables, for one use (the source may fetch the
+    /// layer that use says comes next ahead of time).
+    fn layer(&self, i: usize, then: LayerUse) -> Result<ParamStore>;
     /// The gradients of one use of layer `i`'s parameters, by name (every parameter of the
     /// layer, zeros where the loss does not reach).
     fn layer_grads(&self, i: usize, grads: BTreeMap<String, Tensor>) -> Result<()>;
 }
 
+/// What a layer's weights are fetched for, which says whose come next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerUse {
+    /// A forward whose backward does not follow (evaluation): layer i + 1 next.
+    Forward,
+    /// A training forward: layer i + 1 next; after the last layer, the backward's
+    /// recomputation of that layer.
+    TrainingForward,
+    /// The backward's recomputation: layer i − 1 next, none after the first.
+    Backward,
+}
+
+impl LayerUse {
+    /// The layer fetched after layer `i` of `n_layer` in this use, and that use.
+    pub fn next(self, i: usize, n_layer: usize) -> Option<(usize, LayerUse)> {
+        match self {
+            LayerUse::Forward => (i + 1 < n_layer).then_some((i + 1, self)),
+            LayerUse::TrainingForward if i + 1 < n_layer => Some((i + 1, self)),
+            LayerUse::TrainingForward => Some((i, LayerUse::Backward)),
+            LayerUse::Backward => i.checked_sub(1).map(|j| (j, self)),
+        }
+    }
+}
+
 /// A layer's forward given its parameters (from a [`LayerSource`]).
 pub type LayerForward = dyn Fn(&ParamStore, &Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
 
-/// Layer `i` of `source`, checkpointed: its parameters are fetched for the forward and let go
-/// with the forward's graph; the backward fetches them again, runs the layer with its graph
-/// and hands the parameters' gradients to the source. Only `x` is kept in between.
+/// Layer `i` of `source`, checkpointed: its parameters are fetched for the forward (`then`:
+/// whether a backward follows) and let go with the forward's graph; the backward fetches them
+/// again, runs the layer with its graph and hands the parameters' gradients to the source.
+/// Only `x` is kept in between.
 pub fn checkpointed_layer(
     x: &Tensor,
     dropout: &mut Option<&mut DropoutRng>,
     i: usize,
+    then: LayerUse,
     source: Arc<dyn LayerSource>,
     forward: Arc<LayerForward>,
 ) -> Result<Tensor> {
     let replay = dropout.as_deref().cloned();
-    let y = forward(&source.layer(i)?, &x.detach(), dropout)?;
+    let y = forward(&source.layer(i, then)?, &x.detach(), dropout)?;
     let fetch = source.clone();
     recomputing_node(
         x,
@@ -104,7 +131,7 @@ pub fn checkpointed_layer(
         replay,
         format!("sharded layer {i}"),
         move |x, rng| {
-            let params = fetch.layer(i)?;
+            let params = fetch.layer(i, LayerUse::Backward)?;
             Ok((forward(&params, x, rng)?, params))
         },
         move |params, grads, _| {
@@ -124,6 +151,7 @@ pub fn checkpointed_layer(
 
 #[cfg(test)]
 mod tests {
+    use super::LayerUse;
     use crate::models::{Decoder, ModelSpec};
     use crate::nn::{DropoutRng, InitScheme, ParamStore};
     use crate::optim::named_grads;
@@ -156,5 +184,21 @@ mod tests {
                 assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{preset}: gradient of {name}");
             }
         }
+    }
+
+    /// The order a training micro-batch fetches a 3-layer model's weights in: forward 0, 1, 2,
+    /// then the backward's 2, 1, 0; evaluation stops after the forward.
+    #[test]
+    fn each_use_names_the_fetch_after_it() {
+        let mut at = Some((0, LayerUse::TrainingForward));
+        let mut seen = Vec::new();
+        while let Some((i, u)) = at {
+            seen.push((i, u));
+            at = u.next(i, 3);
+        }
+        let (f, b) = (LayerUse::TrainingForward, LayerUse::Backward);
+        assert_eq!(seen, [(0, f), (1, f), (2, f), (2, b), (1, b), (0, b)]);
+        assert_eq!(LayerUse::Forward.next(1, 3), Some((2, LayerUse::Forward)));
+        assert_eq!(LayerUse::Forward.next(2, 3), None);
     }
 }

@@ -60,6 +60,8 @@ pub struct PlanRequest {
     pub compress: Compression,
     pub powersgd_rank: usize,
     pub bucket_bytes: u64,
+    /// Gradients reduced during the backward (`distributed.overlap`).
+    pub overlap: bool,
 }
 
 /// `lmforge plan` flags; `None` keeps the config's value or the default.
@@ -123,6 +125,7 @@ impl PlanRequest {
             compress: cfg.distributed.compress,
             powersgd_rank: cfg.distributed.powersgd_rank,
             bucket_bytes: (cfg.distributed.bucket_mb * 1e6) as u64,
+            overlap: cfg.distributed.overlap,
             spec,
         };
         req.validate()?;
@@ -223,11 +226,14 @@ fn cpu_comm_buffers(req: &PlanRequest) -> u64 {
 /// Model-state bytes per process of lmforge's CPU trainer on `n` processes at ZeRO stage
 /// `zero` (f32 weights and gradients, `state` optimizer bytes in all): stage 1 shards the
 /// optimizer state; 2 adds each process's share of the gradients accumulated over
-/// micro-batches to one micro-batch's full gradients (the backward produces them all at once
-/// before they are reduce-scattered); 3 keeps the decoder layers' weights and gradients
-/// sharded, plus one gathered layer's weights and gradients, the rest (embeddings, final norm,
-/// head) whole.
-pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64) -> (u64, u64, u64) {
+/// micro-batches to one micro-batch's full gradients (the backward produces them all before
+/// they are reduce-scattered) — or, when they are `streamed` (reduced during the backward:
+/// `distributed.overlap`, fused sublayers, no dropout), to the full gradients of the
+/// parameters outside the layers (they come at the end) and of two layers in flight; 3 keeps the decoder layers' weights and gradients
+/// sharded, plus two gathered layers' weights (the one in use and the next, prefetched) and
+/// three layers' full gradients (the one being computed, two waiting for their
+/// reduce-scatter), the rest (embeddings, final norm, head) whole.
+pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, streamed: bool) -> (u64, u64, u64) {
     let n = n.max(1);
     let psi = spec.num_params();
     let layers: u64 = spec
@@ -242,10 +248,11 @@ pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64) -> (u64,
         return (4 * psi, 4 * psi, optimizer);
     }
     if zero == 2 {
-        return (4 * psi, 4 * psi + 4 * psi.div_ceil(n), optimizer);
+        let full = if streamed { 4 * (psi - layers) + 2 * 4 * one_layer } else { 4 * psi };
+        return (4 * psi, full + 4 * psi.div_ceil(n), optimizer);
     }
-    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(n) + 4 * one_layer;
-    (sharded, sharded, optimizer)
+    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(n);
+    (sharded + 2 * 4 * one_layer, sharded + 3 * 4 * one_layer, optimizer)
 }
 
 /// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
@@ -280,7 +287,8 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
         let estimate = |ckpt| spec.cpu_train_memory(rows, req.seq_len, state, ckpt);
         // ZeRO-3 checkpoints every layer (its weights are gathered again for the backward).
         let (m, without, with) = (estimate(req.checkpointing || req.zero >= 3), estimate(false), estimate(true));
-        let (weights, gradients, optimizer_state) = cpu_model_states(spec, state, req.zero, req.gpus as u64);
+        let streamed = req.overlap && !req.dropout;
+        let (weights, gradients, optimizer_state) = cpu_model_states(spec, state, req.zero, req.gpus as u64, streamed);
         return MemoryBreakdown {
             weights,
             gradients,

@@ -200,11 +200,29 @@ fn cpu_processes_shard_model_states_by_zero_stage() {
     assert_eq!(z0.memory.optimizer_state, 8 * psi);
     assert_eq!(z1.memory.optimizer_state, (8 * psi).div_ceil(4));
     assert_eq!(z0.memory.gradients, 4 * psi);
-    assert_eq!(z2.memory.gradients, 4 * psi + (4 * psi).div_ceil(4));
-    // ZeRO-3: the embeddings whole, the 12 layers' 85M parameters a quarter each, one layer gathered.
+    // ZeRO-2 reducing during the backward: the share, the embeddings' and final norm's full
+    // gradients (they come last), two layers' in flight; without overlap one micro-batch's all.
     let layers = psi - 39_383_808 - 2 * 768;
-    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(4) + 4 * (layers / 12);
-    assert_eq!((z3.memory.weights, z3.memory.gradients), (sharded, sharded));
+    assert_eq!(z2.memory.gradients, 4 * (psi - layers) + 8 * (layers / 12) + (4 * psi).div_ceil(4));
+    let serial = RunConfig::resolve(
+        None,
+        &["model.preset=gpt2-124m".into(), "train.batch_size=4".into(), "distributed.overlap=false".into()],
+    )
+    .unwrap();
+    let o = PlanOptions {
+        gpu: Some("cpu".into()),
+        peak_tflops: Some(0.1),
+        zero: Some(2),
+        gpus: Some(4),
+        ..Default::default()
+    };
+    let z2_serial = plan(&PlanRequest::from_config(&serial, &o).unwrap()).unwrap();
+    assert_eq!(z2_serial.memory.gradients, 4 * psi + (4 * psi).div_ceil(4));
+    // ZeRO-3: the embeddings whole, the 12 layers' 85M parameters a quarter each, two layers'
+    // weights gathered (in use, next), three layers' full gradients (computed, two waiting).
+    let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(4);
+    let layer = 4 * (layers / 12);
+    assert_eq!((z3.memory.weights, z3.memory.gradients), (sharded + 2 * layer, sharded + 3 * layer));
     assert!(z3.memory.activations < z0.memory.activations, "ZeRO-3 checkpoints every layer");
     assert!(z3.memory_per_device_bytes < z1.memory_per_device_bytes);
     // One process: no communication, no message buffers; each process computes 1 of 4 rows.

@@ -208,7 +208,7 @@ impl Micros<'_> {
         }
         let mut grads = share.unwrap_or_default();
         // ZeRO-3: the layers' gradients were reduce-scattered during the backward passes.
-        grads.extend(dp.take_layer_grads());
+        grads.extend(dp.take_layer_grads()?);
         let (loss_sum, grad_norm) = dp.finish_sharded(&mut grads, loss_sum, self.at.grad_clip)?;
         lap(Phase::Grads);
         Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })
