@@ -501,12 +501,23 @@ impl LoadedModel {
 /// The weights of a model folder (a checkpoint or a Hugging Face folder, HF names mapped; fp16
 /// and bf16 read as fp32) for `spec`; heads a backbone-only folder may lack stay absent.
 pub fn load_params(folder: &Path, spec: &ModelSpec, device: &Device) -> Result<ParamStore> {
-    let (params, _absent_heads) = ParamStore::load_with(
+    load_held_params(folder, spec, device, &|_| true)
+}
+
+/// [`load_params`] of the parameters for which `held` holds (ZeRO-3: this process's share).
+pub fn load_held_params(
+    folder: &Path,
+    spec: &ModelSpec,
+    device: &Device,
+    held: &dyn Fn(&str) -> bool,
+) -> Result<ParamStore> {
+    let (params, _absent_heads) = ParamStore::load_held(
         &folder.join("model.safetensors"),
         &spec.params(),
         device,
         &|k| hf::param_name(spec, k),
         &|n| hf::is_optional_param(spec, n),
+        held,
     )?;
     Ok(params)
 }

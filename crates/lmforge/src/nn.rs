@@ -148,9 +148,35 @@ impl ParamStore {
         key_of: &dyn Fn(&str) -> Option<String>,
         optional: &dyn Fn(&str) -> bool,
     ) -> Result<(Self, Vec<ParamInfo>)> {
-        let raw = candle_core::safetensors::load(path, device)
-            .map_err(|e| Error::format(path, format!("cannot read safetensors: {e}")))?;
-        Self::from_tensors(raw, params, device, path, key_of, optional)
+        Self::load_held(path, params, device, key_of, optional, &|_| true)
+    }
+
+    /// [`Self::load_with`] reading only the parameters for which `held` holds (ZeRO-3: this
+    /// process's share of the layers, and everything else); the others are neither read nor
+    /// in the store. The file is memory-mapped, so what is not read costs no memory.
+    pub fn load_held(
+        path: &Path,
+        params: &[ParamInfo],
+        device: &Device,
+        key_of: &dyn Fn(&str) -> Option<String>,
+        optional: &dyn Fn(&str) -> bool,
+        held: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<ParamInfo>)> {
+        let bad = |e: candle_core::Error| Error::format(path, format!("cannot read safetensors: {e}"));
+        // SAFETY: the mapping is read while this function runs; model and checkpoint files are
+        // written once (staged, then renamed), not modified in place.
+        let file = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(bad)?;
+        let known: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let mut raw = std::collections::HashMap::new();
+        for (key, _) in file.tensors() {
+            // Another process's parameter is skipped; an unknown tensor is read, to be reported.
+            let skip = key_of(&key).is_some_and(|name| known.contains(name.as_str()) && !held(&name));
+            if !skip {
+                raw.insert(key.clone(), file.load(&key, device).map_err(bad)?);
+            }
+        }
+        let kept: Vec<ParamInfo> = params.iter().filter(|p| held(&p.name)).cloned().collect();
+        Self::from_tensors(raw, &kept, device, path, key_of, optional)
     }
 
     /// [`Self::load`] from the bytes of a safetensors file (`path` names it in errors). The
@@ -674,6 +700,30 @@ mod tests {
         assert_eq!(a.to_safetensors().unwrap(), b.to_safetensors().unwrap());
         let c = ParamStore::init(&params, InitScheme::Gpt2, 2, 8, &Device::Cpu).unwrap();
         assert_ne!(a.to_safetensors().unwrap(), c.to_safetensors().unwrap());
+    }
+
+    /// Reading a share of a file: only the held parameters, with the values the whole read
+    /// gives; a tensor the model does not have is still an error.
+    #[test]
+    fn a_held_share_is_read_alone_and_unknown_tensors_still_fail() {
+        let spec = crate::models::ModelSpec::preset("tiny").unwrap();
+        let params = spec.params();
+        let whole = ParamStore::init(&params, InitScheme::Gpt2, 2, 7, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, whole.to_safetensors().unwrap()).unwrap();
+        let id = |k: &str| Some(k.to_string());
+        let held = |n: &str| n.contains(".h.1.");
+        let (share, _) = ParamStore::load_held(&path, &params, &Device::Cpu, &id, &|_| false, &held).unwrap();
+        assert!(!share.vars().is_empty() && share.vars().keys().all(|n| held(n)));
+        assert_eq!(share.vars().len(), params.iter().filter(|p| held(&p.name)).count());
+        for (name, v) in share.vars() {
+            let (a, b) = (v.flatten_all().unwrap(), whole.get(name).unwrap().flatten_all().unwrap());
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap(), "{name}");
+        }
+        let fewer: Vec<ParamInfo> = params.iter().filter(|p| !p.name.contains("wpe")).cloned().collect();
+        let e = ParamStore::load_held(&path, &fewer, &Device::Cpu, &id, &|_| false, &held).err().unwrap();
+        assert!(e.to_string().contains("unexpected tensor"), "{e}");
     }
 
     #[test]

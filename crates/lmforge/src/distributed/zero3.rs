@@ -16,8 +16,11 @@
 //! Memory per process: its share of the layers' parameters, gradients and optimizer state,
 //! plus the gathered layers in use and ahead (two), and the full gradients of the layer the
 //! backward is producing and of at most two whose reduce-scatter has not run yet — against
-//! every layer's weights and gradients without sharding. Not done: loading a checkpoint in shards (each process reads the whole
-//! model once and keeps its share).
+//! every layer's weights and gradients without sharding. A process never holds the whole
+//! model, not even at the start: [`holder`] says which parameters it initialises (each drawn
+//! from its name, so the values do not depend on the process count) or reads from a
+//! checkpoint (memory-mapped, only its share). Writing a checkpoint gathers the layers to
+//! rank 0, which serialises the whole model.
 
 use super::comm_thread::{CommThread, Pending};
 use super::reduce::{Layout, Reducer};
@@ -25,7 +28,7 @@ use super::shard_params;
 use crate::device::Precision;
 use crate::error::{Error, Result};
 use crate::nn::recompute::{LayerSource, LayerUse};
-use crate::nn::ParamStore;
+use crate::nn::{ParamInfo, ParamStore};
 use candle_core::{Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +38,24 @@ use std::sync::{Arc, Mutex};
 /// (`transformer.h.3.attn.c_attn.weight`, `model.layers.3.mlp.up_proj.weight`).
 pub fn layer_index(name: &str) -> Option<usize> {
     name.split('.').find_map(|part| part.parse().ok())
+}
+
+fn is_layer(name: &str, n_layer: usize) -> bool {
+    layer_index(name).is_some_and(|i| i < n_layer)
+}
+
+/// Every parameter's owner on `world` processes (the optimizer state's sharding).
+fn owners(all: &[ParamInfo], world: usize) -> BTreeMap<String, usize> {
+    let sizes: Vec<(String, usize)> = all.iter().map(|p| (p.name.clone(), p.numel())).collect();
+    shard_params(&sizes, world)
+}
+
+/// Whether rank `rank` of `world` keeps a parameter (by name) of a model with parameters
+/// `all` and `n_layer` decoder layers under ZeRO-3: every one outside the layers, and its
+/// own share of the layers'. What it does not keep it neither initialises nor reads.
+pub fn holder(all: &[ParamInfo], n_layer: usize, rank: usize, world: usize) -> impl Fn(&str) -> bool {
+    let owners = owners(all, world);
+    move |name| !is_layer(name, n_layer) || owners.get(name) == Some(&rank)
 }
 
 /// Jobs the communication thread may still have when a layer's gradients are submitted (the
@@ -99,28 +120,40 @@ pub struct ShardedLayers {
 }
 
 impl ShardedLayers {
-    /// Takes every layer parameter out of `params` (a full set, the same on every process),
-    /// keeping this process's share.
-    pub fn split(params: &mut ParamStore, n_layer: usize, reducer: Arc<Reducer>) -> Result<Arc<Self>> {
+    /// Takes every layer parameter out of `params`, keeping this process's share; `all` is
+    /// the model's whole parameter list (the store may hold only what [`holder`] says this
+    /// process keeps: nothing else is read or initialised).
+    pub fn split(
+        params: &mut ParamStore,
+        all: &[ParamInfo],
+        n_layer: usize,
+        reducer: Arc<Reducer>,
+    ) -> Result<Arc<Self>> {
         let comm = reducer.comm();
         let (rank, world) = (comm.rank(), comm.world_size());
-        let sizes: Vec<(String, usize)> = params.vars().iter().map(|(n, v)| (n.clone(), v.elem_count())).collect();
-        let owners = shard_params(&sizes, world);
-        let mut taken = params.take_vars(|n| layer_index(n).is_some_and(|i| i < n_layer));
+        let owners = owners(all, world);
+        let mut taken = params.take_vars(|n| is_layer(n, n_layer));
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let names: Vec<String> = taken.keys().filter(|n| layer_index(n) == Some(i)).cloned().collect();
-            if names.is_empty() {
+            let infos: Vec<&ParamInfo> = all.iter().filter(|p| layer_index(&p.name) == Some(i)).collect();
+            if infos.is_empty() {
                 return Err(Error::Invalid(format!("ZeRO-3: layer {i} has no parameters to shard")));
             }
-            let dims: Vec<Vec<usize>> = names.iter().map(|n| taken[n].dims().to_vec()).collect();
+            let names: Vec<String> = infos.iter().map(|p| p.name.clone()).collect();
+            let dims: Vec<Vec<usize>> = infos.iter().map(|p| p.shape.clone()).collect();
             let numel: Vec<usize> = dims.iter().map(|d| d.iter().product()).collect();
             let owner: Vec<usize> = names.iter().map(|n| owners[n]).collect();
             let mut owned = BTreeMap::new();
             for (n, &o) in names.iter().zip(&owner) {
-                let var = taken.remove(n).expect("listed above");
-                if o == rank {
-                    owned.insert(n.clone(), var);
+                // Another process's parameter, when the store holds one, is dropped here.
+                match (taken.remove(n), o == rank) {
+                    (Some(var), true) => {
+                        owned.insert(n.clone(), var);
+                    }
+                    (None, true) => {
+                        return Err(Error::Invalid(format!("ZeRO-3: this process's parameter `{n}` is missing")))
+                    }
+                    _ => {}
                 }
             }
             // One message per layer.
@@ -159,6 +192,21 @@ impl ShardedLayers {
     /// The layer parameters this process owns (the optimizer updates them in place).
     pub fn owned(&self) -> BTreeMap<String, Var> {
         self.layers.iter().flat_map(|l| l.owned.iter().map(|(n, v)| (n.clone(), v.clone()))).collect()
+    }
+
+    /// Whether this process owns layer parameter `name`.
+    pub fn owns(&self, name: &str) -> bool {
+        self.layers.iter().any(|l| l.owned.contains_key(name))
+    }
+
+    /// Sets this process's layer parameters to `from`'s values (a rollback to a checkpoint).
+    pub fn assign_owned(&self, from: &ParamStore) -> Result<()> {
+        self.flush()?;
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for (name, var) in self.layers.iter().flat_map(|l| &l.owned) {
+            var.set(&from.get(name)?)?;
+        }
+        Ok(())
     }
 
     /// Waits until the communication thread has run every collective submitted (before the
@@ -294,10 +342,14 @@ mod tests {
             let want_loss = loss.to_scalar::<f32>().unwrap();
             let world = 2;
             let out = ThreadGroup::run(world, |rank, comm| {
-                let mut params =
-                    ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 5, &Device::Cpu).unwrap();
+                // Each rank initialises only what it keeps: the rest, and its share of the layers.
+                let all = spec.params();
+                let held = holder(&all, spec.n_layer, rank, world);
+                let mine: Vec<ParamInfo> = all.iter().filter(|p| held(&p.name)).cloned().collect();
+                assert!(mine.len() < all.len());
+                let mut params = ParamStore::init(&mine, InitScheme::Gpt2, spec.n_layer, 5, &Device::Cpu).unwrap();
                 let reducer = Arc::new(Reducer::new(comm, Compression::None, 4, Device::Cpu));
-                let layers = ShardedLayers::split(&mut params, spec.n_layer, reducer).unwrap();
+                let layers = ShardedLayers::split(&mut params, &spec.params(), spec.n_layer, reducer).unwrap();
                 assert!(params.vars().keys().all(|n| layer_index(n).is_none()), "the layers left the store");
                 let model = Decoder::with_layer_source(&spec, &params, layers.clone()).unwrap();
                 // Rank r's two rows, each rank's loss weighted by its share.
@@ -305,6 +357,17 @@ mod tests {
                 let loss = (model.loss(&xs, &ys, Some(&mut DropoutRng::new(0.0, 1))).unwrap() * 0.5).unwrap();
                 let mut grads = named_grads(params.vars(), &loss.backward().unwrap()).unwrap();
                 grads.extend(layers.take_grads().unwrap());
+                // A rollback sets this process's share back from a whole store.
+                for var in layers.owned().values() {
+                    var.set(&var.as_tensor().ones_like().unwrap()).unwrap();
+                }
+                let whole = ParamStore::init(&all, InitScheme::Gpt2, spec.n_layer, 5, &Device::Cpu).unwrap();
+                layers.assign_owned(&whole).unwrap();
+                for (name, var) in layers.owned() {
+                    assert!(layers.owns(&name));
+                    let (a, b) = (var.flatten_all().unwrap(), whole.get(&name).unwrap().flatten_all().unwrap());
+                    assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap(), "{name}");
+                }
                 (loss.to_scalar::<f32>().unwrap(), grads, layers.owned().len(), layers.prefetched())
             });
             let total: f32 = out.iter().map(|o| o.0).sum();

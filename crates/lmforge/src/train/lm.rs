@@ -12,7 +12,7 @@ use crate::distributed::{DataParallel, ShardedLayers};
 use crate::error::{Error, Result};
 use crate::mlm_data::{MlmBatch, MlmSource};
 use crate::models::{Decoder, Encoder, ModelSpec};
-use crate::nn::{DropoutRng, InitScheme, ParamStore};
+use crate::nn::{DropoutRng, InitScheme, ParamInfo, ParamStore};
 use crate::patience::{PatienceRule, Threshold};
 use crate::shards::TokenShard;
 use crate::tokenizer::TextTokenizer;
@@ -45,11 +45,20 @@ pub struct LmWeights<'a> {
 impl Initial {
     /// The initial weights of `spec` on `device`.
     pub fn params(&self, spec: &ModelSpec, device: &Device) -> Result<ParamStore> {
+        self.held_params(spec, device, &|_| true)
+    }
+
+    /// The initial weights of the parameters for which `held` holds (ZeRO-3: this process's
+    /// share), the same values as [`Self::params`] gives them (each is drawn from its name).
+    pub fn held_params(&self, spec: &ModelSpec, device: &Device, held: &dyn Fn(&str) -> bool) -> Result<ParamStore> {
         match self {
-            Initial::Scheme(scheme, seed) => ParamStore::init(&spec.params(), *scheme, spec.n_layer, *seed, device),
+            Initial::Scheme(scheme, seed) => {
+                let params: Vec<ParamInfo> = spec.params().into_iter().filter(|p| held(&p.name)).collect();
+                ParamStore::init(&params, *scheme, spec.n_layer, *seed, device)
+            }
             Initial::From(folder) => {
                 checkpoint::verify_manifest(folder)?;
-                checkpoint::load_params(folder, spec, device)
+                checkpoint::load_held_params(folder, spec, device, held)
             }
         }
     }
@@ -61,13 +70,23 @@ impl LmWeights<'_> {
         checkpoint::write_hf_files(dir, &self.spec, &self.params, tokenizer)
     }
 
+    /// The weights of checkpoint `dir` (None: the initial ones) back in place; under ZeRO-3
+    /// this process reads and sets only what it keeps, its share of the layers included.
     fn restore(&self, dir: Option<&Path>) -> Result<()> {
         let device = self.params.device();
+        let held = |n: &str| self.params.contains(n) || self.layers.as_ref().is_some_and(|l| l.owns(n));
         let back = match dir {
-            Some(dir) => ParamStore::load(&dir.join("model.safetensors"), &self.spec.params(), device)?,
-            None => self.init.params(&self.spec, device)?,
+            Some(dir) => {
+                let (path, id) = (dir.join("model.safetensors"), |k: &str| Some(k.to_string()));
+                ParamStore::load_held(&path, &self.spec.params(), device, &id, &|_| false, &held)?.0
+            }
+            None => self.init.held_params(&self.spec, device, &held)?,
         };
-        self.params.assign(&back)
+        self.params.assign(&back)?;
+        match &self.layers {
+            Some(layers) => layers.assign_owned(&back),
+            None => Ok(()),
+        }
     }
 
     fn describe(&self) -> String {

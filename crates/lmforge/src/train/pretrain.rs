@@ -121,7 +121,8 @@ fn train_fresh(
         let mode = if writer { cfg.log.progress.mode() } else { ProgressMode::Off };
         Ok((lock, PreparedData::prepare(&plan.data, plan.spec.vocab_size, &run_dir.join("data"), mode)?))
     })?;
-    let params = plan.initial().params(&plan.spec, &placement.device)?.with_precision(placement.precision);
+    let held = zero3_holder(&plan, opts)?;
+    let params = plan.initial().held_params(&plan.spec, &placement.device, &held)?.with_precision(placement.precision);
     let metrics = if writer {
         MetricsLog::open(&run_dir.join("metrics.jsonl"), None, observers.clone())?
     } else {
@@ -140,9 +141,13 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     // Rank 0 first: it sets damaged checkpoints aside (it holds the lock) before the others look.
     let start = distributed::rank0_first(comm.as_ref(), || find_start(run_dir, &lp, comm.rank() == 0))?;
     let spec = &plan.spec;
+    let held = zero3_holder(&plan, opts)?;
     let params = match &start.checkpoint {
-        Some(ckpt) => ParamStore::load(&ckpt.join("model.safetensors"), &spec.params(), &placement.device)?,
-        None => plan.initial().params(spec, &placement.device)?,
+        Some(ckpt) => {
+            let (path, id) = (ckpt.join("model.safetensors"), |k: &str| Some(k.to_string()));
+            ParamStore::load_held(&path, &spec.params(), &placement.device, &id, &|_| false, &held)?.0
+        }
+        None => plan.initial().held_params(spec, &placement.device, &held)?,
     }
     .with_precision(placement.precision);
     if start.state.step == 0 {
@@ -160,9 +165,30 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     run_task(&plan, &lp, &data, params, run_dir, start, metrics, opts)
 }
 
-/// The objective's task over `data`, trained by the loop.
-/// ZeRO-3 with several processes: the decoder layers leave `params`, each process keeping
-/// its share.
+/// Whether this process keeps a parameter, by name.
+type Holds = Box<dyn Fn(&str) -> bool>;
+
+/// ZeRO-3 on several processes: whether this process keeps a parameter (by name) — every one
+/// outside the decoder layers and its share of the layers' — so it initialises or reads only
+/// those (each process never holds the whole model); otherwise every parameter.
+fn zero3_holder(plan: &RunPlan, opts: &TrainOptions) -> Result<Holds> {
+    let comm = opts.collective();
+    let dist = plan.cfg.distributed.with_overrides(&opts.distributed_set)?;
+    if dist.zero < 3 || comm.world_size() == 1 {
+        return Ok(Box::new(|_| true));
+    }
+    if plan.objective != Objective::Causal {
+        return Err(Error::config(
+            "distributed.zero",
+            "3 shards the layers of decoder models (GPT-2, Llama) trained as causal LMs; use 2 for BERT",
+        ));
+    }
+    let spec = &plan.spec;
+    Ok(Box::new(distributed::zero3::holder(&spec.params(), spec.n_layer, comm.rank(), comm.world_size())))
+}
+
+/// ZeRO-3 with several processes: the decoder layers leave `params` (which holds only this
+/// process's share of them, [`zero3_holder`]).
 fn shard_layers(
     plan: &RunPlan,
     mut params: ParamStore,
@@ -173,14 +199,9 @@ fn shard_layers(
     if dist.zero < 3 || comm.world_size() == 1 {
         return Ok((params, None));
     }
-    if plan.objective != Objective::Causal {
-        return Err(Error::config(
-            "distributed.zero",
-            "3 shards the layers of decoder models (GPT-2, Llama) trained as causal LMs; use 2 for BERT",
-        ));
-    }
     let reducer = Arc::new(distributed::Reducer::from_config(comm, &dist, params.device().clone()));
-    let layers = distributed::ShardedLayers::split(&mut params, plan.spec.n_layer, reducer)?;
+    let spec = &plan.spec;
+    let layers = distributed::ShardedLayers::split(&mut params, &spec.params(), spec.n_layer, reducer)?;
     Ok((params, Some(layers)))
 }
 
