@@ -285,11 +285,6 @@ impl DataParallel {
         self.reducer.set_step(step);
     }
 
-    /// Counts time a step waited for overlapped communication.
-    pub fn add_exposed_comm(&self, seconds: f64) {
-        self.reducer.add_exposed(seconds);
-    }
-
     /// What communication cost since the last call.
     pub fn take_traffic(&self) -> Traffic {
         // ZeRO-3's layers' collectives run beside the computation too.

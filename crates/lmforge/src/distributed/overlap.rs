@@ -56,11 +56,9 @@ enum Msg {
     /// One gradient of a layout parameter, as the backward produced it.
     Grad(TensorId, Tensor),
     /// A micro-batch's backward ended: the gradients that came with the store, by layout
-    /// index, and this process's (weighted) loss of it; or it had no rows here.
-    End {
-        rest: BTreeMap<usize, Tensor>,
-        loss: f64,
-    },
+    /// index, and this process's (weighted) loss of it.
+    End { rest: BTreeMap<usize, Tensor>, loss: f64 },
+    /// This process had no rows of the micro-batch.
     Skipped,
 }
 
