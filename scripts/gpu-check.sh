@@ -4,7 +4,8 @@
 # figure; writes the logs under $OUT (or /tmp/gpu-check). About 5 minutes on an H200.
 #
 #   1. the parity tests on CUDA (fixture logits ≤ 1e-5, gradients ≤ 1e-4 relative) and the
-#      gradient-presence test (every parameter of every architecture, fp32 and bf16-mixed);
+#      gradient-presence test (every parameter of every architecture, fp32 and bf16-mixed), and
+#      NCCL (a 1-process communicator, its all-reduce, reduce-scatter and all-gather);
 #   2. the quickstart recipe on the GPU in fp32 and in bf16-mixed: final validation bits/byte
 #      of each and their ratio (goal: bf16-mixed within 1%);
 #   3. determinism: the same short run twice (losses to the bit), a run stopped and resumed
@@ -28,13 +29,13 @@ for f in .gpu/*.xz; do
 done
 section() { printf '\n==== %s ====\n' "$*"; }
 
-# CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, cudart): PyTorch's wheels, else a toolkit.
+# CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, cudart) and NCCL: PyTorch's wheels, else a toolkit.
 libdirs=$(python3 - <<'EOF'
 import glob, os, site
 found = set()
 roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
 for root in roots:
-    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcudart.so.13"):
+    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcudart.so.13", "libnccl.so.2"):
         for hit in glob.glob(os.path.join(root, "**", name), recursive=True):
             found.add(os.path.dirname(hit))
 print(":".join(sorted(found)))
@@ -44,7 +45,7 @@ export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 section "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "libraries: $libdirs"
-ldd "$G/lmforge" | grep -E "cuda|cublas|curand|nvrtc|not found" | sed 's/^\s*/  /'
+ldd "$G/lmforge" | grep -E "cuda|cublas|curand|nvrtc|nccl|not found" | sed 's/^\s*/  /'
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
 # Peak GPU memory of a command: nvidia-smi sampled every 100 ms (the whole process's use,
 # allocator cache included, as PyTorch's reserved memory rather than its allocated).
@@ -64,6 +65,8 @@ section "1. parity and gradient presence on CUDA"
 export LMFORGE_FIXTURES="$G/fixtures"
 LMFORGE_TEST_DEVICE=cuda "$G/parity" --test-threads 1 --skip minilm 2>&1 | tee "$out/parity.log" | grep -E "^test |test result|panicked|error"
 LMFORGE_TEST_DEVICE=cuda "$G/presence" --test-threads 1 2>&1 | tee "$out/presence.log" | grep -E "^test |test result|panicked|error"
+# NCCL (issue 24): a 1-process communicator and its three collectives on the GPU.
+"$G/nccl" --test-threads 1 2>&1 | tee "$out/nccl.log" | grep -E "^test |test result|panicked|error"
 
 section "2. quickstart on the GPU: fp32 and bf16-mixed"
 for p in fp32 bf16-mixed; do

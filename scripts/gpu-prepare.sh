@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on this (CPU) machine, everything `scripts/gpu-check.sh` runs on a GPU machine that has
 # no Rust toolchain, into `.gpu/` (git-ignored; about 40 MB, under the 64 MiB a device call
-# carries): the CUDA release binary and the parity and gradient-presence test executables built
+# carries): the CUDA release binary and the parity, gradient-presence and NCCL test executables built
 # with CUDA, each stripped and xz-compressed (each is ~75 MB stripped, mostly candle's kernels;
 # ~10 MB compressed), the reference fixtures they read, and PyTorch's bench script.
 #
@@ -15,7 +15,7 @@ source <(scripts/install-cuda.sh --env)
 export CARGO_TARGET_DIR=target/cuda
 cargo build --release -p lmforge-cli --features cuda
 # The test executables' paths, from cargo's JSON messages.
-tests=$(cargo test --release -p lmforge --features cuda --test parity --test presence --no-run \
+tests=$(cargo test --release -p lmforge --features cuda --test parity --test presence --test nccl --no-run \
   --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what `cargo build --features lmforge-cli/cuda` needs on a Debian machine WITHOUT a GPU
 # or a CUDA installation (the CI machine, a laptop): NVIDIA's CUDA 13.0 compiler, headers and
-# user-space libraries from PyPI, unpacked into one folder, plus a link stub for the driver's
-# libcuda.so.1 (no wheel has it; the GPU machine's driver provides the real one at run time).
+# user-space libraries from PyPI, unpacked into one folder, plus link stubs for the driver's
+# libcuda.so.1 (no wheel has it; the GPU machine's driver provides the real one at run time)
+# and NCCL's libnccl.so.2 (loaded from the GPU machine's NCCL at run time).
 # CUDA 13.0 matches the target GPUs' driver (580.x). Idempotent; prints the environment to
 # build with, which `source <(scripts/install-cuda.sh --env)` applies to the current shell.
 #
@@ -68,6 +69,28 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   ${CC:-cc} -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so.1" "$stub_c"
   ln -sf libcuda.so.1 "$root/lib/stubs/libcuda.so"
   echo "$want" >"$stamp"
+fi
+# libnccl.so.2 (NCCL, for multi-GPU collectives) is linked but not called while building: a
+# stub with its soname stands in, like libcuda's; the GPU machine's NCCL (PyTorch's
+# nvidia-nccl wheel, or a system install) is loaded at run time.
+if [ ! -f "$root/lib/stubs/libnccl.so.2" ]; then
+  nccl_decls="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.19.*/src/nccl/sys 2>/dev/null | tail -1 || true)"
+  nccl_c="$root/lib/stubs/nccl_stub.c"
+  mkdir -p "$root/lib/stubs"
+  {
+    echo "/* link stub for libnccl.so.2, written by scripts/install-cuda.sh */"
+    if [ -n "$nccl_decls" ]; then
+      grep -rhoE '\bfn nccl[A-Za-z0-9_]+\(' "$nccl_decls" | sed 's/^fn //; s/($//'
+    else
+      # cudarc is not unpacked yet: the calls lmforge makes, and their neighbours.
+      printf '%s\n' ncclGetUniqueId ncclCommInitRank ncclCommInitAll ncclCommAbort ncclCommDestroy \
+        ncclCommFinalize ncclCommCount ncclCommCuDevice ncclCommUserRank ncclCommGetAsyncError \
+        ncclGetErrorString ncclGetLastError ncclGetVersion ncclAllReduce ncclReduceScatter ncclAllGather \
+        ncclBroadcast ncclBcast ncclReduce ncclSend ncclRecv ncclGroupStart ncclGroupEnd
+    fi
+  } | sort -u | sed 's/^nccl.*/int &(void) { return 999; }/' >"$nccl_c"
+  ${CC:-cc} -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$root/lib/stubs/libnccl.so.2" "$nccl_c"
+  ln -sf libnccl.so.2 "$root/lib/stubs/libnccl.so"
 fi
 "$root/bin/nvcc" --version | tail -2 >&2
 exports="export CUDA_ROOT=\"$root\" CUDA_PATH=\"$root\" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000

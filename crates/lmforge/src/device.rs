@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 /// A device as a config or a flag names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
-    /// A CUDA GPU when this binary was built with CUDA and one is present, else the CPU.
+    /// A CUDA GPU when this binary was built with CUDA and one is present, else the CPU; under
+    /// an MPI launcher, GPU `local rank` (one process per GPU).
     #[default]
     Auto,
     Cpu,
@@ -70,9 +71,11 @@ impl<'de> Deserialize<'de> for DeviceChoice {
     }
 }
 
+/// With several processes of a job on this machine, each takes its own GPU (its local rank),
+/// as one process per GPU wants.
 #[cfg(feature = "cuda")]
 fn auto_device() -> Device {
-    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+    Device::cuda_if_available(crate::distributed::local_rank()).unwrap_or(Device::Cpu)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -8,6 +8,7 @@
 //! | `LMFORGE_TEST_CHECKPOINT_DELAY_MS=N` | sleep N ms after each file written into a staged checkpoint and before its rename, so a test's SIGKILL lands inside checkpoint writes |
 //! | `LMFORGE_TEST_NAN_AT_STEPS=5,9` | the loss of those steps (1-based, as logged) becomes NaN, once per step per process |
 //! | `LMFORGE_TEST_ENGINE_STEP_DELAY_MS=N` | the serving engine sleeps N ms after each batched step, so a test can disconnect, overload or stop the server mid-stream |
+//! | `LMFORGE_TEST_STAGED_COLLECTIVES=1` | the gradient reductions and ZeRO's parameter all-gathers take the device-tensor path (NCCL's on a GPU) on the CPU too, through host-staged MPI (`distributed::tensor_comm::Staged`) |
 //! | `LMFORGE_TEST_WRITE_FAULT=KIND@TEXT` | writes (and folder creations) through `fsio` to a path containing TEXT fail with KIND: `enospc` (disk full), `eacces` (permission denied) or `eio` |
 
 use std::collections::BTreeSet;
@@ -20,6 +21,7 @@ struct Hooks {
     engine_step_delay: Option<Duration>,
     nan_steps: Mutex<BTreeSet<u64>>,
     write_fault: Option<(i32, String)>,
+    staged_collectives: bool,
 }
 
 fn hooks() -> &'static Hooks {
@@ -44,7 +46,8 @@ fn hooks() -> &'static Hooks {
             };
             Some((errno, text.to_string()))
         });
-        Hooks { checkpoint_delay, engine_step_delay, nan_steps: Mutex::new(nan_steps), write_fault }
+        let staged_collectives = var("LMFORGE_TEST_STAGED_COLLECTIVES").is_some_and(|v| v == "1");
+        Hooks { checkpoint_delay, engine_step_delay, nan_steps: Mutex::new(nan_steps), write_fault, staged_collectives }
     })
 }
 
@@ -60,6 +63,11 @@ pub fn engine_step_pause() {
     if let Some(d) = hooks().engine_step_delay {
         std::thread::sleep(d);
     }
+}
+
+/// Whether CPU runs take the device-tensor collectives (`LMFORGE_TEST_STAGED_COLLECTIVES=1`).
+pub fn staged_collectives() -> bool {
+    hooks().staged_collectives
 }
 
 /// Whether step `step`'s loss is to be replaced by NaN (true once per listed step).

@@ -271,6 +271,41 @@ fn zero2_on_two_and_three_processes_trains_the_model_one_process_trains() {
     }
 }
 
+/// The device-tensor collectives — NCCL's code path on a GPU: buckets flattened into one
+/// tensor, uneven ZeRO shards padded to equal chunks, gradients cut back out as views — run
+/// here on the CPU through host-staged MPI, and train bit for bit what the host path trains,
+/// for every ZeRO stage on 3 processes (shards of unequal sizes).
+#[test]
+fn the_device_tensor_collectives_train_exactly_what_the_host_path_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(tmp.path(), "", "");
+    let mut base = vec!["train", "--config", s(&cfg)];
+    base.extend(DEMANDING);
+    for zero in ["0", "1", "2", "3"] {
+        let stage = format!("distributed.zero={zero}");
+        let (host, staged) = (tmp.path().join(format!("host{zero}")), tmp.path().join(format!("staged{zero}")));
+        mpi_ok(3, &[&base[..], &["--set", &stage, "--run-dir", s(&host)]].concat());
+        let lines = ["--set", "log.progress=\"lines\""];
+        let out = mpirun_command(3, &[&base[..], &lines, &["--set", &stage, "--run-dir", s(&staged)]].concat())
+            .env("LMFORGE_TEST_STAGED_COLLECTIVES", "1")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("over host-staged"), "the tensor path was taken: {text}");
+        assert_eq!(losses(&host), losses(&staged), "ZeRO-{zero}");
+        let last = "checkpoints/step-00000006";
+        for file in ["model.safetensors", "optimizer.safetensors"] {
+            assert_eq!(max_diff(&host.join(last), &staged.join(last), file), 0.0, "ZeRO-{zero} {file}");
+        }
+    }
+    // NCCL asked for where it cannot move anything: the key, and what to change.
+    let nccl_run = tmp.path().join("nccl");
+    let nccl = ["--set", "distributed.backend=\"nccl\"", "--run-dir", s(&nccl_run)];
+    mpi_fails(2, &[&base[..], &nccl].concat(), &["distributed.backend", "train.device = \"cuda\""]);
+}
+
 /// ZeRO-3 — each decoder layer's parameters all-gathered for its use and its gradients
 /// reduce-scattered to their owners during the backward — trains on 2 and 3 processes the
 /// model 1 process trains, GPT-2 and Llama; BERT is refused with the key to change.

@@ -137,7 +137,7 @@ impl DataParallel {
         };
         let reducer = match &layers {
             Some(l) => l.reducer().clone(),
-            None => Arc::new(Reducer::from_config(comm.clone(), cfg, device.clone())),
+            None => Arc::new(Reducer::from_config(comm.clone(), cfg, device.clone())?),
         };
         Ok(Self {
             reducer,
@@ -178,6 +178,11 @@ impl DataParallel {
 
     pub fn compression(&self) -> Compression {
         self.reducer.compression()
+    }
+
+    /// What moves device tensors between the processes (`nccl`), when not MPI's host buffers.
+    pub fn tensor_transport(&self) -> Option<&'static str> {
+        self.reducer.tensor_comm().map(|t| t.name())
     }
 
     /// ZeRO-2: each micro-batch's gradients are reduce-scattered as soon as its backward ends
@@ -303,6 +308,16 @@ impl DataParallel {
         // ZeRO-3's layer parameters stay with their owners (gathered for each use).
         let l = &self.grad_layout;
         for range in &l.buckets {
+            let mine = l.names[range.clone()].iter().zip(&l.owner[range.clone()]).filter(|(_, &o)| o == rank);
+            let owned: BTreeMap<String, Tensor> =
+                mine.map(|(n, _)| (n.clone(), self.vars[n].as_tensor().clone())).collect();
+            // Device tensors (NCCL) when the reducer has a tensor collective.
+            if let Some(all) = self.reducer.all_gather_tensors(l, range.clone(), &owned)? {
+                for (i, value) in all.into_iter().filter(|(i, _)| l.owner[*i] != rank) {
+                    self.vars[&l.names[i]].set(&value)?;
+                }
+                continue;
+            }
             let (order, counts) = l.by_owner(range.clone(), world);
             let mut local = Vec::new();
             for &i in order.iter().filter(|&&i| l.owner[i] == rank) {

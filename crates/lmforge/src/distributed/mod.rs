@@ -9,13 +9,11 @@
 //! parameters, whose new values are then all-gathered. Results do not depend on the process
 //! count beyond fp32 summation order.
 //!
-//! **GPUs (not built yet).** An NCCL implementation belongs behind the `cuda` feature and is
-//! bootstrapped over MPI as nccl-tests does: rank 0 calls `ncclGetUniqueId`, the 128-byte id
-//! travels to every rank with [`Collective::broadcast_bytes`] on the MPI collective, and each
-//! rank calls `ncclCommInitRank(world, id, rank)`. Rank, world size, barrier, timeout and
-//! abort stay MPI's; the three data-moving calls change their buffer type from host `f32`
-//! slices to device buffers (a bucket becomes one device tensor built with `Tensor::cat`), so
-//! [`DataParallel`]'s bucketing, row split and ZeRO sharding carry over unchanged.
+//! **GPUs.** With `train.device = "cuda"` the gradient reductions and ZeRO's parameter
+//! all-gathers move device tensors through NCCL ([`nccl`], `--features cuda`), bootstrapped over
+//! MPI; rank, world size, barrier, timeout, abort and the small host messages stay MPI's.
+//! [`tensor_comm`] is the device-buffer interface, with a host-staged implementation that the
+//! CPU tests run through the same bucketing (`distributed.backend` picks; see [`Backend`]).
 
 mod comm_thread;
 pub mod compress;
@@ -24,8 +22,11 @@ mod data_parallel;
 pub(crate) mod group;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod overlap;
 mod reduce;
+pub mod tensor_comm;
 pub mod zero3;
 
 pub use compress::Compression;
@@ -146,6 +147,24 @@ pub struct DistributedConfig {
     /// ZeRO 0–2 reduce each gradient bucket on a communication thread as soon as the
     /// backward has produced it, while the backward goes on ([`overlap`]).
     pub overlap: bool,
+    /// What moves the gradients between processes: see [`Backend`].
+    pub backend: Backend,
+}
+
+/// `distributed.backend`: how device tensors travel. Only uncompressed (fp32) reductions and
+/// ZeRO's parameter all-gathers use NCCL; `bf16` and `powersgd` compression pack their messages
+/// on the host and go through MPI on any device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// NCCL when the training device is a GPU (and lmforge was built with `cuda`), else MPI.
+    #[default]
+    Auto,
+    /// MPI on host buffers (GPU tensors are copied to the host and back): for a cluster
+    /// without NCCL, or to compare.
+    Mpi,
+    /// NCCL, and an error when it cannot be used.
+    Nccl,
 }
 
 impl Default for DistributedConfig {
@@ -159,6 +178,7 @@ impl Default for DistributedConfig {
             powersgd_rank: 16,
             powersgd_start_step: 0,
             overlap: true,
+            backend: Backend::Auto,
         }
     }
 }
@@ -250,6 +270,12 @@ pub fn launched_as_mpi_job() -> bool {
 /// Each should use its share of the cores.
 pub fn processes_on_this_node() -> usize {
     env_number(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(1).max(1)
+}
+
+/// This process's index among the job's processes on this machine (0 when not launched by an
+/// MPI launcher): with one GPU per process, the GPU it takes.
+pub fn local_rank() -> usize {
+    env_number(&["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]).unwrap_or(0)
 }
 
 /// The collective for this process: MPI when an MPI launcher started it as part of a job of

@@ -7,6 +7,7 @@
 use super::compress::{
     low_rank_shape, orthonormalize_columns, pack_bf16, packed_len, unpack_bf16, Compression, PowerState,
 };
+use super::tensor_comm::{self, TensorCollective};
 use super::{split_rows, Collective};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -70,6 +71,9 @@ pub struct Reducer {
     powersgd_start: u64,
     step: AtomicU64,
     meter: Meter,
+    /// Uncompressed reductions and parameter gathers of device tensors (NCCL); None: host
+    /// buffers through `comm`.
+    tensors: Option<Arc<dyn TensorCollective>>,
 }
 
 fn flatten(
@@ -96,12 +100,27 @@ impl Reducer {
             powersgd_start: 0,
             step: AtomicU64::new(0),
             meter: Meter::default(),
+            tensors: None,
         }
     }
 
-    /// The reducer `cfg` asks for.
-    pub fn from_config(comm: Arc<dyn Collective>, cfg: &super::DistributedConfig, device: Device) -> Self {
-        Self::new(comm, cfg.compress, cfg.powersgd_rank, device).with_powersgd_start(cfg.powersgd_start_step)
+    /// The reducer `cfg` asks for (collective: NCCL's communicator is set up here on a GPU).
+    pub fn from_config(comm: Arc<dyn Collective>, cfg: &super::DistributedConfig, device: Device) -> Result<Self> {
+        let tensors = tensor_comm::choose(&comm, cfg.backend, &device)?;
+        Ok(Self::new(comm, cfg.compress, cfg.powersgd_rank, device)
+            .with_powersgd_start(cfg.powersgd_start_step)
+            .with_tensor_comm(tensors))
+    }
+
+    /// Device tensors move through `tensors` (see [`tensor_comm`]).
+    pub fn with_tensor_comm(mut self, tensors: Option<Arc<dyn TensorCollective>>) -> Self {
+        self.tensors = tensors;
+        self
+    }
+
+    /// What moves device tensors, when not the host collective.
+    pub fn tensor_comm(&self) -> Option<&dyn TensorCollective> {
+        self.tensors.as_deref()
     }
 
     /// PowerSGD from optimizer step `start` on (PyTorch's `start_powerSGD_iter`: plain
@@ -263,6 +282,9 @@ impl Reducer {
         let range = l.buckets[b].clone();
         let last = b + 1 == l.buckets.len();
         let compression = self.active();
+        if let (Some(tc), Compression::None) = (&self.tensors, compression) {
+            return self.tensor_all_reduce(&**tc, l, range, last, grads, loss);
+        }
         if compression == Compression::PowerSgd {
             self.power_all_reduce(l, range, grads)?;
         } else {
@@ -312,6 +334,13 @@ impl Reducer {
     ) -> Result<()> {
         let (rank, world) = (self.comm.rank(), self.world());
         let (order, counts) = l.by_owner(l.buckets[b].clone(), world);
+        if let (Some(tc), Compression::None) = (&self.tensors, self.compression) {
+            let flat = tensor_comm::flatten(grads, order.iter().map(|&i| &l.names[i]), &self.device)?;
+            let bytes = self.ring(tensor_comm::padded_len(&counts));
+            let mine = self.metered(bytes, |_| tensor_comm::reduce_scatter_v(&**tc, &flat, &counts, rank))?;
+            self.unflatten_tensor(l, order.into_iter().filter(|&i| l.owner[i] == rank), &mine, out)?;
+            return Ok(());
+        }
         let mut flat = Vec::with_capacity(counts.iter().sum());
         flatten(grads, order.iter().map(|&i| &l.names[i]), &mut flat)?;
         let mine = match self.compression {
@@ -340,6 +369,71 @@ impl Reducer {
             off += l.numel[i];
         }
         Ok(off)
+    }
+
+    /// [`Self::all_reduce_bucket`] of device tensors, uncompressed: one flat tensor (with the
+    /// loss after the last bucket's values) summed by the tensor collective.
+    fn tensor_all_reduce(
+        &self,
+        tc: &dyn TensorCollective,
+        l: &Layout,
+        range: Range<usize>,
+        last: bool,
+        grads: &mut BTreeMap<String, Tensor>,
+        loss: f64,
+    ) -> Result<f64> {
+        let mut flat = tensor_comm::flatten(grads, l.names[range.clone()].iter(), &self.device)?;
+        if last {
+            flat = Tensor::cat(&[flat, Tensor::new(&[loss as f32], &self.device)?], 0)?;
+        }
+        let summed = self.metered(2.0 * self.ring(flat.elem_count()), |_| tc.all_reduce_sum(&flat))?;
+        let used = self.unflatten_tensor(l, range, &summed, grads)?;
+        if last {
+            return Ok(summed.narrow(0, used, 1)?.to_vec1::<f32>()?[0] as f64);
+        }
+        Ok(loss)
+    }
+
+    /// [`Self::unflatten`] from a device tensor: views into `flat`, no copies.
+    fn unflatten_tensor(
+        &self,
+        l: &Layout,
+        params: impl IntoIterator<Item = usize>,
+        flat: &Tensor,
+        into: &mut BTreeMap<String, Tensor>,
+    ) -> Result<usize> {
+        let mut off = 0;
+        for i in params {
+            into.insert(l.names[i].clone(), flat.narrow(0, off, l.numel[i])?.reshape(l.dims[i].as_slice())?);
+            off += l.numel[i];
+        }
+        Ok(off)
+    }
+
+    /// ZeRO's parameter all-gather of `range` with device tensors: every parameter of it
+    /// (index into `l`, value), in owner order, this process's taken from `owned` and the
+    /// others' from their owners. None (nothing done) without a tensor collective.
+    pub fn all_gather_tensors(
+        &self,
+        l: &Layout,
+        range: Range<usize>,
+        owned: &BTreeMap<String, Tensor>,
+    ) -> Result<Option<Vec<(usize, Tensor)>>> {
+        let Some(tc) = &self.tensors else { return Ok(None) };
+        let (rank, world) = (self.comm.rank(), self.world());
+        let (order, counts) = l.by_owner(range, world);
+        let own = order.iter().filter(|&&i| l.owner[i] == rank).map(|&i| &l.names[i]);
+        let local = tensor_comm::flatten(owned, own, &self.device)?;
+        let all = self.metered(self.ring(tensor_comm::padded_len(&counts)), |_| {
+            tensor_comm::all_gather_v(&**tc, &local, &counts)
+        })?;
+        let mut out = Vec::with_capacity(order.len());
+        let mut off = 0;
+        for i in order {
+            out.push((i, all.narrow(0, off, l.numel[i])?.reshape(l.dims[i].as_slice())?));
+            off += l.numel[i];
+        }
+        Ok(Some(out))
     }
 
     /// Rank r gets the fp32 sum (in rank order) of everyone's bf16 chunk r (`counts[r]` values).
@@ -530,6 +624,52 @@ mod tests {
                 assert_eq!(traffic.bytes, l.buckets.iter().map(ring).sum::<u64>());
             }
             assert_eq!(seen, l.names.len(), "every parameter reduced exactly once");
+        }
+    }
+
+    fn bits(g: &BTreeMap<String, Tensor>) -> Vec<(String, Vec<u32>)> {
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        g.iter().map(|(k, t)| (k.clone(), v(t))).collect()
+    }
+
+    /// The device-tensor path (NCCL's on a GPU, host-staged here) gives bit for bit what the
+    /// host path gives: all-reduce with the loss, reduce-scatter to owners of unequal shares,
+    /// and the parameter all-gather.
+    #[test]
+    fn tensor_collectives_match_the_host_path_bit_for_bit() {
+        let world = 3;
+        let l = layout(&shapes(), world, 150);
+        let out = ThreadGroup::run(world, |rank, comm| {
+            let host = Reducer::new(comm.clone(), Compression::None, 4, Device::Cpu);
+            let staged = Reducer::new(comm.clone(), Compression::None, 4, Device::Cpu)
+                .with_tensor_comm(Some(Arc::new(tensor_comm::Staged::new(comm))));
+            let (mut a, mut b) = (grads(&l, rank), grads(&l, rank));
+            let losses = (
+                host.all_reduce(&l, &mut a, rank as f64).unwrap(),
+                staged.all_reduce(&l, &mut b, rank as f64).unwrap(),
+            );
+            let scattered = (
+                host.reduce_scatter(&l, &grads(&l, rank)).unwrap(),
+                staged.reduce_scatter(&l, &grads(&l, rank)).unwrap(),
+            );
+            // Each rank's own parameters hold rank-specific values; everyone ends with all.
+            let own = grads(&l, rank)
+                .into_iter()
+                .filter(|(n, _)| l.owner[l.names.iter().position(|m| m == n).unwrap()] == rank)
+                .collect();
+            let gathered = staged.all_gather_tensors(&l, 0..l.names.len(), &own).unwrap().unwrap();
+            assert!(host.all_gather_tensors(&l, 0..l.names.len(), &own).unwrap().is_none());
+            let gathered: BTreeMap<String, Tensor> =
+                gathered.into_iter().map(|(i, t)| (l.names[i].clone(), t)).collect();
+            (bits(&a), bits(&b), losses, bits(&scattered.0), bits(&scattered.1), bits(&gathered))
+        });
+        let owners_values: BTreeMap<String, Tensor> =
+            l.names.iter().enumerate().map(|(i, n)| (n.clone(), grads(&l, l.owner[i])[n].clone())).collect();
+        for (a, b, (la, lb), sa, sb, gathered) in out {
+            assert_eq!(a, b);
+            assert_eq!((la, lb), (3.0, 3.0));
+            assert_eq!(sa, sb);
+            assert_eq!(gathered, bits(&owners_values));
         }
     }
 

@@ -249,6 +249,11 @@ impl ShardedLayers {
         let (layer, reducer) = (self.layers[i].clone(), self.reducer.clone());
         let (rank, world, device) = (self.rank, self.world, self.device.clone());
         self.comm.submit(move || {
+            let l = &layer.layout;
+            let owned = layer.owned.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            if let Some(all) = reducer.all_gather_tensors(l, 0..l.names.len(), &owned)? {
+                return Ok(all.into_iter().map(|(k, t)| (l.names[k].clone(), t)).collect());
+            }
             let gathered =
                 layer.collect(rank, world, &device, |local, counts| reducer.all_gather(local, counts).map(Some))?;
             Ok(gathered.expect("an all-gather delivers to every rank"))

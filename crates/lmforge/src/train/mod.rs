@@ -242,10 +242,15 @@ pub fn start_run_dir(run_dir: &Path, config_toml: &str, resume_command: &str) ->
 }
 
 /// ", bf16-compressed gradients" and the like for the start line.
+/// How gradients travel, for the log line: compression, and NCCL where it carries them.
 fn compressed(dp: &DataParallel) -> String {
+    let through = match dp.tensor_transport() {
+        Some(name) => format!(" over {name}"),
+        None => String::new(),
+    };
     match dp.compression() {
-        crate::distributed::Compression::None => String::new(),
-        c => format!(", {} gradient compression", c.name()),
+        crate::distributed::Compression::None => through,
+        c => format!("{through}, {} gradient compression", c.name()),
     }
 }
 

@@ -199,7 +199,7 @@ fn shard_layers(
     if dist.zero < 3 || comm.world_size() == 1 {
         return Ok((params, None));
     }
-    let reducer = Arc::new(distributed::Reducer::from_config(comm, &dist, params.device().clone()));
+    let reducer = Arc::new(distributed::Reducer::from_config(comm, &dist, params.device().clone())?);
     let spec = &plan.spec;
     let layers = distributed::ShardedLayers::split(&mut params, &spec.params(), spec.n_layer, reducer)?;
     Ok((params, Some(layers)))
