@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, on this (CPU) machine, everything `scripts/gpu-check.sh` runs on a GPU machine that has
 # no Rust toolchain, into `.gpu/` (git-ignored; about 40 MB, under the 64 MiB a device call
-# carries): the CUDA release binary and the parity, gradient-presence and NCCL test executables built
+# carries): the CUDA release binary and the parity, gradient-presence, NCCL and CUDA-kernel test
+# executables built
 # with CUDA, each stripped and xz-compressed (each is ~75 MB stripped, mostly candle's kernels;
 # ~10 MB compressed), the reference fixtures they read, and PyTorch's bench script.
 #
@@ -14,15 +15,19 @@ cd "$(dirname "$0")/.."
 source <(scripts/install-cuda.sh --env)
 export CARGO_TARGET_DIR=target/cuda
 cargo build --release -p lmforge-cli --features cuda
-# The test executables' paths, from cargo's JSON messages.
-tests=$(cargo test --release -p lmforge --features cuda --test parity --test presence --test nccl --no-run \
-  --message-format=json | python3 -c '
+# The test executables' names and paths, from cargo's JSON messages.
+list_tests='
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["target"]["name"], m["executable"])
-')
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"].replace("-", "_"), m["executable"])
+'
+tests=$(cargo test --release -p lmforge --features cuda --test parity --test presence --test nccl --no-run \
+  --message-format=json | python3 -c "$list_tests")
+# lmforge-ops' unit tests: its CUDA kernels against the reference ops (module on_cuda).
+tests+=$'\n'$(cargo test --release -p lmforge-ops --features cuda --lib --no-run --message-format=json |
+  python3 -c "$list_tests")
 rm -rf .gpu
 mkdir -p .gpu
 pack() { strip -o ".gpu/$1" "$2" && xz -T2 -9 ".gpu/$1"; }

@@ -17,7 +17,8 @@
 //! each way); at the bench shapes that costs more than the matmuls.
 //!
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
-//! fused path is taken only for f32 tensors on the CPU; anything else runs the reference.
+//! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
+//! that have a CUDA kernel (module `cuda`: the norms, f32 or bf16); anything else runs the reference.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -30,6 +31,8 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gemv;
 pub mod grad_norm;
 pub mod linear;
@@ -59,7 +62,7 @@ pub use sublayer::{AttentionSublayer, MlpProj, MlpSublayer, Proj, QkvProj, Subla
 /// Which implementation the ops in this module run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Fused CPU kernels (f32 on the CPU; the reference elsewhere).
+    /// Fused kernels (f32 on the CPU, the CUDA kernels on a GPU; the reference elsewhere).
     Fused,
     /// The composed reference ops.
     Reference,
@@ -114,6 +117,15 @@ fn fused(ts: &[&Tensor]) -> bool {
     kernels() == Kernels::Fused && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// lmforge's CUDA kernels apply (the ops that have them): chosen, a CUDA build, and x f32 or
+/// bf16 on a GPU.
+fn cuda_kernels(x: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && kernels() == Kernels::Fused
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
 /// y = x·W (+ b) for x (..., in); W stored (in, out) (GPT-2's Conv1D), or (out, in)
 /// (nn.Linear) when `w_is_out_in`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> Result<Tensor> {
@@ -165,7 +177,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize
 /// LayerNorm over the last dim with biased variance, as `torch.nn.LayerNorm`.
 /// x: (..., C), weight/bias: (C)
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(&[x, weight, bias]) {
+    if fused(&[x, weight, bias]) || cuda_kernels(x) {
         norm::layer_norm(x, weight, bias, eps)
     } else {
         reference::layer_norm(x, weight, bias, eps)
@@ -174,7 +186,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 
 /// RMSNorm over the last dim, as Hugging Face `LlamaRMSNorm`: x / sqrt(mean(x²) + eps) * w.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused(&[x, weight]) {
+    if fused(&[x, weight]) || cuda_kernels(x) {
         norm::rms_norm(x, weight, eps)
     } else {
         reference::rms_norm(x, weight, eps)

@@ -6,6 +6,9 @@
 //! With x̂ = (x − mean)·rstd, dx̂ = dy·w (LayerNorm; rows of C):
 //!   dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)),  dw = Σ dy·x̂,  db = Σ dy
 //! RMSNorm is the same without the centring: x̂ = x·r, dx = r · (dx̂ − x̂ · mean(dx̂ · x̂)).
+//!
+//! On a GPU (`--features cuda`) the same ops run lmforge's CUDA kernels (module `cuda`),
+//! for f32 or bf16 activations with f32 weights.
 
 use super::cpu::{assume_init, rows_per_task, slice, sum_in_order, tensor, uninit, Read};
 use super::vmath::{self, vectorized};
@@ -13,14 +16,19 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Fused LayerNorm; x (..., C), weight and bias (C).
+/// Fused LayerNorm; x (..., C), weight and bias (C) (made f32 for the kernel: bf16
+/// activations on a GPU keep f32 parameters).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
+    x.contiguous()?.apply_op3(&f32_param(weight)?, &f32_param(bias)?, LayerNorm { eps: eps as f32 })
 }
 
 /// Fused RMSNorm; x (..., C), weight (C).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
+    x.contiguous()?.apply_op2(&f32_param(weight)?, RmsNorm { eps: eps as f32 })
+}
+
+fn f32_param(p: &Tensor) -> Result<Tensor> {
+    p.to_dtype(candle_core::DType::F32)?.contiguous()
 }
 
 struct LayerNorm {
@@ -82,6 +90,19 @@ impl CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(layer_norm_rows(x, w, b, self.eps)), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::norm_forward(self.name(), (xs, xl), (ws, wl), Some((bs, bl)), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -91,6 +112,11 @@ impl CustomOp3 for LayerNorm {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw, db) = super::cuda::norm_backward(x, w, dy, self.eps, true)?;
+            return Ok((tracked(x, || Ok(dx))?, tracked(w, || Ok(dw))?, tracked(b, || Ok(db.expect("centred")))?));
+        }
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
@@ -115,8 +141,24 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(rms_norm_rows(x, w, self.eps)), xl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        xl: &Layout,
+        ws: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::norm_forward(self.name(), (xs, xl), (ws, wl), None, self.eps)
+    }
+
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (dx, dw, _) = super::cuda::norm_backward(x, w, dy, self.eps, false)?;
+            return Ok((tracked(x, || Ok(dx))?, tracked(w, || Ok(dw))?));
+        }
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);

@@ -15,9 +15,10 @@ fn randn(shape: &[usize], std: f32, seed: u64) -> Tensor {
     Tensor::from_vec((0..n).map(|_| d.sample(&mut rng)).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
 }
 
-/// max |a − b| / max |b|.
+/// max |a − b| / max |b| (in f32, on whatever device they are).
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
+    let (a, b) = (&a.to_dtype(DType::F32).unwrap(), &b.to_dtype(DType::F32).unwrap());
     let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     d / s.max(1e-30)
@@ -31,7 +32,7 @@ fn run(k: Kernels, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     param_grads::clear();
     let y = f(&ts).unwrap();
-    let r = randn(y.dims(), 1.0, 99);
+    let r = randn(y.dims(), 1.0, 99).to_device(y.device()).unwrap().to_dtype(y.dtype()).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     // Fused sublayers leave their parameters' gradients beside the store.
     let g = vars
@@ -42,13 +43,18 @@ fn run(k: Kernels, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -
 }
 
 fn check(name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) {
+    check_within(name, inputs, f, 1e-5, 1e-4);
+}
+
+/// [`check`] with other bounds (bf16 activations).
+fn check_within(name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>, forward: f64, backward: f64) {
     let (yf, gf) = run(Kernels::Fused, inputs, f);
     let (yr, gr) = run(Kernels::Reference, inputs, f);
     let e = rel(&yf, &yr);
-    assert!(e <= 1e-5, "{name}: forward rel error {e:e}");
+    assert!(e <= forward, "{name}: forward rel error {e:e}");
     for (i, (a, b)) in gf.iter().zip(&gr).enumerate() {
         let e = rel(a, b);
-        assert!(e <= 1e-4, "{name}: gradient of input {i} rel error {e:e}");
+        assert!(e <= backward, "{name}: gradient of input {i} rel error {e:e}");
     }
 }
 
@@ -457,4 +463,39 @@ fn kernels_guard_restores_the_previous_choice() {
         assert_eq!(kernels(), Kernels::Reference);
     }
     assert_eq!(kernels(), Kernels::Fused);
+}
+
+/// lmforge's CUDA kernels against the reference ops on the GPU (`--features cuda`; run by
+/// `scripts/gpu-check.sh`): f32 to the CPU kernels' bounds, bf16 activations (f32 weights) to
+/// bf16's rounding, at widths below, at and above four columns per thread of a 1024-thread
+/// block; and the same run twice gives the same bits (no atomics).
+#[cfg(feature = "cuda")]
+mod on_cuda {
+    use super::*;
+
+    fn gpu() -> Device {
+        Device::new_cuda(0).expect("the CUDA kernel tests need a GPU")
+    }
+
+    #[test]
+    fn norms_match_the_reference_on_the_gpu_in_f32_and_bf16() {
+        let dev = gpu();
+        for (rows, c) in [(15, 37), (6, 768), (3, 4099)] {
+            let x = (randn(&[rows, c], 2.0, 61) + 0.5).unwrap().to_device(&dev).unwrap();
+            let w = (randn(&[c], 0.5, 62) + 1.0).unwrap().to_device(&dev).unwrap();
+            let b = randn(&[c], 0.5, 63).to_device(&dev).unwrap();
+            let ln = |t: &[Tensor]| layer_norm(&t[0], &t[1], &t[2], 1e-5);
+            let rms = |t: &[Tensor]| rms_norm(&t[0], &t[1], 1e-6);
+            check(&format!("cuda layer_norm f32 {c}"), &[x.clone(), w.clone(), b.clone()], &ln);
+            check(&format!("cuda rms_norm f32 {c}"), &[x.clone(), w.clone()], &rms);
+            let xb = x.to_dtype(DType::BF16).unwrap();
+            check_within(&format!("cuda layer_norm bf16 {c}"), &[xb.clone(), w.clone(), b], &ln, 1e-2, 2e-2);
+            check_within(&format!("cuda rms_norm bf16 {c}"), &[xb, w.clone()], &rms, 1e-2, 2e-2);
+            let (y1, g1) = run(Kernels::Fused, &[x.clone(), w.clone()], &rms);
+            let (y2, g2) = run(Kernels::Fused, &[x, w], &rms);
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bits(&y1), bits(&y2), "rms_norm {c}: the same bits twice");
+            assert_eq!(bits(&g1[1]), bits(&g2[1]), "rms_norm {c}: the weight's gradient the same twice");
+        }
+    }
 }

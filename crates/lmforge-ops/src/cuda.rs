@@ -1,0 +1,185 @@
+//! lmforge's own CUDA kernels (`--features cuda`): the sources under `src/cuda/`, compiled to
+//! PTX by build.rs with nvcc, loaded once per device by candle (`get_or_load_custom_func`) and
+//! launched on the device's stream from the ops' `cuda_fwd` / `bwd`. Each kernel has f32 and
+//! bf16 activation variants with f32 weights and f32 statistics, and the composed reference op
+//! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
+//!
+//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::{bail, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
+const NORM_MODULE: &str = "lmforge_norm";
+
+/// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
+fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
+    let threads = c.div_ceil(4).next_multiple_of(32).clamp(32, 1024) as u32;
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The contiguous values a layout selects.
+fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: the CUDA kernel needs a contiguous input") };
+    Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// The kernel name's suffix for activations of `dtype`.
+fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        d => bail!("{op}: no CUDA kernel for {d:?} activations (f32 and bf16)"),
+    }
+}
+
+/// LayerNorm (with `bias`) or RMSNorm of x's rows; weight and bias f32 of x's last dim.
+pub fn norm_forward(
+    op: &str,
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    bias: Option<(&CudaStorage, &Layout)>,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    match x.0.dtype() {
+        DType::BF16 => norm_forward_as::<half::bf16>(op, x, w, bias, eps),
+        _ => norm_forward_as::<f32>(op, x, w, bias, eps),
+    }
+}
+
+fn norm_forward_as<T: CudaDType + DeviceRepr>(
+    op: &str,
+    (xs, xl): (&CudaStorage, &Layout),
+    (ws, wl): (&CudaStorage, &Layout),
+    bias: Option<(&CudaStorage, &Layout)>,
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &xs.device;
+    let c = wl.shape().elem_count();
+    let n = xl.shape().elem_count();
+    if xl.dims().last() != Some(&c) {
+        bail!("{op}: input {:?} does not end in the weight's {c} features", xl.dims());
+    }
+    let (x, w) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?);
+    let b = bias.map(|(bs, bl)| view::<f32>(bs, bl, op)).transpose()?;
+    let kind = if b.is_some() { "layer_norm_fwd" } else { "rms_norm_fwd" };
+    let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(xs.dtype(), op)?), NORM_MODULE, NORM_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let c_arg = c as i32;
+    if n == 0 {
+        return Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), xl.shape().clone()));
+    }
+    let mut launch = func.builder();
+    launch.arg(&x);
+    launch.arg(&w);
+    if let Some(b) = &b {
+        launch.arg(b);
+    }
+    launch.arg(&y);
+    launch.arg(&c_arg);
+    launch.arg(&eps);
+    // SAFETY: the arguments match the kernel's signature (norm.cu).
+    unsafe { launch.launch(row_blocks(n / c.max(1), c)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), xl.shape().clone()))
+}
+
+/// (dx, dw, db) of LayerNorm (`centred`) or RMSNorm for `dy`: dx in x's dtype, dw and db f32
+/// column sums of the kernel's per-row terms (db None for RMSNorm).
+pub fn norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    eps: f32,
+    centred: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let c = w.elem_count();
+    let rows = x.elem_count() / c.max(1);
+    let dy = dy.contiguous()?;
+    let terms =
+        x.contiguous()?.apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &dy, &NormGrads { eps, centred })?;
+    let dx = terms.get(0)?.reshape(x.dims())?.to_dtype(x.dtype())?;
+    let dw = terms.get(1)?.sum(0)?;
+    let db = if centred { Some(dy.to_dtype(DType::F32)?.reshape((rows, c))?.sum(0)?) } else { None };
+    Ok((dx, dw, db))
+}
+
+/// The backward kernel as an op over (x, w, dy): a (2, rows, c) f32 tensor of dx and dy·x̂.
+struct NormGrads {
+    eps: f32,
+    centred: bool,
+}
+
+impl CustomOp3 for NormGrads {
+    fn name(&self) -> &'static str {
+        "lmforge-norm-grads"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is norm.rs's)", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        xs: &CudaStorage,
+        xl: &Layout,
+        ws: &CudaStorage,
+        wl: &Layout,
+        dys: &CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match xs.dtype() {
+            DType::BF16 => self.launch::<half::bf16>((xs, xl), (ws, wl), (dys, dyl)),
+            _ => self.launch::<f32>((xs, xl), (ws, wl), (dys, dyl)),
+        }
+    }
+}
+
+impl NormGrads {
+    fn launch<T: CudaDType + DeviceRepr>(
+        &self,
+        (xs, xl): (&CudaStorage, &Layout),
+        (ws, wl): (&CudaStorage, &Layout),
+        (dys, dyl): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.name();
+        let dev = &xs.device;
+        let (c, n) = (wl.shape().elem_count(), xl.shape().elem_count());
+        if dys.dtype() != xs.dtype() || dyl.shape() != xl.shape() || xl.dims().last() != Some(&c) {
+            bail!("{op}: x {:?} {:?}, weight ({c}), dy {:?} {:?}", xl.dims(), xs.dtype(), dyl.dims(), dys.dtype());
+        }
+        let rows = n / c.max(1);
+        let (x, w, dy) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?, view::<T>(dys, dyl, op)?);
+        let func =
+            dev.get_or_load_custom_func(&format!("norm_bwd_{}", suffix(xs.dtype(), op)?), NORM_MODULE, NORM_PTX)?;
+        // SAFETY: the kernel writes every element of both halves.
+        let out = unsafe { dev.alloc::<f32>(2 * n)? };
+        let shape = Shape::from((2, rows, c));
+        if n == 0 {
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape));
+        }
+        let (rows_arg, c_arg, centred) = (rows as i32, c as i32, i32::from(self.centred));
+        let mut launch = func.builder();
+        launch.arg(&x);
+        launch.arg(&w);
+        launch.arg(&dy);
+        launch.arg(&out);
+        launch.arg(&rows_arg);
+        launch.arg(&c_arg);
+        launch.arg(&self.eps);
+        launch.arg(&centred);
+        // SAFETY: the arguments match the kernel's signature (norm.cu).
+        unsafe { launch.launch(row_blocks(rows, c)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+    }
+}
