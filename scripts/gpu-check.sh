@@ -5,8 +5,8 @@
 #
 #   1. the parity tests on CUDA (fixture logits ≤ 1e-5, gradients ≤ 1e-4 relative) and the
 #      gradient-presence test (every parameter of every architecture, fp32 and bf16-mixed), and
-#      lmforge's CUDA kernels against the reference ops (norms, f32 and bf16), and NCCL (a
-#      1-process communicator, its all-reduce, reduce-scatter and all-gather);
+#      lmforge's CUDA kernels (norms against the reference ops in f32 and bf16, AdamW against
+#      the CPU kernel), and NCCL (a 1-process communicator, its three collectives);
 #   2. the quickstart recipe on the GPU in fp32 and in bf16-mixed: final validation bits/byte
 #      of each and their ratio (goal: bf16-mixed within 1%);
 #   3. determinism: the same short run twice (losses to the bit), a run stopped and resumed
@@ -66,7 +66,7 @@ section "1. parity and gradient presence on CUDA"
 export LMFORGE_FIXTURES="$G/fixtures"
 LMFORGE_TEST_DEVICE=cuda "$G/parity" --test-threads 1 --skip minilm 2>&1 | tee "$out/parity.log" | grep -E "^test |test result|panicked|error"
 LMFORGE_TEST_DEVICE=cuda "$G/presence" --test-threads 1 2>&1 | tee "$out/presence.log" | grep -E "^test |test result|panicked|error"
-# lmforge's CUDA kernels (norms) against the reference ops, f32 and bf16.
+# lmforge's CUDA kernels: the norms against the reference ops (f32, bf16), AdamW against the CPU.
 "$G/lmforge_ops" on_cuda --test-threads 1 2>&1 | tee "$out/kernels.log" | grep -E "^test |test result|panicked|error"
 # NCCL (issue 24): a 1-process communicator and its three collectives on the GPU.
 "$G/nccl" --test-threads 1 2>&1 | tee "$out/nccl.log" | grep -E "^test |test result|panicked|error"

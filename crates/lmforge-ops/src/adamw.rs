@@ -7,6 +7,7 @@
 //! p ← p·(1 − lr·wd) − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)
 //! ```
 //! The moments must own their buffers (not share storage with each other or the parameter).
+//! On a GPU (`--features cuda`) the same three passes run as CUDA kernels (`cuda/adamw.cu`).
 
 use super::cpu::slice;
 use super::vmath::vectorized;
@@ -88,6 +89,17 @@ impl InplaceOp2 for Moment {
         });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ms: &mut candle_core::CudaStorage,
+        ml: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        super::cuda::adam_moment(self.name(), (ms, ml), (gs, gl), self.beta, self.square)
+    }
 }
 
 /// p ← p·decay − step_size · m / (√v / bc2_sqrt + ε).
@@ -126,5 +138,19 @@ impl InplaceOp3 for Apply {
             )
         });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        ps: &mut candle_core::CudaStorage,
+        pl: &Layout,
+        ms: &candle_core::CudaStorage,
+        ml: &Layout,
+        vs: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        let scalars = [self.decay, self.step_size, self.bc2_sqrt, self.eps];
+        super::cuda::adam_apply(self.name(), (ps, pl), (ms, ml), (vs, vl), scalars)
     }
 }

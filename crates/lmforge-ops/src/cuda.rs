@@ -4,15 +4,18 @@
 //! bf16 activation variants with f32 weights and f32 statistics, and the composed reference op
 //! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
 //!
-//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`).
+//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place
+//! (`adamw.cu`).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{bail, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
 const NORM_MODULE: &str = "lmforge_norm";
+const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
+const ADAMW_MODULE: &str = "lmforge_adamw";
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
 fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
@@ -24,6 +27,78 @@ fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
 fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: the CUDA kernel needs a contiguous input") };
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
+}
+
+/// The contiguous f32 values a layout selects, to be written.
+fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<CudaViewMut<'a, f32>> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: the CUDA kernel needs a contiguous tensor") };
+    Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end))
+}
+
+/// Element-wise kernels: 256 threads a block, a grid-stride loop over at most 65535 blocks.
+fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// AdamW's moment update in place: m ← β·m + (1−β)·g, or v ← β·v + (1−β)·g² (`square`).
+pub fn adam_moment(
+    op: &str,
+    (ms, ml): (&mut CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+    beta: f32,
+    square: bool,
+) -> Result<()> {
+    let dev = ms.device.clone();
+    let n = ml.shape().elem_count();
+    if gl.shape().elem_count() != n {
+        bail!("{op}: moment of {n} values, gradient of {}", gl.shape().elem_count());
+    }
+    let g = view::<f32>(gs, gl, op)?;
+    let mut m = view_mut(ms, ml, op)?;
+    let func = dev.get_or_load_custom_func("adam_moment", ADAMW_MODULE, ADAMW_PTX)?;
+    let square = i32::from(square);
+    let mut launch = func.builder();
+    launch.arg(&mut m);
+    launch.arg(&g);
+    launch.arg(&n);
+    launch.arg(&beta);
+    launch.arg(&square);
+    // SAFETY: the arguments match the kernel's signature (adamw.cu).
+    unsafe { launch.launch(elementwise(n)) }.w()?;
+    Ok(())
+}
+
+/// AdamW's parameter update in place: p ← p·decay − step_size · m / (√v / bc2_sqrt + ε).
+pub fn adam_apply(
+    op: &str,
+    (ps, pl): (&mut CudaStorage, &Layout),
+    (ms, ml): (&CudaStorage, &Layout),
+    (vs, vl): (&CudaStorage, &Layout),
+    [decay, step_size, bc2_sqrt, eps]: [f32; 4],
+) -> Result<()> {
+    let dev = ps.device.clone();
+    let n = pl.shape().elem_count();
+    if ml.shape().elem_count() != n || vl.shape().elem_count() != n {
+        bail!("{op}: parameter and moments differ in size");
+    }
+    let (m, v) = (view::<f32>(ms, ml, op)?, view::<f32>(vs, vl, op)?);
+    let mut p = view_mut(ps, pl, op)?;
+    let func = dev.get_or_load_custom_func("adam_apply", ADAMW_MODULE, ADAMW_PTX)?;
+    let mut launch = func.builder();
+    launch.arg(&mut p);
+    launch.arg(&m);
+    launch.arg(&v);
+    launch.arg(&n);
+    for x in [&decay, &step_size, &bc2_sqrt, &eps] {
+        launch.arg(x);
+    }
+    // SAFETY: the arguments match the kernel's signature (adamw.cu).
+    unsafe { launch.launch(elementwise(n)) }.w()?;
+    Ok(())
 }
 
 /// The kernel name's suffix for activations of `dtype`.

@@ -18,7 +18,8 @@
 //!
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
 //! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
-//! that have a CUDA kernel (module `cuda`: the norms, f32 or bf16); anything else runs the reference.
+//! that have a CUDA kernel (module `cuda`: the norms, f32 or bf16; AdamW's update, f32); anything
+//! else runs the reference.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -376,7 +377,8 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
 /// AdamW's update of `param` and its moments `m`, `v` in place, when the fused kernels apply;
 /// returns false (nothing done) otherwise, and the caller runs its composed update.
 pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &adamw::AdamWStep) -> Result<bool> {
-    if !fused(&[param, grad, m, v]) {
+    let on_gpu = cuda_kernels(param) && [param, grad, m, v].iter().all(|t| t.dtype() == DType::F32);
+    if !fused(&[param, grad, m, v]) && !on_gpu {
         return Ok(false);
     }
     adamw::adamw_in_place(param, grad, m, v, h)?;

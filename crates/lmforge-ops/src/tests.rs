@@ -465,10 +465,10 @@ fn kernels_guard_restores_the_previous_choice() {
     assert_eq!(kernels(), Kernels::Fused);
 }
 
-/// lmforge's CUDA kernels against the reference ops on the GPU (`--features cuda`; run by
-/// `scripts/gpu-check.sh`): f32 to the CPU kernels' bounds, bf16 activations (f32 weights) to
-/// bf16's rounding, at widths below, at and above four columns per thread of a 1024-thread
-/// block; and the same run twice gives the same bits (no atomics).
+/// lmforge's CUDA kernels on the GPU (`--features cuda`; run by `scripts/gpu-check.sh`): the
+/// norms against the reference ops, f32 to the CPU kernels' bounds and bf16 activations (f32
+/// weights) to bf16's rounding, at widths below, at and above four columns per thread of a
+/// 1024-thread block, the same bits twice (no atomics); AdamW against the CPU kernel.
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::*;
@@ -496,6 +496,31 @@ mod on_cuda {
             let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(bits(&y1), bits(&y2), "rms_norm {c}: the same bits twice");
             assert_eq!(bits(&g1[1]), bits(&g2[1]), "rms_norm {c}: the weight's gradient the same twice");
+        }
+    }
+
+    /// AdamW's in-place update on the GPU against the CPU kernel (the same arithmetic per
+    /// element; nvcc may contract a multiply-add, so to an ulp or two), over three steps.
+    #[test]
+    fn adamw_in_place_on_the_gpu_matches_the_cpu_kernel() {
+        let dev = gpu();
+        for n in [37, 300_001] {
+            let (p0, g) = (randn(&[n], 1.0, 71), randn(&[n], 0.1, 72));
+            let mut states = Vec::new();
+            for device in [Device::Cpu, dev.clone()] {
+                let p = Var::from_tensor(&p0.to_device(&device).unwrap()).unwrap();
+                let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
+                let g = g.to_device(&device).unwrap();
+                for t in 1..=3 {
+                    let h = adamw::AdamWStep { lr: 1e-2, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, t };
+                    assert!(adamw_in_place(p.as_tensor(), &g, &m, &v, &h).unwrap(), "the kernel ran on {device:?}");
+                }
+                states.push([p.as_tensor().clone(), m, v].map(|t| t.to_device(&Device::Cpu).unwrap()));
+            }
+            for (name, (a, b)) in ["param", "m", "v"].iter().zip(states[0].iter().zip(&states[1])) {
+                let e = rel(b, a);
+                assert!(e <= 1e-6, "adamw {n}: {name} rel error {e:e}");
+            }
         }
     }
 }

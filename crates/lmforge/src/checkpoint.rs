@@ -522,6 +522,18 @@ pub fn load_held_params(
     Ok(params)
 }
 
+/// The weights a checkpoint of this run wrote (`dir/model.safetensors`: lmforge's names, every
+/// parameter present) for which `held` holds: what a resume or a rollback reads.
+pub fn load_checkpoint_params(
+    dir: &Path,
+    spec: &ModelSpec,
+    device: &Device,
+    held: &dyn Fn(&str) -> bool,
+) -> Result<ParamStore> {
+    let path = dir.join("model.safetensors");
+    Ok(ParamStore::load_held(&path, &spec.params(), device, &|k| Some(k.to_string()), &|_| false, held)?.0)
+}
+
 /// Finds the folder holding `config.json` + `model.safetensors` for a user-given path.
 pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     if !path.exists() {

@@ -76,10 +76,7 @@ impl LmWeights<'_> {
         let device = self.params.device();
         let held = |n: &str| self.params.contains(n) || self.layers.as_ref().is_some_and(|l| l.owns(n));
         let back = match dir {
-            Some(dir) => {
-                let (path, id) = (dir.join("model.safetensors"), |k: &str| Some(k.to_string()));
-                ParamStore::load_held(&path, &self.spec.params(), device, &id, &|_| false, &held)?.0
-            }
+            Some(dir) => checkpoint::load_checkpoint_params(dir, &self.spec, device, &held)?,
             None => self.init.held_params(&self.spec, device, &held)?,
         };
         self.params.assign(&back)?;

@@ -6,7 +6,7 @@
 use super::lm::{CausalBatches, CausalLm, Initial, LmWeights, MaskedLm};
 use super::{check_fits, find_start, run_loop, start_run_dir, Cadence, LoopPlan, MetricsLog, Objective, RunConfig};
 use super::{RunPlan, Start, TrainOptions, TrainSummary};
-use crate::checkpoint::RunLock;
+use crate::checkpoint::{self, RunLock};
 use crate::config;
 use crate::data::{self, PreparedData};
 use crate::device::Placement;
@@ -143,10 +143,7 @@ fn resume_run(run_dir: &Path, opts: &TrainOptions, observers: &mut Observers) ->
     let spec = &plan.spec;
     let held = zero3_holder(&plan, opts)?;
     let params = match &start.checkpoint {
-        Some(ckpt) => {
-            let (path, id) = (ckpt.join("model.safetensors"), |k: &str| Some(k.to_string()));
-            ParamStore::load_held(&path, &spec.params(), &placement.device, &id, &|_| false, &held)?.0
-        }
+        Some(ckpt) => checkpoint::load_checkpoint_params(ckpt, spec, &placement.device, &held)?,
         None => plan.initial().held_params(spec, &placement.device, &held)?,
     }
     .with_precision(placement.precision);
