@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["norm", "adamw"];
+const KERNELS: [&str; 3] = ["norm", "adamw", "attention"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

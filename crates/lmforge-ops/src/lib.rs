@@ -18,8 +18,8 @@
 //!
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
 //! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
-//! that have a CUDA kernel (module `cuda`: the norms, f32 or bf16; AdamW's update, f32); anything
-//! else runs the reference.
+//! that have a CUDA kernel (module `cuda`: the norms and attention, f32 or bf16; AdamW's update,
+//! f32); anything else runs the reference.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -50,7 +50,7 @@ pub mod sublayer;
 pub mod vmath;
 pub mod workers;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, D};
 use std::cell::Cell;
 
 pub use activation::Gelu;
@@ -125,6 +125,14 @@ fn cuda_kernels(x: &Tensor) -> bool {
         && kernels() == Kernels::Fused
         && x.device().is_cuda()
         && matches!(x.dtype(), DType::F32 | DType::BF16)
+}
+
+/// lmforge's CUDA attention kernels apply: [`cuda_kernels`] for q, k and v of one dtype on one
+/// GPU, with a head dim `d` the kernels take.
+fn cuda_attention(q: &Tensor, others: &[&Tensor], d: usize) -> bool {
+    cuda_kernels(q)
+        && others.iter().all(|t| t.dtype() == q.dtype() && t.device().same_device(q.device()))
+        && (1..=sdpa::CUDA_MAX_HEAD_DIM).contains(&d)
 }
 
 /// y = x·W (+ b) for x (..., in); W stored (in, out) (GPT-2's Conv1D), or (out, in)
@@ -269,7 +277,7 @@ pub fn causal_attention(
     n_kv_head: usize,
     scale: f64,
 ) -> Result<Tensor> {
-    if fused(&[q, k, v]) {
+    if fused(&[q, k, v]) || cuda_attention(q, &[k, v], q.dim(D::Minus1)? / n_head.max(1)) {
         sdpa::causal_attention(q, k, v, n_head, n_kv_head, scale)
     } else {
         reference::causal_attention(q, k, v, n_head, n_kv_head, scale)
@@ -279,10 +287,10 @@ pub fn causal_attention(
 /// [`causal_attention`] over one packed projection qkv (B, T, (H + 2K)·D) holding q | k | v
 /// (GPT-2's c_attn output); the fused kernel returns its gradient as one tensor.
 pub fn causal_attention_packed(qkv: &Tensor, n_head: usize, n_kv_head: usize, scale: f64) -> Result<Tensor> {
-    if fused(&[qkv]) {
+    let d = qkv.dim(D::Minus1)? / (n_head + 2 * n_kv_head).max(1);
+    if fused(&[qkv]) || cuda_attention(qkv, &[], d) {
         sdpa::causal_attention_packed(qkv, n_head, n_kv_head, scale)
     } else {
-        let d = qkv.dim(2)? / (n_head + 2 * n_kv_head).max(1);
         let (q, k, v) = (
             qkv.narrow(2, 0, n_head * d)?,
             qkv.narrow(2, n_head * d, n_kv_head * d)?,
@@ -304,7 +312,7 @@ pub fn padded_attention(
     scale: f64,
     key_lens: &[usize],
 ) -> Result<Tensor> {
-    if fused(&[q, k, v]) {
+    if fused(&[q, k, v]) || cuda_attention(q, &[k, v], q.dim(D::Minus1)? / n_head.max(1)) {
         sdpa::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)
     } else {
         reference::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)

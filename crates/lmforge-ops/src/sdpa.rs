@@ -28,6 +28,10 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
+/// The largest head dim lmforge's CUDA attention kernels take (their register accumulators are
+/// sized for it); wider heads run the reference on a GPU.
+pub const CUDA_MAX_HEAD_DIM: usize = 256;
+
 /// Query rows per block (see the module docs): small enough to skip most of the causal
 /// triangle, large enough for efficient products.
 const BLOCK: usize = 64;
@@ -119,6 +123,9 @@ pub(super) struct Sdpa {
     key_lens: Option<Vec<usize>>,
     /// Log-sum-exp of every score row (B, H, T), written by the forward for the backward.
     lse: OnceLock<Vec<f32>>,
+    /// The same, on the GPU, written by the CUDA kernel's forward.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    lse_gpu: OnceLock<Tensor>,
 }
 
 /// A (B, T, width) operand: data from its start offset, batch and row strides.
@@ -256,7 +263,7 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 
 impl Sdpa {
     pub fn new(n_head: usize, n_kv_head: usize, scale: f64, key_lens: Option<Vec<usize>>) -> Self {
-        Self { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new() }
+        Self { n_head, n_kv_head, scale: scale as f32, key_lens, lse: OnceLock::new(), lse_gpu: OnceLock::new() }
     }
 
     /// (B, T, D, H/K) from the shape of y (B, T, H·D).
@@ -401,6 +408,39 @@ impl Sdpa {
     }
 }
 
+/// On a GPU: attention.cu's kernels (`cuda::attention`), the same math with the same saved
+/// log-sum-exp, the gradient always one packed (B, T, (H + 2K)·D) tensor.
+#[cfg(feature = "cuda")]
+impl Sdpa {
+    fn geometry(&self, b: usize, t: usize, d: usize) -> super::cuda::attention::Geometry<'_> {
+        let (h, kh, scale, key_lens) = (self.n_head, self.n_kv_head, self.scale, self.key_lens.as_deref());
+        super::cuda::attention::Geometry { b, t, h, kh, d, scale, key_lens }
+    }
+
+    fn cuda_forward(
+        &self,
+        [q, k, v]: [super::cuda::attention::Operand; 3],
+        (b, t, d): (usize, usize, usize),
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (y, lse) = super::cuda::attention::forward("lmforge-sdpa", q, k, v, &self.geometry(b, t, d))?;
+        let _ = self.lse_gpu.set(lse);
+        Ok((y, Shape::from((b, t, self.n_head * d))))
+    }
+
+    /// The packed gradient of operands q, k, v read from columns `cols`.
+    fn cuda_backward(
+        &self,
+        qkv: (&Tensor, &Tensor, &Tensor),
+        cols: [usize; 3],
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let Some(lse) = self.lse_gpu.get() else { bail!("sdpa: backward before forward") };
+        let (b, t, d, _) = self.dims(y.dim(0)?, y.dim(1)?, y.dim(2)?);
+        super::cuda::attention::backward("lmforge-sdpa", qkv, cols, y, dy, lse, &self.geometry(b, t, d))
+    }
+}
+
 impl CustomOp3 for Sdpa {
     fn name(&self) -> &'static str {
         "lmforge-sdpa"
@@ -423,15 +463,37 @@ impl CustomOp3 for Sdpa {
         Ok((CpuStorage::F32(y), Shape::from((b, t, self.n_head * d))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        qs: &candle_core::CudaStorage,
+        ql: &Layout,
+        ks: &candle_core::CudaStorage,
+        kl: &Layout,
+        vs: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, t, d, _) = self.dims(ql.dims()[0], ql.dims()[1], ql.dims()[2]);
+        self.cuda_forward([(qs, ql, 0), (ks, kl, 0), (vs, vl, 0)], (b, t, d))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            let (h, kh, d) = (self.n_head, self.n_kv_head, y.dim(2)? / self.n_head);
+            let g = self.cuda_backward((q, k, v), [0; 3], y, dy)?;
+            let part = |col, width| g.narrow(2, col, width).map(Some);
+            return Ok((part(0, h * d)?, part(h * d, kh * d)?, part((h + kh) * d, kh * d)?));
+        }
+        let _ = y;
         let lse = self.lse()?;
         let dy = dy.contiguous()?;
         let (qg, ql) = q.storage_and_layout();
@@ -469,8 +531,22 @@ impl CustomOp1 for Sdpa {
         Ok((CpuStorage::F32(y), Shape::from((b, t, self.n_head * d))))
     }
 
-    fn bwd(&self, qkv: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, t, w) = (l.dims()[0], l.dims()[1], l.dims()[2]);
+        let (h, kh) = (self.n_head, self.n_kv_head);
+        let d = w / (h + 2 * kh);
+        self.cuda_forward([(s, l, 0), (s, l, h * d), (s, l, (h + kh) * d)], (b, t, d))
+    }
+
+    fn bwd(&self, qkv: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let _span = super::profile::span(CustomOp1::name(self), super::profile::Pass::Backward);
+        #[cfg(feature = "cuda")]
+        if qkv.device().is_cuda() {
+            let (h, kh, d) = (self.n_head, self.n_kv_head, y.dim(2)? / self.n_head);
+            return self.cuda_backward((qkv, qkv, qkv), [0, h * d, (h + kh) * d], y, dy).map(Some);
+        }
+        let _ = y;
         let lse = self.lse()?;
         let dy = dy.contiguous()?;
         let (sg, sl) = qkv.storage_and_layout();

@@ -1,6 +1,8 @@
 // AdamW's update in place on CUDA, the three passes of adamw.rs (f32 state and parameters):
 //   adam_moment: m <- beta*m + (1-beta)*g, or with `square` v <- beta*v + (1-beta)*g^2
 //   adam_apply:  p <- p*decay - step_size * m / (sqrt(v)/bc2_sqrt + eps)
+#include "common.cuh"
+
 // Element-wise, grid-stride loops; each element's arithmetic is the CPU kernel's, in its order.
 
 extern "C" __global__ void adam_moment(float* m, const float* g, size_t n, float beta, int square) {

@@ -6,13 +6,7 @@
 // The backward writes, per row, dx and dy·x̂ (both f32, into a (2, rows, C) buffer); the
 // weight's gradient Σ_rows dy·x̂ and the bias's Σ_rows dy are column sums taken afterwards
 // (candle's reduction), which keeps this kernel free of atomics.
-#include <cuda_bf16.h>
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+#include "common.cuh"
 
 // The sum of every thread's v, on every thread. blockDim.x is a multiple of 32, at most 1024.
 __device__ float block_sum(float v) {

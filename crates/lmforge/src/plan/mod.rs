@@ -257,8 +257,8 @@ pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, streamed
 
 /// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
 /// sequence parallelism): `sbh(34 + 5as/h)` in 16-bit for GPT with dropout, generalised to
-/// element size `e`, separate q / kv widths (GQA), the MLP's width and kind, and no masks
-/// without dropout.
+/// element size `e`, separate q / kv widths (GQA), the MLP's width and kind, and without
+/// dropout no masks and no attention scores (the fused attention keeps a log-sum-exp per row).
 pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout: bool) -> u64 {
     let (h, f, a) = (spec.d_model as u64, spec.d_ff as u64, spec.n_head as u64);
     let q = (spec.n_head * spec.head_dim) as u64;
@@ -266,10 +266,13 @@ pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout:
     let sb = s * b;
     let mask = u64::from(dropout);
     let norms = 2 * e * sb * h;
-    // QKV input, Q and K, V, softmax output, the output projection's input; dropout: the score
-    // mask and dropped scores, the residual branch's mask.
-    let attention =
-        e * sb * (h + q + kv + kv + q) + e * a * s * s * b + mask * (a * s * s * b + e * a * s * s * b + sb * h);
+    // QKV input, Q and K, V, the output projection's input; the softmax output, or without
+    // dropout (where lmforge's fused attention runs: no score matrix, see ops::sdpa) the f32
+    // log-sum-exp of every score row; dropout: the score mask and dropped scores, the residual
+    // branch's mask.
+    let materialised = dropout || spec.head_dim > crate::ops::sdpa::CUDA_MAX_HEAD_DIM;
+    let scores = if materialised { e * a * s * s * b } else { 4 * a * s * b };
+    let attention = e * sb * (h + q + kv + kv + q) + scores + mask * (a * s * s * b + e * a * s * s * b + sb * h);
     // GELU: its input and output; SwiGLU: gate, up, SiLU(gate), product.
     let mlp = e * sb * h + spec.arch().mlp_activations() * e * sb * f + mask * sb * h;
     norms + attention + mlp

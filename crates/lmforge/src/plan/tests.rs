@@ -72,6 +72,9 @@ fn activations_reproduce_korthikanti() {
     let (s, b, h, a) = (1024u64, 4u64, 768u64, 12u64);
     let want = s * b * h * 34 + 5 * a * s * s * b;
     assert_eq!(layer_activation_bytes(&spec, b, s, 2, true), want);
+    // Without dropout the fused attention keeps no scores, only an f32 log-sum-exp per row
+    // (and no masks: 34 − 2 sbh).
+    assert_eq!(layer_activation_bytes(&spec, b, s, 2, false), s * b * h * 32 + 4 * a * s * b);
     let req = request("gpt2-124m", "a100-80gb", |o| {
         o.micro_batch = Some(4);
         o.seq_len = Some(1024);

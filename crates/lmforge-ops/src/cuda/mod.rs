@@ -5,7 +5,12 @@
 //! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
 //!
 //! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place
-//! (`adamw.cu`).
+//! (`adamw.cu`); attention, forward and backward ([`attention`], `attention.cu`).
+//!
+//! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
+//! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
+
+pub mod attention;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -24,7 +29,7 @@ fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
 }
 
 /// The contiguous values a layout selects.
-fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
+pub(crate) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: the CUDA kernel needs a contiguous input") };
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
 }
@@ -102,7 +107,7 @@ pub fn adam_apply(
 }
 
 /// The kernel name's suffix for activations of `dtype`.
-fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
+pub(crate) fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),
         DType::BF16 => Ok("bf16"),

@@ -1,0 +1,251 @@
+//! Launches `attention.cu`: scaled-dot-product attention forward (y and each row's
+//! log-sum-exp) and backward (dq, dk, dv into one packed gradient), for [`crate::sdpa`]'s op on
+//! a GPU. Operands are (B, T, W) storages read in place at a column and their strides, so the
+//! packed qkv of GPT-2 needs no split; the kernel is picked by dtype and by the head dim's
+//! compile-time bound (64, 128 or 256).
+
+use super::{suffix, view};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CudaDevice, DType, Layout, Result, Storage, Tensor};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+const MODULE: &str = "lmforge_attention";
+
+use crate::sdpa::CUDA_MAX_HEAD_DIM as MAX_HEAD_DIM;
+
+// attention.cu's tiling: threads a block, rows a block owns, keys and queries a tile streams.
+const THREADS: u32 = 256;
+const ROWS: usize = 64;
+const KEYS: usize = 32;
+const QUERIES: usize = 32;
+/// Shared memory a block may use without opting in.
+const DEFAULT_SHARED: usize = 48 * 1024;
+
+/// The attention's geometry: B, T, H query heads, K KV heads of width D; causal, or each batch
+/// row seeing its first `key_lens[b]` keys.
+pub struct Geometry<'a> {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub kh: usize,
+    pub d: usize,
+    pub scale: f32,
+    pub key_lens: Option<&'a [usize]>,
+}
+
+/// One (B, T, W) operand: storage, layout, and the column its head 0 starts at.
+pub type Operand<'a> = (&'a CudaStorage, &'a Layout, usize);
+
+/// Values from an operand's head-0 column on, with its batch and row strides.
+struct Rows<'a, T: DeviceRepr> {
+    data: CudaView<'a, T>,
+    sb: i64,
+    st: i64,
+}
+
+fn rows<'a, T: CudaDType + DeviceRepr>((s, l, col): Operand<'a>, op: &str) -> Result<Rows<'a, T>> {
+    if l.dims().len() != 3 || l.stride()[2] != 1 {
+        bail!("{op}: operand layout {l:?} is not (B, T, W) rows of contiguous features");
+    }
+    let data = s.as_cuda_slice::<T>()?.slice(l.start_offset() + col..);
+    Ok(Rows { data, sb: l.stride()[0] as i64, st: l.stride()[1] as i64 })
+}
+
+impl Geometry<'_> {
+    fn kernel(&self, pass: &str, dtype: DType, op: &str) -> Result<String> {
+        if self.d == 0 || self.d > MAX_HEAD_DIM || self.kh == 0 || self.h % self.kh != 0 {
+            bail!("{op}: no CUDA kernel for head dim {} with {} / {} heads", self.d, self.h, self.kh);
+        }
+        let bound = [64, 128, 256].into_iter().find(|&m| self.d <= m).unwrap_or(MAX_HEAD_DIM);
+        Ok(format!("attn_{pass}_{}_{bound}", suffix(dtype, op)?))
+    }
+
+    /// The arguments every kernel ends with.
+    fn tail(&self, dev: &CudaDevice) -> Result<Tail> {
+        let lens: Vec<i32> = match self.key_lens {
+            Some(l) => l.iter().map(|&n| n as i32).collect(),
+            None => vec![0; self.b],
+        };
+        let causal = i32::from(self.key_lens.is_none());
+        let ints = [causal, self.t as i32, self.h as i32, self.kh as i32, self.d as i32];
+        Ok(Tail { lens: dev.clone_htod(&lens)?, ints, scale: self.scale })
+    }
+
+    /// A block per `ROWS` rows of each of `heads` heads of each batch row, with `shared` bytes.
+    fn launch_config(&self, heads: usize, shared_floats: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.t.div_ceil(ROWS) as u32, heads as u32, self.b as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: (4 * shared_floats) as u32,
+        }
+    }
+}
+
+/// The kernels' last arguments: the key lengths (unread when causal), the causal flag, T, H, K,
+/// D, and the scale.
+struct Tail {
+    lens: CudaSlice<i32>,
+    ints: [i32; 5],
+    scale: f32,
+}
+
+impl Tail {
+    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+        launch.arg(&self.lens);
+        for x in &self.ints {
+            launch.arg(x);
+        }
+        launch.arg(&self.scale);
+    }
+}
+
+/// The q, k, v operands, every kernel's first arguments.
+fn push_operands<'a, T: DeviceRepr>(launch: &mut LaunchArgs<'a>, operands: [&'a Rows<'a, T>; 3]) {
+    for o in operands {
+        launch.arg(&o.data);
+        launch.arg(&o.sb);
+        launch.arg(&o.st);
+    }
+}
+
+/// The kernel `name`, allowed the shared memory `cfg` asks for (above 48 KiB a kernel must opt
+/// in).
+fn function(dev: &CudaDevice, name: &str, cfg: &LaunchConfig) -> Result<CudaFunction> {
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?.into_cuda_function();
+    if cfg.shared_mem_bytes as usize > DEFAULT_SHARED {
+        let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        func.set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
+    }
+    Ok(func)
+}
+
+fn cuda_storage<'a>(s: &'a Storage, op: &str) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => bail!("{op}: the CUDA backward needs every operand on the GPU"),
+    }
+}
+
+/// y (B, T, H·D) in the operands' dtype and the (B, H, T) f32 log-sum-exp of every score row.
+pub fn forward(op: &str, q: Operand, k: Operand, v: Operand, g: &Geometry) -> Result<(CudaStorage, Tensor)> {
+    match q.0.dtype() {
+        DType::BF16 => forward_as::<half::bf16>(op, q, k, v, g),
+        _ => forward_as::<f32>(op, q, k, v, g),
+    }
+}
+
+fn forward_as<T: CudaDType + DeviceRepr>(
+    op: &str,
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    g: &Geometry,
+) -> Result<(CudaStorage, Tensor)> {
+    let dev = q.0.device().clone();
+    let name = g.kernel("fwd", q.0.dtype(), op)?;
+    let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
+    // SAFETY: the kernel writes every element of both (each row of each head once).
+    let y = unsafe { dev.alloc::<T>(g.b * g.t * g.h * g.d)? };
+    let lse = unsafe { dev.alloc::<f32>(g.b * g.h * g.t)? };
+    let tail = g.tail(&dev)?;
+    let cfg = g.launch_config(g.h, (ROWS + KEYS) * (g.d + 1) + ROWS * (KEYS + 1));
+    let (func, stream) = (function(&dev, &name, &cfg)?, dev.cuda_stream());
+    let mut launch = stream.launch_builder(&func);
+    push_operands(&mut launch, [&q, &k, &v]);
+    launch.arg(&y);
+    launch.arg(&lse);
+    tail.push(&mut launch);
+    // SAFETY: the arguments match attn_fwd's signature (attention.cu).
+    unsafe { launch.launch(cfg) }.w()?;
+    let lse = Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone()));
+    Ok((CudaStorage::wrap_cuda_slice(y, dev), Tensor::from_storage(lse, (g.b, g.h, g.t), BackpropOp::none(), false)))
+}
+
+/// The gradients of q, k and v as one (B, T, (H + 2K)·D) tensor in the operands' dtype (q's
+/// columns, then k's, then v's), from y and dy (B, T, H·D) and the forward's log-sum-exp.
+pub fn backward(
+    op: &str,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    cols: [usize; 3],
+    y: &Tensor,
+    dy: &Tensor,
+    lse: &Tensor,
+    g: &Geometry,
+) -> Result<Tensor> {
+    // delta_i = dY_i · Y_i per row and head, (B, H, T) in f32.
+    let f32 = |x: &Tensor| x.to_dtype(DType::F32);
+    let delta = (f32(y)? * f32(dy)?)?.reshape((g.b, g.t, g.h, g.d))?.sum(3)?.transpose(1, 2)?.contiguous()?;
+    let dy = dy.contiguous()?;
+    let (qs, kst, vs) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+    let (dys, lses, ds) = (dy.storage_and_layout(), lse.storage_and_layout(), delta.storage_and_layout());
+    let operands = [
+        (cuda_storage(&qs.0, op)?, qs.1, cols[0]),
+        (cuda_storage(&kst.0, op)?, kst.1, cols[1]),
+        (cuda_storage(&vs.0, op)?, vs.1, cols[2]),
+    ];
+    let stats =
+        [(cuda_storage(&dys.0, op)?, dys.1), (cuda_storage(&lses.0, op)?, lses.1), (cuda_storage(&ds.0, op)?, ds.1)];
+    let grad = match q.dtype() {
+        DType::BF16 => backward_as::<half::bf16>(op, operands, stats, g)?,
+        _ => backward_as::<f32>(op, operands, stats, g)?,
+    };
+    let width = (g.h + 2 * g.kh) * g.d;
+    Ok(Tensor::from_storage(Storage::Cuda(grad), (g.b, g.t, width), BackpropOp::none(), false))
+}
+
+fn backward_as<T: CudaDType + DeviceRepr>(
+    op: &str,
+    [q, k, v]: [Operand; 3],
+    [(dys, dyl), (ls, ll), (ds, dl)]: [(&CudaStorage, &Layout); 3],
+    g: &Geometry,
+) -> Result<CudaStorage> {
+    let dev = q.0.device().clone();
+    let dtype = q.0.dtype();
+    let (dq_name, dkdv_name) = (g.kernel("bwd_dq", dtype, op)?, g.kernel("bwd_dkdv", dtype, op)?);
+    let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
+    let (dy, lse, delta) = (view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?, view::<f32>(ds, dl, op)?);
+    let width = (g.h + 2 * g.kh) * g.d;
+    // SAFETY: dq covers every row of every query head, dk and dv every row of every KV head.
+    let grad = unsafe { dev.alloc::<T>(g.b * g.t * width)? };
+    let (sb, st) = ((g.t * width) as i64, width as i64);
+    let (dq, dk, dv) = (grad.slice(..), grad.slice(g.h * g.d..), grad.slice((g.h + g.kh) * g.d..));
+    let tail = g.tail(&dev)?;
+    let stream = dev.cuda_stream();
+    let ld = g.d + 1;
+
+    let cfg = g.launch_config(g.h, (2 * ROWS + 2 * KEYS) * ld + ROWS * (KEYS + 1));
+    let func = function(&dev, &dq_name, &cfg)?;
+    let mut launch = stream.launch_builder(&func);
+    push_operands(&mut launch, [&q, &k, &v]);
+    launch.arg(&dy);
+    launch.arg(&lse);
+    launch.arg(&delta);
+    launch.arg(&dq);
+    launch.arg(&sb);
+    launch.arg(&st);
+    tail.push(&mut launch);
+    // SAFETY: the arguments match attn_bwd_dq's signature (attention.cu).
+    unsafe { launch.launch(cfg) }.w()?;
+
+    let cfg = g.launch_config(g.kh, (2 * ROWS + 2 * QUERIES) * ld + 2 * ROWS * (QUERIES + 1) + 2 * QUERIES);
+    let func = function(&dev, &dkdv_name, &cfg)?;
+    let mut launch = stream.launch_builder(&func);
+    push_operands(&mut launch, [&q, &k, &v]);
+    launch.arg(&dy);
+    launch.arg(&lse);
+    launch.arg(&delta);
+    launch.arg(&dk);
+    launch.arg(&dv);
+    launch.arg(&sb);
+    launch.arg(&st);
+    tail.push(&mut launch);
+    // SAFETY: the arguments match attn_bwd_dkdv's signature (attention.cu).
+    unsafe { launch.launch(cfg) }.w()?;
+    Ok(CudaStorage::wrap_cuda_slice(grad, dev))
+}

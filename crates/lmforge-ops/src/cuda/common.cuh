@@ -1,0 +1,19 @@
+// What every lmforge kernel shares: bf16 <-> f32 conversions, and the few spellings that differ
+// between nvcc and the CPU emulation that scripts/cuda-emulate.sh compiles these files with
+// (emu/cuda_emu.h: blocks run one after another, a block's threads as CPU threads).
+#pragma once
+#ifdef LMFORGE_CUDA_EMU
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+// The block's dynamic shared memory, as `T* name`.
+#define DYNAMIC_SHARED(T, name)              \
+    extern __shared__ float lmforge_smem[]; \
+    T* name = reinterpret_cast<T*>(lmforge_smem)
+#endif
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }

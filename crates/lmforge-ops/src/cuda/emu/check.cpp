@@ -1,0 +1,252 @@
+// lmforge's CUDA kernels run on the CPU (cuda_emu.h) against plain double-precision loops of
+// the same math: attention forward and backward (causal and padded, separate and packed
+// operands, grouped-query heads, every DMAX, f32 and bf16), LayerNorm / RMSNorm forward and
+// backward, AdamW's update. Prints one line per case and exits non-zero on any mismatch.
+// Built and run by scripts/cuda-emulate.sh; on the GPU, lmforge-ops' `on_cuda` tests check the
+// same kernels against the reference ops.
+#include "../adamw.cu"
+#include "../attention.cu"
+#include "../norm.cu"
+
+#include <cstdio>
+#include <random>
+#include <string>
+
+static int failures = 0;
+
+static void report(const std::string& what, double err, double bound) {
+    const bool ok = err <= bound;
+    std::printf("%-4s %-60s max rel err %.2e (bound %.0e)\n", ok ? "ok" : "FAIL", what.c_str(), err, bound);
+    failures += !ok;
+}
+
+// max |got - want| / max |want|
+template <typename T>
+static double rel_err(const std::vector<T>& got, const std::vector<double>& want) {
+    double diff = 0, scale = 1e-12;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double g = to_f(got[i]);
+        if (!std::isfinite(g)) return INFINITY;
+        diff = std::max(diff, std::fabs(g - want[i]));
+        scale = std::max(scale, std::fabs(want[i]));
+    }
+    return diff / scale;
+}
+
+template <typename T>
+static std::vector<T> random_values(size_t n, std::mt19937& rng, float spread = 1.0f) {
+    std::normal_distribution<float> dist(0.0f, spread);
+    std::vector<T> out(n);
+    for (auto& x : out) x = from_f<T>(dist(rng));
+    return out;
+}
+
+struct AttnCase {
+    int b, t, h, kh, d;
+    bool causal, packed;
+    std::vector<int> key_lens;  // padded cases
+};
+
+template <typename T, int DMAX>
+static void attention_case(const AttnCase& c, const char* dtype, double bound, double grad_bound) {
+    std::mt19937 rng(c.t * 131 + c.d);
+    const int b = c.b, t = c.t, h = c.h, kh = c.kh, d = c.d, rep = h / kh;
+    const float scale = 1.0f / std::sqrt((float)d);
+    // Operands: one packed (B, T, (H + 2K)·D) buffer, or three dense ones.
+    const long long pw = (long long)(h + 2 * kh) * d;
+    std::vector<T> packed, qb, kb, vb;
+    const T *q, *k, *v;
+    long long q_sb, q_st, kv_sb, kv_st;
+    if (c.packed) {
+        packed = random_values<T>(b * t * pw, rng);
+        q = packed.data(), k = q + h * d, v = q + (h + kh) * d;
+        q_st = kv_st = pw, q_sb = kv_sb = pw * t;
+    } else {
+        qb = random_values<T>((size_t)b * t * h * d, rng), kb = random_values<T>((size_t)b * t * kh * d, rng);
+        vb = random_values<T>((size_t)b * t * kh * d, rng);
+        q = qb.data(), k = kb.data(), v = vb.data();
+        q_st = (long long)h * d, q_sb = q_st * t, kv_st = (long long)kh * d, kv_sb = kv_st * t;
+    }
+    std::vector<int> lens = c.causal ? std::vector<int>(b, 0) : c.key_lens;
+    auto at = [](const T* p, long long sb, long long st, int bi, int i, int hd, int d, int col) {
+        return (double)to_f(p[bi * sb + i * st + hd * d + col]);
+    };
+    auto sees = [&](int bi, int i, int j) { return c.causal ? j <= i : j < lens[bi]; };
+
+    // The reference, in double.
+    std::vector<double> y_ref((size_t)b * t * h * d), lse_ref((size_t)b * h * t);
+    std::vector<double> dq_ref(y_ref.size()), dk_ref((size_t)b * t * kh * d), dv_ref(dk_ref.size());
+    std::vector<T> dy = random_values<T>(y_ref.size(), rng);
+    for (int bi = 0; bi < b; ++bi)
+        for (int hi = 0; hi < h; ++hi) {
+            const int g = hi / rep;
+            for (int i = 0; i < t; ++i) {
+                std::vector<double> p(t, 0.0);
+                double mx = -INFINITY;
+                for (int j = 0; j < t; ++j)
+                    if (sees(bi, i, j)) {
+                        double s = 0;
+                        for (int e = 0; e < d; ++e) s += at(q, q_sb, q_st, bi, i, hi, d, e) * at(k, kv_sb, kv_st, bi, j, g, d, e);
+                        p[j] = s * scale;
+                        mx = std::max(mx, p[j]);
+                    }
+                double z = 0;
+                for (int j = 0; j < t; ++j) z += sees(bi, i, j) ? std::exp(p[j] - mx) : 0.0;
+                for (int j = 0; j < t; ++j) p[j] = sees(bi, i, j) ? std::exp(p[j] - mx) / z : 0.0;
+                lse_ref[((size_t)bi * h + hi) * t + i] = mx + std::log(z);
+                const size_t yrow = (((size_t)bi * t + i) * h + hi) * d;
+                std::vector<double> dp(t, 0.0);
+                double delta = 0;
+                for (int j = 0; j < t; ++j) {
+                    for (int e = 0; e < d; ++e) {
+                        y_ref[yrow + e] += p[j] * at(v, kv_sb, kv_st, bi, j, g, d, e);
+                        dp[j] += to_f(dy[yrow + e]) * at(v, kv_sb, kv_st, bi, j, g, d, e);
+                    }
+                    delta += p[j] * dp[j];
+                }
+                for (int j = 0; j < t; ++j) {
+                    const double ds = p[j] * (dp[j] - delta);
+                    const size_t krow = (((size_t)bi * t + j) * kh + g) * d;
+                    for (int e = 0; e < d; ++e) {
+                        dq_ref[yrow + e] += scale * ds * at(k, kv_sb, kv_st, bi, j, g, d, e);
+                        dk_ref[krow + e] += scale * ds * at(q, q_sb, q_st, bi, i, hi, d, e);
+                        dv_ref[krow + e] += p[j] * to_f(dy[yrow + e]);
+                    }
+                }
+            }
+        }
+
+    // The kernels.
+    const int ld = d + 1;
+    std::vector<T> y(y_ref.size());
+    std::vector<float> lse(lse_ref.size(), NAN);
+    const unsigned row_blocks = (t + ROWS - 1) / ROWS;
+    emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {THREADS}, 4 * ((ROWS + KEYS) * ld + ROWS * (KEYS + 1)), [&] {
+        attn_fwd<T, DMAX>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, y.data(), lse.data(), lens.data(),
+                          c.causal, t, h, kh, d, scale);
+    });
+    std::vector<float> delta(lse.size());
+    for (int bi = 0; bi < b; ++bi)
+        for (int i = 0; i < t; ++i)
+            for (int hi = 0; hi < h; ++hi) {
+                float s = 0;
+                for (int e = 0; e < d; ++e) {
+                    const size_t at = (((size_t)bi * t + i) * h + hi) * d + e;
+                    s += to_f(dy[at]) * to_f(y[at]);
+                }
+                delta[((size_t)bi * h + hi) * t + i] = s;
+            }
+    // Gradients into one packed (B, T, (H + 2K)·D) buffer, as the packed op returns them.
+    std::vector<T> grad((size_t)b * t * pw, from_f<T>(NAN));
+    T *dq = grad.data(), *dk = dq + h * d, *dv = dq + (h + kh) * d;
+    emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {THREADS}, 4 * ((2 * ROWS + 2 * KEYS) * ld + ROWS * (KEYS + 1)),
+               [&] {
+                   attn_bwd_dq<T, DMAX>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, dy.data(), lse.data(),
+                                        delta.data(), dq, pw * t, pw, lens.data(), c.causal, t, h, kh, d, scale);
+               });
+    emu_launch({row_blocks, (unsigned)kh, (unsigned)b}, {THREADS},
+               4 * ((2 * ROWS + 2 * QUERIES) * ld + 2 * ROWS * (QUERIES + 1) + 2 * QUERIES), [&] {
+                   attn_bwd_dkdv<T, DMAX>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, dy.data(), lse.data(),
+                                          delta.data(), dk, dv, pw * t, pw, lens.data(), c.causal, t, h, kh, d, scale);
+               });
+    auto unpack = [&](int col, int width) {
+        std::vector<T> out;
+        for (int r = 0; r < b * t; ++r)
+            for (int e = 0; e < width; ++e) out.push_back(grad[r * pw + col + e]);
+        return out;
+    };
+    char name[160];
+    std::snprintf(name, sizeof name, "attention %s %s%s B%d T%d H%d K%d D%d (DMAX %d)", dtype,
+                  c.causal ? "causal" : "padded", c.packed ? " packed" : "", b, t, h, kh, d, DMAX);
+    std::vector<double> lse_want(lse_ref);
+    report(std::string(name) + " y", rel_err(y, y_ref), bound);
+    report(std::string(name) + " lse", rel_err(lse, lse_want), bound);
+    report(std::string(name) + " dq", rel_err(unpack(0, h * d), dq_ref), grad_bound);
+    report(std::string(name) + " dk", rel_err(unpack(h * d, kh * d), dk_ref), grad_bound);
+    report(std::string(name) + " dv", rel_err(unpack((h + kh) * d, kh * d), dv_ref), grad_bound);
+}
+
+template <typename T>
+static void norm_case(int rows, int c, bool centred, const char* dtype, double bound, double grad_bound) {
+    std::mt19937 rng(rows * 7 + c);
+    std::vector<T> x = random_values<T>((size_t)rows * c, rng, 2.0f), dy = random_values<T>(x.size(), rng);
+    std::vector<float> w = random_values<float>(c, rng), bias = random_values<float>(c, rng);
+    const float eps = 1e-5f;
+    std::vector<double> y_ref(x.size()), dx_ref(x.size()), dwx_ref(x.size());
+    for (int r = 0; r < rows; ++r) {
+        const T* xr = &x[(size_t)r * c];
+        double mean = 0, var = 0;
+        if (centred)
+            for (int j = 0; j < c; ++j) mean += to_f(xr[j]) / c;
+        for (int j = 0; j < c; ++j) var += (to_f(xr[j]) - mean) * (to_f(xr[j]) - mean) / c;
+        const double rstd = 1 / std::sqrt(var + eps);
+        double md = 0, mdx = 0;
+        for (int j = 0; j < c; ++j) {
+            const double xh = (to_f(xr[j]) - mean) * rstd, g = to_f(dy[(size_t)r * c + j]);
+            y_ref[(size_t)r * c + j] = xh * w[j] + (centred ? bias[j] : 0.0);
+            dwx_ref[(size_t)r * c + j] = g * xh;
+            md += g * w[j] / c;
+            mdx += g * w[j] * xh / c;
+        }
+        for (int j = 0; j < c; ++j) {
+            const double xh = (to_f(xr[j]) - mean) * rstd;
+            dx_ref[(size_t)r * c + j] = rstd * (to_f(dy[(size_t)r * c + j]) * w[j] - (centred ? md : 0.0) - xh * mdx);
+        }
+    }
+    const unsigned threads = std::clamp((c + 3) / 4 + 31, 32, 1024) / 32 * 32;
+    std::vector<T> y(x.size());
+    std::vector<float> out(2 * x.size(), NAN);
+    emu_launch({(unsigned)rows}, {threads}, 0, [&] {
+        if (centred)
+            layer_norm_fwd<T>(x.data(), w.data(), bias.data(), y.data(), c, eps);
+        else
+            rms_norm_fwd<T>(x.data(), w.data(), y.data(), c, eps);
+    });
+    emu_launch({(unsigned)rows}, {threads}, 0,
+               [&] { norm_bwd<T>(x.data(), w.data(), dy.data(), out.data(), rows, c, eps, centred); });
+    std::vector<float> dx(out.begin(), out.begin() + x.size()), dwx(out.begin() + x.size(), out.end());
+    char name[120];
+    std::snprintf(name, sizeof name, "%s %s rows %d C %d", centred ? "layer_norm" : "rms_norm", dtype, rows, c);
+    report(std::string(name) + " y", rel_err(y, y_ref), bound);
+    report(std::string(name) + " dx", rel_err(dx, dx_ref), grad_bound);
+    report(std::string(name) + " dy*xhat", rel_err(dwx, dwx_ref), grad_bound);
+}
+
+static void adamw_case(size_t n) {
+    std::mt19937 rng(n);
+    std::vector<float> p = random_values<float>(n, rng), g = random_values<float>(n, rng);
+    std::vector<float> m = random_values<float>(n, rng, 0.1f), v(n);
+    for (auto& x : v) x = std::fabs(to_f(random_values<float>(1, rng)[0])) * 0.01f;
+    const float b1 = 0.9f, b2 = 0.95f, decay = 0.999f, step = 1e-3f, bc2 = 0.3f, eps = 1e-8f;
+    std::vector<double> want(n);
+    for (size_t i = 0; i < n; ++i) {
+        const double mi = m[i] * (double)b1 + g[i] * (1.0 - b1), vi = v[i] * (double)b2 + (double)g[i] * g[i] * (1.0 - b2);
+        want[i] = p[i] * (double)decay - mi / (std::sqrt(vi) / bc2 + eps) * step;
+    }
+    const unsigned blocks = std::min<size_t>((n + 255) / 256, 65535);
+    emu_launch({blocks}, {256}, 0, [&] { adam_moment(m.data(), g.data(), n, b1, 0); });
+    emu_launch({blocks}, {256}, 0, [&] { adam_moment(v.data(), g.data(), n, b2, 1); });
+    emu_launch({blocks}, {256}, 0, [&] { adam_apply(p.data(), m.data(), v.data(), n, decay, step, bc2, eps); });
+    report("adamw n " + std::to_string(n), rel_err(p, want), 1e-6);
+}
+
+int main() {
+    // f32: dot products in another order than double's; bf16: operands rounded, outputs rounded.
+    attention_case<float, 64>({2, 70, 4, 2, 16, true, false, {}}, "f32", 2e-6, 1e-5);
+    attention_case<float, 64>({1, 129, 2, 1, 64, true, true, {}}, "f32", 2e-6, 1e-5);
+    attention_case<float, 128>({1, 97, 3, 3, 100, true, true, {}}, "f32", 2e-6, 1e-5);
+    attention_case<float, 256>({1, 12, 2, 1, 200, true, false, {}}, "f32", 2e-6, 1e-5);
+    attention_case<float, 64>({3, 40, 2, 2, 64, false, false, {40, 17, 1}}, "f32", 2e-6, 1e-5);
+    attention_case<float, 128>({2, 70, 4, 1, 72, false, true, {5, 70}}, "f32", 2e-6, 1e-5);
+    attention_case<__nv_bfloat16, 64>({1, 65, 2, 2, 32, true, true, {}}, "bf16", 1e-2, 2e-2);
+    attention_case<__nv_bfloat16, 128>({2, 33, 4, 2, 128, false, false, {33, 9}}, "bf16", 1e-2, 2e-2);
+    for (int c : {37, 768, 4099}) {
+        norm_case<float>(3, c, true, "f32", 1e-6, 1e-5);
+        norm_case<float>(3, c, false, "f32", 1e-6, 1e-5);
+        norm_case<__nv_bfloat16>(2, c, true, "bf16", 1e-2, 1e-5);
+    }
+    adamw_case(1000);
+    adamw_case(70000);
+    std::printf(failures ? "%d check(s) failed\n" : "all kernels match\n", failures);
+    return failures != 0;
+}
