@@ -5,8 +5,9 @@
 #
 #   1. the parity tests on CUDA (fixture logits ≤ 1e-5, gradients ≤ 1e-4 relative) and the
 #      gradient-presence test (every parameter of every architecture, fp32 and bf16-mixed), and
-#      lmforge's CUDA kernels (norms against the reference ops in f32 and bf16, AdamW against
-#      the CPU kernel), and NCCL (a 1-process communicator, its three collectives);
+#      lmforge's CUDA kernels (attention, norms, GELU, SwiGLU, RoPE against the reference ops
+#      in f32 and bf16, attention's bits twice; AdamW and the gradient norm against the CPU),
+#      and NCCL (a 1-process communicator, its three collectives);
 #   2. the quickstart recipe on the GPU in fp32 and in bf16-mixed: final validation bits/byte
 #      of each and their ratio (goal: bf16-mixed within 1%);
 #   3. determinism: the same short run twice (losses to the bit), a run stopped and resumed

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 3] = ["norm", "adamw", "attention"];
+const KERNELS: [&str; 4] = ["norm", "adamw", "attention", "activation"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

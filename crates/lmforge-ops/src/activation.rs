@@ -112,15 +112,31 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(self.forward_slice(slice(s, l, self.name())?)), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::activation::launch("gelu_fwd", &[(s, l)], 1, Some(self.erf_flag()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let grad = super::cuda::activation::Grad { kernel: "gelu_bwd", outputs: 1, flag: Some(self.erf_flag()) };
+            return Ok(Some(x.apply_op2_no_bwd(&dy, &grad)?));
+        }
         let (xr, dyr) = (Read::new(x, self.name())?, Read::new(&dy, self.name())?);
         Ok(Some(tensor(self.backward_slice(xr.f32()?, dyr.f32()?), x.dims())?))
     }
 }
 
 impl Gelu {
+    /// The CUDA kernels' form argument.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn erf_flag(self) -> i32 {
+        i32::from(self == Gelu::Erf)
+    }
+
     /// gelu(x), element-wise over the rayon pool (also the fused linear's epilogue).
     pub(super) fn forward_slice(self, x: &[f32]) -> Vec<f32> {
         let mut y = uninit(x.len());
@@ -175,9 +191,26 @@ impl CustomOp2 for SwiGlu {
         Ok((CpuStorage::F32(swiglu_forward_slice(g, u)), gl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+        us: &candle_core::CudaStorage,
+        ul: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::activation::launch("swiglu_fwd", &[(gs, gl), (us, ul)], 1, None)
+    }
+
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if g.device().is_cuda() {
+            let grad = super::cuda::activation::Grad { kernel: "swiglu_bwd", outputs: 2, flag: None };
+            let both = g.apply_op3_no_bwd(u, &dy, &grad)?;
+            return Ok((Some(both.get(0)?), Some(both.get(1)?)));
+        }
         let (gr, ur, dyr) = (Read::new(g, self.name())?, Read::new(u, self.name())?, Read::new(&dy, self.name())?);
         let (dg, du) = swiglu_backward_slice(gr.f32()?, ur.f32()?, dyr.f32()?);
         Ok((Some(tensor(dg, g.dims())?), Some(tensor(du, u.dims())?)))
@@ -239,18 +272,25 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize
     x.contiguous()?.apply_op1(Rope::new(cos, sin, offset, t, d)?)
 }
 
-/// Tables for the T positions, (T, D) row-major.
+/// Tables for the T positions, (T, D) row-major: on the host for the CPU kernel, or as (T, D)
+/// f32 tensors on the GPU for the CUDA kernel.
 pub(super) struct Rope {
     cos: Vec<f32>,
     sin: Vec<f32>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    on_device: Option<(Tensor, Tensor)>,
     d: usize,
 }
 
 impl Rope {
     /// Rows offset..offset+T of the (context, D) tables.
     pub fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
-        let table = |m: &Tensor| -> Result<Vec<f32>> { m.narrow(0, offset, t)?.flatten_all()?.to_vec1::<f32>() };
-        Ok(Rope { cos: table(cos)?, sin: table(sin)?, d })
+        let rows = |m: &Tensor| m.narrow(0, offset, t)?.to_dtype(candle_core::DType::F32)?.contiguous();
+        if !cos.device().is_cpu() {
+            return Ok(Rope { cos: Vec::new(), sin: Vec::new(), on_device: Some((rows(cos)?, rows(sin)?)), d });
+        }
+        let table = |m: &Tensor| -> Result<Vec<f32>> { rows(m)?.flatten_all()?.to_vec1::<f32>() };
+        Ok(Rope { cos: table(cos)?, sin: table(sin)?, on_device: None, d })
     }
 
     /// One token's heads: `transposed` applies the inverse rotation (the backward).
@@ -294,10 +334,56 @@ impl CustomOp1 for Rope {
         Ok((CpuStorage::F32(self.apply(x, l.dims(), false)), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.rotate_on_device(s, l, false)
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if dy.device().is_cuda() {
+            return Ok(Some(dy.apply_op1_no_bwd(&RopeTransposed(self))?));
+        }
         let r = Read::new(&dy, self.name())?;
         Ok(Some(tensor(self.apply(r.f32()?, x.dims(), true), x.dims())?))
+    }
+}
+
+/// On a GPU: the rotation by activation.cu's kernel, and its inverse as an op for the backward.
+#[cfg(feature = "cuda")]
+impl Rope {
+    fn rotate_on_device(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        transposed: bool,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let Some((cos, sin)) = &self.on_device else { bail!("lmforge-rope: the tables are not on the GPU") };
+        let (cs, cl) = cos.storage_and_layout();
+        let (ss, sl) = sin.storage_and_layout();
+        let (candle_core::Storage::Cuda(cs), candle_core::Storage::Cuda(ss)) = (&*cs, &*ss) else {
+            bail!("lmforge-rope: the tables are not on the GPU")
+        };
+        super::cuda::activation::rope((s, l), (cs, cl), (ss, sl), self.d, transposed)
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct RopeTransposed<'a>(&'a Rope);
+
+#[cfg(feature = "cuda")]
+impl CustomOp1 for RopeTransposed<'_> {
+    fn name(&self) -> &'static str {
+        "lmforge-rope-transposed"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only", self.name())
+    }
+
+    fn cuda_fwd(&self, s: &candle_core::CudaStorage, l: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.0.rotate_on_device(s, l, true)
     }
 }

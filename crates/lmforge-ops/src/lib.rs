@@ -18,8 +18,8 @@
 //!
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
 //! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
-//! that have a CUDA kernel (module `cuda`: the norms and attention, f32 or bf16; AdamW's update,
-//! f32); anything else runs the reference.
+//! that have a CUDA kernel (module `cuda`: the norms, attention, GELU, SwiGLU and RoPE, f32 or
+//! bf16; AdamW's update, f32); anything else runs the reference.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -176,7 +176,8 @@ pub fn rope_tables(
 /// Rotary position embedding (rotate-half) of x (B, T, n·D) at positions offset..offset+T,
 /// from (context, D) cos / sin tables.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
-    if fused(&[x, cos, sin]) {
+    let tables_on_gpu = [cos, sin].iter().all(|t| t.dtype() == DType::F32 && t.device().same_device(x.device()));
+    if fused(&[x, cos, sin]) || (cuda_kernels(x) && tables_on_gpu) {
         activation::rope(x, cos, sin, n_head, offset)
     } else {
         reference::rope(x, cos, sin, n_head, offset)
@@ -204,7 +205,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// GELU, tanh approximation (GPT-2's `gelu_new`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if fused(&[x]) {
+    if fused(&[x]) || cuda_kernels(x) {
         activation::gelu_tanh(x)
     } else {
         reference::gelu_tanh(x)
@@ -227,7 +228,7 @@ pub fn linear_swiglu(x: &Tensor, w_gate: &Tensor, w_up: &Tensor, w_is_out_in: bo
         linear::linear_swiglu(x, w_gate, w_up, w_is_out_in)
     } else {
         let lin = |w| reference::linear(x, w, None, w_is_out_in);
-        reference::swiglu(&lin(w_gate)?, &lin(w_up)?)
+        swiglu(&lin(w_gate)?, &lin(w_up)?)
     }
 }
 
@@ -241,7 +242,7 @@ pub fn gelu(x: &Tensor, form: Gelu) -> Result<Tensor> {
 
 /// GELU, exact erf form (BERT's `gelu`).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if fused(&[x]) {
+    if fused(&[x]) || cuda_kernels(x) {
         activation::gelu_erf(x)
     } else {
         reference::gelu_erf(x)
@@ -250,7 +251,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// SwiGLU gate: silu(gate) * up.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    if fused(&[gate, up]) {
+    if fused(&[gate, up]) || (cuda_kernels(gate) && up.dtype() == gate.dtype()) {
         activation::swiglu(gate, up)
     } else {
         reference::swiglu(gate, up)
@@ -371,6 +372,25 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
     } else {
         x.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
     }
+}
+
+/// Σ x² over every tensor of `xs` (in f64), the squared global norm for clipping. CPU tensors
+/// one at a time ([`sum_squares`]); the others (a GPU's) as one reduction on their device read
+/// once, since a read per tensor would wait for the device's stream once per parameter.
+pub fn sum_squares_all<'a>(xs: impl IntoIterator<Item = &'a Tensor>) -> Result<f64> {
+    let mut total = 0.0;
+    let mut on_device = Vec::new();
+    for x in xs {
+        if x.device().is_cpu() {
+            total += sum_squares(x)?;
+        } else {
+            on_device.push(x.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+        }
+    }
+    if !on_device.is_empty() {
+        total += Tensor::stack(&on_device, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    }
+    Ok(total)
 }
 
 /// x · s, outside the gradient graph (a gradient being clipped).

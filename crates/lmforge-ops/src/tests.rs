@@ -455,6 +455,16 @@ fn clipping_pieces_match_reference() {
     }
 }
 
+/// The global norm's Σ g² over several gradients is the sum of each one's.
+#[test]
+fn sum_squares_over_all_gradients_adds_each_ones() {
+    let xs: Vec<Tensor> =
+        [3usize, 0, 40_000, 17].iter().enumerate().map(|(i, &n)| randn(&[n], 0.7, 120 + i as u64)).collect();
+    let each: f64 = xs.iter().map(|x| sum_squares(x).unwrap()).sum();
+    assert_eq!(sum_squares_all(&xs).unwrap(), each);
+    assert_eq!(sum_squares_all(std::iter::empty()).unwrap(), 0.0);
+}
+
 #[test]
 fn kernels_guard_restores_the_previous_choice() {
     assert_eq!(kernels(), Kernels::Fused);
@@ -535,6 +545,40 @@ mod on_cuda {
                 }
             }
         }
+    }
+
+    /// GELU (both forms), SwiGLU and RoPE on the GPU (activation.cu) against the reference
+    /// ops: f32 to the CPU kernels' bounds, bf16 to 1e-2 / 2e-2.
+    #[test]
+    fn activations_match_the_reference_on_the_gpu_in_f32_and_bf16() {
+        let dev = gpu();
+        let x = randn(&[3, 70, 200], 2.0, 91).to_device(&dev).unwrap();
+        let up = randn(&[3, 70, 200], 1.0, 92).to_device(&dev).unwrap();
+        let (cos, sin) = rope_tables(40, 80, 10_000.0, &dev).unwrap();
+        let gelus: [(&str, &Op); 2] = [("gelu_tanh", &|t| gelu_tanh(&t[0])), ("gelu_erf", &|t| gelu_erf(&t[0]))];
+        for (name, f) in gelus {
+            check(&format!("cuda {name} f32"), std::slice::from_ref(&x), f);
+            check_within(&format!("cuda {name} bf16"), &[x.to_dtype(DType::BF16).unwrap()], f, 1e-2, 2e-2);
+        }
+        let swi = |t: &[Tensor]| swiglu(&t[0], &t[1]);
+        check("cuda swiglu f32", &[x.clone(), up.clone()], &swi);
+        let bf16 = [x.to_dtype(DType::BF16).unwrap(), up.to_dtype(DType::BF16).unwrap()];
+        check_within("cuda swiglu bf16", &bf16, &swi, 1e-2, 2e-2);
+        // 200 = 5 heads of 40, at positions 7..77 of the 80-row tables.
+        let rot = |t: &[Tensor]| rope(&t[0], &cos, &sin, 5, 7);
+        check("cuda rope f32", std::slice::from_ref(&x), &rot);
+        check_within("cuda rope bf16", &[x.to_dtype(DType::BF16).unwrap()], &rot, 1e-2, 2e-2);
+    }
+
+    /// Σ g² of gradients on the GPU (one device reduction, one read) against the CPU's.
+    #[test]
+    fn sum_squares_over_gpu_gradients_matches_the_cpu() {
+        let dev = gpu();
+        let xs: Vec<Tensor> =
+            [5usize, 70_001, 33].iter().enumerate().map(|(i, &n)| randn(&[n], 1.3, 130 + i as u64)).collect();
+        let on_gpu: Vec<Tensor> = xs.iter().map(|x| x.to_device(&dev).unwrap()).collect();
+        let (cpu, gpu) = (sum_squares_all(&xs).unwrap(), sum_squares_all(&on_gpu).unwrap());
+        assert!((gpu - cpu).abs() <= 1e-6 * cpu, "{gpu} vs {cpu}");
     }
 
     /// AdamW's in-place update on the GPU against the CPU kernel (the same arithmetic per

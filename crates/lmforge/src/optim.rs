@@ -170,7 +170,7 @@ pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Re
 
 /// Σ g² over every gradient (the squared global norm of this process's `grads`).
 pub fn sum_of_squares(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
-    grads.values().try_fold(0.0, |sq, g| Ok(sq + crate::ops::sum_squares(g)?))
+    Ok(crate::ops::sum_squares_all(grads.values())?)
 }
 
 /// Scales `grads`, whose global norm (over every process's share) is `norm`, down to

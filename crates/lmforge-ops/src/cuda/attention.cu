@@ -43,10 +43,22 @@ __device__ void load_tile(float* tile, int n, const T* p, long long sb, long lon
     }
 }
 
-__device__ __forceinline__ float dot(const float* a, const float* b, int d) {
-    float s = 0.0f;
-    for (int c = 0; c < d; ++c) s += a[c] * b[c];
-    return s;
+// xs[u] = x · xrows[u·4 + quad] and ys[u] = y · yrows[u·4 + quad] for u < N (rows ld apart),
+// a column at a time so that x's and y's values are read once for all N rows; summed in
+// column order.
+template <int N>
+__device__ __forceinline__ void paired_dots(const float* x, const float* y, const float* xrows, const float* yrows,
+                                            int ld, int quad, int d, float* xs, float* ys) {
+#pragma unroll
+    for (int u = 0; u < N; ++u) xs[u] = ys[u] = 0.0f;
+    for (int c = 0; c < d; ++c) {
+        const float xv = x[c], yv = y[c];
+#pragma unroll
+        for (int u = 0; u < N; ++u) {
+            xs[u] += xv * xrows[(u * 4 + quad) * ld + c];
+            ys[u] += yv * yrows[(u * 4 + quad) * ld + c];
+        }
+    }
 }
 
 // The sum (or max) over a row's four threads (neighbouring lanes of one warp).
@@ -87,10 +99,18 @@ __device__ void attn_fwd(const T* q, long long q_sb, long long q_st, const T* k,
         load_tile(kv, KEYS, k, k_sb, k_st, b, j0, g, d, end);
         __syncthreads();
         float s[KEYS / 4], tile_max = -INFINITY;
+        // The row's dot products with its eight keys, a column at a time: each q value read
+        // once for all eight (summed in column order).
+#pragma unroll
+        for (int u = 0; u < KEYS / 4; ++u) s[u] = 0.0f;
+        for (int c = 0; c < d; ++c) {
+            const float qv = qs[r * ld + c];
+#pragma unroll
+            for (int u = 0; u < KEYS / 4; ++u) s[u] += qv * kv[(u * 4 + quad) * ld + c];
+        }
 #pragma unroll
         for (int u = 0; u < KEYS / 4; ++u) {
-            const int jj = u * 4 + quad;
-            s[u] = j0 + jj < row_end ? scale * dot(qs + r * ld, kv + jj * ld, d) : -INFINITY;
+            s[u] = j0 + u * 4 + quad < row_end ? scale * s[u] : -INFINITY;
             tile_max = fmaxf(tile_max, s[u]);
         }
         const float m_new = fmaxf(m, quad_max(tile_max));
@@ -163,14 +183,13 @@ __device__ void attn_bwd_dq(const T* q, long long q_sb, long long q_st, const T*
         load_tile(ks, KEYS, k, k_sb, k_st, b, j0, g, d, end);
         load_tile(vs, KEYS, v, v_sb, v_st, b, j0, g, d, end);
         __syncthreads();
+        float qk[KEYS / 4], dp[KEYS / 4];
+        paired_dots<KEYS / 4>(qs + r * ld, dys + r * ld, ks, vs, ld, quad, d, qk, dp);
 #pragma unroll
         for (int u = 0; u < KEYS / 4; ++u) {
             const int jj = u * 4 + quad;
             float ds = 0.0f;
-            if (j0 + jj < row_end) {
-                const float p = expf(scale * dot(qs + r * ld, ks + jj * ld, d) - row_lse);
-                ds = p * (dot(dys + r * ld, vs + jj * ld, d) - row_delta);
-            }
+            if (j0 + jj < row_end) ds = expf(scale * qk[u] - row_lse) * (dp[u] - row_delta);
             dss[r * (KEYS + 1) + jj] = ds;
         }
         __syncthreads();
@@ -231,13 +250,15 @@ __device__ void attn_bwd_dkdv(const T* q, long long q_sb, long long q_st, const 
                 stats[QUERIES + e] = i0 + e < t ? delta[stat] : 0.0f;
             }
             __syncthreads();
+            float qk[QUERIES / 4], dp[QUERIES / 4];
+            paired_dots<QUERIES / 4>(ks + r * ld, vs + r * ld, qs, dys, ld, quad, d, qk, dp);
 #pragma unroll
             for (int u = 0; u < QUERIES / 4; ++u) {
                 const int ii = u * 4 + quad, i = i0 + ii;
                 float p = 0.0f, ds = 0.0f;
                 if (i < t && j < min(limit, key_end(key_lens, causal, b, i))) {
-                    p = expf(scale * dot(qs + ii * ld, ks + r * ld, d) - stats[ii]);
-                    ds = p * (dot(dys + ii * ld, vs + r * ld, d) - stats[QUERIES + ii]);
+                    p = expf(scale * qk[u] - stats[ii]);
+                    ds = p * (dp[u] - stats[QUERIES + ii]);
                 }
                 ps[r * (QUERIES + 1) + ii] = p;
                 dss[r * (QUERIES + 1) + ii] = ds;

@@ -5,11 +5,13 @@
 //! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
 //!
 //! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place
-//! (`adamw.cu`); attention, forward and backward ([`attention`], `attention.cu`).
+//! (`adamw.cu`); attention, forward and backward ([`attention`], `attention.cu`); GELU, SwiGLU
+//! and RoPE, forward and backward ([`activation`], `activation.cu`).
 //!
 //! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
 //! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
 
+pub mod activation;
 pub mod attention;
 
 use candle_core::backend::BackendStorage;
@@ -41,7 +43,7 @@ fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<CudaView
 }
 
 /// Element-wise kernels: 256 threads a block, a grid-stride loop over at most 65535 blocks.
-fn elementwise(n: usize) -> LaunchConfig {
+pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(256).clamp(1, 65535) as u32, 1, 1),
         block_dim: (256, 1, 1),

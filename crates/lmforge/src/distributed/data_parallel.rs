@@ -308,11 +308,8 @@ impl DataParallel {
         // ZeRO-3's layer parameters stay with their owners (gathered for each use).
         let l = &self.grad_layout;
         for range in &l.buckets {
-            let mine = l.names[range.clone()].iter().zip(&l.owner[range.clone()]).filter(|(_, &o)| o == rank);
-            let owned: BTreeMap<String, Tensor> =
-                mine.map(|(n, _)| (n.clone(), self.vars[n].as_tensor().clone())).collect();
             // Device tensors (NCCL) when the reducer has a tensor collective.
-            if let Some(all) = self.reducer.all_gather_tensors(l, range.clone(), &owned)? {
+            if let Some(all) = self.reducer.all_gather_tensors(l, range.clone(), &self.owned)? {
                 for (i, value) in all.into_iter().filter(|(i, _)| l.owner[*i] != rank) {
                     self.vars[&l.names[i]].set(&value)?;
                 }

@@ -10,7 +10,7 @@ use super::compress::{
 use super::tensor_comm::{self, TensorCollective};
 use super::{split_rows, Collective};
 use crate::error::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -335,7 +335,7 @@ impl Reducer {
         let (rank, world) = (self.comm.rank(), self.world());
         let (order, counts) = l.by_owner(l.buckets[b].clone(), world);
         if let (Some(tc), Compression::None) = (&self.tensors, self.compression) {
-            let flat = tensor_comm::flatten(grads, order.iter().map(|&i| &l.names[i]), &self.device)?;
+            let flat = tensor_comm::flatten(|n| grads.get(n), order.iter().map(|&i| &l.names[i]), &self.device)?;
             let bytes = self.ring(tensor_comm::padded_len(&counts));
             let mine = self.metered(bytes, |_| tensor_comm::reduce_scatter_v(&**tc, &flat, &counts, rank))?;
             self.unflatten_tensor(l, order.into_iter().filter(|&i| l.owner[i] == rank), &mine, out)?;
@@ -382,7 +382,7 @@ impl Reducer {
         grads: &mut BTreeMap<String, Tensor>,
         loss: f64,
     ) -> Result<f64> {
-        let mut flat = tensor_comm::flatten(grads, l.names[range.clone()].iter(), &self.device)?;
+        let mut flat = tensor_comm::flatten(|n| grads.get(n), l.names[range.clone()].iter(), &self.device)?;
         if last {
             flat = Tensor::cat(&[flat, Tensor::new(&[loss as f32], &self.device)?], 0)?;
         }
@@ -417,13 +417,13 @@ impl Reducer {
         &self,
         l: &Layout,
         range: Range<usize>,
-        owned: &BTreeMap<String, Tensor>,
+        owned: &BTreeMap<String, Var>,
     ) -> Result<Option<Vec<(usize, Tensor)>>> {
         let Some(tc) = &self.tensors else { return Ok(None) };
         let (rank, world) = (self.comm.rank(), self.world());
         let (order, counts) = l.by_owner(range, world);
         let own = order.iter().filter(|&&i| l.owner[i] == rank).map(|&i| &l.names[i]);
-        let local = tensor_comm::flatten(owned, own, &self.device)?;
+        let local = tensor_comm::flatten(|n| owned.get(n).map(Var::as_tensor), own, &self.device)?;
         let all = self.metered(self.ring(tensor_comm::padded_len(&counts)), |_| {
             tensor_comm::all_gather_v(&**tc, &local, &counts)
         })?;
@@ -653,9 +653,10 @@ mod tests {
                 staged.reduce_scatter(&l, &grads(&l, rank)).unwrap(),
             );
             // Each rank's own parameters hold rank-specific values; everyone ends with all.
-            let own = grads(&l, rank)
+            let own: BTreeMap<String, Var> = grads(&l, rank)
                 .into_iter()
                 .filter(|(n, _)| l.owner[l.names.iter().position(|m| m == n).unwrap()] == rank)
+                .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
                 .collect();
             let gathered = staged.all_gather_tensors(&l, 0..l.names.len(), &own).unwrap().unwrap();
             assert!(host.all_gather_tensors(&l, 0..l.names.len(), &own).unwrap().is_none());

@@ -12,7 +12,6 @@
 use super::{Backend, Collective};
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Collectives over 1-D `f32` tensors, all on the training device; every rank calls them in
@@ -139,14 +138,14 @@ pub fn all_gather_v(tc: &dyn TensorCollective, local: &Tensor, counts: &[usize])
 
 /// The tensors of `names` in `from`, flattened and concatenated (on `device`, also when there
 /// are none).
-pub fn flatten<'a>(
-    from: &BTreeMap<String, Tensor>,
+pub fn flatten<'a, 't>(
+    lookup: impl Fn(&str) -> Option<&'t Tensor>,
     names: impl IntoIterator<Item = &'a String>,
     device: &Device,
 ) -> Result<Tensor> {
     let mut parts = Vec::new();
     for name in names {
-        let t = from.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
+        let t = lookup(name).ok_or_else(|| Error::Invalid(format!("no tensor for `{name}`")))?;
         parts.push(t.flatten_all()?);
     }
     Ok(if parts.is_empty() { Tensor::zeros(0, candle_core::DType::F32, device)? } else { Tensor::cat(&parts, 0)? })

@@ -250,8 +250,7 @@ impl ShardedLayers {
         let (rank, world, device) = (self.rank, self.world, self.device.clone());
         self.comm.submit(move || {
             let l = &layer.layout;
-            let owned = layer.owned.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
-            if let Some(all) = reducer.all_gather_tensors(l, 0..l.names.len(), &owned)? {
+            if let Some(all) = reducer.all_gather_tensors(l, 0..l.names.len(), &layer.owned)? {
                 return Ok(all.into_iter().map(|(k, t)| (l.names[k].clone(), t)).collect());
             }
             let gathered =

@@ -54,13 +54,16 @@ impl Architecture for Llama {
     }
 
     fn preset_names(&self) -> &'static [&'static str] {
-        &["llama-tiny", "llama-small", "llama-7b", "bench-llama"]
+        &["llama-tiny", "llama-small", "llama-1b", "llama-7b", "bench-llama"]
     }
 
     fn preset(&self, name: &str) -> Option<ModelSpec> {
         Some(match name {
             "llama-tiny" => llama(1024, 128, 64, 2, 4, 2, 176),
             "llama-small" => llama(4096, 256, 384, 6, 6, 2, 1024),
+            // The 1B GPU benchmark shape of ../shared/bench/pytorch_gpt_bench.py (Llama-3.2-1B's
+            // layers, heads and widths with Llama 2's vocabulary and an untied head).
+            "llama-1b" => llama(32000, 2048, 2048, 16, 32, 8, 8192),
             // Llama-2-7B.
             "llama-7b" => llama(32000, 4096, 4096, 32, 32, 32, 11008),
             "bench-llama" => llama(8192, 256, 256, 4, 8, 2, 688),

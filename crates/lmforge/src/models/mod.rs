@@ -98,6 +98,7 @@ pub const PRESETS: &[&str] = &[
     "gpt2-355m",
     "llama-tiny",
     "llama-small",
+    "llama-1b",
     "llama-7b",
     "bench-gpt",
     "bench-llama",
@@ -286,6 +287,10 @@ mod tests {
     fn published_parameter_counts() {
         assert_eq!(ModelSpec::preset("gpt2-124m").unwrap().num_params(), 124_439_808);
         assert_eq!(ModelSpec::preset("llama-7b").unwrap().num_params(), 6_738_415_616);
+        // pytorch_gpt_bench.py's llama-1b: 2·V·d embeddings and head, 16 layers of
+        // 2·d² (q, o) + 2·d·512 (k, v: 8 KV heads of 64) + 3·d·8192 (SwiGLU) + 2·d, final norm.
+        let layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192 + 2 * 2048;
+        assert_eq!(ModelSpec::preset("llama-1b").unwrap().num_params(), 2 * 32000 * 2048 + 16 * layer + 2048);
         // bert-base-uncased: BertModel (with pooler) 109,482,240; BertForPreTraining adds the
         // MLM transform, LayerNorm, decoder bias and NSP head.
         let bert = ModelSpec::preset("bert-base").unwrap();

@@ -1,9 +1,10 @@
 // lmforge's CUDA kernels run on the CPU (cuda_emu.h) against plain double-precision loops of
-// the same math: attention forward and backward (causal and padded, separate and packed
+// the same math: GELU (both forms), SwiGLU and RoPE forward and backward; attention forward and backward (causal and padded, separate and packed
 // operands, grouped-query heads, every DMAX, f32 and bf16), LayerNorm / RMSNorm forward and
 // backward, AdamW's update. Prints one line per case and exits non-zero on any mismatch.
 // Built and run by scripts/cuda-emulate.sh; on the GPU, lmforge-ops' `on_cuda` tests check the
 // same kernels against the reference ops.
+#include "../activation.cu"
 #include "../adamw.cu"
 #include "../attention.cu"
 #include "../norm.cu"
@@ -230,7 +231,86 @@ static void adamw_case(size_t n) {
     report("adamw n " + std::to_string(n), rel_err(p, want), 1e-6);
 }
 
+static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 65535); }
+
+template <typename T>
+static void activation_case(size_t n, const char* dtype, double bound) {
+    std::mt19937 rng(n);
+    std::vector<T> x = random_values<T>(n, rng, 2.0f), u = random_values<T>(n, rng), dy = random_values<T>(n, rng);
+    for (int erf_form = 0; erf_form < 2; ++erf_form) {
+        std::vector<double> y_ref(n), dx_ref(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double v = to_f(x[i]);
+            if (erf_form) {
+                y_ref[i] = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+                dx_ref[i] = to_f(dy[i]) * (0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI));
+            } else {
+                const double k = std::sqrt(2 / M_PI), t = std::tanh(k * (v + 0.044715 * v * v * v));
+                y_ref[i] = 0.5 * v * (1 + t);
+                dx_ref[i] = to_f(dy[i]) * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v));
+            }
+        }
+        std::vector<T> y(n), dx(n);
+        emu_launch({grid_for(n)}, {256}, 0, [&] { gelu_fwd<T>(x.data(), y.data(), n, erf_form); });
+        emu_launch({grid_for(n)}, {256}, 0, [&] { gelu_bwd<T>(x.data(), dy.data(), dx.data(), n, erf_form); });
+        const std::string name = std::string(erf_form ? "gelu_erf " : "gelu_tanh ") + dtype + " n " + std::to_string(n);
+        report(name + " y", rel_err(y, y_ref), bound);
+        report(name + " dx", rel_err(dx, dx_ref), bound);
+    }
+    std::vector<double> y_ref(n), dgu_ref(2 * n);
+    for (size_t i = 0; i < n; ++i) {
+        const double g = to_f(x[i]), v = to_f(u[i]), d = to_f(dy[i]), s = 1 / (1 + std::exp(-g));
+        y_ref[i] = g * s * v;
+        dgu_ref[i] = d * v * s * (1 + g * (1 - s));
+        dgu_ref[n + i] = d * g * s;
+    }
+    std::vector<T> y(n), dgu(2 * n);
+    emu_launch({grid_for(n)}, {256}, 0, [&] { swiglu_fwd<T>(x.data(), u.data(), y.data(), n); });
+    emu_launch({grid_for(n)}, {256}, 0, [&] { swiglu_bwd<T>(x.data(), u.data(), dy.data(), dgu.data(), n); });
+    report(std::string("swiglu ") + dtype + " n " + std::to_string(n) + " y", rel_err(y, y_ref), bound);
+    report(std::string("swiglu ") + dtype + " n " + std::to_string(n) + " d gate, d up", rel_err(dgu, dgu_ref), bound);
+}
+
+// RoPE of x (B, T, H·D) with (T, D) tables, then the transposed rotation of the result, which
+// must give x back (the rotation is orthogonal): the backward checked through the forward.
+template <typename T>
+static void rope_case(int b, int t, int h, int d, const char* dtype, double bound) {
+    std::mt19937 rng(t * d);
+    const int w = h * d, half = d / 2;
+    const size_t n = (size_t)b * t * w;
+    std::vector<T> x = random_values<T>(n, rng);
+    std::vector<float> cos(t * d), sin(t * d);
+    for (int p = 0; p < t; ++p)
+        for (int j = 0; j < half; ++j) {
+            const float a = (p + 3) / std::pow(10000.0f, 2.0f * j / d);
+            cos[p * d + j] = cos[p * d + j + half] = std::cos(a);
+            sin[p * d + j] = sin[p * d + j + half] = std::sin(a);
+        }
+    std::vector<double> y_ref(n), back_ref(n);
+    for (size_t e = 0; e < n; ++e) {
+        const size_t row = e / w;
+        const int j = (int)(e % w) % d, p = (int)(row % t);
+        const size_t head = e - j;
+        const double a = to_f(x[head + (j < half ? j : j - half)]), bb = to_f(x[head + (j < half ? j + half : j)]);
+        y_ref[e] = j < half ? a * cos[p * d + j] - bb * sin[p * d + j] : bb * cos[p * d + j] + a * sin[p * d + j];
+        back_ref[e] = to_f(x[e]);
+    }
+    std::vector<T> y(n), back(n);
+    emu_launch({grid_for(n)}, {256}, 0, [&] { rope<T>(x.data(), cos.data(), sin.data(), y.data(), n, t, w, d, 0); });
+    emu_launch({grid_for(n)}, {256}, 0, [&] { rope<T>(y.data(), cos.data(), sin.data(), back.data(), n, t, w, d, 1); });
+    char name[80];
+    std::snprintf(name, sizeof name, "rope %s B%d T%d H%d D%d", dtype, b, t, h, d);
+    report(std::string(name) + " y", rel_err(y, y_ref), bound);
+    report(std::string(name) + " transposed(y) = x", rel_err(back, back_ref), 2 * bound);
+}
+
 int main() {
+    activation_case<float>(1000, "f32", 1e-6);
+    activation_case<float>(70001, "f32", 1e-6);
+    activation_case<__nv_bfloat16>(3001, "bf16", 1e-2);
+    rope_case<float>(2, 7, 3, 8, "f32", 1e-6);
+    rope_case<float>(1, 33, 2, 64, "f32", 1e-6);
+    rope_case<__nv_bfloat16>(2, 5, 4, 16, "bf16", 1e-2);
     // f32: dot products in another order than double's; bf16: operands rounded, outputs rounded.
     attention_case<float, 64>({2, 70, 4, 2, 16, true, false, {}}, "f32", 2e-6, 1e-5);
     attention_case<float, 64>({1, 129, 2, 1, 64, true, true, {}}, "f32", 2e-6, 1e-5);

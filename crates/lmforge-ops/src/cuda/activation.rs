@@ -1,0 +1,162 @@
+//! Launches `activation.cu`: GELU (both forms) and SwiGLU forward and backward, RoPE either
+//! way, for [`crate::activation`]'s ops on a GPU. Each kernel is element-wise over inputs of
+//! one size and dtype (f32 or bf16), computing in f32.
+
+use super::{elementwise, suffix, view};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
+const MODULE: &str = "lmforge_activation";
+
+/// A kernel's input: a storage and the layout of its values.
+pub type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+/// An element-wise kernel of activation.cu: `inputs` of one shape, `outputs` results of that
+/// size one after another (shape (outputs, ...) when more than one), then the element count
+/// and, for GELU, the form (`flag`).
+pub fn launch(kernel: &str, inputs: &[Input], outputs: usize, flag: Option<i32>) -> Result<(CudaStorage, Shape)> {
+    match inputs[0].0.dtype() {
+        DType::BF16 => launch_as::<half::bf16>(kernel, inputs, outputs, flag),
+        _ => launch_as::<f32>(kernel, inputs, outputs, flag),
+    }
+}
+
+fn launch_as<T: CudaDType + DeviceRepr>(
+    kernel: &str,
+    inputs: &[Input],
+    outputs: usize,
+    flag: Option<i32>,
+) -> Result<(CudaStorage, Shape)> {
+    let (first, first_layout) = inputs[0];
+    let dev = first.device().clone();
+    let shape = first_layout.shape().clone();
+    if inputs.iter().any(|(s, l)| s.dtype() != first.dtype() || l.shape() != &shape) {
+        bail!("{kernel}: the inputs differ in shape or dtype");
+    }
+    let name = format!("{kernel}_{}", suffix(first.dtype(), kernel)?);
+    let views = inputs.iter().map(|(s, l)| view::<T>(s, l, kernel)).collect::<Result<Vec<_>>>()?;
+    let n = shape.elem_count();
+    // SAFETY: the kernel writes every element of every output.
+    let out = unsafe { dev.alloc::<T>(outputs * n)? };
+    let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    let mut args = func.builder();
+    for v in &views {
+        args.arg(v);
+    }
+    args.arg(&out);
+    args.arg(&n);
+    if let Some(flag) = &flag {
+        args.arg(flag);
+    }
+    if n > 0 {
+        // SAFETY: the arguments match the kernel's signature (activation.cu).
+        unsafe { args.launch(elementwise(n)) }.w()?;
+    }
+    let out_shape = if outputs == 1 {
+        shape
+    } else {
+        let mut dims = vec![outputs];
+        dims.extend(shape.dims());
+        Shape::from(dims)
+    };
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), out_shape))
+}
+
+/// A backward kernel as a candle op without a backward of its own: GELU's (x, dy) → dx, and
+/// SwiGLU's (gate, up, dy) → (2, ...) of d gate then d up.
+pub struct Grad {
+    pub kernel: &'static str,
+    pub outputs: usize,
+    pub flag: Option<i32>,
+}
+
+impl CustomOp2 for Grad {
+    fn name(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is activation.rs's)", self.kernel)
+    }
+
+    fn cuda_fwd(&self, a: &CudaStorage, al: &Layout, b: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        launch(self.kernel, &[(a, al), (b, bl)], self.outputs, self.flag)
+    }
+}
+
+impl CustomOp3 for Grad {
+    fn name(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is activation.rs's)", self.kernel)
+    }
+
+    fn cuda_fwd(
+        &self,
+        a: &CudaStorage,
+        al: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+        c: &CudaStorage,
+        cl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        launch(self.kernel, &[(a, al), (b, bl), (c, cl)], self.outputs, self.flag)
+    }
+}
+
+/// RoPE of x (B, T, W = heads·D) with the T positions' (T, D) f32 tables; `transposed`: the
+/// inverse rotation.
+pub fn rope(x: Input, cos: Input, sin: Input, d: usize, transposed: bool) -> Result<(CudaStorage, Shape)> {
+    match x.0.dtype() {
+        DType::BF16 => rope_as::<half::bf16>(x, cos, sin, d, transposed),
+        _ => rope_as::<f32>(x, cos, sin, d, transposed),
+    }
+}
+
+fn rope_as<T: CudaDType + DeviceRepr>(
+    (xs, xl): Input,
+    (cs, cl): Input,
+    (ss, sl): Input,
+    d: usize,
+    transposed: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let op = "lmforge-rope";
+    let dev = xs.device().clone();
+    let &[_, t, w] = xl.dims() else { bail!("{op}: x {:?} is not (B, T, W)", xl.dims()) };
+    if cl.dims() != [t, d] || sl.dims() != [t, d] || d == 0 || w % d != 0 {
+        bail!("{op}: x {:?} and tables {:?} do not fit head dim {d}", xl.dims(), cl.dims());
+    }
+    let (x, cos, sin) = (view::<T>(xs, xl, op)?, view::<f32>(cs, cl, op)?, view::<f32>(ss, sl, op)?);
+    let n = xl.shape().elem_count();
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let func = dev.get_or_load_custom_func(&format!("rope_{}", suffix(xs.dtype(), op)?), MODULE, PTX)?;
+    let ints = [t as i32, w as i32, d as i32, i32::from(transposed)];
+    let mut args = func.builder();
+    args.arg(&x);
+    args.arg(&cos);
+    args.arg(&sin);
+    args.arg(&y);
+    args.arg(&n);
+    for i in &ints {
+        args.arg(i);
+    }
+    if n > 0 {
+        // SAFETY: the arguments match the kernel's signature (activation.cu).
+        unsafe { args.launch(elementwise(n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
+}
