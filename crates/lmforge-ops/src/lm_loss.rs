@@ -6,6 +6,9 @@
 //! are computed in the same pass and handed to the backward (the fused CPU kernel's trade,
 //! [`crate::loss`], composed from candle ops through [`crate::node`]).
 //!
+//! On a GPU each chunk's log-sum-exp and logit gradient are loss.cu's kernels (one pass each,
+//! the gradient in the compute dtype); elsewhere composed in f32.
+//!
 //! d logits = (softmax − onehot(target)) / N per chunk; d hidden = d logits · head (in the
 //! compute dtype), d head = Σ over chunks d logitsᵀ · hidden (accumulated in f32).
 
@@ -22,6 +25,32 @@ pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -
     lm_head_cross_entropy_in(hidden, head, targets, (CHUNK_ELEMENTS / v.max(1)).max(1))
 }
 
+/// One chunk's summed loss (f32 scalar) from its logits z (len, V) and targets t (len, 1), and
+/// when `grad` its logits' gradient (softmax − onehot) · `scale`: by loss.cu's two kernels on
+/// a GPU (one pass each over the logits, the gradient in their dtype), else composed in f32.
+fn chunk(z: &Tensor, t: &Tensor, scale: f64, grad: bool) -> Result<(Tensor, Option<Tensor>)> {
+    #[cfg(feature = "cuda")]
+    if crate::cuda_kernels(z) {
+        use crate::cuda::loss::{RowLse, SoftmaxMinusOnehot};
+        let targets = t.flatten_all()?;
+        let lse = z.apply_op2_no_bwd(&targets, &RowLse)?; // (len)
+        let picked = z.gather(t, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+        let loss = (lse.clone() - picked)?.sum_all()?;
+        let dz = grad.then(|| z.apply_op3_no_bwd(&targets, &lse, &SoftmaxMinusOnehot { scale: scale as f32 }));
+        return Ok((loss, dz.transpose()?));
+    }
+    let z = z.to_dtype(DType::F32)?;
+    let max = z.max_keepdim(D::Minus1)?;
+    let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (len, 1)
+    let loss = (&lse - z.gather(t, 1)?)?.sum_all()?;
+    if !grad {
+        return Ok((loss, None));
+    }
+    let p = z.broadcast_sub(&lse)?.exp()?;
+    let minus_one = Tensor::full(-1f32, (z.dim(0)?, 1), z.device())?;
+    Ok((loss, Some((p.scatter_add(t, &minus_one, 1)? * scale)?)))
+}
+
 /// [`lm_head_cross_entropy`] with `rows` rows per chunk.
 pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor, rows: usize) -> Result<Tensor> {
     let (n, c) = hidden.dims2()?;
@@ -35,15 +64,10 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
         let len = rows.min(n - start);
         let h = hidden.detach().narrow(0, start, len)?;
         let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
-        let z = matmul(&h, &w.t()?)?.to_dtype(DType::F32)?; // (len, V)
-        let max = z.max_keepdim(D::Minus1)?;
-        let lse = (z.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (len, 1)
-        loss_sum = (loss_sum + (&lse - z.gather(&t, 1)?)?.sum_all()?)?;
-        if tracked {
-            // (softmax − onehot) / N
-            let p = z.broadcast_sub(&lse)?.exp()?;
-            let minus_one = Tensor::full(-1f32, (len, 1), z.device())?;
-            let dz = (p.scatter_add(&t, &minus_one, 1)? * inv_n)?;
+        let z = matmul(&h, &w.t()?)?; // (len, V) in the compute dtype
+        let (chunk_loss, dz) = chunk(&z, &t, inv_n, tracked)?;
+        loss_sum = (loss_sum + chunk_loss)?;
+        if let Some(dz) = dz {
             let dz_c = dz.to_dtype(hidden.dtype())?;
             d_hidden.push(matmul(&dz_c, &w)?); // (len, C)
             d_head = (d_head + matmul(&dz_c.t()?, &h)?.to_dtype(DType::F32)?)?;

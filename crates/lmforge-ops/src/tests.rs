@@ -570,6 +570,22 @@ mod on_cuda {
         check_within("cuda rope bf16", &[x.to_dtype(DType::BF16).unwrap()], &rot, 1e-2, 2e-2);
     }
 
+    /// The LM head's chunked cross-entropy on the GPU (loss.cu's log-sum-exp and logit
+    /// gradient) against the composed chunks, f32 and bf16 hidden states.
+    #[test]
+    fn lm_head_cross_entropy_matches_the_reference_on_the_gpu() {
+        let dev = gpu();
+        let (n, c, v) = (70usize, 48, 3001u32);
+        let hidden = randn(&[n, c], 1.0, 141).to_device(&dev).unwrap();
+        let head = randn(&[v as usize, c], 0.2, 142).to_device(&dev).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v).collect();
+        let targets = Tensor::from_vec(targets, n, &dev).unwrap();
+        let f = |t: &[Tensor]| lm_loss::lm_head_cross_entropy_in(&t[0], &t[1], &targets, 16);
+        check("cuda lm_head_cross_entropy f32", &[hidden.clone(), head.clone()], &f);
+        let bf16 = [hidden.to_dtype(DType::BF16).unwrap(), head];
+        check_within("cuda lm_head_cross_entropy bf16", &bf16, &f, 1e-2, 2e-2);
+    }
+
     /// Σ g² of gradients on the GPU (one device reduction, one read) against the CPU's.
     #[test]
     fn sum_squares_over_gpu_gradients_matches_the_cpu() {

@@ -6,13 +6,15 @@
 //!
 //! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place
 //! (`adamw.cu`); attention, forward and backward ([`attention`], `attention.cu`); GELU, SwiGLU
-//! and RoPE, forward and backward ([`activation`], `activation.cu`).
+//! and RoPE, forward and backward ([`activation`], `activation.cu`); cross-entropy's row
+//! log-sum-exp and logit gradient ([`loss`], `loss.cu`).
 //!
 //! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
 //! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
 
 pub mod activation;
 pub mod attention;
+pub mod loss;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
@@ -25,7 +27,7 @@ const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 const ADAMW_MODULE: &str = "lmforge_adamw";
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
-fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
+pub(crate) fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
     let threads = c.div_ceil(4).next_multiple_of(32).clamp(32, 1024) as u32;
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }

@@ -1,5 +1,5 @@
 // lmforge's CUDA kernels run on the CPU (cuda_emu.h) against plain double-precision loops of
-// the same math: GELU (both forms), SwiGLU and RoPE forward and backward; attention forward and backward (causal and padded, separate and packed
+// the same math: cross-entropy's row log-sum-exp and logit gradient; GELU (both forms), SwiGLU and RoPE forward and backward; attention forward and backward (causal and padded, separate and packed
 // operands, grouped-query heads, every DMAX, f32 and bf16), LayerNorm / RMSNorm forward and
 // backward, AdamW's update. Prints one line per case and exits non-zero on any mismatch.
 // Built and run by scripts/cuda-emulate.sh; on the GPU, lmforge-ops' `on_cuda` tests check the
@@ -7,6 +7,7 @@
 #include "../activation.cu"
 #include "../adamw.cu"
 #include "../attention.cu"
+#include "../loss.cu"
 #include "../norm.cu"
 
 #include <cstdio>
@@ -14,6 +15,8 @@
 #include <string>
 
 static int failures = 0;
+
+static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 65535); }
 
 static void report(const std::string& what, double err, double bound) {
     const bool ok = err <= bound;
@@ -231,8 +234,6 @@ static void adamw_case(size_t n) {
     report("adamw n " + std::to_string(n), rel_err(p, want), 1e-6);
 }
 
-static unsigned grid_for(size_t n) { return (unsigned)std::min<size_t>((n + 255) / 256, 65535); }
-
 template <typename T>
 static void activation_case(size_t n, const char* dtype, double bound) {
     std::mt19937 rng(n);
@@ -304,7 +305,44 @@ static void rope_case(int b, int t, int h, int d, const char* dtype, double boun
     report(std::string(name) + " transposed(y) = x", rel_err(back, back_ref), 2 * bound);
 }
 
+template <typename T>
+static void cross_entropy_case(int rows, int v, unsigned threads, const char* dtype, double bound) {
+    std::mt19937 rng(rows * v);
+    std::vector<T> z = random_values<T>((size_t)rows * v, rng, 3.0f);
+    std::vector<unsigned> targets(rows);
+    for (int r = 0; r < rows; ++r) targets[r] = (unsigned)((r * 7919 + 13) % v);
+    targets[rows - 1] = v;  // out of the vocabulary: NaN
+    const float scale = 1.0f / rows;
+    std::vector<double> lse_ref(rows), dz_ref((size_t)rows * v);
+    for (int r = 0; r < rows; ++r) {
+        double m = -INFINITY, s = 0;
+        for (int j = 0; j < v; ++j) m = std::max(m, (double)to_f(z[(size_t)r * v + j]));
+        for (int j = 0; j < v; ++j) s += std::exp(to_f(z[(size_t)r * v + j]) - m);
+        lse_ref[r] = m + std::log(s);
+        for (int j = 0; j < v; ++j)
+            dz_ref[(size_t)r * v + j] = scale * (std::exp(to_f(z[(size_t)r * v + j]) - lse_ref[r]) - (j == (int)targets[r]));
+    }
+    std::vector<float> lse(rows, 0.0f);
+    std::vector<T> dz(z.size());
+    emu_launch({(unsigned)rows}, {threads}, 0, [&] { row_lse<T>(z.data(), targets.data(), lse.data(), v); });
+    const bool nan_for_bad_target = std::isnan(lse[rows - 1]);
+    lse[rows - 1] = (float)lse_ref[rows - 1];  // the gradient below uses the real one
+    emu_launch({grid_for(z.size())}, {256}, 0, [&] {
+        softmax_minus_onehot<T>(z.data(), targets.data(), lse.data(), dz.data(), z.size(), v, scale);
+    });
+    // The last row's target is outside the vocabulary: its gradient has no onehot term.
+    for (int j = 0; j < v; ++j) dz_ref[(size_t)(rows - 1) * v + j] = scale * std::exp(to_f(z[(size_t)(rows - 1) * v + j]) - lse_ref[rows - 1]);
+    char name[80];
+    std::snprintf(name, sizeof name, "cross_entropy %s rows %d V %d (%u threads)", dtype, rows, v, threads);
+    report(std::string(name) + " lse", rel_err(lse, lse_ref), 1e-6);
+    report(std::string(name) + " d logits", rel_err(dz, dz_ref), bound);
+    report(std::string(name) + " NaN for a target outside V", nan_for_bad_target ? 0.0 : INFINITY, 0.0);
+}
+
 int main() {
+    cross_entropy_case<float>(4, 3001, 1024, "f32", 1e-6);
+    cross_entropy_case<float>(3, 50, 64, "f32", 1e-6);
+    cross_entropy_case<__nv_bfloat16>(3, 2000, 512, "bf16", 1e-2);
     activation_case<float>(1000, "f32", 1e-6);
     activation_case<float>(70001, "f32", 1e-6);
     activation_case<__nv_bfloat16>(3001, "bf16", 1e-2);
