@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Issue 19's GPU speed figures, one run on a machine with an NVIDIA GPU and no Rust toolchain,
+# from what `scripts/gpu-prepare.sh` put in `.gpu/` (run scripts/gpu-check.sh first for
+# correctness; this one only measures). Prints every figure; logs under $OUT (or
+# /tmp/gpu-speed). Each command has a time limit so the whole stays under ~9 minutes.
+#
+#   1. GPT-2 124M (batch 16 × 1024) and llama-1b (batch 8 × 2048), bf16-mixed: lmforge
+#      `bench train` beside pytorch_gpt_bench.py eager and --compile on the same GPU —
+#      tokens/s, MFU, peak GPU memory, and the ratios (goals: ≥ 1.3× eager, ≥ 1.0× compile);
+#   2. llama-7b at sequence 4096, batch 1, activation checkpointing: a few optimizer steps of
+#      each, and `lmforge plan`'s predicted device memory beside the measured peak.
+#
+# With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh` (after gpu-check.sh
+# on the same warm machine, or alone: it unpacks .gpu itself).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/gpu-speed}"
+mkdir -p "$out"
+[ -f .gpu/lmforge.xz ] || { echo "gpu-speed.sh: no .gpu/lmforge.xz: run scripts/gpu-prepare.sh first (and carry .gpu)" >&2; exit 1; }
+G=/tmp/lmforge-gpu
+if [ ! -x "$G/lmforge" ]; then
+  rm -rf "$G" && mkdir -p "$G" && cp .gpu/pytorch_gpt_bench.py "$G/"
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" .gpu/lmforge.xz "$G/lmforge"
+  chmod +x "$G/lmforge"
+fi
+libdirs=$(python3 -c "
+import glob, os, site
+found = set()
+for root in site.getsitepackages() + [site.getusersitepackages(), '/usr/local/cuda/lib64']:
+    for name in ('libcublas.so.13', 'libcublasLt.so.13', 'libcurand.so.10', 'libnvrtc.so.13', 'libcudart.so.13', 'libnccl.so.2'):
+        found.update(os.path.dirname(h) for h in glob.glob(os.path.join(root, '**', name), recursive=True))
+print(':'.join(sorted(found)))")
+export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+section() { printf '\n==== %s ====\n' "$*"; }
+gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+# Runs a command with a time limit, sampling the GPU's memory every 100 ms; prints the peak
+# above what was in use before (the whole process's, allocator caches included).
+measured() {
+  local name="$1" limit="$2"; shift 2
+  local base; base=$(gpu_mem)
+  ( peak=$base; while :; do m=$(gpu_mem); [ "$m" -gt "$peak" ] && peak=$m && echo "$peak" >"$out/$name.peak"; sleep 0.1; done ) &
+  local sampler=$!
+  timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err"
+  local rc=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  local peak; peak=$(( $(cat "$out/$name.peak" 2>/dev/null || echo "$base") - base ))
+  echo "$peak" >"$out/$name.mib"
+  if [ "$rc" -ne 0 ]; then
+    echo "  $name: exit $rc$([ "$rc" -eq 124 ] && echo " (over ${limit}s)"); last lines:"; tail -4 "$out/$name.err" | sed 's/^/    /'
+  fi
+  python3 - "$out/$name.json" "$name" "$peak" <<'EOF'
+import json, sys
+path, name, peak = sys.argv[1], sys.argv[2], sys.argv[3]
+try:
+    text = open(path).read()
+    r = json.loads(text[text.index("{"):])
+except Exception:
+    sys.exit(0)
+tps = r.get("tokens_per_s") or r.get("tokens_per_sec") or r.get("tok_per_s")
+mfu = r.get("mfu")
+step = r.get("step_ms_median") or r.get("step_ms")
+print(f"  {name}: tokens/s {tps}, MFU {mfu}, step {step} ms, peak GPU memory {peak} MiB")
+EOF
+}
+ratio() {
+  python3 - "$out/$1.json" "$out/$2.json" "$3" <<'EOF'
+import json, sys
+def tps(path):
+    text = open(path).read()
+    r = json.loads(text[text.index("{"):])
+    return r.get("tokens_per_s") or r.get("tokens_per_sec") or r.get("tok_per_s")
+try:
+    print(f"  lmforge / {sys.argv[3]}: {tps(sys.argv[1]) / tps(sys.argv[2]):.2f}")
+except Exception as e:
+    print(f"  lmforge / {sys.argv[3]}: no ratio ({e})")
+EOF
+}
+
+section "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+section "1. training speed, bf16-mixed: lmforge vs PyTorch eager and torch.compile"
+for shape in "gpt2-124m 16" "llama-1b 8"; do
+  set -- $shape
+  preset=$1 batch=$2
+  echo "$preset, batch $batch:"
+  measured "lmforge-$preset" 150 "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset "$preset" \
+    --batch "$batch" --steps 10 --warmup 3 --json
+  measured "torch-eager-$preset" 120 python3 "$G/pytorch_gpt_bench.py" --config "$preset" --device cuda --dtype bf16 \
+    --batch "$batch" --json
+  measured "torch-compile-$preset" 180 python3 "$G/pytorch_gpt_bench.py" --config "$preset" --device cuda --dtype bf16 \
+    --batch "$batch" --compile --json
+  ratio "lmforge-$preset" "torch-eager-$preset" "PyTorch eager (goal >= 1.3)"
+  ratio "lmforge-$preset" "torch-compile-$preset" "torch.compile (goal >= 1.0)"
+done
+
+section "2. llama-7b, sequence 4096, batch 1, activation checkpointing, on one GPU"
+"$G/lmforge" plan --preset llama-7b --gpu h200-141gb --micro-batch 1 --seq-len 4096 --precision bf16-mixed \
+  --activation-checkpointing 2>&1 | grep -E "weights|gradients|optimizer state|activations|temporary|overhead|total|fits" | sed 's/^/  plan: /'
+measured "lmforge-llama-7b" 240 "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset llama-7b \
+  --batch 1 --steps 3 --warmup 1 --activation-checkpointing --json
+measured "torch-eager-llama-7b" 150 python3 "$G/pytorch_gpt_bench.py" --config llama-7b --device cuda --dtype bf16 \
+  --batch 1 --steps 3 --warmup 1 --checkpoint --json
+ratio "lmforge-llama-7b" "torch-eager-llama-7b" "PyTorch eager"
