@@ -14,7 +14,7 @@
 //   attn_bwd_dq:   a block per query tile, over the key tiles: dQ = s·dS·K
 //   attn_bwd_dkdv: a block per key tile and KV head, over the H/K query heads that share it
 //                  and their query tiles: dV = Pᵀ·dY, dK = s·dSᵀ·Q
-// with P = exp(s·QKᵀ − lse), dS = P ⊙ (dY·Vᵀ − delta), delta_i = dY_i · Y_i (given, f32).
+// with P = exp(s·QKᵀ − lse), dS = P ⊙ (dY·Vᵀ − delta), delta_i = dY_i · Y_i (attn_delta, f32).
 //
 // Operands are (B, T, W) rows whose last dim is contiguous: q, k, v (and dq, dk, dv) point at
 // their head-0 column and carry their batch and row strides, so GPT-2's packed qkv is read and
@@ -291,6 +291,25 @@ __device__ void attn_bwd_dkdv(const T* q, long long q_sb, long long q_st, const 
     }
 }
 
+// delta[b, h, i] = dY[b, i, h] · Y[b, i, h] over the D columns (f32), the backward's row term:
+// a warp per (b, i, h) row, lanes over the columns, summed in a fixed order. y and dy are dense
+// (B, T, H·D); the grid is (ceil(B·T·H / 8), 1, 1) blocks of 256 threads (8 warps).
+template <typename T>
+__device__ void attn_delta(const T* y, const T* dy, float* delta, int b, int t, int h, int d) {
+    const long long rows = (long long)b * t * h;
+    const long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    float s = 0.0f;
+    if (r < rows)
+        for (int c = lane; c < d; c += 32) s += to_f(y[r * d + c]) * to_f(dy[r * d + c]);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (r < rows && lane == 0) {
+        // row r is (bi, i, hi) of (B, T, H); delta is (B, H, T).
+        const long long hi = r % h, i = (r / h) % t, bi = r / ((long long)h * t);
+        delta[(bi * h + hi) * t + i] = s;
+    }
+}
+
 #define OPERANDS(T)                                                                                   \
     const T *q, long long q_sb, long long q_st, const T *k, long long k_sb, long long k_st, const T *v, \
         long long v_sb, long long v_st
@@ -311,6 +330,14 @@ __device__ void attn_bwd_dkdv(const T* q, long long q_sb, long long q_st, const 
         attn_bwd_dkdv<T, DMAX>(q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, dy, lse, delta, dk, dv, g_sb, g_st,      \
                                key_lens, causal, t, h, kh, d, scale);                                                 \
     }
+
+#define DELTA_KERNEL(T, SUFFIX)                                                                                 \
+    extern "C" __global__ void attn_delta_##SUFFIX(const T* y, const T* dy, float* delta, int b, int t, int h,      \
+                                                  int d) {                                                         \
+        attn_delta<T>(y, dy, delta, b, t, h, d);                                                                   \
+    }
+DELTA_KERNEL(float, f32)
+DELTA_KERNEL(__nv_bfloat16, bf16)
 
 ATTENTION_KERNELS(float, f32, 64)
 ATTENTION_KERNELS(float, f32, 128)

@@ -168,7 +168,8 @@ fn forward_as<T: CudaDType + DeviceRepr>(
 }
 
 /// The gradients of q, k and v as one (B, T, (H + 2K)·D) tensor in the operands' dtype (q's
-/// columns, then k's, then v's), from y and dy (B, T, H·D) and the forward's log-sum-exp.
+/// columns, then k's, then v's), from y and dy (B, T, H·D) and the forward's log-sum-exp:
+/// attn_delta's row terms, then attn_bwd_dq and attn_bwd_dkdv.
 pub fn backward(
     op: &str,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
@@ -178,19 +179,16 @@ pub fn backward(
     lse: &Tensor,
     g: &Geometry,
 ) -> Result<Tensor> {
-    // delta_i = dY_i · Y_i per row and head, (B, H, T) in f32.
-    let f32 = |x: &Tensor| x.to_dtype(DType::F32);
-    let delta = (f32(y)? * f32(dy)?)?.reshape((g.b, g.t, g.h, g.d))?.sum(3)?.transpose(1, 2)?.contiguous()?;
-    let dy = dy.contiguous()?;
+    let (y, dy) = (y.contiguous()?, dy.contiguous()?);
     let (qs, kst, vs) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-    let (dys, lses, ds) = (dy.storage_and_layout(), lse.storage_and_layout(), delta.storage_and_layout());
+    let (ys, dys, lses) = (y.storage_and_layout(), dy.storage_and_layout(), lse.storage_and_layout());
     let operands = [
         (cuda_storage(&qs.0, op)?, qs.1, cols[0]),
         (cuda_storage(&kst.0, op)?, kst.1, cols[1]),
         (cuda_storage(&vs.0, op)?, vs.1, cols[2]),
     ];
     let stats =
-        [(cuda_storage(&dys.0, op)?, dys.1), (cuda_storage(&lses.0, op)?, lses.1), (cuda_storage(&ds.0, op)?, ds.1)];
+        [(cuda_storage(&ys.0, op)?, ys.1), (cuda_storage(&dys.0, op)?, dys.1), (cuda_storage(&lses.0, op)?, lses.1)];
     let grad = match q.dtype() {
         DType::BF16 => backward_as::<half::bf16>(op, operands, stats, g)?,
         _ => backward_as::<f32>(op, operands, stats, g)?,
@@ -202,21 +200,40 @@ pub fn backward(
 fn backward_as<T: CudaDType + DeviceRepr>(
     op: &str,
     [q, k, v]: [Operand; 3],
-    [(dys, dyl), (ls, ll), (ds, dl)]: [(&CudaStorage, &Layout); 3],
+    [(ys, yl), (dys, dyl), (ls, ll)]: [(&CudaStorage, &Layout); 3],
     g: &Geometry,
 ) -> Result<CudaStorage> {
     let dev = q.0.device().clone();
     let dtype = q.0.dtype();
     let (dq_name, dkdv_name) = (g.kernel("bwd_dq", dtype, op)?, g.kernel("bwd_dkdv", dtype, op)?);
     let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
-    let (dy, lse, delta) = (view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?, view::<f32>(ds, dl, op)?);
+    let (y, dy, lse) = (view::<T>(ys, yl, op)?, view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?);
+    let stream = dev.cuda_stream();
+
+    // delta_i = dY_i · Y_i per row and head, (B, H, T) f32: a warp per row, 8 rows a block.
+    let rows = g.b * g.t * g.h;
+    // SAFETY: the kernel writes every row's value.
+    let delta = unsafe { dev.alloc::<f32>(rows)? };
+    let cfg =
+        LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let func = function(&dev, &format!("attn_delta_{}", suffix(dtype, op)?), &cfg)?;
+    let dims = [g.b, g.t, g.h, g.d].map(|n| n as i32);
+    let mut launch = stream.launch_builder(&func);
+    launch.arg(&y);
+    launch.arg(&dy);
+    launch.arg(&delta);
+    for x in &dims {
+        launch.arg(x);
+    }
+    // SAFETY: the arguments match attn_delta's signature (attention.cu).
+    unsafe { launch.launch(cfg) }.w()?;
+
     let width = (g.h + 2 * g.kh) * g.d;
     // SAFETY: dq covers every row of every query head, dk and dv every row of every KV head.
     let grad = unsafe { dev.alloc::<T>(g.b * g.t * width)? };
     let (sb, st) = ((g.t * width) as i64, width as i64);
     let (dq, dk, dv) = (grad.slice(..), grad.slice(g.h * g.d..), grad.slice((g.h + g.kh) * g.d..));
     let tail = g.tail(&dev)?;
-    let stream = dev.cuda_stream();
     let ld = g.d + 1;
 
     let cfg = g.launch_config(g.h, (2 * ROWS + 2 * KEYS) * ld + ROWS * (KEYS + 1));

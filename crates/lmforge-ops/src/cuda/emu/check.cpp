@@ -129,17 +129,20 @@ static void attention_case(const AttnCase& c, const char* dtype, double bound, d
         attn_fwd<T, DMAX>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, y.data(), lse.data(), lens.data(),
                           c.causal, t, h, kh, d, scale);
     });
-    std::vector<float> delta(lse.size());
+    std::vector<float> delta(lse.size(), NAN);
+    std::vector<double> delta_ref(lse.size());
     for (int bi = 0; bi < b; ++bi)
         for (int i = 0; i < t; ++i)
             for (int hi = 0; hi < h; ++hi) {
-                float s = 0;
+                double s = 0;
                 for (int e = 0; e < d; ++e) {
                     const size_t at = (((size_t)bi * t + i) * h + hi) * d + e;
-                    s += to_f(dy[at]) * to_f(y[at]);
+                    s += (double)to_f(dy[at]) * to_f(y[at]);
                 }
-                delta[((size_t)bi * h + hi) * t + i] = s;
+                delta_ref[((size_t)bi * h + hi) * t + i] = s;
             }
+    const unsigned delta_blocks = (unsigned)((b * t * h + 7) / 8);
+    emu_launch({delta_blocks}, {THREADS}, 0, [&] { attn_delta<T>(y.data(), dy.data(), delta.data(), b, t, h, d); });
     // Gradients into one packed (B, T, (H + 2K)·D) buffer, as the packed op returns them.
     std::vector<T> grad((size_t)b * t * pw, from_f<T>(NAN));
     T *dq = grad.data(), *dk = dq + h * d, *dv = dq + (h + kh) * d;
@@ -165,6 +168,7 @@ static void attention_case(const AttnCase& c, const char* dtype, double bound, d
     std::vector<double> lse_want(lse_ref);
     report(std::string(name) + " y", rel_err(y, y_ref), bound);
     report(std::string(name) + " lse", rel_err(lse, lse_want), bound);
+    report(std::string(name) + " delta", rel_err(delta, delta_ref), 2e-6);
     report(std::string(name) + " dq", rel_err(unpack(0, h * d), dq_ref), grad_bound);
     report(std::string(name) + " dk", rel_err(unpack(h * d, kh * d), dk_ref), grad_bound);
     report(std::string(name) + " dv", rel_err(unpack((h + kh) * d, kh * d), dv_ref), grad_bound);
