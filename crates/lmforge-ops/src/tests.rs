@@ -514,13 +514,15 @@ mod on_cuda {
     /// Attention on the GPU (attention.cu: tiled, online softmax, no T×T tensor) against the
     /// reference ops, which form the (B, H, T, T) scores with cuBLAS: causal with grouped-query
     /// heads, GPT-2's packed qkv, and padded encoder rows; head dims under each kernel's bound
-    /// (64, 128, 256) and T across several tiles. f32 to the CPU kernels' bounds; bf16 to 2e-2 /
+    /// (64, 128, 256; bf16 at 64 and 128 on the tensor-core kernels) and T across several tiles. f32 to the CPU kernels' bounds; bf16 to 2e-2 /
     /// 5e-2, since the reference also rounds its scores and probabilities to bf16. The same
     /// bits twice (no atomics).
     #[test]
     fn attention_matches_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();
-        for (b, t, h, kh, d) in [(2, 70, 4, 2, 16), (1, 129, 2, 1, 64), (2, 97, 3, 3, 100), (1, 12, 2, 1, 200)] {
+        let shapes =
+            [(2, 70, 4, 2, 16), (1, 129, 2, 1, 64), (2, 97, 3, 3, 100), (2, 150, 4, 2, 128), (1, 12, 2, 1, 200)];
+        for (b, t, h, kh, d) in shapes {
             let scale = 1.0 / (d as f64).sqrt();
             let on_gpu = |shape: &[usize], seed| randn(shape, 1.0, seed).to_device(&dev).unwrap();
             let qkv = [on_gpu(&[b, t, h * d], 81), on_gpu(&[b, t, kh * d], 82), on_gpu(&[b, t, kh * d], 83)];
@@ -536,12 +538,16 @@ mod on_cuda {
                 check(&format!("{name} f32"), inputs, f);
                 let bf16: Vec<Tensor> = inputs.iter().map(|x| x.to_dtype(DType::BF16).unwrap()).collect();
                 check_within(&format!("{name} bf16"), &bf16, f, 2e-2, 5e-2);
-                let (y1, g1) = run(Kernels::Fused, inputs, f);
-                let (y2, g2) = run(Kernels::Fused, inputs, f);
-                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                assert_eq!(bits(&y1), bits(&y2), "{name}: the same output twice");
-                for (a, b) in g1.iter().zip(&g2) {
-                    assert_eq!(bits(a), bits(b), "{name}: the same gradients twice");
+                // The same bits twice, f32 and bf16 (at D = 64, 128 the tensor-core kernels).
+                for inputs in [inputs, bf16.as_slice()] {
+                    let (y1, g1) = run(Kernels::Fused, inputs, f);
+                    let (y2, g2) = run(Kernels::Fused, inputs, f);
+                    let bits =
+                        |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert_eq!(bits(&y1), bits(&y2), "{name}: the same output twice");
+                    for (a, b) in g1.iter().zip(&g2) {
+                        assert_eq!(bits(a), bits(b), "{name}: the same gradients twice");
+                    }
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! log-sum-exp) and backward (dq, dk, dv into one packed gradient), for [`crate::sdpa`]'s op on
 //! a GPU. Operands are (B, T, W) storages read in place at a column and their strides, so the
 //! packed qkv of GPT-2 needs no split; the kernel is picked by dtype and by the head dim's
-//! compile-time bound (64, 128 or 256).
+//! compile-time bound (64, 128 or 256), the forward of bf16 at head dim 64 or 128 on tensor
+//! cores (wmma).
 
 use super::{suffix, view};
 use candle_core::backend::BackendStorage;
@@ -24,6 +25,9 @@ const THREADS: u32 = 256;
 const ROWS: usize = 64;
 const KEYS: usize = 32;
 const QUERIES: usize = 32;
+// The tensor-core forward's warps a block and keys a tile.
+const TC_WARPS: usize = 4;
+const TC_KEYS: usize = 64;
 /// Shared memory a block may use without opting in.
 const DEFAULT_SHARED: usize = 48 * 1024;
 
@@ -64,6 +68,57 @@ impl Geometry<'_> {
         }
         let bound = [64, 128, 256].into_iter().find(|&m| self.d <= m).unwrap_or(MAX_HEAD_DIM);
         Ok(format!("attn_{pass}_{}_{bound}", suffix(dtype, op)?))
+    }
+
+    /// bf16 at head dim 64 or 128 runs the tensor-core kernels (the same arguments, four warps
+    /// a block).
+    fn tensor_cores(&self, dtype: DType) -> bool {
+        dtype == DType::BF16 && matches!(self.d, 64 | 128)
+    }
+
+    /// A tensor-core kernel's launch: `floats` f32 and `halves` bf16 of shared memory.
+    fn tc_launch(&self, heads: usize, floats: usize, halves: usize) -> LaunchConfig {
+        let mut cfg = self.launch_config(heads, 0);
+        cfg.block_dim = (32 * TC_WARPS as u32, 1, 1);
+        cfg.shared_mem_bytes = (4 * floats + 2 * halves) as u32;
+        cfg
+    }
+
+    /// The forward kernel and its launch.
+    fn forward_kernel(&self, dtype: DType, op: &str) -> Result<(String, LaunchConfig)> {
+        let d = self.d;
+        if self.tensor_cores(dtype) {
+            let floats = TC_WARPS * 16 * (TC_KEYS + 4) + TC_WARPS * 16 * (d + 4) + 2 * ROWS;
+            let halves = (ROWS + 2 * TC_KEYS) * (d + 8) + TC_WARPS * 16 * (TC_KEYS + 8);
+            return Ok((format!("attn_fwd_tc_bf16_{d}"), self.tc_launch(self.h, floats, halves)));
+        }
+        let shared = (ROWS + KEYS) * (d + 1) + ROWS * (KEYS + 1);
+        Ok((self.kernel("fwd", dtype, op)?, self.launch_config(self.h, shared)))
+    }
+
+    /// The backward's dq and dk/dv kernels and their launches.
+    fn backward_kernels(&self, dtype: DType, op: &str) -> Result<[(String, LaunchConfig); 2]> {
+        let d = self.d;
+        if self.tensor_cores(dtype) {
+            let (ld, sld, pld, old) = (d + 8, TC_KEYS + 4, TC_KEYS + 8, d + 4);
+            let dq =
+                (2 * TC_WARPS * 16 * sld + TC_WARPS * 16 * old, 2 * ROWS * ld + 2 * TC_KEYS * ld + TC_WARPS * 16 * pld);
+            let dkdv = (
+                2 * TC_WARPS * 16 * sld + 2 * TC_WARPS * 16 * old + 2 * TC_KEYS,
+                2 * ROWS * ld + 2 * TC_KEYS * ld + 2 * TC_WARPS * 16 * pld,
+            );
+            return Ok([
+                (format!("attn_bwd_dq_tc_bf16_{d}"), self.tc_launch(self.h, dq.0, dq.1)),
+                (format!("attn_bwd_dkdv_tc_bf16_{d}"), self.tc_launch(self.kh, dkdv.0, dkdv.1)),
+            ]);
+        }
+        let ld = d + 1;
+        let dq = (2 * ROWS + 2 * KEYS) * ld + ROWS * (KEYS + 1);
+        let dkdv = (2 * ROWS + 2 * QUERIES) * ld + 2 * ROWS * (QUERIES + 1) + 2 * QUERIES;
+        Ok([
+            (self.kernel("bwd_dq", dtype, op)?, self.launch_config(self.h, dq)),
+            (self.kernel("bwd_dkdv", dtype, op)?, self.launch_config(self.kh, dkdv)),
+        ])
     }
 
     /// The arguments every kernel ends with.
@@ -148,13 +203,13 @@ fn forward_as<T: CudaDType + DeviceRepr>(
     g: &Geometry,
 ) -> Result<(CudaStorage, Tensor)> {
     let dev = q.0.device().clone();
-    let name = g.kernel("fwd", q.0.dtype(), op)?;
+    let dtype = q.0.dtype();
     let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
     // SAFETY: the kernel writes every element of both (each row of each head once).
     let y = unsafe { dev.alloc::<T>(g.b * g.t * g.h * g.d)? };
     let lse = unsafe { dev.alloc::<f32>(g.b * g.h * g.t)? };
     let tail = g.tail(&dev)?;
-    let cfg = g.launch_config(g.h, (ROWS + KEYS) * (g.d + 1) + ROWS * (KEYS + 1));
+    let (name, cfg) = g.forward_kernel(dtype, op)?;
     let (func, stream) = (function(&dev, &name, &cfg)?, dev.cuda_stream());
     let mut launch = stream.launch_builder(&func);
     push_operands(&mut launch, [&q, &k, &v]);
@@ -205,7 +260,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
 ) -> Result<CudaStorage> {
     let dev = q.0.device().clone();
     let dtype = q.0.dtype();
-    let (dq_name, dkdv_name) = (g.kernel("bwd_dq", dtype, op)?, g.kernel("bwd_dkdv", dtype, op)?);
+    let [(dq_name, dq_cfg), (dkdv_name, dkdv_cfg)] = g.backward_kernels(dtype, op)?;
     let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
     let (y, dy, lse) = (view::<T>(ys, yl, op)?, view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?);
     let stream = dev.cuda_stream();
@@ -234,10 +289,8 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     let (sb, st) = ((g.t * width) as i64, width as i64);
     let (dq, dk, dv) = (grad.slice(..), grad.slice(g.h * g.d..), grad.slice((g.h + g.kh) * g.d..));
     let tail = g.tail(&dev)?;
-    let ld = g.d + 1;
 
-    let cfg = g.launch_config(g.h, (2 * ROWS + 2 * KEYS) * ld + ROWS * (KEYS + 1));
-    let func = function(&dev, &dq_name, &cfg)?;
+    let func = function(&dev, &dq_name, &dq_cfg)?;
     let mut launch = stream.launch_builder(&func);
     push_operands(&mut launch, [&q, &k, &v]);
     launch.arg(&dy);
@@ -248,10 +301,9 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&st);
     tail.push(&mut launch);
     // SAFETY: the arguments match attn_bwd_dq's signature (attention.cu).
-    unsafe { launch.launch(cfg) }.w()?;
+    unsafe { launch.launch(dq_cfg) }.w()?;
 
-    let cfg = g.launch_config(g.kh, (2 * ROWS + 2 * QUERIES) * ld + 2 * ROWS * (QUERIES + 1) + 2 * QUERIES);
-    let func = function(&dev, &dkdv_name, &cfg)?;
+    let func = function(&dev, &dkdv_name, &dkdv_cfg)?;
     let mut launch = stream.launch_builder(&func);
     push_operands(&mut launch, [&q, &k, &v]);
     launch.arg(&dy);
@@ -263,6 +315,6 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&st);
     tail.push(&mut launch);
     // SAFETY: the arguments match attn_bwd_dkdv's signature (attention.cu).
-    unsafe { launch.launch(cfg) }.w()?;
+    unsafe { launch.launch(dkdv_cfg) }.w()?;
     Ok(CudaStorage::wrap_cuda_slice(grad, dev))
 }

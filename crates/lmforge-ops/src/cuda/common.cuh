@@ -6,9 +6,11 @@
 #include "emu/cuda_emu.h"
 #else
 #include <cuda_bf16.h>
+#include <mma.h>
 // The block's dynamic shared memory, as `T* name`.
-#define DYNAMIC_SHARED(T, name)              \
-    extern __shared__ float lmforge_smem[]; \
+// (128-byte aligned: wmma's tiles need 32.)
+#define DYNAMIC_SHARED(T, name)                             \
+    extern __shared__ __align__(128) float lmforge_smem[]; \
     T* name = reinterpret_cast<T*>(lmforge_smem)
 #endif
 

@@ -1,7 +1,7 @@
 // A CPU stand-in for the CUDA runtime, enough to run lmforge's kernels (../*.cu) without a GPU:
 // scripts/cuda-emulate.sh compiles them with -DLMFORGE_CUDA_EMU against this header and runs
 // check.cpp, which compares them with plain loops. It checks the kernels' indexing, tiling,
-// masking and arithmetic, not their speed or memory model.
+// masking and arithmetic, not their speed, memory model, or wmma's alignment rules.
 //
 // A launch runs the grid's blocks one after another; a block's threads run as CPU threads, so
 // `__shared__` variables can be function statics (one block at a time uses them),
@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct dim3 {
@@ -100,3 +101,58 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                 for (auto& t : threads) t.join();
             }
 }
+
+// The warp-level matrix API (nvcuda::wmma) for 16×16×16 bf16 products with f32 accumulators.
+// Every thread of a warp holds the whole tile here (on the GPU each holds a share in an
+// unspecified layout), so kernels may only use fragments through these calls and uniform
+// element-wise loops over `num_elements`; stores are made by the warp's lane 0.
+inline void __syncwarp(unsigned = 0xffffffffu) { __syncthreads(); }
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+    static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+    static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+    static constexpr int num_elements = rows * cols;
+    T x[rows * cols];
+};
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+    using F = fragment<Use, M, N, K, T, Layout>;
+    for (int i = 0; i < F::rows; ++i)
+        for (int j = 0; j < F::cols; ++j)
+            f.x[i * F::cols + j] = std::is_same_v<Layout, col_major> ? p[j * ldm + i] : p[i * ldm + j];
+}
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout) {
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) f.x[i * N + j] = layout == mem_col_major ? p[j * ldm + i] : p[i * ldm + j];
+}
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+    if ((threadIdx.x & 31) != 0) return;
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) (layout == mem_col_major ? p[j * ldm + i] : p[i * ldm + j]) = f.x[i * N + j];
+}
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+    for (auto& e : f.x) e = v;
+}
+template <int M, int N, int K, typename T, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+    float out[M * N];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float s = c.x[i * N + j];
+            for (int k = 0; k < K; ++k) s += __bfloat162float(a.x[i * K + k]) * __bfloat162float(b.x[k * N + j]);
+            out[i * N + j] = s;
+        }
+    std::memcpy(d.x, out, sizeof out);
+}
+}  // namespace nvcuda::wmma
