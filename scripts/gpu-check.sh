@@ -20,41 +20,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/gpu-check}"
 mkdir -p "$out"
-[ -f .gpu/lmforge.xz ] || { echo "gpu-check.sh: no .gpu/lmforge.xz: run scripts/gpu-prepare.sh first (and carry .gpu)" >&2; exit 1; }
-# The executables travel xz-compressed; unpack them beside the fixtures, outside the checkout.
-G=/tmp/lmforge-gpu
-rm -rf "$G" && mkdir -p "$G" && cp -r .gpu/fixtures .gpu/pytorch_gpt_bench.py "$G/"
-for f in .gpu/*.xz; do
-  name=$(basename "$f" .xz)
-  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$f" "$G/$name"
-  chmod +x "$G/$name"
-done
-section() { printf '\n==== %s ====\n' "$*"; }
-
-# CUDA 13 user-space libraries (cuBLAS, cuRAND, NVRTC, cudart) and NCCL: PyTorch's wheels, else a toolkit.
-libdirs=$(python3 - <<'EOF'
-import glob, os, site
-found = set()
-roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
-for root in roots:
-    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13", "libcudart.so.13", "libnccl.so.2"):
-        for hit in glob.glob(os.path.join(root, "**", name), recursive=True):
-            found.add(os.path.dirname(hit))
-print(":".join(sorted(found)))
-EOF
-)
-export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+script=gpu-check.sh
+source scripts/gpu-env.sh
 section "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "libraries: $libdirs"
 ldd "$G/lmforge" | grep -E "cuda|cublas|curand|nvrtc|nccl|not found" | sed 's/^\s*/  /'
-gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
-# Peak GPU memory of a command: nvidia-smi sampled every 100 ms (the whole process's use,
-# allocator cache included, as PyTorch's reserved memory rather than its allocated).
+# Peak GPU memory of a command above what was in use before.
 with_peak() {
   local log="$1"; shift
   local base; base=$(gpu_mem)
-  ( peak=0; while :; do m=$(gpu_mem); [ "$m" -gt "$peak" ] && peak=$m && echo "$peak" >"$log.peak"; sleep 0.1; done ) &
+  sample_peak "$log.peak" &
   local sampler=$!
   "$@"
   local rc=$?

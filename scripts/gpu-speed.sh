@@ -11,34 +11,19 @@
 #      each, and `lmforge plan`'s predicted device memory beside the measured peak.
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh` (after gpu-check.sh
-# on the same warm machine, or alone: it unpacks .gpu itself).
+# on the same warm machine, or alone: scripts/gpu-env.sh unpacks .gpu for both).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/gpu-speed}"
 mkdir -p "$out"
-[ -f .gpu/lmforge.xz ] || { echo "gpu-speed.sh: no .gpu/lmforge.xz: run scripts/gpu-prepare.sh first (and carry .gpu)" >&2; exit 1; }
-G=/tmp/lmforge-gpu
-if [ ! -x "$G/lmforge" ]; then
-  rm -rf "$G" && mkdir -p "$G" && cp .gpu/pytorch_gpt_bench.py "$G/"
-  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" .gpu/lmforge.xz "$G/lmforge"
-  chmod +x "$G/lmforge"
-fi
-libdirs=$(python3 -c "
-import glob, os, site
-found = set()
-for root in site.getsitepackages() + [site.getusersitepackages(), '/usr/local/cuda/lib64']:
-    for name in ('libcublas.so.13', 'libcublasLt.so.13', 'libcurand.so.10', 'libnvrtc.so.13', 'libcudart.so.13', 'libnccl.so.2'):
-        found.update(os.path.dirname(h) for h in glob.glob(os.path.join(root, '**', name), recursive=True))
-print(':'.join(sorted(found)))")
-export LD_LIBRARY_PATH="${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-section() { printf '\n==== %s ====\n' "$*"; }
-gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+script=gpu-speed.sh
+source scripts/gpu-env.sh
 # Runs a command with a time limit, sampling the GPU's memory every 100 ms; prints the peak
 # above what was in use before (the whole process's, allocator caches included).
 measured() {
   local name="$1" limit="$2"; shift 2
   local base; base=$(gpu_mem)
-  ( peak=$base; while :; do m=$(gpu_mem); [ "$m" -gt "$peak" ] && peak=$m && echo "$peak" >"$out/$name.peak"; sleep 0.1; done ) &
+  sample_peak "$out/$name.peak" &
   local sampler=$!
   timeout "$limit" "$@" >"$out/$name.json" 2>"$out/$name.err"
   local rc=$?
