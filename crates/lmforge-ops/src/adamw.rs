@@ -7,7 +7,8 @@
 //! p ← p·(1 − lr·wd) − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)
 //! ```
 //! The moments must own their buffers (not share storage with each other or the parameter).
-//! On a GPU (`--features cuda`) the same three passes run as CUDA kernels (`cuda/adamw.cu`).
+//! On a GPU (`--features cuda`) every tensor of a step is updated by one CUDA kernel launch,
+//! each element in one pass of the same arithmetic ([`adamw_all`], `cuda/adamw.rs`).
 
 use super::cpu::slice;
 use super::vmath::vectorized;
@@ -28,7 +29,34 @@ pub struct AdamWStep {
     pub t: u64,
 }
 
-/// Updates `m`, `v` and `param` in place from `grad` (all one shape).
+/// One parameter's AdamW update: its tensors (f32, one shape, contiguous) and the step's
+/// scalars.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWUpdate<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
+    pub step: AdamWStep,
+}
+
+/// Every update of `updates` in place: on a GPU one kernel launch for all of them (they must
+/// be on one device), on the CPU [`adamw_in_place`] one by one.
+pub fn adamw_all(updates: &[AdamWUpdate<'_>]) -> Result<()> {
+    match updates.first() {
+        None => Ok(()),
+        #[cfg(feature = "cuda")]
+        Some(u) if u.param.device().is_cuda() => {
+            let grads: Vec<Tensor> = updates.iter().map(|u| u.grad.contiguous()).collect::<Result<_>>()?;
+            let updates: Vec<AdamWUpdate> =
+                updates.iter().zip(&grads).map(|(u, grad)| AdamWUpdate { grad, ..*u }).collect();
+            super::cuda::adamw::adamw_all(&updates)
+        }
+        Some(_) => updates.iter().try_for_each(|u| adamw_in_place(u.param, u.grad, u.m, u.v, &u.step)),
+    }
+}
+
+/// Updates `m`, `v` and `param` in place from `grad` (all one shape), on the CPU.
 pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &AdamWStep) -> Result<()> {
     let grad = grad.contiguous()?;
     for (name, t) in [("param", param), ("exp_avg", m), ("exp_avg_sq", v)] {
@@ -89,17 +117,6 @@ impl InplaceOp2 for Moment {
         });
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        ms: &mut candle_core::CudaStorage,
-        ml: &Layout,
-        gs: &candle_core::CudaStorage,
-        gl: &Layout,
-    ) -> Result<()> {
-        super::cuda::adam_moment(self.name(), (ms, ml), (gs, gl), self.beta, self.square)
-    }
 }
 
 /// p ← p·decay − step_size · m / (√v / bc2_sqrt + ε).
@@ -138,19 +155,5 @@ impl InplaceOp3 for Apply {
             )
         });
         Ok(())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        ps: &mut candle_core::CudaStorage,
-        pl: &Layout,
-        ms: &candle_core::CudaStorage,
-        ml: &Layout,
-        vs: &candle_core::CudaStorage,
-        vl: &Layout,
-    ) -> Result<()> {
-        let scalars = [self.decay, self.step_size, self.bc2_sqrt, self.eps];
-        super::cuda::adam_apply(self.name(), (ps, pl), (ms, ml), (vs, vl), scalars)
     }
 }

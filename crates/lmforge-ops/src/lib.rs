@@ -405,11 +405,23 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
 /// AdamW's update of `param` and its moments `m`, `v` in place, when the fused kernels apply;
 /// returns false (nothing done) otherwise, and the caller runs its composed update.
 pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &adamw::AdamWStep) -> Result<bool> {
-    let on_gpu = cuda_kernels(param) && [param, grad, m, v].iter().all(|t| t.dtype() == DType::F32);
-    if !fused(&[param, grad, m, v]) && !on_gpu {
+    adamw_in_place_all(&[adamw::AdamWUpdate { param, grad, m, v, step: *h }])
+}
+
+/// AdamW's update of every parameter of `updates` and its moments in place, when the fused
+/// kernels apply to all of them: on a GPU one kernel launch for the lot (a multi-tensor
+/// update), on the CPU the fused kernel a tensor at a time. Returns false (nothing done)
+/// otherwise, and the caller runs its composed update.
+pub fn adamw_in_place_all(updates: &[adamw::AdamWUpdate<'_>]) -> Result<bool> {
+    let applies = |u: &adamw::AdamWUpdate| {
+        let ts = [u.param, u.grad, u.m, u.v];
+        fused(&ts) || (cuda_kernels(u.param) && ts.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cuda()))
+    };
+    let one_device = updates.windows(2).all(|w| w[0].param.device().same_device(w[1].param.device()));
+    if !(one_device && updates.iter().all(applies)) {
         return Ok(false);
     }
-    adamw::adamw_in_place(param, grad, m, v, h)?;
+    adamw::adamw_all(updates)?;
     Ok(true)
 }
 

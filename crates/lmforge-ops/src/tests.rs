@@ -603,27 +603,53 @@ mod on_cuda {
         assert!((gpu - cpu).abs() <= 1e-6 * cpu, "{gpu} vs {cpu}");
     }
 
-    /// AdamW's in-place update on the GPU against the CPU kernel (the same arithmetic per
-    /// element; nvcc may contract a multiply-add, so to an ulp or two), over three steps.
+    /// AdamW's in-place update on the GPU — every tensor in one launch, each with its own
+    /// learning rate and decay (parameter groups) — against the CPU kernel a tensor at a time
+    /// (the same arithmetic per element; nvcc may contract a multiply-add, so to an ulp or
+    /// two), over three steps.
     #[test]
     fn adamw_in_place_on_the_gpu_matches_the_cpu_kernel() {
         let dev = gpu();
-        for n in [37, 300_001] {
-            let (p0, g) = (randn(&[n], 1.0, 71), randn(&[n], 0.1, 72));
-            let mut states = Vec::new();
-            for device in [Device::Cpu, dev.clone()] {
-                let p = Var::from_tensor(&p0.to_device(&device).unwrap()).unwrap();
-                let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
-                let g = g.to_device(&device).unwrap();
-                for t in 1..=3 {
-                    let h = adamw::AdamWStep { lr: 1e-2, weight_decay: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, t };
-                    assert!(adamw_in_place(p.as_tensor(), &g, &m, &v, &h).unwrap(), "the kernel ran on {device:?}");
+        let sizes = [37usize, 300_001, 2048, 1];
+        let groups = [(1e-2, 0.1), (3e-3, 0.0), (1e-2, 0.1), (5e-2, 0.01)];
+        let mut states = Vec::new();
+        for device in [Device::Cpu, dev.clone()] {
+            let tensors: Vec<[Tensor; 4]> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let (p, g) = (randn(&[n], 1.0, 71 + i as u64), randn(&[n], 0.1, 81 + i as u64));
+                    let p = p.to_device(&device).unwrap();
+                    let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
+                    [p, g.to_device(&device).unwrap(), m, v]
+                })
+                .collect();
+            for t in 1..=3 {
+                let updates: Vec<adamw::AdamWUpdate> = tensors
+                    .iter()
+                    .zip(groups)
+                    .map(|([param, grad, m, v], (lr, weight_decay))| adamw::AdamWUpdate {
+                        param,
+                        grad,
+                        m,
+                        v,
+                        step: adamw::AdamWStep { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, t },
+                    })
+                    .collect();
+                if device.is_cpu() {
+                    for u in &updates {
+                        assert!(adamw_in_place(u.param, u.grad, u.m, u.v, &u.step).unwrap());
+                    }
+                } else {
+                    assert!(adamw_in_place_all(&updates).unwrap(), "the kernel ran on {device:?}");
                 }
-                states.push([p.as_tensor().clone(), m, v].map(|t| t.to_device(&Device::Cpu).unwrap()));
             }
-            for (name, (a, b)) in ["param", "m", "v"].iter().zip(states[0].iter().zip(&states[1])) {
-                let e = rel(b, a);
-                assert!(e <= 1e-6, "adamw {n}: {name} rel error {e:e}");
+            states.push(tensors);
+        }
+        for (i, (cpu, gpu)) in states[0].iter().zip(&states[1]).enumerate() {
+            for (k, name) in [(0, "param"), (2, "m"), (3, "v")] {
+                let e = rel(&gpu[k].to_device(&Device::Cpu).unwrap(), &cpu[k]);
+                assert!(e <= 1e-6, "adamw tensor {i} ({}): {name} rel error {e:e}", sizes[i]);
             }
         }
     }

@@ -287,20 +287,31 @@ impl Optimizer {
     pub fn step(&mut self, vars: &BTreeMap<String, Var>, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
         let (t, st) = (self.t, &mut self.state);
-        for (name, var) in vars {
-            let grad = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
-            let group = self
-                .groups
-                .get(name)
-                .ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
-            let p = Param { name, var, grad, group };
+        let params = vars
+            .iter()
+            .map(|(name, var)| {
+                let grad = grads.get(name).ok_or_else(|| Error::Invalid(format!("no gradient for `{name}`")))?;
+                let group = self
+                    .groups
+                    .get(name)
+                    .ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
+                Ok(Param { name, var, grad, group })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // AdamW through the fused kernels: on a GPU one launch for every parameter.
+        if let OptimSpec::Adam(h) = &self.spec {
+            if adam::update_all(h, &params, lr, t, st)? {
+                return Ok(());
+            }
+        }
+        for p in &params {
             match &self.spec {
-                OptimSpec::Adam(h) => adam::update(h, &p, lr, t, st)?,
-                OptimSpec::Sgd(h) => sgd::update(h, &p, lr, t, st)?,
-                OptimSpec::Adafactor(h) => adafactor::update(h, &p, lr, t, st)?,
-                OptimSpec::Lamb(h) => lamb::update(h, &p, lr, t, st)?,
-                OptimSpec::Lion(h) => lion::update(h, &p, lr, st)?,
-                OptimSpec::Muon(h) => muon::update(h, &p, lr, t, st)?,
+                OptimSpec::Adam(h) => adam::update(h, p, lr, t, st)?,
+                OptimSpec::Sgd(h) => sgd::update(h, p, lr, t, st)?,
+                OptimSpec::Adafactor(h) => adafactor::update(h, p, lr, t, st)?,
+                OptimSpec::Lamb(h) => lamb::update(h, p, lr, t, st)?,
+                OptimSpec::Lion(h) => lion::update(h, p, lr, st)?,
+                OptimSpec::Muon(h) => muon::update(h, p, lr, t, st)?,
             }
         }
         Ok(())

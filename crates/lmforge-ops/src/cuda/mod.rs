@@ -4,27 +4,27 @@
 //! bf16 activation variants with f32 weights and f32 statistics, and the composed reference op
 //! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
 //!
-//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place
-//! (`adamw.cu`); attention, forward and backward ([`attention`], `attention.cu`); GELU, SwiGLU
-//! and RoPE, forward and backward ([`activation`], `activation.cu`); cross-entropy's row
-//! log-sum-exp and logit gradient ([`loss`], `loss.cu`).
+//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place,
+//! every tensor of a step in one launch ([`adamw`], `adamw.cu`); attention, forward and
+//! backward ([`attention`], `attention.cu`); GELU, SwiGLU and RoPE, forward and backward
+//! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
+//! ([`loss`], `loss.cu`).
 //!
 //! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
 //! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
 
 pub mod activation;
+pub mod adamw;
 pub mod attention;
 pub mod loss;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{bail, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
 const NORM_MODULE: &str = "lmforge_norm";
-const ADAMW_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
-const ADAMW_MODULE: &str = "lmforge_adamw";
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
 pub(crate) fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
@@ -38,12 +38,6 @@ pub(crate) fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, op: &str) -
     Ok(s.as_cuda_slice::<T>()?.slice(start..end))
 }
 
-/// The contiguous f32 values a layout selects, to be written.
-fn view_mut<'a>(s: &'a mut CudaStorage, l: &Layout, op: &str) -> Result<CudaViewMut<'a, f32>> {
-    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: the CUDA kernel needs a contiguous tensor") };
-    Ok(s.as_cuda_slice_mut::<f32>()?.slice_mut(start..end))
-}
-
 /// Element-wise kernels: 256 threads a block, a grid-stride loop over at most 65535 blocks.
 pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig {
@@ -51,63 +45,6 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// AdamW's moment update in place: m ← β·m + (1−β)·g, or v ← β·v + (1−β)·g² (`square`).
-pub fn adam_moment(
-    op: &str,
-    (ms, ml): (&mut CudaStorage, &Layout),
-    (gs, gl): (&CudaStorage, &Layout),
-    beta: f32,
-    square: bool,
-) -> Result<()> {
-    let dev = ms.device.clone();
-    let n = ml.shape().elem_count();
-    if gl.shape().elem_count() != n {
-        bail!("{op}: moment of {n} values, gradient of {}", gl.shape().elem_count());
-    }
-    let g = view::<f32>(gs, gl, op)?;
-    let mut m = view_mut(ms, ml, op)?;
-    let func = dev.get_or_load_custom_func("adam_moment", ADAMW_MODULE, ADAMW_PTX)?;
-    let square = i32::from(square);
-    let mut launch = func.builder();
-    launch.arg(&mut m);
-    launch.arg(&g);
-    launch.arg(&n);
-    launch.arg(&beta);
-    launch.arg(&square);
-    // SAFETY: the arguments match the kernel's signature (adamw.cu).
-    unsafe { launch.launch(elementwise(n)) }.w()?;
-    Ok(())
-}
-
-/// AdamW's parameter update in place: p ← p·decay − step_size · m / (√v / bc2_sqrt + ε).
-pub fn adam_apply(
-    op: &str,
-    (ps, pl): (&mut CudaStorage, &Layout),
-    (ms, ml): (&CudaStorage, &Layout),
-    (vs, vl): (&CudaStorage, &Layout),
-    [decay, step_size, bc2_sqrt, eps]: [f32; 4],
-) -> Result<()> {
-    let dev = ps.device.clone();
-    let n = pl.shape().elem_count();
-    if ml.shape().elem_count() != n || vl.shape().elem_count() != n {
-        bail!("{op}: parameter and moments differ in size");
-    }
-    let (m, v) = (view::<f32>(ms, ml, op)?, view::<f32>(vs, vl, op)?);
-    let mut p = view_mut(ps, pl, op)?;
-    let func = dev.get_or_load_custom_func("adam_apply", ADAMW_MODULE, ADAMW_PTX)?;
-    let mut launch = func.builder();
-    launch.arg(&mut p);
-    launch.arg(&m);
-    launch.arg(&v);
-    launch.arg(&n);
-    for x in [&decay, &step_size, &bc2_sqrt, &eps] {
-        launch.arg(x);
-    }
-    // SAFETY: the arguments match the kernel's signature (adamw.cu).
-    unsafe { launch.launch(elementwise(n)) }.w()?;
-    Ok(())
 }
 
 /// The kernel name's suffix for activations of `dtype`.

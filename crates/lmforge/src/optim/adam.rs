@@ -7,8 +7,9 @@
 //! ```
 //! State: `exp_avg`, `exp_avg_sq` (and `max_exp_avg_sq` with amsgrad): 8 (12) bytes per
 //! parameter. Muon uses [`update`] for the parameters it does not orthogonalise. AdamW (without
-//! AMSGrad) runs in place through `ops::adamw_in_place` when the fused kernels apply; the
-//! composed update below is its reference.
+//! AMSGrad) runs in place through `ops::adamw_in_place_all` when the fused kernels apply (on a
+//! GPU every parameter in one kernel launch, [`update_all`]); the composed update below is its
+//! reference.
 
 use super::{Param, State};
 use crate::error::Result;
@@ -34,16 +35,39 @@ pub fn init(h: &AdamHyper, p: &Param, st: &mut State) -> Result<()> {
     Ok(())
 }
 
+/// AdamW's step `t` of every parameter of `params` at once through the fused kernels, when
+/// they apply to all of them (false: nothing done, update them one by one).
+pub fn update_all(h: &AdamHyper, params: &[Param], lr: f64, t: u64, st: &State) -> Result<bool> {
+    if !h.decoupled || h.amsgrad {
+        return Ok(false);
+    }
+    let updates = params
+        .iter()
+        .map(|p| {
+            Ok(ops::adamw::AdamWUpdate {
+                param: p.var.as_tensor(),
+                grad: p.grad,
+                m: st.get(p.name, "exp_avg")?,
+                v: st.get(p.name, "exp_avg_sq")?,
+                step: fused_step(h, p, lr, t),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ops::adamw_in_place_all(&updates)?)
+}
+
+/// The fused kernels' scalars for parameter `p`'s step `t`.
+fn fused_step(h: &AdamHyper, p: &Param, lr: f64, t: u64) -> AdamWStep {
+    let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
+    AdamWStep { lr, weight_decay: wd, beta1: h.beta1, beta2: h.beta2, eps: h.eps, t }
+}
+
 /// Step `t` (1-based) of one parameter at learning rate `lr` (before the group's scale).
 pub fn update(h: &AdamHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
-    let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
-    if h.decoupled && !h.amsgrad {
-        let step = AdamWStep { lr, weight_decay: wd, beta1: h.beta1, beta2: h.beta2, eps: h.eps, t };
-        let (m, v) = (st.get(p.name, "exp_avg")?, st.get(p.name, "exp_avg_sq")?);
-        if ops::adamw_in_place(p.var.as_tensor(), p.grad, m, v, &step)? {
-            return Ok(());
-        }
+    if update_all(h, std::slice::from_ref(p), lr, t, st)? {
+        return Ok(());
     }
+    let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
     let mut param = p.var.as_tensor().clone();
     let mut g = p.grad.clone();
     if wd != 0.0 {

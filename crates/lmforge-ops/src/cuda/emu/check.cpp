@@ -262,22 +262,52 @@ static void norm_case(int rows, int c, bool centred, const char* dtype, double b
     report(std::string(name) + " dy*xhat", rel_err(dwx, dwx_ref), grad_bound);
 }
 
-static void adamw_case(size_t n) {
-    std::mt19937 rng(n);
-    std::vector<float> p = random_values<float>(n, rng), g = random_values<float>(n, rng);
-    std::vector<float> m = random_values<float>(n, rng, 0.1f), v(n);
-    for (auto& x : v) x = std::fabs(to_f(random_values<float>(1, rng)[0])) * 0.01f;
-    const float b1 = 0.9f, b2 = 0.95f, decay = 0.999f, step = 1e-3f, bc2 = 0.3f, eps = 1e-8f;
-    std::vector<double> want(n);
-    for (size_t i = 0; i < n; ++i) {
-        const double mi = m[i] * (double)b1 + g[i] * (1.0 - b1), vi = v[i] * (double)b2 + (double)g[i] * g[i] * (1.0 - b2);
-        want[i] = p[i] * (double)decay - mi / (std::sqrt(vi) / bc2 + eps) * step;
+static unsigned long long adamw_pair(float lo, float hi) {
+    unsigned a, b;
+    std::memcpy(&a, &lo, 4);
+    std::memcpy(&b, &hi, 4);
+    return (unsigned long long)a | ((unsigned long long)b << 32);
+}
+
+// Several tensors of odd sizes in one launch, each with its own scalars (as parameter groups
+// and the Rust table give them), against double loops; the blocks' tensor search and the
+// tails of partial blocks are what this checks.
+static void adamw_case(std::vector<size_t> sizes) {
+    const size_t per_block = ADAMW_THREADS * ADAMW_PER_THREAD;
+    std::vector<std::vector<float>> p, g, m, v;
+    std::vector<std::vector<double>> want;
+    std::vector<unsigned long long> table;
+    unsigned long long blocks = 0;
+    std::string name = "adamw";
+    for (size_t t = 0; t < sizes.size(); ++t) {
+        const size_t n = sizes[t];
+        name += " " + std::to_string(n);
+        std::mt19937 rng(n + t);
+        p.push_back(random_values<float>(n, rng));
+        g.push_back(random_values<float>(n, rng));
+        m.push_back(random_values<float>(n, rng, 0.1f));
+        v.emplace_back(n);
+        for (auto& x : v.back()) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f;
+        const float b1 = 0.9f - 0.05f * t, b2 = 0.95f, decay = t % 2 ? 1.0f : 0.999f, step = 1e-3f * (t + 1),
+                    bc2 = 0.3f, eps = 1e-8f;
+        std::vector<double> w(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double mi = m[t][i] * (double)b1 + g[t][i] * (1.0 - b1);
+            const double vi = v[t][i] * (double)b2 + (double)g[t][i] * g[t][i] * (1.0 - b2);
+            w[i] = p[t][i] * (double)decay - mi / (std::sqrt(vi) / bc2 + eps) * step;
+        }
+        want.push_back(std::move(w));
+        const unsigned long long row[ADAMW_WORDS] = {(unsigned long long)p[t].data(), (unsigned long long)g[t].data(),
+                                                      (unsigned long long)m[t].data(), (unsigned long long)v[t].data(),
+                                                      n, blocks, adamw_pair(decay, step), adamw_pair(bc2, eps),
+                                                      adamw_pair(b1, b2), 0};
+        table.insert(table.end(), row, row + ADAMW_WORDS);
+        blocks += (n + per_block - 1) / per_block;
     }
-    const unsigned blocks = std::min<size_t>((n + 255) / 256, 65535);
-    emu_launch({blocks}, {256}, 0, [&] { adam_moment(m.data(), g.data(), n, b1, 0); });
-    emu_launch({blocks}, {256}, 0, [&] { adam_moment(v.data(), g.data(), n, b2, 1); });
-    emu_launch({blocks}, {256}, 0, [&] { adam_apply(p.data(), m.data(), v.data(), n, decay, step, bc2, eps); });
-    report("adamw n " + std::to_string(n), rel_err(p, want), 1e-6);
+    emu_launch({(unsigned)blocks}, {ADAMW_THREADS}, 0, [&] { adamw_all(table.data(), (int)sizes.size()); });
+    double err = 0.0;
+    for (size_t t = 0; t < sizes.size(); ++t) err = std::max(err, rel_err(p[t], want[t]));
+    report(name, err, 1e-6);
 }
 
 template <typename T>
@@ -411,8 +441,8 @@ int main() {
         norm_case<float>(3, c, false, "f32", 1e-6, 1e-5);
         norm_case<__nv_bfloat16>(2, c, true, "bf16", 1e-2, 1e-5);
     }
-    adamw_case(1000);
-    adamw_case(70000);
+    adamw_case({1000});
+    adamw_case({1, 2048, 70000, 2049, 5});
     std::printf(failures ? "%d check(s) failed\n" : "all kernels match\n", failures);
     return failures != 0;
 }
