@@ -75,7 +75,10 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 /// as one process per GPU wants.
 #[cfg(feature = "cuda")]
 fn auto_device() -> Device {
-    Device::cuda_if_available(crate::distributed::local_rank()).unwrap_or(Device::Cpu)
+    match Device::cuda_if_available(crate::distributed::local_rank()) {
+        Ok(d @ Device::Cuda(_)) => caching_allocations(d).unwrap_or(Device::Cpu),
+        _ => Device::Cpu,
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -86,10 +89,38 @@ fn auto_device() -> Device {
 #[cfg(feature = "cuda")]
 fn cuda_device(n: usize, key: &str) -> Result<Device> {
     // candle's error carries a backtrace after its first line: the first line says it.
-    Device::new_cuda(n).map_err(|e| {
+    let opened = Device::new_cuda(n).and_then(caching_allocations);
+    opened.map_err(|e| {
         let e = e.to_string();
         Error::config(key, format!("\"cuda:{n}\" cannot be opened: {}", e.lines().next().unwrap_or("")))
     })
+}
+
+/// Makes the GPU's allocator a caching one, as PyTorch's: candle allocates every tensor from
+/// the device's stream-ordered memory pool (`cuMemAllocAsync`), whose release threshold is 0 by
+/// default, so each synchronisation (a loss read back, the clipping norm) hands the pool's free
+/// memory back to the driver and the next step maps it again. With the threshold at its maximum
+/// the pool keeps what it has reserved: a step's allocations are served from memory freed by the
+/// previous one, and the reserved total stays at the run's high-water mark (what `nvidia-smi`
+/// shows and `plan --gpu` predicts).
+#[cfg(feature = "cuda")]
+pub fn caching_allocations(device: Device) -> candle_core::Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    if let Device::Cuda(cuda) = &device {
+        let dev = cuda.cuda_stream().context().cu_device();
+        let mut keep = u64::MAX;
+        // SAFETY: `dev` is the device of a live context; the attribute takes a cuuint64_t.
+        unsafe {
+            let pool = result::device::get_mem_pool(dev).map_err(candle_core::Error::wrap)?;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+            .map_err(candle_core::Error::wrap)?;
+        }
+    }
+    Ok(device)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -149,14 +180,6 @@ impl Precision {
         match self {
             Self::Fp32 => 4,
             Self::Bf16Mixed => 2,
-        }
-    }
-
-    /// Bytes per parameter the optimizer keeps besides its own state (the fp32 master copy).
-    pub fn master_bytes(self) -> u64 {
-        match self {
-            Self::Fp32 => 0,
-            Self::Bf16Mixed => 4,
         }
     }
 }

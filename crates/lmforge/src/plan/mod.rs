@@ -5,10 +5,12 @@
 //! FLOPs per token, tokens/s at a given MFU, time, GPU-hours and cost. Every formula cites its
 //! source in `plan/README.md`; the tests reproduce the published figures.
 //!
-//! On GPUs the memory model is the ZeRO paper's (model states) plus Korthikanti et al.'s
-//! (activations). On the CPU it is what lmforge itself allocates in fp32
-//! ([`ModelSpec::cpu_train_memory`], shared with the trainer's fits-in-memory check).
-//! Letters: Ψ parameters, N_d data-parallel devices, K optimizer bytes per parameter,
+//! Model states are what lmforge's trainer keeps, ZeRO stage by stage, on any device
+//! ([`trainer_model_states`]; under bf16-mixed plus the weights' bf16 working copies). On GPUs
+//! activations follow Korthikanti et al. (with lmforge's fused attention and chunked LM loss),
+//! on the CPU what lmforge itself allocates in fp32 ([`ModelSpec::cpu_train_memory`], shared
+//! with the trainer's fits-in-memory check).
+//! Letters: Ψ parameters, N_d data-parallel devices,
 //! s sequence, b micro-batch, h d_model, a heads, v vocab, L layers.
 
 pub mod comm;
@@ -179,15 +181,15 @@ impl PlanRequest {
 /// Per-device memory (bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemoryBreakdown {
+    /// The f32 weights (the master copy) plus, in mixed precision, their bf16 working copies.
     pub weights: u64,
     pub gradients: u64,
-    /// Optimizer state plus, in mixed precision, the fp32 master weights.
     pub optimizer_state: u64,
     /// Activations kept for backward under the chosen setting.
     pub activations: u64,
     pub activations_without_checkpointing: u64,
     pub activations_with_checkpointing: u64,
-    /// Logits gradient, ZeRO-3 gathered layer parameters; on the CPU the backward workspace.
+    /// The LM loss's transient peak; on the CPU the backward workspace.
     pub temporary_buffers: u64,
     pub framework_overhead: u64,
 }
@@ -203,15 +205,6 @@ impl MemoryBreakdown {
     }
 }
 
-/// Model-state bytes per device (ZeRO paper §5.1): weights and gradients (`bytes` per
-/// parameter each) and the optimizer's `optimizer` bytes in all (KΨ: master copy + state) for
-/// `psi` parameters; stage 1 shards the optimizer over `nd` devices, 2 also the gradients,
-/// 3 also the weights.
-pub fn model_states(psi: u64, bytes: u64, optimizer: u64, zero: u8, nd: u64) -> (u64, u64, u64) {
-    let shard = |x: u64, sharded: bool| if sharded { x.div_ceil(nd) } else { x };
-    (shard(bytes * psi, zero >= 3), shard(bytes * psi, zero >= 2), shard(optimizer, zero >= 1))
-}
-
 /// Communication buffers of one message on the CPU with several processes: the flattened
 /// bucket, MPI's copy of it and the received values (a bucket is `bucket_bytes`, or one
 /// larger parameter alone: the token embedding, usually).
@@ -223,26 +216,33 @@ fn cpu_comm_buffers(req: &PlanRequest) -> u64 {
     3 * largest.max(req.bucket_bytes)
 }
 
-/// Model-state bytes per process of lmforge's CPU trainer on `n` processes at ZeRO stage
-/// `zero` (f32 weights and gradients, `state` optimizer bytes in all): stage 1 shards the
-/// optimizer state; 2 adds each process's share of the gradients accumulated over
-/// micro-batches to one micro-batch's full gradients (the backward produces them all before
-/// they are reduce-scattered) — or, when they are `streamed` (reduced during the backward:
-/// `distributed.overlap`, fused sublayers, no dropout), to the full gradients of the
-/// parameters outside the layers (they come at the end) and of two layers in flight; 3 keeps the decoder layers' weights and gradients
-/// sharded, plus two gathered layers' weights (the one in use and the next, prefetched) and
-/// three layers' full gradients (the one being computed, two waiting for their
-/// reduce-scatter), the rest (embeddings, final norm, head) whole.
-pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, streamed: bool) -> (u64, u64, u64) {
-    let n = n.max(1);
-    let psi = spec.num_params();
+/// Elements of the decoder layers' parameters in all, and of one layer.
+fn layer_params(spec: &ModelSpec) -> (u64, u64) {
     let layers: u64 = spec
         .params()
         .iter()
         .filter(|p| crate::distributed::zero3::layer_index(&p.name).is_some())
         .map(|p| p.numel() as u64)
         .sum();
-    let one_layer = layers / spec.n_layer.max(1) as u64;
+    (layers, layers / spec.n_layer.max(1) as u64)
+}
+
+/// Model-state bytes per process of lmforge's trainer (CPU or GPU) on `n` processes at ZeRO
+/// stage `zero` (f32 weights — the master copy — and f32 gradients, `state` optimizer bytes in
+/// all): stage 1 shards the optimizer state; 2 adds each process's share of the gradients
+/// accumulated over micro-batches to one micro-batch's full gradients (the backward produces
+/// them all before they are reduce-scattered) — or, when they are `streamed` (reduced during
+/// the backward: `distributed.overlap`, the CPU's fused sublayers, no dropout), to the full
+/// gradients of the parameters outside the layers (they come at the end) and of two layers in
+/// flight; 3 keeps the decoder layers' weights and gradients sharded, plus two gathered
+/// layers' weights (the one in use and the next, prefetched) and three layers' full gradients
+/// (the one being computed, two waiting for their reduce-scatter), the rest (embeddings, final
+/// norm, head) whole. (The ZeRO paper's accounting — 2-byte weights and gradients, a 12-byte
+/// K with the master copy sharded — is not what lmforge keeps; `plan/README.md`.)
+pub fn trainer_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, streamed: bool) -> (u64, u64, u64) {
+    let n = n.max(1);
+    let psi = spec.num_params();
+    let (layers, one_layer) = layer_params(spec);
     let optimizer = if zero >= 1 && n > 1 { state.div_ceil(n) } else { state };
     if n == 1 || zero < 2 {
         return (4 * psi, 4 * psi, optimizer);
@@ -254,6 +254,33 @@ pub fn cpu_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, streamed
     let sharded = 4 * (psi - layers) + 4 * layers.div_ceil(n);
     (sharded + 2 * 4 * one_layer, sharded + 3 * 4 * one_layer, optimizer)
 }
+
+/// Bytes of the bf16 copies of the weights under `bf16-mixed`: each product casts its f32
+/// weight to the compute dtype (`ops::like`), and the copy lives as long as the step's graph —
+/// every parameter's until the backward ends, or with checkpointing (and ZeRO-3, which
+/// checkpoints) those outside the layers plus the one layer being recomputed.
+pub fn working_copies(spec: &ModelSpec, precision: Precision, checkpointed: bool) -> u64 {
+    if precision.is_fp32() {
+        return 0;
+    }
+    let (layers, one_layer) = layer_params(spec);
+    let copied = if checkpointed { spec.num_params() - layers + one_layer } else { spec.num_params() };
+    precision.bytes() * copied
+}
+
+/// The LM loss (`ops::lm_loss`, rows a chunk of ~16M logits at a time): what it keeps for the
+/// backward — d hidden in the compute dtype (`e` bytes, `tokens` × h) and d head in f32 (v × h)
+/// — and its transient peak: a chunk's logits and their gradient, the head in the compute
+/// dtype, and the d head update (a product in the compute dtype, its f32 copy, the new sum).
+pub fn lm_loss_bytes(spec: &ModelSpec, tokens: u64, e: u64) -> (u64, u64) {
+    let (h, v) = (spec.d_model as u64, spec.vocab_size as u64);
+    let chunk = v * (LM_LOSS_CHUNK_ELEMENTS / v.max(1)).max(1);
+    let kept = e * tokens * h + 4 * v * h;
+    (kept, 2 * e * chunk + 2 * e * v * h + 8 * v * h)
+}
+
+/// `ops::lm_loss`'s logit elements per chunk.
+const LM_LOSS_CHUNK_ELEMENTS: u64 = 1 << 24;
 
 /// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
 /// sequence parallelism): `sbh(34 + 5as/h)` in 16-bit for GPT with dropout, generalised to
@@ -281,8 +308,7 @@ pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout:
 /// Per-device memory of `req`.
 pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let spec = &req.spec;
-    let psi = spec.num_params();
-    let (b, s, v, l) = (req.micro_batch as u64, req.seq_len as u64, spec.vocab_size as u64, spec.n_layer as u64);
+    let (b, s, l) = (req.micro_batch as u64, req.seq_len as u64, spec.n_layer as u64);
     let state = optimizer_state_bytes(spec, &req.optim);
     if req.hardware.is_cpu {
         // `--gpus` processes (`mpirun -np N`), each computing its share of the micro-batch's rows.
@@ -291,7 +317,8 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
         // ZeRO-3 checkpoints every layer (its weights are gathered again for the backward).
         let (m, without, with) = (estimate(req.checkpointing || req.zero >= 3), estimate(false), estimate(true));
         let streamed = req.overlap && !req.dropout;
-        let (weights, gradients, optimizer_state) = cpu_model_states(spec, state, req.zero, req.gpus as u64, streamed);
+        let (weights, gradients, optimizer_state) =
+            trainer_model_states(spec, state, req.zero, req.gpus as u64, streamed);
         return MemoryBreakdown {
             weights,
             gradients,
@@ -304,25 +331,26 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
         };
     }
     let e = req.precision.bytes();
-    // K: master copy + the optimizer's fp32 state per parameter (AdamW mixed precision: 12).
-    let k_total = req.precision.master_bytes() * psi + state;
-    let (weights, gradients, optimizer_state) = model_states(psi, e, k_total, req.zero, req.gpus as u64);
+    // On a GPU the gradients come at the end of candle's backward (no fused sublayers streaming
+    // them), and ZeRO-3 checkpoints every layer, as on the CPU.
+    let checkpointed = req.checkpointing || req.zero >= 3;
+    let (weights, gradients, optimizer_state) = trainer_model_states(spec, state, req.zero, req.gpus as u64, false);
     let layer = layer_activation_bytes(spec, b, s, e, req.dropout);
-    // Outside the layers: final-norm and head inputs, fp32 logits for the loss (§4.3: 4sbv).
-    let output = 2 * e * s * b * spec.d_model as u64 + 4 * s * b * v;
+    // Outside the layers: the final norm's input and output, and what the chunked LM loss keeps
+    // (no (s·b, v) logits: Korthikanti's §4.3 4sbv is never held).
+    let (loss_kept, loss_transient) = lm_loss_bytes(spec, s * b, e);
+    let output = 2 * e * s * b * spec.d_model as u64 + loss_kept;
     let without = l * layer + output;
     // Full recomputation (§4.2): each layer's input (sbh elements) plus one layer rebuilt.
     let with = l * e * s * b * spec.d_model as u64 + layer + output;
-    let zero3_gather =
-        if req.zero >= 3 { 2 * e * (psi - spec.param_breakdown().embeddings) / spec.n_layer.max(1) as u64 } else { 0 };
     MemoryBreakdown {
-        weights,
+        weights: weights + working_copies(spec, req.precision, checkpointed),
         gradients,
         optimizer_state,
-        activations: if req.checkpointing { with } else { without },
+        activations: if checkpointed { with } else { without },
         activations_without_checkpointing: without,
         activations_with_checkpointing: with,
-        temporary_buffers: 4 * s * b * v + zero3_gather,
+        temporary_buffers: loss_transient,
         framework_overhead: GPU_FRAMEWORK_OVERHEAD,
     }
 }

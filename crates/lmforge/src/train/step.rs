@@ -4,6 +4,10 @@
 //! (`DataParallel`: during the backward with `distributed.overlap`, else once after the last
 //! micro-batch; with ZeRO-2 each micro-batch's reduce-scattered), then clipped to the global
 //! norm. The caller applies them (or, by the fault policy, does not).
+//!
+//! The micro-batches' losses stay on their device until the step's gradients are complete and
+//! are read back together, once: a read is a wait for the device (a GPU's stream), and one
+//! between a forward and its backward would leave the GPU idle while the backward is queued.
 
 use super::task::Task;
 use crate::distributed::DataParallel;
@@ -30,7 +34,7 @@ pub struct StepAt {
 /// The phases of a step, for timing (`lmforge bench train --profile`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The task's loss, read back as a number.
+    /// The task's loss computed (queued, on a GPU).
     Forward,
     Backward,
     /// Gradients collected by name, accumulated, all-reduced and clipped.
@@ -70,13 +74,14 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
         return micros.sharded(lap);
     }
     let mut grads: Option<BTreeMap<String, Tensor>> = None;
-    let mut loss_sum = 0.0f64;
+    let mut losses = Vec::with_capacity(at.grad_accum);
     for micro in 0..at.grad_accum {
         if let Some((g, loss)) = micros.local(micro, lap)? {
-            loss_sum += loss;
+            losses.push(loss);
             accumulate(&mut grads, g)?;
         }
     }
+    let loss_sum = micros.loss_sum(&losses)?;
     // A process whose share of every micro-batch was empty still takes part in the all-reduce.
     let mut grads = match grads {
         Some(g) => g,
@@ -103,6 +108,23 @@ fn accumulate(acc: &mut Option<BTreeMap<String, Tensor>>, g: BTreeMap<String, Te
     Ok(())
 }
 
+/// A micro-batch's loss as its forward left it (a scalar on the model's device), and its weight
+/// in the step's mean when micro-batches are unequal.
+struct MicroLoss {
+    loss: Tensor,
+    weight: Option<f64>,
+}
+
+impl MicroLoss {
+    /// The loss's share of the step's sum, from its value read back.
+    fn weighted(&self, value: f32) -> f64 {
+        match self.weight {
+            None => value as f64,
+            Some(w) => value as f64 * w,
+        }
+    }
+}
+
 /// A step's micro-batches as this process computes them.
 struct Micros<'a> {
     task: &'a dyn Task,
@@ -115,9 +137,9 @@ struct Micros<'a> {
 }
 
 impl Micros<'_> {
-    /// This process's gradients of micro-batch `micro` (already weighted) and its weighted
-    /// loss; None when the process has no rows of it.
-    fn local(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(BTreeMap<String, Tensor>, f64)>> {
+    /// This process's gradients of micro-batch `micro` (already weighted) and its loss; None
+    /// when the process has no rows of it.
+    fn local(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(BTreeMap<String, Tensor>, MicroLoss)>> {
         match self.backward(micro, lap)? {
             Some((store, loss)) => Ok(Some((named_grads(self.task.params().vars(), &store)?, loss))),
             None => Ok(None),
@@ -125,8 +147,8 @@ impl Micros<'_> {
     }
 
     /// Micro-batch `micro`'s forward and backward on this process's rows: the gradient store
-    /// (weighted) and the weighted loss; None when the process has no rows of it.
-    fn backward(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(GradStore, f64)>> {
+    /// (weighted) and the loss, not yet read; None when the process has no rows of it.
+    fn backward(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<Option<(GradStore, MicroLoss)>> {
         let (s, global, weight) = (self.at.step, self.rows[micro], self.weights[micro]);
         let mine = self.dp.local_range(global);
         if mine.is_empty() {
@@ -146,21 +168,35 @@ impl Micros<'_> {
         if crate::testhooks::inject_nan(s + 1) {
             loss = (loss * f64::NAN)?;
         }
-        let value = loss.to_scalar::<f32>()? as f64;
+        let value = MicroLoss { loss: loss.detach(), weight: if self.equal { None } else { Some(weight) } };
         lap(Phase::Forward);
         // Averaging over micro-batches: scale each loss so the summed gradient is the mean.
         let scaled = if weight == 1.0 { loss } else { (loss * weight)? };
         let store = scaled.backward()?;
         lap(Phase::Backward);
-        Ok(Some((store, if self.equal { value } else { value * weight })))
+        Ok(Some((store, value)))
+    }
+
+    /// The sum of the micro-batches' (weighted) losses, their values read back in one go.
+    fn loss_sum(&self, losses: &[MicroLoss]) -> Result<f64> {
+        if losses.is_empty() {
+            return Ok(0.0);
+        }
+        let tensors: Vec<Tensor> = losses.iter().map(|l| l.loss.reshape(())).collect::<candle_core::Result<_>>()?;
+        let values = Tensor::stack(&tensors, 0)?.to_vec1::<f32>()?;
+        Ok(losses.iter().zip(values).map(|(l, v)| l.weighted(v)).sum())
     }
 
     /// [`Self::local`], or zeros and no loss for a micro-batch this process has no rows of
     /// (it still takes part in the micro-batch's reduction).
-    fn local_or_zeros(&self, micro: usize, lap: &mut dyn FnMut(Phase)) -> Result<(BTreeMap<String, Tensor>, f64)> {
+    fn local_or_zeros(
+        &self,
+        micro: usize,
+        lap: &mut dyn FnMut(Phase),
+    ) -> Result<(BTreeMap<String, Tensor>, Option<MicroLoss>)> {
         match self.local(micro, lap)? {
-            Some(share) => Ok(share),
-            None => Ok((self.zeros()?, 0.0)),
+            Some((grads, loss)) => Ok((grads, Some(loss))),
+            None => Ok((self.zeros()?, None)),
         }
     }
 
@@ -183,7 +219,12 @@ impl Micros<'_> {
     /// (ZeRO-2; this process's share).
     fn overlapped(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
         let dp = self.dp;
-        let reduced = dp.reduce_during_backward(self.at.grad_accum, |m| self.backward(m, lap))?;
+        // The communication thread sums each micro-batch's loss with its gradients: read after
+        // the backward is queued.
+        let reduced = dp.reduce_during_backward(self.at.grad_accum, |m| match self.backward(m, lap)? {
+            Some((store, loss)) => Ok(Some((store, self.loss_sum(&[loss])?))),
+            None => Ok(None),
+        })?;
         let mut grads = reduced.grads;
         let (loss_sum, grad_norm) = if dp.reduces_every_micro_batch() {
             dp.finish_sharded(&mut grads, reduced.loss, self.at.grad_clip)?
@@ -199,13 +240,14 @@ impl Micros<'_> {
     /// during the backward).
     fn sharded(&self, lap: &mut dyn FnMut(Phase)) -> Result<StepGrads> {
         let dp = self.dp;
-        let mut loss_sum = 0.0f64;
+        let mut losses = Vec::with_capacity(self.at.grad_accum);
         let mut share: Option<BTreeMap<String, Tensor>> = None;
         for micro in 0..self.at.grad_accum {
             let (g, loss) = self.local_or_zeros(micro, lap)?;
-            loss_sum += loss;
+            losses.extend(loss);
             accumulate(&mut share, dp.reduce_scatter_grads(&g)?)?;
         }
+        let loss_sum = self.loss_sum(&losses)?;
         let mut grads = share.unwrap_or_default();
         // ZeRO-3: the layers' gradients were reduce-scattered during the backward passes.
         grads.extend(dp.take_layer_grads()?);
