@@ -27,6 +27,15 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu::Erf)
 }
 
+/// gelu(z + b) for z (..., C) on a GPU and a bias b (C, any float dtype; used in f32): a
+/// linear layer's epilogue as one kernel each way, where the composed path adds the bias in a
+/// pass of its own and keeps the sum for GELU's backward. d b is the column sums (in f32) of
+/// d z. CUDA only: the CPU's fused linear applies the bias and GELU in its own epilogue.
+#[cfg(feature = "cuda")]
+pub fn bias_gelu(z: &Tensor, b: &Tensor, form: Gelu) -> Result<Tensor> {
+    z.contiguous()?.apply_op2(&b.to_dtype(candle_core::DType::F32)?.contiguous()?, BiasGelu(form))
+}
+
 /// Fused silu(gate) · up; gate and up of one shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if gate.dims() != up.dims() {
@@ -127,6 +136,73 @@ impl CustomOp1 for Gelu {
         }
         let (xr, dyr) = (Read::new(x, self.name())?, Read::new(&dy, self.name())?);
         Ok(Some(tensor(self.backward_slice(xr.f32()?, dyr.f32()?), x.dims())?))
+    }
+}
+
+/// [`bias_gelu`]'s op over (z, b).
+#[cfg(feature = "cuda")]
+struct BiasGelu(Gelu);
+
+#[cfg(feature = "cuda")]
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "lmforge-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        zs: &candle_core::CudaStorage,
+        zl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::activation::bias_gelu((zs, zl), (bs, bl), None, self.0 == Gelu::Erf)
+    }
+
+    fn bwd(&self, z: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = z.apply_op3_no_bwd(b, &dy.contiguous()?, &BiasGeluGrad(self.0))?;
+        let c = b.elem_count();
+        let db = dz.to_dtype(candle_core::DType::F32)?.reshape((dz.elem_count() / c.max(1), c))?.sum(0)?;
+        Ok((Some(dz), Some(db.reshape(b.dims())?)))
+    }
+}
+
+/// [`bias_gelu`]'s backward kernel over (z, b, dy): d z.
+#[cfg(feature = "cuda")]
+struct BiasGeluGrad(Gelu);
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for BiasGeluGrad {
+    fn name(&self) -> &'static str {
+        "lmforge-bias-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("{}: CUDA only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        zs: &candle_core::CudaStorage,
+        zl: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+        dys: &candle_core::CudaStorage,
+        dyl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::activation::bias_gelu((zs, zl), (bs, bl), Some((dys, dyl)), self.0 == Gelu::Erf)
     }
 }
 

@@ -213,13 +213,17 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 }
 
 /// gelu(x·W (+ b)) as one op (weights as in [`linear`]); the fused kernel applies the GELU as
-/// the product's epilogue.
+/// the product's epilogue (on a GPU the bias and the GELU, one kernel after the product).
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool, form: Gelu) -> Result<Tensor> {
     if fused(&[x, w]) && b.is_none_or(|b| fused(&[b])) {
-        linear::linear_gelu(x, w, b, w_is_out_in, form)
-    } else {
-        gelu(&reference::linear(x, w, b, w_is_out_in)?, form)
+        return linear::linear_gelu(x, w, b, w_is_out_in, form);
     }
+    #[cfg(feature = "cuda")]
+    if let Some(b) = b.filter(|_| cuda_kernels(x)) {
+        // The bias and GELU as the product's epilogue kernel.
+        return activation::bias_gelu(&reference::linear(x, w, None, w_is_out_in)?, b, form);
+    }
+    gelu(&reference::linear(x, w, b, w_is_out_in)?, form)
 }
 
 /// silu(x·W_gate) ⊙ (x·W_up) as one op (no biases; weights as in [`linear`]).

@@ -553,8 +553,9 @@ mod on_cuda {
         }
     }
 
-    /// GELU (both forms), SwiGLU and RoPE on the GPU (activation.cu) against the reference
-    /// ops: f32 to the CPU kernels' bounds, bf16 to 1e-2 / 2e-2.
+    /// GELU (both forms, alone and as a linear layer's bias + GELU epilogue), SwiGLU and RoPE
+    /// on the GPU (activation.cu) against the reference ops: f32 to the CPU kernels' bounds,
+    /// bf16 to 1e-2 / 2e-2.
     #[test]
     fn activations_match_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();
@@ -565,6 +566,19 @@ mod on_cuda {
         for (name, f) in gelus {
             check(&format!("cuda {name} f32"), std::slice::from_ref(&x), f);
             check_within(&format!("cuda {name} bf16"), &[x.to_dtype(DType::BF16).unwrap()], f, 1e-2, 2e-2);
+        }
+        // The linear layer's bias + GELU epilogue (fused: product, then one kernel; reference:
+        // product, bias add, GELU), both weight layouts, gradients of x, W and the f32 bias.
+        let (w, b) =
+            (randn(&[200, 96], 0.1, 93).to_device(&dev).unwrap(), randn(&[96], 0.5, 94).to_device(&dev).unwrap());
+        for form in [Gelu::Tanh, Gelu::Erf] {
+            let lin = |t: &[Tensor]| linear_gelu(&t[0], &t[1], Some(&t[2]), false, form);
+            check(&format!("cuda linear_gelu {form:?} f32"), &[x.clone(), w.clone(), b.clone()], &lin);
+            let xb = x.to_dtype(DType::BF16).unwrap();
+            check_within(&format!("cuda linear_gelu {form:?} bf16"), &[xb, w.clone(), b.clone()], &lin, 1e-2, 2e-2);
+            let wt = w.t().unwrap().contiguous().unwrap();
+            let lin_t = |t: &[Tensor]| linear_gelu(&t[0], &t[1], Some(&t[2]), true, form);
+            check(&format!("cuda linear_gelu {form:?} out_in f32"), &[x.clone(), wt, b.clone()], &lin_t);
         }
         let swi = |t: &[Tensor]| swiglu(&t[0], &t[1]);
         check("cuda swiglu f32", &[x.clone(), up.clone()], &swi);

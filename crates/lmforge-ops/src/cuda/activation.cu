@@ -4,6 +4,7 @@
 //
 //   GELU-tanh: y = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³)
 //   GELU-erf:  y = ½x(1 + erf(x/√2))
+//   bias + GELU (a linear layer's epilogue): y = gelu(z + b), b an f32 row of C; dz = dy·gelu'(z + b)
 //   SwiGLU:    y = silu(g)·v;  dv = dy·silu(g), dg = dy·v·σ(g)(1 + g(1 − σ(g)))
 //   RoPE (rotate-half, per head of D): y_j = x_j cos_j − x_{j+D/2} sin_j,
 //     y_{j+D/2} = x_{j+D/2} cos_{j+D/2} + x_j sin_{j+D/2}; `transposed` applies the inverse
@@ -39,6 +40,17 @@ __device__ void gelu_fwd(const T* x, T* y, size_t n, int erf_form) {
 template <typename T>
 __device__ void gelu_bwd(const T* x, const T* dy, T* dx, size_t n, int erf_form) {
     GRID_STRIDE(i, n) dx[i] = from_f<T>(to_f(dy[i]) * gelu_grad(to_f(x[i]), erf_form));
+}
+
+// z, y, dy, dz: (rows, c); the sum z + b formed in f32.
+template <typename T>
+__device__ void bias_gelu_fwd(const T* z, const float* b, T* y, size_t n, int c, int erf_form) {
+    GRID_STRIDE(i, n) y[i] = from_f<T>(gelu_value(to_f(z[i]) + b[i % c], erf_form));
+}
+
+template <typename T>
+__device__ void bias_gelu_bwd(const T* z, const float* b, const T* dy, T* dz, size_t n, int c, int erf_form) {
+    GRID_STRIDE(i, n) dz[i] = from_f<T>(to_f(dy[i]) * gelu_grad(to_f(z[i]) + b[i % c], erf_form));
 }
 
 template <typename T>
@@ -88,6 +100,14 @@ __device__ void rope(const T* x, const float* cos, const float* sin, T* y, size_
     }                                                                                                              \
     extern "C" __global__ void gelu_bwd_##SUFFIX(const T* x, const T* dy, T* dx, size_t n, int erf_form) {        \
         gelu_bwd<T>(x, dy, dx, n, erf_form);                                                                       \
+    }                                                                                                              \
+    extern "C" __global__ void bias_gelu_fwd_##SUFFIX(const T* z, const float* b, T* y, size_t n, int c,          \
+                                                      int erf_form) {                                              \
+        bias_gelu_fwd<T>(z, b, y, n, c, erf_form);                                                                 \
+    }                                                                                                              \
+    extern "C" __global__ void bias_gelu_bwd_##SUFFIX(const T* z, const float* b, const T* dy, T* dz, size_t n,   \
+                                                      int c, int erf_form) {                                       \
+        bias_gelu_bwd<T>(z, b, dy, dz, n, c, erf_form);                                                            \
     }                                                                                                              \
     extern "C" __global__ void swiglu_fwd_##SUFFIX(const T* g, const T* u, T* y, size_t n) {                      \
         swiglu_fwd<T>(g, u, y, n);                                                                                 \

@@ -160,3 +160,52 @@ fn rope_as<T: CudaDType + DeviceRepr>(
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
 }
+
+/// gelu(z + b) of z (rows, C) with an f32 bias b (C), or with `dy` its gradient dy·gelu'(z + b)
+/// (the bias's is the column sums of that); `erf` the GELU form.
+pub fn bias_gelu(z: Input, b: Input, dy: Option<Input>, erf: bool) -> Result<(CudaStorage, Shape)> {
+    match z.0.dtype() {
+        DType::BF16 => bias_gelu_as::<half::bf16>(z, b, dy, erf),
+        _ => bias_gelu_as::<f32>(z, b, dy, erf),
+    }
+}
+
+fn bias_gelu_as<T: CudaDType + DeviceRepr>(
+    (zs, zl): Input,
+    (bs, bl): Input,
+    dy: Option<Input>,
+    erf: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let op = if dy.is_some() { "bias_gelu_bwd" } else { "bias_gelu_fwd" };
+    let dev = zs.device().clone();
+    let c = bl.shape().elem_count();
+    if zl.dims().last() != Some(&c) || bs.dtype() != DType::F32 {
+        bail!("{op}: z {:?} and an f32 bias of {c} ({:?})", zl.dims(), bs.dtype());
+    }
+    if dy.is_some_and(|(s, l)| s.dtype() != zs.dtype() || l.shape() != zl.shape()) {
+        bail!("{op}: dy differs from z in shape or dtype");
+    }
+    let (z, b) = (view::<T>(zs, zl, op)?, view::<f32>(bs, bl, op)?);
+    let dy = dy.map(|(s, l)| view::<T>(s, l, op)).transpose()?;
+    let n = zl.shape().elem_count();
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<T>(n)? };
+    let func = dev.get_or_load_custom_func(&format!("{op}_{}", suffix(zs.dtype(), op)?), MODULE, PTX)?;
+    let ints = [c as i32, i32::from(erf)];
+    let mut args = func.builder();
+    args.arg(&z);
+    args.arg(&b);
+    if let Some(dy) = &dy {
+        args.arg(dy);
+    }
+    args.arg(&out);
+    args.arg(&n);
+    for i in &ints {
+        args.arg(i);
+    }
+    if n > 0 {
+        // SAFETY: the arguments match the kernel's signature (activation.cu).
+        unsafe { args.launch(elementwise(n)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), zl.shape().clone()))
+}

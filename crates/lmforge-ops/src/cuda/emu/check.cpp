@@ -310,6 +310,17 @@ static void adamw_case(std::vector<size_t> sizes) {
     report(name, err, 1e-6);
 }
 
+// GELU of v in double (erf or tanh form) and its derivative.
+static double gelu_double(double v, int erf_form, double* grad) {
+    if (erf_form) {
+        *grad = 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+        return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+    }
+    const double k = std::sqrt(2 / M_PI), t = std::tanh(k * (v + 0.044715 * v * v * v));
+    *grad = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v);
+    return 0.5 * v * (1 + t);
+}
+
 template <typename T>
 static void activation_case(size_t n, const char* dtype, double bound) {
     std::mt19937 rng(n);
@@ -317,15 +328,9 @@ static void activation_case(size_t n, const char* dtype, double bound) {
     for (int erf_form = 0; erf_form < 2; ++erf_form) {
         std::vector<double> y_ref(n), dx_ref(n);
         for (size_t i = 0; i < n; ++i) {
-            const double v = to_f(x[i]);
-            if (erf_form) {
-                y_ref[i] = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
-                dx_ref[i] = to_f(dy[i]) * (0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI));
-            } else {
-                const double k = std::sqrt(2 / M_PI), t = std::tanh(k * (v + 0.044715 * v * v * v));
-                y_ref[i] = 0.5 * v * (1 + t);
-                dx_ref[i] = to_f(dy[i]) * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v));
-            }
+            double grad;
+            y_ref[i] = gelu_double(to_f(x[i]), erf_form, &grad);
+            dx_ref[i] = to_f(dy[i]) * grad;
         }
         std::vector<T> y(n), dx(n);
         emu_launch({grid_for(n)}, {256}, 0, [&] { gelu_fwd<T>(x.data(), y.data(), n, erf_form); });
@@ -333,6 +338,21 @@ static void activation_case(size_t n, const char* dtype, double bound) {
         const std::string name = std::string(erf_form ? "gelu_erf " : "gelu_tanh ") + dtype + " n " + std::to_string(n);
         report(name + " y", rel_err(y, y_ref), bound);
         report(name + " dx", rel_err(dx, dx_ref), bound);
+        // The linear layer's epilogue: gelu(z + b) with an f32 bias of c columns.
+        const size_t c = 37, rows = n / c, m = rows * c;
+        std::vector<float> b = random_values<float>(c, rng);
+        std::vector<double> yb_ref(m), dz_ref(m);
+        for (size_t i = 0; i < m; ++i) {
+            double grad;
+            yb_ref[i] = gelu_double((double)to_f(x[i]) + b[i % c], erf_form, &grad);
+            dz_ref[i] = to_f(dy[i]) * grad;
+        }
+        std::vector<T> yb(m), dz(m);
+        emu_launch({grid_for(m)}, {256}, 0, [&] { bias_gelu_fwd<T>(x.data(), b.data(), yb.data(), m, (int)c, erf_form); });
+        emu_launch({grid_for(m)}, {256}, 0,
+                   [&] { bias_gelu_bwd<T>(x.data(), b.data(), dy.data(), dz.data(), m, (int)c, erf_form); });
+        report("bias_" + name + " y", rel_err(yb, yb_ref), bound);
+        report("bias_" + name + " dz", rel_err(dz, dz_ref), bound);
     }
     std::vector<double> y_ref(n), dgu_ref(2 * n);
     for (size_t i = 0; i < n; ++i) {
