@@ -1,7 +1,7 @@
-# Sourced by scripts/gpu-check.sh and scripts/gpu-speed.sh on the GPU machine (the caller has
-# cd'd to the checkout and set `script`): unpacks what scripts/gpu-prepare.sh put in .gpu/ into
-# $G, puts the CUDA 13 user-space libraries and NCCL on LD_LIBRARY_PATH, and defines the
-# helpers both use.
+# Sourced by scripts/gpu-check.sh, gpu-speed.sh and gpu-sanitize.sh on the GPU machine (the
+# caller has cd'd to the checkout and set `script`): unpacks what scripts/gpu-prepare.sh put in
+# .gpu/ into $G, puts the CUDA 13 user-space libraries and NCCL on LD_LIBRARY_PATH, and defines
+# the helpers they use.
 [ -f .gpu/lmforge.xz ] || { echo "$script: no .gpu/lmforge.xz: run scripts/gpu-prepare.sh first (and carry .gpu)" >&2; exit 1; }
 # The executables travel xz-compressed; unpack them beside the fixtures, outside the checkout.
 G=/tmp/lmforge-gpu

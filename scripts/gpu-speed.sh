@@ -8,7 +8,10 @@
 #      `bench train` beside pytorch_gpt_bench.py eager and --compile on the same GPU —
 #      tokens/s, MFU, peak GPU memory, and the ratios (goals: ≥ 1.3× eager, ≥ 1.0× compile);
 #   2. llama-7b at sequence 4096, batch 1, activation checkpointing: a few optimizer steps of
-#      each, and `lmforge plan`'s predicted device memory beside the measured peak.
+#      each, and `lmforge plan`'s predicted device memory beside the measured peak;
+#   3. where a GPT-2 step's time goes: every kernel of one bf16-mixed step timed by Nsight
+#      Compute (`ncu`, where the machine lets it read the GPU; clocks left alone), summed per
+#      kernel name — the profile the tuning works from.
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh` (after gpu-check.sh
 # on the same warm machine, or alone: scripts/gpu-env.sh unpacks .gpu for both).
@@ -87,3 +90,36 @@ measured "lmforge-llama-7b" 240 "$G/lmforge" bench train --device cuda --precisi
 measured "torch-eager-llama-7b" 150 python3 "$G/pytorch_gpt_bench.py" --config llama-7b --device cuda --dtype bf16 \
   --batch 1 --steps 3 --warmup 1 --checkpoint --json
 ratio "lmforge-llama-7b" "torch-eager-llama-7b" "PyTorch eager"
+
+section "3. one GPT-2 124M bf16-mixed step, kernel by kernel (ncu)"
+if command -v ncu >/dev/null; then
+  # One step with no warmup: ncu times each kernel on the GPU alone, so the first step's host
+  # work (loading modules, the allocator growing) does not enter the figures.
+  timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset gpt2-124m --batch 16 --steps 1 \
+    --warmup 0 --json >"$out/ncu.csv" 2>"$out/ncu.err"
+  rc=$?
+  [ "$rc" -ne 0 ] && { echo "  ncu: exit $rc$([ "$rc" -eq 124 ] && echo " (over 240 s)"); last lines:"; tail -4 "$out/ncu.err" | sed 's/^/    /'; }
+  python3 - "$out/ncu.csv" <<'EOF'
+import csv, re, sys
+from collections import defaultdict
+rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
+total, per, count = 0.0, defaultdict(float), defaultdict(int)
+for r in csv.DictReader(rows):
+    if r.get("Metric Name") != "gpu__time_duration.sum":
+        continue
+    # Templates and argument lists shortened to the kernel's own name.
+    name = re.sub(r"<.*|\(.*", "", r["Kernel Name"]).strip()
+    ns = float(r["Metric Value"].replace(",", ""))
+    total += ns
+    per[name] += ns
+    count[name] += 1
+if not total:
+    sys.exit("  no kernel timings (see ncu.err)")
+print(f"  {sum(count.values())} kernels, {total / 1e6:.1f} ms of GPU time in the step (kernels back to back, no gaps)")
+for name, ns in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+    print(f"  {100 * ns / total:5.1f}%  {ns / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
+EOF
+else
+  echo "  ncu is not on this machine's PATH"
+fi
