@@ -76,7 +76,7 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 #[cfg(feature = "cuda")]
 fn auto_device() -> Device {
     match Device::cuda_if_available(crate::distributed::local_rank()) {
-        Ok(d @ Device::Cuda(_)) => caching_allocations(d).unwrap_or(Device::Cpu),
+        Ok(d @ Device::Cuda(_)) => caching_allocations(d),
         _ => Device::Cpu,
     }
 }
@@ -89,8 +89,7 @@ fn auto_device() -> Device {
 #[cfg(feature = "cuda")]
 fn cuda_device(n: usize, key: &str) -> Result<Device> {
     // candle's error carries a backtrace after its first line: the first line says it.
-    let opened = Device::new_cuda(n).and_then(caching_allocations);
-    opened.map_err(|e| {
+    Device::new_cuda(n).map(caching_allocations).map_err(|e| {
         let e = e.to_string();
         Error::config(key, format!("\"cuda:{n}\" cannot be opened: {}", e.lines().next().unwrap_or("")))
     })
@@ -102,25 +101,31 @@ fn cuda_device(n: usize, key: &str) -> Result<Device> {
 /// memory back to the driver and the next step maps it again. With the threshold at its maximum
 /// the pool keeps what it has reserved: a step's allocations are served from memory freed by the
 /// previous one, and the reserved total stays at the run's high-water mark (what `nvidia-smi`
-/// shows and `plan --gpu` predicts).
+/// shows and `plan --gpu` predicts). A driver that refuses (no memory pools) leaves the
+/// allocator as it was, with a warning: slower, not wrong.
 #[cfg(feature = "cuda")]
-pub fn caching_allocations(device: Device) -> candle_core::Result<Device> {
+pub fn caching_allocations(device: Device) -> Device {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     if let Device::Cuda(cuda) = &device {
         let dev = cuda.cuda_stream().context().cu_device();
         let mut keep = u64::MAX;
         // SAFETY: `dev` is the device of a live context; the attribute takes a cuuint64_t.
-        unsafe {
-            let pool = result::device::get_mem_pool(dev).map_err(candle_core::Error::wrap)?;
-            result::mem_pool::set_attribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                (&mut keep as *mut u64).cast(),
-            )
-            .map_err(candle_core::Error::wrap)?;
+        let set = unsafe {
+            result::device::get_mem_pool(dev).and_then(|pool| {
+                result::mem_pool::set_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut keep as *mut u64).cast(),
+                )
+            })
+        };
+        if let Err(e) = set {
+            tracing::warn!(
+                "the GPU's memory pool keeps its default release threshold ({e}): allocations are not cached"
+            );
         }
     }
-    Ok(device)
+    device
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -121,15 +121,16 @@ impl Geometry<'_> {
         ])
     }
 
-    /// The arguments every kernel ends with.
+    /// The arguments every kernel ends with: padded rows' key lengths are uploaded per call
+    /// (B ints); causal kernels never read them and get a null pointer.
     fn tail(&self, dev: &CudaDevice) -> Result<Tail> {
-        let lens: Vec<i32> = match self.key_lens {
-            Some(l) => l.iter().map(|&n| n as i32).collect(),
-            None => vec![0; self.b],
+        let lens = match self.key_lens {
+            Some(l) => Some(dev.clone_htod(&l.iter().map(|&n| n as i32).collect::<Vec<_>>())?),
+            None => None,
         };
         let causal = i32::from(self.key_lens.is_none());
         let ints = [causal, self.t as i32, self.h as i32, self.kh as i32, self.d as i32];
-        Ok(Tail { lens: dev.clone_htod(&lens)?, ints, scale: self.scale })
+        Ok(Tail { lens, ints, scale: self.scale })
     }
 
     /// A block per `ROWS` rows of each of `heads` heads of each batch row, with `shared` bytes.
@@ -142,17 +143,23 @@ impl Geometry<'_> {
     }
 }
 
-/// The kernels' last arguments: the key lengths (unread when causal), the causal flag, T, H, K,
+/// The kernels' last arguments: the key lengths (None when causal), the causal flag, T, H, K,
 /// D, and the scale.
 struct Tail {
-    lens: CudaSlice<i32>,
+    lens: Option<CudaSlice<i32>>,
     ints: [i32; 5],
     scale: f32,
 }
 
+/// A null device pointer, for an argument the kernel does not read.
+const NULL: u64 = 0;
+
 impl Tail {
     fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
-        launch.arg(&self.lens);
+        match &self.lens {
+            Some(lens) => launch.arg(lens),
+            None => launch.arg(&NULL),
+        };
         for x in &self.ints {
             launch.arg(x);
         }
