@@ -348,25 +348,19 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, n_head: usize, offset: usize
     x.contiguous()?.apply_op1(Rope::new(cos, sin, offset, t, d)?)
 }
 
-/// Tables for the T positions, (T, D) row-major: on the host for the CPU kernel, or as (T, D)
-/// f32 tensors on the GPU for the CUDA kernel.
-pub(super) struct Rope {
+/// The T positions' (T, D) tables on the host, row-major, and the rotation the CPU kernels
+/// apply with them (this op's and the fused sublayers').
+pub(super) struct HostRope {
     cos: Vec<f32>,
     sin: Vec<f32>,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    on_device: Option<(Tensor, Tensor)>,
     d: usize,
 }
 
-impl Rope {
+impl HostRope {
     /// Rows offset..offset+T of the (context, D) tables.
     pub fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
-        let rows = |m: &Tensor| m.narrow(0, offset, t)?.to_dtype(candle_core::DType::F32)?.contiguous();
-        if !cos.device().is_cpu() {
-            return Ok(Rope { cos: Vec::new(), sin: Vec::new(), on_device: Some((rows(cos)?, rows(sin)?)), d });
-        }
-        let table = |m: &Tensor| -> Result<Vec<f32>> { rows(m)?.flatten_all()?.to_vec1::<f32>() };
-        Ok(Rope { cos: table(cos)?, sin: table(sin)?, on_device: None, d })
+        let table = |m: &Tensor| -> Result<Vec<f32>> { rows(m, offset, t)?.flatten_all()?.to_vec1::<f32>() };
+        Ok(HostRope { cos: table(cos)?, sin: table(sin)?, d })
     }
 
     /// One token's heads: `transposed` applies the inverse rotation (the backward).
@@ -399,6 +393,35 @@ impl Rope {
     }
 }
 
+/// Rows offset..offset+T of a (context, D) table, f32 and contiguous.
+fn rows(m: &Tensor, offset: usize, t: usize) -> Result<Tensor> {
+    m.narrow(0, offset, t)?.to_dtype(candle_core::DType::F32)?.contiguous()
+}
+
+/// The RoPE op, its tables where x lives: on the host for the CPU kernel, or as (T, D) f32
+/// tensors on the GPU for the CUDA kernel.
+enum Rope {
+    Host(HostRope),
+    #[cfg(feature = "cuda")]
+    Device {
+        cos: Tensor,
+        sin: Tensor,
+        d: usize,
+    },
+}
+
+impl Rope {
+    fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
+        if cos.device().is_cpu() {
+            return Ok(Rope::Host(HostRope::new(cos, sin, offset, t, d)?));
+        }
+        #[cfg(feature = "cuda")]
+        return Ok(Rope::Device { cos: rows(cos, offset, t)?, sin: rows(sin, offset, t)?, d });
+        #[cfg(not(feature = "cuda"))]
+        bail!("lmforge-rope: no kernel for tables on {:?}", cos.device())
+    }
+}
+
 impl CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         "lmforge-rope"
@@ -406,8 +429,14 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
+        // (Without CUDA the tables are always on the host.)
+        #[cfg_attr(not(feature = "cuda"), allow(irrefutable_let_patterns))]
+        let Rope::Host(r) = self
+        else {
+            bail!("{}: x is on the CPU, the tables are not", self.name())
+        };
         let x = slice(s, l, self.name())?;
-        Ok((CpuStorage::F32(self.apply(x, l.dims(), false)), l.shape().clone()))
+        Ok((CpuStorage::F32(r.apply(x, l.dims(), false)), l.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -418,12 +447,14 @@ impl CustomOp1 for Rope {
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         let dy = dy.contiguous()?;
-        #[cfg(feature = "cuda")]
-        if dy.device().is_cuda() {
-            return Ok(Some(dy.apply_op1_no_bwd(&RopeTransposed(self))?));
+        match self {
+            Rope::Host(r) => {
+                let read = Read::new(&dy, self.name())?;
+                Ok(Some(tensor(r.apply(read.f32()?, x.dims(), true), x.dims())?))
+            }
+            #[cfg(feature = "cuda")]
+            Rope::Device { .. } => Ok(Some(dy.apply_op1_no_bwd(&RopeTransposed(self))?)),
         }
-        let r = Read::new(&dy, self.name())?;
-        Ok(Some(tensor(self.apply(r.f32()?, x.dims(), true), x.dims())?))
     }
 }
 
@@ -436,13 +467,13 @@ impl Rope {
         l: &Layout,
         transposed: bool,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let Some((cos, sin)) = &self.on_device else { bail!("lmforge-rope: the tables are not on the GPU") };
+        let Rope::Device { cos, sin, d } = self else { bail!("lmforge-rope: the tables are not on the GPU") };
         let (cs, cl) = cos.storage_and_layout();
         let (ss, sl) = sin.storage_and_layout();
         let (candle_core::Storage::Cuda(cs), candle_core::Storage::Cuda(ss)) = (&*cs, &*ss) else {
             bail!("lmforge-rope: the tables are not on the GPU")
         };
-        super::cuda::activation::rope((s, l), (cs, cl), (ss, sl), self.d, transposed)
+        super::cuda::activation::rope((s, l), (cs, cl), (ss, sl), *d, transposed)
     }
 }
 

@@ -19,7 +19,7 @@
 //! Parameters that are not trained (frozen) get no gradient, and an eval forward (nothing
 //! tracked) keeps nothing.
 
-use super::activation::{swiglu_backward_slice, swiglu_forward_slice, Gelu, Rope};
+use super::activation::{swiglu_backward_slice, swiglu_forward_slice, Gelu, HostRope};
 use super::cpu::{tensor, Read};
 use super::linear::{bias_grad, Weight};
 use super::norm::{layer_norm_backward_rows, layer_norm_rows, rms_norm_backward_rows, rms_norm_rows};
@@ -278,8 +278,8 @@ impl AttentionOp {
         }
     }
 
-    fn rope(&self, t: usize, d: usize) -> Result<Option<Rope>> {
-        self.p.rope.as_ref().map(|(cos, sin)| Rope::new(cos, sin, 0, t, d)).transpose()
+    fn rope(&self, t: usize, d: usize) -> Result<Option<HostRope>> {
+        self.p.rope.as_ref().map(|(cos, sin)| HostRope::new(cos, sin, 0, t, d)).transpose()
     }
 
     fn forward(&self, x: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
