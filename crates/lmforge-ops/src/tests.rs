@@ -478,7 +478,8 @@ fn kernels_guard_restores_the_previous_choice() {
 /// lmforge's CUDA kernels on the GPU (`--features cuda`; run by `scripts/gpu-check.sh`): the
 /// norms against the reference ops, f32 to the CPU kernels' bounds and bf16 activations (f32
 /// weights) to bf16's rounding, at widths below, at and above four columns per thread of a
-/// 1024-thread block, the same bits twice (no atomics); AdamW against the CPU kernel.
+/// 1024-thread block and over several blocks of rows of the weight's column sums, the same
+/// bits twice (no atomics); AdamW against the CPU kernel.
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::*;
@@ -490,7 +491,7 @@ mod on_cuda {
     #[test]
     fn norms_match_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();
-        for (rows, c) in [(15, 37), (6, 768), (3, 4099)] {
+        for (rows, c) in [(15, 37), (6, 768), (3, 4099), (70, 96)] {
             let x = (randn(&[rows, c], 2.0, 61) + 0.5).unwrap().to_device(&dev).unwrap();
             let w = (randn(&[c], 0.5, 62) + 1.0).unwrap().to_device(&dev).unwrap();
             let b = randn(&[c], 0.5, 63).to_device(&dev).unwrap();

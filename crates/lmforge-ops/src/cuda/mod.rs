@@ -21,7 +21,7 @@ pub mod loss;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{bail, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
 const NORM_MODULE: &str = "lmforge_norm";
@@ -107,8 +107,9 @@ fn norm_forward_as<T: CudaDType + DeviceRepr>(
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), xl.shape().clone()))
 }
 
-/// (dx, dw, db) of LayerNorm (`centred`) or RMSNorm for `dy`: dx in x's dtype, dw and db f32
-/// column sums of the kernel's per-row terms (db None for RMSNorm).
+/// (dx, dw, db) of LayerNorm (`centred`) or RMSNorm for `dy`: dx in x's dtype from one kernel,
+/// dw and db f32 from the other's per-block column sums, added over the blocks (db None for
+/// RMSNorm).
 pub fn norm_backward(
     x: &Tensor,
     w: &Tensor,
@@ -116,26 +117,29 @@ pub fn norm_backward(
     eps: f32,
     centred: bool,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let c = w.elem_count();
-    let rows = x.elem_count() / c.max(1);
-    let dy = dy.contiguous()?;
-    let terms =
-        x.contiguous()?.apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &dy, &NormGrads { eps, centred })?;
-    let dx = terms.get(0)?.reshape(x.dims())?.to_dtype(x.dtype())?;
-    let dw = terms.get(1)?.sum(0)?;
-    let db = if centred { Some(dy.to_dtype(DType::F32)?.reshape((rows, c))?.sum(0)?) } else { None };
+    let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+    let kind = NormGrads { eps, centred };
+    let dx = x.apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &dy, &kind)?;
+    let terms = x.apply_op2_no_bwd(&dy, &kind)?; // (2, blocks, c)
+    let dw = terms.get(0)?.sum(0)?;
+    let db = if centred { Some(terms.get(1)?.sum(0)?) } else { None };
     Ok((dx, dw, db))
 }
 
-/// The backward kernel as an op over (x, w, dy): a (2, rows, c) f32 tensor of dx and dy·x̂.
+/// The backward kernels as candle ops without a backward of their own: over (x, w, dy), dx in
+/// x's dtype (`norm_bwd`); over (x, dy), the (2, blocks, c) f32 partial column sums of dy·x̂
+/// and dy (`norm_column_terms`).
 struct NormGrads {
     eps: f32,
     centred: bool,
 }
 
+/// Rows a block of `norm_column_terms` sums (norm.cu's NORM_TERM_ROWS).
+const NORM_TERM_ROWS: usize = 32;
+
 impl CustomOp3 for NormGrads {
     fn name(&self) -> &'static str {
-        "lmforge-norm-grads"
+        "lmforge-norm-dx"
     }
 
     fn cpu_fwd(
@@ -147,7 +151,7 @@ impl CustomOp3 for NormGrads {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("{}: CUDA only (the CPU backward is norm.rs's)", self.name())
+        bail!("{}: CUDA only (the CPU backward is norm.rs's)", CustomOp3::name(self))
     }
 
     fn cuda_fwd(
@@ -160,47 +164,107 @@ impl CustomOp3 for NormGrads {
         dyl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         match xs.dtype() {
-            DType::BF16 => self.launch::<half::bf16>((xs, xl), (ws, wl), (dys, dyl)),
-            _ => self.launch::<f32>((xs, xl), (ws, wl), (dys, dyl)),
+            DType::BF16 => self.dx::<half::bf16>((xs, xl), (ws, wl), (dys, dyl)),
+            _ => self.dx::<f32>((xs, xl), (ws, wl), (dys, dyl)),
+        }
+    }
+}
+
+impl CustomOp2 for NormGrads {
+    fn name(&self) -> &'static str {
+        "lmforge-norm-column-terms"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        bail!("{}: CUDA only (the CPU backward is norm.rs's)", CustomOp2::name(self))
+    }
+
+    fn cuda_fwd(&self, xs: &CudaStorage, xl: &Layout, dys: &CudaStorage, dyl: &Layout) -> Result<(CudaStorage, Shape)> {
+        match xs.dtype() {
+            DType::BF16 => self.column_terms::<half::bf16>((xs, xl), (dys, dyl)),
+            _ => self.column_terms::<f32>((xs, xl), (dys, dyl)),
         }
     }
 }
 
 impl NormGrads {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn dx<T: CudaDType + DeviceRepr>(
         &self,
         (xs, xl): (&CudaStorage, &Layout),
         (ws, wl): (&CudaStorage, &Layout),
         (dys, dyl): (&CudaStorage, &Layout),
     ) -> Result<(CudaStorage, Shape)> {
-        let op = self.name();
+        let op = CustomOp3::name(self);
         let dev = &xs.device;
         let (c, n) = (wl.shape().elem_count(), xl.shape().elem_count());
         if dys.dtype() != xs.dtype() || dyl.shape() != xl.shape() || xl.dims().last() != Some(&c) {
             bail!("{op}: x {:?} {:?}, weight ({c}), dy {:?} {:?}", xl.dims(), xs.dtype(), dyl.dims(), dys.dtype());
         }
-        let rows = n / c.max(1);
         let (x, w, dy) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?, view::<T>(dys, dyl, op)?);
         let func =
             dev.get_or_load_custom_func(&format!("norm_bwd_{}", suffix(xs.dtype(), op)?), NORM_MODULE, NORM_PTX)?;
-        // SAFETY: the kernel writes every element of both halves.
-        let out = unsafe { dev.alloc::<f32>(2 * n)? };
-        let shape = Shape::from((2, rows, c));
-        if n == 0 {
-            return Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape));
+        // SAFETY: the kernel writes every element.
+        let dx = unsafe { dev.alloc::<T>(n)? };
+        if n > 0 {
+            let (c_arg, centred) = (c as i32, i32::from(self.centred));
+            let mut launch = func.builder();
+            launch.arg(&x);
+            launch.arg(&w);
+            launch.arg(&dy);
+            launch.arg(&dx);
+            launch.arg(&c_arg);
+            launch.arg(&self.eps);
+            launch.arg(&centred);
+            // SAFETY: the arguments match the kernel's signature (norm.cu).
+            unsafe { launch.launch(row_blocks(n / c.max(1), c)) }.w()?;
         }
+        Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), xl.shape().clone()))
+    }
+
+    fn column_terms<T: CudaDType + DeviceRepr>(
+        &self,
+        (xs, xl): (&CudaStorage, &Layout),
+        (dys, dyl): (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = CustomOp2::name(self);
+        let dev = &xs.device;
+        let Some(&c) = xl.dims().last() else { bail!("{op}: x is a scalar") };
+        if dys.dtype() != xs.dtype() || dyl.shape() != xl.shape() {
+            bail!("{op}: x {:?} {:?}, dy {:?} {:?}", xl.dims(), xs.dtype(), dyl.dims(), dys.dtype());
+        }
+        let rows = xl.shape().elem_count() / c.max(1);
+        let blocks = rows.div_ceil(NORM_TERM_ROWS);
+        let (x, dy) = (view::<T>(xs, xl, op)?, view::<T>(dys, dyl, op)?);
+        let func = dev.get_or_load_custom_func(
+            &format!("norm_column_terms_{}", suffix(xs.dtype(), op)?),
+            NORM_MODULE,
+            NORM_PTX,
+        )?;
+        let shape = Shape::from((2, blocks, c));
+        if blocks == 0 || c == 0 {
+            let zeros = dev.alloc_zeros::<f32>(shape.elem_count())?;
+            return Ok((CudaStorage::wrap_cuda_slice(zeros, dev.clone()), shape));
+        }
+        // SAFETY: the kernel writes every element of both halves.
+        let partials = unsafe { dev.alloc::<f32>(2 * blocks * c)? };
         let (rows_arg, c_arg, centred) = (rows as i32, c as i32, i32::from(self.centred));
         let mut launch = func.builder();
         launch.arg(&x);
-        launch.arg(&w);
         launch.arg(&dy);
-        launch.arg(&out);
+        launch.arg(&partials);
         launch.arg(&rows_arg);
         launch.arg(&c_arg);
         launch.arg(&self.eps);
         launch.arg(&centred);
+        let config = LaunchConfig { grid_dim: (blocks as u32, 1, 1), ..row_blocks(1, c) };
         // SAFETY: the arguments match the kernel's signature (norm.cu).
-        unsafe { launch.launch(row_blocks(rows, c)) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev.clone()), shape))
+        unsafe { launch.launch(config) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(partials, dev.clone()), shape))
     }
 }
