@@ -78,6 +78,8 @@ for shape in "gpt2-124m 16" "llama-1b 8"; do
     --batch "$batch" --json
   measured "torch-compile-$preset" 180 python3 "$G/pytorch_gpt_bench.py" --config "$preset" --device cuda --dtype bf16 \
     --batch "$batch" --compile --json
+  "$G/lmforge" plan --preset "$preset" --gpu h200-141gb --micro-batch "$batch" --precision bf16-mixed 2>&1 |
+    grep -E "^  total" | sed "s/^  total */  plan: predicted peak /; s/\$/ (lmforge's measured peak above)/"
   ratio "lmforge-$preset" "torch-eager-$preset" "PyTorch eager (goal >= 1.3)"
   ratio "lmforge-$preset" "torch-compile-$preset" "torch.compile (goal >= 1.0)"
 done

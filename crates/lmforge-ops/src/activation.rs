@@ -27,11 +27,10 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu::Erf)
 }
 
-/// gelu(z + b) for z (..., C) on a GPU and a bias b (C, any float dtype; used in f32): a
-/// linear layer's epilogue as one kernel each way, where the composed path adds the bias in a
-/// pass of its own and keeps the sum for GELU's backward. d b is the column sums (in f32) of
-/// d z. CUDA only: the CPU's fused linear applies the bias and GELU in its own epilogue.
-#[cfg(feature = "cuda")]
+/// gelu(z + b) for z (..., C) and a bias b (C, any float dtype; used in f32): a linear layer's
+/// epilogue as one op, where the composed path adds the bias in a pass of its own and keeps the
+/// sum for GELU's backward; d b is the column sums (in f32) of d z. A GPU's kernel forms the
+/// sum in f32; on the CPU (f32) the sum, then the fused GELU.
 pub fn bias_gelu(z: &Tensor, b: &Tensor, form: Gelu) -> Result<Tensor> {
     z.contiguous()?.apply_op2(&b.to_dtype(candle_core::DType::F32)?.contiguous()?, BiasGelu(form))
 }
@@ -53,7 +52,7 @@ pub enum Gelu {
     Erf,
 }
 
-struct SwiGlu;
+pub(super) struct SwiGlu;
 
 /// tanh through one `exp`: 1 − 2/(e^{2u} + 1). libm's `tanhf` (via `expm1f`) was 13% of a
 /// bench-gpt step; this is exact at ±∞ and within ~1e-7 absolute elsewhere (GELU adds it to
@@ -140,19 +139,32 @@ impl CustomOp1 for Gelu {
 }
 
 /// [`bias_gelu`]'s op over (z, b).
-#[cfg(feature = "cuda")]
-struct BiasGelu(Gelu);
+pub(super) struct BiasGelu(pub Gelu);
 
-#[cfg(feature = "cuda")]
+/// z + b per row, on the CPU.
+fn add_bias(z: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut s = z.to_vec();
+    s.par_chunks_mut(b.len().max(1) * 64).for_each(|rows| {
+        rows.chunks_mut(b.len().max(1)).for_each(|row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
+    });
+    s
+}
+
 impl CustomOp2 for BiasGelu {
     fn name(&self) -> &'static str {
         "lmforge-bias-gelu"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only", self.name())
+    fn cpu_fwd(&self, zs: &CpuStorage, zl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span(self.name(), super::profile::Pass::Forward);
+        let (z, b) = (slice(zs, zl, self.name())?, slice(bs, bl, self.name())?);
+        if zl.dims().last() != Some(&b.len()) {
+            bail!("{}: z {:?} does not end in the bias's {} columns", self.name(), zl.dims(), b.len());
+        }
+        Ok((CpuStorage::F32(self.0.forward_slice(&add_bias(z, b))), zl.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         zs: &candle_core::CudaStorage,
@@ -164,14 +176,28 @@ impl CustomOp2 for BiasGelu {
     }
 
     fn bwd(&self, z: &Tensor, b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = z.apply_op3_no_bwd(b, &dy.contiguous()?, &BiasGeluGrad(self.0))?;
+        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
+        let dy = dy.contiguous()?;
+        let dz = self.input_grad(z, b, &dy)?;
         let c = b.elem_count();
         let db = dz.to_dtype(candle_core::DType::F32)?.reshape((dz.elem_count() / c.max(1), c))?.sum(0)?;
         Ok((Some(dz), Some(db.reshape(b.dims())?)))
     }
 }
 
-/// [`bias_gelu`]'s backward kernel over (z, b, dy): d z.
+impl BiasGelu {
+    /// dy·gelu'(z + b).
+    fn input_grad(&self, z: &Tensor, b: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if z.device().is_cuda() {
+            return z.apply_op3_no_bwd(b, dy, &BiasGeluGrad(self.0));
+        }
+        let (zr, br, dyr) = (Read::new(z, self.name())?, Read::new(b, self.name())?, Read::new(dy, self.name())?);
+        tensor(self.0.backward_slice(&add_bias(zr.f32()?, br.f32()?), dyr.f32()?), z.dims())
+    }
+}
+
+/// [`bias_gelu`]'s backward kernel over (z, b, dy) on a GPU: d z.
 #[cfg(feature = "cuda")]
 struct BiasGeluGrad(Gelu);
 
@@ -190,7 +216,7 @@ impl candle_core::CustomOp3 for BiasGeluGrad {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        bail!("{}: CUDA only", self.name())
+        bail!("{}: CUDA only (the CPU backward is BiasGelu's)", self.name())
     }
 
     fn cuda_fwd(
@@ -400,7 +426,7 @@ fn rows(m: &Tensor, offset: usize, t: usize) -> Result<Tensor> {
 
 /// The RoPE op, its tables where x lives: on the host for the CPU kernel, or as (T, D) f32
 /// tensors on the GPU for the CUDA kernel.
-enum Rope {
+pub(super) enum Rope {
     Host(HostRope),
     #[cfg(feature = "cuda")]
     Device {
@@ -411,7 +437,8 @@ enum Rope {
 }
 
 impl Rope {
-    fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
+    /// For rows offset..offset+T of the (context, D) tables.
+    pub(super) fn new(cos: &Tensor, sin: &Tensor, offset: usize, t: usize, d: usize) -> Result<Self> {
         if cos.device().is_cpu() {
             return Ok(Rope::Host(HostRope::new(cos, sin, offset, t, d)?));
         }

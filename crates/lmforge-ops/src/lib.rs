@@ -19,7 +19,8 @@
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
 //! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
 //! that have a CUDA kernel (module `cuda`: the norms, attention, GELU, SwiGLU and RoPE, f32 or
-//! bf16; AdamW's update, f32); anything else runs the reference.
+//! bf16; AdamW's update, f32); anything else runs the reference. A decoder's sublayers run as
+//! one node each: [`sublayer`] on the CPU, [`device_sublayer`] on a GPU.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -34,6 +35,7 @@ pub mod attention;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod device_sublayer;
 mod gemv;
 pub mod grad_norm;
 pub mod linear;
@@ -324,27 +326,52 @@ pub fn padded_attention(
     }
 }
 
-/// The fused sublayers apply to x and these parameters: the fused kernels do, and the node
-/// (whose only input is x) joins the gradient graph whenever a parameter trains.
-fn sublayer_applies(x: &Tensor, params: &[&Tensor]) -> bool {
-    fused(&[x]) && fused(params) && (x.track_op() || !params.iter().any(|t| t.track_op()))
+/// Which sublayer node runs x and these parameters: the CPU's fused kernels' ([`sublayer`]),
+/// or on a GPU the device-generic one over lmforge's CUDA kernels ([`device_sublayer`], all
+/// parameters f32 on x's device); either only when the node (whose only input is x) joins the
+/// gradient graph whenever a parameter trains.
+fn sublayer_node(x: &Tensor, params: &[&Tensor]) -> Option<SublayerNode> {
+    if x.track_op() || !params.iter().any(|t| t.track_op()) {
+        if fused(&[x]) && fused(params) {
+            return Some(SublayerNode::Cpu);
+        }
+        let on_device = |t: &&Tensor| t.dtype() == DType::F32 && t.device().same_device(x.device());
+        if cuda_kernels(x) && params.iter().all(on_device) {
+            return Some(SublayerNode::Device);
+        }
+    }
+    None
 }
 
-/// `x + attention(norm(x))` for x (B, T, C), causal without a KV cache, as one fused node
-/// ([`sublayer`]); None where it does not apply (the caller composes it from the ops above).
+enum SublayerNode {
+    Cpu,
+    Device,
+}
+
+/// `x + attention(norm(x))` for x (B, T, C), causal without a KV cache, as one node
+/// ([`sublayer`], [`device_sublayer`]); None where it does not apply (the caller composes it
+/// from the ops above).
 pub fn attention_sublayer(x: &Tensor, p: &AttentionSublayer) -> Result<Option<Tensor>> {
-    if !sublayer_applies(x, &p.tensors()) {
-        return Ok(None);
+    match sublayer_node(x, &p.tensors()) {
+        Some(SublayerNode::Cpu) => sublayer::attention(x, p).map(Some),
+        // The GPU's attention kernels take head dims up to sdpa::CUDA_MAX_HEAD_DIM.
+        Some(SublayerNode::Device)
+            if cuda_attention(x, &[], linear::Weight::of(&p.o.w, p.w_is_out_in)?.fan_in / p.n_head.max(1)) =>
+        {
+            device_sublayer::attention(x, p).map(Some)
+        }
+        _ => Ok(None),
     }
-    sublayer::attention(x, p).map(Some)
 }
 
-/// `x + mlp(norm(x))` as one fused node ([`sublayer`]); None where it does not apply.
+/// `x + mlp(norm(x))` as one node ([`sublayer`], [`device_sublayer`]); None where it does not
+/// apply.
 pub fn mlp_sublayer(x: &Tensor, p: &MlpSublayer) -> Result<Option<Tensor>> {
-    if !sublayer_applies(x, &p.tensors()) {
-        return Ok(None);
+    match sublayer_node(x, &p.tensors()) {
+        Some(SublayerNode::Cpu) => sublayer::mlp(x, p).map(Some),
+        Some(SublayerNode::Device) => device_sublayer::mlp(x, p).map(Some),
+        None => Ok(None),
     }
-    sublayer::mlp(x, p).map(Some)
 }
 
 /// Mean cross-entropy (nats) of `logits` (N, V) against `targets` (N) of u32 class ids.

@@ -27,16 +27,17 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&f32_param(weight)?, RmsNorm { eps: eps as f32 })
 }
 
-fn f32_param(p: &Tensor) -> Result<Tensor> {
+pub(super) fn f32_param(p: &Tensor) -> Result<Tensor> {
     p.to_dtype(candle_core::DType::F32)?.contiguous()
 }
 
-struct LayerNorm {
-    eps: f32,
+/// The ops over (x, weight, bias) and (x, weight), f32 parameters.
+pub(super) struct LayerNorm {
+    pub eps: f32,
 }
 
-struct RmsNorm {
-    eps: f32,
+pub(super) struct RmsNorm {
+    pub eps: f32,
 }
 
 /// (mean, 1/sqrt(var + eps)) of one row, biased variance, two passes as the reference.

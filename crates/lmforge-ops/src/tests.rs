@@ -48,8 +48,20 @@ fn check(name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>)
 
 /// [`check`] with other bounds (bf16 activations).
 fn check_within(name: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tensor>, forward: f64, backward: f64) {
+    check_against(name, inputs, f, f, (forward, backward));
+}
+
+/// `f` under the fused kernels against `reference` under the reference kernels: the output
+/// and every input's gradient within the relative bounds.
+fn check_against(
+    name: &str,
+    inputs: &[Tensor],
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    reference: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    (forward, backward): (f64, f64),
+) {
     let (yf, gf) = run(Kernels::Fused, inputs, f);
-    let (yr, gr) = run(Kernels::Reference, inputs, f);
+    let (yr, gr) = run(Kernels::Reference, inputs, reference);
     let e = rel(&yf, &yr);
     assert!(e <= forward, "{name}: forward rel error {e:e}");
     for (i, (a, b)) in gf.iter().zip(&gr).enumerate() {
@@ -245,61 +257,122 @@ fn mlp_composed(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
     x + m
 }
 
+/// Inputs of the four sublayers (GPT-2 and Llama attention, GPT-2 and Llama MLP): x, then the
+/// parameters; and Llama's RoPE tables. T = 150 spans three query blocks; C = 24 is no multiple
+/// of the SIMD width; Llama has 4 query heads sharing 2 key/value heads of D = 6.
+struct SublayerInputs {
+    gpt_attn: Vec<Tensor>,
+    llama_attn: Vec<Tensor>,
+    gpt_mlp: Vec<Tensor>,
+    llama_mlp: Vec<Tensor>,
+    rope: (Tensor, Tensor),
+}
+
+fn sublayer_inputs(dev: &Device) -> SublayerInputs {
+    let on = |ts: Vec<Tensor>| ts.into_iter().map(|t| t.to_device(dev).unwrap()).collect::<Vec<_>>();
+    let x = randn(&[2, 150, 24], 1.0, 60);
+    SublayerInputs {
+        gpt_attn: on(vec![
+            x.clone(),
+            (randn(&[24], 0.2, 61) + 1.0).unwrap(),
+            randn(&[24], 0.2, 62),
+            randn(&[24, 72], 0.2, 63),
+            randn(&[72], 0.2, 64),
+            randn(&[24, 24], 0.2, 65),
+            randn(&[24], 0.2, 66),
+        ]),
+        llama_attn: on(vec![
+            x.clone(),
+            (randn(&[24], 0.2, 71) + 1.0).unwrap(),
+            randn(&[24, 24], 0.2, 72),
+            randn(&[12, 24], 0.2, 73),
+            randn(&[12, 24], 0.2, 74),
+            randn(&[24, 24], 0.2, 75),
+        ]),
+        gpt_mlp: on(vec![
+            x.clone(),
+            (randn(&[24], 0.2, 81) + 1.0).unwrap(),
+            randn(&[24], 0.2, 82),
+            randn(&[24, 40], 0.3, 83),
+            randn(&[40], 0.2, 84),
+            randn(&[40, 24], 0.3, 85),
+            randn(&[24], 0.2, 86),
+        ]),
+        llama_mlp: on(vec![
+            x,
+            (randn(&[24], 0.2, 91) + 1.0).unwrap(),
+            randn(&[44, 24], 0.3, 92),
+            randn(&[44, 24], 0.3, 93),
+            randn(&[24, 44], 0.3, 94),
+        ]),
+        rope: super::rope_tables(6, 160, 10_000.0, dev).unwrap(),
+    }
+}
+
+/// The four sublayers as `attention` / `mlp` run them against their composition from the
+/// single ops under the reference kernels; x cast to `dtype`.
+fn check_sublayers(
+    s: &SublayerInputs,
+    dtype: DType,
+    (forward, backward): (f64, f64),
+    attention: &dyn Fn(&Tensor, &AttentionSublayer) -> Result<Tensor>,
+    mlp: &dyn Fn(&Tensor, &MlpSublayer) -> Result<Tensor>,
+) {
+    let (cos, sin) = (&s.rope.0, &s.rope.1);
+    let cast = |ts: &[Tensor]| -> Vec<Tensor> {
+        let mut ts = ts.to_vec();
+        ts[0] = ts[0].to_dtype(dtype).unwrap();
+        ts
+    };
+    let name = |what: &str| format!("{what} {dtype:?}");
+    check_against(
+        &name("attention sublayer gpt-2"),
+        &cast(&s.gpt_attn),
+        &|t| attention(&t[0], &attention_params(t, None, (4, 4))),
+        &|t| attention_composed(&t[0], &attention_params(t, None, (4, 4))),
+        (forward, backward),
+    );
+    check_against(
+        &name("attention sublayer llama"),
+        &cast(&s.llama_attn),
+        &|t| attention(&t[0], &attention_params(t, Some((cos, sin)), (4, 2))),
+        &|t| attention_composed(&t[0], &attention_params(t, Some((cos, sin)), (4, 2))),
+        (forward, backward),
+    );
+    check_against(
+        &name("mlp sublayer gpt-2"),
+        &cast(&s.gpt_mlp),
+        &|t| mlp(&t[0], &mlp_params(t, false)),
+        &|t| mlp_composed(&t[0], &mlp_params(t, false)),
+        (forward, backward),
+    );
+    check_against(
+        &name("mlp sublayer llama"),
+        &cast(&s.llama_mlp),
+        &|t| mlp(&t[0], &mlp_params(t, true)),
+        &|t| mlp_composed(&t[0], &mlp_params(t, true)),
+        (forward, backward),
+    );
+}
+
 #[test]
 fn sublayers_match_their_composition_from_single_ops() {
-    // T = 150 spans three query blocks; C = 24 is no multiple of the SIMD width.
-    let x = randn(&[2, 150, 24], 1.0, 60);
-    let gpt_attn = [
-        x.clone(),
-        (randn(&[24], 0.2, 61) + 1.0).unwrap(),
-        randn(&[24], 0.2, 62),
-        randn(&[24, 72], 0.2, 63),
-        randn(&[72], 0.2, 64),
-        randn(&[24, 24], 0.2, 65),
-        randn(&[24], 0.2, 66),
-    ];
-    check("attention sublayer gpt-2", &gpt_attn, &|t| {
-        let p = attention_params(t, None, (4, 4));
-        attention_sublayer(&t[0], &p)?.map_or_else(|| attention_composed(&t[0], &p), Ok)
-    });
-    // Llama: 4 query heads sharing 2 key/value heads of D = 6, RoPE.
-    let (cos, sin) = &super::rope_tables(6, 160, 10_000.0, &Device::Cpu).unwrap();
-    let llama_attn = [
-        x.clone(),
-        (randn(&[24], 0.2, 71) + 1.0).unwrap(),
-        randn(&[24, 24], 0.2, 72),
-        randn(&[12, 24], 0.2, 73),
-        randn(&[12, 24], 0.2, 74),
-        randn(&[24, 24], 0.2, 75),
-    ];
-    check("attention sublayer llama", &llama_attn, &|t| {
-        let p = attention_params(t, Some((cos, sin)), (4, 2));
-        attention_sublayer(&t[0], &p)?.map_or_else(|| attention_composed(&t[0], &p), Ok)
-    });
-    let gpt_mlp = [
-        x.clone(),
-        (randn(&[24], 0.2, 81) + 1.0).unwrap(),
-        randn(&[24], 0.2, 82),
-        randn(&[24, 40], 0.3, 83),
-        randn(&[40], 0.2, 84),
-        randn(&[40, 24], 0.3, 85),
-        randn(&[24], 0.2, 86),
-    ];
-    check("mlp sublayer gpt-2", &gpt_mlp, &|t| {
-        let p = mlp_params(t, false);
-        mlp_sublayer(&t[0], &p)?.map_or_else(|| mlp_composed(&t[0], &p), Ok)
-    });
-    let llama_mlp = [
-        x,
-        (randn(&[24], 0.2, 91) + 1.0).unwrap(),
-        randn(&[44, 24], 0.3, 92),
-        randn(&[44, 24], 0.3, 93),
-        randn(&[24, 44], 0.3, 94),
-    ];
-    check("mlp sublayer llama", &llama_mlp, &|t| {
-        let p = mlp_params(t, true);
-        mlp_sublayer(&t[0], &p)?.map_or_else(|| mlp_composed(&t[0], &p), Ok)
-    });
+    let s = sublayer_inputs(&Device::Cpu);
+    let attention = |x: &Tensor, p: &AttentionSublayer| -> Result<Tensor> {
+        Ok(attention_sublayer(x, p)?.expect("the fused sublayer applies"))
+    };
+    let mlp = |x: &Tensor, p: &MlpSublayer| -> Result<Tensor> {
+        Ok(mlp_sublayer(x, p)?.expect("the fused sublayer applies"))
+    };
+    check_sublayers(&s, DType::F32, (1e-5, 1e-4), &attention, &mlp);
+}
+
+/// The device-generic sublayer nodes (what a GPU runs) on the CPU, where the ops inside run
+/// their CPU kernels: the same node logic and the same op backwards as on the GPU.
+#[test]
+fn device_sublayers_match_their_composition_on_the_cpu() {
+    let s = sublayer_inputs(&Device::Cpu);
+    check_sublayers(&s, DType::F32, (1e-5, 1e-4), &device_sublayer::attention, &device_sublayer::mlp);
 }
 
 #[test]
@@ -511,6 +584,22 @@ mod on_cuda {
     }
 
     type Op<'a> = dyn Fn(&[Tensor]) -> Result<Tensor> + 'a;
+
+    /// The sublayer nodes on the GPU (the device-generic node over the CUDA kernels, as the
+    /// decoder runs them) against their composition from the reference ops: f32 to the CPU
+    /// kernels' bounds, bf16 to 2e-2 / 5e-2 (both round the products' operands to bf16).
+    #[test]
+    fn sublayers_match_their_composition_on_the_gpu_in_f32_and_bf16() {
+        let s = sublayer_inputs(&gpu());
+        let attention = |x: &Tensor, p: &AttentionSublayer| -> Result<Tensor> {
+            Ok(attention_sublayer(x, p)?.expect("the GPU's sublayer node applies"))
+        };
+        let mlp = |x: &Tensor, p: &MlpSublayer| -> Result<Tensor> {
+            Ok(mlp_sublayer(x, p)?.expect("the GPU's sublayer node applies"))
+        };
+        check_sublayers(&s, DType::F32, (1e-5, 1e-4), &attention, &mlp);
+        check_sublayers(&s, DType::BF16, (2e-2, 5e-2), &attention, &mlp);
+    }
 
     /// Attention on the GPU (attention.cu: tiled, online softmax, no T×T tensor) against the
     /// reference ops, which form the (B, H, T, T) scores with cuBLAS: causal with grouped-query
