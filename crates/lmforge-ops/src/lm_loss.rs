@@ -16,13 +16,25 @@ use crate::node;
 use crate::reference::{like, matmul};
 use candle_core::{DType, Result, Tensor, D};
 
-/// Logit elements per chunk (64 MB in f32).
-const CHUNK_ELEMENTS: usize = 1 << 24;
+/// Logit elements per chunk: on the CPU 16M (64 MB in f32); on a GPU 128M (256 MB in bf16),
+/// since each chunk also adds its (V, C) share into the f32 d head — at GPT-2's vocabulary and
+/// 16 × 1024 tokens, 50 chunks of 16M moved ~23 GB a step through that sum, 7 of 128M ~3 GB —
+/// and its products' inner dimension is the chunk's rows.
+pub fn chunk_elements(device: &candle_core::Device) -> usize {
+    if device.is_cpu() {
+        1 << 24
+    } else {
+        GPU_CHUNK_ELEMENTS
+    }
+}
+
+/// [`chunk_elements`] on a GPU.
+pub const GPU_CHUNK_ELEMENTS: usize = 1 << 27;
 
 /// Mean cross-entropy (f32 scalar) of `hidden` (N, C) · `head` (V, C)ᵀ against `targets` (N).
 pub fn lm_head_cross_entropy(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let v = head.dim(0)?;
-    lm_head_cross_entropy_in(hidden, head, targets, (CHUNK_ELEMENTS / v.max(1)).max(1))
+    lm_head_cross_entropy_in(hidden, head, targets, (chunk_elements(hidden.device()) / v.max(1)).max(1))
 }
 
 /// One chunk's summed loss (f32 scalar) from its logits z (len, V) and targets t (len, 1), and

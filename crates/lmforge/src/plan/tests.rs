@@ -64,9 +64,12 @@ fn the_lm_loss_keeps_no_logits() {
     let (tokens, h, v) = (16 * 1024u64, 768u64, 50257u64);
     let (kept, transient) = lm_loss_bytes(&spec, tokens, 2);
     assert_eq!(kept, 2 * tokens * h + 4 * v * h);
-    let chunk = v * ((1u64 << 24) / v);
-    assert_eq!(transient, 2 * 2 * chunk + 2 * 2 * v * h + 8 * v * h);
-    assert!(kept + transient < 4 * tokens * v / 4, "a quarter of the f32 logits' 3.3 GB");
+    // Chunks of 2^27 / 50257 = 2670 rows.
+    assert_eq!(transient, 2 * 2 * 2670 * v + 2 * 2 * v * h + 8 * v * h);
+    assert!(kept + transient < 4 * tokens * v / 2, "half the f32 logits' 3.3 GB");
+    // Fewer tokens than a chunk: the chunk is all of them.
+    let (_, small) = lm_loss_bytes(&spec, 100, 2);
+    assert_eq!(small, 2 * 2 * 100 * v + 2 * 2 * v * h + 8 * v * h);
 }
 
 /// Korthikanti et al. 2022, eq. (1): a GPT layer keeps sbh(34 + 5as/h) bytes in 16-bit with
