@@ -32,9 +32,34 @@ pub fn node2(
     a.apply_op2(b, Precomputed { out: Mutex::new(Some(compact(value)?)), backward: Backward::Two(Box::new(backward)) })
 }
 
-/// A detached copy of `t` whose storage is exactly its elements (what the forward hands over).
+/// `t` detached, with a storage that is exactly its elements (what the forward hands over, as
+/// a copy of the whole storage): `t` itself when it already is — a fresh op's output, the usual
+/// value — else a compact copy (a view at an offset, a strided or broadcast view).
 fn compact(t: Tensor) -> Result<Tensor> {
-    t.detach().affine(1.0, 0.0)
+    let t = t.detach();
+    if t.is_contiguous() && t.layout().start_offset() == 0 && storage_elems(&t) == Some(t.elem_count()) {
+        return Ok(t);
+    }
+    t.affine(1.0, 0.0)
+}
+
+/// Elements in `t`'s whole storage, for the dtypes the models compute in (None otherwise).
+fn storage_elems(t: &Tensor) -> Option<usize> {
+    let (storage, _) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v.len()),
+        Storage::Cpu(CpuStorage::BF16(v)) => Some(v.len()),
+        #[cfg(feature = "cuda")]
+        Storage::Cuda(c) => {
+            use candle_core::cuda_backend::CudaStorageSlice;
+            match &c.slice {
+                CudaStorageSlice::F32(s) => Some(s.len()),
+                CudaStorageSlice::BF16(s) => Some(s.len()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 struct Precomputed {
@@ -132,5 +157,33 @@ impl CustomOp2 for Precomputed {
             Backward::Two(f) => f(a, b, dy),
             Backward::One(_) => candle_core::bail!("lmforge-node1 applied to two inputs"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// A node's value is handed over whole: a fresh tensor as it is, a view (at an offset,
+    /// strided) compacted first; the backward's closure gives the input's gradient.
+    #[test]
+    fn node_values_are_handed_over_exactly_and_the_closure_is_the_backward() {
+        let x = Var::from_vec((0..12).map(|v| v as f32).collect::<Vec<_>>(), (3, 4), &Device::Cpu).unwrap();
+        let base = Tensor::arange(0f32, 24.0, &Device::Cpu).unwrap().reshape((6, 4)).unwrap();
+        let values = [
+            ("fresh", (x.as_tensor() * 2.0).unwrap().detach()),
+            ("offset", base.narrow(0, 2, 3).unwrap()),
+            ("strided", base.reshape((4, 6)).unwrap().t().unwrap().narrow(0, 1, 3).unwrap().t().unwrap().t().unwrap()),
+        ];
+        for (name, value) in values {
+            let want = value.to_vec2::<f32>().unwrap();
+            let y = node1(x.as_tensor(), value, |_, dy| Ok(Some((dy * 3.0)?))).unwrap();
+            assert_eq!(y.to_vec2::<f32>().unwrap(), want, "{name}");
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let dx = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            assert!(dx.iter().flatten().all(|&v| v == 3.0), "{name}: {dx:?}");
+        }
+        assert_eq!(storage_elems(&base.narrow(0, 2, 3).unwrap()), Some(24), "a view's storage is its base's");
     }
 }
