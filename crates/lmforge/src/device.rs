@@ -75,10 +75,7 @@ impl<'de> Deserialize<'de> for DeviceChoice {
 /// as one process per GPU wants.
 #[cfg(feature = "cuda")]
 fn auto_device() -> Device {
-    match Device::cuda_if_available(crate::distributed::local_rank()) {
-        Ok(d @ Device::Cuda(_)) => caching_allocations(d),
-        _ => Device::Cpu,
-    }
+    open_cuda(crate::distributed::local_rank()).unwrap_or(Device::Cpu)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -89,10 +86,28 @@ fn auto_device() -> Device {
 #[cfg(feature = "cuda")]
 fn cuda_device(n: usize, key: &str) -> Result<Device> {
     // candle's error carries a backtrace after its first line: the first line says it.
-    Device::new_cuda(n).map(caching_allocations).map_err(|e| {
+    open_cuda(n).map_err(|e| {
         let e = e.to_string();
         Error::config(key, format!("\"cuda:{n}\" cannot be opened: {}", e.lines().next().unwrap_or("")))
     })
+}
+
+/// GPU `n` with one CUDA stream that every thread launches on, and a caching allocator.
+///
+/// candle's `Device::new_cuda` gives each *thread* its own stream (the per-thread default
+/// stream): kernels the training thread queues and an NCCL collective a communication thread
+/// queues on "the device's stream" would run unordered, and a tensor freed on another thread
+/// would go back to the pool on that thread's stream. One explicit stream orders everything in
+/// submission order. With an explicit stream cudarc would record and wait on CUDA events around
+/// every kernel argument to order streams against each other; with one stream there is nothing
+/// to order, so its event tracking is off (it also created two events per tensor).
+#[cfg(feature = "cuda")]
+fn open_cuda(n: usize) -> candle_core::Result<Device> {
+    let cuda = candle_core::CudaDevice::new_with_stream(n)?;
+    // SAFETY: lmforge creates no other stream on this device: every kernel, copy, free and
+    // NCCL call goes to this one stream, in the order the threads submit them.
+    unsafe { cuda.disable_event_tracking() };
+    Ok(caching_allocations(Device::Cuda(cuda)))
 }
 
 /// Makes the GPU's allocator a caching one, as PyTorch's: candle allocates every tensor from
@@ -104,7 +119,7 @@ fn cuda_device(n: usize, key: &str) -> Result<Device> {
 /// shows and `plan --gpu` predicts). A driver that refuses (no memory pools) leaves the
 /// allocator as it was, with a warning: slower, not wrong.
 #[cfg(feature = "cuda")]
-pub fn caching_allocations(device: Device) -> Device {
+fn caching_allocations(device: Device) -> Device {
     use candle_core::cuda_backend::cudarc::driver::{result, sys};
     if let Device::Cuda(cuda) = &device {
         let dev = cuda.cuda_stream().context().cu_device();
