@@ -433,12 +433,6 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     }
 }
 
-/// AdamW's update of `param` and its moments `m`, `v` in place, when the fused kernels apply;
-/// returns false (nothing done) otherwise, and the caller runs its composed update.
-pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &adamw::AdamWStep) -> Result<bool> {
-    adamw_in_place_all(&[adamw::AdamWUpdate { param, grad, m, v, step: *h }])
-}
-
 /// AdamW's update of every parameter of `updates` and its moments in place, when the fused
 /// kernels apply to all of them: on a GPU one kernel launch for the lot (a multi-tensor
 /// update), on the CPU the fused kernel a tensor at a time. Returns false (nothing done)
