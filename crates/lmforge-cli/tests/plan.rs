@@ -34,6 +34,14 @@ fn json_has_the_documented_keys_and_published_counts() {
     let hours = p["gpu_hours"].as_f64().unwrap();
     assert!((hours / 184_320.0 - 1.0).abs() < 0.01, "{hours}");
     assert_eq!(p["parameters_by_component"]["attention"], 32u64 * 4 * 4096 * 4096);
+    // Beside it, a lighter optimizer on the same device: its flags, applied, fit.
+    let lighter = p["optimizer_suggestion"]["change"].as_str().unwrap();
+    assert!(lighter.contains("--optim adafactor"), "{lighter}");
+    let mut args = vec!["--preset", "llama-7b", "--gpu", "a100-80gb"];
+    args.extend(lighter.split_whitespace());
+    let a = plan_json(&args);
+    assert_eq!((a["optimizer"].as_str(), a["fits"].as_bool()), (Some("adafactor"), Some(true)));
+    assert_eq!(a["memory_per_device_bytes"], p["optimizer_suggestion"]["memory_per_device_bytes"]);
 
     let g = plan_json(&["--preset", "gpt2-124m", "--gpus", "8", "--zero", "2", "--micro-batch", "8"]);
     assert_eq!(g["parameters"], 124_439_808u64);
@@ -45,6 +53,9 @@ fn json_has_the_documented_keys_and_published_counts() {
     assert!(table.contains("124,439,808") && table.contains("memory per device"), "{table}");
     let out = lmforge().args(["plan", "--preset", "gpt2-124m", "--zero", "4"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zero"));
+    let out = lmforge().args(["plan", "--preset", "gpt2-124m", "--optim", "adamx"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--optim") && err.contains("adamx"), "{err}");
 }
 
 fn corpus() -> PathBuf {

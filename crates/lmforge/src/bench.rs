@@ -1,6 +1,8 @@
 //! `lmforge bench`: training throughput and memory on this machine, comparable with
 //! `../shared/bench/pytorch_gpt_bench.py` (same shapes, same step: loss → backward → global-norm
-//! clip 1.0 → AdamW lr 3e-4, weight decay 0.1 on every tensor, fp32, one fixed random batch).
+//! clip 1.0 → AdamW lr 3e-4, weight decay 0.1 on every tensor, one fixed random batch). Another
+//! optimizer can stand in for AdamW (`optim`, with its own defaults) to measure a model whose
+//! AdamW state does not fit the device.
 //!
 //! Timing is per optimizer step after `warmup` untimed steps; tokens/s is tokens × steps over
 //! the summed step times (as the PyTorch script computes it). Peak RSS is the process's
@@ -46,6 +48,9 @@ pub struct TrainBenchOptions {
     pub device: DeviceChoice,
     /// fp32 or bf16-mixed (`--precision`).
     pub precision: Precision,
+    /// The optimizer's name (`optim::NAMES`, `--optim`): AdamW as the PyTorch script's, any
+    /// other with its defaults, at the same learning rate and weight decay.
+    pub optim: String,
 }
 
 impl Default for TrainBenchOptions {
@@ -60,6 +65,7 @@ impl Default for TrainBenchOptions {
             profile: false,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
+            optim: "adamw".into(),
         }
     }
 }
@@ -71,6 +77,8 @@ pub struct TrainBenchReport {
     pub device: String,
     /// "fp32" / "bf16-mixed".
     pub precision: &'static str,
+    /// The optimizer's name.
+    pub optimizer: &'static str,
     pub kernels: &'static str,
     pub activation_checkpointing: bool,
     pub parameters: u64,
@@ -160,13 +168,12 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     };
     let fixed = CausalBatches::Fixed { x, y };
     let task = CausalLm::new(weights, opts.activation_checkpointing, fixed, b, t, Vec::new(), 1.0)?;
-    let cfg = RunConfig::from_toml_str(
-        "[optim]\nname = \"adamw\"\nbeta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\nweight_decay = 0.1\n",
-        &[],
-    )?;
+    let cfg = RunConfig::from_toml_str(&optim_section(&opts.optim), &[])?;
+    let optim = OptimSpec::from_config(&cfg.optim)?;
     let dp = DataParallel::new(std::sync::Arc::new(SingleProcess), &DistributedConfig::default(), task.params(), b)?;
     let groups = uniform_groups(task.params().vars(), cfg.optim.weight_decay);
-    let mut optimizer = dp.optimizer_of(OptimSpec::from_config(&cfg.optim)?, groups)?;
+    let optimizer_name = optim.name();
+    let mut optimizer = dp.optimizer_of(optim, groups)?;
 
     // The trainer's step (`train::step`) on the fixed batch, then the update; `phases`
     // accumulates the wall and CPU time of its four phases.
@@ -250,6 +257,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         preset: opts.preset.clone(),
         device: crate::device::device_name(&device).into(),
         precision: opts.precision.name(),
+        optimizer: optimizer_name,
         kernels: opts.kernels.name(),
         activation_checkpointing: opts.activation_checkpointing,
         parameters: spec.num_params(),
@@ -272,6 +280,14 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         cpu_utilization,
         profile,
     })
+}
+
+/// The bench's `[optim]`: PyTorch's AdamW (β 0.9 / 0.999, ε 1e-8), or `name` with its defaults;
+/// weight decay 0.1 either way. The name is quoted by TOML's own escaping, so a wrong one is
+/// `optim.name`'s error.
+fn optim_section(name: &str) -> String {
+    let betas = if name == "adamw" { "beta1 = 0.9\nbeta2 = 0.999\neps = 1e-8\n" } else { "" };
+    format!("[optim]\nname = {}\n{betas}weight_decay = 0.1\n", toml::Value::from(name))
 }
 
 /// Wall and process CPU seconds of the step's four phases, summed over steps (CPU: None once
@@ -409,5 +425,26 @@ mod tests {
         assert!(r.peak_rss_bytes > 0 && r.first_loss.is_finite() && r.last_loss.is_finite());
         assert!((r.achieved_gflops - r.flops_per_token * r.tokens_per_s / 1e9).abs() < 1e-9);
         assert!(r.profile.is_none());
+        assert_eq!(r.optimizer, "adamw");
+    }
+
+    #[test]
+    fn another_optimizer_stands_in_for_adamw() {
+        let opts = |optim: &str| TrainBenchOptions {
+            preset: "tiny".into(),
+            steps: 2,
+            warmup: 0,
+            batch: 2,
+            optim: optim.into(),
+            ..Default::default()
+        };
+        let adamw = bench_train(&opts("adamw")).unwrap();
+        let adafactor = bench_train(&opts("adafactor")).unwrap();
+        assert_eq!(adafactor.optimizer, "adafactor");
+        // Same model, same batch: the same first loss; the updates differ, so the last does.
+        assert_eq!(adafactor.first_loss, adamw.first_loss);
+        assert_ne!(adafactor.last_loss, adamw.last_loss);
+        let e = bench_train(&opts("adamm\"x")).unwrap_err().to_string();
+        assert!(e.contains("optim.name") && e.contains("adamm"), "{e}");
     }
 }

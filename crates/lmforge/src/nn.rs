@@ -94,32 +94,17 @@ pub struct ParamStore {
 impl ParamStore {
     /// Fresh parameters for `params`, initialised by `scheme` from `seed`.
     pub fn init(params: &[ParamInfo], scheme: InitScheme, n_layer: usize, seed: u64, device: &Device) -> Result<Self> {
+        use rayon::prelude::*;
         let mut vars = BTreeMap::new();
-        for p in params {
-            let n = p.numel();
-            let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, &p.name));
-            let data: Vec<f32> = match p.kind {
-                ParamKind::Bias | ParamKind::NormBias => vec![0.0; n],
-                ParamKind::NormWeight => vec![1.0; n],
-                ParamKind::Embedding => normal(&mut rng, 0.02, n),
-                ParamKind::Matrix | ParamKind::ResidualProjection => {
-                    let (fan_in, fan_out) = p.fans;
-                    match scheme {
-                        InitScheme::Gpt2 if p.kind == ParamKind::ResidualProjection => {
-                            normal(&mut rng, 0.02 / (2.0 * n_layer as f64).sqrt(), n)
-                        }
-                        InitScheme::Gpt2 => normal(&mut rng, 0.02, n),
-                        InitScheme::Glorot => {
-                            let a = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-                            let u = Uniform::new_inclusive(-a, a).expect("a > 0");
-                            (0..n).map(|_| u.sample(&mut rng)).collect()
-                        }
-                        InitScheme::He => normal(&mut rng, (2.0 / fan_in as f64).sqrt(), n),
-                    }
-                }
-            };
-            let t = Tensor::from_vec(data, p.shape.as_slice(), device)?;
-            vars.insert(p.name.clone(), Var::from_tensor(&t)?);
+        // Each parameter draws from its own stream (seeded by its name), so they are drawn in
+        // parallel with the same values; a batch of them at a time keeps one batch's host
+        // copies, not the whole model's (a 7B model's would be 27 GB), before they are uploaded.
+        for batch in params.chunks(rayon::current_num_threads().max(1)) {
+            let values: Vec<Vec<f32>> = batch.par_iter().map(|p| initial_values(p, scheme, n_layer, seed)).collect();
+            for (p, data) in batch.iter().zip(values) {
+                let t = Tensor::from_vec(data, p.shape.as_slice(), device)?;
+                vars.insert(p.name.clone(), Var::from_tensor(&t)?);
+            }
         }
         Ok(Self::from_vars(vars, device))
     }
@@ -442,6 +427,32 @@ pub fn serialize_tensors(items: impl Iterator<Item = (String, Tensor)>) -> Resul
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize(items.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
         .map_err(|e| Error::Invalid(format!("cannot serialise tensors: {e}")))
+}
+
+/// Parameter `p`'s initial values under `scheme`, from its own seeded stream.
+fn initial_values(p: &ParamInfo, scheme: InitScheme, n_layer: usize, seed: u64) -> Vec<f32> {
+    let n = p.numel();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, &p.name));
+    match p.kind {
+        ParamKind::Bias | ParamKind::NormBias => vec![0.0; n],
+        ParamKind::NormWeight => vec![1.0; n],
+        ParamKind::Embedding => normal(&mut rng, 0.02, n),
+        ParamKind::Matrix | ParamKind::ResidualProjection => {
+            let (fan_in, fan_out) = p.fans;
+            match scheme {
+                InitScheme::Gpt2 if p.kind == ParamKind::ResidualProjection => {
+                    normal(&mut rng, 0.02 / (2.0 * n_layer as f64).sqrt(), n)
+                }
+                InitScheme::Gpt2 => normal(&mut rng, 0.02, n),
+                InitScheme::Glorot => {
+                    let a = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+                    let u = Uniform::new_inclusive(-a, a).expect("a > 0");
+                    (0..n).map(|_| u.sample(&mut rng)).collect()
+                }
+                InitScheme::He => normal(&mut rng, (2.0 / fan_in as f64).sqrt(), n),
+            }
+        }
+    }
 }
 
 fn normal(rng: &mut ChaCha8Rng, std: f64, n: usize) -> Vec<f32> {

@@ -6,8 +6,8 @@ use lmforge::bench::{self, TrainBenchOptions};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Train a preset on a fixed random batch (AdamW, clip 1.0, fp32) and report tokens/s,
-    /// step times, peak RSS, FLOPs and MFU.
+    /// Train a preset on a fixed random batch (AdamW unless --optim, clip 1.0) and report
+    /// tokens/s, step times, peak RSS, FLOPs and MFU.
     Train {
         /// bench-gpt or bench-llama (any preset works).
         #[arg(long, default_value = "bench-gpt")]
@@ -34,6 +34,11 @@ pub enum Command {
         /// optimizer state).
         #[arg(long, default_value = "fp32")]
         precision: String,
+        /// The optimizer: adamw (default), adam, sgd, adafactor, lamb, lion or muon, with its
+        /// defaults, lr 3e-4 and weight decay 0.1 (adafactor's factored second moment is
+        /// what fits a model whose AdamW state does not; `lmforge plan --optim`).
+        #[arg(long, default_value = "adamw")]
+        optim: String,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -99,6 +104,7 @@ pub fn run(c: Command) -> Result<i32> {
             activation_checkpointing,
             profile,
             precision,
+            optim,
             json,
             device,
         } => {
@@ -114,6 +120,7 @@ pub fn run(c: Command) -> Result<i32> {
                 profile,
                 device: device.device,
                 precision: lmforge::device::Precision::parse(&precision)?,
+                optim,
             };
             let r = bench::bench_train(&opts)?;
             if json {

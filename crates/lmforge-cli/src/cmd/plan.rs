@@ -52,6 +52,10 @@ pub struct Args {
     /// Device peak in TFLOP/s (cpu: instead of measuring a matmul).
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// Another optimizer (adamw, adam, sgd, adafactor, lamb, lion, muon) with its defaults,
+    /// keeping the config's lr, weight decay and clipping.
+    #[arg(long)]
+    optim: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -78,6 +82,7 @@ pub fn run(a: Args) -> Result<i32> {
         mfu: a.mfu,
         price_per_gpu_hour: a.price_per_gpu_hour,
         peak_tflops: a.peak_tflops,
+        optim: a.optim,
     };
     let plan = plan::plan(&PlanRequest::from_config(&cfg, &opts)?)?;
     if a.json {

@@ -222,6 +222,25 @@ impl OptimSpec {
         }
     }
 
+    /// Full-size f32 temporaries of one parameter alive at once while the optimizer updates it,
+    /// besides the parameter, its gradient and its state — counted from each update's code, on
+    /// a device where freed buffers are reused (CUDA's pool; the CPU's allocator): AdamW's
+    /// multi-tensor kernel updates in place (none); the composed updates build each new state
+    /// tensor beside the old and a few intermediates (Adafactor: g² + ε, the factored
+    /// preconditioner's outer product, the update, its square for the RMS). `lmforge plan`
+    /// counts them for the largest parameter.
+    pub fn update_temporaries(&self) -> u64 {
+        match self {
+            OptimSpec::Adam(h) if h.decoupled && !h.amsgrad => 0,
+            OptimSpec::Adam(_) => 4,
+            OptimSpec::Sgd(_) => 3,
+            OptimSpec::Adafactor(h) => 4 + u64::from(h.beta1.is_some()),
+            OptimSpec::Lamb(_) => 5,
+            OptimSpec::Lion(_) => 4,
+            OptimSpec::Muon(_) => 5,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OptimSpec::Adam(h) if h.decoupled => "adamw",

@@ -22,7 +22,7 @@ pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
 use crate::distributed::Compression;
 use crate::error::{Error, Result};
 use crate::models::{Family, ModelSpec, ParamBreakdown};
-use crate::optim::OptimSpec;
+use crate::optim::{OptimConfig, OptimSpec};
 use crate::train::optimizer_state_bytes;
 use crate::train::RunConfig;
 use serde::Serialize;
@@ -84,13 +84,28 @@ pub struct PlanOptions {
     pub price_per_gpu_hour: Option<f64>,
     /// Overrides the device peak (TFLOP/s); for the CPU, instead of measuring it.
     pub peak_tflops: Option<f64>,
+    /// Another optimizer (an `optim::NAMES` entry) with its defaults, keeping the config's
+    /// lr, weight decay and clipping.
+    pub optim: Option<String>,
 }
 
 impl PlanRequest {
     /// The run config's model, optimizer and `[train]` shape, overridden by the flags.
     pub fn from_config(cfg: &RunConfig, o: &PlanOptions) -> Result<Self> {
         let spec = ModelSpec::from_config(&cfg.model)?;
-        let optim = OptimSpec::from_config(&cfg.optim)?;
+        let optim = match &o.optim {
+            Some(name) if *name != cfg.optim.name => OptimSpec::from_config(&OptimConfig {
+                name: name.clone(),
+                lr: cfg.optim.lr,
+                weight_decay: cfg.optim.weight_decay,
+                decay_embeddings: cfg.optim.decay_embeddings,
+                grad_clip: cfg.optim.grad_clip,
+                groups: cfg.optim.groups.clone(),
+                ..OptimConfig::default()
+            })
+            .map_err(|e| Error::config("--optim", e.to_string()))?,
+            _ => OptimSpec::from_config(&cfg.optim)?,
+        };
         let gpu = o.gpu.as_deref().unwrap_or("h100-80gb");
         let mut hardware = if gpu == "cpu" {
             let peak = match o.peak_tflops {
@@ -189,7 +204,8 @@ pub struct MemoryBreakdown {
     pub activations: u64,
     pub activations_without_checkpointing: u64,
     pub activations_with_checkpointing: u64,
-    /// The LM loss's transient peak; on the CPU the backward workspace.
+    /// On a GPU the larger of the LM loss's transient peak and the optimizer update's
+    /// temporaries; on the CPU the backward workspace.
     pub temporary_buffers: u64,
     pub framework_overhead: u64,
 }
@@ -337,6 +353,9 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     // Outside the layers: the final norm's input and output, and what the chunked LM loss keeps
     // (no (s·b, v) logits: Korthikanti's §4.3 4sbv is never held).
     let (loss_kept, loss_transient) = lm_loss_bytes(spec, s * b, e);
+    // The optimizer runs after the backward, when the loss's buffers are free again.
+    let largest = spec.params().iter().map(|p| p.numel() as u64).max().unwrap_or(0);
+    let update_transient = 4 * largest * req.optim.update_temporaries();
     let output = 2 * e * s * b * spec.d_model as u64 + loss_kept;
     let without = l * layer + output;
     // Full recomputation (§4.2): each layer's input (sbh elements) plus one layer rebuilt.
@@ -348,7 +367,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
         activations: if checkpointed { with } else { without },
         activations_without_checkpointing: without,
         activations_with_checkpointing: with,
-        temporary_buffers: loss_transient,
+        temporary_buffers: loss_transient.max(update_transient),
         framework_overhead: GPU_FRAMEWORK_OVERHEAD,
     }
 }
@@ -363,21 +382,24 @@ pub struct Suggestion {
     pub global_batch: usize,
 }
 
+/// `r` with its micro-batch halved, again and again down to 1, the accumulation raised to keep
+/// the sequences per device and step.
+fn smaller_batches(r: &PlanRequest) -> Vec<PlanRequest> {
+    let mut out = Vec::new();
+    let mut mb = r.micro_batch;
+    while mb > 1 {
+        mb /= 2;
+        let per_device = r.micro_batch * r.grad_accum;
+        out.push(PlanRequest { micro_batch: mb, grad_accum: per_device.div_ceil(mb), ..r.clone() });
+    }
+    out
+}
+
 /// The smallest change that makes `req` fit: activation checkpointing, a higher ZeRO stage,
 /// a smaller micro-batch (more accumulation, same global batch), more GPUs (powers of two up
 /// to [`MAX_GPUS`]) — each alone first, in that order, then combined. None when nothing does.
 pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
-    let smaller_batches = |r: &PlanRequest| -> Vec<PlanRequest> {
-        let mut out = Vec::new();
-        let mut mb = r.micro_batch;
-        while mb > 1 {
-            mb /= 2;
-            let per_device = r.micro_batch * r.grad_accum;
-            out.push(PlanRequest { micro_batch: mb, grad_accum: per_device.div_ceil(mb), ..r.clone() });
-        }
-        out
-    };
     let more_gpus = |r: &PlanRequest| -> Vec<PlanRequest> {
         let mut out = Vec::new();
         let mut g = r.gpus.next_power_of_two();
@@ -418,6 +440,34 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     })
 }
 
+/// The same job on the same devices with Adafactor instead of the optimizer asked for — its
+/// factored second moment keeps a few bytes per matrix row and column where AdamW keeps 8 per
+/// parameter — alone, with activation checkpointing, then with smaller micro-batches: the
+/// smallest honest change when adding devices is not an option. A change of optimizer is a
+/// change of the training itself, so it is offered beside [`suggest`]'s, not instead of it.
+/// None when the optimizer's state is no larger than Adafactor's, or nothing fits.
+pub fn suggest_optimizer(req: &PlanRequest) -> Option<Suggestion> {
+    let cfg = OptimConfig { name: "adafactor".into(), ..OptimConfig::default() };
+    let adafactor = OptimSpec::from_config(&cfg).expect("Adafactor's defaults resolve");
+    if optimizer_state_bytes(&req.spec, &adafactor) >= optimizer_state_bytes(&req.spec, &req.optim) {
+        return None;
+    }
+    let lighter = PlanRequest { optim: adafactor, ..req.clone() };
+    let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
+    let mut tries = vec![lighter.clone()];
+    if !lighter.checkpointing && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder) {
+        tries.push(PlanRequest { checkpointing: true, ..lighter.clone() });
+    }
+    let base = tries.last().expect("one try").clone();
+    tries.extend(smaller_batches(&base));
+    let found = tries.into_iter().find(|r| fits(r))?;
+    Some(Suggestion {
+        change: describe_change(req, &found),
+        memory_per_device_bytes: memory(&found).total(),
+        global_batch: found.micro_batch * found.grad_accum * found.gpus,
+    })
+}
+
 /// The flags that turn `from` into `to`.
 fn describe_change(from: &PlanRequest, to: &PlanRequest) -> String {
     let mut parts = Vec::new();
@@ -432,6 +482,9 @@ fn describe_change(from: &PlanRequest, to: &PlanRequest) -> String {
     }
     if to.gpus != from.gpus {
         parts.push(format!("--gpus {}", to.gpus));
+    }
+    if to.optim.name() != from.optim.name() {
+        parts.push(format!("--optim {}", to.optim.name()));
     }
     parts.join(" ")
 }
@@ -461,7 +514,10 @@ pub struct Plan {
     pub compress: Compression,
     pub device_memory_bytes: u64,
     pub fits: bool,
+    /// The smallest change of devices, sharding, checkpointing or micro-batch that fits.
     pub suggestion: Option<Suggestion>,
+    /// Or, on the same devices, a lighter optimizer ([`suggest_optimizer`]).
+    pub optimizer_suggestion: Option<Suggestion>,
     /// Training FLOPs per token: 6 × (non-embedding parameters + tied head) + 12·L·s·h attention.
     pub flops_per_token: f64,
     pub peak_flops_per_device: f64,
@@ -518,6 +574,7 @@ pub fn plan(req: &PlanRequest) -> Result<Plan> {
         device_memory_bytes: req.hardware.memory_bytes,
         fits,
         suggestion: if fits { None } else { suggest(req) },
+        optimizer_suggestion: if fits { None } else { suggest_optimizer(req) },
         flops_per_token,
         peak_flops_per_device: peak,
         mfu: req.mfu,

@@ -122,6 +122,15 @@ pub fn table(p: &Plan) -> String {
                 let _ = writeln!(o, "  fits: NO — no change up to {} GPUs makes it fit", super::MAX_GPUS);
             }
         }
+        if let Some(s) = &p.optimizer_suggestion {
+            let _ = writeln!(
+                o,
+                "  or, on these devices, a lighter optimizer: {} ({} per device, global batch {})",
+                s.change,
+                gib(s.memory_per_device_bytes),
+                s.global_batch
+            );
+        }
     }
     if p.gpus > 1 {
         let _ = writeln!(o, "\ncommunication");

@@ -72,6 +72,27 @@ fn the_lm_loss_keeps_no_logits() {
     assert_eq!(small, 2 * 2 * 100 * v + 2 * 2 * v * h + 8 * v * h);
 }
 
+/// The temporary buffers are the larger of the loss's transient and the optimizer update's:
+/// none for AdamW's in-place kernel, the composed updates' temporaries of the largest parameter
+/// (Llama-7B's 32000 × 4096 embedding) for the others.
+#[test]
+fn the_optimizer_update_needs_its_temporaries() {
+    let spec = ModelSpec::preset("llama-7b").unwrap();
+    let at = |optim: &str| {
+        memory(&request("llama-7b", "h200-141gb", |o| {
+            o.micro_batch = Some(1);
+            o.seq_len = Some(2048);
+            o.checkpointing = true;
+            o.optim = Some(optim.into())
+        }))
+        .temporary_buffers
+    };
+    let loss = lm_loss_bytes(&spec, 2048, 2).1;
+    assert_eq!(at("adamw"), loss);
+    assert_eq!(at("adafactor"), 4 * 4 * 32000 * 4096);
+    assert!(at("adafactor") > loss);
+}
+
 /// Korthikanti et al. 2022, eq. (1): a GPT layer keeps sbh(34 + 5as/h) bytes in 16-bit with
 /// dropout; full recomputation keeps 2sbh per layer.
 #[test]
@@ -156,6 +177,28 @@ fn fits_or_suggests_the_smallest_change() {
     assert!(s.change.starts_with("--micro-batch"), "{}", s.change);
     assert_eq!(s.global_batch, 64);
 
+    // Or, on one device: Adafactor's factored state (a few MB for 7B) instead of AdamW's 54 GB.
+    let req = request("llama-7b", "h100-80gb", |o| {
+        o.micro_batch = Some(1);
+        o.seq_len = Some(4096)
+    });
+    let p = plan(&req).unwrap();
+    let s = p.optimizer_suggestion.unwrap();
+    assert_eq!(s.change, "--activation-checkpointing --optim adafactor");
+    let lighter = request("llama-7b", "h100-80gb", |o| {
+        o.micro_batch = Some(1);
+        o.seq_len = Some(4096);
+        o.checkpointing = true;
+        o.optim = Some("adafactor".into())
+    });
+    let fitted = plan(&lighter).unwrap();
+    assert!(fitted.fits && fitted.optimizer_suggestion.is_none());
+    assert_eq!(s.memory_per_device_bytes, fitted.memory_per_device_bytes);
+    assert!(fitted.memory.optimizer_state < 20 << 20, "{}", fitted.memory.optimizer_state);
+    // Nothing lighter to offer when the optimizer already is Adafactor.
+    let tight = PlanRequest { hardware: Hardware { memory_bytes: 40 << 30, ..lighter.hardware.clone() }, ..lighter };
+    assert!(suggest_optimizer(&tight).is_none());
+
     // Nothing fits a 7B model in 1 GiB per device, even at 1024 GPUs.
     let hopeless = PlanRequest {
         hardware: Hardware { memory_bytes: 1 << 30, ..tight.hardware.clone() },
@@ -176,6 +219,13 @@ fn cpu_plan_is_the_trainers_estimate() {
     let cfg = RunConfig::resolve(None, &["model.preset=quickstart".into(), "optim.name=sgd".into()]).unwrap();
     let o = PlanOptions { gpu: Some("cpu".into()), peak_tflops: Some(0.1), ..Default::default() };
     assert_eq!(memory(&PlanRequest::from_config(&cfg, &o).unwrap()).optimizer_state, 0);
+    // `--optim` swaps the optimizer, keeping the config's lr and decay but not the old
+    // optimizer's own keys (Lion reads no eps); a wrong name is its error.
+    let cfg = RunConfig::resolve(None, &["model.preset=quickstart".into(), "optim.eps=1e-6".into()]).unwrap();
+    let lion = PlanRequest::from_config(&cfg, &PlanOptions { optim: Some("lion".into()), ..o.clone() }).unwrap();
+    assert_eq!((lion.optim.name(), memory(&lion).optimizer_state), ("lion", 4 * 2_001_024));
+    let e = PlanRequest::from_config(&cfg, &PlanOptions { optim: Some("adamx".into()), ..o.clone() }).unwrap_err();
+    assert!(e.to_string().contains("--optim") && e.to_string().contains("adamx"), "{e}");
     // What the CPU trainer does not do is refused, naming the flag.
     let cfg = RunConfig::resolve(None, &["model.preset=tiny".into()]).unwrap();
     let bert = RunConfig::resolve(None, &["model.preset=bert-tiny".into(), "train.objective=mlm".into()]).unwrap();
