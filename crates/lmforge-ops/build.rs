@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 5] = ["norm", "adamw", "attention", "activation", "loss"];
+const KERNELS: [&str; 6] = ["norm", "adamw", "attention", "activation", "loss", "embedding"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -19,8 +19,9 @@
 //! Which one runs is [`Kernels`], per thread (default fused), set with [`KernelsGuard`]. The
 //! fused path is taken for f32 tensors on the CPU, and on a GPU (`--features cuda`) for the ops
 //! that have a CUDA kernel (module `cuda`: the norms, attention, GELU, SwiGLU and RoPE, f32 or
-//! bf16; AdamW's update, f32); anything else runs the reference. A decoder's sublayers run as
-//! one node each: [`sublayer`] on the CPU, [`device_sublayer`] on a GPU.
+//! bf16; AdamW's update, f32; the token embedding's gradient, [`embedding`]); anything else
+//! runs the reference. A decoder's sublayers run as one node each: [`sublayer`] on the CPU,
+//! [`device_sublayer`] on a GPU.
 //! Fused kernels need contiguous input and call `.contiguous()` (a no-op when already so);
 //! a contiguous view at a storage offset (a `narrow` of the outer dim) is read in place.
 //!
@@ -36,6 +37,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod device_sublayer;
+pub mod embedding;
 mod gemv;
 pub mod grad_norm;
 pub mod linear;
@@ -145,6 +147,13 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, w_is_out_in: bool) -> 
     } else {
         reference::linear(x, w, b, w_is_out_in)
     }
+}
+
+/// Rows `ids` (u32, any shape) of an embedding table (V, C) → (ids…, C): candle's
+/// `index_select` on the CPU, on a GPU lmforge's op with a sorted, deterministic backward
+/// ([`embedding`]).
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    embedding::embedding(table, ids)
 }
 
 /// RoPE's (context, D) cos and sin tables for head dim D (even) and base `theta`, rotate-half

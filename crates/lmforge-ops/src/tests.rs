@@ -548,6 +548,60 @@ fn kernels_guard_restores_the_previous_choice() {
     assert_eq!(kernels(), Kernels::Fused);
 }
 
+/// The embedding's table gradient through `f` (rows of `table` for `ids`), for Σ out · r.
+fn embedding_grad(
+    k: Kernels,
+    table: &Tensor,
+    ids: &Tensor,
+    f: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>,
+) -> (Tensor, Tensor) {
+    let _g = KernelsGuard::set(k);
+    let var = Var::from_tensor(table).unwrap();
+    let y = f(var.as_tensor(), ids).unwrap();
+    let r = randn(y.dims(), 1.0, 98).to_device(y.device()).unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    (y, grads.get(var.as_tensor()).expect("the table's gradient").clone())
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// Token ids (b, t) drawn from `distinct` tokens of a table of `v` (runs of repeats).
+fn token_ids(b: usize, t: usize, v: usize, distinct: usize, device: &Device) -> Tensor {
+    let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7919 + i / 3) % distinct * (v / distinct)) as u32).collect();
+    Tensor::from_vec(ids, (b, t), device).unwrap()
+}
+
+/// The embedding op (its CPU side: the GPU kernels' arithmetic in plain loops) against candle's
+/// index_select: the same rows, and the table's gradient to the bit (index_add's additions in
+/// its order); an id past the table is an error naming it.
+#[test]
+fn embedding_matches_index_select_to_the_bit() {
+    for (b, t, v, c, distinct) in [(2, 9, 11, 5, 3), (3, 40, 500, 24, 500), (1, 64, 50, 3, 2)] {
+        let table = randn(&[v, c], 1.0, 71);
+        let ids = token_ids(b, t, v, distinct, &Device::Cpu);
+        let (y_op, g_op) = embedding_grad(Kernels::Fused, &table, &ids, &|w, i| embedding::apply(w, i));
+        let (y_ref, g_ref) = embedding_grad(Kernels::Reference, &table, &ids, &|w, i| {
+            w.index_select(&i.flatten_all()?, 0)?.reshape((b, t, c))
+        });
+        assert_eq!(y_op.dims(), &[b, t, c]);
+        assert_eq!(bits(&y_op), bits(&y_ref), "rows B{b} T{t} V{v}");
+        assert_eq!(bits(&g_op), bits(&g_ref), "table gradient B{b} T{t} V{v}");
+    }
+    let ids = Tensor::new(&[1u32, 11], &Device::Cpu).unwrap();
+    let e = embedding::apply(&randn(&[11, 4], 1.0, 72), &ids).unwrap_err().to_string();
+    assert!(e.contains("11") && e.contains("past the table"), "{e}");
+}
+
 /// lmforge's CUDA kernels on the GPU (`--features cuda`; run by `scripts/gpu-check.sh`): the
 /// norms against the reference ops, f32 to the CPU kernels' bounds and bf16 activations (f32
 /// weights) to bf16's rounding, at widths below, at and above four columns per thread of a
@@ -580,6 +634,22 @@ mod on_cuda {
             let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(bits(&y1), bits(&y2), "rms_norm {c}: the same bits twice");
             assert_eq!(bits(&g1[1]), bits(&g2[1]), "rms_norm {c}: the weight's gradient the same twice");
+        }
+    }
+
+    /// The embedding on the GPU (embedding.cu: rows; positions sorted by token, each token's
+    /// rows summed in order) against candle's index_select and its index_add backward on the
+    /// GPU: the same rows and the same gradient bits, at sizes across several sort stages.
+    #[test]
+    fn embedding_matches_index_select_on_the_gpu_to_the_bit() {
+        let dev = gpu();
+        for (b, t, v, c, distinct) in [(2, 9, 11, 5, 3), (4, 1024, 1000, 64, 1000), (3, 333, 50257, 40, 7)] {
+            let table = randn(&[v, c], 1.0, 73).to_device(&dev).unwrap();
+            let ids = token_ids(b, t, v, distinct, &dev);
+            let (y_op, g_op) = embedding_grad(Kernels::Fused, &table, &ids, &|w, i| embedding(w, i));
+            let (y_ref, g_ref) = embedding_grad(Kernels::Reference, &table, &ids, &|w, i| embedding(w, i));
+            assert_eq!(bits(&y_op), bits(&y_ref), "rows B{b} T{t} V{v}");
+            assert_eq!(bits(&g_op), bits(&g_ref), "table gradient B{b} T{t} V{v}");
         }
     }
 

@@ -8,7 +8,8 @@
 //! every tensor of a step in one launch ([`adamw`], `adamw.cu`); attention, forward and
 //! backward ([`attention`], `attention.cu`); GELU, SwiGLU and RoPE, forward and backward
 //! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
-//! ([`loss`], `loss.cu`).
+//! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
+//! atomics ([`embedding`], `embedding.cu`).
 //!
 //! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
 //! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
@@ -16,6 +17,7 @@
 pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod embedding;
 pub mod loss;
 
 use candle_core::backend::BackendStorage;

@@ -156,9 +156,8 @@ impl Encoder {
                 self.spec.context
             )));
         }
-        let c = self.spec.d_model;
-        let words = self.word.index_select(&input.ids.flatten_all()?, 0)?.reshape((b, t, c))?;
-        let types = self.types.index_select(&input.type_ids.flatten_all()?, 0)?.reshape((b, t, c))?;
+        let words = ops::embedding(&self.word, &input.ids)?;
+        let types = ops::embedding(&self.types, &input.type_ids)?;
         let x = (words + types)?.broadcast_add(&self.pos.narrow(0, n, t)?)?;
         // From here on the hidden states are in the compute dtype (bf16 under bf16-mixed).
         let mut x = drop(&mut dropout, &self.emb_norm.forward(&x)?.to_dtype(self.compute)?)?;

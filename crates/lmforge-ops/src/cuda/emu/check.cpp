@@ -7,6 +7,7 @@
 #include "../activation.cu"
 #include "../adamw.cu"
 #include "../attention.cu"
+#include "../embedding.cu"
 #include "../loss.cu"
 #include "../norm.cu"
 
@@ -446,7 +447,50 @@ static void cross_entropy_case(int rows, int v, unsigned threads, const char* dt
     report(std::string(name) + " NaN for a target outside V", nan_for_bad_target ? 0.0 : INFINITY, 0.0);
 }
 
+// The token embedding: rows gathered (an id past the table gives zeros), and the backward's sort
+// and run sums equal to index_add's sequential f32 sums in position order, bit for bit (ids
+// drawn from a few tokens, so runs are long, and from the whole table).
+static void embedding_case(size_t n, size_t c, size_t v, size_t distinct) {
+    std::mt19937 rng(n * 31 + c + v);
+    std::vector<unsigned> ids(n);
+    for (auto& id : ids) id = (unsigned)(rng() % distinct) * (unsigned)(v / distinct);
+    ids[n / 2] = (unsigned)v + 3;  // past the table
+    const auto table = random_values<float>(v * c, rng);
+    const auto dy = random_values<float>(n * c, rng);
+    std::vector<float> out(n * c, NAN);
+    emu_launch({grid_for(n * c)}, {256}, 0, [&] { embedding_rows(table.data(), ids.data(), out.data(), n, c, v); });
+    double rows_err = 0;
+    for (size_t j = 0; j < n; ++j)
+        for (size_t k = 0; k < c; ++k) {
+            const float want = ids[j] < v ? table[ids[j] * c + k] : 0.0f;
+            rows_err = std::max(rows_err, out[j * c + k] == want ? 0.0 : INFINITY);
+        }
+    size_t padded = 1;
+    while (padded < n) padded *= 2;
+    std::vector<unsigned long long> keys(padded);
+    emu_launch({grid_for(padded)}, {256}, 0, [&] { embedding_keys(ids.data(), keys.data(), n, padded); });
+    for (size_t k = 2; k <= padded; k *= 2)
+        for (size_t j = k / 2; j > 0; j /= 2)
+            emu_launch({grid_for(padded)}, {256}, 0, [&] { embedding_bitonic(keys.data(), padded, k, j); });
+    std::vector<float> dtable(v * c, 0.0f), want(v * c, 0.0f);
+    emu_launch({(unsigned)n}, {64}, 0, [&] { embedding_grad(keys.data(), dy.data(), dtable.data(), n, c, v); });
+    for (size_t j = 0; j < n; ++j)
+        if (ids[j] < v)
+            for (size_t k = 0; k < c; ++k) want[ids[j] * c + k] += dy[j * c + k];
+    double grad_err = 0;
+    for (size_t i = 0; i < want.size(); ++i) grad_err = std::max(grad_err, dtable[i] == want[i] ? 0.0 : INFINITY);
+    bool sorted = std::is_sorted(keys.begin(), keys.end());
+    char name[80];
+    std::snprintf(name, sizeof name, "embedding N %zu C %zu V %zu (%zu tokens)", n, c, v, distinct);
+    report(std::string(name) + " rows (exact)", rows_err, 0.0);
+    report(std::string(name) + " keys sorted", sorted ? 0.0 : INFINITY, 0.0);
+    report(std::string(name) + " d table (index_add's bits)", grad_err, 0.0);
+}
+
 int main() {
+    embedding_case(37, 5, 11, 3);
+    embedding_case(300, 70, 1000, 1000);
+    embedding_case(512, 3, 50, 2);
     cross_entropy_case<float>(4, 3001, 1024, "f32", 1e-6);
     cross_entropy_case<float>(3, 50, 64, "f32", 1e-6);
     cross_entropy_case<__nv_bfloat16>(3, 2000, 512, "bf16", 1e-2);

@@ -48,7 +48,7 @@ impl TokenTable {
     /// Rows `ids` (N) → (N, C).
     pub(super) fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Dense(t) => t.index_select(ids, 0)?,
+            Self::Dense(t) => crate::ops::embedding(t, ids)?,
             Self::Quantized(q, ..) => q.embedding(ids)?,
         })
     }

@@ -1,0 +1,75 @@
+//! Launches `embedding.cu` for [`crate::embedding`]'s op on a GPU: the rows of an f32 table for
+//! u32 ids, and the table's gradient — the positions sorted by (token, position) with a bitonic
+//! sort (one launch a step: log₂N·(log₂N + 1)/2 of them, 105 for 16,384 positions), then each
+//! token's rows of d out summed in position order by a block of its own.
+
+use super::{elementwise, view};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::{Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
+const MODULE: &str = "lmforge_embedding";
+
+/// Rows `ids` (N) of `table` (V, C) → (N, C); an id past the table gives zeros.
+pub fn rows((ts, tl): (&CudaStorage, &Layout), (is, il): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
+    let (v, c) = tl.shape().dims2()?;
+    let n = il.shape().elem_count();
+    let (table, ids) = (view::<f32>(ts, tl, "embedding")?, view::<u32>(is, il, "embedding")?);
+    let dev = ts.device.clone();
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<f32>(n * c)? };
+    if n * c > 0 {
+        let func = dev.get_or_load_custom_func("embedding_rows", MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&table).arg(&ids).arg(&out).arg(&n).arg(&c).arg(&v);
+        // SAFETY: the arguments match the kernel's signature (embedding.cu).
+        unsafe { args.launch(elementwise(n * c)) }.w()?;
+    }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((n, c))))
+}
+
+/// The gradient (V, C) of a (V, C) table whose rows `ids` (N) gave an output of gradient `dy`
+/// (N, C, f32): row t is the sum of dy's rows at the positions of token t, in position order.
+pub fn grad(
+    (ds, dl): (&CudaStorage, &Layout),
+    (is, il): (&CudaStorage, &Layout),
+    v: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let (n, c) = dl.shape().dims2()?;
+    let (dy, ids) = (view::<f32>(ds, dl, "embedding-grad")?, view::<u32>(is, il, "embedding-grad")?);
+    let dev = ds.device.clone();
+    let dtable = dev.alloc_zeros::<f32>(v * c)?;
+    if n == 0 || c == 0 {
+        return Ok((CudaStorage::wrap_cuda_slice(dtable, dev), Shape::from((v, c))));
+    }
+    let padded = n.next_power_of_two();
+    // SAFETY: embedding_keys writes every key.
+    let keys = unsafe { dev.alloc::<u64>(padded)? };
+    let func = dev.get_or_load_custom_func("embedding_keys", MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&ids).arg(&keys).arg(&n).arg(&padded);
+    // SAFETY: the arguments match the kernel's signature (embedding.cu).
+    unsafe { args.launch(elementwise(padded)) }.w()?;
+    let bitonic = dev.get_or_load_custom_func("embedding_bitonic", MODULE, PTX)?;
+    let mut k = 2usize;
+    while k <= padded {
+        let mut j = k / 2;
+        while j > 0 {
+            let mut args = bitonic.builder();
+            args.arg(&keys).arg(&padded).arg(&k).arg(&j);
+            // SAFETY: as above.
+            unsafe { args.launch(elementwise(padded)) }.w()?;
+            j /= 2;
+        }
+        k *= 2;
+    }
+    let func = dev.get_or_load_custom_func("embedding_grad", MODULE, PTX)?;
+    let mut args = func.builder();
+    args.arg(&keys).arg(&dy).arg(&dtable).arg(&n).arg(&c).arg(&v);
+    let threads = c.next_multiple_of(32).clamp(32, 256) as u32;
+    let config = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: as above; one block per sorted position.
+    unsafe { args.launch(config) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(dtable, dev), Shape::from((v, c))))
+}
