@@ -1,5 +1,7 @@
-//! The token embedding: rows of a (V, C) f32 table by u32 id, as one op whose backward sums d
-//! out's rows into the table's gradient by token. On the CPU lmforge keeps candle's
+//! The token embedding — and any choice of rows that a loss reads (the answer positions of
+//! completion-only fine-tuning, MLM's masked positions, token classification's labelled ones)
+//! — as one op: rows of a (V, C) f32 table by u32 id, whose backward sums d out's rows into the
+//! table's gradient by token. On the CPU lmforge keeps candle's
 //! `index_select`, whose backward (`index_add`) walks the ids in order and is fast there. On a
 //! GPU candle's `index_add` gives each of the C columns one thread that walks all N ids in turn
 //! — C threads in all, N dependent steps each: for GPT-2 at 16 × 1024 tokens 768 threads on one
@@ -12,13 +14,18 @@
 use super::cpu::{slice, slice_u32};
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-/// Rows `ids` (any shape, u32) of `table` (V, C) → (ids…, C), gradient to the table.
+/// Rows `ids` (any shape, u32) of `table` (V, C) → (ids…, C), gradient to the table. A bf16
+/// table on a GPU (hidden states whose chosen rows feed a loss) goes through the f32 op and back:
+/// each row is copied, not summed, so nothing is rounded twice.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    if !(super::cuda_kernels(table) && table.dtype() == DType::F32 && ids.dtype() == DType::U32) {
+    if !(super::cuda_kernels(table) && ids.dtype() == DType::U32) {
         let rows = table.index_select(&ids.flatten_all()?, 0)?;
         return rows.reshape(out_dims(ids, table)?);
     }
-    apply(table, ids)
+    match table.dtype() {
+        DType::F32 => apply(table, ids),
+        dtype => apply(&table.to_dtype(DType::F32)?, ids)?.to_dtype(dtype),
+    }
 }
 
 /// The op itself on any device (the CPU side for tests).

@@ -558,7 +558,7 @@ fn embedding_grad(
     let _g = KernelsGuard::set(k);
     let var = Var::from_tensor(table).unwrap();
     let y = f(var.as_tensor(), ids).unwrap();
-    let r = randn(y.dims(), 1.0, 98).to_device(y.device()).unwrap();
+    let r = randn(y.dims(), 1.0, 98).to_device(y.device()).unwrap().to_dtype(y.dtype()).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     (y, grads.get(var.as_tensor()).expect("the table's gradient").clone())
 }
@@ -651,6 +651,15 @@ mod on_cuda {
             assert_eq!(bits(&y_op), bits(&y_ref), "rows B{b} T{t} V{v}");
             assert_eq!(bits(&g_op), bits(&g_ref), "table gradient B{b} T{t} V{v}");
         }
+        // Chosen rows of bf16 hidden states (each row once): copied through the f32 op.
+        let hidden = randn(&[300, 48], 1.0, 74).to_device(&dev).unwrap().to_dtype(DType::BF16).unwrap();
+        let rows: Vec<u32> = (0..300u32).rev().step_by(3).collect();
+        let rows = Tensor::new(rows.as_slice(), &dev).unwrap();
+        let (y_op, g_op) = embedding_grad(Kernels::Fused, &hidden, &rows, &|w, i| embedding(w, i));
+        let (y_ref, g_ref) = embedding_grad(Kernels::Reference, &hidden, &rows, &|w, i| embedding(w, i));
+        assert_eq!((y_op.dtype(), g_op.dtype()), (DType::BF16, DType::BF16));
+        assert_eq!(bits(&y_op), bits(&y_ref), "bf16 rows");
+        assert_eq!(bits(&g_op), bits(&g_ref), "bf16 rows' gradient");
     }
 
     type Op<'a> = dyn Fn(&[Tensor]) -> Result<Tensor> + 'a;

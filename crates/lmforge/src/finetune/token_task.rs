@@ -65,7 +65,7 @@ fn targets(items: &[&TaggedEncoded], t: usize) -> (Vec<u32>, Vec<u32>) {
 pub fn token_loss(logits: &Tensor, rows: &[u32], tags: &[u32]) -> Result<Tensor> {
     let (b, t, l) = logits.dims3()?;
     let device = logits.device();
-    let picked = logits.reshape((b * t, l))?.index_select(&Tensor::from_slice(rows, rows.len(), device)?, 0)?;
+    let picked = ops::embedding(&logits.reshape((b * t, l))?, &Tensor::from_slice(rows, rows.len(), device)?)?;
     Ok(ops::cross_entropy(&picked, &Tensor::from_slice(tags, tags.len(), device)?)?)
 }
 

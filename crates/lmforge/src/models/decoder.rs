@@ -340,7 +340,7 @@ impl Decoder {
     ) -> Result<Tensor> {
         let h = self.hidden(ids, 0, None, dropout)?;
         let (b, t, c) = h.dims3()?;
-        let h = h.reshape((b * t, c))?.index_select(rows, 0)?;
+        let h = ops::embedding(&h.reshape((b * t, c))?, rows)?;
         self.head_loss(&h, targets)
     }
 

@@ -211,7 +211,7 @@ impl Encoder {
     /// (B·T) rows.
     pub fn select_rows(hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let (b, t, c) = hidden.dims3()?;
-        Ok(hidden.reshape((b * t, c))?.index_select(positions, 0)?)
+        Ok(ops::embedding(&hidden.reshape((b * t, c))?, positions)?)
     }
 
     /// MLM cross-entropy over the selected positions (mean over them, as HF's ignore-index
