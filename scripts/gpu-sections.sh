@@ -21,6 +21,7 @@
 #   llama7b          llama-7b, 1 × 4096, checkpointing: a few optimizer steps; plan beside it
 #   llama7b-torch    PyTorch eager for the same llama-7b steps
 #   ncu              every kernel of one GPT-2 bf16-mixed step under Nsight Compute
+#   ncu-torch        the same for PyTorch eager's step, to set beside it
 
 # The `plan --gpu` entry of this GPU, by its memory (MiB): an H200 has ~140 GiB, an H100 ~80.
 PLAN_GPU=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
@@ -29,7 +30,7 @@ PLAN_GPU=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | h
 declare -A SECTION_SECONDS=(
   [machine]=5 [kernels]=40 [parity]=60 [nccl]=15 [quickstart]=90 [determinism]=90
   [gpt2]=100 [gpt2-fp32]=60 [gpt2-compile]=120 [llama1b]=120 [llama1b-compile]=150
-  [llama7b]=150 [llama7b-torch]=120 [ncu]=200
+  [llama7b]=150 [llama7b-torch]=120 [ncu]=200 [ncu-torch]=200
 )
 
 # Seconds left of the budget (run_sections sets DEADLINE).
@@ -278,18 +279,16 @@ section_llama7b_torch() {
   ratio "lmforge-llama-7b" "torch-eager-llama-7b" "PyTorch eager ($optim)"
 }
 
-section_ncu() {
-  section "one GPT-2 124M bf16-mixed step, kernel by kernel (ncu)"
+# Every kernel of one step of COMMAND timed by Nsight Compute (clocks left alone), summed per
+# kernel name, into $out/NAME.csv.
+kernel_profile() {
+  local name="$1" limit; limit=$(cap "$2"); shift 2
   command -v ncu >/dev/null || { echo "  ncu is not on this machine's PATH"; return 0; }
-  # One step with no warmup: ncu times each kernel on the GPU alone, so the first step's host
-  # work (loading modules, the allocator growing) does not enter the figures.
-  local limit; limit=$(cap 280)
-  timeout "$limit" ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
-    "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset gpt2-124m --batch 16 --steps 1 \
-    --warmup 0 --json >"$out/ncu.csv" 2>"$out/ncu.err"
+  timeout "$limit" ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base "$@" \
+    >"$out/$name.csv" 2>"$out/$name.err"
   local rc=$?
-  [ "$rc" -ne 0 ] && { echo "  ncu: exit $rc$([ "$rc" -eq 124 ] && echo " (over ${limit} s)"); last lines:"; tail -4 "$out/ncu.err" | sed 's/^/    /'; }
-  python3 - "$out/ncu.csv" <<'EOF'
+  [ "$rc" -ne 0 ] && { echo "  ncu: exit $rc$([ "$rc" -eq 124 ] && echo " (over ${limit} s)"); last lines:"; tail -4 "$out/$name.err" | sed 's/^/    /'; }
+  python3 - "$out/$name.csv" <<'EOF'
 import csv, re, sys
 from collections import defaultdict
 rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
@@ -304,9 +303,23 @@ for r in csv.DictReader(rows):
     per[name] += ns
     count[name] += 1
 if not total:
-    sys.exit("  no kernel timings (see ncu.err)")
+    sys.exit("  no kernel timings (see the .err log)")
 print(f"  {sum(count.values())} kernels, {total / 1e6:.1f} ms of GPU time in the step (kernels back to back, no gaps)")
 for name, ns in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
     print(f"  {100 * ns / total:5.1f}%  {ns / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
 EOF
+}
+
+section_ncu() {
+  section "one GPT-2 124M bf16-mixed step, kernel by kernel (ncu)"
+  # One step with no warmup: ncu times each kernel on the GPU alone, so the first step's host
+  # work (loading modules, the allocator growing) does not enter the figures.
+  kernel_profile ncu 280 "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset gpt2-124m --batch 16 \
+    --steps 1 --warmup 0 --json
+}
+
+section_ncu_torch() {
+  section "the same GPT-2 step in PyTorch eager, kernel by kernel (ncu)"
+  kernel_profile ncu-torch 280 python3 "$G/pytorch_gpt_bench.py" --config gpt2-124m --device cuda --dtype bf16 \
+    --batch 16 --steps 1 --warmup 0 --json
 }

@@ -14,8 +14,9 @@
 #                             else plan's lighter optimizer (Adafactor on an 80 GB H100), and
 #                             plan's prediction beside the measured peak; PyTorch the same
 #   llama1b, llama1b-compile  llama-1b (batch 8 × 2048), as GPT-2
-#   ncu                       every kernel of one GPT-2 step timed by Nsight Compute (clocks
-#                             left alone), summed per kernel name: where the step's time goes
+#   ncu, ncu-torch            every kernel of one GPT-2 step timed by Nsight Compute (clocks
+#                             left alone), summed per kernel name: where the step's time goes,
+#                             lmforge's and PyTorch eager's
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh`. One visit for both
 # issues: scripts/gpu-visit.sh.
@@ -26,4 +27,4 @@ mkdir -p "$out"
 script=gpu-speed.sh
 source scripts/gpu-env.sh
 source scripts/gpu-sections.sh
-run_sections "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-torch llama1b llama1b-compile ncu
+run_sections "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-torch llama1b llama1b-compile ncu ncu-torch

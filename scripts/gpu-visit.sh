@@ -23,6 +23,6 @@ budget="${1:-560}"
 [ $# -gt 0 ] && shift
 if [ $# -eq 0 ]; then
   set -- machine kernels parity gpt2 quickstart llama7b determinism gpt2-compile llama1b nccl \
-    llama7b-torch llama1b-compile gpt2-fp32 ncu
+    llama7b-torch llama1b-compile gpt2-fp32 ncu ncu-torch
 fi
 run_sections "$budget" "$@"

@@ -87,6 +87,9 @@ pub fn update(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, st: &mut State) ->
         // HF `_approx_sq_grad`: rsqrt(R / mean(R)) ⊗ rsqrt(C).
         let r = row.broadcast_div(&row.mean_keepdim(D::Minus1)?)?.sqrt()?.recip()?.unsqueeze(row.rank())?;
         let c = col.unsqueeze(col.rank() - 1)?.sqrt()?.recip()?;
+        // g² + ε is spent: freed before the full-size preconditioner and update exist (on a
+        // GPU the peak is a parameter's temporaries; `OptimSpec::update_temporaries`).
+        drop(u);
         let approx = r.broadcast_mul(&c)?;
         st.set(p.name, "exp_avg_sq_row", row);
         st.set(p.name, "exp_avg_sq_col", col);
