@@ -3,7 +3,7 @@
 // candle's own backward (index_add) gives each of the C columns one thread that walks all N ids
 // in turn — C threads in all, N dependent steps each (GPT-2 at 16 × 1024 tokens: 768 threads,
 // 16384 steps). Here the positions are sorted by (token, position) — a bitonic sort of 64-bit
-// keys, one launch per step — and then each token's rows are summed in position order by a
+// keys, the steps within a tile of 2048 in shared memory, the wider ones a launch each — and then each token's rows are summed in position order by a
 // block of its own: the same additions in the same order as index_add, so the same bits.
 #include "common.cuh"
 
@@ -22,6 +22,38 @@ extern "C" __global__ void embedding_rows(const float* table, const unsigned* id
 extern "C" __global__ void embedding_keys(const unsigned* ids, unsigned long long* keys, size_t n, size_t padded) {
     for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < padded; j += (size_t)blockDim.x * gridDim.x)
         keys[j] = j < n ? ((unsigned long long)ids[j] << 32) | j : ~0ull;
+}
+
+// Keys a block sorts in shared memory: two a thread of 1024.
+#define SORT_TILE 2048
+
+// The steps of the bitonic sort whose partners lie within one tile of SORT_TILE keys (or of all
+// `padded`, if fewer), in shared memory, for k = k_from .. k_to (doubling) and, for each, j from
+// min(k / 2, j_from) down to 1 — the compare-and-swaps of embedding_bitonic in the same order,
+// one launch instead of one a step.
+extern "C" __global__ void embedding_bitonic_local(unsigned long long* keys, size_t padded, size_t k_from, size_t k_to,
+                                                   size_t j_from) {
+    __shared__ unsigned long long tile[SORT_TILE];
+    const size_t size = padded < SORT_TILE ? padded : SORT_TILE;
+    const size_t base = (size_t)blockIdx.x * size;
+    for (size_t t = threadIdx.x; t < size; t += blockDim.x) tile[t] = keys[base + t];
+    __syncthreads();
+    for (size_t k = k_from; k <= k_to; k *= 2) {
+        for (size_t j = k / 2 < j_from ? k / 2 : j_from; j > 0; j /= 2) {
+            for (size_t t = threadIdx.x; t < size; t += blockDim.x) {
+                const size_t partner = t ^ j;
+                if (partner <= t) continue;
+                const bool ascending = ((base + t) & k) == 0;
+                const unsigned long long a = tile[t], b = tile[partner];
+                if ((a > b) == ascending) {
+                    tile[t] = b;
+                    tile[partner] = a;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (size_t t = threadIdx.x; t < size; t += blockDim.x) keys[base + t] = tile[t];
 }
 
 // One step (k, j) of the bitonic sort of `padded` (a power of two) keys into ascending order:

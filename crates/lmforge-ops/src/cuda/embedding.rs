@@ -1,7 +1,8 @@
 //! Launches `embedding.cu` for [`crate::embedding`]'s op on a GPU: the rows of an f32 table for
 //! u32 ids, and the table's gradient — the positions sorted by (token, position) with a bitonic
-//! sort (one launch a step: log₂N·(log₂N + 1)/2 of them, 105 for 16,384 positions), then each
-//! token's rows of d out summed in position order by a block of its own.
+//! sort (the steps within a tile of 2048 keys in shared memory, the wider ones a launch each:
+//! 10 launches for 16,384 positions where one a step would be 105), then each token's rows of d
+//! out summed in position order by a block of its own.
 
 use super::{elementwise, view};
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -10,6 +11,8 @@ use candle_core::{Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
 const MODULE: &str = "lmforge_embedding";
+/// embedding.cu's SORT_TILE: keys a block sorts in shared memory.
+const SORT_TILE: usize = 2048;
 
 /// Rows `ids` (N) of `table` (V, C) → (N, C); an id past the table gives zeros.
 pub fn rows((ts, tl): (&CudaStorage, &Layout), (is, il): (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
@@ -51,17 +54,36 @@ pub fn grad(
     args.arg(&ids).arg(&keys).arg(&n).arg(&padded);
     // SAFETY: the arguments match the kernel's signature (embedding.cu).
     unsafe { args.launch(elementwise(padded)) }.w()?;
-    let bitonic = dev.get_or_load_custom_func("embedding_bitonic", MODULE, PTX)?;
-    let mut k = 2usize;
+    // The bitonic sort: every step within a tile of SORT_TILE keys in one launch (shared memory),
+    // then for each wider k the steps across tiles one launch each and the rest of k in one.
+    let tile = padded.min(SORT_TILE);
+    let local = dev.get_or_load_custom_func("embedding_bitonic_local", MODULE, PTX)?;
+    let tiles = LaunchConfig {
+        grid_dim: ((padded / tile) as u32, 1, 1),
+        block_dim: ((tile / 2).max(1) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let sort_tiles = |k_from: usize, k_to: usize| -> Result<()> {
+        let j_from = tile / 2;
+        let mut args = local.builder();
+        args.arg(&keys).arg(&padded).arg(&k_from).arg(&k_to).arg(&j_from);
+        // SAFETY: the arguments match the kernel's signature (embedding.cu).
+        unsafe { args.launch(tiles) }.w()?;
+        Ok(())
+    };
+    sort_tiles(2, tile)?;
+    let across = dev.get_or_load_custom_func("embedding_bitonic", MODULE, PTX)?;
+    let mut k = 2 * tile;
     while k <= padded {
         let mut j = k / 2;
-        while j > 0 {
-            let mut args = bitonic.builder();
+        while j >= tile {
+            let mut args = across.builder();
             args.arg(&keys).arg(&padded).arg(&k).arg(&j);
             // SAFETY: as above.
             unsafe { args.launch(elementwise(padded)) }.w()?;
             j /= 2;
         }
+        sort_tiles(k, k)?;
         k *= 2;
     }
     let func = dev.get_or_load_custom_func("embedding_grad", MODULE, PTX)?;

@@ -469,9 +469,16 @@ static void embedding_case(size_t n, size_t c, size_t v, size_t distinct) {
     while (padded < n) padded *= 2;
     std::vector<unsigned long long> keys(padded);
     emu_launch({grid_for(padded)}, {256}, 0, [&] { embedding_keys(ids.data(), keys.data(), n, padded); });
-    for (size_t k = 2; k <= padded; k *= 2)
-        for (size_t j = k / 2; j > 0; j /= 2)
+    // cuda/embedding.rs's schedule: every step within a tile in one launch, then for each wider k
+    // the steps across tiles one launch each and the rest of that k in one.
+    const size_t tile = std::min<size_t>(padded, SORT_TILE);
+    const unsigned tiles = (unsigned)(padded / tile), threads = (unsigned)std::max<size_t>(tile / 2, 1);
+    emu_launch({tiles}, {threads}, 0, [&] { embedding_bitonic_local(keys.data(), padded, 2, tile, tile / 2); });
+    for (size_t k = 2 * tile; k <= padded; k *= 2) {
+        for (size_t j = k / 2; j >= tile; j /= 2)
             emu_launch({grid_for(padded)}, {256}, 0, [&] { embedding_bitonic(keys.data(), padded, k, j); });
+        emu_launch({tiles}, {threads}, 0, [&] { embedding_bitonic_local(keys.data(), padded, k, k, tile / 2); });
+    }
     std::vector<float> dtable(v * c, 0.0f), want(v * c, 0.0f);
     emu_launch({(unsigned)n}, {64}, 0, [&] { embedding_grad(keys.data(), dy.data(), dtable.data(), n, c, v); });
     for (size_t j = 0; j < n; ++j)
@@ -491,6 +498,7 @@ int main() {
     embedding_case(37, 5, 11, 3);
     embedding_case(300, 70, 1000, 1000);
     embedding_case(512, 3, 50, 2);
+    embedding_case(5000, 2, 3000, 3000);  // 8192 keys: four tiles, wider steps across them
     cross_entropy_case<float>(4, 3001, 1024, "f32", 1e-6);
     cross_entropy_case<float>(3, 50, 64, "f32", 1e-6);
     cross_entropy_case<__nv_bfloat16>(3, 2000, 512, "bf16", 1e-2);
