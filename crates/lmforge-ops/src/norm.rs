@@ -115,8 +115,9 @@ impl CustomOp3 for LayerNorm {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dw, db) = super::cuda::norm_backward(x, w, dy, self.eps, true)?;
-            return Ok((tracked(x, || Ok(dx))?, tracked(w, || Ok(dw))?, tracked(b, || Ok(db.expect("centred")))?));
+            let (dx, dw, db) = super::cuda::norm_backward(x, w, dy, self.eps, true, w.track_op() || b.track_op())?;
+            let (dw, db) = (dw.filter(|_| w.track_op()), db.filter(|_| b.track_op()));
+            return Ok((tracked(x, || Ok(dx))?, dw, db));
         }
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
@@ -157,8 +158,8 @@ impl CustomOp2 for RmsNorm {
         let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dw, _) = super::cuda::norm_backward(x, w, dy, self.eps, false)?;
-            return Ok((tracked(x, || Ok(dx))?, tracked(w, || Ok(dw))?));
+            let (dx, dw, _) = super::cuda::norm_backward(x, w, dy, self.eps, false, w.track_op())?;
+            return Ok((tracked(x, || Ok(dx))?, dw));
         }
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);

@@ -630,10 +630,17 @@ mod on_cuda {
             check_within(&format!("cuda layer_norm bf16 {c}"), &[xb.clone(), w.clone(), b], &ln, 1e-2, 2e-2);
             check_within(&format!("cuda rms_norm bf16 {c}"), &[xb, w.clone()], &rms, 1e-2, 2e-2);
             let (y1, g1) = run(Kernels::Fused, &[x.clone(), w.clone()], &rms);
-            let (y2, g2) = run(Kernels::Fused, &[x, w], &rms);
+            let (y2, g2) = run(Kernels::Fused, &[x.clone(), w.clone()], &rms);
             let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(bits(&y1), bits(&y2), "rms_norm {c}: the same bits twice");
             assert_eq!(bits(&g1[1]), bits(&g2[1]), "rms_norm {c}: the weight's gradient the same twice");
+            // A frozen weight (a plain tensor, LoRA's norms): the same dx, no weight gradient.
+            let xv = Var::from_tensor(&x).unwrap();
+            let frozen = rms(&[xv.as_tensor().clone(), w.clone()]).unwrap();
+            let r = randn(frozen.dims(), 1.0, 99).to_device(&dev).unwrap();
+            let grads = (&frozen * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(&w).is_none(), "rms_norm {c}: a frozen weight got a gradient");
+            assert_eq!(bits(grads.get(xv.as_tensor()).unwrap()), bits(&g1[0]), "rms_norm {c}: dx with a frozen weight");
         }
     }
 

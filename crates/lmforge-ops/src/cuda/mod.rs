@@ -118,14 +118,19 @@ pub fn norm_backward(
     dy: &Tensor,
     eps: f32,
     centred: bool,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    params_trained: bool,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let (x, dy) = (x.contiguous()?, dy.contiguous()?);
     let kind = NormGrads { eps, centred };
     let dx = x.apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &dy, &kind)?;
+    // A frozen norm (LoRA fine-tuning) needs no column sums: one pass over x and dy fewer.
+    if !params_trained {
+        return Ok((dx, None, None));
+    }
     let terms = x.apply_op2_no_bwd(&dy, &kind)?; // (2, blocks, c)
     let dw = terms.get(0)?.sum(0)?;
     let db = if centred { Some(terms.get(1)?.sum(0)?) } else { None };
-    Ok((dx, dw, db))
+    Ok((dx, Some(dw), db))
 }
 
 /// The backward kernels as candle ops without a backward of their own: over (x, w, dy), dx in
