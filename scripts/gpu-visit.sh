@@ -8,6 +8,7 @@
 #
 #   bash scripts/gpu-visit.sh                  # everything, in priority order, 560 s
 #   bash scripts/gpu-visit.sh 200 ncu nccl     # a second call: those sections, 200 s
+#   bash scripts/gpu-visit.sh llama7b          # one section, the default budget
 #
 # With a device call: carry [".gpu"] (scripts/gpu-prepare.sh makes it here), timeout_s a little
 # over the budget. Logs under $OUT (or /tmp/gpu-visit); sections.tsv there has each section's
@@ -19,8 +20,11 @@ mkdir -p "$out"
 script=gpu-visit.sh
 source scripts/gpu-env.sh
 source scripts/gpu-sections.sh
-budget="${1:-560}"
-[ $# -gt 0 ] && shift
+budget=560
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+  budget="$1"
+  shift
+fi
 if [ $# -eq 0 ]; then
   set -- machine kernels parity gpt2 quickstart llama7b determinism gpt2-compile llama1b nccl \
     llama7b-torch llama1b-compile gpt2-fp32 ncu ncu-torch
