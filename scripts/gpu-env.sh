@@ -1,7 +1,9 @@
-# Sourced by scripts/gpu-check.sh, gpu-speed.sh and gpu-sanitize.sh on the GPU machine (the
+# Sourced by scripts/gpu-check.sh, gpu-speed.sh, gpu-visit.sh and gpu-sanitize.sh on the GPU machine (the
 # caller has cd'd to the checkout and set `script`): unpacks what scripts/gpu-prepare.sh put in
 # .gpu/ into $G, puts the CUDA 13 user-space libraries and NCCL on LD_LIBRARY_PATH, and defines
 # the helpers they use.
+# When the script started: its time budget (scripts/gpu-sections.sh) counts the unpacking too.
+SCRIPT_START=$(date +%s)
 [ -f .gpu/lmforge.xz ] || { echo "$script: no .gpu/lmforge.xz: run scripts/gpu-prepare.sh first (and carry .gpu)" >&2; exit 1; }
 # The executables travel xz-compressed; unpack them beside the fixtures, outside the checkout.
 G=/tmp/lmforge-gpu
