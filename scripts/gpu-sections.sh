@@ -69,7 +69,9 @@ run_sections() {
 
 # Runs a command with a time limit (cut to the budget), sampling the GPU's memory every 100 ms;
 # prints tokens/s, MFU and the peak above what was in use before (the whole process's,
-# allocator caches included) from the JSON it writes to $out/NAME.json.
+# allocator caches and context included) from the JSON it writes to $out/NAME.json, and the
+# program's own figure: lmforge's memory-pool peaks after warmup (in use / reserved), PyTorch's
+# max allocated after warmup.
 measured() {
   local name="$1" limit; limit=$(cap "$2"); shift 2
   local base; base=$(gpu_mem)
@@ -94,8 +96,11 @@ except Exception:
 tps = r.get("tokens_per_s")
 mfu = r.get("mfu")
 step = r.get("step_ms_median")
+gib = lambda b: b / 2**30
 own = r.get("peak_gpu_bytes")
-own = f", PyTorch's max allocated {own / 2**20:.0f} MiB" if own else ""
+own = f", PyTorch's max allocated {gib(own):.2f} GiB" if own else ""
+if r.get("peak_device_used_bytes") is not None:
+    own = f", pool peak {gib(r['peak_device_used_bytes']):.2f} GiB in use / {gib(r['peak_device_reserved_bytes']):.2f} GiB reserved"
 opt = f", {r['optimizer']}" if r.get("optimizer") else ""
 loss = f", loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}" if "first_loss" in r else ""
 print(f"  {name}: tokens/s {tps:.0f}, MFU {100 * mfu:.1f}%, step {step:.1f} ms, peak GPU memory {peak} MiB{own}{opt}{loss}")

@@ -92,6 +92,13 @@ pub struct TrainBenchReport {
     pub step_ms_min: f64,
     pub step_ms_max: f64,
     pub peak_rss_bytes: u64,
+    /// On a GPU: the memory pool's high-water marks over the timed steps (`device::pool_peaks`:
+    /// live tensors at once, and what the pool held), the figures `plan --gpu` predicts less
+    /// its framework overhead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_reserved_bytes: Option<u64>,
     pub flops_per_token: f64,
     pub achieved_gflops: f64,
     /// The rate MFU is measured against: the CPU's measured fp32 matmul rate, or the GPU's
@@ -206,6 +213,9 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         losses.push(step(&mut Phases::default())?);
     }
     ops::profile::set_enabled(opts.profile);
+    // The warmup's first steps (the pool growing, modules loading) are not what a run keeps.
+    device.synchronize()?;
+    crate::device::reset_pool_peaks(&device);
     let mut times = Vec::with_capacity(opts.steps);
     for _ in 0..opts.steps {
         let started = Instant::now();
@@ -213,6 +223,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         device.synchronize()?;
         times.push(started.elapsed().as_secs_f64());
     }
+    let pool = crate::device::pool_peaks(&device);
     let op_times = ops::profile::take();
     ops::profile::set_enabled(false);
     let threads = rayon::current_num_threads().max(1) as f64;
@@ -271,6 +282,8 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
         step_ms_min: 1e3 * sorted[0],
         step_ms_max: 1e3 * sorted[sorted.len() - 1],
         peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
+        peak_device_used_bytes: pool.map(|p| p.used),
+        peak_device_reserved_bytes: pool.map(|p| p.reserved),
         flops_per_token,
         achieved_gflops,
         matmul_peak_gflops: matmul.gflops,
@@ -370,6 +383,10 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.last_loss,
         r.cpu_utilization.map_or("unknown".into(), |u| format!("{:.0}% of {} threads' time", 100.0 * u, r.threads)),
     );
+    if let (Some(used), Some(reserved)) = (r.peak_device_used_bytes, r.peak_device_reserved_bytes) {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        out.push_str(&format!("GPU pool peak {:.2} GiB in use, {:.2} GiB reserved\n", gib(used), gib(reserved)));
+    }
     if let Some(p) = &r.profile {
         out.push_str(&profile_table(p));
     }
@@ -426,6 +443,9 @@ mod tests {
         assert!((r.achieved_gflops - r.flops_per_token * r.tokens_per_s / 1e9).abs() < 1e-9);
         assert!(r.profile.is_none());
         assert_eq!(r.optimizer, "adamw");
+        // The GPU pool's peaks exist on a GPU only, and are left out of the JSON elsewhere.
+        assert_eq!((r.peak_device_used_bytes, r.peak_device_reserved_bytes), (None, None));
+        assert!(!serde_json::to_string(&r).unwrap().contains("peak_device"));
     }
 
     #[test]

@@ -143,6 +143,66 @@ fn caching_allocations(device: Device) -> Device {
     device
 }
 
+/// High-water marks of a GPU's memory pool, in bytes, since the device was opened or
+/// [`reset_pool_peaks`]: `used`, the most memory live tensors held at once (as PyTorch's
+/// `max_memory_allocated`), and `reserved`, the most the pool held (that plus freed memory kept
+/// for reuse: what `nvidia-smi` shows, less the CUDA context). lmforge's tensors come from this
+/// pool (candle allocates stream-ordered); cuBLAS's and NCCL's own workspaces and the context do
+/// not, which `plan` counts as framework overhead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolPeaks {
+    pub used: u64,
+    pub reserved: u64,
+}
+
+/// The pool's high-water marks on `device`; None on the CPU, without CUDA, or where the driver
+/// has no memory pools.
+pub fn pool_peaks(device: &Device) -> Option<PoolPeaks> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let dev = cuda.cuda_stream().context().cu_device();
+        let read = |attr| -> Option<u64> {
+            let mut value = 0u64;
+            // SAFETY: `dev` is the device of a live context; the attribute is a cuuint64_t.
+            unsafe {
+                let pool = result::device::get_mem_pool(dev).ok()?;
+                result::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast()).ok()?;
+            }
+            Some(value)
+        };
+        return Some(PoolPeaks {
+            used: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            reserved: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+        });
+    }
+    let _ = device;
+    None
+}
+
+/// Starts [`pool_peaks`]' high-water marks again from what is in use and reserved now (after a
+/// bench's warmup steps, as PyTorch's `reset_peak_memory_stats`). Nothing on the CPU.
+pub fn reset_pool_peaks(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let dev = cuda.cuda_stream().context().cu_device();
+        for attr in [
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+        ] {
+            // The driver takes only zero: the mark restarts at the current value.
+            let mut zero = 0u64;
+            // SAFETY: as in `pool_peaks`; the attribute is a cuuint64_t.
+            let _ = unsafe {
+                result::device::get_mem_pool(dev)
+                    .and_then(|pool| result::mem_pool::set_attribute(pool, attr, (&mut zero as *mut u64).cast()))
+            };
+        }
+    }
+    let _ = device;
+}
+
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(n: usize, key: &str) -> Result<Device> {
     let name = DeviceChoice::Cuda(n).name();
