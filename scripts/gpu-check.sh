@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU verification of issue 18, in one run on a machine with an NVIDIA GPU and no Rust
 # toolchain: everything it runs was built by `scripts/gpu-prepare.sh` into `.gpu/`. Prints every
-# figure; writes the logs under $OUT (or /tmp/gpu-check). The sections (scripts/gpu-sections.sh)
+# figure; writes the logs under $OUT (or /tmp/gpu-visit). The sections (scripts/gpu-sections.sh)
 # run in this order within GPU_BUDGET seconds (default 570); one that no longer fits is skipped
 # by name for a later call:
 #
@@ -18,11 +18,4 @@
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-check.sh`. One visit for both
 # issues: scripts/gpu-visit.sh.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/gpu-check}"
-mkdir -p "$out"
-script=gpu-check.sh
-source scripts/gpu-env.sh
-source scripts/gpu-sections.sh
-run_sections "${GPU_BUDGET:-570}" machine kernels parity quickstart gpt2 determinism nccl gpt2-fp32
+exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine kernels parity quickstart gpt2 determinism nccl gpt2-fp32

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 19's GPU speed figures, one run on a machine with an NVIDIA GPU and no Rust toolchain,
 # from what `scripts/gpu-prepare.sh` put in `.gpu/` (scripts/gpu-check.sh checks correctness;
-# this one only measures). Prints every figure; logs under $OUT (or /tmp/gpu-speed). The
+# this one only measures). Prints every figure; logs under $OUT (or /tmp/gpu-visit). The
 # sections (scripts/gpu-sections.sh) run in this order within GPU_BUDGET seconds (default
 # 570); one that no longer fits is skipped by name for a later call:
 #
@@ -20,11 +20,4 @@
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh`. One visit for both
 # issues: scripts/gpu-visit.sh.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${OUT:-/tmp/gpu-speed}"
-mkdir -p "$out"
-script=gpu-speed.sh
-source scripts/gpu-env.sh
-source scripts/gpu-sections.sh
-run_sections "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-torch llama1b llama1b-compile ncu ncu-torch
+exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-torch llama1b llama1b-compile ncu ncu-torch

@@ -119,10 +119,3 @@ impl CustomOp2 for EmbeddingGrad {
         super::cuda::embedding::grad((ds, dl), (is, il), self.rows)
     }
 }
-
-/// The op's gradient for given `ids` and `dy`, without the graph (the tests' handle on it).
-pub fn table_grad(dy: &Tensor, ids: &Tensor, rows: usize) -> Result<Tensor> {
-    let c = dy.dim(candle_core::D::Minus1)?;
-    let dy = dy.to_dtype(DType::F32)?.reshape(((), c))?.contiguous()?;
-    dy.apply_op2_no_bwd(&ids.flatten_all()?.contiguous()?, &EmbeddingGrad { rows })
-}

@@ -120,27 +120,41 @@ fn open_cuda(n: usize) -> candle_core::Result<Device> {
 /// allocator as it was, with a warning: slower, not wrong.
 #[cfg(feature = "cuda")]
 fn caching_allocations(device: Device) -> Device {
-    use candle_core::cuda_backend::cudarc::driver::{result, sys};
     if let Device::Cuda(cuda) = &device {
-        let dev = cuda.cuda_stream().context().cu_device();
-        let mut keep = u64::MAX;
-        // SAFETY: `dev` is the device of a live context; the attribute takes a cuuint64_t.
-        let set = unsafe {
-            result::device::get_mem_pool(dev).and_then(|pool| {
-                result::mem_pool::set_attribute(
-                    pool,
-                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    (&mut keep as *mut u64).cast(),
-                )
-            })
-        };
-        if let Err(e) = set {
+        if let Err(e) = pool_attribute(cuda, PoolAttribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, Some(u64::MAX)) {
             tracing::warn!(
                 "the GPU's memory pool keeps its default release threshold ({e}): allocations are not cached"
             );
         }
     }
     device
+}
+
+#[cfg(feature = "cuda")]
+type PoolAttribute = candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute;
+
+/// Sets (`Some`) or reads (`None`) a 64-bit attribute of the memory pool candle allocates
+/// `cuda`'s tensors from (the device's current pool); returns the attribute's value.
+#[cfg(feature = "cuda")]
+fn pool_attribute(
+    cuda: &candle_core::CudaDevice,
+    attr: PoolAttribute,
+    set: Option<u64>,
+) -> std::result::Result<u64, candle_core::cuda_backend::cudarc::driver::DriverError> {
+    use candle_core::cuda_backend::cudarc::driver::result;
+    let dev = cuda.cuda_stream().context().cu_device();
+    let mut value = set.unwrap_or(0);
+    let ptr = (&mut value as *mut u64).cast();
+    // SAFETY: `dev` is the device of a live context; the attributes passed here take a
+    // cuuint64_t.
+    unsafe {
+        let pool = result::device::get_mem_pool(dev)?;
+        match set {
+            Some(_) => result::mem_pool::set_attribute(pool, attr, ptr)?,
+            None => result::mem_pool::get_attribute(pool, attr, ptr)?,
+        }
+    }
+    Ok(value)
 }
 
 /// High-water marks of a GPU's memory pool, in bytes, since the device was opened or
@@ -160,20 +174,10 @@ pub struct PoolPeaks {
 pub fn pool_peaks(device: &Device) -> Option<PoolPeaks> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(cuda) = device {
-        use candle_core::cuda_backend::cudarc::driver::{result, sys};
-        let dev = cuda.cuda_stream().context().cu_device();
-        let read = |attr| -> Option<u64> {
-            let mut value = 0u64;
-            // SAFETY: `dev` is the device of a live context; the attribute is a cuuint64_t.
-            unsafe {
-                let pool = result::device::get_mem_pool(dev).ok()?;
-                result::mem_pool::get_attribute(pool, attr, (&mut value as *mut u64).cast()).ok()?;
-            }
-            Some(value)
-        };
+        let read = |attr| pool_attribute(cuda, attr, None).ok();
         return Some(PoolPeaks {
-            used: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
-            reserved: read(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
+            used: read(PoolAttribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+            reserved: read(PoolAttribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
         });
     }
     let _ = device;
@@ -185,19 +189,10 @@ pub fn pool_peaks(device: &Device) -> Option<PoolPeaks> {
 pub fn reset_pool_peaks(device: &Device) {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(cuda) = device {
-        use candle_core::cuda_backend::cudarc::driver::{result, sys};
-        let dev = cuda.cuda_stream().context().cu_device();
-        for attr in [
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-        ] {
-            // The driver takes only zero: the mark restarts at the current value.
-            let mut zero = 0u64;
-            // SAFETY: as in `pool_peaks`; the attribute is a cuuint64_t.
-            let _ = unsafe {
-                result::device::get_mem_pool(dev)
-                    .and_then(|pool| result::mem_pool::set_attribute(pool, attr, (&mut zero as *mut u64).cast()))
-            };
+        for attr in [PoolAttribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, PoolAttribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
+            // The driver takes only zero: the mark restarts at the current value. Where it
+            // refuses, the peaks include the warmup's (pool_peaks then reads None anyway).
+            let _ = pool_attribute(cuda, attr, Some(0));
         }
     }
     let _ = device;

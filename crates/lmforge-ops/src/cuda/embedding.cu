@@ -3,8 +3,9 @@
 // candle's own backward (index_add) gives each of the C columns one thread that walks all N ids
 // in turn — C threads in all, N dependent steps each (GPT-2 at 16 × 1024 tokens: 768 threads,
 // 16384 steps). Here the positions are sorted by (token, position) — a bitonic sort of 64-bit
-// keys, the steps within a tile of 2048 in shared memory, the wider ones a launch each — and then each token's rows are summed in position order by a
-// block of its own: the same additions in the same order as index_add, so the same bits.
+// keys, the steps within a tile of 2048 in shared memory, the wider ones a launch each — and
+// then each token's rows are summed in position order by a block of its own: the same
+// additions in the same order as index_add, so the same bits.
 #include "common.cuh"
 
 // out (n, c) = table[ids] (v rows of c); an id past the table gives a zero row (the Rust side
@@ -27,6 +28,18 @@ extern "C" __global__ void embedding_keys(const unsigned* ids, unsigned long lon
 // Keys a block sorts in shared memory: two a thread of 1024.
 #define SORT_TILE 2048
 
+// The bitonic sort's compare-and-swap of element i with its partner i ^ j (by the lower of the
+// two), ascending where bit k of i's global index is clear.
+__device__ __forceinline__ void bitonic_pair(unsigned long long* keys, size_t i, size_t j, size_t global_i, size_t k) {
+    const size_t partner = i ^ j;
+    if (partner <= i) return;
+    const unsigned long long a = keys[i], b = keys[partner];
+    if ((a > b) == ((global_i & k) == 0)) {
+        keys[i] = b;
+        keys[partner] = a;
+    }
+}
+
 // The steps of the bitonic sort whose partners lie within one tile of SORT_TILE keys (or of all
 // `padded`, if fewer), in shared memory, for k = k_from .. k_to (doubling) and, for each, j from
 // min(k / 2, j_from) down to 1 — the compare-and-swaps of embedding_bitonic in the same order,
@@ -40,16 +53,7 @@ extern "C" __global__ void embedding_bitonic_local(unsigned long long* keys, siz
     __syncthreads();
     for (size_t k = k_from; k <= k_to; k *= 2) {
         for (size_t j = k / 2 < j_from ? k / 2 : j_from; j > 0; j /= 2) {
-            for (size_t t = threadIdx.x; t < size; t += blockDim.x) {
-                const size_t partner = t ^ j;
-                if (partner <= t) continue;
-                const bool ascending = ((base + t) & k) == 0;
-                const unsigned long long a = tile[t], b = tile[partner];
-                if ((a > b) == ascending) {
-                    tile[t] = b;
-                    tile[partner] = a;
-                }
-            }
+            for (size_t t = threadIdx.x; t < size; t += blockDim.x) bitonic_pair(tile, t, j, base + t, k);
             __syncthreads();
         }
     }
@@ -59,16 +63,8 @@ extern "C" __global__ void embedding_bitonic_local(unsigned long long* keys, siz
 // One step (k, j) of the bitonic sort of `padded` (a power of two) keys into ascending order:
 // each element and its partner i ^ j, compared once, by the lower of the two.
 extern "C" __global__ void embedding_bitonic(unsigned long long* keys, size_t padded, size_t k, size_t j) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < padded; i += (size_t)blockDim.x * gridDim.x) {
-        const size_t partner = i ^ j;
-        if (partner <= i) continue;
-        const bool ascending = (i & k) == 0;
-        const unsigned long long a = keys[i], b = keys[partner];
-        if ((a > b) == ascending) {
-            keys[i] = b;
-            keys[partner] = a;
-        }
-    }
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < padded; i += (size_t)blockDim.x * gridDim.x)
+        bitonic_pair(keys, i, j, i, k);
 }
 
 // d table (v, c), zeroed beforehand: block b looks at sorted position b; where a token's run of

@@ -7,7 +7,7 @@
 use super::{elementwise, view};
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
-use candle_core::{Layout, Result, Shape};
+use candle_core::{bail, Layout, Result, Shape};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
 const MODULE: &str = "lmforge_embedding";
@@ -40,6 +40,9 @@ pub fn grad(
     v: usize,
 ) -> Result<(CudaStorage, Shape)> {
     let (n, c) = dl.shape().dims2()?;
+    if il.shape().elem_count() != n {
+        bail!("embedding-grad: {} ids for {n} rows of d out", il.shape().elem_count());
+    }
     let (dy, ids) = (view::<f32>(ds, dl, "embedding-grad")?, view::<u32>(is, il, "embedding-grad")?);
     let dev = ds.device.clone();
     let dtable = dev.alloc_zeros::<f32>(v * c)?;
