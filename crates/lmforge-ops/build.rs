@@ -1,16 +1,23 @@
-//! With the `cuda` feature, compiles lmforge's CUDA kernels (`src/cuda/*.cu`) to PTX with nvcc
-//! (the one `scripts/install-cuda.sh` installs: `CUDA_ROOT/bin/nvcc`, else `nvcc` on PATH), for
-//! `CUDA_COMPUTE_CAP` (default 90, Hopper), into OUT_DIR, where `src/cuda.rs` includes them.
-//! Without the feature it does nothing, so the CPU build needs no CUDA toolkit.
+//! With the `cuda` feature, compiles lmforge's CUDA kernels (`src/cuda/*.cu`) with nvcc (the one
+//! `scripts/install-cuda.sh` installs: `CUDA_ROOT/bin/nvcc`, else `nvcc` on PATH) into one fat
+//! binary a file in OUT_DIR, where `src/cuda/` includes them: machine code for
+//! `sm_{CUDA_COMPUTE_CAP}` (default 90, Hopper), so nothing waits on the driver's JIT compiler,
+//! and the same architecture's PTX, which the driver compiles for newer GPUs. Each image is
+//! checked to hold both (`src/fatbin.rs`). Without the feature it does nothing, so the CPU build
+//! needs no CUDA toolkit.
 
 use std::path::PathBuf;
 use std::process::Command;
+
+#[path = "src/fatbin.rs"]
+mod fatbin;
 
 const KERNELS: [&str; 6] = ["norm", "adamw", "attention", "activation", "loss", "embedding"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=src/cuda");
+    println!("cargo::rerun-if-changed=src/fatbin.rs");
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -23,16 +30,26 @@ fn main() {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nvcc"));
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let arch: u32 = cap.parse().unwrap_or_else(|_| panic!("CUDA_COMPUTE_CAP={cap}: expected a number such as 90"));
+    // The architecture the images hold machine code for, for the test that checks them.
+    println!("cargo::rustc-env=LMFORGE_CUDA_ARCH={arch}");
     for name in KERNELS {
         let src = format!("src/cuda/{name}.cu");
-        let ptx = out.join(format!("{name}.ptx"));
+        let image = out.join(format!("{name}.fatbin"));
         let status = Command::new(&nvcc)
-            .args(["--ptx", &format!("-arch=sm_{cap}"), "-O3", "-std=c++17", &src, "-o"])
-            .arg(&ptx)
+            .arg("-fatbin")
+            .args(["-gencode", &format!("arch=compute_{arch},code=sm_{arch}")])
+            .args(["-gencode", &format!("arch=compute_{arch},code=compute_{arch}")])
+            .args(["-O3", "-std=c++17", &src, "-o"])
+            .arg(&image)
             .status()
             .unwrap_or_else(|e| {
                 panic!("{} cannot run ({e}): scripts/install-cuda.sh installs nvcc (README \"GPUs\")", nvcc.display())
             });
         assert!(status.success(), "nvcc failed on {src}");
+        let bytes = std::fs::read(&image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+        if let Err(why) = fatbin::check(&bytes, arch) {
+            panic!("{}: {why}", image.display());
+        }
     }
 }

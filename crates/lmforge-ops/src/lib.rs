@@ -38,6 +38,8 @@ mod cpu;
 mod cuda;
 pub mod device_sublayer;
 pub mod embedding;
+#[cfg(test)]
+mod fatbin;
 mod gemv;
 pub mod grad_norm;
 pub mod linear;

@@ -615,6 +615,18 @@ mod on_cuda {
         Device::new_cuda(0).expect("the CUDA kernel tests need a GPU")
     }
 
+    /// Every kernel image the library embeds holds machine code for the GPU it was built for
+    /// (`CUDA_COMPUTE_CAP`, sm_90 by default) and PTX, so no kernel depends on the driver's JIT
+    /// compiler (build.rs checks this as it builds; this checks what was embedded). No GPU needed.
+    #[test]
+    fn kernel_images_hold_machine_code_and_ptx() {
+        let arch: u32 = env!("LMFORGE_CUDA_ARCH").parse().unwrap();
+        for image in crate::cuda::IMAGES {
+            let entries = crate::fatbin::check(image.bytes, arch).unwrap_or_else(|e| panic!("{}: {e}", image.name));
+            assert!(entries.len() >= 2, "{}: {entries:?}", image.name);
+        }
+    }
+
     #[test]
     fn norms_match_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();

@@ -8,8 +8,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/activation.ptx"));
-const MODULE: &str = "lmforge_activation";
+pub(crate) const IMAGE: super::Image = super::image!("activation");
 
 /// A kernel's input: a storage and the layout of its values.
 pub type Input<'a> = (&'a CudaStorage, &'a Layout);
@@ -41,7 +40,7 @@ fn launch_as<T: CudaDType + DeviceRepr>(
     let n = shape.elem_count();
     // SAFETY: the kernel writes every element of every output.
     let out = unsafe { dev.alloc::<T>(outputs * n)? };
-    let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    let func = super::kernel(&dev, &IMAGE, &name)?;
     let mut args = func.builder();
     for v in &views {
         args.arg(v);
@@ -143,7 +142,7 @@ fn rope_as<T: CudaDType + DeviceRepr>(
     let n = xl.shape().elem_count();
     // SAFETY: the kernel writes every element.
     let y = unsafe { dev.alloc::<T>(n)? };
-    let func = dev.get_or_load_custom_func(&format!("rope_{}", suffix(xs.dtype(), op)?), MODULE, PTX)?;
+    let func = super::kernel(&dev, &IMAGE, &format!("rope_{}", suffix(xs.dtype(), op)?))?;
     let ints = [t as i32, w as i32, d as i32, i32::from(transposed)];
     let mut args = func.builder();
     args.arg(&x);
@@ -190,7 +189,7 @@ fn bias_gelu_as<T: CudaDType + DeviceRepr>(
     let n = zl.shape().elem_count();
     // SAFETY: the kernel writes every element.
     let out = unsafe { dev.alloc::<T>(n)? };
-    let func = dev.get_or_load_custom_func(&format!("{op}_{}", suffix(zs.dtype(), op)?), MODULE, PTX)?;
+    let func = super::kernel(&dev, &IMAGE, &format!("{op}_{}", suffix(zs.dtype(), op)?))?;
     let ints = [c as i32, i32::from(erf)];
     let mut args = func.builder();
     args.arg(&z);

@@ -9,8 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKer
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, DType, Result, Storage};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
-const MODULE: &str = "lmforge_adamw";
+pub(crate) const IMAGE: super::Image = super::image!("adamw");
 /// adamw.cu's ADAMW_WORDS, ADAMW_THREADS and ADAMW_PER_THREAD.
 const WORDS: usize = 10;
 const THREADS: usize = 256;
@@ -69,7 +68,7 @@ pub fn adamw_all<'a>(updates: &[AdamWUpdate<'a>]) -> Result<()> {
     }
     let table = dev.clone_htod(&table)?;
     let tensors = updates.len() as i32;
-    let func = dev.get_or_load_custom_func("adamw_all", MODULE, PTX)?;
+    let func = super::kernel(dev, &IMAGE, "adamw_all")?;
     let mut launch = func.builder();
     launch.arg(&table);
     launch.arg(&tensors);

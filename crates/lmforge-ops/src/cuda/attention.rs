@@ -5,18 +5,17 @@
 //! compile-time bound (64, 128 or 256), the forward of bf16 at head dim 64 or 128 on tensor
 //! cores (wmma).
 
-use super::{suffix, view};
+use super::{suffix, view, Kernel};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, DType, Layout, Result, Storage, Tensor};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
-const MODULE: &str = "lmforge_attention";
+pub(crate) const IMAGE: super::Image = super::image!("attention");
 
 use crate::sdpa::CUDA_MAX_HEAD_DIM as MAX_HEAD_DIM;
 
@@ -178,11 +177,11 @@ fn push_operands<'a, T: DeviceRepr>(launch: &mut LaunchArgs<'a>, operands: [&'a 
 
 /// The kernel `name`, allowed the shared memory `cfg` asks for (above 48 KiB a kernel must opt
 /// in).
-fn function(dev: &CudaDevice, name: &str, cfg: &LaunchConfig) -> Result<CudaFunction> {
-    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?.into_cuda_function();
+fn function(dev: &CudaDevice, name: &str, cfg: &LaunchConfig) -> Result<Kernel> {
+    let func = super::kernel(dev, &IMAGE, name)?;
     if cfg.shared_mem_bytes as usize > DEFAULT_SHARED {
         let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        func.set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
+        func.function().set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
     }
     Ok(func)
 }
@@ -217,8 +216,8 @@ fn forward_as<T: CudaDType + DeviceRepr>(
     let lse = unsafe { dev.alloc::<f32>(g.b * g.h * g.t)? };
     let tail = g.tail(&dev)?;
     let (name, cfg) = g.forward_kernel(dtype, op)?;
-    let (func, stream) = (function(&dev, &name, &cfg)?, dev.cuda_stream());
-    let mut launch = stream.launch_builder(&func);
+    let func = function(&dev, &name, &cfg)?;
+    let mut launch = func.builder();
     push_operands(&mut launch, [&q, &k, &v]);
     launch.arg(&y);
     launch.arg(&lse);
@@ -270,7 +269,6 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     let [(dq_name, dq_cfg), (dkdv_name, dkdv_cfg)] = g.backward_kernels(dtype, op)?;
     let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
     let (y, dy, lse) = (view::<T>(ys, yl, op)?, view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?);
-    let stream = dev.cuda_stream();
 
     // delta_i = dY_i · Y_i per row and head, (B, H, T) f32: a warp per row, 8 rows a block.
     let rows = g.b * g.t * g.h;
@@ -280,7 +278,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
         LaunchConfig { grid_dim: (rows.div_ceil(8) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     let func = function(&dev, &format!("attn_delta_{}", suffix(dtype, op)?), &cfg)?;
     let dims = [g.b, g.t, g.h, g.d].map(|n| n as i32);
-    let mut launch = stream.launch_builder(&func);
+    let mut launch = func.builder();
     launch.arg(&y);
     launch.arg(&dy);
     launch.arg(&delta);
@@ -298,7 +296,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     let tail = g.tail(&dev)?;
 
     let func = function(&dev, &dq_name, &dq_cfg)?;
-    let mut launch = stream.launch_builder(&func);
+    let mut launch = func.builder();
     push_operands(&mut launch, [&q, &k, &v]);
     launch.arg(&dy);
     launch.arg(&lse);
@@ -311,7 +309,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     unsafe { launch.launch(dq_cfg) }.w()?;
 
     let func = function(&dev, &dkdv_name, &dkdv_cfg)?;
-    let mut launch = stream.launch_builder(&func);
+    let mut launch = func.builder();
     push_operands(&mut launch, [&q, &k, &v]);
     launch.arg(&dy);
     launch.arg(&lse);

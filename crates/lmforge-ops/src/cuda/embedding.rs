@@ -9,8 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{bail, Layout, Result, Shape};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
-const MODULE: &str = "lmforge_embedding";
+pub(crate) const IMAGE: super::Image = super::image!("embedding");
 /// embedding.cu's SORT_TILE: keys a block sorts in shared memory.
 const SORT_TILE: usize = 2048;
 
@@ -23,7 +22,7 @@ pub fn rows((ts, tl): (&CudaStorage, &Layout), (is, il): (&CudaStorage, &Layout)
     // SAFETY: the kernel writes every element.
     let out = unsafe { dev.alloc::<f32>(n * c)? };
     if n * c > 0 {
-        let func = dev.get_or_load_custom_func("embedding_rows", MODULE, PTX)?;
+        let func = super::kernel(&dev, &IMAGE, "embedding_rows")?;
         let mut args = func.builder();
         args.arg(&table).arg(&ids).arg(&out).arg(&n).arg(&c).arg(&v);
         // SAFETY: the arguments match the kernel's signature (embedding.cu).
@@ -52,7 +51,7 @@ pub fn grad(
     let padded = n.next_power_of_two();
     // SAFETY: embedding_keys writes every key.
     let keys = unsafe { dev.alloc::<u64>(padded)? };
-    let func = dev.get_or_load_custom_func("embedding_keys", MODULE, PTX)?;
+    let func = super::kernel(&dev, &IMAGE, "embedding_keys")?;
     let mut args = func.builder();
     args.arg(&ids).arg(&keys).arg(&n).arg(&padded);
     // SAFETY: the arguments match the kernel's signature (embedding.cu).
@@ -60,7 +59,7 @@ pub fn grad(
     // The bitonic sort: every step within a tile of SORT_TILE keys in one launch (shared memory),
     // then for each wider k the steps across tiles one launch each and the rest of k in one.
     let tile = padded.min(SORT_TILE);
-    let local = dev.get_or_load_custom_func("embedding_bitonic_local", MODULE, PTX)?;
+    let local = super::kernel(&dev, &IMAGE, "embedding_bitonic_local")?;
     let tiles = LaunchConfig {
         grid_dim: ((padded / tile) as u32, 1, 1),
         block_dim: ((tile / 2).max(1) as u32, 1, 1),
@@ -75,7 +74,7 @@ pub fn grad(
         Ok(())
     };
     sort_tiles(2, tile)?;
-    let across = dev.get_or_load_custom_func("embedding_bitonic", MODULE, PTX)?;
+    let across = super::kernel(&dev, &IMAGE, "embedding_bitonic")?;
     let mut k = 2 * tile;
     while k <= padded {
         let mut j = k / 2;
@@ -89,7 +88,7 @@ pub fn grad(
         sort_tiles(k, k)?;
         k *= 2;
     }
-    let func = dev.get_or_load_custom_func("embedding_grad", MODULE, PTX)?;
+    let func = super::kernel(&dev, &IMAGE, "embedding_grad")?;
     let mut args = func.builder();
     args.arg(&keys).arg(&dy).arg(&dtable).arg(&n).arg(&c).arg(&v);
     let threads = c.next_multiple_of(32).clamp(32, 256) as u32;

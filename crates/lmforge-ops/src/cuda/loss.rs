@@ -9,8 +9,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
 
-const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/loss.ptx"));
-const MODULE: &str = "lmforge_loss";
+pub(crate) const IMAGE: super::Image = super::image!("loss");
 
 /// (rows, V) from the logits' layout, with targets of `rows` values.
 fn rows_and_vocab(op: &str, zl: &Layout, tl: &Layout) -> Result<(usize, usize)> {
@@ -54,7 +53,7 @@ impl RowLse {
         // SAFETY: one block per row writes its value.
         let lse = unsafe { dev.alloc::<f32>(rows)? };
         if rows > 0 {
-            let func = dev.get_or_load_custom_func(&format!("row_lse_{}", suffix(zs.dtype(), op)?), MODULE, PTX)?;
+            let func = super::kernel(&dev, &IMAGE, &format!("row_lse_{}", suffix(zs.dtype(), op)?))?;
             let v_arg = v as i32;
             let mut args = func.builder();
             args.arg(&z);
@@ -126,7 +125,7 @@ impl SoftmaxMinusOnehot {
         let dz = unsafe { dev.alloc::<T>(n)? };
         if n > 0 {
             let name = format!("softmax_minus_onehot_{}", suffix(zs.dtype(), op)?);
-            let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+            let func = super::kernel(&dev, &IMAGE, &name)?;
             let v_arg = v as i32;
             let mut args = func.builder();
             args.arg(&z);

@@ -1,6 +1,6 @@
-//! lmforge's own CUDA kernels (`--features cuda`): the sources under `src/cuda/`, compiled to
-//! PTX by build.rs with nvcc, loaded once per device by candle (`get_or_load_custom_func`) and
-//! launched on the device's stream from the ops' `cuda_fwd` / `bwd`. Each kernel has f32 and
+//! lmforge's own CUDA kernels (`--features cuda`): the sources under `src/cuda/`, compiled by
+//! build.rs with nvcc to one fat binary a file (machine code for the target GPU and its PTX),
+//! loaded once per device ([`kernel`]) and launched on the device's stream from the ops' `cuda_fwd` / `bwd`. Each kernel has f32 and
 //! bf16 activation variants with f32 weights and f32 statistics, and the composed reference op
 //! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
 //!
@@ -21,12 +21,83 @@ pub mod embedding;
 pub mod loss;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{bail, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CudaDevice, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-const NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/norm.ptx"));
-const NORM_MODULE: &str = "lmforge_norm";
+/// One kernel file's compiled image: a fat binary (build.rs) that the driver loads as it is.
+pub(crate) struct Image {
+    pub name: &'static str,
+    pub bytes: &'static [u8],
+}
+
+/// The image build.rs compiled from `src/cuda/<file>.cu`.
+macro_rules! image {
+    ($file:literal) => {
+        $crate::cuda::Image { name: $file, bytes: include_bytes!(concat!(env!("OUT_DIR"), "/", $file, ".fatbin")) }
+    };
+}
+pub(crate) use image;
+
+const NORM: Image = image!("norm");
+
+/// Every image the library embeds, for the test that they hold machine code and PTX.
+#[cfg(test)]
+pub(crate) const IMAGES: [Image; 6] =
+    [NORM, adamw::IMAGE, attention::IMAGE, activation::IMAGE, loss::IMAGE, embedding::IMAGE];
+
+/// A kernel of a loaded image and the stream of the device it runs on.
+pub(crate) struct Kernel {
+    function: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    /// The launch of this kernel on its device's stream, arguments to push.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.function)
+    }
+
+    pub fn function(&self) -> &CudaFunction {
+        &self.function
+    }
+}
+
+/// The modules loaded so far, by GPU ordinal and image. candle's devices of one ordinal share
+/// that GPU's primary context (cudarc's `CudaContext::new`), which is where a module lives, so
+/// an image is loaded once a GPU for the process (candle's own cache is per device handle, and
+/// its loader takes PTX text only, not a fat binary).
+static MODULES: Mutex<Option<Modules>> = Mutex::new(None);
+
+/// Loaded modules by (GPU ordinal, image name).
+type Modules = HashMap<(usize, &'static str), Arc<CudaModule>>;
+
+/// The kernel `name` of `image` on `dev`, the image loaded on first use.
+pub(crate) fn kernel(dev: &CudaDevice, image: &Image, name: &str) -> Result<Kernel> {
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let module = {
+        let mut modules = MODULES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let modules = modules.get_or_insert_with(HashMap::new);
+        match modules.get(&(ctx.ordinal(), image.name)) {
+            Some(module) => module.clone(),
+            None => {
+                // An owned copy: the driver reads the image's 8-byte fields in place, and a
+                // heap block is aligned for them where an `include_bytes!` array need not be.
+                let module = ctx.load_module(Ptx::from_binary(image.bytes.to_vec())).w()?;
+                modules.insert((ctx.ordinal(), image.name), module.clone());
+                module
+            }
+        }
+    };
+    let function = module.load_function(name).w()?;
+    Ok(Kernel { function, stream })
+}
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
 pub(crate) fn row_blocks(rows: usize, c: usize) -> LaunchConfig {
@@ -88,7 +159,7 @@ fn norm_forward_as<T: CudaDType + DeviceRepr>(
     let (x, w) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?);
     let b = bias.map(|(bs, bl)| view::<f32>(bs, bl, op)).transpose()?;
     let kind = if b.is_some() { "layer_norm_fwd" } else { "rms_norm_fwd" };
-    let func = dev.get_or_load_custom_func(&format!("{kind}_{}", suffix(xs.dtype(), op)?), NORM_MODULE, NORM_PTX)?;
+    let func = kernel(dev, &NORM, &format!("{kind}_{}", suffix(xs.dtype(), op)?))?;
     // SAFETY: the kernel writes every element.
     let y = unsafe { dev.alloc::<T>(n)? };
     let c_arg = c as i32;
@@ -214,8 +285,7 @@ impl NormGrads {
             bail!("{op}: x {:?} {:?}, weight ({c}), dy {:?} {:?}", xl.dims(), xs.dtype(), dyl.dims(), dys.dtype());
         }
         let (x, w, dy) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?, view::<T>(dys, dyl, op)?);
-        let func =
-            dev.get_or_load_custom_func(&format!("norm_bwd_{}", suffix(xs.dtype(), op)?), NORM_MODULE, NORM_PTX)?;
+        let func = kernel(dev, &NORM, &format!("norm_bwd_{}", suffix(xs.dtype(), op)?))?;
         // SAFETY: the kernel writes every element.
         let dx = unsafe { dev.alloc::<T>(n)? };
         if n > 0 {
@@ -248,11 +318,7 @@ impl NormGrads {
         let rows = xl.shape().elem_count() / c.max(1);
         let blocks = rows.div_ceil(NORM_TERM_ROWS);
         let (x, dy) = (view::<T>(xs, xl, op)?, view::<T>(dys, dyl, op)?);
-        let func = dev.get_or_load_custom_func(
-            &format!("norm_column_terms_{}", suffix(xs.dtype(), op)?),
-            NORM_MODULE,
-            NORM_PTX,
-        )?;
+        let func = kernel(dev, &NORM, &format!("norm_column_terms_{}", suffix(xs.dtype(), op)?))?;
         let shape = Shape::from((2, blocks, c));
         if blocks == 0 || c == 0 {
             let zeros = dev.alloc_zeros::<f32>(shape.elem_count())?;
