@@ -31,6 +31,7 @@
 //! Shapes: any leading dims `...`, last dim `C` (features) or `V` (vocab).
 
 pub mod activation;
+pub mod adafactor;
 pub mod adamw;
 pub mod attention;
 mod cpu;
@@ -459,6 +460,24 @@ pub fn adamw_in_place_all(updates: &[adamw::AdamWUpdate<'_>]) -> Result<bool> {
     }
     adamw::adamw_all(updates)?;
     Ok(true)
+}
+
+/// Adafactor's update of one matrix in place through lmforge's CUDA kernels, when they apply
+/// (the reference kernels not chosen, a CUDA build, every tensor f32 on one GPU, a 2-D
+/// parameter). Returns false (nothing done) otherwise, and the caller runs its composed update.
+pub fn adafactor_matrix_in_place(u: &adafactor::AdafactorMatrix<'_>) -> Result<bool> {
+    let ts = [Some(u.param), Some(u.grad), Some(u.row), Some(u.col), u.exp_avg];
+    let on_gpu = ts.iter().flatten().all(|t| t.dtype() == DType::F32 && t.device().same_device(u.param.device()));
+    if !(cuda_kernels(u.param) && on_gpu && u.param.rank() == 2) {
+        return Ok(false);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        cuda::adafactor::update(u)?;
+        Ok(true)
+    }
+    #[cfg(not(feature = "cuda"))]
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -681,6 +681,86 @@ mod on_cuda {
         assert_eq!(bits(&g_op), bits(&g_ref), "bf16 rows' gradient");
     }
 
+    /// Adafactor's step of one matrix through the fused kernels (adafactor.cu) against its
+    /// composition from candle ops on the GPU (transformers' arithmetic, as lmforge's composed
+    /// update), at sizes across several row and column tiles and the row-stride grid's limit,
+    /// with and without β1, weight decay, the parameter scale and update clipping; the same bits
+    /// twice (no atomics).
+    #[test]
+    fn adafactor_matrix_step_matches_its_composition_on_the_gpu() {
+        use crate::adafactor::{AdafactorMatrix, AdafactorStep};
+        let dev = gpu();
+        let cases = [
+            (70, 300, false, None, 0.0, 1.0),
+            (4100, 1000, true, Some(0.9), 0.1, 1.0),
+            (130, 2049, true, None, 0.0, 0.3),
+        ];
+        for (rows, cols, scale_parameter, beta1, weight_decay, clip_threshold) in cases {
+            let h = AdafactorStep {
+                eps1: 1e-30,
+                eps2: 1e-3,
+                beta2t: 1.0 - 3f64.powf(-0.8),
+                rel: 0.01,
+                lr_scale: 0.5,
+                scale_parameter,
+                clip_threshold,
+                weight_decay,
+                beta1,
+            };
+            let on = |t: Tensor| t.to_device(&dev).unwrap();
+            let p0 = on(randn(&[rows, cols], 1.0, 81));
+            let g = on(randn(&[rows, cols], 0.5, 82));
+            let row0 = on((randn(&[rows], 0.01, 83).abs().unwrap() + 1e-4).unwrap());
+            let col0 = on((randn(&[cols], 0.01, 84).abs().unwrap() + 1e-4).unwrap());
+            let m0 = on(randn(&[rows, cols], 0.1, 85));
+            // The composition.
+            let n = (rows * cols) as f64;
+            let rms = |t: &Tensor| (t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 / n).sqrt();
+            let u = (g.sqr().unwrap() + h.eps1).unwrap();
+            let mix = |state: &Tensor, mean: Tensor| {
+                ((state * h.beta2t).unwrap() + (mean * (1.0 - h.beta2t)).unwrap()).unwrap()
+            };
+            let row_want = mix(&row0, u.mean(1).unwrap());
+            let col_want = mix(&col0, u.mean(0).unwrap());
+            let r =
+                row_want.broadcast_div(&row_want.mean_keepdim(0).unwrap()).unwrap().sqrt().unwrap().recip().unwrap();
+            let c = col_want.sqrt().unwrap().recip().unwrap();
+            let update = (r.unsqueeze(1).unwrap().broadcast_mul(&c.unsqueeze(0).unwrap()).unwrap() * &g).unwrap();
+            let scale = if scale_parameter { h.eps2.max(rms(&p0)) } else { 1.0 };
+            let alpha = scale * h.rel * h.lr_scale;
+            let clip = (rms(&update) / clip_threshold).max(1.0);
+            let mut update = (update * (alpha / clip)).unwrap();
+            let mut m_want = None;
+            if let Some(b1) = beta1 {
+                let m = ((&m0 * b1).unwrap() + (update * (1.0 - b1)).unwrap()).unwrap();
+                update = m.clone();
+                m_want = Some(m);
+            }
+            let p_want = ((&p0 + (&p0 * (-weight_decay * alpha)).unwrap()).unwrap() - update).unwrap();
+            // The fused step, twice from the same start.
+            let fused = || {
+                let copy = |t: &Tensor| t.copy().unwrap();
+                let (p, row, col, m) = (copy(&p0), copy(&row0), copy(&col0), copy(&m0));
+                let u =
+                    AdafactorMatrix { param: &p, grad: &g, row: &row, col: &col, exp_avg: beta1.map(|_| &m), step: h };
+                assert!(adafactor_matrix_in_place(&u).unwrap(), "the fused kernels did not apply");
+                (p, row, col, m)
+            };
+            let (p, row, col, m) = fused();
+            let label = format!("adafactor {rows}x{cols}");
+            assert!(rel(&row, &row_want) < 1e-5, "{label}: row state {:e}", rel(&row, &row_want));
+            assert!(rel(&col, &col_want) < 1e-5, "{label}: column state {:e}", rel(&col, &col_want));
+            assert!(rel(&p, &p_want) < 1e-6, "{label}: parameter {:e}", rel(&p, &p_want));
+            let (step, step_want) = ((&p - &p0).unwrap(), (&p_want - &p0).unwrap());
+            assert!(rel(&step, &step_want) < 1e-4, "{label}: step {:e}", rel(&step, &step_want));
+            if let Some(m_want) = m_want {
+                assert!(rel(&m, &m_want) < 1e-5, "{label}: first moment {:e}", rel(&m, &m_want));
+            }
+            let (p2, ..) = fused();
+            assert_eq!(bits(&p), bits(&p2), "{label}: the same bits twice");
+        }
+    }
+
     type Op<'a> = dyn Fn(&[Tensor]) -> Result<Tensor> + 'a;
 
     /// The sublayer nodes on the GPU (the device-generic node over the CUDA kernels, as the

@@ -1,20 +1,23 @@
 //! lmforge's own CUDA kernels (`--features cuda`): the sources under `src/cuda/`, compiled by
 //! build.rs with nvcc to one fat binary a file (machine code for the target GPU and its PTX),
-//! loaded once per device ([`kernel`]) and launched on the device's stream from the ops' `cuda_fwd` / `bwd`. Each kernel has f32 and
-//! bf16 activation variants with f32 weights and f32 statistics, and the composed reference op
-//! is its oracle (`tests.rs`, on the GPU through `LMFORGE_TEST_DEVICE=cuda`).
+//! loaded once per device ([`kernel`]) and launched on the device's stream from the ops'
+//! `cuda_fwd` / `bwd`. Each kernel has f32 and bf16 activation variants with f32 weights and
+//! f32 statistics, and the composed reference op is its oracle (`tests.rs`, on the GPU through
+//! `LMFORGE_TEST_DEVICE=cuda`).
 //!
 //! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place,
-//! every tensor of a step in one launch ([`adamw`], `adamw.cu`); attention, forward and
-//! backward ([`attention`], `attention.cu`); GELU, SwiGLU and RoPE, forward and backward
-//! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
-//! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
-//! atomics ([`embedding`], `embedding.cu`).
+//! every tensor of a step in one launch ([`adamw`], `adamw.cu`); Adafactor's step of a matrix
+//! ([`adafactor`], `adafactor.cu`); attention, forward and backward ([`attention`],
+//! `attention.cu`); GELU, SwiGLU and RoPE, forward and backward ([`activation`],
+//! `activation.cu`); cross-entropy's row log-sum-exp and logit gradient ([`loss`], `loss.cu`);
+//! the token embedding's rows and its gradient by token, sorted, without atomics
+//! ([`embedding`], `embedding.cu`).
 //!
 //! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
 //! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
 
 pub mod activation;
+pub mod adafactor;
 pub mod adamw;
 pub mod attention;
 pub mod embedding;
@@ -48,8 +51,8 @@ const NORM: Image = image!("norm");
 
 /// Every image the library embeds, for the test that they hold machine code and PTX.
 #[cfg(test)]
-pub(crate) const IMAGES: [Image; 6] =
-    [NORM, adamw::IMAGE, attention::IMAGE, activation::IMAGE, loss::IMAGE, embedding::IMAGE];
+pub(crate) const IMAGES: [Image; 7] =
+    [NORM, adamw::IMAGE, adafactor::IMAGE, attention::IMAGE, activation::IMAGE, loss::IMAGE, embedding::IMAGE];
 
 /// A kernel of a loaded image and the stream of the device it runs on.
 pub(crate) struct Kernel {

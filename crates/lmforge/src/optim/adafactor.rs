@@ -15,11 +15,14 @@
 //! With `relative_step` the scheduled `lr` is ignored (the step size comes from t alone), as
 //! in Hugging Face; the group's `lr_scale` still multiplies α. State: `exp_avg_sq_row` and
 //! `exp_avg_sq_col` for matrices (rows + cols floats instead of rows × cols), `exp_avg_sq` for
-//! vectors, `exp_avg` with β1 (4 bytes per parameter). RMS values are read back to the host
-//! per parameter (a sync; the trainer runs on the CPU).
+//! vectors, `exp_avg` with β1 (4 bytes per parameter). On a GPU a matrix's step runs
+//! lmforge's fused kernels (`ops::adafactor_matrix_in_place`: the same arithmetic, RMS values
+//! kept on the device, no full-size temporaries); this composed form is their oracle and runs
+//! everywhere else, reading RMS(p) and RMS(U) back to the host per parameter.
 
 use super::{Param, State};
 use crate::error::Result;
+use crate::ops::{self, adafactor::AdafactorMatrix, adafactor::AdafactorStep};
 use candle_core::{Tensor, D};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,25 +64,61 @@ fn rms(t: &Tensor) -> Result<f64> {
     Ok((sq / t.elem_count() as f64).sqrt())
 }
 
-/// The step size α (HF `_get_lr`): relative or fixed, times the parameter scale.
-pub fn step_size(h: &AdafactorHyper, lr: f64, t: u64, param_rms: f64) -> f64 {
-    let rel = if h.relative_step {
+/// The step size before the parameter scale (HF `_get_lr`'s `rel_step_sz`): relative to the
+/// step, or the learning rate.
+fn base_step(h: &AdafactorHyper, lr: f64, t: u64) -> f64 {
+    if h.relative_step {
         let min_step = if h.warmup_init { 1e-6 * t as f64 } else { 1e-2 };
         min_step.min(1.0 / (t as f64).sqrt())
     } else {
         lr
-    };
+    }
+}
+
+/// The step size α (HF `_get_lr`): relative or fixed, times the parameter scale.
+pub fn step_size(h: &AdafactorHyper, lr: f64, t: u64, param_rms: f64) -> f64 {
     let scale = if h.scale_parameter { h.eps2.max(param_rms) } else { 1.0 };
-    scale * rel
+    scale * base_step(h, lr, t)
+}
+
+/// A matrix's step through the fused kernels where they apply (false: nothing done).
+fn fused_matrix(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, beta2t: f64, st: &State) -> Result<bool> {
+    if p.var.as_tensor().rank() != 2 {
+        return Ok(false);
+    }
+    let step = AdafactorStep {
+        eps1: h.eps1,
+        eps2: h.eps2,
+        beta2t,
+        rel: base_step(h, lr, t),
+        lr_scale: p.group.lr_scale,
+        scale_parameter: h.scale_parameter,
+        clip_threshold: h.clip_threshold,
+        weight_decay: p.group.weight_decay,
+        beta1: h.beta1,
+    };
+    let exp_avg = if h.beta1.is_some() { Some(st.get(p.name, "exp_avg")?) } else { None };
+    let matrix = AdafactorMatrix {
+        param: p.var.as_tensor(),
+        grad: p.grad,
+        row: st.get(p.name, "exp_avg_sq_row")?,
+        col: st.get(p.name, "exp_avg_sq_col")?,
+        exp_avg,
+        step,
+    };
+    Ok(ops::adafactor_matrix_in_place(&matrix)?)
 }
 
 /// Step `t` (1-based) of one parameter at learning rate `lr` (ignored with relative_step).
 pub fn update(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
+    let beta2t = 1.0 - (t as f64).powf(h.decay_rate);
+    if fused_matrix(h, p, lr, t, beta2t, st)? {
+        return Ok(());
+    }
     let param = p.var.as_tensor();
     let g = p.grad;
     let param_rms = if h.scale_parameter { rms(param)? } else { 0.0 };
     let alpha = step_size(h, lr, t, param_rms) * p.group.lr_scale;
-    let beta2t = 1.0 - (t as f64).powf(h.decay_rate);
     let u = (g.sqr()? + h.eps1)?;
     let mut update = if param.rank() >= 2 {
         let row = ((st.get(p.name, "exp_avg_sq_row")? * beta2t)? + (u.mean(D::Minus1)? * (1.0 - beta2t))?)?;
@@ -87,8 +126,8 @@ pub fn update(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, st: &mut State) ->
         // HF `_approx_sq_grad`: rsqrt(R / mean(R)) ⊗ rsqrt(C).
         let r = row.broadcast_div(&row.mean_keepdim(D::Minus1)?)?.sqrt()?.recip()?.unsqueeze(row.rank())?;
         let c = col.unsqueeze(col.rank() - 1)?.sqrt()?.recip()?;
-        // g² + ε is spent: freed before the full-size preconditioner and update exist (on a
-        // GPU the peak is a parameter's temporaries; `OptimSpec::update_temporaries`).
+        // g² + ε is spent: freed before the full-size preconditioner and update exist (fewer
+        // full-size temporaries at once).
         drop(u);
         let approx = r.broadcast_mul(&c)?;
         st.set(p.name, "exp_avg_sq_row", row);

@@ -222,22 +222,23 @@ impl OptimSpec {
         }
     }
 
-    /// Full-size f32 temporaries of one parameter alive at once while the optimizer updates it,
-    /// besides the parameter, its gradient and its state — counted from each update's code, on
-    /// a device where freed buffers are reused (CUDA's pool; the CPU's allocator): AdamW's
-    /// multi-tensor kernel updates in place (none); the composed updates build each new state
-    /// tensor beside the old and a few intermediates (Adafactor: g² + ε, the factored
-    /// preconditioner's outer product, the update, its square for the RMS). `lmforge plan`
-    /// counts them for the largest parameter.
-    pub fn update_temporaries(&self) -> u64 {
+    /// Full-size f32 temporaries of one parameter alive at once on a GPU while the optimizer
+    /// updates it, besides the parameter, its gradient and its state, in copies of that
+    /// parameter — counted from each update's code, on a device where freed buffers are reused
+    /// (CUDA's pool): AdamW's multi-tensor kernel updates in place (none); Adafactor's fused
+    /// matrix kernels keep per-tile partial sums only (a 64-row tile's column sums, a
+    /// 256-column tile's row sums: 1/64 + 1/256); the composed updates build each new state
+    /// tensor beside the old and a few intermediates. `lmforge plan` counts them for the
+    /// largest parameter.
+    pub fn update_temporaries(&self) -> f64 {
         match self {
-            OptimSpec::Adam(h) if h.decoupled && !h.amsgrad => 0,
-            OptimSpec::Adam(_) => 4,
-            OptimSpec::Sgd(_) => 3,
-            OptimSpec::Adafactor(h) => 4 + u64::from(h.beta1.is_some()),
-            OptimSpec::Lamb(_) => 5,
-            OptimSpec::Lion(_) => 4,
-            OptimSpec::Muon(_) => 5,
+            OptimSpec::Adam(h) if h.decoupled && !h.amsgrad => 0.0,
+            OptimSpec::Adam(_) => 4.0,
+            OptimSpec::Sgd(_) => 3.0,
+            OptimSpec::Adafactor(_) => 1.0 / 64.0 + 1.0 / 256.0,
+            OptimSpec::Lamb(_) => 5.0,
+            OptimSpec::Lion(_) => 4.0,
+            OptimSpec::Muon(_) => 5.0,
         }
     }
 

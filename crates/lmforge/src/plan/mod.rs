@@ -355,7 +355,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let (loss_kept, loss_transient) = lm_loss_bytes(spec, s * b, e);
     // The optimizer runs after the backward, when the loss's buffers are free again.
     let largest = spec.params().iter().map(|p| p.numel() as u64).max().unwrap_or(0);
-    let update_transient = 4 * largest * req.optim.update_temporaries();
+    let update_transient = (4.0 * largest as f64 * req.optim.update_temporaries()).ceil() as u64;
     let output = 2 * e * s * b * spec.d_model as u64 + loss_kept;
     let without = l * layer + output;
     // Full recomputation (§4.2): each layer's input (sbh elements) plus one layer rebuilt.

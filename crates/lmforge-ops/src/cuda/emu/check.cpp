@@ -5,6 +5,7 @@
 // Built and run by scripts/cuda-emulate.sh; on the GPU, lmforge-ops' `on_cuda` tests check the
 // same kernels against the reference ops.
 #include "../activation.cu"
+#include "../adafactor.cu"
 #include "../adamw.cu"
 #include "../attention.cu"
 #include "../embedding.cu"
@@ -322,6 +323,90 @@ static void adamw_case(std::vector<size_t> sizes) {
     report(name, err, 1e-6);
 }
 
+// Adafactor's factored step of one matrix through the five launches, as cuda/adafactor.rs
+// makes them, against transformers' arithmetic in double: the parameter, the row and column
+// state and the first moment. Odd sizes cover partial column and row tiles and several tiles.
+static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1, double wd, double clip_threshold) {
+    const size_t n = (size_t)rows * cols;
+    std::mt19937 rng(rows * 131 + cols);
+    auto p = random_values<float>(n, rng), g = random_values<float>(n, rng, 0.5f), m = random_values<float>(n, rng, 0.1f);
+    const std::vector<float> p0 = p;
+    std::vector<float> row(rows), col(cols);
+    for (auto& x : row) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
+    for (auto& x : col) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
+    const double eps1 = 1e-30, eps2 = 1e-3, beta2t = 1.0 - std::pow(3.0, -0.8), rel = 0.01, lr_scale = 0.5, b1 = 0.9;
+    // The double reference.
+    std::vector<double> row_w(rows), col_w(cols), p_w(n), m_w(n);
+    std::vector<double> rsum(rows, 0.0), csum(cols, 0.0);
+    double psq = 0.0;
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+            const double gi = g[(size_t)i * cols + j], u = gi * gi + eps1;
+            rsum[i] += u;
+            csum[j] += u;
+            psq += (double)p[(size_t)i * cols + j] * p[(size_t)i * cols + j];
+        }
+    double row_mean = 0.0;
+    for (int i = 0; i < rows; ++i) row_mean += row_w[i] = row[i] * beta2t + rsum[i] / cols * (1.0 - beta2t);
+    row_mean /= rows;
+    for (int j = 0; j < cols; ++j) col_w[j] = col[j] * beta2t + csum[j] / rows * (1.0 - beta2t);
+    std::vector<double> upd(n);
+    double usq = 0.0;
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+            const size_t k = (size_t)i * cols + j;
+            upd[k] = 1.0 / std::sqrt(row_w[i] / row_mean) / std::sqrt(col_w[j]) * g[k];
+            usq += upd[k] * upd[k];
+        }
+    const double scale = scale_parameter ? std::max(eps2, std::sqrt(psq / n)) : 1.0;
+    const double alpha = scale * rel * lr_scale, clip = std::max(std::sqrt(usq / n) / clip_threshold, 1.0);
+    for (size_t k = 0; k < n; ++k) {
+        double u = upd[k] * alpha / clip;
+        if (beta1) u = m_w[k] = m[k] * b1 + u * (1.0 - b1);
+        p_w[k] = p[k] - wd * alpha * p[k] - u;
+    }
+    // The launches.
+    const int col_tiles = (cols + AF_THREADS - 1) / AF_THREADS, row_tiles = (rows + AF_ROWS - 1) / AF_ROWS;
+    const int blocks = std::min(rows, AF_MAX_BLOCKS);
+    std::vector<float> part_row((size_t)col_tiles * rows, NAN), part_col((size_t)row_tiles * cols, NAN),
+        part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), sums(2, NAN),
+        part_u(blocks, NAN), scalars(2, NAN);
+    emu_launch({(unsigned)col_tiles, (unsigned)row_tiles}, {AF_THREADS}, 0, [&] {
+        adafactor_tiles(g.data(), p.data(), rows, cols, (float)eps1, scale_parameter, part_row.data(),
+                        part_col.data(), part_p.data());
+    });
+    emu_launch({1}, {AF_ONE_BLOCK}, 0, [&] {
+        adafactor_factors(part_row.data(), part_col.data(), part_p.data(), rows, cols, col_tiles, row_tiles,
+                          (float)beta2t, (float)(1.0 - beta2t), row.data(), col.data(), r_fac.data(), c_fac.data(),
+                          sums.data());
+    });
+    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0,
+               [&] { adafactor_update_sq(g.data(), r_fac.data(), c_fac.data(), rows, cols, part_u.data()); });
+    emu_launch({1}, {AF_THREADS}, 0, [&] {
+        adafactor_scalars(part_u.data(), blocks, sums.data(), (double)n, rel, lr_scale, eps2, scale_parameter,
+                          clip_threshold, wd, scalars.data());
+    });
+    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
+        adafactor_apply(p.data(), g.data(), m.data(), r_fac.data(), c_fac.data(), scalars.data(), rows, cols, beta1,
+                        (float)b1, (float)(1.0 - b1), wd != 0.0);
+    });
+    const std::string name = "adafactor " + std::to_string(rows) + "x" + std::to_string(cols) +
+                             (scale_parameter ? " scaled" : "") + (beta1 ? " beta1" : "") + (wd ? " decay" : "") +
+                             (clip_threshold < 1.0 ? " clipped" : "");
+    report(name + " row state", rel_err(row, row_w), 1e-5);
+    report(name + " column state", rel_err(col, col_w), 1e-5);
+    if (beta1) report(name + " first moment", rel_err(m, m_w), 1e-5);
+    report(name + " parameter", rel_err(p, p_w), 1e-6);
+    // The parameter moves by about α a step: the step itself, against the step's size.
+    std::vector<float> step(n);
+    std::vector<double> step_w(n);
+    for (size_t k = 0; k < n; ++k) {
+        step[k] = (float)((double)p[k] - p0[k]);
+        step_w[k] = p_w[k] - p0[k];
+    }
+    report(name + " step", rel_err(step, step_w), 1e-4);
+}
+
 // GELU of v in double (erf or tanh form) and its derivative.
 static double gelu_double(double v, int erf_form, double* grad) {
     if (erf_form) {
@@ -530,6 +615,9 @@ int main() {
     norm_case<__nv_bfloat16>(65, 96, true, "bf16", 1e-2, 1e-2);
     adamw_case({1000});
     adamw_case({1, 2048, 70000, 2049, 5});
+    adafactor_case(70, 300, false, false, 0.0, 1.0);
+    adafactor_case(1, 5, true, false, 0.0, 1.0);
+    adafactor_case(130, 257, true, true, 0.1, 0.5);  // three row tiles, two column tiles, clipped
     std::printf(failures ? "%d check(s) failed\n" : "all kernels match\n", failures);
     return failures != 0;
 }

@@ -1,0 +1,164 @@
+// Adafactor's factored update of one matrix on CUDA (transformers' Adafactor, as lmforge's
+// optim/adafactor.rs composes it), in place, in five launches that read about 24 bytes a
+// parameter (the composed ops make some 25 full passes and read two scalars back to the host),
+// with every sum in a fixed order (no atomics):
+//   1 adafactor_tiles     a block a tile of AF_ROWS rows × AF_THREADS columns: each column's
+//                         Σ (g² + eps1) over the tile's rows, each row's over its columns (warp
+//                         trees), and Σ p² (for RMS(p)) when the step size scales with it
+//   2 adafactor_factors   one block: R ← β2ₜ·R + (1−β2ₜ)·mean_cols(u) and C likewise (the
+//                         state, in place), r = 1/√(R / mean(R)), c = 1/√C, Σ p² over the tiles
+//   3 adafactor_update_sq a block a stride of rows: Σ ((r_i·c_j)·g_ij)² per block
+//   4 adafactor_scalars   one block: α = rel·lr_scale·max(eps2, RMS(p)) (or rel·lr_scale) and
+//                         RMS(U) in double, as the host computes them: the update's factor
+//                         α / max(1, RMS(U)/d) and the decay −wd·α
+//   5 adafactor_apply     U = (r_i·c_j)·g_ij·factor; with β1 m ← β1·m + (1−β1)·U, U ← m;
+//                         p ← (p + p·decay) − U (p − U without weight decay)
+#include "common.cuh"
+
+#define AF_THREADS 256
+#define AF_ROWS 64
+#define AF_WARPS (AF_THREADS / 32)
+// The single-block kernels' threads, and the grid of the row-stride kernels (at most).
+#define AF_ONE_BLOCK 1024
+#define AF_MAX_BLOCKS 1024
+
+__device__ __forceinline__ float af_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// The block's sum of v, in the same order every time (warp trees, then warp 0 over the
+// warps' sums); every thread gets it. `red` holds 32 floats; blockDim.x is a multiple of 32.
+__device__ float af_block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = af_warp_sum(v);
+    __syncthreads();  // red may still be read by a previous call
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float s = lane < warps ? red[lane] : 0.0f;
+    s = af_warp_sum(s);
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_tiles(const float* g, const float* p, int rows, int cols, float eps1, int with_p, float* part_row,
+                    float* part_col, float* part_p) {
+    __shared__ float warp_rows[AF_ROWS][AF_WARPS];
+    __shared__ float red[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j = blockIdx.x * AF_THREADS + threadIdx.x;
+    const int r0 = blockIdx.y * AF_ROWS;
+    const int r1 = min(rows, r0 + AF_ROWS);
+    const bool in = j < cols;
+    float col = 0.0f, psq = 0.0f;
+    for (int i = r0; i < r1; ++i) {
+        const size_t at = (size_t)i * cols + j;
+        float u = 0.0f;
+        if (in) {
+            const float gi = g[at];
+            u = gi * gi + eps1;
+            col += u;
+            if (with_p) {
+                const float pi = p[at];
+                psq += pi * pi;
+            }
+        }
+        // The loop's bounds are the block's: every thread reaches the shuffles.
+        u = af_warp_sum(u);
+        if (lane == 0) warp_rows[i - r0][warp] = u;
+    }
+    if (in) part_col[(size_t)blockIdx.y * cols + j] = col;
+    psq = af_block_sum(psq, red);  // its barriers also publish warp_rows
+    if (threadIdx.x < r1 - r0) {
+        float s = 0.0f;
+        for (int w = 0; w < AF_WARPS; ++w) s += warp_rows[threadIdx.x][w];
+        part_row[(size_t)blockIdx.x * rows + r0 + threadIdx.x] = s;
+    }
+    if (threadIdx.x == 0) part_p[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = psq;
+}
+
+// sums: [0] Σ p², [1] mean of the new row state (written here), [2] Σ U² (adafactor_scalars).
+extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
+    adafactor_factors(const float* part_row, const float* part_col, const float* part_p, int rows, int cols,
+                      int col_tiles, int row_tiles, float beta2t, float one_minus_beta2t, float* row_state,
+                      float* col_state, float* r_fac, float* c_fac, float* sums) {
+    __shared__ float red[32];
+    const float inv_cols = 1.0f / (float)cols, inv_rows = 1.0f / (float)rows;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+        float s = 0.0f;
+        for (int t = 0; t < col_tiles; ++t) s += part_row[(size_t)t * rows + i];
+        const float v = row_state[i] * beta2t + s * inv_cols * one_minus_beta2t;
+        row_state[i] = v;
+        acc += v;
+    }
+    const float row_mean = af_block_sum(acc, red) / (float)rows;
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) r_fac[i] = 1.0f / sqrtf(row_state[i] / row_mean);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        float s = 0.0f;
+        for (int t = 0; t < row_tiles; ++t) s += part_col[(size_t)t * cols + j];
+        const float v = col_state[j] * beta2t + s * inv_rows * one_minus_beta2t;
+        col_state[j] = v;
+        c_fac[j] = 1.0f / sqrtf(v);
+    }
+    float psq = 0.0f;
+    for (int t = threadIdx.x; t < row_tiles * col_tiles; t += blockDim.x) psq += part_p[t];
+    psq = af_block_sum(psq, red);
+    if (threadIdx.x == 0) {
+        sums[0] = psq;
+        sums[1] = row_mean;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_update_sq(const float* g, const float* r_fac, const float* c_fac, int rows, int cols, float* part_u) {
+    __shared__ float red[32];
+    float acc = 0.0f;
+    for (int i = blockIdx.x; i < rows; i += gridDim.x) {
+        const float r = r_fac[i];
+        const float* gi = g + (size_t)i * cols;
+        for (int j = threadIdx.x; j < cols; j += AF_THREADS) {
+            const float u = r * c_fac[j] * gi[j];
+            acc += u * u;
+        }
+    }
+    acc = af_block_sum(acc, red);
+    if (threadIdx.x == 0) part_u[blockIdx.x] = acc;
+}
+
+// scalars: [0] the update's factor α / clip, [1] the decay −wd·α (f32, as the ops apply them).
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_scalars(const float* part_u, int blocks, const float* sums, double n, double rel, double lr_scale,
+                      double eps2, int scale_parameter, double clip_threshold, double weight_decay, float* scalars) {
+    __shared__ float red[32];
+    float usq = 0.0f;
+    for (int b = threadIdx.x; b < blocks; b += blockDim.x) usq += part_u[b];
+    usq = af_block_sum(usq, red);
+    if (threadIdx.x == 0) {
+        const double param_rms = sqrt((double)sums[0] / n);
+        const double scale = scale_parameter ? fmax(eps2, param_rms) : 1.0;
+        const double alpha = scale * rel * lr_scale;
+        const double clip = fmax(sqrt((double)usq / n) / clip_threshold, 1.0);
+        scalars[0] = (float)(alpha / clip);
+        scalars[1] = (float)(-weight_decay * alpha);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_apply(float* p, const float* g, float* m, const float* r_fac, const float* c_fac, const float* scalars,
+                    int rows, int cols, int has_m, float beta1, float one_minus_beta1, int has_decay) {
+    const float factor = scalars[0], decay = scalars[1];
+    for (int i = blockIdx.x; i < rows; i += gridDim.x) {
+        const float r = r_fac[i];
+        const size_t row = (size_t)i * cols;
+        for (int j = threadIdx.x; j < cols; j += AF_THREADS) {
+            float u = r * c_fac[j] * g[row + j] * factor;
+            if (has_m) {
+                u = m[row + j] * beta1 + u * one_minus_beta1;
+                m[row + j] = u;
+            }
+            const float pi = p[row + j];
+            p[row + j] = (has_decay ? pi + pi * decay : pi) - u;
+        }
+    }
+}
