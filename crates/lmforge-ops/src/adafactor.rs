@@ -26,6 +26,9 @@ pub struct AdafactorStep {
     pub weight_decay: f64,
     /// First-moment decay, when the optimizer keeps one.
     pub beta1: Option<f64>,
+    /// The factor the gradient is taken with (gradient clipping's; 1 for none), applied as the
+    /// kernels read it: the same f32 values as the gradient scaled first.
+    pub grad_scale: f64,
 }
 
 /// One matrix's update: the (R, C) parameter and gradient, the (R) row and (C) column state,

@@ -27,6 +27,9 @@ pub struct AdamWStep {
     pub eps: f64,
     /// 1-based step (bias corrections).
     pub t: u64,
+    /// The factor the gradient is used with (gradient clipping's; 1 for none): applied by the
+    /// CUDA kernel as it reads the gradient; the CPU kernel takes 1 (the caller scales first).
+    pub grad_scale: f64,
 }
 
 /// One parameter's AdamW update: its tensors (f32, one shape, contiguous) and the step's
@@ -58,6 +61,9 @@ pub fn adamw_all(updates: &[AdamWUpdate<'_>]) -> Result<()> {
 
 /// Updates `m`, `v` and `param` in place from `grad` (all one shape), on the CPU.
 pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: &AdamWStep) -> Result<()> {
+    if h.grad_scale != 1.0 {
+        bail!("adamw_in_place: the CPU kernel takes the gradient as it is (scale {} first)", h.grad_scale);
+    }
     let grad = grad.contiguous()?;
     for (name, t) in [("param", param), ("exp_avg", m), ("exp_avg_sq", v)] {
         if t.dims() != grad.dims() || !t.is_contiguous() {

@@ -452,7 +452,8 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
 pub fn adamw_in_place_all(updates: &[adamw::AdamWUpdate<'_>]) -> Result<bool> {
     let applies = |u: &adamw::AdamWUpdate| {
         let ts = [u.param, u.grad, u.m, u.v];
-        fused(&ts) || (cuda_kernels(u.param) && ts.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cuda()))
+        (fused(&ts) && u.step.grad_scale == 1.0)
+            || (cuda_kernels(u.param) && ts.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cuda()))
     };
     let one_device = updates.windows(2).all(|w| w[0].param.device().same_device(w[1].param.device()));
     if !(one_device && updates.iter().all(applies)) {

@@ -684,18 +684,18 @@ mod on_cuda {
     /// Adafactor's step of one matrix through the fused kernels (adafactor.cu) against its
     /// composition from candle ops on the GPU (transformers' arithmetic, as lmforge's composed
     /// update), at sizes across several row and column tiles and the row-stride grid's limit,
-    /// with and without β1, weight decay, the parameter scale and update clipping; the same bits
-    /// twice (no atomics).
+    /// with and without β1, weight decay, the parameter scale, update clipping and a gradient
+    /// scale (global-norm clipping's, folded in); the same bits twice (no atomics).
     #[test]
     fn adafactor_matrix_step_matches_its_composition_on_the_gpu() {
         use crate::adafactor::{AdafactorMatrix, AdafactorStep};
         let dev = gpu();
         let cases = [
-            (70, 300, false, None, 0.0, 1.0),
-            (4100, 1000, true, Some(0.9), 0.1, 1.0),
-            (130, 2049, true, None, 0.0, 0.3),
+            (70, 300, false, None, 0.0, 1.0, 1.0),
+            (4100, 1000, true, Some(0.9), 0.1, 1.0, 0.3),
+            (130, 2049, true, None, 0.0, 0.3, 1.0),
         ];
-        for (rows, cols, scale_parameter, beta1, weight_decay, clip_threshold) in cases {
+        for (rows, cols, scale_parameter, beta1, weight_decay, clip_threshold, grad_scale) in cases {
             let h = AdafactorStep {
                 eps1: 1e-30,
                 eps2: 1e-3,
@@ -706,6 +706,7 @@ mod on_cuda {
                 clip_threshold,
                 weight_decay,
                 beta1,
+                grad_scale,
             };
             let on = |t: Tensor| t.to_device(&dev).unwrap();
             let p0 = on(randn(&[rows, cols], 1.0, 81));
@@ -713,10 +714,11 @@ mod on_cuda {
             let row0 = on((randn(&[rows], 0.01, 83).abs().unwrap() + 1e-4).unwrap());
             let col0 = on((randn(&[cols], 0.01, 84).abs().unwrap() + 1e-4).unwrap());
             let m0 = on(randn(&[rows, cols], 0.1, 85));
-            // The composition.
+            // The composition, from the gradient scaled first.
             let n = (rows * cols) as f64;
+            let gs = (&g * grad_scale).unwrap();
             let rms = |t: &Tensor| (t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 / n).sqrt();
-            let u = (g.sqr().unwrap() + h.eps1).unwrap();
+            let u = (gs.sqr().unwrap() + h.eps1).unwrap();
             let mix = |state: &Tensor, mean: Tensor| {
                 ((state * h.beta2t).unwrap() + (mean * (1.0 - h.beta2t)).unwrap()).unwrap()
             };
@@ -725,7 +727,7 @@ mod on_cuda {
             let r =
                 row_want.broadcast_div(&row_want.mean_keepdim(0).unwrap()).unwrap().sqrt().unwrap().recip().unwrap();
             let c = col_want.sqrt().unwrap().recip().unwrap();
-            let update = (r.unsqueeze(1).unwrap().broadcast_mul(&c.unsqueeze(0).unwrap()).unwrap() * &g).unwrap();
+            let update = (r.unsqueeze(1).unwrap().broadcast_mul(&c.unsqueeze(0).unwrap()).unwrap() * &gs).unwrap();
             let scale = if scale_parameter { h.eps2.max(rms(&p0)) } else { 1.0 };
             let alpha = scale * h.rel * h.lr_scale;
             let clip = (rms(&update) / clip_threshold).max(1.0);
@@ -886,14 +888,16 @@ mod on_cuda {
     }
 
     /// AdamW's in-place update on the GPU — every tensor in one launch, each with its own
-    /// learning rate and decay (parameter groups) — against the CPU kernel a tensor at a time
-    /// (the same arithmetic per element; nvcc may contract a multiply-add, so to an ulp or
-    /// two), over three steps.
+    /// learning rate, decay (parameter groups) and gradient scale (clipping folded in) —
+    /// against the CPU kernel a tensor at a time on gradients scaled first (the same arithmetic
+    /// per element; nvcc may contract a multiply-add, so to an ulp or two), over three steps.
     #[test]
     fn adamw_in_place_on_the_gpu_matches_the_cpu_kernel() {
         let dev = gpu();
         let sizes = [37usize, 300_001, 2048, 1];
-        let groups = [(1e-2, 0.1), (3e-3, 0.0), (1e-2, 0.1), (5e-2, 0.01)];
+        // (lr, weight decay, gradient scale): the GPU applies the scale in the kernel, the CPU
+        // kernel is given the gradient scaled first.
+        let groups = [(1e-2, 0.1, 1.0), (3e-3, 0.0, 0.37), (1e-2, 0.1, 1.0), (5e-2, 0.01, 0.5)];
         let mut states = Vec::new();
         for device in [Device::Cpu, dev.clone()] {
             let tensors: Vec<[Tensor; 4]> = sizes
@@ -906,16 +910,18 @@ mod on_cuda {
                     [p, g.to_device(&device).unwrap(), m, v]
                 })
                 .collect();
+            let scaled: Vec<Tensor> =
+                tensors.iter().zip(groups).map(|([_, grad, ..], (_, _, scale))| (grad * scale).unwrap()).collect();
             for t in 1..=3 {
                 let updates: Vec<adamw::AdamWUpdate> = tensors
                     .iter()
                     .zip(groups)
-                    .map(|([param, grad, m, v], (lr, weight_decay))| adamw::AdamWUpdate {
-                        param,
-                        grad,
-                        m,
-                        v,
-                        step: adamw::AdamWStep { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, t },
+                    .zip(&scaled)
+                    .map(|(([param, grad, m, v], (lr, weight_decay, scale)), scaled)| {
+                        let (grad, grad_scale) = if device.is_cpu() { (scaled, 1.0) } else { (grad, scale) };
+                        let step =
+                            adamw::AdamWStep { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, t, grad_scale };
+                        adamw::AdamWUpdate { param, grad, m, v, step }
                     })
                     .collect();
                 if device.is_cpu() {

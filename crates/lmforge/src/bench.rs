@@ -204,7 +204,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
                 Phase::Grads => 2,
             })
         })?;
-        dp.step(&mut optimizer, &g.grads, 3e-4)?;
+        dp.step(&mut optimizer, &g.grads, g.grad_scale, 3e-4)?;
         lap(3);
         Ok(g.loss)
     };

@@ -162,9 +162,15 @@ impl Plateau {
 
 /// Clips gradients in place to a global L2 norm of `max_norm` (as `clip_grad_norm_`:
 /// scale = max_norm / (norm + 1e-6) when that is below 1). Returns the norm before clipping.
+/// (The trainer folds the scale into the update instead: [`Optimizer::step_scaled`].)
 pub fn clip_grad_norm(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let norm = sum_of_squares(grads)?.sqrt();
-    clip_to_norm(grads, norm, max_norm)?;
+    let scale = clip_scale(norm, max_norm);
+    if scale != 1.0 {
+        for g in grads.values_mut() {
+            *g = crate::ops::scale(g, scale)?;
+        }
+    }
     Ok(norm)
 }
 
@@ -173,18 +179,17 @@ pub fn sum_of_squares(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     Ok(crate::ops::sum_squares_all(grads.values())?)
 }
 
-/// Scales `grads`, whose global norm (over every process's share) is `norm`, down to
-/// `max_norm` when it is larger (0: no clipping).
-pub fn clip_to_norm(grads: &mut BTreeMap<String, Tensor>, norm: f64, max_norm: f64) -> Result<()> {
-    if max_norm > 0.0 && norm.is_finite() {
-        let scale = max_norm / (norm + 1e-6);
-        if scale < 1.0 {
-            for g in grads.values_mut() {
-                *g = crate::ops::scale(g, scale)?;
-            }
-        }
+/// The factor that clips gradients whose global norm (over every process's share) is `norm`
+/// to `max_norm` (`clip_grad_norm_`'s max_norm / (norm + 1e-6) when below 1); 1 when they are
+/// within it, without clipping (`max_norm` 0) and for a non-finite norm (the fault policy's
+/// case).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    let scale = max_norm / (norm + 1e-6);
+    if max_norm > 0.0 && norm.is_finite() && scale < 1.0 {
+        scale
+    } else {
+        1.0
     }
-    Ok(())
 }
 
 /// Collects the gradient of every variable, by name. A parameter the loss does not reach gets
@@ -228,12 +233,27 @@ impl State {
 }
 
 /// One parameter as an update rule sees it.
+#[derive(Clone, Copy)]
 pub struct Param<'a> {
     pub name: &'a str,
     pub var: &'a Var,
-    /// Same shape as `var`; detached.
+    /// Same shape as `var`; detached; not yet multiplied by `grad_scale`.
     pub grad: &'a Tensor,
+    /// The factor the update takes the gradient with (clipping's; 1 for none).
+    pub grad_scale: f64,
     pub group: &'a ParamGroup,
+}
+
+impl Param<'_> {
+    /// The gradient times `grad_scale` (the gradient itself when that is 1), for the updates
+    /// that do not fold the factor into a kernel.
+    pub fn scaled_grad(&self) -> Result<Tensor> {
+        if self.grad_scale == 1.0 {
+            Ok(self.grad.clone())
+        } else {
+            Ok(crate::ops::scale(self.grad, self.grad_scale)?)
+        }
+    }
 }
 
 /// The optimizer the trainer uses, whichever `optim.name` chose.
@@ -252,7 +272,7 @@ impl Optimizer {
         for (name, var) in vars {
             let group =
                 groups.get(name).ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
-            let p = Param { name, var, grad: var.as_tensor(), group };
+            let p = Param { name, var, grad: var.as_tensor(), grad_scale: 1.0, group };
             match &spec {
                 OptimSpec::Adam(h) => adam::init(h, &p, &mut state)?,
                 OptimSpec::Sgd(h) => sgd::init(h, &p, &mut state)?,
@@ -285,6 +305,21 @@ impl Optimizer {
     /// One update of every variable; `lr` is the scheduled learning rate (times each group's
     /// `lr_scale`; Adafactor with `relative_step` ignores it).
     pub fn step(&mut self, vars: &BTreeMap<String, Var>, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+        self.step_scaled(vars, grads, 1.0, lr)
+    }
+
+    /// One update from the gradients times `grad_scale` (gradient clipping's factor,
+    /// [`clip_scale`]). The GPU kernels of AdamW and Adafactor apply it as they read each
+    /// gradient, so clipping costs no pass over the gradients of its own; the other updates
+    /// scale a parameter's gradient as they take it ([`Param::scaled_grad`]), one tensor at a
+    /// time — the same f32 products as `clip_grad_norm_`'s in-place scaling.
+    pub fn step_scaled(
+        &mut self,
+        vars: &BTreeMap<String, Var>,
+        grads: &BTreeMap<String, Tensor>,
+        grad_scale: f64,
+        lr: f64,
+    ) -> Result<()> {
         self.t += 1;
         let (t, st) = (self.t, &mut self.state);
         let params = vars
@@ -295,7 +330,7 @@ impl Optimizer {
                     .groups
                     .get(name)
                     .ok_or_else(|| Error::Invalid(format!("parameter `{name}` has no optimizer group")))?;
-                Ok(Param { name, var, grad, group })
+                Ok(Param { name, var, grad, grad_scale, group })
             })
             .collect::<Result<Vec<_>>>()?;
         // AdamW through the fused kernels: on a GPU one launch for every parameter.
@@ -381,6 +416,75 @@ mod tests {
             p.observe(0.6, &rule);
         }
         assert_eq!(p.scale, 0.1, "floored at min_lr_ratio");
+    }
+
+    /// Clipping's factor: `clip_grad_norm_`'s max_norm / (norm + 1e-6) below 1, else 1; 1
+    /// without clipping and for a non-finite norm (left to the fault policy).
+    #[test]
+    fn clip_scale_follows_clip_grad_norm() {
+        assert_eq!(clip_scale(3.0, 1.0), 1.0 / (3.0 + 1e-6));
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(clip_scale(1.0, 1.0), 1.0 / (1.0 + 1e-6));
+        assert_eq!(clip_scale(3.0, 0.0), 1.0);
+        assert_eq!(clip_scale(f64::NAN, 1.0), 1.0);
+        assert_eq!(clip_scale(f64::INFINITY, 1.0), 1.0);
+    }
+
+    /// The trainer folds clipping's factor into the update ([`Optimizer::step_scaled`]): every
+    /// optimizer then moves exactly as from the gradients scaled first (what `clip_grad_norm`
+    /// does), to the bit, over three steps, with the fused and the reference kernels.
+    #[test]
+    fn a_folded_gradient_scale_equals_the_gradients_scaled_first() {
+        use crate::ops::{Kernels, KernelsGuard};
+        use crate::train::RunConfig;
+        let dev = candle_core::Device::Cpu;
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0) * 0.7).collect()
+        };
+        let vars = || -> BTreeMap<String, Var> {
+            BTreeMap::from([
+                ("w".to_string(), Var::from_vec(values(128, 1), (8, 16), &dev).unwrap()),
+                ("b".to_string(), Var::from_vec(values(16, 2), 16, &dev).unwrap()),
+            ])
+        };
+        let grads = |step: usize| -> BTreeMap<String, Tensor> {
+            BTreeMap::from([
+                ("w".to_string(), Tensor::from_vec(values(128, 3 + step), (8, 16), &dev).unwrap()),
+                ("b".to_string(), Tensor::from_vec(values(16, 9 + step), 16, &dev).unwrap()),
+            ])
+        };
+        let scale = 0.3;
+        for name in ["adamw", "adam", "sgd", "adafactor", "lamb", "lion", "muon"] {
+            let cfg = RunConfig::from_toml_str(&format!("[optim]\nname = \"{name}\""), &[]).unwrap().optim;
+            for kernels in [Kernels::Fused, Kernels::Reference] {
+                let _k = KernelsGuard::set(kernels);
+                let run = |folded: bool| -> Vec<Vec<f32>> {
+                    let vars = vars();
+                    let mut opt = Optimizer::from_config(&cfg, &vars, groups::uniform_groups(&vars, 0.1)).unwrap();
+                    for step in 0..3 {
+                        let g = grads(step);
+                        if folded {
+                            opt.step_scaled(&vars, &g, scale, 1e-2).unwrap();
+                        } else {
+                            let scaled =
+                                g.iter().map(|(k, g)| (k.clone(), crate::ops::scale(g, scale).unwrap())).collect();
+                            opt.step(&vars, &scaled, 1e-2).unwrap();
+                        }
+                    }
+                    vars.values().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+                };
+                let (folded, scaled_first) = (run(true), run(false));
+                assert_eq!(folded, scaled_first, "{name} with the {kernels:?} kernels");
+                assert_ne!(
+                    folded,
+                    vars()
+                        .values()
+                        .map(|v| v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                        .collect::<Vec<_>>(),
+                    "{name} moved"
+                );
+            }
+        }
     }
 
     #[test]

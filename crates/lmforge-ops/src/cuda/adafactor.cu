@@ -1,5 +1,6 @@
 // Adafactor's factored update of one matrix on CUDA (transformers' Adafactor, as lmforge's
-// optim/adafactor.rs composes it), in place, in five launches that read about 24 bytes a
+// optim/adafactor.rs composes it), in place, the gradient read as g·grad_scale (clipping's
+// factor: the f32 values of the gradient scaled first), in five launches that read about 24 bytes a
 // parameter (the composed ops make some 25 full passes and read two scalars back to the host),
 // with every sum in a fixed order (no atomics):
 //   1 adafactor_tiles     a block a tile of AF_ROWS rows × AF_THREADS columns: each column's
@@ -41,8 +42,8 @@ __device__ float af_block_sum(float v, float* red) {
 }
 
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
-    adafactor_tiles(const float* g, const float* p, int rows, int cols, float eps1, int with_p, float* part_row,
-                    float* part_col, float* part_p) {
+    adafactor_tiles(const float* g, float grad_scale, const float* p, int rows, int cols, float eps1, int with_p,
+                    float* part_row, float* part_col, float* part_p) {
     __shared__ float warp_rows[AF_ROWS][AF_WARPS];
     __shared__ float red[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -55,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
         const size_t at = (size_t)i * cols + j;
         float u = 0.0f;
         if (in) {
-            const float gi = g[at];
+            const float gi = g[at] * grad_scale;
             u = gi * gi + eps1;
             col += u;
             if (with_p) {
@@ -111,14 +112,15 @@ extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
 }
 
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
-    adafactor_update_sq(const float* g, const float* r_fac, const float* c_fac, int rows, int cols, float* part_u) {
+    adafactor_update_sq(const float* g, float grad_scale, const float* r_fac, const float* c_fac, int rows, int cols,
+                        float* part_u) {
     __shared__ float red[32];
     float acc = 0.0f;
     for (int i = blockIdx.x; i < rows; i += gridDim.x) {
         const float r = r_fac[i];
         const float* gi = g + (size_t)i * cols;
         for (int j = threadIdx.x; j < cols; j += AF_THREADS) {
-            const float u = r * c_fac[j] * gi[j];
+            const float u = r * c_fac[j] * (gi[j] * grad_scale);
             acc += u * u;
         }
     }
@@ -145,14 +147,15 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
 }
 
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
-    adafactor_apply(float* p, const float* g, float* m, const float* r_fac, const float* c_fac, const float* scalars,
-                    int rows, int cols, int has_m, float beta1, float one_minus_beta1, int has_decay) {
+    adafactor_apply(float* p, const float* g, float grad_scale, float* m, const float* r_fac, const float* c_fac,
+                    const float* scalars, int rows, int cols, int has_m, float beta1, float one_minus_beta1,
+                    int has_decay) {
     const float factor = scalars[0], decay = scalars[1];
     for (int i = blockIdx.x; i < rows; i += gridDim.x) {
         const float r = r_fac[i];
         const size_t row = (size_t)i * cols;
         for (int j = threadIdx.x; j < cols; j += AF_THREADS) {
-            float u = r * c_fac[j] * g[row + j] * factor;
+            float u = r * c_fac[j] * (g[row + j] * grad_scale) * factor;
             if (has_m) {
                 u = m[row + j] * beta1 + u * one_minus_beta1;
                 m[row + j] = u;

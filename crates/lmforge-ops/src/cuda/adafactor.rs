@@ -88,9 +88,9 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
     let (col_tiles_i, row_tiles_i, blocks_i) = (col_tiles as i32, row_tiles as i32, blocks as i32);
 
     let tiles = super::kernel(dev, &IMAGE, "adafactor_tiles")?;
-    let (eps1, with_p) = (h.eps1 as f32, i32::from(h.scale_parameter));
+    let (eps1, with_p, grad_scale) = (h.eps1 as f32, i32::from(h.scale_parameter), h.grad_scale as f32);
     let mut launch = tiles.builder();
-    launch.arg(&g).arg(&p).arg(&rows_i).arg(&cols_i).arg(&eps1).arg(&with_p);
+    launch.arg(&g).arg(&grad_scale).arg(&p).arg(&rows_i).arg(&cols_i).arg(&eps1).arg(&with_p);
     launch.arg(&part_row).arg(&part_col).arg(&part_p);
     // SAFETY: the arguments match adafactor_tiles' signature; g and p hold rows × cols f32.
     unsafe { launch.launch(config((col_tiles as u32, row_tiles as u32), THREADS)) }.w()?;
@@ -105,7 +105,7 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
 
     let update_sq = super::kernel(dev, &IMAGE, "adafactor_update_sq")?;
     let mut launch = update_sq.builder();
-    launch.arg(&g).arg(&r_fac).arg(&c_fac).arg(&rows_i).arg(&cols_i).arg(&part_u);
+    launch.arg(&g).arg(&grad_scale).arg(&r_fac).arg(&c_fac).arg(&rows_i).arg(&cols_i).arg(&part_u);
     // SAFETY: the arguments match adafactor_update_sq's signature.
     unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;
 
@@ -122,7 +122,7 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
     let (has_m, b1, one_minus_b1) = (i32::from(u.exp_avg.is_some()), beta1 as f32, (1.0 - beta1) as f32);
     let has_decay = i32::from(h.weight_decay != 0.0);
     let mut launch = apply.builder();
-    launch.arg(&p).arg(&g).arg(&m).arg(&r_fac).arg(&c_fac).arg(&scalars).arg(&rows_i).arg(&cols_i);
+    launch.arg(&p).arg(&g).arg(&grad_scale).arg(&m).arg(&r_fac).arg(&c_fac).arg(&scalars).arg(&rows_i).arg(&cols_i);
     launch.arg(&has_m).arg(&b1).arg(&one_minus_b1).arg(&has_decay);
     // SAFETY: the arguments match adafactor_apply's signature; m is read only with has_m.
     unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;

@@ -57,6 +57,7 @@ pub fn adamw_all<'a>(updates: &[AdamWUpdate<'a>]) -> Result<()> {
         words[6] = pair((1.0 - h.lr * h.weight_decay) as f32, (h.lr / bc1) as f32);
         words[7] = pair(bc2_sqrt as f32, h.eps as f32);
         words[8] = pair(h.beta1 as f32, h.beta2 as f32);
+        words[9] = pair(h.grad_scale as f32, 0.0);
         table.extend(words);
         blocks += n.div_ceil(PER_BLOCK);
     }

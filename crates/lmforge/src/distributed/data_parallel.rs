@@ -275,14 +275,12 @@ impl DataParallel {
     }
 
     /// ZeRO-2's end of a step: the global loss and gradient norm from every rank's share (one
-    /// two-value all-reduce), and this rank's gradients clipped to `max_norm`.
-    pub fn finish_sharded(&self, grads: &mut BTreeMap<String, Tensor>, loss: f64, max_norm: f64) -> Result<(f64, f64)> {
+    /// two-value all-reduce).
+    pub fn finish_sharded(&self, grads: &BTreeMap<String, Tensor>, loss: f64) -> Result<(f64, f64)> {
         self.settle()?;
         let mut buf = [loss as f32, crate::optim::sum_of_squares(grads)? as f32];
         self.reducer.all_reduce_sum(&mut buf)?;
-        let norm = (buf[1] as f64).sqrt();
-        crate::optim::clip_to_norm(grads, norm, max_norm)?;
-        Ok((buf[0] as f64, norm))
+        Ok((buf[0] as f64, (buf[1] as f64).sqrt()))
     }
 
     /// The optimizer step the next reductions belong to (PowerSGD starts at a step).
@@ -296,14 +294,21 @@ impl DataParallel {
         self.reducer.take_traffic(self.overlaps() || self.stage == 3)
     }
 
-    /// One optimizer update: of every parameter, or with ZeRO of this rank's, followed by an
-    /// all-gather of the updated parameters (bucket by bucket).
-    pub fn step(&self, optimizer: &mut Optimizer, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+    /// One optimizer update from the gradients times `grad_scale` (clipping's factor; see
+    /// [`Optimizer::step_scaled`]): of every parameter, or with ZeRO of this rank's, followed by
+    /// an all-gather of the updated parameters (bucket by bucket).
+    pub fn step(
+        &self,
+        optimizer: &mut Optimizer,
+        grads: &BTreeMap<String, Tensor>,
+        grad_scale: f64,
+        lr: f64,
+    ) -> Result<()> {
         if !self.is_sharded() {
-            return optimizer.step(&self.vars, grads, lr);
+            return optimizer.step_scaled(&self.vars, grads, grad_scale, lr);
         }
         self.settle()?;
-        optimizer.step(&self.owned, grads, lr)?;
+        optimizer.step_scaled(&self.owned, grads, grad_scale, lr)?;
         let (rank, world) = (self.rank(), self.world_size());
         // ZeRO-3's layer parameters stay with their owners (gathered for each use).
         let l = &self.grad_layout;
@@ -513,7 +518,7 @@ mod tests {
         let mut opt = dp.optimizer(&cfg.optim, groups).unwrap();
         let grads: BTreeMap<String, Tensor> =
             params.vars().iter().map(|(k, v)| (k.clone(), v.as_tensor().ones_like().unwrap())).collect();
-        dp.step(&mut opt, &grads, 1e-3).unwrap();
+        dp.step(&mut opt, &grads, 1.0, 1e-3).unwrap();
         let saved = dp.optimizer_state_for_checkpoint(&opt).unwrap().unwrap();
         assert_eq!(saved.len(), opt.state_tensors().len());
         let dir = tempfile::tempdir().unwrap();

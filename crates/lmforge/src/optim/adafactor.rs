@@ -96,6 +96,7 @@ fn fused_matrix(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, beta2t: f64, st:
         clip_threshold: h.clip_threshold,
         weight_decay: p.group.weight_decay,
         beta1: h.beta1,
+        grad_scale: p.grad_scale,
     };
     let exp_avg = if h.beta1.is_some() { Some(st.get(p.name, "exp_avg")?) } else { None };
     let matrix = AdafactorMatrix {
@@ -116,7 +117,7 @@ pub fn update(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, st: &mut State) ->
         return Ok(());
     }
     let param = p.var.as_tensor();
-    let g = p.grad;
+    let g = &p.scaled_grad()?;
     let param_rms = if h.scale_parameter { rms(param)? } else { 0.0 };
     let alpha = step_size(h, lr, t, param_rms) * p.group.lr_scale;
     let u = (g.sqr()? + h.eps1)?;

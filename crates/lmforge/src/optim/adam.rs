@@ -36,7 +36,8 @@ pub fn init(h: &AdamHyper, p: &Param, st: &mut State) -> Result<()> {
 }
 
 /// AdamW's step `t` of every parameter of `params` at once through the fused kernels, when
-/// they apply to all of them (false: nothing done, update them one by one).
+/// they apply to all of them (false: nothing done, update them one by one). The GPU kernel
+/// applies each gradient's `grad_scale` as it reads it; the CPU kernel takes unscaled ones.
 pub fn update_all(h: &AdamHyper, params: &[Param], lr: f64, t: u64, st: &State) -> Result<bool> {
     if !h.decoupled || h.amsgrad {
         return Ok(false);
@@ -59,13 +60,18 @@ pub fn update_all(h: &AdamHyper, params: &[Param], lr: f64, t: u64, st: &State) 
 /// The fused kernels' scalars for parameter `p`'s step `t`.
 fn fused_step(h: &AdamHyper, p: &Param, lr: f64, t: u64) -> AdamWStep {
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
-    AdamWStep { lr, weight_decay: wd, beta1: h.beta1, beta2: h.beta2, eps: h.eps, t }
+    AdamWStep { lr, weight_decay: wd, beta1: h.beta1, beta2: h.beta2, eps: h.eps, t, grad_scale: p.grad_scale }
 }
 
 /// Step `t` (1-based) of one parameter at learning rate `lr` (before the group's scale).
 pub fn update(h: &AdamHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
     if update_all(h, std::slice::from_ref(p), lr, t, st)? {
         return Ok(());
+    }
+    if p.grad_scale != 1.0 {
+        // Kernels that take the gradient as it is (the CPU's): scaled first, then as usual.
+        let grad = &p.scaled_grad()?;
+        return update(h, &Param { grad, grad_scale: 1.0, ..*p }, lr, t, st);
     }
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
     let mut param = p.var.as_tensor().clone();

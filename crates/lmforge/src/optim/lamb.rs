@@ -33,8 +33,9 @@ pub fn init(p: &Param, st: &mut State) -> Result<()> {
 pub fn update(h: &LambHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
     let param = p.var.as_tensor();
-    let m = ((st.get(p.name, "exp_avg")? * h.beta1)? + (p.grad * (1.0 - h.beta1))?)?;
-    let v = ((st.get(p.name, "exp_avg_sq")? * h.beta2)? + (p.grad.sqr()? * (1.0 - h.beta2))?)?;
+    let g = &p.scaled_grad()?;
+    let m = ((st.get(p.name, "exp_avg")? * h.beta1)? + (g * (1.0 - h.beta1))?)?;
+    let v = ((st.get(p.name, "exp_avg_sq")? * h.beta2)? + (g.sqr()? * (1.0 - h.beta2))?)?;
     let step_size =
         if h.debias { lr * (1.0 - h.beta2.powi(t as i32)).sqrt() / (1.0 - h.beta1.powi(t as i32)) } else { lr };
     let mut adam_step = m.div(&(v.sqrt()? + h.eps)?)?;

@@ -25,11 +25,12 @@ pub fn init(p: &Param, st: &mut State) -> Result<()> {
 pub fn update(h: &LionHyper, p: &Param, lr: f64, st: &mut State) -> Result<()> {
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
     let m = st.get(p.name, "exp_avg")?;
-    let c = ((m * h.beta1)? + (p.grad * (1.0 - h.beta1))?)?;
+    let g = &p.scaled_grad()?;
+    let c = ((m * h.beta1)? + (g * (1.0 - h.beta1))?)?;
     let param = p.var.as_tensor();
     let decayed = if wd != 0.0 { (param * (1.0 - lr * wd))? } else { param.clone() };
     p.var.set(&(decayed - (c.sign()? * lr)?)?)?;
-    let m = ((m * h.beta2)? + (p.grad * (1.0 - h.beta2))?)?;
+    let m = ((m * h.beta2)? + (g * (1.0 - h.beta2))?)?;
     st.set(p.name, "exp_avg", m);
     Ok(())
 }

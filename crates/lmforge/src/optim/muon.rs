@@ -75,8 +75,9 @@ pub fn update(h: &MuonHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Resu
         return adam::update(&h.adam, p, lr * h.adam_lr_ratio, t, st);
     }
     let (lr, wd, mu) = (lr * p.group.lr_scale, p.group.weight_decay, h.momentum);
-    let buf = ((st.get(p.name, "momentum_buffer")? * mu)? + (p.grad * (1.0 - mu))?)?;
-    let u = if h.nesterov { ((p.grad * (1.0 - mu))? + (&buf * mu)?)? } else { buf.clone() };
+    let g = &p.scaled_grad()?;
+    let buf = ((st.get(p.name, "momentum_buffer")? * mu)? + (g * (1.0 - mu))?)?;
+    let u = if h.nesterov { ((g * (1.0 - mu))? + (&buf * mu)?)? } else { buf.clone() };
     st.set(p.name, "momentum_buffer", buf);
     let o = newton_schulz5(&u, h.ns_steps)?;
     let scale = (fan_out as f64 / fan_in as f64).max(1.0).sqrt();

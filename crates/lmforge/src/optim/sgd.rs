@@ -29,7 +29,7 @@ pub fn init(h: &SgdHyper, p: &Param, st: &mut State) -> Result<()> {
 pub fn update(h: &SgdHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
     let (lr, wd) = (lr * p.group.lr_scale, p.group.weight_decay);
     let param = p.var.as_tensor();
-    let mut g = p.grad.clone();
+    let mut g = p.scaled_grad()?;
     if wd != 0.0 {
         g = (g + (param * wd)?)?;
     }

@@ -345,7 +345,7 @@ pub fn run_loop(
             dropout: plan.dropout,
             grad_clip: plan.grad_clip,
         };
-        let step::StepGrads { loss, grad_norm, grads } = step::gradients(task, &dp, at, &mut |_| {})?;
+        let step::StepGrads { loss, grad_norm, grads, grad_scale } = step::gradients(task, &dp, at, &mut |_| {})?;
         state.data_cursor += plan.grad_accum as u64;
         // The loss and gradient norm are global (summed over processes), so every process
         // reaches the same verdict.
@@ -357,7 +357,7 @@ pub fn run_loop(
         };
         let spike = match state.faults.judge(s + 1, loss, grad_norm, &plan.faults) {
             Ok(Verdict::Apply { spike }) => {
-                dp.step(&mut optimizer, &grads, lr)?;
+                dp.step(&mut optimizer, &grads, grad_scale, lr)?;
                 Some(spike)
             }
             Ok(Verdict::Skip) => {

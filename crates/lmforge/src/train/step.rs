@@ -2,8 +2,9 @@
 //! for each micro-batch, this process's rows → the task's loss → backward; gradients summed
 //! over micro-batches (each weighted by its share of the step's rows), then over processes
 //! (`DataParallel`: during the backward with `distributed.overlap`, else once after the last
-//! micro-batch; with ZeRO-2 each micro-batch's reduce-scattered), then clipped to the global
-//! norm. The caller applies them (or, by the fault policy, does not).
+//! micro-batch; with ZeRO-2 each micro-batch's reduce-scattered), and the factor that clips
+//! them to the global norm, which the optimizer folds into its update. The caller applies them
+//! (or, by the fault policy, does not).
 //!
 //! The micro-batches' losses stay on their device until the step's gradients are complete and
 //! are read back together, once: a read is a wait for the device (a GPU's stream), and one
@@ -13,7 +14,7 @@ use super::task::Task;
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
 use crate::nn::{seed_for, DropoutRng};
-use crate::optim::{clip_grad_norm, named_grads};
+use crate::optim::{clip_scale, named_grads, sum_of_squares};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -37,7 +38,7 @@ pub enum Phase {
     /// The task's loss computed (queued, on a GPU).
     Forward,
     Backward,
-    /// Gradients collected by name, accumulated, all-reduced and clipped.
+    /// Gradients collected by name, accumulated, all-reduced, their norm and clipping factor found.
     Grads,
 }
 
@@ -47,7 +48,17 @@ pub struct StepGrads {
     pub loss: f64,
     /// The global gradient norm before clipping.
     pub grad_norm: f64,
+    /// As reduced, not clipped: the update multiplies them by `grad_scale`.
     pub grads: BTreeMap<String, Tensor>,
+    /// Clipping's factor ([`clip_scale`]; 1 within the norm), which the optimizer folds into
+    /// its update ([`crate::optim::Optimizer::step_scaled`]).
+    pub grad_scale: f64,
+}
+
+impl StepGrads {
+    fn new(loss: f64, grad_norm: f64, grads: BTreeMap<String, Tensor>, max_norm: f64) -> Self {
+        StepGrads { loss, grad_norm, grads, grad_scale: clip_scale(grad_norm, max_norm) }
+    }
 }
 
 /// Each micro-batch's weight in the step: its share of the step's rows (or trained tokens,
@@ -89,9 +100,9 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     };
     // Communication only now, after the last micro-batch: gradients and loss summed.
     let loss_sum = dp.all_reduce_grads(&mut grads, loss_sum)?;
-    let grad_norm = clip_grad_norm(&mut grads, at.grad_clip)?;
+    let grad_norm = sum_of_squares(&grads)?.sqrt();
     lap(Phase::Grads);
-    Ok(StepGrads { loss: micros.mean(loss_sum), grad_norm, grads })
+    Ok(StepGrads::new(micros.mean(loss_sum), grad_norm, grads, at.grad_clip))
 }
 
 /// Adds `g` into `acc` (or starts it).
@@ -225,14 +236,14 @@ impl Micros<'_> {
             Some((store, loss)) => Ok(Some((store, self.loss_sum(&[loss])?))),
             None => Ok(None),
         })?;
-        let mut grads = reduced.grads;
+        let grads = reduced.grads;
         let (loss_sum, grad_norm) = if dp.reduces_every_micro_batch() {
-            dp.finish_sharded(&mut grads, reduced.loss, self.at.grad_clip)?
+            dp.finish_sharded(&grads, reduced.loss)?
         } else {
-            (reduced.loss, clip_grad_norm(&mut grads, self.at.grad_clip)?)
+            (reduced.loss, sum_of_squares(&grads)?.sqrt())
         };
         lap(Phase::Grads);
-        Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })
+        Ok(StepGrads::new(self.mean(loss_sum), grad_norm, grads, self.at.grad_clip))
     }
 
     /// ZeRO-2 without overlap, and ZeRO-3: each micro-batch's gradients reduce-scattered as
@@ -251,9 +262,9 @@ impl Micros<'_> {
         let mut grads = share.unwrap_or_default();
         // ZeRO-3: the layers' gradients were reduce-scattered during the backward passes.
         grads.extend(dp.take_layer_grads()?);
-        let (loss_sum, grad_norm) = dp.finish_sharded(&mut grads, loss_sum, self.at.grad_clip)?;
+        let (loss_sum, grad_norm) = dp.finish_sharded(&grads, loss_sum)?;
         lap(Phase::Grads);
-        Ok(StepGrads { loss: self.mean(loss_sum), grad_norm, grads })
+        Ok(StepGrads::new(self.mean(loss_sum), grad_norm, grads, self.at.grad_clip))
     }
 }
 

@@ -302,18 +302,19 @@ static void adamw_case(std::vector<size_t> sizes) {
         v.emplace_back(n);
         for (auto& x : v.back()) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f;
         const float b1 = 0.9f - 0.05f * t, b2 = 0.95f, decay = t % 2 ? 1.0f : 0.999f, step = 1e-3f * (t + 1),
-                    bc2 = 0.3f, eps = 1e-8f;
+                    bc2 = 0.3f, eps = 1e-8f, scale = t % 3 == 1 ? 0.25f : 1.0f;
         std::vector<double> w(n);
         for (size_t i = 0; i < n; ++i) {
-            const double mi = m[t][i] * (double)b1 + g[t][i] * (1.0 - b1);
-            const double vi = v[t][i] * (double)b2 + (double)g[t][i] * g[t][i] * (1.0 - b2);
+            const double gi = (double)g[t][i] * scale;
+            const double mi = m[t][i] * (double)b1 + gi * (1.0 - b1);
+            const double vi = v[t][i] * (double)b2 + gi * gi * (1.0 - b2);
             w[i] = p[t][i] * (double)decay - mi / (std::sqrt(vi) / bc2 + eps) * step;
         }
         want.push_back(std::move(w));
         const unsigned long long row[ADAMW_WORDS] = {(unsigned long long)p[t].data(), (unsigned long long)g[t].data(),
                                                       (unsigned long long)m[t].data(), (unsigned long long)v[t].data(),
                                                       n, blocks, adamw_pair(decay, step), adamw_pair(bc2, eps),
-                                                      adamw_pair(b1, b2), 0};
+                                                      adamw_pair(b1, b2), adamw_pair(scale, 0.0f)};
         table.insert(table.end(), row, row + ADAMW_WORDS);
         blocks += (n + per_block - 1) / per_block;
     }
@@ -326,11 +327,14 @@ static void adamw_case(std::vector<size_t> sizes) {
 // Adafactor's factored step of one matrix through the five launches, as cuda/adafactor.rs
 // makes them, against transformers' arithmetic in double: the parameter, the row and column
 // state and the first moment. Odd sizes cover partial column and row tiles and several tiles.
-static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1, double wd, double clip_threshold) {
+static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1, double wd, double clip_threshold,
+                           float grad_scale) {
     const size_t n = (size_t)rows * cols;
     std::mt19937 rng(rows * 131 + cols);
     auto p = random_values<float>(n, rng), g = random_values<float>(n, rng, 0.5f), m = random_values<float>(n, rng, 0.1f);
     const std::vector<float> p0 = p;
+    std::vector<float> g_scaled(n);  // what the composed update reads: the gradient scaled first
+    for (size_t k = 0; k < n; ++k) g_scaled[k] = g[k] * grad_scale;
     std::vector<float> row(rows), col(cols);
     for (auto& x : row) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
     for (auto& x : col) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
@@ -341,7 +345,7 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
     double psq = 0.0;
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j) {
-            const double gi = g[(size_t)i * cols + j], u = gi * gi + eps1;
+            const double gi = g_scaled[(size_t)i * cols + j], u = gi * gi + eps1;
             rsum[i] += u;
             csum[j] += u;
             psq += (double)p[(size_t)i * cols + j] * p[(size_t)i * cols + j];
@@ -355,7 +359,7 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j) {
             const size_t k = (size_t)i * cols + j;
-            upd[k] = 1.0 / std::sqrt(row_w[i] / row_mean) / std::sqrt(col_w[j]) * g[k];
+            upd[k] = 1.0 / std::sqrt(row_w[i] / row_mean) / std::sqrt(col_w[j]) * g_scaled[k];
             usq += upd[k] * upd[k];
         }
     const double scale = scale_parameter ? std::max(eps2, std::sqrt(psq / n)) : 1.0;
@@ -372,7 +376,7 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
         part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), sums(2, NAN),
         part_u(blocks, NAN), scalars(2, NAN);
     emu_launch({(unsigned)col_tiles, (unsigned)row_tiles}, {AF_THREADS}, 0, [&] {
-        adafactor_tiles(g.data(), p.data(), rows, cols, (float)eps1, scale_parameter, part_row.data(),
+        adafactor_tiles(g.data(), grad_scale, p.data(), rows, cols, (float)eps1, scale_parameter, part_row.data(),
                         part_col.data(), part_p.data());
     });
     emu_launch({1}, {AF_ONE_BLOCK}, 0, [&] {
@@ -381,18 +385,18 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
                           sums.data());
     });
     emu_launch({(unsigned)blocks}, {AF_THREADS}, 0,
-               [&] { adafactor_update_sq(g.data(), r_fac.data(), c_fac.data(), rows, cols, part_u.data()); });
+               [&] { adafactor_update_sq(g.data(), grad_scale, r_fac.data(), c_fac.data(), rows, cols, part_u.data()); });
     emu_launch({1}, {AF_THREADS}, 0, [&] {
         adafactor_scalars(part_u.data(), blocks, sums.data(), (double)n, rel, lr_scale, eps2, scale_parameter,
                           clip_threshold, wd, scalars.data());
     });
     emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
-        adafactor_apply(p.data(), g.data(), m.data(), r_fac.data(), c_fac.data(), scalars.data(), rows, cols, beta1,
+        adafactor_apply(p.data(), g.data(), grad_scale, m.data(), r_fac.data(), c_fac.data(), scalars.data(), rows, cols, beta1,
                         (float)b1, (float)(1.0 - b1), wd != 0.0);
     });
     const std::string name = "adafactor " + std::to_string(rows) + "x" + std::to_string(cols) +
                              (scale_parameter ? " scaled" : "") + (beta1 ? " beta1" : "") + (wd ? " decay" : "") +
-                             (clip_threshold < 1.0 ? " clipped" : "");
+                             (clip_threshold < 1.0 ? " clipped" : "") + (grad_scale != 1.0f ? " grad-scaled" : "");
     report(name + " row state", rel_err(row, row_w), 1e-5);
     report(name + " column state", rel_err(col, col_w), 1e-5);
     if (beta1) report(name + " first moment", rel_err(m, m_w), 1e-5);
@@ -615,9 +619,9 @@ int main() {
     norm_case<__nv_bfloat16>(65, 96, true, "bf16", 1e-2, 1e-2);
     adamw_case({1000});
     adamw_case({1, 2048, 70000, 2049, 5});
-    adafactor_case(70, 300, false, false, 0.0, 1.0);
-    adafactor_case(1, 5, true, false, 0.0, 1.0);
-    adafactor_case(130, 257, true, true, 0.1, 0.5);  // three row tiles, two column tiles, clipped
+    adafactor_case(70, 300, false, false, 0.0, 1.0, 1.0f);
+    adafactor_case(1, 5, true, false, 0.0, 1.0, 0.3f);
+    adafactor_case(130, 257, true, true, 0.1, 0.5, 0.7f);  // three row tiles, two column tiles, clipped
     std::printf(failures ? "%d check(s) failed\n" : "all kernels match\n", failures);
     return failures != 0;
 }
