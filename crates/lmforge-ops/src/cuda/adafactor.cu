@@ -1,8 +1,8 @@
 // Adafactor's factored update of one matrix on CUDA (transformers' Adafactor, as lmforge's
 // optim/adafactor.rs composes it), in place, the gradient read as g·grad_scale (clipping's
-// factor: the f32 values of the gradient scaled first), in five launches that read about 24 bytes a
-// parameter (the composed ops make some 25 full passes and read two scalars back to the host),
-// with every sum in a fixed order (no atomics):
+// factor: the f32 values of the gradient scaled first), in five launches that move 20-28 bytes
+// a parameter (the composed ops make some 28 four-byte passes and read two scalars back to the
+// host), with every sum in a fixed order (no atomics):
 //   1 adafactor_tiles     a block a tile of AF_ROWS rows × AF_THREADS columns: each column's
 //                         Σ (g² + eps1) over the tile's rows, each row's over its columns (warp
 //                         trees), and Σ p² (for RMS(p)) when the step size scales with it
@@ -23,29 +23,10 @@
 #define AF_ONE_BLOCK 1024
 #define AF_MAX_BLOCKS 1024
 
-__device__ __forceinline__ float af_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// The block's sum of v, in the same order every time (warp trees, then warp 0 over the
-// warps' sums); every thread gets it. `red` holds 32 floats; blockDim.x is a multiple of 32.
-__device__ float af_block_sum(float v, float* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = af_warp_sum(v);
-    __syncthreads();  // red may still be read by a previous call
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float s = lane < warps ? red[lane] : 0.0f;
-    s = af_warp_sum(s);
-    return s;
-}
-
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
     adafactor_tiles(const float* g, float grad_scale, const float* p, int rows, int cols, float eps1, int with_p,
                     float* part_row, float* part_col, float* part_p) {
     __shared__ float warp_rows[AF_ROWS][AF_WARPS];
-    __shared__ float red[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int j = blockIdx.x * AF_THREADS + threadIdx.x;
     const int r0 = blockIdx.y * AF_ROWS;
@@ -65,11 +46,11 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
             }
         }
         // The loop's bounds are the block's: every thread reaches the shuffles.
-        u = af_warp_sum(u);
+        u = warp_sum(u);
         if (lane == 0) warp_rows[i - r0][warp] = u;
     }
     if (in) part_col[(size_t)blockIdx.y * cols + j] = col;
-    psq = af_block_sum(psq, red);  // its barriers also publish warp_rows
+    psq = block_sum(psq);  // its barriers also publish warp_rows
     if (threadIdx.x < r1 - r0) {
         float s = 0.0f;
         for (int w = 0; w < AF_WARPS; ++w) s += warp_rows[threadIdx.x][w];
@@ -78,12 +59,11 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
     if (threadIdx.x == 0) part_p[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = psq;
 }
 
-// sums: [0] Σ p², [1] mean of the new row state (written here), [2] Σ U² (adafactor_scalars).
+// p_sq: Σ p² over the tiles (for adafactor_scalars).
 extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
     adafactor_factors(const float* part_row, const float* part_col, const float* part_p, int rows, int cols,
                       int col_tiles, int row_tiles, float beta2t, float one_minus_beta2t, float* row_state,
-                      float* col_state, float* r_fac, float* c_fac, float* sums) {
-    __shared__ float red[32];
+                      float* col_state, float* r_fac, float* c_fac, float* p_sq) {
     const float inv_cols = 1.0f / (float)cols, inv_rows = 1.0f / (float)rows;
     float acc = 0.0f;
     for (int i = threadIdx.x; i < rows; i += blockDim.x) {
@@ -93,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
         row_state[i] = v;
         acc += v;
     }
-    const float row_mean = af_block_sum(acc, red) / (float)rows;
+    const float row_mean = block_sum(acc) / (float)rows;
     for (int i = threadIdx.x; i < rows; i += blockDim.x) r_fac[i] = 1.0f / sqrtf(row_state[i] / row_mean);
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
         float s = 0.0f;
@@ -104,17 +84,13 @@ extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
     }
     float psq = 0.0f;
     for (int t = threadIdx.x; t < row_tiles * col_tiles; t += blockDim.x) psq += part_p[t];
-    psq = af_block_sum(psq, red);
-    if (threadIdx.x == 0) {
-        sums[0] = psq;
-        sums[1] = row_mean;
-    }
+    psq = block_sum(psq);
+    if (threadIdx.x == 0) *p_sq = psq;
 }
 
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
     adafactor_update_sq(const float* g, float grad_scale, const float* r_fac, const float* c_fac, int rows, int cols,
                         float* part_u) {
-    __shared__ float red[32];
     float acc = 0.0f;
     for (int i = blockIdx.x; i < rows; i += gridDim.x) {
         const float r = r_fac[i];
@@ -124,20 +100,19 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
             acc += u * u;
         }
     }
-    acc = af_block_sum(acc, red);
+    acc = block_sum(acc);
     if (threadIdx.x == 0) part_u[blockIdx.x] = acc;
 }
 
 // scalars: [0] the update's factor α / clip, [1] the decay −wd·α (f32, as the ops apply them).
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
-    adafactor_scalars(const float* part_u, int blocks, const float* sums, double n, double rel, double lr_scale,
+    adafactor_scalars(const float* part_u, int blocks, const float* p_sq, double n, double rel, double lr_scale,
                       double eps2, int scale_parameter, double clip_threshold, double weight_decay, float* scalars) {
-    __shared__ float red[32];
     float usq = 0.0f;
     for (int b = threadIdx.x; b < blocks; b += blockDim.x) usq += part_u[b];
-    usq = af_block_sum(usq, red);
+    usq = block_sum(usq);
     if (threadIdx.x == 0) {
-        const double param_rms = sqrt((double)sums[0] / n);
+        const double param_rms = sqrt((double)*p_sq / n);
         const double scale = scale_parameter ? fmax(eps2, param_rms) : 1.0;
         const double alpha = scale * rel * lr_scale;
         const double clip = fmax(sqrt((double)usq / n) / clip_threshold, 1.0);

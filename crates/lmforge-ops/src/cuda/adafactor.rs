@@ -1,14 +1,14 @@
 //! Adafactor's factored update of one f32 matrix on the GPU (`adafactor.cu`): the state, the
 //! step size and the update clipping on the device, so no value is read back to the host (the
 //! composed update reads RMS(p) and RMS(U) per parameter, a wait on the stream each), and about
-//! 24 bytes of memory traffic a parameter in five launches instead of some 25 full passes. The
+//! 20-28 bytes of memory traffic a parameter in five launches instead of some 28 four-byte passes. The
 //! parameter, its first moment and the row / column state are written in place through their
 //! addresses, as `adamw.rs`'s table does.
 
 use crate::adafactor::AdafactorMatrix;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{bail, DType, Result, Storage, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 
 pub(crate) const IMAGE: super::Image = super::image!("adafactor");
 /// adafactor.cu's AF_THREADS, AF_ROWS, AF_ONE_BLOCK and AF_MAX_BLOCKS.
@@ -58,10 +58,8 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
                 t.dims()
             );
         }
-        let Some((start, _)) = layout.contiguous_offsets() else { bail!("{OP}: {name} is not contiguous") };
-        let Storage::Cuda(cuda) = &**storage else { bail!("{OP}: {name} is not on a GPU") };
-        let (base, record) = cuda.as_cuda_slice::<f32>()?.device_ptr(&stream);
-        addresses.push(base + (start * DType::F32.size_in_bytes()) as u64);
+        let (address, record) = super::f32_address(storage, layout, &stream, name, OP)?;
+        addresses.push(address);
         records.push(record);
     }
     let (p, g, row_state, col_state) = (addresses[0], addresses[1], addresses[2], addresses[3]);
@@ -72,14 +70,14 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
     // SAFETY: each kernel writes every element of its outputs before a later one reads them
     // (adafactor.cu: every row of every column tile, every column of every row tile, a value
     // a block).
-    let (part_row, part_col, part_p, r_fac, c_fac, sums, part_u, scalars) = unsafe {
+    let (part_row, part_col, part_p, r_fac, c_fac, p_sq, part_u, scalars) = unsafe {
         (
             dev.alloc::<f32>(col_tiles * rows)?,
             dev.alloc::<f32>(row_tiles * cols)?,
             dev.alloc::<f32>(row_tiles * col_tiles)?,
             dev.alloc::<f32>(rows)?,
             dev.alloc::<f32>(cols)?,
-            dev.alloc::<f32>(2)?,
+            dev.alloc::<f32>(1)?,
             dev.alloc::<f32>(blocks)?,
             dev.alloc::<f32>(2)?,
         )
@@ -99,7 +97,7 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
     let (beta2t, one_minus) = (h.beta2t as f32, (1.0 - h.beta2t) as f32);
     let mut launch = factors.builder();
     launch.arg(&part_row).arg(&part_col).arg(&part_p).arg(&rows_i).arg(&cols_i).arg(&col_tiles_i).arg(&row_tiles_i);
-    launch.arg(&beta2t).arg(&one_minus).arg(&row_state).arg(&col_state).arg(&r_fac).arg(&c_fac).arg(&sums);
+    launch.arg(&beta2t).arg(&one_minus).arg(&row_state).arg(&col_state).arg(&r_fac).arg(&c_fac).arg(&p_sq);
     // SAFETY: the arguments match adafactor_factors' signature; the states hold rows and cols f32.
     unsafe { launch.launch(config((1, 1), ONE_BLOCK)) }.w()?;
 
@@ -112,7 +110,7 @@ pub fn update(u: &AdafactorMatrix<'_>) -> Result<()> {
     let scalars_kernel = super::kernel(dev, &IMAGE, "adafactor_scalars")?;
     let (count, scale_parameter) = (n as f64, i32::from(h.scale_parameter));
     let mut launch = scalars_kernel.builder();
-    launch.arg(&part_u).arg(&blocks_i).arg(&sums).arg(&count).arg(&h.rel).arg(&h.lr_scale).arg(&h.eps2);
+    launch.arg(&part_u).arg(&blocks_i).arg(&p_sq).arg(&count).arg(&h.rel).arg(&h.lr_scale).arg(&h.eps2);
     launch.arg(&scale_parameter).arg(&h.clip_threshold).arg(&h.weight_decay).arg(&scalars);
     // SAFETY: the arguments match adafactor_scalars' signature.
     unsafe { launch.launch(config((1, 1), THREADS)) }.w()?;

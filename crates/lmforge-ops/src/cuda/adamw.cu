@@ -8,7 +8,7 @@
 // The tensors' table, ADAMW_WORDS 64-bit words a tensor (cuda/adamw.rs writes it):
 //   0 p, 1 g, 2 m, 3 v (device addresses), 4 elements, 5 the tensor's first block,
 //   6 (decay, step_size), 7 (bc2_sqrt, eps), 8 (beta1, beta2): f32 pairs, the first in the low
-//   half; 9 (grad_scale, unused).
+//   half; 9 (grad_scale, 0): the factor the gradient is read with.
 #define ADAMW_WORDS 10
 // A block updates ADAMW_THREADS * ADAMW_PER_THREAD consecutive elements of one tensor.
 #define ADAMW_THREADS 256

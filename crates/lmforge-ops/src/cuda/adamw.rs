@@ -5,9 +5,9 @@
 //! addresses, sizes and scalars uploaded with the launch (10 words a tensor).
 
 use crate::adamw::AdamWUpdate;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{bail, DType, Result, Storage};
+use candle_core::{bail, DType, Result};
 
 pub(crate) const IMAGE: super::Image = super::image!("adamw");
 /// adamw.cu's ADAMW_WORDS, ADAMW_THREADS and ADAMW_PER_THREAD.
@@ -43,10 +43,8 @@ pub fn adamw_all<'a>(updates: &[AdamWUpdate<'a>]) -> Result<()> {
             if t.elem_count() != n || t.dtype() != DType::F32 || !t.device().same_device(first.param.device()) {
                 bail!("{OP}: {name} {:?} {:?} does not match its parameter ({n} f32 on one GPU)", t.dtype(), t.dims());
             }
-            let Some((start, _)) = layout.contiguous_offsets() else { bail!("{OP}: {name} is not contiguous") };
-            let Storage::Cuda(cuda) = &**storage else { bail!("{OP}: {name} is not on a GPU") };
-            let (base, record) = cuda.as_cuda_slice::<f32>()?.device_ptr(&stream);
-            words[slot] = base + (start * DType::F32.size_in_bytes()) as u64;
+            let (address, record) = super::f32_address(storage, layout, &stream, name, OP)?;
+            words[slot] = address;
             records.push(record);
         }
         let h = &u.step;

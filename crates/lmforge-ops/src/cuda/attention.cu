@@ -571,7 +571,7 @@ __device__ void attn_delta(const T* y, const T* dy, float* delta, int b, int t, 
     float s = 0.0f;
     if (r < rows)
         for (int c = lane; c < d; c += 32) s += to_f(y[r * d + c]) * to_f(dy[r * d + c]);
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    s = warp_sum(s);
     if (r < rows && lane == 0) {
         // row r is (bi, i, hi) of (B, T, H); delta is (B, H, T).
         const long long hi = r % h, i = (r / h) % t, bi = r / ((long long)h * t);

@@ -25,11 +25,12 @@ pub mod loss;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{bail, CudaDevice, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CudaDevice, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +101,23 @@ pub(crate) fn kernel(dev: &CudaDevice, image: &Image, name: &str) -> Result<Kern
     };
     let function = module.load_function(name).w()?;
     Ok(Kernel { function, stream })
+}
+
+/// The device address of the first f32 `layout` selects in `storage` (contiguous, on a GPU),
+/// for kernels that write tensors in place through addresses (the optimizers'), with the
+/// record of its use on `stream`, to keep until the launch is queued. The caller holds the
+/// storage's lock meanwhile, so its buffer cannot be replaced.
+pub(crate) fn f32_address<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    stream: &'a CudaStream,
+    name: &str,
+    op: &str,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let Some((start, _)) = layout.contiguous_offsets() else { bail!("{op}: {name} is not contiguous") };
+    let Storage::Cuda(cuda) = storage else { bail!("{op}: {name} is not on a GPU") };
+    let (base, record) = cuda.as_cuda_slice::<f32>()?.device_ptr(stream);
+    Ok((base + (start * DType::F32.size_in_bytes()) as u64, record))
 }
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.

@@ -10,19 +10,6 @@
 // (2, blocks, C) f32 tensor). No atomics, so a run reproduces its bits.
 #include "common.cuh"
 
-// The sum of every thread's v, on every thread. blockDim.x is a multiple of 32, at most 1024.
-__device__ float block_sum(float v) {
-    __shared__ float warps[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();  // the previous call's readers are done with `warps`
-    if (lane == 0) warps[warp] = v;
-    __syncthreads();
-    v = lane < (int)(blockDim.x >> 5) ? warps[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 // (mean, 1/sqrt(var + eps)) of a row, biased variance in two passes (as the reference).
 template <typename T>
 __device__ float2 moments(const T* x, int c, float eps) {

@@ -373,7 +373,7 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
     const int col_tiles = (cols + AF_THREADS - 1) / AF_THREADS, row_tiles = (rows + AF_ROWS - 1) / AF_ROWS;
     const int blocks = std::min(rows, AF_MAX_BLOCKS);
     std::vector<float> part_row((size_t)col_tiles * rows, NAN), part_col((size_t)row_tiles * cols, NAN),
-        part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), sums(2, NAN),
+        part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), p_sq(1, NAN),
         part_u(blocks, NAN), scalars(2, NAN);
     emu_launch({(unsigned)col_tiles, (unsigned)row_tiles}, {AF_THREADS}, 0, [&] {
         adafactor_tiles(g.data(), grad_scale, p.data(), rows, cols, (float)eps1, scale_parameter, part_row.data(),
@@ -382,12 +382,12 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
     emu_launch({1}, {AF_ONE_BLOCK}, 0, [&] {
         adafactor_factors(part_row.data(), part_col.data(), part_p.data(), rows, cols, col_tiles, row_tiles,
                           (float)beta2t, (float)(1.0 - beta2t), row.data(), col.data(), r_fac.data(), c_fac.data(),
-                          sums.data());
+                          p_sq.data());
     });
     emu_launch({(unsigned)blocks}, {AF_THREADS}, 0,
                [&] { adafactor_update_sq(g.data(), grad_scale, r_fac.data(), c_fac.data(), rows, cols, part_u.data()); });
     emu_launch({1}, {AF_THREADS}, 0, [&] {
-        adafactor_scalars(part_u.data(), blocks, sums.data(), (double)n, rel, lr_scale, eps2, scale_parameter,
+        adafactor_scalars(part_u.data(), blocks, p_sq.data(), (double)n, rel, lr_scale, eps2, scale_parameter,
                           clip_threshold, wd, scalars.data());
     });
     emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
