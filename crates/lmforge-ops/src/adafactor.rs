@@ -1,8 +1,9 @@
-//! Adafactor's factored update of one matrix, in place, through lmforge's CUDA kernels
-//! (`cuda/adafactor.rs`): the parameter, its row and column second-moment state and (with β1)
-//! its first moment. The composed update (`lmforge::optim::adafactor`, transformers' order of
-//! operations) is the oracle and runs everywhere else: on the CPU, for vectors, and with the
-//! reference kernels chosen.
+//! Adafactor's update of one parameter, in place, through lmforge's CUDA kernels
+//! (`cuda/adafactor.rs`): the parameter, its second-moment state (a matrix's row and column
+//! factors, a vector's full moment) and (with β1) its first moment. The composed update
+//! (`lmforge::optim::adafactor`, transformers' order of operations) is the oracle and runs
+//! everywhere else: on the CPU, for parameters of rank 3 or more, and with the reference
+//! kernels chosen.
 
 use candle_core::Tensor;
 
@@ -31,13 +32,43 @@ pub struct AdafactorStep {
     pub grad_scale: f64,
 }
 
-/// One matrix's update: the (R, C) parameter and gradient, the (R) row and (C) column state,
-/// the (R, C) first moment with β1.
-pub struct AdafactorMatrix<'a> {
+/// A parameter's second-moment state, as Adafactor keeps it for the parameter's rank.
+#[derive(Clone, Copy)]
+pub enum SecondMoment<'a> {
+    /// A (R, C) matrix's (R) row and (C) column factors.
+    Factored { row: &'a Tensor, col: &'a Tensor },
+    /// A vector's moment, one value an element.
+    Full(&'a Tensor),
+}
+
+/// One parameter's update: the parameter and its gradient (a (R, C) matrix or a vector), its
+/// second-moment state, its first moment with β1.
+pub struct AdafactorUpdate<'a> {
     pub param: &'a Tensor,
     pub grad: &'a Tensor,
-    pub row: &'a Tensor,
-    pub col: &'a Tensor,
+    pub moment: SecondMoment<'a>,
     pub exp_avg: Option<&'a Tensor>,
     pub step: AdafactorStep,
+}
+
+impl AdafactorUpdate<'_> {
+    /// Every tensor the update reads or writes.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut ts = vec![self.param, self.grad];
+        match self.moment {
+            SecondMoment::Factored { row, col } => ts.extend([row, col]),
+            SecondMoment::Full(v) => ts.push(v),
+        }
+        ts.extend(self.exp_avg);
+        ts
+    }
+
+    /// The parameter's rank matches its state's kind: 2 for factors, 1 for a full moment.
+    pub fn rank_matches(&self) -> bool {
+        let want = match self.moment {
+            SecondMoment::Factored { .. } => 2,
+            SecondMoment::Full(_) => 1,
+        };
+        self.param.rank() == want
+    }
 }

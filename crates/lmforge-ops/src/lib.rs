@@ -463,13 +463,13 @@ pub fn adamw_in_place_all(updates: &[adamw::AdamWUpdate<'_>]) -> Result<bool> {
     Ok(true)
 }
 
-/// Adafactor's update of one matrix in place through lmforge's CUDA kernels, when they apply
-/// (the reference kernels not chosen, a CUDA build, every tensor f32 on one GPU, a 2-D
-/// parameter). Returns false (nothing done) otherwise, and the caller runs its composed update.
-pub fn adafactor_matrix_in_place(u: &adafactor::AdafactorMatrix<'_>) -> Result<bool> {
-    let ts = [Some(u.param), Some(u.grad), Some(u.row), Some(u.col), u.exp_avg];
-    let on_gpu = ts.iter().flatten().all(|t| t.dtype() == DType::F32 && t.device().same_device(u.param.device()));
-    if !(cuda_kernels(u.param) && on_gpu && u.param.rank() == 2) {
+/// Adafactor's update of one parameter in place through lmforge's CUDA kernels, when they
+/// apply (the reference kernels not chosen, a CUDA build, every tensor f32 on one GPU, a matrix
+/// with row and column factors or a vector with its full moment). Returns false (nothing done)
+/// otherwise, and the caller runs its composed update.
+pub fn adafactor_in_place(u: &adafactor::AdafactorUpdate<'_>) -> Result<bool> {
+    let on_gpu = u.tensors().iter().all(|t| t.dtype() == DType::F32 && t.device().same_device(u.param.device()));
+    if !(cuda_kernels(u.param) && on_gpu && u.rank_matches()) {
         return Ok(false);
     }
     #[cfg(feature = "cuda")]

@@ -681,21 +681,27 @@ mod on_cuda {
         assert_eq!(bits(&g_op), bits(&g_ref), "bf16 rows' gradient");
     }
 
-    /// Adafactor's step of one matrix through the fused kernels (adafactor.cu) against its
-    /// composition from candle ops on the GPU (transformers' arithmetic, as lmforge's composed
-    /// update), at sizes across several row and column tiles and the row-stride grid's limit,
-    /// with and without β1, weight decay, the parameter scale, update clipping and a gradient
-    /// scale (global-norm clipping's, folded in); the same bits twice (no atomics).
+    /// Adafactor's step of one matrix or vector through the fused kernels (adafactor.cu)
+    /// against its composition from candle ops on the GPU (transformers' arithmetic, as
+    /// lmforge's composed update), at sizes across several row and column tiles and the
+    /// row-stride grid's limit (a vector past it too), with and without β1, weight decay, the
+    /// parameter scale, update clipping and a gradient scale (global-norm clipping's, folded
+    /// in); the same bits twice (no atomics).
     #[test]
-    fn adafactor_matrix_step_matches_its_composition_on_the_gpu() {
-        use crate::adafactor::{AdafactorMatrix, AdafactorStep};
+    fn adafactor_step_matches_its_composition_on_the_gpu() {
+        use crate::adafactor::{AdafactorStep, AdafactorUpdate, SecondMoment};
         let dev = gpu();
-        let cases = [
-            (70, 300, false, None, 0.0, 1.0, 1.0),
-            (4100, 1000, true, Some(0.9), 0.1, 1.0, 0.3),
-            (130, 2049, true, None, 0.0, 0.3, 1.0),
+        // Shape, scale_parameter, β1, weight decay, clip threshold, gradient scale.
+        type Case = (&'static [usize], bool, Option<f64>, f64, f64, f64);
+        let cases: [Case; 6] = [
+            (&[70, 300], false, None, 0.0, 1.0, 1.0),
+            (&[4100, 1000], true, Some(0.9), 0.1, 1.0, 0.3),
+            (&[130, 2049], true, None, 0.0, 0.3, 1.0),
+            (&[5], true, None, 0.0, 1.0, 0.3),
+            (&[4096], true, Some(0.9), 0.1, 1.0, 0.3),
+            (&[300_000], false, None, 0.0, 0.3, 1.0),
         ];
-        for (rows, cols, scale_parameter, beta1, weight_decay, clip_threshold, grad_scale) in cases {
+        for (shape, scale_parameter, beta1, weight_decay, clip_threshold, grad_scale) in cases {
             let h = AdafactorStep {
                 eps1: 1e-30,
                 eps2: 1e-3,
@@ -709,25 +715,43 @@ mod on_cuda {
                 grad_scale,
             };
             let on = |t: Tensor| t.to_device(&dev).unwrap();
-            let p0 = on(randn(&[rows, cols], 1.0, 81));
-            let g = on(randn(&[rows, cols], 0.5, 82));
-            let row0 = on((randn(&[rows], 0.01, 83).abs().unwrap() + 1e-4).unwrap());
-            let col0 = on((randn(&[cols], 0.01, 84).abs().unwrap() + 1e-4).unwrap());
-            let m0 = on(randn(&[rows, cols], 0.1, 85));
+            let state = |len: usize, seed: u64| on((randn(&[len], 0.01, seed).abs().unwrap() + 1e-4).unwrap());
+            // A vector's values ~0.1 (its 300,000 case steps by ~α unscaled: well above their
+            // f32 rounding, the step check's resolution).
+            let p0 = on(randn(shape, if shape.len() == 1 { 0.1 } else { 1.0 }, 81));
+            let g = on(randn(shape, 0.5, 82));
+            let m0 = on(randn(shape, 0.1, 85));
+            // The second moment's state: a matrix's row and column factors, a vector's own.
+            let moment0: Vec<Tensor> = match shape {
+                [rows, cols] => vec![state(*rows, 83), state(*cols, 84)],
+                _ => vec![state(shape[0], 83)],
+            };
             // The composition, from the gradient scaled first.
-            let n = (rows * cols) as f64;
+            let n = p0.elem_count() as f64;
             let gs = (&g * grad_scale).unwrap();
             let rms = |t: &Tensor| (t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64 / n).sqrt();
             let u = (gs.sqr().unwrap() + h.eps1).unwrap();
             let mix = |state: &Tensor, mean: Tensor| {
                 ((state * h.beta2t).unwrap() + (mean * (1.0 - h.beta2t)).unwrap()).unwrap()
             };
-            let row_want = mix(&row0, u.mean(1).unwrap());
-            let col_want = mix(&col0, u.mean(0).unwrap());
-            let r =
-                row_want.broadcast_div(&row_want.mean_keepdim(0).unwrap()).unwrap().sqrt().unwrap().recip().unwrap();
-            let c = col_want.sqrt().unwrap().recip().unwrap();
-            let update = (r.unsqueeze(1).unwrap().broadcast_mul(&c.unsqueeze(0).unwrap()).unwrap() * &gs).unwrap();
+            let (moment_want, update) = if let [row0, col0] = moment0.as_slice() {
+                let row_want = mix(row0, u.mean(1).unwrap());
+                let col_want = mix(col0, u.mean(0).unwrap());
+                let r = row_want
+                    .broadcast_div(&row_want.mean_keepdim(0).unwrap())
+                    .unwrap()
+                    .sqrt()
+                    .unwrap()
+                    .recip()
+                    .unwrap();
+                let c = col_want.sqrt().unwrap().recip().unwrap();
+                let update = (r.unsqueeze(1).unwrap().broadcast_mul(&c.unsqueeze(0).unwrap()).unwrap() * &gs).unwrap();
+                (vec![row_want, col_want], update)
+            } else {
+                let v_want = mix(&moment0[0], u);
+                let update = (v_want.sqrt().unwrap().recip().unwrap() * &gs).unwrap();
+                (vec![v_want], update)
+            };
             let scale = if scale_parameter { h.eps2.max(rms(&p0)) } else { 1.0 };
             let alpha = scale * h.rel * h.lr_scale;
             let clip = (rms(&update) / clip_threshold).max(1.0);
@@ -742,16 +766,22 @@ mod on_cuda {
             // The fused step, twice from the same start.
             let fused = || {
                 let copy = |t: &Tensor| t.copy().unwrap();
-                let (p, row, col, m) = (copy(&p0), copy(&row0), copy(&col0), copy(&m0));
-                let u =
-                    AdafactorMatrix { param: &p, grad: &g, row: &row, col: &col, exp_avg: beta1.map(|_| &m), step: h };
-                assert!(adafactor_matrix_in_place(&u).unwrap(), "the fused kernels did not apply");
-                (p, row, col, m)
+                let (p, m) = (copy(&p0), copy(&m0));
+                let moment: Vec<Tensor> = moment0.iter().map(copy).collect();
+                let second = match moment.as_slice() {
+                    [row, col] => SecondMoment::Factored { row, col },
+                    [v] => SecondMoment::Full(v),
+                    _ => unreachable!("one or two state tensors"),
+                };
+                let u = AdafactorUpdate { param: &p, grad: &g, moment: second, exp_avg: beta1.map(|_| &m), step: h };
+                assert!(adafactor_in_place(&u).unwrap(), "the fused kernels did not apply");
+                (p, moment, m)
             };
-            let (p, row, col, m) = fused();
-            let label = format!("adafactor {rows}x{cols}");
-            assert!(rel(&row, &row_want) < 1e-5, "{label}: row state {:e}", rel(&row, &row_want));
-            assert!(rel(&col, &col_want) < 1e-5, "{label}: column state {:e}", rel(&col, &col_want));
+            let (p, moment, m) = fused();
+            let label = format!("adafactor {shape:?}");
+            for (i, (got, want)) in moment.iter().zip(&moment_want).enumerate() {
+                assert!(rel(got, want) < 1e-5, "{label}: second-moment state {i} {:e}", rel(got, want));
+            }
             assert!(rel(&p, &p_want) < 1e-6, "{label}: parameter {:e}", rel(&p, &p_want));
             let (step, step_want) = ((&p - &p0).unwrap(), (&p_want - &p0).unwrap());
             assert!(rel(&step, &step_want) < 1e-4, "{label}: step {:e}", rel(&step, &step_want));

@@ -1,19 +1,27 @@
-// Adafactor's factored update of one matrix on CUDA (transformers' Adafactor, as lmforge's
+// Adafactor's update of one parameter on CUDA (transformers' Adafactor, as lmforge's
 // optim/adafactor.rs composes it), in place, the gradient read as g·grad_scale (clipping's
-// factor: the f32 values of the gradient scaled first), in five launches that move 20-28 bytes
-// a parameter (the composed ops make some 28 four-byte passes and read two scalars back to the
-// host), with every sum in a fixed order (no atomics):
+// factor: the f32 values of the gradient scaled first), with every sum in a fixed order (no
+// atomics) and no value read back to the host (the composed update reads RMS(p) and RMS(U),
+// a wait on the stream each).
+//
+// A matrix, in five launches that move 20-28 bytes a parameter (the composed ops make some 28
+// four-byte passes):
 //   1 adafactor_tiles     a block a tile of AF_ROWS rows × AF_THREADS columns: each column's
 //                         Σ (g² + eps1) over the tile's rows, each row's over its columns (warp
 //                         trees), and Σ p² (for RMS(p)) when the step size scales with it
 //   2 adafactor_factors   one block: R ← β2ₜ·R + (1−β2ₜ)·mean_cols(u) and C likewise (the
-//                         state, in place), r = 1/√(R / mean(R)), c = 1/√C, Σ p² over the tiles
+//                         state, in place), r = 1/√(R / mean(R)), c = 1/√C
 //   3 adafactor_update_sq a block a stride of rows: Σ ((r_i·c_j)·g_ij)² per block
 //   4 adafactor_scalars   one block: α = rel·lr_scale·max(eps2, RMS(p)) (or rel·lr_scale) and
 //                         RMS(U) in double, as the host computes them: the update's factor
 //                         α / max(1, RMS(U)/d) and the decay −wd·α
 //   5 adafactor_apply     U = (r_i·c_j)·g_ij·factor; with β1 m ← β1·m + (1−β1)·U, U ← m;
 //                         p ← (p + p·decay) − U (p − U without weight decay)
+// A vector (norm weights, biases: the unfactored second moment), in three:
+//   1 adafactor_vector_sq    v ← β2ₜ·v + (1−β2ₜ)·(g² + eps1) in place; a block's Σ (g/√v)² and
+//                            Σ p² over a stride of elements
+//   2 adafactor_scalars      as for a matrix
+//   3 adafactor_vector_apply U = (1/√v)·g·factor, then as adafactor_apply
 #include "common.cuh"
 
 #define AF_THREADS 256
@@ -59,11 +67,10 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
     if (threadIdx.x == 0) part_p[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = psq;
 }
 
-// p_sq: Σ p² over the tiles (for adafactor_scalars).
 extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
-    adafactor_factors(const float* part_row, const float* part_col, const float* part_p, int rows, int cols,
-                      int col_tiles, int row_tiles, float beta2t, float one_minus_beta2t, float* row_state,
-                      float* col_state, float* r_fac, float* c_fac, float* p_sq) {
+    adafactor_factors(const float* part_row, const float* part_col, int rows, int cols, int col_tiles, int row_tiles,
+                      float beta2t, float one_minus_beta2t, float* row_state, float* col_state, float* r_fac,
+                      float* c_fac) {
     const float inv_cols = 1.0f / (float)cols, inv_rows = 1.0f / (float)rows;
     float acc = 0.0f;
     for (int i = threadIdx.x; i < rows; i += blockDim.x) {
@@ -82,10 +89,6 @@ extern "C" __global__ void __launch_bounds__(AF_ONE_BLOCK)
         col_state[j] = v;
         c_fac[j] = 1.0f / sqrtf(v);
     }
-    float psq = 0.0f;
-    for (int t = threadIdx.x; t < row_tiles * col_tiles; t += blockDim.x) psq += part_p[t];
-    psq = block_sum(psq);
-    if (threadIdx.x == 0) *p_sq = psq;
 }
 
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
@@ -104,15 +107,19 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
     if (threadIdx.x == 0) part_u[blockIdx.x] = acc;
 }
 
-// scalars: [0] the update's factor α / clip, [1] the decay −wd·α (f32, as the ops apply them).
+// From the partial sums of U² (u_parts of them) and p² (p_parts): scalars[0] the update's
+// factor α / clip, [1] the decay −wd·α (f32, as the ops apply them).
 extern "C" __global__ void __launch_bounds__(AF_THREADS)
-    adafactor_scalars(const float* part_u, int blocks, const float* p_sq, double n, double rel, double lr_scale,
-                      double eps2, int scale_parameter, double clip_threshold, double weight_decay, float* scalars) {
-    float usq = 0.0f;
-    for (int b = threadIdx.x; b < blocks; b += blockDim.x) usq += part_u[b];
+    adafactor_scalars(const float* part_u, int u_parts, const float* part_p, int p_parts, double n, double rel,
+                      double lr_scale, double eps2, int scale_parameter, double clip_threshold, double weight_decay,
+                      float* scalars) {
+    float usq = 0.0f, psq = 0.0f;
+    for (int b = threadIdx.x; b < u_parts; b += blockDim.x) usq += part_u[b];
+    for (int b = threadIdx.x; b < p_parts; b += blockDim.x) psq += part_p[b];
     usq = block_sum(usq);
+    psq = block_sum(psq);
     if (threadIdx.x == 0) {
-        const double param_rms = sqrt((double)*p_sq / n);
+        const double param_rms = sqrt((double)psq / n);
         const double scale = scale_parameter ? fmax(eps2, param_rms) : 1.0;
         const double alpha = scale * rel * lr_scale;
         const double clip = fmax(sqrt((double)usq / n) / clip_threshold, 1.0);
@@ -138,5 +145,46 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
             const float pi = p[row + j];
             p[row + j] = (has_decay ? pi + pi * decay : pi) - u;
         }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_vector_sq(const float* g, float grad_scale, const float* p, size_t n, float eps1, int with_p,
+                        float beta2t, float one_minus_beta2t, float* v_state, float* part_u, float* part_p) {
+    float usq = 0.0f, psq = 0.0f;
+    const size_t stride = (size_t)gridDim.x * AF_THREADS;
+    for (size_t k = (size_t)blockIdx.x * AF_THREADS + threadIdx.x; k < n; k += stride) {
+        const float gi = g[k] * grad_scale;
+        const float v = v_state[k] * beta2t + (gi * gi + eps1) * one_minus_beta2t;
+        v_state[k] = v;
+        const float u = 1.0f / sqrtf(v) * gi;
+        usq += u * u;
+        if (with_p) {
+            const float pi = p[k];
+            psq += pi * pi;
+        }
+    }
+    usq = block_sum(usq);
+    psq = block_sum(psq);
+    if (threadIdx.x == 0) {
+        part_u[blockIdx.x] = usq;
+        part_p[blockIdx.x] = psq;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(AF_THREADS)
+    adafactor_vector_apply(float* p, const float* g, float grad_scale, float* m, const float* v_state,
+                           const float* scalars, size_t n, int has_m, float beta1, float one_minus_beta1,
+                           int has_decay) {
+    const float factor = scalars[0], decay = scalars[1];
+    const size_t stride = (size_t)gridDim.x * AF_THREADS;
+    for (size_t k = (size_t)blockIdx.x * AF_THREADS + threadIdx.x; k < n; k += stride) {
+        float u = 1.0f / sqrtf(v_state[k]) * (g[k] * grad_scale) * factor;
+        if (has_m) {
+            u = m[k] * beta1 + u * one_minus_beta1;
+            m[k] = u;
+        }
+        const float pi = p[k];
+        p[k] = (has_decay ? pi + pi * decay : pi) - u;
     }
 }

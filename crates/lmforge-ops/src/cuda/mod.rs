@@ -7,7 +7,7 @@
 //!
 //! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place,
 //! every tensor of a step in one launch ([`adamw`], `adamw.cu`); Adafactor's step of a matrix
-//! ([`adafactor`], `adafactor.cu`); attention, forward and backward ([`attention`],
+//! or a vector ([`adafactor`], `adafactor.cu`); attention, forward and backward ([`attention`],
 //! `attention.cu`); GELU, SwiGLU and RoPE, forward and backward ([`activation`],
 //! `activation.cu`); cross-entropy's row log-sum-exp and logit gradient ([`loss`], `loss.cu`);
 //! the token embedding's rows and its gradient by token, sorted, without atomics

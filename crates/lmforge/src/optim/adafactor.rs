@@ -15,14 +15,14 @@
 //! With `relative_step` the scheduled `lr` is ignored (the step size comes from t alone), as
 //! in Hugging Face; the group's `lr_scale` still multiplies α. State: `exp_avg_sq_row` and
 //! `exp_avg_sq_col` for matrices (rows + cols floats instead of rows × cols), `exp_avg_sq` for
-//! vectors, `exp_avg` with β1 (4 bytes per parameter). On a GPU a matrix's step runs
-//! lmforge's fused kernels (`ops::adafactor_matrix_in_place`: the same arithmetic, RMS values
-//! kept on the device, no full-size temporaries); this composed form is their oracle and runs
-//! everywhere else, reading RMS(p) and RMS(U) back to the host per parameter.
+//! vectors, `exp_avg` with β1 (4 bytes per parameter). On a GPU the step of a matrix or a
+//! vector runs lmforge's fused kernels (`ops::adafactor_in_place`: the same arithmetic, RMS
+//! values kept on the device, no full-size temporaries); this composed form is their oracle and
+//! runs everywhere else, reading RMS(p) and RMS(U) back to the host per parameter.
 
 use super::{Param, State};
 use crate::error::Result;
-use crate::ops::{self, adafactor::AdafactorMatrix, adafactor::AdafactorStep};
+use crate::ops::{self, adafactor::AdafactorStep, adafactor::AdafactorUpdate, adafactor::SecondMoment};
 use candle_core::{Tensor, D};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,11 +81,14 @@ pub fn step_size(h: &AdafactorHyper, lr: f64, t: u64, param_rms: f64) -> f64 {
     scale * base_step(h, lr, t)
 }
 
-/// A matrix's step through the fused kernels where they apply (false: nothing done).
-fn fused_matrix(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, beta2t: f64, st: &State) -> Result<bool> {
-    if p.var.as_tensor().rank() != 2 {
-        return Ok(false);
-    }
+/// A matrix's or a vector's step through the fused kernels where they apply (false: nothing
+/// done).
+fn fused(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, beta2t: f64, st: &State) -> Result<bool> {
+    let moment = match p.var.as_tensor().rank() {
+        2 => SecondMoment::Factored { row: st.get(p.name, "exp_avg_sq_row")?, col: st.get(p.name, "exp_avg_sq_col")? },
+        1 => SecondMoment::Full(st.get(p.name, "exp_avg_sq")?),
+        _ => return Ok(false),
+    };
     let step = AdafactorStep {
         eps1: h.eps1,
         eps2: h.eps2,
@@ -99,21 +102,14 @@ fn fused_matrix(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, beta2t: f64, st:
         grad_scale: p.grad_scale,
     };
     let exp_avg = if h.beta1.is_some() { Some(st.get(p.name, "exp_avg")?) } else { None };
-    let matrix = AdafactorMatrix {
-        param: p.var.as_tensor(),
-        grad: p.grad,
-        row: st.get(p.name, "exp_avg_sq_row")?,
-        col: st.get(p.name, "exp_avg_sq_col")?,
-        exp_avg,
-        step,
-    };
-    Ok(ops::adafactor_matrix_in_place(&matrix)?)
+    let update = AdafactorUpdate { param: p.var.as_tensor(), grad: p.grad, moment, exp_avg, step };
+    Ok(ops::adafactor_in_place(&update)?)
 }
 
 /// Step `t` (1-based) of one parameter at learning rate `lr` (ignored with relative_step).
 pub fn update(h: &AdafactorHyper, p: &Param, lr: f64, t: u64, st: &mut State) -> Result<()> {
     let beta2t = 1.0 - (t as f64).powf(h.decay_rate);
-    if fused_matrix(h, p, lr, t, beta2t, st)? {
+    if fused(h, p, lr, t, beta2t, st)? {
         return Ok(());
     }
     let param = p.var.as_tensor();

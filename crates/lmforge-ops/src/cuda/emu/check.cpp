@@ -324,28 +324,77 @@ static void adamw_case(std::vector<size_t> sizes) {
     report(name, err, 1e-6);
 }
 
+// One Adafactor case's hyperparameters (the rest fixed: eps1 1e-30, eps2 1e-3, step 3's β2ₜ,
+// relative step 0.01, lr_scale 0.5, β1 0.9), the tail of its step in double (transformers'
+// order) and the checks every case shares.
+struct AdafactorCase {
+    bool scale_parameter, beta1;
+    double wd, clip_threshold;
+    float grad_scale;
+    static constexpr double eps1 = 1e-30, eps2 = 1e-3, rel = 0.01, lr_scale = 0.5, b1 = 0.9;
+    static double beta2t() { return 1.0 - std::pow(3.0, -0.8); }
+
+    std::string label(const std::string& base) const {
+        return base + (scale_parameter ? " scaled" : "") + (beta1 ? " beta1" : "") + (wd ? " decay" : "") +
+               (clip_threshold < 1.0 ? " clipped" : "") + (grad_scale != 1.0f ? " grad-scaled" : "");
+    }
+
+    // From the preconditioned gradient upd (its Σ upd², and Σ p²): the step size, the update
+    // clipping, β1 and the decay, into p_w and m_w.
+    void finish(const std::vector<double>& upd, double usq, double psq, const std::vector<float>& p,
+                const std::vector<float>& m, std::vector<double>& p_w, std::vector<double>& m_w) const {
+        const size_t n = p.size();
+        const double scale = scale_parameter ? std::max(eps2, std::sqrt(psq / n)) : 1.0;
+        const double alpha = scale * rel * lr_scale, clip = std::max(std::sqrt(usq / n) / clip_threshold, 1.0);
+        for (size_t k = 0; k < n; ++k) {
+            double u = upd[k] * alpha / clip;
+            if (beta1) u = m_w[k] = m[k] * b1 + u * (1.0 - b1);
+            p_w[k] = p[k] - wd * alpha * p[k] - u;
+        }
+    }
+
+    // The first moment, the parameter and, since the parameter moves by about α a step, the
+    // step itself against the step's size.
+    void report_update(const std::string& name, const std::vector<float>& p, const std::vector<double>& p_w,
+                       const std::vector<float>& p0, const std::vector<float>& m, const std::vector<double>& m_w) const {
+        if (beta1) report(name + " first moment", rel_err(m, m_w), 1e-5);
+        report(name + " parameter", rel_err(p, p_w), 1e-6);
+        std::vector<float> step(p.size());
+        std::vector<double> step_w(p.size());
+        for (size_t k = 0; k < p.size(); ++k) {
+            step[k] = (float)((double)p[k] - p0[k]);
+            step_w[k] = p_w[k] - p0[k];
+        }
+        report(name + " step", rel_err(step, step_w), 1e-4);
+    }
+};
+
+// A second-moment state of n values, small and positive.
+static std::vector<float> adafactor_state(size_t n, std::mt19937& rng) {
+    std::vector<float> s(n);
+    for (auto& x : s) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
+    return s;
+}
+
 // Adafactor's factored step of one matrix through the five launches, as cuda/adafactor.rs
 // makes them, against transformers' arithmetic in double: the parameter, the row and column
 // state and the first moment. Odd sizes cover partial column and row tiles and several tiles.
-static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1, double wd, double clip_threshold,
-                           float grad_scale) {
+static void adafactor_case(int rows, int cols, const AdafactorCase& c) {
     const size_t n = (size_t)rows * cols;
     std::mt19937 rng(rows * 131 + cols);
     auto p = random_values<float>(n, rng), g = random_values<float>(n, rng, 0.5f), m = random_values<float>(n, rng, 0.1f);
     const std::vector<float> p0 = p;
     std::vector<float> g_scaled(n);  // what the composed update reads: the gradient scaled first
-    for (size_t k = 0; k < n; ++k) g_scaled[k] = g[k] * grad_scale;
-    std::vector<float> row(rows), col(cols);
-    for (auto& x : row) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
-    for (auto& x : col) x = std::fabs(random_values<float>(1, rng)[0]) * 0.01f + 1e-4f;
-    const double eps1 = 1e-30, eps2 = 1e-3, beta2t = 1.0 - std::pow(3.0, -0.8), rel = 0.01, lr_scale = 0.5, b1 = 0.9;
+    for (size_t k = 0; k < n; ++k) g_scaled[k] = g[k] * c.grad_scale;
+    std::vector<float> row = adafactor_state(rows, rng), col = adafactor_state(cols, rng);
+    const double beta2t = AdafactorCase::beta2t();
     // The double reference.
     std::vector<double> row_w(rows), col_w(cols), p_w(n), m_w(n);
     std::vector<double> rsum(rows, 0.0), csum(cols, 0.0);
     double psq = 0.0;
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j) {
-            const double gi = g_scaled[(size_t)i * cols + j], u = gi * gi + eps1;
+            const double gi = g_scaled[(size_t)i * cols + j], u = gi * gi + c.eps1;
             rsum[i] += u;
             csum[j] += u;
             psq += (double)p[(size_t)i * cols + j] * p[(size_t)i * cols + j];
@@ -362,53 +411,78 @@ static void adafactor_case(int rows, int cols, bool scale_parameter, bool beta1,
             upd[k] = 1.0 / std::sqrt(row_w[i] / row_mean) / std::sqrt(col_w[j]) * g_scaled[k];
             usq += upd[k] * upd[k];
         }
-    const double scale = scale_parameter ? std::max(eps2, std::sqrt(psq / n)) : 1.0;
-    const double alpha = scale * rel * lr_scale, clip = std::max(std::sqrt(usq / n) / clip_threshold, 1.0);
-    for (size_t k = 0; k < n; ++k) {
-        double u = upd[k] * alpha / clip;
-        if (beta1) u = m_w[k] = m[k] * b1 + u * (1.0 - b1);
-        p_w[k] = p[k] - wd * alpha * p[k] - u;
-    }
+    c.finish(upd, usq, psq, p, m, p_w, m_w);
     // The launches.
     const int col_tiles = (cols + AF_THREADS - 1) / AF_THREADS, row_tiles = (rows + AF_ROWS - 1) / AF_ROWS;
     const int blocks = std::min(rows, AF_MAX_BLOCKS);
     std::vector<float> part_row((size_t)col_tiles * rows, NAN), part_col((size_t)row_tiles * cols, NAN),
-        part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), p_sq(1, NAN),
-        part_u(blocks, NAN), scalars(2, NAN);
+        part_p((size_t)row_tiles * col_tiles, NAN), r_fac(rows, NAN), c_fac(cols, NAN), part_u(blocks, NAN),
+        scalars(2, NAN);
     emu_launch({(unsigned)col_tiles, (unsigned)row_tiles}, {AF_THREADS}, 0, [&] {
-        adafactor_tiles(g.data(), grad_scale, p.data(), rows, cols, (float)eps1, scale_parameter, part_row.data(),
+        adafactor_tiles(g.data(), c.grad_scale, p.data(), rows, cols, (float)c.eps1, c.scale_parameter, part_row.data(),
                         part_col.data(), part_p.data());
     });
     emu_launch({1}, {AF_ONE_BLOCK}, 0, [&] {
-        adafactor_factors(part_row.data(), part_col.data(), part_p.data(), rows, cols, col_tiles, row_tiles,
-                          (float)beta2t, (float)(1.0 - beta2t), row.data(), col.data(), r_fac.data(), c_fac.data(),
-                          p_sq.data());
-    });
-    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0,
-               [&] { adafactor_update_sq(g.data(), grad_scale, r_fac.data(), c_fac.data(), rows, cols, part_u.data()); });
-    emu_launch({1}, {AF_THREADS}, 0, [&] {
-        adafactor_scalars(part_u.data(), blocks, p_sq.data(), (double)n, rel, lr_scale, eps2, scale_parameter,
-                          clip_threshold, wd, scalars.data());
+        adafactor_factors(part_row.data(), part_col.data(), rows, cols, col_tiles, row_tiles, (float)beta2t,
+                          (float)(1.0 - beta2t), row.data(), col.data(), r_fac.data(), c_fac.data());
     });
     emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
-        adafactor_apply(p.data(), g.data(), grad_scale, m.data(), r_fac.data(), c_fac.data(), scalars.data(), rows, cols, beta1,
-                        (float)b1, (float)(1.0 - b1), wd != 0.0);
+        adafactor_update_sq(g.data(), c.grad_scale, r_fac.data(), c_fac.data(), rows, cols, part_u.data());
     });
-    const std::string name = "adafactor " + std::to_string(rows) + "x" + std::to_string(cols) +
-                             (scale_parameter ? " scaled" : "") + (beta1 ? " beta1" : "") + (wd ? " decay" : "") +
-                             (clip_threshold < 1.0 ? " clipped" : "") + (grad_scale != 1.0f ? " grad-scaled" : "");
+    emu_launch({1}, {AF_THREADS}, 0, [&] {
+        adafactor_scalars(part_u.data(), blocks, part_p.data(), row_tiles * col_tiles, (double)n, c.rel, c.lr_scale,
+                          c.eps2, c.scale_parameter, c.clip_threshold, c.wd, scalars.data());
+    });
+    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
+        adafactor_apply(p.data(), g.data(), c.grad_scale, m.data(), r_fac.data(), c_fac.data(), scalars.data(), rows, cols,
+                        c.beta1, (float)c.b1, (float)(1.0 - c.b1), c.wd != 0.0);
+    });
+    const std::string name = c.label("adafactor " + std::to_string(rows) + "x" + std::to_string(cols));
     report(name + " row state", rel_err(row, row_w), 1e-5);
     report(name + " column state", rel_err(col, col_w), 1e-5);
-    if (beta1) report(name + " first moment", rel_err(m, m_w), 1e-5);
-    report(name + " parameter", rel_err(p, p_w), 1e-6);
-    // The parameter moves by about α a step: the step itself, against the step's size.
-    std::vector<float> step(n);
-    std::vector<double> step_w(n);
+    c.report_update(name, p, p_w, p0, m, m_w);
+}
+
+// Adafactor's step of one vector (its second moment unfactored) through the three launches, as
+// cuda/adafactor.rs makes them, against transformers' arithmetic in double. Sizes cover a
+// partial block, several blocks and more elements than the grid's threads (a grid stride). The
+// parameter's values are ~0.1 so that an unscaled step of ~α is well above their f32 rounding
+// (the step check's resolution).
+static void adafactor_vector_case(size_t n, const AdafactorCase& c) {
+    std::mt19937 rng((unsigned)n * 7 + 1);
+    auto p = random_values<float>(n, rng, 0.1f), g = random_values<float>(n, rng, 0.5f), m = random_values<float>(n, rng, 0.1f);
+    const std::vector<float> p0 = p;
+    std::vector<float> v = adafactor_state(n, rng);
+    const double beta2t = AdafactorCase::beta2t();
+    // The double reference.
+    std::vector<double> v_w(n), upd(n), p_w(n), m_w(n);
+    double usq = 0.0, psq = 0.0;
     for (size_t k = 0; k < n; ++k) {
-        step[k] = (float)((double)p[k] - p0[k]);
-        step_w[k] = p_w[k] - p0[k];
+        const double gi = (double)(g[k] * c.grad_scale);  // the composed update scales the gradient first
+        v_w[k] = v[k] * beta2t + (gi * gi + c.eps1) * (1.0 - beta2t);
+        upd[k] = gi / std::sqrt(v_w[k]);
+        usq += upd[k] * upd[k];
+        psq += (double)p[k] * p[k];
     }
-    report(name + " step", rel_err(step, step_w), 1e-4);
+    c.finish(upd, usq, psq, p, m, p_w, m_w);
+    // The launches.
+    const int blocks = (int)std::min<size_t>((n + AF_THREADS - 1) / AF_THREADS, AF_MAX_BLOCKS);
+    std::vector<float> part_u(blocks, NAN), part_p(blocks, NAN), scalars(2, NAN);
+    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
+        adafactor_vector_sq(g.data(), c.grad_scale, p.data(), n, (float)c.eps1, c.scale_parameter, (float)beta2t,
+                            (float)(1.0 - beta2t), v.data(), part_u.data(), part_p.data());
+    });
+    emu_launch({1}, {AF_THREADS}, 0, [&] {
+        adafactor_scalars(part_u.data(), blocks, part_p.data(), blocks, (double)n, c.rel, c.lr_scale, c.eps2,
+                          c.scale_parameter, c.clip_threshold, c.wd, scalars.data());
+    });
+    emu_launch({(unsigned)blocks}, {AF_THREADS}, 0, [&] {
+        adafactor_vector_apply(p.data(), g.data(), c.grad_scale, m.data(), v.data(), scalars.data(), n, c.beta1,
+                               (float)c.b1, (float)(1.0 - c.b1), c.wd != 0.0);
+    });
+    const std::string name = c.label("adafactor vector " + std::to_string(n));
+    report(name + " state", rel_err(v, v_w), 1e-5);
+    c.report_update(name, p, p_w, p0, m, m_w);
 }
 
 // GELU of v in double (erf or tanh form) and its derivative.
@@ -619,9 +693,13 @@ int main() {
     norm_case<__nv_bfloat16>(65, 96, true, "bf16", 1e-2, 1e-2);
     adamw_case({1000});
     adamw_case({1, 2048, 70000, 2049, 5});
-    adafactor_case(70, 300, false, false, 0.0, 1.0, 1.0f);
-    adafactor_case(1, 5, true, false, 0.0, 1.0, 0.3f);
-    adafactor_case(130, 257, true, true, 0.1, 0.5, 0.7f);  // three row tiles, two column tiles, clipped
+    // scale_parameter, β1, weight decay, clip threshold, gradient scale.
+    adafactor_case(70, 300, {false, false, 0.0, 1.0, 1.0f});
+    adafactor_case(1, 5, {true, false, 0.0, 1.0, 0.3f});
+    adafactor_case(130, 257, {true, true, 0.1, 0.5, 0.7f});  // three row tiles, two column tiles, clipped
+    adafactor_vector_case(5, {true, false, 0.0, 1.0, 0.3f});
+    adafactor_vector_case(4096, {true, true, 0.1, 1.0, 0.7f});
+    adafactor_vector_case(300000, {false, false, 0.0, 0.3, 1.0f});  // a grid stride, clipped
     std::printf(failures ? "%d check(s) failed\n" : "all kernels match\n", failures);
     return failures != 0;
 }
