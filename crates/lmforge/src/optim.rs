@@ -197,12 +197,31 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
 /// outputs of backward ops and would otherwise keep the step's whole graph alive through the
 /// optimizer moments computed from them (memory growing every step).
 pub fn named_grads(vars: &BTreeMap<String, Var>, store: &GradStore) -> Result<BTreeMap<String, Tensor>> {
+    with_held_grads(vars, store_grads(vars, store))
+}
+
+/// The gradients `store` holds for `vars`, by name (none for a parameter without one): those
+/// beside the store, in `param_grads`, stay there.
+pub fn store_grads(vars: &BTreeMap<String, Var>, store: &GradStore) -> BTreeMap<String, Tensor> {
+    vars.iter().filter_map(|(name, v)| Some((name.clone(), store.get(v.as_tensor())?.detach()))).collect()
+}
+
+/// Every parameter's gradient: `from_store` (one store's, or several summed) plus what fused
+/// sublayers and checkpointed blocks left beside the store (taken), zeros for a parameter
+/// without either.
+pub fn with_held_grads(
+    vars: &BTreeMap<String, Var>,
+    mut from_store: BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>> {
     vars.iter()
         .map(|(name, v)| {
-            // Fused sublayers and checkpointed blocks leave their parameters' gradients beside the store.
-            let g = match crate::ops::param_grads::gradient(v.as_tensor(), store)? {
-                Some(g) => g.detach(),
-                None => v.as_tensor().zeros_like()?,
+            let held = crate::ops::param_grads::take(v.as_tensor());
+            let g = match (from_store.remove(name), held) {
+                (Some(a), Some(b)) => (a + b.detach())?,
+                (a, b) => match a.or(b) {
+                    Some(g) => g.detach(),
+                    None => v.as_tensor().zeros_like()?,
+                },
             };
             Ok((name.clone(), g))
         })

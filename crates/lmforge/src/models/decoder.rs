@@ -232,8 +232,9 @@ impl Decoder {
         x = drop(&mut dropout, &x.to_dtype(self.compute)?)?;
         let checkpointing = self.checkpointing && cache.is_none() && x.track_op();
         if x.track_op() {
-            // A training forward: gradients a failed step left beside the store are stale.
-            ops::param_grads::clear();
+            // A training forward: gradients a failed step left beside the store are stale (a
+            // step accumulating its micro-batches keeps its own).
+            ops::param_grads::forward_starts();
         }
         if let Some(source) = &self.layer_source {
             if cache.is_some() {

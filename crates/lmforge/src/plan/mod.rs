@@ -271,6 +271,23 @@ pub fn trainer_model_states(spec: &ModelSpec, state: u64, zero: u8, n: u64, stre
     (sharded + 2 * 4 * one_layer, sharded + 3 * 4 * one_layer, optimizer)
 }
 
+/// Gradient bytes a process holds twice while a step accumulates micro-batches without ZeRO-2
+/// or 3's per-micro-batch reductions (`train::step`; one process runs no ZeRO): a decoder's
+/// layers' gradients, from its fused sublayers (no dropout) or checkpointed blocks, are added
+/// in place as the backward produces them; the rest come in candle's store, a micro-batch's
+/// whole set beside the sum. (ZeRO-2's own accounting is `trainer_model_states`'.)
+pub fn accumulation_bytes(req: &PlanRequest) -> u64 {
+    let reduced_each_micro_batch =
+        req.gpus > 1 && (req.zero >= 3 || (req.zero == 2 && req.compress != Compression::PowerSgd));
+    if req.grad_accum <= 1 || reduced_each_micro_batch {
+        return 0;
+    }
+    let spec = &req.spec;
+    let in_place = spec.arch().family() == Family::Decoder && (req.checkpointing || !req.dropout);
+    let (layers, _) = layer_params(spec);
+    4 * if in_place { spec.num_params() - layers } else { spec.num_params() }
+}
+
 /// Bytes of the bf16 copies of the weights under `bf16-mixed`: each product casts its f32
 /// weight to the compute dtype (`ops::like`), and the copy lives as long as the step's graph —
 /// every parameter's until the backward ends, or with checkpointing (and ZeRO-3, which
@@ -335,7 +352,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
             trainer_model_states(spec, state, req.zero, req.gpus as u64, streamed);
         return MemoryBreakdown {
             weights,
-            gradients,
+            gradients: gradients + accumulation_bytes(req),
             optimizer_state,
             activations: m.activations,
             activations_without_checkpointing: without.activations,
@@ -362,7 +379,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let with = l * e * s * b * spec.d_model as u64 + layer + output;
     MemoryBreakdown {
         weights: weights + working_copies(spec, req.precision, checkpointed),
-        gradients,
+        gradients: gradients + accumulation_bytes(req),
         optimizer_state,
         activations: if checkpointed { with } else { without },
         activations_without_checkpointing: without,

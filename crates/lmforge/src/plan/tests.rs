@@ -56,6 +56,38 @@ fn sixteen_bytes_per_parameter_with_adamw_and_the_working_copies() {
     assert_eq!(states(on_8(3)), (sharded + 2 * 4 * one_layer, sharded + 3 * 4 * one_layer, (8 * psi).div_ceil(8)));
 }
 
+/// Accumulating micro-batches without ZeRO-2/3's per-micro-batch reductions holds a second
+/// copy of the gradients candle's store returns — Llama-7B's embeddings, head and final norm —
+/// while the layers' are summed in place as the backward produces them; all of them with
+/// dropout (the composed layers) unless the layers are checkpointed, and for BERT (no fused
+/// sublayers).
+#[test]
+fn accumulating_micro_batches_holds_the_stores_gradients_twice() {
+    let psi = 6_738_415_616u64;
+    let outside = 2 * 32000 * 4096 + 4096;
+    let grads = |accum: usize, dropout: bool, checkpointing: bool, zero: u8, gpus: usize| {
+        let mut req = request("llama-7b", "h200-141gb", |o| {
+            o.grad_accum = Some(accum);
+            o.checkpointing = checkpointing;
+            o.zero = Some(zero);
+            o.gpus = Some(gpus)
+        });
+        req.dropout = dropout;
+        (accumulation_bytes(&req), memory(&req).gradients - accumulation_bytes(&req))
+    };
+    assert_eq!(grads(1, false, false, 0, 1), (0, 4 * psi));
+    assert_eq!(grads(4, false, false, 0, 1), (4 * outside, 4 * psi));
+    assert_eq!(grads(4, true, false, 0, 1), (4 * psi, 4 * psi));
+    assert_eq!(grads(4, true, true, 0, 1).0, 4 * outside);
+    // One process runs no ZeRO; more reduce-scatter every micro-batch at stage 2.
+    assert_eq!(grads(4, false, false, 2, 1).0, 4 * outside);
+    assert_eq!(grads(4, false, false, 2, 8).0, 0);
+    assert_eq!(grads(4, false, false, 1, 8).0, 4 * outside);
+    let mut req = request("llama-7b", "h200-141gb", |o| o.grad_accum = Some(2));
+    req.spec = ModelSpec::preset("bert-base").unwrap();
+    assert_eq!(accumulation_bytes(&req), 4 * req.spec.num_params());
+}
+
 /// The chunked LM loss keeps d hidden (compute dtype) and d head (f32), never the (s·b, v)
 /// logits; its transient peak is a chunk's logits and gradient plus the head's copies.
 #[test]

@@ -6,6 +6,12 @@
 //! them to the global norm, which the optimizer folds into its update. The caller applies them
 //! (or, by the fault policy, does not).
 //!
+//! Without data parallelism's per-micro-batch reductions a step holds one gradient per
+//! parameter as it goes: what fused sublayers and checkpointed blocks produce is added in place
+//! as the backward produces it (`param_grads::accumulate`), and only the rest (embeddings, the
+//! head, what the composed ops compute) is held a second time, as each micro-batch's store,
+//! until it is added.
+//!
 //! The micro-batches' losses stay on their device until the step's gradients are complete and
 //! are read back together, once: a read is a wait for the device (a GPU's stream), and one
 //! between a forward and its backward would leave the GPU idle while the backward is queued.
@@ -14,7 +20,8 @@ use super::task::Task;
 use crate::distributed::DataParallel;
 use crate::error::{Error, Result};
 use crate::nn::{seed_for, DropoutRng};
-use crate::optim::{clip_scale, named_grads, sum_of_squares};
+use crate::ops;
+use crate::optim::{clip_scale, named_grads, store_grads, sum_of_squares, with_held_grads};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -84,20 +91,23 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     if dp.reduces_every_micro_batch() {
         return micros.sharded(lap);
     }
-    let mut grads: Option<BTreeMap<String, Tensor>> = None;
+    // The gradients fused sublayers and checkpointed blocks produce (a decoder's layers') are
+    // summed in place as each backward produces them; candle's stores' (the rest) are summed
+    // here. A process whose share of every micro-batch was empty gets zeros: it still takes
+    // part in the all-reduce.
+    let vars = task.params().vars();
+    let accumulating = ops::param_grads::accumulate();
+    let mut from_stores: Option<BTreeMap<String, Tensor>> = None;
     let mut losses = Vec::with_capacity(at.grad_accum);
     for micro in 0..at.grad_accum {
-        if let Some((g, loss)) = micros.local(micro, lap)? {
+        if let Some((store, loss)) = micros.backward(micro, lap)? {
             losses.push(loss);
-            accumulate(&mut grads, g)?;
+            accumulate(&mut from_stores, store_grads(vars, &store))?;
         }
     }
+    let mut grads = with_held_grads(vars, from_stores.unwrap_or_default())?;
+    drop(accumulating);
     let loss_sum = micros.loss_sum(&losses)?;
-    // A process whose share of every micro-batch was empty still takes part in the all-reduce.
-    let mut grads = match grads {
-        Some(g) => g,
-        None => micros.zeros()?,
-    };
     // Communication only now, after the last micro-batch: gradients and loss summed.
     let loss_sum = dp.all_reduce_grads(&mut grads, loss_sum)?;
     let grad_norm = sum_of_squares(&grads)?.sqrt();
@@ -105,14 +115,18 @@ pub fn gradients(task: &dyn Task, dp: &DataParallel, at: StepAt, lap: &mut dyn F
     Ok(StepGrads::new(micros.mean(loss_sum), grad_norm, grads, at.grad_clip))
 }
 
-/// Adds `g` into `acc` (or starts it).
+/// Adds `g` into `acc` (or starts it; a name `acc` lacks starts there).
 fn accumulate(acc: &mut Option<BTreeMap<String, Tensor>>, g: BTreeMap<String, Tensor>) -> Result<()> {
     match acc {
         None => *acc = Some(g),
         Some(acc) => {
             for (k, v) in g {
-                let a = acc.get_mut(&k).expect("same names every micro-batch");
-                *a = (&*a + v)?;
+                match acc.get_mut(&k) {
+                    Some(a) => *a = (&*a + v)?,
+                    None => {
+                        acc.insert(k, v);
+                    }
+                }
             }
         }
     }
