@@ -141,7 +141,7 @@ fn matrix(
     step_scalars(dev, h, (&part_u, blocks), (&part_p, row_tiles * col_tiles), rows * cols, &scalars)?;
 
     let apply = super::kernel(dev, &IMAGE, "adafactor_apply")?;
-    let (has_m, b1, one_minus_b1, has_decay) = first_moment_and_decay(h);
+    let (has_m, b1, one_minus_b1, has_decay) = first_moment_and_decay(h, m);
     let mut launch = apply.builder();
     launch.arg(&p).arg(&g).arg(&grad_scale).arg(&m).arg(&r_fac).arg(&c_fac).arg(&scalars).arg(&rows_i).arg(&cols_i);
     launch.arg(&has_m).arg(&b1).arg(&one_minus_b1).arg(&has_decay);
@@ -168,7 +168,7 @@ fn vector(dev: &CudaDevice, h: &AdafactorStep, at: Addresses, v_state: u64, n: u
     step_scalars(dev, h, (&part_u, blocks), (&part_p, blocks), n, &scalars)?;
 
     let apply = super::kernel(dev, &IMAGE, "adafactor_vector_apply")?;
-    let (has_m, b1, one_minus_b1, has_decay) = first_moment_and_decay(h);
+    let (has_m, b1, one_minus_b1, has_decay) = first_moment_and_decay(h, m);
     let mut launch = apply.builder();
     launch.arg(&p).arg(&g).arg(&grad_scale).arg(&m).arg(&v_state).arg(&scalars).arg(&n);
     launch.arg(&has_m).arg(&b1).arg(&one_minus_b1).arg(&has_decay);
@@ -197,8 +197,9 @@ fn step_scalars(
     Ok(())
 }
 
-/// The apply kernels' first-moment and decay arguments: has_m, β1, 1 − β1, has_decay.
-fn first_moment_and_decay(h: &AdafactorStep) -> (i32, f32, f32, i32) {
+/// The apply kernels' first-moment and decay arguments: has_m (a first moment was given: its
+/// address `m` is not 0), β1, 1 − β1, has_decay.
+fn first_moment_and_decay(h: &AdafactorStep, m: u64) -> (i32, f32, f32, i32) {
     let beta1 = h.beta1.unwrap_or(0.0);
-    (i32::from(h.beta1.is_some()), beta1 as f32, (1.0 - beta1) as f32, i32::from(h.weight_decay != 0.0))
+    (i32::from(m != 0), beta1 as f32, (1.0 - beta1) as f32, i32::from(h.weight_decay != 0.0))
 }
