@@ -59,7 +59,7 @@ extern "C" __global__ void __launch_bounds__(AF_THREADS)
     }
     if (in) part_col[(size_t)blockIdx.y * cols + j] = col;
     psq = block_sum(psq);  // its barriers also publish warp_rows
-    if (threadIdx.x < r1 - r0) {
+    if ((int)threadIdx.x < r1 - r0) {
         float s = 0.0f;
         for (int w = 0; w < AF_WARPS; ++w) s += warp_rows[threadIdx.x][w];
         part_row[(size_t)blockIdx.x * rows + r0 + threadIdx.x] = s;

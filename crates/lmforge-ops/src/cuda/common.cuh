@@ -1,6 +1,6 @@
 // What every lmforge kernel shares: bf16 <-> f32 conversions, and the few spellings that differ
-// between nvcc and the CPU emulation that scripts/cuda-emulate.sh compiles these files with
-// (emu/cuda_emu.h: blocks run one after another, a block's threads as CPU threads).
+// between nvcc and the CPU emulation that tests/cuda_emulated.rs compiles these files with
+// (emu/cuda_emu.h: blocks run one after another, a block's threads as fibers).
 #pragma once
 #ifdef LMFORGE_CUDA_EMU
 #include "emu/cuda_emu.h"

@@ -13,8 +13,8 @@
 //! the token embedding's rows and its gradient by token, sorted, without atomics
 //! ([`embedding`], `embedding.cu`).
 //!
-//! Without a GPU, `scripts/cuda-emulate.sh` runs the same kernel sources on the CPU (a block's
-//! threads as CPU threads, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
+//! Without a GPU, `tests/cuda_emulated.rs` runs the same kernel sources on the CPU (a block's
+//! threads as fibers, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
 
 pub mod activation;
 pub mod adafactor;

@@ -2,7 +2,7 @@
 // the same math: cross-entropy's row log-sum-exp and logit gradient; GELU (both forms), SwiGLU and RoPE forward and backward; attention forward and backward (causal and padded, separate and packed
 // operands, grouped-query heads, every DMAX, f32 and bf16), LayerNorm / RMSNorm forward and
 // backward, AdamW's update. Prints one line per case and exits non-zero on any mismatch.
-// Built and run by scripts/cuda-emulate.sh; on the GPU, lmforge-ops' `on_cuda` tests check the
+// Built and run by tests/cuda_emulated.rs; on the GPU, lmforge-ops' `on_cuda` tests check the
 // same kernels against the reference ops.
 #include "../activation.cu"
 #include "../adafactor.cu"

@@ -1,29 +1,40 @@
 // A CPU stand-in for the CUDA runtime, enough to run lmforge's kernels (../*.cu) without a GPU:
-// scripts/cuda-emulate.sh compiles them with -DLMFORGE_CUDA_EMU against this header and runs
+// tests/cuda_emulated.rs compiles them with -DLMFORGE_CUDA_EMU against this header and runs
 // check.cpp, which compares them with plain loops. It checks the kernels' indexing, tiling,
 // masking and arithmetic, not their speed, memory model, or wmma's alignment rules.
 //
-// A launch runs the grid's blocks one after another; a block's threads run as CPU threads, so
-// `__shared__` variables can be function statics (one block at a time uses them),
-// __syncthreads is a barrier over the block, and __shfl_xor_sync a write-barrier-read-barrier
-// through a per-block array (every thread of the block must reach it, which lmforge's kernels
-// guarantee: their shuffles sit in block-uniform control flow).
+// A launch runs the grid's blocks one after another; a block's threads run as fibers on the
+// calling thread (not CPU threads: a block of 1024 CPU threads on two cores spent most of the
+// check waking threads at barriers), so `__shared__` variables can be function statics (one
+// block at a time uses them). Each thread runs until it reaches a barrier or returns:
+// __syncthreads waits for the block, __syncwarp for the thread's warp of 32, and
+// __shfl_xor_sync is a write-barrier-read-barrier through a per-block array within the warp.
+// Between two of the block's barriers each warp in turn runs as far as it can before the next
+// warp starts, its threads one after another; warps and threads go forwards in one phase and
+// backwards in the next (and the other way round in the next block). So a thread reading
+// shared memory that another thread writes without a barrier between them finds what was
+// there before (NaN for dynamic shared memory, as garbage), whichever of the two comes first:
+// removing any one of the kernels' barriers fails the check, except where another barrier
+// already orders the same accesses. A barrier that some threads never reach (they returned,
+// or wait at another) would deadlock or be undefined on the GPU: the check stops and says so.
 #pragma once
 #include <algorithm>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <memory>
-#include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <sys/mman.h>
+#include <ucontext.h>
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
-inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
 #define __global__
@@ -32,8 +43,72 @@ inline dim3 blockDim, gridDim;
 #define __launch_bounds__(n)
 #define __shared__ static
 
+// Switching between fibers. On x86-64 a switch saves the callee-saved registers on the stack
+// it leaves and loads the stack pointer of the other (glibc's swapcontext also saves and sets
+// the signal mask, two system calls a switch: two thirds of the check's time); elsewhere
+// ucontext.
+#if defined(__x86_64__)
+struct EmuContext {
+    void* sp;
+};
+extern "C" void emu_switch_stacks(void** save_sp, void* load_sp);
+asm(R"(
+    .pushsection .text
+    .globl emu_switch_stacks
+    .type emu_switch_stacks, @function
+emu_switch_stacks:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch_stacks, .-emu_switch_stacks
+    .popsection
+)");
+inline void emu_switch(EmuContext& from, const EmuContext& to) { emu_switch_stacks(&from.sp, to.sp); }
+// `c` will start `entry` (which never returns) on the stack [stack, stack + size).
+inline void emu_prepare(EmuContext& c, char* stack, size_t size, void (*entry)()) {
+    auto* sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15));
+    *--sp = nullptr;                           // entry's return address: none (rsp ≡ 8 mod 16 there, as after a call)
+    *--sp = reinterpret_cast<void*>(entry);    // where the switch's `ret` goes
+    for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp, rbx, r12-r15
+    c.sp = sp;
+}
+#else
+struct EmuContext {
+    ucontext_t uc;
+};
+inline void emu_switch(EmuContext& from, const EmuContext& to) { swapcontext(&from.uc, &to.uc); }
+inline void emu_prepare(EmuContext& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack = {stack, 0, size};
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
+// One CUDA thread of the running block: its context and where it stands.
+enum class EmuState { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+struct EmuFiber {
+    EmuContext context;
+    EmuState state;
+};
+
 struct EmuBlock {
-    std::unique_ptr<std::barrier<>> barrier;
+    std::vector<EmuFiber> fibers;
+    unsigned current = 0;            // the fiber running now
+    EmuContext scheduler;            // where a fiber goes at a barrier or when it returns
+    const std::function<void()>* kernel = nullptr;
     std::vector<float> lanes;
     std::vector<float> dynamic;
 };
@@ -41,15 +116,23 @@ inline EmuBlock emu_block;
 
 #define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu_block.dynamic.data())
 
-inline void __syncthreads() { emu_block.barrier->arrive_and_wait(); }
+// The running thread waits at a barrier: back to the scheduler until it releases the barrier.
+inline void emu_wait(EmuState barrier) {
+    EmuFiber& me = emu_block.fibers[emu_block.current];
+    me.state = barrier;
+    emu_switch(me.context, emu_block.scheduler);
+}
+inline void __syncthreads() { emu_wait(EmuState::AtBlockBarrier); }
+// A barrier over the thread's warp of 32 only, as on the GPU (the kernels' masks are all full).
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_wait(EmuState::AtWarpBarrier); }
 
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
     const unsigned me = threadIdx.x;
     emu_block.lanes[me] = v;
-    __syncthreads();
+    __syncwarp();
     // Lanes exchange within their warp of 32, as on the GPU.
     const float other = emu_block.lanes[(me & ~31u) | ((me & 31u) ^ (unsigned)mask)];
-    __syncthreads();
+    __syncwarp();
     return other;
 }
 
@@ -84,26 +167,88 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     return {(uint16_t)(u >> 16)};
 }
 
+// Fibers' stacks, kept for the next launch: 1 MiB each (wmma tiles and the attention kernels'
+// per-thread rows live there), with a page below that faults on an overflow.
+inline std::vector<char*> emu_stacks;
+constexpr size_t EMU_STACK = 1 << 20, EMU_GUARD = 1 << 12;
+
+inline char* emu_stack(unsigned i) {
+    while (emu_stacks.size() <= i) {
+        void* p = mmap(nullptr, EMU_STACK + EMU_GUARD, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED || mprotect(p, EMU_GUARD, PROT_NONE) != 0) {
+            std::perror("cuda_emu: a fiber's stack");
+            std::exit(2);
+        }
+        emu_stacks.push_back(static_cast<char*>(p) + EMU_GUARD);
+    }
+    return emu_stacks[i];
+}
+
+[[noreturn]] inline void emu_fiber_main() {
+    (*emu_block.kernel)();
+    emu_wait(EmuState::Done);  // never resumed
+    std::abort();
+}
+
+[[noreturn]] inline void emu_divergence(dim3 b, unsigned first, unsigned count, const char* what) {
+    std::fprintf(stderr, "cuda_emu: block (%u, %u, %u), threads %u..%u: %s\n", b.x, b.y, b.z, first, first + count - 1, what);
+    std::exit(2);
+}
+
+// Runs threads [first, end) of the block (a warp), in turn, forwards or backwards, each to its
+// next barrier or return, releasing the warp's barrier each time all its threads wait there:
+// until every thread of the warp waits at __syncthreads or has returned.
+inline void emu_run_warp(unsigned first, unsigned end, bool forwards) {
+    auto& f = emu_block.fibers;
+    for (;;) {
+        for (unsigned i = first; i < end; ++i) {
+            const unsigned t = forwards ? i : first + end - 1 - i;
+            if (f[t].state != EmuState::Ready) continue;
+            emu_block.current = t;
+            threadIdx = {t, 0, 0};
+            emu_switch(emu_block.scheduler, f[t].context);
+        }
+        unsigned at_warp = 0;
+        for (unsigned t = first; t < end; ++t) at_warp += f[t].state == EmuState::AtWarpBarrier;
+        if (at_warp == 0) return;
+        if (at_warp != end - first) emu_divergence(blockIdx, first, end - first, "some threads of the warp wait at __syncwarp or a shuffle, others do not");
+        for (unsigned t = first; t < end; ++t) f[t].state = EmuState::Ready;
+    }
+}
+
 // Runs `kernel` (a callable taking no arguments) on a grid of blocks.
 inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
     gridDim = grid;
     blockDim = block;
-    const unsigned n = block.x * block.y * block.z;
+    const unsigned n = block.x * block.y * block.z, warps = (n + 31) / 32;
+    emu_block.kernel = &kernel;
+    emu_block.fibers.resize(n);
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
-                emu_block.barrier = std::make_unique<std::barrier<>>(n);
+                blockIdx = {x, y, z};
                 emu_block.lanes.assign(n, 0.0f);
                 // Garbage, as a GPU's shared memory: the kernels must not read what they did not write.
                 emu_block.dynamic.assign(shared_bytes / sizeof(float) + 1, std::nanf(""));
-                std::vector<std::thread> threads;
-                for (unsigned tx = 0; tx < n; ++tx)
-                    threads.emplace_back([&, tx, x, y, z] {
-                        threadIdx = {tx, 0, 0};
-                        blockIdx = {x, y, z};
-                        kernel();
-                    });
-                for (auto& t : threads) t.join();
+                for (unsigned t = 0; t < n; ++t) {
+                    emu_block.fibers[t].state = EmuState::Ready;
+                    emu_prepare(emu_block.fibers[t].context, emu_stack(t), EMU_STACK, emu_fiber_main);
+                }
+                // Phases between the block's barriers: each warp in turn runs as far as it can
+                // before the next starts, the warps forwards in one phase and backwards in the
+                // next (and the other way round in the next block).
+                for (unsigned phase = 0;; ++phase) {
+                    const bool forwards = (phase + x + y + z) % 2 == 0;
+                    for (unsigned i = 0; i < warps; ++i) {
+                        const unsigned w = forwards ? i : warps - 1 - i;
+                        emu_run_warp(w * 32, std::min(n, w * 32 + 32), forwards);
+                    }
+                    unsigned at_block = 0;
+                    for (const auto& f : emu_block.fibers) at_block += f.state == EmuState::AtBlockBarrier;
+                    if (at_block == 0) break;  // all returned
+                    if (at_block != n) emu_divergence(blockIdx, 0, n, "some threads wait at __syncthreads while others have returned");
+                    for (auto& f : emu_block.fibers) f.state = EmuState::Ready;
+                }
             }
 }
 
@@ -111,7 +256,6 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
 // Every thread of a warp holds the whole tile here (on the GPU each holds a share in an
 // unspecified layout), so kernels may only use fragments through these calls and uniform
 // element-wise loops over `num_elements`; stores are made by the warp's lane 0.
-inline void __syncwarp(unsigned = 0xffffffffu) { __syncthreads(); }
 namespace nvcuda::wmma {
 struct matrix_a {};
 struct matrix_b {};
