@@ -20,6 +20,9 @@ fn main() {
     println!("cargo::rerun-if-changed=src/fatbin.rs");
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
+    // nvcc reads these itself (CI sets NVCC_APPEND_FLAGS, .ci/cuda): a change must rebuild the images.
+    println!("cargo::rerun-if-env-changed=NVCC_APPEND_FLAGS");
+    println!("cargo::rerun-if-env-changed=NVCC_PREPEND_FLAGS");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
