@@ -15,19 +15,25 @@ cd "$(dirname "$0")/.."
 source <(scripts/install-cuda.sh --env)
 export CARGO_TARGET_DIR=target/cuda
 cargo build --release -p lmforge-cli --features cuda
-# The test executables' names and paths, from cargo's JSON messages.
+# The test executables' names and paths, from cargo's JSON messages: those named in argv.
 list_tests='
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"].replace("-", "_"), m["executable"])
+        name = m["target"]["name"].replace("-", "_")
+        if name in sys.argv[1:]:
+            print(name, m["executable"])
 '
-tests=$(cargo test --release -p lmforge --features cuda --test parity --test presence --test nccl --no-run \
-  --message-format=json | python3 -c "$list_tests")
-# lmforge-ops' unit tests: its CUDA kernels against the reference ops (module on_cuda).
-tests+=$'\n'$(cargo test --release -p lmforge-ops --features cuda --lib --no-run --message-format=json |
-  python3 -c "$list_tests")
+# lmforge's parity, presence and NCCL tests and lmforge-ops' unit tests (module on_cuda: its
+# CUDA kernels against the reference ops), in one cargo invocation: one feature set, the
+# binary's, so candle's kernels (~13 minutes of nvcc) are built once. (lmforge-ops' tests built
+# alone resolve other features and build them again.) `--lib` also builds lmforge's unit tests,
+# which are not packed.
+tests=$(cargo test --release -p lmforge -p lmforge-ops --features lmforge/cuda,lmforge-ops/cuda \
+  --test parity --test presence --test nccl --lib --no-run --message-format=json |
+  python3 -c "$list_tests" parity presence nccl lmforge_ops)
+[ "$(wc -l <<<"$tests")" -eq 4 ] || { echo "gpu-prepare.sh: expected 4 test executables, got: $tests" >&2; exit 1; }
 rm -rf .gpu
 mkdir -p .gpu
 pack() { strip -o ".gpu/$1" "$2" && xz -T2 -9 ".gpu/$1"; }
