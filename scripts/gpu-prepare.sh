@@ -30,10 +30,12 @@ for line in sys.stdin:
 # binary's, so candle's kernels (~13 minutes of nvcc) are built once. (lmforge-ops' tests built
 # alone resolve other features and build them again.) `--lib` also builds lmforge's unit tests,
 # which are not packed.
+packed=(parity presence nccl lmforge_ops)
 tests=$(cargo test --release -p lmforge -p lmforge-ops --features lmforge/cuda,lmforge-ops/cuda \
   --test parity --test presence --test nccl --lib --no-run --message-format=json |
-  python3 -c "$list_tests" parity presence nccl lmforge_ops)
-[ "$(wc -l <<<"$tests")" -eq 4 ] || { echo "gpu-prepare.sh: expected 4 test executables, got: $tests" >&2; exit 1; }
+  python3 -c "$list_tests" "${packed[@]}")
+[ "$(wc -l <<<"$tests")" -eq "${#packed[@]}" ] ||
+  { echo "gpu-prepare.sh: expected the test executables ${packed[*]}, got: $tests" >&2; exit 1; }
 rm -rf .gpu
 mkdir -p .gpu
 pack() { strip -o ".gpu/$1" "$2" && xz -T2 -9 ".gpu/$1"; }
