@@ -93,7 +93,9 @@ if [ ! -f "$root/lib/stubs/libnccl.so.2" ]; then
   ln -sf libnccl.so.2 "$root/lib/stubs/libnccl.so"
 fi
 "$root/bin/nvcc" --version | tail -2 >&2
+# CUDAFORGE_THREADS: candle's kernel build (cudaforge) runs nvcc on half the cores unless told.
 exports="export CUDA_ROOT=\"$root\" CUDA_PATH=\"$root\" CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
+export CUDAFORGE_THREADS=\"\${CUDAFORGE_THREADS:-$(nproc)}\"
 export PATH=\"$root/bin:\$PATH\"
 export LIBRARY_PATH=\"$root/lib:$root/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}\""
 if [ "$env_only" = 1 ]; then
