@@ -12,7 +12,7 @@ use std::process::Command;
 #[path = "src/fatbin.rs"]
 mod fatbin;
 
-const KERNELS: [&str; 7] = ["norm", "adamw", "adafactor", "attention", "activation", "loss", "embedding"];
+const KERNELS: [&str; 8] = ["norm", "adamw", "adafactor", "attention", "activation", "loss", "embedding", "reduce"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

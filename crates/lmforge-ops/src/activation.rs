@@ -180,7 +180,7 @@ impl CustomOp2 for BiasGelu {
         let dy = dy.contiguous()?;
         let dz = self.input_grad(z, b, &dy)?;
         let c = b.elem_count();
-        let db = dz.to_dtype(candle_core::DType::F32)?.reshape((dz.elem_count() / c.max(1), c))?.sum(0)?;
+        let db = super::linear::bias_grad_of(&dz.reshape((dz.elem_count() / c.max(1), c))?)?;
         Ok((Some(dz), Some(db.reshape(b.dims())?)))
     }
 }

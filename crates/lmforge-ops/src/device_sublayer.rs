@@ -14,12 +14,16 @@
 //! intermediate, each residual add two gradients more — and a graph node per op. Here the
 //! intermediates' gradients are plain tensors of the backward, the residual's gradient is added
 //! once, and the parameters' gradients (f32) go to [`param_grads`], as the CPU's sublayers do.
+//! On a GPU the residual costs no pass of its own either way: the output `x + (p + b)` is one
+//! kernel after the output projection's product, and the residual's gradient is added into dx
+//! by the norm's backward kernel.
 //!
 //! Mixed precision as the composed ops: the f32 weights are cast to the activations' dtype for
 //! the products (the copies live as long as the node), the weights' gradients are computed in
 //! that dtype and returned in f32, the biases' gradients summed in f32.
 
 use super::activation::{BiasGelu, Gelu, Rope, SwiGlu};
+use super::linear::bias_grad_of;
 use super::norm::{f32_param, LayerNorm, RmsNorm};
 use super::param_grads;
 use super::reference::matmul;
@@ -63,7 +67,7 @@ pub fn attention(x: &Tensor, p: &AttentionSublayer) -> Result<Tensor> {
     };
     let a2 = a.reshape((b * t, ()))?;
     let o = Linear::new(&p.o, &xd, out_in)?;
-    let y = (&xd + o.forward(&a2)?.reshape((b, t, c))?)?;
+    let y = o.plus_residual(&a2, &xd)?;
     if !x.track_op() {
         return Ok(y);
     }
@@ -124,7 +128,7 @@ pub fn mlp(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
         MlpProj::Gelu { proj, .. } => Linear::new(proj, &xd, out_in)?,
         MlpProj::SwiGlu { down, .. } => Linear::new(down, &xd, out_in)?,
     };
-    let y = (&xd + down.forward(&h)?.reshape(dims.as_slice())?)?;
+    let y = down.plus_residual(&h, &xd)?;
     if !x.track_op() {
         return Ok(y);
     }
@@ -203,26 +207,27 @@ impl Norm {
         })
     }
 
-    /// dx = dy + norm'(x)ᵀ·dn (the residual's gradient plus the norm's); the norm's parameter
-    /// gradients to [`param_grads`]. `x` is the node's (tracked) input.
+    /// dx = dy + norm'(x)ᵀ·dn (the residual's gradient plus the norm's, on a GPU in the norm's
+    /// dx kernel); the norm's parameter gradients to [`param_grads`]. `x` is the node's
+    /// (tracked) input.
     fn backward(&self, x: &Tensor, norm: &SublayerNorm, dn: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let x = &x.contiguous()?;
         let dx = match (&self.kind, norm) {
             (NormOp::Layer(op), SublayerNorm::Layer { w, b, .. }) => {
-                let (dx, dw, db) = CustomOp3::bwd(op, x, w, b, &self.out, dn)?;
+                let (dx, dw, db) = op.grads(x, w, b, dn, Some(dy))?;
                 give(w, dw)?;
                 give(b, db)?;
                 dx
             }
             (NormOp::Rms(op), SublayerNorm::Rms { w, .. }) => {
-                let (dx, dw) = CustomOp2::bwd(op, x, w, &self.out, dn)?;
+                let (dx, dw) = op.grads(x, w, dn, Some(dy))?;
                 give(w, dw)?;
                 dx
             }
             _ => bail!("norm: the saved op does not match the parameters"),
         };
         let Some(dx) = dx else { bail!("norm: no input gradient") };
-        dx.to_dtype(dy.dtype())? + dy
+        Ok(dx)
     }
 }
 
@@ -257,6 +262,21 @@ impl Linear {
         }
     }
 
+    /// x + (a·W + b) for the residual stream x (a's rows are x's positions): the sublayer's
+    /// output, on a GPU one kernel after the product (bias f32, the sum rounded once).
+    fn plus_residual(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let p = self.product(a)?.reshape(x.dims())?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let b = self.param.b.as_ref().map(f32_param).transpose()?;
+            return super::cuda::activation::residual_add(x, &p, b.as_ref());
+        }
+        match &self.b {
+            Some(b) => x + p.broadcast_add(b)?,
+            None => x + p,
+        }
+    }
+
     /// For dy of y = x·W (+ b): dx = dy·Wᵀ, and dW (in the parameter's layout) and, with
     /// `bias`, db given to [`param_grads`] when trained.
     fn backward(&self, x: &Tensor, dy: &Tensor, bias: bool) -> Result<Tensor> {
@@ -267,7 +287,7 @@ impl Linear {
             give(w, Some(dw))?;
         }
         if let Some(b) = self.param.b.as_ref().filter(|b| bias && b.track_op()) {
-            give(b, Some(dy.to_dtype(DType::F32)?.sum(0)?))?;
+            give(b, Some(bias_grad_of(dy)?))?;
         }
         matmul(dy, &self.w.t()?)
     }

@@ -148,6 +148,18 @@ impl Weight {
     }
 }
 
+/// db = Σ over positions of dy (…, out), in f32, on any device: on a GPU one coalesced pass in
+/// dy's dtype (`cuda::reduce`), elsewhere candle's sum over the rows of an f32 copy.
+pub(super) fn bias_grad_of(dy: &Tensor) -> Result<Tensor> {
+    let c = dy.dims().last().copied().unwrap_or(1);
+    let dy = dy.reshape((dy.elem_count() / c.max(1), c))?;
+    #[cfg(feature = "cuda")]
+    if dy.device().is_cuda() {
+        return super::cuda::reduce::column_sums(&dy);
+    }
+    dy.to_dtype(candle_core::DType::F32)?.sum(0)
+}
+
 /// db = Σ_rows dy for dy (n × out): per-task column sums, added in task order.
 pub(super) fn bias_grad(dy: &[f32], fan_out: usize) -> Vec<f32> {
     let chunk = rows_per_task(dy.len() / fan_out.max(1)) * fan_out;

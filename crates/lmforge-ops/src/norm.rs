@@ -112,22 +112,39 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
+        self.grads(x, w, b, dy, None)
+    }
+}
+
+impl LayerNorm {
+    /// (dx, dw, db) for `dy`, with `residual` (a gradient of x's shape) added into dx: a
+    /// pre-norm sublayer's x also feeds its residual, and on a GPU the sum is the dx kernel's.
+    pub(super) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        dy: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dw, db) = super::cuda::norm_backward(x, w, dy, self.eps, true, w.track_op() || b.track_op())?;
+            let trained = w.track_op() || b.track_op();
+            let (dx, dw, db) = super::cuda::norm_backward(x, w, dy, residual, self.eps, true, trained)?;
             let (dw, db) = (dw.filter(|_| w.track_op()), db.filter(|_| b.track_op()));
             return Ok((tracked(x, || Ok(dx))?, dw, db));
         }
+        let name = CustomOp3::name(self);
         let dy = dy.contiguous()?;
-        let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
+        let (xr, wr, dyr) = (Read::new(x, name)?, Read::new(w, name)?, Read::new(&dy, name)?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
         let c = ws.len();
         let (dx, dw, db) = layer_norm_backward_rows(xs, ws, dys, self.eps);
         // A frozen norm (fine-tuning) gets no gradient: its sums were cheap, but storing them
         // in the gradient store is what "frozen" rules out.
         let (dw, db) = (tracked(w, || tensor(dw, &[c]))?, tracked(b, || tensor(db, &[c]))?);
-        Ok((tracked(x, || tensor(dx, x.dims()))?, dw, db))
+        Ok((tracked(x, || plus(tensor(dx, x.dims())?, residual))?, dw, db))
     }
 }
 
@@ -155,18 +172,43 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let _span = super::profile::span(self.name(), super::profile::Pass::Backward);
+        self.grads(x, w, dy, None)
+    }
+}
+
+impl RmsNorm {
+    /// (dx, dw) for `dy`, with `residual` added into dx (as [`LayerNorm::grads`]).
+    pub(super) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        residual: Option<&Tensor>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let name = CustomOp2::name(self);
+        let _span = super::profile::span(name, super::profile::Pass::Backward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
-            let (dx, dw, _) = super::cuda::norm_backward(x, w, dy, self.eps, false, w.track_op())?;
+            let (dx, dw, _) = super::cuda::norm_backward(x, w, dy, residual, self.eps, false, w.track_op())?;
             return Ok((tracked(x, || Ok(dx))?, dw));
         }
         let dy = dy.contiguous()?;
-        let (xr, wr, dyr) = (Read::new(x, self.name())?, Read::new(w, self.name())?, Read::new(&dy, self.name())?);
+        let (xr, wr, dyr) = (Read::new(x, name)?, Read::new(w, name)?, Read::new(&dy, name)?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);
         let c = ws.len();
         let (dx, dw) = rms_norm_backward_rows(xs, ws, dys, self.eps);
-        Ok((tracked(x, || tensor(dx, x.dims()))?, tracked(w, || tensor(dw, &[c]))?))
+        Ok((tracked(x, || plus(tensor(dx, x.dims())?, residual))?, tracked(w, || tensor(dw, &[c]))?))
+    }
+}
+
+/// `dx`, plus `residual` where there is one.
+fn plus(dx: Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    match residual {
+        Some(r) => {
+            let r = r.to_dtype(dx.dtype())?;
+            dx + r
+        }
+        None => Ok(dx),
     }
 }
 

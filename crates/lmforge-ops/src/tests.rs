@@ -606,7 +606,8 @@ fn embedding_matches_index_select_to_the_bit() {
 /// norms against the reference ops, f32 to the CPU kernels' bounds and bf16 activations (f32
 /// weights) to bf16's rounding, at widths below, at and above four columns per thread of a
 /// 1024-thread block and over several blocks of rows of the weight's column sums, the same
-/// bits twice (no atomics); AdamW against the CPU kernel.
+/// bits twice (no atomics), a residual's gradient added in the dx kernel; the column sums
+/// against candle's; AdamW against the CPU kernel.
 #[cfg(feature = "cuda")]
 mod on_cuda {
     use super::*;
@@ -653,6 +654,50 @@ mod on_cuda {
             let grads = (&frozen * &r).unwrap().sum_all().unwrap().backward().unwrap();
             assert!(grads.get(&w).is_none(), "rms_norm {c}: a frozen weight got a gradient");
             assert_eq!(bits(grads.get(xv.as_tensor()).unwrap()), bits(&g1[0]), "rms_norm {c}: dx with a frozen weight");
+            // A residual's gradient added in the dx kernel (the device sublayers'): dx + r, one
+            // rounding instead of two; in bf16 the weights' gradients are unchanged by it.
+            let (xt, wt) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let (xt, wt) = (xt.as_tensor(), wt.as_tensor());
+            let dy = randn(&[rows, c], 1.0, 64).to_device(&dev).unwrap();
+            let res = randn(&[rows, c], 1.0, 65).to_device(&dev).unwrap();
+            let op = crate::norm::RmsNorm { eps: 1e-6 };
+            let (dx, dw) = op.grads(xt, wt, &dy, None).unwrap();
+            let (dx_res, dw_res) = op.grads(xt, wt, &dy, Some(&res)).unwrap();
+            let want = (dx.unwrap() + &res).unwrap();
+            let e = rel(&dx_res.unwrap(), &want);
+            assert!(e <= 1e-6, "rms_norm {c}: dx + residual, rel error {e:e}");
+            assert_eq!(bits(&dw.unwrap()), bits(&dw_res.unwrap()), "rms_norm {c}: dw with a residual");
+            let ln = crate::norm::LayerNorm { eps: 1e-5 };
+            let bt = Var::from_tensor(&randn(&[c], 0.5, 63).to_device(&dev).unwrap()).unwrap();
+            let (xb, dyb, rb) = [&x, &dy, &res].map(|t| t.to_dtype(DType::BF16).unwrap()).into();
+            let xbv = Var::from_tensor(&xb).unwrap();
+            let (dx, _, _) = ln.grads(xbv.as_tensor(), wt, bt.as_tensor(), &dyb, None).unwrap();
+            let (dx_res, _, db) = ln.grads(xbv.as_tensor(), wt, bt.as_tensor(), &dyb, Some(&rb)).unwrap();
+            let f32_of = |t: Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = (f32_of(dx.unwrap()) + f32_of(rb.clone())).unwrap();
+            let e = rel(&f32_of(dx_res.unwrap()), &want);
+            assert!(e <= 2e-2, "layer_norm bf16 {c}: dx + residual, rel error {e:e}");
+            assert!(db.is_some(), "layer_norm {c}: the bias's gradient");
+        }
+    }
+
+    /// Column sums (reduce.cu: the bias gradients) against candle's sum over rows of an f32
+    /// copy, at one pass, three passes and a partial column tile, f32 and bf16 rows; the same
+    /// bits twice.
+    #[test]
+    fn column_sums_match_candles_sum_on_the_gpu() {
+        let dev = gpu();
+        for (rows, c) in [(1, 7), (64, 256), (5000, 300), (16384, 768)] {
+            let x = randn(&[rows, c], 1.0, 66).to_device(&dev).unwrap();
+            for x in [x.clone(), x.to_dtype(DType::BF16).unwrap()] {
+                let got = crate::cuda::reduce::column_sums(&x).unwrap();
+                let want = x.to_dtype(DType::F32).unwrap().sum(0).unwrap();
+                assert_eq!((got.dims(), got.dtype()), (&[c][..], DType::F32));
+                let e = rel(&got, &want);
+                assert!(e <= 1e-5, "rows {rows} C {c} {:?}: rel error {e:e}", x.dtype());
+                let again = crate::cuda::reduce::column_sums(&x).unwrap();
+                assert_eq!(super::bits(&got), super::bits(&again), "rows {rows} C {c}: the same bits twice");
+            }
         }
     }
 

@@ -9,6 +9,8 @@
 //   RoPE (rotate-half, per head of D): y_j = x_j cos_j − x_{j+D/2} sin_j,
 //     y_{j+D/2} = x_{j+D/2} cos_{j+D/2} + x_j sin_{j+D/2}; `transposed` applies the inverse
 //     rotation (the backward). cos / sin: the T positions' (T, D) rows of the f32 tables.
+//   A pre-norm sublayer's output: y = x + (p + b), the residual stream x plus the output
+//     projection's product p and f32 bias b (a row of C, or none), rounded once.
 #include "common.cuh"
 
 #define GRID_STRIDE(i, n) \
@@ -94,6 +96,12 @@ __device__ void rope(const T* x, const float* cos, const float* sin, T* y, size_
     }
 }
 
+// x, p, y: (rows, c); b: null when the projection has no bias.
+template <typename T>
+__device__ void residual_add(const T* x, const T* p, const float* b, T* y, size_t n, int c) {
+    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(x[i]) + (to_f(p[i]) + (b ? b[i % c] : 0.0f)));
+}
+
 #define ACTIVATION_KERNELS(T, SUFFIX)                                                                             \
     extern "C" __global__ void gelu_fwd_##SUFFIX(const T* x, T* y, size_t n, int erf_form) {                      \
         gelu_fwd<T>(x, y, n, erf_form);                                                                            \
@@ -118,6 +126,10 @@ __device__ void rope(const T* x, const float* cos, const float* sin, T* y, size_
     extern "C" __global__ void rope_##SUFFIX(const T* x, const float* cos, const float* sin, T* y, size_t n,      \
                                              int t, int w, int d, int transposed) {                               \
         rope<T>(x, cos, sin, y, n, t, w, d, transposed);                                                           \
+    }                                                                                                              \
+    extern "C" __global__ void residual_add_##SUFFIX(const T* x, const T* p, const float* b, T* y, size_t n,      \
+                                                     int c) {                                                      \
+        residual_add<T>(x, p, b, y, n, c);                                                                         \
     }
 
 ACTIVATION_KERNELS(float, f32)

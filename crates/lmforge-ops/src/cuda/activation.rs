@@ -1,12 +1,14 @@
 //! Launches `activation.cu`: GELU (both forms) and SwiGLU forward and backward, RoPE either
-//! way, for [`crate::activation`]'s ops on a GPU. Each kernel is element-wise over inputs of
-//! one size and dtype (f32 or bf16), computing in f32.
+//! way, for [`crate::activation`]'s ops on a GPU, and the residual add that ends a device
+//! sublayer ([`residual_add`]). Each kernel is element-wise over inputs of one size and dtype
+//! (f32 or bf16), computing in f32.
 
-use super::{elementwise, suffix, view};
+use super::{cuda_storage, elementwise, suffix, view, NULL};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
 pub(crate) const IMAGE: super::Image = super::image!("activation");
 
@@ -207,4 +209,58 @@ fn bias_gelu_as<T: CudaDType + DeviceRepr>(
         unsafe { args.launch(elementwise(n)) }.w()?;
     }
     Ok((CudaStorage::wrap_cuda_slice(out, dev), zl.shape().clone()))
+}
+
+/// y = x + (p + b) for the residual stream x and an output projection's product p, of one
+/// shape (…, C) and dtype, and its f32 bias b (C) or none: a pre-norm sublayer's output in one
+/// pass, the sum rounded once (composed: a bias add, then the residual's).
+pub fn residual_add(x: &Tensor, p: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let op = "lmforge-residual-add";
+    let c = x.dims().last().copied().unwrap_or(0);
+    if p.dims() != x.dims() || p.dtype() != x.dtype() || b.is_some_and(|b| b.dims() != [c] || b.dtype() != DType::F32) {
+        let b = b.map(|b| (b.dims().to_vec(), b.dtype()));
+        bail!("{op}: x {:?} {:?}, p {:?} {:?}, bias {b:?}", x.dims(), x.dtype(), p.dims(), p.dtype());
+    }
+    let (x, p, b) = (x.contiguous()?, p.contiguous()?, b.map(Tensor::contiguous).transpose()?);
+    let (xs, ps) = (x.storage_and_layout(), p.storage_and_layout());
+    let bs = b.as_ref().map(Tensor::storage_and_layout);
+    let (xc, pc) = (cuda_storage(&xs.0, op)?, cuda_storage(&ps.0, op)?);
+    let bc = bs.as_ref().map(|(s, l)| Ok::<_, candle_core::Error>((cuda_storage(s, op)?, *l))).transpose()?;
+    let y = match x.dtype() {
+        DType::BF16 => residual_add_as::<half::bf16>((xc, xs.1), (pc, ps.1), bc, c)?,
+        _ => residual_add_as::<f32>((xc, xs.1), (pc, ps.1), bc, c)?,
+    };
+    Ok(Tensor::from_storage(Storage::Cuda(y), x.dims(), BackpropOp::none(), false))
+}
+
+fn residual_add_as<T: CudaDType + DeviceRepr>(
+    (xs, xl): Input,
+    (ps, pl): Input,
+    b: Option<Input>,
+    c: usize,
+) -> Result<CudaStorage> {
+    let op = "lmforge-residual-add";
+    let dev = xs.device().clone();
+    let (x, p) = (view::<T>(xs, xl, op)?, view::<T>(ps, pl, op)?);
+    let b = b.map(|(s, l)| view::<f32>(s, l, op)).transpose()?;
+    let n = xl.shape().elem_count();
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(n)? };
+    let func = super::kernel(&dev, &IMAGE, &format!("residual_add_{}", suffix(xs.dtype(), op)?))?;
+    let c_arg = c as i32;
+    let mut args = func.builder();
+    args.arg(&x);
+    args.arg(&p);
+    match &b {
+        Some(b) => args.arg(b),
+        None => args.arg(&NULL),
+    };
+    args.arg(&y);
+    args.arg(&n);
+    args.arg(&c_arg);
+    if n > 0 {
+        // SAFETY: the arguments match the kernel's signature (activation.cu).
+        unsafe { args.launch(elementwise(n)) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }

@@ -5,7 +5,7 @@
 //! compile-time bound (64, 128 or 256), the forward of bf16 at head dim 64 or 128 on tensor
 //! cores (wmma).
 
-use super::{suffix, view, Kernel};
+use super::{cuda_storage, suffix, view, Kernel, NULL};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -150,9 +150,6 @@ struct Tail {
     scale: f32,
 }
 
-/// A null device pointer, for an argument the kernel does not read.
-const NULL: u64 = 0;
-
 impl Tail {
     fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
         match &self.lens {
@@ -184,13 +181,6 @@ fn function(dev: &CudaDevice, name: &str, cfg: &LaunchConfig) -> Result<Kernel> 
         func.function().set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
     }
     Ok(func)
-}
-
-fn cuda_storage<'a>(s: &'a Storage, op: &str) -> Result<&'a CudaStorage> {
-    match s {
-        Storage::Cuda(c) => Ok(c),
-        _ => bail!("{op}: the CUDA backward needs every operand on the GPU"),
-    }
 }
 
 /// y (B, T, H·D) in the operands' dtype and the (B, H, T) f32 log-sum-exp of every score row.

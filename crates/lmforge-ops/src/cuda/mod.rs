@@ -5,13 +5,15 @@
 //! f32 statistics, and the composed reference op is its oracle (`tests.rs`, on the GPU through
 //! `LMFORGE_TEST_DEVICE=cuda`).
 //!
-//! Kernels: LayerNorm and RMSNorm, forward and backward (`norm.cu`); AdamW's update in place,
-//! every tensor of a step in one launch ([`adamw`], `adamw.cu`); Adafactor's step of a matrix
-//! or a vector ([`adafactor`], `adafactor.cu`); attention, forward and backward ([`attention`],
-//! `attention.cu`); GELU, SwiGLU and RoPE, forward and backward ([`activation`],
-//! `activation.cu`); cross-entropy's row log-sum-exp and logit gradient ([`loss`], `loss.cu`);
-//! the token embedding's rows and its gradient by token, sorted, without atomics
-//! ([`embedding`], `embedding.cu`).
+//! Kernels: LayerNorm and RMSNorm, forward and backward, a residual's gradient optionally
+//! added into dx (`norm.cu`); AdamW's update in place, every tensor of a step in one launch
+//! ([`adamw`], `adamw.cu`); Adafactor's step of a matrix or a vector ([`adafactor`],
+//! `adafactor.cu`); attention, forward and backward ([`attention`], `attention.cu`); GELU,
+//! SwiGLU and RoPE, forward and backward, and a decoder sublayer's residual add
+//! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
+//! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
+//! atomics ([`embedding`], `embedding.cu`); column sums, the bias gradients ([`reduce`],
+//! `reduce.cu`).
 //!
 //! Without a GPU, `tests/cuda_emulated.rs` runs the same kernel sources on the CPU (a block's
 //! threads as fibers, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
@@ -22,6 +24,7 @@ pub mod adamw;
 pub mod attention;
 pub mod embedding;
 pub mod loss;
+pub mod reduce;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -30,7 +33,7 @@ use candle_core::cuda_backend::cudarc::driver::{
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
-use candle_core::{bail, CudaDevice, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -52,8 +55,16 @@ const NORM: Image = image!("norm");
 
 /// Every image the library embeds, for the test that they hold machine code and PTX.
 #[cfg(test)]
-pub(crate) const IMAGES: [Image; 7] =
-    [NORM, adamw::IMAGE, adafactor::IMAGE, attention::IMAGE, activation::IMAGE, loss::IMAGE, embedding::IMAGE];
+pub(crate) const IMAGES: [Image; 8] = [
+    NORM,
+    adamw::IMAGE,
+    adafactor::IMAGE,
+    attention::IMAGE,
+    activation::IMAGE,
+    loss::IMAGE,
+    embedding::IMAGE,
+    reduce::IMAGE,
+];
 
 /// A kernel of a loaded image and the stream of the device it runs on.
 pub(crate) struct Kernel {
@@ -202,32 +213,35 @@ fn norm_forward_as<T: CudaDType + DeviceRepr>(
 }
 
 /// (dx, dw, db) of LayerNorm (`centred`) or RMSNorm for `dy`: dx in x's dtype from one kernel,
-/// dw and db f32 from the other's per-block column sums, added over the blocks (db None for
-/// RMSNorm).
+/// `residual` (a gradient of x's shape, else None) added into it there, and dw and db f32 from
+/// the other's per-block column sums, added over the blocks ([`reduce::column_sums`]; db None
+/// for RMSNorm).
 pub fn norm_backward(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
+    residual: Option<&Tensor>,
     eps: f32,
     centred: bool,
     params_trained: bool,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let (x, dy) = (x.contiguous()?, dy.contiguous()?);
+    let residual = residual.map(|r| r.to_dtype(x.dtype())?.contiguous()).transpose()?;
     let kind = NormGrads { eps, centred };
-    let dx = x.apply_op3_no_bwd(&w.to_dtype(DType::F32)?.contiguous()?, &dy, &kind)?;
+    let dx = kind.dx(&x, &w.to_dtype(DType::F32)?.contiguous()?, &dy, residual.as_ref())?;
     // A frozen norm (LoRA fine-tuning) needs no column sums: one pass over x and dy fewer.
     if !params_trained {
         return Ok((dx, None, None));
     }
     let terms = x.apply_op2_no_bwd(&dy, &kind)?; // (2, blocks, c)
-    let dw = terms.get(0)?.sum(0)?;
-    let db = if centred { Some(terms.get(1)?.sum(0)?) } else { None };
+    let dw = reduce::column_sums(&terms.get(0)?)?;
+    let db = if centred { Some(reduce::column_sums(&terms.get(1)?)?) } else { None };
     Ok((dx, Some(dw), db))
 }
 
-/// The backward kernels as candle ops without a backward of their own: over (x, w, dy), dx in
-/// x's dtype (`norm_bwd`); over (x, dy), the (2, blocks, c) f32 partial column sums of dy·x̂
-/// and dy (`norm_column_terms`).
+/// The backward kernels: dx in x's dtype over x, w, dy and a residual's gradient
+/// ([`NormGrads::dx`], `norm_bwd`); as a candle op over (x, dy), the (2, blocks, c) f32 partial
+/// column sums of dy·x̂ and dy (`norm_column_terms`).
 struct NormGrads {
     eps: f32,
     centred: bool,
@@ -236,36 +250,14 @@ struct NormGrads {
 /// Rows a block of `norm_column_terms` sums (norm.cu's NORM_TERM_ROWS).
 const NORM_TERM_ROWS: usize = 32;
 
-impl CustomOp3 for NormGrads {
-    fn name(&self) -> &'static str {
-        "lmforge-norm-dx"
-    }
+/// A null device pointer, for an optional argument not given.
+pub(crate) const NULL: u64 = 0;
 
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CpuStorage, Shape)> {
-        bail!("{}: CUDA only (the CPU backward is norm.rs's)", CustomOp3::name(self))
-    }
-
-    fn cuda_fwd(
-        &self,
-        xs: &CudaStorage,
-        xl: &Layout,
-        ws: &CudaStorage,
-        wl: &Layout,
-        dys: &CudaStorage,
-        dyl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        match xs.dtype() {
-            DType::BF16 => self.dx::<half::bf16>((xs, xl), (ws, wl), (dys, dyl)),
-            _ => self.dx::<f32>((xs, xl), (ws, wl), (dys, dyl)),
-        }
+/// The CUDA storage of a tensor's (locked) storage.
+pub(crate) fn cuda_storage<'a>(s: &'a Storage, op: &str) -> Result<&'a CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => bail!("{op}: the CUDA kernel needs every operand on the GPU"),
     }
 }
 
@@ -293,19 +285,43 @@ impl CustomOp2 for NormGrads {
 }
 
 impl NormGrads {
-    fn dx<T: CudaDType + DeviceRepr>(
+    /// dx = norm'(x)ᵀ·dy (+ residual), in x's dtype.
+    fn dx(&self, x: &Tensor, w: &Tensor, dy: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let op = "lmforge-norm-dx";
+        let (c, dims) = (w.elem_count(), x.dims());
+        let same = |t: &Tensor| t.dtype() == x.dtype() && t.dims() == dims;
+        if !same(dy) || !residual.is_none_or(same) || dims.last() != Some(&c) {
+            let r = residual.map(|r| (r.dims().to_vec(), r.dtype()));
+            bail!(
+                "{op}: x {dims:?} {:?}, weight ({c}), dy {:?} {:?}, residual {r:?}",
+                x.dtype(),
+                dy.dims(),
+                dy.dtype()
+            );
+        }
+        let (xs, ws, dys) = (x.storage_and_layout(), w.storage_and_layout(), dy.storage_and_layout());
+        let rs = residual.map(|r| r.storage_and_layout());
+        let (xc, wc, dyc) = (cuda_storage(&xs.0, op)?, cuda_storage(&ws.0, op)?, cuda_storage(&dys.0, op)?);
+        let rc = rs.as_ref().map(|(s, l)| Ok::<_, candle_core::Error>((cuda_storage(s, op)?, *l))).transpose()?;
+        let dx = match x.dtype() {
+            DType::BF16 => self.dx_as::<half::bf16>((xc, xs.1), (wc, ws.1), (dyc, dys.1), rc)?,
+            _ => self.dx_as::<f32>((xc, xs.1), (wc, ws.1), (dyc, dys.1), rc)?,
+        };
+        Ok(Tensor::from_storage(Storage::Cuda(dx), dims, candle_core::op::BackpropOp::none(), false))
+    }
+
+    fn dx_as<T: CudaDType + DeviceRepr>(
         &self,
         (xs, xl): (&CudaStorage, &Layout),
         (ws, wl): (&CudaStorage, &Layout),
         (dys, dyl): (&CudaStorage, &Layout),
-    ) -> Result<(CudaStorage, Shape)> {
-        let op = CustomOp3::name(self);
+        residual: Option<(&CudaStorage, &Layout)>,
+    ) -> Result<CudaStorage> {
+        let op = "lmforge-norm-dx";
         let dev = &xs.device;
         let (c, n) = (wl.shape().elem_count(), xl.shape().elem_count());
-        if dys.dtype() != xs.dtype() || dyl.shape() != xl.shape() || xl.dims().last() != Some(&c) {
-            bail!("{op}: x {:?} {:?}, weight ({c}), dy {:?} {:?}", xl.dims(), xs.dtype(), dyl.dims(), dys.dtype());
-        }
         let (x, w, dy) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?, view::<T>(dys, dyl, op)?);
+        let dres = residual.map(|(s, l)| view::<T>(s, l, op)).transpose()?;
         let func = kernel(dev, &NORM, &format!("norm_bwd_{}", suffix(xs.dtype(), op)?))?;
         // SAFETY: the kernel writes every element.
         let dx = unsafe { dev.alloc::<T>(n)? };
@@ -315,6 +331,10 @@ impl NormGrads {
             launch.arg(&x);
             launch.arg(&w);
             launch.arg(&dy);
+            match &dres {
+                Some(d) => launch.arg(d),
+                None => launch.arg(&NULL),
+            };
             launch.arg(&dx);
             launch.arg(&c_arg);
             launch.arg(&self.eps);
@@ -322,7 +342,7 @@ impl NormGrads {
             // SAFETY: the arguments match the kernel's signature (norm.cu).
             unsafe { launch.launch(row_blocks(n / c.max(1), c)) }.w()?;
         }
-        Ok((CudaStorage::wrap_cuda_slice(dx, dev.clone()), xl.shape().clone()))
+        Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
     }
 
     fn column_terms<T: CudaDType + DeviceRepr>(

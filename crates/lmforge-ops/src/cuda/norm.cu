@@ -3,11 +3,12 @@
 // so a run reproduces itself to the bit. Activations are f32 or bf16 (`_f32` / `_bf16`
 // kernels); weights and biases are f32; every statistic is f32, as in the reference ops.
 //
-// The backward is two kernels: `norm_bwd` writes dx in the activations' dtype, a block per row;
+// The backward is two kernels: `norm_bwd` writes dx in the activations' dtype, a block per row
+// (a residual's gradient added where one is given);
 // `norm_column_terms` gives, per block of NORM_TERM_ROWS rows, the column sums Σ dy·x̂ (the
 // weight's gradient) and Σ dy (the bias's) over its rows, each thread a column at a time down
-// the rows in order; the blocks' partial sums are added afterwards (candle's reduction over a
-// (2, blocks, C) f32 tensor). No atomics, so a run reproduces its bits.
+// the rows in order; the blocks' partial sums are added afterwards (reduce.cu's column sums
+// of each (blocks, C) f32 half). No atomics, so a run reproduces its bits.
 #include "common.cuh"
 
 // (mean, 1/sqrt(var + eps)) of a row, biased variance in two passes (as the reference).
@@ -61,12 +62,16 @@ __device__ void rms_norm_fwd(const T* x, const float* w, T* y, int c, float eps)
 
 // dx of a row. With dx̂ = dy·w:
 //   LayerNorm dx = rstd·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)); RMSNorm dx = r·(dx̂ − x̂·mean(dx̂·x̂)).
+// With `dres` (else null) the row of a residual's gradient is added, in f32 before the one
+// rounding: a pre-norm sublayer's x feeds both the norm and the residual (dx = dy + norm'ᵀ·dn),
+// so its input gradient is one pass, not the norm's then an add's.
 template <typename T>
-__device__ void norm_bwd(const T* x, const float* w, const T* dy, T* dx, int c, float eps, bool centred) {
+__device__ void norm_bwd(const T* x, const float* w, const T* dy, const T* dres, T* dx, int c, float eps, bool centred) {
     const size_t row = (size_t)blockIdx.x * c;
     x += row;
     dy += row;
     dx += row;
+    if (dres) dres += row;
     const float2 st = row_stats(x, c, eps, centred);
     const float mean = st.x, rstd = st.y;
     float sd = 0.0f, sdx = 0.0f;
@@ -80,7 +85,8 @@ __device__ void norm_bwd(const T* x, const float* w, const T* dy, T* dx, int c, 
     const float mean_dx = block_sum(sdx) / c;
     for (int j = threadIdx.x; j < c; j += blockDim.x) {
         const float xh = (to_f(x[j]) - mean) * rstd;
-        dx[j] = from_f<T>(rstd * (to_f(dy[j]) * w[j] - mean_d - xh * mean_dx));
+        const float r = dres ? to_f(dres[j]) : 0.0f;
+        dx[j] = from_f<T>(rstd * (to_f(dy[j]) * w[j] - mean_d - xh * mean_dx) + r);
     }
 }
 
@@ -124,9 +130,9 @@ __device__ void norm_column_terms(const T* x, const T* dy, float* partials, int 
     extern "C" __global__ void rms_norm_fwd_##SUFFIX(const T* x, const float* w, T* y, int c, float eps) {          \
         rms_norm_fwd<T>(x, w, y, c, eps);                                                                          \
     }                                                                                                              \
-    extern "C" __global__ void norm_bwd_##SUFFIX(const T* x, const float* w, const T* dy, T* dx, int c, float eps,  \
-                                                 int centred) {                                                    \
-        norm_bwd<T>(x, w, dy, dx, c, eps, centred != 0);                                                           \
+    extern "C" __global__ void norm_bwd_##SUFFIX(const T* x, const float* w, const T* dy, const T* dres, T* dx,     \
+                                                 int c, float eps, int centred) {                                  \
+        norm_bwd<T>(x, w, dy, dres, dx, c, eps, centred != 0);                                                     \
     }                                                                                                              \
     extern "C" __global__ void norm_column_terms_##SUFFIX(const T* x, const T* dy, float* partials, int rows, int c,\
                                                           float eps, int centred) {                                \

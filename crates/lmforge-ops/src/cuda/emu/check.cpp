@@ -1,7 +1,10 @@
 // lmforge's CUDA kernels run on the CPU (cuda_emu.h) against plain double-precision loops of
-// the same math: cross-entropy's row log-sum-exp and logit gradient; GELU (both forms), SwiGLU and RoPE forward and backward; attention forward and backward (causal and padded, separate and packed
-// operands, grouped-query heads, every DMAX, f32 and bf16), LayerNorm / RMSNorm forward and
-// backward, AdamW's update. Prints one line per case and exits non-zero on any mismatch.
+// the same math: cross-entropy's row log-sum-exp and logit gradient; GELU (both forms), SwiGLU
+// and RoPE forward and backward, the sublayers' residual add; attention forward and backward
+// (causal and padded, separate and packed operands, grouped-query heads, every DMAX, f32 and
+// bf16), LayerNorm / RMSNorm forward and backward (with and without a residual's gradient
+// added into dx), column sums, AdamW's update.
+// Prints one line per case and exits non-zero on any mismatch.
 // Built and run by tests/cuda_emulated.rs; on the GPU, lmforge-ops' `on_cuda` tests check the
 // same kernels against the reference ops.
 #include "../activation.cu"
@@ -11,6 +14,7 @@
 #include "../embedding.cu"
 #include "../loss.cu"
 #include "../norm.cu"
+#include "../reduce.cu"
 
 #include <cstdio>
 #include <random>
@@ -255,7 +259,13 @@ static void norm_case(int rows, int c, bool centred, const char* dtype, double b
             rms_norm_fwd<T>(x.data(), w.data(), y.data(), c, eps);
     });
     emu_launch({(unsigned)rows}, {threads}, 0,
-               [&] { norm_bwd<T>(x.data(), w.data(), dy.data(), dx.data(), c, eps, centred); });
+               [&] { norm_bwd<T>(x.data(), w.data(), dy.data(), nullptr, dx.data(), c, eps, centred); });
+    // With a residual's gradient added in the kernel (the pre-norm sublayers' dx).
+    std::vector<T> dres = random_values<T>(x.size(), rng), dx_res(x.size());
+    std::vector<double> dx_res_ref(x.size());
+    for (size_t i = 0; i < x.size(); ++i) dx_res_ref[i] = dx_ref[i] + to_f(dres[i]);
+    emu_launch({(unsigned)rows}, {threads}, 0,
+               [&] { norm_bwd<T>(x.data(), w.data(), dy.data(), dres.data(), dx_res.data(), c, eps, centred); });
     // The column sums: the blocks' partials, then added over blocks in order (as candle's sum).
     const unsigned blocks = (rows + NORM_TERM_ROWS - 1) / NORM_TERM_ROWS;
     std::vector<float> partials(2 * (size_t)blocks * c, NAN);
@@ -271,8 +281,33 @@ static void norm_case(int rows, int c, bool centred, const char* dtype, double b
     std::snprintf(name, sizeof name, "%s %s rows %d C %d", centred ? "layer_norm" : "rms_norm", dtype, rows, c);
     report(std::string(name) + " y", rel_err(y, y_ref), bound);
     report(std::string(name) + " dx", rel_err(dx, dx_ref), grad_bound);
+    report(std::string(name) + " dx + residual", rel_err(dx_res, dx_res_ref), grad_bound);
     report(std::string(name) + " dw", rel_err(dw, dw_ref), grad_bound);
     report(std::string(name) + " db", rel_err(db, db_ref), grad_bound);
+}
+
+// Column sums as cuda/reduce.rs runs them: 64-row partials, summed again until one row is left.
+template <typename T>
+static void column_sums_case(int rows, int c, const char* dtype, double bound) {
+    std::mt19937 rng(rows + c);
+    std::vector<T> x = random_values<T>((size_t)rows * c, rng);
+    std::vector<double> want(c, 0.0);
+    for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < c; ++j) want[j] += to_f(x[(size_t)r * c + j]);
+    const unsigned tiles = (c + 255) / 256;
+    unsigned blocks = (rows + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
+    std::vector<float> sums((size_t)blocks * c, NAN);
+    emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<T>(x.data(), sums.data(), rows, c); });
+    int stages = 1;
+    for (int left = blocks; left > 1; left = blocks, ++stages) {
+        blocks = (left + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
+        std::vector<float> next((size_t)blocks * c, NAN);
+        emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<float>(sums.data(), next.data(), left, c); });
+        sums = std::move(next);
+    }
+    report(std::string("column_sums ") + dtype + " rows " + std::to_string(rows) + " C " + std::to_string(c) + " (" +
+               std::to_string(stages) + " passes)",
+           rel_err(sums, want), bound);
 }
 
 static unsigned long long adamw_pair(float lo, float hi) {
@@ -529,6 +564,19 @@ static void activation_case(size_t n, const char* dtype, double bound) {
         report("bias_" + name + " y", rel_err(yb, yb_ref), bound);
         report("bias_" + name + " dz", rel_err(dz, dz_ref), bound);
     }
+    // A sublayer's output: the residual x plus the projection u and its f32 bias (or none).
+    {
+        const size_t c = 37, m = n / c * c;
+        std::vector<float> b = random_values<float>(c, rng);
+        for (const float* bias : {(const float*)b.data(), (const float*)nullptr}) {
+            std::vector<double> want(m);
+            for (size_t i = 0; i < m; ++i) want[i] = (double)to_f(x[i]) + to_f(u[i]) + (bias ? bias[i % c] : 0.0);
+            std::vector<T> got(m);
+            emu_launch({grid_for(m)}, {256}, 0, [&] { residual_add<T>(x.data(), u.data(), bias, got.data(), m, (int)c); });
+            report(std::string("residual_add ") + (bias ? "+ bias " : "") + dtype + " n " + std::to_string(m),
+                   rel_err(got, want), bound);
+        }
+    }
     std::vector<double> y_ref(n), dgu_ref(2 * n);
     for (size_t i = 0; i < n; ++i) {
         const double g = to_f(x[i]), v = to_f(u[i]), d = to_f(dy[i]), s = 1 / (1 + std::exp(-g));
@@ -691,6 +739,10 @@ int main() {
     norm_case<float>(70, 37, true, "f32", 1e-6, 1e-5);
     norm_case<float>(70, 768, false, "f32", 1e-6, 1e-5);
     norm_case<__nv_bfloat16>(65, 96, true, "bf16", 1e-2, 1e-2);
+    column_sums_case<float>(1, 7, "f32", 1e-6);
+    column_sums_case<float>(64, 256, "f32", 1e-6);
+    column_sums_case<float>(5000, 300, "f32", 1e-5);  // two column tiles, the last partial; three passes
+    column_sums_case<__nv_bfloat16>(4097, 37, "bf16", 1e-5);  // bf16 rows, f32 sums
     adamw_case({1000});
     adamw_case({1, 2048, 70000, 2049, 5});
     // scale_parameter, β1, weight decay, clip threshold, gradient scale.
