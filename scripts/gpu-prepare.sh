@@ -27,9 +27,9 @@ for line in sys.stdin:
 '
 # lmforge's parity, presence and NCCL tests and lmforge-ops' unit tests (module on_cuda: its
 # CUDA kernels against the reference ops), in one cargo invocation: one feature set, the
-# binary's, so candle's kernels (~13 minutes of nvcc) are built once. (lmforge-ops' tests built
-# alone resolve other features and build them again.) `--lib` also builds lmforge's unit tests,
-# which are not packed.
+# binary's, so candle's kernels (~5 minutes of nvcc on two cores) are built once. (lmforge-ops'
+# tests built alone resolve other features and build them again.) `--lib` also builds lmforge's
+# unit tests, which are not packed.
 packed=(parity presence nccl lmforge_ops)
 tests=$(cargo test --release -p lmforge -p lmforge-ops --features lmforge/cuda,lmforge-ops/cuda \
   --test parity --test presence --test nccl --lib --no-run --message-format=json |
