@@ -127,7 +127,8 @@ impl LayerNorm {
         dy: &Tensor,
         residual: Option<&Tensor>,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let _span = super::profile::span(CustomOp3::name(self), super::profile::Pass::Backward);
+        let name = CustomOp3::name(self);
+        let _span = super::profile::span(name, super::profile::Pass::Backward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
             let trained = w.track_op() || b.track_op();
@@ -135,7 +136,6 @@ impl LayerNorm {
             let (dw, db) = (dw.filter(|_| w.track_op()), db.filter(|_| b.track_op()));
             return Ok((tracked(x, || Ok(dx))?, dw, db));
         }
-        let name = CustomOp3::name(self);
         let dy = dy.contiguous()?;
         let (xr, wr, dyr) = (Read::new(x, name)?, Read::new(w, name)?, Read::new(&dy, name)?);
         let (xs, ws, dys) = (xr.f32()?, wr.f32()?, dyr.f32()?);

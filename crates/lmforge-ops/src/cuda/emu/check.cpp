@@ -222,6 +222,24 @@ static void attention_case(const AttnCase& c, const char* dtype, double bound, d
     }
 }
 
+// Column sums as cuda/reduce.rs runs them: 64-row partials, summed again until one row is left.
+template <typename T>
+static std::vector<float> column_sums(const T* x, int rows, int c, int* passes = nullptr) {
+    const unsigned tiles = (c + 255) / 256;
+    unsigned blocks = (rows + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
+    std::vector<float> sums((size_t)blocks * c, NAN);
+    emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<T>(x, sums.data(), rows, c); });
+    int stages = 1;
+    for (int left = blocks; left > 1; left = blocks, ++stages) {
+        blocks = (left + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
+        std::vector<float> next((size_t)blocks * c, NAN);
+        emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<float>(sums.data(), next.data(), left, c); });
+        sums = std::move(next);
+    }
+    if (passes) *passes = stages;
+    return sums;
+}
+
 template <typename T>
 static void norm_case(int rows, int c, bool centred, const char* dtype, double bound, double grad_bound) {
     std::mt19937 rng(rows * 7 + c);
@@ -266,17 +284,13 @@ static void norm_case(int rows, int c, bool centred, const char* dtype, double b
     for (size_t i = 0; i < x.size(); ++i) dx_res_ref[i] = dx_ref[i] + to_f(dres[i]);
     emu_launch({(unsigned)rows}, {threads}, 0,
                [&] { norm_bwd<T>(x.data(), w.data(), dy.data(), dres.data(), dx_res.data(), c, eps, centred); });
-    // The column sums: the blocks' partials, then added over blocks in order (as candle's sum).
+    // The column sums: the blocks' partials, then summed over blocks as cuda/mod.rs does.
     const unsigned blocks = (rows + NORM_TERM_ROWS - 1) / NORM_TERM_ROWS;
     std::vector<float> partials(2 * (size_t)blocks * c, NAN);
     emu_launch({blocks}, {threads}, 0,
                [&] { norm_column_terms<T>(x.data(), dy.data(), partials.data(), rows, c, eps, centred); });
-    std::vector<float> dw(c, 0.0f), db(c, 0.0f);
-    for (unsigned b = 0; b < blocks; ++b)
-        for (int j = 0; j < c; ++j) {
-            dw[j] += partials[(size_t)b * c + j];
-            db[j] += partials[((size_t)blocks + b) * c + j];
-        }
+    const std::vector<float> dw = column_sums(partials.data(), (int)blocks, c);
+    const std::vector<float> db = column_sums(partials.data() + (size_t)blocks * c, (int)blocks, c);
     char name[120];
     std::snprintf(name, sizeof name, "%s %s rows %d C %d", centred ? "layer_norm" : "rms_norm", dtype, rows, c);
     report(std::string(name) + " y", rel_err(y, y_ref), bound);
@@ -286,7 +300,6 @@ static void norm_case(int rows, int c, bool centred, const char* dtype, double b
     report(std::string(name) + " db", rel_err(db, db_ref), grad_bound);
 }
 
-// Column sums as cuda/reduce.rs runs them: 64-row partials, summed again until one row is left.
 template <typename T>
 static void column_sums_case(int rows, int c, const char* dtype, double bound) {
     std::mt19937 rng(rows + c);
@@ -294,19 +307,10 @@ static void column_sums_case(int rows, int c, const char* dtype, double bound) {
     std::vector<double> want(c, 0.0);
     for (int r = 0; r < rows; ++r)
         for (int j = 0; j < c; ++j) want[j] += to_f(x[(size_t)r * c + j]);
-    const unsigned tiles = (c + 255) / 256;
-    unsigned blocks = (rows + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
-    std::vector<float> sums((size_t)blocks * c, NAN);
-    emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<T>(x.data(), sums.data(), rows, c); });
-    int stages = 1;
-    for (int left = blocks; left > 1; left = blocks, ++stages) {
-        blocks = (left + COLUMN_SUM_ROWS - 1) / COLUMN_SUM_ROWS;
-        std::vector<float> next((size_t)blocks * c, NAN);
-        emu_launch({blocks, tiles}, {256}, 0, [&] { column_partials<float>(sums.data(), next.data(), left, c); });
-        sums = std::move(next);
-    }
+    int passes = 0;
+    const std::vector<float> sums = column_sums(x.data(), rows, c, &passes);
     report(std::string("column_sums ") + dtype + " rows " + std::to_string(rows) + " C " + std::to_string(c) + " (" +
-               std::to_string(stages) + " passes)",
+               std::to_string(passes) + " passes)",
            rel_err(sums, want), bound);
 }
 
