@@ -859,9 +859,10 @@ mod on_cuda {
     /// Attention on the GPU (attention.cu: tiled, online softmax, no T×T tensor) against the
     /// reference ops, which form the (B, H, T, T) scores with cuBLAS: causal with grouped-query
     /// heads, GPT-2's packed qkv, and padded encoder rows; head dims under each kernel's bound
-    /// (64, 128, 256; bf16 at 64 and 128 on the tensor-core kernels) and T across several tiles. f32 to the CPU kernels' bounds; bf16 to 2e-2 /
-    /// 5e-2, since the reference also rounds its scores and probabilities to bf16. The same
-    /// bits twice (no atomics).
+    /// (64, 128, 256; bf16 at 64 and 128 on the tensor-core kernels, or the scalar ones where
+    /// the rows are not 16-byte aligned) and T across several tiles. f32 to the CPU kernels'
+    /// bounds; bf16 to 2e-2 / 5e-2, since the reference also rounds its scores and
+    /// probabilities to bf16. The same bits twice (no atomics).
     #[test]
     fn attention_matches_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();
@@ -896,6 +897,17 @@ mod on_cuda {
                 }
             }
         }
+        // Query rows that start 8 bytes past a 16-byte boundary (a narrowed view): the tensor-core
+        // kernels copy rows 16 bytes at a time, so bf16 at D = 64 takes the scalar kernels here.
+        let (b, t, h, kh, d) = (2, 70, 2, 1, 64);
+        let on_gpu = |shape: &[usize], seed| randn(shape, 1.0, seed).to_device(&dev).unwrap().to_dtype(DType::BF16);
+        let inputs = [
+            on_gpu(&[b, t, h * d + 4], 85).unwrap(),
+            on_gpu(&[b, t, kh * d], 86).unwrap(),
+            on_gpu(&[b, t, kh * d], 87).unwrap(),
+        ];
+        let narrowed = |x: &[Tensor]| causal_attention(&x[0].narrow(2, 4, h * d)?, &x[1], &x[2], h, kh, 0.125);
+        check_within("cuda attention causal bf16 unaligned query rows", &inputs, &narrowed, 2e-2, 5e-2);
     }
 
     /// GELU (both forms, alone and as a linear layer's bias + GELU epilogue), SwiGLU and RoPE

@@ -10,8 +10,8 @@
 // product with V (or K, Q, dY), each takes every fourth of the D columns, accumulated in
 // registers (D ≤ DMAX, the kernel's compile-time bound: 64, 128 or 256). These scalar kernels
 // serve every dtype and head dim; bf16 at D = 64 or 128 has tensor-core versions of all three
-// (attn_fwd_tc, attn_bwd_dq_tc, attn_bwd_dkdv_tc, below: wmma 16×16×16 bf16 products with f32
-// accumulators, four warps of 16 rows a block, the same arguments, grids and results up to
+// (attn_fwd_tc, attn_bwd_dq_tc, attn_bwd_dkdv_tc, below: mma.sync on register tiles, operand
+// tiles by cp.async, four warps of 16 rows a block, the same arguments, grids and results up to
 // the rounding of P and dS to bf16).
 //
 // The backward runs two kernels, so neither needs atomics (a run reproduces its bits):
@@ -295,269 +295,371 @@ __device__ void attn_bwd_dkdv(const T* q, long long q_sb, long long q_st, const 
     }
 }
 
-// The forward on tensor cores, bf16 operands with head dim DH (64 or 128): four warps a
-// block, each owning 16 of the block's 64 query rows. Per tile of 64 keys, a warp forms its
-// 16 × 64 scores with wmma (bf16 products, f32 accumulators) into shared memory, two lanes a
-// row run the online softmax there (rescaling the row's f32 output accumulator, also in shared
-// memory) and write P in bf16, and wmma adds P · V to the output. Same results as attn_fwd up
-// to P's rounding to bf16 (as FlashAttention-2).
+// The tensor-core kernels: bf16 operands at head dim DH = 64 or 128, the same arguments, grids
+// and results as the scalar ones up to the rounding of P and dS to bf16 (as FlashAttention-2).
+// Four warps a block, each owning 16 of the block's 64 rows (queries; keys in attn_bwd_dkdv),
+// FlashAttention-2's way on Ampere's instructions (common.cuh): scores, probabilities and the
+// output or gradient accumulators live in registers in mma_bf16's layout, where a score tile's
+// accumulators are already the A operand of the next product (no shared-memory round trip);
+// operand tiles of 64 rows stream through shared memory by cp.async, the next tile's copy in
+// flight while the current one is multiplied (two stages); products whose B operand has k
+// along the tile's rows read it with ldmatrix .trans. A lane holds rows g and g + 8 of its
+// warp's 16 (g = lane / 4) and columns 2·(lane % 4) + {0, 1} of each 8-column slice, so a
+// row's max and sum are two shuffles over its four lanes.
 #define TC_WARPS 4
-#define TC_KEYS 64
+#define TC_TILE 64  // rows a tile streams through (keys, or queries in attn_bwd_dkdv)
 
-// The tensor-core kernels' shared pieces (bf16, head dim DH, four warps of 16 rows).
 namespace tc {
-using namespace nvcuda;
+// A bf16 tile of 64 rows in shared memory: its row stride, 16 bytes past DH so that the eight
+// rows an ldmatrix (or a fragment's eight lanes) reads start in different banks, and its size.
 template <int DH>
-struct Dims {
-    // Row strides (multiples of 8 bf16 / 4 f32 as wmma needs, off the shared-memory banks).
-    static constexpr int LD = DH + 8, SLD = TC_KEYS + 4, PLD = TC_KEYS + 8, OLD = DH + 4;
+struct Tile {
+    static constexpr int LD = DH + 8, ELEMS = ROWS * LD;
 };
 
-// Rows [r0, r0 + 64) of head `hd` of a (B, T, ·) operand into a bf16 tile (rows past `limit`
-// zero).
+// Rows [r0, r0 + 64) of head `hd` of a (B, T, ·) operand into `tile` by cp.async, 16 bytes a
+// copy (rows at or past `limit` zero); the caller commits and waits.
 template <int DH>
-__device__ void load(__nv_bfloat16* tile, const __nv_bfloat16* p, long long sb, long long st, int b, int r0, int hd,
-                     int limit) {
-    const __nv_bfloat16 zero = __float2bfloat16(0.0f);
-    for (int e = threadIdx.x; e < ROWS * DH; e += blockDim.x) {
-        const int r = e / DH, c = e - r * DH;
-        tile[r * Dims<DH>::LD + c] = r0 + r < limit ? p[b * sb + (r0 + r) * st + (long long)hd * DH + c] : zero;
+__device__ __forceinline__ void load(__nv_bfloat16* tile, const __nv_bfloat16* p, long long sb, long long st, int b,
+                                     int r0, int hd, int limit) {
+    constexpr int CHUNKS = DH / 8;
+    for (int e = threadIdx.x; e < ROWS * CHUNKS; e += blockDim.x) {
+        const int r = e / CHUNKS, c = (e - r * CHUNKS) * 8;
+        const bool valid = r0 + r < limit;
+        const __nv_bfloat16* src = valid ? p + b * sb + (long long)(r0 + r) * st + (long long)hd * DH + c : p;
+        cp_async16(tile + r * Tile<DH>::LD + c, src, valid);
     }
 }
 
-// out (16 × 64, f32, row stride SLD) = A (16 × DH rows of `a`) · B (64 × DH rows of `bt`)ᵀ.
-template <int DH>
-__device__ void a_bt(float* out, const __nv_bfloat16* a, const __nv_bfloat16* bt) {
-    constexpr int LD = Dims<DH>::LD;
-    for (int n = 0; n < TC_KEYS / 16; ++n) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::fill_fragment(acc, 0.0f);
-        for (int kk = 0; kk < DH / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-            wmma::load_matrix_sync(fa, a + kk * 16, LD);
-            wmma::load_matrix_sync(fb, bt + n * 16 * LD + kk * 16, LD);
-            wmma::mma_sync(acc, fa, fb, acc);
+// Two neighbouring bf16 of shared memory as one register.
+__device__ __forceinline__ uint32_t pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// The A operand (16 rows from `rows`, columns [k0, k0 + 16)) of a tile with row stride LD.
+template <int LD>
+__device__ __forceinline__ void a_operand(uint32_t (&a)[4], const __nv_bfloat16* rows, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = 2 * (lane & 3);
+    const __nv_bfloat16* p = rows + g * LD + k0 + c;
+    a[0] = pair(p), a[1] = pair(p + 8 * LD), a[2] = pair(p + 8), a[3] = pair(p + 8 * LD + 8);
+}
+
+// s[n] (16 × 8, n < N) += A · Bᵀ over DH columns, A the 16 rows at `a_rows`, B the 8·N rows at
+// `b_rows` (both with row stride LD): each row of B is a column of the product, its k
+// contiguous, so B's registers are plain pairs.
+template <int DH, int N>
+__device__ __forceinline__ void a_bt(float (&s)[N][4], const __nv_bfloat16* a_rows, const __nv_bfloat16* b_rows) {
+    constexpr int LD = Tile<DH>::LD;
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = 2 * (lane & 3);
+#pragma unroll
+    for (int k0 = 0; k0 < DH; k0 += 16) {
+        uint32_t a[4];
+        a_operand<LD>(a, a_rows, k0);
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+            const __nv_bfloat16* p = b_rows + (n * 8 + g) * LD + k0 + c;
+            mma_bf16(s[n], a, pair(p), pair(p + 8));
         }
-        wmma::store_matrix_sync(out + n * 16, acc, Dims<DH>::SLD, wmma::mem_row_major);
     }
 }
 
-// acc (16 × DH, f32, row stride OLD) += P (16 × 64 bf16, row stride PLD) · B (64 × DH rows of `b`).
-template <int DH>
-__device__ void add_p_b(float* acc_rows, const __nv_bfloat16* p, const __nv_bfloat16* b) {
-    constexpr int LD = Dims<DH>::LD, OLD = Dims<DH>::OLD;
-    for (int n = 0; n < DH / 16; ++n) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::load_matrix_sync(acc, acc_rows + n * 16, OLD, wmma::mem_row_major);
-        for (int kk = 0; kk < TC_KEYS / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-            wmma::load_matrix_sync(fa, p + kk * 16, Dims<DH>::PLD);
-            wmma::load_matrix_sync(fb, b + kk * 16 * LD + n * 16, LD);
-            wmma::mma_sync(acc, fa, fb, acc);
+// acc (16 × DH) += P · B, P the 16 × 16·K probabilities (or score gradients) in registers as
+// an accumulator tile (p[n] its 8-column slices), B the 16·K rows at `b_rows` (k along the rows:
+// read transposed by ldmatrix, two 8-column slices of acc an instruction).
+template <int DH, int K>
+__device__ __forceinline__ void add_p_b(float (&acc)[DH / 8][4], const float (&p)[2 * K][4],
+                                        const __nv_bfloat16* b_rows) {
+    constexpr int LD = Tile<DH>::LD;
+    const int lane = threadIdx.x & 31;
+    // This lane's row address within a 16-row, 16-column block: matrices 0 and 1 are the
+    // block's rows 0-7 and 8-15 of its first 8 columns, 2 and 3 of its last 8.
+    const __nv_bfloat16* at = b_rows + (((lane >> 3) & 1) * 8 + (lane & 7)) * LD + (lane >> 4) * 8;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        // An accumulator tile's two 8-column slices are the A operand over their 16 columns.
+        const uint32_t a[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), pack_bf16(p[2 * k][2], p[2 * k][3]),
+                               pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]),
+                               pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3])};
+#pragma unroll
+        for (int n = 0; n < DH / 16; ++n) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, at + k * 16 * LD + n * 16);
+            mma_bf16(acc[2 * n], a, b[0], b[1]);
+            mma_bf16(acc[2 * n + 1], a, b[2], b[3]);
         }
-        wmma::store_matrix_sync(acc_rows + n * 16, acc, OLD, wmma::mem_row_major);
+    }
+}
+
+// Rows g and g + 8 of the warp's 16 of an accumulator tile (f32) scaled and written as bf16 to
+// rows `row_a` and `row_b` (null: past T, not written).
+template <int DH>
+__device__ __forceinline__ void store_rows(const float (&acc)[DH / 8][4], __nv_bfloat16* row_a, __nv_bfloat16* row_b,
+                                           float scale_a, float scale_b) {
+    const int c = 2 * (threadIdx.x & 3);
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) {
+        if (row_a) *reinterpret_cast<uint32_t*>(row_a + n * 8 + c) = pack_bf16(scale_a * acc[n][0], scale_a * acc[n][1]);
+        if (row_b) *reinterpret_cast<uint32_t*>(row_b + n * 8 + c) = pack_bf16(scale_b * acc[n][2], scale_b * acc[n][3]);
     }
 }
 }  // namespace tc
+
+// Shared memory of the tensor-core kernels, in bytes (cuda/attention.rs computes the same).
+template <int DH>
+constexpr int tc_fwd_shared() {  // Q, then two stages of (K, V)
+    return 5 * tc::Tile<DH>::ELEMS * 2;
+}
+template <int DH>
+constexpr int tc_dq_shared() {  // Q, dY, then two stages of (K, V)
+    return 6 * tc::Tile<DH>::ELEMS * 2;
+}
+template <int DH>
+constexpr int tc_dkdv_shared() {  // K, V, two stages of (Q, dY), then two stages of (lse, delta)
+    return 6 * tc::Tile<DH>::ELEMS * 2 + 2 * 2 * TC_TILE * 4;
+}
 
 template <int DH>
 __device__ void attn_fwd_tc(const __nv_bfloat16* q, long long q_sb, long long q_st, const __nv_bfloat16* k,
                             long long k_sb, long long k_st, const __nv_bfloat16* v, long long v_sb, long long v_st,
                             __nv_bfloat16* y, float* lse, const int* key_lens, int causal, int t, int h, int kh,
                             float scale) {
-    // Row strides: bf16 tiles, f32 scores, bf16 probabilities, f32 output accumulators.
-    constexpr int LD = tc::Dims<DH>::LD, SLD = tc::Dims<DH>::SLD, PLD = tc::Dims<DH>::PLD, OLD = tc::Dims<DH>::OLD;
-    DYNAMIC_SHARED(float, smem);
-    float* s_all = smem;                                  // TC_WARPS × 16 × SLD
-    float* o_all = s_all + TC_WARPS * 16 * SLD;           // TC_WARPS × 16 × OLD
-    float* stat = o_all + TC_WARPS * 16 * OLD;            // m, l of the block's 64 rows
-    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(stat + 2 * ROWS);  // ROWS × LD
-    __nv_bfloat16* ks = qs + ROWS * LD;                   // TC_KEYS × LD
-    __nv_bfloat16* vs = ks + TC_KEYS * LD;                // TC_KEYS × LD
-    __nv_bfloat16* p_all = vs + TC_KEYS * LD;             // TC_WARPS × 16 × PLD
-    const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh), i0 = blockIdx.x * ROWS;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float *s_w = s_all + warp * 16 * SLD, *o_w = o_all + warp * 16 * OLD;
-    __nv_bfloat16* p_w = p_all + warp * 16 * PLD;
-    const int end = causal ? min(t, i0 + ROWS) : key_lens[b];
+    constexpr int LD = tc::Tile<DH>::LD, TILE = tc::Tile<DH>::ELEMS;
+    DYNAMIC_SHARED(__nv_bfloat16, smem);
+    __nv_bfloat16* qs = smem;        // ROWS × LD
+    __nv_bfloat16* stages = qs + TILE;  // two stages of K then V, TILE each
+    const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh);
+    // Causal blocks further down read more keys: those start first.
+    const int i0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
+    const int end = causal ? min(t, i0 + ROWS) : key_lens[b], tiles = (end + TC_TILE - 1) / TC_TILE;
+    // This lane's two rows, and one past the last key each sees.
+    const int ia = i0 + warp * 16 + (lane >> 2), ib = ia + 8;
+    const int end_a = min(end, key_end(key_lens, causal, b, ia)), end_b = min(end, key_end(key_lens, causal, b, ib));
     tc::load<DH>(qs, q, q_sb, q_st, b, i0, hi, t);
-    for (int e = threadIdx.x; e < 16 * OLD * TC_WARPS; e += blockDim.x) o_all[e] = 0.0f;
-    for (int e = threadIdx.x; e < ROWS; e += blockDim.x) stat[e] = -INFINITY, stat[ROWS + e] = 0.0f;
-    // Two lanes a row: row r (of the warp's 16) and half of the tile's keys / the output columns.
-    const int r = lane >> 1, half = lane & 1, i = i0 + warp * 16 + r;
-    const int row_end = min(end, key_end(key_lens, causal, b, i));
-    for (int j0 = 0; j0 < end; j0 += TC_KEYS) {
-        __syncthreads();  // the last tile's readers are done with ks and vs
-        tc::load<DH>(ks, k, k_sb, k_st, b, j0, g, end);
-        tc::load<DH>(vs, v, v_sb, v_st, b, j0, g, end);
-        __syncthreads();
-        tc::a_bt<DH>(s_w, qs + warp * 16 * LD, ks);  // S (16 × 64) = Q_w · K_tileᵀ
-        __syncwarp();
-        // Online softmax of row r over this tile's keys [half·32, half·32 + 32).
-        float* srow = s_w + r * SLD;
-        float tile_max = -INFINITY;
-        for (int jj = half * 32; jj < half * 32 + 32; ++jj) {
-            const float x = j0 + jj < row_end ? scale * srow[jj] : -INFINITY;
-            srow[jj] = x;
-            tile_max = fmaxf(tile_max, x);
-        }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        float* m = stat + warp * 16 + r;
-        float* l = stat + ROWS + warp * 16 + r;
-        const float m_new = fmaxf(*m, tile_max);
-        const float shift = m_new == -INFINITY ? 0.0f : m_new;
-        const float alpha = expf(*m - shift);
-        float sum = 0.0f;
-        for (int jj = half * 32; jj < half * 32 + 32; ++jj) {
-            const float p = expf(srow[jj] - shift);
-            p_w[r * PLD + jj] = __float2bfloat16(p);
-            sum += p;
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        for (int c = half * (DH / 2); c < (half + 1) * (DH / 2); ++c) o_w[r * OLD + c] *= alpha;
-        __syncwarp();
-        if (half == 0) *l = *l * alpha + sum, *m = m_new;
-        tc::add_p_b<DH>(o_w, p_w, vs);  // O_w (16 × DH) += P_w (16 × 64) · V_tile (64 × DH)
-        __syncwarp();
+    if (tiles > 0) {
+        tc::load<DH>(stages, k, k_sb, k_st, b, 0, g, end);
+        tc::load<DH>(stages + TILE, v, v_sb, v_st, b, 0, g, end);
     }
-    __syncthreads();
-    if (i >= t) return;
-    const float inv = 1.0f / stat[ROWS + warp * 16 + r];
-    __nv_bfloat16* yr = y + ((long long)(b * t + i) * h + hi) * DH;
-    for (int c = half * (DH / 2); c < (half + 1) * (DH / 2); ++c) yr[c] = __float2bfloat16(o_w[r * OLD + c] * inv);
-    if (half == 0) lse[((long long)b * h + hi) * t + i] = stat[warp * 16 + r] + logf(stat[ROWS + warp * 16 + r]);
+    cp_async_commit();
+    float o[DH / 8][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int it = 0; it < tiles; ++it) {
+        if (it + 1 < tiles) {
+            __nv_bfloat16* next = stages + ((it + 1) & 1) * 2 * TILE;
+            tc::load<DH>(next, k, k_sb, k_st, b, (it + 1) * TC_TILE, g, end);
+            tc::load<DH>(next + TILE, v, v_sb, v_st, b, (it + 1) * TC_TILE, g, end);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // this tile (and Q) landed for every thread's copies
+        const __nv_bfloat16 *ks = stages + (it & 1) * 2 * TILE, *vs = ks + TILE;
+        const int j0 = it * TC_TILE;
+        float s[TC_TILE / 8][4];
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        tc::a_bt<DH, TC_TILE / 8>(s, qs + warp * 16 * LD, ks);  // S = Q_w · Kᵀ
+        // Online softmax of rows a and b over this tile's keys.
+        float max_a = -INFINITY, max_b = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int j = j0 + n * 8 + c + e;
+                s[n][e] = j < end_a ? scale * s[n][e] : -INFINITY;
+                s[n][2 + e] = j < end_b ? scale * s[n][2 + e] : -INFINITY;
+                max_a = fmaxf(max_a, s[n][e]), max_b = fmaxf(max_b, s[n][2 + e]);
+            }
+        const float new_a = fmaxf(m_a, quad_max(max_a)), new_b = fmaxf(m_b, quad_max(max_b));
+        // A row that has seen no key yet keeps l = 0 and its accumulators at zero.
+        const float shift_a = new_a == -INFINITY ? 0.0f : new_a, shift_b = new_b == -INFINITY ? 0.0f : new_b;
+        const float alpha_a = expf(m_a - shift_a), alpha_b = expf(m_b - shift_b);
+        float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                s[n][e] = expf(s[n][e] - shift_a), s[n][2 + e] = expf(s[n][2 + e] - shift_b);
+                sum_a += s[n][e], sum_b += s[n][2 + e];
+            }
+        // Each lane keeps its share of the row sums; the four are added once, at the end.
+        l_a = l_a * alpha_a + sum_a, l_b = l_b * alpha_b + sum_b;
+        m_a = new_a, m_b = new_b;
+#pragma unroll
+        for (int n = 0; n < DH / 8; ++n) o[n][0] *= alpha_a, o[n][1] *= alpha_a, o[n][2] *= alpha_b, o[n][3] *= alpha_b;
+        tc::add_p_b<DH, TC_TILE / 16>(o, s, vs);  // O += P · V
+        __syncthreads();  // every warp is done with this stage before it is loaded again
+    }
+    cp_async_wait<0>();  // no tiles: Q's copies
+    l_a = quad_sum(l_a), l_b = quad_sum(l_b);
+    const long long row = ((long long)b * t) * h + hi;
+    tc::store_rows<DH>(o, ia < t ? y + (row + (long long)ia * h) * DH : nullptr,
+                       ib < t ? y + (row + (long long)ib * h) * DH : nullptr, 1.0f / l_a, 1.0f / l_b);
+    if ((lane & 3) == 0) {
+        const long long stat = ((long long)b * h + hi) * t;
+        if (ia < t) lse[stat + ia] = m_a + logf(l_a);
+        if (ib < t) lse[stat + ib] = m_b + logf(l_b);
+    }
 }
 
-
 // dQ on tensor cores: a block per 64 query rows (16 a warp), over key tiles of 64:
-// S = Q·Kᵀ and dP = dY·Vᵀ by wmma, dS = P ⊙ (dP − delta) in bf16 by two lanes a row, dQ += dS·K.
+// S = Q·Kᵀ and dP = dY·Vᵀ, dS = P ⊙ (dP − delta) in registers, dQ += dS·K.
 template <int DH>
 __device__ void attn_bwd_dq_tc(const __nv_bfloat16* q, long long q_sb, long long q_st, const __nv_bfloat16* k,
                                long long k_sb, long long k_st, const __nv_bfloat16* v, long long v_sb,
                                long long v_st, const __nv_bfloat16* dy, const float* lse, const float* delta,
                                __nv_bfloat16* dq, long long dq_sb, long long dq_st, const int* key_lens, int causal,
                                int t, int h, int kh, float scale) {
-    using D = tc::Dims<DH>;
-    DYNAMIC_SHARED(float, smem);
-    float* s_all = smem;                             // TC_WARPS × 16 × SLD: S
-    float* dp_all = s_all + TC_WARPS * 16 * D::SLD;  // TC_WARPS × 16 × SLD: dP
-    float* acc_all = dp_all + TC_WARPS * 16 * D::SLD;  // TC_WARPS × 16 × OLD: dQ
-    __nv_bfloat16* qs = reinterpret_cast<__nv_bfloat16*>(acc_all + TC_WARPS * 16 * D::OLD);
-    __nv_bfloat16* dys = qs + ROWS * D::LD;
-    __nv_bfloat16* ks = dys + ROWS * D::LD;
-    __nv_bfloat16* vs = ks + TC_KEYS * D::LD;
-    __nv_bfloat16* ds_all = vs + TC_KEYS * D::LD;   // TC_WARPS × 16 × PLD
-    const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh), i0 = blockIdx.x * ROWS;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-    const int i = i0 + warp * 16 + r;
-    float *s_w = s_all + warp * 16 * D::SLD, *dp_w = dp_all + warp * 16 * D::SLD;
-    float* acc_w = acc_all + warp * 16 * D::OLD;
-    __nv_bfloat16* ds_w = ds_all + warp * 16 * D::PLD;
-    const int end = causal ? min(t, i0 + ROWS) : key_lens[b];
-    const int row_end = min(end, key_end(key_lens, causal, b, i));
+    constexpr int LD = tc::Tile<DH>::LD, TILE = tc::Tile<DH>::ELEMS;
+    DYNAMIC_SHARED(__nv_bfloat16, smem);
+    __nv_bfloat16* qs = smem;  // ROWS × LD
+    __nv_bfloat16* dys = qs + TILE;
+    __nv_bfloat16* stages = dys + TILE;  // two stages of K then V
+    const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh);
+    const int i0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * ROWS;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
+    const int end = causal ? min(t, i0 + ROWS) : key_lens[b], tiles = (end + TC_TILE - 1) / TC_TILE;
+    const int ia = i0 + warp * 16 + (lane >> 2), ib = ia + 8;
+    const int end_a = min(end, key_end(key_lens, causal, b, ia)), end_b = min(end, key_end(key_lens, causal, b, ib));
     const long long dy_st = (long long)h * DH, dy_sb = dy_st * t;
     tc::load<DH>(qs, q, q_sb, q_st, b, i0, hi, t);
     tc::load<DH>(dys, dy, dy_sb, dy_st, b, i0, hi, t);
-    for (int e = threadIdx.x; e < TC_WARPS * 16 * D::OLD; e += blockDim.x) acc_all[e] = 0.0f;
-    const long long stat = ((long long)b * h + hi) * t + i;
-    const float row_lse = i < t ? lse[stat] : 0.0f, row_delta = i < t ? delta[stat] : 0.0f;
-    for (int j0 = 0; j0 < end; j0 += TC_KEYS) {
-        __syncthreads();
-        tc::load<DH>(ks, k, k_sb, k_st, b, j0, g, end);
-        tc::load<DH>(vs, v, v_sb, v_st, b, j0, g, end);
-        __syncthreads();
-        tc::a_bt<DH>(s_w, qs + warp * 16 * D::LD, ks);
-        tc::a_bt<DH>(dp_w, dys + warp * 16 * D::LD, vs);
-        __syncwarp();
-        for (int jj = half * 32; jj < half * 32 + 32; ++jj) {
-            float ds = 0.0f;
-            if (j0 + jj < row_end) ds = expf(scale * s_w[r * D::SLD + jj] - row_lse) * (dp_w[r * D::SLD + jj] - row_delta);
-            ds_w[r * D::PLD + jj] = __float2bfloat16(ds);
-        }
-        __syncwarp();
-        tc::add_p_b<DH>(acc_w, ds_w, ks);
-        __syncwarp();
+    if (tiles > 0) {
+        tc::load<DH>(stages, k, k_sb, k_st, b, 0, g, end);
+        tc::load<DH>(stages + TILE, v, v_sb, v_st, b, 0, g, end);
     }
-    __syncthreads();
-    if (i >= t) return;
-    __nv_bfloat16* out = dq + b * dq_sb + i * dq_st + (long long)hi * DH;
-    for (int c = half * (DH / 2); c < (half + 1) * (DH / 2); ++c) out[c] = __float2bfloat16(scale * acc_w[r * D::OLD + c]);
+    cp_async_commit();
+    const long long stat = ((long long)b * h + hi) * t;
+    const float lse_a = ia < t ? lse[stat + ia] : 0.0f, lse_b = ib < t ? lse[stat + ib] : 0.0f;
+    const float delta_a = ia < t ? delta[stat + ia] : 0.0f, delta_b = ib < t ? delta[stat + ib] : 0.0f;
+    float acc[DH / 8][4];
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int it = 0; it < tiles; ++it) {
+        if (it + 1 < tiles) {
+            __nv_bfloat16* next = stages + ((it + 1) & 1) * 2 * TILE;
+            tc::load<DH>(next, k, k_sb, k_st, b, (it + 1) * TC_TILE, g, end);
+            tc::load<DH>(next + TILE, v, v_sb, v_st, b, (it + 1) * TC_TILE, g, end);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const __nv_bfloat16 *ks = stages + (it & 1) * 2 * TILE, *vs = ks + TILE;
+        const int j0 = it * TC_TILE;
+        float s[TC_TILE / 8][4], dp[TC_TILE / 8][4];
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+        tc::a_bt<DH, TC_TILE / 8>(s, qs + warp * 16 * LD, ks);    // S = Q_w · Kᵀ
+        tc::a_bt<DH, TC_TILE / 8>(dp, dys + warp * 16 * LD, vs);  // dP = dY_w · Vᵀ
+#pragma unroll
+        for (int n = 0; n < TC_TILE / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int j = j0 + n * 8 + c + e;
+                s[n][e] = j < end_a ? expf(scale * s[n][e] - lse_a) * (dp[n][e] - delta_a) : 0.0f;
+                s[n][2 + e] = j < end_b ? expf(scale * s[n][2 + e] - lse_b) * (dp[n][2 + e] - delta_b) : 0.0f;
+            }
+        tc::add_p_b<DH, TC_TILE / 16>(acc, s, ks);  // dQ += dS · K
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+    tc::store_rows<DH>(acc, ia < t ? dq + b * dq_sb + ia * dq_st + (long long)hi * DH : nullptr,
+                       ib < t ? dq + b * dq_sb + ib * dq_st + (long long)hi * DH : nullptr, scale, scale);
 }
 
 // dK and dV on tensor cores: a block per 64 keys (16 a warp) of one KV head, over its query
-// heads and their query tiles of 64: Sᵀ = K·Qᵀ and dPᵀ = V·dYᵀ by wmma, Pᵀ and dSᵀ in bf16 by
-// two lanes a key, dV += Pᵀ·dY, dK += dSᵀ·Q.
+// heads and their query tiles of 64, each taken as two halves of 32: Sᵀ = K·Qᵀ and
+// dPᵀ = V·dYᵀ, Pᵀ and dSᵀ in registers, dV += Pᵀ·dY, dK += dSᵀ·Q.
 template <int DH>
 __device__ void attn_bwd_dkdv_tc(const __nv_bfloat16* q, long long q_sb, long long q_st, const __nv_bfloat16* k,
                                  long long k_sb, long long k_st, const __nv_bfloat16* v, long long v_sb,
                                  long long v_st, const __nv_bfloat16* dy, const float* lse, const float* delta,
                                  __nv_bfloat16* dk, __nv_bfloat16* dv, long long g_sb, long long g_st,
                                  const int* key_lens, int causal, int t, int h, int kh, float scale) {
-    using D = tc::Dims<DH>;
-    DYNAMIC_SHARED(float, smem);
-    float* st_all = smem;                              // TC_WARPS × 16 × SLD: Sᵀ
-    float* dpt_all = st_all + TC_WARPS * 16 * D::SLD;  // dPᵀ
-    float* dk_all = dpt_all + TC_WARPS * 16 * D::SLD;  // TC_WARPS × 16 × OLD
-    float* dv_all = dk_all + TC_WARPS * 16 * D::OLD;
-    float* stats = dv_all + TC_WARPS * 16 * D::OLD;    // lse, delta of the query tile
-    __nv_bfloat16* ks = reinterpret_cast<__nv_bfloat16*>(stats + 2 * TC_KEYS);
-    __nv_bfloat16* vs = ks + ROWS * D::LD;
-    __nv_bfloat16* qs = vs + ROWS * D::LD;
-    __nv_bfloat16* dys = qs + TC_KEYS * D::LD;
-    __nv_bfloat16* pt_all = dys + TC_KEYS * D::LD;     // TC_WARPS × 16 × PLD
-    __nv_bfloat16* dst_all = pt_all + TC_WARPS * 16 * D::PLD;
+    constexpr int LD = tc::Tile<DH>::LD, TILE = tc::Tile<DH>::ELEMS, HALF = TC_TILE / 2;
+    DYNAMIC_SHARED(__nv_bfloat16, smem);
+    __nv_bfloat16* ks = smem;  // ROWS × LD: this block's keys
+    __nv_bfloat16* vs = ks + TILE;
+    __nv_bfloat16* stages = vs + TILE;  // two stages of Q then dY
+    float* stats = reinterpret_cast<float*>(stages + 4 * TILE);  // two stages of lse then delta, TC_TILE each
     const int b = blockIdx.z, g = blockIdx.y, j0 = blockIdx.x * ROWS, rep = h / kh;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-    const int j = j0 + warp * 16 + r;
-    float *st_w = st_all + warp * 16 * D::SLD, *dpt_w = dpt_all + warp * 16 * D::SLD;
-    float *dk_w = dk_all + warp * 16 * D::OLD, *dv_w = dv_all + warp * 16 * D::OLD;
-    __nv_bfloat16 *pt_w = pt_all + warp * 16 * D::PLD, *dst_w = dst_all + warp * 16 * D::PLD;
-    const int limit = causal ? t : key_lens[b];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
+    const int ja = j0 + warp * 16 + (lane >> 2), jb = ja + 8;
+    // Keys at or past `limit` have no gradient (padding, or past T); causal: queries before
+    // this block's first key see none of its keys.
+    const int limit = causal ? t : key_lens[b], first = causal ? j0 : 0;
+    const int per_head = j0 < limit ? (t - first + TC_TILE - 1) / TC_TILE : 0, tiles = rep * per_head;
     const long long dy_st = (long long)h * DH, dy_sb = dy_st * t;
+    // Tile `it`'s query head and first query, and its copies into stage `it & 1`.
+    auto issue = [&](int it) {
+        const int head = g * rep + it / per_head, i0 = first + (it % per_head) * TC_TILE;
+        __nv_bfloat16* at = stages + (it & 1) * 2 * TILE;
+        tc::load<DH>(at, q, q_sb, q_st, b, i0, head, t);
+        tc::load<DH>(at + TILE, dy, dy_sb, dy_st, b, i0, head, t);
+        // The tile's lse, then its delta (zeros past T).
+        float* st = stats + (it & 1) * 2 * TC_TILE;
+        for (int e = threadIdx.x; e < 2 * TC_TILE; e += blockDim.x) {
+            const int i = i0 + e % TC_TILE;
+            const float* src = (e < TC_TILE ? lse : delta) + ((long long)b * h + head) * t;
+            cp_async4(st + e, i < t ? src + i : src, i < t);
+        }
+    };
     tc::load<DH>(ks, k, k_sb, k_st, b, j0, g, limit);
     tc::load<DH>(vs, v, v_sb, v_st, b, j0, g, limit);
-    for (int e = threadIdx.x; e < 2 * TC_WARPS * 16 * D::OLD; e += blockDim.x) dk_all[e] = 0.0f;
-    const int first = causal ? j0 / TC_KEYS * TC_KEYS : 0;
-    for (int hi = g * rep; hi < (g + 1) * rep; ++hi) {
-        for (int i0 = first; i0 < t && j0 < limit; i0 += TC_KEYS) {
-            __syncthreads();
-            tc::load<DH>(qs, q, q_sb, q_st, b, i0, hi, t);
-            tc::load<DH>(dys, dy, dy_sb, dy_st, b, i0, hi, t);
-            for (int e = threadIdx.x; e < TC_KEYS; e += blockDim.x) {
-                const long long at = ((long long)b * h + hi) * t + i0 + e;
-                stats[e] = i0 + e < t ? lse[at] : 0.0f;
-                stats[TC_KEYS + e] = i0 + e < t ? delta[at] : 0.0f;
-            }
-            __syncthreads();
-            tc::a_bt<DH>(st_w, ks + warp * 16 * D::LD, qs);
-            tc::a_bt<DH>(dpt_w, vs + warp * 16 * D::LD, dys);
-            __syncwarp();
-            for (int ii = half * 32; ii < half * 32 + 32; ++ii) {
-                const int i = i0 + ii;
-                float p = 0.0f, ds = 0.0f;
-                if (i < t && j < min(limit, key_end(key_lens, causal, b, i))) {
-                    p = expf(scale * st_w[r * D::SLD + ii] - stats[ii]);
-                    ds = p * (dpt_w[r * D::SLD + ii] - stats[TC_KEYS + ii]);
-                }
-                pt_w[r * D::PLD + ii] = __float2bfloat16(p);
-                dst_w[r * D::PLD + ii] = __float2bfloat16(ds);
-            }
-            __syncwarp();
-            tc::add_p_b<DH>(dv_w, pt_w, dys);
-            tc::add_p_b<DH>(dk_w, dst_w, qs);
-            __syncwarp();
+    if (tiles > 0) issue(0);
+    cp_async_commit();
+    float dk_acc[DH / 8][4], dv_acc[DH / 8][4];
+#pragma unroll
+    for (int n = 0; n < DH / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+    for (int it = 0; it < tiles; ++it) {
+        if (it + 1 < tiles) {
+            issue(it + 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
+        __syncthreads();
+        const __nv_bfloat16 *qs = stages + (it & 1) * 2 * TILE, *dys = qs + TILE;
+        const float* st = stats + (it & 1) * 2 * TC_TILE;
+        const int i0 = first + (it % per_head) * TC_TILE;
+        // Not unrolled: the two halves' registers would not fit beside dK's and dV's at D = 128.
+#pragma unroll 1
+        for (int half = 0; half < 2; ++half) {
+            const int q0 = half * HALF;
+            float p[HALF / 8][4], ds[HALF / 8][4];
+#pragma unroll
+            for (int n = 0; n < HALF / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) p[n][e] = ds[n][e] = 0.0f;
+            tc::a_bt<DH, HALF / 8>(p, ks + warp * 16 * LD, qs + q0 * LD);    // Sᵀ = K_w · Qᵀ
+            tc::a_bt<DH, HALF / 8>(ds, vs + warp * 16 * LD, dys + q0 * LD);  // dPᵀ = V_w · dYᵀ
+#pragma unroll
+            for (int n = 0; n < HALF / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int ii = q0 + n * 8 + c + (e & 1), i = i0 + ii, j = e < 2 ? ja : jb;
+                    const bool seen = i < t && j < min(limit, key_end(key_lens, causal, b, i));
+                    p[n][e] = seen ? expf(scale * p[n][e] - st[ii]) : 0.0f;
+                    ds[n][e] = seen ? p[n][e] * (ds[n][e] - st[TC_TILE + ii]) : 0.0f;
+                }
+            tc::add_p_b<DH, HALF / 16>(dv_acc, p, dys + q0 * LD);  // dV += Pᵀ · dY
+            tc::add_p_b<DH, HALF / 16>(dk_acc, ds, qs + q0 * LD);  // dK += dSᵀ · Q
+        }
+        __syncthreads();
     }
-    __syncthreads();
-    if (j >= t) return;
-    __nv_bfloat16* dkr = dk + b * g_sb + j * g_st + (long long)g * DH;
-    __nv_bfloat16* dvr = dv + b * g_sb + j * g_st + (long long)g * DH;
-    for (int c = half * (DH / 2); c < (half + 1) * (DH / 2); ++c) {
-        dkr[c] = __float2bfloat16(scale * dk_w[r * D::OLD + c]);
-        dvr[c] = __float2bfloat16(dv_w[r * D::OLD + c]);
-    }
+    cp_async_wait<0>();
+    const long long head = (long long)g * DH;
+    tc::store_rows<DH>(dk_acc, ja < t ? dk + b * g_sb + ja * g_st + head : nullptr,
+                       jb < t ? dk + b * g_sb + jb * g_st + head : nullptr, scale, scale);
+    tc::store_rows<DH>(dv_acc, ja < t ? dv + b * g_sb + ja * g_st + head : nullptr,
+                       jb < t ? dv + b * g_sb + jb * g_st + head : nullptr, 1.0f, 1.0f);
 }
 
 // delta[b, h, i] = dY[b, i, h] · Y[b, i, h] over the D columns (f32), the backward's row term:

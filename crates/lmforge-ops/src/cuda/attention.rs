@@ -2,8 +2,8 @@
 //! log-sum-exp) and backward (dq, dk, dv into one packed gradient), for [`crate::sdpa`]'s op on
 //! a GPU. Operands are (B, T, W) storages read in place at a column and their strides, so the
 //! packed qkv of GPT-2 needs no split; the kernel is picked by dtype and by the head dim's
-//! compile-time bound (64, 128 or 256), the forward of bf16 at head dim 64 or 128 on tensor
-//! cores (wmma).
+//! compile-time bound (64, 128 or 256), bf16 at head dim 64 or 128 on tensor cores (mma.sync)
+//! forward and backward when the operands' rows are 16-byte aligned.
 
 use super::{cuda_storage, suffix, view, Kernel, NULL};
 use candle_core::backend::BackendStorage;
@@ -24,9 +24,8 @@ const THREADS: u32 = 256;
 const ROWS: usize = 64;
 const KEYS: usize = 32;
 const QUERIES: usize = 32;
-// The tensor-core forward's warps a block and keys a tile.
+// The tensor-core kernels' warps a block.
 const TC_WARPS: usize = 4;
-const TC_KEYS: usize = 64;
 /// Shared memory a block may use without opting in.
 const DEFAULT_SHARED: usize = 48 * 1024;
 
@@ -50,6 +49,8 @@ struct Rows<'a, T: DeviceRepr> {
     data: CudaView<'a, T>,
     sb: i64,
     st: i64,
+    /// Whether its first element and both strides are multiples of 8 elements.
+    aligned: bool,
 }
 
 fn rows<'a, T: CudaDType + DeviceRepr>((s, l, col): Operand<'a>, op: &str) -> Result<Rows<'a, T>> {
@@ -57,7 +58,8 @@ fn rows<'a, T: CudaDType + DeviceRepr>((s, l, col): Operand<'a>, op: &str) -> Re
         bail!("{op}: operand layout {l:?} is not (B, T, W) rows of contiguous features");
     }
     let data = s.as_cuda_slice::<T>()?.slice(l.start_offset() + col..);
-    Ok(Rows { data, sb: l.stride()[0] as i64, st: l.stride()[1] as i64 })
+    let aligned = [l.start_offset() + col, l.stride()[0], l.stride()[1]].iter().all(|n| n % 8 == 0);
+    Ok(Rows { data, sb: l.stride()[0] as i64, st: l.stride()[1] as i64, aligned })
 }
 
 impl Geometry<'_> {
@@ -70,45 +72,42 @@ impl Geometry<'_> {
     }
 
     /// bf16 at head dim 64 or 128 runs the tensor-core kernels (the same arguments, four warps
-    /// a block).
-    fn tensor_cores(&self, dtype: DType) -> bool {
-        dtype == DType::BF16 && matches!(self.d, 64 | 128)
+    /// a block), when every operand row they copy 16 bytes at a time starts 16-byte aligned:
+    /// `aligned` says whether the operands' offsets and strides are multiples of 8 elements
+    /// (allocations themselves are aligned far more).
+    fn tensor_cores(&self, dtype: DType, aligned: bool) -> bool {
+        dtype == DType::BF16 && matches!(self.d, 64 | 128) && aligned
     }
 
-    /// A tensor-core kernel's launch: `floats` f32 and `halves` bf16 of shared memory.
-    fn tc_launch(&self, heads: usize, floats: usize, halves: usize) -> LaunchConfig {
+    /// A tensor-core kernel's launch: a 64-row bf16 tile of shared memory is 64·(D + 8)
+    /// elements; `tiles` of them and `floats` f32 more (attention.cu's `tc_*_shared`).
+    fn tc_launch(&self, heads: usize, tiles: usize, floats: usize) -> LaunchConfig {
         let mut cfg = self.launch_config(heads, 0);
         cfg.block_dim = (32 * TC_WARPS as u32, 1, 1);
-        cfg.shared_mem_bytes = (4 * floats + 2 * halves) as u32;
+        cfg.shared_mem_bytes = (2 * tiles * ROWS * (self.d + 8) + 4 * floats) as u32;
         cfg
     }
 
     /// The forward kernel and its launch.
-    fn forward_kernel(&self, dtype: DType, op: &str) -> Result<(String, LaunchConfig)> {
+    fn forward_kernel(&self, dtype: DType, aligned: bool, op: &str) -> Result<(String, LaunchConfig)> {
         let d = self.d;
-        if self.tensor_cores(dtype) {
-            let floats = TC_WARPS * 16 * (TC_KEYS + 4) + TC_WARPS * 16 * (d + 4) + 2 * ROWS;
-            let halves = (ROWS + 2 * TC_KEYS) * (d + 8) + TC_WARPS * 16 * (TC_KEYS + 8);
-            return Ok((format!("attn_fwd_tc_bf16_{d}"), self.tc_launch(self.h, floats, halves)));
+        if self.tensor_cores(dtype, aligned) {
+            // Q, and two stages of K and V.
+            return Ok((format!("attn_fwd_tc_bf16_{d}"), self.tc_launch(self.h, 5, 0)));
         }
         let shared = (ROWS + KEYS) * (d + 1) + ROWS * (KEYS + 1);
         Ok((self.kernel("fwd", dtype, op)?, self.launch_config(self.h, shared)))
     }
 
     /// The backward's dq and dk/dv kernels and their launches.
-    fn backward_kernels(&self, dtype: DType, op: &str) -> Result<[(String, LaunchConfig); 2]> {
+    fn backward_kernels(&self, dtype: DType, aligned: bool, op: &str) -> Result<[(String, LaunchConfig); 2]> {
         let d = self.d;
-        if self.tensor_cores(dtype) {
-            let (ld, sld, pld, old) = (d + 8, TC_KEYS + 4, TC_KEYS + 8, d + 4);
-            let dq =
-                (2 * TC_WARPS * 16 * sld + TC_WARPS * 16 * old, 2 * ROWS * ld + 2 * TC_KEYS * ld + TC_WARPS * 16 * pld);
-            let dkdv = (
-                2 * TC_WARPS * 16 * sld + 2 * TC_WARPS * 16 * old + 2 * TC_KEYS,
-                2 * ROWS * ld + 2 * TC_KEYS * ld + 2 * TC_WARPS * 16 * pld,
-            );
+        if self.tensor_cores(dtype, aligned) {
             return Ok([
-                (format!("attn_bwd_dq_tc_bf16_{d}"), self.tc_launch(self.h, dq.0, dq.1)),
-                (format!("attn_bwd_dkdv_tc_bf16_{d}"), self.tc_launch(self.kh, dkdv.0, dkdv.1)),
+                // Q, dY, and two stages of K and V.
+                (format!("attn_bwd_dq_tc_bf16_{d}"), self.tc_launch(self.h, 6, 0)),
+                // K, V, two stages of Q and dY, and two of the query tile's lse and delta.
+                (format!("attn_bwd_dkdv_tc_bf16_{d}"), self.tc_launch(self.kh, 6, 2 * 2 * ROWS)),
             ]);
         }
         let ld = d + 1;
@@ -205,7 +204,7 @@ fn forward_as<T: CudaDType + DeviceRepr>(
     let y = unsafe { dev.alloc::<T>(g.b * g.t * g.h * g.d)? };
     let lse = unsafe { dev.alloc::<f32>(g.b * g.h * g.t)? };
     let tail = g.tail(&dev)?;
-    let (name, cfg) = g.forward_kernel(dtype, op)?;
+    let (name, cfg) = g.forward_kernel(dtype, [&q, &k, &v].iter().all(|o| o.aligned), op)?;
     let func = function(&dev, &name, &cfg)?;
     let mut launch = func.builder();
     push_operands(&mut launch, [&q, &k, &v]);
@@ -256,8 +255,10 @@ fn backward_as<T: CudaDType + DeviceRepr>(
 ) -> Result<CudaStorage> {
     let dev = q.0.device().clone();
     let dtype = q.0.dtype();
-    let [(dq_name, dq_cfg), (dkdv_name, dkdv_cfg)] = g.backward_kernels(dtype, op)?;
     let (q, k, v) = (rows::<T>(q, op)?, rows::<T>(k, op)?, rows::<T>(v, op)?);
+    // dy (dense) starts where its layout does.
+    let aligned = [&q, &k, &v].iter().all(|o| o.aligned) && dyl.start_offset() % 8 == 0;
+    let [(dq_name, dq_cfg), (dkdv_name, dkdv_cfg)] = g.backward_kernels(dtype, aligned, op)?;
     let (y, dy, lse) = (view::<T>(ys, yl, op)?, view::<T>(dys, dyl, op)?, view::<f32>(ls, ll, op)?);
 
     // delta_i = dY_i · Y_i per row and head, (B, H, T) f32: a warp per row, 8 rows a block.

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <type_traits>
 
 static int failures = 0;
 
@@ -168,9 +169,7 @@ static void attention_case(const AttnCase& c, const char* dtype, double bound, d
             constexpr int D = DMAX;
             std::vector<T> y_tc(y_ref.size());
             std::vector<float> lse_tc(lse_ref.size(), NAN);
-            const size_t floats = TC_WARPS * 16 * (TC_KEYS + 4) + TC_WARPS * 16 * (D + 4) + 2 * ROWS;
-            const size_t halves = (ROWS + 2 * TC_KEYS) * (D + 8) + TC_WARPS * 16 * (TC_KEYS + 8);
-            emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {TC_WARPS * 32}, 4 * floats + 2 * halves, [&] {
+            emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {TC_WARPS * 32}, tc_fwd_shared<D>(), [&] {
                 attn_fwd_tc<D>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, y_tc.data(), lse_tc.data(),
                                lens.data(), c.causal, t, h, kh, scale);
             });
@@ -197,20 +196,16 @@ static void attention_case(const AttnCase& c, const char* dtype, double bound, d
     report(std::string(name) + " dq", rel_err(unpack(0, h * d), dq_ref), grad_bound);
     report(std::string(name) + " dk", rel_err(unpack(h * d, kh * d), dk_ref), grad_bound);
     report(std::string(name) + " dv", rel_err(unpack((h + kh) * d, kh * d), dv_ref), grad_bound);
-    // bf16 with D = 64 or 128: the tensor-core backward too (dS and P rounded to bf16 for wmma).
+    // bf16 with D = 64 or 128: the tensor-core backward too (dS and P rounded to bf16 for the products).
     if constexpr (std::is_same_v<T, __nv_bfloat16> && (DMAX == 64 || DMAX == 128)) {
         if (d == DMAX) {
-            constexpr int D = DMAX, LD = D + 8, SLD = TC_KEYS + 4, PLD = TC_KEYS + 8, OLD = D + 4;
+            constexpr int D = DMAX;
             std::fill(grad.begin(), grad.end(), from_f<T>(NAN));
-            const size_t dq_bytes = 4 * (2 * TC_WARPS * 16 * SLD + TC_WARPS * 16 * OLD) +
-                                    2 * (2 * ROWS * LD + 2 * TC_KEYS * LD + TC_WARPS * 16 * PLD);
-            emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {TC_WARPS * 32}, dq_bytes, [&] {
+            emu_launch({row_blocks, (unsigned)h, (unsigned)b}, {TC_WARPS * 32}, tc_dq_shared<D>(), [&] {
                 attn_bwd_dq_tc<D>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, dy.data(), lse.data(), delta.data(),
                                   dq, pw * t, pw, lens.data(), c.causal, t, h, kh, scale);
             });
-            const size_t dkdv_bytes = 4 * (2 * TC_WARPS * 16 * SLD + 2 * TC_WARPS * 16 * OLD + 2 * TC_KEYS) +
-                                      2 * (2 * ROWS * LD + 2 * TC_KEYS * LD + 2 * TC_WARPS * 16 * PLD);
-            emu_launch({row_blocks, (unsigned)kh, (unsigned)b}, {TC_WARPS * 32}, dkdv_bytes, [&] {
+            emu_launch({row_blocks, (unsigned)kh, (unsigned)b}, {TC_WARPS * 32}, tc_dkdv_shared<D>(), [&] {
                 attn_bwd_dkdv_tc<D>(q, q_sb, q_st, k, kv_sb, kv_st, v, kv_sb, kv_st, dy.data(), lse.data(),
                                     delta.data(), dk, dv, pw * t, pw, lens.data(), c.causal, t, h, kh, scale);
             });
@@ -733,7 +728,7 @@ int main() {
     attention_case<__nv_bfloat16, 64>({1, 65, 2, 2, 32, true, true, {}}, "bf16", 1e-2, 2e-2);
     attention_case<__nv_bfloat16, 128>({2, 33, 4, 2, 128, false, false, {33, 9}}, "bf16", 1e-2, 2e-2);
     attention_case<__nv_bfloat16, 64>({2, 150, 4, 2, 64, true, true, {}}, "bf16", 1e-2, 2e-2);
-    attention_case<__nv_bfloat16, 128>({1, 70, 2, 1, 128, true, false, {}}, "bf16", 1e-2, 2e-2);
+    attention_case<__nv_bfloat16, 128>({1, 200, 2, 1, 128, true, false, {}}, "bf16", 1e-2, 2e-2);
     for (int c : {37, 768, 4099}) {
         norm_case<float>(3, c, true, "f32", 1e-6, 1e-5);
         norm_case<float>(3, c, false, "f32", 1e-6, 1e-5);

@@ -1,7 +1,8 @@
 // A CPU stand-in for the CUDA runtime, enough to run lmforge's kernels (../*.cu) without a GPU:
 // tests/cuda_emulated.rs compiles them with -DLMFORGE_CUDA_EMU against this header and runs
 // check.cpp, which compares them with plain loops. It checks the kernels' indexing, tiling,
-// masking and arithmetic, not their speed, memory model, or wmma's alignment rules.
+// masking and arithmetic (and the 16-byte alignment cp.async and ldmatrix need), not their
+// speed or memory model.
 //
 // A launch runs the grid's blocks one after another; a block's threads run as fibers on the
 // calling thread (not CPU threads: a block of 1024 CPU threads on two cores spent most of the
@@ -25,7 +26,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <type_traits>
 #include <vector>
 
 #include <sys/mman.h>
@@ -99,9 +99,17 @@ inline void emu_prepare(EmuContext& c, char* stack, size_t size, void (*entry)()
 
 // One CUDA thread of the running block: its context and where it stands.
 enum class EmuState { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+// A cp.async copy in flight: `valid` bytes of `size` from src, the rest zeros.
+struct EmuCopy {
+    void* dst;
+    const void* src;
+    unsigned size, valid;
+};
 struct EmuFiber {
     EmuContext context;
     EmuState state;
+    std::vector<EmuCopy> open;                 // issued since the last commit
+    std::vector<std::vector<EmuCopy>> groups;  // committed, oldest first
 };
 
 struct EmuBlock {
@@ -111,6 +119,8 @@ struct EmuBlock {
     const std::function<void()>* kernel = nullptr;
     std::vector<float> lanes;
     std::vector<float> dynamic;
+    std::vector<uint32_t> words;            // warp-collective instructions' operands, 8 a thread
+    std::vector<const void*> addresses;     // ldmatrix's row addresses, one a thread
 };
 inline EmuBlock emu_block;
 
@@ -166,9 +176,11 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return {(uint16_t)(u >> 16)};
 }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 v) { return v.bits; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
 
-// Fibers' stacks, kept for the next launch: 1 MiB each (wmma tiles and the attention kernels'
-// per-thread rows live there), with a page below that faults on an overflow.
+// Fibers' stacks, kept for the next launch: 1 MiB each (the attention kernels' per-thread
+// rows and register tiles live there), with a page below that faults on an overflow.
 inline std::vector<char*> emu_stacks;
 constexpr size_t EMU_STACK = 1 << 20, EMU_GUARD = 1 << 12;
 
@@ -184,8 +196,15 @@ inline char* emu_stack(unsigned i) {
     return emu_stacks[i];
 }
 
+[[noreturn]] inline void emu_fault(const char* what) {
+    std::fprintf(stderr, "cuda_emu: block (%u, %u, %u), thread %u: %s\n", blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, what);
+    std::exit(2);
+}
+
 [[noreturn]] inline void emu_fiber_main() {
     (*emu_block.kernel)();
+    const EmuFiber& me = emu_block.fibers[emu_block.current];
+    if (!me.open.empty() || !me.groups.empty()) emu_fault("returned with cp.async copies not waited for");
     emu_wait(EmuState::Done);  // never resumed
     std::abort();
 }
@@ -239,8 +258,12 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                 emu_block.lanes.assign(n, 0.0f);
                 // Garbage, as a GPU's shared memory: the kernels must not read what they did not write.
                 emu_block.dynamic.assign(shared_bytes / sizeof(float) + 1, std::nanf(""));
+                emu_block.words.assign(8 * n, 0);
+                emu_block.addresses.assign(n, nullptr);
                 for (unsigned t = 0; t < n; ++t) {
                     emu_block.fibers[t].state = EmuState::Ready;
+                    emu_block.fibers[t].open.clear();
+                    emu_block.fibers[t].groups.clear();
                     emu_prepare(emu_block.fibers[t].context, emu_stack(t), EMU_STACK, emu_fiber_main);
                 }
                 // Phases between the block's barriers: each warp in turn runs as far as it can
@@ -258,56 +281,73 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
             }
 }
 
-// The warp-level matrix API (nvcuda::wmma) for 16×16×16 bf16 products with f32 accumulators.
-// Every thread of a warp holds the whole tile here (on the GPU each holds a share in an
-// unspecified layout), so kernels may only use fragments through these calls and uniform
-// element-wise loops over `num_elements`; stores are made by the warp's lane 0.
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <typename Use, int M, int N, int K, typename T, typename Layout = void>
-struct fragment {
-    static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
-    static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
-    static constexpr int num_elements = rows * cols;
-    T x[rows * cols];
-};
-template <typename Use, int M, int N, int K, typename T, typename Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
-    using F = fragment<Use, M, N, K, T, Layout>;
-    for (int i = 0; i < F::rows; ++i)
-        for (int j = 0; j < F::cols; ++j)
-            f.x[i * F::cols + j] = std::is_same_v<Layout, col_major> ? p[j * ldm + i] : p[i * ldm + j];
+// Ampere's warp-level instructions (common.cuh has the GPU's): the same operand layouts, each a
+// warp-collective exchange through the block's `words` / `addresses` between two warp barriers,
+// so every lane of the warp must call them together, as on the GPU.
+
+// d += A·B (16 × 16 bf16 by 16 × 8 bf16, f32), A and B gathered from the warp's lanes by the
+// m16n8k16 layout common.cuh describes; the products summed in k order in f32.
+inline void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    const unsigned me = threadIdx.x, base = me & ~31u, lane = me & 31u;
+    uint32_t* w = emu_block.words.data();
+    for (int r = 0; r < 4; ++r) w[me * 8 + r] = a[r];
+    w[me * 8 + 4] = b0, w[me * 8 + 5] = b1;
+    __syncwarp();
+    auto half = [](uint32_t reg, int k) { return __bfloat162float({(uint16_t)(k & 1 ? reg >> 16 : reg & 0xffffu)}); };
+    // A(row, k) lives in lane (row % 8)·4 + (k % 8)/2, register (row ≥ 8) + 2·(k ≥ 8); B(k, col)
+    // in lane col·4 + (k % 8)/2, register 4 + (k ≥ 8).
+    auto a_at = [&](int row, int k) { return half(w[(base + (row % 8) * 4 + (k % 8) / 2) * 8 + (row >= 8) + 2 * (k >= 8)], k); };
+    auto b_at = [&](int k, int col) { return half(w[(base + col * 4 + (k % 8) / 2) * 8 + 4 + (k >= 8)], k); };
+    float out[4];
+    for (int e = 0; e < 4; ++e) {
+        const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + (e % 2);
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += a_at(row, k) * b_at(k, col);
+        out[e] = s;
+    }
+    __syncwarp();
+    for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
-template <int M, int N, int K>
-inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout) {
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) f.x[i * N + j] = layout == mem_col_major ? p[j * ldm + i] : p[i * ldm + j];
+
+// ldmatrix .x4 .trans: lane l gets, in r[i], elements (2·(l%4), l/4) and (2·(l%4) + 1, l/4) of
+// matrix i, whose row j is at the address lane 8i + j gave.
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* row) {
+    const unsigned me = threadIdx.x, base = me & ~31u, lane = me & 31u;
+    if (reinterpret_cast<uintptr_t>(row) % 16 != 0) emu_fault("ldmatrix: a row address not 16-byte aligned");
+    emu_block.addresses[me] = row;
+    __syncwarp();
+    for (int i = 0; i < 4; ++i) {
+        auto at = [&](unsigned j) { return static_cast<const __nv_bfloat16*>(emu_block.addresses[base + 8 * i + j])[lane / 4]; };
+        r[i] = (uint32_t)at(2 * (lane % 4)).bits | ((uint32_t)at(2 * (lane % 4) + 1).bits << 16);
+    }
+    __syncwarp();
 }
-template <int M, int N, int K>
-inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
-    if ((threadIdx.x & 31) != 0) return;
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) (layout == mem_col_major ? p[j * ldm + i] : p[i * ldm + j]) = f.x[i * N + j];
+
+// cp.async: on the GPU the bytes land at some time between the issue and the wait that retires
+// their group. Here the destination turns to NaNs when the copy is issued and gets the bytes at
+// that wait, so a kernel that reads a tile before waiting for it, or issues a copy over one
+// that other warps may still be reading (no barrier between), reads NaNs.
+inline void emu_cp_async(void* dst, const void* src, bool valid, unsigned size) {
+    if (reinterpret_cast<uintptr_t>(dst) % size != 0 || (valid && reinterpret_cast<uintptr_t>(src) % size != 0))
+        emu_fault("cp.async: an address not aligned to the copy's size");
+    std::memset(dst, 0xff, size);  // all-ones: a NaN as bf16 and as f32
+    emu_block.fibers[emu_block.current].open.push_back({dst, src, size, valid ? size : 0u});
 }
-template <typename Use, int M, int N, int K, typename T, typename Layout>
-inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
-    for (auto& e : f.x) e = v;
+inline void cp_async16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, valid, 16); }
+inline void cp_async4(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, valid, 4); }
+inline void cp_async_commit() {
+    EmuFiber& me = emu_block.fibers[emu_block.current];
+    me.groups.push_back(std::move(me.open));
+    me.open.clear();
 }
-template <int M, int N, int K, typename T, typename LA, typename LB>
-inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
-                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
-    float out[M * N];
-    for (int i = 0; i < M; ++i)
-        for (int j = 0; j < N; ++j) {
-            float s = c.x[i * N + j];
-            for (int k = 0; k < K; ++k) s += __bfloat162float(a.x[i * K + k]) * __bfloat162float(b.x[k * N + j]);
-            out[i * N + j] = s;
+template <int N>
+inline void cp_async_wait() {
+    EmuFiber& me = emu_block.fibers[emu_block.current];
+    while (me.groups.size() > N) {
+        for (const EmuCopy& c : me.groups.front()) {
+            std::memcpy(c.dst, c.src, c.valid);
+            std::memset(static_cast<char*>(c.dst) + c.valid, 0, c.size - c.valid);
         }
-    std::memcpy(d.x, out, sizeof out);
+        me.groups.erase(me.groups.begin());
+    }
 }
-}  // namespace nvcuda::wmma
