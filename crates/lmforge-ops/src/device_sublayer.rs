@@ -253,9 +253,13 @@ impl Linear {
         matmul(x, &self.w)
     }
 
-    /// x·W + b.
+    /// x·W + b (on a GPU one kernel after the product: bias f32, the sum rounded once).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.product(x)?;
+        #[cfg(feature = "cuda")]
+        if let (true, Some(b)) = (x.device().is_cuda(), &self.param.b) {
+            return super::cuda::activation::bias_add(&y, &f32_param(b)?);
+        }
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

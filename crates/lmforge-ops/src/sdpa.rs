@@ -32,6 +32,21 @@ use std::sync::OnceLock;
 /// sized for it); wider heads run the reference on a GPU.
 pub const CUDA_MAX_HEAD_DIM: usize = 256;
 
+/// The environment variable that picks the CUDA attention kernels: unset or `auto` for the
+/// tensor-core ones wherever they apply (bf16, head dim 64 or 128, 16-byte aligned rows),
+/// `scalar` for the scalar ones everywhere, as PyTorch's `enable_flash_sdp(False)` turns its
+/// flash kernels off: for a GPU or driver where the tensor-core kernels misbehave.
+pub const CUDA_ATTENTION_VAR: &str = "LMFORGE_CUDA_ATTENTION";
+
+/// Whether [`CUDA_ATTENTION_VAR`]'s value lets the tensor-core kernels run.
+pub fn tensor_core_attention_allowed(value: Option<&str>) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("" | "auto") => Ok(true),
+        Some("scalar") => Ok(false),
+        Some(other) => bail!("{CUDA_ATTENTION_VAR}={other}: expected \"auto\" or \"scalar\""),
+    }
+}
+
 /// Query rows per block (see the module docs): small enough to skip most of the causal
 /// triangle, large enough for efficient products.
 const BLOCK: usize = 64;

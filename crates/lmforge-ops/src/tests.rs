@@ -153,6 +153,15 @@ fn rope_matches_reference() {
 }
 
 #[test]
+fn the_cuda_attention_setting_is_auto_or_scalar() {
+    use crate::sdpa::tensor_core_attention_allowed as allowed;
+    assert!(allowed(None).unwrap() && allowed(Some("auto")).unwrap() && allowed(Some("")).unwrap());
+    assert!(!allowed(Some("scalar")).unwrap() && !allowed(Some(" scalar\n")).unwrap());
+    let e = allowed(Some("wmma")).unwrap_err().to_string();
+    assert!(e.contains("LMFORGE_CUDA_ATTENTION=wmma") && e.contains("\"scalar\""), "{e}");
+}
+
+#[test]
 fn causal_attention_matches_reference() {
     // Multi-head (H = K = 3) and grouped-query (H = 4, K = 2), odd T and D.
     let inputs = [randn(&[2, 7, 15], 1.0, 21), randn(&[2, 7, 15], 1.0, 22), randn(&[2, 7, 15], 1.0, 23)];

@@ -96,10 +96,13 @@ __device__ void rope(const T* x, const float* cos, const float* sin, T* y, size_
     }
 }
 
-// x, p, y: (rows, c); b: null when the projection has no bias.
+// x, p, y: (rows, c); b: null when the projection has no bias; x: null for a bias add alone.
 template <typename T>
 __device__ void residual_add(const T* x, const T* p, const float* b, T* y, size_t n, int c) {
-    GRID_STRIDE(i, n) y[i] = from_f<T>(to_f(x[i]) + (to_f(p[i]) + (b ? b[i % c] : 0.0f)));
+    GRID_STRIDE(i, n) {
+        const float v = to_f(p[i]) + (b ? b[i % c] : 0.0f);
+        y[i] = from_f<T>(x ? to_f(x[i]) + v : v);
+    }
 }
 
 #define ACTIVATION_KERNELS(T, SUFFIX)                                                                             \

@@ -215,41 +215,58 @@ fn bias_gelu_as<T: CudaDType + DeviceRepr>(
 /// shape (…, C) and dtype, and its f32 bias b (C) or none: a pre-norm sublayer's output in one
 /// pass, the sum rounded once (composed: a bias add, then the residual's).
 pub fn residual_add(x: &Tensor, p: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let op = "lmforge-residual-add";
-    let c = x.dims().last().copied().unwrap_or(0);
-    if p.dims() != x.dims() || p.dtype() != x.dtype() || b.is_some_and(|b| b.dims() != [c] || b.dtype() != DType::F32) {
-        let b = b.map(|b| (b.dims().to_vec(), b.dtype()));
-        bail!("{op}: x {:?} {:?}, p {:?} {:?}, bias {b:?}", x.dims(), x.dtype(), p.dims(), p.dtype());
-    }
-    let (x, p, b) = (x.contiguous()?, p.contiguous()?, b.map(Tensor::contiguous).transpose()?);
-    let (xs, ps) = (x.storage_and_layout(), p.storage_and_layout());
-    let bs = b.as_ref().map(Tensor::storage_and_layout);
-    let (xc, pc) = (cuda_storage(&xs.0, op)?, cuda_storage(&ps.0, op)?);
-    let bc = bs.as_ref().map(|(s, l)| Ok::<_, candle_core::Error>((cuda_storage(s, op)?, *l))).transpose()?;
-    let y = match x.dtype() {
-        DType::BF16 => residual_add_as::<half::bf16>((xc, xs.1), (pc, ps.1), bc, c)?,
-        _ => residual_add_as::<f32>((xc, xs.1), (pc, ps.1), bc, c)?,
-    };
-    Ok(Tensor::from_storage(Storage::Cuda(y), x.dims(), BackpropOp::none(), false))
+    add_in_one_pass("lmforge-residual-add", Some(x), p, b)
 }
 
-fn residual_add_as<T: CudaDType + DeviceRepr>(
-    (xs, xl): Input,
+/// y = p + b for a projection's product p (…, C) and its f32 bias b (C), the sum rounded once
+/// (composed: the bias cast to p's dtype, then a broadcast add).
+pub fn bias_add(p: &Tensor, b: &Tensor) -> Result<Tensor> {
+    add_in_one_pass("lmforge-bias-add", None, p, Some(b))
+}
+
+/// y = x + (p + b), x and b each optional: residual_add's kernel.
+fn add_in_one_pass(op: &str, x: Option<&Tensor>, p: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let c = p.dims().last().copied().unwrap_or(0);
+    if x.is_some_and(|x| x.dims() != p.dims() || x.dtype() != p.dtype())
+        || b.is_some_and(|b| b.dims() != [c] || b.dtype() != DType::F32)
+    {
+        let (x, b) = (x.map(|x| (x.dims().to_vec(), x.dtype())), b.map(|b| (b.dims().to_vec(), b.dtype())));
+        bail!("{op}: x {x:?}, p {:?} {:?}, bias {b:?}", p.dims(), p.dtype());
+    }
+    let (x, p, b) = (x.map(Tensor::contiguous).transpose()?, p.contiguous()?, b.map(Tensor::contiguous).transpose()?);
+    let (xs, ps) = (x.as_ref().map(Tensor::storage_and_layout), p.storage_and_layout());
+    let bs = b.as_ref().map(Tensor::storage_and_layout);
+    let xc = xs.as_ref().map(|(s, l)| Ok::<_, candle_core::Error>((cuda_storage(s, op)?, *l))).transpose()?;
+    let bc = bs.as_ref().map(|(s, l)| Ok::<_, candle_core::Error>((cuda_storage(s, op)?, *l))).transpose()?;
+    let pc = (cuda_storage(&ps.0, op)?, ps.1);
+    let y = match p.dtype() {
+        DType::BF16 => add_as::<half::bf16>(op, xc, pc, bc, c)?,
+        _ => add_as::<f32>(op, xc, pc, bc, c)?,
+    };
+    Ok(Tensor::from_storage(Storage::Cuda(y), p.dims(), BackpropOp::none(), false))
+}
+
+fn add_as<T: CudaDType + DeviceRepr>(
+    op: &str,
+    x: Option<Input>,
     (ps, pl): Input,
     b: Option<Input>,
     c: usize,
 ) -> Result<CudaStorage> {
-    let op = "lmforge-residual-add";
-    let dev = xs.device().clone();
-    let (x, p) = (view::<T>(xs, xl, op)?, view::<T>(ps, pl, op)?);
+    let dev = ps.device().clone();
+    let x = x.map(|(s, l)| view::<T>(s, l, op)).transpose()?;
+    let p = view::<T>(ps, pl, op)?;
     let b = b.map(|(s, l)| view::<f32>(s, l, op)).transpose()?;
-    let n = xl.shape().elem_count();
+    let n = pl.shape().elem_count();
     // SAFETY: the kernel writes every element.
     let y = unsafe { dev.alloc::<T>(n)? };
-    let func = super::kernel(&dev, &IMAGE, &format!("residual_add_{}", suffix(xs.dtype(), op)?))?;
+    let func = super::kernel(&dev, &IMAGE, &format!("residual_add_{}", suffix(ps.dtype(), op)?))?;
     let c_arg = c as i32;
     let mut args = func.builder();
-    args.arg(&x);
+    match &x {
+        Some(x) => args.arg(x),
+        None => args.arg(&NULL),
+    };
     args.arg(&p);
     match &b {
         Some(b) => args.arg(b),

@@ -74,9 +74,10 @@ impl Geometry<'_> {
     /// bf16 at head dim 64 or 128 runs the tensor-core kernels (the same arguments, four warps
     /// a block), when every operand row they copy 16 bytes at a time starts 16-byte aligned:
     /// `aligned` says whether the operands' offsets and strides are multiples of 8 elements
-    /// (allocations themselves are aligned far more).
-    fn tensor_cores(&self, dtype: DType, aligned: bool) -> bool {
-        dtype == DType::BF16 && matches!(self.d, 64 | 128) && aligned
+    /// (allocations themselves are aligned far more). `LMFORGE_CUDA_ATTENTION=scalar` turns them
+    /// off.
+    fn tensor_cores(&self, dtype: DType, aligned: bool) -> Result<bool> {
+        Ok(tensor_cores_allowed()? && dtype == DType::BF16 && matches!(self.d, 64 | 128) && aligned)
     }
 
     /// A tensor-core kernel's launch: a 64-row bf16 tile of shared memory is 64·(D + 8)
@@ -91,7 +92,7 @@ impl Geometry<'_> {
     /// The forward kernel and its launch.
     fn forward_kernel(&self, dtype: DType, aligned: bool, op: &str) -> Result<(String, LaunchConfig)> {
         let d = self.d;
-        if self.tensor_cores(dtype, aligned) {
+        if self.tensor_cores(dtype, aligned)? {
             // Q, and two stages of K and V.
             return Ok((format!("attn_fwd_tc_bf16_{d}"), self.tc_launch(self.h, 5, 0)));
         }
@@ -102,7 +103,7 @@ impl Geometry<'_> {
     /// The backward's dq and dk/dv kernels and their launches.
     fn backward_kernels(&self, dtype: DType, aligned: bool, op: &str) -> Result<[(String, LaunchConfig); 2]> {
         let d = self.d;
-        if self.tensor_cores(dtype, aligned) {
+        if self.tensor_cores(dtype, aligned)? {
             return Ok([
                 // Q, dY, and two stages of K and V.
                 (format!("attn_bwd_dq_tc_bf16_{d}"), self.tc_launch(self.h, 6, 0)),
@@ -139,6 +140,17 @@ impl Geometry<'_> {
             shared_mem_bytes: (4 * shared_floats) as u32,
         }
     }
+}
+
+/// Whether `LMFORGE_CUDA_ATTENTION` lets the tensor-core kernels run (read once a process).
+fn tensor_cores_allowed() -> Result<bool> {
+    static ALLOWED: std::sync::OnceLock<std::result::Result<bool, String>> = std::sync::OnceLock::new();
+    let var = crate::sdpa::CUDA_ATTENTION_VAR;
+    let allowed = ALLOWED.get_or_init(|| {
+        let value = std::env::var(var).ok();
+        crate::sdpa::tensor_core_attention_allowed(value.as_deref()).map_err(|e| e.to_string())
+    });
+    allowed.clone().map_err(candle_core::Error::msg)
 }
 
 /// The kernels' last arguments: the key lengths (None when causal), the causal flag, T, H, K,

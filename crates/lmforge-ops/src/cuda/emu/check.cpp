@@ -563,18 +563,23 @@ static void activation_case(size_t n, const char* dtype, double bound) {
         report("bias_" + name + " y", rel_err(yb, yb_ref), bound);
         report("bias_" + name + " dz", rel_err(dz, dz_ref), bound);
     }
-    // A sublayer's output: the residual x plus the projection u and its f32 bias (or none).
+    // A sublayer's output: the residual x plus the projection u and its f32 bias (or none); and
+    // a projection's bias add alone (no residual).
     {
         const size_t c = 37, m = n / c * c;
         std::vector<float> b = random_values<float>(c, rng);
-        for (const float* bias : {(const float*)b.data(), (const float*)nullptr}) {
-            std::vector<double> want(m);
-            for (size_t i = 0; i < m; ++i) want[i] = (double)to_f(x[i]) + to_f(u[i]) + (bias ? bias[i % c] : 0.0);
-            std::vector<T> got(m);
-            emu_launch({grid_for(m)}, {256}, 0, [&] { residual_add<T>(x.data(), u.data(), bias, got.data(), m, (int)c); });
-            report(std::string("residual_add ") + (bias ? "+ bias " : "") + dtype + " n " + std::to_string(m),
-                   rel_err(got, want), bound);
-        }
+        for (const T* residual : {(const T*)x.data(), (const T*)nullptr})
+            for (const float* bias : {(const float*)b.data(), (const float*)nullptr}) {
+                if (!residual && !bias) continue;
+                std::vector<double> want(m);
+                for (size_t i = 0; i < m; ++i)
+                    want[i] = (residual ? (double)to_f(x[i]) : 0.0) + to_f(u[i]) + (bias ? bias[i % c] : 0.0);
+                std::vector<T> got(m);
+                emu_launch({grid_for(m)}, {256}, 0, [&] { residual_add<T>(residual, u.data(), bias, got.data(), m, (int)c); });
+                report(std::string(residual ? "residual_add " : "bias_add ") + (bias && residual ? "+ bias " : "") +
+                           dtype + " n " + std::to_string(m),
+                       rel_err(got, want), bound);
+            }
     }
     std::vector<double> y_ref(n), dgu_ref(2 * n);
     for (size_t i = 0; i < n; ++i) {
