@@ -388,6 +388,53 @@ __device__ __forceinline__ void add_p_b(float (&acc)[DH / 8][4], const float (&p
     }
 }
 
+// A block of 64 query rows as the forward and attn_bwd_dq_tc see it: its first row (causal
+// blocks further down read more keys, so those start first), the keys it reads and their
+// tiles, and this lane's two rows with one past the last key each sees.
+struct QueryBlock {
+    int i0, end, tiles, ia, ib, end_a, end_b;
+    __device__ QueryBlock(const int* key_lens, int causal, int t, int b) {
+        i0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * ROWS;
+        end = causal ? min(t, i0 + ROWS) : key_lens[b];
+        tiles = (end + TC_TILE - 1) / TC_TILE;
+        ia = i0 + (threadIdx.x >> 5) * 16 + ((threadIdx.x & 31) >> 2), ib = ia + 8;
+        end_a = min(end, key_end(key_lens, causal, b, ia)), end_b = min(end, key_end(key_lens, causal, b, ib));
+    }
+};
+
+// Zeros in every accumulator of a tile.
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+// K then V of key tile `it` (keys from it·64, none at or past `end`) into stage it & 1 of
+// `stages` (two stages of two tiles).
+template <int DH>
+__device__ __forceinline__ void load_kv(__nv_bfloat16* stages, int it, const __nv_bfloat16* k, long long k_sb,
+                                        long long k_st, const __nv_bfloat16* v, long long v_sb, long long v_st,
+                                        int b, int g, int end) {
+    __nv_bfloat16* at = stages + (it & 1) * 2 * Tile<DH>::ELEMS;
+    load<DH>(at, k, k_sb, k_st, b, it * TC_TILE, g, end);
+    load<DH>(at + Tile<DH>::ELEMS, v, v_sb, v_st, b, it * TC_TILE, g, end);
+}
+
+// The two-stage pipeline's step: tile `it`, whose copies `issue(it)` made earlier, lands in
+// shared memory for every thread; tile it + 1's copies are issued first, when there is one, so
+// they fly while tile `it` is multiplied.
+template <typename Issue>
+__device__ __forceinline__ void arrive(int it, int tiles, const Issue& issue) {
+    if (it + 1 < tiles) {
+        issue(it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
 // Rows g and g + 8 of the warp's 16 of an accumulator tile (f32) scaled and written as bf16 to
 // rows `row_a` and `row_b` (null: past T, not written).
 template <int DH>
@@ -426,38 +473,21 @@ __device__ void attn_fwd_tc(const __nv_bfloat16* q, long long q_sb, long long q_
     __nv_bfloat16* qs = smem;        // ROWS × LD
     __nv_bfloat16* stages = qs + TILE;  // two stages of K then V, TILE each
     const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh);
-    // Causal blocks further down read more keys: those start first.
-    const int i0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
-    const int end = causal ? min(t, i0 + ROWS) : key_lens[b], tiles = (end + TC_TILE - 1) / TC_TILE;
-    // This lane's two rows, and one past the last key each sees.
-    const int ia = i0 + warp * 16 + (lane >> 2), ib = ia + 8;
-    const int end_a = min(end, key_end(key_lens, causal, b, ia)), end_b = min(end, key_end(key_lens, causal, b, ib));
+    const tc::QueryBlock blk(key_lens, causal, t, b);
+    const int i0 = blk.i0, end = blk.end, tiles = blk.tiles, ia = blk.ia, ib = blk.ib;
+    auto issue = [&](int it) { tc::load_kv<DH>(stages, it, k, k_sb, k_st, v, v_sb, v_st, b, g, end); };
     tc::load<DH>(qs, q, q_sb, q_st, b, i0, hi, t);
-    if (tiles > 0) {
-        tc::load<DH>(stages, k, k_sb, k_st, b, 0, g, end);
-        tc::load<DH>(stages + TILE, v, v_sb, v_st, b, 0, g, end);
-    }
+    if (tiles > 0) issue(0);
     cp_async_commit();
     float o[DH / 8][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-#pragma unroll
-    for (int n = 0; n < DH / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    tc::zero(o);
     for (int it = 0; it < tiles; ++it) {
-        if (it + 1 < tiles) {
-            __nv_bfloat16* next = stages + ((it + 1) & 1) * 2 * TILE;
-            tc::load<DH>(next, k, k_sb, k_st, b, (it + 1) * TC_TILE, g, end);
-            tc::load<DH>(next + TILE, v, v_sb, v_st, b, (it + 1) * TC_TILE, g, end);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // this tile (and Q) landed for every thread's copies
+        tc::arrive(it, tiles, issue);  // this tile (and Q) landed
         const __nv_bfloat16 *ks = stages + (it & 1) * 2 * TILE, *vs = ks + TILE;
         const int j0 = it * TC_TILE;
         float s[TC_TILE / 8][4];
-#pragma unroll
-        for (int n = 0; n < TC_TILE / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        tc::zero(s);
         tc::a_bt<DH, TC_TILE / 8>(s, qs + warp * 16 * LD, ks);  // S = Q_w · Kᵀ
         // Online softmax of rows a and b over this tile's keys.
         float max_a = -INFINITY, max_b = -INFINITY;
@@ -466,8 +496,8 @@ __device__ void attn_fwd_tc(const __nv_bfloat16* q, long long q_sb, long long q_
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int j = j0 + n * 8 + c + e;
-                s[n][e] = j < end_a ? scale * s[n][e] : -INFINITY;
-                s[n][2 + e] = j < end_b ? scale * s[n][2 + e] : -INFINITY;
+                s[n][e] = j < blk.end_a ? scale * s[n][e] : -INFINITY;
+                s[n][2 + e] = j < blk.end_b ? scale * s[n][2 + e] : -INFINITY;
                 max_a = fmaxf(max_a, s[n][e]), max_b = fmaxf(max_b, s[n][2 + e]);
             }
         const float new_a = fmaxf(m_a, quad_max(max_a)), new_b = fmaxf(m_b, quad_max(max_b));
@@ -516,43 +546,26 @@ __device__ void attn_bwd_dq_tc(const __nv_bfloat16* q, long long q_sb, long long
     __nv_bfloat16* dys = qs + TILE;
     __nv_bfloat16* stages = dys + TILE;  // two stages of K then V
     const int b = blockIdx.z, hi = blockIdx.y, g = hi / (h / kh);
-    const int i0 = (causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x) * ROWS;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
-    const int end = causal ? min(t, i0 + ROWS) : key_lens[b], tiles = (end + TC_TILE - 1) / TC_TILE;
-    const int ia = i0 + warp * 16 + (lane >> 2), ib = ia + 8;
-    const int end_a = min(end, key_end(key_lens, causal, b, ia)), end_b = min(end, key_end(key_lens, causal, b, ib));
+    const tc::QueryBlock blk(key_lens, causal, t, b);
+    const int i0 = blk.i0, end = blk.end, tiles = blk.tiles, ia = blk.ia, ib = blk.ib;
     const long long dy_st = (long long)h * DH, dy_sb = dy_st * t;
+    auto issue = [&](int it) { tc::load_kv<DH>(stages, it, k, k_sb, k_st, v, v_sb, v_st, b, g, end); };
     tc::load<DH>(qs, q, q_sb, q_st, b, i0, hi, t);
     tc::load<DH>(dys, dy, dy_sb, dy_st, b, i0, hi, t);
-    if (tiles > 0) {
-        tc::load<DH>(stages, k, k_sb, k_st, b, 0, g, end);
-        tc::load<DH>(stages + TILE, v, v_sb, v_st, b, 0, g, end);
-    }
+    if (tiles > 0) issue(0);
     cp_async_commit();
     const long long stat = ((long long)b * h + hi) * t;
     const float lse_a = ia < t ? lse[stat + ia] : 0.0f, lse_b = ib < t ? lse[stat + ib] : 0.0f;
     const float delta_a = ia < t ? delta[stat + ia] : 0.0f, delta_b = ib < t ? delta[stat + ib] : 0.0f;
     float acc[DH / 8][4];
-#pragma unroll
-    for (int n = 0; n < DH / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    tc::zero(acc);
     for (int it = 0; it < tiles; ++it) {
-        if (it + 1 < tiles) {
-            __nv_bfloat16* next = stages + ((it + 1) & 1) * 2 * TILE;
-            tc::load<DH>(next, k, k_sb, k_st, b, (it + 1) * TC_TILE, g, end);
-            tc::load<DH>(next + TILE, v, v_sb, v_st, b, (it + 1) * TC_TILE, g, end);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        tc::arrive(it, tiles, issue);
         const __nv_bfloat16 *ks = stages + (it & 1) * 2 * TILE, *vs = ks + TILE;
         const int j0 = it * TC_TILE;
         float s[TC_TILE / 8][4], dp[TC_TILE / 8][4];
-#pragma unroll
-        for (int n = 0; n < TC_TILE / 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+        tc::zero(s), tc::zero(dp);
         tc::a_bt<DH, TC_TILE / 8>(s, qs + warp * 16 * LD, ks);    // S = Q_w · Kᵀ
         tc::a_bt<DH, TC_TILE / 8>(dp, dys + warp * 16 * LD, vs);  // dP = dY_w · Vᵀ
 #pragma unroll
@@ -560,8 +573,8 @@ __device__ void attn_bwd_dq_tc(const __nv_bfloat16* q, long long q_sb, long long
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int j = j0 + n * 8 + c + e;
-                s[n][e] = j < end_a ? expf(scale * s[n][e] - lse_a) * (dp[n][e] - delta_a) : 0.0f;
-                s[n][2 + e] = j < end_b ? expf(scale * s[n][2 + e] - lse_b) * (dp[n][2 + e] - delta_b) : 0.0f;
+                s[n][e] = j < blk.end_a ? expf(scale * s[n][e] - lse_a) * (dp[n][e] - delta_a) : 0.0f;
+                s[n][2 + e] = j < blk.end_b ? expf(scale * s[n][2 + e] - lse_b) * (dp[n][2 + e] - delta_b) : 0.0f;
             }
         tc::add_p_b<DH, TC_TILE / 16>(acc, s, ks);  // dQ += dS · K
         __syncthreads();
@@ -613,19 +626,9 @@ __device__ void attn_bwd_dkdv_tc(const __nv_bfloat16* q, long long q_sb, long lo
     if (tiles > 0) issue(0);
     cp_async_commit();
     float dk_acc[DH / 8][4], dv_acc[DH / 8][4];
-#pragma unroll
-    for (int n = 0; n < DH / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dk_acc[n][e] = dv_acc[n][e] = 0.0f;
+    tc::zero(dk_acc), tc::zero(dv_acc);
     for (int it = 0; it < tiles; ++it) {
-        if (it + 1 < tiles) {
-            issue(it + 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        tc::arrive(it, tiles, issue);
         const __nv_bfloat16 *qs = stages + (it & 1) * 2 * TILE, *dys = qs + TILE;
         const float* st = stats + (it & 1) * 2 * TC_TILE;
         const int i0 = first + (it % per_head) * TC_TILE;
@@ -634,10 +637,7 @@ __device__ void attn_bwd_dkdv_tc(const __nv_bfloat16* q, long long q_sb, long lo
         for (int half = 0; half < 2; ++half) {
             const int q0 = half * HALF;
             float p[HALF / 8][4], ds[HALF / 8][4];
-#pragma unroll
-            for (int n = 0; n < HALF / 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) p[n][e] = ds[n][e] = 0.0f;
+            tc::zero(p), tc::zero(ds);
             tc::a_bt<DH, HALF / 8>(p, ks + warp * 16 * LD, qs + q0 * LD);    // Sᵀ = K_w · Qᵀ
             tc::a_bt<DH, HALF / 8>(ds, vs + warp * 16 * LD, dys + q0 * LD);  // dPᵀ = V_w · dYᵀ
 #pragma unroll
