@@ -734,6 +734,7 @@ int main() {
     attention_case<__nv_bfloat16, 128>({2, 33, 4, 2, 128, false, false, {33, 9}}, "bf16", 1e-2, 2e-2);
     attention_case<__nv_bfloat16, 64>({2, 150, 4, 2, 64, true, true, {}}, "bf16", 1e-2, 2e-2);
     attention_case<__nv_bfloat16, 128>({1, 200, 2, 1, 128, true, false, {}}, "bf16", 1e-2, 2e-2);
+    attention_case<__nv_bfloat16, 64>({2, 150, 4, 1, 64, false, true, {150, 70}}, "bf16", 1e-2, 2e-2);
     for (int c : {37, 768, 4099}) {
         norm_case<float>(3, c, true, "f32", 1e-6, 1e-5);
         norm_case<float>(3, c, false, "f32", 1e-6, 1e-5);
