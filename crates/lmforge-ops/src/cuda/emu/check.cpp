@@ -1,9 +1,10 @@
 // lmforge's CUDA kernels run on the CPU (cuda_emu.h) against plain double-precision loops of
 // the same math: cross-entropy's row log-sum-exp and logit gradient; GELU (both forms), SwiGLU
-// and RoPE forward and backward, the sublayers' residual add; attention forward and backward
-// (causal and padded, separate and packed operands, grouped-query heads, every DMAX, f32 and
-// bf16), LayerNorm / RMSNorm forward and backward (with and without a residual's gradient
-// added into dx), column sums, AdamW's update.
+// and RoPE forward and backward, the sublayers' residual add and the projections' bias add;
+// attention forward and backward (causal and padded, separate and packed operands,
+// grouped-query heads, every DMAX, f32 and bf16, and the bf16 tensor-core kernels at D = 64 and
+// 128 on the emulator's mma.sync, ldmatrix and cp.async), LayerNorm / RMSNorm forward and
+// backward (with and without a residual's gradient added into dx), column sums, AdamW's update.
 // Prints one line per case and exits non-zero on any mismatch.
 // Built and run by tests/cuda_emulated.rs; on the GPU, lmforge-ops' `on_cuda` tests check the
 // same kernels against the reference ops.
