@@ -144,12 +144,17 @@ section_machine() {
 
 section_kernels() {
   section "kernels: lmforge's CUDA kernels against the reference ops (f32, bf16)"
-  tests kernels 120 "$G/lmforge_ops" on_cuda --test-threads 1
-  # The tensor-core attention kernels are the newest and the least proven (no GPU had run them
-  # when they were written): if the attention test fails, run it again on the scalar kernels
-  # and, where those pass, take them for every section after this one, so that the visit's
-  # training figures still come out (slower attention), and say so loudly.
-  if grep -q "attention_matches_the_reference_on_the_gpu.*FAILED" "$out/kernels.log"; then
+  # The tests that run the tensor-core attention kernels go in a process of their own: a kernel
+  # fault poisons its CUDA context, and every later test of that process would fail with it.
+  local attention="on_cuda::attention_matches_the_reference_on_the_gpu"
+  local sublayers="on_cuda::sublayers_match_their_composition_on_the_gpu"
+  tests kernels 90 "$G/lmforge_ops" on_cuda --skip "$attention" --skip "$sublayers" --test-threads 1
+  tests kernels-attention 60 "$G/lmforge_ops" "$attention" "$sublayers" --test-threads 1
+  # Those kernels are the newest and the least proven (no GPU had run them when they were
+  # written): if the attention test fails, run it again on the scalar kernels and, where those
+  # pass, take them for every section after this one, so that the visit's training figures
+  # still come out (slower attention), and say so loudly.
+  if grep -q "attention_matches_the_reference_on_the_gpu.*FAILED" "$out/kernels-attention.log"; then
     tests kernels-scalar 60 env LMFORGE_CUDA_ATTENTION=scalar "$G/lmforge_ops" \
       on_cuda::attention_matches_the_reference_on_the_gpu --test-threads 1
     if grep -q "test result: ok. 1 passed" "$out/kernels-scalar.log"; then
