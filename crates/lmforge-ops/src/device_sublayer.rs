@@ -235,6 +235,8 @@ impl Norm {
 /// out (in, out) for x·W (a transposed view of nn.Linear's (out, in)), and the parameters.
 struct Linear {
     w: Tensor,
+    /// The bias in the activations' dtype, for the composed adds off the GPU; none on a GPU,
+    /// whose kernels add the f32 parameter itself.
     b: Option<Tensor>,
     param: Proj,
     out_in: bool,
@@ -244,7 +246,10 @@ impl Linear {
     fn new(pr: &Proj, like: &Tensor, out_in: bool) -> Result<Self> {
         let w = pr.w.detach().to_dtype(like.dtype())?;
         let w = if out_in { w.t()? } else { w };
-        let b = pr.b.as_ref().map(|b| b.detach().to_dtype(like.dtype())).transpose()?;
+        let b = match like.device().is_cuda() {
+            true => None,
+            false => pr.b.as_ref().map(|b| b.detach().to_dtype(like.dtype())).transpose()?,
+        };
         Ok(Linear { w, b, param: pr.clone(), out_in })
     }
 
