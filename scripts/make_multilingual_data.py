@@ -57,7 +57,7 @@ ZH_DOCS = 150
 EN_DOCS = 50
 EN_PAGES = 600            # English pages (other than gcloud_*) drawn for en_docs and English langid
 # A Chinese document has at least ZH_MIN_UNITS units (Han characters and spaced words), so that
-# tests/multilingual.rs's copies with three characters changed stay near duplicates that MinHash
+# tests/api/multilingual.rs's copies with three characters changed stay near duplicates that MinHash
 # LSH at lmforge's defaults (128 permutations in 9 bands of 13 rows, threshold 0.8) finds: three
 # changes touch up to 15 5-unit shingles, which leaves a 250-unit document's copy a Jaccard
 # similarity of about 0.885 (found ~87% of the time) and a 500-unit one's 0.94 (~99.6%).

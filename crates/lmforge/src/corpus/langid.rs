@@ -6,7 +6,7 @@
 //! needs no model file, and is deterministic; `lingua` is more accurate on very short texts but
 //! embeds hundreds of MB of n-gram models, and fastText's `lid.176` needs a model download this
 //! pipeline cannot assume. Measured on the labelled sample in `tests/data/multilingual/`
-//! (`tests/multilingual.rs`); one correction (see [`detect`]): text whose letters are a third
+//! (`tests/api/multilingual.rs`); one correction (see [`detect`]): text whose letters are a third
 //! Han / kana is Chinese or Japanese. A document's first [`DETECT_CHARS`] characters decide: language
 //! does not change inside a document often enough to pay for reading all of it.
 

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: the reference fixtures and relative errors.
-#![allow(dead_code)] // each test crate uses a subset
+#![allow(dead_code)] // each test executable (api, parity, presence) uses a subset
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;

@@ -6,9 +6,8 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-mod common;
 
-use common::{draws, fixture, lmforge, ok, s};
+use crate::common::{draws, fixture, lmforge, ok, s};
 
 /// A toy SQuAD v2.0 set: a context of filler words in which two of three roles ("owner",
 /// "holder", "author") are each followed by a name; the question asks for one role's name, and
@@ -106,7 +105,7 @@ fn question_answering_finetune_predict_and_eval() {
         let f1 = fin["f1"].as_f64().unwrap();
         assert!(f1 >= 70.0, "{base}: the role's name is learnable: test F1 {f1}\n{out}");
         assert!(fin["HasAns"]["total"].as_u64() > Some(0) && fin["NoAns"]["total"].as_u64() > Some(0));
-        let val: Vec<Value> = common::metrics(&run).into_iter().filter(|v| v["split"] == "validation").collect();
+        let val: Vec<Value> = crate::common::metrics(&run).into_iter().filter(|v| v["split"] == "validation").collect();
         assert_eq!(val.len(), 16, "one validation per epoch");
         let best = val.iter().map(|v| v["f1"].as_f64().unwrap()).fold(0.0, f64::max);
         assert_eq!(r["best"]["value"].as_f64(), Some(best), "{base}: the best is the best validation f1");
@@ -202,5 +201,5 @@ fn question_answering_stopped_and_resumed_ends_as_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "bert-tiny");
     let sets = ["model.dropout=0.1", "train.checkpoint_every=4", "train.eval_every=5", "train.max_steps=12"];
-    common::assert_finetune_resumes_exactly(&cfg, &sets);
+    crate::common::assert_finetune_resumes_exactly(&cfg, &sets);
 }

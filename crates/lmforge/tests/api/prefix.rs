@@ -6,10 +6,8 @@
 //! and a prefix saved by lmforge that reads back the same. Also: a prefix-tuned decoder's KV-cache
 //! decode equals its full forward.
 
-mod common;
-
+use crate::common::{assert_grads_match, fixtures, json, load, max_rel};
 use candle_core::{DType, Device, Tensor};
-use common::{assert_grads_match, fixtures, json, load, max_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::model::Classifier;

@@ -5,8 +5,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::ok;
+use crate::common::ok;
 
 fn lmforge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lmforge"));

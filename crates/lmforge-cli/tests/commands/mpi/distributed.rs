@@ -9,8 +9,8 @@
 //! 1.2e-7 with 3). ZeRO-1 against plain data parallel with the same process count is exact:
 //! both sum the same gradients in the same order and run the same per-parameter update.
 
-use super::common::{finetune_config, max_diff};
 use super::{metrics, s, tiny_config};
+use crate::common::{finetune_config, max_diff};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ fn mpirun_command(np: usize, args: &[&str]) -> Command {
     c.args(["-np", &np.to_string(), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none"])
         .arg(env!("CARGO_BIN_EXE_lmforge"))
         .args(args)
-        .env("LMFORGE_DB", super::common::test_db())
+        .env("LMFORGE_DB", crate::common::test_db())
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("RUST_LOG", "warn");
@@ -109,7 +109,7 @@ fn one_two_and_three_processes_train_the_same_model() {
 #[test]
 fn masked_lm_pretraining_is_independent_of_the_process_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = super::common::tiny_bert_config(tmp.path());
+    let cfg = crate::common::tiny_bert_config(tmp.path());
     let (np1, np3) = (tmp.path().join("np1"), tmp.path().join("np3"));
     mpi_ok(1, &["train", "--config", s(&cfg), "--run-dir", s(&np1)]);
     mpi_ok(3, &["train", "--config", s(&cfg), "--run-dir", s(&np3)]);
@@ -339,7 +339,7 @@ fn zero3_on_two_and_three_processes_trains_the_model_one_process_trains() {
         );
         assert_eq!(count(&out), count(&single), "the summary counts every parameter, sharded or not");
     }
-    let bert = super::common::tiny_bert_config(tmp.path());
+    let bert = crate::common::tiny_bert_config(tmp.path());
     let bert_run = run("bert");
     let args = ["train", "--config", s(&bert), "--run-dir", s(&bert_run), "--set", "distributed.zero=3"];
     mpi_fails(2, &args, &["distributed.zero"]);

@@ -3,10 +3,8 @@
 //! and gradients; scikit-learn's classification metrics; and frozen parameters staying frozen
 //! (no gradient, bit-identical) under LoRA and adapters.
 
-mod common;
-
+use crate::common::{assert_grads_match, fixtures, json, load, max_rel};
 use candle_core::{DType, Device, Tensor};
-use common::{assert_grads_match, fixtures, json, load, max_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::finetune::batching::{collate, Batch, Encoded};
 use lmforge::finetune::dataset::LabelMap;

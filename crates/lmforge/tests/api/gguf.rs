@@ -3,11 +3,9 @@
 //! Q8_0 logits stay within a stated tolerance of fp32; the metadata llama.cpp needs is there;
 //! truncated and inconsistent files are clear errors, never panics.
 
-mod common;
-
+use crate::common::{fixtures, max_rel};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, max_rel};
 use lmforge::checkpoint::LoadedModel;
 use lmforge::gguf::{export, QuantType};
 

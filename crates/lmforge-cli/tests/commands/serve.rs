@@ -10,9 +10,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-mod common;
 
-use common::{fixture, ok, s};
+use crate::common::{fixture, ok, s};
 
 /// A server child process and its address; killed when dropped.
 struct Server {

@@ -4,9 +4,8 @@
 
 use serde_json::Value;
 use std::path::Path;
-mod common;
 
-use common::{finetune_config as config, lmforge, ok, s};
+use crate::common::{finetune_config as config, lmforge, ok, s};
 
 /// `lmforge eval classification --json` of a model on a file.
 fn eval_json(model: &Path, data: &Path) -> Value {
@@ -166,7 +165,7 @@ fn ft_fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, String) {
     let model = run.join("model");
     let weights = std::fs::read(model.join("model.safetensors")).unwrap();
     let adapter = std::fs::read(model.join("adapter/adapter_model.safetensors")).unwrap();
-    let rows = common::metrics_without_timing(run, Some("validation"));
+    let rows = crate::common::metrics_without_timing(run, Some("validation"));
     let r = read_json(&run.join("results.json"));
     (weights, adapter, rows, format!("{} {}", r["best"], r["final"]["metrics"]))
 }
@@ -217,7 +216,7 @@ fn finetune_killed_anywhere_and_resumed_ends_as_the_uninterrupted_run() {
                 cmd.args(["finetune", "--config", s(&cfg), "--run-dir", s(&run)]).args(&extra);
             }
             let mut child = cmd
-                .env("LMFORGE_DB", common::test_db())
+                .env("LMFORGE_DB", crate::common::test_db())
                 .env("RUST_LOG", "error")
                 .env("LMFORGE_TEST_CHECKPOINT_DELAY_MS", "5")
                 .stdout(Stdio::null())
@@ -297,7 +296,7 @@ fn finetune_grad_accum_of_half_batches_equals_the_full_batch() {
     let last = "checkpoints/step-00000030/trainable.safetensors";
     assert_eq!(std::fs::read(full.join(last)).unwrap(), std::fs::read(recomputed.join(last)).unwrap());
     let rows = |dir: &Path| -> Vec<(u64, String, f64)> {
-        common::metrics(dir)
+        crate::common::metrics(dir)
             .iter()
             .map(|r| (r["step"].as_u64().unwrap(), r["split"].as_str().unwrap().into(), r["loss"].as_f64().unwrap()))
             .collect()
@@ -309,7 +308,7 @@ fn finetune_grad_accum_of_half_batches_equals_the_full_batch() {
         assert!((x.2 - y.2).abs() <= 1e-5 * x.2.abs(), "step {} {}: {} vs {}", x.0, x.1, x.2, y.2);
     }
     let last = "checkpoints/step-00000030";
-    let d = common::max_diff(&full.join(last), &halves.join(last), "trainable.safetensors");
+    let d = crate::common::max_diff(&full.join(last), &halves.join(last), "trainable.safetensors");
     eprintln!("grad_accum: weights after 30 steps differ by at most {d}");
     // Measured 2.6e-6 (fp32 sums of 8 + 8 rows against one of 16, compounded over 30 steps).
     assert!(d <= 2e-5, "weights after 30 steps: max |difference| {d}");
@@ -346,7 +345,7 @@ fn finetune_folds_cross_validate() {
         // `data.fold = 0` is the default, left out of the saved config.
         assert!(config.contains("folds = 3"), "{config}");
         assert_eq!(config.contains(&format!("fold = {i}")), i > 0, "{config}");
-        let val: Vec<Value> = common::metrics(&dir).into_iter().filter(|v| v["split"] == "validation").collect();
+        let val: Vec<Value> = crate::common::metrics(&dir).into_iter().filter(|v| v["split"] == "validation").collect();
         assert!(!val.is_empty(), "fold {i} validates on its held-out fold");
         accs.push(acc);
     }
@@ -387,7 +386,7 @@ fn finetune_carves_stratified_splits_and_augments_training_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let train = tmp.path().join("train.tsv");
     let neutral = "the movie was so so\tneutral\nit was a film\tneutral\nthe plot was fine and good\tneutral\nquite a picture\tneutral\n";
-    common::write_split(&train, 120, 4, neutral);
+    crate::common::write_split(&train, 120, 4, neutral);
     let wordnet = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lmforge/tests/data/wordnet-mini");
     let cfg = tmp.path().join("carve.toml");
     std::fs::write(
@@ -399,7 +398,7 @@ fn finetune_carves_stratified_splits_and_augments_training_rows() {
              [train]\nepochs = 2\nbatch_size = 16\nlog_every = 5\ncheckpoint_every = 3\n\n[log]\nprogress = \"off\"\n",
             s(&train),
             s(&wordnet),
-            s(&common::fixture("gpt2-tiny")),
+            s(&crate::common::fixture("gpt2-tiny")),
         ),
     )
     .unwrap();

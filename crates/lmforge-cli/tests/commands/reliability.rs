@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{lmforge, metrics, ok, s, test_db, tiny_config};
+use crate::common::{lmforge, metrics, ok, s, test_db, tiny_config};
 
 /// splitmix64: the kill schedule is a pure function of the seed.
 struct Rng(u64);
@@ -96,7 +95,7 @@ fn fingerprint(run: &Path) -> (Vec<u8>, Vec<u8>, Vec<String>, Vec<String>) {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let rows = common::metrics_without_timing(run, None);
+    let rows = crate::common::metrics_without_timing(run, None);
     (weights, optim, kept, rows)
 }
 

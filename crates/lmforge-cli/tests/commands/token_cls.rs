@@ -5,9 +5,8 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-mod common;
 
-use common::{draws, fixture, lmforge, ok, s};
+use crate::common::{draws, fixture, lmforge, ok, s};
 
 /// A toy NER set: "persons" (one or two words) and "places" among filler words. The words are
 /// one token each in the fixtures' small vocabulary (trained on licence text): a causal model
@@ -164,7 +163,7 @@ fn token_classification_stopped_and_resumed_ends_as_the_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), "bert-tiny");
     let sets = ["model.dropout=0.1", "train.checkpoint_every=4", "train.eval_every=5", "train.epochs=2"];
-    common::assert_finetune_resumes_exactly(&cfg, &sets);
+    crate::common::assert_finetune_resumes_exactly(&cfg, &sets);
 }
 
 /// A sweep over token-classification fine-tunes that maximises `val_f1`: a grid over the
@@ -200,7 +199,7 @@ fn a_sweep_over_finetune_trials_maximises_val_f1() {
     let mut finished = Vec::new();
     for (i, t) in ts.iter().enumerate() {
         let run = out_dir.join(t["run_dir"].as_str().unwrap());
-        let f1s: Vec<f64> = common::metrics(&run)
+        let f1s: Vec<f64> = crate::common::metrics(&run)
             .iter()
             .filter(|r| r["split"] == "validation")
             .map(|r| r["f1"].as_f64().unwrap())

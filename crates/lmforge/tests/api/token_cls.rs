@@ -4,10 +4,8 @@
 //! logits, the loss over the first sub-words and every parameter's gradient; the folder saved
 //! back under Hugging Face's names; the real MiniLM tokenizer's word alignment.
 
-mod common;
-
+use crate::common::{assert_grads_match, json, load, max_rel};
 use candle_core::{DType, Device};
-use common::{assert_grads_match, json, load, max_rel};
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::dataset::LabelMap;
 use lmforge::finetune::model::LoadedClassifier;
@@ -109,7 +107,7 @@ fn token_classifiers_match_transformers() {
 fn token_classifier_folders_save_with_hugging_face_names() {
     for name in ["bert-token-cls-tiny", "gpt2-token-cls-tiny"] {
         let dir = local(name);
-        let config = common::assert_saves_with_hf_names(&dir, "token_classification");
+        let config = crate::common::assert_saves_with_hf_names(&dir, "token_classification");
         assert_eq!(config["id2label"], json(dir.join("config.json"))["id2label"], "{name}");
     }
 }
@@ -118,7 +116,7 @@ fn token_classifier_folders_save_with_hugging_face_names() {
 /// `tokenizers` library gives for `is_pretokenized=True`.
 #[test]
 fn word_alignment_matches_tokenizers_on_minilm() {
-    let data = common::fixtures().join("../data/models/all-minilm-l6-v2/tokenizer.json");
+    let data = crate::common::fixtures().join("../data/models/all-minilm-l6-v2/tokenizer.json");
     let tk = lmforge::tokenizer::TextTokenizer::load(&data).unwrap();
     let doc = json(local("minilm_alignment.json"));
     for case in doc["cases"].as_array().unwrap() {

@@ -4,9 +4,8 @@
 
 use serde_json::Value;
 use std::path::Path;
-mod common;
 
-use common::{draws, fixture, lmforge, ok, s};
+use crate::common::{draws, fixture, lmforge, ok, s};
 
 /// Filler words around one cue word whose grade (0-4) is the target, plus a little noise.
 fn write_scored(path: &Path, rows: usize, seed: u64, extra: &str) {

@@ -6,10 +6,8 @@
 //! stride; the official SQuAD v1.1 / v2.0 scores (`tests/data/squad.json`, made by
 //! `scripts/make_squad_expected.py` with the official scripts).
 
-mod common;
-
+use crate::common::{assert_grads_match_with, json, load, max_rel};
 use candle_core::{Device, Tensor};
-use common::{assert_grads_match_with, json, load, max_rel};
 use lmforge::finetune::batching::Batch;
 use lmforge::finetune::model::LoadedClassifier;
 use lmforge::finetune::qa_data::{encode_questions, Answer, QaFeature, Question};
@@ -142,7 +140,7 @@ fn qa_model_folders_save_with_hugging_face_names() {
     for name in ["bert-qa-tiny", "gpt2-qa-tiny"] {
         let dir = local("fixtures").join(name);
         assert_eq!(LoadedClassifier::load(&dir, &Device::Cpu).unwrap().labels, span_labels());
-        common::assert_saves_with_hf_names(&dir, "question_answering");
+        crate::common::assert_saves_with_hf_names(&dir, "question_answering");
     }
 }
 
@@ -151,7 +149,7 @@ fn qa_model_folders_save_with_hugging_face_names() {
 /// leaves a small window, an unanswerable question.
 #[test]
 fn windows_match_run_qa_on_minilm() {
-    let path = common::fixtures().join("../data/models/all-minilm-l6-v2/tokenizer.json");
+    let path = crate::common::fixtures().join("../data/models/all-minilm-l6-v2/tokenizer.json");
     let tk = TextTokenizer::load(&path).unwrap();
     let doc = json(local("fixtures/minilm_qa_windows.json"));
     for (n, case) in doc["cases"].as_array().unwrap().iter().enumerate() {

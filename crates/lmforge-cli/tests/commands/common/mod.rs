@@ -1,7 +1,8 @@
-//! Helpers shared by the binary's integration tests: run `lmforge` (its experiment store under
-//! the target dir), write a tiny run config over a slice of the bundled corpus or a fine-tuning
-//! config over toy labelled splits, read `metrics.jsonl` and safetensors files.
-#![allow(dead_code)] // each test file uses its own subset
+//! Helpers shared by the binary's end-to-end tests (`tests/commands/`): run `lmforge` (its
+//! experiment store under the target dir), write a tiny run config over a slice of the bundled
+//! corpus or a fine-tuning config over toy labelled splits, read `metrics.jsonl` and
+//! safetensors files.
+#![allow(dead_code)] // with or without the mpi feature, some helpers go unused
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -5,8 +5,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
-use common::{lmforge, metrics, ok, s, tensors, test_db, tiny_bert_config, tiny_config};
+use crate::common::{lmforge, metrics, ok, s, tensors, test_db, tiny_bert_config, tiny_config};
 
 #[test]
 fn train_eval_generate_export_end_to_end() {
