@@ -2,7 +2,6 @@
 //! experiment store under the target dir), write a tiny run config over a slice of the bundled
 //! corpus or a fine-tuning config over toy labelled splits, read `metrics.jsonl` and
 //! safetensors files.
-#![allow(dead_code)] // with or without the mpi feature, some helpers go unused
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
