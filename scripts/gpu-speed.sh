@@ -13,6 +13,9 @@
 #                             few optimizer steps, with AdamW where plan says it fits this GPU,
 #                             else plan's lighter optimizer (Adafactor on an 80 GB H100), and
 #                             plan's prediction beside the measured peak; PyTorch the same
+#   llama7b-fewer             the same recomputing only the fewest blocks that fit (plan's
+#                             prediction scaled by llama7b's measured peak): tokens/s beside
+#                             llama7b's
 #   llama1b, llama1b-compile  llama-1b (batch 8 × 2048), as GPT-2
 #   ncu, ncu-torch            every kernel of one GPT-2 step timed by Nsight Compute (clocks
 #                             left alone), summed per kernel name: where the step's time goes,
@@ -20,4 +23,4 @@
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh`. One visit for both
 # issues: scripts/gpu-visit.sh.
-exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-torch llama1b llama1b-compile ncu ncu-torch
+exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-fewer llama7b-torch llama1b llama1b-compile ncu ncu-torch

@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     clip_grad_norm(&mut grads, 1.0)?;
     opt.step(params.vars(), &grads, 1e-3)?;
     mark("step");
-    let est = spec.cpu_train_memory(b, t, opt.state_bytes() as u64, false);
+    let est = spec.cpu_train_memory(b, t, opt.state_bytes() as u64, lmforge::nn::recompute::Checkpointing::Off);
     println!("predicted forward activations {:.2} MB", est.activations as f64 / 1e6);
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::device::{DeviceChoice, Precision};
 use crate::distributed::{DataParallel, DistributedConfig, SingleProcess};
 use crate::error::{Error, Result};
 use crate::models::ModelSpec;
+use crate::nn::recompute::Checkpointing;
 use crate::nn::{InitScheme, ParamStore};
 use crate::ops::{self, Kernels};
 use crate::optim::groups::uniform_groups;
@@ -40,8 +41,8 @@ pub struct TrainBenchOptions {
     /// Sequences per step (default 8, the PyTorch reference's batch).
     pub batch: usize,
     pub kernels: Kernels,
-    /// Recompute block activations in the backward (`nn::recompute`).
-    pub activation_checkpointing: bool,
+    /// Blocks whose activations are recomputed in the backward (`nn::recompute`).
+    pub activation_checkpointing: Checkpointing,
     /// Break the timed steps down by phase and fused kernel ([`StepProfile`]).
     pub profile: bool,
     /// Where it runs (`--device`).
@@ -61,7 +62,7 @@ impl Default for TrainBenchOptions {
             warmup: 3,
             batch: 8,
             kernels: Kernels::Fused,
-            activation_checkpointing: false,
+            activation_checkpointing: Checkpointing::Off,
             profile: false,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
@@ -80,7 +81,8 @@ pub struct TrainBenchReport {
     /// The optimizer's name.
     pub optimizer: &'static str,
     pub kernels: &'static str,
-    pub activation_checkpointing: bool,
+    /// `false`, `true` (every block) or the number of blocks recomputed.
+    pub activation_checkpointing: Checkpointing,
     pub parameters: u64,
     pub threads: usize,
     pub batch: usize,
@@ -160,6 +162,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     if opts.steps == 0 || opts.batch == 0 {
         return Err(Error::Invalid("bench needs at least one step and one sequence".into()));
     }
+    opts.activation_checkpointing.check(spec.n_layer, "--activation-checkpointing")?;
     let _kernels = ops::KernelsGuard::set(opts.kernels);
     let device = opts.device.resolve("--device")?;
     let (b, t) = (opts.batch, spec.context);
@@ -364,7 +367,10 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.device,
         r.precision,
         r.kernels,
-        if r.activation_checkpointing { ", activation checkpointing" } else { "" },
+        match r.activation_checkpointing {
+            Checkpointing::Off => String::new(),
+            c => format!(", activation checkpointing of {c}"),
+        },
         r.threads,
         r.batch,
         r.seq_len,

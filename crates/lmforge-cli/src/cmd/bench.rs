@@ -3,6 +3,7 @@
 use super::{print_json, DeviceArg};
 use anyhow::{Context, Result};
 use lmforge::bench::{self, TrainBenchOptions};
+use lmforge::nn::recompute::Checkpointing;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -24,9 +25,10 @@ pub enum Command {
         /// fused (default) or reference (the composed ops, for comparison).
         #[arg(long, default_value = "fused")]
         kernels: String,
-        /// Recompute each block's activations in the backward (less memory, more compute).
-        #[arg(long)]
-        activation_checkpointing: bool,
+        /// Recompute blocks' activations in the backward (less memory, more compute): every
+        /// block, or with a number N the first N.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "all", default_value = "off")]
+        activation_checkpointing: Checkpointing,
         /// Break the step down by phase and fused kernel (forward / backward pass of each).
         #[arg(long)]
         profile: bool,

@@ -1,6 +1,7 @@
 //! `lmforge plan`: memory, FLOPs, time and cost of a training job before allocating anything.
 
 use anyhow::Result;
+use lmforge::nn::recompute::Checkpointing;
 use lmforge::plan::{self, PlanOptions, PlanRequest};
 use lmforge::train::RunConfig;
 use std::path::PathBuf;
@@ -37,9 +38,10 @@ pub struct Args {
     /// Micro-batches per optimizer step (default: train.grad_accum).
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// Recompute each layer in the backward pass, keeping only its input.
-    #[arg(long)]
-    activation_checkpointing: bool,
+    /// Recompute layers in the backward pass, keeping only their input: every layer, or with
+    /// a number N the first N, or `off` (default: train.activation_checkpointing).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "all")]
+    activation_checkpointing: Option<Checkpointing>,
     /// Training tokens, e.g. 2e12 (default: 20 per parameter).
     #[arg(long)]
     tokens: Option<f64>,

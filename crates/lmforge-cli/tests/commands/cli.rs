@@ -94,6 +94,12 @@ fn resume_reproduces_the_uninterrupted_run_exactly() {
     assert_eq!(metrics(&ckpt).iter().map(key).collect::<Vec<_>>(), a, "checkpointed: same losses");
     assert!(w(&ckpt) == w(&full), "checkpointed: same final weights");
     assert!(std::fs::read_to_string(ckpt.join("config.toml")).unwrap().contains("activation_checkpointing = true"));
+    // So does recomputing the first block only (a block count), the count in the saved config.
+    let first = tmp.path().join("first");
+    ok(&["train", "--config", s(&cfg), "--run-dir", s(&first), "--set", "train.activation_checkpointing=1"]);
+    assert_eq!(metrics(&first).iter().map(key).collect::<Vec<_>>(), a, "first block: same losses");
+    assert!(w(&first) == w(&full), "first block: same final weights");
+    assert!(std::fs::read_to_string(first.join("config.toml")).unwrap().contains("activation_checkpointing = 1"));
 }
 
 /// `train.precision = "bf16-mixed"` (on the CPU, bf16 products computed through f32 and

@@ -42,6 +42,22 @@ fn json_has_the_documented_keys_and_published_counts() {
     assert_eq!((a["optimizer"].as_str(), a["fits"].as_bool()), (Some("adafactor"), Some(true)));
     assert_eq!(a["memory_per_device_bytes"], p["optimizer_suggestion"]["memory_per_device_bytes"]);
 
+    // Llama-7B at 2 × 4096 fits an H200 with every layer recomputed; recomputing fewer, as
+    // the plan names them, still fits, and one fewer than that does not.
+    let seven = ["--preset", "llama-7b", "--gpu", "h200-141gb", "--micro-batch", "2", "--seq-len", "4096"];
+    let all = plan_json(&[&seven[..], &["--activation-checkpointing"]].concat());
+    assert_eq!((all["fits"].as_bool(), all["activation_checkpointing"].as_bool()), (Some(true), Some(true)));
+    let fewer = all["fewer_recomputed"]["change"].as_str().unwrap();
+    let n: u64 = fewer.strip_prefix("--activation-checkpointing ").unwrap().parse().unwrap();
+    let just = plan_json(&[&seven[..], &fewer.split_whitespace().collect::<Vec<_>>()].concat());
+    assert_eq!((just["fits"].as_bool(), just["activation_checkpointing"].as_u64()), (Some(true), Some(n)));
+    let fewer_by_one = (n - 1).to_string();
+    let short = plan_json(&[&seven[..], &["--activation-checkpointing", &fewer_by_one]].concat());
+    assert_eq!(short["fits"], false);
+    let out = lmforge().args(["plan"]).args(seven).args(["--activation-checkpointing", "33"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--activation-checkpointing") && err.contains("33 blocks"), "{err}");
+
     let g = plan_json(&["--preset", "gpt2-124m", "--gpus", "8", "--zero", "2", "--micro-batch", "8"]);
     assert_eq!(g["parameters"], 124_439_808u64);
     assert_eq!(g["fits"], true);

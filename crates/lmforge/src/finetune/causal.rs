@@ -233,6 +233,7 @@ impl<'a> CausalTuning<'a> {
         train: &'a [SftEncoded],
         validation: Option<&'a [SftEncoded]>,
     ) -> Result<Self> {
+        cfg.train.activation_checkpointing.check(spec.n_layer, "train.activation_checkpointing")?;
         let decoder = Decoder::new(&spec, &store)?.with_activation_checkpointing(cfg.train.activation_checkpointing);
         let t = &cfg.train;
         let lengths = train.iter().map(|e| e.ids.len()).collect();

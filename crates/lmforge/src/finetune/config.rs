@@ -17,6 +17,7 @@ use crate::metrics::seqeval::ENTITY_METRIC_NAMES;
 use crate::metrics::squad::QA_METRIC_NAMES;
 use crate::metrics::METRIC_NAMES;
 use crate::models::HeadKind;
+use crate::nn::recompute::Checkpointing;
 use crate::optim::{OptimConfig, OptimSpec, ScheduleConfig, ScheduleKind};
 use crate::progress::LogConfig;
 use crate::train::config::MAX_BATCH;
@@ -540,9 +541,10 @@ pub struct FtTrainConfig {
     pub rollback_lr_factor: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spike_ratio: Option<f64>,
-    /// Recompute each decoder block's activations in the backward (GPT-2 / Llama backbones).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub activation_checkpointing: bool,
+    /// Recompute decoder blocks' activations in the backward (GPT-2 / Llama backbones): `true`
+    /// every block, a number `n` the first `n` (as `lmforge train`).
+    #[serde(skip_serializing_if = "Checkpointing::is_off")]
+    pub activation_checkpointing: Checkpointing,
     /// "auto", "cpu", "cuda" or "cuda:N" (as `lmforge train`).
     #[serde(skip_serializing_if = "DeviceChoice::is_auto")]
     pub device: DeviceChoice,
@@ -572,7 +574,7 @@ impl Default for FtTrainConfig {
             max_consecutive_faults: None,
             rollback_lr_factor: None,
             spike_ratio: None,
-            activation_checkpointing: false,
+            activation_checkpointing: Checkpointing::Off,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
         }

@@ -17,6 +17,7 @@ use crate::fsio::StagedDir;
 use crate::models::{hf, EncoderInput, Family, HeadKind, ModelSpec, ParamInfo, ParamKind};
 use crate::nn::peft::{self, LinearModule, LoraSpec};
 use crate::nn::prefix::{self, PrefixShape};
+use crate::nn::recompute::Checkpointing;
 use crate::nn::{seed_for, DropoutRng, Linear, ParamStore};
 use crate::ops;
 use crate::tokenizer::TextTokenizer;
@@ -123,13 +124,14 @@ impl Classifier {
         Ok(Self { spec: spec.clone(), kind, network: Network::new(spec, params)?, head, head_dropout })
     }
 
-    /// Activation checkpointing in a decoder backbone (each block recomputed in the backward);
-    /// an encoder has none, and is refused.
-    pub fn with_activation_checkpointing(mut self, on: bool) -> Result<Self> {
+    /// Activation checkpointing in a decoder backbone (blocks recomputed in the backward); an
+    /// encoder has none, and is refused, as is a count of more blocks than the backbone has.
+    pub fn with_activation_checkpointing(mut self, checkpointing: Checkpointing) -> Result<Self> {
+        checkpointing.check(self.spec.n_layer, "train.activation_checkpointing")?;
         self.network =
             match self.network {
-                Network::Decoder(d) => Network::Decoder(d.with_activation_checkpointing(on)),
-                Network::Encoder(_) if on => return Err(Error::config(
+                Network::Decoder(d) => Network::Decoder(d.with_activation_checkpointing(checkpointing)),
+                Network::Encoder(_) if checkpointing.is_on() => return Err(Error::config(
                     "train.activation_checkpointing",
                     "is implemented for decoder backbones (gpt2 / llama styles); BERT-style encoders train without it",
                 )),

@@ -25,7 +25,7 @@ use tables::TokenTable;
 use super::{ragged, Family, ModelSpec};
 use crate::error::Result;
 use crate::nn::prefix::{Prefix, PrefixShape};
-use crate::nn::recompute::{self, BlockForward, LayerForward, LayerSource, LayerUse};
+use crate::nn::recompute::{self, BlockForward, Checkpointing, LayerForward, LayerSource, LayerUse};
 use crate::nn::{DropoutRng, Linear, Norm, ParamStore, Rope};
 use crate::ops;
 use candle_core::{DType, Tensor};
@@ -51,7 +51,7 @@ pub struct Decoder {
     /// tokens take the positions after them.
     prefix: Option<Prefix>,
     /// Recompute each block in the backward instead of keeping its activations.
-    checkpointing: bool,
+    checkpointing: Checkpointing,
     /// The activations' dtype (the store's: bf16 under bf16-mixed); logits are always f32.
     compute: DType,
 }
@@ -177,15 +177,15 @@ impl Decoder {
             },
             rope,
             prefix: Prefix::from_store(p, PrefixShape::of(spec))?,
-            checkpointing: false,
+            checkpointing: Checkpointing::Off,
             compute: p.compute_dtype(),
         })
     }
 
-    /// Activation checkpointing for training (see [`recompute`]): each block keeps only its
-    /// input and runs again in the backward.
-    pub fn with_activation_checkpointing(mut self, on: bool) -> Self {
-        self.checkpointing = on;
+    /// Activation checkpointing for training (see [`recompute`]): each block it covers keeps
+    /// only its input and runs again in the backward.
+    pub fn with_activation_checkpointing(mut self, checkpointing: Checkpointing) -> Self {
+        self.checkpointing = checkpointing;
         self
     }
 
@@ -230,7 +230,7 @@ impl Decoder {
         }
         // From here on the residual stream is in the compute dtype (bf16 under bf16-mixed).
         x = drop(&mut dropout, &x.to_dtype(self.compute)?)?;
-        let checkpointing = self.checkpointing && cache.is_none() && x.track_op();
+        let checkpointing = self.checkpointing.is_on() && cache.is_none() && x.track_op();
         if x.track_op() {
             // A training forward: gradients a failed step left beside the store are stale (a
             // step accumulating its micro-batches keeps its own).
@@ -246,7 +246,7 @@ impl Decoder {
             return self.norm_f.forward(&x);
         }
         for (i, block) in self.blocks.iter().enumerate() {
-            if checkpointing {
+            if checkpointing && self.checkpointing.covers(i, self.spec.n_layer) {
                 let (block, rope) = (block.clone(), self.rope.clone());
                 let forward: Arc<BlockForward> = Arc::new(move |x: &Tensor, d: &mut Option<&mut DropoutRng>| {
                     block.forward(x, 0, None, rope.as_deref(), d)

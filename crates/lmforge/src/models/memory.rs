@@ -24,6 +24,7 @@
 //! the norms and softmax, no (N, V) logits).
 
 use super::ModelSpec;
+use crate::nn::recompute::Checkpointing;
 use crate::ops::Kernels;
 use serde::Serialize;
 
@@ -98,14 +99,14 @@ impl ModelSpec {
 
     /// Peak memory of one training step on the CPU with micro-batch `batch` × `seq_len`, given
     /// the optimizer's state size (`train::optimizer_state_bytes`), with the kernels this thread
-    /// runs ([`crate::ops::kernels`]; fused unless chosen otherwise), with or without activation
-    /// checkpointing.
+    /// runs ([`crate::ops::kernels`]; fused unless chosen otherwise), with the blocks
+    /// `checkpointing` covers recomputed.
     pub fn cpu_train_memory(
         &self,
         batch: usize,
         seq_len: usize,
         optimizer_state: u64,
-        checkpointing: bool,
+        checkpointing: Checkpointing,
     ) -> CpuTrainMemory {
         self.cpu_train_memory_with(crate::ops::kernels(), batch, seq_len, optimizer_state, checkpointing)
     }
@@ -117,18 +118,15 @@ impl ModelSpec {
         batch: usize,
         seq_len: usize,
         optimizer_state: u64,
-        checkpointing: bool,
+        checkpointing: Checkpointing,
     ) -> CpuTrainMemory {
         let p = self.num_params();
         // Saturating: an absurd request (a hostile config) must come out as "too large", not wrap.
         let tokens = (batch as u64).saturating_mul(seq_len as u64);
         let layer = self.cpu_layer_activation_elems(seq_len, kernels);
-        // Checkpointed (`nn::recompute`): each block keeps its input (C per token) and one
-        // block's activations exist at a time, while it is recomputed.
-        let layers = match checkpointing {
-            false => (self.n_layer as u64).saturating_mul(layer),
-            true => (self.n_layer as u64).saturating_mul(self.d_model as u64).saturating_add(layer),
-        };
+        // A checkpointed block (`nn::recompute`) keeps its input (C per token); one block's
+        // activations exist again while it is recomputed.
+        let layers = checkpointing.kept_activations(self.n_layer, self.d_model as u64, layer);
         let per_token = layers.saturating_add(self.cpu_head_activation_elems(kernels));
         let activations =
             tokens.saturating_mul(per_token).saturating_mul(4).saturating_add(self.cpu_head_fixed_bytes(kernels));
@@ -165,7 +163,13 @@ mod tests {
             ("llama-small", 4, 256, 604.99),
         ];
         for (preset, b, t, mb) in measured_mb {
-            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Reference, b, t, 0, false);
+            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(
+                Kernels::Reference,
+                b,
+                t,
+                0,
+                Checkpointing::Off,
+            );
             let rel = m.activations as f64 / (mb * 1e6) - 1.0;
             assert!(rel.abs() < 0.05, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
         }
@@ -185,7 +189,8 @@ mod tests {
             ("llama-small", 4, 256, 184.76),
         ];
         for (preset, b, t, mb) in measured_mb {
-            let m = ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Fused, b, t, 0, false);
+            let m =
+                ModelSpec::preset(preset).unwrap().cpu_train_memory_with(Kernels::Fused, b, t, 0, Checkpointing::Off);
             let rel = m.activations as f64 / (mb * 1e6) - 1.0;
             assert!(rel.abs() < 0.10, "{preset}: predicted {} vs measured {mb} MB ({rel:+.3})", m.activations);
         }
@@ -194,7 +199,7 @@ mod tests {
     #[test]
     fn parameters_count_sixteen_bytes_with_adamw() {
         let s = ModelSpec::preset("gpt2-124m").unwrap();
-        let m = s.cpu_train_memory(1, 1024, 8 * s.num_params(), false);
+        let m = s.cpu_train_memory(1, 1024, 8 * s.num_params(), Checkpointing::Off);
         assert_eq!(m.weights + m.gradients + m.optimizer_state, 16 * 124_439_808);
         assert!(m.total() > m.activations + m.backward_workspace);
     }

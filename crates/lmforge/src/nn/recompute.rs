@@ -10,13 +10,150 @@
 //! gradients of the outer backward. The dropout stream is replayed from a copy taken before
 //! the block, so the recomputation draws the masks the forward drew. Any dtype, CPU or CUDA
 //! (an `ops::node`: candle gets the output tensor's own storage).
+//!
+//! [`Checkpointing`] says which blocks: none, all, or the first `n` (Megatron-LM's
+//! `--recompute-method block`), which trades memory for compute a block at a time.
 
 use super::{DropoutRng, ParamStore};
 use crate::error::Result;
 use crate::ops::{node, param_grads};
 use candle_core::{Tensor, Var};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
+
+/// Which decoder blocks recompute their activations in the backward. Configs write `false`,
+/// `true` (every block) or a block count `n` (blocks `0..n`).
+///
+/// Why the first blocks: the backward reaches them last, so on the CPU — where the fused
+/// sublayers free what they kept as their backward runs — the blocks after them have let go of
+/// their activations before the first recomputation; on a GPU, where candle's graph holds every
+/// kept tensor until the step ends, which blocks makes no difference to the peak. Each block
+/// recomputed costs one more block forward (about a third of a block's step) and saves its
+/// activations less its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    #[default]
+    Off,
+    All,
+    /// The first `n` blocks (`n` ≥ 1; 0 is `Off`).
+    First(usize),
+}
+
+impl Checkpointing {
+    /// `n` blocks: 0 is off.
+    pub fn first(n: usize) -> Self {
+        if n == 0 {
+            Self::Off
+        } else {
+            Self::First(n)
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        *self == Self::Off
+    }
+
+    pub fn is_on(&self) -> bool {
+        !self.is_off()
+    }
+
+    /// How many of a model's `n_layer` blocks are recomputed.
+    pub fn blocks(self, n_layer: usize) -> usize {
+        match self {
+            Self::Off => 0,
+            Self::All => n_layer,
+            Self::First(n) => n.min(n_layer),
+        }
+    }
+
+    /// Whether block `i` of `n_layer` is recomputed.
+    pub fn covers(self, i: usize, n_layer: usize) -> bool {
+        i < self.blocks(n_layer)
+    }
+
+    /// Activations the blocks keep for the backward, in any unit (per token, bytes of a
+    /// micro-batch): `n_layer` blocks each keeping `layer`, of which the recomputed ones keep
+    /// only their `input`, plus one block's `layer` again while it is recomputed. Saturating, so
+    /// a hostile size comes out as "too large".
+    pub fn kept_activations(self, n_layer: usize, input: u64, layer: u64) -> u64 {
+        let recomputed = self.blocks(n_layer) as u64;
+        let plain = (n_layer as u64 - recomputed).saturating_mul(layer);
+        let rebuilt = if recomputed > 0 { layer } else { 0 };
+        recomputed.saturating_mul(input).saturating_add(plain).saturating_add(rebuilt)
+    }
+
+    /// A config error when a count names more blocks than the model has (`key` names it: a
+    /// config key, or a command-line flag).
+    pub fn check(self, n_layer: usize, key: &str) -> Result<()> {
+        let every = if key.starts_with("--") { "the flag alone" } else { "`true`" };
+        match self {
+            Self::First(n) if n > n_layer => Err(crate::Error::config(
+                key,
+                format!("{n} blocks, but the model has {n_layer} ({every} recomputes every block)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::All => f.write_str("every block"),
+            Self::First(n) => write!(f, "the first {n} blocks"),
+        }
+    }
+}
+
+/// The command line's form: `all` / `true`, `off` / `false`, or a block count.
+impl FromStr for Checkpointing {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "all" | "true" => Ok(Self::All),
+            "off" | "false" => Ok(Self::Off),
+            n => n
+                .parse::<usize>()
+                .map(Self::first)
+                .map_err(|_| format!("{s:?} is not `all`, `off` or a number of blocks")),
+        }
+    }
+}
+
+impl Serialize for Checkpointing {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::All => s.serialize_bool(true),
+            Self::First(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Checkpointing {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "true, false or a number of blocks")]
+        enum Form {
+            Switch(bool),
+            Blocks(u64),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Switch(on) => {
+                if on {
+                    Self::All
+                } else {
+                    Self::Off
+                }
+            }
+            Form::Blocks(n) => Self::first(usize::try_from(n).map_err(serde::de::Error::custom)?),
+        })
+    }
+}
 
 /// A block's forward: input, dropout generator (training) → output of the input's shape.
 pub type BlockForward = dyn Fn(&Tensor, &mut Option<&mut DropoutRng>) -> Result<Tensor> + Send + Sync;
@@ -151,14 +288,14 @@ pub fn checkpointed_layer(
 
 #[cfg(test)]
 mod tests {
-    use super::LayerUse;
+    use super::{Checkpointing, LayerUse};
     use crate::models::{Decoder, ModelSpec};
     use crate::nn::{DropoutRng, InitScheme, ParamStore};
     use crate::optim::named_grads;
     use candle_core::{Device, Tensor};
 
     /// Loss and every gradient of one step, with or without checkpointing.
-    fn step(preset: &str, p: f64, checkpointing: bool) -> (f32, Vec<(String, Vec<f32>)>) {
+    fn step(preset: &str, p: f64, checkpointing: Checkpointing) -> (f32, Vec<(String, Vec<f32>)>) {
         let spec = ModelSpec::preset(preset).unwrap();
         let params = ParamStore::init(&spec.params(), InitScheme::Gpt2, spec.n_layer, 3, &Device::Cpu).unwrap();
         let model = Decoder::new(&spec, &params).unwrap().with_activation_checkpointing(checkpointing);
@@ -174,16 +311,59 @@ mod tests {
 
     #[test]
     fn checkpointed_blocks_give_the_same_loss_and_gradients_to_the_bit() {
-        // p = 0 runs the fused attention kernel, p > 0 the composed path with attention dropout.
+        // p = 0 runs the fused attention kernel, p > 0 the composed path with attention dropout;
+        // the first block alone recomputed mixes checkpointed and plain blocks in one step.
         for (preset, p) in [("tiny", 0.0), ("tiny", 0.1), ("llama-tiny", 0.0), ("llama-tiny", 0.1)] {
-            let (plain, ckpt) = (step(preset, p, false), step(preset, p, true));
-            assert_eq!(plain.0.to_bits(), ckpt.0.to_bits(), "{preset}: loss");
-            assert_eq!(plain.1.len(), ckpt.1.len());
-            for ((name, a), (_, b)) in plain.1.iter().zip(&ckpt.1) {
-                assert!(a.iter().any(|v| *v != 0.0), "{preset}: {name} gets a gradient");
-                assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "{preset}: gradient of {name}");
+            let plain = step(preset, p, Checkpointing::Off);
+            for checkpointing in [Checkpointing::All, Checkpointing::First(1)] {
+                let ckpt = step(preset, p, checkpointing);
+                assert_eq!(plain.0.to_bits(), ckpt.0.to_bits(), "{preset} {checkpointing}: loss");
+                assert_eq!(plain.1.len(), ckpt.1.len());
+                for ((name, a), (_, b)) in plain.1.iter().zip(&ckpt.1) {
+                    assert!(a.iter().any(|v| *v != 0.0), "{preset}: {name} gets a gradient");
+                    let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{preset} {checkpointing}: gradient of {name}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_block_count_recomputes_the_first_blocks() {
+        let (off, all, two) = (Checkpointing::Off, Checkpointing::All, Checkpointing::first(2));
+        assert_eq!(Checkpointing::first(0), off);
+        assert_eq!([off.blocks(4), all.blocks(4), two.blocks(4), two.blocks(1)], [0, 4, 2, 1]);
+        assert_eq!((0..4).map(|i| two.covers(i, 4)).collect::<Vec<_>>(), [true, true, false, false]);
+        assert!(two.check(2, "k").is_ok() && all.check(1, "k").is_ok());
+        // 4 blocks keeping 10 each, an input of 1: 40 off, 4 + 10 all, 2 + 2 × 10 + 10 two.
+        assert_eq!([off, all, two].map(|c| c.kept_activations(4, 1, 10)), [40, 14, 32]);
+        let e = Checkpointing::First(5).check(4, "train.activation_checkpointing").unwrap_err().to_string();
+        assert!(e.contains("train.activation_checkpointing") && e.contains("5 blocks") && e.contains("has 4"), "{e}");
+        for (text, want) in [("all", all), ("true", all), ("off", off), ("false", off), ("0", off), ("2", two)] {
+            assert_eq!(text.parse::<Checkpointing>().unwrap(), want, "{text}");
+        }
+        assert!("-1".parse::<Checkpointing>().unwrap_err().contains("number of blocks"));
+    }
+
+    #[test]
+    fn configs_write_a_switch_or_a_block_count() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct T {
+            c: Checkpointing,
+        }
+        for (text, want) in [
+            ("c = true", Checkpointing::All),
+            ("c = false", Checkpointing::Off),
+            ("c = 3", Checkpointing::First(3)),
+            ("c = 0", Checkpointing::Off),
+        ] {
+            let t: T = toml::from_str(text).unwrap();
+            assert_eq!(t.c, want, "{text}");
+            assert_eq!(toml::from_str::<T>(&toml::to_string(&t).unwrap()).unwrap(), t, "round trip of {text}");
+        }
+        let e = toml::from_str::<T>("c = \"some\"").unwrap_err().to_string();
+        assert!(e.contains("true, false or a number of blocks"), "{e}");
+        assert!(toml::from_str::<T>("c = -2").is_err());
     }
 
     /// The order a training micro-batch fetches a 3-layer model's weights in: forward 0, 1, 2,

@@ -19,24 +19,27 @@ pub struct Hardware {
     pub is_cpu: bool,
 }
 
-const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
 
 /// `--gpu` names, in the order `--help` lists them.
 pub const GPU_NAMES: [&str; 4] = ["h100-80gb", "a100-80gb", "a100-40gb", "h200-141gb"];
 
 impl Hardware {
-    /// A data-centre GPU by `--gpu` name (SXM parts; dense, i.e. without 2:4 sparsity).
+    /// A data-centre GPU by `--gpu` name (SXM parts; dense, i.e. without 2:4 sparsity). The
+    /// memory is what `nvidia-smi` reports as the card's total where one has been read (the
+    /// H100's and H200's: the product names' "80 GB" and "141 GB" are 79.6 and 140.4 GiB),
+    /// the nominal binary size otherwise (`plan/README.md`).
     pub fn gpu(name: &str) -> Option<Self> {
-        let (memory_gib, bf16_tflops, tf32_tflops) = match name {
-            "a100-80gb" => (80, 312.0, 156.0),
-            "a100-40gb" => (40, 312.0, 156.0),
-            "h100-80gb" => (80, 989.4, 494.7),
-            "h200-141gb" => (141, 989.4, 494.7),
+        let (memory_mib, bf16_tflops, tf32_tflops) = match name {
+            "a100-80gb" => (80 << 10, 312.0, 156.0),
+            "a100-40gb" => (40 << 10, 312.0, 156.0),
+            "h100-80gb" => (81_559, 989.4, 494.7),
+            "h200-141gb" => (143_771, 989.4, 494.7),
             _ => return None,
         };
         Some(Self {
             name: name.to_string(),
-            memory_bytes: memory_gib * GIB,
+            memory_bytes: memory_mib * MIB,
             peak_bf16_flops: bf16_tflops * 1e12,
             peak_fp32_flops: tf32_tflops * 1e12,
             is_cpu: false,

@@ -22,6 +22,7 @@ pub use hardware::{measure_cpu_matmul_flops, Hardware, GPU_NAMES};
 use crate::distributed::Compression;
 use crate::error::{Error, Result};
 use crate::models::{Family, ModelSpec, ParamBreakdown};
+use crate::nn::recompute::Checkpointing;
 use crate::optim::{OptimConfig, OptimSpec};
 use crate::train::optimizer_state_bytes;
 use crate::train::RunConfig;
@@ -50,7 +51,8 @@ pub struct PlanRequest {
     pub micro_batch: usize,
     pub seq_len: usize,
     pub grad_accum: usize,
-    pub checkpointing: bool,
+    /// Which decoder blocks are recomputed in the backward (ZeRO-3 recomputes every one).
+    pub checkpointing: Checkpointing,
     /// Dropout masks are kept for backward (`model.dropout > 0`).
     pub dropout: bool,
     /// Training tokens.
@@ -77,7 +79,8 @@ pub struct PlanOptions {
     pub micro_batch: Option<usize>,
     pub seq_len: Option<usize>,
     pub grad_accum: Option<usize>,
-    pub checkpointing: bool,
+    /// `--activation-checkpointing [N]`; None keeps `train.activation_checkpointing`.
+    pub checkpointing: Option<Checkpointing>,
     /// Default: 20 tokens per parameter (Chinchilla).
     pub tokens: Option<f64>,
     pub mfu: Option<f64>,
@@ -134,7 +137,7 @@ impl PlanRequest {
             micro_batch: o.micro_batch.unwrap_or(cfg.train.batch_size),
             seq_len,
             grad_accum: o.grad_accum.unwrap_or(cfg.train.grad_accum),
-            checkpointing: o.checkpointing,
+            checkpointing: o.checkpointing.unwrap_or(cfg.train.activation_checkpointing),
             dropout: cfg.model.dropout > 0.0,
             tokens: o.tokens.unwrap_or(20.0 * spec.num_params() as f64),
             mfu: o.mfu.unwrap_or(0.4),
@@ -175,11 +178,12 @@ impl PlanRequest {
         if !(self.hardware.peak_fp32_flops.is_finite() && self.hardware.peak_fp32_flops > 0.0) {
             return bad("--peak-tflops", "the device peak must be a positive number".into());
         }
+        self.checkpointing.check(self.spec.n_layer, "--activation-checkpointing")?;
         if self.hardware.is_cpu {
             if self.precision != Precision::Fp32 {
                 return bad("--precision", "lmforge trains in fp32 on the CPU".into());
             }
-            if self.checkpointing && self.spec.arch().family() != Family::Decoder {
+            if self.checkpointing.is_on() && self.spec.arch().family() != Family::Decoder {
                 return bad(
                     "--activation-checkpointing",
                     "lmforge's CPU trainer checkpoints the blocks of decoder models only".into(),
@@ -283,22 +287,27 @@ pub fn accumulation_bytes(req: &PlanRequest) -> u64 {
         return 0;
     }
     let spec = &req.spec;
-    let in_place = spec.arch().family() == Family::Decoder && (req.checkpointing || !req.dropout);
-    let (layers, _) = layer_params(spec);
-    4 * if in_place { spec.num_params() - layers } else { spec.num_params() }
+    let in_place_layers = match spec.arch().family() {
+        Family::Decoder if !req.dropout => spec.n_layer,
+        Family::Decoder => req.checkpointing.blocks(spec.n_layer),
+        _ => 0,
+    };
+    let (_, one_layer) = layer_params(spec);
+    4 * (spec.num_params() - in_place_layers as u64 * one_layer)
 }
 
 /// Bytes of the bf16 copies of the weights under `bf16-mixed`: each product casts its f32
 /// weight to the compute dtype (`ops::like`), and the copy lives as long as the step's graph —
-/// every parameter's until the backward ends, or with checkpointing (and ZeRO-3, which
-/// checkpoints) those outside the layers plus the one layer being recomputed.
-pub fn working_copies(spec: &ModelSpec, precision: Precision, checkpointed: bool) -> u64 {
+/// every parameter's until the backward ends, except a recomputed block's (checkpointing, and
+/// ZeRO-3, which checkpoints every block): its copies go with its forward's graph, and exist
+/// again for one block at a time while it is recomputed.
+pub fn working_copies(spec: &ModelSpec, precision: Precision, checkpointing: Checkpointing) -> u64 {
     if precision.is_fp32() {
         return 0;
     }
     let (layers, one_layer) = layer_params(spec);
-    let copied = if checkpointed { spec.num_params() - layers + one_layer } else { spec.num_params() };
-    precision.bytes() * copied
+    let blocks = checkpointing.kept_activations(spec.n_layer, 0, one_layer);
+    precision.bytes() * (spec.num_params() - layers + blocks)
 }
 
 /// The LM loss on a GPU (`ops::lm_loss`, rows a chunk of up to
@@ -339,14 +348,14 @@ pub fn layer_activation_bytes(spec: &ModelSpec, b: u64, s: u64, e: u64, dropout:
 /// Per-device memory of `req`.
 pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let spec = &req.spec;
-    let (b, s, l) = (req.micro_batch as u64, req.seq_len as u64, spec.n_layer as u64);
+    let (b, s) = (req.micro_batch as u64, req.seq_len as u64);
     let state = optimizer_state_bytes(spec, &req.optim);
     if req.hardware.is_cpu {
         // `--gpus` processes (`mpirun -np N`), each computing its share of the micro-batch's rows.
         let rows = crate::distributed::split_rows(req.micro_batch, req.gpus, 0).len();
         let estimate = |ckpt| spec.cpu_train_memory(rows, req.seq_len, state, ckpt);
-        // ZeRO-3 checkpoints every layer (its weights are gathered again for the backward).
-        let (m, without, with) = (estimate(req.checkpointing || req.zero >= 3), estimate(false), estimate(true));
+        let (m, without, with) =
+            (estimate(checkpointing(req)), estimate(Checkpointing::Off), estimate(Checkpointing::All));
         let streamed = req.overlap && !req.dropout;
         let (weights, gradients, optimizer_state) =
             trainer_model_states(spec, state, req.zero, req.gpus as u64, streamed);
@@ -364,7 +373,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let e = req.precision.bytes();
     // On a GPU the gradients come at the end of candle's backward (no fused sublayers streaming
     // them), and ZeRO-3 checkpoints every layer, as on the CPU.
-    let checkpointed = req.checkpointing || req.zero >= 3;
+    let checkpointed = checkpointing(req);
     let (weights, gradients, optimizer_state) = trainer_model_states(spec, state, req.zero, req.gpus as u64, false);
     let layer = layer_activation_bytes(spec, b, s, e, req.dropout);
     // Outside the layers: the final norm's input and output, and what the chunked LM loss keeps
@@ -374,14 +383,15 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let largest = spec.params().iter().map(|p| p.numel() as u64).max().unwrap_or(0);
     let update_transient = (4.0 * largest as f64 * req.optim.update_temporaries()).ceil() as u64;
     let output = 2 * e * s * b * spec.d_model as u64 + loss_kept;
-    let without = l * layer + output;
-    // Full recomputation (§4.2): each layer's input (sbh elements) plus one layer rebuilt.
-    let with = l * e * s * b * spec.d_model as u64 + layer + output;
+    // Recomputation (§4.2): a recomputed layer keeps its input (sbh elements), and one layer
+    // is rebuilt at a time.
+    let kept = |c: Checkpointing| c.kept_activations(spec.n_layer, e * s * b * spec.d_model as u64, layer) + output;
+    let (without, with) = (kept(Checkpointing::Off), kept(Checkpointing::All));
     MemoryBreakdown {
         weights: weights + working_copies(spec, req.precision, checkpointed),
         gradients: gradients + accumulation_bytes(req),
         optimizer_state,
-        activations: if checkpointed { with } else { without },
+        activations: kept(checkpointed),
         activations_without_checkpointing: without,
         activations_with_checkpointing: with,
         temporary_buffers: loss_transient.max(update_transient),
@@ -429,11 +439,12 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
         }
         out
     };
-    let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: true, ..r.clone() };
+    let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: Checkpointing::All, ..r.clone() };
     let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
     let mut tries: Vec<PlanRequest> = Vec::new();
     // On the CPU, the trainer checkpoints decoder blocks only (`nn::recompute`).
-    if !req.checkpointing && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder) {
+    if req.checkpointing != Checkpointing::All && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder)
+    {
         tries.push(ckpt(req));
     }
     if !req.hardware.is_cpu {
@@ -472,8 +483,10 @@ pub fn suggest_optimizer(req: &PlanRequest) -> Option<Suggestion> {
     let lighter = PlanRequest { optim: adafactor, ..req.clone() };
     let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
     let mut tries = vec![lighter.clone()];
-    if !lighter.checkpointing && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder) {
-        tries.push(PlanRequest { checkpointing: true, ..lighter.clone() });
+    if lighter.checkpointing != Checkpointing::All
+        && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder)
+    {
+        tries.push(PlanRequest { checkpointing: Checkpointing::All, ..lighter.clone() });
     }
     let base = tries.last().expect("one try").clone();
     tries.extend(smaller_batches(&base));
@@ -485,11 +498,44 @@ pub fn suggest_optimizer(req: &PlanRequest) -> Option<Suggestion> {
     })
 }
 
+/// The blocks a request recomputes: ZeRO-3 recomputes every one (a layer's weights are
+/// gathered again for its backward), whatever was asked.
+fn checkpointing(req: &PlanRequest) -> Checkpointing {
+    if req.zero >= 3 {
+        Checkpointing::All
+    } else {
+        req.checkpointing
+    }
+}
+
+/// For a request that fits and recomputes blocks: the fewest blocks it can recompute and still
+/// fit, when that is fewer (Megatron-LM's `--recompute-num-layers`, chosen for the memory at
+/// hand). Activations grow with each block not recomputed, so the first count that fits, from
+/// none up, is the fewest. None under ZeRO-3, which recomputes every block.
+pub fn fewer_recomputed(req: &PlanRequest) -> Option<Suggestion> {
+    let asked = checkpointing(req).blocks(req.spec.n_layer);
+    if asked == 0 || req.zero >= 3 {
+        return None;
+    }
+    let found = (0..asked)
+        .map(|n| PlanRequest { checkpointing: Checkpointing::first(n), ..req.clone() })
+        .find(|r| memory(r).total() <= r.hardware.memory_bytes)?;
+    Some(Suggestion {
+        change: describe_change(req, &found),
+        memory_per_device_bytes: memory(&found).total(),
+        global_batch: found.micro_batch * found.grad_accum * if req.hardware.is_cpu { 1 } else { found.gpus },
+    })
+}
+
 /// The flags that turn `from` into `to`.
 fn describe_change(from: &PlanRequest, to: &PlanRequest) -> String {
     let mut parts = Vec::new();
-    if to.checkpointing && !from.checkpointing {
-        parts.push("--activation-checkpointing".to_string());
+    if to.checkpointing != from.checkpointing {
+        parts.push(match to.checkpointing {
+            Checkpointing::All => "--activation-checkpointing".to_string(),
+            Checkpointing::First(n) => format!("--activation-checkpointing {n}"),
+            Checkpointing::Off => "--activation-checkpointing off".to_string(),
+        });
     }
     if to.zero != from.zero {
         parts.push(format!("--zero {}", to.zero));
@@ -522,7 +568,8 @@ pub struct Plan {
     pub grad_accum: usize,
     /// Sequences per optimizer step over all devices.
     pub global_batch: usize,
-    pub activation_checkpointing: bool,
+    /// `false`, `true` (every block) or the number of blocks recomputed.
+    pub activation_checkpointing: Checkpointing,
     pub memory: MemoryBreakdown,
     pub memory_per_device_bytes: u64,
     /// Bytes each device (process) sends per optimizer step (`comm::bytes_per_step`).
@@ -535,6 +582,9 @@ pub struct Plan {
     pub suggestion: Option<Suggestion>,
     /// Or, on the same devices, a lighter optimizer ([`suggest_optimizer`]).
     pub optimizer_suggestion: Option<Suggestion>,
+    /// When it fits with blocks recomputed: recomputing fewer that still fits
+    /// ([`fewer_recomputed`]), each block fewer a block's forward less a step.
+    pub fewer_recomputed: Option<Suggestion>,
     /// Training FLOPs per token: 6 × (non-embedding parameters + tied head) + 12·L·s·h attention.
     pub flops_per_token: f64,
     pub peak_flops_per_device: f64,
@@ -592,6 +642,7 @@ pub fn plan(req: &PlanRequest) -> Result<Plan> {
         fits,
         suggestion: if fits { None } else { suggest(req) },
         optimizer_suggestion: if fits { None } else { suggest_optimizer(req) },
+        fewer_recomputed: if fits { fewer_recomputed(req) } else { None },
         flops_per_token,
         peak_flops_per_device: peak,
         mfu: req.mfu,

@@ -1,6 +1,7 @@
 //! The human-readable `lmforge plan` table (`--json` prints the [`Plan`] itself).
 
 use super::{Plan, Precision};
+use crate::nn::recompute::Checkpointing;
 use std::fmt::Write;
 
 /// 1536 → "1.50 KiB"; decimal bytes alongside would only add noise.
@@ -80,7 +81,11 @@ pub fn table(p: &Plan) -> String {
         p.seq_len,
         p.grad_accum,
         p.global_batch,
-        if p.activation_checkpointing { ", activation checkpointing" } else { "" }
+        match p.activation_checkpointing {
+            Checkpointing::Off => String::new(),
+            Checkpointing::All => ", activation checkpointing".into(),
+            Checkpointing::First(n) => format!(", activation checkpointing of {n} blocks"),
+        }
     );
     let m = &p.memory;
     let _ = writeln!(o, "\nmemory per device");
@@ -107,6 +112,14 @@ pub fn table(p: &Plan) -> String {
     }
     if p.fits {
         let _ = writeln!(o, "  fits: yes");
+        if let Some(s) = &p.fewer_recomputed {
+            let _ = writeln!(
+                o,
+                "  fewer blocks recomputed also fit (less compute a step): {} ({} per device)",
+                s.change,
+                gib(s.memory_per_device_bytes)
+            );
+        }
     } else {
         match &p.suggestion {
             Some(s) => {

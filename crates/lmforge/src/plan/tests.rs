@@ -29,12 +29,17 @@ fn sixteen_bytes_per_parameter_with_adamw_and_the_working_copies() {
     let one_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096;
     let outside = psi - 32 * one_layer;
     assert_eq!(outside, 2 * 32000 * 4096 + 4096, "embeddings, head, final norm");
-    for (precision, checkpointing, copies) in
-        [("fp32", false, 0), ("bf16-mixed", false, 2 * psi), ("bf16-mixed", true, 2 * (outside + one_layer))]
-    {
+    let (off, all, half) = (Checkpointing::Off, Checkpointing::All, Checkpointing::First(16));
+    for (precision, checkpointing, copies) in [
+        ("fp32", off, 0),
+        ("bf16-mixed", off, 2 * psi),
+        ("bf16-mixed", all, 2 * (outside + one_layer)),
+        // The 16 blocks not recomputed keep theirs, one recomputed block has them again.
+        ("bf16-mixed", half, 2 * (outside + 17 * one_layer)),
+    ] {
         let req = request("llama-7b", "h200-141gb", |o| {
             o.precision = Some(precision.into());
-            o.checkpointing = checkpointing
+            o.checkpointing = Some(checkpointing)
         });
         let m = memory(&req);
         assert_eq!((m.weights, m.gradients, m.optimizer_state), (4 * psi + copies, 4 * psi, 8 * psi), "{precision}");
@@ -65,24 +70,28 @@ fn sixteen_bytes_per_parameter_with_adamw_and_the_working_copies() {
 fn accumulating_micro_batches_holds_the_stores_gradients_twice() {
     let psi = 6_738_415_616u64;
     let outside = 2 * 32000 * 4096 + 4096;
-    let grads = |accum: usize, dropout: bool, checkpointing: bool, zero: u8, gpus: usize| {
+    let grads = |accum: usize, dropout: bool, checkpointing: Checkpointing, zero: u8, gpus: usize| {
         let mut req = request("llama-7b", "h200-141gb", |o| {
             o.grad_accum = Some(accum);
-            o.checkpointing = checkpointing;
+            o.checkpointing = Some(checkpointing);
             o.zero = Some(zero);
             o.gpus = Some(gpus)
         });
         req.dropout = dropout;
         (accumulation_bytes(&req), memory(&req).gradients - accumulation_bytes(&req))
     };
-    assert_eq!(grads(1, false, false, 0, 1), (0, 4 * psi));
-    assert_eq!(grads(4, false, false, 0, 1), (4 * outside, 4 * psi));
-    assert_eq!(grads(4, true, false, 0, 1), (4 * psi, 4 * psi));
-    assert_eq!(grads(4, true, true, 0, 1).0, 4 * outside);
+    let (off, all) = (Checkpointing::Off, Checkpointing::All);
+    assert_eq!(grads(1, false, off, 0, 1), (0, 4 * psi));
+    assert_eq!(grads(4, false, off, 0, 1), (4 * outside, 4 * psi));
+    assert_eq!(grads(4, true, off, 0, 1), (4 * psi, 4 * psi));
+    assert_eq!(grads(4, true, all, 0, 1).0, 4 * outside);
+    // With dropout, the blocks not recomputed come in the store: 8 of 32 recomputed.
+    let one_layer = (psi - outside) / 32;
+    assert_eq!(grads(4, true, Checkpointing::First(8), 0, 1).0, 4 * (outside + 24 * one_layer));
     // One process runs no ZeRO; more reduce-scatter every micro-batch at stage 2.
-    assert_eq!(grads(4, false, false, 2, 1).0, 4 * outside);
-    assert_eq!(grads(4, false, false, 2, 8).0, 0);
-    assert_eq!(grads(4, false, false, 1, 8).0, 4 * outside);
+    assert_eq!(grads(4, false, off, 2, 1).0, 4 * outside);
+    assert_eq!(grads(4, false, off, 2, 8).0, 0);
+    assert_eq!(grads(4, false, off, 1, 8).0, 4 * outside);
     let mut req = request("llama-7b", "h200-141gb", |o| o.grad_accum = Some(2));
     req.spec = ModelSpec::preset("bert-base").unwrap();
     assert_eq!(accumulation_bytes(&req), 4 * req.spec.num_params());
@@ -115,7 +124,7 @@ fn the_optimizer_update_needs_its_temporaries() {
         memory(&request("llama-7b", "h200-141gb", |o| {
             o.micro_batch = Some(1);
             o.seq_len = Some(2048);
-            o.checkpointing = true;
+            o.checkpointing = Some(Checkpointing::All);
             o.optim = Some(optim.into())
         }))
         .temporary_buffers
@@ -142,7 +151,7 @@ fn activations_reproduce_korthikanti() {
     let req = request("gpt2-124m", "a100-80gb", |o| {
         o.micro_batch = Some(4);
         o.seq_len = Some(1024);
-        o.checkpointing = true
+        o.checkpointing = Some(Checkpointing::All)
     });
     let m = memory(&req);
     let layer_no_dropout = layer_activation_bytes(&spec, b, s, 2, false);
@@ -150,6 +159,9 @@ fn activations_reproduce_korthikanti() {
     assert_eq!(m.activations_without_checkpointing, 12 * layer_no_dropout + output);
     assert_eq!(m.activations_with_checkpointing, 12 * 2 * s * b * h + layer_no_dropout + output);
     assert_eq!(m.activations, m.activations_with_checkpointing);
+    // The first 5 blocks recomputed: their inputs, the other 7 whole, one rebuilt.
+    let five = memory(&PlanRequest { checkpointing: Checkpointing::First(5), ..req });
+    assert_eq!(five.activations, 5 * 2 * s * b * h + 8 * layer_no_dropout + output);
 }
 
 /// Llama 2 (Touvron et al. 2023, Table 2): 7B took 184,320 A100-80GB GPU-hours for 2.0T
@@ -197,13 +209,13 @@ fn fits_or_suggests_the_smallest_change() {
     let p = plan(&req).unwrap();
     assert!(!p.fits, "{}", report::gib(p.memory_per_device_bytes));
     assert_eq!(p.suggestion.unwrap().change, "--activation-checkpointing");
-    let fitted = plan(&PlanRequest { checkpointing: true, ..req.clone() }).unwrap();
+    let fitted = plan(&PlanRequest { checkpointing: Checkpointing::All, ..req.clone() }).unwrap();
     assert!(fitted.fits && fitted.suggestion.is_none());
 
     // A smaller micro-batch keeps the global batch through accumulation.
     let req = request("gpt2-124m", "a100-40gb", |o| {
         o.micro_batch = Some(64);
-        o.checkpointing = true;
+        o.checkpointing = Some(Checkpointing::All);
         o.seq_len = Some(1024);
         o.gpus = Some(1)
     });
@@ -223,7 +235,7 @@ fn fits_or_suggests_the_smallest_change() {
     let lighter = request("llama-7b", "h100-80gb", |o| {
         o.micro_batch = Some(1);
         o.seq_len = Some(4096);
-        o.checkpointing = true;
+        o.checkpointing = Some(Checkpointing::All);
         o.optim = Some("adafactor".into())
     });
     let fitted = plan(&lighter).unwrap();
@@ -247,7 +259,7 @@ fn cpu_plan_is_the_trainers_estimate() {
     let req = request("quickstart", "cpu", |o| o.micro_batch = Some(8));
     let p = plan(&req).unwrap();
     let spec = ModelSpec::preset("quickstart").unwrap();
-    let cpu = spec.cpu_train_memory(8, 128, 8 * spec.num_params(), false);
+    let cpu = spec.cpu_train_memory(8, 128, 8 * spec.num_params(), Checkpointing::Off);
     assert_eq!(p.memory_per_device_bytes, cpu.total());
     assert_eq!(p.memory.optimizer_state, 8 * 2_001_024, "AdamW: two fp32 moments");
     // The optimizer changes the state: SGD without momentum keeps none.
@@ -267,7 +279,8 @@ fn cpu_plan_is_the_trainers_estimate() {
     for (cfg, o, flag) in [
         (&cfg, PlanOptions { precision: Some("bf16-mixed".into()), ..o.clone() }, "--precision"),
         (&bert, PlanOptions { zero: Some(3), gpus: Some(2), ..o.clone() }, "--zero"),
-        (&bert, PlanOptions { checkpointing: true, ..o.clone() }, "--activation-checkpointing"),
+        (&bert, PlanOptions { checkpointing: Some(Checkpointing::All), ..o.clone() }, "--activation-checkpointing"),
+        (&cfg, PlanOptions { checkpointing: Some(Checkpointing::First(3)), ..o.clone() }, "--activation-checkpointing"),
         (&cfg, PlanOptions { gpu: Some("tpu".into()), ..o.clone() }, "--gpu"),
         (&cfg, PlanOptions { mfu: Some(1.5), ..o.clone() }, "--mfu"),
     ] {
@@ -338,4 +351,37 @@ fn report_table_shows_every_section() {
         assert!(t.contains(needle), "{needle} missing from\n{t}");
     }
     assert_eq!(report::thousands(124_439_808), "124,439,808");
+}
+
+/// Llama-7B at 2 × 4096 on an H200 fits with every block recomputed; the plan names the fewest
+/// blocks it can recompute and still fit — the first count that fits, so one fewer does not —
+/// and none when nothing is recomputed or ZeRO-3 recomputes every block anyway. At 1 × 4096 it
+/// fits (by the plan) recomputing none.
+#[test]
+fn fewest_recomputed_blocks_that_still_fit() {
+    let at = |batch: usize, c: Checkpointing, zero: u8| {
+        plan(&request("llama-7b", "h200-141gb", |o| {
+            o.micro_batch = Some(batch);
+            o.seq_len = Some(4096);
+            o.checkpointing = Some(c);
+            o.zero = Some(zero)
+        }))
+        .unwrap()
+    };
+    let all = at(2, Checkpointing::All, 0);
+    assert!(all.fits);
+    let fewer = all.fewer_recomputed.clone().unwrap();
+    let n: usize = fewer.change.strip_prefix("--activation-checkpointing ").unwrap().parse().unwrap();
+    assert!((1..32).contains(&n), "{}", fewer.change);
+    let (just, short) = (at(2, Checkpointing::First(n), 0), at(2, Checkpointing::first(n - 1), 0));
+    assert!(just.fits && !short.fits, "{n} blocks fit, {} do not", n - 1);
+    assert_eq!(fewer.memory_per_device_bytes, just.memory_per_device_bytes);
+    assert!(just.memory_per_device_bytes > all.memory_per_device_bytes);
+    assert!(just.fewer_recomputed.is_none(), "already the fewest");
+    assert!(at(2, Checkpointing::All, 3).fewer_recomputed.is_none());
+    assert!(report::table(&all).contains(&fewer.change));
+    assert!(report::table(&just).contains(&format!("activation checkpointing of {n} blocks")));
+    let one = at(1, Checkpointing::All, 0).fewer_recomputed.unwrap();
+    assert_eq!(one.change, "--activation-checkpointing off");
+    assert!(at(1, Checkpointing::Off, 0).fits);
 }

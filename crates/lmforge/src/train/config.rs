@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::faults::{FaultConfig, FaultPolicy, OnNonFinite};
 use crate::mlm_data::MlmConfig;
 use crate::models::{hf, Family, ModelConfig, ModelSpec};
+use crate::nn::recompute::Checkpointing;
 use crate::optim::{
     param_groups, OptimConfig, OptimSpec, ParamGroup, PlateauRule, Schedule, ScheduleConfig, ScheduleKind,
 };
@@ -91,10 +92,11 @@ pub struct TrainConfig {
     /// next-sentence prediction; BERT). Omitted from the saved config when "causal".
     #[serde(skip_serializing_if = "is_causal")]
     pub objective: Objective,
-    /// Recompute each block's activations in the backward instead of keeping them (decoder
-    /// models): less memory, about a third more compute. Omitted from the saved config when off.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub activation_checkpointing: bool,
+    /// Recompute blocks' activations in the backward instead of keeping them (decoder models):
+    /// `true` every block (less memory, about a third more compute), a number `n` the first `n`
+    /// blocks. Omitted from the saved config when off.
+    #[serde(skip_serializing_if = "Checkpointing::is_off")]
+    pub activation_checkpointing: Checkpointing,
     /// "auto" (a GPU when this build has CUDA and one is present, else the CPU), "cpu",
     /// "cuda" or "cuda:N". Omitted from the saved config when "auto".
     #[serde(skip_serializing_if = "DeviceChoice::is_auto")]
@@ -125,7 +127,7 @@ impl Default for TrainConfig {
             rollback_lr_factor: None,
             spike_ratio: None,
             objective: Objective::Causal,
-            activation_checkpointing: false,
+            activation_checkpointing: Checkpointing::Off,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
         }
@@ -268,12 +270,13 @@ impl RunConfig {
                 ),
             ));
         }
-        if encoder && t.activation_checkpointing {
+        if encoder && t.activation_checkpointing.is_on() {
             return Err(Error::config(
                 "train.activation_checkpointing",
                 "is implemented for decoder models (gpt2 / llama styles); BERT-style encoders train without it",
             ));
         }
+        t.activation_checkpointing.check(spec.n_layer, "train.activation_checkpointing")?;
         let seq_len = if t.seq_len == 0 { spec.context } else { t.seq_len };
         if seq_len > spec.context {
             return Err(Error::config(
@@ -360,7 +363,11 @@ mod tests {
         let e = err("", &["model.preset=bert-tiny", "train.objective=mlm", "train.activation_checkpointing=true"]);
         assert!(e.contains("train.activation_checkpointing") && e.contains("decoder"), "{e}");
         let ok = RunConfig::from_toml_str("", &["train.activation_checkpointing=true".to_string()]).unwrap();
-        assert!(ok.train.activation_checkpointing);
+        assert_eq!(ok.train.activation_checkpointing, Checkpointing::All);
+        let some = RunConfig::from_toml_str("", &["train.activation_checkpointing=1".to_string()]).unwrap();
+        assert_eq!(some.train.activation_checkpointing, Checkpointing::First(1));
+        let e = err("", &["model.preset=tiny", "train.activation_checkpointing=9"]);
+        assert!(e.contains("train.activation_checkpointing") && e.contains("9 blocks"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::{ModelSpec, ParamInfo, ParamKind};
+use crate::nn::recompute::Checkpointing;
 use crate::optim::{OptimSpec, ParamRole};
 
 /// What a parameter is to the optimizer: an embedding, the untied LM head, a hidden matrix
@@ -31,7 +32,7 @@ pub fn check_fits(
     seq_len: usize,
     name: &str,
     optim: &OptimSpec,
-    checkpointing: bool,
+    checkpointing: Checkpointing,
 ) -> Result<()> {
     let mem = spec.cpu_train_memory(batch, seq_len, optimizer_state_bytes(spec, optim), checkpointing);
     let need = mem.total();

@@ -12,6 +12,7 @@ use crate::distributed::{DataParallel, ShardedLayers};
 use crate::error::{Error, Result};
 use crate::mlm_data::{MlmBatch, MlmSource};
 use crate::models::{Decoder, Encoder, ModelSpec};
+use crate::nn::recompute::Checkpointing;
 use crate::nn::{DropoutRng, InitScheme, ParamInfo, ParamStore};
 use crate::patience::{PatienceRule, Threshold};
 use crate::shards::TokenShard;
@@ -211,7 +212,7 @@ pub type CausalLm<'a> = LmTask<'a, Causal<'a>>;
 impl<'a> CausalLm<'a> {
     pub fn new(
         weights: LmWeights<'a>,
-        activation_checkpointing: bool,
+        activation_checkpointing: Checkpointing,
         batches: CausalBatches<'a>,
         batch_size: usize,
         seq_len: usize,
