@@ -5,31 +5,9 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn lmforge(db: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lmforge"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("LMFORGE_DB", db)
-        .output()
-        .expect("lmforge runs")
-}
-
-fn ok(db: &Path, args: &[&str]) -> String {
-    let out = lmforge(db, args);
-    assert!(
-        out.status.success(),
-        "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare.txt")
-}
+use crate::common::{corpus, lmforge_in as lmforge, ok_in as ok};
 
 /// A tiny run config over the first 100 kB of the corpus.
 fn tiny_config(dir: &Path) -> PathBuf {

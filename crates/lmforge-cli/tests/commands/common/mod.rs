@@ -8,10 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn lmforge(args: &[&str]) -> Output {
+    lmforge_in(&test_db(), args)
+}
+
+/// `lmforge args` recording its runs in the experiment store `db`.
+pub fn lmforge_in(db: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lmforge"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .env("LMFORGE_DB", test_db())
+        .env("LMFORGE_DB", db)
         .output()
         .expect("lmforge runs")
 }
@@ -22,7 +27,12 @@ pub fn test_db() -> PathBuf {
 }
 
 pub fn ok(args: &[&str]) -> String {
-    let out = lmforge(args);
+    ok_in(&test_db(), args)
+}
+
+/// [`ok`] with the experiment store `db`.
+pub fn ok_in(db: &Path, args: &[&str]) -> String {
+    let out = lmforge_in(db, args);
     assert!(
         out.status.success(),
         "lmforge {args:?} failed:\nstdout: {}\nstderr: {}",
