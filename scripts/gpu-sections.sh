@@ -291,6 +291,9 @@ section_llama7b() {
     grep -E "weights|gradients|optimizer state|activations|temporary|overhead|total|fits" | sed "s/^/  plan ($PLAN_GPU): /"
   measured "lmforge-llama-7b" 300 "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset llama-7b \
     --batch 1 --steps 3 --warmup 1 --activation-checkpointing --optim "$LLAMA7B_OPTIM" --json
+  # $OUT is a new folder each call: llama7b-fewer, run in a later call on the warm machine,
+  # finds the measured peak here.
+  cp "$out/lmforge-llama-7b.mib" /tmp/lmforge-llama-7b.mib 2>/dev/null
 }
 
 section_llama7b_torch() {
@@ -305,10 +308,13 @@ section_llama7b_torch() {
 
 # The fewest of llama-7b's 32 blocks to recompute at 1 × 4096 that fit this GPU: plan's
 # prediction for each count, scaled up by how far llama7b's measured peak (nvidia-smi, whole
-# process) came out above plan's for every block recomputed (5% when it was not measured),
-# with 1 GiB to spare. Prints the count (32 when none fewer fits) and, on stderr, why.
+# process; this call's, or an earlier call's on the same machine) came out above plan's for
+# every block recomputed (5% when it was not measured), with 1 GiB to spare. Prints the count
+# (32 when none fewer fits) and, on stderr, why.
 fewest_blocks() {
-  python3 - "$G/lmforge" "$PLAN_GPU" "$1" "$out/lmforge-llama-7b.mib" <<'EOF'
+  local mib="$out/lmforge-llama-7b.mib"
+  [ -s "$mib" ] || mib=/tmp/lmforge-llama-7b.mib
+  python3 - "$G/lmforge" "$PLAN_GPU" "$1" "$mib" <<'EOF'
 import json, subprocess, sys
 lmforge, gpu, optim, mib = sys.argv[1:5]
 base = [lmforge, "plan", "--preset", "llama-7b", "--gpu", gpu, "--micro-batch", "1", "--seq-len", "4096",
