@@ -367,10 +367,7 @@ pub fn table(r: &TrainBenchReport) -> String {
         r.device,
         r.precision,
         r.kernels,
-        match r.activation_checkpointing {
-            Checkpointing::Off => String::new(),
-            c => format!(", activation checkpointing of {c}"),
-        },
+        r.activation_checkpointing.setup_note(),
         r.threads,
         r.batch,
         r.seq_len,

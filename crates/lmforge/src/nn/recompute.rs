@@ -99,11 +99,25 @@ impl Checkpointing {
     }
 }
 
+impl Checkpointing {
+    /// How a report's setup line names it: nothing when off, ", activation checkpointing",
+    /// or ", activation checkpointing of N blocks".
+    pub fn setup_note(self) -> String {
+        match self {
+            Self::Off => String::new(),
+            Self::All => ", activation checkpointing".into(),
+            Self::First(1) => ", activation checkpointing of 1 block".into(),
+            Self::First(n) => format!(", activation checkpointing of {n} blocks"),
+        }
+    }
+}
+
 impl fmt::Display for Checkpointing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Off => f.write_str("off"),
             Self::All => f.write_str("every block"),
+            Self::First(1) => f.write_str("the first block"),
             Self::First(n) => write!(f, "the first {n} blocks"),
         }
     }
@@ -343,6 +357,15 @@ mod tests {
             assert_eq!(text.parse::<Checkpointing>().unwrap(), want, "{text}");
         }
         assert!("-1".parse::<Checkpointing>().unwrap_err().contains("number of blocks"));
+        assert_eq!(
+            [off, all, two, Checkpointing::First(1)].map(Checkpointing::setup_note),
+            [
+                String::new(),
+                ", activation checkpointing".into(),
+                ", activation checkpointing of 2 blocks".into(),
+                ", activation checkpointing of 1 block".into()
+            ]
+        );
     }
 
     #[test]

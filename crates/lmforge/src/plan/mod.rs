@@ -195,6 +195,24 @@ impl PlanRequest {
         }
         Ok(())
     }
+
+    /// Sequences per optimizer step over all devices; on the CPU the processes split each
+    /// micro-batch (`train.batch_size` is global).
+    pub fn global_batch(&self) -> usize {
+        self.micro_batch * self.grad_accum * if self.hardware.is_cpu { 1 } else { self.gpus }
+    }
+
+    fn fits(&self) -> bool {
+        memory(self).total() <= self.hardware.memory_bytes
+    }
+
+    /// Whether recomputing every block is a change this request can still make: it does not
+    /// already, and the trainer checkpoints this model (on the CPU, decoder blocks only:
+    /// `nn::recompute`).
+    fn can_recompute_all(&self) -> bool {
+        self.checkpointing != Checkpointing::All
+            && (!self.hardware.is_cpu || self.spec.arch().family() == Family::Decoder)
+    }
 }
 
 /// Per-device memory (bytes).
@@ -409,6 +427,17 @@ pub struct Suggestion {
     pub global_batch: usize,
 }
 
+impl Suggestion {
+    /// The change from `from` to `to`, with `to`'s memory and global batch.
+    fn of(from: &PlanRequest, to: &PlanRequest) -> Self {
+        Self {
+            change: describe_change(from, to),
+            memory_per_device_bytes: memory(to).total(),
+            global_batch: to.global_batch(),
+        }
+    }
+}
+
 /// `r` with its micro-batch halved, again and again down to 1, the accumulation raised to keep
 /// the sequences per device and step.
 fn smaller_batches(r: &PlanRequest) -> Vec<PlanRequest> {
@@ -426,7 +455,6 @@ fn smaller_batches(r: &PlanRequest) -> Vec<PlanRequest> {
 /// a smaller micro-batch (more accumulation, same global batch), more GPUs (powers of two up
 /// to [`MAX_GPUS`]) — each alone first, in that order, then combined. None when nothing does.
 pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
-    let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
     let more_gpus = |r: &PlanRequest| -> Vec<PlanRequest> {
         let mut out = Vec::new();
         let mut g = r.gpus.next_power_of_two();
@@ -442,9 +470,7 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: Checkpointing::All, ..r.clone() };
     let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
     let mut tries: Vec<PlanRequest> = Vec::new();
-    // On the CPU, the trainer checkpoints decoder blocks only (`nn::recompute`).
-    if req.checkpointing != Checkpointing::All && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder)
-    {
+    if req.can_recompute_all() {
         tries.push(ckpt(req));
     }
     if !req.hardware.is_cpu {
@@ -460,12 +486,8 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
         let smallest = PlanRequest { micro_batch: 1, grad_accum: req.micro_batch * req.grad_accum, ..both };
         tries.extend(more_gpus(&smallest));
     }
-    let found = tries.into_iter().find(|r| fits(r))?;
-    Some(Suggestion {
-        change: describe_change(req, &found),
-        memory_per_device_bytes: memory(&found).total(),
-        global_batch: found.micro_batch * found.grad_accum * found.gpus,
-    })
+    let found = tries.into_iter().find(PlanRequest::fits)?;
+    Some(Suggestion::of(req, &found))
 }
 
 /// The same job on the same devices with Adafactor instead of the optimizer asked for — its
@@ -481,21 +503,14 @@ pub fn suggest_optimizer(req: &PlanRequest) -> Option<Suggestion> {
         return None;
     }
     let lighter = PlanRequest { optim: adafactor, ..req.clone() };
-    let fits = |r: &PlanRequest| memory(r).total() <= r.hardware.memory_bytes;
     let mut tries = vec![lighter.clone()];
-    if lighter.checkpointing != Checkpointing::All
-        && (!req.hardware.is_cpu || req.spec.arch().family() == Family::Decoder)
-    {
+    if lighter.can_recompute_all() {
         tries.push(PlanRequest { checkpointing: Checkpointing::All, ..lighter.clone() });
     }
     let base = tries.last().expect("one try").clone();
     tries.extend(smaller_batches(&base));
-    let found = tries.into_iter().find(|r| fits(r))?;
-    Some(Suggestion {
-        change: describe_change(req, &found),
-        memory_per_device_bytes: memory(&found).total(),
-        global_batch: found.micro_batch * found.grad_accum * found.gpus,
-    })
+    let found = tries.into_iter().find(PlanRequest::fits)?;
+    Some(Suggestion::of(req, &found))
 }
 
 /// The blocks a request recomputes: ZeRO-3 recomputes every one (a layer's weights are
@@ -519,12 +534,8 @@ pub fn fewer_recomputed(req: &PlanRequest) -> Option<Suggestion> {
     }
     let found = (0..asked)
         .map(|n| PlanRequest { checkpointing: Checkpointing::first(n), ..req.clone() })
-        .find(|r| memory(r).total() <= r.hardware.memory_bytes)?;
-    Some(Suggestion {
-        change: describe_change(req, &found),
-        memory_per_device_bytes: memory(&found).total(),
-        global_batch: found.micro_batch * found.grad_accum * if req.hardware.is_cpu { 1 } else { found.gpus },
-    })
+        .find(PlanRequest::fits)?;
+    Some(Suggestion::of(req, &found))
 }
 
 /// The flags that turn `from` into `to`.
@@ -622,8 +633,7 @@ pub fn plan(req: &PlanRequest) -> Result<Plan> {
         micro_batch: req.micro_batch,
         seq_len: req.seq_len,
         grad_accum: req.grad_accum,
-        // On the CPU the processes split each micro-batch (`train.batch_size` is global).
-        global_batch: req.micro_batch * req.grad_accum * if req.hardware.is_cpu { 1 } else { req.gpus },
+        global_batch: req.global_batch(),
         activation_checkpointing: req.checkpointing,
         memory: mem,
         memory_per_device_bytes: total,

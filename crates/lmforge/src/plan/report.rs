@@ -1,7 +1,6 @@
 //! The human-readable `lmforge plan` table (`--json` prints the [`Plan`] itself).
 
 use super::{Plan, Precision};
-use crate::nn::recompute::Checkpointing;
 use std::fmt::Write;
 
 /// 1536 → "1.50 KiB"; decimal bytes alongside would only add noise.
@@ -81,11 +80,7 @@ pub fn table(p: &Plan) -> String {
         p.seq_len,
         p.grad_accum,
         p.global_batch,
-        match p.activation_checkpointing {
-            Checkpointing::Off => String::new(),
-            Checkpointing::All => ", activation checkpointing".into(),
-            Checkpointing::First(n) => format!(", activation checkpointing of {n} blocks"),
-        }
+        p.activation_checkpointing.setup_note()
     );
     let m = &p.memory;
     let _ = writeln!(o, "\nmemory per device");

@@ -385,3 +385,20 @@ fn fewest_recomputed_blocks_that_still_fit() {
     assert_eq!(one.change, "--activation-checkpointing off");
     assert!(at(1, Checkpointing::Off, 0).fits);
 }
+
+/// A suggestion's global batch counts sequences as the plan's does: on the CPU the processes
+/// split `train.batch_size`, so it is micro-batch × accumulation, not × processes.
+#[test]
+fn suggestions_count_the_global_batch_as_the_plan_does() {
+    let cfg = RunConfig::resolve(None, &["model.preset=gpt2-124m".into(), "train.batch_size=8".into()]).unwrap();
+    let o = PlanOptions { gpu: Some("cpu".into()), peak_tflops: Some(0.1), gpus: Some(4), ..Default::default() };
+    let req = PlanRequest::from_config(&cfg, &o).unwrap();
+    let without_checkpointing = memory(&req).total();
+    let tight = PlanRequest {
+        hardware: Hardware { memory_bytes: without_checkpointing - 1, ..req.hardware.clone() },
+        ..req.clone()
+    };
+    let s = suggest(&tight).unwrap();
+    assert_eq!(s.change, "--activation-checkpointing");
+    assert_eq!((s.global_batch, plan(&tight).unwrap().global_batch), (8, 8));
+}
