@@ -49,6 +49,7 @@ pub mod loss;
 pub mod node;
 pub mod norm;
 pub mod param_grads;
+pub mod pool;
 pub mod profile;
 pub mod qgemv;
 pub mod reference;

@@ -865,6 +865,50 @@ mod on_cuda {
         check_sublayers(&s, DType::BF16, (2e-2, 5e-2), &attention, &mlp);
     }
 
+    /// Under bf16 the sublayer nodes cast each f32 weight for its product and drop the copy
+    /// (and cast it again in the backward), so what a node keeps for its backward — measured as
+    /// the memory pool's bytes in use after its forward — is its activations, not a bf16 copy
+    /// of its weights: Llama-shaped sublayers at C = 2048 over 16 positions keep well under
+    /// half the 2 bytes a parameter a kept copy would hold (MLP 100 MB, attention 21 MB,
+    /// against some 0.6 MB of activations). The backward still gives every weight its f32
+    /// gradient.
+    #[test]
+    fn sublayers_keep_no_bf16_copy_of_their_weights_on_the_gpu() {
+        let dev = gpu();
+        let (c, f, h, kh, t) = (2048usize, 8192, 16, 4, 16);
+        let var = |t: Tensor| Var::from_tensor(&t.to_device(&dev).unwrap()).unwrap().as_tensor().clone();
+        let x = var(randn(&[1, t, c], 1.0, 150).to_dtype(DType::BF16).unwrap());
+        let norm = var((randn(&[c], 0.1, 151) + 1.0).unwrap());
+        let kv = c / h * kh;
+        let attn = [x.clone(), norm.clone(), var(randn(&[c, c], 0.02, 152)), var(randn(&[kv, c], 0.02, 153))]
+            .into_iter()
+            .chain([var(randn(&[kv, c], 0.02, 154)), var(randn(&[c, c], 0.02, 155))])
+            .collect::<Vec<_>>();
+        let mlp = [x.clone(), norm, var(randn(&[f, c], 0.02, 156)), var(randn(&[f, c], 0.02, 157))]
+            .into_iter()
+            .chain([var(randn(&[c, f], 0.02, 158))])
+            .collect::<Vec<_>>();
+        let rope = super::rope_tables(c / h, t, 10_000.0, &dev).unwrap();
+        let node = |name: &str, weights: &[Tensor], forward: &dyn Fn() -> Result<Tensor>| {
+            let before = crate::pool::in_use(&dev).expect("the GPU's memory pool reports what it holds");
+            let y = forward().unwrap();
+            let kept = crate::pool::in_use(&dev).unwrap() - before;
+            let copies: u64 = weights.iter().map(|w| 2 * w.elem_count() as u64).sum();
+            assert!(kept < copies / 2, "{name}: the node keeps {kept} bytes; bf16 copies of its weights are {copies}");
+            println!("{name}: the node keeps {kept} bytes (its weights' bf16 copies would be {copies})");
+            let grads = y.to_dtype(DType::F32).unwrap().sum_all().unwrap().backward().unwrap();
+            for w in weights {
+                let g = param_grads::gradient(w, &grads).unwrap().expect("a weight's gradient");
+                assert_eq!(g.dtype(), DType::F32, "{name}");
+            }
+        };
+        let heads = (h, kh);
+        node("llama attention bf16", &attn[2..], &|| {
+            Ok(attention_sublayer(&x, &attention_params(&attn, Some((&rope.0, &rope.1)), heads))?.unwrap())
+        });
+        node("llama mlp bf16", &mlp[2..], &|| Ok(mlp_sublayer(&x, &mlp_params(&mlp, true))?.unwrap()));
+    }
+
     /// Attention on the GPU (attention.cu: tiled, online softmax, no T×T tensor) against the
     /// reference ops, which form the (B, H, T, T) scores with cuBLAS: causal with grouped-query
     /// heads, GPT-2's packed qkv, and padded encoder rows; head dims under each kernel's bound

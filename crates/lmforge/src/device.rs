@@ -120,82 +120,27 @@ fn open_cuda(n: usize) -> candle_core::Result<Device> {
 /// allocator as it was, with a warning: slower, not wrong.
 #[cfg(feature = "cuda")]
 fn caching_allocations(device: Device) -> Device {
-    if let Device::Cuda(cuda) = &device {
-        if let Err(e) = pool_attribute(cuda, PoolAttribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, Some(u64::MAX)) {
-            tracing::warn!(
-                "the GPU's memory pool keeps its default release threshold ({e}): allocations are not cached"
-            );
-        }
+    if let Err(e) = lmforge_ops::pool::cache_allocations(&device) {
+        tracing::warn!("the GPU's memory pool keeps its default release threshold ({e}): allocations are not cached");
     }
     device
 }
 
-#[cfg(feature = "cuda")]
-type PoolAttribute = candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute;
-
-/// Sets (`Some`) or reads (`None`) a 64-bit attribute of the memory pool candle allocates
-/// `cuda`'s tensors from (the device's current pool); returns the attribute's value.
-#[cfg(feature = "cuda")]
-fn pool_attribute(
-    cuda: &candle_core::CudaDevice,
-    attr: PoolAttribute,
-    set: Option<u64>,
-) -> std::result::Result<u64, candle_core::cuda_backend::cudarc::driver::DriverError> {
-    use candle_core::cuda_backend::cudarc::driver::result;
-    let dev = cuda.cuda_stream().context().cu_device();
-    let mut value = set.unwrap_or(0);
-    let ptr = (&mut value as *mut u64).cast();
-    // SAFETY: `dev` is the device of a live context; the attributes passed here take a
-    // cuuint64_t.
-    unsafe {
-        let pool = result::device::get_mem_pool(dev)?;
-        match set {
-            Some(_) => result::mem_pool::set_attribute(pool, attr, ptr)?,
-            None => result::mem_pool::get_attribute(pool, attr, ptr)?,
-        }
-    }
-    Ok(value)
-}
-
-/// High-water marks of a GPU's memory pool, in bytes, since the device was opened or
-/// [`reset_pool_peaks`]: `used`, the most memory live tensors held at once (as PyTorch's
-/// `max_memory_allocated`), and `reserved`, the most the pool held (that plus freed memory kept
-/// for reuse: what `nvidia-smi` shows, less the CUDA context). lmforge's tensors come from this
-/// pool (candle allocates stream-ordered); cuBLAS's and NCCL's own workspaces and the context do
-/// not, which `plan` counts as framework overhead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PoolPeaks {
-    pub used: u64,
-    pub reserved: u64,
-}
+/// High-water marks of a GPU's memory pool (`lmforge_ops::pool`): lmforge's tensors come from
+/// this pool (candle allocates stream-ordered); cuBLAS's and NCCL's own workspaces and the
+/// context do not, which `plan` counts as framework overhead.
+pub use lmforge_ops::pool::PoolPeaks;
 
 /// The pool's high-water marks on `device`; None on the CPU, without CUDA, or where the driver
 /// has no memory pools.
 pub fn pool_peaks(device: &Device) -> Option<PoolPeaks> {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(cuda) = device {
-        let read = |attr| pool_attribute(cuda, attr, None).ok();
-        return Some(PoolPeaks {
-            used: read(PoolAttribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
-            reserved: read(PoolAttribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
-        });
-    }
-    let _ = device;
-    None
+    lmforge_ops::pool::peaks(device)
 }
 
 /// Starts [`pool_peaks`]' high-water marks again from what is in use and reserved now (after a
 /// bench's warmup steps, as PyTorch's `reset_peak_memory_stats`). Nothing on the CPU.
 pub fn reset_pool_peaks(device: &Device) {
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(cuda) = device {
-        for attr in [PoolAttribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, PoolAttribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH] {
-            // The driver takes only zero: the mark restarts at the current value. Where it
-            // refuses, the peaks include the warmup's (pool_peaks then reads None anyway).
-            let _ = pool_attribute(cuda, attr, Some(0));
-        }
-    }
-    let _ = device;
+    lmforge_ops::pool::reset_peaks(device)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -179,19 +179,17 @@ impl PlanRequest {
             return bad("--peak-tflops", "the device peak must be a positive number".into());
         }
         self.checkpointing.check(self.spec.n_layer, "--activation-checkpointing")?;
-        if self.hardware.is_cpu {
-            if self.precision != Precision::Fp32 {
-                return bad("--precision", "lmforge trains in fp32 on the CPU".into());
-            }
-            if self.checkpointing.is_on() && self.spec.arch().family() != Family::Decoder {
-                return bad(
-                    "--activation-checkpointing",
-                    "lmforge's CPU trainer checkpoints the blocks of decoder models only".into(),
-                );
-            }
-            if self.zero >= 3 && self.spec.arch().family() != Family::Decoder {
-                return bad("--zero", "ZeRO-3 shards the layers of decoder models (GPT-2, Llama)".into());
-            }
+        if self.hardware.is_cpu && self.precision != Precision::Fp32 {
+            return bad("--precision", "lmforge trains in fp32 on the CPU".into());
+        }
+        // What the trainer refuses on every device (`train.activation_checkpointing`,
+        // `distributed.zero`), so no plan counts on it.
+        let decoder = self.spec.arch().family() == Family::Decoder;
+        if self.checkpointing.is_on() && !decoder {
+            return bad("--activation-checkpointing", "lmforge checkpoints the blocks of decoder models only".into());
+        }
+        if self.zero >= 3 && !decoder {
+            return bad("--zero", "ZeRO-3 shards the layers of decoder models (GPT-2, Llama); use 2".into());
         }
         Ok(())
     }
@@ -202,16 +200,42 @@ impl PlanRequest {
         self.micro_batch * self.grad_accum * if self.hardware.is_cpu { 1 } else { self.gpus }
     }
 
+    /// Whether a decoder's blocks train through the fused sublayer nodes (no dropout; the CPU's
+    /// kernels or the GPU's `ops::device_sublayer`), which add their layers' gradients in place
+    /// and keep no cast copy of their weights; with dropout the layers run composed.
+    fn fused_sublayers(&self) -> bool {
+        self.spec.arch().family() == Family::Decoder && !self.dropout
+    }
+
     fn fits(&self) -> bool {
         memory(self).total() <= self.hardware.memory_bytes
     }
 
-    /// Whether recomputing every block is a change this request can still make: it does not
-    /// already, and the trainer checkpoints this model (on the CPU, decoder blocks only:
-    /// `nn::recompute`).
-    fn can_recompute_all(&self) -> bool {
-        self.checkpointing != Checkpointing::All
-            && (!self.hardware.is_cpu || self.spec.arch().family() == Family::Decoder)
+    /// Whether recomputing more blocks is a change this request can still make: it does not
+    /// recompute every one already, and the trainer checkpoints this model (decoder blocks
+    /// only: `nn::recompute`).
+    fn can_recompute_more(&self) -> bool {
+        self.checkpointing != Checkpointing::All && self.spec.arch().family() == Family::Decoder
+    }
+
+    /// The highest ZeRO stage the trainer runs this model at: 3 shards decoder layers only.
+    fn max_zero(&self) -> u8 {
+        if self.spec.arch().family() == Family::Decoder {
+            3
+        } else {
+            2
+        }
+    }
+
+    /// This request recomputing the fewest blocks beyond what it does that make it fit, or,
+    /// when no count fits on its own, every block (the start of the combined changes).
+    fn recomputing_more(&self) -> PlanRequest {
+        let n = self.spec.n_layer;
+        let with = |k: usize| PlanRequest {
+            checkpointing: if k >= n { Checkpointing::All } else { Checkpointing::first(k) },
+            ..self.clone()
+        };
+        (checkpointing(self).blocks(n) + 1..=n).map(with).find(PlanRequest::fits).unwrap_or_else(|| with(n))
     }
 }
 
@@ -306,7 +330,7 @@ pub fn accumulation_bytes(req: &PlanRequest) -> u64 {
     }
     let spec = &req.spec;
     let in_place_layers = match spec.arch().family() {
-        Family::Decoder if !req.dropout => spec.n_layer,
+        Family::Decoder if req.fused_sublayers() => spec.n_layer,
         Family::Decoder => req.checkpointing.blocks(spec.n_layer),
         _ => 0,
     };
@@ -314,18 +338,35 @@ pub fn accumulation_bytes(req: &PlanRequest) -> u64 {
     4 * (spec.num_params() - in_place_layers as u64 * one_layer)
 }
 
-/// Bytes of the bf16 copies of the weights under `bf16-mixed`: each product casts its f32
-/// weight to the compute dtype (`ops::like`), and the copy lives as long as the step's graph —
-/// every parameter's until the backward ends, except a recomputed block's (checkpointing, and
-/// ZeRO-3, which checkpoints every block): its copies go with its forward's graph, and exist
-/// again for one block at a time while it is recomputed.
-pub fn working_copies(spec: &ModelSpec, precision: Precision, checkpointing: Checkpointing) -> u64 {
+/// Bytes of the bf16 copies of the weights a step holds at its peak under `bf16-mixed`: each
+/// product casts its f32 weight to the compute dtype.
+///
+/// A decoder's fused sublayers (no dropout: how a GPU trains GPT-2 and Llama,
+/// `ops::device_sublayer`) cast a weight for each product and drop the copy after it, and cast
+/// it again in the backward, so at most one copy — the largest matrix of a layer — exists at a
+/// time; the embeddings are gathered in f32 and cast as rows, and the LM loss's copy of the
+/// head is its transient (`lm_loss_bytes`). The composed layers (dropout, BERT) cast through a
+/// graph node (`ops::like`) whose copy lives as long as the step's graph — every parameter's
+/// until the backward ends, except a recomputed block's (checkpointing, and ZeRO-3, which
+/// checkpoints every block): its copies go with its forward's graph, and exist again for one
+/// block at a time while it is recomputed.
+pub fn working_copies(req: &PlanRequest) -> u64 {
+    let (spec, precision) = (&req.spec, req.precision);
     if precision.is_fp32() {
         return 0;
     }
+    if req.fused_sublayers() {
+        return precision.bytes() * largest_layer_matrix(spec);
+    }
     let (layers, one_layer) = layer_params(spec);
-    let blocks = checkpointing.kept_activations(spec.n_layer, 0, one_layer);
+    let blocks = checkpointing(req).kept_activations(spec.n_layer, 0, one_layer);
     precision.bytes() * (spec.num_params() - layers + blocks)
+}
+
+/// Elements of the largest parameter inside a layer (a decoder's MLP matrix).
+fn largest_layer_matrix(spec: &ModelSpec) -> u64 {
+    let in_layer = |p: &&crate::nn::ParamInfo| crate::distributed::zero3::layer_index(&p.name).is_some();
+    spec.params().iter().filter(in_layer).map(|p| p.numel() as u64).max().unwrap_or(0)
 }
 
 /// The LM loss on a GPU (`ops::lm_loss`, rows a chunk of up to
@@ -406,7 +447,7 @@ pub fn memory(req: &PlanRequest) -> MemoryBreakdown {
     let kept = |c: Checkpointing| c.kept_activations(spec.n_layer, e * s * b * spec.d_model as u64, layer) + output;
     let (without, with) = (kept(Checkpointing::Off), kept(Checkpointing::All));
     MemoryBreakdown {
-        weights: weights + working_copies(spec, req.precision, checkpointed),
+        weights: weights + working_copies(req),
         gradients: gradients + accumulation_bytes(req),
         optimizer_state,
         activations: kept(checkpointed),
@@ -451,9 +492,10 @@ fn smaller_batches(r: &PlanRequest) -> Vec<PlanRequest> {
     out
 }
 
-/// The smallest change that makes `req` fit: activation checkpointing, a higher ZeRO stage,
-/// a smaller micro-batch (more accumulation, same global batch), more GPUs (powers of two up
-/// to [`MAX_GPUS`]) — each alone first, in that order, then combined. None when nothing does.
+/// The smallest change that makes `req` fit: recomputing blocks (the fewest that fit), a
+/// higher ZeRO stage, a smaller micro-batch (more accumulation, same global batch), more GPUs
+/// (powers of two up to [`MAX_GPUS`]) — each alone first, in that order, then combined with
+/// every block recomputed. None when nothing does.
 pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
     let more_gpus = |r: &PlanRequest| -> Vec<PlanRequest> {
         let mut out = Vec::new();
@@ -467,19 +509,22 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
         }
         out
     };
-    let ckpt = |r: &PlanRequest| PlanRequest { checkpointing: Checkpointing::All, ..r.clone() };
+    let ckpt = |r: &PlanRequest| match r.can_recompute_more() {
+        true => PlanRequest { checkpointing: Checkpointing::All, ..r.clone() },
+        false => r.clone(),
+    };
     let zero = |r: &PlanRequest, z: u8| PlanRequest { zero: z, ..r.clone() };
     let mut tries: Vec<PlanRequest> = Vec::new();
-    if req.can_recompute_all() {
-        tries.push(ckpt(req));
+    if req.can_recompute_more() {
+        tries.push(req.recomputing_more());
     }
     if !req.hardware.is_cpu {
-        tries.extend((req.zero + 1..=3).map(|z| zero(req, z)));
+        tries.extend((req.zero + 1..=req.max_zero()).map(|z| zero(req, z)));
     }
     tries.extend(smaller_batches(req));
     tries.extend(more_gpus(req));
     if !req.hardware.is_cpu {
-        let both = zero(&ckpt(req), req.zero.max(3));
+        let both = zero(&ckpt(req), req.zero.max(req.max_zero()));
         tries.push(both.clone());
         tries.extend(smaller_batches(&both));
         tries.extend(more_gpus(&both));
@@ -492,7 +537,7 @@ pub fn suggest(req: &PlanRequest) -> Option<Suggestion> {
 
 /// The same job on the same devices with Adafactor instead of the optimizer asked for — its
 /// factored second moment keeps a few bytes per matrix row and column where AdamW keeps 8 per
-/// parameter — alone, with activation checkpointing, then with smaller micro-batches: the
+/// parameter — alone, recomputing the fewest blocks that fit, then with smaller micro-batches: the
 /// smallest honest change when adding devices is not an option. A change of optimizer is a
 /// change of the training itself, so it is offered beside [`suggest`]'s, not instead of it.
 /// None when the optimizer's state is no larger than Adafactor's, or nothing fits.
@@ -504,8 +549,8 @@ pub fn suggest_optimizer(req: &PlanRequest) -> Option<Suggestion> {
     }
     let lighter = PlanRequest { optim: adafactor, ..req.clone() };
     let mut tries = vec![lighter.clone()];
-    if lighter.can_recompute_all() {
-        tries.push(PlanRequest { checkpointing: Checkpointing::All, ..lighter.clone() });
+    if lighter.can_recompute_more() {
+        tries.push(lighter.recomputing_more());
     }
     let base = tries.last().expect("one try").clone();
     tries.extend(smaller_batches(&base));
