@@ -10,7 +10,7 @@
 //! On a GPU (`--features cuda`) every tensor of a step is updated by one CUDA kernel launch,
 //! each element in one pass of the same arithmetic ([`adamw_all`], `cuda/adamw.rs`).
 
-use super::cpu::slice;
+use super::cpu::{slice, slice_mut};
 use super::vmath::vectorized;
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -84,14 +84,6 @@ pub fn adamw_in_place(param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, h: 
             eps: h.eps as f32,
         },
     )
-}
-
-fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: destination must be contiguous") };
-    match s {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
-        _ => bail!("{op}: f32 only"),
-    }
 }
 
 /// m ← β·m + (1−β)·g, or with `square` v ← β·v + (1−β)·g².

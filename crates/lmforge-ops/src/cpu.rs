@@ -12,6 +12,16 @@ pub fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     Ok(&s.as_slice::<f32>()?[start..end])
 }
 
+/// The f32 data of a contiguous CPU storage under `layout`, mutably (an in-place op's
+/// destination).
+pub fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: destination must be contiguous") };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => bail!("{op}: f32 only"),
+    }
+}
+
 /// u32 data of a contiguous CPU storage (class ids).
 pub fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
     let Some((start, end)) = l.contiguous_offsets() else { bail!("{op}: input must be contiguous") };

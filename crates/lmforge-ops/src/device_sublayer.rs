@@ -309,9 +309,10 @@ impl Linear {
     fn backward(&self, x: &Tensor, dy: &Tensor, bias: bool) -> Result<Tensor> {
         let w = &self.param.w;
         if w.track_op() {
-            // Conv1D's (in, out) = xᵀ·dy; nn.Linear's (out, in) = dyᵀ·x.
-            let dw = if self.out_in { matmul(&dy.t()?, x)? } else { matmul(&x.t()?, dy)? };
-            give(w, Some(dw))?;
+            // Conv1D's (in, out) = xᵀ·dy; nn.Linear's (out, in) = dyᵀ·x: formed in f32 (and
+            // added into the step's sum) by the product itself.
+            let (p, q) = if self.out_in { (dy, x) } else { (x, dy) };
+            param_grads::add_weight_grad(w, p, q)?;
         }
         if let Some(b) = self.param.b.as_ref().filter(|b| bias && b.track_op()) {
             give(b, Some(bias_grad_of(dy)?))?;

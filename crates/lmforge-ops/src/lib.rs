@@ -56,6 +56,7 @@ pub mod reference;
 pub mod sdpa;
 pub mod sublayer;
 pub mod vmath;
+pub mod weight_grad;
 pub mod workers;
 
 use candle_core::{DType, Result, Tensor, D};
@@ -337,6 +338,26 @@ pub fn padded_attention(
     } else {
         reference::padded_attention(q, k, v, n_head, n_kv_head, scale, key_lens)
     }
+}
+
+/// An environment switch between a GPU path and its fallback (`LMFORGE_CUDA_ATTENTION`,
+/// `LMFORGE_CUDA_WEIGHT_GRAD`): unset, empty or `auto` is on, `off` (the fallback's name) off,
+/// anything else an error naming the variable.
+fn switch(var: &str, value: Option<&str>, off: &str) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("" | "auto") => Ok(true),
+        Some(v) if v == off => Ok(false),
+        Some(other) => candle_core::bail!("{var}={other}: expected \"auto\" or \"{off}\""),
+    }
+}
+
+/// A [`switch`] read once a process.
+type Switch = std::sync::OnceLock<std::result::Result<bool, String>>;
+
+/// `cell`'s value, `var` read from the environment and parsed by `parse` the first time.
+fn read_switch(cell: &'static Switch, var: &str, parse: fn(Option<&str>) -> Result<bool>) -> Result<bool> {
+    let value = cell.get_or_init(|| parse(std::env::var(var).ok().as_deref()).map_err(|e| e.to_string()));
+    value.clone().map_err(candle_core::Error::msg)
 }
 
 /// Which sublayer node runs x and these parameters: the CPU's fused kernels' ([`sublayer`]),

@@ -14,15 +14,27 @@
 //! holds one gradient per parameter and the one being added, not a micro-batch's whole set
 //! beside the sum.
 //!
+//! A linear layer's weight gradient comes as its product's operands ([`add_weight_grad`]): the
+//! product is formed in f32 and, where a sum of this module's own is held, added into it in
+//! place by the product itself ([`crate::weight_grad`]).
+//!
 //! Per thread: candle runs a backward on the calling thread, and parallel tests must not mix.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, TensorId};
+use candle_core::{DType, Result, Tensor, TensorId};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
+/// A gradient held here, and whether its buffer is this module's own (a sum or a product it
+/// made), so that a product may be added to it in place: a tensor handed to [`add`] may share
+/// its storage with the caller's.
+struct Held {
+    grad: Tensor,
+    own: bool,
+}
+
 thread_local! {
-    static GRADS: RefCell<HashMap<TensorId, Tensor>> = RefCell::new(HashMap::new());
+    static GRADS: RefCell<HashMap<TensorId, Held>> = RefCell::new(HashMap::new());
     static STREAM: RefCell<Option<(HashSet<TensorId>, Sink)>> = const { RefCell::new(None) };
     static ACCUMULATING: Cell<bool> = const { Cell::new(false) };
 }
@@ -83,6 +95,11 @@ pub fn forward_starts() {
 
 /// Adds `grad` to the gradient held for the tensor with id `id` (or streams it).
 pub fn add(id: TensorId, grad: Tensor) -> Result<()> {
+    hold(id, grad, false)
+}
+
+/// [`add`], `own` when `grad` is a buffer nothing else refers to.
+fn hold(id: TensorId, grad: Tensor, own: bool) -> Result<()> {
     // The gradient back when it is not streamed.
     let kept = STREAM.with(|s| match &*s.borrow() {
         Some((ids, to)) if ids.contains(&id) => match to(id, grad) {
@@ -94,18 +111,39 @@ pub fn add(id: TensorId, grad: Tensor) -> Result<()> {
     let Some(grad) = kept else { return Ok(()) };
     GRADS.with(|g| -> Result<()> {
         let mut g = g.borrow_mut();
-        let sum = match g.remove(&id) {
-            Some(prev) => (prev + grad)?,
-            None => grad,
+        let held = match g.remove(&id) {
+            Some(prev) => Held { grad: (prev.grad + grad)?, own: true },
+            None => Held { grad, own },
         };
-        g.insert(id, sum);
+        g.insert(id, held);
         Ok(())
     })
 }
 
+/// Adds the gradient Pᵀ·Q (f32) of the weight `w` (m, n) — a linear layer's from its rows:
+/// P = x and Q = dy for an (in, out) weight, P = dy and Q = x for nn.Linear's (out, in) — to
+/// what is held for it, or streams it. Where this module holds a sum of its own (a step's
+/// earlier micro-batches), the product adds itself into it in place; otherwise it is a new f32
+/// tensor, formed in f32 from operands of any dtype the ops take ([`crate::weight_grad`]:
+/// f32, and bf16 on a GPU), and composed (the product in the operands' dtype, cast) elsewhere.
+pub fn add_weight_grad(w: &Tensor, p: &Tensor, q: &Tensor) -> Result<()> {
+    use crate::weight_grad::{add_transposed_product, applies, transposed_product};
+    let id = w.id();
+    if !applies(p.dtype(), p.device())? {
+        let g = crate::reference::matmul(&p.t()?, q)?.to_dtype(DType::F32)?;
+        return add(id, g.reshape(w.dims())?);
+    }
+    let streamed = STREAM.with(|s| s.borrow().as_ref().is_some_and(|(ids, _)| ids.contains(&id)));
+    let own_sum = GRADS.with(|g| g.borrow().get(&id).filter(|h| h.own).map(|h| h.grad.clone()));
+    match own_sum {
+        Some(sum) if !streamed => add_transposed_product(&sum, p, q),
+        _ => hold(id, transposed_product(p, q)?.reshape(w.dims())?, true),
+    }
+}
+
 /// The gradient held for variable `v`, removed.
 pub fn take(v: &Tensor) -> Option<Tensor> {
-    GRADS.with(|g| g.borrow_mut().remove(&v.id()))
+    GRADS.with(|g| g.borrow_mut().remove(&v.id()).map(|h| h.grad))
 }
 
 /// The gradient of `v` after a backward: the store's plus the one held here, either alone, or
@@ -120,7 +158,7 @@ pub fn gradient(v: &Tensor, store: &GradStore) -> Result<Option<Tensor>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn values(t: Option<Tensor>) -> Option<Vec<f32>> {
         t.map(|t| t.to_vec1::<f32>().unwrap())
@@ -147,5 +185,33 @@ mod tests {
             add(id, grad(3.0)).unwrap();
         }
         assert_eq!(values(take(v.as_tensor())), None, "what a step left is forgotten");
+    }
+
+    /// A weight's gradients from its products: the first a new f32 tensor, the next added into
+    /// it in place while a step accumulates (the sum keeps its buffer); a gradient handed in by
+    /// a caller is never written in place (its storage may be the caller's), it is summed
+    /// into a new buffer first.
+    #[test]
+    fn weight_gradients_add_in_place_only_into_sums_of_their_own() {
+        let dev = Device::Cpu;
+        let w = Var::zeros((3, 2), DType::F32, &dev).unwrap();
+        let (w, id) = (w.as_tensor(), w.as_tensor().id());
+        let p = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &dev).unwrap(); // (rows 2, m 3)
+        let q = Tensor::new(&[[1f32, 0.5], [-1.0, 2.0]], &dev).unwrap(); // (rows 2, n 2)
+        let product = p.t().unwrap().matmul(&q).unwrap().to_vec2::<f32>().unwrap();
+        let times = |k: f32| product.iter().map(|r| r.iter().map(|x| x * k).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let _step = accumulate();
+        add_weight_grad(w, &p, &q).unwrap();
+        let first = GRADS.with(|g| g.borrow()[&id].grad.clone());
+        add_weight_grad(w, &p, &q).unwrap();
+        assert_eq!(first.to_vec2::<f32>().unwrap(), times(2.0), "added in place: the first buffer holds the sum");
+        assert_eq!(take(w).unwrap().to_vec2::<f32>().unwrap(), times(2.0));
+        let callers = Tensor::new(&[[1f32, 1.0], [1.0, 1.0], [1.0, 1.0]], &dev).unwrap();
+        add(id, callers.clone()).unwrap();
+        add_weight_grad(w, &p, &q).unwrap();
+        add_weight_grad(w, &p, &q).unwrap();
+        assert_eq!(callers.to_vec2::<f32>().unwrap(), vec![vec![1.0; 2]; 3], "the caller's tensor is not written");
+        let want: Vec<Vec<f32>> = times(2.0).iter().map(|r| r.iter().map(|x| x + 1.0).collect()).collect();
+        assert_eq!(take(w).unwrap().to_vec2::<f32>().unwrap(), want);
     }
 }

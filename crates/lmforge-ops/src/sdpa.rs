@@ -40,11 +40,7 @@ pub const CUDA_ATTENTION_VAR: &str = "LMFORGE_CUDA_ATTENTION";
 
 /// Whether [`CUDA_ATTENTION_VAR`]'s value lets the tensor-core kernels run.
 pub fn tensor_core_attention_allowed(value: Option<&str>) -> Result<bool> {
-    match value.map(str::trim) {
-        None | Some("" | "auto") => Ok(true),
-        Some("scalar") => Ok(false),
-        Some(other) => bail!("{CUDA_ATTENTION_VAR}={other}: expected \"auto\" or \"scalar\""),
-    }
+    crate::switch(CUDA_ATTENTION_VAR, value, "scalar")
 }
 
 /// Query rows per block (see the module docs): small enough to skip most of the causal

@@ -384,6 +384,43 @@ fn device_sublayers_match_their_composition_on_the_cpu() {
     check_sublayers(&s, DType::F32, (1e-5, 1e-4), &device_sublayer::attention, &device_sublayer::mlp);
 }
 
+/// A weight gradient's product Pᵀ·Q on `dev` from operands of `dtype` — one a narrowed view
+/// (an offset) — new and then added into in place twice, against the f32 product of the same
+/// (rounded) operands on the CPU: both sum in f32, so they differ only in the order. Operands
+/// that do not make a product are refused.
+fn check_transposed_products(dev: &Device, dtype: DType) {
+    let on = |t: Tensor| t.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+    let p = on(randn(&[300, 70], 1.0, 170));
+    let q = on(randn(&[303, 130], 1.0, 171)).narrow(0, 3, 300).unwrap();
+    let cpu_f32 = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().contiguous().unwrap();
+    let want = cpu_f32(&p).t().unwrap().matmul(&cpu_f32(&q)).unwrap();
+    let got = weight_grad::transposed_product(&p, &q).unwrap();
+    assert_eq!(got.dtype(), DType::F32);
+    let label = format!("transposed product {dtype:?} on {dev:?}");
+    assert!(rel(&cpu_f32(&got), &want) < 1e-5, "{label}: {:e}", rel(&cpu_f32(&got), &want));
+    weight_grad::add_transposed_product(&got, &p, &q).unwrap();
+    weight_grad::add_transposed_product(&got, &p, &q).unwrap();
+    let thrice = (want * 3.0).unwrap();
+    assert!(rel(&cpu_f32(&got), &thrice) < 1e-5, "{label}, added in place: {:e}", rel(&cpu_f32(&got), &thrice));
+    let other = Tensor::zeros((130, 70), DType::F32, dev).unwrap();
+    assert!(weight_grad::add_transposed_product(&other, &p, &q).is_err(), "{label}: a sum of another shape");
+    assert!(weight_grad::transposed_product(&p, &p.narrow(0, 0, 299).unwrap()).is_err(), "{label}: other rows");
+}
+
+#[test]
+fn transposed_products_match_the_composed_product() {
+    check_transposed_products(&Device::Cpu, DType::F32);
+}
+
+#[test]
+fn the_cuda_weight_gradient_setting_is_auto_or_composed() {
+    use crate::weight_grad::fused_allowed as allowed;
+    assert!(allowed(None).unwrap() && allowed(Some("auto")).unwrap() && allowed(Some("")).unwrap());
+    assert!(!allowed(Some("composed")).unwrap() && !allowed(Some(" composed\n")).unwrap());
+    let e = allowed(Some("cublaslt")).unwrap_err().to_string();
+    assert!(e.contains("LMFORGE_CUDA_WEIGHT_GRAD=cublaslt") && e.contains("\"composed\""), "{e}");
+}
+
 #[test]
 fn sublayers_give_no_gradient_to_frozen_parameters_and_run_untracked() {
     let x = Var::from_tensor(&randn(&[2, 9, 8], 1.0, 100)).unwrap();
@@ -863,6 +900,13 @@ mod on_cuda {
         };
         check_sublayers(&s, DType::F32, (1e-5, 1e-4), &attention, &mlp);
         check_sublayers(&s, DType::BF16, (2e-2, 5e-2), &attention, &mlp);
+    }
+
+    /// The weight gradients' cuBLAS product (f32 out, bf16 or f32 operands, β = 0 and 1).
+    #[test]
+    fn transposed_products_match_on_the_gpu_in_f32_and_bf16() {
+        check_transposed_products(&gpu(), DType::F32);
+        check_transposed_products(&gpu(), DType::BF16);
     }
 
     /// Under bf16 the sublayer nodes cast each f32 weight for its product and drop the copy

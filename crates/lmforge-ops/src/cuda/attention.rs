@@ -144,13 +144,8 @@ impl Geometry<'_> {
 
 /// Whether `LMFORGE_CUDA_ATTENTION` lets the tensor-core kernels run (read once a process).
 fn tensor_cores_allowed() -> Result<bool> {
-    static ALLOWED: std::sync::OnceLock<std::result::Result<bool, String>> = std::sync::OnceLock::new();
-    let var = crate::sdpa::CUDA_ATTENTION_VAR;
-    let allowed = ALLOWED.get_or_init(|| {
-        let value = std::env::var(var).ok();
-        crate::sdpa::tensor_core_attention_allowed(value.as_deref()).map_err(|e| e.to_string())
-    });
-    allowed.clone().map_err(candle_core::Error::msg)
+    static ALLOWED: crate::Switch = std::sync::OnceLock::new();
+    crate::read_switch(&ALLOWED, crate::sdpa::CUDA_ATTENTION_VAR, crate::sdpa::tensor_core_attention_allowed)
 }
 
 /// The kernels' last arguments: the key lengths (None when causal), the causal flag, T, H, K,

@@ -13,7 +13,8 @@
 //! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
 //! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
 //! atomics ([`embedding`], `embedding.cu`); column sums, the bias gradients ([`reduce`],
-//! `reduce.cu`).
+//! `reduce.cu`). Beside the kernels, `gemm`: cuBLAS products with an f32 result from bf16
+//! operands, added in place (the weight gradients, `crate::weight_grad`).
 //!
 //! Without a GPU, `tests/cuda_emulated.rs` runs the same kernel sources on the CPU (a block's
 //! threads as fibers, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
@@ -23,6 +24,7 @@ pub mod adafactor;
 pub mod adamw;
 pub mod attention;
 pub mod embedding;
+pub(crate) mod gemm;
 pub mod loss;
 pub mod reduce;
 
@@ -127,8 +129,25 @@ pub(crate) fn f32_address<'a>(
 ) -> Result<(u64, SyncOnDrop<'a>)> {
     let Some((start, _)) = layout.contiguous_offsets() else { bail!("{op}: {name} is not contiguous") };
     let Storage::Cuda(cuda) = storage else { bail!("{op}: {name} is not on a GPU") };
-    let (base, record) = cuda.as_cuda_slice::<f32>()?.device_ptr(stream);
-    Ok((base + (start * DType::F32.size_in_bytes()) as u64, record))
+    if cuda.dtype() != DType::F32 {
+        bail!("{op}: {name} is {:?}, not f32", cuda.dtype());
+    }
+    address(cuda, start, stream)
+}
+
+/// The device address of element `start` of an f32 or bf16 CUDA buffer, with the record of
+/// its use on `stream` (see [`f32_address`]).
+pub(crate) fn address<'a>(
+    cuda: &'a CudaStorage,
+    start: usize,
+    stream: &'a CudaStream,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let (base, record) = match cuda.dtype() {
+        DType::F32 => cuda.as_cuda_slice::<f32>()?.device_ptr(stream),
+        DType::BF16 => cuda.as_cuda_slice::<half::bf16>()?.device_ptr(stream),
+        d => bail!("no device address for {d:?} buffers (f32 and bf16)"),
+    };
+    Ok((base + (start * cuda.dtype().size_in_bytes()) as u64, record))
 }
 
 /// One block per row of `c`: a warp per 32 columns up to four columns a thread, at most 1024.
