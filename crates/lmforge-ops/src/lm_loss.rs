@@ -10,16 +10,19 @@
 //! the gradient in the compute dtype); elsewhere composed in f32.
 //!
 //! d logits = (softmax − onehot(target)) / N per chunk; d hidden = d logits · head (in the
-//! compute dtype), d head = Σ over chunks d logitsᵀ · hidden (accumulated in f32).
+//! compute dtype), d head = Σ over chunks d logitsᵀ · hidden, each chunk's product formed in f32
+//! and added into the sum by the product itself ([`crate::weight_grad`]; composed — a product
+//! in the compute dtype, cast, added — where its ops do not apply).
 
 use crate::node;
 use crate::reference::{like, matmul};
 use candle_core::{DType, Result, Tensor, D};
 
 /// Logit elements per chunk: on the CPU 16M (64 MB in f32); on a GPU 128M (256 MB in bf16),
-/// since each chunk also adds its (V, C) share into the f32 d head — at GPT-2's vocabulary and
-/// 16 × 1024 tokens, 50 chunks of 16M moved ~23 GB a step through that sum, 7 of 128M ~3 GB —
-/// and its products' inner dimension is the chunk's rows.
+/// since each chunk also adds its (V, C) share into the f32 d head — 8 bytes an element through
+/// the product's β = 1 (composed, 20: a bf16 product, its f32 copy, the sum), at GPT-2's
+/// vocabulary and 16 × 1024 tokens ~2 GB a step in 7 chunks of 128M, where 50 of 16M would move
+/// ~15 GB — and its products' inner dimension is the chunk's rows.
 pub fn chunk_elements(device: &candle_core::Device) -> usize {
     if device.is_cpu() {
         1 << 24
@@ -70,7 +73,9 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
     let w = like(&head.detach(), hidden)?; // (V, C) in the compute dtype
     let mut loss_sum = Tensor::zeros((), DType::F32, hidden.device())?;
     let mut d_hidden = Vec::new();
-    let mut d_head = Tensor::zeros(head.dims(), DType::F32, head.device())?;
+    // d head's f32 sum, added to by each chunk's product itself where `weight_grad` applies.
+    let in_place = crate::weight_grad::applies(hidden.dtype(), hidden.device())?;
+    let mut d_head: Option<Tensor> = None;
     let inv_n = 1.0 / n.max(1) as f64;
     for start in (0..n).step_by(rows.max(1)) {
         let len = rows.min(n - start);
@@ -82,7 +87,20 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
         if let Some(dz) = dz {
             let dz_c = dz.to_dtype(hidden.dtype())?;
             d_hidden.push(matmul(&dz_c, &w)?); // (len, C)
-            d_head = (d_head + matmul(&dz_c.t()?, &h)?.to_dtype(DType::F32)?)?;
+            d_head = Some(match (d_head, in_place) {
+                (Some(sum), true) => {
+                    crate::weight_grad::add_transposed_product(&sum, &dz_c, &h)?;
+                    sum
+                }
+                (None, true) => crate::weight_grad::transposed_product(&dz_c, &h)?,
+                (sum, false) => {
+                    let part = matmul(&dz_c.t()?, &h)?.to_dtype(DType::F32)?;
+                    match sum {
+                        Some(sum) => (sum + part)?,
+                        None => part,
+                    }
+                }
+            });
         }
     }
     let loss = (loss_sum * inv_n)?;
@@ -91,7 +109,10 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
     }
     let d_hidden = if d_hidden.is_empty() { hidden.zeros_like()? } else { Tensor::cat(&d_hidden, 0)? };
     debug_assert_eq!(d_hidden.dims(), &[n, c]);
-    let d_head = d_head.to_dtype(head.dtype())?;
+    let d_head = match d_head {
+        Some(d) => d.to_dtype(head.dtype())?,
+        None => head.zeros_like()?,
+    };
     node::node2(hidden, head, loss, move |_, _, dy| {
         let dy = dy.to_dtype(DType::F32)?;
         let scale = |g: &Tensor| g.broadcast_mul(&dy.to_dtype(g.dtype())?);

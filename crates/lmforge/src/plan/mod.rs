@@ -371,14 +371,14 @@ fn largest_layer_matrix(spec: &ModelSpec) -> u64 {
 
 /// The LM loss on a GPU (`ops::lm_loss`, rows a chunk of up to
 /// `ops::lm_loss::GPU_CHUNK_ELEMENTS` logits at a time): what it keeps for the backward — d
-/// hidden in the compute dtype (`e` bytes, `tokens` × h) and d head in f32 (v × h) — and its
-/// transient peak: a chunk's logits and their gradient, the head in the compute dtype, and the
-/// d head update (a product in the compute dtype, its f32 copy, the new sum).
+/// hidden in the compute dtype (`e` bytes, `tokens` × h) and d head in f32 (v × h), whose sum
+/// each chunk's product adds to in place (`ops::weight_grad`) — and its transient peak: a
+/// chunk's logits and their gradient, and the head in the compute dtype.
 pub fn lm_loss_bytes(spec: &ModelSpec, tokens: u64, e: u64) -> (u64, u64) {
     let (h, v) = (spec.d_model as u64, spec.vocab_size as u64);
     let rows = (crate::ops::lm_loss::GPU_CHUNK_ELEMENTS as u64 / v.max(1)).clamp(1, tokens.max(1));
     let kept = e * tokens * h + 4 * v * h;
-    (kept, 2 * e * rows * v + 2 * e * v * h + 8 * v * h)
+    (kept, 2 * e * rows * v + e * v * h)
 }
 
 /// Activation bytes one layer keeps for backward (Korthikanti et al. 2022, §4.1, no tensor or
