@@ -74,7 +74,6 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
     let mut loss_sum = Tensor::zeros((), DType::F32, hidden.device())?;
     let mut d_hidden = Vec::new();
     // d head's f32 sum, added to by each chunk's product itself where `weight_grad` applies.
-    let in_place = crate::weight_grad::applies(hidden.dtype(), hidden.device())?;
     let mut d_head: Option<Tensor> = None;
     let inv_n = 1.0 / n.max(1) as f64;
     for start in (0..n).step_by(rows.max(1)) {
@@ -87,20 +86,7 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
         if let Some(dz) = dz {
             let dz_c = dz.to_dtype(hidden.dtype())?;
             d_hidden.push(matmul(&dz_c, &w)?); // (len, C)
-            d_head = Some(match (d_head, in_place) {
-                (Some(sum), true) => {
-                    crate::weight_grad::add_transposed_product(&sum, &dz_c, &h)?;
-                    sum
-                }
-                (None, true) => crate::weight_grad::transposed_product(&dz_c, &h)?,
-                (sum, false) => {
-                    let part = matmul(&dz_c.t()?, &h)?.to_dtype(DType::F32)?;
-                    match sum {
-                        Some(sum) => (sum + part)?,
-                        None => part,
-                    }
-                }
-            });
+            d_head = Some(crate::weight_grad::add_to(d_head.take(), &dz_c, &h)?);
         }
     }
     let loss = (loss_sum * inv_n)?;

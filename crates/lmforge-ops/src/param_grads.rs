@@ -21,7 +21,7 @@
 //! Per thread: candle runs a backward on the calling thread, and parallel tests must not mix.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, TensorId};
+use candle_core::{Result, Tensor, TensorId};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
@@ -127,17 +127,14 @@ fn hold(id: TensorId, grad: Tensor, own: bool) -> Result<()> {
 /// tensor, formed in f32 from operands of any dtype the ops take ([`crate::weight_grad`]:
 /// f32, and bf16 on a GPU), and composed (the product in the operands' dtype, cast) elsewhere.
 pub fn add_weight_grad(w: &Tensor, p: &Tensor, q: &Tensor) -> Result<()> {
-    use crate::weight_grad::{add_transposed_product, applies, transposed_product};
+    use crate::weight_grad::{add_to, applies};
     let id = w.id();
-    if !applies(p.dtype(), p.device())? {
-        let g = crate::reference::matmul(&p.t()?, q)?.to_dtype(DType::F32)?;
-        return add(id, g.reshape(w.dims())?);
-    }
     let streamed = STREAM.with(|s| s.borrow().as_ref().is_some_and(|(ids, _)| ids.contains(&id)));
-    let own_sum = GRADS.with(|g| g.borrow().get(&id).filter(|h| h.own).map(|h| h.grad.clone()));
-    match own_sum {
-        Some(sum) if !streamed => add_transposed_product(&sum, p, q),
-        _ => hold(id, transposed_product(p, q)?.reshape(w.dims())?, true),
+    let own_sum = || GRADS.with(|g| g.borrow().get(&id).filter(|h| h.own).map(|h| h.grad.clone()));
+    match own_sum() {
+        Some(sum) if !streamed && applies(p.dtype(), p.device())? => add_to(Some(sum), p, q).map(drop),
+        // A new f32 product (composed where the ops do not apply), added as any gradient.
+        _ => hold(id, add_to(None, p, q)?.reshape(w.dims())?, true),
     }
 }
 

@@ -30,6 +30,23 @@ pub fn add_transposed_product(acc: &Tensor, p: &Tensor, q: &Tensor) -> Result<()
     acc.inplace_op3(&p, &q, &AddTransposedProduct)
 }
 
+/// `sum` + Pᵀ·Q in f32 (Pᵀ·Q alone without a sum), for a caller that owns `sum`'s buffer:
+/// added into it in place by the product where the ops here apply, else composed (the product
+/// in the operands' dtype, cast to f32, added).
+pub fn add_to(sum: Option<Tensor>, p: &Tensor, q: &Tensor) -> Result<Tensor> {
+    if !applies(p.dtype(), p.device())? {
+        let part = crate::reference::matmul(&p.t()?, q)?.to_dtype(DType::F32)?;
+        return match sum {
+            Some(sum) => sum + part,
+            None => Ok(part),
+        };
+    }
+    match sum {
+        Some(sum) => add_transposed_product(&sum, p, q).map(|()| sum),
+        None => transposed_product(p, q),
+    }
+}
+
 /// Whether the ops here take operands of `dtype` on `device`: f32 anywhere, bf16 on a GPU
 /// (the CPU's `gemm` has no bf16); on a GPU unless [`CUDA_WEIGHT_GRAD_VAR`] says `composed`.
 pub fn applies(dtype: DType, device: &candle_core::Device) -> Result<bool> {

@@ -184,11 +184,10 @@ impl PlanRequest {
         }
         // What the trainer refuses on every device (`train.activation_checkpointing`,
         // `distributed.zero`), so no plan counts on it.
-        let decoder = self.spec.arch().family() == Family::Decoder;
-        if self.checkpointing.is_on() && !decoder {
+        if self.checkpointing.is_on() && !self.is_decoder() {
             return bad("--activation-checkpointing", "lmforge checkpoints the blocks of decoder models only".into());
         }
-        if self.zero >= 3 && !decoder {
+        if self.zero >= 3 && !self.is_decoder() {
             return bad("--zero", "ZeRO-3 shards the layers of decoder models (GPT-2, Llama); use 2".into());
         }
         Ok(())
@@ -204,7 +203,12 @@ impl PlanRequest {
     /// kernels or the GPU's `ops::device_sublayer`), which add their layers' gradients in place
     /// and keep no cast copy of their weights; with dropout the layers run composed.
     fn fused_sublayers(&self) -> bool {
-        self.spec.arch().family() == Family::Decoder && !self.dropout
+        self.is_decoder() && !self.dropout
+    }
+
+    /// A decoder (GPT-2, Llama): the only models the trainer recomputes or shards with ZeRO-3.
+    fn is_decoder(&self) -> bool {
+        self.spec.arch().family() == Family::Decoder
     }
 
     fn fits(&self) -> bool {
@@ -215,12 +219,12 @@ impl PlanRequest {
     /// recompute every one already, and the trainer checkpoints this model (decoder blocks
     /// only: `nn::recompute`).
     fn can_recompute_more(&self) -> bool {
-        self.checkpointing != Checkpointing::All && self.spec.arch().family() == Family::Decoder
+        self.checkpointing != Checkpointing::All && self.is_decoder()
     }
 
     /// The highest ZeRO stage the trainer runs this model at: 3 shards decoder layers only.
     fn max_zero(&self) -> u8 {
-        if self.spec.arch().family() == Family::Decoder {
+        if self.is_decoder() {
             3
         } else {
             2
