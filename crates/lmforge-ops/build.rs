@@ -3,14 +3,21 @@
 //! binary a file in OUT_DIR, where `src/cuda/` includes them: machine code for
 //! `sm_{CUDA_COMPUTE_CAP}` (default 90, Hopper), so nothing waits on the driver's JIT compiler,
 //! and the same architecture's PTX, which the driver compiles for newer GPUs. Each image is
-//! checked to hold both (`src/fatbin.rs`). Without the feature it does nothing, so the CPU build
-//! needs no CUDA toolkit.
+//! checked to hold both (`src/fatbin.rs`). It also writes `kernel_signatures.rs` there: every
+//! kernel's parameter list as the C++ preprocessor reads the sources (`src/kernel_signature.rs`),
+//! which each launch's arguments are checked against. Without the feature it does nothing, so
+//! the CPU build needs no CUDA toolkit.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 #[path = "src/fatbin.rs"]
 mod fatbin;
+
+// Only the reading half is used here; the library uses the rest.
+#[path = "src/kernel_signature.rs"]
+#[allow(dead_code)]
+mod kernel_signature;
 
 const KERNELS: [&str; 8] = ["norm", "adamw", "adafactor", "attention", "activation", "loss", "embedding", "reduce"];
 
@@ -20,6 +27,7 @@ fn main() {
     println!("cargo::rerun-if-changed=src/fatbin.rs");
     println!("cargo::rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo::rerun-if-env-changed=CUDA_ROOT");
+    println!("cargo::rerun-if-env-changed=CXX");
     // nvcc reads these itself (CI sets NVCC_APPEND_FLAGS, .ci/cuda): a change must rebuild the images.
     println!("cargo::rerun-if-env-changed=NVCC_APPEND_FLAGS");
     println!("cargo::rerun-if-env-changed=NVCC_PREPEND_FLAGS");
@@ -55,4 +63,16 @@ fn main() {
             panic!("{}: {why}", image.display());
         }
     }
+    // Every kernel's parameters, for the check of each launch's arguments (cuda::Args).
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let kernels = kernel_signature::read_kernels(&cxx, std::path::Path::new("src/cuda"), &KERNELS)
+        .unwrap_or_else(|e| panic!("reading the kernels' signatures: {e}"));
+    let mut table = String::from("pub(crate) const SIGNATURES: &[(&str, &[Param])] = &[\n");
+    for k in &kernels {
+        let params: Vec<String> = k.params.iter().map(|p| p.rust()).collect();
+        table.push_str(&format!("    ({:?}, &[{}]),\n", k.name, params.join(", ")));
+    }
+    table.push_str("];\n");
+    let path = out.join("kernel_signatures.rs");
+    std::fs::write(&path, table).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }

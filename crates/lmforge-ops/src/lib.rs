@@ -43,6 +43,7 @@ pub mod embedding;
 mod fatbin;
 mod gemv;
 pub mod grad_norm;
+pub mod kernel_signature;
 pub mod linear;
 pub mod lm_loss;
 pub mod loss;

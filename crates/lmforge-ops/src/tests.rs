@@ -674,6 +674,35 @@ mod on_cuda {
         }
     }
 
+    /// A launch whose arguments do not fill the kernel's parameters is refused before the driver
+    /// sees it (`cuda::Args` against the signatures build.rs read from the sources), and the
+    /// same launch with the right arguments runs.
+    #[test]
+    fn a_launch_with_wrong_arguments_is_refused_before_it_runs() {
+        let dev = gpu();
+        let cuda = dev.as_cuda_device().unwrap();
+        let kernel = crate::cuda::kernel(cuda, &crate::cuda::reduce::IMAGE, "column_partials_f32").unwrap();
+        let x = cuda.alloc_zeros::<f32>(64).unwrap();
+        let partials = cuda.alloc_zeros::<f32>(64).unwrap();
+        let (rows, c, c_as_size) = (1i32, 64i32, 64usize);
+        let cfg = crate::cuda::elementwise(64);
+        let mut wrong = kernel.builder();
+        wrong.arg(&x).arg(&partials).arg(&rows).arg(&c_as_size);
+        // SAFETY: refused before it reaches the driver (the point of the test).
+        let err = unsafe { wrong.launch(cfg) }.unwrap_err().to_string();
+        assert!(err.contains("column_partials_f32: argument 3 is unsigned long long / size_t"), "{err}");
+        let mut short = kernel.builder();
+        short.arg(&x).arg(&partials).arg(&rows);
+        // SAFETY: as above.
+        let err = unsafe { short.launch(cfg) }.unwrap_err().to_string();
+        assert!(err.contains("3 arguments pushed, the kernel takes 4"), "{err}");
+        let mut right = kernel.builder();
+        right.arg(&x).arg(&partials).arg(&rows).arg(&c);
+        // SAFETY: x holds 1 × 64 f32, partials one row of 64 (one 64-row block of one row).
+        unsafe { right.launch(cfg) }.unwrap();
+        assert!(crate::cuda::kernel(cuda, &crate::cuda::reduce::IMAGE, "column_partials_f16").is_err());
+    }
+
     #[test]
     fn norms_match_the_reference_on_the_gpu_in_f32_and_bf16() {
         let dev = gpu();

@@ -5,8 +5,8 @@
 
 use super::{cuda_storage, elementwise, suffix, view, NULL};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -25,7 +25,7 @@ pub fn launch(kernel: &str, inputs: &[Input], outputs: usize, flag: Option<i32>)
     }
 }
 
-fn launch_as<T: CudaDType + DeviceRepr>(
+fn launch_as<T: CudaDType + DeviceRepr + super::Elem>(
     kernel: &str,
     inputs: &[Input],
     outputs: usize,
@@ -54,7 +54,7 @@ fn launch_as<T: CudaDType + DeviceRepr>(
     }
     if n > 0 {
         // SAFETY: the arguments match the kernel's signature (activation.cu).
-        unsafe { args.launch(elementwise(n)) }.w()?;
+        unsafe { args.launch(elementwise(n)) }?;
     }
     let out_shape = if outputs == 1 {
         shape
@@ -127,7 +127,7 @@ pub fn rope(x: Input, cos: Input, sin: Input, d: usize, transposed: bool) -> Res
     }
 }
 
-fn rope_as<T: CudaDType + DeviceRepr>(
+fn rope_as<T: CudaDType + DeviceRepr + super::Elem>(
     (xs, xl): Input,
     (cs, cl): Input,
     (ss, sl): Input,
@@ -157,7 +157,7 @@ fn rope_as<T: CudaDType + DeviceRepr>(
     }
     if n > 0 {
         // SAFETY: the arguments match the kernel's signature (activation.cu).
-        unsafe { args.launch(elementwise(n)) }.w()?;
+        unsafe { args.launch(elementwise(n)) }?;
     }
     Ok((CudaStorage::wrap_cuda_slice(y, dev), xl.shape().clone()))
 }
@@ -171,7 +171,7 @@ pub fn bias_gelu(z: Input, b: Input, dy: Option<Input>, erf: bool) -> Result<(Cu
     }
 }
 
-fn bias_gelu_as<T: CudaDType + DeviceRepr>(
+fn bias_gelu_as<T: CudaDType + DeviceRepr + super::Elem>(
     (zs, zl): Input,
     (bs, bl): Input,
     dy: Option<Input>,
@@ -206,7 +206,7 @@ fn bias_gelu_as<T: CudaDType + DeviceRepr>(
     }
     if n > 0 {
         // SAFETY: the arguments match the kernel's signature (activation.cu).
-        unsafe { args.launch(elementwise(n)) }.w()?;
+        unsafe { args.launch(elementwise(n)) }?;
     }
     Ok((CudaStorage::wrap_cuda_slice(out, dev), zl.shape().clone()))
 }
@@ -246,7 +246,7 @@ fn add_in_one_pass(op: &str, x: Option<&Tensor>, p: &Tensor, b: Option<&Tensor>)
     Ok(Tensor::from_storage(Storage::Cuda(y), p.dims(), BackpropOp::none(), false))
 }
 
-fn add_as<T: CudaDType + DeviceRepr>(
+fn add_as<T: CudaDType + DeviceRepr + super::Elem>(
     op: &str,
     x: Option<Input>,
     (ps, pl): Input,
@@ -277,7 +277,7 @@ fn add_as<T: CudaDType + DeviceRepr>(
     args.arg(&c_arg);
     if n > 0 {
         // SAFETY: the arguments match the kernel's signature (activation.cu).
-        unsafe { args.launch(elementwise(n)) }.w()?;
+        unsafe { args.launch(elementwise(n)) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(y, dev))
 }

@@ -6,9 +6,9 @@
 //! and the second-moment state are written in place through their addresses, as `adamw.rs`'s
 //! table does.
 
+use super::F32Address;
 use crate::adafactor::{AdafactorStep, AdafactorUpdate, SecondMoment};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, LaunchConfig};
 use candle_core::{bail, CudaDevice, DType, Result, Tensor};
 
 pub(crate) const IMAGE: super::Image = super::image!("adafactor");
@@ -66,7 +66,7 @@ pub fn update(u: &AdafactorUpdate<'_>) -> Result<()> {
         addresses.push(address);
         records.push(record);
     }
-    let m = if u.exp_avg.is_some() { *addresses.last().expect("the first moment's address") } else { 0 };
+    let m = if u.exp_avg.is_some() { *addresses.last().expect("the first moment's address") } else { F32Address(0) };
     let at = Addresses { p: addresses[0], g: addresses[1], m };
     match dims {
         Some((rows, cols)) => matrix(dev, &u.step, at, (addresses[2], addresses[3]), rows, cols)?,
@@ -80,9 +80,9 @@ pub fn update(u: &AdafactorUpdate<'_>) -> Result<()> {
 /// The device addresses of the parameter, its gradient and its first moment (0 without β1).
 #[derive(Clone, Copy)]
 struct Addresses {
-    p: u64,
-    g: u64,
-    m: u64,
+    p: F32Address,
+    g: F32Address,
+    m: F32Address,
 }
 
 /// Partial-sum buffers every element of which its kernel writes before a later one reads it.
@@ -97,7 +97,7 @@ fn matrix(
     dev: &CudaDevice,
     h: &AdafactorStep,
     at: Addresses,
-    state: (u64, u64),
+    state: (F32Address, F32Address),
     rows: usize,
     cols: usize,
 ) -> Result<()> {
@@ -122,7 +122,7 @@ fn matrix(
     launch.arg(&g).arg(&grad_scale).arg(&p).arg(&rows_i).arg(&cols_i).arg(&eps1).arg(&with_p);
     launch.arg(&part_row).arg(&part_col).arg(&part_p);
     // SAFETY: the arguments match adafactor_tiles' signature; g and p hold rows × cols f32.
-    unsafe { launch.launch(config((col_tiles as u32, row_tiles as u32), THREADS)) }.w()?;
+    unsafe { launch.launch(config((col_tiles as u32, row_tiles as u32), THREADS)) }?;
 
     let factors = super::kernel(dev, &IMAGE, "adafactor_factors")?;
     let (beta2t, one_minus) = (h.beta2t as f32, (1.0 - h.beta2t) as f32);
@@ -130,13 +130,13 @@ fn matrix(
     launch.arg(&part_row).arg(&part_col).arg(&rows_i).arg(&cols_i).arg(&col_tiles_i).arg(&row_tiles_i);
     launch.arg(&beta2t).arg(&one_minus).arg(&row_state).arg(&col_state).arg(&r_fac).arg(&c_fac);
     // SAFETY: the arguments match adafactor_factors' signature; the states hold rows and cols f32.
-    unsafe { launch.launch(config((1, 1), ONE_BLOCK)) }.w()?;
+    unsafe { launch.launch(config((1, 1), ONE_BLOCK)) }?;
 
     let update_sq = super::kernel(dev, &IMAGE, "adafactor_update_sq")?;
     let mut launch = update_sq.builder();
     launch.arg(&g).arg(&grad_scale).arg(&r_fac).arg(&c_fac).arg(&rows_i).arg(&cols_i).arg(&part_u);
     // SAFETY: the arguments match adafactor_update_sq's signature.
-    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;
+    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }?;
 
     step_scalars(dev, h, (&part_u, blocks), (&part_p, row_tiles * col_tiles), rows * cols, &scalars)?;
 
@@ -146,12 +146,12 @@ fn matrix(
     launch.arg(&p).arg(&g).arg(&grad_scale).arg(&m).arg(&r_fac).arg(&c_fac).arg(&scalars).arg(&rows_i).arg(&cols_i);
     launch.arg(&has_m).arg(&b1).arg(&one_minus_b1).arg(&has_decay);
     // SAFETY: the arguments match adafactor_apply's signature; m is read only with has_m.
-    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;
+    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }?;
     Ok(())
 }
 
 /// A vector's three launches: its moment and the partial sums of U² and p², scalars, the update.
-fn vector(dev: &CudaDevice, h: &AdafactorStep, at: Addresses, v_state: u64, n: usize) -> Result<()> {
+fn vector(dev: &CudaDevice, h: &AdafactorStep, at: Addresses, v_state: F32Address, n: usize) -> Result<()> {
     let Addresses { p, g, m } = at;
     let blocks = n.div_ceil(THREADS as usize).min(MAX_BLOCKS);
     let (part_u, part_p, scalars) = (scratch(dev, blocks)?, scratch(dev, blocks)?, scratch(dev, 2)?);
@@ -163,7 +163,7 @@ fn vector(dev: &CudaDevice, h: &AdafactorStep, at: Addresses, v_state: u64, n: u
     launch.arg(&g).arg(&grad_scale).arg(&p).arg(&n).arg(&eps1).arg(&with_p).arg(&beta2t).arg(&one_minus);
     launch.arg(&v_state).arg(&part_u).arg(&part_p);
     // SAFETY: the arguments match adafactor_vector_sq's signature; g, p and v hold n f32.
-    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;
+    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }?;
 
     step_scalars(dev, h, (&part_u, blocks), (&part_p, blocks), n, &scalars)?;
 
@@ -173,7 +173,7 @@ fn vector(dev: &CudaDevice, h: &AdafactorStep, at: Addresses, v_state: u64, n: u
     launch.arg(&p).arg(&g).arg(&grad_scale).arg(&m).arg(&v_state).arg(&scalars).arg(&n);
     launch.arg(&has_m).arg(&b1).arg(&one_minus_b1).arg(&has_decay);
     // SAFETY: the arguments match adafactor_vector_apply's signature; m is read only with has_m.
-    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }.w()?;
+    unsafe { launch.launch(config((blocks as u32, 1), THREADS)) }?;
     Ok(())
 }
 
@@ -193,13 +193,13 @@ fn step_scalars(
     launch.arg(part_u.0).arg(&u_parts).arg(part_p.0).arg(&p_parts).arg(&count).arg(&h.rel).arg(&h.lr_scale);
     launch.arg(&h.eps2).arg(&scale_parameter).arg(&h.clip_threshold).arg(&h.weight_decay).arg(scalars);
     // SAFETY: the arguments match adafactor_scalars' signature.
-    unsafe { launch.launch(config((1, 1), THREADS)) }.w()?;
+    unsafe { launch.launch(config((1, 1), THREADS)) }?;
     Ok(())
 }
 
 /// The apply kernels' first-moment and decay arguments: has_m (a first moment was given: its
 /// address `m` is not 0), β1, 1 − β1, has_decay.
-fn first_moment_and_decay(h: &AdafactorStep, m: u64) -> (i32, f32, f32, i32) {
+fn first_moment_and_decay(h: &AdafactorStep, m: F32Address) -> (i32, f32, f32, i32) {
     let beta1 = h.beta1.unwrap_or(0.0);
-    (i32::from(m != 0), beta1 as f32, (1.0 - beta1) as f32, i32::from(h.weight_decay != 0.0))
+    (i32::from(m.0 != 0), beta1 as f32, (1.0 - beta1) as f32, i32::from(h.weight_decay != 0.0))
 }

@@ -5,8 +5,7 @@
 //! addresses, sizes and scalars uploaded with the launch (10 words a tensor).
 
 use crate::adamw::AdamWUpdate;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{bail, DType, Result};
 
 pub(crate) const IMAGE: super::Image = super::image!("adamw");
@@ -44,7 +43,7 @@ pub fn adamw_all<'a>(updates: &[AdamWUpdate<'a>]) -> Result<()> {
                 bail!("{OP}: {name} {:?} {:?} does not match its parameter ({n} f32 on one GPU)", t.dtype(), t.dims());
             }
             let (address, record) = super::f32_address(storage, layout, &stream, name, OP)?;
-            words[slot] = address;
+            words[slot] = address.0;
             records.push(record);
         }
         let h = &u.step;
@@ -75,7 +74,7 @@ pub fn adamw_all<'a>(updates: &[AdamWUpdate<'a>]) -> Result<()> {
         LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the table's addresses are live f32 buffers of the sizes it gives (locked above);
     // the arguments match the kernel's signature (adamw.cu).
-    unsafe { launch.launch(config) }.w()?;
+    unsafe { launch.launch(config) }?;
     drop(records);
     Ok(())
 }

@@ -5,15 +5,15 @@
 //! compile-time bound (64, 128 or 256), bf16 at head dim 64 or 128 on tensor cores (mma.sync)
 //! forward and backward when the operands' rows are 16-byte aligned.
 
-use super::{cuda_storage, suffix, view, Kernel, NULL};
+use super::{cuda_storage, suffix, view, Args, Kernel, NULL};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
-use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
-};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig};
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, DType, Layout, Result, Storage, Tensor};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub(crate) const IMAGE: super::Image = super::image!("attention");
 
@@ -53,7 +53,7 @@ struct Rows<'a, T: DeviceRepr> {
     aligned: bool,
 }
 
-fn rows<'a, T: CudaDType + DeviceRepr>((s, l, col): Operand<'a>, op: &str) -> Result<Rows<'a, T>> {
+fn rows<'a, T: CudaDType + DeviceRepr + super::Elem>((s, l, col): Operand<'a>, op: &str) -> Result<Rows<'a, T>> {
     if l.dims().len() != 3 || l.stride()[2] != 1 {
         bail!("{op}: operand layout {l:?} is not (B, T, W) rows of contiguous features");
     }
@@ -157,7 +157,7 @@ struct Tail {
 }
 
 impl Tail {
-    fn push<'a>(&'a self, launch: &mut LaunchArgs<'a>) {
+    fn push<'a>(&'a self, launch: &mut Args<'a>) {
         match &self.lens {
             Some(lens) => launch.arg(lens),
             None => launch.arg(&NULL),
@@ -170,7 +170,7 @@ impl Tail {
 }
 
 /// The q, k, v operands, every kernel's first arguments.
-fn push_operands<'a, T: DeviceRepr>(launch: &mut LaunchArgs<'a>, operands: [&'a Rows<'a, T>; 3]) {
+fn push_operands<'a, T: DeviceRepr + super::Elem>(launch: &mut Args<'a>, operands: [&'a Rows<'a, T>; 3]) {
     for o in operands {
         launch.arg(&o.data);
         launch.arg(&o.sb);
@@ -179,12 +179,22 @@ fn push_operands<'a, T: DeviceRepr>(launch: &mut LaunchArgs<'a>, operands: [&'a 
 }
 
 /// The kernel `name`, allowed the shared memory `cfg` asks for (above 48 KiB a kernel must opt
-/// in).
+/// in). The allowance is an attribute of the function, which every thread of the process
+/// shares, so it only ever grows: set to one call's exact need, a thread launching with less
+/// could lower it between another's setting and launch, and that launch would fail.
 fn function(dev: &CudaDevice, name: &str, cfg: &LaunchConfig) -> Result<Kernel> {
+    static ALLOWED: Mutex<Option<HashMap<(usize, String), u32>>> = Mutex::new(None);
     let func = super::kernel(dev, &IMAGE, name)?;
-    if cfg.shared_mem_bytes as usize > DEFAULT_SHARED {
-        let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        func.function().set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
+    let bytes = cfg.shared_mem_bytes;
+    if bytes as usize > DEFAULT_SHARED {
+        let mut allowed = ALLOWED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ordinal = dev.cuda_stream().context().ordinal();
+        let so_far = allowed.get_or_insert_with(HashMap::new).entry((ordinal, name.to_string())).or_insert(0);
+        if *so_far < bytes {
+            let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            func.function().set_attribute(attr, bytes as i32).w()?;
+            *so_far = bytes;
+        }
     }
     Ok(func)
 }
@@ -197,7 +207,7 @@ pub fn forward(op: &str, q: Operand, k: Operand, v: Operand, g: &Geometry) -> Re
     }
 }
 
-fn forward_as<T: CudaDType + DeviceRepr>(
+fn forward_as<T: CudaDType + DeviceRepr + super::Elem>(
     op: &str,
     q: Operand,
     k: Operand,
@@ -219,7 +229,7 @@ fn forward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&lse);
     tail.push(&mut launch);
     // SAFETY: the arguments match attn_fwd's signature (attention.cu).
-    unsafe { launch.launch(cfg) }.w()?;
+    unsafe { launch.launch(cfg) }?;
     let lse = Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone()));
     Ok((CudaStorage::wrap_cuda_slice(y, dev), Tensor::from_storage(lse, (g.b, g.h, g.t), BackpropOp::none(), false)))
 }
@@ -254,7 +264,7 @@ pub fn backward(
     Ok(Tensor::from_storage(Storage::Cuda(grad), (g.b, g.t, width), BackpropOp::none(), false))
 }
 
-fn backward_as<T: CudaDType + DeviceRepr>(
+fn backward_as<T: CudaDType + DeviceRepr + super::Elem>(
     op: &str,
     [q, k, v]: [Operand; 3],
     [(ys, yl), (dys, dyl), (ls, ll)]: [(&CudaStorage, &Layout); 3],
@@ -284,7 +294,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
         launch.arg(x);
     }
     // SAFETY: the arguments match attn_delta's signature (attention.cu).
-    unsafe { launch.launch(cfg) }.w()?;
+    unsafe { launch.launch(cfg) }?;
 
     let width = (g.h + 2 * g.kh) * g.d;
     // SAFETY: dq covers every row of every query head, dk and dv every row of every KV head.
@@ -304,7 +314,7 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&st);
     tail.push(&mut launch);
     // SAFETY: the arguments match attn_bwd_dq's signature (attention.cu).
-    unsafe { launch.launch(dq_cfg) }.w()?;
+    unsafe { launch.launch(dq_cfg) }?;
 
     let func = function(&dev, &dkdv_name, &dkdv_cfg)?;
     let mut launch = func.builder();
@@ -318,6 +328,6 @@ fn backward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&st);
     tail.push(&mut launch);
     // SAFETY: the arguments match attn_bwd_dkdv's signature (attention.cu).
-    unsafe { launch.launch(dkdv_cfg) }.w()?;
+    unsafe { launch.launch(dkdv_cfg) }?;
     Ok(CudaStorage::wrap_cuda_slice(grad, dev))
 }

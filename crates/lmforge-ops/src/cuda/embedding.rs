@@ -5,8 +5,8 @@
 //! out summed in position order by a block of its own.
 
 use super::{elementwise, view};
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{bail, Layout, Result, Shape};
 
 pub(crate) const IMAGE: super::Image = super::image!("embedding");
@@ -26,7 +26,7 @@ pub fn rows((ts, tl): (&CudaStorage, &Layout), (is, il): (&CudaStorage, &Layout)
         let mut args = func.builder();
         args.arg(&table).arg(&ids).arg(&out).arg(&n).arg(&c).arg(&v);
         // SAFETY: the arguments match the kernel's signature (embedding.cu).
-        unsafe { args.launch(elementwise(n * c)) }.w()?;
+        unsafe { args.launch(elementwise(n * c)) }?;
     }
     Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((n, c))))
 }
@@ -55,7 +55,7 @@ pub fn grad(
     let mut args = func.builder();
     args.arg(&ids).arg(&keys).arg(&n).arg(&padded);
     // SAFETY: the arguments match the kernel's signature (embedding.cu).
-    unsafe { args.launch(elementwise(padded)) }.w()?;
+    unsafe { args.launch(elementwise(padded)) }?;
     // The bitonic sort: every step within a tile of SORT_TILE keys in one launch (shared memory),
     // then for each wider k the steps across tiles one launch each and the rest of k in one.
     let tile = padded.min(SORT_TILE);
@@ -70,7 +70,7 @@ pub fn grad(
         let mut args = local.builder();
         args.arg(&keys).arg(&padded).arg(&k_from).arg(&k_to).arg(&j_from);
         // SAFETY: the arguments match the kernel's signature (embedding.cu).
-        unsafe { args.launch(tiles) }.w()?;
+        unsafe { args.launch(tiles) }?;
         Ok(())
     };
     sort_tiles(2, tile)?;
@@ -82,7 +82,7 @@ pub fn grad(
             let mut args = across.builder();
             args.arg(&keys).arg(&padded).arg(&k).arg(&j);
             // SAFETY: as above.
-            unsafe { args.launch(elementwise(padded)) }.w()?;
+            unsafe { args.launch(elementwise(padded)) }?;
             j /= 2;
         }
         sort_tiles(k, k)?;
@@ -94,6 +94,6 @@ pub fn grad(
     let threads = c.next_multiple_of(32).clamp(32, 256) as u32;
     let config = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: as above; one block per sorted position.
-    unsafe { args.launch(config) }.w()?;
+    unsafe { args.launch(config) }?;
     Ok((CudaStorage::wrap_cuda_slice(dtable, dev), Shape::from((v, c))))
 }

@@ -5,8 +5,8 @@
 
 use super::{elementwise, row_blocks, suffix, view};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::DeviceRepr;
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape};
 
 pub(crate) const IMAGE: super::Image = super::image!("loss");
@@ -41,7 +41,7 @@ impl CustomOp2 for RowLse {
 }
 
 impl RowLse {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn launch<T: CudaDType + DeviceRepr + super::Elem>(
         &self,
         (zs, zl): (&CudaStorage, &Layout),
         (ts, tl): (&CudaStorage, &Layout),
@@ -61,7 +61,7 @@ impl RowLse {
             args.arg(&lse);
             args.arg(&v_arg);
             // SAFETY: the arguments match the kernel's signature (loss.cu).
-            unsafe { args.launch(row_blocks(rows, v)) }.w()?;
+            unsafe { args.launch(row_blocks(rows, v)) }?;
         }
         Ok((CudaStorage::wrap_cuda_slice(lse, dev), Shape::from(rows)))
     }
@@ -107,7 +107,7 @@ impl CustomOp3 for SoftmaxMinusOnehot {
 }
 
 impl SoftmaxMinusOnehot {
-    fn launch<T: CudaDType + DeviceRepr>(
+    fn launch<T: CudaDType + DeviceRepr + super::Elem>(
         &self,
         (zs, zl): (&CudaStorage, &Layout),
         (ts, tl): (&CudaStorage, &Layout),
@@ -136,7 +136,7 @@ impl SoftmaxMinusOnehot {
             args.arg(&v_arg);
             args.arg(&self.scale);
             // SAFETY: the arguments match the kernel's signature (loss.cu).
-            unsafe { args.launch(elementwise(n)) }.w()?;
+            unsafe { args.launch(elementwise(n)) }?;
         }
         Ok((CudaStorage::wrap_cuda_slice(dz, dev), zl.shape().clone()))
     }

@@ -13,8 +13,10 @@
 //! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
 //! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
 //! atomics ([`embedding`], `embedding.cu`); column sums, the bias gradients ([`reduce`],
-//! `reduce.cu`). Beside the kernels, `gemm`: cuBLAS products with an f32 result from bf16
-//! operands, added in place (the weight gradients, `crate::weight_grad`).
+//! `reduce.cu`). Every launch goes through [`launch::Args`], which checks its arguments against
+//! the kernel's parameters as build.rs read them from the sources. Beside the kernels, `gemm`:
+//! cuBLAS products with an f32 result from bf16 operands, added in place (the weight
+//! gradients, `crate::weight_grad`).
 //!
 //! Without a GPU, `tests/cuda_emulated.rs` runs the same kernel sources on the CPU (a block's
 //! threads as fibers, `emu/cuda_emu.h`) against plain loops (`emu/check.cpp`).
@@ -25,17 +27,18 @@ pub mod adamw;
 pub mod attention;
 pub mod embedding;
 pub(crate) mod gemm;
+mod launch;
 pub mod loss;
 pub mod reduce;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
-    SyncOnDrop,
+    CudaModule, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchConfig, SyncOnDrop,
 };
 use candle_core::cuda_backend::cudarc::nvrtc::Ptx;
 use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{bail, CudaDevice, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+pub(crate) use launch::{Args, Elem, F32Address, Kernel, NULL};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -68,23 +71,6 @@ pub(crate) const IMAGES: [Image; 8] = [
     reduce::IMAGE,
 ];
 
-/// A kernel of a loaded image and the stream of the device it runs on.
-pub(crate) struct Kernel {
-    function: CudaFunction,
-    stream: Arc<CudaStream>,
-}
-
-impl Kernel {
-    /// The launch of this kernel on its device's stream, arguments to push.
-    pub fn builder(&self) -> LaunchArgs<'_> {
-        self.stream.launch_builder(&self.function)
-    }
-
-    pub fn function(&self) -> &CudaFunction {
-        &self.function
-    }
-}
-
 /// The modules loaded so far, by GPU ordinal and image. candle's devices of one ordinal share
 /// that GPU's primary context (cudarc's `CudaContext::new`), which is where a module lives, so
 /// an image is loaded once a GPU for the process (candle's own cache is per device handle, and
@@ -113,7 +99,7 @@ pub(crate) fn kernel(dev: &CudaDevice, image: &Image, name: &str) -> Result<Kern
         }
     };
     let function = module.load_function(name).w()?;
-    Ok(Kernel { function, stream })
+    Kernel::new(function, stream, name, image.name)
 }
 
 /// The device address of the first f32 `layout` selects in `storage` (contiguous, on a GPU),
@@ -126,13 +112,14 @@ pub(crate) fn f32_address<'a>(
     stream: &'a CudaStream,
     name: &str,
     op: &str,
-) -> Result<(u64, SyncOnDrop<'a>)> {
+) -> Result<(F32Address, SyncOnDrop<'a>)> {
     let Some((start, _)) = layout.contiguous_offsets() else { bail!("{op}: {name} is not contiguous") };
     let Storage::Cuda(cuda) = storage else { bail!("{op}: {name} is not on a GPU") };
     if cuda.dtype() != DType::F32 {
         bail!("{op}: {name} is {:?}, not f32", cuda.dtype());
     }
-    address(cuda, start, stream)
+    let (at, record) = address(cuda, start, stream)?;
+    Ok((F32Address(at), record))
 }
 
 /// The device address of element `start` of an f32 or bf16 CUDA buffer, with the record of
@@ -194,7 +181,7 @@ pub fn norm_forward(
     }
 }
 
-fn norm_forward_as<T: CudaDType + DeviceRepr>(
+fn norm_forward_as<T: CudaDType + DeviceRepr + Elem>(
     op: &str,
     (xs, xl): (&CudaStorage, &Layout),
     (ws, wl): (&CudaStorage, &Layout),
@@ -206,6 +193,9 @@ fn norm_forward_as<T: CudaDType + DeviceRepr>(
     let n = xl.shape().elem_count();
     if xl.dims().last() != Some(&c) {
         bail!("{op}: input {:?} does not end in the weight's {c} features", xl.dims());
+    }
+    if let Some((_, bl)) = bias.filter(|(_, bl)| bl.shape().elem_count() != c) {
+        bail!("{op}: the bias {:?} is not the weight's {c} features", bl.dims());
     }
     let (x, w) = (view::<T>(xs, xl, op)?, view::<f32>(ws, wl, op)?);
     let b = bias.map(|(bs, bl)| view::<f32>(bs, bl, op)).transpose()?;
@@ -227,7 +217,7 @@ fn norm_forward_as<T: CudaDType + DeviceRepr>(
     launch.arg(&c_arg);
     launch.arg(&eps);
     // SAFETY: the arguments match the kernel's signature (norm.cu).
-    unsafe { launch.launch(row_blocks(n / c.max(1), c)) }.w()?;
+    unsafe { launch.launch(row_blocks(n / c.max(1), c)) }?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), xl.shape().clone()))
 }
 
@@ -268,9 +258,6 @@ struct NormGrads {
 
 /// Rows a block of `norm_column_terms` sums (norm.cu's NORM_TERM_ROWS).
 const NORM_TERM_ROWS: usize = 32;
-
-/// A null device pointer, for an optional argument not given.
-pub(crate) const NULL: u64 = 0;
 
 /// The CUDA storage of a tensor's (locked) storage.
 pub(crate) fn cuda_storage<'a>(s: &'a Storage, op: &str) -> Result<&'a CudaStorage> {
@@ -329,7 +316,7 @@ impl NormGrads {
         Ok(Tensor::from_storage(Storage::Cuda(dx), dims, candle_core::op::BackpropOp::none(), false))
     }
 
-    fn dx_as<T: CudaDType + DeviceRepr>(
+    fn dx_as<T: CudaDType + DeviceRepr + Elem>(
         &self,
         (xs, xl): (&CudaStorage, &Layout),
         (ws, wl): (&CudaStorage, &Layout),
@@ -359,12 +346,12 @@ impl NormGrads {
             launch.arg(&self.eps);
             launch.arg(&centred);
             // SAFETY: the arguments match the kernel's signature (norm.cu).
-            unsafe { launch.launch(row_blocks(n / c.max(1), c)) }.w()?;
+            unsafe { launch.launch(row_blocks(n / c.max(1), c)) }?;
         }
         Ok(CudaStorage::wrap_cuda_slice(dx, dev.clone()))
     }
 
-    fn column_terms<T: CudaDType + DeviceRepr>(
+    fn column_terms<T: CudaDType + DeviceRepr + Elem>(
         &self,
         (xs, xl): (&CudaStorage, &Layout),
         (dys, dyl): (&CudaStorage, &Layout),
@@ -397,7 +384,7 @@ impl NormGrads {
         launch.arg(&centred);
         let config = LaunchConfig { grid_dim: (blocks as u32, 1, 1), ..row_blocks(1, c) };
         // SAFETY: the arguments match the kernel's signature (norm.cu).
-        unsafe { launch.launch(config) }.w()?;
+        unsafe { launch.launch(config) }?;
         Ok((CudaStorage::wrap_cuda_slice(partials, dev.clone()), shape))
     }
 }

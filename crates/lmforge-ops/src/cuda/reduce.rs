@@ -4,8 +4,8 @@
 
 use super::{cuda_storage, suffix, view};
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig};
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, DType, Result, Storage, Tensor};
 
@@ -44,7 +44,7 @@ pub fn column_sums(x: &Tensor) -> Result<Tensor> {
 }
 
 /// One pass: (rows, c) → (⌈rows / 64⌉, c) f32 partial sums.
-fn partials<T: CudaDType + DeviceRepr>(
+fn partials<T: CudaDType + DeviceRepr + super::Elem>(
     s: &CudaStorage,
     l: &candle_core::Layout,
     rows: usize,
@@ -70,7 +70,7 @@ fn partials<T: CudaDType + DeviceRepr>(
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments match the kernel's signature (reduce.cu).
-        unsafe { args.launch(config) }.w()?;
+        unsafe { args.launch(config) }?;
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
