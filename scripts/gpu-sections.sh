@@ -22,6 +22,8 @@
 #   llama7b-torch    PyTorch eager for the same llama-7b steps
 #   llama7b-fewer    llama-7b recomputing the fewest blocks that fit (plan, scaled by llama7b's
 #                    measured peak): the compute full recomputation spends, won back
+#   profile          where a GPT-2 and a llama-1b bf16-mixed step go, op by op, timed by CUDA
+#                    events (`bench train --profile`): works where ncu cannot read counters
 #   ncu              every kernel of one GPT-2 bf16-mixed step under Nsight Compute
 #   ncu-torch        the same for PyTorch eager's step, to set beside it
 
@@ -32,7 +34,7 @@ PLAN_GPU=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | h
 declare -A SECTION_SECONDS=(
   [machine]=5 [kernels]=40 [parity]=60 [nccl]=15 [quickstart]=90 [determinism]=90
   [gpt2]=100 [gpt2-fp32]=60 [gpt2-compile]=120 [llama1b]=120 [llama1b-compile]=150
-  [llama7b]=150 [llama7b-torch]=120 [llama7b-fewer]=150 [ncu]=200 [ncu-torch]=200
+  [llama7b]=150 [llama7b-torch]=120 [llama7b-fewer]=150 [profile]=70 [ncu]=200 [ncu-torch]=200
 )
 
 # Seconds left of the budget (run_sections sets DEADLINE).
@@ -268,6 +270,21 @@ compiled() {
 section_gpt2_compile() {
   section "GPT-2 124M bf16, batch 16 x 1024: torch.compile"
   compiled gpt2-124m 16 200
+}
+
+# Each phase of the step waited for and each op's GPU time read from CUDA events around it
+# (ops::profile), so the rows say where the step goes even where Nsight Compute cannot read the
+# hardware counters (gVisor); the profiled steps are slower than the timed ones of gpt2.
+section_profile() {
+  section "where a bf16-mixed step goes, op by op (CUDA events): GPT-2 124M 16 x 1024, llama-1b 8 x 2048"
+  local preset batch preset_batch
+  for preset_batch in gpt2-124m:16 llama-1b:8; do
+    preset=${preset_batch%:*} batch=${preset_batch#*:}
+    timeout "$(cap 60)" "$G/lmforge" bench train --device cuda --precision bf16-mixed --preset "$preset" \
+      --batch "$batch" --steps 3 --warmup 2 --profile >"$out/profile-$preset.log" 2>&1
+    echo "  $preset: exit $?"
+    sed -n '/^per step/,$p' "$out/profile-$preset.log" | sed 's/^/    /'
+  done
 }
 
 section_llama1b() {

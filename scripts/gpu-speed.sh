@@ -23,4 +23,4 @@
 #
 # With a device call: carry [".gpu"], command `bash scripts/gpu-speed.sh`. One visit for both
 # issues: scripts/gpu-visit.sh.
-exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-fewer llama7b-torch llama1b llama1b-compile ncu ncu-torch
+exec bash "$(dirname "$0")/gpu-visit.sh" "${GPU_BUDGET:-570}" machine gpt2 gpt2-compile llama7b llama7b-fewer llama7b-torch llama1b llama1b-compile profile ncu ncu-torch

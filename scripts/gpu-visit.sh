@@ -26,7 +26,7 @@ if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
   shift
 fi
 if [ $# -eq 0 ]; then
-  set -- machine kernels parity gpt2 quickstart llama7b determinism llama7b-fewer gpt2-compile llama1b \
-    nccl llama7b-torch llama1b-compile gpt2-fp32 ncu ncu-torch
+  set -- machine kernels parity gpt2 quickstart llama7b determinism llama7b-fewer profile gpt2-compile \
+    llama1b nccl llama7b-torch llama1b-compile gpt2-fp32 ncu ncu-torch
 fi
 run_sections "$budget" "$@"

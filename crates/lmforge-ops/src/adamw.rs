@@ -53,6 +53,7 @@ pub fn adamw_all(updates: &[AdamWUpdate<'_>]) -> Result<()> {
             let grads: Vec<Tensor> = updates.iter().map(|u| u.grad.contiguous()).collect::<Result<_>>()?;
             let updates: Vec<AdamWUpdate> =
                 updates.iter().zip(&grads).map(|(u, grad)| AdamWUpdate { grad, ..*u }).collect();
+            let _span = super::profile::span("adamw", super::profile::Pass::Update);
             super::cuda::adamw::adamw_all(&updates)
         }
         Some(_) => updates.iter().try_for_each(|u| adamw_in_place(u.param, u.grad, u.m, u.v, &u.step)),

@@ -28,6 +28,7 @@ use super::activation::{BiasGelu, Gelu, Rope, SwiGlu};
 use super::linear::bias_grad_of;
 use super::norm::{f32_param, LayerNorm, RmsNorm};
 use super::param_grads;
+use super::profile::{span, timed, Pass, Pass::Backward, Pass::Forward};
 use super::reference::matmul;
 use super::sdpa::Sdpa;
 use super::sublayer::{AttentionSublayer, MlpProj, MlpSublayer, Proj, QkvProj, SublayerNorm};
@@ -46,7 +47,7 @@ pub fn attention(x: &Tensor, p: &AttentionSublayer) -> Result<Tensor> {
         QkvProj::Packed(pr) => {
             let lin = Linear::new(pr, &xd, out_in)?;
             let qkv = lin.forward(&n2)?.reshape((b, t, ()))?;
-            let a = qkv.apply_op1_no_bwd(&sdpa)?;
+            let a = timed("attention", Forward, || qkv.apply_op1_no_bwd(&sdpa))?;
             (AttentionInputs::Packed { qkv, lin }, a)
         }
         QkvProj::Split { q, k, v } => {
@@ -57,13 +58,14 @@ pub fn attention(x: &Tensor, p: &AttentionSublayer) -> Result<Tensor> {
             let rope = match &p.rope {
                 Some((cos, sin)) => {
                     let r = Rope::new(cos, sin, 0, t, d)?;
-                    q = q.apply_op1_no_bwd(&r)?;
-                    k = k.apply_op1_no_bwd(&r)?;
+                    (q, k) = timed("rope", Forward, || -> Result<_> {
+                        Ok((q.apply_op1_no_bwd(&r)?, k.apply_op1_no_bwd(&r)?))
+                    })?;
                     Some(r)
                 }
                 None => None,
             };
-            let a = q.apply_op3_no_bwd(&k, &v, &sdpa)?;
+            let a = timed("attention", Forward, || q.apply_op3_no_bwd(&k, &v, &sdpa))?;
             (AttentionInputs::Split { qkv: [q, k, v], lins, rope }, a)
         }
     };
@@ -79,18 +81,22 @@ pub fn attention(x: &Tensor, p: &AttentionSublayer) -> Result<Tensor> {
         let da = o.backward(&a2, &dy.reshape((b * t, c))?, true)?.reshape((b, t, ()))?;
         let dn2 = match &inputs {
             AttentionInputs::Packed { qkv, lin } => {
-                let Some(dqkv) = CustomOp1::bwd(&sdpa, qkv, &a, &da)? else { bail!("attention: no gradient") };
+                let Some(dqkv) = timed("attention", Backward, || CustomOp1::bwd(&sdpa, qkv, &a, &da))? else {
+                    bail!("attention: no gradient")
+                };
                 lin.backward(&n2, &rows(&dqkv)?, true)?
             }
             AttentionInputs::Split { qkv: [q, k, v], lins, rope } => {
-                let (Some(mut dq), Some(mut dk), Some(dv)) = CustomOp3::bwd(&sdpa, q, k, v, &a, &da)? else {
+                let (Some(mut dq), Some(mut dk), Some(dv)) =
+                    timed("attention", Backward, || CustomOp3::bwd(&sdpa, q, k, v, &a, &da))?
+                else {
                     bail!("attention: no gradient")
                 };
                 if let Some(r) = rope {
                     let back = |g: &Tensor| -> Result<Tensor> {
                         CustomOp1::bwd(r, g, g, g)?.ok_or_else(|| candle_core::Error::Msg("rope: no gradient".into()))
                     };
-                    (dq, dk) = (back(&dq)?, back(&dk)?);
+                    (dq, dk) = timed("rope", Backward, || -> Result<_> { Ok((back(&dq)?, back(&dk)?)) })?;
                 }
                 let dn2 = (lins[0].backward(&n2, &rows(&dq)?, true)? + lins[1].backward(&n2, &rows(&dk)?, true)?)?;
                 (dn2 + lins[2].backward(&n2, &rows(&dv)?, true)?)?
@@ -113,16 +119,16 @@ pub fn mlp(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
         MlpProj::Gelu { fc, form, .. } => {
             let lin = Linear::new(fc, &xd, out_in)?;
             let z = lin.product(&n2)?;
-            let h = match &fc.b {
-                Some(bias) => z.apply_op2_no_bwd(&f32_param(bias)?, &BiasGelu(*form))?,
-                None => z.apply_op1_no_bwd(form)?,
-            };
+            let h = timed("activation", Forward, || match &fc.b {
+                Some(bias) => z.apply_op2_no_bwd(&f32_param(bias)?, &BiasGelu(*form)),
+                None => z.apply_op1_no_bwd(form),
+            })?;
             (Hidden::Gelu { z, lin, form: *form }, h)
         }
         MlpProj::SwiGlu { gate, up, .. } => {
             let (lg, lu) = (Linear::new(gate, &xd, out_in)?, Linear::new(up, &xd, out_in)?);
             let (g, u) = (lg.forward(&n2)?, lu.forward(&n2)?);
-            let h = g.apply_op2_no_bwd(&u, &SwiGlu)?;
+            let h = timed("activation", Forward, || g.apply_op2_no_bwd(&u, &SwiGlu))?;
             (Hidden::SwiGlu { g, u, lg, lu }, h)
         }
     };
@@ -139,20 +145,21 @@ pub fn mlp(x: &Tensor, p: &MlpSublayer) -> Result<Tensor> {
         let dh = down.backward(&h, &dy.reshape((rows, c))?, true)?;
         let dn2 = match &hidden {
             Hidden::Gelu { z, lin, form } => {
-                let dz = match &lin.param.b {
+                let dz = timed("activation", Backward, || match &lin.param.b {
                     Some(bias) => {
                         // GELU's op adds the bias, so it gives the bias's gradient.
                         let (dz, db) = CustomOp2::bwd(&BiasGelu(*form), z, &f32_param(bias)?, &h, &dh)?;
                         give(bias, db)?;
-                        dz
+                        Ok(dz)
                     }
-                    None => CustomOp1::bwd(form, z, &h, &dh)?,
-                };
+                    None => CustomOp1::bwd(form, z, &h, &dh),
+                })?;
                 let Some(dz) = dz else { bail!("gelu: no gradient") };
                 lin.backward(&n2, &dz, false)?
             }
             Hidden::SwiGlu { g, u, lg, lu } => {
-                let (Some(dg), Some(du)) = CustomOp2::bwd(&SwiGlu, g, u, &h, &dh)? else {
+                let (Some(dg), Some(du)) = timed("activation", Backward, || CustomOp2::bwd(&SwiGlu, g, u, &h, &dh))?
+                else {
                     bail!("swiglu: no gradient")
                 };
                 (lg.backward(&n2, &dg, true)? + lu.backward(&n2, &du, true)?)?
@@ -197,6 +204,7 @@ enum NormOp {
 
 impl Norm {
     fn forward(norm: &SublayerNorm, x: &Tensor) -> Result<Self> {
+        let _span = span("norm", Forward);
         Ok(match norm {
             SublayerNorm::Layer { w, b, eps } => {
                 let op = LayerNorm { eps: *eps as f32 };
@@ -213,6 +221,7 @@ impl Norm {
     /// dx kernel); the norm's parameter gradients to [`param_grads`]. `x` is the node's
     /// (tracked) input.
     fn backward(&self, x: &Tensor, norm: &SublayerNorm, dn: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let _span = span("norm", Backward);
         let x = &x.contiguous()?;
         let dx = match (&self.kind, norm) {
             (NormOp::Layer(op), SublayerNorm::Layer { w, b, .. }) => {
@@ -262,8 +271,8 @@ impl Linear {
 
     /// W (in, out) in the activations' dtype: a copy for one product when that dtype is not
     /// the parameter's.
-    fn weight(&self) -> Result<Tensor> {
-        let w = self.param.w.detach().to_dtype(self.dtype)?;
+    fn weight(&self, pass: Pass) -> Result<Tensor> {
+        let w = timed("weight cast", pass, || self.param.w.detach().to_dtype(self.dtype))?;
         if self.out_in {
             w.t()
         } else {
@@ -273,12 +282,14 @@ impl Linear {
 
     /// x·W for x (rows, in).
     fn product(&self, x: &Tensor) -> Result<Tensor> {
-        matmul(x, &self.weight()?)
+        let w = self.weight(Forward)?;
+        timed("matmul", Forward, || matmul(x, &w))
     }
 
     /// x·W + b (on a GPU one kernel after the product: bias f32, the sum rounded once).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.product(x)?;
+        let _span = span("bias or residual add", Forward);
         #[cfg(feature = "cuda")]
         if let (true, Some(b)) = (x.device().is_cuda(), &self.param.b) {
             return super::cuda::activation::bias_add(&y, &f32_param(b)?);
@@ -293,6 +304,7 @@ impl Linear {
     /// output, on a GPU one kernel after the product (bias f32, the sum rounded once).
     fn plus_residual(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
         let p = self.product(a)?.reshape(x.dims())?;
+        let _span = span("bias or residual add", Forward);
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
             let b = self.param.b.as_ref().map(f32_param).transpose()?;
@@ -312,11 +324,12 @@ impl Linear {
             // Conv1D's (in, out) = xᵀ·dy; nn.Linear's (out, in) = dyᵀ·x: formed in f32 (and
             // added into the step's sum) by the product itself.
             let (p, q) = if self.out_in { (dy, x) } else { (x, dy) };
-            param_grads::add_weight_grad(w, p, q)?;
+            timed("weight gradient", Backward, || param_grads::add_weight_grad(w, p, q))?;
         }
         if let Some(b) = self.param.b.as_ref().filter(|b| bias && b.track_op()) {
-            give(b, Some(bias_grad_of(dy)?))?;
+            timed("bias gradient", Backward, || give(b, Some(bias_grad_of(dy)?)))?;
         }
-        matmul(dy, &self.weight()?.t()?)
+        let w = self.weight(Backward)?;
+        timed("matmul", Backward, || matmul(dy, &w.t()?))
     }
 }

@@ -22,6 +22,7 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         let rows = table.index_select(&ids.flatten_all()?, 0)?;
         return rows.reshape(out_dims(ids, table)?);
     }
+    let _span = super::profile::span("lmforge-embedding", super::profile::Pass::Forward);
     match table.dtype() {
         DType::F32 => apply(table, ids),
         dtype => apply(&table.to_dtype(DType::F32)?, ids)?.to_dtype(dtype),

@@ -444,6 +444,7 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
 /// one at a time ([`sum_squares`]); the others (a GPU's) as one reduction on their device read
 /// once, since a read per tensor would wait for the device's stream once per parameter.
 pub fn sum_squares_all<'a>(xs: impl IntoIterator<Item = &'a Tensor>) -> Result<f64> {
+    let _span = profile::span("gradient norm", profile::Pass::Gradients);
     let mut total = 0.0;
     let mut on_device = Vec::new();
     for x in xs {
@@ -497,6 +498,7 @@ pub fn adafactor_in_place(u: &adafactor::AdafactorUpdate<'_>) -> Result<bool> {
     }
     #[cfg(feature = "cuda")]
     {
+        let _span = profile::span("adafactor", profile::Pass::Update);
         cuda::adafactor::update(u)?;
         Ok(true)
     }

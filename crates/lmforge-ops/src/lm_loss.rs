@@ -15,6 +15,7 @@
 //! in the compute dtype, cast, added — where its ops do not apply).
 
 use crate::node;
+use crate::profile::{timed, Pass::Forward};
 use crate::reference::{like, matmul};
 use candle_core::{DType, Result, Tensor, D};
 
@@ -70,7 +71,7 @@ fn chunk(z: &Tensor, t: &Tensor, scale: f64, grad: bool) -> Result<(Tensor, Opti
 pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor, rows: usize) -> Result<Tensor> {
     let (n, c) = hidden.dims2()?;
     let tracked = hidden.track_op() || head.track_op();
-    let w = like(&head.detach(), hidden)?; // (V, C) in the compute dtype
+    let w = timed("weight cast", Forward, || like(&head.detach(), hidden))?; // (V, C) in the compute dtype
     let mut loss_sum = Tensor::zeros((), DType::F32, hidden.device())?;
     let mut d_hidden = Vec::new();
     // d head's f32 sum, added to by each chunk's product itself where `weight_grad` applies.
@@ -80,13 +81,14 @@ pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor
         let len = rows.min(n - start);
         let h = hidden.detach().narrow(0, start, len)?;
         let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
-        let z = matmul(&h, &w.t()?)?; // (len, V) in the compute dtype
-        let (chunk_loss, dz) = chunk(&z, &t, inv_n, tracked)?;
+        // The head's gradients are made here, in the forward: their spans are the forward's.
+        let z = timed("lm head matmul", Forward, || matmul(&h, &w.t()?))?; // (len, V) in the compute dtype
+        let (chunk_loss, dz) = timed("cross-entropy", Forward, || chunk(&z, &t, inv_n, tracked))?;
         loss_sum = (loss_sum + chunk_loss)?;
         if let Some(dz) = dz {
             let dz_c = dz.to_dtype(hidden.dtype())?;
-            d_hidden.push(matmul(&dz_c, &w)?); // (len, C)
-            d_head = Some(crate::weight_grad::add_to(d_head.take(), &dz_c, &h)?);
+            d_hidden.push(timed("lm head matmul", Forward, || matmul(&dz_c, &w))?); // (len, C)
+            d_head = Some(timed("weight gradient", Forward, || crate::weight_grad::add_to(d_head.take(), &dz_c, &h))?);
         }
     }
     let loss = (loss_sum * inv_n)?;

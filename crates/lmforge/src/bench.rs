@@ -188,10 +188,16 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     // The trainer's step (`train::step`) on the fixed batch, then the update; `phases`
     // accumulates the wall and CPU time of its four phases.
     let mut phases = Phases::default();
+    let profiling_gpu = opts.profile && device.is_cuda();
     let at = StepAt { step: 0, grad_accum: 1, seed: 0, dropout: 0.0, grad_clip: 1.0 };
     let mut step = |phases: &mut Phases| -> Result<f64> {
         let mut clock = (Instant::now(), process_cpu_seconds());
         let mut lap = |i: usize| {
+            // A GPU runs a phase after the host queued it: profiled, each phase is waited for,
+            // so that its time is the GPU's. (A failure here fails the step's own wait below.)
+            if profiling_gpu {
+                let _ = device.synchronize();
+            }
             let now = (Instant::now(), process_cpu_seconds());
             phases.wall[i] += (now.0 - clock.0).as_secs_f64();
             phases.cpu[i] = match (phases.cpu[i], now.1, clock.1) {
@@ -215,7 +221,7 @@ pub fn bench_train(opts: &TrainBenchOptions) -> Result<TrainBenchReport> {
     for _ in 0..opts.warmup {
         losses.push(step(&mut Phases::default())?);
     }
-    ops::profile::set_enabled(opts.profile);
+    ops::profile::set_enabled_on(&device, opts.profile);
     // The warmup's first steps (the pool growing, modules loading) are not what a run keeps.
     device.synchronize()?;
     crate::device::reset_pool_peaks(&device);
@@ -405,7 +411,7 @@ fn profile_table(p: &StepProfile) -> String {
     let phases = [
         ("forward", p.forward_ms, Some(Pass::Forward)),
         ("backward", p.backward_ms, Some(Pass::Backward)),
-        ("gradients + clipping", p.grads_ms, None),
+        ("gradients + clipping", p.grads_ms, Some(Pass::Gradients)),
         ("optimizer", p.optimizer_ms, Some(Pass::Update)),
     ];
     for (i, (phase, ms, pass)) in phases.into_iter().enumerate() {
