@@ -342,7 +342,7 @@ pub fn padded_attention(
 }
 
 /// An environment switch between a GPU path and its fallback (`LMFORGE_CUDA_ATTENTION`,
-/// `LMFORGE_CUDA_WEIGHT_GRAD`): unset, empty or `auto` is on, `off` (the fallback's name) off,
+/// `LMFORGE_CUDA_WEIGHT_GRAD`, `LMFORGE_CUDA_ARG_CHECK`): unset, empty or `auto` is on, `off` (the fallback's name) off,
 /// anything else an error naming the variable.
 fn switch(var: &str, value: Option<&str>, off: &str) -> Result<bool> {
     match value.map(str::trim) {

@@ -67,12 +67,25 @@ impl<'a> Args<'a> {
     /// the argument check covers their order and types, not their lengths).
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<()> {
         let k = self.kernel;
-        kernel_signature::check(&k.name, k.params, &self.pushed).map_err(candle_core::Error::Msg)?;
+        if checking()? {
+            kernel_signature::check(&k.name, k.params, &self.pushed).map_err(candle_core::Error::Msg)?;
+        }
         // SAFETY: the arguments' order and types match the kernel's parameters (checked above),
         // their sizes are the caller's promise.
         unsafe { self.inner.launch(cfg) }.w()?;
         Ok(())
     }
+}
+
+/// `auto` (or unset): each launch's arguments are checked; `off`: not checked, for the case
+/// the check itself is wrong about a launch that is right (it has not met a GPU yet), so that
+/// a GPU visit's later measurements still run.
+pub const ARG_CHECK_VAR: &str = "LMFORGE_CUDA_ARG_CHECK";
+
+/// Whether [`ARG_CHECK_VAR`] lets the launches be checked (read once a process).
+fn checking() -> Result<bool> {
+    static CHECKING: crate::Switch = std::sync::OnceLock::new();
+    crate::read_switch(&CHECKING, ARG_CHECK_VAR, |v| crate::switch(ARG_CHECK_VAR, v, "off"))
 }
 
 /// What a kernel argument is ([`Param`]) and how cudarc pushes it.
