@@ -19,7 +19,8 @@ mod fatbin;
 #[allow(dead_code)]
 mod kernel_signature;
 
-const KERNELS: [&str; 8] = ["norm", "adamw", "adafactor", "attention", "activation", "loss", "embedding", "reduce"];
+const KERNELS: [&str; 9] =
+    ["norm", "adamw", "adafactor", "attention", "activation", "loss", "embedding", "reduce", "sum_squares"];
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");

@@ -389,7 +389,7 @@ extern "C" void no_params() {}
             return;
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        assert_eq!(names.len(), 8, "{names:?}");
+        assert_eq!(names.len(), 9, "{names:?}");
         let mut sigs = Vec::new();
         for name in &names {
             let own = read_kernels(&cxx, &dir, &[name]).unwrap();

@@ -441,8 +441,9 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
 }
 
 /// Σ x² over every tensor of `xs` (in f64), the squared global norm for clipping. CPU tensors
-/// one at a time ([`sum_squares`]); the others (a GPU's) as one reduction on their device read
-/// once, since a read per tensor would wait for the device's stream once per parameter.
+/// one at a time ([`sum_squares`]); a GPU's with lmforge's kernels in two launches for all of
+/// them (`cuda::sum_squares`), else composed as one reduction on their device read once, since
+/// a read per tensor would wait for the device's stream once per parameter.
 pub fn sum_squares_all<'a>(xs: impl IntoIterator<Item = &'a Tensor>) -> Result<f64> {
     let _span = profile::span("gradient norm", profile::Pass::Gradients);
     let mut total = 0.0;
@@ -451,9 +452,19 @@ pub fn sum_squares_all<'a>(xs: impl IntoIterator<Item = &'a Tensor>) -> Result<f
         if x.device().is_cpu() {
             total += sum_squares(x)?;
         } else {
-            on_device.push(x.to_dtype(DType::F32)?.sqr()?.sum_all()?);
+            on_device.push(x);
         }
     }
+    // On a GPU, f32 gradients of one device: two launches for all of them (cuda::sum_squares).
+    #[cfg(feature = "cuda")]
+    if let Some(first) = on_device.first() {
+        let one_gpu = on_device.iter().all(|x| x.dtype() == DType::F32 && x.device().same_device(first.device()));
+        if one_gpu && cuda_kernels(first) {
+            return Ok(total + cuda::sum_squares::sum_squares_all(&on_device)?);
+        }
+    }
+    let on_device: Vec<Tensor> =
+        on_device.into_iter().map(|x| x.to_dtype(DType::F32)?.sqr()?.sum_all()).collect::<Result<_>>()?;
     if !on_device.is_empty() {
         total += Tensor::stack(&on_device, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     }

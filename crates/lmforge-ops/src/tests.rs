@@ -674,6 +674,24 @@ mod on_cuda {
         }
     }
 
+    /// The gradients' Σ x² in two launches on the GPU (cuda::sum_squares) against the CPU's, over
+    /// tensors of odd sizes: one element, a block's worth and one either side, several blocks.
+    #[test]
+    fn sums_of_squares_match_the_cpu_on_the_gpu() {
+        let dev = gpu();
+        let cpu: Vec<Tensor> = [1, 4095, 4096, 4097, 70000, 3, 768 * 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| randn(&[n], 1.0, 90 + i as u64))
+            .collect();
+        let on_gpu: Vec<Tensor> = cpu.iter().map(|t| t.to_device(&dev).unwrap()).collect();
+        let (want, got) = (crate::sum_squares_all(&cpu).unwrap(), crate::sum_squares_all(&on_gpu).unwrap());
+        assert!((got - want).abs() <= 1e-6 * want, "GPU {got}, CPU {want}");
+        // The same bits again (a fixed order of additions).
+        assert_eq!(crate::sum_squares_all(&on_gpu).unwrap().to_bits(), got.to_bits());
+        assert_eq!(crate::sum_squares_all(&on_gpu[..0]).unwrap(), 0.0);
+    }
+
     /// A launch whose arguments do not fill the kernel's parameters is refused before the driver
     /// sees it (`cuda::Args` against the signatures build.rs read from the sources), and the
     /// same launch with the right arguments runs.

@@ -114,17 +114,7 @@ macro_rules! scalar_args {
         }
     )*};
 }
-scalar_args!(f32 => F32, i32 => I32, u32 => U32, i64 => I64, u64 => U64, usize => U64);
-
-// The kernels' `double`s (adafactor's scalars) are f64: a value only.
-impl KernelArg for f64 {
-    fn param(&self) -> Param {
-        Param::Value(Scalar::F64)
-    }
-    fn push<'a>(&'a self, args: &mut LaunchArgs<'a>) {
-        args.arg(self);
-    }
-}
+scalar_args!(f32 => F32, f64 => F64, i32 => I32, u32 => U32, i64 => I64, u64 => U64, usize => U64);
 
 impl Elem for half::bf16 {
     const SCALAR: Scalar = Scalar::Bf16;

@@ -13,8 +13,10 @@
 //! ([`activation`], `activation.cu`); cross-entropy's row log-sum-exp and logit gradient
 //! ([`loss`], `loss.cu`); the token embedding's rows and its gradient by token, sorted, without
 //! atomics ([`embedding`], `embedding.cu`); column sums, the bias gradients ([`reduce`],
-//! `reduce.cu`). Every launch goes through [`launch::Args`], which checks its arguments against
-//! the kernel's parameters as build.rs read them from the sources. Beside the kernels, `gemm`:
+//! `reduce.cu`); Σ x² over every gradient of a step in two launches ([`sum_squares`],
+//! `sum_squares.cu`). Every launch goes through [`launch::Args`], which checks its arguments
+//! against the kernel's parameters as build.rs read them from the sources. Beside the kernels,
+//! `gemm`:
 //! cuBLAS products with an f32 result from bf16 operands, added in place (the weight
 //! gradients, `crate::weight_grad`).
 //!
@@ -30,6 +32,7 @@ pub(crate) mod gemm;
 mod launch;
 pub mod loss;
 pub mod reduce;
+pub mod sum_squares;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
@@ -60,7 +63,7 @@ const NORM: Image = image!("norm");
 
 /// Every image the library embeds, for the test that they hold machine code and PTX.
 #[cfg(test)]
-pub(crate) const IMAGES: [Image; 8] = [
+pub(crate) const IMAGES: [Image; 9] = [
     NORM,
     adamw::IMAGE,
     adafactor::IMAGE,
@@ -69,6 +72,7 @@ pub(crate) const IMAGES: [Image; 8] = [
     loss::IMAGE,
     embedding::IMAGE,
     reduce::IMAGE,
+    sum_squares::IMAGE,
 ];
 
 /// The modules loaded so far, by GPU ordinal and image. candle's devices of one ordinal share

@@ -16,6 +16,7 @@
 #include "../loss.cu"
 #include "../norm.cu"
 #include "../reduce.cu"
+#include "../sum_squares.cu"
 
 #include <cstdio>
 #include <random>
@@ -315,6 +316,32 @@ static unsigned long long adamw_pair(float lo, float hi) {
     std::memcpy(&a, &lo, 4);
     std::memcpy(&b, &hi, 4);
     return (unsigned long long)a | ((unsigned long long)b << 32);
+}
+
+// Σ x² over tensors of odd sizes (one element, a block's worth and one either side, several
+// blocks with a partial last) in the two launches, against a double loop.
+static void sum_squares_case(std::vector<size_t> sizes) {
+    std::vector<std::vector<float>> xs;
+    std::vector<unsigned long long> table;
+    unsigned long long blocks = 0;
+    double want = 0.0;
+    std::string name = "sum_squares";
+    for (size_t t = 0; t < sizes.size(); ++t) {
+        const size_t n = sizes[t];
+        name += " " + std::to_string(n);
+        std::mt19937 rng(7 * n + t);
+        xs.push_back(random_values<float>(n, rng));
+        for (float x : xs.back()) want += (double)x * x;
+        const unsigned long long row[SQ_WORDS] = {(unsigned long long)xs.back().data(), n, blocks};
+        table.insert(table.end(), row, row + SQ_WORDS);
+        blocks += (n + SQ_PER_BLOCK - 1) / SQ_PER_BLOCK;
+    }
+    std::vector<float> partials(blocks, -1.0f);
+    double total = -1.0;
+    emu_launch({(unsigned)blocks}, {SQ_THREADS}, 0,
+               [&] { sum_squares_blocks(table.data(), (int)sizes.size(), partials.data()); });
+    emu_launch({1}, {SQ_TOTAL_THREADS}, 0, [&] { sum_squares_total(partials.data(), blocks, &total); });
+    report(name + " (" + std::to_string(blocks) + " blocks)", std::fabs(total - want) / want, 1e-6);
 }
 
 // Several tensors of odd sizes in one launch, each with its own scalars (as parameter groups
@@ -749,6 +776,8 @@ int main() {
     column_sums_case<float>(64, 256, "f32", 1e-6);
     column_sums_case<float>(5000, 300, "f32", 1e-5);  // two column tiles, the last partial; three passes
     column_sums_case<__nv_bfloat16>(4097, 37, "bf16", 1e-5);  // bf16 rows, f32 sums
+    sum_squares_case({1000});
+    sum_squares_case({1, 4095, 4096, 4097, 70000, 3});
     adamw_case({1000});
     adamw_case({1, 2048, 70000, 2049, 5});
     // scale_parameter, β1, weight decay, clip threshold, gradient scale.
