@@ -19,13 +19,7 @@ __device__ __forceinline__ float adamw_high(unsigned long long w) { return __uin
 
 extern "C" __global__ void adamw_all(const unsigned long long* table, int tensors) {
     const unsigned long long block = blockIdx.x;
-    // The last tensor whose first block is at or before this one (first blocks ascend).
-    int lo = 0, hi = tensors - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (table[(size_t)mid * ADAMW_WORDS + 5] <= block) lo = mid;
-        else hi = mid - 1;
-    }
+    const int lo = table_row(table, tensors, ADAMW_WORDS, 5, block);
     const unsigned long long* e = table + (size_t)lo * ADAMW_WORDS;
     float* p = (float*)e[0];
     const float* g = (const float*)e[1];

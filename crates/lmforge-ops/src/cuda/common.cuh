@@ -70,6 +70,20 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
+// The row of a multi-tensor kernel's table (`rows` rows of `words` 64-bit words, word `first` of
+// each the tensor's first block, ascending) that block `block` works on: the last whose first
+// block is at or before it.
+__device__ __forceinline__ int table_row(const unsigned long long* table, int rows, int words, int first,
+                                         unsigned long long block) {
+    int lo = 0, hi = rows - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[(size_t)mid * words + first] <= block) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 // The sum of a warp's v, on every lane (a butterfly: the same order every time).
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -20,13 +20,7 @@
 extern "C" __global__ void __launch_bounds__(SQ_THREADS)
     sum_squares_blocks(const unsigned long long* table, int tensors, float* partials) {
     const unsigned long long block = blockIdx.x;
-    // The last tensor whose first block is at or before this one (first blocks ascend).
-    int lo = 0, hi = tensors - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (table[(size_t)mid * SQ_WORDS + 2] <= block) lo = mid;
-        else hi = mid - 1;
-    }
+    const int lo = table_row(table, tensors, SQ_WORDS, 2, block);
     const unsigned long long* e = table + (size_t)lo * SQ_WORDS;
     const float* x = (const float*)e[0];
     const unsigned long long n = e[1];
