@@ -272,7 +272,9 @@ impl Linear {
     /// W (in, out) in the activations' dtype: a copy for one product when that dtype is not
     /// the parameter's.
     fn weight(&self, pass: Pass) -> Result<Tensor> {
-        let w = timed("weight cast", pass, || self.param.w.detach().to_dtype(self.dtype))?;
+        // In the parameters' own dtype there is nothing to cast (and nothing to time).
+        let _span = (self.param.w.dtype() != self.dtype).then(|| span("weight cast", pass));
+        let w = self.param.w.detach().to_dtype(self.dtype)?;
         if self.out_in {
             w.t()
         } else {
@@ -289,7 +291,7 @@ impl Linear {
     /// x·W + b (on a GPU one kernel after the product: bias f32, the sum rounded once).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.product(x)?;
-        let _span = span("bias or residual add", Forward);
+        let _span = self.param.b.is_some().then(|| span("bias or residual add", Forward));
         #[cfg(feature = "cuda")]
         if let (true, Some(b)) = (x.device().is_cuda(), &self.param.b) {
             return super::cuda::activation::bias_add(&y, &f32_param(b)?);

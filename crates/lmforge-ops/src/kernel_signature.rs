@@ -181,13 +181,15 @@ pub fn read_kernels(cxx: &str, dir: &Path, names: &[&str]) -> Result<Vec<Signatu
     for name in names {
         let file = format!("{name}.cu");
         let path = dir.join(&file);
-        let out = Command::new(cxx)
-            .args(["-E", "-x", "c++", "-std=c++20", "-DLMFORGE_CUDA_EMU"])
+        // `CXX` may carry a wrapper or flags (`ccache g++`): its first word is the program.
+        let mut words = cxx.split_whitespace();
+        let program = words.next().ok_or("CXX is empty: a C++ compiler reads the kernels' signatures")?;
+        let out = Command::new(program)
+            .args(words)
+            .args(["-E", "-x", "c++", "-DLMFORGE_CUDA_EMU"])
             .arg(&path)
             .output()
-            .map_err(|e| {
-            format!("{cxx} cannot run ({e}): a C++ compiler reads the kernels' signatures (set CXX)")
-        })?;
+            .map_err(|e| format!("{cxx} cannot run ({e}): a C++ compiler reads the kernels' signatures (set CXX)"))?;
         if !out.status.success() {
             return Err(format!("{cxx} -E {}: {}", path.display(), String::from_utf8_lossy(&out.stderr)));
         }
@@ -384,7 +386,7 @@ extern "C" void no_params() {}
             .collect();
         names.sort();
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-        if let Err(e) = Command::new(&cxx).arg("--version").output() {
+        if let Err(e) = Command::new(cxx.split_whitespace().next().unwrap_or("c++")).arg("--version").output() {
             eprintln!("skipped: no C++ compiler ({cxx}: {e}); set CXX to read the kernels' signatures");
             return;
         }

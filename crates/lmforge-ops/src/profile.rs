@@ -4,22 +4,27 @@
 //! Off by default, a span costs one relaxed atomic load.
 //!
 //! On the CPU every op runs synchronously, so a span's wall time is the op's time. A GPU runs
-//! the ops later, in the order they were queued on the device's one stream, so there
-//! ([`set_enabled_on`] a CUDA device) a span records an event on that stream as it opens and
-//! another as it closes, and [`take`] reads the time between each pair once the work is done:
-//! the GPU time of what the span queued (and any wait for the host to queue it).
+//! the ops later, in the order they were queued on the stream of the thread that queues them,
+//! so there ([`set_enabled_on`] a CUDA device) a span records an event on that stream as it
+//! opens and another as it closes, and [`take`] reads the time between each pair once the work
+//! is done: the GPU time of what the span queued, and any wait for the host to queue it (where
+//! the host is the slower, that wait is most of it).
 //!
 //! Spans do not nest: one opened inside another on the same thread is not recorded, so the
-//! names' times add up to no more than the step's (an op timed inside a sublayer's span
-//! counts once, under the sublayer's name).
+//! names' times add up to no more than the step's (an op with a span of its own, run inside a
+//! device sublayer's span around it, counts once, under the outer name). A span belongs to the
+//! thread that opened it, and one left open across [`set_enabled`] is not recorded.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<Vec<OpTime>> = Mutex::new(Vec::new());
+/// Which [`set_enabled`] a span was opened under: one closing under another is not recorded.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Spans open on this thread while recording.
@@ -51,6 +56,7 @@ pub struct OpTime {
 pub fn set_enabled(on: bool) {
     #[cfg(feature = "cuda")]
     gpu::set_stream(None);
+    GENERATION.fetch_add(1, Ordering::Relaxed);
     TOTALS.lock().unwrap_or_else(|e| e.into_inner()).clear();
     ENABLED.store(on, Ordering::Relaxed);
 }
@@ -80,8 +86,9 @@ pub fn take() -> Vec<OpTime> {
 /// Times from now until dropped as `name`'s `pass`, when recording is on and no other span is
 /// open on this thread.
 pub fn span(name: &'static str, pass: Pass) -> Span {
+    let generation = GENERATION.load(Ordering::Relaxed);
     if !ENABLED.load(Ordering::Relaxed) {
-        return Span { name, pass, started: None, counted: false };
+        return Span { name, pass, started: None, counted: false, generation, thread_bound: PhantomData };
     }
     let outermost = OPEN.with(|open| {
         open.set(open.get() + 1);
@@ -93,7 +100,7 @@ pub fn span(name: &'static str, pass: Pass) -> Span {
         true if gpu::recording() => gpu::start().map(Started::Gpu),
         true => Some(Started::Wall(Instant::now())),
     };
-    Span { name, pass, started, counted: true }
+    Span { name, pass, started, counted: true, generation, thread_bound: PhantomData }
 }
 
 /// `f()`, timed as `name`'s `pass` ([`span`]).
@@ -108,6 +115,9 @@ pub struct Span {
     started: Option<Started>,
     /// Whether it counts among this thread's open spans.
     counted: bool,
+    generation: u64,
+    /// Not `Send`: the open-span count it keeps is its thread's.
+    thread_bound: PhantomData<*const ()>,
 }
 
 enum Started {
@@ -120,6 +130,9 @@ impl Drop for Span {
     fn drop(&mut self) {
         if self.counted {
             OPEN.with(|open| open.set(open.get().saturating_sub(1)));
+        }
+        if GENERATION.load(Ordering::Relaxed) != self.generation {
+            return;
         }
         match self.started.take() {
             None => {}

@@ -29,7 +29,7 @@ pub mod adamw;
 pub mod attention;
 pub mod embedding;
 pub(crate) mod gemm;
-mod launch;
+pub(crate) mod launch;
 pub mod loss;
 pub mod reduce;
 pub mod sum_squares;
