@@ -64,11 +64,61 @@ run_sections() {
     ran+=("$name: ${took} s")
     printf '%s\tran\t%s\n' "$name" "$took" >>"$out/sections.tsv"
   done
+  summary
   section "sections (budget ${budget} s)"
   printf '  %s\n' "${ran[@]}"
   local skipped; skipped=$(awk -F'\t' '$2 == "skipped" {printf "%s ", $1}' "$out/sections.tsv")
   [ -n "$skipped" ] && echo "  next call: bash scripts/gpu-visit.sh SECONDS $skipped"
   return 0
+}
+
+# The headline figures of every measured run of this call (its $out/*.json), in one table at
+# the end, where a device call's output tail keeps them; the issues' goals beside them; the
+# fallbacks in effect.
+summary() {
+  section "summary: the measured runs of this call"
+  for var in LMFORGE_CUDA_ATTENTION LMFORGE_CUDA_WEIGHT_GRAD LMFORGE_CUDA_ARG_CHECK; do
+    [ -n "${!var:-}" ] && echo "  !!! fallback in effect: $var=${!var}"
+  done
+  python3 - "$out" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+runs = {}
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    name = os.path.basename(path)[:-5]
+    try:
+        text = open(path).read()
+        runs[name] = json.loads(text[text.index("{"):])
+    except Exception:
+        continue
+    try:
+        runs[name]["_mib"] = int(open(os.path.join(out, name + ".mib")).read())
+    except Exception:
+        pass
+if not runs:
+    print("  no measured run")
+    sys.exit(0)
+print(f"  {'run':<34} {'tokens/s':>10} {'MFU':>7} {'step ms':>9} {'peak MiB':>9}")
+for name, r in runs.items():
+    tps, mfu, step = r.get("tokens_per_s"), r.get("mfu"), r.get("step_ms_median")
+    if tps is None:
+        continue
+    mfu = f"{100 * mfu:.1f}%" if mfu is not None else "-"
+    step = f"{step:.1f}" if step is not None else "-"
+    print(f"  {name:<34} {tps:>10.0f} {mfu:>7} {step:>9} {r.get('_mib', '-'):>9}")
+def ratio(a, b, goal):
+    if a in runs and b in runs:
+        x = runs[a]["tokens_per_s"] / runs[b]["tokens_per_s"]
+        print(f"  {a} / {b}: {x:.2f} (goal {goal})")
+ratio("lmforge-gpt2-124m-bf16-mixed", "torch-eager-gpt2-124m-bf16", ">= 0.7 (issue 18), >= 1.3 (issue 19)")
+ratio("lmforge-gpt2-124m-bf16-mixed", "torch-compile-gpt2-124m-bf16", ">= 1.0 (issue 19)")
+ratio("lmforge-llama-1b-bf16-mixed", "torch-eager-llama-1b-bf16", "none set")
+ratio("lmforge-llama-1b-bf16-mixed", "torch-compile-llama-1b-bf16", "none set")
+ratio("lmforge-llama-7b", "torch-eager-llama-7b", "none set")
+for name, goal in [("lmforge-gpt2-124m-bf16-mixed", 45), ("lmforge-llama-7b", 35), ("lmforge-llama-7b-fewer", 35)]:
+    if name in runs and runs[name].get("mfu") is not None:
+        print(f"  {name}: MFU {100 * runs[name]['mfu']:.1f}% (goal >= {goal}%)")
+EOF
 }
 
 # Runs a command with a time limit (cut to the budget), sampling the GPU's memory every 100 ms;
