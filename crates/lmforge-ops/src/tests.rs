@@ -376,6 +376,74 @@ fn sublayers_match_their_composition_from_single_ops() {
     check_sublayers(&s, DType::F32, (1e-5, 1e-4), &attention, &mlp);
 }
 
+/// `ops::profile`: spans recorded only while on, an inner span not at all, and the device
+/// sublayers' pieces each under its name and pass.
+#[test]
+fn profile_spans_count_only_while_enabled_and_time_the_device_sublayers() {
+    use crate::profile::{set_enabled, span, take, OpTime, Pass};
+    // The only test touching the process-wide switch, so no other test races it.
+    // Other tests' kernels may record while it is on: only this test's names are checked.
+    let ours = |t: &OpTime| t.name.starts_with("profile-test");
+    set_enabled(true);
+    for _ in 0..3 {
+        let _s = span("profile-test a", Pass::Forward);
+    }
+    drop(span("profile-test a", Pass::Backward));
+    drop(span("profile-test b", Pass::Forward));
+    let got: Vec<_> = take().into_iter().filter(ours).collect();
+    assert_eq!(
+        got.iter().map(|t| (t.name, t.pass, t.calls)).collect::<Vec<_>>(),
+        [
+            ("profile-test a", Pass::Forward, 3),
+            ("profile-test a", Pass::Backward, 1),
+            ("profile-test b", Pass::Forward, 1)
+        ]
+    );
+    assert!(got.iter().all(|t| t.seconds >= 0.0));
+    set_enabled(false);
+    drop(span("profile-test a", Pass::Forward));
+    assert!(!take().iter().any(ours));
+
+    // A span opened inside another is not recorded: the outer one holds the time.
+    set_enabled(true);
+    {
+        let _outer = span("profile-test outer", Pass::Backward);
+        drop(span("profile-test inner", Pass::Backward));
+    }
+    drop(span("profile-test after", Pass::Backward));
+    let got: Vec<_> = take().into_iter().filter(ours).map(|t| t.name).collect();
+    assert_eq!(got, ["profile-test outer", "profile-test after"]);
+    set_enabled(false);
+
+    // The device sublayers' spans (on the CPU, wall time): each piece under its name and pass,
+    // the ops' own spans inside them not recorded on this thread.
+    set_enabled(true);
+    let s = sublayer_inputs(&Device::Cpu);
+    check_sublayers(&s, DType::F32, (1e-5, 1e-4), &device_sublayer::attention, &device_sublayer::mlp);
+    let got = take();
+    set_enabled(false);
+    for (name, pass) in [
+        ("norm", Pass::Forward),
+        ("norm", Pass::Backward),
+        ("matmul", Pass::Forward),
+        ("matmul", Pass::Backward),
+        ("weight gradient", Pass::Backward),
+        ("bias gradient", Pass::Backward),
+        ("bias or residual add", Pass::Forward),
+        ("attention", Pass::Forward),
+        ("attention", Pass::Backward),
+        ("rope", Pass::Forward),
+        ("rope", Pass::Backward),
+        ("activation", Pass::Forward),
+        ("activation", Pass::Backward),
+    ] {
+        assert!(
+            got.iter().any(|t: &OpTime| t.name == name && t.pass == pass && t.calls > 0),
+            "no {name} {pass:?}: {got:?}"
+        );
+    }
+}
+
 /// The device-generic sublayer nodes (what a GPU runs) on the CPU, where the ops inside run
 /// their CPU kernels: the same node logic and the same op backwards as on the GPU.
 #[test]
