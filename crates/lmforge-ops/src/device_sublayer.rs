@@ -28,7 +28,7 @@ use super::activation::{BiasGelu, Gelu, Rope, SwiGlu};
 use super::linear::bias_grad_of;
 use super::norm::{f32_param, LayerNorm, RmsNorm};
 use super::param_grads;
-use super::profile::{span, timed, Pass, Pass::Backward, Pass::Forward};
+use super::profile::{span, timed, weight_cast, Pass, Pass::Backward, Pass::Forward};
 use super::reference::matmul;
 use super::sdpa::Sdpa;
 use super::sublayer::{AttentionSublayer, MlpProj, MlpSublayer, Proj, QkvProj, SublayerNorm};
@@ -272,9 +272,7 @@ impl Linear {
     /// W (in, out) in the activations' dtype: a copy for one product when that dtype is not
     /// the parameter's.
     fn weight(&self, pass: Pass) -> Result<Tensor> {
-        // In the parameters' own dtype there is nothing to cast (and nothing to time).
-        let _span = (self.param.w.dtype() != self.dtype).then(|| span("weight cast", pass));
-        let w = self.param.w.detach().to_dtype(self.dtype)?;
+        let w = weight_cast(&self.param.w.detach(), self.dtype, pass)?;
         if self.out_in {
             w.t()
         } else {

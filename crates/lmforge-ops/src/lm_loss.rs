@@ -15,8 +15,8 @@
 //! in the compute dtype, cast, added — where its ops do not apply).
 
 use crate::node;
-use crate::profile::{timed, Pass::Forward};
-use crate::reference::{like, matmul};
+use crate::profile::{timed, weight_cast, Pass::Forward};
+use crate::reference::matmul;
 use candle_core::{DType, Result, Tensor, D};
 
 /// Logit elements per chunk: on the CPU 16M (64 MB in f32); on a GPU 128M (256 MB in bf16),
@@ -71,7 +71,7 @@ fn chunk(z: &Tensor, t: &Tensor, scale: f64, grad: bool) -> Result<(Tensor, Opti
 pub fn lm_head_cross_entropy_in(hidden: &Tensor, head: &Tensor, targets: &Tensor, rows: usize) -> Result<Tensor> {
     let (n, c) = hidden.dims2()?;
     let tracked = hidden.track_op() || head.track_op();
-    let w = timed("weight cast", Forward, || like(&head.detach(), hidden))?; // (V, C) in the compute dtype
+    let w = weight_cast(&head.detach(), hidden.dtype(), Forward)?; // (V, C) in the compute dtype
     let mut loss_sum = Tensor::zeros((), DType::F32, hidden.device())?;
     let mut d_hidden = Vec::new();
     // d head's f32 sum, added to by each chunk's product itself where `weight_grad` applies.

@@ -86,10 +86,10 @@ pub fn take() -> Vec<OpTime> {
 /// Times from now until dropped as `name`'s `pass`, when recording is on and no other span is
 /// open on this thread.
 pub fn span(name: &'static str, pass: Pass) -> Span {
-    let generation = GENERATION.load(Ordering::Relaxed);
     if !ENABLED.load(Ordering::Relaxed) {
-        return Span { name, pass, started: None, counted: false, generation, thread_bound: PhantomData };
+        return Span { name, pass, started: None, counted: false, generation: 0, thread_bound: PhantomData };
     }
+    let generation = GENERATION.load(Ordering::Relaxed);
     let outermost = OPEN.with(|open| {
         open.set(open.get() + 1);
         open.get() == 1
@@ -107,6 +107,17 @@ pub fn span(name: &'static str, pass: Pass) -> Span {
 pub fn timed<T>(name: &'static str, pass: Pass, f: impl FnOnce() -> T) -> T {
     let _span = span(name, pass);
     f()
+}
+
+/// `w` in `dtype` for an op's product, timed as a `weight cast` of `pass` when it is one (in its
+/// own dtype there is nothing to cast, and nothing to time).
+pub fn weight_cast(
+    w: &candle_core::Tensor,
+    dtype: candle_core::DType,
+    pass: Pass,
+) -> candle_core::Result<candle_core::Tensor> {
+    let _span = (w.dtype() != dtype).then(|| span("weight cast", pass));
+    w.to_dtype(dtype)
 }
 
 pub struct Span {
@@ -131,14 +142,15 @@ impl Drop for Span {
         if self.counted {
             OPEN.with(|open| open.set(open.get().saturating_sub(1)));
         }
+        // Off, a span started nothing: no more than the one load it cost to open.
+        let Some(started) = self.started.take() else { return };
         if GENERATION.load(Ordering::Relaxed) != self.generation {
             return;
         }
-        match self.started.take() {
-            None => {}
-            Some(Started::Wall(started)) => add(self.name, self.pass, started.elapsed().as_secs_f64()),
+        match started {
+            Started::Wall(started) => add(self.name, self.pass, started.elapsed().as_secs_f64()),
             #[cfg(feature = "cuda")]
-            Some(Started::Gpu(start)) => gpu::finish(self.name, self.pass, start),
+            Started::Gpu(start) => gpu::finish(self.name, self.pass, start),
         }
     }
 }

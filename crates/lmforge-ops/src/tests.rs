@@ -422,21 +422,15 @@ fn profile_spans_count_only_while_enabled_and_time_the_device_sublayers() {
     check_sublayers(&s, DType::F32, (1e-5, 1e-4), &device_sublayer::attention, &device_sublayer::mlp);
     let got = take();
     set_enabled(false);
-    for (name, pass) in [
-        ("norm", Pass::Forward),
-        ("norm", Pass::Backward),
-        ("matmul", Pass::Forward),
-        ("matmul", Pass::Backward),
+    let both = ["norm", "matmul", "attention", "rope", "activation"]
+        .into_iter()
+        .flat_map(|n| [(n, Pass::Forward), (n, Pass::Backward)]);
+    let one = [
         ("weight gradient", Pass::Backward),
         ("bias gradient", Pass::Backward),
         ("bias or residual add", Pass::Forward),
-        ("attention", Pass::Forward),
-        ("attention", Pass::Backward),
-        ("rope", Pass::Forward),
-        ("rope", Pass::Backward),
-        ("activation", Pass::Forward),
-        ("activation", Pass::Backward),
-    ] {
+    ];
+    for (name, pass) in both.chain(one) {
         assert!(
             got.iter().any(|t: &OpTime| t.name == name && t.pass == pass && t.calls > 0),
             "no {name} {pass:?}: {got:?}"
